@@ -1,0 +1,25 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint
+
+$(BIN)/stoker: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# The CPU build of torch first when none is present: a bare `torch>=` pulls a CUDA build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/stoker
+
+install: $(BIN)/stoker
+
+demo: install
+	$(BIN)/stoker train examples/tiny.toml --nproc 2
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest -q

@@ -1,0 +1,1 @@
+"""The `stoker` command line: the user's entry to every layer below."""

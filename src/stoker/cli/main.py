@@ -1,0 +1,49 @@
+"""`stoker`: one typer app; each command group registers itself from its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from stoker.cli import config_cmd, data_cmd, jobs_cmd, server_cmd, sim_cmd, train_cmd
+from stoker.spec.errors import StokerError
+
+app = typer.Typer(
+    name="stoker",
+    help="Stoker: a PyTorch-native training platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for module in (train_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd, sim_cmd):
+    module.register(app)
+
+
+def main() -> None:
+    """Run the CLI; a user mistake prints one line and exits 2, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except StokerError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

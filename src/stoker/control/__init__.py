@@ -1,0 +1,1 @@
+"""The control plane: store, reconciler, executors and health checks."""

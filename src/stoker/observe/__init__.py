@@ -1,0 +1,1 @@
+"""Telemetry records, FLOP/MFU accounting, profiler capture and trace analysis."""

@@ -1,0 +1,1 @@
+"""The FastAPI app: REST API, web dashboard and Prometheus /metrics."""

@@ -1,0 +1,1 @@
+"""Trace loaders and a discrete-event simulator that drives `stoker.sched`."""

@@ -1,0 +1,1 @@
+"""The training runtime that runs inside each rank. Knows nothing of the control plane."""
