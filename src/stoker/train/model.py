@@ -1,0 +1,159 @@
+"""A Llama-style decoder-only transformer that reads in one sitting.
+
+RMSNorm, rotary position embeddings (RoPE), a SwiGLU MLP and grouped-query attention through
+``F.scaled_dot_product_attention``. Sizes come from ``stoker.spec.train.PRESETS``.
+
+The model knows nothing of parallelism: activation checkpointing, ``torch.compile``, DDP and
+FSDP2 are applied from outside by ``stoker.train.parallelize``. It can be built on the meta
+device; ``init_weights()`` then fills every parameter and buffer after ``to_empty``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stoker.spec.train import ModelShape
+
+INIT_STD = 0.02
+
+
+def rope_table(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None,
+               ) -> torch.Tensor:
+    """cos and sin of every (position, frequency) pair: [max_seq_len, head_dim // 2, 2], fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, device=device).float(), inv_freq)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x [B, T, heads, head_dim] by the angles of rope [T, hd/2, 2]."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = pairs.unbind(-1)
+    cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, shape: ModelShape) -> None:
+        super().__init__()
+        self.n_heads = shape.n_heads
+        self.n_kv_heads = shape.n_kv_heads
+        self.head_dim = shape.head_dim
+        self.wq = nn.Linear(shape.dim, shape.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(shape.dim, shape.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(shape.dim, shape.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(shape.n_heads * self.head_dim, shape.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, hd]
+        if self.n_kv_heads != self.n_heads:  # grouped-query: each kv head serves a group of q heads
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def init_weights(self, out_std: float) -> None:
+        for linear in (self.wq, self.wk, self.wv):
+            nn.init.normal_(linear.weight, std=INIT_STD)
+        nn.init.normal_(self.wo.weight, std=out_std)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def init_weights(self, out_std: float) -> None:
+        nn.init.normal_(self.w1.weight, std=INIT_STD)
+        nn.init.normal_(self.w3.weight, std=INIT_STD)
+        nn.init.normal_(self.w2.weight, std=out_std)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, shape: ModelShape) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.attention = Attention(shape)
+        self.ffn_norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.feed_forward = FeedForward(shape.dim, shape.ffn_hidden)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), rope)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+    def init_weights(self, out_std: float) -> None:
+        self.attention_norm.reset_parameters()
+        self.attention.init_weights(out_std)
+        self.ffn_norm.reset_parameters()
+        self.feed_forward.init_weights(out_std)
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> logits [B, T, vocab_size] (in the compute dtype; upcast for the loss)."""
+
+    def __init__(self, shape: ModelShape, max_seq_len: int = 4096) -> None:
+        super().__init__()
+        self.shape = shape
+        self.max_seq_len = max_seq_len
+        self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.dim)
+        self.layers = nn.ModuleList(TransformerBlock(shape) for _ in range(shape.n_layers))
+        self.norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.output = nn.Linear(shape.dim, shape.vocab_size, bias=False)
+        self.tie_weights()
+        self.register_buffer("rope", self._rope_table(), persistent=False)
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the output projection when the shape says so.
+
+        ``to_empty`` gives every module its own new tensor, so call this again after it.
+        """
+        if self.shape.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def _rope_table(self) -> torch.Tensor:
+        return rope_table(self.shape.head_dim, self.max_seq_len, self.shape.rope_theta,
+                          device=self.tok_embeddings.weight.device)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fill every parameter and the RoPE buffer, drawing from the current torch RNG.
+
+        Residual output projections (wo, w2) get a std scaled down by sqrt(2 * n_layers), as in
+        GPT-2, so the residual stream does not grow with depth.
+        """
+        self.rope.copy_(self._rope_table())
+        nn.init.normal_(self.tok_embeddings.weight, std=INIT_STD)
+        out_std = INIT_STD / math.sqrt(2 * self.shape.n_layers)
+        for layer in self.layers:
+            layer.init_weights(out_std)
+        self.norm.reset_parameters()
+        if not self.shape.tie_embeddings:
+            nn.init.normal_(self.output.weight, std=INIT_STD)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        seq_len = tokens.shape[1]
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"sequence length {seq_len} exceeds the model's max_seq_len "
+                             f"{self.max_seq_len}")
+        rope = self.rope[:seq_len]
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, rope)
+        return self.output(self.norm(h))

@@ -1,0 +1,141 @@
+"""Build the reference model and apply parallelism to it from outside, in small separate steps.
+
+    meta construct -> materialise on the device -> seeded init (full weights, every rank alike)
+    -> activation checkpointing -> torch.compile per block -> DDP | FSDP2 | nothing
+
+Weights are initialised in full on every rank before sharding, so the initial model is the same
+for any world size given the seed. The price is that the full fp32 model exists once on each
+device before ``fully_shard`` keeps only its shard (32 GB for llama-8b). The code is the same for
+CPU/gloo and CUDA/NCCL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.nn.parallel import DistributedDataParallel
+
+from stoker.spec.train import ModelShape, ParallelConfig
+from stoker.train.model import Transformer
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+except ImportError:  # pragma: no cover - older torch
+    from torch.distributed._composable.fsdp import (  # type: ignore[no-redef]
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
+
+
+def resolve_dtype(parallel: ParallelConfig, device: torch.device) -> torch.dtype:
+    """The compute dtype: "auto" is bf16 on CUDA and fp32 elsewhere."""
+    if parallel.mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if parallel.mixed_precision == "bf16" else torch.float32
+
+
+def autocast_context(parallel: ParallelConfig, device: torch.device,
+                     ) -> contextlib.AbstractContextManager[object]:
+    """What the forward pass runs under.
+
+    FSDP2 casts parameters itself (MixedPrecisionPolicy); "none" and "ddp" keep fp32 parameters
+    and get bf16 compute from autocast.
+    """
+    dtype = resolve_dtype(parallel, device)
+    if dtype == torch.float32 or parallel.strategy == "fsdp":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
+                world_size: int, max_seq_len: int = 4096) -> nn.Module:
+    """The initialised, wrapped model, ready for the optimiser.
+
+    With strategy "ddp" or "fsdp", torch.distributed must already be initialised with
+    ``world_size`` ranks.
+    """
+    with torch.device("meta"):
+        model = Transformer(shape, max_seq_len=max_seq_len)
+    model.to_empty(device=device)
+    model.tie_weights()
+    init_seeded(model, seed, device)
+
+    if parallel.activation_checkpoint != "none":
+        apply_activation_checkpointing(model, parallel)
+    if parallel.compile:
+        apply_compile(model)
+    if parallel.strategy == "none":
+        if world_size != 1:
+            raise ValueError(f"strategy 'none' runs on one rank, not {world_size}")
+        return model
+    mesh = data_parallel_mesh(device, world_size)
+    if parallel.strategy == "ddp":
+        return apply_ddp(model, device)
+    apply_fsdp(model, mesh, resolve_dtype(parallel, device), parallel.reshard_after_forward)
+    return model
+
+
+def init_seeded(model: Transformer, seed: int, device: torch.device) -> None:
+    """init_weights() from a generator seeded with ``seed``; the caller's RNG state is kept."""
+    if device.type == "cuda":
+        rng = torch.random.fork_rng(devices=[cuda_index(device)], device_type="cuda")
+    else:
+        rng = torch.random.fork_rng(devices=[])
+    with rng:
+        torch.manual_seed(seed)
+        model.init_weights()
+
+
+def cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def apply_activation_checkpointing(model: Transformer, parallel: ParallelConfig) -> None:
+    """Recompute block activations in the backward pass: every block, or every Nth one."""
+    every = 1 if parallel.activation_checkpoint == "full" else parallel.activation_checkpoint_every
+    for i, block in enumerate(model.layers):
+        if (i + 1) % every == 0:
+            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: Transformer) -> None:
+    """Compile each block on its own: repeated blocks reuse one compiled graph."""
+    for block in model.layers:
+        block.compile(fullgraph=True)
+
+
+def data_parallel_mesh(device: torch.device, world_size: int) -> DeviceMesh:
+    if not dist.is_initialized():
+        raise RuntimeError("data parallelism needs torch.distributed initialised first")
+    if dist.get_world_size() != world_size:
+        raise RuntimeError(f"world_size {world_size} but the process group has "
+                           f"{dist.get_world_size()} ranks")
+    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+
+
+def apply_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    device_ids = [cuda_index(device)] if device.type == "cuda" else None
+    # The only buffer (the RoPE table) is computed alike on every rank: no need to broadcast it.
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+
+
+def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
+               reshard_after_forward: bool) -> None:
+    """FSDP2: one parameter group per block, then the root (embeddings, final norm, output).
+
+    The last block is not resharded after forward: backward would gather it again at once.
+    """
+    if dtype == torch.bfloat16:
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp_policy = MixedPrecisionPolicy()
+    last = len(model.layers) - 1
+    for i, block in enumerate(model.layers):
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy,
+                    reshard_after_forward=reshard_after_forward and i < last)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
