@@ -1,0 +1,252 @@
+"""The scheduler's input (a `Snapshot` and a `Policy`) and output (`Decisions`).
+
+Everything here is an immutable value with no I/O. The live control plane builds a snapshot from
+its store each cycle; the simulator builds one from its simulated cluster. Both call
+``stoker.sched.schedule(snapshot, policy)`` and apply the decisions. Queues, cohorts and nodes
+change rarely and can be built once (``stoker.sched.config`` builds them from a `ClusterConfig`)
+and reused across cycles; only ``running``, ``pending`` and ``now`` need to be rebuilt. All
+classes use ``__slots__`` so 100,000 pending jobs are cheap to make.
+
+Units: ``gpus`` and ``cpus`` are counts (may be fractional), ``memory`` is bytes, times are
+seconds on the caller's clock (wall clock or simulated; only differences matter).
+
+Resources
+    ``Resources(gpus, cpus, memory)``: an amount of each resource. ``UNLIMITED`` (1e18) in a
+    field means "not limited" (a quota or a node that leaves the resource out).
+
+FlavorQuota (Kueue: one flavor of a ClusterQueue's resource group)
+    flavor: the resource flavor (a kind of node, e.g. a GPU model) the quota applies to.
+    nominal: the quota this queue (or cohort) owns of that flavor.
+    borrowing_limit: the most it may use *above* ``nominal``, borrowed from its cohort
+        (UNLIMITED: anything the cohort has spare). Meaningless without a cohort.
+    lending_limit: the most of its *unused* nominal quota it lends to its cohort; the rest
+        (``nominal - lending_limit``) is guaranteed to it. UNLIMITED: all of it can be lent.
+
+Queue (Kueue: ClusterQueue)
+    name: unique name; jobs name their queue.
+    cohort: the cohort it shares quota with, or None (then it only ever uses ``nominal``).
+    quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried.
+    strategy: "BestEffortFIFO": a job that cannot be admitted is skipped and later jobs of the
+        queue may go ahead; "StrictFIFO": it blocks every later job of the queue.
+    within_queue: which running jobs of the *same* queue a pending job may preempt:
+        "Never", "LowerPriority", or "LowerOrNewerEqualPriority" (also equal priority created
+        later than the preemptor).
+    reclaim_within_cohort: which jobs of *other* queues in the cohort that are borrowing (use
+        more than their nominal quota) a job that fits in its own nominal quota may preempt to
+        get that quota back: "Never", "LowerPriority" or "Any".
+    borrow_within_cohort: "LowerPriority" lets a job that needs to *borrow* preempt
+        lower-priority jobs of other borrowing queues of the cohort (only those with priority
+        <= ``borrow_max_priority`` when that is set); "Never" forbids it.
+    fair_weight: the queue's weight in fair sharing (its share is divided by it).
+
+Cohort (Kueue: Cohort, hierarchical)
+    name, parent: cohorts form a tree; a queue's cohort is a leaf-ward node. Quota unused in one
+        subtree is available to the rest of the tree, within each node's limits.
+    quotas: quota owned by the cohort itself (shared by all below it), with its
+        borrowing_limit/lending_limit towards its own parent.
+    fair_weight: the cohort's weight when fair sharing compares sibling cohorts.
+
+Node
+    name: unique; decisions place ranks by node name.
+    flavor: the node's resource flavor (all its capacity counts against that flavor's quota).
+    capacity: what the node offers in total.
+    domains: the node's domain at each level of ``Snapshot.topology`` (outermost first), e.g.
+        ("zone-a", "rack-3"); names need only be unique within their parent domain.
+    schedulable: False for a cordoned node (its running jobs stay, nothing new lands there).
+
+RunningJob (admitted and holding resources: starting, running, or being preempted)
+    id, queue, priority: as for a pending job.
+    flavor: the flavor it was admitted with; its usage counts against the queue's quota of it.
+    nodes: the node of each rank (``len(nodes)`` is the number of ranks).
+    per_rank: resources each rank holds.
+    created_at: when the job was submitted (or last requeued); "newer" in preemption policies.
+    started_at: when it was admitted.
+    progress: seconds of work since its last checkpoint, i.e. what a preemption now would
+        lose. Victims are chosen to minimise it (after priority).
+    attained_service: GPU-seconds (or CPU-seconds for CPU-only jobs) received so far (LAS).
+    preempting: True once a preemption was decided and the job has not yet stopped; such jobs
+        are preferred as victims again and no new Preempt is issued for them.
+
+PendingJob (queued, waiting for admission)
+    id: the caller's job id (a DB id or a trace index; any hashable str or int).
+    queue: the name of its Queue.
+    priority: the integer of its priority class; higher wins.
+    created_at: submission time (or requeue time after preemption/failure); FIFO order and the
+        starvation age count from it.
+    ranks, per_rank: the gang: ``ranks`` ranks each needing ``per_rank``. All or nothing.
+    flavors: flavors it may use (GPU-model constraint); None: any flavor of its queue.
+    topology, topology_required: a level of ``Snapshot.topology`` (or "node") that all ranks
+        should share. Required: only such placements. Preferred: the lowest level that fits,
+        falling back to fewer domains of higher levels. None: as few domains as possible.
+    expected_duration: seconds; the oracle used by the "sjf" order (None sorts last).
+    attained_service: service received in earlier runs, for the "las" order.
+
+Snapshot
+    now: the current time on the caller's clock.
+    topology: the level names, outermost first (nodes' ``domains`` follow it).
+    queues, cohorts, nodes, running, pending: as above. Cohorts referenced by a queue or as a
+        parent but not listed are implicit (no quota of their own, no parent).
+
+Policy (algorithm switches; the cluster config supplies defaults via sched.config)
+    order: "fifo" (priority, then creation time), "sjf" (priority, then expected duration),
+        "las" (priority, then the Tiresias level of attained service: levels split at
+        ``las_thresholds``; a job in a lower level may preempt running jobs in a higher one as
+        if it had a higher priority, within the queue preemption policies).
+    fair_sharing: order queues by weighted dominant-resource share (Kueue fair sharing) and
+        let a job preempt in other queues only if it leaves its queue's share no higher than
+        the victim queue's share.
+    preemption: False turns every kind of preemption off (baselines).
+    starvation_age: a job pending longer than this (seconds) is considered first and holds a
+        reservation: while it cannot be placed, nothing else is admitted to the flavors it
+        could use, so capacity drains to it. None: off.
+    max_failed_preemptions: per queue and cycle, how many jobs may try preemption without
+        success before the queue stops trying this cycle (bounds the cycle's cost).
+
+Decisions
+    admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
+        charged to ``flavor``; ``borrowing`` if the queue is above its nominal quota after it.
+    preempt: Preempt(job, by, reason): stop running ``job`` (SIGTERM, grace, SIGKILL) and
+        requeue it; ``by`` is the pending job that needs its resources; reason is one of
+        "within_queue", "reclaim", "borrow", "fair_share".
+    waiting: pending job -> why it was not admitted this cycle (for `stoker jobs`).
+    nominated: pending job -> the running jobs it waits on to stop (its victims).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+JobId = str | int
+UNLIMITED = 1e18
+
+Strategy = Literal["StrictFIFO", "BestEffortFIFO"]
+WithinQueue = Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"]
+ReclaimWithinCohort = Literal["Never", "LowerPriority", "Any"]
+BorrowWithinCohort = Literal["Never", "LowerPriority"]
+Order = Literal["fifo", "sjf", "las"]
+PreemptReason = Literal["within_queue", "reclaim", "borrow", "fair_share"]
+
+
+class Resources(NamedTuple):
+    gpus: float = 0.0
+    cpus: float = 0.0
+    memory: float = 0.0
+
+
+NO_RESOURCES = Resources()
+ALL_UNLIMITED = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
+
+
+@dataclass(frozen=True, slots=True)
+class FlavorQuota:
+    flavor: str
+    nominal: Resources
+    borrowing_limit: Resources = ALL_UNLIMITED
+    lending_limit: Resources = ALL_UNLIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    name: str
+    quotas: tuple[FlavorQuota, ...]
+    cohort: str | None = None
+    strategy: Strategy = "BestEffortFIFO"
+    within_queue: WithinQueue = "Never"
+    reclaim_within_cohort: ReclaimWithinCohort = "Never"
+    borrow_within_cohort: BorrowWithinCohort = "Never"
+    borrow_max_priority: int | None = None
+    fair_weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    name: str
+    parent: str | None = None
+    quotas: tuple[FlavorQuota, ...] = ()
+    fair_weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    flavor: str
+    capacity: Resources
+    domains: tuple[str, ...] = ()
+    schedulable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    id: JobId
+    queue: str
+    priority: int
+    flavor: str
+    nodes: tuple[str, ...]
+    per_rank: Resources
+    created_at: float = 0.0
+    started_at: float = 0.0
+    progress: float = 0.0
+    attained_service: float = 0.0
+    preempting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    id: JobId
+    queue: str
+    priority: int
+    created_at: float
+    ranks: int
+    per_rank: Resources
+    flavors: tuple[str, ...] | None = None
+    topology: str | None = None
+    topology_required: bool = False
+    expected_duration: float | None = None
+    attained_service: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    now: float
+    queues: Sequence[Queue]
+    nodes: Sequence[Node]
+    running: Sequence[RunningJob]
+    pending: Sequence[PendingJob]
+    cohorts: Sequence[Cohort] = ()
+    topology: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    order: Order = "fifo"
+    fair_sharing: bool = False
+    preemption: bool = True
+    starvation_age: float | None = None
+    las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
+    max_failed_preemptions: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    job: JobId
+    queue: str
+    flavor: str
+    nodes: tuple[str, ...]
+    borrowing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    job: JobId
+    by: JobId
+    reason: PreemptReason
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    admit: list[Admit] = field(default_factory=list)
+    preempt: list[Preempt] = field(default_factory=list)
+    waiting: Mapping[JobId, str] = field(default_factory=dict)
+    nominated: Mapping[JobId, tuple[JobId, ...]] = field(default_factory=dict)

@@ -1,0 +1,309 @@
+"""The cluster config (``cluster.toml``): nodes, topology, flavors, tenants, queues and quotas.
+
+Quota semantics follow Kueue's ClusterQueue: each queue holds, per resource flavor, a nominal
+quota; queues in one cohort lend each other their unused quota. ``borrowing_limit`` caps what a
+queue (or cohort) may take above its nominal quota from its parent cohort; ``lending_limit`` caps
+how much of its unused nominal quota it lends out (the rest stays reserved for it). A resource
+left out of a quota (or of a node) is not limited by it. Cohorts nest (``parent``) and may own
+quota of their own, shared by everything below them.
+
+```toml
+topology = ["zone", "rack"]          # levels, outermost first; nodes label each level
+default_priority_class = "normal"
+
+[scheduler]
+fair_sharing = false                 # weighted dominant-resource share orders the queues
+starvation_age = "6h"                # a job pending longer gets a reservation
+
+[priority_classes]
+low = 0
+normal = 100
+
+[flavors.cpu]
+[flavors.h100]
+gpu_model = "H100"
+
+[autodetect]                         # this machine as one node (NVML; else CPU slots)
+cpu_slots = 4
+cpu_flavor = "cpu"
+labels = { zone = "local", rack = "local" }
+
+[[nodes]]                            # or explicit nodes; ``count`` names them name-0, name-1, ...
+name = "gpu"
+count = 4
+flavor = "h100"
+gpus = 8
+cpus = 96
+memory = "1TiB"
+labels = { zone = "z1", rack = "r1" }
+
+[admin]
+token_env = "STOKER_ADMIN_TOKEN"
+
+[tenants.alice]
+token_sha256 = "<hex sha256 of the token>"
+queues = ["research"]
+
+[cohorts.org]
+parent = "company"                   # optional; cohorts with no section are implicit roots
+
+[queues.research]
+cohort = "org"
+strategy = "BestEffortFIFO"          # or StrictFIFO
+fair_weight = 1.0
+preemption = { within_queue = "LowerPriority", reclaim_within_cohort = "Any" }
+
+[queues.research.quotas.h100]        # flavors are tried in the order written
+gpus = 8
+cpus = 64
+borrowing_limit = { gpus = 8 }
+lending_limit = { gpus = 4 }
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stoker.spec import loading
+from stoker.spec.errors import ConfigError, KeyedValueError
+from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, Seconds
+
+RESOURCES = ("gpus", "cpus", "memory")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Amounts(Section):
+    """An amount per resource; a resource left out (None) is not limited."""
+
+    gpus: float | None = Field(default=None, ge=0)
+    cpus: float | None = Field(default=None, ge=0)
+    memory: Bytes | None = None
+
+    def get(self, resource: str) -> float | None:
+        value: float | None = getattr(self, resource)
+        return value
+
+
+class Quota(Amounts):
+    """Nominal quota of one flavor, with the limits on borrowing and lending."""
+
+    borrowing_limit: Amounts | None = None
+    lending_limit: Amounts | None = None
+
+
+class Preemption(Section):
+    """Kueue's ClusterQueue preemption policy."""
+
+    within_queue: Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"] = "Never"
+    reclaim_within_cohort: Literal["Never", "LowerPriority", "Any"] = "Never"
+    borrow_within_cohort: Literal["Never", "LowerPriority"] = "Never"
+    borrow_max_priority: int | None = None
+
+
+class QueueConfig(Section):
+    cohort: str | None = None
+    strategy: Literal["StrictFIFO", "BestEffortFIFO"] = "BestEffortFIFO"
+    fair_weight: float = Field(default=1.0, ge=0)
+    preemption: Preemption = Preemption()
+    quotas: dict[str, Quota] = Field(min_length=1)
+
+
+class CohortConfig(Section):
+    parent: str | None = None
+    fair_weight: float = Field(default=1.0, ge=0)
+    quotas: dict[str, Quota] = {}
+
+
+class FlavorConfig(Section):
+    gpu_model: str | None = None
+
+
+class NodeConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    count: int = Field(default=1, ge=1, le=100_000)
+    flavor: str
+    gpus: float = Field(default=0, ge=0)
+    cpus: float | None = Field(default=None, ge=0)
+    memory: Bytes | None = None
+    labels: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        if self.count == 1:
+            return [self.name]
+        return [f"{self.name}-{i}" for i in range(self.count)]
+
+
+class AutodetectConfig(Section):
+    """This machine as one node: its GPUs through NVML, else ``cpu_slots`` CPU slots."""
+
+    enabled: bool = True
+    name: str = Field(default="local", pattern=NAME_PATTERN)
+    cpu_slots: int | None = Field(default=None, ge=1)
+    cpu_flavor: str = "cpu"
+    labels: dict[str, str] = {}
+
+
+class TokenConfig(Section):
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if (self.token_sha256 is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_sha256 or token_env")
+        return self
+
+
+class TenantConfig(TokenConfig):
+    queues: tuple[str, ...] = Field(min_length=1)
+
+
+class SchedulerConfig(Section):
+    fair_sharing: bool = False
+    starvation_age: Seconds | None = None
+    order: Literal["fifo", "sjf", "las"] = "fifo"
+    interval: Seconds = 1.0
+
+
+class ClusterConfig(Section):
+    topology: tuple[str, ...] = ()
+    default_priority_class: str | None = None
+    priority_classes: dict[str, int] = {}
+    scheduler: SchedulerConfig = SchedulerConfig()
+    flavors: dict[str, FlavorConfig] = Field(min_length=1)
+    autodetect: AutodetectConfig | None = None
+    nodes: tuple[NodeConfig, ...] = ()
+    admin: TokenConfig | None = None
+    tenants: dict[str, TenantConfig] = {}
+    cohorts: dict[str, CohortConfig] = {}
+    queues: dict[str, QueueConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        self._check_names()
+        self._check_nodes()
+        self._check_cohorts()
+        self._check_queues()
+        for tenant, cfg in self.tenants.items():
+            for i, queue in enumerate(cfg.queues):
+                if queue not in self.queues:
+                    raise KeyedValueError(f"tenants.{tenant}.queues.{i}",
+                                          f"unknown queue {queue!r}")
+        if self.default_priority_class is not None and (
+            self.default_priority_class not in self.priority_classes
+        ):
+            raise KeyedValueError("default_priority_class",
+                                  f"{self.default_priority_class!r} is not in priority_classes")
+        return self
+
+    def _check_names(self) -> None:
+        for table in ("flavors", "tenants", "cohorts", "queues", "priority_classes"):
+            for name in getattr(self, table):
+                if not re.fullmatch(NAME_PATTERN, name):
+                    raise KeyedValueError(f"{table}.{name}", "names are letters, digits, . _ -")
+        if len(set(self.topology)) != len(self.topology):
+            raise KeyedValueError("topology", "levels must be distinct")
+
+    def _check_nodes(self) -> None:
+        if not self.nodes and (self.autodetect is None or not self.autodetect.enabled):
+            raise KeyedValueError("nodes", "give [[nodes]] or enable [autodetect]")
+        seen: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            if node.flavor not in self.flavors:
+                raise KeyedValueError(f"nodes.{i}.flavor", f"unknown flavor {node.flavor!r}")
+            self._check_labels(f"nodes.{i}.labels", node.labels)
+            for name in node.names():
+                if name in seen:
+                    raise KeyedValueError(f"nodes.{i}.name", f"node {name!r} is defined twice")
+                seen.add(name)
+        if self.autodetect is not None and self.autodetect.enabled:
+            self._check_labels("autodetect.labels", self.autodetect.labels)
+            if self.autodetect.cpu_flavor not in self.flavors:
+                raise KeyedValueError("autodetect.cpu_flavor",
+                                      f"unknown flavor {self.autodetect.cpu_flavor!r}")
+
+    def _check_labels(self, key: str, labels: dict[str, str]) -> None:
+        for level in self.topology:
+            if level not in labels:
+                raise KeyedValueError(key, f"missing the topology level {level!r}")
+
+    def _check_cohorts(self) -> None:
+        for name, cohort in self.cohorts.items():
+            self._check_quotas(f"cohorts.{name}", cohort.quotas, has_parent=cohort.parent
+                               is not None)
+            seen = {name}
+            parent = cohort.parent
+            while parent is not None:
+                if parent in seen:
+                    raise KeyedValueError(f"cohorts.{name}.parent", "cohorts form a cycle")
+                seen.add(parent)
+                parent = self.cohorts[parent].parent if parent in self.cohorts else None
+
+    def _check_queues(self) -> None:
+        for name, queue in self.queues.items():
+            if queue.cohort in self.queues:
+                raise KeyedValueError(f"queues.{name}.cohort",
+                                      f"{queue.cohort!r} is a queue, not a cohort")
+            self._check_quotas(f"queues.{name}", queue.quotas, has_parent=queue.cohort
+                               is not None)
+
+    def _check_quotas(self, key: str, quotas: dict[str, Quota], has_parent: bool) -> None:
+        for flavor, quota in quotas.items():
+            where = f"{key}.quotas.{flavor}"
+            if flavor not in self.flavors:
+                raise KeyedValueError(where, f"unknown flavor {flavor!r}")
+            if quota.borrowing_limit is not None and not has_parent:
+                raise KeyedValueError(f"{where}.borrowing_limit", "needs a cohort to borrow from")
+            if quota.lending_limit is None:
+                continue
+            for resource in RESOURCES:
+                lend, nominal = quota.lending_limit.get(resource), quota.get(resource)
+                if lend is not None and nominal is not None and lend > nominal:
+                    raise KeyedValueError(f"{where}.lending_limit.{resource}",
+                                          f"{lend} is above the nominal quota {nominal}")
+
+    # --- lookups used by the control plane and the simulator ---
+
+    def priority(self, priority_class: str | None) -> int:
+        name = priority_class or self.default_priority_class
+        return 0 if name is None else self.priority_classes[name]
+
+    def flavors_for_model(self, gpu_model: str | None) -> tuple[str, ...] | None:
+        """Flavors whose gpu_model contains ``gpu_model`` (any case); None: no constraint."""
+        if gpu_model is None:
+            return None
+        want = gpu_model.lower()
+        return tuple(name for name, f in self.flavors.items()
+                     if f.gpu_model is not None and want in f.gpu_model.lower())
+
+    def check_job(self, job: JobSpec, source: str | None = None) -> None:
+        """Reject a job that names things this cluster does not have."""
+        if job.queue not in self.queues:
+            raise ConfigError(source, "queue", f"unknown queue {job.queue!r} "
+                              f"(known: {', '.join(self.queues)})")
+        if job.priority_class is not None and job.priority_class not in self.priority_classes:
+            raise ConfigError(source, "priority_class",
+                              f"unknown priority class {job.priority_class!r}")
+        topo = job.placement.topology
+        if topo is not None and topo not in (*self.topology, "node"):
+            raise ConfigError(source, "placement.topology",
+                              f"unknown topology level {topo!r} "
+                              f"(known: {', '.join((*self.topology, 'node'))})")
+        allowed = self.flavors_for_model(job.placement.gpu_model)
+        if allowed is not None and not set(allowed) & set(self.queues[job.queue].quotas):
+            raise ConfigError(source, "placement.gpu_model",
+                              f"queue {job.queue!r} has no flavor with GPU model "
+                              f"{job.placement.gpu_model!r}")
+
+
+def load_cluster(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> ClusterConfig:
+    """Read and validate ``cluster.toml``; mistakes become one-line ConfigErrors."""
+    return loading.load(ClusterConfig, path, overrides)
