@@ -1,0 +1,85 @@
+"""Alibaba GPU cluster trace 2023 (`openb_pod_list_*.csv` + `openb_node_list_gpu_node.csv`).
+
+One pod is one single-rank job of `num_gpu` GPUs; `gpu_milli` < 1000 (only with one GPU) is a
+share of a GPU. Arrival = creation_time, run time = deletion_time - scheduled_time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stoker.sim.loaders import _csv
+from stoker.sim.loaders.common import drop_unsatisfiable
+from stoker.sim.trace import SkipReport, Trace, TraceJob, TraceNode, rebase
+from stoker.spec.errors import ConfigError
+
+POD_COLUMNS = ("name", "num_gpu", "creation_time", "deletion_time", "scheduled_time")
+NODE_COLUMNS = ("sn", "gpu", "model")
+NODE_LIST = "openb_node_list_gpu_node.csv"
+QOS_PRIORITY = {"BE": 0, "Burstable": 1, "LS": 2, "Guaranteed": 2}
+
+
+def load(path: str | Path, node_list: str | Path | None = None) -> Trace:
+    """Read the pod list; the node list defaults to `openb_node_list_gpu_node.csv` beside it."""
+    report = SkipReport()
+    jobs = [job for row in _csv.rows(path, POD_COLUMNS) if (job := _job(row, report))]
+    if node_list is None and (Path(path).parent / NODE_LIST).is_file():
+        node_list = Path(path).parent / NODE_LIST
+    nodes = load_nodes(node_list) if node_list is not None else None
+    if nodes is not None:
+        jobs = drop_unsatisfiable(jobs, nodes, report)
+    return Trace(str(path), "alibaba", rebase(jobs), report, nodes)
+
+
+def load_nodes(path: str | Path) -> list[TraceNode]:
+    """GPU nodes of the node list (rows with gpu == 0 are CPU-only and left out)."""
+    nodes = []
+    for row in _csv.rows(path, NODE_COLUMNS):
+        try:
+            gpus = _csv.integer(row, "gpu")
+            cpus = _csv.number(row, "cpu_milli", 0) / 1000
+            memory = _csv.integer(row, "memory_mib", 0)
+        except _csv.BadValue as e:
+            raise ConfigError(str(path), e.column, f"not a number in row {row['sn']!r}") from None
+        if gpus > 0:
+            nodes.append(TraceNode(row["sn"], gpus, row["model"], cpus, memory))
+    return nodes
+
+
+def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
+    report.rows += 1
+    try:
+        gpus = _csv.integer(row, "num_gpu")
+        if gpus == 0:
+            report.skip("CPU-only task (num_gpu == 0)")
+            return None
+        if row["scheduled_time"] == "":
+            report.skip("never scheduled in the trace (no scheduled_time)")
+            return None
+        if row["deletion_time"] == "":
+            report.skip("no deletion_time: run time unknown")
+            return None
+        duration = _csv.number(row, "deletion_time") - _csv.number(row, "scheduled_time")
+        milli = _csv.integer(row, "gpu_milli", 1000)
+        arrival = _csv.number(row, "creation_time")
+        cpus = _csv.number(row, "cpu_milli", 0) / 1000
+        memory = _csv.integer(row, "memory_mib", 0)
+    except _csv.BadValue as e:
+        report.skip(f"unparseable value in column '{e.column}'")
+        return None
+    if duration <= 0:
+        report.skip("zero or negative duration")
+        return None
+    if gpus < 0 or not 0 < milli <= 1000:
+        report.skip("invalid GPU request (num_gpu < 0 or gpu_milli outside 1..1000)")
+        return None
+    if gpus > 1:
+        milli = 1000
+    if milli < 1000:
+        report.note("fractional GPU request (gpu_milli < 1000), rounded up to one GPU")
+    models = tuple(m for m in row.get("gpu_spec", "").split("|") if m)
+    return TraceJob(
+        id=row["name"], arrival=arrival, duration=duration, ranks=1, gpus_per_rank=gpus,
+        gpu_milli=milli, gpu_models=models, priority=QOS_PRIORITY.get(row.get("qos", ""), 0),
+        cpus_per_rank=cpus, memory_mib_per_rank=memory,
+    )

@@ -1,0 +1,63 @@
+"""Tiresias simulator traces (SymbioticLab/Tiresias, NSDI'19): `job_id, num_gpu, submit_time,
+iterations, model_name, duration, interval` (seconds). No user column: tenants come from hashing.
+Every GPU is one rank, so a job larger than a node spans several (as in Tiresias' placement).
+
+The cluster file beside it (e.g. `n32g4.csv`: num_switch, num_node_p_switch, num_gpu_p_node,
+num_cpu_p_node, mem_p_node) is read by `load_nodes`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stoker.sim.loaders import _csv
+from stoker.sim.trace import SkipReport, Trace, TraceJob, TraceNode, rebase
+from stoker.spec.errors import ConfigError
+
+COLUMNS = ("job_id", "num_gpu", "submit_time", "duration")
+NODE_COLUMNS = ("num_switch", "num_node_p_switch", "num_gpu_p_node")
+
+
+def load(path: str | Path) -> Trace:
+    report = SkipReport()
+    jobs = [job for row in _csv.rows(path, COLUMNS) if (job := _job(row, report))]
+    return Trace(str(path), "tiresias", rebase(jobs), report)
+
+
+def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
+    report.rows += 1
+    try:
+        gpus = _csv.integer(row, "num_gpu")
+        arrival = _csv.number(row, "submit_time")
+        duration = _csv.number(row, "duration")
+    except _csv.BadValue as e:
+        report.skip(f"unparseable value in column '{e.column}'")
+        return None
+    if gpus <= 0:
+        report.skip("CPU-only job (num_gpu == 0)")
+        return None
+    if duration <= 0:
+        report.skip("zero or negative duration")
+        return None
+    return TraceJob(id=row["job_id"], arrival=arrival, duration=duration, ranks=gpus,
+                    gpus_per_rank=1)
+
+
+def load_nodes(path: str | Path) -> list[TraceNode]:
+    """Expand each row (switches x nodes per switch) into nodes labelled by switch."""
+    nodes: list[TraceNode] = []
+    for row in _csv.rows(path, NODE_COLUMNS):
+        try:
+            switches = _csv.integer(row, "num_switch")
+            per_switch = _csv.integer(row, "num_node_p_switch")
+            gpus = _csv.integer(row, "num_gpu_p_node")
+            cpus = _csv.number(row, "num_cpu_p_node", 0)
+            memory = _csv.integer(row, "mem_p_node", 0)
+        except _csv.BadValue as e:
+            raise ConfigError(str(path), e.column, "not a whole number") from None
+        for s in range(switches):
+            for n in range(per_switch):
+                name = f"s{s}-n{n}"
+                nodes.append(TraceNode(name, gpus, "", cpus, memory * 1024,
+                                       (("switch", f"s{s}"),)))
+    return nodes
