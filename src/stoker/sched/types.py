@@ -90,8 +90,9 @@ Snapshot
 Policy (algorithm switches; the cluster config supplies defaults via sched.config)
     order: "fifo" (priority, then creation time), "sjf" (priority, then expected duration),
         "las" (priority, then the Tiresias level of attained service: levels split at
-        ``las_thresholds``; a job in a lower level may preempt running jobs in a higher one as
-        if it had a higher priority, within the queue preemption policies).
+        ``las_thresholds``, FIFO within a level). Under "las" a job of a lower level counts as
+        higher priority than running jobs of a higher level of the same priority class, and
+        ``within_queue = "Never"`` is read as "LowerPriority", so it preempts them (Tiresias).
     fair_sharing: order queues by weighted dominant-resource share (Kueue fair sharing) and
         let a job preempt in other queues only if it leaves its queue's share no higher than
         the victim queue's share.
@@ -99,8 +100,8 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
     starvation_age: a job pending longer than this (seconds) is considered first and holds a
         reservation: while it cannot be placed, nothing else is admitted to the flavors it
         could use, so capacity drains to it. None: off.
-    max_failed_preemptions: per queue and cycle, how many jobs may try preemption without
-        success before the queue stops trying this cycle (bounds the cycle's cost).
+    max_preemption_attempts: per queue and cycle, how many of its jobs may search for victims
+        (Kueue tries only each queue's head; this bounds the cycle's cost the same way).
 
 Decisions
     admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
@@ -225,7 +226,7 @@ class Policy:
     preemption: bool = True
     starvation_age: float | None = None
     las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
-    max_failed_preemptions: int = 2
+    max_preemption_attempts: int = 4
 
 
 @dataclass(frozen=True, slots=True)
