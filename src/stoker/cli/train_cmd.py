@@ -1,9 +1,40 @@
-"""Placeholder: this command group is filled in by its own change."""
+"""`stoker train CFG --nproc N [--run-dir DIR] [--set k=v ...]`: train on N local ranks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+
+def train(
+    cfg: Path = typer.Argument(..., help="Training config (TOML)."),
+    nproc: int = typer.Option(1, "--nproc", help="Number of local ranks (processes)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Run directory (default: runs/<train.name>-<timestamp>/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: section.key=value."),
+) -> None:
+    """Validate the config, prepare the data, then run N ranks with torch.distributed.elastic.
+
+    Metrics go to RUN_DIR/metrics.jsonl (one JSON object per step), the resolved config to
+    RUN_DIR/config.toml, the run summary to RUN_DIR/summary.json, each rank's output to
+    RUN_DIR/logs/.
+    """
+    from stoker.train.launch import launch, prepare_run
+
+    config, rdir = prepare_run(cfg, set_, nproc, run_dir)
+    console = Console(stderr=True, highlight=False)
+    p = config.parallel
+    console.print(f"stoker train: {nproc} rank{'s' * (nproc > 1)}, {config.model.preset} model, "
+                  f"strategy {p.strategy}, {config.train.steps} steps -> {rdir}")
+    code = launch(config, rdir, nproc)
+    if code == 0:
+        console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
+                      f"summary: {rdir / 'summary.json'}")
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add `stoker train` to the top-level app."""
+    app.command("train")(train)

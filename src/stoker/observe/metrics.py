@@ -1,0 +1,140 @@
+"""Per-step telemetry: the step timer, peak memory, the metrics.jsonl writer and the run summary.
+
+The timer splits an optimizer step into data wait (host time blocked on the loader),
+forward+backward and optimizer. On CUDA the two compute phases are timed with CUDA events (device
+time); on CPU everything is perf_counter. The step time is host wall time, taken after the
+device has finished the step.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+PHASES = ("data_wait", "fwd_bwd", "optim")
+
+
+@dataclass
+class StepTimes:
+    step_time_s: float
+    data_wait_s: float
+    fwd_bwd_s: float
+    optim_s: float
+
+
+class StepTimer:
+    """Times one step at a time: ``start()``, ``with phase(name): ...`` (any number), ``stop()``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._t0 = 0.0
+        self._host: dict[str, float] = {}
+        self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
+
+    def start(self) -> None:
+        self._host = dict.fromkeys(PHASES, 0.0)
+        self._events = {name: [] for name in PHASES}
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.cuda and name != "data_wait":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            yield
+            end.record()
+            self._events[name].append((begin, end))
+        else:
+            t = time.perf_counter()
+            yield
+            self._host[name] += time.perf_counter() - t
+
+    def stop(self) -> StepTimes:
+        if self.cuda:
+            torch.cuda.synchronize()
+            for name, pairs in self._events.items():
+                self._host[name] += sum(b.elapsed_time(e) for b, e in pairs) / 1000.0
+        return StepTimes(time.perf_counter() - self._t0, self._host["data_wait"],
+                         self._host["fwd_bwd"], self._host["optim"])
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak since the process started: the caching allocator's on GPU, the process RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)  # Linux reports KiB
+
+
+class MetricsWriter:
+    """Appends one JSON object per line and flushes it, so a crash loses at most one record."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class RunStats:
+    """What the summary needs from every step record, kept as plain lists."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        if "eval_loss" in record:
+            self.evals.append((record["step"], record["eval_loss"]))
+
+    def summary(self) -> dict[str, Any]:
+        """Medians and shares over the steps after the first (it pays for warm-up)."""
+        recs = self.records
+        if not recs:
+            return {"steps_completed": 0}
+        steady = recs[1:] if len(recs) > 1 else recs
+
+        def median(key: str) -> float:
+            return float(statistics.median(r[key] for r in steady))
+
+        def share(key: str) -> float:
+            total = sum(r["step_time_s"] for r in steady)
+            return sum(r[key] for r in steady) / total if total > 0 else 0.0
+
+        out: dict[str, Any] = {
+            "steps_completed": recs[-1]["step"],
+            "loss_first": recs[0]["loss"],
+            "loss_last": recs[-1]["loss"],
+            "tokens_trained": sum(r["tokens"] for r in recs),
+            "step_time_median_s": median("step_time_s"),
+            "tokens_per_s_median": median("tokens_per_s"),
+            "tokens_per_s_per_device_median": median("tokens_per_s_per_device"),
+            "mfu_median": median("mfu"),
+            "data_wait_fraction": share("data_wait_s"),
+            "fwd_bwd_fraction": share("fwd_bwd_s"),
+            "optim_fraction": share("optim_s"),
+            "peak_mem_bytes": max(r["peak_mem_bytes"] for r in recs),
+            "max_rank_step_time_spread_s": max(
+                max(r["rank_step_times"]) - min(r["rank_step_times"]) for r in recs),
+        }
+        if self.evals:
+            out["eval_loss_last"] = self.evals[-1][1]
+            out["eval_loss_best"] = min(v for _, v in self.evals)
+        return out

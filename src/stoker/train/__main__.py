@@ -1,0 +1,83 @@
+"""One rank: ``python -m stoker.train CFG [--run-dir DIR] [--set k=v ...]``.
+
+Started by ``stoker train`` (elastic) or directly by
+``torchrun --nproc-per-node N -m stoker.train CFG``; without torchrun's env it is a world of one.
+Each rank parses the config itself. Exit codes: 0 done, 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from stoker.spec import loading
+from stoker.spec.errors import StokerError
+from stoker.spec.train import DataConfig, TrainConfig
+from stoker.train.distributed import DistInfo, barrier, destroy_distributed, init_distributed
+from stoker.train.launch import make_run_dir, write_config
+from stoker.train.trainer import EXIT_INTERRUPTED, Trainer
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stoker.train", description=__doc__)
+    p.add_argument("config", type=Path, help="training config (TOML)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where metrics, config and logs go (default runs/<name>-<timestamp>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a config key: section.key=value")
+    return p.parse_args(argv)
+
+
+@record
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = loading.load(TrainConfig, args.config, args.overrides)
+        cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
+        return run_rank(cfg, args.run_dir)
+    except StokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def run_rank(cfg: TrainConfig, run_dir: Path | None) -> int:
+    info = init_distributed(cfg.parallel, cfg.train)
+    try:
+        run_dir = agree_run_dir(cfg.train.name, run_dir, info)
+        if info.is_main:
+            write_config(run_dir, cfg)
+        shard_dir = prepare_data(cfg.data, info)
+        status = Trainer(cfg, run_dir, info, shard_dir).run()
+    finally:
+        destroy_distributed()
+    return EXIT_INTERRUPTED if status in ("interrupted", "aborted") else 0
+
+
+def agree_run_dir(name: str, run_dir: Path | None, info: DistInfo) -> Path:
+    """Rank 0 makes the run dir (a new timestamped one if none was given) and tells the rest."""
+    chosen = [str(make_run_dir(name, run_dir)) if info.is_main else ""]
+    if dist.is_initialized() and info.world_size > 1:
+        dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0])
+
+
+def prepare_data(data: DataConfig, info: DistInfo) -> Path:
+    """The shard dir; local rank 0 prepares a missing ``stdlib`` while the others wait."""
+    from stoker.train.data import ensure_dataset
+
+    if info.is_local_main:
+        path = ensure_dataset(data)
+    barrier()
+    if not info.is_local_main:
+        path = ensure_dataset(data, progress=False)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""The step loop of one rank: all training state in one object, one optimizer step at a time.
+
+    Trainer(cfg, run_dir, dist, shard_dir).run() -> "completed" | "interrupted" | "aborted"
+
+Each step: ``accum`` micro-batches of forward+backward (gradients synchronised on the last one
+only under DDP), gradient clipping, AdamW, LR schedule; then one all_gather of a few numbers per
+rank (loss, step time, peak memory, stop flag) gives the logged loss, every rank's step time and
+an agreed stop. Rank 0 writes metrics.jsonl, summary.json and draws the display.
+
+The checkpoint code hooks in through ``state_dict()`` / ``load_state_dict()`` and
+``after_step`` callbacks; SIGINT/SIGTERM stop all ranks together at a step boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from stoker.observe.flops import flops_per_token
+from stoker.observe.live import Display, make_display
+from stoker.observe.metrics import MetricsWriter, RunStats, StepTimer, peak_memory_bytes
+from stoker.observe.peak import Peak, peak_flops
+from stoker.spec.errors import ConfigError, StokerError
+from stoker.spec.train import TrainConfig
+from stoker.train.data import TokenLoader
+from stoker.train.distributed import DistInfo, barrier
+from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from stoker.train.parallelize import autocast_context, build_model, resolve_dtype
+
+EXIT_INTERRUPTED = 130
+REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same Ctrl-C, delivered twice
+
+
+class StopRequest:
+    """The first SIGINT/SIGTERM asks to stop after the current step; a later one aborts it."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._at = 0.0
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+            self._at = now
+        elif now - self._at > REPEAT_SIGNAL_GRACE_S:
+            raise KeyboardInterrupt
+
+
+class Trainer:
+    """Model, optimizer, scheduler, data position and step of one rank, and the loop over them."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, dist_info: DistInfo,
+                 shard_dir: Path, display: Display | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.dist = dist_info
+        self.device = dist_info.device
+        t = cfg.train
+        self.shape = cfg.model.shape()
+        self.accum = cfg.grad_accum_steps(dist_info.world_size)
+        self.tokens_per_step = t.global_batch_size * t.seq_len
+        self.shard_dir = shard_dir
+        self.train_loader = self._loader("train")
+        self._check_vocab(self.train_loader.vocab_size)
+        self.val_loader: TokenLoader | None = None
+
+        self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
+                                 dist_info.world_size)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
+        self.step = 0
+        self.after_step: list[Callable[[Trainer, dict[str, Any]], None]] = []
+
+        self.stop = StopRequest()
+        self.stop_agreed = False  # some rank was asked to stop: all stop after this step
+        self.timer = StepTimer(self.device)
+        self.flops_per_token = flops_per_token(self.shape, t.seq_len)
+        self.peak = self._peak()
+        self.stats = RunStats()
+        self.display = display or make_display(dist_info.is_main, cfg.telemetry.live,
+                                               t.log_interval)
+        self.writer = (MetricsWriter(run_dir / cfg.telemetry.metrics_file)
+                       if dist_info.is_main else None)
+
+    # ------------------------------------------------------------------ state (for checkpoints)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs. Model and optimizer come as (sharded) DCP state dicts."""
+        return {
+            "model": get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "loader": self.train_loader.state_dict(),
+            "rng": rng_state(self.device),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.train_loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"], self.device)
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``accum`` micro-batches; returns its numbers (not reduced)."""
+        self.model.train()
+        timer = self.timer
+        timer.start()
+        loss_sum = torch.zeros((), device=self.device)
+        for i in range(self.accum):
+            with timer.phase("data_wait"):
+                batch = next(self.train_loader).to(self.device, non_blocking=True)
+            with timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1):
+                loss = self._loss(batch.inputs, batch.targets)
+                (loss / self.accum).backward()
+                loss_sum += loss.detach()
+        with timer.phase("optim"):
+            grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        times = timer.stop()
+        return {"loss": loss_sum / self.accum, "grad_norm": grad_norm, "lr": lr, "times": times}
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.model(inputs)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        return autocast_context(self.cfg.parallel, self.device)
+
+    def _grad_sync(self, sync: bool) -> AbstractContextManager[object]:
+        """DDP all-reduces on the last micro-batch only. FSDP2 reduce-scatters every micro-batch
+        so that gradients stay sharded (unsharded accumulation would cost a full model copy)."""
+        if not sync and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return nullcontext()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over ``train.eval_steps`` global batches of the val split (the same ones
+        every time), averaged over ranks."""
+        loader = self.val_loader
+        assert loader is not None
+        loader.reset()
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        n = self.cfg.train.eval_steps * self.accum
+        for _ in range(n):
+            batch = next(loader).to(self.device, non_blocking=True)
+            total += self._loss(batch.inputs, batch.targets)
+        loader.close()
+        if dist.is_initialized():
+            dist.all_reduce(total)
+            total /= self.dist.world_size
+        return float(total) / n
+
+    # ------------------------------------------------------------------ the loop
+
+    def step_once(self) -> dict[str, Any]:
+        """A training step, its telemetry, periodic eval and the ``after_step`` hooks."""
+        out = self.train_step()
+        self.step += 1
+        record = self._record(out)
+        t = self.cfg.train
+        if self.val_loader is not None and (self.step % t.eval_interval == 0
+                                            or self.step == t.steps):
+            record["eval_loss"] = self.evaluate()
+        self.stats.add(record)
+        if self.writer is not None:
+            self.writer.write(record)
+        self.display.update(record)
+        for hook in self.after_step:
+            hook(self, record)
+        return record
+
+    def run(self) -> str:
+        """Train to ``train.steps``; returns "completed", "interrupted" (a signal, stopped at a
+        step boundary) or "aborted" (a second signal, mid-step)."""
+        self.stop.install()
+        self._setup_eval()
+        started = time.time()
+        status = "failed"
+        self.display.start(self.cfg.train.steps, self.step)
+        try:
+            while self.step < self.cfg.train.steps:
+                self.step_once()
+                if self.stop_agreed:
+                    break
+            status = "interrupted" if self.stop.requested else "completed"
+        except KeyboardInterrupt:
+            status = "aborted"
+        finally:
+            self.train_loader.close()
+            self._finish(status, time.time() - started)
+        return status
+
+    # ------------------------------------------------------------------ telemetry
+
+    def _record(self, out: dict[str, Any]) -> dict[str, Any]:
+        """The step's JSON record; one all_gather brings every rank's numbers to every rank."""
+        times = out["times"]
+        mine = torch.tensor([float(out["loss"]), times.step_time_s,
+                             float(peak_memory_bytes(self.device)), float(self.stop.requested)],
+                            dtype=torch.float64, device=self.device)
+        ranks = gather_rows(mine, self.dist.world_size).tolist()
+        losses, step_times, mems, stops = (list(col) for col in zip(*ranks, strict=True))
+        self.stop_agreed = any(stops)
+        tps = self.tokens_per_step / times.step_time_s
+        tps_dev = tps / self.dist.world_size
+        return {
+            "step": self.step,
+            "loss": sum(losses) / len(losses),
+            "lr": out["lr"],
+            "grad_norm": float(out["grad_norm"]),
+            "tokens": self.tokens_per_step,
+            "tokens_per_s": tps,
+            "tokens_per_s_per_device": tps_dev,
+            "mfu": self.flops_per_token * tps_dev / self.peak.flops_per_s,
+            "step_time_s": times.step_time_s,
+            "data_wait_s": times.data_wait_s,
+            "fwd_bwd_s": times.fwd_bwd_s,
+            "optim_s": times.optim_s,
+            "peak_mem_bytes": int(max(mems)),
+            "rank_step_times": step_times,
+            "time": time.time(),
+        }
+
+    def _finish(self, status: str, wall_time_s: float) -> None:
+        summary = {
+            "status": status,
+            "steps_planned": self.cfg.train.steps,
+            "world_size": self.dist.world_size,
+            "wall_time_s": wall_time_s,
+            **self.stats.summary(),
+            "flops_per_token": self.flops_per_token,
+            "peak_flops": self.peak.flops_per_s,
+            "peak_source": self.peak.source,
+            "run_dir": str(self.run_dir),
+        }
+        if self.stop.signal:
+            summary["signal"] = self.stop.signal
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.writer is not None:
+            self.writer.close()
+        self.display.finish(summary)
+
+    def _peak(self) -> Peak:
+        """The MFU denominator: ``telemetry.peak_flops`` or the device's, found by rank 0 while
+        the other ranks wait (a CPU calibration must not compete with them for cores)."""
+        if self.cfg.telemetry.peak_flops:
+            return Peak(self.cfg.telemetry.peak_flops, "config: telemetry.peak_flops")
+        barrier()
+        peak = peak_flops(self.device, resolve_dtype(self.cfg.parallel, self.device))
+        barrier()
+        return peak
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _loader(self, split: str) -> TokenLoader:
+        t = self.cfg.train
+        return TokenLoader(self.shard_dir, split, t.seq_len, t.global_batch_size,  # type: ignore[arg-type]
+                           t.micro_batch_size, dp_rank=self.dist.rank,
+                           dp_size=self.dist.world_size, seed=t.seed,
+                           prefetch=self.cfg.data.prefetch,
+                           pin_memory=self.device.type == "cuda")
+
+    def _setup_eval(self) -> None:
+        if self.cfg.train.eval_interval == 0 or self.val_loader is not None:
+            return
+        try:
+            self.val_loader = self._loader("val")
+        except StokerError as e:
+            self.display.message(f"eval off: {e}")
+
+    def _check_vocab(self, data_vocab: int) -> None:
+        if data_vocab > self.shape.vocab_size:
+            raise ConfigError(None, "model.vocab_size",
+                              f"{self.shape.vocab_size} is smaller than the dataset's "
+                              f"vocabulary ({data_vocab} in {self.shard_dir})")
+
+
+def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:
+    """[world_size, len(row)]: every rank's ``row``, on every rank."""
+    if world_size == 1 or not dist.is_initialized():
+        return row.unsqueeze(0).cpu()
+    rows = [torch.empty_like(row) for _ in range(world_size)]
+    dist.all_gather(rows, row)
+    return torch.stack(rows).cpu()
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
