@@ -2,7 +2,8 @@
 
 Times are seconds from the trace's first arrival. A job is `ranks` gang members of
 `gpus_per_rank` GPUs each; `gpu_milli` < 1000 marks a fractional single-GPU request (the
-Alibaba trace's GPU sharing), which the simulator rounds up to a whole GPU.
+Alibaba trace's GPU sharing), which the simulator asks for as a fraction of a GPU (or, with
+`whole_gpus`, rounds up to one GPU).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class SkipReport:
         self.skipped[reason] += count
 
     def note(self, what: str, count: int = 1) -> None:
-        """Something changed but kept (e.g. a fractional GPU rounded up)."""
+        """Something worth knowing about rows that were kept (e.g. fractional GPUs)."""
         self.notes[what] += count
 
     @property

@@ -76,7 +76,7 @@ def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
     if gpus > 1:
         milli = 1000
     if milli < 1000:
-        report.note("fractional GPU request (gpu_milli < 1000), rounded up to one GPU")
+        report.note("fractional GPU request (gpu_milli < 1000)")
     models = tuple(m for m in row.get("gpu_spec", "").split("|") if m)
     return TraceJob(
         id=row["name"], arrival=arrival, duration=duration, ranks=1, gpus_per_rank=gpus,

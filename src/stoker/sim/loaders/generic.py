@@ -61,7 +61,7 @@ def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
         report.skip("gpu_milli outside 1..1000 or below 1000 on a multi-GPU job")
         return None
     if milli < 1000:
-        report.note("fractional GPU request (gpu_milli < 1000), rounded up to one GPU")
+        report.note("fractional GPU request (gpu_milli < 1000)")
     return TraceJob(
         id=row["id"], arrival=arrival, duration=duration, ranks=ranks, gpus_per_rank=gpus // ranks,
         gpu_milli=milli, gpu_models=tuple(m for m in row.get("gpu_model", "").split("|") if m),

@@ -1,0 +1,415 @@
+"""The discrete-event simulator: arrivals, completions, preemptions and node failures on a
+simulated clock, with every admission and preemption decided by `stoker.sched.schedule`.
+
+After each batch of simultaneous events (or, with ``interval`` > 0, once per scheduling interval,
+like the live control plane) the simulator builds a `Snapshot` of its state (`SimState.snapshot`)
+and applies the returned decisions: a preempted or failed job loses the work done since its last
+checkpoint (``checkpoint_interval`` seconds of work apart) and is requeued; an admitted job runs
+for its remaining work. Everything random (node failures) comes from one seeded generator, so a
+seed fixes the result.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from stoker.sched import (
+    Decisions,
+    Node,
+    PendingJob,
+    Resources,
+    RunningJob,
+    Snapshot,
+    schedule,
+)
+from stoker.sim.cluster import SimCluster
+from stoker.sim.metrics import JobOutcome, RunResult, Usage
+from stoker.sim.policies import SHARED_QUEUE, SimPolicy, shared_queue
+from stoker.sim.trace import TraceJob
+
+# Event kinds, in the order they apply at one instant: capacity comes back and is freed before
+# it is taken away, and before new jobs arrive.
+REPAIR, COMPLETE, FAIL, ARRIVE, WAKE = range(5)
+MAX_CYCLES_PER_INSTANT = 8
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    checkpoint_interval: float = 1800.0  # seconds of work between checkpoints; inf: never
+    restart_overhead: float = 0.0  # seconds added to a job each time it restarts
+    node_mtbf: float | None = None  # mean seconds between failures of one node; None: none
+    repair_time: float = 4 * 3600.0  # seconds a failed node is down
+    seed: int = 0
+    interval: float = 0.0  # 0: schedule after every batch of simultaneous events
+    whole_gpus: bool = False  # round fractional GPU requests up to one GPU
+
+
+class SimJob:
+    """A job's mutable simulation state."""
+
+    __slots__ = ("attained", "created_at", "epoch", "flavor", "flavors", "gpus", "idx", "nodes",
+                 "outcome", "pending_obj", "pending_since", "per_rank", "priority", "queue",
+                 "ranks", "remaining", "running_obj", "start")
+
+    def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
+                 flavors: tuple[str, ...] | None, whole_gpus: bool) -> None:
+        per_rank_gpus = float(job.gpus_per_rank)
+        if job.gpu_milli < 1000 and not whole_gpus:
+            per_rank_gpus = job.gpu_milli / 1000
+        self.idx = idx
+        self.queue = queue
+        self.priority = priority
+        self.flavors = flavors
+        self.ranks = job.ranks
+        self.per_rank = Resources(per_rank_gpus, 0.0, 0.0)
+        self.gpus = per_rank_gpus * job.ranks
+        self.remaining = job.duration
+        self.attained = 0.0
+        self.created_at = job.arrival
+        self.pending_since = job.arrival
+        self.epoch = 0
+        self.start = -1.0
+        self.flavor = ""
+        self.nodes: tuple[int, ...] = ()
+        self.pending_obj: PendingJob | None = None
+        self.running_obj: RunningJob | None = None
+        self.outcome = JobOutcome(job.id, tenant, self.gpus, job.arrival, job.duration)
+
+    def pending(self) -> PendingJob:
+        if self.pending_obj is None:
+            self.pending_obj = PendingJob(
+                id=self.idx, queue=self.queue, priority=self.priority, created_at=self.created_at,
+                ranks=self.ranks, per_rank=self.per_rank, flavors=self.flavors,
+                expected_duration=self.remaining, attained_service=self.attained)
+        return self.pending_obj
+
+
+class Simulator:
+    def __init__(self, cluster: SimCluster, jobs: list[TraceJob], tenants: list[str],
+                 policy: SimPolicy, options: SimOptions = SimOptions(),
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.cluster = cluster
+        self.policy = policy
+        self.options = options
+        self.on_progress = on_progress
+        self.queues = (shared_queue(cluster),) if policy.shared_queue else cluster.queues
+        self.cohorts = () if policy.shared_queue else cluster.cohorts
+        self.node_list: list[Node] = list(cluster.nodes)
+        self.node_index = {n.name: i for i, n in enumerate(self.node_list)}
+        self.nodes_view: tuple[Node, ...] = tuple(self.node_list)
+        self.capacity = np.array([n.capacity.gpus for n in self.node_list], dtype=float)
+        self.free = self.capacity.copy()
+        self.up = np.ones(len(self.node_list), dtype=bool)
+        flavors = sorted({n.flavor for n in self.node_list})
+        self.flavor_names = flavors
+        self.node_flavor = np.array([flavors.index(n.flavor) for n in self.node_list])
+        self.on_node: list[set[int]] = [set() for _ in self.node_list]
+        self.skipped: Counter[str] = Counter()
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival)
+        self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
+        self.pending: dict[int, SimJob] = {}
+        self.running: dict[int, SimJob] = {}
+        self.demand: Counter[tuple[float, tuple[str, ...] | None]] = Counter()
+        self.events: list[tuple[float, int, int, int, int]] = []
+        self.live_events = 0  # events other than FAIL: while none remain, nothing can change
+        self.seq = 0
+        self.rng = random.Random(options.seed)
+        self.usage = Usage()
+        self.busy = 0.0
+        self.up_gpus = float(self.capacity.sum())
+        self.finished = 0
+        self.node_failures = 0
+        self.sched_calls = 0
+        self.sched_seconds = 0.0
+        self.measured_at = 0.0
+        self.fragmented = 0.0
+        self.free_while_pending = 0.0
+
+    # --- setup ---
+
+    def _admissible(self, jobs: list[TraceJob], tenants: list[str]) -> list[SimJob]:
+        """SimJobs for the jobs this cluster can ever hold; the rest are counted as skipped."""
+        largest: dict[str, float] = {}
+        total: dict[str, float] = {}
+        for n in self.node_list:
+            largest[n.flavor] = max(largest.get(n.flavor, 0.0), n.capacity.gpus)
+            total[n.flavor] = total.get(n.flavor, 0.0) + n.capacity.gpus
+        out = []
+        for job, tenant in zip(jobs, tenants, strict=True):
+            flavors = self.cluster.flavors_for(job.gpu_models)
+            queue = SHARED_QUEUE if self.policy.shared_queue else tenant
+            priority = job.priority if self.policy.uses_priorities else 0
+            sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus)
+            allowed = [f for f in largest if flavors is None or f in flavors]
+            if not allowed:
+                self.skipped["no node of an allowed GPU model in the cluster"] += 1
+            elif sim.per_rank.gpus > max(largest[f] for f in allowed):
+                self.skipped["a rank needs more GPUs than any node of the cluster has"] += 1
+            elif sim.gpus > max(total[f] for f in allowed):
+                self.skipped["needs more GPUs of one model than the cluster has"] += 1
+            else:
+                out.append(sim)
+        return out
+
+    # --- the event loop ---
+
+    def run(self) -> RunResult:
+        began = time.perf_counter()
+        arrivals = self.jobs  # sorted by arrival
+        nxt = 0
+        if self.options.node_mtbf:
+            for i in range(len(self.node_list)):
+                self._push(self.rng.expovariate(1 / self.options.node_mtbf), FAIL, i)
+        batches = 0
+        while self.finished < len(self.jobs):
+            t_event = self.events[0][0] if self.events else math.inf
+            t_arrive = arrivals[nxt].created_at if nxt < len(arrivals) else math.inf
+            if t_event == t_arrive == math.inf:
+                break
+            now = self._tick(min(t_event, t_arrive))
+            changed = False
+            while True:
+                t_event = self.events[0][0] if self.events else math.inf
+                t_arrive = arrivals[nxt].created_at if nxt < len(arrivals) else math.inf
+                arrive_first = t_arrive < t_event or (
+                    t_arrive == t_event < math.inf and self.events[0][1] > ARRIVE)
+                if arrive_first and t_arrive <= now:
+                    self._enqueue(arrivals[nxt], t_arrive)
+                    nxt += 1
+                    changed = True
+                elif t_event <= now:
+                    changed = self._handle(heapq.heappop(self.events)) or changed
+                else:
+                    break
+            if changed:
+                self._schedule(now)
+                self._measure(now)
+            batches += 1
+            if self.on_progress is not None and batches % 256 == 0:
+                self.on_progress(self.finished, len(self.jobs))
+            if not self.running and not self.live_events and nxt == len(arrivals):
+                break  # pending jobs remain that nothing left to happen could ever start
+        if self.on_progress is not None:
+            self.on_progress(self.finished, len(self.jobs))
+        return self._result(time.perf_counter() - began)
+
+    def _tick(self, t: float) -> float:
+        step = self.options.interval
+        return math.ceil(t / step) * step if step > 0 else t
+
+    def _push(self, t: float, kind: int, idx: int, epoch: int = 0) -> None:
+        self.seq += 1
+        if kind != FAIL:
+            self.live_events += 1
+        heapq.heappush(self.events, (t, kind, self.seq, idx, epoch))
+
+    def _handle(self, event: tuple[float, int, int, int, int]) -> bool:
+        """Apply one event; False when it turned out stale (nothing changed)."""
+        t, kind, _, idx, epoch = event
+        if kind != FAIL:
+            self.live_events -= 1
+        if kind == COMPLETE:
+            job = self.running.get(idx)
+            if job is None or job.epoch != epoch:
+                return False
+            self._complete(job, t)
+            return True
+        if kind == FAIL:
+            return self._fail_node(idx, t)
+        if kind == REPAIR:
+            self._repair_node(idx, t)
+            return True
+        # WAKE: a running job crossed a LAS level, or a pending job its starvation age.
+        job = self.jobs[idx]
+        return job.epoch == epoch and (idx in self.running or idx in self.pending)
+
+    # --- job transitions ---
+
+    def _enqueue(self, job: SimJob, now: float) -> None:
+        job.created_at = now
+        job.pending_since = now
+        job.pending_obj = None
+        self.pending[job.idx] = job
+        self.demand[(job.per_rank.gpus, job.flavors)] += 1
+        age = self.policy.policy.starvation_age
+        if age is not None:
+            self._push(now + age, WAKE, job.idx, job.epoch)
+
+    def _admit(self, job: SimJob, flavor: str, node_names: tuple[str, ...], now: float) -> None:
+        del self.pending[job.idx]
+        self._drop_demand(job)
+        nodes = tuple(self.node_index[name] for name in node_names)
+        need = job.per_rank.gpus
+        for i in nodes:
+            self.free[i] -= need
+            if self.free[i] < -1e-9 or not self.up[i]:
+                name = self.node_list[i].name
+                raise RuntimeError(f"scheduler placed job {job.idx} on node {name} beyond its "
+                                   "free capacity or while it is down")
+            self.on_node[i].add(job.idx)
+        job.start, job.flavor, job.nodes = now, flavor, nodes
+        job.outcome.waited += now - job.pending_since
+        job.running_obj = None
+        self.running[job.idx] = job
+        self.busy += job.gpus
+        self._push(now + job.remaining, COMPLETE, job.idx, job.epoch)
+        if self.policy.policy.order == "las" and self.policy.policy.preemption:
+            for threshold in self.policy.policy.las_thresholds:
+                if threshold > job.attained:
+                    crossing = now + (threshold - job.attained) / job.gpus
+                    if crossing < now + job.remaining:
+                        self._push(crossing, WAKE, job.idx, job.epoch)
+
+    def _release(self, job: SimJob, now: float) -> float:
+        """Free the job's GPUs; return the seconds it ran in this attempt."""
+        del self.running[job.idx]
+        for i in job.nodes:
+            self.free[i] += job.per_rank.gpus
+            self.on_node[i].discard(job.idx)
+        self.busy -= job.gpus
+        ran = now - job.start
+        job.outcome.used_gpu_seconds += job.gpus * ran
+        job.attained += job.gpus * ran
+        job.epoch += 1
+        job.nodes = ()
+        return ran
+
+    def _complete(self, job: SimJob, now: float) -> None:
+        self._release(job, now)
+        job.remaining = 0.0
+        job.outcome.finish = now
+        self.finished += 1
+        self._record(now)
+
+    def _interrupt(self, job: SimJob, now: float) -> None:
+        """Stop a running job (preempted or its node failed): it loses the work since its last
+        checkpoint and is requeued."""
+        ran = self._release(job, now)
+        interval = self.options.checkpoint_interval
+        saved = math.floor(ran / interval) * interval if math.isfinite(interval) else 0.0
+        job.remaining -= saved
+        job.remaining += self.options.restart_overhead
+        job.outcome.lost_gpu_seconds += job.gpus * (ran - saved)
+        self._enqueue(job, now)
+
+    # --- nodes ---
+
+    def _fail_node(self, i: int, now: float) -> bool:
+        if not self.up[i] or self.finished == len(self.jobs):
+            return False
+        self.node_failures += 1
+        for idx in sorted(self.on_node[i]):
+            job = self.running[idx]
+            job.outcome.failures += 1
+            self._interrupt(job, now)
+        self._set_up(i, False)
+        self._push(now + self.options.repair_time, REPAIR, i)
+        self._record(now)
+        return True
+
+    def _repair_node(self, i: int, now: float) -> None:
+        self._set_up(i, True)
+        assert self.options.node_mtbf is not None
+        self._push(now + self.rng.expovariate(1 / self.options.node_mtbf), FAIL, i)
+        self._record(now)
+
+    def _set_up(self, i: int, up: bool) -> None:
+        self.up[i] = up
+        self.up_gpus += self.capacity[i] if up else -self.capacity[i]
+        self.node_list[i] = replace(self.node_list[i], schedulable=up)
+        self.nodes_view = tuple(self.node_list)
+
+    # --- scheduling ---
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The scheduler's view of the simulated cluster at `now`."""
+        dynamic = self.policy.policy.preemption and bool(self.pending)
+        running = [self._running_obj(job, now, dynamic) for job in self.running.values()]
+        return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
+                        pending=[job.pending() for job in self.pending.values()],
+                        cohorts=self.cohorts, topology=self.cluster.topology)
+
+    def _running_obj(self, job: SimJob, now: float, dynamic: bool) -> RunningJob:
+        if job.running_obj is not None and not dynamic:
+            return job.running_obj
+        ran = now - job.start
+        interval = self.options.checkpoint_interval
+        progress = ran % interval if math.isfinite(interval) else ran
+        job.running_obj = RunningJob(
+            id=job.idx, queue=job.queue, priority=job.priority, flavor=job.flavor,
+            nodes=tuple(self.node_list[i].name for i in job.nodes), per_rank=job.per_rank,
+            created_at=job.created_at, started_at=job.start, progress=progress,
+            attained_service=job.attained + job.gpus * ran)
+        return job.running_obj
+
+    def _schedule(self, now: float) -> None:
+        """Call the scheduler until it has nothing more to do at `now`: a cycle that preempts
+        frees capacity the preemptors get in the next cycle, as in the live control plane."""
+        for _ in range(MAX_CYCLES_PER_INSTANT):
+            if not self.pending:
+                break
+            snap = self.snapshot(now)
+            began = time.perf_counter()
+            decisions = schedule(snap, self.policy.policy)
+            self.sched_seconds += time.perf_counter() - began
+            self.sched_calls += 1
+            self.apply(decisions, now)
+            if not decisions.preempt:
+                break
+        self._record(now)
+
+    def apply(self, decisions: Decisions, now: float) -> None:
+        for p in decisions.preempt:
+            job = self.running.get(int(p.job))
+            if job is not None:
+                job.outcome.preemptions += 1
+                self._interrupt(job, now)
+        for a in decisions.admit:
+            self._admit(self.pending[int(a.job)], a.flavor, a.nodes, now)
+
+    # --- measurements ---
+
+    def _record(self, now: float) -> None:
+        self.usage.record(now, self.busy, self.up_gpus)
+
+    def _drop_demand(self, job: SimJob) -> None:
+        key = (job.per_rank.gpus, job.flavors)
+        self.demand[key] -= 1
+        if not self.demand[key]:
+            del self.demand[key]
+
+    def _measure(self, now: float) -> None:
+        """Integrate fragmentation since the last batch, then measure the new state: free GPUs
+        on up nodes too few for the smallest rank of any pending job allowed there."""
+        dt = now - self.measured_at
+        self.usage.fragmented_gpu_seconds += self.fragmented * dt
+        self.usage.free_gpu_seconds_while_pending += self.free_while_pending * dt
+        self.measured_at = now
+        if not self.pending:
+            self.fragmented = self.free_while_pending = 0.0
+            return
+        smallest = np.full(len(self.flavor_names), np.inf)
+        for (gpus, flavors), _ in self.demand.items():
+            for f, name in enumerate(self.flavor_names):
+                if (flavors is None or name in flavors) and gpus < smallest[f]:
+                    smallest[f] = gpus
+        free = np.where(self.up, self.free, 0.0)
+        usable = free >= smallest[self.node_flavor] - 1e-9
+        self.fragmented = float(free[~usable].sum())
+        self.free_while_pending = float(free.sum())
+
+    def _result(self, wall: float) -> RunResult:
+        return RunResult(
+            policy=self.policy.name, trace="", gpus=float(self.capacity.sum()),
+            nodes=len(self.node_list), jobs=[j.outcome for j in self.jobs], usage=self.usage,
+            entitlement=self.cluster.entitlement(), skipped=dict(self.skipped),
+            sched_calls=self.sched_calls, sched_seconds=self.sched_seconds, wall_seconds=wall,
+            node_failures=self.node_failures)

@@ -1,0 +1,60 @@
+"""The policies a simulation compares. All of them run through `stoker.sched.schedule`.
+
+Baselines (one shared queue over the whole cluster, trace priorities ignored, as in the
+literature they come from):
+  fifo   first come, first served; no preemption
+  sjf    shortest job first with the trace's true durations as an oracle; no preemption
+  las    Tiresias-style least attained service: levels of attained GPU-seconds, a job of a
+         lower level preempts running jobs of a higher one
+Stoker's own (the cluster's queues, quotas, cohorts, priorities and preemption policies):
+  stoker       the cluster config's [scheduler] settings
+  stoker-fair  the same with fair sharing (weighted dominant-resource share) switched on
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from stoker.sched import UNLIMITED, FlavorQuota, Policy, Queue, Resources
+from stoker.sched.config import build_policy
+from stoker.sim.cluster import SimCluster
+from stoker.spec.errors import ConfigError
+
+SHARED_QUEUE = "all"
+
+
+@dataclass(frozen=True)
+class SimPolicy:
+    name: str
+    policy: Policy
+    shared_queue: bool
+
+    @property
+    def uses_priorities(self) -> bool:
+        return not self.shared_queue
+
+
+POLICIES = ("fifo", "sjf", "las", "stoker", "stoker-fair")
+
+
+def resolve(name: str, cluster: SimCluster) -> SimPolicy:
+    base = build_policy(cluster.config)
+    if name == "fifo":
+        return SimPolicy(name, Policy(order="fifo", preemption=False), True)
+    if name == "sjf":
+        return SimPolicy(name, Policy(order="sjf", preemption=False), True)
+    if name == "las":
+        return SimPolicy(name, Policy(order="las", preemption=True), True)
+    if name == "stoker":
+        return SimPolicy(name, base, False)
+    if name == "stoker-fair":
+        return SimPolicy(name, replace(base, fair_sharing=True), False)
+    raise ConfigError("--policy", None, f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
+
+
+def shared_queue(cluster: SimCluster) -> Queue:
+    """One queue owning every flavor without limit; lower LAS levels may preempt within it."""
+    flavors = dict.fromkeys(n.flavor for n in cluster.nodes)
+    unlimited = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
+    return Queue(name=SHARED_QUEUE, quotas=tuple(FlavorQuota(f, unlimited) for f in flavors),
+                 within_queue="LowerPriority")
