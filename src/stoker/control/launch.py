@@ -1,0 +1,179 @@
+"""What a job attempt runs: its devices and its processes (a `LaunchPlan` for the executor).
+
+A Stoker training job is one process, the training runtime's launcher, which starts every rank:
+``stoker train JOBDIR/train.toml --nproc R --run-dir JOBDIR/run --resume auto``. A command job
+is one process per rank, with the usual torch.distributed environment (RANK, WORLD_SIZE, ...).
+A job directory holds ``train.toml``, ``run/`` (the training run), ``logs/rank-I.log`` (one per
+process, appended across attempts) and ``attempt-N/rank-I.exit`` (how each process ended).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stoker.control.executor import LaunchPlan, ProcessPlan
+from stoker.control.store import JobRecord, ProcessRecord
+from stoker.sched import Node, Resources
+from stoker.spec import loading
+from stoker.spec.job import JobSpec
+
+DeviceUse = dict[str, dict[str, list[int]]]  # node -> {"gpus": [...], "cpus": [...]} (CPU slots)
+
+
+@dataclass(frozen=True)
+class RankDevices:
+    node: str
+    gpus: tuple[int, ...]
+    cpu_slots: tuple[int, ...]
+
+
+def job_dir(jobs_dir: Path, job_id: int) -> Path:
+    return jobs_dir / str(job_id)
+
+
+def log_path(jobs_dir: Path, job_id: int, index: int) -> Path:
+    return job_dir(jobs_dir, job_id) / "logs" / f"rank-{index}.log"
+
+
+def exit_path(jobs_dir: Path, job_id: int, attempt: int, index: int) -> Path:
+    return job_dir(jobs_dir, job_id) / f"attempt-{attempt}" / f"rank-{index}.exit"
+
+
+def process_count(spec: JobSpec) -> int:
+    return 1 if spec.kind == "train" else spec.ranks
+
+
+def devices_in_use(processes: Sequence[ProcessRecord]) -> DeviceUse:
+    used: DeviceUse = {}
+    for proc in processes:
+        for node, devices in proc.devices.items():
+            slot = used.setdefault(node, {"gpus": [], "cpus": []})
+            slot["gpus"].extend(devices.get("gpus", ()))
+            slot["cpus"].extend(devices.get("cpus", ()))
+    return used
+
+
+def assign_devices(nodes: Mapping[str, Node], placement: Sequence[str], per_rank: Resources,
+                   in_use: DeviceUse) -> list[RankDevices]:
+    """Pick each rank's GPU indices and CPU slots on its node, avoiding those in use.
+
+    Fractional requests are rounded up; when a node has fewer free devices than asked for
+    (fractional GPUs shared by several jobs), the lowest indices are shared.
+    """
+    taken: dict[str, dict[str, set[int]]] = {
+        node: {kind: set(ids) for kind, ids in use.items()} for node, use in in_use.items()
+    }
+    ranks: list[RankDevices] = []
+    for node_name in placement:
+        node = nodes[node_name]
+        used = taken.setdefault(node_name, {"gpus": set(), "cpus": set()})
+        gpus = _pick(node.capacity.gpus, per_rank.gpus, used["gpus"])
+        slots = _pick(node.capacity.cpus, per_rank.cpus, used["cpus"])
+        ranks.append(RankDevices(node_name, gpus, slots))
+    return ranks
+
+
+def _pick(capacity: float, want: float, used: set[int]) -> tuple[int, ...]:
+    count = math.ceil(want)
+    if count == 0 or capacity >= 1e15:  # an unlimited resource has no devices to pin
+        return ()
+    total = int(capacity)
+    free = [i for i in range(total) if i not in used] or list(range(total))
+    chosen = tuple((free + list(range(total)))[:count])
+    used.update(chosen)
+    return chosen
+
+
+def physical_cpus(slots: Sequence[int]) -> tuple[int, ...] | None:
+    """CPU slots -> this machine's CPUs (slot i -> the i-th CPU we may run on, wrapping)."""
+    if not slots:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return tuple(sorted({allowed[s % len(allowed)] for s in slots}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
+                ranks: Sequence[RankDevices], resume: bool = True) -> LaunchPlan:
+    workdir = job_dir(jobs_dir, job.id)
+    run_dir = workdir / "run"
+    base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
+                "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
+    if spec.kind == "train":
+        processes = (_train_process(job, spec, attempt, jobs_dir, ranks, base_env, resume),)
+    else:
+        processes = _command_processes(job, spec, attempt, jobs_dir, ranks, base_env)
+    return LaunchPlan(job.id, attempt, workdir, processes)
+
+
+def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
+                   ranks: Sequence[RankDevices], env: dict[str, str],
+                   resume: bool) -> ProcessPlan:
+    workdir = job_dir(jobs_dir, job.id)
+    config = workdir / "train.toml"
+    write_train_config(config, job.spec["train"])
+    argv = [sys.executable, "-m", "stoker", "train", str(config), "--nproc", str(spec.ranks),
+            "--run-dir", str(workdir / "run")]
+    if resume:
+        argv += ["--resume", "auto"]
+    slots = [s for r in ranks for s in r.cpu_slots]
+    gpus = tuple(g for r in ranks for g in r.gpus)
+    return ProcessPlan(index=0, node=ranks[0].node, argv=tuple(argv), env=env | dict(spec.env),
+                       log_path=log_path(jobs_dir, job.id, 0),
+                       exit_path=exit_path(jobs_dir, job.id, attempt, 0),
+                       devices=_devices(ranks), cpus=physical_cpus(slots), gpus=gpus)
+
+
+def _command_processes(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
+                       ranks: Sequence[RankDevices],
+                       env: dict[str, str]) -> tuple[ProcessPlan, ...]:
+    port = str(free_port())
+    per_node: dict[str, int] = {}
+    for r in ranks:
+        per_node[r.node] = per_node.get(r.node, 0) + 1
+    seen: dict[str, int] = {}
+    processes = []
+    for index, r in enumerate(ranks):
+        local_rank = seen.get(r.node, 0)
+        seen[r.node] = local_rank + 1
+        rank_env = env | {
+            "RANK": str(index), "WORLD_SIZE": str(len(ranks)), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(per_node[r.node]), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port, "STOKER_NODE": r.node,
+        } | dict(spec.env)
+        assert spec.command is not None
+        processes.append(ProcessPlan(
+            index=index, node=r.node, argv=tuple(spec.command), env=rank_env,
+            log_path=log_path(jobs_dir, job.id, index),
+            exit_path=exit_path(jobs_dir, job.id, attempt, index),
+            devices=_devices([r]), cpus=physical_cpus(r.cpu_slots), gpus=r.gpus))
+    return tuple(processes)
+
+
+def _devices(ranks: Sequence[RankDevices]) -> DeviceUse:
+    out: DeviceUse = {}
+    for r in ranks:
+        slot = out.setdefault(r.node, {"gpus": [], "cpus": []})
+        slot["gpus"].extend(r.gpus)
+        slot["cpus"].extend(r.cpu_slots)
+    return out
+
+
+def write_train_config(path: Path, train: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(loading.to_toml(train))
+    tmp.replace(path)

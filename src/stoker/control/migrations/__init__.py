@@ -1,0 +1,1 @@
+"""Alembic migrations of the control-plane store, run programmatically by `control.db.migrate`."""

@@ -1,0 +1,379 @@
+"""The reconciler: one loop that makes the executor's processes match the store.
+
+Each cycle: watch the running jobs' processes (exits become transitions), carry out pending
+stops (SIGTERM, a grace period, SIGKILL), build a snapshot, call `stoker.sched.schedule`, apply
+its decisions (admit -> ADMITTED, preempt -> stop), and start the admitted jobs. Every state
+change is a store transition with its event; nothing lives only in memory, so after a crash
+`recover()` adopts the processes still running and the next cycle carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stoker.control.executor import Executor
+from stoker.control.launch import (
+    assign_devices,
+    devices_in_use,
+    exit_path,
+    job_dir,
+    plan_launch,
+    process_count,
+)
+from stoker.control.nodes import with_cordons
+from stoker.control.quotas import with_overrides
+from stoker.control.snapshot import build_snapshot, job_spec, per_rank
+from stoker.control.states import ACTIVE
+from stoker.control.store import JobRecord, Store
+from stoker.sched import Decisions, Node, Snapshot, schedule
+from stoker.sched.config import build_policy
+from stoker.spec.api import JobState
+from stoker.spec.cluster import ClusterConfig
+from stoker.spec.job import JobSpec
+
+log = logging.getLogger(__name__)
+
+Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUNNING
+ACTOR = "reconciler"
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    grace_period_s: float = 30.0
+    backoff_base_s: float = 5.0
+    backoff_max_s: float = 300.0
+    resume: bool = True  # start training jobs with ``--resume auto``
+    # Exit codes meaning "preempted, resumable" (the training runtime's, after SIGTERM).
+    preempted_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({75}))
+
+    def backoff(self, restarts: int) -> float:
+        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, restarts)))
+
+
+@dataclass
+class CycleStats:
+    seconds: float = 0.0
+    admitted: int = 0
+    preempted: int = 0
+    pending: int = 0
+    running: int = 0
+
+
+class Reconciler:
+    def __init__(self, store: Store, executor: Executor, cluster: ClusterConfig,
+                 nodes: Sequence[Node], jobs_dir: Path,
+                 settings: ControlSettings = ControlSettings(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.executor = executor
+        self.cluster = cluster
+        self.nodes = tuple(nodes)
+        self.jobs_dir = jobs_dir
+        self.settings = settings
+        self.clock = clock
+        self.policy = build_policy(cluster)
+        self.waiting: dict[int, str] = {}
+        self.last = CycleStats()
+        self.on_cycle: Callable[[CycleStats], None] | None = None
+        self._overrides_key: tuple[Any, ...] | None = None
+        self._effective = cluster
+        self._killed: set[tuple[int, int]] = set()
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Reconcile every ``interval`` seconds until ``stop`` is set; an error in one cycle
+        is logged and the next cycle goes on."""
+        while True:
+            try:
+                self.step()
+            except Exception:
+                log.exception("reconcile cycle failed")
+            if stop.wait(interval):
+                return
+
+    def step(self) -> Decisions:
+        started = time.perf_counter()
+        now = self.clock()
+        for job in self.store.list_jobs(states=(S, R)):
+            self._watch(job, now)
+        for job in self.store.list_jobs(states=ACTIVE):
+            self._stop(job, now)
+        snapshot = self.snapshot(now)
+        decisions = schedule(snapshot, self.policy)
+        self._apply(decisions, now)
+        for job in self.store.list_jobs(states=(A,)):
+            self._launch(job, now)
+        self.last = CycleStats(time.perf_counter() - started, len(decisions.admit),
+                               len(decisions.preempt), len(snapshot.pending),
+                               len(snapshot.running))
+        if self.on_cycle is not None:
+            self.on_cycle(self.last)
+        return decisions
+
+    # --- the scheduler's view -------------------------------------------------------------------
+
+    def effective_cluster(self) -> ClusterConfig:
+        """The cluster config with the admin's quota overrides (re-read every cycle)."""
+        overrides = self.store.quotas()
+        key = tuple((o.queue, o.flavor, o.updated_at) for o in overrides)
+        if key != self._overrides_key:
+            self._effective = with_overrides(self.cluster, overrides)
+            self._overrides_key = key
+        return self._effective
+
+    def current_nodes(self) -> list[Node]:
+        return with_cordons(self.nodes, self.store.nodes())
+
+    def snapshot(self, now: float) -> Snapshot:
+        jobs = self.store.list_jobs(states=(*ACTIVE, Q))
+        progress = {job.id: self._progress(job, now) for job in jobs if job.state in ACTIVE}
+        return build_snapshot(now, self.effective_cluster(), self.current_nodes(), jobs,
+                              progress)
+
+    def _progress(self, job: JobRecord, now: float) -> float:
+        """Seconds of work a preemption would lose: since the last checkpoint or the start."""
+        since = job.started_at or job.admitted_at or now
+        checkpoints = job_dir(self.jobs_dir, job.id) / "run" / "checkpoints"
+        try:
+            latest = max((p.stat().st_mtime for p in checkpoints.iterdir()), default=0.0)
+        except OSError:
+            latest = 0.0
+        return max(0.0, now - max(since, latest))
+
+    # --- applying decisions ---------------------------------------------------------------------
+
+    def _apply(self, decisions: Decisions, now: float) -> None:
+        self.waiting = {int(job): why for job, why in decisions.waiting.items()}
+        for p in decisions.preempt:
+            job = self.store.get_job(int(p.job))
+            if job is None or job.state not in ACTIVE or job.stop_reason is not None:
+                continue
+            self.store.annotate(job.id, ACTIVE, "preempt",
+                                f"preempted ({p.reason.replace('_', ' ')}) for job {p.by}", ACTOR,
+                                {"stop_reason": "preempt", "stop_requested_at": now},
+                                {"by": p.by, "reason": p.reason}, version=job.version)
+        for a in decisions.admit:
+            borrowing = ", borrowing" if a.borrowing else ""
+            self.store.transition(
+                int(a.job), (Q,), (A,),
+                f"admitted to queue {a.queue} on {a.flavor} ({', '.join(a.nodes)}){borrowing}",
+                ACTOR, {"placement": {"flavor": a.flavor, "nodes": list(a.nodes),
+                                      "borrowing": a.borrowing},
+                        "admitted_at": now})
+
+    def _launch(self, job: JobRecord, now: float) -> None:
+        if job.stop_reason is not None or job.placement is None:
+            return
+        spec = job_spec(job)
+        nodes = {n.name: n for n in self.nodes}
+        missing = [n for n in job.placement["nodes"] if n not in nodes]
+        if missing:
+            self.store.transition(job.id, (A,), (Q,), f"node {missing[0]} is gone; requeued",
+                                  ACTOR, {"placement": None, "queued_at": now},
+                                  version=job.version)
+            return
+        in_use = devices_in_use(self.store.live_processes())
+        ranks = assign_devices(nodes, job.placement["nodes"], per_rank(spec), in_use)
+        attempt = job.attempt + 1
+        plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume)
+        # The intent is durable before any process exists: after a crash here, `recover`
+        # finds a STARTING job without processes and kills whatever was started for it.
+        starting = self.store.transition(
+            job.id, (A,), (S,), f"starting attempt {attempt}", ACTOR,
+            {"attempt": attempt, "started_at": now, "exit_code": None}, version=job.version)
+        if starting is None:
+            return
+        try:
+            records = self.executor.launch(plan)
+        except OSError as e:
+            self._fail(starting, spec, None, f"cannot start: {e}", now)
+            return
+        self.store.add_processes(records)
+
+    # --- watching processes ---------------------------------------------------------------------
+
+    def _watch(self, job: JobRecord, now: float) -> None:
+        spec = job_spec(job)
+        procs = self.store.processes(job.id, job.attempt)
+        if len(procs) < process_count(spec):
+            return  # an interrupted launch; `recover` deals with it
+        outcomes: dict[int, int | None] = {}
+        for proc in procs:
+            if proc.ended_at is not None:
+                outcomes[proc.index] = proc.exit_code
+                continue
+            status = self.executor.status(
+                proc, exit_path(self.jobs_dir, job.id, job.attempt, proc.index))
+            if status.state == "alive":
+                continue
+            self.executor.kill(proc)  # whatever of its process group is left
+            self.store.end_process(job.id, job.attempt, proc.index, status.exit_code,
+                                   status.ended_at or now)
+            outcomes[proc.index] = status.exit_code
+        if not outcomes:
+            if job.state == S:
+                self.store.transition(job.id, (S,), (R,),
+                                      f"all {len(procs)} processes running", ACTOR,
+                                      version=job.version)
+            return
+        if len(outcomes) < len(procs):
+            failed = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
+            if failed and job.stop_reason is None:
+                index, code = failed[0]
+                self.store.annotate(job.id, (S, R), "failure",
+                                    f"{_describe(index, code)}; stopping the other ranks",
+                                    ACTOR, {"stop_reason": "failure", "stop_requested_at": now,
+                                            "exit_code": code}, version=job.version)
+            return
+        self._finish(job, spec, outcomes, now)
+
+    def _finish(self, job: JobRecord, spec: JobSpec, outcomes: Mapping[int, int | None],
+                now: float) -> None:
+        """Every process of the attempt has ended: decide the job's next state."""
+        changes = self._stopped(job, spec, now)
+        bad = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
+        stop = job.stop_reason
+        if stop == "cancel":
+            self.store.transition(job.id, (S, R), (JobState.CANCELLED,), "cancelled", ACTOR,
+                                  changes | {"finished_at": now}, version=job.version)
+        elif not bad:
+            self.store.transition(job.id, (S, R), (JobState.SUCCEEDED,),
+                                  "every process exited with code 0", ACTOR,
+                                  changes | {"finished_at": now, "exit_code": 0},
+                                  version=job.version)
+        elif stop == "preempt" or (stop is None and all(
+                c in self.settings.preempted_exit_codes for _, c in bad)):
+            why = "preempted; requeued" + ("" if stop else f" (exit code {bad[0][1]})")
+            self.store.transition(job.id, (S, R), (JobState.PREEMPTED, Q), why, ACTOR,
+                                  changes | {"queued_at": now, "placement": None,
+                                             "exit_code": bad[0][1]}, version=job.version)
+        elif stop == "timeout":
+            self.store.transition(job.id, (S, R), (JobState.FAILED,),
+                                  f"max run time of {spec.max_run_time:g}s exceeded", ACTOR,
+                                  changes | {"finished_at": now, "exit_code": bad[0][1]},
+                                  version=job.version)
+        else:
+            index, code = bad[0]
+            if stop == "failure":
+                code = job.exit_code
+            self._fail(job, spec, code, _describe(index, code), now, changes)
+
+    def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
+              changes: dict[str, Any] | None = None) -> None:
+        """FAILED; and back to QUEUED (after a backoff) when restarts are left."""
+        changes = (changes or self._stopped(job, spec, now)) | {"exit_code": code}
+        if job.restarts < spec.max_restarts:
+            delay = self.settings.backoff(job.restarts)
+            self.store.transition(
+                job.id, (S, R), (JobState.FAILED, Q),
+                f"{why}; restart {job.restarts + 1}/{spec.max_restarts} in {delay:g}s", ACTOR,
+                changes | {"restarts": job.restarts + 1, "not_before": now + delay,
+                           "queued_at": now, "placement": None},
+                version=job.version)
+        else:
+            left = f" (no restarts left of {spec.max_restarts})" if spec.max_restarts else ""
+            self.store.transition(job.id, (S, R), (JobState.FAILED,), why + left, ACTOR,
+                                  changes | {"finished_at": now}, version=job.version)
+
+    def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
+        """Changes common to every end of an attempt: service attained, stop cleared."""
+        ran = max(0.0, now - (job.started_at or now))
+        r = spec.resources
+        service = ran * spec.ranks * (r.gpus if r.gpus else r.cpus)
+        return {"attained_s": job.attained_s + service, "stop_reason": None,
+                "stop_requested_at": None, "term_sent_at": None}
+
+    # --- stopping -------------------------------------------------------------------------------
+
+    def _stop(self, job: JobRecord, now: float) -> None:
+        spec = job_spec(job)
+        if (job.stop_reason is None and spec.max_run_time is not None and job.state in (S, R)
+                and job.started_at is not None and now - job.started_at > spec.max_run_time):
+            updated = self.store.annotate(
+                job.id, (S, R), "timeout", f"max run time of {spec.max_run_time:g}s exceeded",
+                ACTOR, {"stop_reason": "timeout", "stop_requested_at": now},
+                version=job.version)
+            if updated is None:
+                return
+            job = updated
+        if job.stop_reason is None:
+            return
+        if job.state == A:  # nothing started yet
+            if job.stop_reason == "cancel":
+                self.store.transition(job.id, (A,), (JobState.CANCELLED,), "cancelled", ACTOR,
+                                      {"finished_at": now, "stop_reason": None},
+                                      version=job.version)
+            else:
+                self.store.transition(job.id, (A,), (Q,), "preempted before it started",
+                                      ACTOR, {"placement": None, "stop_reason": None,
+                                              "stop_requested_at": None, "queued_at": now},
+                                      version=job.version)
+            return
+        live = [p for p in self.store.processes(job.id, job.attempt) if p.ended_at is None]
+        if job.term_sent_at is None:
+            # Recorded before sending, so a restarted server never sends a second SIGTERM
+            # (a training job takes a second SIGTERM as "exit at once").
+            sent = self.store.annotate(job.id, (S, R), "signal",
+                                       f"SIGTERM sent to {len(live)} processes", ACTOR,
+                                       {"term_sent_at": now}, version=job.version)
+            if sent is not None:
+                for proc in live:
+                    self.executor.terminate(proc)
+        elif now - job.term_sent_at >= self.settings.grace_period_s and live:
+            for proc in live:
+                self.executor.kill(proc)
+            if (job.id, job.attempt) not in self._killed:
+                self._killed.add((job.id, job.attempt))
+                self.store.annotate(job.id, (S, R), "signal",
+                                    f"SIGKILL after a grace period of "
+                                    f"{self.settings.grace_period_s:g}s", ACTOR)
+
+    # --- after a control-plane restart ----------------------------------------------------------
+
+    def recover(self) -> None:
+        """Adopt the processes of active jobs that still run; requeue jobs whose launch was
+        cut short; kill every other process a previous incarnation left behind."""
+        orphans = self.executor.orphans()
+        known: set[int] = set()
+        now = self.clock()
+        for job in self.store.list_jobs(states=(S, R)):
+            procs = self.store.processes(job.id, job.attempt)
+            if len(procs) < process_count(job_spec(job)):
+                for orphan in orphans:
+                    if orphan.job_id == job.id:
+                        self.executor.kill_orphan(orphan)
+                target = JobState.CANCELLED if job.stop_reason == "cancel" else Q
+                self.store.transition(job.id, (S,), (target,),
+                                      "launch interrupted by a control-plane restart", ACTOR,
+                                      {"placement": None, "queued_at": now, "stop_reason": None,
+                                       "stop_requested_at": None, "term_sent_at": None})
+                continue
+            known |= {p.pid for p in procs}
+            live = [p for p in procs if p.ended_at is None]
+            self.store.annotate(job.id, (S, R), "adopt",
+                                f"control plane restarted; watching {len(live)} processes "
+                                "again", ACTOR, detail={"pids": [p.pid for p in live]})
+        for orphan in orphans:
+            if orphan.pid not in known:
+                self.executor.kill_orphan(orphan)
+                self.store.log_event("orphan", f"killed process {orphan.pid} left by job "
+                                     f"{orphan.job_id} attempt {orphan.attempt}", ACTOR)
+
+
+def _describe(index: int, code: int | None) -> str:
+    if code is None:
+        return f"process {index} vanished"
+    if code < 0:
+        try:
+            return f"process {index} killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"process {index} killed by signal {-code}"
+    return f"process {index} exited with code {code}"

@@ -1,0 +1,60 @@
+"""The scheduler's view of the store: a pure function from records to a `sched.types.Snapshot`.
+
+No I/O here: the caller reads the store, the cluster config and the executor, and passes what
+they said. The simulator's tests can feed the same records to compare both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from stoker.control.states import ACTIVE
+from stoker.control.store import JobRecord
+from stoker.sched import Node, PendingJob, Resources, RunningJob, Snapshot
+from stoker.sched.config import build_cohorts, build_queues, pending_job
+from stoker.spec.api import JobState
+from stoker.spec.cluster import ClusterConfig
+from stoker.spec.job import JobSpec
+
+
+def job_spec(record: JobRecord) -> JobSpec:
+    """The job spec stored with a job (validated when it was submitted)."""
+    return JobSpec.model_validate(record.spec["job"])
+
+
+def per_rank(spec: JobSpec) -> Resources:
+    r = spec.resources
+    return Resources(r.gpus, r.cpus, float(r.memory))
+
+
+def running_job(record: JobRecord, spec: JobSpec, progress: float) -> RunningJob:
+    placement = record.placement or {}
+    return RunningJob(
+        id=record.id, queue=record.queue, priority=record.priority,
+        flavor=placement.get("flavor", ""), nodes=tuple(placement.get("nodes", ())),
+        per_rank=per_rank(spec), created_at=record.queued_at,
+        started_at=record.admitted_at or record.queued_at, progress=progress,
+        attained_service=record.attained_s, preempting=record.stop_reason is not None,
+    )
+
+
+def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
+                   jobs: Iterable[JobRecord], progress: Mapping[int, float] | None = None,
+                   ) -> Snapshot:
+    """Running = jobs holding resources (admitted, starting, running, stopping); pending =
+    queued jobs past their restart backoff. ``progress``: seconds since each running job's
+    last checkpoint (default: since it was admitted)."""
+    progress = progress or {}
+    running: list[RunningJob] = []
+    pending: list[PendingJob] = []
+    for record in jobs:
+        spec = job_spec(record)
+        if record.state in ACTIVE and record.placement:
+            since = record.admitted_at or now
+            running.append(running_job(record, spec, progress.get(record.id, now - since)))
+        elif record.state == JobState.QUEUED and record.not_before <= now:
+            pending.append(pending_job(cluster, spec, record.id, record.queued_at,
+                                       record.attained_s))
+    return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
+                    running=tuple(running), pending=tuple(pending),
+                    cohorts=build_cohorts(cluster), topology=cluster.topology)

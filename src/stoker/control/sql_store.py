@@ -1,0 +1,266 @@
+"""`Store` over SQLAlchemy 2: SQLite (WAL) by default, any SQLAlchemy URL otherwise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from stoker.control import tables as t
+from stoker.control.db import WRITE, make_engine, migrate
+from stoker.control.states import ACTIVE, check_path
+from stoker.control.store import (
+    EventRecord,
+    JobRecord,
+    NewJob,
+    NodeRecord,
+    ProcessRecord,
+    QuotaRecord,
+)
+from stoker.spec.api import JobState
+
+# Columns a transition may change besides the state (the rest are set by the store itself).
+MUTABLE = frozenset({
+    "queued_at", "admitted_at", "started_at", "finished_at", "attempt", "restarts", "not_before",
+    "placement", "stop_reason", "stop_requested_at", "term_sent_at", "attained_s", "exit_code",
+})
+
+
+class SqlStore:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> SqlStore:
+        """Connect to ``url`` and migrate its schema to the latest revision."""
+        engine = make_engine(url)
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write() as session, session.begin():
+            yield session
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def submit(self, job: NewJob, actor: str) -> JobRecord:
+        now = self._clock()
+        with self._tx() as s:
+            row = t.Job(tenant=job.tenant, name=job.name, queue=job.queue,
+                        priority_class=job.priority_class, priority=job.priority, spec=job.spec,
+                        state=JobState.QUEUED.value, reason="submitted", created_at=now,
+                        updated_at=now, queued_at=now, attempt=0, restarts=0, not_before=0.0,
+                        attained_s=0.0, version=0)
+            s.add(row)
+            s.flush()
+            s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
+                          to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
+            return _job(row)
+
+    def get_job(self, job_id: int) -> JobRecord | None:
+        with self._read() as s:
+            row = s.get(t.Job, job_id)
+            return _job(row) if row else None
+
+    def list_jobs(self, *, tenant: str | None = None,
+                  states: Collection[JobState] | None = None) -> list[JobRecord]:
+        query = select(t.Job).order_by(t.Job.id)
+        if tenant is not None:
+            query = query.where(t.Job.tenant == tenant)
+        if states is not None:
+            query = query.where(t.Job.state.in_([s.value for s in states]))
+        with self._read() as s:
+            return [_job(row) for row in s.scalars(query)]
+
+    def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
+                   reason: str, actor: str, changes: Mapping[str, Any] | None = None,
+                   detail: Mapping[str, Any] | None = None,
+                   version: int | None = None) -> JobRecord | None:
+        if not path:
+            raise ValueError("empty transition path")
+        for state in expect:
+            check_path(state, tuple(path))
+        return self._change(job_id, expect, path, "transition", reason, actor, changes, detail,
+                            version)
+
+    def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,
+                 actor: str, changes: Mapping[str, Any] | None = None,
+                 detail: Mapping[str, Any] | None = None,
+                 version: int | None = None) -> JobRecord | None:
+        return self._change(job_id, expect, (), kind, reason, actor, changes, detail, version)
+
+    def _change(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
+                kind: str, reason: str, actor: str, changes: Mapping[str, Any] | None,
+                detail: Mapping[str, Any] | None, version: int | None) -> JobRecord | None:
+        changes = dict(changes or {})
+        unknown = set(changes) - MUTABLE
+        if unknown:
+            raise ValueError(f"not changeable by a transition: {sorted(unknown)}")
+        now = self._clock()
+        values: dict[str, Any] = {**changes, "updated_at": now, "version": t.Job.version + 1}
+        if path:
+            values |= {"state": path[-1].value, "reason": reason}
+        with self._tx() as s:
+            # Compare-and-set on the state (and version): a concurrent change makes this a no-op.
+            query = select(t.Job.state).where(t.Job.id == job_id,
+                                              t.Job.state.in_([e.value for e in expect]))
+            if version is not None:
+                query = query.where(t.Job.version == version)
+            before = s.execute(query).scalar_one_or_none()
+            if before is None:
+                return None
+            s.execute(update(t.Job).where(t.Job.id == job_id).values(**values))
+            previous = JobState(before)
+            for state in path:
+                s.add(t.Event(job_id=job_id, at=now, kind=kind, from_state=previous.value,
+                              to_state=state.value, reason=reason, actor=actor,
+                              detail=dict(detail) if detail else None))
+                previous = state
+            if not path:
+                s.add(t.Event(job_id=job_id, at=now, kind=kind, from_state=previous.value,
+                              to_state=previous.value, reason=reason, actor=actor,
+                              detail=dict(detail) if detail else None))
+            row = s.get(t.Job, job_id, populate_existing=True)
+            assert row is not None
+            return _job(row)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def events(self, job_id: int | None = None, after_id: int = 0) -> list[EventRecord]:
+        query = select(t.Event).where(t.Event.id > after_id).order_by(t.Event.id)
+        if job_id is not None:
+            query = query.where(t.Event.job_id == job_id)
+        with self._read() as s:
+            return [_event(row) for row in s.scalars(query)]
+
+    def log_event(self, kind: str, reason: str, actor: str,
+                  detail: Mapping[str, Any] | None = None) -> EventRecord:
+        with self._tx() as s:
+            row = t.Event(job_id=None, at=self._clock(), kind=kind, reason=reason, actor=actor,
+                          detail=dict(detail) if detail else None)
+            s.add(row)
+            s.flush()
+            return _event(row)
+
+    # --- processes --------------------------------------------------------------------------
+
+    def add_processes(self, processes: Sequence[ProcessRecord]) -> None:
+        with self._tx() as s:
+            s.add_all(t.RankProcess(**_as_dict(p)) for p in processes)
+
+    def processes(self, job_id: int, attempt: int | None = None) -> list[ProcessRecord]:
+        query = select(t.RankProcess).where(t.RankProcess.job_id == job_id)
+        if attempt is not None:
+            query = query.where(t.RankProcess.attempt == attempt)
+        query = query.order_by(t.RankProcess.attempt, t.RankProcess.index)
+        with self._read() as s:
+            return [_process(row) for row in s.scalars(query)]
+
+    def live_processes(self) -> list[ProcessRecord]:
+        query = (
+            select(t.RankProcess)
+            .join(t.Job, t.Job.id == t.RankProcess.job_id)
+            .where(t.Job.state.in_([s.value for s in ACTIVE]),
+                   t.RankProcess.attempt == t.Job.attempt,
+                   t.RankProcess.ended_at.is_(None))
+            .order_by(t.RankProcess.job_id, t.RankProcess.index)
+        )
+        with self._read() as s:
+            return [_process(row) for row in s.scalars(query)]
+
+    def end_process(self, job_id: int, attempt: int, index: int, exit_code: int | None,
+                    ended_at: float) -> None:
+        with self._tx() as s:
+            s.execute(update(t.RankProcess)
+                      .where(t.RankProcess.job_id == job_id, t.RankProcess.attempt == attempt,
+                             t.RankProcess.index == index, t.RankProcess.ended_at.is_(None))
+                      .values(exit_code=exit_code, ended_at=ended_at))
+
+    # --- quotas and nodes -------------------------------------------------------------------
+
+    def set_quota(self, quota: QuotaRecord) -> QuotaRecord:
+        with self._tx() as s:
+            row = s.get(t.QuotaOverride, (quota.queue, quota.flavor))
+            values = _as_dict(quota)
+            if row is None:
+                s.add(t.QuotaOverride(**values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            s.add(t.Event(job_id=None, at=quota.updated_at, kind="quota", actor=quota.updated_by,
+                          reason=f"quota of queue {quota.queue} for flavor {quota.flavor} set",
+                          detail=values))
+        return quota
+
+    def quotas(self) -> list[QuotaRecord]:
+        query = select(t.QuotaOverride).order_by(t.QuotaOverride.queue, t.QuotaOverride.flavor)
+        with self._read() as s:
+            return [QuotaRecord(**_columns(row, QuotaRecord)) for row in s.scalars(query)]
+
+    def sync_nodes(self, nodes: Sequence[NodeRecord]) -> None:
+        now = self._clock()
+        with self._tx() as s:
+            for node in nodes:
+                row = s.get(t.Node, node.name)
+                if row is None:
+                    s.add(t.Node(name=node.name, flavor=node.flavor, labels=node.labels,
+                                 capacity=node.capacity, cordoned=False, cordon_reason="",
+                                 updated_at=now))
+                else:
+                    row.flavor, row.labels, row.capacity = node.flavor, node.labels, node.capacity
+                    row.updated_at = now
+
+    def nodes(self) -> list[NodeRecord]:
+        with self._read() as s:
+            rows = s.scalars(select(t.Node).order_by(t.Node.name))
+            return [NodeRecord(**_columns(row, NodeRecord)) for row in rows]
+
+    def set_cordon(self, name: str, cordoned: bool, reason: str, actor: str) -> NodeRecord | None:
+        now = self._clock()
+        with self._tx() as s:
+            row = s.get(t.Node, name)
+            if row is None:
+                return None
+            row.cordoned, row.cordon_reason, row.updated_at = cordoned, reason, now
+            verb = "cordoned" if cordoned else "uncordoned"
+            s.add(t.Event(job_id=None, at=now, kind="node", actor=actor,
+                          reason=f"node {name} {verb}: {reason}".rstrip(": "),
+                          detail={"node": name, "cordoned": cordoned}))
+            return NodeRecord(**_columns(row, NodeRecord))
+
+
+def _columns(row: Any, record: type) -> dict[str, Any]:
+    return {f.name: getattr(row, f.name) for f in fields(record)}
+
+
+def _as_dict(record: Any) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _job(row: t.Job) -> JobRecord:
+    values = _columns(row, JobRecord)
+    values["state"] = JobState(row.state)
+    return JobRecord(**values)
+
+
+def _event(row: t.Event) -> EventRecord:
+    values = _columns(row, EventRecord)
+    values["from_state"] = JobState(row.from_state) if row.from_state else None
+    values["to_state"] = JobState(row.to_state) if row.to_state else None
+    return EventRecord(**values)
+
+
+def _process(row: t.RankProcess) -> ProcessRecord:
+    return ProcessRecord(**_columns(row, ProcessRecord))

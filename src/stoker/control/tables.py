@@ -1,0 +1,111 @@
+"""The store's schema as SQLAlchemy 2 tables. Alembic migrations (control/migrations) create it.
+
+Portable types only (no SQLite-only SQL): times are epoch seconds as doubles, structured values
+are JSON, so the same schema runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON, list[Any]: JSON, float: Double,
+    }
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    queue: Mapped[str] = mapped_column(String(128), index=True)
+    priority_class: Mapped[str] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float]
+    updated_at: Mapped[float]
+    queued_at: Mapped[float]
+    admitted_at: Mapped[float | None]
+    started_at: Mapped[float | None]
+    finished_at: Mapped[float | None]
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[float] = mapped_column(Double, default=0.0)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
+    stop_requested_at: Mapped[float | None]
+    term_sent_at: Mapped[float | None]
+    attained_s: Mapped[float] = mapped_column(Double, default=0.0)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Event(Base):
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    at: Mapped[float]
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class RankProcess(Base):
+    """One process started for a job attempt: a rank, or the training launcher of all ranks."""
+
+    __tablename__ = "processes"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    create_time: Mapped[float]
+    node: Mapped[str] = mapped_column(String(128))
+    devices: Mapped[dict[str, Any]] = mapped_column(JSON)
+    log_path: Mapped[str] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    ended_at: Mapped[float | None]
+
+
+class QuotaOverride(Base):
+    """An admin's replacement of one queue's quota for one flavor, applied from the next cycle.
+
+    ``quota`` is a `stoker.spec.cluster.Quota` as JSON (nominal amounts and limits).
+    """
+
+    __tablename__ = "quota_overrides"
+
+    queue: Mapped[str] = mapped_column(String(128), primary_key=True)
+    flavor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    quota: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[float]
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class Node(Base):
+    """A node as last seen (from config or autodetection) plus its admin state."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    flavor: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    capacity: Mapped[dict[str, Any]] = mapped_column(JSON)
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False)
+    cordon_reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[float]

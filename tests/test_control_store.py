@@ -1,0 +1,133 @@
+"""The store: migrations, transitions with their events in one transaction, compare-and-set."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from stoker.control.sql_store import SqlStore
+from stoker.control.store import NewJob, NodeRecord, QuotaRecord
+from stoker.control.tables import Base
+from stoker.spec.api import JobState
+
+Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUNNING
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = SqlStore.open(f"sqlite:///{tmp_path / 'stoker.db'}")
+    yield s
+    s.close()
+
+
+def new_job(tenant: str = "alice") -> NewJob:
+    return NewJob(tenant=tenant, name="j", queue="alice", priority_class="normal", priority=100,
+                  spec={"job": {"name": "j"}})
+
+
+def test_migrations_match_the_tables(store: SqlStore) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    assert diff == []
+    assert mode == "wal"
+
+
+def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    first = SqlStore.open(url)
+    job = first.submit(new_job(), "alice")
+    first.close()
+    again = SqlStore.open(url)
+    assert again.get_job(job.id) == job
+    again.close()
+
+
+def test_transition_writes_one_event_per_step(store: SqlStore) -> None:
+    job = store.submit(new_job(), "alice")
+    assert job.state == Q and job.version == 0
+    moved = store.transition(job.id, (Q,), (A,), "admitted", "reconciler",
+                             {"placement": {"flavor": "cpu", "nodes": ["n0"]}})
+    assert moved is not None and moved.state == A and moved.version == 1
+    assert moved.placement == {"flavor": "cpu", "nodes": ["n0"]}
+    store.transition(job.id, (A,), (S,), "starting", "reconciler")
+    store.transition(job.id, (S,), (JobState.FAILED, Q), "crashed; restart 1/1", "reconciler",
+                     {"restarts": 1})
+    events = store.events(job.id)
+    assert [(e.from_state, e.to_state) for e in events] == [
+        (None, Q), (Q, A), (A, S), (S, JobState.FAILED), (JobState.FAILED, Q)]
+    assert [e.actor for e in events] == ["alice"] + ["reconciler"] * 4
+    assert store.get_job(job.id).restarts == 1  # type: ignore[union-attr]
+
+
+def test_transition_is_compare_and_set(store: SqlStore) -> None:
+    job = store.submit(new_job(), "alice")
+    assert store.transition(job.id, (A,), (S,), "wrong state", "x") is None
+    assert store.annotate(job.id, (Q,), "note", "stale", "x", version=job.version + 5) is None
+    assert store.get_job(job.id) == job
+    assert len(store.events(job.id)) == 1
+
+
+def test_illegal_transition_and_unknown_column_are_refused(store: SqlStore) -> None:
+    job = store.submit(new_job(), "alice")
+    with pytest.raises(ValueError, match="not allowed"):
+        store.transition(job.id, (Q,), (R,), "skip ahead", "x")
+    with pytest.raises(ValueError, match="not changeable"):
+        store.transition(job.id, (Q,), (A,), "x", "x", {"tenant": "mallory"})
+    assert store.get_job(job.id) == job
+
+
+def test_a_failing_event_rolls_back_the_state_change(store: SqlStore) -> None:
+    job = store.submit(new_job(), "alice")
+    with pytest.raises(Exception, match="not JSON serializable"):
+        store.transition(job.id, (Q,), (A,), "admitted", "x", {"admitted_at": 1.0},
+                         detail={"bad": object()})
+    assert store.get_job(job.id) == job
+    assert len(store.events(job.id)) == 1
+
+
+def _race(store: SqlStore, job_id: int, targets: tuple[JobState, ...]) -> list[object]:
+    results: list[object] = []
+    barrier = threading.Barrier(len(targets))
+
+    def go(target: JobState) -> None:
+        barrier.wait()
+        results.append(store.transition(job_id, (Q,), (target,), "race", "x"))
+
+    threads = [threading.Thread(target=go, args=(t,)) for t in targets]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def test_racing_transitions_have_exactly_one_winner(store: SqlStore) -> None:
+    for _ in range(10):
+        job = store.submit(new_job(), "alice")
+        results = _race(store, job.id, (A, JobState.CANCELLED))
+        assert sum(r is not None for r in results) == 1
+        final = store.get_job(job.id)
+        events = store.events(job.id)
+        assert len(events) == 2 and events[-1].to_state == final.state  # type: ignore[union-attr]
+
+
+def test_quota_overrides_replace_and_log(store: SqlStore) -> None:
+    store.set_quota(QuotaRecord("alice", "cpu", {"cpus": 2}, 1.0, "admin"))
+    store.set_quota(QuotaRecord("alice", "cpu", {"cpus": 4}, 2.0, "admin"))
+    assert [q.quota for q in store.quotas()] == [{"cpus": 4}]
+    assert [e.kind for e in store.events()] == ["quota", "quota"]
+
+
+def test_nodes_keep_their_cordon_across_syncs(store: SqlStore) -> None:
+    node = NodeRecord("n0", "cpu", {"zone": "z"}, {"gpus": 0, "cpus": 4})
+    store.sync_nodes([node])
+    assert store.set_cordon("n0", True, "bad disk", "admin") is not None
+    store.sync_nodes([node])
+    assert store.nodes()[0].cordoned
+    assert store.set_cordon("nope", True, "", "admin") is None
