@@ -5,7 +5,7 @@ RMSNorm, rotary position embeddings (RoPE), a SwiGLU MLP and grouped-query atten
 
 The model knows nothing of parallelism: activation checkpointing, ``torch.compile``, DDP and
 FSDP2 are applied from outside by ``stoker.train.parallelize``. It can be built on the meta
-device; ``init_weights()`` then fills every parameter and buffer after ``to_empty``.
+device; ``init_weights()`` then fills every parameter after ``to_empty``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from stoker.spec.train import ModelShape
 INIT_STD = 0.02
 
 
-def rope_table(head_dim: int, max_seq_len: int, theta: float, device: torch.device | None = None,
-               ) -> torch.Tensor:
-    """cos and sin of every (position, frequency) pair: [max_seq_len, head_dim // 2, 2], fp32."""
+def rope_table(head_dim: int, seq_len: int, theta: float, device: torch.device) -> torch.Tensor:
+    """cos and sin of every (position, frequency) pair: [seq_len, head_dim // 2, 2], fp32.
+
+    Computed at each forward (a few small kernels): no buffer to materialise, keep in sync
+    across ranks or size for a maximum sequence length.
+    """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len, device=device).float(), inv_freq)
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
@@ -108,16 +111,14 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """tokens [B, T] -> logits [B, T, vocab_size] (in the compute dtype; upcast for the loss)."""
 
-    def __init__(self, shape: ModelShape, max_seq_len: int = 4096) -> None:
+    def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.shape = shape
-        self.max_seq_len = max_seq_len
         self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.dim)
         self.layers = nn.ModuleList(TransformerBlock(shape) for _ in range(shape.n_layers))
         self.norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
         self.output = nn.Linear(shape.dim, shape.vocab_size, bias=False)
         self.tie_weights()
-        self.register_buffer("rope", self._rope_table(), persistent=False)
 
     def tie_weights(self) -> None:
         """Share the embedding with the output projection when the shape says so.
@@ -127,18 +128,13 @@ class Transformer(nn.Module):
         if self.shape.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    def _rope_table(self) -> torch.Tensor:
-        return rope_table(self.shape.head_dim, self.max_seq_len, self.shape.rope_theta,
-                          device=self.tok_embeddings.weight.device)
-
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Fill every parameter and the RoPE buffer, drawing from the current torch RNG.
+        """Fill every parameter, drawing from the current torch RNG.
 
         Residual output projections (wo, w2) get a std scaled down by sqrt(2 * n_layers), as in
         GPT-2, so the residual stream does not grow with depth.
         """
-        self.rope.copy_(self._rope_table())
         nn.init.normal_(self.tok_embeddings.weight, std=INIT_STD)
         out_std = INIT_STD / math.sqrt(2 * self.shape.n_layers)
         for layer in self.layers:
@@ -148,11 +144,8 @@ class Transformer(nn.Module):
             nn.init.normal_(self.output.weight, std=INIT_STD)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        seq_len = tokens.shape[1]
-        if seq_len > self.max_seq_len:
-            raise ValueError(f"sequence length {seq_len} exceeds the model's max_seq_len "
-                             f"{self.max_seq_len}")
-        rope = self.rope[:seq_len]
+        rope = rope_table(self.shape.head_dim, tokens.shape[1], self.shape.rope_theta,
+                          tokens.device)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             h = layer(h, rope)

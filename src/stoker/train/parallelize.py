@@ -53,14 +53,14 @@ def autocast_context(parallel: ParallelConfig, device: torch.device,
 
 
 def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
-                world_size: int, max_seq_len: int = 4096) -> nn.Module:
+                world_size: int) -> nn.Module:
     """The initialised, wrapped model, ready for the optimiser.
 
     With strategy "ddp" or "fsdp", torch.distributed must already be initialised with
     ``world_size`` ranks.
     """
     with torch.device("meta"):
-        model = Transformer(shape, max_seq_len=max_seq_len)
+        model = Transformer(shape)
     model.to_empty(device=device)
     model.tie_weights()
     init_seeded(model, seed, device)
@@ -103,10 +103,10 @@ def apply_activation_checkpointing(model: Transformer, parallel: ParallelConfig)
             model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_compile(model: Transformer) -> None:
+def apply_compile(model: Transformer, backend: str = "inductor") -> None:
     """Compile each block on its own: repeated blocks reuse one compiled graph."""
     for block in model.layers:
-        block.compile(fullgraph=True)
+        block.compile(backend=backend, fullgraph=True)
 
 
 def data_parallel_mesh(device: torch.device, world_size: int) -> DeviceMesh:
@@ -120,8 +120,7 @@ def data_parallel_mesh(device: torch.device, world_size: int) -> DeviceMesh:
 
 def apply_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     device_ids = [cuda_index(device)] if device.type == "cuda" else None
-    # The only buffer (the RoPE table) is computed alike on every rank: no need to broadcast it.
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
@@ -129,9 +128,12 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
     """FSDP2: one parameter group per block, then the root (embeddings, final norm, output).
 
     The last block is not resharded after forward: backward would gather it again at once.
+    Forward inputs are not cast: the activations are already in the parameters' dtype, and the
+    RoPE table handed to each block must stay fp32.
     """
     if dtype == torch.bfloat16:
-        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                         cast_forward_inputs=False)
     else:
         mp_policy = MixedPrecisionPolicy()
     last = len(model.layers) - 1
