@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -301,11 +302,12 @@ def test_val_split_loader_reads_val_tokens(byte_dir: Path) -> None:
 
 @pytest.mark.parametrize("dp", [1, 2, 4])
 def test_ranks_split_each_step_disjointly_and_exactly(byte_dir: Path, dp: int) -> None:
-    n_steps = 20
-    reference = _step_ids(_loader(byte_dir, micro=1), n_steps)
+    stream = _loader(byte_dir, seq_len=512).stream
+    n_steps = stream.epoch_samples // G + 5  # into the second epoch
+    reference = _step_ids(_loader(byte_dir, micro=1, seq_len=512), n_steps)
     micro = G // (dp * 2) if dp < 4 else 1  # some accumulation, whatever the rank count
-    per_rank = [_step_ids(_loader(byte_dir, r, dp, micro=micro), n_steps) for r in range(dp)]
-    stream = _loader(byte_dir).stream
+    per_rank = [_step_ids(_loader(byte_dir, r, dp, micro=micro, seq_len=512), n_steps)
+                for r in range(dp)]
     for step in range(n_steps):
         together = [g for r in range(dp) for g in per_rank[r][step]]
         assert together == reference[step] == list(range(step * G, (step + 1) * G))
@@ -400,6 +402,13 @@ def test_prefetch_without_thread_gives_the_same_batches(byte_dir: Path) -> None:
     assert _step_ids(_loader(byte_dir, prefetch=0), 5) == _step_ids(_loader(byte_dir), 5)
 
 
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def _prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "stoker-data-prefetch"]
 
@@ -412,6 +421,9 @@ def test_prefetch_thread_stops_and_errors_reach_the_consumer(
     assert len(_prefetch_threads()) == 1 and _prefetch_threads()[0].daemon
     loader.close()
     assert _prefetch_threads() == []
+    next(iter(_loader(byte_dir)))  # dropped without close(): its thread ends too
+    gc.collect()
+    _wait_for(lambda: not _prefetch_threads())
 
     real = data_mod._make_batch
 

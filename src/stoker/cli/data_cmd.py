@@ -37,7 +37,9 @@ def prepare_cmd(
 
     if tokenizer not in ("byte", "bpe"):
         raise StokerError(f"--tokenizer: unknown tokenizer {tokenizer!r} (byte or bpe)")
-    files = expand(patterns)
+    files = [f for f in expand(patterns) if not f.is_relative_to(out.absolute())]
+    if not files:
+        raise StokerError(f"every file {' '.join(patterns)!r} matches lies inside --out {out}")
     start = time.perf_counter()
     meta = prepare(files, out, cast(TokenizerName, tokenizer), vocab_size, val_fraction,
                    shard_tokens, source=" ".join(patterns), force=force)

@@ -301,8 +301,8 @@ class TokenLoader:
 
     ``state_dict()`` records the position in the global stream (rank independent), so
     ``load_state_dict`` resumes exactly, also with another ``dp_size`` or ``micro_batch_size``
-    when saved at a step boundary. ``last_wait_s`` is how long the last ``next()`` waited for
-    the prefetch thread.
+    when saved at a step boundary. ``last_wait_s`` is how long the last ``next()`` took (waiting
+    for the prefetch thread, or making the batch when ``prefetch=0``); ``total_wait_s`` sums them.
     """
 
     def __init__(
@@ -354,20 +354,20 @@ class TokenLoader:
         return self
 
     def __next__(self) -> Batch:
+        t0 = time.perf_counter()
         if self.prefetch == 0:
             batch = _make_batch(self.stream, self._layout, self._consumed, self.pin_memory)
         else:
             if self._prefetcher is None:
                 self._start_prefetch()
             assert self._prefetcher is not None
-            t0 = time.perf_counter()
             try:
                 batch = self._prefetcher.get()
             except BaseException:
                 self.close()
                 raise
-            self.last_wait_s = time.perf_counter() - t0
-            self.total_wait_s += self.last_wait_s
+        self.last_wait_s = time.perf_counter() - t0
+        self.total_wait_s += self.last_wait_s
         self._consumed += 1
         return batch
 

@@ -49,7 +49,7 @@ from stoker.train.tokenizer import (
 )
 
 META_FILE = "meta.json"
-FORMAT = "stoker-shards"
+FORMAT: Literal["stoker-shards"] = "stoker-shards"
 SHARD_FORMAT = "stoker-tokens"
 HEADER_BYTES = 1024
 DEFAULT_SHARD_TOKENS = 100_000_000
