@@ -214,8 +214,9 @@ def test_missing_or_invalid_dataset_names_the_key(tmp_path: Path, byte_dir: Path
         ensure_dataset(DataConfig(dataset=str(tmp_path / "missing")))
     assert e.value.key == "data.dataset" and "no such directory" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        ensure_dataset(DataConfig(dataset=str(tmp_path)))
+        ensure_dataset(DataConfig(dataset=str(tmp_path)), source="run.toml")
     assert e.value.key == "data.dataset" and "stoker data prepare" in str(e.value)
+    assert str(e.value).startswith("run.toml: data.dataset: ")
     assert ensure_dataset(DataConfig(dataset=str(byte_dir))) == byte_dir
     with pytest.raises(ConfigError) as e:
         ensure_dataset(DataConfig(dataset=str(byte_dir), tokenizer="bpe"))

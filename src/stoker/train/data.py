@@ -54,20 +54,21 @@ _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_te
 # ---------------------------------------------------------------- datasets
 
 
-def ensure_dataset(data: DataConfig, *, progress: bool = True) -> Path:
+def ensure_dataset(data: DataConfig, *, progress: bool = True, source: str | None = None) -> Path:
     """The prepared shard directory ``data`` names; ``stdlib`` is prepared and cached first.
 
-    Any other ``data.dataset`` must be a directory made by `stoker data prepare`.
+    Any other ``data.dataset`` must be a directory made by `stoker data prepare`. ``source``
+    (the config file) is named in the ConfigError of a bad value.
     """
     if data.dataset == STDLIB:
-        return _ensure_stdlib(data, progress)
+        return _ensure_stdlib(data, progress, source)
     path = Path(data.dataset).expanduser().absolute()
     try:
         meta = read_meta(path)
     except InvalidShardDir as e:
-        raise ConfigError(None, "data.dataset", f"{e} (or use \"stdlib\")") from None
+        raise ConfigError(source, "data.dataset", f"{e} (or use \"stdlib\")") from None
     if "tokenizer" in data.model_fields_set and data.tokenizer != meta.tokenizer:
-        raise ConfigError(None, "data.tokenizer", f"{data.tokenizer!r}, but {path} was "
+        raise ConfigError(source, "data.tokenizer", f"{data.tokenizer!r}, but {path} was "
                           f"prepared with {meta.tokenizer!r}")
     return path
 
@@ -90,7 +91,7 @@ def stdlib_key(data: DataConfig) -> str:
     return f"stdlib-{python}-{tokenizer}"
 
 
-def _ensure_stdlib(data: DataConfig, progress: bool) -> Path:
+def _ensure_stdlib(data: DataConfig, progress: bool, source: str | None) -> Path:
     cache = Path(data.cache_dir).expanduser().absolute()
     key = stdlib_key(data)
     out = cache / key
@@ -99,7 +100,8 @@ def _ensure_stdlib(data: DataConfig, progress: bool) -> Path:
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(None, "data.cache_dir", f"cannot create {cache}: {e.strerror}") from None
+        raise ConfigError(source, "data.cache_dir",
+                          f"cannot create {cache}: {e.strerror}") from None
     with _locked(cache / f".{key}.lock"):
         if _is_prepared(out):  # another process made it while we waited
             return out
