@@ -1,9 +1,244 @@
-"""Placeholder: this command group is filled in by its own change."""
+"""`stoker sim`: replay a trace through the scheduler for each policy; `stoker sim plan`: the
+smallest cluster that meets a target."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from stoker.spec.errors import ConfigError
+
+sim_app = typer.Typer(help="Simulate a cluster trace under scheduling policies.",
+                      invoke_without_command=True)
+
+TRACE = typer.Option(None, "--trace", help="Trace file.")
+FORMAT = typer.Option(None, "--format", help="alibaba, helios, philly, tiresias or generic.")
+CLUSTER = typer.Option(None, "--cluster", help="cluster.toml (queues, quotas, nodes).")
+NODE_LIST = typer.Option(None, "--node-list",
+                         help="Node list CSV (Alibaba or Tiresias layout); default: the trace's.")
+NODES = typer.Option(None, "--nodes", help="Cut the cluster to N nodes (spread evenly).")
+EVERY = typer.Option(None, "--every", help="Keep every k-th node.")
+GPUS = typer.Option(None, "--gpus", help="Cut the cluster to about this many GPUs.")
+SCALE = typer.Option(1.0, "--arrival-scale", help="Arrivals this many times faster.")
+TENANT_BY = typer.Option("auto", "--tenant-by", help="Queue by: auto, vc, user or id (hash).")
+TENANTS = typer.Option(4, "--tenants", help="Queues made when there is no cluster.toml.")
+MAX_JOBS = typer.Option(None, "--max-jobs", help="Only the first N jobs of the trace.")
+CKPT = typer.Option("30m", "--checkpoint-interval",
+                    help="Work between checkpoints (e.g. 30m); 'never' loses all on restart.")
+OVERHEAD = typer.Option("0", "--restart-overhead", help="Time added per restart (e.g. 2m).")
+MTBF = typer.Option(None, "--mtbf", help="Mean time between failures of one node (e.g. 30d).")
+REPAIR = typer.Option("4h", "--repair-time", help="How long a failed node is down.")
+SEED = typer.Option(0, "--seed", help="Seed of everything random (node failures).")
+INTERVAL = typer.Option("0", "--interval",
+                        help="Schedule once per interval (e.g. 10s); 0: after every event.")
+WHOLE = typer.Option(False, "--whole-gpus", help="Round fractional GPU requests up to one GPU.")
+JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON only.")
+
+
+def _seconds(option: str, text: str | None, allow_never: bool = False) -> float | None:
+    from stoker.spec.job import parse_seconds
+
+    if text is None:
+        return None
+    if allow_never and text == "never":
+        return float("inf")
+    try:
+        value = float(parse_seconds(text))
+    except ValueError as e:
+        raise ConfigError(option, None, str(e)) from None
+    if value < 0:
+        raise ConfigError(option, None, "must not be negative")
+    return value
+
+
+def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list: Path | None,
+            nodes: int | None, every: int | None, gpus: float | None, scale: float,
+            tenant_by: str, tenants: int, max_jobs: int | None, ckpt: str, overhead: str,
+            mtbf: str | None, repair: str, seed: int, interval: str, whole: bool) -> Any:
+    from stoker.sim.engine import SimOptions
+    from stoker.sim.run import Cut, SimInputs
+
+    if trace is None:
+        raise ConfigError("--trace", None, "give the trace file to simulate")
+    if fmt is None:
+        raise ConfigError("--format", None,
+                          "give the trace format: alibaba, helios, philly, tiresias or generic")
+    checkpoint = _seconds("--checkpoint-interval", ckpt, allow_never=True)
+    if checkpoint == 0:
+        raise ConfigError("--checkpoint-interval", None, "must be above 0 (or 'never')")
+    if tenants < 1:
+        raise ConfigError("--tenants", None, "must be at least 1")
+    options = SimOptions(
+        checkpoint_interval=checkpoint or float("inf"),
+        restart_overhead=_seconds("--restart-overhead", overhead) or 0.0,
+        node_mtbf=_seconds("--mtbf", mtbf) or None,
+        repair_time=_seconds("--repair-time", repair) or 0.0,
+        seed=seed, interval=_seconds("--interval", interval) or 0.0, whole_gpus=whole)
+    return SimInputs(trace=trace, format=fmt, cluster=cluster, node_list=node_list,
+                     cut=Cut(nodes=nodes, every=every, gpus=gpus), arrival_scale=scale,
+                     tenant_by=tenant_by, tenants=tenants, max_jobs=max_jobs, options=options)
+
+
+@sim_app.callback()
+def sim(
+    ctx: typer.Context,
+    trace: Path | None = TRACE, fmt: str | None = FORMAT, cluster: Path | None = CLUSTER,
+    node_list: Path | None = NODE_LIST,
+    policy: list[str] = typer.Option([], "--policy",
+                                     help="fifo, sjf, las, stoker, stoker-fair (repeatable)."),
+    nodes: int | None = NODES, every: int | None = EVERY, gpus: float | None = GPUS,
+    arrival_scale: float = SCALE, tenant_by: str = TENANT_BY, tenants: int = TENANTS,
+    max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
+    restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
+    seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
+    report: Path | None = typer.Option(None, "--report", help="Write plots + index.html here."),
+    json_out: bool = JSON_OUT,
+) -> None:
+    """Replay a trace through the live scheduler under each policy and compare them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from stoker.sim.policies import POLICIES
+    from stoker.sim.run import prepare, run_policy
+
+    inputs = _inputs(trace, fmt, cluster, node_list, nodes, every, gpus, arrival_scale,
+                     tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
+                     repair_time, seed, interval, whole_gpus)
+    policies = policy or ["fifo", "sjf", "las", "stoker"]
+    for name in policies:
+        if name not in POLICIES:
+            raise ConfigError("--policy", None,
+                              f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
+    prepared = prepare(inputs)
+    console = Console(stderr=json_out)
+    header = _header(prepared)
+    if not json_out:
+        for key, value in header.items():
+            console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+    runs = []
+    with _progress(console, quiet=json_out) as progress:
+        for name in policies:
+            task = progress.add_task(f"{name:12}", total=len(prepared.jobs))
+            runs.append(run_policy(prepared, name, lambda done, total, t=task: progress.update(
+                t, completed=done, total=total)))
+    summaries = [r.summary() for r in runs]
+    if report is not None:
+        from stoker.sim import report as report_mod
+
+        page = report_mod.write(report, runs, header)
+        if not json_out:
+            console.print(f"report: {page}")
+    if json_out:
+        typer.echo(json.dumps({"inputs": header, "skips": prepared.trace.skips.to_dict(),
+                               "runs": summaries}, indent=2))
+    else:
+        console.print(_table(summaries))
+
+
+def _header(prepared: Any) -> dict[str, Any]:
+    inputs = prepared.inputs
+    return {
+        "trace": f"{inputs.trace} ({inputs.format})",
+        "loaded": "; ".join(prepared.trace.skips.lines()),
+        "cluster": f"{prepared.cluster.describe()}, cut: {inputs.cut.describe()}",
+        "queues": ", ".join(prepared.queues),
+        "arrival scale": inputs.arrival_scale,
+        "checkpoint interval (s)": inputs.options.checkpoint_interval,
+        "node MTBF (s)": inputs.options.node_mtbf or "no failures",
+        "seed": inputs.options.seed,
+    }
+
+
+def _progress(console: Console, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("jobs done"), TimeElapsedColumn(), console=console,
+                    disable=quiet, transient=False)
+
+
+def _table(summaries: list[dict[str, Any]]) -> Table:
+    from stoker.sim.report import TABLE_ROWS, cell
+
+    table = Table(title="Policies side by side")
+    table.add_column("metric")
+    for s in summaries:
+        table.add_column(s["policy"], justify="right")
+    for label, path, fmt in TABLE_ROWS:
+        table.add_row(label, *(cell(s, path, fmt) for s in summaries))
+    return table
+
+
+@sim_app.command("plan")
+def plan(
+    trace: Path | None = TRACE, fmt: str | None = FORMAT, cluster: Path | None = CLUSTER,
+    node_list: Path | None = NODE_LIST,
+    policy: str = typer.Option("stoker", "--policy", help="The policy to plan for."),
+    target: str = typer.Option("wait_p95<=1h", "--target",
+                               help="METRIC<=VALUE, e.g. wait_p95<=1h, jct_mean<=4h, "
+                                    "utilization>=0.7"),
+    min_nodes: int = typer.Option(1, "--min-nodes"),
+    max_nodes: int | None = typer.Option(None, "--max-nodes", help="Default: all nodes."),
+    steps: int = typer.Option(8, "--steps", help="Sizes in the coarse grid."),
+    every: int | None = EVERY, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
+    tenants: int = TENANTS, max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
+    restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
+    seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
+    plot: Path = typer.Option(Path("sim-plan.png"), "--plot", help="Where to write the plot."),
+    json_out: bool = JSON_OUT,
+) -> None:
+    """Sweep the cluster size and report the smallest that meets the target."""
+    from stoker.sim import plan as plan_mod
+    from stoker.sim.policies import POLICIES
+    from stoker.sim.run import prepare
+
+    if policy not in POLICIES:
+        raise ConfigError("--policy", None,
+                          f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
+    goal = plan_mod.parse_target(target)
+    inputs = _inputs(trace, fmt, cluster, node_list, None, every, None, arrival_scale,
+                     tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
+                     repair_time, seed, interval, whole_gpus)
+    prepared = prepare(inputs)
+    console = Console(stderr=json_out)
+    total = len(prepared.cluster.nodes)
+    table = Table(title=f"Capacity plan: {policy}, target {goal.text}")
+    for column in ("nodes", "GPUs", "load", goal.metric, "meets"):
+        table.add_column(column, justify="right")
+
+    def show(p: Any) -> None:
+        if not json_out:
+            console.print(f"  {p.nodes} nodes, {p.gpus:g} GPUs: load {p.load:.2f}, "
+                          f"{goal.metric} = {p.value:.3g} -> {'ok' if p.ok else 'misses'}",
+                          highlight=False)
+
+    points = plan_mod.sweep(prepared, policy, goal, min_nodes, max_nodes or total, steps, show)
+    best = plan_mod.smallest(points)
+    path = plan_mod.plot(plot, points, goal, policy)
+    if json_out:
+        typer.echo(json.dumps({
+            "target": goal.text, "policy": policy,
+            "smallest": None if best is None else {"nodes": best.nodes, "gpus": best.gpus},
+            "points": [{"nodes": p.nodes, "gpus": p.gpus, "load": p.load, "value": p.value,
+                        "ok": p.ok} for p in points],
+            "plot": str(path)}, indent=2))
+        return
+    for p in points:
+        table.add_row(str(p.nodes), f"{p.gpus:g}", f"{p.load:.2f}", f"{p.value:.3g}",
+                      "yes" if p.ok else "no")
+    console.print(table)
+    if best is None:
+        console.print(f"no size up to {max_nodes or total} nodes meets {goal.text}")
+    else:
+        console.print(f"smallest cluster meeting {goal.text}: [bold]{best.nodes} nodes, "
+                      f"{best.gpus:g} GPUs[/] (load {best.load:.2f})")
+    console.print(f"plot: {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the top-level app."""
+    app.add_typer(sim_app, name="sim")

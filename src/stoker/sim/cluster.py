@@ -9,9 +9,10 @@ nominal quota (the "stoker" policy) and lower-priority jobs yield within a queue
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stoker.sched import UNLIMITED, Cohort, Node, Queue, Resources
 from stoker.sched.config import build_cohorts, build_nodes, build_queues
@@ -19,6 +20,8 @@ from stoker.sim.trace import TraceNode
 from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig, load_cluster
 from stoker.spec.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,9 @@ class SimCluster:
                 if flavor not in found:
                     found.append(flavor)
         return tuple(found)
+
+    def with_nodes(self, nodes: tuple[Node, ...]) -> SimCluster:
+        return replace(self, nodes=nodes)
 
     def describe(self) -> str:
         return f"{len(self.nodes)} nodes, {self.gpus:g} GPUs ({self.source})"
@@ -126,10 +132,10 @@ def _node_for_config(cfg: ClusterConfig, node: TraceNode, source: str) -> Node:
                 Resources(float(node.gpus), UNLIMITED, UNLIMITED), domains)
 
 
-def cut_nodes(nodes: list[TraceNode], count: int | None = None, every: int | None = None,
-              gpus: float | None = None) -> list[TraceNode]:
-    """Keep every k-th node, then `count` nodes, or nodes up to `gpus` GPUs, spread evenly over
-    the list so the mix of GPU models and node sizes is kept."""
+def cut_nodes(nodes: list[T], gpus_of: Callable[[T], float], count: int | None = None,
+              every: int | None = None, gpus: float | None = None) -> list[T]:
+    """Keep every k-th node, then `count` nodes, then the fewest nodes holding at least `gpus`
+    GPUs, each time spread evenly over the list so the mix of GPU models and sizes is kept."""
     if every is not None:
         if every < 1:
             raise ConfigError("--every", None, "must be at least 1")
@@ -139,17 +145,21 @@ def cut_nodes(nodes: list[TraceNode], count: int | None = None, every: int | Non
             raise ConfigError("--nodes", None, f"must be between 1 and {len(nodes)}")
         nodes = spread(nodes, count)
     if gpus is not None:
-        total = sum(n.gpus for n in nodes)
+        total = sum(gpus_of(n) for n in nodes)
         if not 0 < gpus <= total:
-            raise ConfigError("--gpus", None, f"must be between 1 and {total:g}")
-        for k in range(1, len(nodes) + 1):
-            kept = spread(nodes, k)
-            if sum(n.gpus for n in kept) >= gpus:
-                return kept
+            raise ConfigError("--gpus", None, f"must be more than 0 and at most {total:g}")
+        low, high = 1, len(nodes)
+        while low < high:  # the GPUs of spread(nodes, k) grow with k
+            mid = (low + high) // 2
+            if sum(gpus_of(n) for n in spread(nodes, mid)) >= gpus:
+                high = mid
+            else:
+                low = mid + 1
+        nodes = spread(nodes, low)
     return nodes
 
 
-def spread(items: list[TraceNode], k: int) -> list[TraceNode]:
+def spread(items: list[T], k: int) -> list[T]:
     """k items at evenly spaced positions of the list."""
     n = len(items)
     return [items[(i * n) // k] for i in range(k)]
