@@ -1,9 +1,49 @@
-"""Placeholder: this command group is filled in by its own change."""
+"""`stoker server`: run the control plane (API, scheduler, local executor) on this machine."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from stoker.spec.api import DEFAULT_PORT
+
+
+def server(
+    config: Path | None = typer.Option(None, "--config", help="Cluster config (cluster.toml); "
+                                       "default: this machine, one queue, one tenant."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on."),
+    db: str | None = typer.Option(None, "--db", envvar="STOKER_DB",
+                                  help="SQLAlchemy URL (default: sqlite:///STATE_DIR/stoker.db)."),
+    state_dir: Path = typer.Option(Path("runs/stoker-server"), "--state-dir",
+                                   envvar="STOKER_STATE_DIR",
+                                   help="Jobs' directories, logs and the default database."),
+    interval: float | None = typer.Option(None, "--interval", help="Seconds between scheduling "
+                                          "cycles (default: the config's scheduler.interval)."),
+    grace_period: float = typer.Option(30.0, "--grace-period",
+                                       help="Seconds between SIGTERM and SIGKILL on preemption."),
+    backoff: float = typer.Option(5.0, "--backoff", help="First restart delay of a failed job "
+                                  "(doubles each restart)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Start training jobs with --resume auto."),
+) -> None:
+    """Serve the API on HOST:PORT (OpenAPI docs at /docs, Prometheus at /metrics).
+
+    Tokens: the admin's from $STOKER_ADMIN_TOKEN (or the config's [admin]), each tenant's as
+    its config says. Killing the server leaves running jobs running; the next start adopts them.
+    """
+    from stoker.server.main import serve
+    from stoker.spec import loading
+    from stoker.spec.api import ServerSettings
+
+    settings = loading.validate(ServerSettings, {
+        "host": host, "port": port, "config": str(config) if config else None, "db": db,
+        "state_dir": str(state_dir), "interval": interval, "grace_period": grace_period,
+        "backoff_base": backoff, "resume": resume}, "stoker server")
+    serve(settings)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add `stoker server` to the top-level app."""
+    app.command("server")(server)

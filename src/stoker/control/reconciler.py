@@ -85,19 +85,24 @@ class Reconciler:
         self._overrides_key: tuple[Any, ...] | None = None
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
+        self._wake = threading.Event()
 
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, interval: float) -> None:
-        """Reconcile every ``interval`` seconds until ``stop`` is set; an error in one cycle
-        is logged and the next cycle goes on."""
-        while True:
+        """Reconcile every ``interval`` seconds (sooner after `wake`) until ``stop`` is set;
+        an error in one cycle is logged and the next cycle goes on."""
+        while not stop.is_set():
             try:
                 self.step()
             except Exception:
                 log.exception("reconcile cycle failed")
-            if stop.wait(interval):
-                return
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Run the next cycle now (a job was submitted or cancelled)."""
+        self._wake.set()
 
     def step(self) -> Decisions:
         started = time.perf_counter()

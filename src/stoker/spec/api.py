@@ -1,4 +1,4 @@
-"""The control plane's API objects: job states, request bodies and responses.
+"""The control plane's API objects: job states, request bodies, responses, server settings.
 
 Request bodies forbid unknown keys; the server answers a rejected body with 422 and its field
 errors, and stores nothing.
@@ -7,6 +7,16 @@ errors, and stores nothing.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stoker.spec import loading
+from stoker.spec.errors import ConfigError, KeyedValueError
+from stoker.spec.job import JobSpec
+from stoker.spec.train import TrainConfig
+
+DEFAULT_PORT = 8470
 
 
 class JobState(StrEnum):
@@ -18,3 +28,154 @@ class JobState(StrEnum):
     FAILED = "FAILED"
     PREEMPTED = "PREEMPTED"
     CANCELLED = "CANCELLED"
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+class JobSubmission(Body):
+    """``POST /v1/jobs``: a job spec and, for a training job, its training config as a table
+    (before ``job.overrides``, which the server applies), so the job runs what was submitted."""
+
+    job: JobSpec
+    train: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.job.kind == "train" and self.train is None:
+            raise KeyedValueError("train", "a train_config job needs its training config")
+        if self.job.kind == "command" and self.train is not None:
+            raise KeyedValueError("train", "only a train_config job has a training config")
+        if self.train is not None:
+            self.resolved_train()
+        return self
+
+    def resolved_train(self) -> TrainConfig:
+        """The training config with the job's overrides applied, checked for its rank count."""
+        assert self.train is not None
+        try:
+            data = loading.apply_overrides(self.train, self.job.overrides)
+            cfg = loading.validate(TrainConfig, data, None)
+            cfg.check_world_size(self.job.ranks)
+        except ConfigError as e:
+            key = "job.ranks" if e.key == "--nproc" else f"train.{e.key}" if e.key else "train"
+            raise KeyedValueError(key, e.reason) from None
+        return cfg
+
+
+class Cordon(Body):
+    """``PUT /v1/nodes/{name}/cordon``: stop (or resume) admitting jobs to a node."""
+
+    cordoned: bool
+    reason: str = Field(default="", max_length=500)
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+
+class EventView(BaseModel):
+    id: int
+    job_id: int | None
+    at: float
+    kind: str
+    from_state: JobState | None
+    to_state: JobState | None
+    reason: str
+    actor: str
+
+
+class JobView(BaseModel):
+    id: int
+    tenant: str
+    name: str
+    queue: str
+    priority_class: str
+    priority: int
+    kind: str
+    ranks: int
+    resources: dict[str, float]
+    state: JobState
+    reason: str
+    created_at: float
+    queued_at: float
+    admitted_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    attempt: int
+    restarts: int
+    max_restarts: int
+    exit_code: int | None
+    placement: dict[str, Any] | None
+    stopping: str | None
+    queue_position: int | None = None
+    waiting: str | None = None
+
+
+class JobDetail(JobView):
+    spec: dict[str, Any]
+    events: list[EventView]
+
+
+class LogChunk(BaseModel):
+    text: str
+    offset: int
+    next_offset: int
+    done: bool  # the job is over and nothing more will be written
+
+
+class QueueUsage(BaseModel):
+    queue: str
+    cohort: str | None
+    flavor: str
+    resource: str
+    nominal: float | None
+    borrowing_limit: float | None
+    lending_limit: float | None
+    used: float
+    borrowed: float
+    pending_jobs: int
+    running_jobs: int
+
+
+class NodeView(BaseModel):
+    name: str
+    flavor: str
+    labels: dict[str, Any]
+    capacity: dict[str, float]
+    allocated: dict[str, float]
+    jobs: list[int]
+    cordoned: bool
+    cordon_reason: str
+
+
+class WhoAmI(BaseModel):
+    name: str
+    admin: bool
+    queues: list[str]
+
+
+# --- the server process ------------------------------------------------------------------------
+
+
+class ServerSettings(BaseModel):
+    """``stoker server`` options (flags, or STOKER_* environment variables)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    config: str | None = None
+    state_dir: str = "runs/stoker-server"
+    db: str | None = None  # default: sqlite:///STATE_DIR/stoker.db
+    interval: float | None = Field(default=None, gt=0)  # default: cluster scheduler.interval
+    grace_period: float = Field(default=30.0, ge=0)
+    backoff_base: float = Field(default=5.0, ge=0)
+    backoff_max: float = Field(default=300.0, ge=0)
+    resume: bool = True
+
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.state_dir}/stoker.db"

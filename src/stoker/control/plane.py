@@ -1,0 +1,294 @@
+"""The control plane as one object: cluster config, store, executor and reconciler, and the
+operations the API offers on them (submit, cancel, views, quotas, cordons)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from stoker.control.launch import job_dir
+from stoker.control.local_executor import LocalExecutor
+from stoker.control.nodes import cluster_nodes, node_record
+from stoker.control.quotas import usage, with_overrides
+from stoker.control.reconciler import ControlSettings, Reconciler
+from stoker.control.snapshot import build_snapshot, job_spec, per_rank
+from stoker.control.sql_store import SqlStore
+from stoker.control.states import ACTIVE, TERMINAL
+from stoker.control.store import EventRecord, JobRecord, NewJob, QuotaRecord, Store
+from stoker.sched import UNLIMITED, Node
+from stoker.sched.config import build_queues
+from stoker.spec import loading
+from stoker.spec.api import (
+    EventView,
+    JobDetail,
+    JobState,
+    JobSubmission,
+    JobView,
+    NodeView,
+    QueueUsage,
+    ServerSettings,
+)
+from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
+from stoker.spec.errors import ConfigError, StokerError
+
+log = logging.getLogger(__name__)
+
+
+class Conflict(StokerError):
+    """The request cannot apply to the job's current state (e.g. cancelling a finished job)."""
+
+
+def default_cluster() -> ClusterConfig:
+    """Without ``--config``: this machine as one node, one unlimited queue ``default`` for one
+    tenant ``default`` whose token is in $STOKER_TOKEN; the admin's in $STOKER_ADMIN_TOKEN."""
+    data = {
+        "flavors": {"cpu": {}},
+        "autodetect": {"cpu_flavor": "cpu"},
+        "admin": {"token_env": "STOKER_ADMIN_TOKEN"},
+        "tenants": {"default": {"token_env": "STOKER_TOKEN", "queues": ["default"]}},
+        "queues": {"default": {"quotas": {"cpu": {}}}},
+    }
+    return loading.validate(ClusterConfig, data, "default cluster")
+
+
+class ControlPlane:
+    def __init__(self, settings: ServerSettings, cluster: ClusterConfig, store: Store,
+                 reconciler: Reconciler) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.store = store
+        self.reconciler = reconciler
+        self.nodes: tuple[Node, ...] = reconciler.nodes
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock: IO[str] | None = None
+
+    @classmethod
+    def open(cls, settings: ServerSettings,
+             hidden_env: Callable[[ClusterConfig], Iterable[str]] = lambda _: ()) -> ControlPlane:
+        """``hidden_env``: environment variables never passed to jobs (the API tokens)."""
+        cluster = load_cluster(settings.config) if settings.config else default_cluster()
+        state = Path(settings.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        lock = _lock(state / "server.lock")
+        store = SqlStore.open(settings.db_url())
+        nodes = cluster_nodes(cluster)
+        store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
+        executor = LocalExecutor(state / "jobs", hidden_env(cluster))
+        control = ControlSettings(grace_period_s=settings.grace_period,
+                                  backoff_base_s=settings.backoff_base,
+                                  backoff_max_s=settings.backoff_max, resume=settings.resume)
+        reconciler = Reconciler(store, executor, cluster, nodes, executor.jobs_dir, control)
+        plane = cls(settings, cluster, store, reconciler)
+        plane._lock = lock
+        return plane
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.reconciler.jobs_dir
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Adopt what a previous run left, then reconcile in a background thread."""
+        self.reconciler.recover()
+        interval = self.settings.interval or self.cluster.scheduler.interval
+        self._thread = threading.Thread(target=self.reconciler.run, args=(self._stop, interval),
+                                        name="reconciler", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop reconciling. Job processes keep running; the next server adopts them."""
+        self._stop.set()
+        self.reconciler.wake()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if isinstance(self.store, SqlStore):
+            self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def submit(self, tenant: str, submission: JobSubmission) -> JobRecord:
+        """Check the job against this cluster and queue it. ConfigError names the bad key."""
+        job = submission.job
+        self.cluster.check_job(job)
+        self._check_fits(job.queue, job.ranks, job.resources, job.placement.gpu_model)
+        train = submission.resolved_train() if submission.train is not None else None
+        spec = {"job": job.model_dump(mode="json"),
+                "train": train.model_dump(mode="json", by_alias=True) if train else None}
+        priority_class = job.priority_class or self.cluster.default_priority_class or ""
+        new = NewJob(tenant=tenant, name=job.name, queue=job.queue,
+                     priority_class=priority_class,
+                     priority=self.cluster.priority(job.priority_class), spec=spec)
+        record = self.store.submit(new, tenant)
+        self.reconciler.wake()
+        return record
+
+    def _check_fits(self, queue: str, ranks: int, resources: Any, gpu_model: str | None) -> None:
+        flavors = set(self.cluster.queues[queue].quotas)
+        allowed = self.cluster.flavors_for_model(gpu_model)
+        if allowed is not None:
+            flavors &= set(allowed)
+        one = (resources.gpus, resources.cpus, float(resources.memory))
+        fits = [n for n in self.nodes
+                if n.flavor in flavors and all(w <= c for w, c in zip(one, n.capacity,
+                                                                        strict=True))]
+        if not fits:
+            raise ConfigError(None, "resources", f"no node of queue {queue!r} can hold one rank "
+                              f"(gpus={one[0]:g}, cpus={one[1]:g}, memory={one[2]:g})")
+        total = [sum(n.capacity[i] for n in fits) for i in range(3)]
+        if any(w * ranks > t for w, t in zip(one, total, strict=True) if t < UNLIMITED):
+            raise ConfigError(None, "ranks", f"{ranks} ranks need more than all nodes of queue "
+                              f"{queue!r} together offer")
+
+    def cancel(self, job_id: int, actor: str) -> JobRecord:
+        """Cancel a queued job at once; ask the reconciler to stop an admitted one."""
+        for _ in range(20):  # the reconciler may move the job between our read and write
+            job = self.store.get_job(job_id)
+            assert job is not None
+            if job.state in TERMINAL or job.state == JobState.PREEMPTED:
+                raise Conflict(f"job {job_id} is already {job.state.value}")
+            if job.state == JobState.QUEUED:
+                done = self.store.transition(job_id, (JobState.QUEUED,),
+                                             (JobState.CANCELLED,), f"cancelled by {actor}",
+                                             actor, {"finished_at": time.time()},
+                                             version=job.version)
+            elif job.stop_reason == "cancel":
+                return job
+            else:
+                done = self.store.annotate(job_id, ACTIVE, "cancel",
+                                           f"cancel requested by {actor}", actor,
+                                           {"stop_reason": "cancel",
+                                            "stop_requested_at": time.time()},
+                                           version=job.version)
+            if done is not None:
+                self.reconciler.wake()
+                return done
+        raise Conflict(f"job {job_id} keeps changing; try again")
+
+    def job_views(self, jobs: Sequence[JobRecord]) -> list[JobView]:
+        positions = queue_positions(self.store.list_jobs(states=(JobState.QUEUED,)), time.time())
+        waiting = self.reconciler.waiting
+        return [job_view(j, positions.get(j.id), waiting.get(j.id)) for j in jobs]
+
+    def job_detail(self, job: JobRecord) -> JobDetail:
+        view = self.job_views([job])[0]
+        return JobDetail(**view.model_dump(), spec=job.spec,
+                         events=[event_view(e) for e in self.store.events(job.id)])
+
+    # --- queues, quotas, nodes ------------------------------------------------------------------
+
+    def queue_usage(self, queues: Iterable[str] | None = None) -> list[QueueUsage]:
+        cluster = self.reconciler.effective_cluster()
+        jobs = self.store.list_jobs(states=(*ACTIVE, JobState.QUEUED))
+        snapshot = build_snapshot(time.time(), cluster, self.nodes, jobs)
+        wanted = set(queues) if queues is not None else set(cluster.queues)
+        pending = Counter(j.queue for j in jobs if j.state == JobState.QUEUED)
+        running = Counter(j.queue for j in jobs if j.state in ACTIVE)
+        return [
+            QueueUsage(queue=u.queue, cohort=cluster.queues[u.queue].cohort, flavor=u.flavor,
+                       resource=u.resource, nominal=u.nominal, borrowing_limit=u.borrowing_limit,
+                       lending_limit=u.lending_limit, used=u.used, borrowed=u.borrowed,
+                       pending_jobs=pending[u.queue], running_jobs=running[u.queue])
+            for u in usage(build_queues(cluster), snapshot.running) if u.queue in wanted
+        ]
+
+    def set_quota(self, queue: str, flavor: str, quota: Quota, actor: str) -> QuotaRecord:
+        """Replace a queue's quota of one flavor from the next cycle on, if the cluster stays
+        valid with it (ConfigError otherwise, and nothing is stored)."""
+        if queue not in self.cluster.queues:
+            raise KeyError(queue)
+        record = QuotaRecord(queue, flavor, quota.model_dump(mode="json", exclude_none=True),
+                             time.time(), actor)
+        others = [q for q in self.store.quotas() if (q.queue, q.flavor) != (queue, flavor)]
+        with_overrides(self.cluster, [*others, record], source=f"queues.{queue}")
+        return self.store.set_quota(record)
+
+    def node_views(self) -> list[NodeView]:
+        records = {r.name: r for r in self.store.nodes()}
+        allocated: dict[str, list[float]] = {}
+        jobs_on: dict[str, list[int]] = {}
+        for job in self.store.list_jobs(states=ACTIVE):
+            if not job.placement:
+                continue
+            need = per_rank(job_spec(job))
+            for node in job.placement["nodes"]:
+                total = allocated.setdefault(node, [0.0, 0.0, 0.0])
+                for i, amount in enumerate(need):
+                    total[i] += amount
+                if job.id not in jobs_on.setdefault(node, []):
+                    jobs_on[node].append(job.id)
+        views = []
+        for node in self.nodes:
+            rec = records.get(node.name)
+            views.append(NodeView(
+                name=node.name, flavor=node.flavor,
+                labels=dict(zip(self.cluster.topology, node.domains, strict=True)),
+                capacity=_amounts(node.capacity), allocated=_amounts(allocated.get(node.name,
+                                                                                   [0, 0, 0])),
+                jobs=jobs_on.get(node.name, []), cordoned=bool(rec and rec.cordoned),
+                cordon_reason=rec.cordon_reason if rec else ""))
+        return views
+
+    def log_file(self, job: JobRecord, index: int) -> Path:
+        return job_dir(self.jobs_dir, job.id) / "logs" / f"rank-{index}.log"
+
+
+def queue_positions(queued: Iterable[JobRecord], now: float) -> dict[int, int]:
+    """1-based position of each queued job in its queue: priority first, then queue time
+    (the scheduler's "fifo" order; jobs in restart backoff come after the rest)."""
+    order = sorted(queued, key=lambda j: (j.queue, j.not_before > now, -j.priority,
+                                          j.queued_at, j.id))
+    positions: dict[int, int] = {}
+    seen: Counter[str] = Counter()
+    for job in order:
+        seen[job.queue] += 1
+        positions[job.id] = seen[job.queue]
+    return positions
+
+
+def job_view(job: JobRecord, position: int | None = None, waiting: str | None = None) -> JobView:
+    spec = job_spec(job)
+    return JobView(
+        id=job.id, tenant=job.tenant, name=job.name, queue=job.queue,
+        priority_class=job.priority_class, priority=job.priority, kind=spec.kind,
+        ranks=spec.ranks, resources=_amounts(per_rank(spec)), state=job.state, reason=job.reason,
+        created_at=job.created_at, queued_at=job.queued_at, admitted_at=job.admitted_at,
+        started_at=job.started_at, finished_at=job.finished_at, attempt=job.attempt,
+        restarts=job.restarts, max_restarts=spec.max_restarts, exit_code=job.exit_code,
+        placement=job.placement, stopping=job.stop_reason,
+        queue_position=position if job.state == JobState.QUEUED else None,
+        waiting=waiting if job.state == JobState.QUEUED else None,
+    )
+
+
+def event_view(e: EventRecord) -> EventView:
+    return EventView(id=e.id, job_id=e.job_id, at=e.at, kind=e.kind, from_state=e.from_state,
+                     to_state=e.to_state, reason=e.reason, actor=e.actor)
+
+
+def _amounts(values: Sequence[float]) -> dict[str, float]:
+    return {k: v for k, v in zip(("gpus", "cpus", "memory"), values, strict=True)
+            if v < UNLIMITED}
+
+
+def _lock(path: Path) -> IO[str]:
+    """Hold an exclusive lock on ``path`` for the life of the process."""
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StokerError(f"another stoker server uses {path.parent}") from None
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

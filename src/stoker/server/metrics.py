@@ -1,0 +1,65 @@
+"""Prometheus metrics: job counts and queue usage read from the store at scrape time, plus
+counters of reconcile cycles, decisions and API requests."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from stoker.control.plane import ControlPlane
+from stoker.control.reconciler import CycleStats
+from stoker.spec.api import JobState
+
+
+class StateCollector(Collector):
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("stoker_jobs", "Jobs by queue and state",
+                                 labels=["queue", "state"])
+        tally = Tally((j.queue, j.state.value) for j in self.plane.store.list_jobs())
+        for queue in self.plane.cluster.queues:
+            for state in JobState:
+                jobs.add_metric([queue, state.value], tally[(queue, state.value)])
+        yield jobs
+        labels = ["queue", "flavor", "resource"]
+        used = GaugeMetricFamily("stoker_queue_used", "Resources held by admitted jobs",
+                                 labels=labels)
+        nominal = GaugeMetricFamily("stoker_queue_nominal", "Nominal quota", labels=labels)
+        borrowed = GaugeMetricFamily("stoker_queue_borrowed", "Used above the nominal quota",
+                                     labels=labels)
+        for u in self.plane.queue_usage():
+            key = [u.queue, u.flavor, u.resource]
+            used.add_metric(key, u.used)
+            borrowed.add_metric(key, u.borrowed)
+            if u.nominal is not None:
+                nominal.add_metric(key, u.nominal)
+        yield from (used, nominal, borrowed)
+
+
+class Metrics:
+    def __init__(self, plane: ControlPlane) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StateCollector(plane))
+        self.cycles = Histogram("stoker_reconcile_seconds", "Duration of a reconcile cycle",
+                                registry=self.registry,
+                                buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+        self.admitted = Counter("stoker_admissions", "Jobs admitted", registry=self.registry)
+        self.preempted = Counter("stoker_preemptions", "Preemptions decided",
+                                 registry=self.registry)
+        self.requests = Counter("stoker_api_requests", "API requests",
+                                ["method", "status"], registry=self.registry)
+        plane.reconciler.on_cycle = self.on_cycle
+
+    def on_cycle(self, stats: CycleStats) -> None:
+        self.cycles.observe(stats.seconds)
+        self.admitted.inc(stats.admitted)
+        self.preempted.inc(stats.preempted)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
