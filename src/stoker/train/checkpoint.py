@@ -1,0 +1,397 @@
+"""Sharded, asynchronous, atomically committed checkpoints with torch.distributed.checkpoint.
+
+    RUN_DIR/checkpoints/step-00000120/
+        __0_0.distcp, __1_0.distcp, ...   DCP shards: each rank writes its own part
+        .metadata                         DCP's global index (written by rank 0)
+        rng/rank-00000.pt, ...            every rank's RNG states (torch, CUDA, numpy, python)
+        .sums/rank-00000.json, ...        size + sha256 of the files each rank wrote
+        MANIFEST.json                     the commit record, written last (ckpt_manifest.py)
+
+The state handed to `Checkpointer.save` is a DCP state dict: model and optimizer state from
+``torch.distributed.checkpoint.state_dict.get_state_dict`` (plain, DDP and FSDP2 alike, so a
+checkpoint saved by N ranks loads on M), plus small replicated values (scheduler, step, data
+position as a global sample count) that DCP stores once. RNG states are per rank and go to
+per-rank files.
+
+Async saves (``checkpoint.async``) copy the state to CPU memory, then write from a background
+thread over a gloo group of their own; at most one save is in flight. The commit rides on DCP's
+own final collective: rank 0's ``finish`` runs only after every rank's ``write_data`` returned
+(files written and fsynced), so rank 0 writes the manifest there, last, by write-then-rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from pydantic import BaseModel
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
+from torch.distributed.checkpoint.storage import WriteResult
+
+from stoker.observe.events import EventLog
+from stoker.spec.errors import StokerError
+from stoker.spec.train import CheckpointConfig
+from stoker.train import faults
+from stoker.train.ckpt_manifest import (
+    MANIFEST,
+    Manifest,
+    TornCheckpoint,
+    read_manifest,
+    record_rank_files,
+    verify,
+    write_manifest,
+)
+from stoker.train.ckpt_retention import to_delete
+
+CHECKPOINTS = "checkpoints"
+_PREFIX = "step-"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{_PREFIX}{step:08d}"
+
+
+def list_steps(run_dir: Path) -> list[int]:
+    """Steps of every checkpoint directory under ``run_dir`` (committed or not), ascending."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    steps = []
+    for p in root.iterdir():
+        tail = p.name.removeprefix(_PREFIX)
+        if p.is_dir() and p.name.startswith(_PREFIX) and tail.isdigit():
+            steps.append(int(tail))
+    return sorted(steps)
+
+
+def find_latest(run_dir: Path, events: EventLog | None = None,
+                checksums: bool = True) -> Path | None:
+    """The newest checkpoint that verifies; newer torn ones are reported and passed over."""
+    for step in reversed(list_steps(run_dir)):
+        path = step_dir(run_dir, step)
+        try:
+            verify(path, checksums)
+            return path
+        except TornCheckpoint as e:
+            if events is not None:
+                events.emit("checkpoint_skipped", step=step, path=str(path), reason=e.reason)
+    return None
+
+
+def resolve_resume(run_dir: Path, resume: str | Path,
+                   events: EventLog | None = None) -> Path | None:
+    """``--resume``: "auto" = newest good checkpoint of ``run_dir`` (None when there is none);
+    a path = that checkpoint, or the newest good one of that run directory."""
+    if str(resume) == "auto":
+        return find_latest(run_dir, events)
+    path = Path(resume)
+    if (path / CHECKPOINTS).is_dir():
+        found = find_latest(path, events)
+        if found is None:
+            raise StokerError(f"--resume {resume}: no committed checkpoint in that run")
+        return found
+    if not path.is_dir():
+        raise StokerError(f"--resume {resume}: no such checkpoint or run directory")
+    try:
+        verify(path)
+    except TornCheckpoint as e:
+        raise StokerError(f"--resume {resume}: {e.reason}") from None
+    return path
+
+
+def config_hash(cfg: BaseModel) -> str:
+    """A short hash of a resolved config, recorded in each manifest."""
+    text = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- RNG states of one rank
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This rank's RNG states, as plain values and tensors (loadable with weights_only)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937",
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _rng_name(rank: int) -> str:
+    return f"rng/rank-{rank:05d}.pt"
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- the committing writer
+
+class _CommittingWriter(FileSystemWriter):
+    """DCP's file writer, plus: this rank's own files and checksums after its shards, and (rank
+    0, in DCP's finish step, after every rank's writes) the manifest, then retention."""
+
+    def __init__(self, path: Path, *, step: int, rank: int, world_size: int, cfg_hash: str,
+                 rank_files: dict[str, bytes],
+                 on_commit: Callable[[Manifest], None] | None) -> None:
+        super().__init__(path, single_file_per_rank=True, sync_files=True)
+        self.ckpt_dir = path
+        self.step = step
+        self.my_rank = rank
+        self.world = world_size
+        self.cfg_hash = cfg_hash
+        self.rank_files = rank_files
+        self.on_commit = on_commit
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Any:
+        fut = super().write_data(plan, planner)
+        results: list[WriteResult] = fut.wait()
+        names = [r.storage_data.relative_path for r in results]
+        for name, data in self.rank_files.items():
+            target = self.ckpt_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            names.append(name)
+        record_rank_files(self.ckpt_dir, self.my_rank, names)
+        faults.fire("ckpt_shards", self.step, self.my_rank)
+        return fut
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        super().finish(metadata, results)
+        faults.fire("ckpt_manifest", self.step, self.my_rank)
+        manifest = write_manifest(self.ckpt_dir, self.step, self.world, self.cfg_hash)
+        if self.on_commit is not None:
+            self.on_commit(manifest)
+
+
+# ---------------------------------------------------------------------- the checkpointer
+
+@dataclass(frozen=True)
+class Decision:
+    """What every rank does at the end of a step (the same on all ranks)."""
+
+    save: bool
+    stop: bool
+
+
+@dataclass
+class _InFlight:
+    step: int
+    future: Future[Any]
+    stall_s: float
+    started: float
+    deleted: list[int]
+
+
+class Checkpointer:
+    """Saves and loads one run's checkpoints from inside each rank.
+
+    Every rank calls every method in the same order (they contain collectives).
+    """
+
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, rank: int = 0,
+                 world_size: int = 1, device: torch.device | None = None,
+                 config_hash: str = "", events: EventLog | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device or torch.device("cpu")
+        self.config_hash = config_hash
+        self.events = events or EventLog(run_dir, rank)
+        distributed = dist.is_available() and dist.is_initialized()
+        if not distributed:  # a lone process: DCP says so on every call, from its own threads
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        # Own gloo groups: the background writer's collectives must never interleave with the
+        # training collectives, nor with the per-step agreement below.
+        self.io_group = dist.new_group(backend="gloo") if distributed else None
+        self.ctl_group = dist.new_group(backend="gloo") if distributed else None
+        self._in_flight: _InFlight | None = None
+        self._last_save = time.monotonic()
+        self.last_committed: int | None = None
+
+    # -------------------------------------------------------------- when
+
+    def decide(self, step: int, *, stop_requested: bool = False, final: bool = False) -> Decision:
+        """After step ``step``: save now? stop now? Rank 0's clock decides time-based saves and
+        any rank's stop request stops all; one small all-reduce makes every rank agree."""
+        c = self.cfg
+        minutes_due = (c.interval_minutes > 0 and self.rank == 0
+                       and time.monotonic() - self._last_save >= c.interval_minutes * 60)
+        flags = torch.tensor([int(minutes_due), int(stop_requested)], dtype=torch.int64)
+        if self.ctl_group is not None and self.world_size > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.ctl_group)
+        time_due, stop = bool(flags[0]), bool(flags[1])
+        steps_due = c.interval_steps > 0 and step % c.interval_steps == 0
+        save = c.enabled and (steps_due or time_due or stop or final)
+        return Decision(save=save, stop=stop)
+
+    # -------------------------------------------------------------- save
+
+    def save(self, step: int, state: dict[str, Any], *, sync: bool = False) -> bool | None:
+        """Checkpoint ``state`` (a DCP state dict) as of step ``step``.
+
+        Async (the default from ``checkpoint.async``): returns once the state is copied to CPU
+        memory; the previous save, if still writing, is waited for first. ``sync=True`` (and
+        ``checkpoint.async = false``) returns once the checkpoint is committed.
+        """
+        t0 = time.perf_counter()
+        self.wait()
+        path = step_dir(self.run_dir, step)
+        self._prepare(path)
+        deleted: list[int] = []
+        writer = _CommittingWriter(
+            path, step=step, rank=self.rank, world_size=self.world_size,
+            cfg_hash=self.config_hash,
+            rank_files={_rng_name(self.rank): _to_bytes(capture_rng(self.device))},
+            on_commit=(lambda m: deleted.extend(self._retain(m.step)))
+            if self.rank == 0 else None)
+        started = time.time()
+        if sync or not self.cfg.async_save:
+            dcp.save(state, storage_writer=writer, process_group=self.io_group)
+            done: Future[Any] = Future()
+            done.set_result(None)
+        else:
+            done = dcp.async_save(state, storage_writer=writer,
+                                  process_group=self.io_group)  # type: ignore[assignment]
+        stall = time.perf_counter() - t0
+        self._in_flight = _InFlight(step, done, stall, started, deleted)
+        self._last_save = time.monotonic()
+        if sync or not self.cfg.async_save:
+            return self.wait()
+        return None
+
+    def _prepare(self, path: Path) -> None:
+        """Clear a leftover directory of the same step (a torn save of an earlier attempt)
+        before any rank writes into it."""
+        if self.rank == 0 and path.exists():
+            self.events.emit("checkpoint_overwrite", step=int(path.name.removeprefix(_PREFIX)),
+                             path=str(path), committed=(path / MANIFEST).is_file())
+            (path / MANIFEST).unlink(missing_ok=True)
+            shutil.rmtree(path)
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if self.io_group is not None and self.world_size > 1:
+            dist.barrier(group=self.io_group)
+
+    def poll(self) -> None:
+        """Collect the in-flight save if it has finished (never blocks)."""
+        if self._in_flight is not None and self._in_flight.future.done():
+            self.wait()
+
+    def wait(self) -> bool | None:
+        """Block until the in-flight save, if any, has finished; record the outcome and return
+        whether it committed (None: nothing was in flight). A failed save is an event, not an
+        exception: the previous checkpoint stays the latest and training may go on."""
+        job, self._in_flight = self._in_flight, None
+        if job is None:
+            return None
+        try:
+            job.future.result()
+        except Exception as e:
+            self.events.emit("checkpoint_failed", step=job.step, error=_short(e))
+            return False
+        self.last_committed = job.step
+        if self.rank == 0:
+            manifest = read_manifest(step_dir(self.run_dir, job.step))
+            self.events.emit("checkpoint_committed", step=job.step, stall_s=job.stall_s,
+                             write_s=manifest.created - job.started, bytes=manifest.total_bytes,
+                             files=len(manifest.files), deleted=job.deleted)
+        return True
+
+    def _retain(self, committed_step: int) -> list[int]:
+        """Rank 0, right after a commit: remove what the retention policy lets go."""
+        steps = list_steps(self.run_dir)
+        committed = [s for s in steps if (step_dir(self.run_dir, s) / MANIFEST).is_file()]
+        torn = [s for s in steps if s not in committed]
+        doomed = to_delete(committed, torn, self.cfg.keep_last, self.cfg.keep_every,
+                           in_flight=[committed_step])
+        for step in doomed:
+            path = step_dir(self.run_dir, step)
+            (path / MANIFEST).unlink(missing_ok=True)  # uncommit first: a half-deleted dir is torn
+            shutil.rmtree(path, ignore_errors=True)
+        return doomed
+
+    # -------------------------------------------------------------- load
+
+    def load(self, state: dict[str, Any], where: str | Path = "auto") -> int | None:
+        """Load a checkpoint into ``state`` in place (and this rank's RNG states); returns its
+        step, or None when ``where`` is "auto" and the run has no committed checkpoint yet.
+
+        ``where``: "auto" (newest good checkpoint of this run) or a path (`resolve_resume`).
+        Rank 0 picks and verifies it; every rank loads the same one.
+        """
+        t0 = time.perf_counter()
+        picked: list[str | None] = [None]
+        if self.rank == 0:
+            found = resolve_resume(self.run_dir, where, self.events)
+            picked = [str(found) if found else None]
+        if self.ctl_group is not None and self.world_size > 1:
+            dist.broadcast_object_list(picked, src=0, group=self.ctl_group)
+        if picked[0] is None:
+            return None
+        path = Path(picked[0])
+        verify_s = time.perf_counter() - t0
+        manifest = read_manifest(path)
+        dcp.load(state, checkpoint_id=path, process_group=self.io_group)
+        rng_file = path / _rng_name(self.rank)
+        if rng_file.is_file() and manifest.world_size == self.world_size:
+            restore_rng(torch.load(rng_file, weights_only=True), self.device)
+        self.last_committed = manifest.step
+        self._last_save = time.monotonic()
+        if self.rank == 0:
+            self.events.emit("checkpoint_loaded", step=manifest.step, path=str(path),
+                             saved_world_size=manifest.world_size, world_size=self.world_size,
+                             verify_s=verify_s, load_s=time.perf_counter() - t0 - verify_s,
+                             config_changed=manifest.config_hash != self.config_hash)
+        return manifest.step
+
+    def close(self) -> None:
+        """Finish the in-flight save (a run must not end with its last checkpoint half-written)."""
+        self.wait()
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) < 2000 else text[:2000] + "..."

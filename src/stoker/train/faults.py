@@ -1,0 +1,89 @@
+"""Test-only fault injection, driven by the ``STOKER_FAULT`` environment variable.
+
+Nothing but tests sets it. ``STOKER_FAULT="kill@step=7,rank=1;nan@step=12"`` is a list of
+``ACTION@POINT[,key=value...]`` items separated by ``;``:
+
+points   ``step=N``        the trainer's hook before optimizer step N runs
+         ``ckpt_shards``   inside a checkpoint save: this rank's files are written and fsynced,
+                           the commit has not begun (pick the save with ``step=N``)
+         ``ckpt_manifest`` rank 0, inside a save: every rank's files are written, the manifest
+                           is not
+actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
+         (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
+         and the caller poisons the step's loss
+filters  ``rank=R`` (default: every rank) · ``attempt=A``: the elastic restart count
+         (default 0, so a restarted gang does not fault again)
+
+Each item fires at most once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+ENV = "STOKER_FAULT"
+ACTIONS = ("kill", "hang", "exit", "raise", "nan")
+
+
+@dataclass
+class Fault:
+    action: str
+    point: str
+    filters: dict[str, int] = field(default_factory=dict)
+    fired: bool = False
+
+    def matches(self, point: str, step: int, rank: int, attempt: int) -> bool:
+        want = {"step": step, "rank": rank, "attempt": attempt}
+        f = {"attempt": 0, **self.filters}
+        return (not self.fired and point == self.point
+                and all(want[k] == v for k, v in f.items() if k in want))
+
+
+def parse(text: str) -> list[Fault]:
+    faults = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        action, _, rest = item.partition("@")
+        if action not in ACTIONS or not rest:
+            raise ValueError(f"{ENV}: bad item {item!r} (ACTION@POINT[,k=v], actions {ACTIONS})")
+        parts = rest.split(",")
+        point = "step" if parts[0].startswith("step=") else parts[0]
+        pairs = parts if point == "step" else parts[1:]
+        filters = {k.strip(): int(v) for k, _, v in (p.partition("=") for p in pairs)}
+        faults.append(Fault(action, point, filters))
+    return faults
+
+
+_faults: list[Fault] | None = None
+
+
+def active() -> list[Fault]:
+    global _faults
+    if _faults is None:
+        _faults = parse(os.environ.get(ENV, ""))
+    return _faults
+
+
+def fire(point: str, step: int, rank: int) -> str | None:
+    """Carry out the fault planned for this point, if any; returns "nan" for a loss poison."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    for fault in active():
+        if fault.matches(point, step, rank, attempt):
+            fault.fired = True
+            return _act(fault)
+    return None
+
+
+def _act(fault: Fault) -> str | None:
+    if fault.action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.action == "hang":
+        while True:
+            time.sleep(3600)
+    if fault.action == "exit":
+        os._exit(fault.filters.get("code", 1))
+    if fault.action == "raise":
+        raise RuntimeError(f"{ENV}: injected failure at {fault.point} {fault.filters}")
+    return fault.action

@@ -1,0 +1,310 @@
+"""Checkpoint building blocks on one process: manifest, retention, loss guard, heartbeat,
+fault spec, events, and an exact resume of a small model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from stoker.observe.events import EventLog, read_events
+from stoker.spec.train import CheckpointConfig
+from stoker.train import faults
+from stoker.train.checkpoint import (
+    Checkpointer,
+    capture_rng,
+    find_latest,
+    list_steps,
+    resolve_resume,
+    restore_rng,
+    step_dir,
+)
+from stoker.train.ckpt_manifest import MANIFEST, TornCheckpoint, verify
+from stoker.train.ckpt_retention import to_delete
+from stoker.train.exitcodes import EXIT_HANG, describe
+from stoker.train.guards import LossGuard
+from stoker.train.heartbeat import Heartbeat, flight_recorder_env, read_heartbeats
+
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------------- a tiny training setup
+
+class Tiny:
+    """A small model + AdamW + LR schedule whose steps draw from the global torch RNG."""
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        self.model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Dropout(0.1),
+                                   nn.Linear(64, 4))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1 / (1 + s))
+        self.step = 0
+
+    def train_step(self) -> float:
+        x = torch.randn(8, 32)
+        noise = float(np.random.rand()) + random.random()
+        loss = self.model(x).pow(2).mean() * (1 + 1e-3 * noise)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad()
+        self.step += 1
+        return loss.item()
+
+    def state(self) -> dict[str, object]:
+        msd, osd = get_state_dict(self.model, self.opt)
+        return {"model": msd, "optimizer": osd, "scheduler": self.sched.state_dict(),
+                "step": self.step}
+
+    def load(self, state: dict[str, object]) -> None:
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])  # type: ignore[arg-type]
+        self.step = int(state["step"])  # type: ignore[call-overload]
+
+
+def train(run: Path, steps: int, cfg: CheckpointConfig, stop_at: int | None = None,
+          resume: bool = False) -> list[float]:
+    t = Tiny()
+    ck = Checkpointer(run, cfg)
+    if resume:
+        state = t.state()
+        assert ck.load(state) is not None
+        t.load(state)
+    losses = []
+    while t.step < steps:
+        losses.append(t.train_step())
+        if ck.decide(t.step).save:
+            ck.save(t.step, t.state())
+        if t.step == stop_at:
+            break
+    ck.close()
+    return losses
+
+
+def test_resume_is_exact_with_async_saves(tmp_path: Path) -> None:
+    cfg = CheckpointConfig(interval_steps=3, keep_last=2)
+    full = train(tmp_path / "a", 10, cfg)
+    first = train(tmp_path / "b", 10, cfg, stop_at=7)
+    rest = train(tmp_path / "b", 10, cfg, resume=True)  # resumes from step 6
+    assert first[:6] + rest == full
+    assert list_steps(tmp_path / "a") == [6, 9]  # keep_last=2
+    committed = read_events(tmp_path / "a", "checkpoint_committed")
+    assert [e["step"] for e in committed] == [3, 6, 9] and committed[-1]["deleted"] == [3]
+    loaded = read_events(tmp_path / "b", "checkpoint_loaded")
+    assert [e["step"] for e in loaded] == [6]
+
+
+def test_rng_round_trip() -> None:
+    state = capture_rng(CPU)
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(state, CPU)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_time_interval_and_final_save(tmp_path: Path) -> None:
+    ck = Checkpointer(tmp_path, CheckpointConfig(interval_minutes=0.0005))  # 30 ms
+    assert not ck.decide(1).save
+    time.sleep(0.05)
+    assert ck.decide(2).save
+    assert ck.decide(3, final=True).save
+    assert ck.decide(4, stop_requested=True) == ck.decide(4, stop_requested=True)
+    assert ck.decide(4, stop_requested=True).stop
+    assert not Checkpointer(tmp_path, CheckpointConfig(enabled=False)).decide(5, final=True).save
+
+
+# ---------------------------------------------------------------------- torn checkpoints
+
+def saved_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    train(run, 6, CheckpointConfig(interval_steps=2, keep_last=5))
+    assert list_steps(run) == [2, 4, 6]
+    return run
+
+
+@pytest.mark.parametrize("damage", ["no_manifest", "truncated", "flipped", "missing_file"])
+def test_torn_checkpoint_is_skipped_and_reported(tmp_path: Path, damage: str) -> None:
+    run = saved_run(tmp_path)
+    newest = step_dir(run, 6)
+    shard = newest / "__0_0.distcp"
+    if damage == "no_manifest":
+        (newest / MANIFEST).unlink()
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-10])
+    elif damage == "flipped":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        (newest / ".metadata").unlink()
+    with pytest.raises(TornCheckpoint):
+        verify(newest)
+    events = EventLog(run)
+    assert find_latest(run, events) == step_dir(run, 4)
+    skipped = read_events(run, "checkpoint_skipped")
+    assert len(skipped) == 1 and skipped[0]["step"] == 6 and skipped[0]["reason"]
+    state = Tiny(seed=1).state()
+    assert Checkpointer(run, CheckpointConfig()).load(state) == 4
+
+
+def test_resolve_resume(tmp_path: Path) -> None:
+    run = saved_run(tmp_path)
+    assert resolve_resume(run, "auto") == step_dir(run, 6)
+    assert resolve_resume(tmp_path / "elsewhere", run) == step_dir(run, 6)
+    assert resolve_resume(run, step_dir(run, 2)) == step_dir(run, 2)
+    assert resolve_resume(tmp_path / "empty", "auto") is None
+    from stoker.spec.errors import StokerError
+
+    with pytest.raises(StokerError, match="no such"):
+        resolve_resume(run, tmp_path / "nope")
+    (step_dir(run, 4) / MANIFEST).unlink()
+    with pytest.raises(StokerError, match="no manifest"):
+        resolve_resume(run, step_dir(run, 4))
+
+
+def test_save_over_a_torn_directory(tmp_path: Path) -> None:
+    run = saved_run(tmp_path)
+    (step_dir(run, 6) / MANIFEST).unlink()
+    (step_dir(run, 6) / "junk").write_text("left by a crashed save")
+    t = Tiny()
+    ck = Checkpointer(run, CheckpointConfig(keep_last=5))
+    ck.save(6, t.state(), sync=True)
+    assert not (step_dir(run, 6) / "junk").exists()
+    verify(step_dir(run, 6))
+
+
+# ---------------------------------------------------------------------- retention
+
+def test_retention_policy() -> None:
+    assert to_delete([10, 20, 30, 40], [], keep_last=2, keep_every=0) == [10, 20]
+    assert to_delete([10, 20, 30, 40], [], keep_last=2, keep_every=20) == [10]
+    assert to_delete([10, 20, 30], [15, 35], keep_last=1, keep_every=0) == [10, 15, 20]
+    assert to_delete([10, 20], [], keep_last=1, keep_every=0, in_flight=[10]) == []
+    assert to_delete([], [5], keep_last=1, keep_every=0) == []
+
+
+def test_retention_never_deletes_the_latest_committed() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        committed = rng.sample(range(100), rng.randint(1, 8))
+        torn = rng.sample(range(100, 120), rng.randint(0, 3))
+        doomed = to_delete(committed, torn, rng.randint(1, 4), rng.choice([0, 7]))
+        assert max(committed) not in doomed and not set(torn) & set(doomed)
+
+
+# ---------------------------------------------------------------------- loss guard
+
+def test_loss_guard_non_finite_and_spikes() -> None:
+    g = LossGuard("skip", spike_factor=3.0, window=10, warmup=3)
+    assert g.check(5.0, 1.0).ok and g.check(4.0, 1.0).ok
+    assert g.check(100.0, 1.0).ok  # still warming up: only 2 losses known
+    v = g.check(math.nan, 1.0)
+    assert v.action == "skip" and "loss is nan" in v.reason
+    assert g.check(4.0, math.inf).action == "skip"
+    assert g.check(4.5, 1.0).ok
+    spike = g.check(40.0, 1.0)  # median of (5, 4, 100, 4.5) = 4.75
+    assert spike.action == "skip" and "median" in spike.reason
+    assert len(g.history) == 4  # bad steps do not join the window
+    r = LossGuard("rollback")
+    assert r.check(math.inf, 1.0).action == "rollback" and r.check(1e9, 1.0).ok
+    r2 = LossGuard("rollback")
+    r2.load_state_dict(g.state_dict())
+    assert list(r2.history) == list(g.history)
+    with pytest.raises(ValueError):
+        LossGuard("ignore")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- heartbeat / watchdog
+
+def test_watchdog_fires_after_timeout(tmp_path: Path) -> None:
+    fired = threading.Event()
+    hb = Heartbeat(tmp_path, rank=1, timeout_s=0.5, on_hang=fired.set, file_interval_s=0)
+    hb.start()
+    t0 = time.monotonic()
+    for step in range(5):
+        hb.beat(step)
+        time.sleep(0.1)
+    assert not fired.is_set()
+    with hb.paused():
+        time.sleep(0.8)
+    assert not fired.is_set()
+    assert fired.wait(3)
+    waited = time.monotonic() - t0
+    hb.stop()
+    assert 0.5 + 0.8 < waited < 4
+    (event,) = read_events(tmp_path, "hang")
+    assert event["rank"] == 1 and event["step"] == 4 and event["silent_s"] >= 0.5
+    assert event["furthest_behind"] == {"rank": 1, "step": 4}
+    assert "test_watchdog_fires_after_timeout" in Path(event["stacks"]).read_text()
+    beats = read_heartbeats(tmp_path)
+    assert beats[1]["step"] == 4 and beats[1]["pid"] == os.getpid()
+
+
+def test_watchdog_is_armed_by_the_first_beat(tmp_path: Path) -> None:
+    fired = threading.Event()
+    hb = Heartbeat(tmp_path, rank=0, timeout_s=0.2, on_hang=fired.set).start()
+    time.sleep(0.5)
+    hb.stop()
+    assert not fired.is_set()
+
+
+def test_flight_recorder_env_points_into_the_run(tmp_path: Path) -> None:
+    env = flight_recorder_env(tmp_path)
+    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith(str(tmp_path.resolve()))
+
+
+def test_exit_codes_describe_causes() -> None:
+    assert describe(-9) == "killed by SIGKILL"
+    assert describe(137) == "killed by SIGKILL"
+    assert describe(EXIT_HANG) == "hang detected by the watchdog"
+    assert describe(75) == "preempted (resumable)"
+
+
+# ---------------------------------------------------------------------- faults and events
+
+def test_fault_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = faults.parse("kill@step=7,rank=1; nan@step=3 ;exit@ckpt_shards,step=4,code=9")
+    assert [(f.action, f.point, f.filters) for f in parsed] == [
+        ("kill", "step", {"step": 7, "rank": 1}), ("nan", "step", {"step": 3}),
+        ("exit", "ckpt_shards", {"step": 4, "code": 9})]
+    with pytest.raises(ValueError):
+        faults.parse("explode@step=1")
+    monkeypatch.setattr(faults, "_faults", faults.parse("nan@step=3,rank=1"))
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert faults.fire("step", 3, rank=0) is None
+    assert faults.fire("step", 3, rank=1) == "nan"
+    assert faults.fire("step", 3, rank=1) is None  # once per process
+    monkeypatch.setattr(faults, "_faults", faults.parse("nan@step=3"))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert faults.fire("step", 3, rank=0) is None  # a restarted gang does not fault again
+
+
+def test_events_append_from_threads(tmp_path: Path) -> None:
+    def emit(i: int) -> None:
+        log = EventLog(tmp_path, rank=i)
+        for j in range(50):
+            log.emit("tick", j=j, pad="x" * 500)
+
+    threads = [threading.Thread(target=emit, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(lines) == 200 and all(json.loads(x)["event"] == "tick" for x in lines)
