@@ -293,6 +293,14 @@ def test_batches_are_windows_of_the_split(byte_dir: Path) -> None:
                     assert torch.equal(row, torch.from_numpy(tokens[start: start + SEQ]))
 
 
+def test_windows_read_across_shard_boundaries(byte_dir: Path) -> None:
+    tokens = _stream(byte_dir, "train")
+    stream = _loader(byte_dir, prefetch=0).stream
+    assert len(stream.shards) > 2 and stream.tokens == len(tokens)
+    for end in stream.ends[:-1]:
+        assert np.array_equal(stream.read(int(end) - 5, 300), tokens[end - 5: end + 295])
+
+
 def test_val_split_loader_reads_val_tokens(byte_dir: Path) -> None:
     tokens = _stream(byte_dir, "val")
     with _loader(byte_dir, split="val") as loader:

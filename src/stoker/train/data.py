@@ -110,7 +110,7 @@ def _ensure_stdlib(data: DataConfig, progress: bool, source: str | None) -> Path
         files = stdlib_files()
         if progress:
             Console(stderr=True).print(f"preparing dataset 'stdlib': {len(files)} files -> {out}",
-                                       highlight=False)
+                                       highlight=False, soft_wrap=True)
         # ShardDirExists: a process that could not take the lock (e.g. on NFS) won the race.
         with suppress(ShardDirExists):
             prepare(files, out, data.tokenizer, data.bpe_vocab_size, data.val_fraction,
