@@ -393,18 +393,30 @@ def test_accumulated_micro_batches_equal_the_ranks_blocks(byte_dir: Path) -> Non
                        torch.cat([b.targets for b in halves]))
 
 
-def test_prefetch_hides_the_data_wait(byte_dir: Path) -> None:
-    waits = []
-    with _loader(byte_dir, prefetch=4) as loader:
-        it = iter(loader)
-        next(it)
-        for _ in range(20):
-            time.sleep(0.01)  # the "step"
-            start = time.perf_counter()
+def test_prefetch_hides_the_data_wait(byte_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = data_mod._make_batch
+
+    def slow_make(stream: object, layout: object, m: int, pin: bool) -> Batch:
+        time.sleep(0.015)  # a slow disk
+        return real(stream, layout, m, pin)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data_mod, "_make_batch", slow_make)
+
+    def waits(prefetch: int) -> list[float]:
+        out = []
+        with _loader(byte_dir, prefetch=prefetch) as loader:
+            it = iter(loader)
             next(it)
-            waits.append(time.perf_counter() - start)
-    assert sorted(waits)[10] < 0.002
-    assert loader.last_wait_s < 0.01 and loader.total_wait_s > 0
+            for _ in range(10):
+                time.sleep(0.025)  # the step's compute
+                start = time.perf_counter()
+                next(it)
+                out.append(time.perf_counter() - start)
+                assert loader.last_wait_s <= out[-1]
+        return sorted(out)
+
+    assert waits(prefetch=0)[0] >= 0.015
+    assert waits(prefetch=2)[5] < 0.005
 
 
 def test_prefetch_without_thread_gives_the_same_batches(byte_dir: Path) -> None:
