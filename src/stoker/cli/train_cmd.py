@@ -32,7 +32,7 @@ def train(
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")
-    raise typer.Exit(code)
+    raise SystemExit(code)  # typer.Exit's code is lost when the app runs non-standalone
 
 
 def register(app: typer.Typer) -> None:

@@ -32,11 +32,17 @@ RUNS_ROOT = Path("runs")
 def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
                 run_dir: Path | None) -> tuple[TrainConfig, Path]:
     """Everything a launch needs, checked and made before any process starts."""
-    from stoker.train.data import ensure_dataset
-
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
-    ensure_dataset(cfg.data)
+    from stoker.train.data import ensure_dataset  # imports torch: only once the config is good
+    from stoker.train.shards import read_meta
+    from stoker.train.trainer import check_vocab
+
+    try:
+        shard_dir = ensure_dataset(cfg.data)
+        check_vocab(cfg.model.shape().vocab_size, read_meta(shard_dir).vocab_size, shard_dir)
+    except ConfigError as e:
+        raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
     run_dir = make_run_dir(cfg.train.name, run_dir)
     write_config(run_dir, cfg)
     return cfg, run_dir
@@ -90,7 +96,7 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # we report failures
     # As torchrun does: ranks share the cores instead of each taking all of them.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     live = cfg.telemetry.live and sys.stdout.isatty()

@@ -59,9 +59,15 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal is not None
 
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+    def install(self) -> Callable[[], None]:
+        """Handle SIGINT and SIGTERM; returns a function that puts the old handlers back."""
+        old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
@@ -87,7 +93,7 @@ class Trainer:
         self.tokens_per_step = t.global_batch_size * t.seq_len
         self.shard_dir = shard_dir
         self.train_loader = self._loader("train")
-        self._check_vocab(self.train_loader.vocab_size)
+        check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
         self.val_loader: TokenLoader | None = None
 
         self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
@@ -209,7 +215,7 @@ class Trainer:
     def run(self) -> str:
         """Train to ``train.steps``; returns "completed", "interrupted" (a signal, stopped at a
         step boundary) or "aborted" (a second signal, mid-step)."""
-        self.stop.install()
+        restore_signals = self.stop.install()
         self._setup_eval()
         started = time.time()
         status = "failed"
@@ -225,6 +231,7 @@ class Trainer:
         finally:
             self.train_loader.close()
             self._finish(status, time.time() - started)
+            restore_signals()
         return status
 
     # ------------------------------------------------------------------ telemetry
@@ -306,11 +313,11 @@ class Trainer:
         except StokerError as e:
             self.display.message(f"eval off: {e}")
 
-    def _check_vocab(self, data_vocab: int) -> None:
-        if data_vocab > self.shape.vocab_size:
-            raise ConfigError(None, "model.vocab_size",
-                              f"{self.shape.vocab_size} is smaller than the dataset's "
-                              f"vocabulary ({data_vocab} in {self.shard_dir})")
+
+def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:
+    if data_vocab > model_vocab:
+        raise ConfigError(None, "model.vocab_size", f"{model_vocab} is smaller than the dataset's "
+                          f"vocabulary ({data_vocab} tokens in {shard_dir})")
 
 
 def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:
