@@ -1,9 +1,267 @@
-"""Placeholder: this command group is filled in by its own change."""
+"""Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues | nodes`,
+and the admin's `stoker quota` and `stoker cordon`.
+
+The server address and token come from --server/--token or $STOKER_SERVER/$STOKER_TOKEN.
+Connection and API errors are one line and exit code 2.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from stoker.server.client import Client
+
+SERVER_OPT = typer.Option(None, "--server", envvar="STOKER_SERVER",
+                          help="Server URL (default http://127.0.0.1:8470).")
+TOKEN_OPT = typer.Option(None, "--token", envvar="STOKER_TOKEN", help="API token.")
+STATE_STYLE = {"QUEUED": "yellow", "ADMITTED": "cyan", "STARTING": "cyan", "RUNNING": "green",
+               "SUCCEEDED": "bold green", "FAILED": "bold red", "PREEMPTED": "magenta",
+               "CANCELLED": "dim"}
+
+console = Console(highlight=False)
+
+
+def _client(server: str | None, token: str | None) -> Client:
+    from stoker.server.client import Client
+
+    return Client(server, token)
+
+
+def submit(
+    job_file: Path = typer.Argument(..., help="Job spec (TOML)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a job key: key=value."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Submit a job; a training job's config file is sent along with it."""
+    from stoker.spec import loading
+    from stoker.spec.api import JobSubmission
+    from stoker.spec.job import load_job
+
+    job = load_job(job_file, set_)
+    train = loading.read_toml(job.train_config) if job.train_config else None
+    body = {"job": job.model_dump(mode="json"), "train": train}
+    loading.validate(JobSubmission, body, str(job_file))  # the server checks again
+    with _client(server, token) as client:
+        view = client.submit(body["job"], train)
+    console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
+                  f"{view['queue']}: {_state(view['state'])}, position {view['queue_position']}")
+
+
+def jobs(
+    all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs."),
+    state: list[str] = typer.Option([], "--state", help="Only jobs in this state."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Your jobs (the admin sees everyone's): state, queue position, age."""
+    with _client(server, token) as client:
+        rows = client.jobs(active=not all_ and not state, states=[s.upper() for s in state])
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "AGE", "RANKS",
+                   "RESTARTS", "REASON"):
+        table.add_column(column, justify="right" if column in ("ID", "POS", "RANKS") else "left")
+    now = time.time()
+    for j in rows:
+        why = j["waiting"] or j["reason"]
+        if j["stopping"]:
+            why = f"stopping ({j['stopping']}): {why}"
+        table.add_row(str(j["id"]), j["name"], j["tenant"], j["queue"], j["priority_class"],
+                      _state(j["state"]), str(j["queue_position"] or ""),
+                      _age(now - j["created_at"]), str(j["ranks"]),
+                      f"{j['restarts']}/{j['max_restarts']}", why)
+    console.print(table if rows else "no jobs")
+
+
+def job(
+    job_id: int = typer.Argument(..., help="Job id."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """A job's details and its event log."""
+    with _client(server, token) as client:
+        j = client.job(job_id)
+    info = Table.grid(padding=(0, 2))
+    placement = j["placement"] or {}
+    for key, value in (
+        ("job", f"{j['id']} {j['name']} ({j['kind']}, tenant {j['tenant']})"),
+        ("state", _state(j["state"]) + (f" (stopping: {j['stopping']})" if j["stopping"]
+                                        else "")),
+        ("reason", j["waiting"] or j["reason"]),
+        ("queue", f"{j['queue']}, priority {j['priority_class']} ({j['priority']})"
+         + (f", position {j['queue_position']}" if j["queue_position"] else "")),
+        ("ranks", f"{j['ranks']} x {_amounts(j['resources'])}"),
+        ("placement", f"{placement.get('flavor')} on {', '.join(placement.get('nodes', []))}"
+         + (" (borrowing)" if placement.get("borrowing") else "") if placement else "-"),
+        ("attempts", f"{j['attempt']}, restarts {j['restarts']}/{j['max_restarts']}"),
+        ("exit code", "-" if j["exit_code"] is None else str(j["exit_code"])),
+    ):
+        info.add_row(f"[bold]{key}[/]", value)
+    console.print(info)
+    events = Table(title="events", box=None, header_style="bold", title_justify="left")
+    for column in ("TIME", "KIND", "TRANSITION", "BY", "WHY"):
+        events.add_column(column)
+    for e in j["events"]:
+        moved = f"{e['from_state'] or ''} -> {e['to_state']}" if e["kind"] == "transition" \
+            else ""
+        events.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], moved,
+                       e["actor"], e["reason"])
+    console.print(events)
+
+
+def cancel(
+    job_id: int = typer.Argument(..., help="Job id."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Cancel a job: a queued one at once, a running one after SIGTERM (and SIGKILL)."""
+    with _client(server, token) as client:
+        j = client.cancel(job_id)
+    what = "cancelled" if j["state"] == "CANCELLED" else "cancelling (processes are stopping)"
+    console.print(f"job {job_id}: {what}")
+
+
+def logs(
+    job_id: int = typer.Argument(..., help="Job id."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until it ends."),
+    rank: int | None = typer.Option(None, "--rank", help="Only this rank's output."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """A job's output (all attempts, each starting with a '=== stoker: attempt N' line)."""
+    import sys
+
+    offset = 0
+    with _client(server, token) as client:
+        while True:
+            chunk = client.logs(job_id, rank, offset)
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+            more = chunk["next_offset"] != offset
+            offset = chunk["next_offset"]
+            if more:
+                continue
+            if not follow or chunk["done"]:
+                return
+            time.sleep(0.5)
+
+
+def queues(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> None:
+    """Each queue's usage against its nominal quota, and what it borrows, per flavor."""
+    with _client(server, token) as client:
+        rows = client.queues()
+    table = Table(box=None, header_style="bold")
+    for column in ("QUEUE", "COHORT", "FLAVOR", "RESOURCE", "USED", "NOMINAL", "BORROWED",
+                   "BORROW LIMIT", "LEND LIMIT", "PENDING", "RUNNING"):
+        table.add_column(column, justify="left" if column in ("QUEUE", "COHORT", "FLAVOR",
+                                                               "RESOURCE") else "right")
+    for q in rows:
+        r = q["resource"]
+        table.add_row(q["queue"], q["cohort"] or "-", q["flavor"], r, _num(q["used"], r),
+                      _num(q["nominal"], r), _num(q["borrowed"], r),
+                      _num(q["borrowing_limit"], r), _num(q["lending_limit"], r),
+                      str(q["pending_jobs"]), str(q["running_jobs"]))
+    console.print(table if rows else "no queues")
+
+
+def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> None:
+    """Nodes, their capacity and what is allocated on them (admin)."""
+    with _client(server, token) as client:
+        rows = client.nodes()
+    table = Table(box=None, header_style="bold")
+    for column in ("NODE", "FLAVOR", "LABELS", "GPUS", "CPUS", "MEMORY", "JOBS", "STATUS"):
+        table.add_column(column)
+    for n in rows:
+        cap, used = n["capacity"], n["allocated"]
+        table.add_row(
+            n["name"], n["flavor"], ",".join(f"{k}={v}" for k, v in n["labels"].items()),
+            *(f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}"
+              for r in ("gpus", "cpus", "memory")),
+            ",".join(map(str, n["jobs"])) or "-",
+            f"[red]cordoned[/] {n['cordon_reason']}" if n["cordoned"] else "ready")
+    console.print(table)
+
+
+def quota(
+    queue: str = typer.Argument(..., help="Queue."),
+    flavor: str = typer.Argument(..., help="Resource flavor."),
+    amounts: list[str] = typer.Argument(..., help="Nominal quota: gpus=8 cpus=64 memory=1TiB."),
+    borrow: list[str] = typer.Option([], "--borrowing-limit", help="e.g. gpus=4"),
+    lend: list[str] = typer.Option([], "--lending-limit", help="e.g. gpus=2"),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Replace a queue's quota of one flavor while the server runs (admin; next cycle on)."""
+    body: dict[str, Any] = _parse_amounts(amounts, "amounts")
+    if borrow:
+        body["borrowing_limit"] = _parse_amounts(borrow, "--borrowing-limit")
+    if lend:
+        body["lending_limit"] = _parse_amounts(lend, "--lending-limit")
+    with _client(server, token) as client:
+        result = client.set_quota(queue, flavor, body)
+    console.print(f"quota of queue {result['queue']} on {result['flavor']}: {result['quota']}")
+
+
+def cordon(
+    node: str = typer.Argument(..., help="Node name."),
+    off: bool = typer.Option(False, "--off", help="Uncordon: admit jobs to it again."),
+    reason: str = typer.Option("", "--reason", help="Why (kept with the node)."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Stop admitting new jobs to a node; its running jobs stay (admin)."""
+    with _client(server, token) as client:
+        n = client.cordon(node, not off, reason)
+    console.print(f"node {n['name']}: {'cordoned' if n['cordoned'] else 'ready'}")
+
+
+def _parse_amounts(items: list[str], source: str) -> dict[str, Any]:
+    from stoker.spec import loading
+
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = loading.parse_override(item)
+        out[".".join(keys)] = value
+    if not out:
+        from stoker.spec.errors import ConfigError
+
+        raise ConfigError(source, None, "give at least one of gpus=, cpus=, memory=")
+    return out
+
+
+def _state(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, '')}]{state}[/]"
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(0.0, seconds):.0f}s"
+
+
+def _num(value: float | None, resource: str) -> str:
+    if value is None:
+        return "-"
+    if resource == "memory":
+        for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+            if value >= size:
+                return f"{value / size:.3g}{unit}"
+    return f"{value:g}"
+
+
+def _amounts(amounts: dict[str, float]) -> str:
+    return ", ".join(f"{k}={_num(v, k)}" for k, v in amounts.items() if v)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the top-level app."""
+    """Add the job and cluster commands to the top-level app."""
+    for command in (submit, jobs, job, cancel, logs, queues, nodes, quota, cordon):
+        app.command(command.__name__)(command)

@@ -245,31 +245,35 @@ class Reconciler:
         """Every process of the attempt has ended: decide the job's next state."""
         changes = self._stopped(job, spec, now)
         bad = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
+        code = bad[0][1] if bad else 0
         stop = job.stop_reason
+        # A stop we asked for decides the outcome, whatever the exit codes: a job that exits 0
+        # on SIGTERM has handled the signal, it has not finished its work.
         if stop == "cancel":
             self.store.transition(job.id, (S, R), (JobState.CANCELLED,), "cancelled", ACTOR,
-                                  changes | {"finished_at": now}, version=job.version)
+                                  changes | {"finished_at": now, "exit_code": code},
+                                  version=job.version)
+        elif stop == "preempt" or (stop is None and bad and all(
+                c in self.settings.preempted_exit_codes for _, c in bad)):
+            why = "preempted; requeued" + ("" if stop else f" (exit code {code})")
+            self.store.transition(job.id, (S, R), (JobState.PREEMPTED, Q), why, ACTOR,
+                                  changes | {"queued_at": now, "placement": None,
+                                             "exit_code": code}, version=job.version)
+        elif stop == "timeout":
+            self.store.transition(job.id, (S, R), (JobState.FAILED,),
+                                  f"max run time of {spec.max_run_time:g}s exceeded", ACTOR,
+                                  changes | {"finished_at": now, "exit_code": code},
+                                  version=job.version)
         elif not bad:
             self.store.transition(job.id, (S, R), (JobState.SUCCEEDED,),
                                   "every process exited with code 0", ACTOR,
                                   changes | {"finished_at": now, "exit_code": 0},
                                   version=job.version)
-        elif stop == "preempt" or (stop is None and all(
-                c in self.settings.preempted_exit_codes for _, c in bad)):
-            why = "preempted; requeued" + ("" if stop else f" (exit code {bad[0][1]})")
-            self.store.transition(job.id, (S, R), (JobState.PREEMPTED, Q), why, ACTOR,
-                                  changes | {"queued_at": now, "placement": None,
-                                             "exit_code": bad[0][1]}, version=job.version)
-        elif stop == "timeout":
-            self.store.transition(job.id, (S, R), (JobState.FAILED,),
-                                  f"max run time of {spec.max_run_time:g}s exceeded", ACTOR,
-                                  changes | {"finished_at": now, "exit_code": bad[0][1]},
-                                  version=job.version)
+        elif stop == "failure":  # the first process that failed, not those stopped after it
+            self._fail(job, spec, job.exit_code, "a process failed and the gang was stopped",
+                       now, changes)
         else:
-            index, code = bad[0]
-            if stop == "failure":
-                code = job.exit_code
-            self._fail(job, spec, code, _describe(index, code), now, changes)
+            self._fail(job, spec, code, _describe(bad[0][0], code), now, changes)
 
     def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
               changes: dict[str, Any] | None = None) -> None:

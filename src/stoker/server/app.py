@@ -106,7 +106,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
 
     @app.post("/v1/jobs", status_code=201, tags=["jobs"])
     def submit(body: JobSubmission, who: Who) -> JobView:
-        if not who.may_use(body.job.queue):
+        if body.job.queue in plane.cluster.queues and not who.may_use(body.job.queue):
             raise HTTPException(403, f"queue {body.job.queue!r} is not one of yours "
                                 f"({', '.join(sorted(who.queues))})")
         try:

@@ -1,0 +1,116 @@
+"""A small client of the REST API (used by the CLI, the tests and the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from stoker.spec.api import DEFAULT_PORT
+from stoker.spec.errors import StokerError
+
+DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class ApiError(StokerError):
+    """The server refused a request; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class Client:
+    def __init__(self, server: str | None = None, token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.server = (server or os.environ.get("STOKER_SERVER") or DEFAULT_SERVER).rstrip("/")
+        token = token or os.environ.get("STOKER_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            reason = str(e) or type(e).__name__
+            raise StokerError(f"cannot reach the stoker server at {self.server}: {reason}") \
+                from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _message(response))
+        return response.json()
+
+    # --- jobs ---
+
+    def submit(self, job: dict[str, Any], train: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"job": job}
+        if train is not None:
+            body["train"] = train
+        result: dict[str, Any] = self.request("POST", "/v1/jobs", json=body)
+        return result
+
+    def jobs(self, active: bool = False, states: list[str] | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"active": active}
+        if states:
+            params["state"] = states
+        result: list[dict[str, Any]] = self.request("GET", "/v1/jobs", params=params)
+        return result
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
+    def logs(self, job_id: int, rank: int | None = None, offset: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"offset": offset}
+        if rank is not None:
+            params["rank"] = rank
+        result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}/logs", params=params)
+        return result
+
+    # --- queues and nodes ---
+
+    def queues(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/queues")
+        return result
+
+    def set_quota(self, queue: str, flavor: str, quota: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/v1/queues/{queue}/quotas/{flavor}",
+                                              json=quota)
+        return result
+
+    def nodes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/nodes")
+        return result
+
+    def cordon(self, node: str, cordoned: bool, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/v1/nodes/{node}/cordon",
+                                              json={"cordoned": cordoned, "reason": reason})
+        return result
+
+
+def _message(response: httpx.Response) -> str:
+    """One line: the status and the server's reason (422: every field error)."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text.strip()
+    if isinstance(detail, list):
+        parts = []
+        for err in detail:
+            loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path")]
+            parts.append(f"{'.'.join(loc)}: {err.get('msg')}" if loc else str(err.get("msg")))
+        detail = "; ".join(parts)
+    return f"server said {response.status_code}: {detail}"
