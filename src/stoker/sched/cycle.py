@@ -1,10 +1,513 @@
-"""One scheduling cycle: order the pending jobs, check quota, place, preempt."""
+"""One scheduling cycle: order the pending jobs, check quota, place, preempt.
+
+The cycle merges the queues' heads in one heap (priority first, jobs that need no borrowing
+before jobs that do, as Kueue; or the least weighted dominant-resource share first under fair
+sharing). Each head is tried on its queue's flavors in order: quota, then a placement on nodes.
+A head that fits nowhere may look for victims (a bounded number per queue and cycle). A job that
+needs victims is *nominated*: it is charged now (quota, and the free node capacity it will use)
+so later jobs cannot take its room, but is admitted only in a later cycle, once the victims have
+stopped. State only ever shrinks within a cycle, so a gang shape that failed to place once is not
+tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
+"""
 
 from __future__ import annotations
 
-from stoker.sched.types import Decisions, Policy, Snapshot
+import heapq
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+
+from stoker.sched import preempt
+from stoker.sched.nodes import EPS, Nodes, Placement
+from stoker.sched.quota import RESOURCES, Account, QuotaTree
+from stoker.sched.types import (
+    UNLIMITED,
+    Admit,
+    Decisions,
+    JobId,
+    PendingJob,
+    Policy,
+    Preempt,
+    Queue,
+    RunningJob,
+    Snapshot,
+)
+
+INF = float("inf")
+_Key = tuple[bool, int, float, float, int]  # (not starving, -priority, order value, created, seq)
 
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
     """Decide which pending jobs to admit (and where) and which running jobs to preempt."""
-    raise NotImplementedError("the scheduler lands in the next commit")
+    return _Cycle(snapshot, policy).run()
+
+
+class _QueueState:
+    """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
+
+    __slots__ = ("accounts", "attempts", "blocked_by", "least", "queue", "root", "scope",
+                 "waiting")
+
+    def __init__(self, queue: Queue, accounts: dict[str, Account], root: str | None) -> None:
+        self.queue = queue
+        self.accounts = accounts
+        self.root = root  # the cohort tree it shares quota in
+        self.scope = root if root is not None else f"queue:{queue.name}"  # what quota it uses
+        self.waiting: list[_Key] = []
+        self.attempts = 0
+        self.blocked_by: JobId | None = None
+        self.least = (INF, INF)  # the fewest GPUs and CPUs per rank any of its jobs asks for
+
+
+class _Cycle:
+    def __init__(self, snapshot: Snapshot, policy: Policy) -> None:
+        self.snap = snapshot
+        self.policy = policy
+        self.now = snapshot.now
+        self.quota = QuotaTree(snapshot.queues, snapshot.cohorts)
+        self.nodes = Nodes(snapshot.nodes, snapshot.topology)
+        self.running: dict[tuple[str, str], list[RunningJob]] = {}
+        self._charge_running(snapshot.running)
+        self.nodes.build_pools()
+        self.victims: dict[tuple[str, str], preempt.Candidates] = {}
+        self.queues: dict[str, _QueueState] = {
+            q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort))
+            for q in snapshot.queues}
+        self.trees: dict[str, list[_QueueState]] = {}
+        for qs in self.queues.values():
+            if qs.root is not None:
+                self.trees.setdefault(qs.root, []).append(qs)
+        self.failed_shapes: set[tuple[object, ...]] = set()  # could not be placed
+        self.hopeless: set[tuple[object, ...]] = set()  # found no victims
+        # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
+        self.reserved: dict[str, tuple[JobId, str | None]] = {}
+        self.admit: list[Admit] = []
+        self.preempt: list[Preempt] = []
+        self.waiting: dict[JobId, str] = {}
+        self.nominated: dict[JobId, tuple[JobId, ...]] = {}
+
+    # --- setup ---
+
+    def _charge_running(self, running: Sequence[RunningJob]) -> None:
+        usage: dict[tuple[str, str], list[float]] = {}
+        index = self.nodes.index
+        for job in running:
+            for name in job.nodes:
+                i = index.get(name)
+                if i is not None:
+                    self.nodes.charge(i, job.per_rank, 1)
+            key = (job.queue, job.flavor)
+            n = len(job.nodes)
+            u = usage.get(key)
+            if u is None:
+                usage[key] = [job.per_rank[0] * n, job.per_rank[1] * n, job.per_rank[2] * n]
+                self.running[key] = [job]
+            else:
+                u[0] += job.per_rank[0] * n
+                u[1] += job.per_rank[1] * n
+                u[2] += job.per_rank[2] * n
+                self.running[key].append(job)
+        for (queue, flavor), amount in usage.items():
+            account = self.quota.account(queue, flavor)
+            if account is not None:
+                account.add(amount)
+
+    def _order_keys(self) -> list[_Key]:
+        """Each pending job's place in its queue: starving first, then priority, then the
+        policy's order (expected duration for "sjf", attained-service level for "las"),
+        then creation time."""
+        age = self.policy.starvation_age
+        cutoff = self.now - age if age is not None else -INF
+        pending = self.snap.pending
+        if self.policy.order == "sjf":
+            return [(j.created_at > cutoff, -j.priority,
+                     INF if j.expected_duration is None else j.expected_duration,
+                     j.created_at, seq) for seq, j in enumerate(pending)]
+        if self.policy.order == "las":
+            levels = self.policy.las_thresholds
+            return [(j.created_at > cutoff, -j.priority,
+                     float(bisect_right(levels, j.attained_service)), j.created_at, seq)
+                    for seq, j in enumerate(pending)]
+        return [(j.created_at > cutoff, -j.priority, 0.0, j.created_at, seq)
+                for seq, j in enumerate(pending)]
+
+    def _rank(self, priority: int, attained: float) -> tuple[int, int]:
+        """Preemption rank: priority, then (under LAS) less attained service."""
+        if self.policy.order != "las":
+            return (priority, 0)
+        return (priority, -bisect_right(self.policy.las_thresholds, attained))
+
+    def _fill_queues(self) -> None:
+        pending = self.snap.pending
+        keyed: dict[str, list[_Key]] = {name: [] for name in self.queues}
+        least = {name: [INF, INF] for name in self.queues}
+        for key, job in zip(self._order_keys(), pending, strict=True):
+            keys = keyed.get(job.queue)
+            if keys is None:
+                self.waiting[job.id] = f"unknown queue {job.queue!r}"
+                continue
+            keys.append(key)
+            low, per_rank = least[job.queue], job.per_rank
+            if per_rank[0] < low[0]:
+                low[0] = per_rank[0]
+            if per_rank[1] < low[1]:
+                low[1] = per_rank[1]
+        for name, keys in keyed.items():
+            heapq.heapify(keys)  # only the jobs considered are ever ordered fully
+            qs = self.queues[name]
+            qs.waiting = keys
+            qs.least = (least[name][0], least[name][1])
+
+    # --- the cycle ---
+
+    def run(self) -> Decisions:
+        self._fill_queues()
+        heap: list[tuple[tuple[object, ...], int, _QueueState]] = []
+        for n, qs in enumerate(self.queues.values()):
+            if qs.waiting and not self._hopeless(qs):
+                heap.append((self._heap_key(qs), n, qs))
+        heapq.heapify(heap)
+        pending = self.snap.pending
+        while heap:
+            _, n, qs = heapq.heappop(heap)
+            job = pending[heapq.heappop(qs.waiting)[4]]
+            if not self._consider(qs, job) and qs.queue.strategy == "StrictFIFO":
+                qs.blocked_by = job.id
+                continue
+            if qs.waiting and not self._hopeless(qs):
+                heapq.heappush(heap, (self._heap_key(qs), n, qs))
+        self._explain_rest()
+        return Decisions(admit=self.admit, preempt=self.preempt, waiting=self.waiting,
+                         nominated=self.nominated)
+
+    def _heap_key(self, qs: _QueueState) -> tuple[object, ...]:
+        key = qs.waiting[0]
+        job = self.snap.pending[key[4]]
+        total = _total(job)
+        if self.policy.fair_sharing:
+            shares = [self.quota.share(a, total) for f, a in qs.accounts.items()
+                      if job.flavors is None or f in job.flavors]
+            second: object = min(shares) if shares else (INF,)
+        else:
+            second = all(a.needs_borrowing(total) for a in qs.accounts.values())
+        return (key[0], second, *key[1:])
+
+    def _can_preempt(self, qs: _QueueState) -> bool:
+        q = qs.queue
+        if not self.policy.preemption or qs.attempts >= self.policy.max_preemption_attempts:
+            return False
+        return (self._within(q) != "Never"
+                or (q.cohort is not None and q.reclaim_within_cohort != "Never"))
+
+    def _within(self, q: Queue) -> str:
+        if self.policy.order == "las" and q.within_queue == "Never":
+            return "LowerPriority"
+        return q.within_queue
+
+    def _hopeless(self, qs: _QueueState) -> bool:
+        """True when no remaining job of the queue can fit and the queue cannot preempt."""
+        if self._can_preempt(qs):
+            return False
+        need = qs.least
+        for flavor, account in qs.accounts.items():
+            held = self.reserved.get(flavor)
+            if held is not None and (held[1] is None or held[1] == qs.scope):
+                continue
+            pool = self.nodes.pools.get(flavor)
+            if pool is None:
+                continue
+            r = pool.primary
+            if pool.max_free() + EPS < need[r] or account.available(r) + EPS < need[r]:
+                continue
+            return False
+        return True
+
+    def _consider(self, qs: _QueueState, job: PendingJob) -> bool:
+        """Try to admit ``job``; on failure maybe nominate it or reserve for it. True: admitted."""
+        queue = qs.queue
+        flavors = [f for f in qs.accounts if job.flavors is None or f in job.flavors]
+        if not flavors:
+            self.waiting[job.id] = "no flavor of the queue matches the job's GPU model"
+            return False
+        level = None
+        if job.topology is not None:
+            level = self.nodes.levels.get(job.topology)
+            if level is None:
+                self.waiting[job.id] = f"unknown topology level {job.topology!r}"
+                return False
+        total = _total(job)
+        why: list[str] = []
+        node_short = False
+        open_flavors = []
+        for flavor in flavors:
+            held = self.reserved.get(flavor)
+            if held is not None and (held[1] is None or held[1] == qs.scope):
+                why.append(f"{flavor}: held for starving job {held[0]}")
+                continue
+            open_flavors.append(flavor)
+            account = qs.accounts[flavor]
+            if not account.fits(total):
+                why.append(f"{flavor}: quota of queue {queue.name} exhausted")
+                continue
+            placement = self._place(flavor, job, level)
+            if placement is None:
+                why.append(f"{flavor}: no nodes free for {job.ranks} x {_fmt(job)}")
+                node_short = True
+                continue
+            account.add(total)
+            self.nodes.take(placement, job.per_rank)
+            names = self.nodes.names
+            self.admit.append(Admit(job=job.id, queue=queue.name, flavor=flavor,
+                                    nodes=_expand(placement, names),
+                                    borrowing=account.borrowing()))
+            return True
+        if not self._fits_ever(job, flavors):
+            self.waiting[job.id] = f"never fits: no node of flavor {', '.join(flavors)} " \
+                                   f"holds one rank of {_fmt(job)}"
+            return False
+        if self._can_preempt(qs):
+            # The same shape at the same rank failing again is certain: state only shrinks.
+            shape = (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
+                     job.per_rank, level, job.topology_required)
+            if self._within(queue) == "LowerOrNewerEqualPriority" or shape not in self.hopeless:
+                qs.attempts += 1
+                for flavor in open_flavors:
+                    if self._nominate(qs, job, flavor, level, total):
+                        return False
+                self.hopeless.add(shape)
+        self.waiting[job.id] = "; ".join(why)
+        if job.created_at + (self.policy.starvation_age or INF) <= self.now:
+            self._reserve(qs, job, open_flavors, node_short)
+        return False
+
+    def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
+        shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
+        if shape in self.failed_shapes:
+            return None
+        placement = self.nodes.place(flavor, job.ranks, job.per_rank, level,
+                                     job.topology_required)
+        if placement is None:
+            self.failed_shapes.add(shape)
+        return placement
+
+    def _fits_ever(self, job: PendingJob, flavors: list[str]) -> bool:
+        for flavor in flavors:
+            cap = self.nodes.capacity.get(flavor)
+            if cap is not None and all(job.per_rank[r] <= cap[r] + EPS for r in RESOURCES):
+                return True
+        return False
+
+    def _reserve(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                 node_short: bool) -> None:
+        """Hold the flavors a starving job waits on, so capacity drains to it.
+
+        Short of nodes: nothing else is admitted to those flavors. Short of quota: nothing
+        else of the job's cohort tree (or of its own queue, without a cohort) is.
+        """
+        scope = None if node_short else qs.scope
+        for flavor in flavors:
+            self.reserved.setdefault(flavor, (job.id, scope))
+        self.waiting[job.id] += " (starving: capacity held for it)"
+
+    # --- preemption ---
+
+    def _candidates(self, queue: str, flavor: str) -> preempt.Candidates:
+        key = (queue, flavor)
+        cands = self.victims.get(key)
+        if cands is None:
+            account = self.quota.account(queue, flavor)
+            cands = self.victims[key] = preempt.Candidates(account, [
+                preempt.Victim(job, account, self._placement_of(job),
+                               self._rank(job.priority, job.attained_service))
+                for job in self.running.get(key, ())])
+        return cands
+
+    def _placement_of(self, job: RunningJob) -> Placement:
+        counts: dict[int, int] = {}
+        for name in job.nodes:
+            i = self.nodes.index.get(name)
+            if i is not None:
+                counts[i] = counts.get(i, 0) + 1
+        return list(counts.items())
+
+    def _eligible(self, qs: _QueueState, job: PendingJob, flavor: str
+                  ) -> tuple[list[preempt.Selection], list[preempt.Selection]]:
+        """Candidates of the job's own queue and of the other queues of its cohort tree."""
+        q = qs.queue
+        mine = self._rank(job.priority, job.attained_service)
+        within = self._within(q)
+        own = []
+        if within != "Never":
+            mode = "newer" if within == "LowerOrNewerEqualPriority" else "lower"
+            sel = self._candidates(q.name, flavor).select(mine, job.created_at, mode)
+            if not sel.empty():
+                own.append(sel)
+        others = []
+        if q.cohort is not None and q.reclaim_within_cohort != "Never" and qs.root is not None:
+            mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
+            for other in self.trees[qs.root]:
+                account = other.accounts.get(flavor)
+                if other is qs or account is None or not account.borrowing():
+                    continue  # Kueue reclaims only from queues above their nominal quota
+                sel = self._candidates(other.queue.name, flavor).select(mine, job.created_at,
+                                                                        mode)
+                if not sel.empty():
+                    others.append(sel)
+        return own, others
+
+    def _nominate(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
+                  total: list[float]) -> bool:
+        own, others = self._eligible(qs, job, flavor)
+        account = qs.accounts[flavor]
+        if not self._could_fit(account, flavor, total, own + others):
+            return False
+
+        def fits(allow_borrowing: bool) -> Placement | None:
+            if not account.fits(total, allow_borrowing):
+                return None
+            return self.nodes.place(flavor, job.ranks, job.per_rank, level,
+                                    job.topology_required)
+
+        sim = preempt.Simulation(self.nodes, fits)
+        short = account.short(total) or [r for r in RESOURCES if total[r] > 0]
+        found = self._search(qs, job, sim, account, total, own, others, short)
+        if found is None:
+            return False
+        chosen, placement = found
+        self._commit_nomination(job, account, total, placement, [v for v, _ in chosen])
+        for v, reason in chosen:
+            self.victims[(v.job.queue, v.job.flavor)].take(v)
+            if not v.job.preempting:
+                self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
+        self.nominated[job.id] = tuple(v.job.id for v, _ in chosen)
+        self.waiting[job.id] = f"waiting for {len(chosen)} preempted job(s) to stop"
+        return True
+
+    def _could_fit(self, account: Account, flavor: str, total: list[float],
+                   selections: list[preempt.Selection]) -> bool:
+        """Whether removing every candidate could possibly make room on the nodes."""
+        pool = self.nodes.pools.get(flavor)
+        if not selections or pool is None:
+            return False
+        freed = _freed(selections)
+        return all(total[r] <= pool.total[r] + freed[r] + EPS for r in RESOURCES if total[r] > 0)
+
+    def _search(self, qs: _QueueState, job: PendingJob, sim: preempt.Simulation,
+                account: Account, total: list[float], own: list[preempt.Selection],
+                others: list[preempt.Selection], short: list[int]
+                ) -> tuple[preempt.Chosen, Placement] | None:
+        """Kueue's GetTargets: which candidates, and whether the preemptor may borrow."""
+        own_freed, others_freed = _freed(own), _freed(others, borrowed_only=True)
+
+        def minimal(selections: list[preempt.Selection], allow_borrowing: bool,
+                    threshold: int | None = None) -> tuple[preempt.Chosen, Placement] | None:
+            cohort = others_freed if selections is not own else [0.0, 0.0, 0.0]
+            if not _quota_bound(account, total, own_freed, cohort, allow_borrowing):
+                return None
+            candidates: Iterable[preempt.Victim] = preempt.merged(selections)
+            if threshold is not None and not under_nominal:
+                limit = threshold
+                candidates = (v for v in candidates
+                              if v.account is account or v.job.priority < limit)
+            return preempt.minimal(sim, account, candidates, short, allow_borrowing, threshold)
+
+        under_nominal = all(account.usage[r] < account.nominal[r] for r in short)
+        if not others:
+            return minimal(own, True)
+        every = own + others
+        q = qs.queue
+        threshold = None
+        if q.borrow_within_cohort == "LowerPriority":
+            threshold = job.priority
+            if q.borrow_max_priority is not None and q.borrow_max_priority < threshold:
+                threshold = q.borrow_max_priority + 1
+        if self.policy.fair_sharing:
+            if not _quota_bound(account, total, own_freed, others_freed, True):
+                return None
+            return preempt.fair(sim, self.quota, account, total, list(preempt.merged(every)),
+                                short, threshold)
+        if threshold is not None:
+            return minimal(every, True, threshold)
+        if under_nominal:
+            found = minimal(every, False)
+            if found is not None:
+                return found
+        return minimal(own, True) if own else None
+
+    def _commit_nomination(self, job: PendingJob, account: Account, total: list[float],
+                           placement: Placement, victims: list[preempt.Victim]) -> None:
+        """Charge the nominated job now: its quota, and the free capacity it will use.
+
+        The victims keep their resources until they stop, so only the part of the job's
+        placement that their release does not cover comes out of today's free capacity.
+        """
+        account.add(total)
+        freed: dict[int, list[float]] = {}
+        for v in victims:
+            for i, count in v.placement:
+                f = freed.setdefault(i, [0.0, 0.0, 0.0])
+                for r in RESOURCES:
+                    f[r] += v.per_rank[r] * count
+        for i, count in placement:
+            f = freed.get(i, [0.0, 0.0, 0.0])
+            extra = [max(0.0, job.per_rank[r] * count - f[r]) for r in RESOURCES]
+            self.nodes.charge(i, extra, 1)
+
+    def _explain_rest(self) -> None:
+        if not self.policy.explain:
+            return
+        for qs in self.queues.values():
+            if not qs.waiting:
+                continue
+            if qs.blocked_by is not None:
+                reason = f"StrictFIFO: behind job {qs.blocked_by}"
+            else:
+                reason = f"no room in queue {qs.queue.name}'s quota or on its nodes"
+            pending = self.snap.pending
+            for key in qs.waiting:
+                self.waiting[pending[key[4]].id] = reason
+
+
+def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:
+    out = [0.0, 0.0, 0.0]
+    for sel in selections:
+        b = sel.bound(borrowed_only)
+        for r in RESOURCES:
+            out[r] += b[r]
+    return out
+
+
+def _quota_bound(account: Account, total: list[float], own_freed: list[float],
+                 cohort_freed: list[float], allow_borrowing: bool) -> bool:
+    """Whether the quota could fit ``total`` once the candidates are gone (a cheap bound)."""
+    for r in RESOURCES:
+        if total[r] <= 0:
+            continue
+        room = account.available(r) + own_freed[r] + cohort_freed[r]
+        if account.parent is not None and account.borrow[r] < UNLIMITED:
+            room = min(room, account.nominal[r] + account.borrow[r] - account.usage[r]
+                       + own_freed[r])
+        if not allow_borrowing:
+            room = min(room, account.nominal[r] - account.usage[r] + own_freed[r])
+        if total[r] > room + EPS:
+            return False
+    return True
+
+
+def _total(job: PendingJob) -> list[float]:
+    n = job.ranks
+    p = job.per_rank
+    return [p[0] * n, p[1] * n, p[2] * n]
+
+
+def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, count in placement:
+        out.extend([names[i]] * count)
+    return tuple(out)
+
+
+def _fmt(job: PendingJob) -> str:
+    g, c, m = job.per_rank
+    parts = [f"{g:g} GPU" if g else "", f"{c:g} CPU" if c else "",
+             f"{m / 2**30:.3g} GiB" if m else ""]
+    return "(" + ", ".join(p for p in parts if p) + ")"

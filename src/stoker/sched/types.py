@@ -4,8 +4,9 @@ Everything here is an immutable value with no I/O. The live control plane builds
 its store each cycle; the simulator builds one from its simulated cluster. Both call
 ``stoker.sched.schedule(snapshot, policy)`` and apply the decisions. Queues, cohorts and nodes
 change rarely and can be built once (``stoker.sched.config`` builds them from a `ClusterConfig`)
-and reused across cycles; only ``running``, ``pending`` and ``now`` need to be rebuilt. All
-classes use ``__slots__`` so 100,000 pending jobs are cheap to make.
+and reused across cycles; only ``running``, ``pending`` and ``now`` need to be rebuilt:
+`RunningJob` and `PendingJob` are NamedTuples (about 5x cheaper to make than frozen
+dataclasses), the rest are frozen dataclasses with slots.
 
 Units: ``gpus`` and ``cpus`` are counts (may be fractional), ``memory`` is bytes, times are
 seconds on the caller's clock (wall clock or simulated; only differences matter).
@@ -102,6 +103,8 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
         could use, so capacity drains to it. None: off.
     max_preemption_attempts: per queue and cycle, how many of its jobs may search for victims
         (Kueue tries only each queue's head; this bounds the cycle's cost the same way).
+    explain: False leaves out the reasons for jobs the cycle never got to (a simulator that
+        does not report them saves the time; the jobs it did consider keep theirs).
 
 Decisions
     admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
@@ -178,8 +181,7 @@ class Node:
     schedulable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class RunningJob:
+class RunningJob(NamedTuple):
     id: JobId
     queue: str
     priority: int
@@ -193,8 +195,7 @@ class RunningJob:
     preempting: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PendingJob:
+class PendingJob(NamedTuple):
     id: JobId
     queue: str
     priority: int
@@ -227,6 +228,7 @@ class Policy:
     starvation_age: float | None = None
     las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
     max_preemption_attempts: int = 4
+    explain: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,267 @@
+"""Free node capacity, indexed for best-fit, and topology-aware gang placement.
+
+Each flavor's schedulable nodes form a `Pool` whose nodes sit in buckets by free amount of the
+pool's primary resource (GPUs, or CPUs for CPU-only nodes), so a one-node placement looks at a
+handful of buckets instead of every node. A gang that needs several nodes is packed into the
+fewest topology domains: the smallest domain (best fit) at the lowest allowed level that holds it,
+then, level by level, the largest sub-domains first with the last one chosen best-fit.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Sequence
+
+from stoker.sched.types import UNLIMITED, Node
+
+EPS = 1e-9
+MANY = 1 << 62
+Vec = list[float]
+Placement = list[tuple[int, int]]  # (node index, ranks on it)
+
+
+def ranks_fitting(free: Sequence[float], per_rank: Sequence[float]) -> int:
+    """How many ranks of ``per_rank`` fit in ``free``."""
+    k = MANY
+    for r in range(3):
+        p = per_rank[r]
+        if p > 0:
+            k = min(k, int((free[r] + EPS) / p))
+    return max(k, 0)
+
+
+def _key(amount: float) -> int:
+    return MANY if amount >= UNLIMITED / 2 else int(amount + EPS)
+
+
+GROUP_SIZE = 16
+
+
+class Pool:
+    """The schedulable nodes of one flavor, bucketed by free primary resource.
+
+    Nodes also fall in *groups* (one innermost topology domain, cut in chunks of GROUP_SIZE
+    nodes), whose capacity for a given rank shape is cached and recomputed only for groups that
+    changed since: a gang spanning nodes then looks at groups, not at every node.
+    """
+
+    __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total", "version")
+
+    def __init__(self, primary: int) -> None:
+        self.primary = primary
+        self.buckets: dict[int, dict[int, None]] = {}  # insertion-ordered sets
+        self.keys: list[int] = []
+        self.total: Vec = [0.0, 0.0, 0.0]
+        self.groups: dict[Group, list[int]] = {}
+        self.version: dict[Group, int] = {}
+        self.cache: dict[tuple[float, ...], dict[Group, tuple[int, int]]] = {}
+
+    def insert(self, i: int, free: Vec, group: Group) -> None:
+        k = _key(free[self.primary])
+        bucket = self.buckets.get(k)
+        if bucket is None:
+            bucket = self.buckets[k] = {}
+            insort(self.keys, k)
+        bucket[i] = None
+        for r in range(3):
+            self.total[r] += free[r]
+        self.groups.setdefault(group, []).append(i)
+        self.version[group] = 0
+
+    def move(self, i: int, old: int, new: int) -> None:
+        bucket = self.buckets[old]
+        del bucket[i]
+        if not bucket:
+            del self.buckets[old]
+            del self.keys[bisect_left(self.keys, old)]
+        target = self.buckets.get(new)
+        if target is None:
+            target = self.buckets[new] = {}
+            insort(self.keys, new)
+        target[i] = None
+
+    def max_free(self) -> float:
+        """An upper bound of the free primary resource on any one node."""
+        return float(self.keys[-1] + 1) if self.keys else 0.0
+
+    def best_node(self, need: Sequence[float], free: list[Vec]) -> int | None:
+        """The node with the least free primary resource that holds ``need`` (best fit)."""
+        start = bisect_left(self.keys, _key(need[self.primary]))
+        for k in self.keys[start:]:
+            for i in self.buckets[k]:
+                f = free[i]
+                if (f[0] + EPS >= need[0] and f[1] + EPS >= need[1]
+                        and f[2] + EPS >= need[2]):
+                    return i
+        return None
+
+    def group_capacity(self, per_rank: Sequence[float], free: list[Vec]) -> dict[Group, int]:
+        """How many ranks of ``per_rank`` each group holds (groups holding none left out)."""
+        cache = self.cache.setdefault(tuple(per_rank), {})
+        out: dict[Group, int] = {}
+        for group, members in self.groups.items():
+            version = self.version[group]
+            hit = cache.get(group)
+            if hit is None or hit[0] != version:
+                hit = cache[group] = (version, sum(ranks_fitting(free[i], per_rank)
+                                                   for i in members))
+            if hit[1]:
+                out[group] = hit[1]
+        return out
+
+
+Group = tuple[tuple[str, ...], int]  # (innermost domain path, chunk)
+
+
+class Nodes:
+    """Free capacity of every node of the snapshot, and a Pool per flavor."""
+
+    def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> None:
+        self.names = [n.name for n in nodes]
+        self.index = {n.name: i for i, n in enumerate(nodes)}
+        self.free: list[Vec] = [list(n.capacity) for n in nodes]
+        self.domains = [n.domains for n in nodes]
+        self.flavor = [n.flavor for n in nodes]
+        self.schedulable = [n.schedulable for n in nodes]
+        self.group: list[Group] = []
+        self.depth = len(topology)
+        self.levels = {name: i for i, name in enumerate(topology)} | {"node": len(topology)}
+        self.pools: dict[str, Pool] = {}
+        self.capacity: dict[str, Vec] = {}  # per flavor: the largest node, for "never fits"
+        for n in nodes:
+            cap = self.capacity.setdefault(n.flavor, [0.0, 0.0, 0.0])
+            for r in range(3):
+                cap[r] = max(cap[r], n.capacity[r])
+
+    def build_pools(self) -> None:
+        """Index the nodes (call once the running jobs have been charged)."""
+        counts: dict[tuple[str, ...], int] = {}
+        for domains in self.domains:
+            n = counts.get(domains, 0)
+            counts[domains] = n + 1
+            self.group.append((domains, n // GROUP_SIZE))
+        for i, flavor in enumerate(self.flavor):
+            if not self.schedulable[i]:
+                continue
+            pool = self.pools.get(flavor)
+            if pool is None:
+                # GPU nodes bucket by free GPUs, CPU-only nodes by free CPUs.
+                pool = self.pools[flavor] = Pool(0 if self.capacity[flavor][0] > 0 else 1)
+            pool.insert(i, self.free[i], self.group[i])
+
+    def charge(self, i: int, per_rank: Sequence[float], count: int) -> None:
+        """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
+        f = self.free[i]
+        d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
+        pool = self.pools.get(self.flavor[i]) if self.schedulable[i] else None
+        if pool is None:
+            f[0] -= d0
+            f[1] -= d1
+            f[2] -= d2
+            return
+        old = _key(f[pool.primary])
+        f[0] -= d0
+        f[1] -= d1
+        f[2] -= d2
+        t = pool.total
+        t[0] -= d0
+        t[1] -= d1
+        t[2] -= d2
+        pool.version[self.group[i]] += 1
+        new = _key(f[pool.primary])
+        if new != old:
+            pool.move(i, old, new)
+
+    def take(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[float]) -> None:
+        for i, count in placement:
+            self.charge(i, per_rank, count)
+
+    def give(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[float]) -> None:
+        for i, count in placement:
+            self.charge(i, per_rank, -count)
+
+    # --- placement ---
+
+    def place(self, flavor: str, ranks: int, per_rank: Sequence[float], level: int | None,
+              required: bool) -> Placement | None:
+        """Where ``ranks`` ranks of ``per_rank`` fit on ``flavor``'s nodes, or None.
+
+        ``level`` indexes the topology (``self.depth`` is the node itself); ``required``
+        forbids spreading beyond one domain of that level.
+        """
+        pool = self.pools.get(flavor)
+        if pool is None:
+            return None
+        need = [per_rank[r] * ranks for r in range(3)]
+        if any(pool.total[r] + EPS < need[r] for r in range(3)):
+            return None
+        one = pool.best_node(need, self.free)
+        if one is not None:
+            return [(one, ranks)]
+        if ranks == 1 or (required and level == self.depth):
+            return None
+        caps = pool.group_capacity(per_rank, self.free)
+        if sum(caps.values()) < ranks:
+            return None
+        start = self.depth - 1 if level is None or level >= self.depth else level
+        for lvl in range(start, -1, -1):
+            domain = _best_domain(caps, ranks, lvl)
+            if domain is not None:
+                groups = [g for g in caps if g[0][: lvl + 1] == domain]
+                return self._spread(self._candidates(pool, groups, per_rank), ranks, lvl + 1)
+            if required:
+                return None
+        return self._spread(self._candidates(pool, list(caps), per_rank), ranks, 0)
+
+    def _candidates(self, pool: Pool, groups: list[Group], per_rank: Sequence[float]
+                    ) -> list[tuple[int, int]]:
+        out = []
+        for g in groups:
+            for i in pool.groups[g]:
+                n = ranks_fitting(self.free[i], per_rank)
+                if n > 0:
+                    out.append((i, n))
+        return out
+
+    def _spread(self, cands: list[tuple[int, int]], ranks: int, lvl: int) -> Placement:
+        """Place ``ranks`` on ``cands`` using the fewest domains at ``lvl`` and below."""
+        if lvl >= self.depth:
+            groups = [(n, i, [(i, n)]) for i, n in cands]
+        else:
+            by_domain: dict[str, list[tuple[int, int]]] = {}
+            for i, n in cands:
+                by_domain.setdefault(self.domains[i][lvl], []).append((i, n))
+            groups = [(sum(n for _, n in members), members[0][0], members)
+                      for members in by_domain.values()]
+        groups.sort(key=lambda g: (-g[0], g[1]))
+        out: Placement = []
+        remaining = ranks
+        j = 0
+        while remaining > 0:
+            # The smallest group that holds the rest closes the placement (best fit) ...
+            last = j
+            while last + 1 < len(groups) and groups[last + 1][0] >= remaining:
+                last += 1
+            cap, _, members = groups[last]
+            if cap >= remaining:
+                take = remaining
+            else:  # ... otherwise the largest group is filled and we go on.
+                cap, _, members = groups[j]
+                take = cap
+                j += 1
+            if lvl >= self.depth:
+                out.append((members[0][0], take))
+            else:
+                out.extend(self._spread(members, take, lvl + 1))
+            remaining -= take
+        return out
+
+
+def _best_domain(caps: dict[Group, int], ranks: int, lvl: int) -> tuple[str, ...] | None:
+    """The domain at ``lvl`` with the least capacity that still holds ``ranks`` (best fit)."""
+    by_domain: dict[tuple[str, ...], int] = {}
+    for g, cap in caps.items():
+        key = g[0][: lvl + 1]
+        by_domain[key] = by_domain.get(key, 0) + cap
+    fitting = [(cap, key) for key, cap in by_domain.items() if cap >= ranks]
+    return min(fitting)[1] if fitting else None

@@ -1,0 +1,268 @@
+"""Victim search: the fewest running jobs whose removal lets a pending job fit.
+
+Follows Kueue's classical and fair-sharing preemption: candidates are removed one by one, in
+victim order, until the preemptor fits in quota and on nodes; then, in reverse order, every
+victim whose return still leaves room is spared. Victim order loses the least work: jobs already
+being preempted first, then lower priority, then the least progress since the last checkpoint,
+then jobs of other queues before the preemptor's own, then the most recently started.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+
+from stoker.sched.nodes import Nodes, Placement
+from stoker.sched.quota import EPS, Account, QuotaTree
+from stoker.sched.types import PreemptReason, RunningJob
+
+
+class Victim:
+    """A running job as a preemption candidate."""
+
+    __slots__ = ("account", "gone", "job", "key", "per_rank", "placement", "rank", "total")
+
+    def __init__(self, job: RunningJob, account: Account | None, placement: Placement,
+                 rank: tuple[int, int]) -> None:
+        self.job = job
+        self.account = account
+        self.placement = placement
+        self.per_rank = job.per_rank
+        n = len(job.nodes)
+        self.total = [job.per_rank[r] * n for r in range(3)]
+        self.rank = rank
+        self.gone = False
+        self.key = (not job.preempting, rank, job.progress, -job.started_at)
+
+
+def victim_key(v: Victim) -> tuple[bool, tuple[int, int], float, float]:
+    return v.key
+
+
+class Candidates:
+    """The running jobs of one queue on one flavor, in victim order, with running totals."""
+
+    __slots__ = ("account", "freed", "gone", "gone_freed", "largest", "preempting", "ranks",
+                 "victims")
+
+    def __init__(self, account: Account | None, victims: list[Victim]) -> None:
+        self.account = account
+        self.preempting = sorted((v for v in victims if v.job.preempting), key=victim_key)
+        self.victims = sorted((v for v in victims if not v.job.preempting), key=victim_key)
+        self.ranks = [v.rank for v in self.victims]
+        self.freed: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
+        g = c = m = 0.0
+        for v in self.victims:
+            g, c, m = g + v.total[0], c + v.total[1], m + v.total[2]
+            self.freed.append((g, c, m))
+        self.largest = [max((v.total[r] for v in victims), default=0.0) for r in range(3)]
+        # Victims chosen this cycle: their positions, sorted, and their running totals.
+        self.gone: list[int] = []
+        self.gone_freed: list[list[float]] = [[0.0, 0.0, 0.0]]
+
+    def take(self, v: Victim) -> None:
+        """Mark ``v`` as chosen this cycle: it is no candidate any more."""
+        v.gone = True
+        if v.job.preempting:
+            return
+        insort(self.gone, bisect_left(self.victims, v.key, key=victim_key))
+        self.gone_freed = [[0.0, 0.0, 0.0]]
+        for i in self.gone:
+            last, t = self.gone_freed[-1], self.victims[i].total
+            self.gone_freed.append([last[0] + t[0], last[1] + t[1], last[2] + t[2]])
+
+    def freed_before(self, cut: int) -> list[float]:
+        """What the victims before position ``cut`` hold, less those already chosen."""
+        total, gone = self.freed[cut], self.gone_freed[bisect_left(self.gone, cut)]
+        return [total[0] - gone[0], total[1] - gone[1], total[2] - gone[2]]
+
+    def select(self, mine: tuple[int, int], created: float, mode: str) -> Selection:
+        """Those a job of rank ``mine`` may preempt: mode "lower", "newer" (lower, or equal
+        and created later) or "any"."""
+        if mode == "any":
+            cut = len(self.victims)
+        elif mode == "newer":
+            cut = bisect_right(self.ranks, mine)
+        else:
+            cut = bisect_left(self.ranks, mine)
+        early = [v for v in self.preempting if mode == "any" or v.rank < mine
+                 or (mode == "newer" and v.rank == mine and v.job.created_at > created)]
+        return Selection(self, cut, early, mine, created, mode == "newer")
+
+
+class Selection:
+    """A lazily filtered prefix of a Candidates list, and a bound on what it can free."""
+
+    __slots__ = ("cached", "cands", "created", "cut", "early", "mine", "newer")
+
+    def __init__(self, cands: Candidates, cut: int, early: list[Victim], mine: tuple[int, int],
+                 created: float, newer: bool) -> None:
+        self.cands = cands
+        self.cut = cut
+        self.early = early
+        self.mine = mine
+        self.created = created
+        self.newer = newer
+        self.cached: dict[bool, list[float]] = {}
+
+    def __iter__(self) -> Iterator[Victim]:
+        for v in self.early:
+            if not v.gone:
+                yield v
+        for v in islice(self.cands.victims, self.cut):
+            if v.gone or (self.newer and v.rank == self.mine
+                          and v.job.created_at <= self.created):
+                continue
+            yield v
+
+    def empty(self) -> bool:
+        return not self.early and self.cut == 0
+
+    def bound(self, borrowed_only: bool = False) -> list[float]:
+        """At most what preempting all of them frees; with ``borrowed_only``, at most what
+        their queue borrows (plus one job: victims are taken only while it borrows)."""
+        cached = self.cached.get(borrowed_only)
+        if cached is not None:
+            return cached
+        out = self.cands.freed_before(self.cut)
+        for v in self.early:
+            if not v.gone:
+                for r in range(3):
+                    out[r] += v.total[r]
+        account = self.cands.account
+        if borrowed_only and account is not None:
+            for r in range(3):
+                borrowed = max(0.0, account.usage[r] - account.nominal[r])
+                out[r] = min(out[r], borrowed + self.cands.largest[r])
+        self.cached[borrowed_only] = out
+        return out
+
+
+def merged(selections: Sequence[Selection]) -> Iterator[Victim]:
+    """All selected candidates in victim order."""
+    if len(selections) == 1:
+        return iter(selections[0])
+    return heapq.merge(*selections, key=victim_key)
+
+
+Fits = Callable[[bool], Placement | None]
+Chosen = list[tuple[Victim, PreemptReason]]
+
+
+class Simulation:
+    """Removes and restores candidates in the quota tree and the node state."""
+
+    def __init__(self, nodes: Nodes, fits: Fits) -> None:
+        self.nodes = nodes
+        self.fits = fits
+
+    def remove(self, v: Victim) -> None:
+        if v.account is not None:
+            v.account.remove(v.total)
+        self.nodes.give(v.placement, v.per_rank)
+
+    def restore(self, v: Victim) -> None:
+        if v.account is not None:
+            v.account.add(v.total)
+        self.nodes.take(v.placement, v.per_rank)
+
+    def fill_back(self, chosen: Chosen, allow_borrowing: bool, placement: Placement
+                  ) -> tuple[Chosen, Placement]:
+        """Spare every victim (latest first, except the last) that is not needed after all.
+
+        ``placement`` is where the preemptor fits with every chosen victim gone.
+        """
+        kept = chosen[-1:]
+        for v, reason in reversed(chosen[:-1]):
+            self.restore(v)
+            spared = self.fits(allow_borrowing)
+            if spared is not None:
+                placement = spared
+                continue
+            self.remove(v)
+            kept.append((v, reason))
+        for v, _ in kept:
+            self.restore(v)
+        return kept, placement
+
+    def undo(self, chosen: Chosen) -> None:
+        for v, _ in chosen:
+            self.restore(v)
+
+
+def borrowing_in(account: Account | None, resources: Sequence[int]) -> bool:
+    return account is not None and account.parent is not None and any(
+        account.usage[r] > account.nominal[r] + EPS for r in resources)
+
+
+def minimal(sim: Simulation, own: Account, candidates: Iterable[Victim], resources: Sequence[int],
+            allow_borrowing: bool, threshold: int | None) -> tuple[Chosen, Placement] | None:
+    """Kueue's minimalPreemptions, with node fit added to quota fit."""
+    chosen: Chosen = []
+    for v in candidates:
+        reason: PreemptReason = "within_queue"
+        if v.account is not own:
+            if not borrowing_in(v.account, resources):
+                continue
+            reason = "reclaim"
+            if threshold is not None:
+                if v.job.priority >= threshold:
+                    allow_borrowing = False
+                else:
+                    reason = "borrow"
+        sim.remove(v)
+        chosen.append((v, reason))
+        placement = sim.fits(allow_borrowing)
+        if placement is not None:
+            return sim.fill_back(chosen, allow_borrowing, placement)
+    sim.undo(chosen)
+    return None
+
+
+def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
+         candidates: Sequence[Victim], resources: Sequence[int], threshold: int | None
+         ) -> tuple[Chosen, Placement] | None:
+    """Kueue's fair-sharing preemption: take from the queue with the highest share first.
+
+    A job of another queue is a victim only if the preemptor's queue, with the new job, ends
+    with a share no higher than the victim's queue without the victim (rule S2-a), or strictly
+    below the victim queue's share before (S2-b), or if the victim is below the
+    borrow-within-cohort priority threshold.
+    """
+    by_queue: dict[int, list[Victim]] = {}
+    accounts: dict[int, Account] = {}
+    for v in candidates:
+        if v.account is not None:
+            by_queue.setdefault(id(v.account), []).append(v)
+            accounts[id(v.account)] = v.account
+    mine = tree.share(own, total)[-1]
+    chosen: Chosen = []
+    while by_queue:
+        shares = {k: tree.share(accounts[k])[-1] for k in by_queue}
+        k = max(by_queue, key=lambda q: (shares[q], -len(by_queue[q])))
+        v = by_queue[k].pop(0)
+        if not by_queue[k]:
+            del by_queue[k]
+        if v.account is own:
+            sim.remove(v)
+            chosen.append((v, "within_queue"))
+        else:
+            if not borrowing_in(v.account, resources):
+                by_queue.pop(k, None)
+                continue
+            before = shares[k]
+            sim.remove(v)
+            after = tree.share(accounts[k])[-1]
+            below = threshold is not None and v.job.priority < threshold
+            if not (below or mine <= after or mine < before):
+                sim.restore(v)
+                continue
+            chosen.append((v, "fair_share"))
+        placement = sim.fits(True)
+        if placement is not None:
+            return sim.fill_back(chosen, True, placement)
+        mine = tree.share(own, total)[-1]
+    sim.undo(chosen)
+    return None
