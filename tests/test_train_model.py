@@ -178,6 +178,7 @@ STRATEGIES = {  # name -> ParallelConfig fields
     "fsdp_no_reshard_ac": {"strategy": "fsdp", "reshard_after_forward": False,
                            "activation_checkpoint": "every_nth"},
     "ddp": {"strategy": "ddp", "activation_checkpoint": "full"},
+    "fsdp_compiled": {"strategy": "fsdp", "compile": True, "activation_checkpoint": "full"},
 }
 
 
@@ -194,7 +195,8 @@ def two_rank_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         results = {}
         for name, fields in STRATEGIES.items():
-            model = build_model(GQA_TIED, ParallelConfig(**fields), CPU, seed=7, world_size=2)
+            model = build_model(GQA_TIED, ParallelConfig(**fields), CPU, seed=7, world_size=2,
+                                compile_backend="aot_eager")  # inductor: slow on a small CPU
             if fields["strategy"] == "fsdp":  # each rank holds half of every weight's rows
                 wq = model.layers[0].attention.wq.weight
                 assert wq.to_local().shape == (TINY.dim // 2, TINY.dim)

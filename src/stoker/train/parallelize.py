@@ -53,12 +53,14 @@ def autocast_context(parallel: ParallelConfig, device: torch.device,
 
 
 def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
-                world_size: int) -> nn.Module:
+                world_size: int, compile_backend: str = "inductor") -> nn.Module:
     """The initialised, wrapped model, ready for the optimiser.
 
     With strategy "ddp" or "fsdp", torch.distributed must already be initialised with
-    ``world_size`` ranks.
+    ``world_size`` ranks. ``compile_backend`` lets tests trace with "aot_eager" instead of
+    waiting for inductor's code generation.
     """
+    check_world(parallel, world_size)
     with torch.device("meta"):
         model = Transformer(shape)
     model.to_empty(device=device)
@@ -68,16 +70,25 @@ def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.devic
     if parallel.activation_checkpoint != "none":
         apply_activation_checkpointing(model, parallel)
     if parallel.compile:
-        apply_compile(model)
+        apply_compile(model, compile_backend)
+    if parallel.strategy == "ddp":
+        return apply_ddp(model, device)
+    if parallel.strategy == "fsdp":
+        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+        apply_fsdp(model, mesh, resolve_dtype(parallel, device), parallel.reshard_after_forward)
+    return model
+
+
+def check_world(parallel: ParallelConfig, world_size: int) -> None:
     if parallel.strategy == "none":
         if world_size != 1:
             raise ValueError(f"strategy 'none' runs on one rank, not {world_size}")
-        return model
-    mesh = data_parallel_mesh(device, world_size)
-    if parallel.strategy == "ddp":
-        return apply_ddp(model, device)
-    apply_fsdp(model, mesh, resolve_dtype(parallel, device), parallel.reshard_after_forward)
-    return model
+        return
+    if not dist.is_initialized():
+        raise RuntimeError(f"strategy {parallel.strategy!r} needs torch.distributed initialised")
+    if dist.get_world_size() != world_size:
+        raise RuntimeError(f"world_size {world_size} but the process group has "
+                           f"{dist.get_world_size()} ranks")
 
 
 def init_seeded(model: Transformer, seed: int, device: torch.device) -> None:
@@ -107,15 +118,6 @@ def apply_compile(model: Transformer, backend: str = "inductor") -> None:
     """Compile each block on its own: repeated blocks reuse one compiled graph."""
     for block in model.layers:
         block.compile(backend=backend, fullgraph=True)
-
-
-def data_parallel_mesh(device: torch.device, world_size: int) -> DeviceMesh:
-    if not dist.is_initialized():
-        raise RuntimeError("data parallelism needs torch.distributed initialised first")
-    if dist.get_world_size() != world_size:
-        raise RuntimeError(f"world_size {world_size} but the process group has "
-                           f"{dist.get_world_size()} ranks")
-    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
 
 
 def apply_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
