@@ -67,9 +67,8 @@ def assign_devices(nodes: Mapping[str, Node], placement: Sequence[str], per_rank
     Fractional requests are rounded up; when a node has fewer free devices than asked for
     (fractional GPUs shared by several jobs), the lowest indices are shared.
     """
-    taken: dict[str, dict[str, set[int]]] = {
-        node: {kind: set(ids) for kind, ids in use.items()} for node, use in in_use.items()
-    }
+    taken = {node: {kind: set(use.get(kind, ())) for kind in ("gpus", "cpus")}
+             for node, use in in_use.items()}
     ranks: list[RankDevices] = []
     for node_name in placement:
         node = nodes[node_name]

@@ -1,0 +1,205 @@
+"""The reconciler's parts with a real store and real processes, stepped by hand (no server)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stoker.control import tables as t
+from stoker.control.launch import assign_devices, devices_in_use, plan_launch
+from stoker.control.local_executor import LocalExecutor
+from stoker.control.nodes import cluster_nodes
+from stoker.control.quotas import usage, with_overrides
+from stoker.control.reconciler import ControlSettings, Reconciler
+from stoker.control.snapshot import build_snapshot, job_spec
+from stoker.control.sql_store import SqlStore
+from stoker.control.store import JobRecord, NewJob, ProcessRecord, QuotaRecord
+from stoker.sched import Node, Resources
+from stoker.sched.config import build_queues
+from stoker.spec import loading
+from stoker.spec.api import JobState
+from stoker.spec.cluster import ClusterConfig
+from stoker.spec.errors import ConfigError
+
+Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUNNING
+
+CLUSTER = {
+    "flavors": {"cpu": {}},
+    "autodetect": {"cpu_slots": 2, "cpu_flavor": "cpu"},
+    "cohorts": {"lab": {}},
+    "queues": {"a": {"cohort": "lab", "quotas": {"cpu": {"cpus": 2,
+                                                          "borrowing_limit": {"cpus": 1}}}},
+               "b": {"cohort": "lab", "quotas": {"cpu": {"cpus": 1}}}},
+}
+
+
+@pytest.fixture
+def cluster() -> ClusterConfig:
+    return loading.validate(ClusterConfig, CLUSTER, "test")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = SqlStore.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    yield s
+    s.close()
+
+
+def command_spec(code: str, ranks: int = 1, cpus: float = 1, **extra: object) -> dict:
+    job = {"name": "t", "queue": "a", "ranks": ranks, "resources": {"cpus": cpus},
+           "command": [sys.executable, "-c", code], **extra}
+    return {"job": job, "train": None}
+
+
+def submit(store: SqlStore, spec: dict, queue: str = "a") -> JobRecord:
+    return store.submit(NewJob("alice", "t", queue, "", 0, spec), "alice")
+
+
+def run_until(reconciler: Reconciler, job_id: int, states: set[JobState],
+              timeout: float = 30) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reconciler.step()
+        job = reconciler.store.get_job(job_id)
+        assert job is not None
+        if job.state in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {job.state}: {job.reason}")
+
+
+def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
+                                                     cluster: ClusterConfig) -> None:
+    spec = command_spec("pass", ranks=2)
+    running = submit(store, spec)
+    store.transition(running.id, (Q,), (A,), "x", "t",
+                     {"placement": {"flavor": "cpu", "nodes": ["local", "local"]},
+                      "admitted_at": 10.0, "stop_reason": "preempt"})
+    ready = submit(store, spec)
+    backing_off = submit(store, spec)
+    store.annotate(backing_off.id, (Q,), "x", "x", "t", {"not_before": 1e12})
+    nodes = [Node("local", "cpu", Resources(0, 2, 1e9))]
+    snap = build_snapshot(100.0, cluster, nodes, store.list_jobs(), {running.id: 7.0})
+    assert [p.id for p in snap.pending] == [ready.id]
+    (r,) = snap.running
+    assert (r.id, r.nodes, r.progress, r.preempting) == (running.id, ("local", "local"), 7.0,
+                                                         True)
+    assert r.per_rank == Resources(0, 1, 0)
+    rows = usage(build_queues(cluster), snap.running)
+    assert [(u.queue, u.resource, u.used, u.borrowed) for u in rows] == [
+        ("a", "cpus", 2.0, 0.0), ("b", "cpus", 0.0, 0.0)]
+
+
+def test_quota_overrides_apply_or_fail_whole(cluster: ClusterConfig) -> None:
+    changed = with_overrides(cluster, [QuotaRecord("b", "cpu", {"cpus": 3}, 0, "admin")])
+    assert changed.queues["b"].quotas["cpu"].cpus == 3
+    with pytest.raises(ConfigError, match="lending_limit"):
+        with_overrides(cluster, [QuotaRecord("b", "cpu", {"cpus": 1,
+                                                          "lending_limit": {"cpus": 2}}, 0, "x")])
+    with pytest.raises(ConfigError, match="flavor"):
+        with_overrides(cluster, [QuotaRecord("b", "gpu", {"gpus": 1}, 0, "admin")])
+
+
+def test_devices_are_not_shared_between_jobs() -> None:
+    nodes = {"n": Node("n", "g", Resources(4, 8, 1e9))}
+    first = assign_devices(nodes, ["n", "n"], Resources(1, 2, 0), {})
+    assert [(r.gpus, r.cpu_slots) for r in first] == [((0,), (0, 1)), ((1,), (2, 3))]
+    in_use = {"n": {"gpus": [0, 1], "cpus": [0, 1, 2, 3]}}
+    second = assign_devices(nodes, ["n"], Resources(2, 1, 0), in_use)
+    assert [(r.gpus, r.cpu_slots) for r in second] == [((2, 3), (4,))]
+    records = [ProcessRecord(1, 1, 0, 1, 0.0, "n", {"n": {"gpus": [3], "cpus": [5]}}, "")]
+    assert devices_in_use(records) == {"n": {"gpus": [3], "cpus": [5]}}
+
+
+def test_plans_for_command_and_training_jobs(store: SqlStore, tmp_path: Path) -> None:
+    nodes = {"n": Node("n", "cpu", Resources(0, 4, 1e9))}
+    ranks = assign_devices(nodes, ["n", "n"], Resources(0, 1, 0), {})
+    cmd = submit(store, command_spec("pass", ranks=2, env={"FOO": "1"}))
+    plan = plan_launch(cmd, job_spec(cmd), 1, tmp_path, ranks)
+    assert [p.env["RANK"] for p in plan.processes] == ["0", "1"]
+    assert {p.env["WORLD_SIZE"] for p in plan.processes} == {"2"}
+    assert plan.processes[1].env["FOO"] == "1" and plan.processes[1].env["LOCAL_RANK"] == "1"
+    assert plan.processes[0].exit_path == tmp_path / str(cmd.id) / "attempt-1" / "rank-0.exit"
+
+    train = {"model": {"preset": "tiny"}, "train": {"steps": 3}}
+    job = store.submit(NewJob("alice", "t", "a", "", 0, {
+        "job": {"name": "t", "queue": "a", "ranks": 2, "train_config": "x.toml"},
+        "train": train}), "alice")
+    plan = plan_launch(job, job_spec(job), 3, tmp_path, ranks, resume=True)
+    (launcher,) = plan.processes
+    workdir = tmp_path / str(job.id)
+    assert launcher.argv[1:] == ("-m", "stoker", "train", str(workdir / "train.toml"),
+                                 "--nproc", "2", "--run-dir", str(workdir / "run"),
+                                 "--resume", "auto")
+    assert loading.read_toml(workdir / "train.toml") == train
+
+
+def test_processes_are_pinned_and_get_no_tokens(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "jobs", hidden_env={"SECRET_TOKEN"})
+    os.environ["SECRET_TOKEN"] = "x"
+    try:
+        store = SqlStore.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+        code = ("import os; print(sorted(os.sched_getaffinity(0)), "
+                "os.environ.get('SECRET_TOKEN'), repr(os.environ['CUDA_VISIBLE_DEVICES']))")
+        job = submit(store, command_spec(code))
+        nodes = {"n": Node("n", "cpu", Resources(0, 2, 1e9))}
+        ranks = assign_devices(nodes, ["n"], Resources(0, 1, 0), {"n": {"cpus": [0]}})
+        plan = plan_launch(job, job_spec(job), 1, executor.jobs_dir, ranks)
+        (record,) = executor.launch(plan)
+        exit_path = plan.processes[0].exit_path
+        deadline = time.monotonic() + 20
+        while executor.status(record, exit_path).state == "alive":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        cpu = sorted(os.sched_getaffinity(0))[1 % len(os.sched_getaffinity(0))]
+        assert f"[{cpu}] None ''" in Path(record.log_path).read_text()
+        store.close()
+    finally:
+        del os.environ["SECRET_TOKEN"]
+
+
+def test_reconciler_runs_a_gang_to_success(store: SqlStore, cluster: ClusterConfig,
+                                           tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir, ControlSettings(grace_period_s=1))
+    job = submit(store, command_spec("import os; print('rank', os.environ['RANK'])", ranks=2))
+    done = run_until(reconciler, job.id, {JobState.SUCCEEDED, JobState.FAILED})
+    assert done.state == JobState.SUCCEEDED and done.attempt == 1
+    logs = sorted(p.name for p in (executor.jobs_dir / str(job.id) / "logs").iterdir())
+    assert logs == ["rank-0.log", "rank-1.log"]
+
+
+def test_recover_requeues_an_interrupted_launch_and_kills_strays(
+        store: SqlStore, cluster: ClusterConfig, tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "jobs")
+    nodes = cluster_nodes(cluster, models=[])
+    first = Reconciler(store, executor, cluster, nodes, executor.jobs_dir)
+    job = submit(store, command_spec("import time; time.sleep(60)"))
+    first.step()  # admitted, STARTING, processes recorded
+    job = store.get_job(job.id)
+    assert job is not None and job.state == S
+    # As if the server died after starting the processes but before recording them.
+    with store.engine.begin() as conn:
+        conn.execute(t.RankProcess.__table__.delete())
+    (orphan,) = executor.orphans()
+    assert orphan.job_id == job.id and orphan.attempt == 1
+
+    second = Reconciler(store, LocalExecutor(tmp_path / "jobs"), cluster, nodes,
+                        executor.jobs_dir)
+    second.recover()
+    assert store.get_job(job.id).state == Q  # type: ignore[union-attr]
+    assert "interrupted" in store.get_job(job.id).reason  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(orphan.pid) and psutil.Process(orphan.pid).status() != "zombie":
+        assert time.monotonic() < deadline, "the orphan was not killed"
+        time.sleep(0.05)
+    executor.status(ProcessRecord(job.id, 1, 0, orphan.pid, orphan.create_time, "local", {},
+                                  ""), orphan.exit_path)  # reap it
+    assert executor.orphans() == []
