@@ -67,7 +67,8 @@ def jobs(
     table = Table(box=None, header_style="bold")
     for column in ("ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "AGE", "RANKS",
                    "RESTARTS", "REASON"):
-        table.add_column(column, justify="right" if column in ("ID", "POS", "RANKS") else "left")
+        table.add_column(column, justify="right" if column in ("ID", "POS", "RANKS") else "left",
+                         no_wrap=column != "REASON", overflow="fold")
     now = time.time()
     for j in rows:
         why = j["waiting"] or j["reason"]
@@ -107,7 +108,7 @@ def job(
     console.print(info)
     events = Table(title="events", box=None, header_style="bold", title_justify="left")
     for column in ("TIME", "KIND", "TRANSITION", "BY", "WHY"):
-        events.add_column(column)
+        events.add_column(column, no_wrap=column != "WHY")
     for e in j["events"]:
         moved = f"{e['from_state'] or ''} -> {e['to_state']}" if e["kind"] == "transition" \
             else ""
@@ -160,8 +161,8 @@ def queues(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> No
     table = Table(box=None, header_style="bold")
     for column in ("QUEUE", "COHORT", "FLAVOR", "RESOURCE", "USED", "NOMINAL", "BORROWED",
                    "BORROW LIMIT", "LEND LIMIT", "PENDING", "RUNNING"):
-        table.add_column(column, justify="left" if column in ("QUEUE", "COHORT", "FLAVOR",
-                                                               "RESOURCE") else "right")
+        table.add_column(column, no_wrap=True, justify="left" if column in (
+            "QUEUE", "COHORT", "FLAVOR", "RESOURCE") else "right")
     for q in rows:
         r = q["resource"]
         table.add_row(q["queue"], q["cohort"] or "-", q["flavor"], r, _num(q["used"], r),

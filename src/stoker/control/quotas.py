@@ -54,10 +54,10 @@ def usage(queues: Sequence[Queue], running: Iterable[RunningJob]) -> list[Flavor
     for queue in queues:
         for quota in queue.quotas:
             held = used.get((queue.name, quota.flavor), [0.0] * len(RESOURCES))
-            for i, resource in enumerate(RESOURCES):
-                nominal = _limit(quota.nominal[i])
-                if nominal is None and not held[i]:
-                    continue
+            shown = [i for i in range(len(RESOURCES))
+                     if _limit(quota.nominal[i]) is not None or held[i]]
+            for i in shown or [RESOURCES.index("cpus")]:  # an unlimited, idle queue: one row
+                resource, nominal = RESOURCES[i], _limit(quota.nominal[i])
                 rows.append(FlavorUsage(queue.name, quota.flavor, resource, nominal,
                                         _limit(quota.borrowing_limit[i]),
                                         _limit(quota.lending_limit[i]), held[i]))
