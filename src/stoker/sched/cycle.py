@@ -241,7 +241,7 @@ class _Cycle:
         for flavor in flavors:
             held = self.reserved.get(flavor)
             if held is not None and (held[1] is None or held[1] == qs.scope):
-                why.append(f"{flavor}: held for starving job {held[0]}")
+                why.append(f"{flavor}: capacity held for starving job {held[0]}")
                 continue
             open_flavors.append(flavor)
             account = qs.accounts[flavor]
@@ -458,13 +458,25 @@ class _Cycle:
         for qs in self.queues.values():
             if not qs.waiting:
                 continue
+            held = [h[0] for f in qs.accounts if (h := self.reserved.get(f)) is not None
+                    and (h[1] is None or h[1] == qs.scope)]
             if qs.blocked_by is not None:
                 reason = f"StrictFIFO: behind job {qs.blocked_by}"
+            elif held:
+                reason = f"capacity held for starving job {held[0]}"
             else:
                 reason = f"no room in queue {qs.queue.name}'s quota or on its nodes"
+            caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
+            largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
             for key in qs.waiting:
-                self.waiting[pending[key[4]].id] = reason
+                job = pending[key[4]]
+                p = job.per_rank
+                if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
+                    self.waiting[job.id] = f"never fits: no node of the queue's flavors holds " \
+                                           f"one rank of {_fmt(job)}"
+                else:
+                    self.waiting[job.id] = reason
 
 
 def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:

@@ -237,8 +237,8 @@ class ClusterConfig(Section):
 
     def _check_cohorts(self) -> None:
         for name, cohort in self.cohorts.items():
-            self._check_quotas(f"cohorts.{name}", cohort.quotas, has_parent=cohort.parent
-                               is not None)
+            self._check_quotas(f"cohorts.{name}", cohort.quotas,
+                               has_parent=cohort.parent is not None, is_queue=False)
             seen = {name}
             parent = cohort.parent
             while parent is not None:
@@ -252,18 +252,19 @@ class ClusterConfig(Section):
             if queue.cohort in self.queues:
                 raise KeyedValueError(f"queues.{name}.cohort",
                                       f"{queue.cohort!r} is a queue, not a cohort")
-            self._check_quotas(f"queues.{name}", queue.quotas, has_parent=queue.cohort
-                               is not None)
+            self._check_quotas(f"queues.{name}", queue.quotas,
+                               has_parent=queue.cohort is not None, is_queue=True)
 
-    def _check_quotas(self, key: str, quotas: dict[str, Quota], has_parent: bool) -> None:
+    def _check_quotas(self, key: str, quotas: dict[str, Quota], has_parent: bool,
+                      is_queue: bool) -> None:
         for flavor, quota in quotas.items():
             where = f"{key}.quotas.{flavor}"
             if flavor not in self.flavors:
                 raise KeyedValueError(where, f"unknown flavor {flavor!r}")
             if quota.borrowing_limit is not None and not has_parent:
                 raise KeyedValueError(f"{where}.borrowing_limit", "needs a cohort to borrow from")
-            if quota.lending_limit is None:
-                continue
+            if quota.lending_limit is None or not is_queue:
+                continue  # a cohort lends out of everything below it, not only its own quota
             for resource in RESOURCES:
                 lend, nominal = quota.lending_limit.get(resource), quota.get(resource)
                 if lend is not None and nominal is not None and lend > nominal:
