@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from stoker.observe.flops import total_params
 from stoker.spec.train import PRESETS, ModelShape, ParallelConfig
-from stoker.train.model import Transformer
+from stoker.train.model import Transformer, apply_rope, rope_table
 from stoker.train.parallelize import (
     apply_compile,
     autocast_context,
@@ -68,6 +68,19 @@ def test_causal_future_tokens_do_not_change_past_logits() -> None:
     before, after = model(x), model(changed)
     torch.testing.assert_close(before[:, :10], after[:, :10], rtol=0, atol=0)
     assert not torch.allclose(before[:, 10:], after[:, 10:])
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    q, k = torch.randn(2, 1, 1, 1, 32, generator=torch.Generator().manual_seed(0)).unbind(0)
+    rope = rope_table(32, 64, 10000.0, CPU)
+
+    def score(m: int, n: int) -> torch.Tensor:  # query at position m, key at position n
+        return (apply_rope(q, rope[m:m + 1]) * apply_rope(k, rope[n:n + 1])).sum()
+
+    torch.testing.assert_close(score(0, 0), (q * k).sum())  # position 0: no rotation
+    torch.testing.assert_close(score(9, 4), score(50, 45))
+    torch.testing.assert_close(score(3, 3), score(60, 60))
+    assert not torch.allclose(score(9, 4), score(9, 5))
 
 
 def test_init_is_deterministic_and_keeps_caller_rng() -> None:
