@@ -46,13 +46,27 @@ def submit(
     from stoker.spec.job import load_job
 
     job = load_job(job_file, set_)
-    train = loading.read_toml(job.train_config) if job.train_config else None
+    train = _local_paths(loading.read_toml(job.train_config)) if job.train_config else None
     body = {"job": job.model_dump(mode="json"), "train": train}
     loading.validate(JobSubmission, body, str(job_file))  # the server checks again
     with _client(server, token) as client:
         view = client.submit(body["job"], train)
     console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
                   f"{view['queue']}: {_state(view['state'])}, position {view['queue_position']}")
+
+
+def _local_paths(train: dict[str, Any]) -> dict[str, Any]:
+    """The job runs in its own directory: make the config's data paths, relative to here,
+    absolute (the data cache is shared with `stoker train` runs started from here)."""
+    from stoker.spec.train import DataConfig
+
+    data = dict(train.get("data", {}))
+    cache = Path(data.get("cache_dir", DataConfig().cache_dir)).expanduser()
+    data["cache_dir"] = str(cache.absolute())
+    dataset = data.get("dataset", DataConfig().dataset)
+    if Path(dataset).expanduser().exists():
+        data["dataset"] = str(Path(dataset).expanduser().absolute())
+    return {**train, "data": data}
 
 
 def jobs(

@@ -21,7 +21,14 @@ from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
-from stoker.control.store import EventRecord, JobRecord, NewJob, QuotaRecord, Store
+from stoker.control.store import (
+    EventRecord,
+    JobRecord,
+    NewJob,
+    QueuedKey,
+    QuotaRecord,
+    Store,
+)
 from stoker.sched import UNLIMITED, Node
 from stoker.sched.config import build_queues
 from stoker.spec import loading
@@ -122,9 +129,11 @@ class ControlPlane:
         job = submission.job
         self.cluster.check_job(job)
         self._check_fits(job.queue, job.ranks, job.resources, job.placement.gpu_model)
-        train = submission.resolved_train() if submission.train is not None else None
-        spec = {"job": job.model_dump(mode="json"),
-                "train": train.model_dump(mode="json", by_alias=True) if train else None}
+        train = None
+        if submission.train is not None:
+            submission.resolved_train()  # validated; the table is stored as written
+            train = loading.apply_overrides(submission.train, job.overrides)
+        spec = {"job": job.model_dump(mode="json"), "train": train}
         priority_class = job.priority_class or self.cluster.default_priority_class or ""
         new = NewJob(tenant=tenant, name=job.name, queue=job.queue,
                      priority_class=priority_class,
@@ -176,7 +185,10 @@ class ControlPlane:
         raise Conflict(f"job {job_id} keeps changing; try again")
 
     def job_views(self, jobs: Sequence[JobRecord]) -> list[JobView]:
-        positions = queue_positions(self.store.list_jobs(states=(JobState.QUEUED,)), time.time())
+        queued = {j.queue for j in jobs if j.state == JobState.QUEUED}
+        one_queue = next(iter(queued)) if len(queued) == 1 else None
+        keys = self.store.queue_order(one_queue) if queued else []
+        positions = queue_positions(keys, time.time())
         waiting = self.reconciler.waiting
         return [job_view(j, positions.get(j.id), waiting.get(j.id)) for j in jobs]
 
@@ -243,7 +255,7 @@ class ControlPlane:
         return job_dir(self.jobs_dir, job.id) / "logs" / f"rank-{index}.log"
 
 
-def queue_positions(queued: Iterable[JobRecord], now: float) -> dict[int, int]:
+def queue_positions(queued: Iterable[QueuedKey], now: float) -> dict[int, int]:
     """1-based position of each queued job in its queue: priority first, then queue time
     (the scheduler's "fifo" order; jobs in restart backoff come after the rest)."""
     order = sorted(queued, key=lambda j: (j.queue, j.not_before > now, -j.priority,

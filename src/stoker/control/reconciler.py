@@ -10,11 +10,10 @@ change is a store transition with its event; nothing lives only in memory, so af
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from stoker.sched.config import build_policy
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.job import JobSpec
+from stoker.train.exitcodes import EXIT_PREEMPTED, describe
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ControlSettings:
     backoff_max_s: float = 300.0
     resume: bool = True  # start training jobs with ``--resume auto``
     # Exit codes meaning "preempted, resumable" (the training runtime's, after SIGTERM).
-    preempted_exit_codes: frozenset[int] = field(default_factory=lambda: frozenset({75}))
+    preempted_exit_codes: frozenset[int] = frozenset({EXIT_PREEMPTED})
 
     def backoff(self, restarts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, restarts)))
@@ -380,9 +380,7 @@ class Reconciler:
 def _describe(index: int, code: int | None) -> str:
     if code is None:
         return f"process {index} vanished"
-    if code < 0:
-        try:
-            return f"process {index} killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"process {index} killed by signal {-code}"
-    return f"process {index} exited with code {code}"
+    if code > 0 and describe(code) == f"exit code {code}":
+        return f"process {index} exited with code {code}"
+    return f"process {index} exited with code {code} ({describe(code)})" if code > 0 \
+        else f"process {index} {describe(code)}"

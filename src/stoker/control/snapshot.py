@@ -16,10 +16,21 @@ from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.job import JobSpec
 
+_SPECS: dict[tuple[int, float], JobSpec] = {}
+_MAX_SPECS = 100_000
+
 
 def job_spec(record: JobRecord) -> JobSpec:
-    """The job spec stored with a job (validated when it was submitted)."""
-    return JobSpec.model_validate(record.spec["job"])
+    """The job spec stored with a job (validated when it was submitted), parsed once: a job's
+    spec never changes, and every cycle needs those of all queued and running jobs."""
+    key = (record.id, record.created_at)
+    spec = _SPECS.get(key)
+    if spec is None:
+        spec = JobSpec.model_validate(record.spec["job"])
+        if len(_SPECS) >= _MAX_SPECS:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec
 
 
 def per_rank(spec: JobSpec) -> Resources:

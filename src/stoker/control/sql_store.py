@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stoker.control import tables as t
@@ -20,6 +20,7 @@ from stoker.control.store import (
     NewJob,
     NodeRecord,
     ProcessRecord,
+    QueuedKey,
     QuotaRecord,
 )
 from stoker.spec.api import JobState
@@ -67,22 +68,31 @@ class SqlStore:
             s.flush()
             s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
                           to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
-            return _job(row)
+            return _job(row)  # type: ignore[arg-type]
 
     def get_job(self, job_id: int) -> JobRecord | None:
         with self._read() as s:
-            row = s.get(t.Job, job_id)
+            row = s.execute(select(*_JOB_COLUMNS).where(t.Job.id == job_id)).first()
             return _job(row) if row else None
 
     def list_jobs(self, *, tenant: str | None = None,
                   states: Collection[JobState] | None = None) -> list[JobRecord]:
-        query = select(t.Job).order_by(t.Job.id)
+        # Core rows, not ORM objects: listing is on every reconcile cycle's path.
+        query = select(*_JOB_COLUMNS).order_by(t.Job.id)
         if tenant is not None:
             query = query.where(t.Job.tenant == tenant)
         if states is not None:
             query = query.where(t.Job.state.in_([s.value for s in states]))
         with self._read() as s:
-            return [_job(row) for row in s.scalars(query)]
+            return [_job(row) for row in s.execute(query)]
+
+    def queue_order(self, queue: str | None = None) -> list[QueuedKey]:
+        query = select(t.Job.id, t.Job.queue, t.Job.priority, t.Job.queued_at,
+                       t.Job.not_before).where(t.Job.state == JobState.QUEUED.value)
+        if queue is not None:
+            query = query.where(t.Job.queue == queue)
+        with self._read() as s:
+            return [QueuedKey(*row) for row in s.execute(query)]
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,
@@ -132,8 +142,7 @@ class SqlStore:
                 s.add(t.Event(job_id=job_id, at=now, kind=kind, from_state=previous.value,
                               to_state=previous.value, reason=reason, actor=actor,
                               detail=dict(detail) if detail else None))
-            row = s.get(t.Job, job_id, populate_existing=True)
-            assert row is not None
+            row = s.execute(select(*_JOB_COLUMNS).where(t.Job.id == job_id)).one()
             return _job(row)
 
     # --- events -----------------------------------------------------------------------------
@@ -249,9 +258,15 @@ def _as_dict(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
-def _job(row: t.Job) -> JobRecord:
-    values = _columns(row, JobRecord)
-    values["state"] = JobState(row.state)
+_JOB_FIELDS = tuple(f.name for f in fields(JobRecord))
+_JOB_COLUMNS = tuple(getattr(t.Job, name) for name in _JOB_FIELDS)
+
+
+def _job(row: Row[Any]) -> JobRecord:
+    """A job from a row of `_JOB_COLUMNS` (or an ORM object with those attributes)."""
+    values = dict(zip(_JOB_FIELDS, row, strict=True)) if isinstance(row, Row) else \
+        {name: getattr(row, name) for name in _JOB_FIELDS}
+    values["state"] = JobState(values["state"])
     return JobRecord(**values)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stoker.spec.api import JobState
 
@@ -50,6 +50,14 @@ class JobRecord:
     attained_s: float
     exit_code: int | None
     version: int
+
+
+class QueuedKey(NamedTuple):
+    id: int
+    queue: str
+    priority: int
+    queued_at: float
+    not_before: float
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,10 @@ class Store(Protocol):
     def list_jobs(self, *, tenant: str | None = None,
                   states: Collection[JobState] | None = None) -> list[JobRecord]:
         """Jobs in id order, optionally of one tenant and in some states."""
+        ...
+
+    def queue_order(self, queue: str | None = None) -> list[QueuedKey]:
+        """The ordering keys of queued jobs (of one queue, or all): cheap, no specs."""
         ...
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],

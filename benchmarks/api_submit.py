@@ -1,0 +1,100 @@
+"""API submit throughput: jobs/s that a concurrent client gets from `stoker server`.
+
+    python benchmarks/api_submit.py [--jobs 400] [--concurrency 16]
+
+Starts a real server (SQLite store, default cluster) on a free loopback port, cordons its node so
+no job starts (this measures the API and the store, not process launches), then with C
+concurrent connections: GET /healthz (the HTTP stack alone: the baseline), POST /v1/jobs, and
+GET /v1/jobs/{id}. Every submitted job must be in the store afterwards. The reconciler keeps
+running a scheduling cycle after each submission, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from stoker.server.process import ServerProcess
+
+TOKENS = {"STOKER_TOKEN": "bench-tenant", "STOKER_ADMIN_TOKEN": "bench-admin"}
+JOB = {"name": "bench", "queue": "default", "command": [sys.executable, "-c", "pass"]}
+
+
+async def hammer(n: int, concurrency: int,
+                 one: Callable[[int], Awaitable[httpx.Response]]) -> tuple[float, list[float]]:
+    """Run ``one(i)`` for i < n on ``concurrency`` workers: (requests/s, latencies)."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            t0 = time.perf_counter()
+            response = await one(i)
+            latencies.append(time.perf_counter() - t0)
+            if response.status_code >= 400:
+                raise RuntimeError(f"{response.status_code}: {response.text}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - start), latencies
+
+
+async def measure(url: str, jobs: int, concurrency: int) -> dict[str, tuple[float, list[float]]]:
+    auth = {"Authorization": f"Bearer {TOKENS['STOKER_TOKEN']}"}
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=auth, limits=limits, timeout=60) as c:
+        await hammer(50, concurrency, lambda _: c.get("/healthz"))  # warm up
+        ids: list[int] = []
+
+        async def submit(_: int) -> httpx.Response:
+            response = await c.post("/v1/jobs", json={"job": JOB})
+            ids.append(response.json()["id"])
+            return response
+
+        results = {
+            "GET /healthz (baseline)": await hammer(jobs, concurrency,
+                                                    lambda _: c.get("/healthz")),
+            "POST /v1/jobs": await hammer(jobs, concurrency, submit),
+            "GET /v1/jobs/{id}": await hammer(jobs, concurrency,
+                                              lambda i: c.get(f"/v1/jobs/{ids[i]}")),
+        }
+        stored = (await c.get("/v1/jobs", params={"state": "QUEUED"})).json()
+        assert sorted(j["id"] for j in stored) == sorted(ids), "a submitted job is missing"
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "state", None, env=TOKENS)
+        with server:
+            httpx.put(f"{server.url}/v1/nodes/local/cordon", json={"cordoned": True},
+                      headers={"Authorization": f"Bearer {TOKENS['STOKER_ADMIN_TOKEN']}"}
+                      ).raise_for_status()
+            results = asyncio.run(measure(server.url, args.jobs, args.concurrency))
+    base = results["GET /healthz (baseline)"][0]
+    print(f"{args.jobs} requests each, {args.concurrency} concurrent connections")
+    print(f"{'request':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs baseline':>13}")
+    for name, (rate, lat) in results.items():
+        lat.sort()
+        p50 = statistics.median(lat) * 1e3
+        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
+        print(f"{name:<26}{rate:>9.1f}{p50:>9.1f}{p99:>9.1f}{rate / base:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
