@@ -130,6 +130,9 @@ class Simulator:
         self.sched_calls = 0
         self.sched_seconds = 0.0
         self.measured_at = 0.0
+        self.started = False
+        self.next_arrival = 0  # self.jobs is sorted by arrival
+        self.batches = 0
         self.fragmented = 0.0
         self.free_while_pending = 0.0
 
@@ -162,44 +165,69 @@ class Simulator:
     # --- the event loop ---
 
     def run(self) -> RunResult:
+        """Simulate until every job has finished (or none of the rest can ever start)."""
         began = time.perf_counter()
-        arrivals = self.jobs  # sorted by arrival
-        nxt = 0
-        if self.options.node_mtbf:
-            for i in range(len(self.node_list)):
-                self._push(self.rng.expovariate(1 / self.options.node_mtbf), FAIL, i)
-        batches = 0
-        while self.finished < len(self.jobs):
-            t_event = self.events[0][0] if self.events else math.inf
-            t_arrive = arrivals[nxt].created_at if nxt < len(arrivals) else math.inf
-            if t_event == t_arrive == math.inf:
-                break
-            now = self._tick(min(t_event, t_arrive))
-            changed = False
-            while True:
-                t_event = self.events[0][0] if self.events else math.inf
-                t_arrive = arrivals[nxt].created_at if nxt < len(arrivals) else math.inf
-                arrive_first = t_arrive < t_event or (
-                    t_arrive == t_event < math.inf and self.events[0][1] > ARRIVE)
-                if arrive_first and t_arrive <= now:
-                    self._enqueue(arrivals[nxt], t_arrive)
-                    nxt += 1
-                    changed = True
-                elif t_event <= now:
-                    changed = self._handle(heapq.heappop(self.events)) or changed
-                else:
-                    break
-            if changed:
-                self._schedule(now)
-                self._measure(now)
-            batches += 1
-            if self.on_progress is not None and batches % 256 == 0:
-                self.on_progress(self.finished, len(self.jobs))
-            if not self.running and not self.live_events and nxt == len(arrivals):
-                break  # pending jobs remain that nothing left to happen could ever start
+        while self._advance():
+            pass
         if self.on_progress is not None:
             self.on_progress(self.finished, len(self.jobs))
         return self._result(time.perf_counter() - began)
+
+    def run_until(self, until: float) -> None:
+        """Simulate every instant before `until`, then apply the events at `until` but leave
+        its scheduling cycle to the caller (`snapshot(until)` is what the scheduler would see)."""
+        while self._next_time() < until and self._advance():
+            pass
+        if self._next_time() == until:
+            self._apply_events(until)
+
+    def _start(self) -> None:
+        self.started = True
+        if self.options.node_mtbf:
+            for i in range(len(self.node_list)):
+                self._push(self.rng.expovariate(1 / self.options.node_mtbf), FAIL, i)
+
+    def _next_time(self) -> float:
+        if not self.started:
+            self._start()
+        t_event = self.events[0][0] if self.events else math.inf
+        t_arrive = (self.jobs[self.next_arrival].created_at
+                    if self.next_arrival < len(self.jobs) else math.inf)
+        return self._tick(min(t_event, t_arrive))
+
+    def _advance(self) -> bool:
+        """Apply the next instant's events and run the scheduler; False when nothing is left."""
+        if self.finished == len(self.jobs):
+            return False
+        now = self._next_time()
+        if now == math.inf:
+            return False
+        if self._apply_events(now):
+            self._schedule(now)
+            self._measure(now)
+        self.batches += 1
+        if self.on_progress is not None and self.batches % 256 == 0:
+            self.on_progress(self.finished, len(self.jobs))
+        # Pending jobs that nothing left to happen could ever start: give up on them.
+        return bool(self.running or self.live_events or self.next_arrival < len(self.jobs))
+
+    def _apply_events(self, now: float) -> bool:
+        """Apply every arrival and event up to `now`, in order; True if anything changed."""
+        changed = False
+        while True:
+            t_event = self.events[0][0] if self.events else math.inf
+            t_arrive = (self.jobs[self.next_arrival].created_at
+                        if self.next_arrival < len(self.jobs) else math.inf)
+            arrive_first = t_arrive < t_event or (
+                t_arrive == t_event < math.inf and self.events[0][1] > ARRIVE)
+            if arrive_first and t_arrive <= now:
+                self._enqueue(self.jobs[self.next_arrival], t_arrive)
+                self.next_arrival += 1
+                changed = True
+            elif t_event <= now:
+                changed = self._handle(heapq.heappop(self.events)) or changed
+            else:
+                return changed
 
     def _tick(self, t: float) -> float:
         step = self.options.interval
@@ -283,6 +311,8 @@ class Simulator:
         return ran
 
     def _complete(self, job: SimJob, now: float) -> None:
+        if job.outcome.finish >= 0:
+            raise RuntimeError(f"job {job.outcome.id} completed twice")
         self._release(job, now)
         job.remaining = 0.0
         job.outcome.finish = now

@@ -3,6 +3,11 @@
 JCT = finish - arrival. Queueing delay = the time a job spent waiting (first wait and every wait
 after a preemption or failure). Load = the trace's GPU-hours / (cluster GPUs x hours from the
 first arrival to the last): above 1, queues grow for as long as jobs keep arriving.
+
+Idle while waiting = GPU-seconds free on up nodes while some job was pending, and fragmentation =
+the part of them on nodes with fewer free GPUs than the smallest rank of any pending job allowed
+there (no waiting job could use them), both as a share of capacity x makespan. The rest of the
+idle-while-waiting capacity was held back by quotas, gang or topology constraints.
 """
 
 from __future__ import annotations
@@ -120,6 +125,7 @@ def summarize(run: RunResult) -> dict[str, Any]:
     makespan = end - start
     busy = run.usage.busy_gpu_seconds(end) if run.usage.times else 0.0
     pending_free = run.usage.free_gpu_seconds_while_pending
+    capacity_seconds = run.gpus * makespan
     return {
         "policy": run.policy,
         "trace": run.trace,
@@ -134,10 +140,9 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "by_gpus": _grouped(done, lambda j: bucket(j.gpus)),
         "by_tenant": _grouped(done, lambda j: j.queue),
         "utilization": busy / (run.gpus * makespan) if makespan > 0 and run.gpus else 0.0,
-        "fragmentation": (run.usage.fragmented_gpu_seconds / pending_free
-                          if pending_free > 0 else 0.0),
-        "fragmented_gpus_mean": (run.usage.fragmented_gpu_seconds / makespan
-                                 if makespan > 0 else 0.0),
+        "idle_while_waiting": pending_free / capacity_seconds if capacity_seconds else 0.0,
+        "fragmentation": (run.usage.fragmented_gpu_seconds / capacity_seconds
+                          if capacity_seconds else 0.0),
         "preemptions": sum(j.preemptions for j in run.jobs),
         "restarts_after_failure": sum(j.failures for j in run.jobs),
         "node_failures": run.node_failures,

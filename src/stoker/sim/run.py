@@ -68,9 +68,14 @@ class Prepared:
 
 
 def prepare(inputs: SimInputs) -> Prepared:
+    """Load the trace named by `inputs` and build its cluster."""
+    return prepare_trace(load_trace(inputs.trace, inputs.format), inputs)
+
+
+def prepare_trace(trace: Trace, inputs: SimInputs) -> Prepared:
+    """Build the cluster for an already loaded (or generated) trace."""
     if inputs.arrival_scale <= 0:
         raise ConfigError("--arrival-scale", None, "must be above 0")
-    trace = load_trace(inputs.trace, inputs.format)
     jobs = trace.jobs[: inputs.max_jobs] if inputs.max_jobs else trace.jobs
     jobs = scale_arrivals(jobs, inputs.arrival_scale)
     by = tenancy.resolve_by(jobs, inputs.tenant_by)
