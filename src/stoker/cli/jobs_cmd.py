@@ -47,10 +47,10 @@ def submit(
 
     job = load_job(job_file, set_)
     train = _local_paths(loading.read_toml(job.train_config)) if job.train_config else None
-    body = {"job": job.model_dump(mode="json"), "train": train}
-    loading.validate(JobSubmission, body, str(job_file))  # the server checks again
-    with _client(server, token) as client:
-        view = client.submit(body["job"], train)
+    job_body = job.model_dump(mode="json")
+    loading.validate(JobSubmission, {"job": job_body, "train": train}, str(job_file))
+    with _client(server, token) as client:  # the server checks it all again
+        view = client.submit(job_body, train)
     console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
                   f"{view['queue']}: {_state(view['state'])}, position {view['queue_position']}")
 

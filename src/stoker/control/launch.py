@@ -111,6 +111,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     run_dir = workdir / "run"
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
+    processes: tuple[ProcessPlan, ...]
     if spec.kind == "train":
         processes = (_train_process(job, spec, attempt, jobs_dir, ranks, base_env, resume),)
     else:

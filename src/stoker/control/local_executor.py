@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from stoker.control.executor import LaunchPlan, Orphan, ProcessPlan, ProcessStatus
 from stoker.control.store import ProcessRecord
@@ -141,7 +141,8 @@ def _same_process(pid: int, create_time: float) -> bool:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return abs(process.create_time() - create_time) < START_TIME_TOLERANCE_S
+        started: float = process.create_time()
+        return abs(started - create_time) < START_TIME_TOLERANCE_S
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 

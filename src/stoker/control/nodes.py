@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from stoker.control.store import NodeRecord
 from stoker.sched import Node, Resources
@@ -31,7 +31,7 @@ def gpu_models() -> list[str]:
         count = ctypes.c_uint(0)
         if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
             return []
-        names = []
+        names: list[str] = []
         for index in range(count.value):
             handle = ctypes.c_void_p()
             name = ctypes.create_string_buffer(96)

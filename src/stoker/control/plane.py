@@ -88,7 +88,7 @@ class ControlPlane:
         store = SqlStore.open(settings.db_url())
         nodes = cluster_nodes(cluster)
         store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
-        executor = LocalExecutor(state / "jobs", hidden_env(cluster))
+        executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)))
         control = ControlSettings(grace_period_s=settings.grace_period,
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
