@@ -37,6 +37,8 @@ SEED = typer.Option(0, "--seed", help="Seed of everything random (node failures)
 INTERVAL = typer.Option("0", "--interval",
                         help="Schedule once per interval (e.g. 10s); 0: after every event.")
 WHOLE = typer.Option(False, "--whole-gpus", help="Round fractional GPU requests up to one GPU.")
+LAS = typer.Option(None, "--las-thresholds",
+                   help="LAS levels in GPU-time, comma-separated (e.g. 1h,10h).")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON only.")
 
 
@@ -59,7 +61,8 @@ def _seconds(option: str, text: str | None, allow_never: bool = False) -> float 
 def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list: Path | None,
             nodes: int | None, every: int | None, gpus: float | None, scale: float,
             tenant_by: str, tenants: int, max_jobs: int | None, ckpt: str, overhead: str,
-            mtbf: str | None, repair: str, seed: int, interval: str, whole: bool) -> Any:
+            mtbf: str | None, repair: str, seed: int, interval: str, whole: bool,
+            las: str | None) -> Any:
     from stoker.sim.engine import SimOptions
     from stoker.sim.run import Cut, SimInputs
 
@@ -79,9 +82,14 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
         node_mtbf=_seconds("--mtbf", mtbf) or None,
         repair_time=_seconds("--repair-time", repair) or 0.0,
         seed=seed, interval=_seconds("--interval", interval) or 0.0, whole_gpus=whole)
+    thresholds = None
+    if las is not None:
+        thresholds = tuple(sorted(_seconds("--las-thresholds", t.strip()) or 0.0
+                                  for t in las.split(",") if t.strip()))
     return SimInputs(trace=trace, format=fmt, cluster=cluster, node_list=node_list,
                      cut=Cut(nodes=nodes, every=every, gpus=gpus), arrival_scale=scale,
-                     tenant_by=tenant_by, tenants=tenants, max_jobs=max_jobs, options=options)
+                     tenant_by=tenant_by, tenants=tenants, max_jobs=max_jobs,
+                     las_thresholds=thresholds, options=options)
 
 
 @sim_app.callback()
@@ -96,6 +104,7 @@ def sim(
     max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
+    las_thresholds: str | None = LAS,
     report: Path | None = typer.Option(None, "--report", help="Write plots + index.html here."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -107,7 +116,7 @@ def sim(
 
     inputs = _inputs(trace, fmt, cluster, node_list, nodes, every, gpus, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
-                     repair_time, seed, interval, whole_gpus)
+                     repair_time, seed, interval, whole_gpus, las_thresholds)
     policies = policy or ["fifo", "sjf", "las", "stoker"]
     for name in policies:
         if name not in POLICIES:
@@ -188,6 +197,7 @@ def plan(
     tenants: int = TENANTS, max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
+    las_thresholds: str | None = LAS,
     plot: Path = typer.Option(Path("sim-plan.png"), "--plot", help="Where to write the plot."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -202,7 +212,7 @@ def plan(
     goal = plan_mod.parse_target(target)
     inputs = _inputs(trace, fmt, cluster, node_list, None, every, None, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
-                     repair_time, seed, interval, whole_gpus)
+                     repair_time, seed, interval, whole_gpus, las_thresholds)
     prepared = prepare(inputs)
     console = Console(stderr=json_out)
     total = len(prepared.cluster.nodes)

@@ -37,14 +37,19 @@ class SimPolicy:
 POLICIES = ("fifo", "sjf", "las", "stoker", "stoker-fair")
 
 
-def resolve(name: str, cluster: SimCluster) -> SimPolicy:
+def resolve(name: str, cluster: SimCluster,
+            las_thresholds: tuple[float, ...] | None = None) -> SimPolicy:
+    """The named policy; `las_thresholds` (GPU-seconds) replaces the scheduler's LAS levels."""
     base = build_policy(cluster.config)
+    if las_thresholds is not None:
+        base = replace(base, las_thresholds=las_thresholds)
     if name == "fifo":
         return SimPolicy(name, Policy(order="fifo", preemption=False), True)
     if name == "sjf":
         return SimPolicy(name, Policy(order="sjf", preemption=False), True)
     if name == "las":
-        return SimPolicy(name, Policy(order="las", preemption=True), True)
+        return SimPolicy(name, replace(Policy(order="las", preemption=True),
+                                       las_thresholds=base.las_thresholds), True)
     if name == "stoker":
         return SimPolicy(name, base, False)
     if name == "stoker-fair":

@@ -42,6 +42,7 @@ class SimInputs:
     tenant_by: str = "auto"
     tenants: int = 4
     max_jobs: int | None = None
+    las_thresholds: tuple[float, ...] | None = None  # GPU-seconds; None: the scheduler's
     options: SimOptions = field(default_factory=SimOptions)
 
 
@@ -107,7 +108,7 @@ def build_cluster(inputs: SimInputs, nodes: list[TraceNode] | None, queues: list
 
 def run_policy(prepared: Prepared, policy: str,
                on_progress: Callable[[int, int], None] | None = None) -> RunResult:
-    sim_policy = resolve(policy, prepared.cluster)
+    sim_policy = resolve(policy, prepared.cluster, prepared.inputs.las_thresholds)
     sim = Simulator(prepared.cluster, prepared.jobs, prepared.tenants, sim_policy,
                     prepared.inputs.options, on_progress)
     result = sim.run()

@@ -1,0 +1,95 @@
+"""`stoker sim` and `stoker sim plan` as a user runs them: real processes, real files (the
+one-line errors run the same entry point in this process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stoker.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TIRESIAS = ROOT.parent / "shared" / "traces" / "tiresias"
+CLUSTER = ROOT / "examples" / "sim" / "cluster.toml"
+pytestmark = pytest.mark.skipif(not TIRESIAS.is_dir(), reason="../shared/traces not present")
+
+
+def stoker(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stoker", "sim", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_policies_side_by_side_json_and_report(tmp_path: Path) -> None:
+    out = stoker("--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
+                 "--node-list", TIRESIAS / "n32g4.csv", "--nodes", "3",
+                 "--policy", "fifo", "--policy", "sjf", "--policy", "las", "--policy", "stoker",
+                 "--las-thresholds", "10m,1h", "--json", "--report", tmp_path / "report")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    runs = {r["policy"]: r for r in data["runs"]}
+    assert list(runs) == ["fifo", "sjf", "las", "stoker"]
+    assert data["skips"] == {"rows": 60, "kept": 60, "skipped": {}, "notes": {}}
+    for run in runs.values():
+        assert run["finished"] == 60 and run["gpus"] == 12
+        assert run["load"] == pytest.approx(1.247, abs=0.01)  # jobs queue on 12 GPUs
+        assert run["wait_h"]["mean"] > 0
+    assert runs["sjf"]["jct_h"]["mean"] < runs["fifo"]["jct_h"]["mean"]
+    assert runs["fifo"]["preemptions"] == runs["sjf"]["preemptions"] == 0
+    assert runs["las"]["preemptions"] > 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "stoker" in page and "load" in page
+    for png in ("utilization", "jct_cdf", "wait_by_gpus", "fair_share"):
+        assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
+
+
+def test_table_with_cluster_toml() -> None:
+    out = stoker("--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
+                 "--cluster", CLUSTER, "--tenant-by", "id", "--policy", "stoker",
+                 "--policy", "stoker-fair")
+    assert out.returncode == 0, out.stderr
+    assert "Policies side by side" in out.stdout
+    assert "stoker-fair" in out.stdout and "team-a, team-b" in out.stdout
+
+
+def test_plan_finds_the_smallest_cluster(tmp_path: Path) -> None:
+    plot = tmp_path / "plan.png"
+    out = stoker("plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
+                 "--node-list", TIRESIAS / "n32g4.csv", "--policy", "fifo",
+                 "--target", "wait_p95<=1m", "--max-nodes", "8", "--steps", "3",
+                 "--plot", plot, "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    points = {p["nodes"]: p for p in data["points"]}
+    best = data["smallest"]["nodes"]
+    assert points[best]["ok"] and not points[best - 1]["ok"]
+    assert points[best]["value"] <= 1 / 60
+    assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--trace", "missing.csv", "--format", "tiresias"], "missing.csv: no such file"),
+    (["--trace", TIRESIAS / "60_job.csv", "--format", "slurm"], "unknown trace format 'slurm'"),
+    (["--trace", TIRESIAS / "n32g4.csv", "--format", "tiresias"],
+     "n32g4.csv: job_id: required column is missing"),
+    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias"], "has no node list"),
+    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
+      "--policy", "random"], "unknown policy 'random'"),
+    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
+      "--nodes", "99"], "--nodes: must be between 1 and 4"),
+    (["plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
+      "--target", "p95<1h"], "--target"),
+])
+def test_bad_input_is_one_line_exit_2(args: list[str | Path], message: str,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["stoker", "sim", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "300")
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
