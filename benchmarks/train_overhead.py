@@ -1,0 +1,169 @@
+"""Stoker's step time vs a minimal hand-written PyTorch loop, same model, wrapping and batch.
+
+    .venv/bin/python benchmarks/train_overhead.py [--config examples/tiny.toml] [--set k=v ...]
+
+For 1 and 2 ranks (2 through torchrun, gloo), each rank builds Stoker's Trainer and, next to it,
+a second copy of the same wrapped model (build_model) driven by a bare loop: fixed in-memory
+batches, forward/backward per micro-batch (DDP no_sync like the Trainer), clip, AdamW, LR
+schedule step, loss.item(). The two alternate in blocks so machine noise hits both alike. A
+Stoker step is everything `Trainer.step_once()` does: the loader, timers, the all_gather of
+telemetry, metrics.jsonl, the display. Reported: median step time of each after warm-up, their
+ratio, and the data wait as a share of Stoker's step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "examples" / "tiny.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--steps", type=int, default=30, help="measured steps per arm (after warm-up)")
+    p.add_argument("--warmup", type=int, default=5, help="unmeasured steps per arm first")
+    p.add_argument("--block", type=int, default=5, help="steps per alternating block")
+    p.add_argument("--nprocs", default="1,2", help="world sizes to measure")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------- one rank
+
+
+def worker(args: argparse.Namespace) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.nn.parallel import DistributedDataParallel
+
+    from stoker.observe.live import NullDisplay
+    from stoker.spec import loading
+    from stoker.spec.train import TrainConfig
+    from stoker.train.data import ensure_dataset
+    from stoker.train.distributed import barrier, init_distributed
+    from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
+    from stoker.train.parallelize import autocast_context, build_model
+    from stoker.train.trainer import Trainer
+
+    overrides = [*args.overrides, "train.eval_interval=0", "train.steps=100000"]
+    cfg = loading.load(TrainConfig, args.config, overrides)
+    info = init_distributed(cfg.parallel, cfg.train)
+    run_dir = Path(tempfile.mkdtemp(prefix="stoker-overhead-"))
+    trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data, progress=False),
+                      display=NullDisplay())
+
+    # The baseline: the same wrapped model, optimizer and schedule, and a bare loop.
+    t = cfg.train
+    model = build_model(cfg.model.shape(), cfg.parallel, info.device, t.seed, info.world_size)
+    opt = build_optimizer(model, cfg.optim, info.device)
+    sched = build_scheduler(opt, cfg.optim, t.steps)
+    accum = cfg.grad_accum_steps(info.world_size)
+    gen = torch.Generator().manual_seed(info.rank)
+    vocab = cfg.model.shape().vocab_size
+    tokens = [torch.randint(0, vocab, (t.micro_batch_size, t.seq_len + 1), generator=gen)
+              for _ in range(accum)]
+    batches = [(x[:, :-1].contiguous().to(info.device), x[:, 1:].contiguous().to(info.device))
+               for x in tokens]
+
+    def baseline_step() -> float:
+        for i, (inputs, targets) in enumerate(batches):
+            skip_sync = i < accum - 1 and isinstance(model, DistributedDataParallel)
+            with model.no_sync() if skip_sync else nullcontext():
+                with autocast_context(cfg.parallel, info.device):
+                    logits = model(inputs)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                (loss / accum).backward()
+        clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    arms = {"baseline": baseline_step, "stoker": trainer.step_once}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for step in arms.values():  # warm-up, unmeasured
+        for _ in range(args.warmup):
+            step()
+    skip_records = len(trainer.stats.records)
+    while len(times["stoker"]) < args.steps:
+        for name, step in arms.items():
+            barrier()
+            for _ in range(args.block):
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    trainer.train_loader.close()
+    recs = trainer.stats.records[skip_records:]
+    if info.is_main and args.out:
+        result = {
+            "world_size": info.world_size,
+            "steps": len(times["stoker"]),
+            "baseline_median_s": statistics.median(times["baseline"]),
+            "stoker_median_s": statistics.median(times["stoker"]),
+            "data_wait_fraction": sum(r["data_wait_s"] for r in recs)
+            / sum(r["step_time_s"] for r in recs),
+        }
+        args.out.write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------- the driver
+
+
+def run_world(args: argparse.Namespace, nproc: int, out: Path) -> dict[str, Any]:
+    passthrough = [f"--config={args.config}", f"--steps={args.steps}",
+                   f"--warmup={args.warmup}", f"--block={args.block}", "--worker",
+                   f"--out={out}", *(f"--set={o}" for o in args.overrides)]
+    script = str(Path(__file__).resolve())
+    if nproc == 1:
+        cmd = [sys.executable, script, *passthrough]
+    else:
+        from stoker.train.launch import free_port
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+               "--local-addr=127.0.0.1", script, *passthrough]
+    # One thread per rank: what each rank of the 2-rank demo gets on 2 cores, and far less
+    # exposed than spinning OpenMP teams to other load on a shared machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        worker(args)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(x) for x in args.nprocs.split(",")):
+            rows.append(run_world(args, n, Path(tmp) / f"world{n}.json"))
+    print(f"\nconfig: {args.config} {' '.join(args.overrides)}; {args.steps} steps per arm "
+          f"after {args.warmup} warm-up, alternating blocks of {args.block}")
+    print(f"{'ranks':>5} {'baseline ms':>12} {'stoker ms':>10} {'ratio':>7} {'data wait':>10}")
+    for r in rows:
+        ratio = r["stoker_median_s"] / r["baseline_median_s"]
+        print(f"{r['world_size']:>5} {r['baseline_median_s'] * 1e3:>12.1f} "
+              f"{r['stoker_median_s'] * 1e3:>10.1f} {ratio:>7.3f} "
+              f"{r['data_wait_fraction']:>10.2%}")
+
+
+if __name__ == "__main__":
+    main()
