@@ -151,3 +151,14 @@ def test_jobs_too_big_for_the_cluster_are_skipped_and_counted() -> None:
     assert [j.id for j in result.jobs] == ["ok"]
     assert result.skipped == {"a rank needs more GPUs than any node of the cluster has": 1,
                               "no node of an allowed GPU model in the cluster": 1}
+
+
+@pytest.mark.parametrize("policy", ["fifo", "sjf"])
+def test_skipping_cycles_that_cannot_admit_changes_nothing(
+        policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = busy_trace(3)
+    fast = run(jobs, nodes(2, 8), policy)
+    monkeypatch.setattr(Simulator, "_may_admit", lambda self, now, arrived: True)
+    every = run(jobs, nodes(2, 8), policy)
+    assert fast.sched_calls < every.sched_calls
+    assert fast.jobs == every.jobs

@@ -133,6 +133,7 @@ class Simulator:
         self.started = False
         self.next_arrival = 0  # self.jobs is sorted by arrival
         self.batches = 0
+        self.freed = False
         self.fragmented = 0.0
         self.free_while_pending = 0.0
 
@@ -202,8 +203,10 @@ class Simulator:
         now = self._next_time()
         if now == math.inf:
             return False
+        arrived_before = self.next_arrival
         if self._apply_events(now):
-            self._schedule(now)
+            if self._may_admit(now, self.jobs[arrived_before:self.next_arrival]):
+                self._schedule(now)
             self._measure(now)
         self.batches += 1
         if self.on_progress is not None and self.batches % 256 == 0:
@@ -212,8 +215,10 @@ class Simulator:
         return bool(self.running or self.live_events or self.next_arrival < len(self.jobs))
 
     def _apply_events(self, now: float) -> bool:
-        """Apply every arrival and event up to `now`, in order; True if anything changed."""
+        """Apply every arrival and event up to `now`, in order; True if anything changed.
+        `self.freed` tells whether anything but arrivals changed."""
         changed = False
+        self.freed = False
         while True:
             t_event = self.events[0][0] if self.events else math.inf
             t_arrive = (self.jobs[self.next_arrival].created_at
@@ -225,7 +230,9 @@ class Simulator:
                 self.next_arrival += 1
                 changed = True
             elif t_event <= now:
-                changed = self._handle(heapq.heappop(self.events)) or changed
+                handled = self._handle(heapq.heappop(self.events))
+                changed = changed or handled
+                self.freed = self.freed or handled
             else:
                 return changed
 
@@ -379,6 +386,25 @@ class Simulator:
             created_at=job.created_at, started_at=job.start, progress=progress,
             attained_service=job.attained + job.gpus * ran)
         return job.running_obj
+
+    def _may_admit(self, now: float, arrived: list[SimJob]) -> bool:
+        """False only when the scheduler is certain to decide nothing: it cannot preempt,
+        nothing but arrivals happened since its last cycle (which left every pending job
+        unplaceable), and no new arrival physically fits in the free GPUs of its flavors."""
+        if self.policy.policy.preemption or self.freed or not arrived:
+            return True
+        free = np.where(self.up, self.free, 0.0)
+        for job in arrived:
+            allowed = [f for f, name in enumerate(self.flavor_names)
+                       if job.flavors is None or name in job.flavors]
+            mask = np.isin(self.node_flavor, allowed)
+            if not mask.any():
+                continue
+            on_allowed = free[mask]
+            if (on_allowed.max() + 1e-9 >= job.per_rank.gpus
+                    and on_allowed.sum() + 1e-9 >= job.gpus):
+                return True
+        return False
 
     def _schedule(self, now: float) -> None:
         """Call the scheduler until it has nothing more to do at `now`: a cycle that preempts

@@ -21,15 +21,18 @@ def nodes(count: int, gpus_per_node: int = 8, per_rack: int = 16,
 
 
 def generate(jobs: int, cluster: list[TraceNode], load: float = 0.9, seed: int = 0,
-             users: int = 16, median_hours: float = 0.5, sigma: float = 1.5) -> Trace:
+             users: int = 16, median_hours: float = 0.5, sigma: float = 1.5,
+             max_hours: float = 48.0) -> Trace:
     """`jobs` jobs whose offered GPU-hours are `load` times what `cluster` offers over the
-    arrival window. Durations are log-normal (median `median_hours`, shape `sigma`)."""
+    arrival window. Durations are log-normal (median `median_hours`, shape `sigma`), between
+    one minute and `max_hours`."""
     rng = np.random.default_rng(seed)
     per_node = max(n.gpus for n in cluster)
     capacity = sum(n.gpus for n in cluster)
     sizes = rng.choice(SIZES, size=jobs, p=WEIGHTS)
     sizes = np.minimum(sizes, capacity)
-    durations = np.maximum(60.0, rng.lognormal(math.log(median_hours * 3600), sigma, jobs))
+    durations = np.clip(rng.lognormal(math.log(median_hours * 3600), sigma, jobs), 60.0,
+                        max_hours * 3600)
     work = float(np.sum(sizes * durations))
     rate = load * capacity * jobs / work  # arrivals per second
     arrivals = np.cumsum(rng.exponential(1 / rate, jobs))
