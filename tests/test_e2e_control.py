@@ -59,14 +59,15 @@ borrowing_limit = { cpus = 2 }
 """
 
 # argv: SECONDS [ON_SIGTERM: exit | ignore] [FAIL_CODE FAIL_ATTEMPTS] [FAIL_RANK]
+# A restarted attempt runs at most one second, so a test can preempt a long first attempt.
 WORKER = r"""
 import os, signal, sys, time
-seconds = float(sys.argv[1])
+attempt, rank = int(os.environ["STOKER_ATTEMPT"]), os.environ["RANK"]
+seconds = float(sys.argv[1]) if attempt == 1 else min(1.0, float(sys.argv[1]))
 on_term = sys.argv[2] if len(sys.argv) > 2 else "exit"
 fail_code = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 fail_attempts = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 fail_rank = sys.argv[5] if len(sys.argv) > 5 else None
-attempt, rank = int(os.environ["STOKER_ATTEMPT"]), os.environ["RANK"]
 
 def note(name, text):
     with open(name, "a") as f:
@@ -148,7 +149,7 @@ def queue_row(server: ServerProcess, queue: str) -> dict[str, Any]:
 
 def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> None:
     # alice borrows bob's idle quota: 4 ranks on a queue whose nominal quota is 2.
-    a = submit(cluster, "alice-t", job(cluster, "borrower", "alice", 5, ranks=4))
+    a = submit(cluster, "alice-t", job(cluster, "borrower", "alice", 60, ranks=4))
     wait(cluster, a, {"RUNNING"})
     assert get(cluster, a)["placement"]["borrowing"] is True
     row = queue_row(cluster, "alice")
@@ -173,7 +174,7 @@ def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> Non
 
 def test_high_priority_preempts_a_job_that_ignores_sigterm(cluster: ServerProcess) -> None:
     bob = submit(cluster, "bob-t", job(cluster, "bob", "bob", 30, ranks=2))
-    low = submit(cluster, "alice-t", job(cluster, "low", "alice", 3, "ignore", ranks=2,
+    low = submit(cluster, "alice-t", job(cluster, "low", "alice", 60, "ignore", ranks=2,
                                          priority_class="low"))
     wait(cluster, low, {"RUNNING"})
     wait(cluster, bob, {"RUNNING"})

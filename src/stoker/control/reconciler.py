@@ -255,7 +255,7 @@ class Reconciler:
                                   version=job.version)
         elif stop == "preempt" or (stop is None and bad and all(
                 c in self.settings.preempted_exit_codes for _, c in bad)):
-            why = "preempted; requeued" + ("" if stop else f" (exit code {code})")
+            why = f"preempted; requeued (exit code {code})"
             self.store.transition(job.id, (S, R), (JobState.PREEMPTED, Q), why, ACTOR,
                                   changes | {"queued_at": now, "placement": None,
                                              "exit_code": code}, version=job.version)
