@@ -44,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # before the step loop took over the signal
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def run_rank(cfg: TrainConfig, run_dir: Path | None) -> int:

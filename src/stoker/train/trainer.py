@@ -94,7 +94,6 @@ class Trainer:
         self.shard_dir = shard_dir
         self.train_loader = self._loader("train")
         check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
-        self.val_loader: TokenLoader | None = None
 
         self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
                                  dist_info.world_size)
@@ -113,6 +112,7 @@ class Trainer:
                                                t.log_interval)
         self.writer = (MetricsWriter(run_dir / cfg.telemetry.metrics_file)
                        if dist_info.is_main else None)
+        self.val_loader = self._val_loader()
 
     # ------------------------------------------------------------------ state (for checkpoints)
 
@@ -179,7 +179,9 @@ class Trainer:
         """Mean loss over ``train.eval_steps`` global batches of the val split (the same ones
         every time), averaged over ranks."""
         loader = self.val_loader
-        assert loader is not None
+        if loader is None:
+            raise StokerError("no val split to evaluate on (train.eval_interval = 0, or the "
+                              "split is too small)")
         loader.reset()
         self.model.eval()
         total = torch.zeros((), device=self.device)
@@ -216,7 +218,6 @@ class Trainer:
         """Train to ``train.steps``; returns "completed", "interrupted" (a signal, stopped at a
         step boundary) or "aborted" (a second signal, mid-step)."""
         restore_signals = self.stop.install()
-        self._setup_eval()
         started = time.time()
         status = "failed"
         self.display.start(self.cfg.train.steps, self.step)
@@ -305,13 +306,15 @@ class Trainer:
                            prefetch=self.cfg.data.prefetch,
                            pin_memory=self.device.type == "cuda")
 
-    def _setup_eval(self) -> None:
-        if self.cfg.train.eval_interval == 0 or self.val_loader is not None:
-            return
+    def _val_loader(self) -> TokenLoader | None:
+        """The val split's loader, or None when eval is off or the split is too small."""
+        if self.cfg.train.eval_interval == 0:
+            return None
         try:
-            self.val_loader = self._loader("val")
+            return self._loader("val")
         except StokerError as e:
             self.display.message(f"eval off: {e}")
+            return None
 
 
 def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:
