@@ -1,0 +1,289 @@
+"""Scheduler properties over random clusters, queues and jobs (hypothesis).
+
+Each example runs two cycles: the first admits jobs into an empty cluster (they become the
+running jobs, with random priorities and progress), the second is checked: decisions are
+consistent, never over node capacity, never beyond nominal + borrowing limit, lending limits
+held, gangs whole and placed as asked; and a job never waits behind a lower-priority job of its
+queue when the queue allows preemption.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from stoker.sched import (
+    UNLIMITED,
+    Decisions,
+    FlavorQuota,
+    Node,
+    PendingJob,
+    Policy,
+    Queue,
+    Resources,
+    RunningJob,
+    Snapshot,
+    schedule,
+)
+
+EPS = 1e-6
+FLAVORS = ("f0", "f1")
+TOPOLOGY = ("rack",)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+INF3 = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
+
+
+def limit(draw: st.DrawFn, top: int) -> Resources:
+    value = draw(st.one_of(st.none(), st.integers(0, top)))
+    return INF3 if value is None else Resources(value, UNLIMITED, UNLIMITED)
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> tuple[list[Node], list[Queue]]:
+    flavors = FLAVORS[: draw(st.integers(1, 2))]
+    nodes = [Node(f"{f}-n{i}", f, Resources(draw(st.sampled_from([2, 4, 8])),
+                                            draw(st.integers(2, 16)), UNLIMITED), (f"r{i % 2}",),
+                  schedulable=draw(st.booleans()) or i == 0)
+             for f in flavors for i in range(draw(st.integers(1, 5)))]
+    queues = []
+    for q in range(draw(st.integers(1, 4))):
+        cohort = draw(st.sampled_from([None, "c0", "c1"]))
+        quotas = []
+        for f in draw(st.permutations(flavors)):
+            nominal = draw(st.integers(0, 16))
+            quotas.append(FlavorQuota(
+                f, Resources(nominal, UNLIMITED, UNLIMITED),
+                borrowing_limit=limit(draw, 6) if cohort else INF3,
+                lending_limit=limit(draw, nominal) if cohort else INF3))
+        queues.append(Queue(
+            f"q{q}", tuple(quotas), cohort=cohort,
+            strategy=draw(st.sampled_from(["StrictFIFO", "BestEffortFIFO"])),
+            within_queue=draw(st.sampled_from(["Never", "LowerPriority",
+                                               "LowerOrNewerEqualPriority"])),
+            reclaim_within_cohort=draw(st.sampled_from(["Never", "LowerPriority", "Any"])),
+            borrow_within_cohort=draw(st.sampled_from(["Never", "LowerPriority"])),
+            fair_weight=draw(st.sampled_from([0.5, 1.0, 2.0]))))
+    return nodes, queues
+
+
+@st.composite
+def jobs(draw: st.DrawFn, queues: Sequence[Queue], prefix: str, t0: float
+         ) -> list[PendingJob]:
+    out = []
+    for i in range(draw(st.integers(0, 10))):
+        topology = draw(st.sampled_from([None, "rack", "node"]))
+        out.append(PendingJob(
+            f"{prefix}{i}", draw(st.sampled_from([q.name for q in queues])),
+            draw(st.integers(0, 3)), t0 + draw(st.integers(0, 50)), draw(st.integers(1, 4)),
+            Resources(draw(st.sampled_from([0.5, 1, 2, 4])), draw(st.integers(0, 2)), 0),
+            flavors=draw(st.sampled_from([None, ("f0",), ("f1",)])), topology=topology,
+            topology_required=draw(st.booleans()) if topology else False,
+            attained_service=draw(st.sampled_from([0.0, 5000.0]))))
+    return out
+
+
+policies = st.builds(Policy, order=st.sampled_from(["fifo", "sjf", "las"]),
+                     fair_sharing=st.booleans(), preemption=st.booleans(),
+                     starvation_age=st.sampled_from([None, 30.0]),
+                     max_preemption_attempts=st.integers(1, 4))
+
+
+World = tuple[Snapshot, Policy, Snapshot]  # (the snapshot checked, its policy, the warm-up)
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    nodes, queues = draw(clusters())
+    first = draw(jobs(queues, "r", 0.0))
+    empty = Snapshot(0.0, queues, nodes, [], first, topology=TOPOLOGY)
+    warmup = schedule(empty, Policy(preemption=False))
+    by_id = {j.id: j for j in first}
+    running = [RunningJob(a.job, a.queue, draw(st.integers(0, 3)), a.flavor, a.nodes,
+                          by_id[a.job].per_rank, created_at=by_id[a.job].created_at,
+                          progress=draw(st.floats(0, 100)), attained_service=draw(
+                              st.sampled_from([0.0, 5000.0])), preempting=draw(st.booleans()))
+               for a in warmup.admit]
+    pending = draw(jobs(queues, "p", 50.0))
+    return (Snapshot(100.0, queues, nodes, running, pending, topology=TOPOLOGY), draw(policies),
+            empty)
+
+
+def usage(snap: Snapshot, d: Decisions) -> dict[tuple[str, str], float]:
+    """GPUs in use per (queue, flavor) once the decisions apply (victims still run)."""
+    pending = {j.id: j for j in snap.pending}
+    used: dict[tuple[str, str], float] = defaultdict(float)
+    for r in snap.running:
+        used[(r.queue, r.flavor)] += r.per_rank.gpus * len(r.nodes)
+    for a in d.admit:
+        used[(a.queue, a.flavor)] += pending[a.job].per_rank.gpus * len(a.nodes)
+    return used
+
+
+@SETTINGS
+@given(worlds())
+def test_decisions_are_consistent(world: World) -> None:
+    snap, policy, _ = world
+    d = schedule(snap, policy)
+    pending = {j.id: j for j in snap.pending}
+    running = {j.id for j in snap.running}
+    admitted = [a.job for a in d.admit]
+    assert len(set(admitted)) == len(admitted) and set(admitted) <= set(pending)
+    assert not set(admitted) & set(d.waiting)
+    assert set(admitted) | set(d.waiting) == set(pending)
+    victims = [p.job for p in d.preempt]
+    assert len(set(victims)) == len(victims) and set(victims) <= running
+    assert {p.by for p in d.preempt} <= set(d.nominated)
+    assert set(d.nominated) <= set(d.waiting)
+    preempting = {j.id for j in snap.running if j.preempting}
+    assert set(victims) | preempting >= {v for vs in d.nominated.values() for v in vs}
+    if not policy.preemption:
+        assert not d.preempt and not d.nominated
+
+
+@SETTINGS
+@given(worlds())
+def test_gangs_whole_and_placed_as_asked(world: World) -> None:
+    for snap, policy in (world[:2], (world[2], world[1])):  # also on the empty cluster
+        check_gangs(snap, schedule(snap, policy))
+
+
+def check_gangs(snap: Snapshot, d: Decisions) -> None:
+    pending = {j.id: j for j in snap.pending}
+    nodes = {n.name: n for n in snap.nodes}
+    queues = {q.name: q for q in snap.queues}
+    for a in d.admit:
+        job = pending[a.job]
+        assert len(a.nodes) == job.ranks
+        assert all(nodes[n].flavor == a.flavor and nodes[n].schedulable for n in a.nodes)
+        assert a.flavor in {fq.flavor for fq in queues[a.queue].quotas}
+        assert job.flavors is None or a.flavor in job.flavors
+        if job.topology_required and job.topology == "node":
+            assert len(set(a.nodes)) == 1
+        if job.topology_required and job.topology == "rack":
+            assert len({nodes[n].domains for n in a.nodes}) == 1
+
+
+@SETTINGS
+@given(worlds())
+def test_never_over_node_capacity(world: World) -> None:
+    snap, policy, _ = world
+    d = schedule(snap, policy)
+    pending = {j.id: j for j in snap.pending}
+    used: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    placements = [(r.nodes, r.per_rank) for r in snap.running]
+    placements += [(a.nodes, pending[a.job].per_rank) for a in d.admit]
+    for on, per_rank in placements:
+        for name in on:
+            for r in range(3):
+                used[name][r] += per_rank[r]
+    for node in snap.nodes:
+        assert all(used[node.name][r] <= node.capacity[r] + EPS for r in range(3)), node
+
+
+@SETTINGS
+@given(worlds())
+def test_quota_limits_held(world: World) -> None:
+    snap, policy, _ = world
+    d = schedule(snap, policy)
+    used = usage(snap, d)
+    cohorts: dict[str, list[tuple[Queue, FlavorQuota]]] = defaultdict(list)
+    for q in snap.queues:
+        for fq in q.quotas:
+            u = used[(q.name, fq.flavor)]
+            if q.cohort is None:
+                assert u <= fq.nominal.gpus + EPS  # no cohort: nominal only
+            else:
+                assert u <= fq.nominal.gpus + fq.borrowing_limit.gpus + EPS
+                cohorts[f"{q.cohort}/{fq.flavor}"].append((q, fq))
+    for members in cohorts.values():
+        # Lending limits: what the cohort's queues use beyond the quota each keeps for itself
+        # never exceeds what they lend; so every queue can always get its guaranteed part.
+        lent = beyond = 0.0
+        for q, fq in members:
+            lend = fq.lending_limit.gpus
+            kept = max(0.0, fq.nominal.gpus - lend) if lend < UNLIMITED else 0.0
+            lent += fq.nominal.gpus - kept
+            beyond += max(0.0, used[(q.name, fq.flavor)] - kept)
+        assert beyond <= lent + EPS
+
+
+@st.composite
+def one_queue(draw: st.DrawFn) -> tuple[Snapshot, Policy]:
+    """One queue that preempts lower priority, 1-rank jobs, nodes of 4 GPUs."""
+    nodes = [Node(f"n{i}", "f0", Resources(4, 64, UNLIMITED)) for i in range(draw(
+        st.integers(1, 3)))]
+    q = Queue("q", (FlavorQuota("f0", Resources(draw(st.integers(1, 12)), UNLIMITED, UNLIMITED)),),
+              within_queue="LowerPriority",
+              strategy=draw(st.sampled_from(["StrictFIFO", "BestEffortFIFO"])))
+    first = [PendingJob(f"r{i}", "q", 0, 0.0, 1, Resources(draw(st.integers(1, 4)), 1, 0))
+             for i in range(draw(st.integers(0, 8)))]
+    warmup = schedule(Snapshot(0.0, [q], nodes, [], first), Policy(preemption=False))
+    by_id = {j.id: j for j in first}
+    running = [RunningJob(a.job, "q", draw(st.integers(0, 3)), "f0", a.nodes,
+                          by_id[a.job].per_rank, progress=draw(st.floats(0, 10)))
+               for a in warmup.admit]
+    pending = [PendingJob(f"p{i}", "q", draw(st.integers(0, 3)), float(i), 1,
+                          Resources(draw(st.integers(1, 4)), 1, 0))
+               for i in range(draw(st.integers(1, 5)))]
+    return Snapshot(10.0, [q], nodes, running, pending), Policy()
+
+
+@SETTINGS
+@given(one_queue())
+def test_no_job_waits_behind_lower_priority(world: tuple[Snapshot, Policy]) -> None:
+    snap, policy = world
+    d = schedule(snap, policy)
+    q = snap.queues[0]
+    nominal = q.quotas[0].nominal.gpus
+    first = min(snap.pending, key=lambda j: (-j.priority, j.created_at))
+    need = first.per_rank.gpus
+    # Only jobs of at least its priority may keep running: is there room without the others?
+    keep = [r for r in snap.running if r.priority >= first.priority]
+    quota_room = nominal - sum(r.per_rank.gpus for r in keep) >= need
+    node_room = any(n.capacity.gpus - sum(r.per_rank.gpus for r in keep if r.nodes[0] == n.name)
+                    >= need for n in snap.nodes)
+    if quota_room and node_room:
+        assert first.id in {a.job for a in d.admit} or first.id in d.nominated, d.waiting
+
+
+@st.composite
+def workloads(draw: st.DrawFn) -> list[tuple[float, float, float]]:
+    """(arrival, GPUs, duration) of jobs for one 8-GPU node; big ones can starve."""
+    return [(float(draw(st.integers(0, 40))), float(draw(st.sampled_from([1, 2, 6, 8]))),
+             float(draw(st.integers(1, 10)))) for _ in range(draw(st.integers(1, 12)))]
+
+
+@settings(max_examples=40, deadline=None)
+@example([(1.0, 8.0, 1.0)] + [(5.0 * i, 1.0, 10.0) for i in range(9)])  # a stream of small jobs
+@given(workloads())
+def test_starving_jobs_are_admitted_eventually(work: list[tuple[float, float, float]]) -> None:
+    """Replay the jobs cycle by cycle; with a starvation age every job starts in bounded time."""
+    nodes = [Node("n0", "f0", Resources(8, 64, UNLIMITED))]
+    queue = Queue("q", (FlavorQuota("f0", Resources(8, UNLIMITED, UNLIMITED)),))
+    age, longest = 20.0, max(d for _, _, d in work)
+    ends: dict[str, float] = {}
+    running: list[RunningJob] = []
+    started: dict[str, float] = {}
+    now = 0.0
+    while len(started) < len(work) and now < 1000:
+        running = [r for r in running if ends[str(r.id)] > now]
+        pending = [PendingJob(f"j{i}", "q", 0, t, 1, Resources(g, 1, 0))
+                   for i, (t, g, _) in enumerate(work) if t <= now and f"j{i}" not in started]
+        d = schedule(Snapshot(now, [queue], nodes, running, pending),
+                     Policy(starvation_age=age))
+        for a in d.admit:
+            i = int(str(a.job)[1:])
+            started[str(a.job)] = now
+            ends[str(a.job)] = now + work[i][2]
+            running.append(RunningJob(a.job, "q", 0, a.flavor, a.nodes,
+                                      Resources(work[i][1], 1, 0)))
+        now += 1.0
+    assert len(started) == len(work)
+    for i, (t, _, _) in enumerate(work):
+        # Starving after `age`; then the node drains (one job length) for each older job and
+        # for it: nothing younger is admitted meanwhile.
+        older = sum(1 for j, (u, _, _) in enumerate(work) if (u, j) < (t, i))
+        assert started[f"j{i}"] - t <= age + (older + 1) * longest + 1, (i, started)
