@@ -19,7 +19,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 
     The fused kernel is used on CUDA unless ``optim.fused = "off"``; ``"on"`` forces it on CPU too.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
