@@ -238,3 +238,19 @@ def test_events_are_json_with_actor_and_reason(server: ServerProcess) -> None:
     first = detail["events"][0]
     assert first["actor"] == "alice" and first["reason"] == "submitted"
     json.dumps(detail)
+
+
+def test_a_raised_quota_admits_a_waiting_job(server: ServerProcess) -> None:
+    spec = command_job("wide", queue="bob", ranks=3, resources={"cpus": 1})
+    job = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": spec}).json()
+    time.sleep(1.0)  # several cycles: 3 CPUs do not fit in bob's quota of 2
+    waiting = call(server, "GET", f"/v1/jobs/{job['id']}", "bob-secret").json()
+    assert waiting["state"] == "QUEUED" and waiting["waiting"], waiting
+    call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 3})
+    try:
+        done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"}, token="bob-secret")
+        assert done["state"] == "SUCCEEDED"
+        admitted = [e for e in done["events"] if e["to_state"] == "ADMITTED"]
+        assert admitted[0]["at"] > waiting["created_at"]
+    finally:
+        call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 2})

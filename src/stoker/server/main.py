@@ -18,6 +18,7 @@ def serve(settings: ServerSettings) -> None:
     SIGTERM. Job processes keep running after the server stops; the next one adopts them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     plane = ControlPlane.open(settings, hidden_env=token_env_names)
     tokens = TokenBook(plane.cluster)
     for who in tokens.missing:
