@@ -122,19 +122,25 @@ def naive_first_fit(nodes: list[Node], running: list[RunningJob], pending: list[
     return admitted
 
 
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float, object]:
-    """Median CPU time and median wall time of ``repeat`` calls, and the last result.
+def timed(variants: dict[str, Callable[[], object]], repeat: int
+          ) -> dict[str, tuple[float, float, object]]:
+    """Median CPU and wall seconds of each variant, and its last result.
 
-    CPU time (this process only) is the headline: the CI machine is shared, and other jobs'
-    load inflates wall time without changing the work done.
+    The variants run interleaved (one of each, ``repeat`` times) so that load from other jobs
+    on the shared machine falls on all of them alike. CPU time of this process is the headline:
+    other jobs' load inflates wall time without changing the work done.
     """
-    cpu, wall, result = [], [], None
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, object] = {}
     for _ in range(repeat):
-        c0, w0 = time.process_time(), time.perf_counter()
-        result = fn()
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
-    return statistics.median(cpu), statistics.median(wall), result
+        for name, fn in variants.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            results[name] = fn()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    return {name: (statistics.median(cpu[name]), statistics.median(wall[name]), results[name])
+            for name in variants}
 
 
 def main() -> None:
@@ -157,24 +163,31 @@ def main() -> None:
         return Snapshot(3600.0, queues, nodes, current, pending, topology=TOPOLOGY)
 
     snap = build()
-    policies = {"fifo": Policy(), "fifo+fair": Policy(fair_sharing=True),
-                "las": Policy(order="las"), "sjf": Policy(order="sjf")}
-    t_build, w_build, _ = timed(build, args.repeat)
-    t_naive, w_naive, admitted = timed(lambda: naive_first_fit(nodes, running, snap.pending),
-                                       args.repeat)
+    empty = Snapshot(3600.0, queues, nodes, [], snap.pending, topology=TOPOLOGY)
+    variants: dict[str, Callable[[], object]] = {
+        "baseline: build snapshot": build,
+        "baseline: naive first-fit": lambda: naive_first_fit(nodes, running, snap.pending),
+        "fifo": lambda: schedule(snap, Policy()),
+        "fifo, fair sharing": lambda: schedule(snap, Policy(fair_sharing=True)),
+        "las": lambda: schedule(snap, Policy(order="las")),
+        "sjf": lambda: schedule(snap, Policy(order="sjf")),
+        "fifo, empty cluster": lambda: schedule(empty, Policy()),
+    }
+    times = timed(variants, args.repeat)
     used = sum(j.per_rank.gpus * len(j.nodes) for j in running)
-    print(f"cluster: {len(nodes)} nodes x 8 GPUs, {len(queues)} queues in 5 cohorts, "
-          f"{len(running)} running jobs using {used / (8 * len(nodes)):.0%} of GPUs, "
-          f"{len(snap.pending)} pending; median of {args.repeat} runs, CPU ms (wall ms)")
-    print(f"baseline  build snapshot   {t_build * 1e3:7.1f} ({w_build * 1e3:7.1f})")
-    print(f"baseline  naive first-fit  {t_naive * 1e3:7.1f} ({w_naive * 1e3:7.1f})  "
-          f"{admitted} admitted")
-    for name, policy in policies.items():
-        t, w, d = timed(lambda p=policy: schedule(snap, p), args.repeat)  # type: ignore[misc]
-        assert isinstance(d, Decisions)
-        print(f"schedule  {name:<15}  {t * 1e3:7.1f} ({w * 1e3:7.1f})  {len(d.admit)} admitted, "
-              f"{len(d.preempt)} preempted, {len(d.nominated)} nominated; "
-              f"{t / t_naive:.2f}x naive first-fit")
+    print(f"{len(nodes)} nodes x 8 GPUs, {len(queues)} queues in 5 cohorts, {len(running)} "
+          f"running jobs on {used / (8 * len(nodes)):.0%} of the GPUs, {len(snap.pending)} "
+          f"pending; median of {args.repeat} interleaved runs")
+    naive = times["baseline: naive first-fit"][0]
+    print(f"{'':28} {'CPU ms':>8} {'wall ms':>8} {'vs naive':>8}")
+    for name, (cpu, wall, result) in times.items():
+        line = f"{name:28} {cpu * 1e3:8.1f} {wall * 1e3:8.1f} {cpu / naive:8.2f}"
+        if isinstance(result, Decisions):
+            line += (f"  {len(result.admit)} admitted, {len(result.preempt)} preempted, "
+                     f"{len(result.nominated)} nominated")
+        elif isinstance(result, int):
+            line += f"  {result} admitted"
+        print(line)
 
 
 if __name__ == "__main__":

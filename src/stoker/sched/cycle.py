@@ -264,7 +264,7 @@ class _Cycle:
             self.waiting[job.id] = f"never fits: no node of flavor {', '.join(flavors)} " \
                                    f"holds one rank of {_fmt(job)}"
             return False
-        if self._can_preempt(qs):
+        if open_flavors and self._can_preempt(qs):
             # The same shape at the same rank failing again is certain: state only shrinks.
             shape = (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
                      job.per_rank, level, job.topology_required)
@@ -275,7 +275,8 @@ class _Cycle:
                         return False
                 self.hopeless.add(shape)
         self.waiting[job.id] = "; ".join(why)
-        if job.created_at + (self.policy.starvation_age or INF) <= self.now:
+        age = self.policy.starvation_age
+        if age is not None and self.now - job.created_at >= age:
             self._reserve(qs, job, open_flavors, node_short)
         return False
 
@@ -346,7 +347,8 @@ class _Cycle:
             mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
             for other in self.trees[qs.root]:
                 account = other.accounts.get(flavor)
-                if other is qs or account is None or not account.borrowing():
+                if (other is qs or account is None or (other.queue.name, flavor) not in self.running
+                        or not account.borrowing()):
                     continue  # Kueue reclaims only from queues above their nominal quota
                 sel = self._candidates(other.queue.name, flavor).select(mine, job.created_at,
                                                                         mode)

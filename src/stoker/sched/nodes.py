@@ -45,7 +45,7 @@ class Pool:
     changed since: a gang spanning nodes then looks at groups, not at every node.
     """
 
-    __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total", "version")
+    __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total")
 
     def __init__(self, primary: int) -> None:
         self.primary = primary
@@ -53,8 +53,8 @@ class Pool:
         self.keys: list[int] = []
         self.total: Vec = [0.0, 0.0, 0.0]
         self.groups: dict[Group, list[int]] = {}
-        self.version: dict[Group, int] = {}
-        self.cache: dict[tuple[float, ...], dict[Group, tuple[int, int]]] = {}
+        # per rank shape: ranks each group holds, and the groups changed since
+        self.cache: dict[tuple[float, ...], tuple[dict[Group, int], set[Group]]] = {}
 
     def insert(self, i: int, free: Vec, group: Group) -> None:
         k = _key(free[self.primary])
@@ -66,7 +66,6 @@ class Pool:
         for r in range(3):
             self.total[r] += free[r]
         self.groups.setdefault(group, []).append(i)
-        self.version[group] = 0
 
     def move(self, i: int, old: int, new: int) -> None:
         bucket = self.buckets[old]
@@ -95,19 +94,39 @@ class Pool:
                     return i
         return None
 
+    def rank_bound(self, per_rank: Sequence[float]) -> int:
+        """At most how many ranks of ``per_rank`` fit in the pool (from the buckets alone)."""
+        p = per_rank[self.primary]
+        if p <= 0:
+            return MANY
+        total = 0
+        for k in self.keys[bisect_left(self.keys, _key(p)):]:
+            total += len(self.buckets[k]) * int((k + 1 - EPS) / p)
+        return total
+
     def group_capacity(self, per_rank: Sequence[float], free: list[Vec]) -> dict[Group, int]:
         """How many ranks of ``per_rank`` each group holds (groups holding none left out)."""
-        cache = self.cache.setdefault(tuple(per_rank), {})
-        out: dict[Group, int] = {}
-        for group, members in self.groups.items():
-            version = self.version[group]
-            hit = cache.get(group)
-            if hit is None or hit[0] != version:
-                hit = cache[group] = (version, sum(ranks_fitting(free[i], per_rank)
-                                                   for i in members))
-            if hit[1]:
-                out[group] = hit[1]
-        return out
+        shape = tuple(per_rank)
+        cached = self.cache.get(shape)
+        if cached is None:
+            caps = {g: n for g, members in self.groups.items()
+                    if (n := sum(ranks_fitting(free[i], per_rank) for i in members))}
+            self.cache[shape] = (caps, set())
+            return caps
+        caps, dirty = cached
+        for g in dirty:
+            n = sum(ranks_fitting(free[i], per_rank) for i in self.groups[g])
+            if n:
+                caps[g] = n
+            else:
+                caps.pop(g, None)
+        dirty.clear()
+        return caps
+
+    def touch(self, group: Group) -> None:
+        """A node of ``group`` changed: cached capacities of the group are stale."""
+        for _, dirty in self.cache.values():
+            dirty.add(group)
 
 
 Group = tuple[tuple[str, ...], int]  # (innermost domain path, chunk)
@@ -127,6 +146,7 @@ class Nodes:
         self.depth = len(topology)
         self.levels = {name: i for i, name in enumerate(topology)} | {"node": len(topology)}
         self.pools: dict[str, Pool] = {}
+        self.pool_of: list[Pool | None] = [None] * len(nodes)  # None: not indexed (yet)
         self.capacity: dict[str, Vec] = {}  # per flavor: the largest node, for "never fits"
         for n in nodes:
             cap = self.capacity.setdefault(n.flavor, [0.0, 0.0, 0.0])
@@ -148,12 +168,13 @@ class Nodes:
                 # GPU nodes bucket by free GPUs, CPU-only nodes by free CPUs.
                 pool = self.pools[flavor] = Pool(0 if self.capacity[flavor][0] > 0 else 1)
             pool.insert(i, self.free[i], self.group[i])
+            self.pool_of[i] = pool
 
     def charge(self, i: int, per_rank: Sequence[float], count: int) -> None:
         """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
         f = self.free[i]
         d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
-        pool = self.pools.get(self.flavor[i]) if self.schedulable[i] else None
+        pool = self.pool_of[i]
         if pool is None:
             f[0] -= d0
             f[1] -= d1
@@ -167,7 +188,8 @@ class Nodes:
         t[0] -= d0
         t[1] -= d1
         t[2] -= d2
-        pool.version[self.group[i]] += 1
+        if pool.cache:
+            pool.touch(self.group[i])
         new = _key(f[pool.primary])
         if new != old:
             pool.move(i, old, new)
@@ -192,13 +214,14 @@ class Nodes:
         pool = self.pools.get(flavor)
         if pool is None:
             return None
-        need = [per_rank[r] * ranks for r in range(3)]
-        if any(pool.total[r] + EPS < need[r] for r in range(3)):
+        need = (per_rank[0] * ranks, per_rank[1] * ranks, per_rank[2] * ranks)
+        total = pool.total
+        if total[0] + EPS < need[0] or total[1] + EPS < need[1] or total[2] + EPS < need[2]:
             return None
         one = pool.best_node(need, self.free)
         if one is not None:
             return [(one, ranks)]
-        if ranks == 1 or (required and level == self.depth):
+        if ranks == 1 or (required and level == self.depth) or pool.rank_bound(per_rank) < ranks:
             return None
         caps = pool.group_capacity(per_rank, self.free)
         if sum(caps.values()) < ranks:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
@@ -175,6 +176,9 @@ class Simulation:
         ``placement`` is where the preemptor fits with every chosen victim gone.
         """
         kept = chosen[-1:]
+        if len(chosen) == 1:
+            self.restore(chosen[0][0])
+            return kept, placement
         for v, reason in reversed(chosen[:-1]):
             self.restore(v)
             spared = self.fits(allow_borrowing)
@@ -231,38 +235,38 @@ def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
     below the victim queue's share before (S2-b), or if the victim is below the
     borrow-within-cohort priority threshold.
     """
-    by_queue: dict[int, list[Victim]] = {}
+    by_queue: dict[int, deque[Victim]] = {}
     accounts: dict[int, Account] = {}
     for v in candidates:
         if v.account is not None:
-            by_queue.setdefault(id(v.account), []).append(v)
+            by_queue.setdefault(id(v.account), deque()).append(v)
             accounts[id(v.account)] = v.account
-    mine = tree.share(own, total)[-1]
+    shares = {k: tree.queue_share(a) for k, a in accounts.items()}
+    mine = tree.queue_share(own, total)
     chosen: Chosen = []
     while by_queue:
-        shares = {k: tree.share(accounts[k])[-1] for k in by_queue}
         k = max(by_queue, key=lambda q: (shares[q], -len(by_queue[q])))
-        v = by_queue[k].pop(0)
+        v = by_queue[k].popleft()
         if not by_queue[k]:
             del by_queue[k]
         if v.account is own:
             sim.remove(v)
             chosen.append((v, "within_queue"))
+            shares[k] = tree.queue_share(own)
+            mine = tree.queue_share(own, total)
         else:
             if not borrowing_in(v.account, resources):
                 by_queue.pop(k, None)
                 continue
-            before = shares[k]
-            sim.remove(v)
-            after = tree.share(accounts[k])[-1]
+            after = tree.queue_share(accounts[k], [-t for t in v.total])
             below = threshold is not None and v.job.priority < threshold
-            if not (below or mine <= after or mine < before):
-                sim.restore(v)
+            if not (below or mine <= after or mine < shares[k]):
                 continue
+            sim.remove(v)
+            shares[k] = after
             chosen.append((v, "fair_share"))
         placement = sim.fits(True)
         if placement is not None:
             return sim.fill_back(chosen, True, placement)
-        mine = tree.share(own, total)[-1]
     sim.undo(chosen)
     return None

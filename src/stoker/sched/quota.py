@@ -101,8 +101,9 @@ class Account:
                    for r in RESOURCES)
 
     def borrowing(self) -> bool:
-        return self.parent is not None and any(
-            self.usage[r] > self.nominal[r] + EPS for r in RESOURCES)
+        if self.parent is None:
+            return False
+        return any(self.usage[r] > self.nominal[r] + EPS for r in self.limited)
 
     def short(self, amount: Sequence[float]) -> list[int]:
         """The resources of ``amount`` that do not fit."""
@@ -186,7 +187,7 @@ class QuotaTree:
         if account.parent is None:
             return (0.0,)
         if account.parent.parent is None:  # a flat cohort: only the queue's own share
-            return (self._queue_share(account, extra),)
+            return (self.queue_share(account, extra),)
         if extra is not None:
             account.add(extra)
         try:
@@ -198,13 +199,15 @@ class QuotaTree:
                                            self.cohort_weight.get(node.name, 1.0)))
                 node = node.parent
             path.reverse()
-            path.append(self._queue_share(account, None))
+            path.append(self.queue_share(account, None))
             return tuple(path)
         finally:
             if extra is not None:
                 account.remove(extra)
 
-    def _queue_share(self, account: Account, extra: Sequence[float] | None) -> float:
+    def queue_share(self, account: Account, extra: Sequence[float] | None = None) -> float:
+        """The weighted dominant-resource share of ``account``'s queue, with ``extra`` (which
+        may be negative) added to ``account``."""
         accounts = self.queues[account.name].values()
         lendable = self._lendable(account.name)
         worst = 0.0
