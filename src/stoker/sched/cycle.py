@@ -425,8 +425,7 @@ class _Cycle:
         if self.policy.fair_sharing:
             if not _quota_bound(account, total, own_freed, others_freed, True):
                 return None
-            return preempt.fair(sim, self.quota, account, total, list(preempt.merged(every)),
-                                short, threshold)
+            return preempt.fair(sim, self.quota, account, total, every, short, threshold)
         if threshold is not None:
             return minimal(every, True, threshold)
         if under_nominal:

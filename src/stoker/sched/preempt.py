@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right, insort
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
@@ -226,29 +225,31 @@ def minimal(sim: Simulation, own: Account, candidates: Iterable[Victim], resourc
 
 
 def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
-         candidates: Sequence[Victim], resources: Sequence[int], threshold: int | None
+         selections: Sequence[Selection], resources: Sequence[int], threshold: int | None
          ) -> tuple[Chosen, Placement] | None:
     """Kueue's fair-sharing preemption: take from the queue with the highest share first.
 
     A job of another queue is a victim only if the preemptor's queue, with the new job, ends
     with a share no higher than the victim's queue without the victim (rule S2-a), or strictly
     below the victim queue's share before (S2-b), or if the victim is below the
-    borrow-within-cohort priority threshold.
+    borrow-within-cohort priority threshold. ``selections`` holds one selection per queue.
     """
-    by_queue: dict[int, deque[Victim]] = {}
+    queues: dict[int, Iterator[Victim]] = {}
     accounts: dict[int, Account] = {}
-    for v in candidates:
-        if v.account is not None:
-            by_queue.setdefault(id(v.account), deque()).append(v)
-            accounts[id(v.account)] = v.account
+    for sel in selections:
+        account = sel.cands.account
+        if account is not None:
+            queues[id(account)] = iter(sel)
+            accounts[id(account)] = account
     shares = {k: tree.queue_share(a) for k, a in accounts.items()}
     mine = tree.queue_share(own, total)
     chosen: Chosen = []
-    while by_queue:
-        k = max(by_queue, key=lambda q: (shares[q], -len(by_queue[q])))
-        v = by_queue[k].popleft()
-        if not by_queue[k]:
-            del by_queue[k]
+    while queues:
+        k = max(queues, key=shares.__getitem__)
+        v = next(queues[k], None)
+        if v is None:
+            del queues[k]
+            continue
         if v.account is own:
             sim.remove(v)
             chosen.append((v, "within_queue"))
@@ -256,7 +257,7 @@ def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
             mine = tree.queue_share(own, total)
         else:
             if not borrowing_in(v.account, resources):
-                by_queue.pop(k, None)
+                del queues[k]
                 continue
             after = tree.queue_share(accounts[k], [-t for t in v.total])
             below = threshold is not None and v.job.priority < threshold

@@ -212,6 +212,8 @@ class QuotaTree:
         lendable = self._lendable(account.name)
         worst = 0.0
         for r in RESOURCES:
+            if lendable[r] >= UNLIMITED / 2:
+                continue  # not limited anywhere in the tree: no share of it to speak of
             borrowed = 0.0
             for a in accounts:
                 over = a.usage[r] - a.subtree[r]
