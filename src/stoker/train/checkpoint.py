@@ -4,7 +4,7 @@
         __0_0.distcp, __1_0.distcp, ...   DCP shards: each rank writes its own part
         .metadata                         DCP's global index (written by rank 0)
         rng/rank-00000.pt, ...            every rank's RNG states (torch, CUDA, numpy, python)
-        .sums/rank-00000.json, ...        size + sha256 of the files each rank wrote
+        .sums/rank-00000.json, ...        size + CRC-32 of the files each rank wrote
         MANIFEST.json                     the commit record, written last (ckpt_manifest.py)
 
 The state handed to `Checkpointer.save` is a DCP state dict: model and optimizer state from
@@ -27,10 +27,12 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from pydantic import BaseModel
+from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
 from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import WriteResult
@@ -51,6 +55,7 @@ from stoker.spec.train import CheckpointConfig
 from stoker.train import faults
 from stoker.train.ckpt_manifest import (
     MANIFEST,
+    DigestingWriter,
     Manifest,
     TornCheckpoint,
     read_manifest,
@@ -62,6 +67,7 @@ from stoker.train.ckpt_retention import to_delete
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
+WRITER_NICE = 10  # CPU share of a background save's threads when they compete with training
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -165,23 +171,71 @@ def _to_bytes(obj: Any) -> bytes:
 
 # ---------------------------------------------------------------------- the committing writer
 
+class _DigestingFileSystem(FileSystem):
+    """DCP's local file system, digesting every file it writes as the bytes go by."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.digests: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[Any]:
+        with super().create_stream(path, mode) as raw:
+            if "w" not in mode:
+                yield raw
+                return
+            stream = DigestingWriter(raw)  # type: ignore[arg-type]
+            yield stream
+        with self._lock:
+            self.digests[Path(path).name] = stream.result()
+
+
+class _Staging:
+    """A CPU copy of the state kept from one async save to the next, so that staging is one
+    memcpy rather than an allocation plus a memcpy (pinned on CUDA for fast device-to-host
+    copies), as torchtitan does. It is reused only once the previous save has finished."""
+
+    def __init__(self) -> None:
+        self.buffer: dict[str, Any] | None = None
+
+    def stage(self, state: dict[str, Any]) -> dict[str, Any]:
+        if self.buffer is not None:
+            try:
+                return _copy_state_dict(state, self.buffer, type_check=False)
+            except Exception:  # the state changed structure or shape: start over
+                self.buffer = None
+        self.buffer = _create_cpu_state_dict(state, pin_memory=torch.cuda.is_available())
+        return _copy_state_dict(state, self.buffer, type_check=False)
+
+
 class _CommittingWriter(FileSystemWriter):
-    """DCP's file writer, plus: this rank's own files and checksums after its shards, and (rank
+    """DCP's file writer, plus: checksums taken while writing, this rank's own files, and (rank
     0, in DCP's finish step, after every rank's writes) the manifest, then retention."""
 
     def __init__(self, path: Path, *, step: int, rank: int, world_size: int, cfg_hash: str,
-                 rank_files: dict[str, bytes],
+                 rank_files: dict[str, bytes], staging: _Staging,
                  on_commit: Callable[[Manifest], None] | None) -> None:
-        super().__init__(path, single_file_per_rank=True, sync_files=True)
+        super().__init__(path, single_file_per_rank=True, sync_files=True, thread_count=2)
+        self.fs: _DigestingFileSystem = _DigestingFileSystem()
         self.ckpt_dir = path
         self.step = step
         self.my_rank = rank
         self.world = world_size
         self.cfg_hash = cfg_hash
         self.rank_files = rank_files
+        self.staging = staging
         self.on_commit = on_commit
 
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """DCP's async save calls this (the writer is its stager) before returning."""
+        return self.staging.stage(state_dict)
+
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            # An async save yields the CPU to training (Linux nice values are per thread, and
+            # the writer threads DCP starts from here inherit this one).
+            os.setpriority(os.PRIO_PROCESS, 0, WRITER_NICE)
         fut = super().write_data(plan, planner)
         results: list[WriteResult] = fut.wait()
         names = [r.storage_data.relative_path for r in results]
@@ -193,7 +247,7 @@ class _CommittingWriter(FileSystemWriter):
                 f.flush()
                 os.fsync(f.fileno())
             names.append(name)
-        record_rank_files(self.ckpt_dir, self.my_rank, names)
+        record_rank_files(self.ckpt_dir, self.my_rank, names, known=self.fs.digests)
         faults.fire("ckpt_shards", self.step, self.my_rank)
         return fut
 
@@ -248,6 +302,7 @@ class Checkpointer:
         self.io_group = dist.new_group(backend="gloo") if distributed else None
         self.ctl_group = dist.new_group(backend="gloo") if distributed else None
         self._in_flight: _InFlight | None = None
+        self._staging = _Staging()
         self._last_save = time.monotonic()
         self.last_committed: int | None = None
 
@@ -285,6 +340,7 @@ class Checkpointer:
             path, step=step, rank=self.rank, world_size=self.world_size,
             cfg_hash=self.config_hash,
             rank_files={_rng_name(self.rank): _to_bytes(capture_rng(self.device))},
+            staging=self._staging,
             on_commit=(lambda m: deleted.extend(self._retain(m.step)))
             if self.rank == 0 else None)
         started = time.time()
@@ -314,6 +370,11 @@ class Checkpointer:
             path.parent.mkdir(parents=True, exist_ok=True)
         if self.io_group is not None and self.world_size > 1:
             dist.barrier(group=self.io_group)
+
+    @property
+    def in_flight(self) -> int | None:
+        """The step of the save still being written (None when there is none)."""
+        return None if self._in_flight is None else self._in_flight.step
 
     def poll(self) -> None:
         """Collect the in-flight save if it has finished (never blocks)."""
