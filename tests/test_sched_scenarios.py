@@ -220,6 +220,17 @@ def test_fair_sharing_order(weight_a: float, fair: bool, expect: set[str]) -> No
     check(fair_case(weight_a, fair), expect)
 
 
+@pytest.mark.parametrize(("fair", "expect"), [(False, {"a"}), (True, {"b"})])
+def test_fair_sharing_across_a_cohort_tree(fair: bool, expect: set[str]) -> None:
+    # team1 (qa) borrows 4 from the org; team2 (qb, qc) borrows nothing. Room for one job.
+    case = Case([queue("qa", 2, "team1"), queue("qb", 2, "team2"), queue("qc", 6, "team2")],
+                [pend("a", "qa", 2, t=0), pend("b", "qb", 2, t=1)],
+                running=[run("ra", "qa", ["n0"], 6), run("rb", "qb", ["n1"], 2)],
+                cohorts=[Cohort("org"), Cohort("team1", "org"), Cohort("team2", "org")],
+                policy=Policy(fair_sharing=fair, preemption=False))
+    check(case, expect)
+
+
 # --- preemption: within the queue, reclaim within the cohort, borrow within the cohort ---
 
 def full_queue(within: str, running_prio: int = 0, running_t: float = 0.0,

@@ -183,12 +183,11 @@ class _Cycle:
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
+        accounts = [a for f, a in qs.accounts.items() if job.flavors is None or f in job.flavors]
         if self.policy.fair_sharing:
-            shares = [self.quota.share(a, total) for f, a in qs.accounts.items()
-                      if job.flavors is None or f in job.flavors]
-            second: object = min(shares) if shares else (INF,)
+            second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
-            second = all(a.needs_borrowing(total) for a in qs.accounts.values())
+            second = all(a.needs_borrowing(total) for a in accounts)
         return (key[0], second, *key[1:])
 
     def _can_preempt(self, qs: _QueueState) -> bool:
