@@ -134,6 +134,8 @@ class Simulator:
         self.next_arrival = 0  # self.jobs is sorted by arrival
         self.batches = 0
         self.freed = False
+        self.flavor_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self.running_view: list[RunningJob] | None = None  # reused while nothing starts/stops
         self.fragmented = 0.0
         self.free_while_pending = 0.0
 
@@ -294,6 +296,7 @@ class Simulator:
         job.outcome.waited += now - job.pending_since
         job.running_obj = None
         self.running[job.idx] = job
+        self.running_view = None
         self.busy += job.gpus
         self._push(now + job.remaining, COMPLETE, job.idx, job.epoch)
         if self.policy.policy.order == "las" and self.policy.policy.preemption:
@@ -306,6 +309,7 @@ class Simulator:
     def _release(self, job: SimJob, now: float) -> float:
         """Free the job's GPUs; return the seconds it ran in this attempt."""
         del self.running[job.idx]
+        self.running_view = None
         for i in job.nodes:
             self.free[i] += job.per_rank.gpus
             self.on_node[i].discard(job.idx)
@@ -369,7 +373,10 @@ class Simulator:
     def snapshot(self, now: float) -> Snapshot:
         """The scheduler's view of the simulated cluster at `now`."""
         dynamic = self.policy.policy.preemption and bool(self.pending)
-        running = [self._running_obj(job, now, dynamic) for job in self.running.values()]
+        if dynamic or self.running_view is None:
+            self.running_view = [self._running_obj(job, now, dynamic)
+                                 for job in self.running.values()]
+        running = self.running_view
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
                         pending=[job.pending() for job in self.pending.values()],
                         cohorts=self.cohorts, topology=self.cluster.topology)
@@ -394,17 +401,24 @@ class Simulator:
         if self.policy.policy.preemption or self.freed or not arrived:
             return True
         free = np.where(self.up, self.free, 0.0)
+        room: dict[tuple[str, ...] | None, tuple[float, float]] = {}
         for job in arrived:
-            allowed = [f for f, name in enumerate(self.flavor_names)
-                       if job.flavors is None or name in job.flavors]
-            mask = np.isin(self.node_flavor, allowed)
-            if not mask.any():
-                continue
-            on_allowed = free[mask]
-            if (on_allowed.max() + 1e-9 >= job.per_rank.gpus
-                    and on_allowed.sum() + 1e-9 >= job.gpus):
+            if job.flavors not in room:
+                on_allowed = free if job.flavors is None else free[self._mask(job.flavors)]
+                room[job.flavors] = ((float(on_allowed.max()), float(on_allowed.sum()))
+                                     if on_allowed.size else (0.0, 0.0))
+            largest, total = room[job.flavors]
+            if largest + 1e-9 >= job.per_rank.gpus and total + 1e-9 >= job.gpus:
                 return True
         return False
+
+    def _mask(self, flavors: tuple[str, ...]) -> np.ndarray:
+        """Which nodes are of one of `flavors` (cached)."""
+        mask = self.flavor_masks.get(flavors)
+        if mask is None:
+            allowed = [f for f, name in enumerate(self.flavor_names) if name in flavors]
+            mask = self.flavor_masks[flavors] = np.isin(self.node_flavor, allowed)
+        return mask
 
     def _schedule(self, now: float) -> None:
         """Call the scheduler until it has nothing more to do at `now`: a cycle that preempts
