@@ -32,7 +32,7 @@ from stoker.sched import (
 EPS = 1e-6
 FLAVORS = ("f0", "f1")
 TOPOLOGY = ("rack",)
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INF3 = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
 
 

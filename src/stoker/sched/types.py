@@ -37,7 +37,8 @@ Queue (Kueue: ClusterQueue)
         get that quota back: "Never", "LowerPriority" or "Any".
     borrow_within_cohort: "LowerPriority" lets a job that needs to *borrow* preempt
         lower-priority jobs of other borrowing queues of the cohort (only those with priority
-        <= ``borrow_max_priority`` when that is set); "Never" forbids it.
+        <= ``borrow_max_priority`` when that is set); "Never" forbids it. As in Kueue, jobs
+        of other queues are candidates only if ``reclaim_within_cohort`` is not "Never".
     fair_weight: the queue's weight in fair sharing (its share is divided by it).
 
 Cohort (Kueue: Cohort, hierarchical)
