@@ -34,6 +34,7 @@ from stoker.train.ckpt_retention import to_delete
 from stoker.train.exitcodes import EXIT_HANG, describe
 from stoker.train.guards import LossGuard
 from stoker.train.heartbeat import Heartbeat, flight_recorder_env, read_heartbeats
+from stoker.train.restarts import AttemptResult, RankFailure, rank_failures, supervise
 
 CPU = torch.device("cpu")
 
@@ -287,6 +288,7 @@ def test_fault_spec(monkeypatch: pytest.MonkeyPatch) -> None:
         faults.parse("explode@step=1")
     monkeypatch.setattr(faults, "_faults", faults.parse("nan@step=3,rank=1"))
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("STOKER_ATTEMPT", raising=False)
     assert faults.fire("step", 3, rank=0) is None
     assert faults.fire("step", 3, rank=1) == "nan"
     assert faults.fire("step", 3, rank=1) is None  # once per process
@@ -308,3 +310,45 @@ def test_events_append_from_threads(tmp_path: Path) -> None:
         t.join()
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert len(lines) == 200 and all(json.loads(x)["event"] == "tick" for x in lines)
+
+
+# ---------------------------------------------------------------------- restart loop
+
+def test_rank_failures_put_the_root_cause_first(tmp_path: Path) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    nofile = str(tmp_path / "none.json")
+    err = ChildFailedError("stoker.train", {
+        0: ProcessFailure(0, 100, -15, nofile),  # torn down by the launcher
+        1: ProcessFailure(1, 101, 1, nofile),  # lost its peer
+        2: ProcessFailure(2, 102, -9, nofile),  # the one that was killed
+    })
+    causes = rank_failures(err)
+    assert [f.rank for f in causes] == [2, 1, 0]
+    assert causes[0].cause == "killed by SIGKILL" and causes[2].torn_down
+
+
+def test_supervise_restarts_until_success_and_records_causes(tmp_path: Path) -> None:
+    script = [AttemptResult(1, [RankFailure(1, -9, 42, "killed by SIGKILL")]),
+              AttemptResult(EXIT_HANG, [RankFailure(0, EXIT_HANG, 43, describe(EXIT_HANG))]),
+              AttemptResult(0)]
+    seen: list[int] = []
+
+    def launch_once(n: int) -> AttemptResult:
+        seen.append(n)
+        return script[n]
+
+    assert supervise(launch_once, max_restarts=3, events=EventLog(tmp_path)) == 0
+    assert seen == [0, 1, 2]
+    failures = read_events(tmp_path, "failure")
+    assert [(f["attempt"], f["rank"], f["cause"]) for f in failures] == [
+        (0, 1, "killed by SIGKILL"), (1, 0, "hang detected by the watchdog")]
+    assert [r["attempt"] for r in read_events(tmp_path, "restart")] == [1, 2]
+
+
+def test_supervise_gives_up_and_never_restarts_a_preempted_run(tmp_path: Path) -> None:
+    failing = AttemptResult(1, [RankFailure(0, 1, 7, "error")])
+    assert supervise(lambda n: failing, 1, EventLog(tmp_path / "a")) == 1
+    assert len(read_events(tmp_path / "a", "failure")) == 2
+    assert supervise(lambda n: AttemptResult(75), 3, EventLog(tmp_path / "b")) == 75
+    assert read_events(tmp_path / "b") == []

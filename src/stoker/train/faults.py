@@ -11,8 +11,8 @@ points   ``step=N``        the trainer's hook before optimizer step N runs
 actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
          (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
          and the caller poisons the step's loss
-filters  ``rank=R`` (default: every rank) · ``attempt=A``: the elastic restart count
-         (default 0, so a restarted gang does not fault again)
+filters  ``rank=R`` (default: every rank) · ``attempt=A``: the gang's restart count
+         (`restarts.attempt`; default 0, so a restarted gang does not fault again)
 
 Each item fires at most once per process.
 """
@@ -23,6 +23,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+
+from stoker.train.restarts import attempt
 
 ENV = "STOKER_FAULT"
 ACTIONS = ("kill", "hang", "exit", "raise", "nan")
@@ -68,9 +70,8 @@ def active() -> list[Fault]:
 
 def fire(point: str, step: int, rank: int) -> str | None:
     """Carry out the fault planned for this point, if any; returns "nan" for a loss poison."""
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
     for fault in active():
-        if fault.matches(point, step, rank, attempt):
+        if fault.matches(point, step, rank, attempt()):
             fault.fired = True
             return _act(fault)
     return None

@@ -28,6 +28,7 @@ from typing import Any
 
 from stoker.observe.events import EventLog
 from stoker.train.exitcodes import EXIT_HANG
+from stoker.train.restarts import attempt
 
 HEARTBEATS = "heartbeats"
 HANGS = "hangs"
@@ -88,7 +89,7 @@ class Heartbeat:
     def _write(self) -> None:
         record = {"rank": self.rank, "step": self.step, "time": time.time(), "pid": os.getpid(),
                   "host": socket.gethostname(),
-                  "attempt": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))}
+                  "attempt": attempt()}
         tmp = self.file.with_name(self.file.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.file)
