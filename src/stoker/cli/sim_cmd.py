@@ -146,6 +146,7 @@ def sim(
                                "runs": summaries}, indent=2))
     else:
         console.print(_table(summaries))
+        console.print(_groups_table(summaries))
 
 
 def _header(prepared: Any) -> dict[str, Any]:
@@ -154,7 +155,9 @@ def _header(prepared: Any) -> dict[str, Any]:
         "trace": f"{inputs.trace} ({inputs.format})",
         "loaded": "; ".join(prepared.trace.skips.lines()),
         "cluster": f"{prepared.cluster.describe()}, cut: {inputs.cut.describe()}",
-        "queues": ", ".join(prepared.queues),
+        "queues": f"{', '.join(prepared.queues)} (jobs mapped by --tenant-by "
+                  f"{inputs.tenant_by})",
+        "LAS thresholds (GPU-s)": inputs.las_thresholds or "the scheduler's default",
         "arrival scale": inputs.arrival_scale,
         "checkpoint interval (s)": inputs.options.checkpoint_interval,
         "node MTBF (s)": inputs.options.node_mtbf or "no failures",
@@ -180,6 +183,38 @@ def _table(summaries: list[dict[str, Any]]) -> Table:
     for label, path, fmt in TABLE_ROWS:
         table.add_row(label, *(cell(s, path, fmt) for s in summaries))
     return table
+
+
+def _groups_table(summaries: list[dict[str, Any]]) -> Table:
+    """Mean / p95 queueing delay by job size and by tenant, and each tenant's share of the
+    GPU-hours against its share of the nominal quota."""
+    table = Table(title="By job size and tenant: wait mean / p95 (h); tenants: used / entitled")
+    table.add_column("group")
+    for s in summaries:
+        table.add_column(s["policy"], justify="right")
+    sizes = sorted({g for s in summaries for g in s["by_gpus"]}, key=_size_order)
+    for size in sizes:
+        table.add_row(f"{size} GPUs", *(_wait(s["by_gpus"].get(size)) for s in summaries))
+    for tenant in sorted({t for s in summaries for t in s["by_tenant"]}):
+        cells = []
+        for s in summaries:
+            share = s["fair_share"].get(tenant, {"used": 0.0, "entitled": 0.0})
+            cells.append(f"{_wait(s['by_tenant'].get(tenant))}; "
+                         f"{share['used']:.0%} / {share['entitled']:.0%}")
+        table.add_row(f"tenant {tenant}", *cells)
+    return table
+
+
+def _size_order(name: str) -> int:
+    from stoker.sim.metrics import GPU_BUCKETS
+
+    return [n for _, n in GPU_BUCKETS].index(name)
+
+
+def _wait(group: dict[str, Any] | None) -> str:
+    if not group:
+        return "-"
+    return f"{group['wait_h']['mean']:.2f} / {group['wait_h']['p95']:.2f}"
 
 
 @sim_app.command("plan")

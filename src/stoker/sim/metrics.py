@@ -149,6 +149,7 @@ def summarize(run: RunResult) -> dict[str, Any]:
         "gpu_hours_lost": sum(j.lost_gpu_seconds for j in run.jobs) / 3600,
         "gpu_hours_used": sum(j.used_gpu_seconds for j in run.jobs) / 3600,
         "fair_share": fair_share(run),
+        "utilization_over_time": _utilization_series(run, bins=48),
         "skipped": run.skipped,
         "sched_calls": run.sched_calls,
         "sched_seconds": run.sched_seconds,
@@ -166,6 +167,15 @@ def fair_share(run: RunResult) -> dict[str, dict[str, float]]:
     queues = sorted(set(used) | set(run.entitlement))
     return {q: {"used": used[q] / total_used,
                 "entitled": run.entitlement.get(q, 0.0) / total_quota} for q in queues}
+
+
+def _utilization_series(run: RunResult, bins: int) -> dict[str, list[float]]:
+    """Busy GPUs / capacity in `bins` equal intervals of the run (t in hours)."""
+    series = run.usage.series(bins)
+    if not run.gpus:
+        return {"t_h": [], "busy": []}
+    return {"t_h": [round(t / 3600, 3) for t in series["t"]],
+            "busy": [round(b / run.gpus, 4) for b in series["busy"]]}
 
 
 def _grouped(jobs: list[JobOutcome], key: Any) -> dict[str, dict[str, Any]]:
