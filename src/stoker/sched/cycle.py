@@ -44,8 +44,8 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
 class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
-    __slots__ = ("accounts", "attempts", "blocked_by", "least", "queue", "root", "scope",
-                 "waiting")
+    __slots__ = ("accounts", "attempts", "blocked_by", "flavors", "least", "most", "queue",
+                 "root", "scope", "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, Account], root: str | None) -> None:
         self.queue = queue
@@ -56,6 +56,8 @@ class _QueueState:
         self.attempts = 0
         self.blocked_by: JobId | None = None
         self.least = (INF, INF)  # the fewest GPUs and CPUs per rank any of its jobs asks for
+        self.most = [0.0, 0.0, 0.0]  # the most of each resource per rank any job asks for
+        self.flavors = list(accounts)
 
 
 class _Cycle:
@@ -146,11 +148,17 @@ class _Cycle:
                 self.waiting[job.id] = f"unknown queue {job.queue!r}"
                 continue
             keys.append(key)
-            low, per_rank = least[job.queue], job.per_rank
-            if per_rank[0] < low[0]:
-                low[0] = per_rank[0]
-            if per_rank[1] < low[1]:
-                low[1] = per_rank[1]
+            low, most, p = least[job.queue], self.queues[job.queue].most, job.per_rank
+            if p[0] < low[0]:
+                low[0] = p[0]
+            if p[1] < low[1]:
+                low[1] = p[1]
+            if p[0] > most[0]:
+                most[0] = p[0]
+            if p[1] > most[1]:
+                most[1] = p[1]
+            if p[2] > most[2]:
+                most[2] = p[2]
         for name, keys in keyed.items():
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
@@ -183,7 +191,8 @@ class _Cycle:
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
-        accounts = [a for f, a in qs.accounts.items() if job.flavors is None or f in job.flavors]
+        accounts = (qs.accounts.values() if job.flavors is None
+                    else [a for f, a in qs.accounts.items() if f in job.flavors])
         if self.policy.fair_sharing:
             second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
@@ -223,7 +232,8 @@ class _Cycle:
     def _consider(self, qs: _QueueState, job: PendingJob) -> bool:
         """Try to admit ``job``; on failure maybe nominate it or reserve for it. True: admitted."""
         queue = qs.queue
-        flavors = [f for f in qs.accounts if job.flavors is None or f in job.flavors]
+        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
+                                                          if f in job.flavors]
         if not flavors:
             self.waiting[job.id] = "no flavor of the queue matches the job's GPU model"
             return False
@@ -469,6 +479,10 @@ class _Cycle:
             caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
+            if all(qs.most[r] <= largest[r] for r in RESOURCES):  # every job fits some node
+                self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting],
+                                                  reason))
+                continue
             for key in qs.waiting:
                 job = pending[key[4]]
                 p = job.per_rank

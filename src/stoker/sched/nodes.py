@@ -147,6 +147,7 @@ class Nodes:
         self.levels = {name: i for i, name in enumerate(topology)} | {"node": len(topology)}
         self.pools: dict[str, Pool] = {}
         self.pool_of: list[Pool | None] = [None] * len(nodes)  # None: not indexed (yet)
+        self.prefixes: dict[Group, tuple[tuple[str, ...], ...]] = {}  # its domain at each level
         self.capacity: dict[str, Vec] = {}  # per flavor: the largest node, for "never fits"
         for n in nodes:
             cap = self.capacity.setdefault(n.flavor, [0.0, 0.0, 0.0])
@@ -159,7 +160,9 @@ class Nodes:
         for domains in self.domains:
             n = counts.get(domains, 0)
             counts[domains] = n + 1
-            self.group.append((domains, n // GROUP_SIZE))
+            group = (domains, n // GROUP_SIZE)
+            self.group.append(group)
+            self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
         for i, flavor in enumerate(self.flavor):
             if not self.schedulable[i]:
                 continue
@@ -228,13 +231,24 @@ class Nodes:
             return None
         start = self.depth - 1 if level is None or level >= self.depth else level
         for lvl in range(start, -1, -1):
-            domain = _best_domain(caps, ranks, lvl)
+            domain = self._best_domain(caps, ranks, lvl)
             if domain is not None:
-                groups = [g for g in caps if g[0][: lvl + 1] == domain]
+                groups = [g for g in caps if self.prefixes[g][lvl] == domain]
                 return self._spread(self._candidates(pool, groups, per_rank), ranks, lvl + 1)
             if required:
                 return None
         return self._spread(self._candidates(pool, list(caps), per_rank), ranks, 0)
+
+    def _best_domain(self, caps: dict[Group, int], ranks: int, lvl: int
+                     ) -> tuple[str, ...] | None:
+        """The domain at ``lvl`` with the least capacity that still holds ``ranks``."""
+        by_domain: dict[tuple[str, ...], int] = {}
+        prefixes = self.prefixes
+        for g, cap in caps.items():
+            key = prefixes[g][lvl]
+            by_domain[key] = by_domain.get(key, 0) + cap
+        fitting = [(cap, key) for key, cap in by_domain.items() if cap >= ranks]
+        return min(fitting)[1] if fitting else None
 
     def _candidates(self, pool: Pool, groups: list[Group], per_rank: Sequence[float]
                     ) -> list[tuple[int, int]]:
@@ -278,13 +292,3 @@ class Nodes:
                 out.extend(self._spread(members, take, lvl + 1))
             remaining -= take
         return out
-
-
-def _best_domain(caps: dict[Group, int], ranks: int, lvl: int) -> tuple[str, ...] | None:
-    """The domain at ``lvl`` with the least capacity that still holds ``ranks`` (best fit)."""
-    by_domain: dict[tuple[str, ...], int] = {}
-    for g, cap in caps.items():
-        key = g[0][: lvl + 1]
-        by_domain[key] = by_domain.get(key, 0) + cap
-    fitting = [(cap, key) for key, cap in by_domain.items() if cap >= ranks]
-    return min(fitting)[1] if fitting else None

@@ -97,8 +97,10 @@ class Account:
         return True
 
     def needs_borrowing(self, amount: Sequence[float]) -> bool:
-        return any(amount[r] > 0 and self.usage[r] + amount[r] > self.nominal[r] + EPS
-                   for r in RESOURCES)
+        for r in self.limited:
+            if amount[r] > 0 and self.usage[r] + amount[r] > self.nominal[r] + EPS:
+                return True
+        return False
 
     def borrowing(self) -> bool:
         if self.parent is None:
