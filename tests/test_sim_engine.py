@@ -85,6 +85,13 @@ def test_las_preempts_and_loses_work_since_checkpoint(checkpoint: float, a_finis
     assert result.summary()["gpu_hours_lost"] == pytest.approx(lost / 3600)
 
 
+def test_checkpoint_on_preemption_loses_nothing() -> None:
+    jobs = [TraceJob("A", 0, 100), TraceJob("B", 10, 5)]
+    options = SimOptions(checkpoint_interval=math.inf, checkpoint_on_preempt=True)
+    a, _ = run(jobs, ONE_GPU, las((5.0,)), options).jobs
+    assert (a.finish, a.preemptions, a.lost_gpu_seconds) == (105.0, 1, 0.0)
+
+
 def test_fifo_never_preempts() -> None:
     jobs = [TraceJob("A", 0, 100), TraceJob("B", 10, 5)]
     result = run(jobs, ONE_GPU, "fifo")

@@ -37,6 +37,9 @@ SEED = typer.Option(0, "--seed", help="Seed of everything random (node failures)
 INTERVAL = typer.Option("0", "--interval",
                         help="Schedule once per interval (e.g. 10s); 0: after every event.")
 WHOLE = typer.Option(False, "--whole-gpus", help="Round fractional GPU requests up to one GPU.")
+CKPT_ON_PREEMPT = typer.Option(
+    False, "--checkpoint-on-preempt",
+    help="Preempted jobs checkpoint as they stop (Stoker jobs do, on SIGTERM): no work lost.")
 LAS = typer.Option(None, "--las-thresholds",
                    help="LAS levels in GPU-time, comma-separated (e.g. 1h,10h).")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON only.")
@@ -62,7 +65,7 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
             nodes: int | None, every: int | None, gpus: float | None, scale: float,
             tenant_by: str, tenants: int, max_jobs: int | None, ckpt: str, overhead: str,
             mtbf: str | None, repair: str, seed: int, interval: str, whole: bool,
-            las: str | None) -> Any:
+            las: str | None, on_preempt: bool) -> Any:
     from stoker.sim.engine import SimOptions
     from stoker.sim.run import Cut, SimInputs
 
@@ -81,7 +84,8 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
         restart_overhead=_seconds("--restart-overhead", overhead) or 0.0,
         node_mtbf=_seconds("--mtbf", mtbf) or None,
         repair_time=_seconds("--repair-time", repair) or 0.0,
-        seed=seed, interval=_seconds("--interval", interval) or 0.0, whole_gpus=whole)
+        seed=seed, interval=_seconds("--interval", interval) or 0.0, whole_gpus=whole,
+        checkpoint_on_preempt=on_preempt)
     thresholds = None
     if las is not None:
         thresholds = tuple(sorted(_seconds("--las-thresholds", t.strip()) or 0.0
@@ -104,7 +108,7 @@ def sim(
     max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
-    las_thresholds: str | None = LAS,
+    las_thresholds: str | None = LAS, checkpoint_on_preempt: bool = CKPT_ON_PREEMPT,
     report: Path | None = typer.Option(None, "--report", help="Write plots + index.html here."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -116,7 +120,8 @@ def sim(
 
     inputs = _inputs(trace, fmt, cluster, node_list, nodes, every, gpus, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
-                     repair_time, seed, interval, whole_gpus, las_thresholds)
+                     repair_time, seed, interval, whole_gpus, las_thresholds,
+                     checkpoint_on_preempt)
     policies = policy or ["fifo", "sjf", "las", "stoker"]
     for name in policies:
         if name not in POLICIES:
@@ -160,6 +165,7 @@ def _header(prepared: Any) -> dict[str, Any]:
         "LAS thresholds (GPU-s)": inputs.las_thresholds or "the scheduler's default",
         "arrival scale": inputs.arrival_scale,
         "checkpoint interval (s)": inputs.options.checkpoint_interval,
+        "checkpoint on preemption": inputs.options.checkpoint_on_preempt,
         "node MTBF (s)": inputs.options.node_mtbf or "no failures",
         "seed": inputs.options.seed,
     }
@@ -232,7 +238,7 @@ def plan(
     tenants: int = TENANTS, max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
-    las_thresholds: str | None = LAS,
+    las_thresholds: str | None = LAS, checkpoint_on_preempt: bool = CKPT_ON_PREEMPT,
     plot: Path = typer.Option(Path("sim-plan.png"), "--plot", help="Where to write the plot."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -247,7 +253,8 @@ def plan(
     goal = plan_mod.parse_target(target)
     inputs = _inputs(trace, fmt, cluster, node_list, None, every, None, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
-                     repair_time, seed, interval, whole_gpus, las_thresholds)
+                     repair_time, seed, interval, whole_gpus, las_thresholds,
+                     checkpoint_on_preempt)
     prepared = prepare(inputs)
     console = Console(stderr=json_out)
     total = len(prepared.cluster.nodes)

@@ -50,6 +50,7 @@ class SimOptions:
     seed: int = 0
     interval: float = 0.0  # 0: schedule after every batch of simultaneous events
     whole_gpus: bool = False  # round fractional GPU requests up to one GPU
+    checkpoint_on_preempt: bool = False  # a preempted job saves a checkpoint as it stops
 
 
 class SimJob:
@@ -330,12 +331,14 @@ class Simulator:
         self.finished += 1
         self._record(now)
 
-    def _interrupt(self, job: SimJob, now: float) -> None:
+    def _interrupt(self, job: SimJob, now: float, preempted: bool) -> None:
         """Stop a running job (preempted or its node failed): it loses the work since its last
-        checkpoint and is requeued."""
+        checkpoint (none when preempted with ``checkpoint_on_preempt``) and is requeued."""
         ran = self._release(job, now)
         interval = self.options.checkpoint_interval
         saved = math.floor(ran / interval) * interval if math.isfinite(interval) else 0.0
+        if preempted and self.options.checkpoint_on_preempt:
+            saved = ran
         job.remaining -= saved
         job.remaining += self.options.restart_overhead
         job.outcome.lost_gpu_seconds += job.gpus * (ran - saved)
@@ -350,7 +353,7 @@ class Simulator:
         for idx in sorted(self.on_node[i]):
             job = self.running[idx]
             job.outcome.failures += 1
-            self._interrupt(job, now)
+            self._interrupt(job, now, preempted=False)
         self._set_up(i, False)
         self._push(now + self.options.repair_time, REPAIR, i)
         self._record(now)
@@ -441,7 +444,7 @@ class Simulator:
             job = self.running.get(int(p.job))
             if job is not None:
                 job.outcome.preemptions += 1
-                self._interrupt(job, now)
+                self._interrupt(job, now, preempted=True)
         for a in decisions.admit:
             self._admit(self.pending[int(a.job)], a.flavor, a.nodes, now)
 
