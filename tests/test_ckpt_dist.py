@@ -78,6 +78,7 @@ def worker(rank: int, world: int, port: int, run: str, job: dict[str, Any]) -> N
         x, y = batch(step, rank, world)
         loss = (model(x) - y).pow(2).mean()
         loss.backward()
+        ck.staged()
         opt.step()
         opt.zero_grad()
         step += 1

@@ -54,11 +54,13 @@ class Tiny:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1 / (1 + s))
         self.step = 0
 
-    def train_step(self) -> float:
+    def train_step(self, ck: Checkpointer | None = None) -> float:
         x = torch.randn(8, 32)
         noise = float(np.random.rand()) + random.random()
         loss = self.model(x).pow(2).mean() * (1 + 1e-3 * noise)
         loss.backward()
+        if ck is not None:
+            ck.staged()  # an async save may still be copying the weights
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad()
@@ -87,7 +89,7 @@ def train(run: Path, steps: int, cfg: CheckpointConfig, stop_at: int | None = No
         t.load(state)
     losses = []
     while t.step < steps:
-        losses.append(t.train_step())
+        losses.append(t.train_step(ck))
         if ck.decide(t.step).save:
             ck.save(t.step, t.state())
         if t.step == stop_at:

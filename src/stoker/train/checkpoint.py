@@ -27,6 +27,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -193,20 +194,31 @@ class _DigestingFileSystem(FileSystem):
 
 class _Staging:
     """A CPU copy of the state kept from one async save to the next, so that staging is one
-    memcpy rather than an allocation plus a memcpy (pinned on CUDA for fast device-to-host
-    copies), as torchtitan does. It is reused only once the previous save has finished."""
+    memcpy rather than an allocation plus a memcpy (pinned on CUDA, where the copy runs on a
+    side stream). It is reused only once the previous save has finished."""
 
     def __init__(self) -> None:
         self.buffer: dict[str, Any] | None = None
 
-    def stage(self, state: dict[str, Any]) -> dict[str, Any]:
+    def stage(self, state: dict[str, Any], ready: torch.cuda.Event | None) -> dict[str, Any]:
+        """Copy ``state`` into the buffer; on CUDA, after ``ready`` (the step's last kernel)."""
+        if ready is None:
+            return self._copy(state)
+        stream = torch.cuda.Stream()
+        stream.wait_event(ready)
+        with torch.cuda.stream(stream):
+            staged = self._copy(state, non_blocking=True)
+        stream.synchronize()
+        return staged
+
+    def _copy(self, state: dict[str, Any], non_blocking: bool = False) -> dict[str, Any]:
         if self.buffer is not None:
             try:
-                return _copy_state_dict(state, self.buffer, type_check=False)
+                return _copy_state_dict(state, self.buffer, non_blocking, type_check=False)
             except Exception:  # the state changed structure or shape: start over
                 self.buffer = None
         self.buffer = _create_cpu_state_dict(state, pin_memory=torch.cuda.is_available())
-        return _copy_state_dict(state, self.buffer, type_check=False)
+        return _copy_state_dict(state, self.buffer, non_blocking, type_check=False)
 
 
 class _CommittingWriter(FileSystemWriter):
@@ -214,7 +226,7 @@ class _CommittingWriter(FileSystemWriter):
     0, in DCP's finish step, after every rank's writes) the manifest, then retention."""
 
     def __init__(self, path: Path, *, step: int, rank: int, world_size: int, cfg_hash: str,
-                 rank_files: dict[str, bytes], staging: _Staging,
+                 rank_files: dict[str, bytes],
                  on_commit: Callable[[Manifest], None] | None) -> None:
         super().__init__(path, single_file_per_rank=True, sync_files=True, thread_count=2)
         self.fs: _DigestingFileSystem = _DigestingFileSystem()
@@ -224,18 +236,9 @@ class _CommittingWriter(FileSystemWriter):
         self.world = world_size
         self.cfg_hash = cfg_hash
         self.rank_files = rank_files
-        self.staging = staging
         self.on_commit = on_commit
 
-    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """DCP's async save calls this (the writer is its stager) before returning."""
-        return self.staging.stage(state_dict)
-
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Any:
-        if threading.current_thread() is not threading.main_thread():
-            # An async save yields the CPU to training (Linux nice values are per thread, and
-            # the writer threads DCP starts from here inherit this one).
-            os.setpriority(os.PRIO_PROCESS, 0, WRITER_NICE)
         fut = super().write_data(plan, planner)
         results: list[WriteResult] = fut.wait()
         names = [r.storage_data.relative_path for r in results]
@@ -273,6 +276,7 @@ class Decision:
 class _InFlight:
     step: int
     future: Future[Any]
+    staged: threading.Event  # set once the state is copied: training may change it again
     stall_s: float
     started: float
     deleted: list[int]
@@ -327,9 +331,14 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any], *, sync: bool = False) -> bool | None:
         """Checkpoint ``state`` (a DCP state dict) as of step ``step``.
 
-        Async (the default from ``checkpoint.async``): returns once the state is copied to CPU
-        memory; the previous save, if still writing, is waited for first. ``sync=True`` (and
-        ``checkpoint.async = false``) returns once the checkpoint is committed.
+        Async (``checkpoint.async``, the default): returns at once. A background thread copies
+        the state into a CPU staging buffer, then writes it with DCP over this checkpointer's
+        gloo group and commits it. The copy overlaps the next step's forward and backward,
+        which only read the state; call `staged` before changing the state in place (before
+        ``optimizer.step()``). Unlike ``dcp.async_save``, which copies before returning, this
+        leaves the training loop blocked only if the copy outlasts a forward+backward.
+        ``sync=True`` (or ``checkpoint.async = false``) returns once the checkpoint is
+        committed, with whether it was (None for an async save: `wait` tells later).
         """
         t0 = time.perf_counter()
         self.wait()
@@ -340,23 +349,54 @@ class Checkpointer:
             path, step=step, rank=self.rank, world_size=self.world_size,
             cfg_hash=self.config_hash,
             rank_files={_rng_name(self.rank): _to_bytes(capture_rng(self.device))},
-            staging=self._staging,
             on_commit=(lambda m: deleted.extend(self._retain(m.step)))
             if self.rank == 0 else None)
         started = time.time()
+        staged = threading.Event()
+        done: Future[Any] = Future()
         if sync or not self.cfg.async_save:
             dcp.save(state, storage_writer=writer, process_group=self.io_group)
-            done: Future[Any] = Future()
+            staged.set()
             done.set_result(None)
         else:
-            done = dcp.async_save(state, storage_writer=writer,
-                                  process_group=self.io_group)  # type: ignore[assignment]
-        stall = time.perf_counter() - t0
-        self._in_flight = _InFlight(step, done, stall, started, deleted)
+            ready = None
+            if self.device.type == "cuda":
+                ready = torch.cuda.Event()
+                ready.record()
+            threading.Thread(target=self._write_in_background, name="stoker-checkpoint",
+                             args=(state, ready, writer, staged, done), daemon=True).start()
+        self._in_flight = _InFlight(step, done, staged, time.perf_counter() - t0, started,
+                                    deleted)
         self._last_save = time.monotonic()
         if sync or not self.cfg.async_save:
             return self.wait()
         return None
+
+    def _write_in_background(self, state: dict[str, Any], ready: torch.cuda.Event | None,
+                             writer: _CommittingWriter, staged: threading.Event,
+                             done: Future[Any]) -> None:
+        try:
+            try:
+                copy = self._staging.stage(state, ready)
+            finally:
+                staged.set()
+            if sys.platform == "linux":
+                # Yield the CPU to training: Linux nice values are per thread, and the writer
+                # threads DCP starts from this one inherit it.
+                os.setpriority(os.PRIO_PROCESS, 0, WRITER_NICE)
+            dcp.save(copy, storage_writer=writer, process_group=self.io_group)
+            done.set_result(None)
+        except BaseException as e:
+            done.set_exception(e)
+
+    def staged(self) -> None:
+        """Block until the in-flight save has copied the state (a no-op when it has): call it
+        before changing the saved state in place."""
+        job = self._in_flight
+        if job is not None and not job.staged.is_set():
+            t0 = time.perf_counter()
+            job.staged.wait()
+            job.stall_s += time.perf_counter() - t0
 
     def _prepare(self, path: Path) -> None:
         """Clear a leftover directory of the same step (a torn save of an earlier attempt)
@@ -423,6 +463,7 @@ class Checkpointer:
         ``where``: "auto" (newest good checkpoint of this run) or a path (`resolve_resume`).
         Rank 0 picks and verifies it; every rank loads the same one.
         """
+        self.wait()
         t0 = time.perf_counter()
         picked: list[str | None] = [None]
         if self.rank == 0:
