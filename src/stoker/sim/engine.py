@@ -2,11 +2,12 @@
 simulated clock, with every admission and preemption decided by `stoker.sched.schedule`.
 
 After each batch of simultaneous events (or, with ``interval`` > 0, once per scheduling interval,
-like the live control plane) the simulator builds a `Snapshot` of its state (`SimState.snapshot`)
+like the live control plane) the simulator builds a `Snapshot` of its state (`Simulator.snapshot`)
 and applies the returned decisions: a preempted or failed job loses the work done since its last
-checkpoint (``checkpoint_interval`` seconds of work apart) and is requeued; an admitted job runs
-for its remaining work. Everything random (node failures) comes from one seeded generator, so a
-seed fixes the result.
+checkpoint (``checkpoint_interval`` seconds of work apart; a preempted job loses nothing with
+``checkpoint_on_preempt``) and is requeued; an admitted job runs for its remaining work. Victims
+stop at once: the preemptor can be admitted in another cycle at the same instant. Everything
+random (node failures) comes from one seeded generator, so a seed fixes the result.
 """
 
 from __future__ import annotations
