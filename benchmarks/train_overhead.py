@@ -5,10 +5,10 @@
 For 1 and 2 ranks (2 through torchrun, gloo), each rank builds Stoker's Trainer and, next to it,
 a second copy of the same wrapped model (build_model) driven by a bare loop: fixed in-memory
 batches, forward/backward per micro-batch (DDP no_sync like the Trainer), clip, AdamW, LR
-schedule step, loss.item(). The two alternate in blocks so machine noise hits both alike. A
-Stoker step is everything `Trainer.step_once()` does: the loader, timers, the all_gather of
-telemetry, metrics.jsonl, the display. Reported: median step time of each after warm-up, their
-ratio, and the data wait as a share of Stoker's step time.
+schedule step, loss.item(). The two alternate step by step in ABBA order, so machine noise and
+cache effects hit both alike. A Stoker step is everything `Trainer.step_once()` does: the
+loader, timers, the all_gather of telemetry, metrics.jsonl, the display. Reported: median step
+time of each after warm-up, their ratio, and the data wait as a share of Stoker's step time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--steps", type=int, default=30, help="measured steps per arm (after warm-up)")
     p.add_argument("--warmup", type=int, default=5, help="unmeasured steps per arm first")
-    p.add_argument("--block", type=int, default=5, help="steps per alternating block")
+    p.add_argument("--block", type=int, default=1, help="steps per alternating block")
     p.add_argument("--nprocs", default="1,2", help="world sizes to measure")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -99,13 +99,16 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(args.warmup):
             step()
     skip_records = len(trainer.stats.records)
+    order = list(arms)
     while len(times["stoker"]) < args.steps:
-        for name, step in arms.items():
+        for name in order:  # ABBA: each arm goes first equally often (caches, turbo, neighbours)
+            step = arms[name]
             barrier()
             for _ in range(args.block):
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
+        order.reverse()
     trainer.train_loader.close()
     recs = trainer.stats.records[skip_records:]
     if info.is_main and args.out:
