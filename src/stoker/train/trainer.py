@@ -139,17 +139,18 @@ class Trainer:
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``accum`` micro-batches; returns its numbers (not reduced)."""
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         timer = self.timer
         timer.start()
-        loss_sum = torch.zeros((), device=self.device)
+        losses = []
         for i in range(self.accum):
             with timer.phase("data_wait"):
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
             with timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1):
                 loss = self._loss(batch.inputs, batch.targets)
                 (loss / self.accum).backward()
-                loss_sum += loss.detach()
+                losses.append(loss.detach())
         with timer.phase("optim"):
             grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -157,7 +158,8 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         times = timer.stop()
-        return {"loss": loss_sum / self.accum, "grad_norm": grad_norm, "lr": lr, "times": times}
+        loss_mean = torch.stack(losses).mean()
+        return {"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "times": times}
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
