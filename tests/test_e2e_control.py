@@ -18,6 +18,7 @@ import pytest
 
 from stoker.server.client import Client
 from stoker.server.process import ServerProcess, kill_jobs
+from stoker.train.exitcodes import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow
 
@@ -202,6 +203,8 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
                                             max_restarts=1))
     slow = submit(cluster, "bob-t", job(cluster, "slow", "bob", 30, max_run_time=1))
     gang = submit(cluster, "bob-t", job(cluster, "gang", "bob", 30, "exit", 4, 1, 1, ranks=2))
+    resumable = submit(cluster, "bob-t", job(cluster, "resumable", "bob", 0, "exit",
+                                             EXIT_PREEMPTED, 1))
 
     j = wait(cluster, flaky, {"SUCCEEDED", "FAILED"})
     assert j["state"] == "SUCCEEDED" and j["restarts"] == 1 and j["attempt"] == 2
@@ -213,6 +216,10 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
 
     j = wait(cluster, slow, {"FAILED"})
     assert j["reason"] == "max run time of 1s exceeded"
+
+    j = wait(cluster, resumable, {"SUCCEEDED", "FAILED"})
+    assert j["state"] == "SUCCEEDED" and (j["attempt"], j["restarts"]) == (2, 0)
+    assert "PREEMPTED" in transitions(j)  # the runtime's "preempted, resumable" exit code
 
     j = wait(cluster, gang, {"FAILED"})
     assert j["exit_code"] == 4
