@@ -235,7 +235,7 @@ def test_loss_guard_non_finite_and_spikes() -> None:
 
 def test_watchdog_fires_after_timeout(tmp_path: Path) -> None:
     fired = threading.Event()
-    hb = Heartbeat(tmp_path, rank=1, timeout_s=0.5, on_hang=fired.set, file_interval_s=0)
+    hb = Heartbeat(tmp_path, rank=1, timeout_s=0.5, on_hang=fired.set)
     hb.start()
     t0 = time.monotonic()
     for step in range(5):
@@ -255,6 +255,25 @@ def test_watchdog_fires_after_timeout(tmp_path: Path) -> None:
     assert "test_watchdog_fires_after_timeout" in Path(event["stacks"]).read_text()
     beats = read_heartbeats(tmp_path)
     assert beats[1]["step"] == 4 and beats[1]["pid"] == os.getpid()
+
+
+def test_the_rank_that_hung_fires_first(tmp_path: Path) -> None:
+    """Rank 1 hangs before step 6; rank 0 began step 6 and waits for it in a collective."""
+    fired: list[int] = []
+    beats = [Heartbeat(tmp_path, rank=r, timeout_s=0.6, grace_s=1.0,
+                       on_hang=lambda r=r: fired.append(r)) for r in (0, 1)]
+    for hb in beats:
+        hb.start().beat(5)
+    beats[0].beat(6, started=True)
+    time.sleep(0.9)
+    assert fired == [1]
+    time.sleep(1.2)
+    assert fired == [1, 0]
+    for hb in beats:
+        hb.stop()
+    culprits = {e["rank"]: e["furthest_behind"] for e in read_events(tmp_path, "hang")}
+    assert culprits == {0: {"rank": 1, "step": 5}, 1: {"rank": 1, "step": 5}}
+    assert read_heartbeats(tmp_path)[0]["progress"] == 11
 
 
 def test_watchdog_is_armed_by_the_first_beat(tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
 """Hang detection: every rank heartbeats each step; a watchdog thread ends a rank that stops.
 
-``Heartbeat.beat(step)`` is called after every step. It records the time in memory and, at
-most every ``file_interval_s``, in ``RUN_DIR/heartbeats/rank-NNNNN.json`` (step, time, pid,
-host) so the other ranks and the launcher can see who is behind. The watchdog wakes a few times
-per ``timeout_s``; once no beat came for ``timeout_s`` it dumps every thread's stack to
-``RUN_DIR/hangs/``, appends a "hang" event naming the rank that is furthest behind, and ends
-the process with `EXIT_HANG`: the launcher sees a failed rank, tears the gang down and restarts
-it. (A rank stuck in a collective instead hits the process group timeout, which ``stoker
-train`` sets to ``train.hang_timeout_s``.)
+The step loop calls ``Heartbeat.beat(step, started=True)`` as it begins a step and
+``beat(step)`` when the step is done: two stores to memory. The watchdog thread wakes a few
+times per ``timeout_s``; it copies the rank's progress to ``RUN_DIR/heartbeats/rank-NNNNN.json``
+(step, progress, time, pid, host, attempt), so every rank and the launcher can see who is behind,
+and once no beat came for ``timeout_s`` it dumps every thread's stack to ``RUN_DIR/hangs/``,
+appends a "hang" event naming the rank furthest behind, and ends the process with `EXIT_HANG`:
+the launcher sees a failed rank, tears the gang down and restarts it. A rank that sees a peer
+further behind (it is only waiting for that peer in a collective) gives the peer's watchdog
+``grace_s`` to act first, so the rank that hung is the one reported as the cause. (A rank
+stuck in a collective is also ended by the process group timeout, which ``stoker train`` sets
+to ``train.hang_timeout_s``.)
 
 On CUDA, `flight_recorder_env` turns on the NCCL flight recorder: NCCL keeps a ring of recent
 collectives per rank and dumps it to ``RUN_DIR/nccl_trace/rank_N`` when a collective times out.
@@ -40,17 +43,18 @@ class Heartbeat:
 
     def __init__(self, run_dir: str | Path, rank: int, timeout_s: float,
                  events: EventLog | None = None, on_hang: Callable[[], None] | None = None,
-                 file_interval_s: float = 1.0) -> None:
+                 grace_s: float | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.timeout_s = timeout_s
+        self.grace_s = min(timeout_s / 2, 10.0) if grace_s is None else grace_s
         self.events = events or EventLog(run_dir, rank)
         self.on_hang = on_hang or (lambda: os._exit(EXIT_HANG))
-        self.file_interval_s = file_interval_s
         self.file = self.run_dir / HEARTBEATS / f"rank-{rank:05d}.json"
         self.step: int | None = None
+        self.progress = -1  # 2*step - 1 while step runs, 2*step once it is done
         self._last = time.monotonic()
-        self._last_write = 0.0
+        self._written = -2
         self._paused = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,13 +66,11 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def beat(self, step: int) -> None:
-        now = time.monotonic()
+    def beat(self, step: int, started: bool = False) -> None:
+        """Step ``step`` has begun (``started``) or is done."""
         self.step = step
-        self._last = now
-        if now - self._last_write >= self.file_interval_s:
-            self._last_write = now
-            self._write()
+        self.progress = 2 * step - int(started)
+        self._last = time.monotonic()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -87,25 +89,38 @@ class Heartbeat:
             self._thread = None
 
     def _write(self) -> None:
-        record = {"rank": self.rank, "step": self.step, "time": time.time(), "pid": os.getpid(),
-                  "host": socket.gethostname(),
+        record = {"rank": self.rank, "step": self.step, "progress": self.progress,
+                  "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
                   "attempt": attempt()}
         tmp = self.file.with_name(self.file.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.file)
+        self._written = self.progress
 
     def _watch(self) -> None:
         poll = min(1.0, self.timeout_s / 10)
         while not self._stop.wait(poll):
+            if self.step is None:
+                continue
+            if self.progress != self._written:
+                self._write()
             silent = time.monotonic() - self._last
-            if self.step is None or self._paused or silent < self.timeout_s:
+            if self._paused or silent < self.timeout_s:
+                continue
+            if silent < self.timeout_s + self.grace_s and self._waiting_for_a_peer():
                 continue
             self._fire(silent)
             return
 
+    def _waiting_for_a_peer(self) -> bool:
+        return any(p.get("progress", self.progress) < self.progress
+                   for p in read_heartbeats(self.run_dir).values()
+                   if p.get("attempt") == attempt())
+
     def _fire(self, silent_s: float) -> None:
-        peers = read_heartbeats(self.run_dir)
-        behind = min(peers.values(), key=lambda p: p.get("step") or -1, default=None)
+        peers = {r: p for r, p in read_heartbeats(self.run_dir).items()
+                 if p.get("attempt") == attempt()}
+        behind = min(peers.values(), key=lambda p: p.get("progress", 0), default=None)
         stacks = self.run_dir / HANGS / f"rank-{self.rank:05d}-pid{os.getpid()}.txt"
         stacks.parent.mkdir(parents=True, exist_ok=True)
         with stacks.open("w") as f:
