@@ -130,9 +130,18 @@ class TrainSection(Section):
     eval_steps: int = Field(default=4, ge=1)
     log_interval: int = Field(default=1, ge=1)
     hang_timeout_s: float = Field(default=300.0, gt=0)
+    # Loss guard: a non-finite loss or grad norm, or a loss above loss_spike_factor x the median
+    # of the last loss_spike_window good steps (0: no spike check), skips the step's update or
+    # rolls back to the last committed checkpoint.
+    loss_guard: Literal["off", "skip", "rollback"] = "skip"
+    loss_spike_factor: float = Field(default=0.0, ge=0)
+    loss_spike_window: int = Field(default=50, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.loss_spike_factor and self.loss_spike_factor <= 1:
+            raise KeyedValueError("train.loss_spike_factor",
+                                  f"{self.loss_spike_factor} must be above 1 (or 0: off)")
         if self.global_batch_size % self.micro_batch_size:
             raise KeyedValueError(
                 "train.global_batch_size",
@@ -157,6 +166,7 @@ class TelemetryConfig(Section):
     metrics_file: str = "metrics.jsonl"
     live: bool = True
     peak_flops: float | None = Field(default=None, gt=0)
+    sample_ids: bool = False  # each rank logs its global sample ids per step to RUN_DIR/samples/
 
 
 class TrainConfig(Section):
