@@ -10,7 +10,8 @@ from rich.console import Console
 
 def train(
     cfg: Path = typer.Argument(..., help="Training config (TOML)."),
-    nproc: int = typer.Option(1, "--nproc", help="Number of local ranks (processes)."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Local ranks (processes); 1 also runs as one elastic worker."),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run directory (default: runs/<train.name>-<timestamp>/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: section.key=value."),
