@@ -18,9 +18,8 @@ def train(
 ) -> None:
     """Validate the config, prepare the data, then run N ranks with torch.distributed.elastic.
 
-    Metrics go to RUN_DIR/metrics.jsonl (one JSON object per step), the resolved config to
-    RUN_DIR/config.toml, the run summary to RUN_DIR/summary.json, each rank's output to
-    RUN_DIR/logs/.
+    Writes RUN_DIR/metrics.jsonl (one JSON object per step), summary.json, config.toml
+    (resolved) and logs/ (each rank's output).
     """
     from stoker.train.launch import launch, prepare_run
 
