@@ -25,7 +25,8 @@ for module in (train_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd, sim_cmd):
 def main() -> None:
     """Run the CLI; a user mistake prints one line and exits 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
     except StokerError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -43,6 +44,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
