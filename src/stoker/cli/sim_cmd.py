@@ -137,8 +137,11 @@ def sim(
     with _progress(console, quiet=json_out) as progress:
         for name in policies:
             task = progress.add_task(f"{name:12}", total=len(prepared.jobs))
-            runs.append(run_policy(prepared, name, lambda done, total, t=task: progress.update(
-                t, completed=done, total=total)))
+
+            def advance(done: int, total: int, task: Any = task) -> None:
+                progress.update(task, completed=done, total=total)
+
+            runs.append(run_policy(prepared, name, advance))
     summaries = [r.summary() for r in runs]
     if report is not None:
         from stoker.sim import report as report_mod

@@ -150,7 +150,7 @@ class Simulator:
         for n in self.node_list:
             largest[n.flavor] = max(largest.get(n.flavor, 0.0), n.capacity.gpus)
             total[n.flavor] = total.get(n.flavor, 0.0) + n.capacity.gpus
-        out = []
+        out: list[SimJob] = []
         for job, tenant in zip(jobs, tenants, strict=True):
             flavors = self.cluster.flavors_for(job.gpu_models)
             queue = SHARED_QUEUE if self.policy.shared_queue else tenant
