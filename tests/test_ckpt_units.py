@@ -285,10 +285,11 @@ def test_watchdog_is_armed_by_the_first_beat(tmp_path: Path) -> None:
 
 
 def test_flight_recorder_env_points_into_the_run(tmp_path: Path) -> None:
-    env = flight_recorder_env(tmp_path)
-    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
-    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
-    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"].startswith(str(tmp_path.resolve()))
+    env = flight_recorder_env(tmp_path, "2.13.0+cpu")
+    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1" and int(env["TORCH_FR_BUFFER_SIZE"]) > 0
+    assert env["TORCH_FR_DUMP_TEMP_FILE"].startswith(str(tmp_path.resolve()))
+    old = flight_recorder_env(tmp_path, "2.6.0")
+    assert "TORCH_NCCL_TRACE_BUFFER_SIZE" in old and "TORCH_NCCL_DEBUG_INFO_TEMP_FILE" in old
 
 
 def test_exit_codes_describe_causes() -> None:

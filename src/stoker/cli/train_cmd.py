@@ -1,4 +1,5 @@
-"""`stoker train CFG --nproc N [--run-dir DIR] [--set k=v ...]`: train on N local ranks."""
+"""`stoker train CFG --nproc N [--run-dir DIR] [--set k=v ...] [--resume auto|PATH]
+[--max-restarts R]`: train on N local ranks."""
 
 from __future__ import annotations
 
@@ -15,20 +16,33 @@ def train(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run directory (default: runs/<train.name>-<timestamp>/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: section.key=value."),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="auto|PATH",
+        help="Start from the run dir's newest committed checkpoint (auto), or from a checkpoint "
+             "or run directory."),
+    max_restarts: int = typer.Option(
+        0, "--max-restarts", min=0,
+        help="When a rank dies or hangs, tear the gang down and restart it from the newest "
+             "checkpoint, up to this many times."),
 ) -> None:
     """Validate the config, prepare the data, then run N ranks with torch.distributed.elastic.
 
     Writes RUN_DIR/metrics.jsonl (one JSON object per step), summary.json, config.toml
-    (resolved) and logs/ (each rank's output).
+    (resolved), logs/ (each rank's output), checkpoints/ and events.jsonl (failures, restarts,
+    checkpoints). Exit codes: 0 done, 2 bad input, 75 preempted (SIGTERM/SIGUSR1: checkpointed,
+    resume with --resume auto), 130 interrupted, other: a rank failed.
     """
+    from stoker.train.checkpoint import resolve_resume
     from stoker.train.launch import launch, prepare_run
 
     config, rdir = prepare_run(cfg, set_, nproc, run_dir)
     console = Console(stderr=True, highlight=False)
+    start = resolve_resume(rdir, resume, checksums=False) if resume else None
     p = config.parallel
     console.print(f"stoker train: {nproc} rank{'s' * (nproc > 1)}, {config.model.preset} model, "
-                  f"strategy {p.strategy}, {config.train.steps} steps -> {rdir}")
-    code = launch(config, rdir, nproc)
+                  f"strategy {p.strategy}, {config.train.steps} steps -> {rdir}"
+                  + (f", resuming from {start}" if start else ""))
+    code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume)
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")

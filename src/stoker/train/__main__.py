@@ -2,7 +2,8 @@
 
 Started by ``stoker train`` (elastic) or directly by
 ``torchrun --nproc-per-node N -m stoker.train CFG``; without torchrun's env it is a world of one.
-Each rank parses the config itself. Exit codes: 0 done, 2 bad input, 130 interrupted.
+Each rank parses the config itself. Exit codes: 0 done, 2 bad input, 75 preempted (resumable),
+86 hang detected, 130 interrupted (see ``stoker.train.exitcodes``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from stoker.spec import loading
 from stoker.spec.errors import StokerError
 from stoker.spec.train import DataConfig, TrainConfig
 from stoker.train.distributed import DistInfo, barrier, destroy_distributed, init_distributed
+from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
-from stoker.train.trainer import EXIT_INTERRUPTED, Trainer
+from stoker.train.trainer import EXIT_INTERRUPTED, Trainer, exit_code
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,6 +33,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="where metrics, config and logs go (default runs/<name>-<timestamp>)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config key: section.key=value")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="start from the run's newest committed checkpoint (auto) or from PATH")
     return p.parse_args(argv)
 
 
@@ -40,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = loading.load(TrainConfig, args.config, args.overrides)
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
-        return run_rank(cfg, args.run_dir)
+        return run_rank(cfg, args.run_dir, args.resume)
     except StokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -49,17 +53,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def run_rank(cfg: TrainConfig, run_dir: Path | None) -> int:
+def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) -> int:
+    if run_dir is not None:
+        enable_flight_recorder(run_dir)  # before NCCL starts; `stoker train` sets it already
     info = init_distributed(cfg.parallel, cfg.train)
     try:
         run_dir = agree_run_dir(cfg.train.name, run_dir, info)
         if info.is_main:
             write_config(run_dir, cfg)
         shard_dir = prepare_data(cfg.data, info)
-        status = Trainer(cfg, run_dir, info, shard_dir).run()
+        status = Trainer(cfg, run_dir, info, shard_dir, resume=resume).run()
     finally:
         destroy_distributed()
-    return EXIT_INTERRUPTED if status in ("interrupted", "aborted") else 0
+    return exit_code(status)
 
 
 def agree_run_dir(name: str, run_dir: Path | None, info: DistInfo) -> Path:

@@ -102,22 +102,23 @@ def find_latest(run_dir: Path, events: EventLog | None = None,
     return None
 
 
-def resolve_resume(run_dir: Path, resume: str | Path,
-                   events: EventLog | None = None) -> Path | None:
+def resolve_resume(run_dir: Path, resume: str | Path, events: EventLog | None = None,
+                   checksums: bool = True) -> Path | None:
     """``--resume``: "auto" = newest good checkpoint of ``run_dir`` (None when there is none);
-    a path = that checkpoint, or the newest good one of that run directory."""
+    a path = that checkpoint, or the newest good one of that run directory. ``checksums=False``
+    checks sizes only (a quick look before launching; the ranks check the sums)."""
     if str(resume) == "auto":
-        return find_latest(run_dir, events)
+        return find_latest(run_dir, events, checksums)
     path = Path(resume)
     if (path / CHECKPOINTS).is_dir():
-        found = find_latest(path, events)
+        found = find_latest(path, events, checksums)
         if found is None:
             raise StokerError(f"--resume {resume}: no committed checkpoint in that run")
         return found
     if not path.is_dir():
         raise StokerError(f"--resume {resume}: no such checkpoint or run directory")
     try:
-        verify(path)
+        verify(path, checksums)
     except TornCheckpoint as e:
         raise StokerError(f"--resume {resume}: {e.reason}") from None
     return path

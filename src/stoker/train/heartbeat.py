@@ -145,22 +145,30 @@ def read_heartbeats(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     return found
 
 
-def flight_recorder_env(run_dir: str | Path) -> dict[str, str]:
-    """NCCL flight recorder settings (they take effect when the NCCL process group is made)."""
+def flight_recorder_env(run_dir: str | Path, torch_version: str) -> dict[str, str]:
+    """NCCL flight recorder settings (read when an NCCL process group is made). PyTorch 2.7
+    renamed them TORCH_FR_* and warns about the old names."""
+    major, minor = (int(x) for x in torch_version.split(".")[:2])
+    new = (major, minor) >= (2, 7)
     prefix = Path(run_dir).resolve() / NCCL_TRACE / "rank_"
     return {
-        "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
-        "TORCH_FR_BUFFER_SIZE": "2000",
+        "TORCH_FR_BUFFER_SIZE" if new else "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+        "TORCH_FR_DUMP_TEMP_FILE" if new else "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(prefix),
         "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-        "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(prefix),
         "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
     }
 
 
 def enable_flight_recorder(run_dir: str | Path) -> dict[str, str]:
-    """Put `flight_recorder_env` in this process's environment (keeping values the user set);
-    call before the process group is created. Returns what it set."""
-    env = {k: v for k, v in flight_recorder_env(run_dir).items() if k not in os.environ}
+    """On a CUDA machine, put `flight_recorder_env` in this process's environment (keeping
+    values the user set), for the ranks it starts or the process group it makes next. Returns
+    what it set."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    env = {k: v for k, v in flight_recorder_env(run_dir, torch.__version__).items()
+           if k not in os.environ}
     os.environ.update(env)
     (Path(run_dir) / NCCL_TRACE).mkdir(parents=True, exist_ok=True)
     return env

@@ -5,25 +5,42 @@ torch.distributed.elastic (the machinery behind torchrun).
                    the resolved RUN_DIR/config.toml (before any rank starts)
     launch():      elastic_launch `python -m stoker.train RUN_DIR/config.toml --run-dir RUN_DIR`
                    on a c10d rendezvous at 127.0.0.1; each rank's output prefixed by its rank,
-                   rank 0 keeping the terminal for the live display
+                   rank 0 keeping the terminal for the live display; when a rank fails, the gang
+                   is torn down and launched again (``--max-restarts``, `restarts.supervise`),
+                   resuming from the newest committed checkpoint
 
 Ranks read the resolved config file, so they train exactly what was validated here. A world of
 one goes through the same path (one elastic worker), so there is a single way a rank starts.
+
+Signals: SIGTERM or SIGUSR1 to this process (preemption) reach every rank, which checkpoint at
+the next step boundary and stop; the launcher then exits 75, "preempted, resumable"
+(`stoker.train.exitcodes`). SIGINT (Ctrl-C) stops them the same way and exits 130.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
+from stoker.observe.events import EventLog
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError
 from stoker.spec.train import TrainConfig
+from stoker.train.exitcodes import EXIT_PREEMPTED, describe
+from stoker.train.heartbeat import enable_flight_recorder
+from stoker.train.restarts import ATTEMPT_ENV, AttemptResult, rank_failures, supervise
+
+if TYPE_CHECKING:
+    from torch.distributed.launcher.api import LaunchConfig
 
 CONFIG_NAME = "config.toml"
 RUNS_ROOT = Path("runs")
@@ -89,21 +106,40 @@ def free_port() -> int:
 
 
 def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0,
-           rank_args: Sequence[str] = ()) -> int:
-    """Run ``nproc`` local ranks; returns the exit code for the CLI (0, 130 if interrupted, or
-    the first failed rank's code). ``rank_args`` are passed on to every rank's command line."""
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
+           resume: str | None = None, rank_args: Sequence[str] = ()) -> int:
+    """Run ``nproc`` local ranks, restarting the gang up to ``max_restarts`` times when a rank
+    fails; returns the exit code for the CLI: 0, 75 if preempted, 130 if interrupted, or the
+    failed rank's code. ``resume`` ("auto" or a checkpoint path) is where the first attempt
+    starts from; restarts start from the run's newest checkpoint. ``rank_args`` are passed on to
+    every rank's command line."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # we report failures
     # As torchrun does: ranks share the cores instead of each taking all of them.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    enable_flight_recorder(run_dir)
+    args = ["-u", "-m", "stoker.train", str(run_dir / CONFIG_NAME), "--run-dir", str(run_dir),
+            *(["--resume", resume] if resume else []), *rank_args]
+
+    def attempt(n: int) -> AttemptResult:
+        if n:
+            print(f"stoker train: restart {n}/{max_restarts}, from the newest checkpoint",
+                  file=sys.stderr)
+        os.environ[ATTEMPT_ENV] = str(n)
+        return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir)
+
+    with _sigusr1_stops_the_gang():
+        return supervise(attempt, max_restarts, EventLog(run_dir))
+
+
+def _launch_config(cfg: TrainConfig, run_dir: Path, nproc: int) -> LaunchConfig:
+    """One attempt: a fresh rendezvous, no restarts inside elastic (`supervise` restarts)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.launcher.api import LaunchConfig
+
     live = cfg.telemetry.live and sys.stdout.isatty()
     # Rank 0 keeps the terminal when it draws the live display; everything else goes to
     # RUN_DIR/logs and to the console with a "[rankN]:" prefix.
     tee = {r: Std.ALL for r in range(nproc) if r > 0 or not live}
-    config = LaunchConfig(
+    return LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
@@ -111,24 +147,51 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
         rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{free_port()}",
         local_addr="127.0.0.1",
-        max_restarts=max_restarts,
+        max_restarts=0,
         monitor_interval=0.1,
         logs_specs=DefaultLogsSpecs(log_dir=str(run_dir / "logs"), tee=tee),
         log_line_prefix_template="[rank${rank}]:",
     )
-    args = ["-u", "-m", "stoker.train", str(run_dir / CONFIG_NAME), "--run-dir", str(run_dir),
-            *rank_args]
+
+
+def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path) -> AttemptResult:
+    from torch.distributed.elastic.multiprocessing import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+
     try:
         elastic_launch(config, sys.executable)(*args)
     except SignalException as e:
-        print(f"stoker train: stopped by {e.sigval.name}", file=sys.stderr)
-        return 130
+        # Elastic has passed the signal on to every rank and waited for them to stop.
+        preempted = e.sigval in (signal.SIGTERM, signal.SIGUSR1)
+        print(f"stoker train: stopped by {e.sigval.name}"
+              f"{'; resume with --resume auto' if preempted else ''}", file=sys.stderr)
+        return AttemptResult(EXIT_PREEMPTED if preempted else 130)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+        failures = rank_failures(e)
+        if (any(f.exitcode == EXIT_PREEMPTED for f in failures)
+                and all(f.exitcode == EXIT_PREEMPTED or f.torn_down for f in failures)):
+            return AttemptResult(EXIT_PREEMPTED, failures)  # signalled directly, checkpointed
+        root = failures[0]
+        code = root.exitcode if root.exitcode > 0 else 128 - root.exitcode
         if code not in (2, 130):  # those ranks already said why, in one line
-            print(f"stoker train: rank {rank} failed (exit {failure.exitcode}"
-                  f"{', ' + failure.signal_name() if failure.exitcode < 0 else ''}); "
-                  f"logs in {run_dir / 'logs'}", file=sys.stderr)
-        return code
-    return 0
+            print(f"stoker train: rank {root.rank} failed: {describe(root.exitcode)} (exit "
+                  f"{root.exitcode}); logs in {run_dir / 'logs'}", file=sys.stderr)
+        return AttemptResult(code, failures)
+    return AttemptResult(0)
+
+
+@contextmanager
+def _sigusr1_stops_the_gang() -> Iterator[None]:
+    """Elastic passes SIGTERM/SIGINT/SIGHUP/SIGQUIT on to the ranks; SIGUSR1 too, with this."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SignalException(f"Process {os.getpid()} got signal: {signum}",
+                              sigval=signal.Signals(signum))
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)

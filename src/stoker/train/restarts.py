@@ -89,7 +89,11 @@ def supervise(launch_once: Callable[[int], AttemptResult], max_restarts: int,
     return result.code
 
 
-def _message(text: str) -> str:
+def _message(message: str | dict[str, object]) -> str:
+    """The one-line reason from elastic's failure message (a dict when the rank wrote an
+    error file: its "message" is the exception)."""
+    text = str(message.get("message", message)) if isinstance(message, dict) else str(message)
     if text.startswith("To enable traceback"):  # elastic's placeholder when no error file
         return ""
+    text = text.strip().splitlines()[-1] if text.strip() else ""
     return text if len(text) < 1000 else text[:1000] + "..."

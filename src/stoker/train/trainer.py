@@ -1,19 +1,25 @@
 """The step loop of one rank: all training state in one object, one optimizer step at a time.
 
-    Trainer(cfg, run_dir, dist, shard_dir).run() -> "completed" | "interrupted" | "aborted"
+    Trainer(cfg, run_dir, dist, shard_dir, resume=None).run()
+        -> "completed" | "preempted" | "interrupted" | "aborted"
 
 Each step: ``accum`` micro-batches of forward+backward (gradients synchronised on the last one
-only under DDP), gradient clipping, AdamW, LR schedule; then one all_gather of a few numbers per
-rank (loss, step time, peak memory, stop flag) gives the logged loss, every rank's step time and
-an agreed stop. Rank 0 writes metrics.jsonl, summary.json and draws the display.
+only under DDP), gradient clipping, the loss guard, AdamW, LR schedule; then one all_gather of a
+few numbers per rank (loss, step time, peak memory, stop flag) gives the logged loss, every
+rank's step time and an agreed stop. Rank 0 writes metrics.jsonl, summary.json and draws the
+display.
 
-The checkpoint code hooks in through ``state_dict()`` / ``load_state_dict()`` and
-``after_step`` callbacks; SIGINT/SIGTERM stop all ranks together at a step boundary.
+Around the steps (issue 3): the state (``state_dict()``) is checkpointed by `Checkpointer` every
+``checkpoint.interval_*`` and at the end, and restored at the start from ``resume`` or, after a
+restart, from the run's newest checkpoint; a heartbeat feeds the hang watchdog; SIGTERM or
+SIGUSR1 (preemption) and SIGINT stop all ranks together at a step boundary, after a synchronous
+checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -33,35 +39,61 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from stoker.observe.events import EventLog
 from stoker.observe.flops import flops_per_token
 from stoker.observe.live import Display, make_display
 from stoker.observe.metrics import MetricsWriter, RunStats, StepTimer, peak_memory_bytes
 from stoker.observe.peak import Peak, peak_flops
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
+from stoker.train import faults
+from stoker.train.checkpoint import Checkpointer, config_hash
 from stoker.train.data import TokenLoader
 from stoker.train.distributed import DistInfo, barrier
+from stoker.train.exitcodes import EXIT_PREEMPTED
+from stoker.train.guards import LossGuard, Verdict
+from stoker.train.heartbeat import Heartbeat
 from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype
+from stoker.train.restarts import attempt
 
 EXIT_INTERRUPTED = 130
-REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same Ctrl-C, delivered twice
+REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same signal, delivered twice
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_INTERRUPT, STOP_PREEMPT = 1, 2  # what a rank was asked to do, agreed as the max over ranks
+OK = Verdict("ok")
+
+
+def exit_code(status: str) -> int:
+    """A rank's exit code for the status `Trainer.run` returned."""
+    return {"completed": 0, "preempted": EXIT_PREEMPTED}.get(status, EXIT_INTERRUPTED)
 
 
 class StopRequest:
-    """The first SIGINT/SIGTERM asks to stop after the current step; a later one aborts it."""
+    """The first SIGINT, SIGTERM or SIGUSR1 asks to stop after the current step (SIGTERM and
+    SIGUSR1 mean preemption: checkpoint, then exit 75). A repeat after the grace period: SIGINT
+    aborts the step (KeyboardInterrupt); SIGTERM/SIGUSR1 end the process at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: EventLog | None = None) -> None:
         self.signal: str | None = None
+        self.events = events
         self._at = 0.0
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
+    @property
+    def kind(self) -> int:
+        """0: none, STOP_INTERRUPT (SIGINT) or STOP_PREEMPT (SIGTERM, SIGUSR1)."""
+        if self.signal is None:
+            return 0
+        return STOP_INTERRUPT if self.signal == "SIGINT" else STOP_PREEMPT
+
     def install(self) -> Callable[[], None]:
-        """Handle SIGINT and SIGTERM; returns a function that puts the old handlers back."""
-        old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        """Handle the stop signals; returns a function that puts the old handlers back."""
+        sigs = (signal.SIGINT, *PREEMPT_SIGNALS)
+        old = {sig: signal.signal(sig, self._handle) for sig in sigs}
 
         def restore() -> None:
             for sig, handler in old.items():
@@ -71,18 +103,25 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
+        name = signal.Signals(signum).name
+        if self.events is not None:
+            self.events.emit("signal", signal=name, repeat=self.signal is not None)
         if self.signal is None:
-            self.signal = signal.Signals(signum).name
+            self.signal = name
             self._at = now
         elif now - self._at > REPEAT_SIGNAL_GRACE_S:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 class Trainer:
     """Model, optimizer, scheduler, data position and step of one rank, and the loop over them."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist_info: DistInfo,
-                 shard_dir: Path, display: Display | None = None) -> None:
+                 shard_dir: Path, display: Display | None = None,
+                 resume: str | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.dist = dist_info
@@ -102,8 +141,19 @@ class Trainer:
         self.step = 0
         self.after_step: list[Callable[[Trainer, dict[str, Any]], None]] = []
 
-        self.stop = StopRequest()
-        self.stop_agreed = False  # some rank was asked to stop: all stop after this step
+        self.events = EventLog(run_dir, dist_info.rank)
+        self.resume = resume
+        self.checkpointer = Checkpointer(run_dir, cfg.checkpoint, rank=dist_info.rank,
+                                         world_size=dist_info.world_size, device=self.device,
+                                         config_hash=config_hash(cfg), events=self.events)
+        self.heartbeat = Heartbeat(run_dir, dist_info.rank, t.hang_timeout_s, self.events)
+        self.guard = (LossGuard(t.loss_guard, t.loss_spike_factor, t.loss_spike_window)
+                      if t.loss_guard != "off" else None)
+        self.samples_file = (run_dir / "samples" / f"rank-{dist_info.rank:05d}.jsonl"
+                             if cfg.telemetry.sample_ids else None)
+
+        self.stop = StopRequest(self.events)
+        self.stop_agreed = 0  # the largest stop kind asked of any rank: all stop after this step
         self.timer = StepTimer(self.device)
         self.flops_per_token = flops_per_token(self.shape, t.seq_len)
         self.peak = self._peak()
@@ -117,15 +167,18 @@ class Trainer:
     # ------------------------------------------------------------------ state (for checkpoints)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs. Model and optimizer come as (sharded) DCP state dicts."""
-        return {
+        """Everything a resume needs but the RNG states (`Checkpointer` keeps each rank's). Model
+        and optimizer come as (sharded) DCP state dicts; the rest is the same on every rank."""
+        state = {
             "model": get_model_state_dict(self.model),
             "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "loader": self.train_loader.state_dict(),
-            "rng": rng_state(self.device),
         }
+        if self.guard is not None:
+            state["loss_guard"] = self.guard.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_model_state_dict(self.model, state["model"])
@@ -133,7 +186,22 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"], self.device)
+        if self.guard is not None and "loss_guard" in state:
+            self.guard.load_state_dict(state["loss_guard"])
+
+    def restore(self) -> int | None:
+        """Load the checkpoint to start from, if any: after a restart the run's newest, else
+        (or when the run has none yet) ``resume`` ("auto" or a path). Returns its step."""
+        sources = ["auto"] if attempt() > 0 else []
+        if self.resume and self.resume not in sources:
+            sources.append(self.resume)
+        for where in sources:
+            state = self.state_dict()
+            step = self.checkpointer.load(state, where)
+            if step is not None:
+                self.load_state_dict(state)
+                return step
+        return None
 
     # ------------------------------------------------------------------ the step
 
@@ -143,23 +211,44 @@ class Trainer:
             self.model.train()
         timer = self.timer
         timer.start()
-        losses = []
+        poison = faults.fire("step", self.step + 1, self.dist.rank) == "nan"  # tests only
+        losses, sample_ids = [], []
         for i in range(self.accum):
             with timer.phase("data_wait"):
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
             with timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1):
                 loss = self._loss(batch.inputs, batch.targets)
+                if poison:
+                    loss = loss * float("nan")
                 (loss / self.accum).backward()
                 losses.append(loss.detach())
+            if self.samples_file is not None:
+                sample_ids += batch.sample_ids.tolist()
+        loss_mean = torch.stack(losses).mean()
         with timer.phase("optim"):
             grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
+            verdict = self._judge(loss_mean, grad_norm)
+            self.checkpointer.staged()  # an async save may still be copying the weights
+            if verdict.ok:
+                self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         times = timer.stop()
-        loss_mean = torch.stack(losses).mean()
-        return {"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "times": times}
+        return {"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "times": times,
+                "verdict": verdict, "sample_ids": sample_ids}
+
+    def _judge(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
+        """The loss guard's verdict on this step, the same on every rank: it judges the
+        rank-averaged loss and the global gradient norm."""
+        if self.guard is None:
+            return OK
+        both = torch.stack([loss.float(), grad_norm.float()])
+        if dist.is_initialized() and self.dist.world_size > 1:
+            dist.all_reduce(both)
+            both /= self.dist.world_size
+        mean_loss, norm = both.tolist()
+        return self.guard.check(mean_loss, norm)
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -200,10 +289,18 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def step_once(self) -> dict[str, Any]:
-        """A training step, its telemetry, periodic eval and the ``after_step`` hooks."""
+        """A training step, its telemetry, periodic eval, the ``after_step`` hooks, then the
+        loss guard's rollback and the checkpoint, if due."""
+        self.heartbeat.beat(self.step + 1, started=True)
         out = self.train_step()
         self.step += 1
         record = self._record(out)
+        verdict: Verdict = out["verdict"]
+        if not verdict.ok:
+            record["guard"] = verdict.action
+            if self.dist.is_main:
+                self.events.emit("loss_guard", step=self.step, action=verdict.action,
+                                 reason=verdict.reason)
         t = self.cfg.train
         if self.val_loader is not None and (self.step % t.eval_interval == 0
                                             or self.step == t.steps):
@@ -211,28 +308,79 @@ class Trainer:
         self.stats.add(record)
         if self.writer is not None:
             self.writer.write(record)
+        self._log_samples(out["sample_ids"])
         self.display.update(record)
         for hook in self.after_step:
             hook(self, record)
+        if verdict.action == "rollback":
+            self._roll_back()
+        self.heartbeat.beat(self.step)
+        self._checkpoint()
         return record
 
+    def _checkpoint(self) -> None:
+        """Save when due: every interval (async), at the end and on a stop (synchronous)."""
+        final = self.step >= self.cfg.train.steps
+        due = self.checkpointer.decide(self.step, stop_requested=bool(self.stop_agreed),
+                                       final=final)
+        if not due.save:
+            self.checkpointer.poll()
+            return
+        with self.heartbeat.paused():
+            self.checkpointer.save(self.step, self.state_dict(), sync=final or due.stop)
+
+    def _roll_back(self) -> None:
+        """Back to the last committed checkpoint; the data goes on from here, so the batches
+        since that checkpoint (the bad one included) are not trained on again."""
+        position = self.train_loader.state_dict()
+        state = self.state_dict()
+        with self.heartbeat.paused():
+            step = self.checkpointer.load(state, "auto")
+        if step is None:  # nothing to go back to: the bad update was skipped, carry on
+            if self.dist.is_main:
+                self.events.emit("loss_guard_no_checkpoint", step=self.step)
+            return
+        self.load_state_dict(state)
+        self.train_loader.load_state_dict(position)
+        self.display.message(f"loss guard: rolled back to step {step}")
+
+    def _log_samples(self, ids: list[int]) -> None:
+        if self.samples_file is None:
+            return
+        self.samples_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.samples_file.open("a") as f:
+            f.write(json.dumps({"step": self.step, "rank": self.dist.rank, "ids": ids}) + "\n")
+
     def run(self) -> str:
-        """Train to ``train.steps``; returns "completed", "interrupted" (a signal, stopped at a
-        step boundary) or "aborted" (a second signal, mid-step)."""
+        """Train to ``train.steps``; returns "completed", "preempted" (SIGTERM/SIGUSR1: stopped
+        at a step boundary after a checkpoint), "interrupted" (SIGINT, likewise) or "aborted"
+        (a second SIGINT, mid-step)."""
         restore_signals = self.stop.install()
         started = time.time()
         status = "failed"
-        self.display.start(self.cfg.train.steps, self.step)
         try:
+            resumed = self.restore()
+            if self.dist.is_main:
+                self.events.emit("start", attempt=attempt(), world_size=self.dist.world_size,
+                                 step=self.step, resumed=resumed is not None)
+            self.display.start(self.cfg.train.steps, self.step)
+            self.heartbeat.start()
             while self.step < self.cfg.train.steps:
                 self.step_once()
                 if self.stop_agreed:
                     break
-            status = "interrupted" if self.stop.requested else "completed"
+            status = {0: "completed", STOP_INTERRUPT: "interrupted",
+                      STOP_PREEMPT: "preempted"}[self.stop_agreed]
         except KeyboardInterrupt:
             status = "aborted"
+        except Exception as e:
+            self.events.emit("error", step=self.step, error=f"{type(e).__name__}: {e}"[:2000])
+            raise
         finally:
+            self.heartbeat.stop()
             self.train_loader.close()
+            if status != "failed":
+                self.checkpointer.close()
             self._finish(status, time.time() - started)
             restore_signals()
         return status
@@ -243,11 +391,11 @@ class Trainer:
         """The step's JSON record; one all_gather brings every rank's numbers to every rank."""
         times = out["times"]
         mine = torch.tensor([float(out["loss"]), times.step_time_s,
-                             float(peak_memory_bytes(self.device)), float(self.stop.requested)],
+                             float(peak_memory_bytes(self.device)), float(self.stop.kind)],
                             dtype=torch.float64, device=self.device)
         ranks = gather_rows(mine, self.dist.world_size).tolist()
         losses, step_times, mems, stops = (list(col) for col in zip(*ranks, strict=True))
-        self.stop_agreed = any(stops)
+        self.stop_agreed = int(max(stops))
         tps = self.tokens_per_step / times.step_time_s
         tps_dev = tps / self.dist.world_size
         return {
@@ -332,17 +480,3 @@ def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:
     rows = [torch.empty_like(row) for _ in range(world_size)]
     dist.all_gather(rows, row)
     return torch.stack(rows).cpu()
-
-
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
