@@ -9,6 +9,7 @@ at save time), so ``Transformer.load_state_dict(safetensors.torch.load_file(path
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def load_model_state(ckpt: Path) -> dict[str, torch.Tensor]:
              if fqn.startswith(MODEL_KEY) and isinstance(md, TensorStorageMetadata)}
     if not state:
         raise StokerError(f"{ckpt}: the checkpoint holds no model tensors")
-    dcp.load(state, storage_reader=reader)
+    with warnings.catch_warnings():  # "no process group: loading in one process" is the point
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=reader)
     return {fqn.removeprefix(MODEL_KEY): t for fqn, t in state.items()}
 
 

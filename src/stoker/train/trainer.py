@@ -205,13 +205,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self) -> dict[str, Any]:
-        """One optimizer step over ``accum`` micro-batches; returns its numbers (not reduced)."""
+    def train_step(self, poison: bool = False) -> dict[str, Any]:
+        """One optimizer step over ``accum`` micro-batches; returns its numbers (not reduced).
+        ``poison`` makes the loss NaN (the loss guard's tests inject it via STOKER_FAULT)."""
         if not self.model.training:
             self.model.train()
         timer = self.timer
         timer.start()
-        poison = faults.fire("step", self.step + 1, self.dist.rank) == "nan"  # tests only
         losses, sample_ids = [], []
         for i in range(self.accum):
             with timer.phase("data_wait"):
@@ -291,8 +291,9 @@ class Trainer:
     def step_once(self) -> dict[str, Any]:
         """A training step, its telemetry, periodic eval, the ``after_step`` hooks, then the
         loss guard's rollback and the checkpoint, if due."""
+        fault = faults.fire("step", self.step + 1, self.dist.rank)  # tests only
         self.heartbeat.beat(self.step + 1, started=True)
-        out = self.train_step()
+        out = self.train_step(poison=fault == "nan")
         self.step += 1
         record = self._record(out)
         verdict: Verdict = out["verdict"]
