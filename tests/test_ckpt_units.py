@@ -374,3 +374,42 @@ def test_supervise_gives_up_and_never_restarts_a_preempted_run(tmp_path: Path) -
     assert len(read_events(tmp_path / "a", "failure")) == 2
     assert supervise(lambda n: AttemptResult(75), 3, EventLog(tmp_path / "b")) == 75
     assert read_events(tmp_path / "b") == []
+
+
+# ---------------------------------------------------------------------- stop signals
+
+def test_stop_signals_and_their_kind(tmp_path: Path) -> None:
+    import signal as sig
+
+    from stoker.train.trainer import STOP_PREEMPT, StopRequest
+
+    stop = StopRequest(EventLog(tmp_path, rank=0))
+    restore = stop.install()
+    try:
+        os.kill(os.getpid(), sig.SIGUSR1)
+        os.kill(os.getpid(), sig.SIGTERM)  # a repeat within the grace period: the same stop
+        time.sleep(0.05)
+    finally:
+        restore()
+    assert stop.signal == "SIGUSR1" and stop.kind == STOP_PREEMPT
+    assert [e["signal"] for e in read_events(tmp_path, "signal")] == ["SIGUSR1", "SIGTERM"]
+
+
+def test_a_second_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
+    import signal as sig
+    import subprocess
+    import sys
+
+    script = ("import sys, time\n"
+              "from stoker.train.trainer import StopRequest\n"
+              "StopRequest().install()\n"
+              "print('ready', flush=True)\n"
+              "while True:\n"
+              "    time.sleep(0.05)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig.SIGTERM)
+    time.sleep(2.3)  # past the grace period for a signal delivered twice
+    assert proc.poll() is None  # the first one only asked to stop after the step
+    proc.send_signal(sig.SIGTERM)
+    assert proc.wait(timeout=5) == -sig.SIGTERM
