@@ -2,8 +2,8 @@
 
     python benchmarks/control_latency.py [--repeats 3]
 
-Baseline, in the same run: the same job started directly with `stoker train --nproc 2` (no
-control plane). Through the control plane the parts are:
+Baseline, in the same run: the same command the control plane launches (`stoker train CFG
+--nproc 2 --run-dir DIR --resume auto`), started directly. Through the control plane the parts are:
     submit      client sends POST /v1/jobs -> the job is QUEUED in the store
     schedule    QUEUED -> ADMITTED (the reconciler wakes on submit, runs sched.schedule)
     launch      ADMITTED -> STARTING (devices picked, train.toml written; processes start next)
@@ -64,12 +64,12 @@ def first_step(run_dir: Path, timeout: float = 600) -> tuple[float, float]:
     raise TimeoutError(f"no step in {path}")
 
 
-def direct(tmp: Path, config: Path, i: int) -> dict[str, float]:
+def direct(tmp: Path, config: Path, i: int, resume: bool) -> dict[str, float]:
     run_dir = tmp / f"direct-{i}"
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "stoker", "train", str(config), "--nproc", "2",
-                             "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "stoker", "train", str(config), "--nproc", "2",
+            "--run-dir", str(run_dir), *(["--resume", "auto"] if resume else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start, end = first_step(run_dir)
     proc.wait()
     return {"runtime": start - t0, "first step": end - start, "total": end - t0}
@@ -108,15 +108,16 @@ def main() -> None:
 
         config.write_text(to_toml(TRAIN))
         (tmp / "cluster.toml").write_text(CLUSTER)
-        direct(tmp, config, -1)  # warm-up: prepares the data cache, fills the page cache
-        flags = ["--interval", "1"] + ([] if resume_supported() else ["--no-resume"])
+        resume = resume_supported()
+        direct(tmp, config, -1, resume)  # warm-up: prepares the data cache, fills page cache
+        flags = ["--interval", "1"] + ([] if resume else ["--no-resume"])
         server = ServerProcess(tmp / "state", tmp / "cluster.toml",
                                env={"BENCH_TOKEN": "bench-token"}, args=flags)
         rows: dict[str, list[dict[str, float]]] = {"direct": [], "server": []}
         try:
             server.start()
             for i in range(args.repeats):  # interleaved, so both see the same machine load
-                rows["direct"].append(direct(tmp, config, i))
+                rows["direct"].append(direct(tmp, config, i, resume))
                 rows["server"].append(through_server(server, tmp / "state"))
         finally:
             server.stop()
