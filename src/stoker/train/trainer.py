@@ -439,12 +439,28 @@ class Trainer:
 
     def _peak(self) -> Peak:
         """The MFU denominator: ``telemetry.peak_flops`` or the device's, found by rank 0 while
-        the other ranks wait (a CPU calibration must not compete with them for cores)."""
+        the other ranks wait (a CPU calibration must not compete with them for cores). A
+        measured peak is kept in RUN_DIR/peak.json: a restarted or resumed run reuses it, so
+        its MFU keeps the same denominator and its restart skips the calibration."""
         if self.cfg.telemetry.peak_flops:
             return Peak(self.cfg.telemetry.peak_flops, "config: telemetry.peak_flops")
+        dtype = resolve_dtype(self.cfg.parallel, self.device)
+        cache = self.run_dir / "peak.json"
+        key = f"{self.device.type} {dtype}"
+        try:
+            saved = json.loads(cache.read_text())
+            if saved["key"] == key:
+                return Peak(float(saved["flops_per_s"]), str(saved["source"]))
+        except (OSError, ValueError, KeyError):
+            pass
         barrier()
-        peak = peak_flops(self.device, resolve_dtype(self.cfg.parallel, self.device))
+        peak = peak_flops(self.device, dtype)
         barrier()
+        if self.dist.is_main and peak.source.startswith("measured"):
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "flops_per_s": peak.flops_per_s,
+                                       "source": peak.source}))
+            tmp.replace(cache)
         return peak
 
     # ------------------------------------------------------------------ setup helpers
