@@ -13,10 +13,15 @@ checkpoint saved by N ranks loads on M), plus small replicated values (scheduler
 position as a global sample count) that DCP stores once. RNG states are per rank and go to
 per-rank files.
 
-Async saves (``checkpoint.async``) copy the state to CPU memory, then write from a background
-thread over a gloo group of their own; at most one save is in flight. The commit rides on DCP's
-own final collective: rank 0's ``finish`` runs only after every rank's ``write_data`` returned
-(files written and fsynced), so rank 0 writes the manifest there, last, by write-then-rename.
+Async saves (``checkpoint.async``, the default) return at once: a background thread copies the
+state into a reused CPU staging buffer while the next step's forward and backward run (they only
+read it; `Checkpointer.staged` is the barrier before the optimizer changes it), then runs
+``dcp.save`` on the copy over a gloo group of its own, at a lower CPU priority. At most one save
+is in flight. (``dcp.async_save`` would block the step loop for the whole copy.) The commit
+rides on DCP's own final collective: rank 0's ``finish`` runs only after every rank's
+``write_data`` returned (files written and fsynced), so rank 0 writes the manifest there, last,
+by write-then-rename; a crash at any instant leaves the previous checkpoint or the new one as
+the newest committed one.
 """
 
 from __future__ import annotations

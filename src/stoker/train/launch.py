@@ -126,8 +126,15 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
         os.environ[ATTEMPT_ENV] = str(n)
         return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir)
 
-    with _sigusr1_stops_the_gang():
-        return supervise(attempt, max_restarts, EventLog(run_dir))
+    before = os.environ.get(ATTEMPT_ENV)
+    try:
+        with _sigusr1_stops_the_gang():
+            return supervise(attempt, max_restarts, EventLog(run_dir))
+    finally:
+        if before is None:
+            os.environ.pop(ATTEMPT_ENV, None)
+        else:
+            os.environ[ATTEMPT_ENV] = before
 
 
 def _launch_config(cfg: TrainConfig, run_dir: Path, nproc: int) -> LaunchConfig:
