@@ -508,3 +508,87 @@ def test_never_fits_and_cordoned_nodes() -> None:
 def test_unknown_queue_and_level_are_explained() -> None:
     d = Case([queue("q", 8)], [pend("a", "nope"), pend("b", "q", topology="pod")]).run()
     assert "unknown queue" in d.waiting["a"] and "unknown topology level" in d.waiting["b"]
+
+
+# --- no preemption ping-pong: the room a preemption frees goes to the preemptor ---
+
+def replay(case: Case, cycles: int) -> tuple[Case, list[Decisions]]:
+    """Run ``cycles`` cycles as the simulator does: victims stop at once and are requeued, the
+    admitted start, and the jobs each cycle nominated are flagged for the next one."""
+    out = []
+    for _ in range(cycles):
+        d = case.run()
+        out.append(d)
+        gone = {p.job for p in d.preempt}
+        pending = {j.id: j for j in case.pending}
+        requeued = [pend(str(r.id), r.queue, r.per_rank.gpus, prio=r.priority, t=case.now)
+                    for r in case.running if r.id in gone]
+        case.running = [r for r in case.running if r.id not in gone] + [
+            run(str(a.job), a.queue, a.nodes, pending[a.job].per_rank.gpus,
+                prio=pending[a.job].priority, flavor=a.flavor) for a in d.admit]
+        admitted = {a.job for a in d.admit}
+        case.pending = [j._replace(nominated=j.id in d.nominated) for j in case.pending
+                        if j.id not in admitted] + requeued
+        case.now += 1.0
+    return case, out
+
+
+def reclaim_behind_head(p_nominated: bool = False) -> Case:
+    """qb borrows 1 GPU of the node's 4 and has a priority-5 job waiting; qa's head h needs to
+    borrow and finds no node; behind it, p fits in qa's nominal quota. qc only lends."""
+    queues = [queue("qa", 2, "c", within_queue="Never", reclaim_within_cohort="Any"),
+              queue("qb", 2, "c"), queue("qc", 2, "c")]
+    return Case(queues,
+                [pend("h", "qa", 3, prio=3), pend("p", "qa", 1, t=1, nominated=p_nominated),
+                 pend("b", "qb", 1, prio=5, t=2)],
+                running=[run(f"b{i}", "qb", ["n0"], 1, prio=5) for i in range(3)],
+                nodes=nodes(1, size=4))
+
+
+def test_nominated_job_gets_the_room_first() -> None:
+    # Not nominated: qb's higher-priority borrowing job takes the free GPU, so p, which fits in
+    # qa's nominal quota, reclaims a GPU from qb: which b would take again next cycle.
+    d = check(reclaim_behind_head(), {"b"}, {"b0"})
+    assert d.nominated == {"p": ("b0",)}
+    # Nominated in the last cycle: p goes first; b waits (qb is above its nominal quota).
+    check(reclaim_behind_head(p_nominated=True), {"p"})
+
+
+def test_no_preemption_ping_pong() -> None:
+    case, decisions = replay(reclaim_behind_head(), cycles=6)
+    assert sum(len(d.preempt) for d in decisions) == 1
+    assert {str(r.id) for r in case.running} == {"b1", "b2", "b", "p"}
+
+
+def test_reclaimer_behind_a_hopeless_head_goes_before_borrowers() -> None:
+    # qa's head h (4 GPUs) fits neither quota nor nodes; p behind it fits in qa's nominal
+    # quota. The first pass admits only such jobs, so p takes the free GPU before qb's
+    # priority-5 job b, which would borrow, even without the nominated flag.
+    case = reclaim_behind_head()
+    case.pending[0] = pend("h", "qa", 4, prio=3)
+    case.queues[2] = queue("qc", 0, "c")  # no spare quota in the cohort: h cannot borrow
+    check(case, {"p"})
+
+
+def test_flavor_within_nominal_quota_before_borrowing() -> None:
+    # The queue's first flavor has room only by borrowing, the second within its nominal quota.
+    ns = nodes(1, flavor="a100", prefix="a") + nodes(1, flavor="h100", prefix="h")
+    qa = Queue("qa", (quota(0, flavor="a100"), quota(4, flavor="h100")), cohort="c")
+    qb = Queue("qb", (quota(8, flavor="a100"), quota(4, flavor="h100")), cohort="c")
+    d = check(Case([qa, qb], [pend("j", "qa", 2)], nodes=ns), {"j"})
+    assert d.admit[0].flavor == "h100" and not d.admit[0].borrowing
+
+
+def test_one_victim_per_job_when_one_frees_enough() -> None:
+    # bob borrows 6 of alice's 12 GPUs (3 nodes x 4). a1 (4 GPUs) and a2 (2 x 1 GPU) reclaim:
+    # once b1 stops for a1, bob borrows only 2 more, so a2 needs just one more victim.
+    queues = [queue(n, 6, "lab", within_queue="LowerPriority", reclaim_within_cohort="Any")
+              for n in ("alice", "bob")]
+    case = Case(queues, [pend("a1", "alice", 4, prio=100, t=70), pend("a2", "alice", 1,
+                                                                      ranks=2, t=70)],
+                running=[run("b1", "bob", ["n0"], 4, progress=69.0),
+                         run("b2", "bob", ["n1"], 4, progress=68.0),
+                         run("b3", "bob", ["n2"], 4, prio=100, progress=67.0)],
+                nodes=nodes(3, size=4))
+    d = check(case, set(), {"b1", "b2"})
+    assert d.nominated == {"a1": ("b2",), "a2": ("b1",)}

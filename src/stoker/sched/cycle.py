@@ -1,12 +1,20 @@
 """One scheduling cycle: order the pending jobs, check quota, place, preempt.
 
-The cycle merges the queues' heads in one heap (priority first, jobs that need no borrowing
-before jobs that do, as Kueue; or the least weighted dominant-resource share first under fair
-sharing). Each head is tried on its queue's flavors in order: quota, then a placement on nodes.
-A head that fits nowhere may look for victims (a bounded number per queue and cycle). A job that
-needs victims is *nominated*: it is charged now (quota, and the free node capacity it will use)
-so later jobs cannot take its room, but is admitted only in a later cycle, once the victims have
-stopped. State only ever shrinks within a cycle, so a gang shape that failed to place once is not
+The cycle merges the queues' heads in one heap: starving jobs first, then (as Kueue's entry
+ordering) jobs that fit in their queue's nominal quota before jobs that must borrow, then
+priority, then the policy's order; under fair sharing the least weighted dominant-resource share
+replaces the borrowing test. It runs in two passes. The first admits only jobs that fit in their
+queue's nominal quota; a job that could only be admitted by borrowing stops its queue there
+until the second pass, which lets jobs borrow. So the room a job reclaimed from borrowing queues
+by preemption goes to it in the next cycle, not to a (maybe higher-priority) borrowing job of the
+victims' queue, which would be reclaimed from again: a preemption ping-pong.
+
+Each job tries its queue's flavors in order, one where it fits in nominal quota before one where
+it borrows: quota, then a placement on nodes. A job that fits nowhere may look for victims (a
+bounded number per queue and cycle). A job that needs victims is *nominated*: it is charged now
+(its quota, the victims' quota released; and the free node capacity it will use) so later jobs
+cannot take its room, but is admitted only in a later cycle, once the victims have stopped. Free
+node capacity only ever shrinks within a cycle, so a gang shape that failed to place once is not
 tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
 """
 
@@ -33,7 +41,11 @@ from stoker.sched.types import (
 )
 
 INF = float("inf")
-_Key = tuple[bool, int, float, float, int]  # (not starving, -priority, order value, created, seq)
+# What considering a job did: admitted it, left it waiting (maybe nominated), or deferred it to
+# the borrowing pass.
+_ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
+_Key = tuple[int, int, float, float, int]  # (urgency, -priority, order value, created, seq)
+_HeapKey = tuple[int, object, int, float, float, int]  # _Key with borrowing or share second
 
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
@@ -114,22 +126,22 @@ class _Cycle:
                 account.add(amount)
 
     def _order_keys(self) -> list[_Key]:
-        """Each pending job's place in its queue: starving first, then priority, then the
-        policy's order (expected duration for "sjf", attained-service level for "las"),
-        then creation time."""
+        """Each pending job's place in its queue: nominated in the last cycle first, then
+        starving, then priority, then the policy's order (expected duration for "sjf",
+        attained-service level for "las"), then creation time."""
         age = self.policy.starvation_age
         cutoff = self.now - age if age is not None else -INF
         pending = self.snap.pending
         if self.policy.order == "sjf":
-            return [(j.created_at > cutoff, -j.priority,
+            return [(_urgency(j, cutoff), -j.priority,
                      INF if j.expected_duration is None else j.expected_duration,
                      j.created_at, seq) for seq, j in enumerate(pending)]
         if self.policy.order == "las":
             levels = self.policy.las_thresholds
-            return [(j.created_at > cutoff, -j.priority,
+            return [(_urgency(j, cutoff), -j.priority,
                      float(bisect_right(levels, j.attained_service)), j.created_at, seq)
                     for seq, j in enumerate(pending)]
-        return [(j.created_at > cutoff, -j.priority, 0.0, j.created_at, seq)
+        return [(_urgency(j, cutoff), -j.priority, 0.0, j.created_at, seq)
                 for seq, j in enumerate(pending)]
 
     def _rank(self, priority: int, attained: float) -> tuple[int, int]:
@@ -169,25 +181,35 @@ class _Cycle:
 
     def run(self) -> Decisions:
         self._fill_queues()
-        heap: list[tuple[tuple[object, ...], int, _QueueState]] = []
+        self._pass(nominal_only=True)
+        self._pass(nominal_only=False)
+        self._explain_rest()
+        return Decisions(admit=self.admit, preempt=self.preempt, waiting=self.waiting,
+                         nominated=self.nominated)
+
+    def _pass(self, nominal_only: bool) -> None:
+        """Consider the queues' jobs in heap order. With ``nominal_only``, a job that could
+        only be admitted by borrowing is left (with the rest of its queue) for the next pass."""
+        heap: list[tuple[_HeapKey, int, _QueueState]] = []
         for n, qs in enumerate(self.queues.values()):
-            if qs.waiting and not self._hopeless(qs):
+            if qs.waiting and qs.blocked_by is None and not self._hopeless(qs):
                 heap.append((self._heap_key(qs), n, qs))
         heapq.heapify(heap)
         pending = self.snap.pending
         while heap:
             _, n, qs = heapq.heappop(heap)
-            job = pending[heapq.heappop(qs.waiting)[4]]
-            if not self._consider(qs, job) and qs.queue.strategy == "StrictFIFO":
-                qs.blocked_by = job.id
+            key = heapq.heappop(qs.waiting)
+            outcome = self._consider(qs, pending[key[4]], nominal_only)
+            if outcome is _DEFER:
+                heapq.heappush(qs.waiting, key)
+                continue
+            if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
+                qs.blocked_by = pending[key[4]].id
                 continue
             if qs.waiting and not self._hopeless(qs):
                 heapq.heappush(heap, (self._heap_key(qs), n, qs))
-        self._explain_rest()
-        return Decisions(admit=self.admit, preempt=self.preempt, waiting=self.waiting,
-                         nominated=self.nominated)
 
-    def _heap_key(self, qs: _QueueState) -> tuple[object, ...]:
+    def _heap_key(self, qs: _QueueState) -> _HeapKey:
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
@@ -197,7 +219,7 @@ class _Cycle:
             second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
             second = all(a.needs_borrowing(total) for a in accounts)
-        return (key[0], second, *key[1:])
+        return (key[0], second, key[1], key[2], key[3], key[4])
 
     def _can_preempt(self, qs: _QueueState) -> bool:
         q = qs.queue
@@ -229,65 +251,82 @@ class _Cycle:
             return False
         return True
 
-    def _consider(self, qs: _QueueState, job: PendingJob) -> bool:
-        """Try to admit ``job``; on failure maybe nominate it or reserve for it. True: admitted."""
-        queue = qs.queue
+    def _consider(self, qs: _QueueState, job: PendingJob, nominal_only: bool) -> str:
+        """Try to admit ``job``: on a flavor where it fits in the queue's nominal quota first,
+        else (unless ``nominal_only``: then defer it) on one where it borrows. On failure maybe
+        nominate it or reserve for it. Returns _ADMIT, _WAIT or _DEFER."""
         flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
                                                           if f in job.flavors]
         if not flavors:
             self.waiting[job.id] = "no flavor of the queue matches the job's GPU model"
-            return False
+            return _WAIT
         level = None
         if job.topology is not None:
             level = self.nodes.levels.get(job.topology)
             if level is None:
                 self.waiting[job.id] = f"unknown topology level {job.topology!r}"
-                return False
+                return _WAIT
         total = _total(job)
-        why: list[str] = []
-        node_short = False
+        why: dict[str, str] = {}
+        no_nodes = f"no nodes free for {job.ranks} x {_fmt(job)}"
         open_flavors = []
+        borrowing = []
         for flavor in flavors:
             held = self.reserved.get(flavor)
             if held is not None and (held[1] is None or held[1] == qs.scope):
-                why.append(f"{flavor}: capacity held for starving job {held[0]}")
+                why[flavor] = f"capacity held for starving job {held[0]}"
                 continue
             open_flavors.append(flavor)
             account = qs.accounts[flavor]
-            if not account.fits(total):
-                why.append(f"{flavor}: quota of queue {queue.name} exhausted")
-                continue
-            placement = self._place(flavor, job, level)
-            if placement is None:
-                why.append(f"{flavor}: no nodes free for {job.ranks} x {_fmt(job)}")
-                node_short = True
-                continue
-            account.add(total)
-            self.nodes.take(placement, job.per_rank)
-            names = self.nodes.names
-            self.admit.append(Admit(job=job.id, queue=queue.name, flavor=flavor,
-                                    nodes=_expand(placement, names),
-                                    borrowing=account.borrowing()))
-            return True
+            if account.fits(total, allow_borrowing=False):
+                if self._admit(qs, job, flavor, level, total):
+                    return _ADMIT
+                why[flavor] = no_nodes
+            elif account.fits(total):
+                borrowing.append(flavor)
+            else:
+                why[flavor] = f"quota of queue {qs.queue.name} exhausted"
+        if borrowing and nominal_only and not job.nominated:
+            return _DEFER
+        for flavor in borrowing:
+            if self._admit(qs, job, flavor, level, total):
+                return _ADMIT
+            why[flavor] = no_nodes
+        node_short = no_nodes in why.values()
+        reasons = "; ".join(f"{f}: {why[f]}" for f in flavors)
         if not self._fits_ever(job, flavors):
             self.waiting[job.id] = f"never fits: no node of flavor {', '.join(flavors)} " \
                                    f"holds one rank of {_fmt(job)}"
-            return False
+            return _WAIT
         if open_flavors and self._can_preempt(qs):
             # The same shape at the same rank failing again is certain: state only shrinks.
             shape = (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
                      job.per_rank, level, job.topology_required)
-            if self._within(queue) == "LowerOrNewerEqualPriority" or shape not in self.hopeless:
+            if self._within(qs.queue) == "LowerOrNewerEqualPriority" or shape not in self.hopeless:
                 qs.attempts += 1
                 for flavor in open_flavors:
                     if self._nominate(qs, job, flavor, level, total):
-                        return False
+                        return _WAIT
                 self.hopeless.add(shape)
-        self.waiting[job.id] = "; ".join(why)
+        self.waiting[job.id] = reasons
         age = self.policy.starvation_age
         if age is not None and self.now - job.created_at >= age:
             self._reserve(qs, job, open_flavors, node_short)
-        return False
+        return _WAIT
+
+    def _admit(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
+               total: list[float]) -> bool:
+        """Place ``job`` on ``flavor``'s nodes and charge it; False if it fits on no nodes."""
+        placement = self._place(flavor, job, level)
+        if placement is None:
+            return False
+        account = qs.accounts[flavor]
+        account.add(total)
+        self.nodes.take(placement, job.per_rank)
+        self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
+                                nodes=_expand(placement, self.nodes.names),
+                                borrowing=account.borrowing()))
+        return True
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
         shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
@@ -447,12 +486,16 @@ class _Cycle:
                            placement: Placement, victims: list[preempt.Victim]) -> None:
         """Charge the nominated job now: its quota, and the free capacity it will use.
 
-        The victims keep their resources until they stop, so only the part of the job's
-        placement that their release does not cover comes out of today's free capacity.
+        The victims' quota is released (as Kueue counts a cycle's preemption targets as gone),
+        so later jobs see the quota as it will be once they have stopped. The victims keep their
+        nodes until they stop, so only the part of the job's placement that their release does
+        not cover comes out of today's free capacity.
         """
         account.add(total)
         freed: dict[int, list[float]] = {}
         for v in victims:
+            if v.account is not None:
+                v.account.remove(v.total)
             for i, count in v.placement:
                 f = freed.setdefault(i, [0.0, 0.0, 0.0])
                 for r in RESOURCES:
@@ -491,6 +534,13 @@ class _Cycle:
                                            f"one rank of {_fmt(job)}"
                 else:
                     self.waiting[job.id] = reason
+
+
+def _urgency(job: PendingJob, starving_before: float) -> int:
+    """0: nominated in the last cycle, 1: starving, 2: neither."""
+    if job.nominated:
+        return 0
+    return 1 if job.created_at <= starving_before else 2
 
 
 def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:

@@ -26,7 +26,8 @@ FlavorQuota (Kueue: one flavor of a ClusterQueue's resource group)
 Queue (Kueue: ClusterQueue)
     name: unique name; jobs name their queue.
     cohort: the cohort it shares quota with, or None (then it only ever uses ``nominal``).
-    quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried.
+    quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried; a flavor
+        where the job fits in the nominal quota goes before one where it would borrow.
     strategy: "BestEffortFIFO": a job that cannot be admitted is skipped and later jobs of the
         queue may go ahead; "StrictFIFO": it blocks every later job of the queue.
     within_queue: which running jobs of the *same* queue a pending job may preempt:
@@ -82,6 +83,12 @@ PendingJob (queued, waiting for admission)
         falling back to fewer domains of higher levels. None: as few domains as possible.
     expected_duration: seconds; the oracle used by the "sjf" order (None sorts last).
     attained_service: service received in earlier runs, for the "las" order.
+    nominated: True if the previous cycle nominated it (it is in that cycle's
+        ``Decisions.nominated``: it waits for the victims it preempted). Such jobs are
+        considered first, before starving ones, so the room their victims free goes to them and
+        not to a job that would only be preempted again for it (a preemption ping-pong). The
+        caller sets it from the previous cycle's decisions; False (the default) loses only that
+        guarantee.
 
 Snapshot
     now: the current time on the caller's clock.
@@ -90,7 +97,8 @@ Snapshot
         parent but not listed are implicit (no quota of their own, no parent).
 
 Policy (algorithm switches; the cluster config supplies defaults via sched.config)
-    order: "fifo" (priority, then creation time), "sjf" (priority, then expected duration),
+    order: among jobs that fit in their queue's nominal quota, and then among those that
+        borrow: "fifo" (priority, then creation time), "sjf" (priority, then expected duration),
         "las" (priority, then the Tiresias level of attained service: levels split at
         ``las_thresholds``, FIFO within a level). Under "las" a job of a lower level counts as
         higher priority than running jobs of a higher level of the same priority class, and
@@ -208,6 +216,7 @@ class PendingJob(NamedTuple):
     topology_required: bool = False
     expected_duration: float | None = None
     attained_service: float = 0.0
+    nominated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,8 +58,8 @@ class SimJob:
     """A job's mutable simulation state."""
 
     __slots__ = ("attained", "created_at", "epoch", "flavor", "flavors", "gpus", "idx", "nodes",
-                 "outcome", "pending_obj", "pending_since", "per_rank", "priority", "queue",
-                 "ranks", "remaining", "running_obj", "start")
+                 "nominated", "outcome", "pending_obj", "pending_since", "per_rank", "priority",
+                 "queue", "ranks", "remaining", "running_obj", "start")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool) -> None:
@@ -81,6 +81,7 @@ class SimJob:
         self.start = -1.0
         self.flavor = ""
         self.nodes: tuple[int, ...] = ()
+        self.nominated = False  # in the last cycle's Decisions.nominated
         self.pending_obj: PendingJob | None = None
         self.running_obj: RunningJob | None = None
         self.outcome = JobOutcome(job.id, tenant, self.gpus, job.arrival, job.duration)
@@ -90,7 +91,8 @@ class SimJob:
             self.pending_obj = PendingJob(
                 id=self.idx, queue=self.queue, priority=self.priority, created_at=self.created_at,
                 ranks=self.ranks, per_rank=self.per_rank, flavors=self.flavors,
-                expected_duration=self.remaining, attained_service=self.attained)
+                expected_duration=self.remaining, attained_service=self.attained,
+                nominated=self.nominated)
         return self.pending_obj
 
 
@@ -118,6 +120,7 @@ class Simulator:
         order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival)
         self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
         self.pending: dict[int, SimJob] = {}
+        self.nominated: set[int] = set()  # pending jobs the last cycle nominated
         self.running: dict[int, SimJob] = {}
         self.demand: Counter[tuple[float, tuple[str, ...] | None]] = Counter()
         self.events: list[tuple[float, int, int, int, int]] = []
@@ -441,6 +444,11 @@ class Simulator:
         self._record(now)
 
     def apply(self, decisions: Decisions, now: float) -> None:
+        for idx in self.nominated | decisions.nominated.keys():
+            job = self.pending[int(idx)]
+            job.nominated = idx in decisions.nominated
+            job.pending_obj = None
+        self.nominated = {int(idx) for idx in decisions.nominated}
         for p in decisions.preempt:
             job = self.running.get(int(p.job))
             if job is not None:
