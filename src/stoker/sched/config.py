@@ -71,8 +71,9 @@ def build_policy(cfg: ClusterConfig) -> Policy:
 
 
 def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at: float,
-                attained_service: float = 0.0) -> PendingJob:
-    """The scheduler's view of a submitted job spec."""
+                attained_service: float = 0.0, nominated: bool = False) -> PendingJob:
+    """The scheduler's view of a submitted job spec; ``nominated``: the previous cycle
+    nominated it (see `PendingJob`)."""
     r = spec.resources
     return PendingJob(
         id=job_id, queue=spec.queue, priority=cfg.priority(spec.priority_class),
@@ -81,5 +82,5 @@ def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at
         flavors=cfg.flavors_for_model(spec.placement.gpu_model),
         topology=spec.placement.topology,
         topology_required=spec.placement.topology_mode == "required",
-        attained_service=attained_service,
+        attained_service=attained_service, nominated=nominated,
     )
