@@ -221,8 +221,7 @@ class ControlPlane:
             raise KeyError(queue)
         record = QuotaRecord(queue, flavor, quota.model_dump(mode="json", exclude_none=True),
                              time.time(), actor)
-        others = [q for q in self.store.quotas() if (q.queue, q.flavor) != (queue, flavor)]
-        with_overrides(self.cluster, [*others, record], source=f"queues.{queue}")
+        with_overrides(self.cluster, [record], source=f"queues.{queue}")
         return self.store.set_quota(record)
 
     def node_views(self) -> list[NodeView]:

@@ -35,6 +35,7 @@ from stoker.sched import Decisions, Node, Snapshot, schedule
 from stoker.sched.config import build_policy
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
+from stoker.spec.errors import ConfigError
 from stoker.spec.job import JobSpec
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
 
@@ -130,7 +131,13 @@ class Reconciler:
         overrides = self.store.quotas()
         key = tuple((o.queue, o.flavor, o.updated_at) for o in overrides)
         if key != self._overrides_key:
-            self._effective = with_overrides(self.cluster, overrides)
+            self._effective = self.cluster
+            for override in overrides:  # one by one: a bad one (after a config change) is skipped
+                try:
+                    self._effective = with_overrides(self._effective, [override])
+                except ConfigError as e:
+                    log.warning("quota override of %s/%s no longer applies: %s",
+                                override.queue, override.flavor, e)
             self._overrides_key = key
         return self._effective
 
