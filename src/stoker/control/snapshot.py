@@ -7,7 +7,6 @@ they said. The simulator's tests can feed the same records to compare both.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord
@@ -67,8 +66,8 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
         elif record.state == JobState.QUEUED and record.not_before <= now:
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
-            job = pending_job(cluster, spec, record.id, record.queued_at, record.attained_s)
-            pending.append(replace(job, priority=record.priority))  # as resolved at submit
+            pending.append(pending_job(cluster, spec, record.id, record.queued_at,
+                                       record.attained_s))
     return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
                     running=tuple(running), pending=tuple(pending),
                     cohorts=build_cohorts(cluster), topology=cluster.topology)
