@@ -1,21 +1,22 @@
 """One scheduling cycle: order the pending jobs, check quota, place, preempt.
 
-The cycle merges the queues' heads in one heap: starving jobs first, then (as Kueue's entry
-ordering) jobs that fit in their queue's nominal quota before jobs that must borrow, then
-priority, then the policy's order; under fair sharing the least weighted dominant-resource share
-replaces the borrowing test. It runs in two passes. The first admits only jobs that fit in their
-queue's nominal quota; a job that could only be admitted by borrowing stops its queue there
-until the second pass, which lets jobs borrow. So the room a job reclaimed from borrowing queues
-by preemption goes to it in the next cycle, not to a (maybe higher-priority) borrowing job of the
-victims' queue, which would be reclaimed from again: a preemption ping-pong.
+The cycle merges the queues' heads in one heap: jobs the last cycle nominated first, then
+starving jobs, then (as Kueue's entry ordering) jobs that fit in their queue's nominal quota
+before jobs that must borrow, then priority, then the policy's order; under fair sharing the
+least weighted dominant-resource share replaces the borrowing test. It runs in two passes. The
+first admits only jobs that fit in their queue's nominal quota; a job that could only be
+admitted by borrowing stops its queue there until the second pass, which lets jobs borrow. So
+the room a job reclaimed from borrowing queues by preemption goes to it, not to a (maybe
+higher-priority) borrowing job of the victims' queue that it would preempt again: a ping-pong.
 
 Each job tries its queue's flavors in order, one where it fits in nominal quota before one where
 it borrows: quota, then a placement on nodes. A job that fits nowhere may look for victims (a
 bounded number per queue and cycle). A job that needs victims is *nominated*: it is charged now
-(its quota, the victims' quota released; and the free node capacity it will use) so later jobs
-cannot take its room, but is admitted only in a later cycle, once the victims have stopped. Free
-node capacity only ever shrinks within a cycle, so a gang shape that failed to place once is not
-tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
+(its quota, and the free node capacity it will use) so later jobs cannot take its room, but is
+admitted only in a later cycle, once the victims have stopped; later victim searches count its
+victims as gone. Free node capacity only ever shrinks within a cycle, so a gang shape that failed
+to place once is not tried again, and a queue whose remaining jobs cannot fit anywhere is
+dropped at once.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ class _Cycle:
         self.nodes = Nodes(snapshot.nodes, snapshot.topology)
         self.running: dict[tuple[str, str], list[RunningJob]] = {}
         self._charge_running(snapshot.running)
-        self.nodes.build_pools()
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
         self.queues: dict[str, _QueueState] = {
             q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort))
@@ -92,6 +92,8 @@ class _Cycle:
                 self.trees.setdefault(qs.root, []).append(qs)
         self.failed_shapes: set[tuple[object, ...]] = set()  # could not be placed
         self.hopeless: set[tuple[object, ...]] = set()  # found no victims
+        # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
+        self.departing: dict[tuple[str, str], list[tuple[Account, list[float]]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
@@ -104,11 +106,12 @@ class _Cycle:
     def _charge_running(self, running: Sequence[RunningJob]) -> None:
         usage: dict[tuple[str, str], list[float]] = {}
         index = self.nodes.index
+        charges = []
         for job in running:
             for name in job.nodes:
                 i = index.get(name)
                 if i is not None:
-                    self.nodes.charge(i, job.per_rank, 1)
+                    charges.append((i, job.per_rank))
             key = (job.queue, job.flavor)
             n = len(job.nodes)
             u = usage.get(key)
@@ -120,6 +123,7 @@ class _Cycle:
                 u[1] += job.per_rank[1] * n
                 u[2] += job.per_rank[2] * n
                 self.running[key].append(job)
+        self.nodes.charge_all(charges)
         for (queue, flavor), amount in usage.items():
             account = self.quota.account(queue, flavor)
             if account is not None:
@@ -406,10 +410,35 @@ class _Cycle:
 
     def _nominate(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
                   total: list[float]) -> bool:
+        # Victims chosen earlier in the cycle in this quota tree count as gone for the search
+        # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
+        # so a second preemptor does not take more victims than it needs.
+        departing = self.departing.get((qs.scope, flavor), [])
+        for account, amount in departing:
+            account.remove(amount)
+        try:
+            found = self._find_victims(qs, job, flavor, level, total)
+        finally:
+            for account, amount in departing:
+                account.add(amount)
+        if found is None:
+            return False
+        chosen, placement = found
+        self._commit_nomination(qs, job, flavor, total, placement, [v for v, _ in chosen])
+        for v, reason in chosen:
+            self.victims[(v.job.queue, v.job.flavor)].take(v)
+            if not v.job.preempting:
+                self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
+        self.nominated[job.id] = tuple(v.job.id for v, _ in chosen)
+        self.waiting[job.id] = f"waiting for {len(chosen)} preempted job(s) to stop"
+        return True
+
+    def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
+                      total: list[float]) -> tuple[preempt.Chosen, Placement] | None:
         own, others = self._eligible(qs, job, flavor)
         account = qs.accounts[flavor]
         if not self._could_fit(account, flavor, total, own + others):
-            return False
+            return None
 
         def fits(allow_borrowing: bool) -> Placement | None:
             if not account.fits(total, allow_borrowing):
@@ -419,18 +448,7 @@ class _Cycle:
 
         sim = preempt.Simulation(self.nodes, fits)
         short = account.short(total) or [r for r in RESOURCES if total[r] > 0]
-        found = self._search(qs, job, sim, account, total, own, others, short)
-        if found is None:
-            return False
-        chosen, placement = found
-        self._commit_nomination(job, account, total, placement, [v for v, _ in chosen])
-        for v, reason in chosen:
-            self.victims[(v.job.queue, v.job.flavor)].take(v)
-            if not v.job.preempting:
-                self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
-        self.nominated[job.id] = tuple(v.job.id for v, _ in chosen)
-        self.waiting[job.id] = f"waiting for {len(chosen)} preempted job(s) to stop"
-        return True
+        return self._search(qs, job, sim, account, total, own, others, short)
 
     def _could_fit(self, account: Account, flavor: str, total: list[float],
                    selections: list[preempt.Selection]) -> bool:
@@ -482,20 +500,20 @@ class _Cycle:
                 return found
         return minimal(own, True) if own else None
 
-    def _commit_nomination(self, job: PendingJob, account: Account, total: list[float],
-                           placement: Placement, victims: list[preempt.Victim]) -> None:
+    def _commit_nomination(self, qs: _QueueState, job: PendingJob, flavor: str,
+                           total: list[float], placement: Placement,
+                           victims: list[preempt.Victim]) -> None:
         """Charge the nominated job now: its quota, and the free capacity it will use.
 
-        The victims' quota is released (as Kueue counts a cycle's preemption targets as gone),
-        so later jobs see the quota as it will be once they have stopped. The victims keep their
-        nodes until they stop, so only the part of the job's placement that their release does
-        not cover comes out of today's free capacity.
+        The victims keep their quota (for admissions this cycle: nothing is admitted into room
+        that is not free yet) and their nodes until they stop, so only the part of the job's
+        placement that their release does not cover comes out of today's free capacity.
         """
-        account.add(total)
+        qs.accounts[flavor].add(total)
+        self.departing.setdefault((qs.scope, flavor), []).extend(
+            (v.account, v.total) for v in victims if v.account is not None)
         freed: dict[int, list[float]] = {}
         for v in victims:
-            if v.account is not None:
-                v.account.remove(v.total)
             for i, count in v.placement:
                 f = freed.setdefault(i, [0.0, 0.0, 0.0])
                 for r in RESOURCES:

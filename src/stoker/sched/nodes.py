@@ -5,6 +5,10 @@ pool's primary resource (GPUs, or CPUs for CPU-only nodes), so a one-node placem
 handful of buckets instead of every node. A gang that needs several nodes is packed into the
 fewest topology domains: the smallest domain (best fit) at the lowest allowed level that holds it,
 then, level by level, the largest sub-domains first with the last one chosen best-fit.
+
+What depends on the nodes alone (names, flavors, topology groups, the pools of an idle cluster)
+is a `Layout`, memoized on the snapshot's nodes (the same node objects give the same layout), so
+a cycle costs what its running and pending jobs cost, not what the node count does.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ class Pool:
         # per rank shape: ranks each group holds, and the groups changed since
         self.cache: dict[tuple[float, ...], tuple[dict[Group, int], set[Group]]] = {}
 
+    def copy(self) -> Pool:
+        """A copy to charge in one cycle (the groups are shared: they never change)."""
+        pool = Pool(self.primary)
+        pool.buckets = {k: bucket.copy() for k, bucket in self.buckets.items()}
+        pool.keys = self.keys.copy()
+        pool.total = self.total.copy()
+        pool.groups = self.groups
+        return pool
+
     def insert(self, i: int, free: Vec, group: Group) -> None:
         k = _key(free[self.primary])
         bucket = self.buckets.get(k)
@@ -67,7 +80,8 @@ class Pool:
             self.total[r] += free[r]
         self.groups.setdefault(group, []).append(i)
 
-    def move(self, i: int, old: int, new: int) -> None:
+    def move(self, i: int, old: int, new: int) -> dict[int, None]:
+        """Move node ``i`` from bucket ``old`` to the end of bucket ``new`` (returned)."""
         bucket = self.buckets[old]
         del bucket[i]
         if not bucket:
@@ -78,6 +92,7 @@ class Pool:
             target = self.buckets[new] = {}
             insort(self.keys, new)
         target[i] = None
+        return target
 
     def max_free(self) -> float:
         """An upper bound of the free primary resource on any one node."""
@@ -132,52 +147,123 @@ class Pool:
 Group = tuple[tuple[str, ...], int]  # (innermost domain path, chunk)
 
 
-class Nodes:
-    """Free capacity of every node of the snapshot, and a Pool per flavor."""
+class Layout:
+    """What the scheduler derives from the nodes alone: names, flavors, topology groups, the
+    largest node of each flavor, and each flavor's Pool with every node free."""
 
     def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> None:
         self.names = [n.name for n in nodes]
         self.index = {n.name: i for i, n in enumerate(nodes)}
-        self.free: list[Vec] = [list(n.capacity) for n in nodes]
+        self.capacity_of: list[Vec] = [list(n.capacity) for n in nodes]  # never charged
         self.domains = [n.domains for n in nodes]
-        self.flavor = [n.flavor for n in nodes]
-        self.schedulable = [n.schedulable for n in nodes]
-        self.group: list[Group] = []
         self.depth = len(topology)
         self.levels = {name: i for i, name in enumerate(topology)} | {"node": len(topology)}
-        self.pools: dict[str, Pool] = {}
-        self.pool_of: list[Pool | None] = [None] * len(nodes)  # None: not indexed (yet)
-        self.prefixes: dict[Group, tuple[tuple[str, ...], ...]] = {}  # its domain at each level
         self.capacity: dict[str, Vec] = {}  # per flavor: the largest node, for "never fits"
         for n in nodes:
             cap = self.capacity.setdefault(n.flavor, [0.0, 0.0, 0.0])
             for r in range(3):
                 cap[r] = max(cap[r], n.capacity[r])
-
-    def build_pools(self) -> None:
-        """Index the nodes (call once the running jobs have been charged)."""
+        self.group: list[Group] = []
+        self.prefixes: dict[Group, tuple[tuple[str, ...], ...]] = {}  # its domain at each level
         counts: dict[tuple[str, ...], int] = {}
         for domains in self.domains:
-            n = counts.get(domains, 0)
-            counts[domains] = n + 1
-            group = (domains, n // GROUP_SIZE)
+            k = counts.get(domains, 0)
+            counts[domains] = k + 1
+            group = (domains, k // GROUP_SIZE)
             self.group.append(group)
             self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
-        for i, flavor in enumerate(self.flavor):
-            if not self.schedulable[i]:
+        self.pools: dict[str, Pool] = {}
+        self.pool_of: list[str | None] = []  # None: not schedulable
+        for i, n in enumerate(nodes):
+            if not n.schedulable:
+                self.pool_of.append(None)
                 continue
-            pool = self.pools.get(flavor)
+            pool = self.pools.get(n.flavor)
             if pool is None:
                 # GPU nodes bucket by free GPUs, CPU-only nodes by free CPUs.
-                pool = self.pools[flavor] = Pool(0 if self.capacity[flavor][0] > 0 else 1)
-            pool.insert(i, self.free[i], self.group[i])
-            self.pool_of[i] = pool
+                pool = self.pools[n.flavor] = Pool(0 if self.capacity[n.flavor][0] > 0 else 1)
+            pool.insert(i, self.capacity_of[i], self.group[i])
+            self.pool_of.append(n.flavor)
+
+
+_memo: tuple[Sequence[Node], tuple[str, ...], Layout] | None = None
+
+
+def layout(nodes: Sequence[Node], topology: tuple[str, ...]) -> Layout:
+    """The Layout of ``nodes``, memoized: a pure function of the (immutable) node objects."""
+    global _memo
+    memo = _memo
+    if memo is not None and memo[1] == topology and _same(memo[0], nodes):
+        return memo[2]
+    built = Layout(nodes, topology)
+    _memo = (tuple(nodes), topology, built)
+    return built
+
+
+def _same(a: Sequence[Node], b: Sequence[Node]) -> bool:
+    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
+
+
+class Nodes:
+    """Free capacity of every node of the snapshot, and a Pool per flavor, for one cycle."""
+
+    def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> None:
+        static = layout(nodes, topology)
+        self.names = static.names
+        self.index = static.index
+        self.domains = static.domains
+        self.depth = static.depth
+        self.levels = static.levels
+        self.capacity = static.capacity
+        self.group = static.group
+        self.prefixes = static.prefixes
+        self._capacity_of = static.capacity_of
+        # Copy-on-write: a node's entry is its (shared) capacity list until it is charged.
+        self.free: list[Vec] = static.capacity_of.copy()
+        self.pools = {flavor: pool.copy() for flavor, pool in static.pools.items()}
+        self._pool_of = static.pool_of
+
+    def pool_of(self, i: int) -> Pool | None:
+        flavor = self._pool_of[i]
+        return None if flavor is None else self.pools[flavor]
+
+    def charge_all(self, charges: Iterable[tuple[int, Sequence[float]]]) -> None:
+        """Take each ``(node, amount)`` (the running jobs, before anything is placed). Moved
+        nodes join their buckets in node order, so placements do not depend on the order of
+        the charges."""
+        touched: dict[int, None] = {}
+        free, caps = self.free, self._capacity_of
+        for i, amount in charges:
+            f = free[i]
+            if f is caps[i]:
+                f = free[i] = f.copy()
+                touched[i] = None
+            f[0] -= amount[0]
+            f[1] -= amount[1]
+            f[2] -= amount[2]
+        received: set[tuple[Pool, int]] = set()
+        for i in sorted(touched):
+            pool = self.pool_of(i)
+            if pool is None:
+                continue
+            f, cap, t = free[i], caps[i], pool.total
+            for r in range(3):
+                t[r] -= cap[r] - f[r]
+            old, new = _key(cap[pool.primary]), _key(f[pool.primary])
+            if new != old:
+                pool.move(i, old, new)
+                received.add((pool, new))
+        for pool, k in received:  # only buckets that also hold idle nodes can be out of order
+            bucket = pool.buckets[k]
+            pool.buckets[k] = dict.fromkeys(sorted(bucket))
 
     def charge(self, i: int, per_rank: Sequence[float], count: int) -> None:
         """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
         f = self.free[i]
+        if f is self._capacity_of[i]:
+            f = self.free[i] = f.copy()
         d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
-        pool = self.pool_of[i]
+        pool = self.pool_of(i)
         if pool is None:
             f[0] -= d0
             f[1] -= d1
