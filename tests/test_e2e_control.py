@@ -163,8 +163,10 @@ def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> Non
     assert b_done["state"] == "SUCCEEDED", b_done["reason"]
     a_done = wait(cluster, a, {"SUCCEEDED", "FAILED"})
     assert a_done["state"] == "SUCCEEDED", a_done["reason"]
-    assert transitions(a_done) == ["QUEUED", "ADMITTED", "STARTING", "RUNNING", "PREEMPTED",
-                                   "QUEUED", "ADMITTED", "STARTING", "RUNNING", "SUCCEEDED"]
+    seen = transitions(a_done)  # RUNNING is seen only if a cycle finds the processes alive
+    assert [s for s in seen if s != "RUNNING"] == ["QUEUED", "ADMITTED", "STARTING", "PREEMPTED",
+                                                  "QUEUED", "ADMITTED", "STARTING", "SUCCEEDED"]
+    assert seen[3] == "RUNNING"
     preempt = next(e for e in a_done["events"] if e["kind"] == "preempt")
     assert "reclaim" in preempt["reason"] and f"job {b}" in preempt["reason"]
     assert sorted(lines(cluster, a, "sigterm.txt")) == [f"attempt=1 rank={r}" for r in range(4)]
@@ -208,7 +210,8 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
 
     j = wait(cluster, flaky, {"SUCCEEDED", "FAILED"})
     assert j["state"] == "SUCCEEDED" and j["restarts"] == 1 and j["attempt"] == 2
-    assert "exited with code 3; restart 1/2 in 0.5s" in [e["reason"] for e in j["events"]][4]
+    failed = next(e for e in j["events"] if e["to_state"] == "FAILED")
+    assert failed["reason"] == "process 0 exited with code 3; restart 1/2 in 0.5s"
 
     j = wait(cluster, broken, {"FAILED"}, timeout=60)
     assert (j["exit_code"], j["restarts"], j["attempt"]) == (3, 1, 2)
