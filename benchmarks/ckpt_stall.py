@@ -1,10 +1,10 @@
 """Training stall caused by one checkpoint: async vs. sync, in the same run.
 
-    .venv/bin/python benchmarks/ckpt_stall.py [--dim 512 --layers 8] [--repeats 3]
+    .venv/bin/python benchmarks/ckpt_stall.py [--dim 512 --layers 2 --vocab 32768] [--repeats 4]
 
 One process trains the reference transformer (AdamW) on random tokens; the model is wide in
 its embeddings so that the state is large and a step short. Each repeat measures the median
-step time without checkpoints, then:
+step time without checkpoints (before and after the async save), then:
   sync   one ``Checkpointer.save(..., sync=True)`` at a step boundary: the stall is the time the
          training loop is blocked (writing, fsync, checksums, manifest);
   async  one ``Checkpointer.save(...)`` (``checkpoint.async``): ``blocked`` is the time the loop
@@ -69,30 +69,41 @@ class Loop:
         return {"model": msd, "optimizer": osd, "step": self.step}
 
 
+def steps(loop: Loop, n: int) -> list[float]:
+    return [loop.train_step() for _ in range(n)]
+
+
 def median_step(loop: Loop, n: int) -> float:
-    return statistics.median(loop.train_step() for _ in range(n))
+    return statistics.median(steps(loop, n))
 
 
-def sync_stall(loop: Loop, ck: Checkpointer) -> float:
-    t0 = time.perf_counter()
+def sync_stall(loop: Loop, ck: Checkpointer) -> tuple[float, float]:
+    """(wall seconds blocked, CPU seconds the save used: the work an async save moves off the
+    training loop, onto cores it may share with training)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     ck.save(loop.step, loop.state(), sync=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def async_stall(loop: Loop, ck: Checkpointer, base: float) -> tuple[float, float, float, int]:
-    """(blocked, stall, seconds until committed, steps that overlapped the write)."""
+def async_stall(loop: Loop, ck: Checkpointer, before: list[float],
+                ) -> tuple[float, float, float, int]:
+    """(blocked, stall, seconds until committed, steps that overlapped the write). The steps
+    that overlapped the write are compared with the median of the steps just before and as
+    many just after."""
     t0 = time.perf_counter()
     ck.save(loop.step, loop.state())
     blocked = time.perf_counter() - t0
-    stall, steps = blocked, 0
+    overlapped = []
     loop.staged_wait = 0.0
     while ck.in_flight is not None:
         t = time.perf_counter()
         loop.train_step(ck)
         ck.poll()
-        stall += time.perf_counter() - t - base
-        steps += 1
-    return blocked + loop.staged_wait, stall, time.perf_counter() - t0, steps
+        overlapped.append(time.perf_counter() - t)
+    write_s = time.perf_counter() - t0
+    base = statistics.median(before + steps(loop, max(len(overlapped), len(before))))
+    stall = blocked + sum(overlapped) - base * len(overlapped)
+    return blocked + loop.staged_wait, stall, write_s, len(overlapped)
 
 
 def main() -> None:
@@ -114,21 +125,21 @@ def main() -> None:
     try:
         median_step(loop, 3)  # warm-up (and Adam state allocated)
         for r in range(args.repeats):
-            base = median_step(loop, args.baseline_steps)
-            sync = sync_stall(loop, ck)
-            median_step(loop, 2)
-            blocked, stall, write_s, overlapped = async_stall(loop, ck, base)
-            rows.append((base, sync, blocked, stall, write_s))
-            print(f"repeat {r}: step {base * 1e3:.0f} ms, sync stall {sync:.3f} s, async "
-                  f"blocked {blocked:.3f} s, stall incl. slower steps {stall:.3f} s (write "
-                  f"{write_s:.2f} s over {overlapped} steps)", flush=True)
+            sync, cpu = sync_stall(loop, ck)
+            before = steps(loop, args.baseline_steps)
+            blocked, stall, write_s, overlapped = async_stall(loop, ck, before)
+            base = statistics.median(before)
+            rows.append((base, sync, cpu, blocked, stall, write_s))
+            print(f"repeat {r}: step {base * 1e3:.0f} ms, sync stall {sync:.3f} s (CPU "
+                  f"{cpu:.2f} s), async blocked {blocked:.3f} s, stall incl. slower steps "
+                  f"{stall:.3f} s (write {write_s:.2f} s over {overlapped} steps)", flush=True)
     finally:
         ck.close()
         shutil.rmtree(root, ignore_errors=True)
-    base, sync, blocked, stall, write_s = (statistics.median(col) for col in zip(*rows[1:],
-                                                                               strict=True))
+    base, sync, cpu, blocked, stall, write_s = (statistics.median(col)
+                                                for col in zip(*rows[1:], strict=True))
     result = {"params": n_params, "state_mib": round(n_params * 12 / 2**20),  # fp32 w + 2 moments
-              "step_s": base, "sync_stall_s": sync, "async_blocked_s": blocked,
+              "step_s": base, "sync_stall_s": sync, "save_cpu_s": cpu, "async_blocked_s": blocked,
               "async_stall_incl_slower_steps_s": stall, "async_write_s": write_s,
               "ratio_blocked": blocked / sync, "ratio_incl_slower_steps": stall / sync,
               "goal": 0.05}
