@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 
 from stoker.sched import preempt
 from stoker.sched.nodes import EPS, Nodes, Placement
@@ -37,6 +38,7 @@ from stoker.sched.types import (
     Policy,
     Preempt,
     Queue,
+    Resources,
     RunningJob,
     Snapshot,
 )
@@ -47,6 +49,7 @@ INF = float("inf")
 _ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
 _Key = tuple[int, int, float, float, int]  # (urgency, -priority, order value, created, seq)
 _HeapKey = tuple[int, object, int, float, float, int]  # _Key with borrowing or share second
+_GPUS, _CPUS, _MEMORY = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
@@ -69,7 +72,7 @@ class _QueueState:
         self.attempts = 0
         self.blocked_by: JobId | None = None
         self.least = (INF, INF)  # the fewest GPUs and CPUs per rank any of its jobs asks for
-        self.most = [0.0, 0.0, 0.0]  # the most of each resource per rank any job asks for
+        self.most = (0.0, 0.0, 0.0)  # the most of each resource per rank any job asks for
         self.flavors = list(accounts)
 
 
@@ -93,7 +96,7 @@ class _Cycle:
         self.failed_shapes: set[tuple[object, ...]] = set()  # could not be placed
         self.hopeless: set[tuple[object, ...]] = set()  # found no victims
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
-        self.departing: dict[tuple[str, str], list[tuple[Account, list[float]]]] = {}
+        self.departing: dict[tuple[str, str], dict[Account, list[float]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
@@ -129,25 +132,6 @@ class _Cycle:
             if account is not None:
                 account.add(amount)
 
-    def _order_keys(self) -> list[_Key]:
-        """Each pending job's place in its queue: nominated in the last cycle first, then
-        starving, then priority, then the policy's order (expected duration for "sjf",
-        attained-service level for "las"), then creation time."""
-        age = self.policy.starvation_age
-        cutoff = self.now - age if age is not None else -INF
-        pending = self.snap.pending
-        if self.policy.order == "sjf":
-            return [(_urgency(j, cutoff), -j.priority,
-                     INF if j.expected_duration is None else j.expected_duration,
-                     j.created_at, seq) for seq, j in enumerate(pending)]
-        if self.policy.order == "las":
-            levels = self.policy.las_thresholds
-            return [(_urgency(j, cutoff), -j.priority,
-                     float(bisect_right(levels, j.attained_service)), j.created_at, seq)
-                    for seq, j in enumerate(pending)]
-        return [(_urgency(j, cutoff), -j.priority, 0.0, j.created_at, seq)
-                for seq, j in enumerate(pending)]
-
     def _rank(self, priority: int, attained: float) -> tuple[int, int]:
         """Preemption rank: priority, then (under LAS) less attained service."""
         if self.policy.order != "las":
@@ -155,31 +139,40 @@ class _Cycle:
         return (priority, -bisect_right(self.policy.las_thresholds, attained))
 
     def _fill_queues(self) -> None:
+        """Put each pending job in its queue's heap, keyed by its place in the queue: nominated
+        in the last cycle first, then starving, then priority, then the policy's order
+        (expected duration for "sjf", attained-service level for "las"), then creation time."""
         pending = self.snap.pending
+        age = self.policy.starvation_age
+        cutoff = self.now - age if age is not None else -INF
+        values: list[float]
+        if self.policy.order == "sjf":
+            values = [INF if j.expected_duration is None else j.expected_duration
+                      for j in pending]
+        elif self.policy.order == "las":
+            levels = self.policy.las_thresholds
+            values = [float(bisect_right(levels, j.attained_service)) for j in pending]
+        else:
+            values = [0.0] * len(pending)
         keyed: dict[str, list[_Key]] = {name: [] for name in self.queues}
-        least = {name: [INF, INF] for name in self.queues}
-        for key, job in zip(self._order_keys(), pending, strict=True):
+        shapes: dict[str, list[Resources]] = {name: [] for name in self.queues}
+        for seq, job in enumerate(pending):
             keys = keyed.get(job.queue)
             if keys is None:
                 self.waiting[job.id] = f"unknown queue {job.queue!r}"
                 continue
-            keys.append(key)
-            low, most, p = least[job.queue], self.queues[job.queue].most, job.per_rank
-            if p[0] < low[0]:
-                low[0] = p[0]
-            if p[1] < low[1]:
-                low[1] = p[1]
-            if p[0] > most[0]:
-                most[0] = p[0]
-            if p[1] > most[1]:
-                most[1] = p[1]
-            if p[2] > most[2]:
-                most[2] = p[2]
+            keys.append((0 if job.nominated else 1 if job.created_at <= cutoff else 2,
+                         -job.priority, values[seq], job.created_at, seq))
+            shapes[job.queue].append(job.per_rank)
         for name, keys in keyed.items():
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
             qs.waiting = keys
-            qs.least = (least[name][0], least[name][1])
+            if keys:
+                per_rank = shapes[name]
+                qs.least = (min(map(_GPUS, per_rank)), min(map(_CPUS, per_rank)))
+                qs.most = (max(map(_GPUS, per_rank)), max(map(_CPUS, per_rank)),
+                           max(map(_MEMORY, per_rank)))
 
     # --- the cycle ---
 
@@ -272,7 +265,7 @@ class _Cycle:
                 return _WAIT
         total = _total(job)
         why: dict[str, str] = {}
-        no_nodes = f"no nodes free for {job.ranks} x {_fmt(job)}"
+        no_nodes = "no nodes free"
         open_flavors = []
         borrowing = []
         for flavor in flavors:
@@ -297,7 +290,6 @@ class _Cycle:
                 return _ADMIT
             why[flavor] = no_nodes
         node_short = no_nodes in why.values()
-        reasons = "; ".join(f"{f}: {why[f]}" for f in flavors)
         if not self._fits_ever(job, flavors):
             self.waiting[job.id] = f"never fits: no node of flavor {', '.join(flavors)} " \
                                    f"holds one rank of {_fmt(job)}"
@@ -312,7 +304,9 @@ class _Cycle:
                     if self._nominate(qs, job, flavor, level, total):
                         return _WAIT
                 self.hopeless.add(shape)
-        self.waiting[job.id] = reasons
+        asked = f"no nodes free for {job.ranks} x {_fmt(job)}"
+        self.waiting[job.id] = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}"
+                                         for f in flavors)
         age = self.policy.starvation_age
         if age is not None and self.now - job.created_at >= age:
             self._reserve(qs, job, open_flavors, node_short)
@@ -413,13 +407,13 @@ class _Cycle:
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
-        departing = self.departing.get((qs.scope, flavor), [])
-        for account, amount in departing:
+        departing = self.departing.get((qs.scope, flavor), {})
+        for account, amount in departing.items():
             account.remove(amount)
         try:
             found = self._find_victims(qs, job, flavor, level, total)
         finally:
-            for account, amount in departing:
+            for account, amount in departing.items():
                 account.add(amount)
         if found is None:
             return False
@@ -440,13 +434,14 @@ class _Cycle:
         if not self._could_fit(account, flavor, total, own + others):
             return None
 
-        def fits(allow_borrowing: bool) -> Placement | None:
-            if not account.fits(total, allow_borrowing):
-                return None
+        def quota_fits(allow_borrowing: bool) -> bool:
+            return account.fits(total, allow_borrowing)
+
+        def place() -> Placement | None:
             return self.nodes.place(flavor, job.ranks, job.per_rank, level,
                                     job.topology_required)
 
-        sim = preempt.Simulation(self.nodes, fits)
+        sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
         short = account.short(total) or [r for r in RESOURCES if total[r] > 0]
         return self._search(qs, job, sim, account, total, own, others, short)
 
@@ -510,8 +505,12 @@ class _Cycle:
         placement that their release does not cover comes out of today's free capacity.
         """
         qs.accounts[flavor].add(total)
-        self.departing.setdefault((qs.scope, flavor), []).extend(
-            (v.account, v.total) for v in victims if v.account is not None)
+        departing = self.departing.setdefault((qs.scope, flavor), {})
+        for v in victims:
+            if v.account is not None:
+                gone = departing.setdefault(v.account, [0.0, 0.0, 0.0])
+                for r in RESOURCES:
+                    gone[r] += v.total[r]
         freed: dict[int, list[float]] = {}
         for v in victims:
             for i, count in v.placement:
@@ -540,9 +539,8 @@ class _Cycle:
             caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
+            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting], reason))
             if all(qs.most[r] <= largest[r] for r in RESOURCES):  # every job fits some node
-                self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting],
-                                                  reason))
                 continue
             for key in qs.waiting:
                 job = pending[key[4]]
@@ -550,15 +548,6 @@ class _Cycle:
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
                     self.waiting[job.id] = f"never fits: no node of the queue's flavors holds " \
                                            f"one rank of {_fmt(job)}"
-                else:
-                    self.waiting[job.id] = reason
-
-
-def _urgency(job: PendingJob, starving_before: float) -> int:
-    """0: nominated in the last cycle, 1: starving, 2: neither."""
-    if job.nominated:
-        return 0
-    return 1 if job.created_at <= starving_before else 2
 
 
 def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:

@@ -27,11 +27,20 @@ Placement = list[tuple[int, int]]  # (node index, ranks on it)
 def ranks_fitting(free: Sequence[float], per_rank: Sequence[float]) -> int:
     """How many ranks of ``per_rank`` fit in ``free``."""
     k = MANY
-    for r in range(3):
-        p = per_rank[r]
-        if p > 0:
-            k = min(k, int((free[r] + EPS) / p))
-    return max(k, 0)
+    p = per_rank[0]
+    if p > 0:
+        k = int((free[0] + EPS) / p)
+    p = per_rank[1]
+    if p > 0:
+        n = int((free[1] + EPS) / p)
+        if n < k:
+            k = n
+    p = per_rank[2]
+    if p > 0:
+        n = int((free[2] + EPS) / p)
+        if n < k:
+            k = n
+    return k if k > 0 else 0
 
 
 def _key(amount: float) -> int:
@@ -45,8 +54,9 @@ class Pool:
     """The schedulable nodes of one flavor, bucketed by free primary resource.
 
     Nodes also fall in *groups* (one innermost topology domain, cut in chunks of GROUP_SIZE
-    nodes), whose capacity for a given rank shape is cached and recomputed only for groups that
-    changed since: a gang spanning nodes then looks at groups, not at every node.
+    nodes), whose capacity for a given rank shape is computed once and then kept up to date node
+    by node as capacity is charged: a gang spanning nodes then looks at groups, not at every
+    node.
     """
 
     __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total")
@@ -58,7 +68,7 @@ class Pool:
         self.total: Vec = [0.0, 0.0, 0.0]
         self.groups: dict[Group, list[int]] = {}
         # per rank shape: ranks each group holds, and the groups changed since
-        self.cache: dict[tuple[float, ...], tuple[dict[Group, int], set[Group]]] = {}
+        self.cache: dict[tuple[float, ...], dict[Group, int]] = {}  # per rank shape
 
     def copy(self) -> Pool:
         """A copy to charge in one cycle (the groups are shared: they never change)."""
@@ -122,26 +132,12 @@ class Pool:
     def group_capacity(self, per_rank: Sequence[float], free: list[Vec]) -> dict[Group, int]:
         """How many ranks of ``per_rank`` each group holds (groups holding none left out)."""
         shape = tuple(per_rank)
-        cached = self.cache.get(shape)
-        if cached is None:
-            caps = {g: n for g, members in self.groups.items()
-                    if (n := sum(ranks_fitting(free[i], per_rank) for i in members))}
-            self.cache[shape] = (caps, set())
-            return caps
-        caps, dirty = cached
-        for g in dirty:
-            n = sum(ranks_fitting(free[i], per_rank) for i in self.groups[g])
-            if n:
-                caps[g] = n
-            else:
-                caps.pop(g, None)
-        dirty.clear()
+        caps = self.cache.get(shape)
+        if caps is None:
+            caps = self.cache[shape] = {
+                g: n for g, members in self.groups.items()
+                if (n := sum(ranks_fitting(free[i], per_rank) for i in members))}
         return caps
-
-    def touch(self, group: Group) -> None:
-        """A node of ``group`` changed: cached capacities of the group are stale."""
-        for _, dirty in self.cache.values():
-            dirty.add(group)
 
 
 Group = tuple[tuple[str, ...], int]  # (innermost domain path, chunk)
@@ -270,6 +266,7 @@ class Nodes:
             f[2] -= d2
             return
         old = _key(f[pool.primary])
+        before = [ranks_fitting(f, shape) for shape in pool.cache] if pool.cache else None
         f[0] -= d0
         f[1] -= d1
         f[2] -= d2
@@ -277,8 +274,14 @@ class Nodes:
         t[0] -= d0
         t[1] -= d1
         t[2] -= d2
-        if pool.cache:
-            pool.touch(self.group[i])
+        if before is not None:
+            g = self.group[i]
+            for (shape, caps), n in zip(pool.cache.items(), before, strict=True):
+                n = caps.get(g, 0) + ranks_fitting(f, shape) - n
+                if n:
+                    caps[g] = n
+                else:
+                    caps.pop(g, None)
         new = _key(f[pool.primary])
         if new != old:
             pool.move(i, old, new)

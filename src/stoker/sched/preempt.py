@@ -14,7 +14,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
-from stoker.sched.nodes import Nodes, Placement
+from stoker.sched.nodes import Nodes, Placement, ranks_fitting
 from stoker.sched.quota import EPS, Account, QuotaTree
 from stoker.sched.types import PreemptReason, RunningJob
 
@@ -147,26 +147,62 @@ def merged(selections: Sequence[Selection]) -> Iterator[Victim]:
     return heapq.merge(*selections, key=victim_key)
 
 
-Fits = Callable[[bool], Placement | None]
 Chosen = list[tuple[Victim, PreemptReason]]
 
 
 class Simulation:
-    """Removes and restores candidates in the quota tree and the node state."""
+    """Removes and restores candidates in the quota tree and the node state, and tells whether
+    the preemptor fits (quota first, then nodes).
 
-    def __init__(self, nodes: Nodes, fits: Fits) -> None:
+    Node checks whose answer is known are skipped: removing victims only adds free capacity,
+    so after a failed check a one-rank job can newly fit only on nodes freed since; restoring a
+    victim takes capacity only from its own nodes, so a placement found stays valid unless it
+    uses one of them.
+    """
+
+    def __init__(self, nodes: Nodes, quota_fits: Callable[[bool], bool],
+                 place: Callable[[], Placement | None], per_rank: Sequence[float],
+                 ranks: int) -> None:
         self.nodes = nodes
-        self.fits = fits
+        self.quota_fits = quota_fits
+        self.place = place
+        self.per_rank = per_rank
+        self.ranks = ranks
+        self.failed = False  # the last node check failed (still true: capacity only grew)
+        self.freed: list[int] = []  # nodes given capacity since that check
+        self.found: Placement | None = None  # a placement valid in the current node state
+        self.found_on: set[int] = set()
 
     def remove(self, v: Victim) -> None:
         if v.account is not None:
             v.account.remove(v.total)
         self.nodes.give(v.placement, v.per_rank)
+        if self.failed:
+            self.freed.extend(i for i, _ in v.placement)
 
     def restore(self, v: Victim) -> None:
         if v.account is not None:
             v.account.add(v.total)
         self.nodes.take(v.placement, v.per_rank)
+        if self.found is not None and any(i in self.found_on for i, _ in v.placement):
+            self.found = None
+
+    def fits(self, allow_borrowing: bool) -> Placement | None:
+        if not self.quota_fits(allow_borrowing):
+            return None
+        if self.found is not None:
+            return self.found
+        if self.failed and self.ranks == 1:
+            free, per_rank = self.nodes.free, self.per_rank
+            if not any(ranks_fitting(free[i], per_rank) for i in self.freed):
+                self.freed.clear()
+                return None
+        placement = self.place()
+        self.failed = placement is None
+        self.freed.clear()
+        self.found = placement
+        self.found_on = {i for i, _ in placement} if placement is not None else set()
+        return placement
 
     def fill_back(self, chosen: Chosen, allow_borrowing: bool, placement: Placement
                   ) -> tuple[Chosen, Placement]:
