@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
+from random import Random
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -141,6 +143,19 @@ def test_decisions_are_consistent(world: World) -> None:
     assert set(victims) | preempting >= {v for vs in d.nominated.values() for v in vs}
     if not policy.preemption:
         assert not d.preempt and not d.nominated
+
+
+@SETTINGS
+@given(worlds(), st.randoms(use_true_random=False))
+def test_decisions_do_not_depend_on_earlier_cycles(world: World, rng: Random) -> None:
+    """What a cycle keeps for the next (the nodes' layout, what running jobs hold) is a memo:
+    the same snapshot gives the same decisions whatever ran before."""
+    snap, policy, _ = world
+    cold = schedule(replace(snap, nodes=[replace(n) for n in snap.nodes]), policy)
+    kept = [j for j in snap.running if rng.random() < 0.5]
+    schedule(replace(snap, running=kept + [j._replace() for j in snap.running[:2]]), policy)
+    assert schedule(snap, policy) == cold
+    assert schedule(snap, policy) == cold
 
 
 @SETTINGS

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from operator import itemgetter
 
 from stoker.sched import preempt
-from stoker.sched.nodes import EPS, Nodes, Placement
+from stoker.sched.held import held, keep
+from stoker.sched.nodes import EPS, Nodes, Placement, layout
 from stoker.sched.quota import RESOURCES, Account, QuotaTree
 from stoker.sched.types import (
     UNLIMITED,
@@ -82,9 +83,8 @@ class _Cycle:
         self.policy = policy
         self.now = snapshot.now
         self.quota = QuotaTree(snapshot.queues, snapshot.cohorts)
-        self.nodes = Nodes(snapshot.nodes, snapshot.topology)
-        self.running: dict[tuple[str, str], list[RunningJob]] = {}
-        self._charge_running(snapshot.running)
+        self._charge_running(snapshot)
+        self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
         self.queues: dict[str, _QueueState] = {
             q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort))
@@ -106,31 +106,25 @@ class _Cycle:
 
     # --- setup ---
 
-    def _charge_running(self, running: Sequence[RunningJob]) -> None:
-        usage: dict[tuple[str, str], list[float]] = {}
-        index = self.nodes.index
-        charges = []
-        for job in running:
-            for name in job.nodes:
-                i = index.get(name)
-                if i is not None:
-                    charges.append((i, job.per_rank))
-            key = (job.queue, job.flavor)
-            n = len(job.nodes)
-            u = usage.get(key)
-            if u is None:
-                usage[key] = [job.per_rank[0] * n, job.per_rank[1] * n, job.per_rank[2] * n]
-                self.running[key] = [job]
-            else:
-                u[0] += job.per_rank[0] * n
-                u[1] += job.per_rank[1] * n
-                u[2] += job.per_rank[2] * n
-                self.running[key].append(job)
-        self.nodes.charge_all(charges)
-        for (queue, flavor), amount in usage.items():
+    def _charge_running(self, snapshot: Snapshot) -> None:
+        """Start from what the running jobs leave free and the quota they use."""
+        static = layout(snapshot.nodes, snapshot.topology)
+        state = held(static, snapshot.running)
+        self.nodes = Nodes(static, state.free, state.pools)
+        for (queue, flavor) in sorted(state.usage):  # the same sums in the same order
             account = self.quota.account(queue, flavor)
             if account is not None:
-                account.add(amount)
+                account.add(state.usage[(queue, flavor)])
+        keep(state)
+
+    @property
+    def running(self) -> dict[tuple[str, str], list[RunningJob]]:
+        """The running jobs by queue and flavor, in snapshot order (victim candidates)."""
+        if self._running is None:
+            self._running = {}
+            for job in self.snap.running:
+                self._running.setdefault((job.queue, job.flavor), []).append(job)
+        return self._running
 
     def _rank(self, priority: int, attained: float) -> tuple[int, int]:
         """Preemption rank: priority, then (under LAS) less attained service."""

@@ -43,7 +43,8 @@ def ranks_fitting(free: Sequence[float], per_rank: Sequence[float]) -> int:
     return k if k > 0 else 0
 
 
-def _key(amount: float) -> int:
+def key_of(amount: float) -> int:
+    """The bucket of a node with ``amount`` of its primary resource free."""
     return MANY if amount >= UNLIMITED / 2 else int(amount + EPS)
 
 
@@ -63,11 +64,10 @@ class Pool:
 
     def __init__(self, primary: int) -> None:
         self.primary = primary
-        self.buckets: dict[int, dict[int, None]] = {}  # insertion-ordered sets
+        self.buckets: dict[int, list[int]] = {}  # sorted node indices
         self.keys: list[int] = []
         self.total: Vec = [0.0, 0.0, 0.0]
         self.groups: dict[Group, list[int]] = {}
-        # per rank shape: ranks each group holds, and the groups changed since
         self.cache: dict[tuple[float, ...], dict[Group, int]] = {}  # per rank shape
 
     def copy(self) -> Pool:
@@ -80,29 +80,28 @@ class Pool:
         return pool
 
     def insert(self, i: int, free: Vec, group: Group) -> None:
-        k = _key(free[self.primary])
+        k = key_of(free[self.primary])
         bucket = self.buckets.get(k)
         if bucket is None:
-            bucket = self.buckets[k] = {}
+            bucket = self.buckets[k] = []
             insort(self.keys, k)
-        bucket[i] = None
+        insort(bucket, i)
         for r in range(3):
             self.total[r] += free[r]
         self.groups.setdefault(group, []).append(i)
 
-    def move(self, i: int, old: int, new: int) -> dict[int, None]:
-        """Move node ``i`` from bucket ``old`` to the end of bucket ``new`` (returned)."""
+    def move(self, i: int, old: int, new: int) -> None:
+        """Move node ``i`` from bucket ``old`` to bucket ``new``."""
         bucket = self.buckets[old]
-        del bucket[i]
+        del bucket[bisect_left(bucket, i)]
         if not bucket:
             del self.buckets[old]
             del self.keys[bisect_left(self.keys, old)]
         target = self.buckets.get(new)
         if target is None:
-            target = self.buckets[new] = {}
+            target = self.buckets[new] = []
             insort(self.keys, new)
-        target[i] = None
-        return target
+        insort(target, i)
 
     def max_free(self) -> float:
         """An upper bound of the free primary resource on any one node."""
@@ -110,7 +109,7 @@ class Pool:
 
     def best_node(self, need: Sequence[float], free: list[Vec]) -> int | None:
         """The node with the least free primary resource that holds ``need`` (best fit)."""
-        start = bisect_left(self.keys, _key(need[self.primary]))
+        start = bisect_left(self.keys, key_of(need[self.primary]))
         for k in self.keys[start:]:
             for i in self.buckets[k]:
                 f = free[i]
@@ -125,7 +124,7 @@ class Pool:
         if p <= 0:
             return MANY
         total = 0
-        for k in self.keys[bisect_left(self.keys, _key(p)):]:
+        for k in self.keys[bisect_left(self.keys, key_of(p)):]:
             total += len(self.buckets[k]) * int((k + 1 - EPS) / p)
         return total
 
@@ -169,6 +168,7 @@ class Layout:
             self.group.append(group)
             self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
         self.pools: dict[str, Pool] = {}
+        self.members: dict[str, list[int]] = {}  # the nodes of each pool
         self.pool_of: list[str | None] = []  # None: not schedulable
         for i, n in enumerate(nodes):
             if not n.schedulable:
@@ -179,6 +179,7 @@ class Layout:
                 # GPU nodes bucket by free GPUs, CPU-only nodes by free CPUs.
                 pool = self.pools[n.flavor] = Pool(0 if self.capacity[n.flavor][0] > 0 else 1)
             pool.insert(i, self.capacity_of[i], self.group[i])
+            self.members.setdefault(n.flavor, []).append(i)
             self.pool_of.append(n.flavor)
 
 
@@ -201,10 +202,10 @@ def _same(a: Sequence[Node], b: Sequence[Node]) -> bool:
 
 
 class Nodes:
-    """Free capacity of every node of the snapshot, and a Pool per flavor, for one cycle."""
+    """Free capacity of every node, and a Pool per flavor, for one cycle: a copy of what the
+    running jobs leave free (``free``, whose vectors are never changed, and ``pools``)."""
 
-    def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> None:
-        static = layout(nodes, topology)
+    def __init__(self, static: Layout, free: list[Vec], pools: dict[str, Pool]) -> None:
         self.names = static.names
         self.index = static.index
         self.domains = static.domains
@@ -213,50 +214,19 @@ class Nodes:
         self.capacity = static.capacity
         self.group = static.group
         self.prefixes = static.prefixes
-        self._capacity_of = static.capacity_of
-        # Copy-on-write: a node's entry is its (shared) capacity list until it is charged.
-        self.free: list[Vec] = static.capacity_of.copy()
-        self.pools = {flavor: pool.copy() for flavor, pool in static.pools.items()}
+        self._base = free.copy()
+        self.free: list[Vec] = free.copy()  # copy-on-write: a vector is copied when charged
+        self.pools = {flavor: pool.copy() for flavor, pool in pools.items()}
         self._pool_of = static.pool_of
 
     def pool_of(self, i: int) -> Pool | None:
         flavor = self._pool_of[i]
         return None if flavor is None else self.pools[flavor]
 
-    def charge_all(self, charges: Iterable[tuple[int, Sequence[float]]]) -> None:
-        """Take each ``(node, amount)`` (the running jobs, before anything is placed). Moved
-        nodes join their buckets in node order, so placements do not depend on the order of
-        the charges."""
-        touched: dict[int, None] = {}
-        free, caps = self.free, self._capacity_of
-        for i, amount in charges:
-            f = free[i]
-            if f is caps[i]:
-                f = free[i] = f.copy()
-                touched[i] = None
-            f[0] -= amount[0]
-            f[1] -= amount[1]
-            f[2] -= amount[2]
-        received: set[tuple[Pool, int]] = set()
-        for i in sorted(touched):
-            pool = self.pool_of(i)
-            if pool is None:
-                continue
-            f, cap, t = free[i], caps[i], pool.total
-            for r in range(3):
-                t[r] -= cap[r] - f[r]
-            old, new = _key(cap[pool.primary]), _key(f[pool.primary])
-            if new != old:
-                pool.move(i, old, new)
-                received.add((pool, new))
-        for pool, k in received:  # only buckets that also hold idle nodes can be out of order
-            bucket = pool.buckets[k]
-            pool.buckets[k] = dict.fromkeys(sorted(bucket))
-
     def charge(self, i: int, per_rank: Sequence[float], count: int) -> None:
         """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
         f = self.free[i]
-        if f is self._capacity_of[i]:
+        if f is self._base[i]:
             f = self.free[i] = f.copy()
         d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
         pool = self.pool_of(i)
@@ -265,7 +235,7 @@ class Nodes:
             f[1] -= d1
             f[2] -= d2
             return
-        old = _key(f[pool.primary])
+        old = key_of(f[pool.primary])
         before = [ranks_fitting(f, shape) for shape in pool.cache] if pool.cache else None
         f[0] -= d0
         f[1] -= d1
@@ -282,7 +252,7 @@ class Nodes:
                     caps[g] = n
                 else:
                     caps.pop(g, None)
-        new = _key(f[pool.primary])
+        new = key_of(f[pool.primary])
         if new != old:
             pool.move(i, old, new)
 
