@@ -4,21 +4,64 @@ A cycle starts from the capacity every node has left and the quota every queue u
 running jobs. Summing that up costs every running rank, every cycle; instead it is kept (for one
 node layout) and updated by the jobs that started or stopped since the last cycle, found by
 object identity: running jobs are immutable, and the ones kept are referenced, so an identity is
-never reused while it is kept. Every kept value is an exactly rounded sum (``math.fsum``) over the
-jobs that hold it, so it depends only on the set of running jobs, never on their order or on the
-cycles before: keeping it is a memo, and `schedule` stays a pure function of its snapshot.
+never reused while it is kept. Every kept value is an exactly rounded sum over the jobs that hold
+it (``math.fsum``, or an `ExactSum` kept up to date), so it depends only on the set of running
+jobs, never on their order or on the cycles before: keeping it is a memo, and `schedule` stays a
+pure function of its snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from math import fsum
-from operator import itemgetter
 
 from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of
 from stoker.sched.types import Resources, RunningJob
 
-_COLUMNS = (itemgetter(0), itemgetter(1), itemgetter(2))
+
+class ExactSum:
+    """A sum of floats kept exactly (Shewchuk's non-overlapping partials, as ``math.fsum``), so
+    adding and later subtracting a value leaves no rounding behind: its value depends only on
+    the values summed, not on their order."""
+
+    __slots__ = ("partials",)
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        partials = self.partials
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+
+    def value(self) -> float:
+        return fsum(self.partials)
+
+
+class Sums:
+    """Three ExactSums: one per resource."""
+
+    __slots__ = ("sums",)
+
+    def __init__(self) -> None:
+        self.sums = (ExactSum(), ExactSum(), ExactSum())
+
+    def add(self, amount: Sequence[float], sign: float) -> None:
+        for r in range(3):
+            if amount[r]:
+                self.sums[r].add(sign * amount[r])
+
+    def value(self) -> Vec:
+        return [s.value() for s in self.sums]
 
 
 class Held:
@@ -26,55 +69,61 @@ class Held:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.ids: set[int] = set()
         self.jobs: dict[int, tuple[RunningJob, Placement]] = {}  # id -> (job, its nodes)
         self.on_node: dict[int, dict[int, tuple[Resources, int]]] = {}  # node -> job id -> ranks
         self.free: list[Vec] = layout.capacity_of.copy()  # vectors replaced, never changed
         self.pools: dict[str, Pool] = {f: pool.copy() for f, pool in layout.pools.items()}
-        self.by_queue: dict[tuple[str, str], dict[int, Vec]] = {}  # (queue, flavor) -> id -> total
+        self.taken = {flavor: Sums() for flavor in layout.pools}  # held on each pool's nodes
+        self.used: dict[tuple[str, str], Sums] = {}  # (queue, flavor) -> its jobs' totals
         self.usage: dict[tuple[str, str], Vec] = {}
 
     def update(self, running: Sequence[RunningJob]) -> None:
         """Make the held state that of ``running``."""
-        ids = set(map(id, running))
-        if ids == self.ids:
+        current = dict(zip(map(id, running), running, strict=True))
+        gone = self.jobs.keys() - current.keys()
+        added = current.keys() - self.jobs.keys()
+        if not gone and not added:
             return
-        gone, added = self.ids - ids, ids - self.ids
         nodes: set[int] = set()
         queues: set[tuple[str, str]] = set()
         for k in gone:
             job, placement = self.jobs.pop(k)
-            for i, _ in placement:
-                del self.on_node[i][k]
-                nodes.add(i)
-            key = (job.queue, job.flavor)
-            del self.by_queue[key][k]
-            queues.add(key)
+            self._count(job, placement, -1.0, nodes, queues)
+            for at, _ in placement:
+                del self.on_node[at][k]
         index = self.layout.index
-        for job in running:
-            k = id(job)
-            if k not in added:
-                continue
-            added.discard(k)  # a job listed twice is held once
+        for k in added:
+            job = current[k]
             counts: dict[int, int] = {}
             for name in job.nodes:
-                at = index.get(name)
-                if at is not None:
-                    counts[at] = counts.get(at, 0) + 1
+                node = index.get(name)
+                if node is not None:
+                    counts[node] = counts.get(node, 0) + 1
             placement = list(counts.items())
             self.jobs[k] = (job, placement)
             for at, count in placement:
                 self.on_node.setdefault(at, {})[k] = (job.per_rank, count)
-                nodes.add(at)
-            key = (job.queue, job.flavor)
-            n = len(job.nodes)
-            self.by_queue.setdefault(key, {})[k] = [job.per_rank[r] * n for r in range(3)]
-            queues.add(key)
-        self.ids = ids
+            self._count(job, placement, 1.0, nodes, queues)
         self._refresh_nodes(nodes)
         for key in queues:
-            totals = self.by_queue[key].values()
-            self.usage[key] = [fsum(map(column, totals)) for column in _COLUMNS]
+            self.usage[key] = self.used[key].value()
+
+    def _count(self, job: RunningJob, placement: Placement, sign: float, nodes: set[int],
+               queues: set[tuple[str, str]]) -> None:
+        pool_of = self.layout.pool_of
+        for at, count in placement:
+            nodes.add(at)
+            flavor = pool_of[at]
+            if flavor is not None:
+                p = job.per_rank
+                self.taken[flavor].add((p[0] * count, p[1] * count, p[2] * count), sign)
+        key = (job.queue, job.flavor)
+        n = len(job.nodes)
+        sums = self.used.get(key)
+        if sums is None:
+            sums = self.used[key] = Sums()
+        sums.add((job.per_rank[0] * n, job.per_rank[1] * n, job.per_rank[2] * n), sign)
+        queues.add(key)
 
     def _refresh_nodes(self, nodes: set[int]) -> None:
         layout = self.layout
@@ -92,8 +141,8 @@ class Held:
                 pools.add(flavor)
             self.free[i] = free
         for flavor in pools:
-            frees = [self.free[i] for i in layout.members[flavor]]
-            self.pools[flavor].total = [fsum(map(column, frees)) for column in _COLUMNS]
+            capacity, taken = layout.pools[flavor].total, self.taken[flavor].value()
+            self.pools[flavor].total = [capacity[r] - taken[r] for r in range(3)]
 
 
 _kept: list[Held] = []
