@@ -7,7 +7,15 @@ import sys
 import typer
 from rich.console import Console
 
-from stoker.cli import config_cmd, data_cmd, jobs_cmd, server_cmd, sim_cmd, train_cmd
+from stoker.cli import (
+    config_cmd,
+    data_cmd,
+    export_cmd,
+    jobs_cmd,
+    server_cmd,
+    sim_cmd,
+    train_cmd,
+)
 from stoker.spec.errors import StokerError
 
 app = typer.Typer(
@@ -18,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (train_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd, sim_cmd):
+for module in (train_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd, sim_cmd):
     module.register(app)
 
 
