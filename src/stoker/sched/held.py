@@ -2,12 +2,13 @@
 
 A cycle starts from the capacity every node has left and the quota every queue uses, given the
 running jobs. Summing that up costs every running rank, every cycle; instead it is kept (for one
-node layout) and updated by the jobs that started or stopped since the last cycle, found by
-object identity: running jobs are immutable, and the ones kept are referenced, so an identity is
-never reused while it is kept. Every kept value is an exactly rounded sum over the jobs that hold
-it (``math.fsum``, or an `ExactSum` kept up to date), so it depends only on the set of running
-jobs, never on their order or on the cycles before: keeping it is a memo, and `schedule` stays a
-pure function of its snapshot.
+node layout) and updated by the jobs that started or stopped since the last cycle. Jobs are
+matched by object identity (running jobs are immutable, and the ones kept are referenced, so an
+identity is never reused while kept), then, for jobs rebuilt as new objects, by what decides
+their hold (id, queue, flavor, nodes, per-rank resources). Every kept value is an exactly rounded
+sum over the jobs that hold it (``math.fsum``, or an `ExactSum` kept up to date), so it depends
+only on the set of running jobs, never on their order or on the cycles before: keeping it is a
+memo, and `schedule` stays a pure function of its snapshot. (A job listed twice holds once.)
 """
 
 from __future__ import annotations
@@ -80,10 +81,12 @@ class Held:
     def update(self, running: Sequence[RunningJob]) -> None:
         """Make the held state that of ``running``."""
         current = dict(zip(map(id, running), running, strict=True))
-        gone = self.jobs.keys() - current.keys()
-        added = current.keys() - self.jobs.keys()
+        gone: set[int] = self.jobs.keys() - current.keys()
+        added: set[int] = current.keys() - self.jobs.keys()
         if not gone and not added:
             return
+        if gone and added:
+            self._rekey(current, gone, added)
         nodes: set[int] = set()
         queues: set[tuple[str, str]] = set()
         for k in gone:
@@ -107,6 +110,22 @@ class Held:
         self._refresh_nodes(nodes)
         for key in queues:
             self.usage[key] = self.used[key].value()
+
+    def _rekey(self, current: dict[int, RunningJob], gone: set[int], added: set[int]) -> None:
+        """Jobs rebuilt as new objects holding the same (a caller that updates progress each
+        cycle) are kept under their new identity instead of being taken off and put back."""
+        was = {_hold(self.jobs[k][0]): k for k in gone}
+        for k in list(added):
+            old = was.pop(_hold(current[k]), None)
+            if old is None:
+                continue
+            placement = self.jobs.pop(old)[1]
+            self.jobs[k] = (current[k], placement)
+            for at, _ in placement:
+                on = self.on_node[at]
+                on[k] = on.pop(old)
+            gone.discard(old)
+            added.discard(k)
 
     def _count(self, job: RunningJob, placement: Placement, sign: float, nodes: set[int],
                queues: set[tuple[str, str]]) -> None:
@@ -143,6 +162,11 @@ class Held:
         for flavor in pools:
             capacity, taken = layout.pools[flavor].total, self.taken[flavor].value()
             self.pools[flavor].total = [capacity[r] - taken[r] for r in range(3)]
+
+
+def _hold(job: RunningJob) -> tuple[object, ...]:
+    """What decides a running job's hold."""
+    return (job.id, job.queue, job.flavor, job.nodes, job.per_rank)
 
 
 _kept: list[Held] = []
