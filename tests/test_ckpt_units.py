@@ -84,8 +84,10 @@ def train(run: Path, steps: int, cfg: CheckpointConfig, stop_at: int | None = No
     t = Tiny()
     ck = Checkpointer(run, cfg)
     if resume:
+        path = ck.locate()
+        assert path is not None
         state = t.state()
-        assert ck.load(state) is not None
+        ck.load(state, path)
         t.load(state)
     losses = []
     while t.step < steps:
@@ -160,8 +162,9 @@ def test_torn_checkpoint_is_skipped_and_reported(tmp_path: Path, damage: str) ->
     assert find_latest(run, events) == step_dir(run, 4)
     skipped = read_events(run, "checkpoint_skipped")
     assert len(skipped) == 1 and skipped[0]["step"] == 6 and skipped[0]["reason"]
-    state = Tiny(seed=1).state()
-    assert Checkpointer(run, CheckpointConfig()).load(state) == 4
+    ck = Checkpointer(run, CheckpointConfig())
+    path = ck.locate()
+    assert path == step_dir(run, 4) and ck.load(Tiny(seed=1).state(), path) == 4
 
 
 def test_resolve_resume(tmp_path: Path) -> None:

@@ -314,6 +314,7 @@ class Checkpointer:
         self._in_flight: _InFlight | None = None
         self._staging = _Staging()
         self._last_save = time.monotonic()
+        self._verify_s = 0.0
         self.last_committed: int | None = None
 
     # -------------------------------------------------------------- when
@@ -462,13 +463,12 @@ class Checkpointer:
 
     # -------------------------------------------------------------- load
 
-    def load(self, state: dict[str, Any], where: str | Path = "auto") -> int | None:
-        """Load a checkpoint into ``state`` in place (and this rank's RNG states); returns its
-        step, or None when ``where`` is "auto" and the run has no committed checkpoint yet.
-
-        ``where``: "auto" (newest good checkpoint of this run) or a path (`resolve_resume`).
-        Rank 0 picks and verifies it; every rank loads the same one.
-        """
+    def locate(self, where: str | Path = "auto") -> Path | None:
+        """The checkpoint to load: "auto" = the newest good one of this run (None when there is
+        none yet), or a path (`resolve_resume`). Rank 0 picks and verifies it, every rank gets
+        the same answer. Locate first, then build the state to load into: building an
+        optimizer's state dict initialises its state (a zero step), which a fresh run must
+        not have."""
         self.wait()
         t0 = time.perf_counter()
         picked: list[str | None] = [None]
@@ -477,10 +477,14 @@ class Checkpointer:
             picked = [str(found) if found else None]
         if self.ctl_group is not None and self.world_size > 1:
             dist.broadcast_object_list(picked, src=0, group=self.ctl_group)
-        if picked[0] is None:
-            return None
-        path = Path(picked[0])
-        verify_s = time.perf_counter() - t0
+        self._verify_s = time.perf_counter() - t0
+        return None if picked[0] is None else Path(picked[0])
+
+    def load(self, state: dict[str, Any], path: Path) -> int:
+        """Load the checkpoint at ``path`` (from `locate`) into ``state`` in place, and this
+        rank's RNG states when the world size is the one it was saved with; returns its step."""
+        self.wait()
+        t0 = time.perf_counter()
         manifest = read_manifest(path)
         dcp.load(state, checkpoint_id=path, process_group=self.io_group)
         rng_file = path / _rng_name(self.rank)
@@ -491,7 +495,7 @@ class Checkpointer:
         if self.rank == 0:
             self.events.emit("checkpoint_loaded", step=manifest.step, path=str(path),
                              saved_world_size=manifest.world_size, world_size=self.world_size,
-                             verify_s=verify_s, load_s=time.perf_counter() - t0 - verify_s,
+                             verify_s=self._verify_s, load_s=time.perf_counter() - t0,
                              config_changed=manifest.config_hash != self.config_hash)
         return manifest.step
 

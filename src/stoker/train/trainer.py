@@ -196,9 +196,10 @@ class Trainer:
         if self.resume and self.resume not in sources:
             sources.append(self.resume)
         for where in sources:
-            state = self.state_dict()
-            step = self.checkpointer.load(state, where)
-            if step is not None:
+            path = self.checkpointer.locate(where)
+            if path is not None:
+                state = self.state_dict()
+                step = self.checkpointer.load(state, path)
                 self.load_state_dict(state)
                 return step
         return None
@@ -334,13 +335,14 @@ class Trainer:
         """Back to the last committed checkpoint; the data goes on from here, so the batches
         since that checkpoint (the bad one included) are not trained on again."""
         position = self.train_loader.state_dict()
-        state = self.state_dict()
         with self.heartbeat.paused():
-            step = self.checkpointer.load(state, "auto")
-        if step is None:  # nothing to go back to: the bad update was skipped, carry on
-            if self.dist.is_main:
-                self.events.emit("loss_guard_no_checkpoint", step=self.step)
-            return
+            path = self.checkpointer.locate("auto")
+            if path is None:  # nothing to go back to: the bad update was skipped, carry on
+                if self.dist.is_main:
+                    self.events.emit("loss_guard_no_checkpoint", step=self.step)
+                return
+            state = self.state_dict()
+            step = self.checkpointer.load(state, path)
         self.load_state_dict(state)
         self.train_loader.load_state_dict(position)
         self.display.message(f"loss guard: rolled back to step {step}")
