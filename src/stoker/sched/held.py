@@ -14,6 +14,7 @@ memo, and `schedule` stays a pure function of its snapshot. (A job listed twice 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import compress
 from math import fsum
 
 from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of
@@ -70,6 +71,7 @@ class Held:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self.ids: set[int] = set()  # the keys of jobs
         self.jobs: dict[int, tuple[RunningJob, Placement]] = {}  # id -> (job, its nodes)
         self.on_node: dict[int, dict[int, tuple[Resources, int]]] = {}  # node -> job id -> ranks
         self.free: list[Vec] = layout.capacity_of.copy()  # vectors replaced, never changed
@@ -80,11 +82,15 @@ class Held:
 
     def update(self, running: Sequence[RunningJob]) -> None:
         """Make the held state that of ``running``."""
-        current = dict(zip(map(id, running), running, strict=True))
-        gone: set[int] = self.jobs.keys() - current.keys()
-        added: set[int] = current.keys() - self.jobs.keys()
-        if not gone and not added:
+        ids = set(map(id, running))
+        changed = ids ^ self.ids
+        if not changed:
             return
+        gone = changed & self.ids
+        added = changed - gone
+        self.ids = ids
+        current = {id(job): job for job in compress(running, map(added.__contains__, map(id,
+                                                                                       running)))}
         if gone and added:
             self._rekey(current, gone, added)
         nodes: set[int] = set()
