@@ -416,3 +416,16 @@ def test_a_second_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
     assert proc.poll() is None  # the first one only asked to stop after the step
     proc.send_signal(sig.SIGTERM)
     assert proc.wait(timeout=5) == -sig.SIGTERM
+
+
+def test_a_bad_resume_path_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "stoker", "train", str(example), "--run-dir",
+                           str(run), "--resume", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no such checkpoint or run directory" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not run.exists()

@@ -35,6 +35,8 @@ def train(
     from stoker.train.checkpoint import resolve_resume
     from stoker.train.launch import launch, prepare_run
 
+    if resume not in (None, "auto"):  # a bad path is refused before anything is made
+        resolve_resume(Path("."), resume, checksums=False)
     config, rdir = prepare_run(cfg, set_, nproc, run_dir)
     console = Console(stderr=True, highlight=False)
     start = resolve_resume(rdir, resume, checksums=False) if resume else None
