@@ -206,15 +206,18 @@ class _Staging:
     def __init__(self) -> None:
         self.buffer: dict[str, Any] | None = None
 
-    def stage(self, state: dict[str, Any], ready: torch.cuda.Event | None) -> dict[str, Any]:
-        """Copy ``state`` into the buffer; on CUDA, after ``ready`` (the step's last kernel)."""
+    def stage(self, state: dict[str, Any], device: torch.device,
+              ready: torch.cuda.Event | None) -> dict[str, Any]:
+        """Copy ``state`` into the buffer; on CUDA, on a side stream of the rank's ``device``
+        (a new thread starts on device 0), after ``ready`` (the step's last kernel)."""
         if ready is None:
             return self._copy(state)
-        stream = torch.cuda.Stream()
-        stream.wait_event(ready)
-        with torch.cuda.stream(stream):
-            staged = self._copy(state, non_blocking=True)
-        stream.synchronize()
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device)
+            stream.wait_event(ready)
+            with torch.cuda.stream(stream):
+                staged = self._copy(state, non_blocking=True)
+            stream.synchronize()
         return staged
 
     def _copy(self, state: dict[str, Any], non_blocking: bool = False) -> dict[str, Any]:
@@ -369,7 +372,7 @@ class Checkpointer:
             ready = None
             if self.device.type == "cuda":
                 ready = torch.cuda.Event()
-                ready.record()
+                ready.record(torch.cuda.current_stream(self.device))
             threading.Thread(target=self._write_in_background, name="stoker-checkpoint",
                              args=(state, ready, writer, staged, done), daemon=True).start()
         self._in_flight = _InFlight(step, done, staged, time.perf_counter() - t0, started,
@@ -384,7 +387,7 @@ class Checkpointer:
                              done: Future[Any]) -> None:
         try:
             try:
-                copy = self._staging.stage(state, ready)
+                copy = self._staging.stage(state, self.device, ready)
             finally:
                 staged.set()
             if sys.platform == "linux":
