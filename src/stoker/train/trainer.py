@@ -372,8 +372,9 @@ class Trainer:
                 self.step_once()
                 if self.stop_agreed:
                     break
+            done = self.step >= self.cfg.train.steps  # a stop on the last step changes nothing
             status = {0: "completed", STOP_INTERRUPT: "interrupted",
-                      STOP_PREEMPT: "preempted"}[self.stop_agreed]
+                      STOP_PREEMPT: "preempted"}[0 if done else self.stop_agreed]
         except KeyboardInterrupt:
             status = "aborted"
         except Exception as e:
