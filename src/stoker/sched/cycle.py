@@ -26,10 +26,9 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from operator import itemgetter
 
-from stoker.sched import preempt
-from stoker.sched.held import held, keep
+from stoker.sched import held, preempt, quota
 from stoker.sched.nodes import EPS, Nodes, Placement, layout
-from stoker.sched.quota import RESOURCES, Account, QuotaTree
+from stoker.sched.quota import RESOURCES, Account
 from stoker.sched.types import (
     UNLIMITED,
     Admit,
@@ -55,7 +54,10 @@ _GPUS, _CPUS, _MEMORY = itemgetter(0), itemgetter(1), itemgetter(2)
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
     """Decide which pending jobs to admit (and where) and which running jobs to preempt."""
-    return _Cycle(snapshot, policy).run()
+    cycle = _Cycle(snapshot, policy)
+    decisions = cycle.run()
+    quota.keep(snapshot.queues, snapshot.cohorts, cycle.quota)
+    return decisions
 
 
 class _QueueState:
@@ -82,7 +84,7 @@ class _Cycle:
         self.snap = snapshot
         self.policy = policy
         self.now = snapshot.now
-        self.quota = QuotaTree(snapshot.queues, snapshot.cohorts)
+        self.quota = quota.take(snapshot.queues, snapshot.cohorts)
         self._charge_running(snapshot)
         self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
@@ -109,13 +111,13 @@ class _Cycle:
     def _charge_running(self, snapshot: Snapshot) -> None:
         """Start from what the running jobs leave free and the quota they use."""
         static = layout(snapshot.nodes, snapshot.topology)
-        state = held(static, snapshot.running)
+        state = held.take(static, snapshot.running)
         self.nodes = Nodes(static, state.free, state.pools)
         for (queue, flavor) in sorted(state.usage):  # the same sums in the same order
             account = self.quota.account(queue, flavor)
             if account is not None:
                 account.add(state.usage[(queue, flavor)])
-        keep(state)
+        held.keep(state)
 
     @property
     def running(self) -> dict[tuple[str, str], list[RunningJob]]:

@@ -178,7 +178,7 @@ def _hold(job: RunningJob) -> tuple[object, ...]:
 _kept: list[Held] = []
 
 
-def held(layout: Layout, running: Sequence[RunningJob]) -> Held:
+def take(layout: Layout, running: Sequence[RunningJob]) -> Held:
     """The Held state of ``running`` on ``layout``, from the one kept by the last cycle. The
     caller owns it (a cycle running at the same time builds its own) until it calls `keep`."""
     try:

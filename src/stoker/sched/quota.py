@@ -150,6 +150,13 @@ class QuotaTree:
         for accounts in self.queues.values():
             for a in accounts.values():
                 a.limited = tuple(r for r in RESOURCES if a.available(r) < UNLIMITED / 2)
+        self.accounts = [a for accounts in self.queues.values() for a in accounts.values()]
+        self.accounts += self.cohorts.values()
+
+    def reset(self) -> None:
+        """No usage anywhere (as built)."""
+        for a in self.accounts:
+            a.usage = [0.0, 0.0, 0.0]
 
     def _cohort(self, name: str | None, flavor: str, seen: frozenset[str] = frozenset()
                 ) -> Account | None:
@@ -254,3 +261,31 @@ class QuotaTree:
 
     def _cohort_accounts(self, name: str) -> list[Account]:
         return [a for (cohort, _), a in self.cohorts.items() if cohort == name]
+
+
+# The tree of the last cycle's queues and cohorts, to reuse when they are the same objects.
+_kept: list[tuple[tuple[Queue, ...], tuple[Cohort, ...], QuotaTree]] = []
+
+
+def take(queues: Sequence[Queue], cohorts: Sequence[Cohort]) -> QuotaTree:
+    """A QuotaTree of ``queues`` and ``cohorts`` with no usage, reusing the one kept by the
+    last cycle if it was built from the same (immutable) objects. The caller owns it until it
+    calls `keep`."""
+    try:
+        kept_queues, kept_cohorts, tree = _kept.pop()
+    except IndexError:
+        pass
+    else:
+        if _same(kept_queues, queues) and _same(kept_cohorts, cohorts):
+            tree.reset()
+            return tree
+    return QuotaTree(queues, cohorts)
+
+
+def keep(queues: Sequence[Queue], cohorts: Sequence[Cohort], tree: QuotaTree) -> None:
+    _kept.clear()
+    _kept.append((tuple(queues), tuple(cohorts), tree))
+
+
+def _same(a: Sequence[object], b: Sequence[object]) -> bool:
+    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
