@@ -232,8 +232,8 @@ class _Cycle:
             return False
         need = qs.least
         for flavor, account in qs.accounts.items():
-            held = self.reserved.get(flavor)
-            if held is not None and (held[1] is None or held[1] == qs.scope):
+            hold = self.reserved.get(flavor)
+            if hold is not None and (hold[1] is None or hold[1] == qs.scope):
                 continue
             pool = self.nodes.pools.get(flavor)
             if pool is None:
@@ -265,9 +265,9 @@ class _Cycle:
         open_flavors = []
         borrowing = []
         for flavor in flavors:
-            held = self.reserved.get(flavor)
-            if held is not None and (held[1] is None or held[1] == qs.scope):
-                why[flavor] = f"capacity held for starving job {held[0]}"
+            hold = self.reserved.get(flavor)
+            if hold is not None and (hold[1] is None or hold[1] == qs.scope):
+                why[flavor] = f"capacity held for starving job {hold[0]}"
                 continue
             open_flavors.append(flavor)
             account = qs.accounts[flavor]
@@ -524,12 +524,12 @@ class _Cycle:
         for qs in self.queues.values():
             if not qs.waiting:
                 continue
-            held = [h[0] for f in qs.accounts if (h := self.reserved.get(f)) is not None
+            holds = [h[0] for f in qs.accounts if (h := self.reserved.get(f)) is not None
                     and (h[1] is None or h[1] == qs.scope)]
             if qs.blocked_by is not None:
                 reason = f"StrictFIFO: behind job {qs.blocked_by}"
-            elif held:
-                reason = f"capacity held for starving job {held[0]}"
+            elif holds:
+                reason = f"capacity held for starving job {holds[0]}"
             else:
                 reason = f"no room in queue {qs.queue.name}'s quota or on its nodes"
             caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
