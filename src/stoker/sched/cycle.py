@@ -63,8 +63,8 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
 class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
-    __slots__ = ("accounts", "attempts", "blocked_by", "flavors", "least", "most", "queue",
-                 "root", "scope", "waiting")
+    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "least", "most",
+                 "queue", "root", "scope", "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, Account], root: str | None) -> None:
         self.queue = queue
@@ -73,6 +73,7 @@ class _QueueState:
         self.scope = root if root is not None else f"queue:{queue.name}"  # what quota it uses
         self.waiting: list[_Key] = []
         self.attempts = 0
+        self.checked = -1  # the cycle's change count when it was last found not hopeless
         self.blocked_by: JobId | None = None
         self.least = (INF, INF)  # the fewest GPUs and CPUs per rank any of its jobs asks for
         self.most = (0.0, 0.0, 0.0)  # the most of each resource per rank any job asks for
@@ -97,6 +98,8 @@ class _Cycle:
                 self.trees.setdefault(qs.root, []).append(qs)
         self.failed_shapes: set[tuple[object, ...]] = set()  # could not be placed
         self.hopeless: set[tuple[object, ...]] = set()  # found no victims
+        self.failed_like: dict[tuple[object, ...], str] = {}  # what failed: why
+        self.changes = 0  # admissions, nominations, holds and used-up preemption attempts
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[Account, list[float]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
@@ -191,16 +194,20 @@ class _Cycle:
         pending = self.snap.pending
         while heap:
             _, n, qs = heapq.heappop(heap)
-            key = heapq.heappop(qs.waiting)
-            outcome = self._consider(qs, pending[key[4]], nominal_only)
-            if outcome is _DEFER:
-                heapq.heappush(qs.waiting, key)
-                continue
-            if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
-                qs.blocked_by = pending[key[4]].id
-                continue
-            if qs.waiting and not self._hopeless(qs):
-                heapq.heappush(heap, (self._heap_key(qs), n, qs))
+            while True:
+                key = heapq.heappop(qs.waiting)
+                outcome = self._consider(qs, pending[key[4]], nominal_only)
+                if outcome is _DEFER:
+                    heapq.heappush(qs.waiting, key)
+                    break
+                if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
+                    qs.blocked_by = pending[key[4]].id
+                    break
+                if not qs.waiting or self._hopeless(qs):
+                    break
+                if heap:  # the last queue left goes on without ordering
+                    heapq.heappush(heap, (self._heap_key(qs), n, qs))
+                    break
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
         key = qs.waiting[0]
@@ -228,7 +235,10 @@ class _Cycle:
 
     def _hopeless(self, qs: _QueueState) -> bool:
         """True when no remaining job of the queue can fit and the queue cannot preempt."""
+        if qs.checked == self.changes:  # nothing was admitted, nominated or held since
+            return False
         if self._can_preempt(qs):
+            qs.checked = self.changes
             return False
         need = qs.least
         for flavor, account in qs.accounts.items():
@@ -241,6 +251,7 @@ class _Cycle:
             r = pool.primary
             if pool.max_free() + EPS < need[r] or account.available(r) + EPS < need[r]:
                 continue
+            qs.checked = self.changes
             return False
         return True
 
@@ -248,6 +259,17 @@ class _Cycle:
         """Try to admit ``job``: on a flavor where it fits in the queue's nominal quota first,
         else (unless ``nominal_only``: then defer it) on one where it borrows. On failure maybe
         nominate it or reserve for it. Returns _ADMIT, _WAIT or _DEFER."""
+        age = self.policy.starvation_age
+        starving = age is not None and self.now - job.created_at >= age
+        # A job like one that already failed this cycle fails alike: state only shrinks.
+        newer = self._within(qs.queue) == "LowerOrNewerEqualPriority"  # victims by age too
+        like = (qs.queue.name, job.ranks, job.per_rank, job.flavors, job.topology,
+                job.topology_required, self._rank(job.priority, job.attained_service), starving,
+                job.nominated, job.created_at if newer else None)
+        reason = self.failed_like.get(like)
+        if reason is not None:
+            self.waiting[job.id] = reason
+            return _WAIT
         flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
                                                           if f in job.flavors]
         if not flavors:
@@ -296,6 +318,7 @@ class _Cycle:
                      job.per_rank, level, job.topology_required)
             if self._within(qs.queue) == "LowerOrNewerEqualPriority" or shape not in self.hopeless:
                 qs.attempts += 1
+                self.changes += 1
                 for flavor in open_flavors:
                     if self._nominate(qs, job, flavor, level, total):
                         return _WAIT
@@ -303,9 +326,9 @@ class _Cycle:
         asked = f"no nodes free for {job.ranks} x {_fmt(job)}"
         self.waiting[job.id] = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}"
                                          for f in flavors)
-        age = self.policy.starvation_age
-        if age is not None and self.now - job.created_at >= age:
+        if starving:
             self._reserve(qs, job, open_flavors, node_short)
+        self.failed_like[like] = self.waiting[job.id]
         return _WAIT
 
     def _admit(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
@@ -317,6 +340,7 @@ class _Cycle:
         account = qs.accounts[flavor]
         account.add(total)
         self.nodes.take(placement, job.per_rank)
+        self.changes += 1
         self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
                                 nodes=_expand(placement, self.nodes.names),
                                 borrowing=account.borrowing()))
@@ -349,6 +373,7 @@ class _Cycle:
         scope = None if node_short else qs.scope
         for flavor in flavors:
             self.reserved.setdefault(flavor, (job.id, scope))
+        self.changes += 1
         self.waiting[job.id] += " (starving: capacity held for it)"
 
     # --- preemption ---
@@ -501,6 +526,7 @@ class _Cycle:
         placement that their release does not cover comes out of today's free capacity.
         """
         qs.accounts[flavor].add(total)
+        self.changes += 1
         departing = self.departing.setdefault((qs.scope, flavor), {})
         for v in victims:
             if v.account is not None:
