@@ -9,6 +9,7 @@ queue when the queue allows preemption.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,6 +31,7 @@ from stoker.sched import (
     Snapshot,
     schedule,
 )
+from stoker.sched.held import ExactSum
 
 EPS = 1e-6
 FLAVORS = ("f0", "f1")
@@ -302,3 +304,19 @@ def test_starving_jobs_are_admitted_eventually(work: list[tuple[float, float, fl
         # for it: nothing younger is admitted meanwhile.
         older = sum(1 for j, (u, _, _) in enumerate(work) if (u, j) < (t, i))
         assert started[f"j{i}"] - t <= age + (older + 1) * longest + 1, (i, started)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1e6, allow_nan=False), max_size=40), st.randoms(use_true_random=False))
+def test_held_sums_are_exact(values: list[float], rng: Random) -> None:
+    """What running jobs hold is summed exactly: taking jobs off leaves no rounding behind."""
+    total = ExactSum()
+    for v in values:
+        total.add(v)
+    kept = []
+    for v in values:
+        if rng.random() < 0.5:
+            total.add(-v)
+        else:
+            kept.append(v)
+    assert total.value() == math.fsum(kept)
