@@ -2,7 +2,10 @@
 
 ``schedule(snapshot, policy) -> Decisions`` is the one entry point; `stoker.sched.types`
 documents every field, `stoker.sched.config` builds queues, cohorts, nodes and the policy from
-a `ClusterConfig`.
+a `ClusterConfig`. What a cycle derives from the nodes, the queues and the running jobs is kept
+for the next cycle (`stoker.sched.nodes.layout`, `stoker.sched.held`, `stoker.sched.quota.take`)
+as a memo: the same snapshot gives the same decisions whatever ran before, and a cycle costs
+what changed and what is pending, not the size of the cluster.
 """
 
 from stoker.sched.cycle import schedule
