@@ -1,6 +1,6 @@
 """Replay the Alibaba GPU 2023 trace through the scheduler, once per policy.
 
-    .venv/bin/python benchmarks/sim_alibaba.py                    # whole trace, whole cluster
+    .venv/bin/python benchmarks/sim_alibaba.py                    # whole trace, every policy
     .venv/bin/python benchmarks/sim_alibaba.py --gpus 64 --arrival-scale 4 --markdown
 
 Per policy: wall seconds against the 10 s goal (ratio), the scheduler's share of them (the
@@ -47,7 +47,7 @@ def main() -> None:
     print(f"loaded {len(prepared.jobs)} jobs in {time.perf_counter() - began:.2f} s; "
           f"{prepared.cluster.describe()}; " + "; ".join(prepared.trace.skips.lines()))
     summaries = []
-    for policy in args.policy or ["fifo", "sjf", "las", "stoker"]:
+    for policy in args.policy or POLICIES:
         result = run_policy(prepared, policy)
         s = result.summary()
         summaries.append(s)
