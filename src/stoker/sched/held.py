@@ -14,7 +14,6 @@ memo, and `schedule` stays a pure function of its snapshot. (A job listed twice 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import compress
 from math import fsum
 
 from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of
@@ -89,8 +88,12 @@ class Held:
         gone = changed & self.ids
         added = changed - gone
         self.ids = ids
-        current = {id(job): job for job in compress(running, map(added.__contains__, map(id,
-                                                                                       running)))}
+        current: dict[int, RunningJob] = {}
+        for job in reversed(running):  # callers append jobs that started: found at once
+            if id(job) in added:
+                current[id(job)] = job
+                if len(current) == len(added):
+                    break
         if gone and added:
             self._rekey(current, gone, added)
         nodes: set[int] = set()
