@@ -29,9 +29,11 @@ from stoker.sched import (
     Resources,
     RunningJob,
     Snapshot,
+    held,
     schedule,
 )
 from stoker.sched.held import ExactSum
+from stoker.sched.nodes import layout
 
 EPS = 1e-6
 FLAVORS = ("f0", "f1")
@@ -320,3 +322,38 @@ def test_held_sums_are_exact(values: list[float], rng: Random) -> None:
         else:
             kept.append(v)
     assert total.value() == math.fsum(kept)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_held_state_follows_the_running_jobs(data: st.DataObject) -> None:
+    """Kept from cycle to cycle and updated by difference (jobs taken out, put in, reordered,
+    rebuilt as new objects, listed twice), the held state equals one built afresh."""
+    nodes = [Node(f"n{i}", "f0", Resources(8, 16, UNLIMITED), (f"r{i % 2}",)) for i in range(4)]
+    static = layout(nodes, TOPOLOGY)
+    pool = [RunningJob(f"j{i}", f"q{i % 2}", 0, "f0",
+                       tuple(f"n{data.draw(st.integers(0, 3))}" for _ in range(ranks)),
+                       Resources(data.draw(st.sampled_from([0.5, 1, 2])), 1, 0))
+            for i, ranks in enumerate(data.draw(st.lists(st.integers(1, 3), max_size=12)))]
+    state = held.Held(static)
+    running: list[RunningJob] = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        step = data.draw(st.sampled_from(["out", "in", "rebuild", "shuffle", "twice"]))
+        if step == "out" and running:
+            running.pop(data.draw(st.integers(0, len(running) - 1)))
+        elif step == "in" and pool:
+            running.append(pool[data.draw(st.integers(0, len(pool) - 1))])
+        elif step == "rebuild" and running:
+            running = [j._replace() for j in running]
+        elif step == "shuffle":
+            running = data.draw(st.permutations(running))
+        elif step == "twice" and running:
+            running.insert(0, running[-1])
+        state.update(running)
+        fresh = held.Held(static)
+        fresh.update(running)
+        assert state.free == fresh.free
+        assert {k: v for k, v in state.usage.items() if any(v)} == fresh.usage
+        for flavor, p in state.pools.items():
+            assert p.buckets == fresh.pools[flavor].buckets
+            assert p.total == fresh.pools[flavor].total

@@ -13,8 +13,12 @@ memo, and `schedule` stays a pure function of its snapshot. (A job listed twice 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
+from itertools import compress, islice
+from itertools import count as counting
 from math import fsum
+from operator import is_not
 
 from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of
 from stoker.sched.types import Resources, RunningJob
@@ -70,7 +74,8 @@ class Held:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.ids: set[int] = set()  # the keys of jobs
+        self.last: list[RunningJob] = []  # the running jobs of the last update
+        self.count: Counter[int] = Counter()  # how often each is listed there
         self.jobs: dict[int, tuple[RunningJob, Placement]] = {}  # id -> (job, its nodes)
         self.on_node: dict[int, dict[int, tuple[Resources, int]]] = {}  # node -> job id -> ranks
         self.free: list[Vec] = layout.capacity_of.copy()  # vectors replaced, never changed
@@ -81,19 +86,11 @@ class Held:
 
     def update(self, running: Sequence[RunningJob]) -> None:
         """Make the held state that of ``running``."""
-        ids = set(map(id, running))
-        changed = ids ^ self.ids
-        if not changed:
+        found = self._changes(running)
+        self.last = list(running)
+        if found is None:
             return
-        gone = changed & self.ids
-        added = changed - gone
-        self.ids = ids
-        current: dict[int, RunningJob] = {}
-        for job in reversed(running):  # callers append jobs that started: found at once
-            if id(job) in added:
-                current[id(job)] = job
-                if len(current) == len(added):
-                    break
+        gone, added, current = found
         if gone and added:
             self._rekey(current, gone, added)
         nodes: set[int] = set()
@@ -119,6 +116,43 @@ class Held:
         self._refresh_nodes(nodes)
         for key in queues:
             self.usage[key] = self.used[key].value()
+
+    def _changes(self, running: Sequence[RunningJob]
+                 ) -> tuple[set[int], set[int], dict[int, RunningJob]] | None:
+        """The jobs no longer running and the jobs started (by identity), and the started
+        ones by identity; None if nothing changed. A job listed twice counts once."""
+        moved = _difference(self.last, running)
+        if moved is None:  # too different: compare as sets
+            listed = Counter(map(id, running))
+            gone = self.count.keys() - listed.keys()
+            added = listed.keys() - self.count.keys()
+            self.count = listed
+            current: dict[int, RunningJob] = {}
+            for job in reversed(running):  # callers append jobs that started: found at once
+                if id(job) in added:
+                    current[id(job)] = job
+                    if len(current) == len(added):
+                        break
+        else:
+            out, into = moved
+            delta = Counter(map(id, into))
+            delta.subtract(map(id, out))
+            current = {id(job): job for job in into}
+            gone, added = set(), set()
+            for k, d in delta.items():
+                if not d:
+                    continue
+                before = self.count.get(k, 0)
+                after = before + d
+                if after:
+                    self.count[k] = after
+                else:
+                    del self.count[k]
+                if not before:
+                    added.add(k)
+                elif not after:
+                    gone.add(k)
+        return (gone, added, current) if gone or added else None
 
     def _rekey(self, current: dict[int, RunningJob], gone: set[int], added: set[int]) -> None:
         """Jobs rebuilt as new objects holding the same (a caller that updates progress each
@@ -171,6 +205,48 @@ class Held:
         for flavor in pools:
             capacity, taken = layout.pools[flavor].total, self.taken[flavor].value()
             self.pools[flavor].total = [capacity[r] - taken[r] for r in range(3)]
+
+
+LOOK_AHEAD = 8  # how far `_difference` looks for a job taken out or put in
+MOST_MOVED = 64  # beyond this many jobs out of place, comparing as sets is cheaper
+
+
+def _difference(old: list[RunningJob], new: Sequence[RunningJob]
+                ) -> tuple[list[RunningJob], list[RunningJob]] | None:
+    """The jobs of ``old`` not in their place in ``new``, and those of ``new`` not in their
+    place in ``old`` (by identity), when the two lists differ by a few jobs taken out, put in or
+    replaced (what a caller that keeps its running jobs in a list does); None when they differ
+    more. Runs of the same objects are skipped at C speed."""
+    out: list[RunningJob] = []
+    into: list[RunningJob] = []
+    i = j = 0
+    n, m = len(new), len(old)
+    while i < n and j < m:
+        same = next(compress(counting(), map(is_not, islice(new, i, None), islice(old, j, None))),
+                    min(n - i, m - j))
+        i += same
+        j += same
+        if i == n or j == m:
+            break
+        d = next((d for d in range(j + 1, min(m, j + LOOK_AHEAD)) if old[d] is new[i]), None)
+        if d is not None:
+            out.extend(old[j:d])
+            j = d
+            continue
+        e = next((e for e in range(i + 1, min(n, i + LOOK_AHEAD)) if new[e] is old[j]), None)
+        if e is not None:
+            into.extend(new[i:e])
+            i = e
+        else:  # one job in place of another
+            out.append(old[j])
+            into.append(new[i])
+            i += 1
+            j += 1
+        if len(out) + len(into) > MOST_MOVED:
+            return None
+    out.extend(old[j:])
+    into.extend(new[i:])
+    return None if len(out) + len(into) > MOST_MOVED else (out, into)
 
 
 def _hold(job: RunningJob) -> tuple[object, ...]:
