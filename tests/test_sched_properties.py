@@ -336,6 +336,8 @@ def test_held_state_follows_the_running_jobs(data: st.DataObject) -> None:
                        Resources(data.draw(st.sampled_from([0.5, 1, 2])), 1, 0))
             for i, ranks in enumerate(data.draw(st.lists(st.integers(1, 3), max_size=12)))]
     state = held.Held(static)
+    shape = (2.0, 1.0, 0.0)
+    state.pools["f0"].group_capacity(shape, state.free)  # kept up to date from here on
     running: list[RunningJob] = []
     for _ in range(data.draw(st.integers(1, 6))):
         step = data.draw(st.sampled_from(["out", "in", "rebuild", "shuffle", "twice"]))
@@ -357,3 +359,5 @@ def test_held_state_follows_the_running_jobs(data: st.DataObject) -> None:
         for flavor, p in state.pools.items():
             assert p.buckets == fresh.pools[flavor].buckets
             assert p.total == fresh.pools[flavor].total
+        assert state.pools["f0"].cache[shape] == fresh.pools["f0"].group_capacity(shape,
+                                                                                  fresh.free)

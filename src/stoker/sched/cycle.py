@@ -57,6 +57,7 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
     cycle = _Cycle(snapshot, policy)
     decisions = cycle.run()
     quota.keep(snapshot.queues, snapshot.cohorts, cycle.quota)
+    held.keep(cycle.held)
     return decisions
 
 
@@ -114,13 +115,13 @@ class _Cycle:
     def _charge_running(self, snapshot: Snapshot) -> None:
         """Start from what the running jobs leave free and the quota they use."""
         static = layout(snapshot.nodes, snapshot.topology)
-        state = held.take(static, snapshot.running)
-        self.nodes = Nodes(static, state.free, state.pools)
-        for (queue, flavor) in sorted(state.usage):  # the same sums in the same order
+        self.held = held.take(static, snapshot.running)
+        self.nodes = Nodes(static, self.held.free, self.held.pools)
+        usage = self.held.usage
+        for (queue, flavor) in sorted(usage):  # the same sums in the same order
             account = self.quota.account(queue, flavor)
             if account is not None:
-                account.add(state.usage[(queue, flavor)])
-        held.keep(state)
+                account.add(usage[(queue, flavor)])
 
     @property
     def running(self) -> dict[tuple[str, str], list[RunningJob]]:

@@ -20,7 +20,7 @@ from itertools import count as counting
 from math import fsum
 from operator import is_not
 
-from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of
+from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of, ranks_fitting
 from stoker.sched.types import Resources, RunningJob
 
 
@@ -197,9 +197,17 @@ class Held:
             flavor = layout.pool_of[i]
             if flavor is not None:
                 pool = self.pools[flavor]
-                old, new = key_of(self.free[i][pool.primary]), key_of(free[pool.primary])
+                was = self.free[i]
+                old, new = key_of(was[pool.primary]), key_of(free[pool.primary])
                 if new != old:
                     pool.move(i, old, new)
+                g = layout.group[i]
+                for shape, caps in pool.cache.items():
+                    n = caps.get(g, 0) + ranks_fitting(free, shape) - ranks_fitting(was, shape)
+                    if n:
+                        caps[g] = n
+                    else:
+                        caps.pop(g, None)
                 pools.add(flavor)
             self.free[i] = free
         for flavor in pools:
@@ -259,7 +267,8 @@ _kept: list[Held] = []
 
 def take(layout: Layout, running: Sequence[RunningJob]) -> Held:
     """The Held state of ``running`` on ``layout``, from the one kept by the last cycle. The
-    caller owns it (a cycle running at the same time builds its own) until it calls `keep`."""
+    caller owns it (a cycle running at the same time builds its own) until it calls `keep`;
+    meanwhile it only learns group capacities (`Pool.group_capacity`) of its pools."""
     try:
         state = _kept.pop()
     except IndexError:

@@ -49,6 +49,7 @@ def key_of(amount: float) -> int:
 
 
 GROUP_SIZE = 16
+MAX_SHAPES = 16  # rank shapes whose group capacities a pool keeps
 
 
 class Pool:
@@ -77,6 +78,7 @@ class Pool:
         pool.keys = self.keys.copy()
         pool.total = self.total.copy()
         pool.groups = self.groups
+        pool.cache = {shape: caps.copy() for shape, caps in self.cache.items()}
         return pool
 
     def insert(self, i: int, free: Vec, group: Group) -> None:
@@ -129,13 +131,33 @@ class Pool:
         return total
 
     def group_capacity(self, per_rank: Sequence[float], free: list[Vec]) -> dict[Group, int]:
-        """How many ranks of ``per_rank`` each group holds (groups holding none left out)."""
+        """How many ranks of ``per_rank`` each group holds (groups holding none left out),
+        computed with ``free`` the first time and kept up to date by `Nodes.charge` after."""
         shape = tuple(per_rank)
         caps = self.cache.get(shape)
         if caps is None:
+            while len(self.cache) >= MAX_SHAPES:  # forget the oldest
+                del self.cache[next(iter(self.cache))]
             caps = self.cache[shape] = {
                 g: n for g, members in self.groups.items()
                 if (n := sum(ranks_fitting(free[i], per_rank) for i in members))}
+        return caps
+
+    def copy_caps(self, kept: Pool, per_rank: Sequence[float], base: list[Vec],
+                  free: list[Vec], changed: Iterable[int], group: list[Group]) -> dict[Group, int]:
+        """This pool's group capacities for ``per_rank`` from those of ``kept`` (the pool this
+        one was copied from, whose nodes were ``base``), adjusted for the nodes ``changed``
+        since (now ``free``)."""
+        caps = kept.group_capacity(per_rank, base).copy()
+        for i in changed:
+            g = group[i]
+            n = caps.get(g, 0) + ranks_fitting(free[i], per_rank) - ranks_fitting(base[i],
+                                                                                  per_rank)
+            if n:
+                caps[g] = n
+            else:
+                caps.pop(g, None)
+        self.cache[tuple(per_rank)] = caps
         return caps
 
 
@@ -203,7 +225,8 @@ def _same(a: Sequence[Node], b: Sequence[Node]) -> bool:
 
 class Nodes:
     """Free capacity of every node, and a Pool per flavor, for one cycle: a copy of what the
-    running jobs leave free (``free``, whose vectors are never changed, and ``pools``)."""
+    running jobs leave free (``free``, whose vectors are never changed, and ``pools``). Group
+    capacities a gang needs are computed in ``pools`` (so later cycles start with them)."""
 
     def __init__(self, static: Layout, free: list[Vec], pools: dict[str, Pool]) -> None:
         self.names = static.names
@@ -216,8 +239,10 @@ class Nodes:
         self.prefixes = static.prefixes
         self._base = free.copy()
         self.free: list[Vec] = free.copy()  # copy-on-write: a vector is copied when charged
+        self._kept = pools
         self.pools = {flavor: pool.copy() for flavor, pool in pools.items()}
         self._pool_of = static.pool_of
+        self._changed: list[int] = []  # nodes charged this cycle
 
     def pool_of(self, i: int) -> Pool | None:
         flavor = self._pool_of[i]
@@ -228,6 +253,7 @@ class Nodes:
         f = self.free[i]
         if f is self._base[i]:
             f = self.free[i] = f.copy()
+            self._changed.append(i)
         d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
         pool = self.pool_of(i)
         if pool is None:
@@ -285,7 +311,11 @@ class Nodes:
             return [(one, ranks)]
         if ranks == 1 or (required and level == self.depth) or pool.rank_bound(per_rank) < ranks:
             return None
-        caps = pool.group_capacity(per_rank, self.free)
+        caps = pool.cache.get(tuple(per_rank))
+        if caps is None:
+            changed = [i for i in self._changed if self._pool_of[i] == flavor]
+            caps = pool.copy_caps(self._kept[flavor], per_rank, self._base, self.free, changed,
+                                  self.group)
         if sum(caps.values()) < ranks:
             return None
         start = self.depth - 1 if level is None or level >= self.depth else level
