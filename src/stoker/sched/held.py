@@ -2,13 +2,16 @@
 
 A cycle starts from the capacity every node has left and the quota every queue uses, given the
 running jobs. Summing that up costs every running rank, every cycle; instead it is kept (for one
-node layout) and updated by the jobs that started or stopped since the last cycle. Jobs are
-matched by object identity (running jobs are immutable, and the ones kept are referenced, so an
-identity is never reused while kept), then, for jobs rebuilt as new objects, by what decides
-their hold (id, queue, flavor, nodes, per-rank resources). Every kept value is an exactly rounded
-sum over the jobs that hold it (``math.fsum``, or an `ExactSum` kept up to date), so it depends
-only on the set of running jobs, never on their order or on the cycles before: keeping it is a
-memo, and `schedule` stays a pure function of its snapshot. (A job listed twice holds once.)
+node layout) and updated by the jobs that started or stopped since the last cycle, found by
+walking the running list against the last one (`_difference`), or as sets when they differ
+much. Jobs are matched by object identity (running jobs are immutable, and the ones kept are
+referenced, so an identity is never reused while kept), then, for jobs rebuilt as new objects,
+by what decides their hold (id, queue, flavor, nodes, per-rank resources). A gang's group
+capacities (`Pool.group_capacity`) are kept too, per rank shape. Every kept value is an exactly
+rounded sum over the jobs that hold it (``math.fsum``, or an `ExactSum` kept up to date) or a
+count, so it depends only on the set of running jobs, never on their order or on the cycles
+before: keeping it is a memo, and `schedule` stays a pure function of its snapshot. (A job
+listed twice holds once.)
 """
 
 from __future__ import annotations
