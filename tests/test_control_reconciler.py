@@ -87,6 +87,9 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     nodes = [Node("local", "cpu", Resources(0, 2, 1e9))]
     snap = build_snapshot(100.0, cluster, nodes, store.list_jobs(), {running.id: 7.0})
     assert [p.id for p in snap.pending] == [ready.id]
+    assert not snap.pending[0].nominated
+    again = build_snapshot(100.0, cluster, nodes, store.list_jobs(), nominated={ready.id})
+    assert again.pending[0].nominated  # the last cycle nominated it: it goes first
     (r,) = snap.running
     assert (r.id, r.nodes, r.progress, r.preempting) == (running.id, ("local", "local"), 7.0,
                                                          True)

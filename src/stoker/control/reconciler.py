@@ -84,6 +84,7 @@ class Reconciler:
         self.last = CycleStats()
         self.on_cycle: Callable[[CycleStats], None] | None = None
         self._overrides_key: tuple[Any, ...] | None = None
+        self._nominated: frozenset[int | str] = frozenset()  # by the last cycle: they go first
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
         self._wake = threading.Event()
@@ -114,6 +115,7 @@ class Reconciler:
             self._stop(job, now)
         snapshot = self.snapshot(now)
         decisions = schedule(snapshot, self.policy)
+        self._nominated = frozenset(decisions.nominated)
         self._apply(decisions, now)
         for job in self.store.list_jobs(states=(A,)):
             self._launch(job, now)
@@ -148,7 +150,7 @@ class Reconciler:
         jobs = self.store.list_jobs(states=(*ACTIVE, Q))
         progress = {job.id: self._progress(job, now) for job in jobs if job.state in ACTIVE}
         return build_snapshot(now, self.effective_cluster(), self.current_nodes(), jobs,
-                              progress)
+                              progress, self._nominated)
 
     def _progress(self, job: JobRecord, now: float) -> float:
         """Seconds of work a preemption would lose: since the last checkpoint or the start."""

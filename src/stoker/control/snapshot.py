@@ -6,7 +6,7 @@ they said. The simulator's tests can feed the same records to compare both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord
@@ -51,10 +51,11 @@ def running_job(record: JobRecord, spec: JobSpec, progress: float) -> RunningJob
 
 def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
                    jobs: Iterable[JobRecord], progress: Mapping[int, float] | None = None,
-                   ) -> Snapshot:
+                   nominated: Collection[int | str] = ()) -> Snapshot:
     """Running = jobs holding resources (admitted, starting, running, stopping); pending =
     queued jobs past their restart backoff. ``progress``: seconds since each running job's
-    last checkpoint (default: since it was admitted)."""
+    last checkpoint (default: since it was admitted). ``nominated``: jobs the previous cycle
+    nominated for preemption, so the room their victims free goes to them."""
     progress = progress or {}
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
@@ -67,7 +68,7 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
             pending.append(pending_job(cluster, spec, record.id, record.queued_at,
-                                       record.attained_s))
+                                       record.attained_s, record.id in nominated))
     return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
                     running=tuple(running), pending=tuple(pending),
                     cohorts=build_cohorts(cluster), topology=cluster.topology)
