@@ -10,17 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from stoker.observe.live import NullDisplay
-from stoker.spec import loading
-from stoker.spec.train import TrainConfig
-from stoker.train.data import ensure_dataset
-from stoker.train.distributed import init_distributed
-from stoker.train.trainer import Trainer
+from train_helpers import EXAMPLE, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "tiny.toml"
 STEPS = 20
 # Global batch 8 in micro-batches of 2: 4 accumulated on 1 rank, 2 on each of 2 ranks.
 SMALL = [
@@ -30,21 +23,6 @@ SMALL = [
     "optim.warmup_steps=5", "telemetry.peak_flops=1e11", "telemetry.live=false",
     "train.log_interval=100",
 ]
-
-
-def train_in_process(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
-    """One rank in this process (no torchrun env: a world of one)."""
-    cfg = loading.load(TrainConfig, EXAMPLE, overrides)
-    info = init_distributed(cfg.parallel, cfg.train)
-    # One thread, like each rank of a 2-rank run on 2 cores (and far faster on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data), display=NullDisplay())
-    try:
-        assert trainer.run() == "completed"
-    finally:
-        torch.set_num_threads(threads)
-    return trainer.stats.records
 
 
 def train_two_ranks(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]:
@@ -61,7 +39,8 @@ def train_two_ranks(run_dir: Path, overrides: list[str]) -> list[dict[str, Any]]
 
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return train_in_process(tmp_path_factory.mktemp("one"), [*SMALL, "parallel.strategy=none"])
+    return train_in_process(tmp_path_factory.mktemp("one"),
+                            [*SMALL, "parallel.strategy=none"]).stats.records
 
 
 def assert_same_trajectory(ref: list[dict[str, Any]], other: list[dict[str, Any]]) -> None:

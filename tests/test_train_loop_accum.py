@@ -6,16 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from stoker.observe.live import NullDisplay
-from stoker.spec import loading
-from stoker.spec.train import TrainConfig
-from stoker.train.data import ensure_dataset
-from stoker.train.distributed import init_distributed
 from stoker.train.trainer import Trainer
+from train_helpers import train_in_process
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
 SMALL = [
     "model.dim=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
     "model.ffn_hidden=128", "train.seq_len=32", "train.global_batch_size=8", "train.steps=20",
@@ -25,16 +19,7 @@ SMALL = [
 
 
 def train(run_dir: Path, overrides: list[str]) -> tuple[Trainer, list[dict[str, Any]]]:
-    cfg = loading.load(TrainConfig, EXAMPLE, overrides)
-    info = init_distributed(cfg.parallel, cfg.train)
-    # One thread, like each rank of a 2-rank run on 2 cores (and far faster on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data), display=NullDisplay())
-    try:
-        assert trainer.run() == "completed"
-    finally:
-        torch.set_num_threads(threads)
+    trainer = train_in_process(run_dir, overrides)
     return trainer, trainer.stats.records
 
 
