@@ -41,8 +41,19 @@ labels = { zone = "z1", rack = "r1" }
 token_env = "STOKER_ADMIN_TOKEN"
 
 [tenants.alice]
-token_sha256 = "<hex sha256 of the token>"
+token_sha256 = "<hex sha256 of the token>"   # or token_file = "/etc/stoker/alice.token" (0600)
 queues = ["research"]
+user = "alice"                       # optional: the Unix user its jobs run as
+
+[isolation]                          # see IsolationConfig
+identity = "auto"                    # per-tenant Unix users when the server runs as root
+sandbox = "auto"                     # bubblewrap where it works
+single_trust = false                 # several tenants without isolation: refuse to start
+pass_env = ["NCCL_*"]                # server variables jobs may see besides PATH, LANG, ...
+
+[api]
+public_metrics = false               # /metrics needs a token
+max_body_bytes = "1MiB"
 
 [cohorts.org]
 parent = "company"                   # optional; cohorts with no section are implicit roots
@@ -152,18 +163,54 @@ class AutodetectConfig(Section):
 
 
 class TokenConfig(Section):
+    """Where a principal's API token comes from: its SHA-256 in the config, a file readable by
+    the server alone (mode 0600 or stricter), or an environment variable of the server."""
+
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    token_file: str | None = Field(default=None, min_length=1)
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @model_validator(mode="after")
     def _one_token(self) -> Self:
-        if (self.token_sha256 is None) == (self.token_env is None):
-            raise ValueError("give exactly one of token_sha256 or token_env")
+        given = [v for v in (self.token_sha256, self.token_file, self.token_env) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token_sha256, token_file or token_env")
         return self
 
 
 class TenantConfig(TokenConfig):
     queues: tuple[str, ...] = Field(min_length=1)
+    # The Unix user this tenant's jobs run as; default (server run as root): one Stoker creates.
+    user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class IsolationConfig(Section):
+    """How jobs are kept from each other and from the control plane.
+
+    ``identity``: ``auto`` runs each tenant's jobs as its own unprivileged Unix user when the
+    server runs as root (the tenant's ``user``, else ``stoker-<tenant>``, created by Stoker) and
+    as the server's user otherwise; ``tenant`` insists on per-tenant users; ``server`` never
+    switches. ``sandbox``: ``auto`` uses bubblewrap where it is installed and works. A server
+    with several tenants that can neither switch users nor sandbox refuses to start unless
+    ``single_trust`` says every tenant may see everything the server sees.
+    """
+
+    identity: Literal["auto", "tenant", "server"] = "auto"
+    sandbox: Literal["auto", "bubblewrap", "none"] = "auto"
+    single_trust: bool = False
+    # Server environment variables handed to jobs beside the fixed allow-list (PATH, LANG, ...);
+    # a trailing * matches a prefix (NCCL_*).
+    pass_env: tuple[str, ...] = ()
+    # Honour STOKER_FAULT (the test-only fault hook) in jobs' environments.
+    fault_injection: bool = False
+
+
+class ApiConfig(Section):
+    """The API's edges: what needs no token, and how large a request body may be."""
+
+    public_metrics: bool = False  # /metrics without a token
+    public_docs: bool = False  # /docs, /redoc and /openapi.json without a token
+    max_body_bytes: Bytes = Field(default=1 << 20, ge=1024)
 
 
 class SchedulerConfig(Section):
@@ -183,6 +230,8 @@ class ClusterConfig(Section):
     nodes: tuple[NodeConfig, ...] = ()
     admin: TokenConfig | None = None
     tenants: dict[str, TenantConfig] = {}
+    isolation: IsolationConfig = IsolationConfig()
+    api: ApiConfig = ApiConfig()
     cohorts: dict[str, CohortConfig] = {}
     queues: dict[str, QueueConfig] = Field(min_length=1)
 
@@ -192,7 +241,11 @@ class ClusterConfig(Section):
         self._check_nodes()
         self._check_cohorts()
         self._check_queues()
+        users: dict[str, str] = {}
         for tenant, cfg in self.tenants.items():
+            if cfg.user is not None and users.setdefault(cfg.user, tenant) != tenant:
+                raise KeyedValueError(f"tenants.{tenant}.user", f"user {cfg.user!r} is already "
+                                      f"tenant {users[cfg.user]!r}'s: tenants never share one")
             for i, queue in enumerate(cfg.queues):
                 if queue not in self.queues:
                     raise KeyedValueError(f"tenants.{tenant}.queues.{i}",
