@@ -51,7 +51,8 @@ def write_config(tmp: Path, **sections: dict[str, Any]) -> Path:
 
 def train(config: Path, run: Path, *args: str, nproc: int = 2, fault: str = "",
           timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "STOKER_FAULT": fault}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "STOKER_FAULT": fault,
+           "STOKER_FAULT_OPT_IN": "1"}
     return subprocess.run([sys.executable, "-m", "stoker", "train", str(config), "--nproc",
                            str(nproc), "--run-dir", str(run), *args],
                           capture_output=True, text=True, env=env, timeout=timeout)

@@ -27,6 +27,9 @@ def server(
                                   "(doubles each restart)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Start training jobs with --resume auto."),
+    single_trust: bool = typer.Option(False, "--single-trust", help="Run several tenants' "
+                                      "jobs without isolation when the host offers none "
+                                      "(as isolation.single_trust = true)."),
 ) -> None:
     """Serve the API on HOST:PORT (OpenAPI docs at /docs, Prometheus at /metrics).
 
@@ -40,7 +43,8 @@ def server(
     settings = loading.validate(ServerSettings, {
         "host": host, "port": port, "config": str(config) if config else None, "db": db,
         "state_dir": str(state_dir), "interval": interval, "grace_period": grace_period,
-        "backoff_base": backoff, "resume": resume}, "stoker server")
+        "backoff_base": backoff, "resume": resume,
+        "single_trust": single_trust}, "stoker server")
     serve(settings)
 
 

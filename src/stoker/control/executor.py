@@ -32,8 +32,9 @@ class ProcessPlan:
 class LaunchPlan:
     job_id: int
     attempt: int
-    workdir: Path
+    workdir: Path  # the job's directory
     processes: tuple[ProcessPlan, ...]
+    tenant: str = ""  # whose identity the processes run under
 
 
 @dataclass(frozen=True)

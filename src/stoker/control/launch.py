@@ -3,8 +3,10 @@
 A Stoker training job is one process, the training runtime's launcher, which starts every rank:
 ``stoker train JOBDIR/train.toml --nproc R --run-dir JOBDIR/run --resume auto``. A command job
 is one process per rank, with the usual torch.distributed environment (RANK, WORLD_SIZE, ...).
-A job directory holds ``train.toml``, ``run/`` (the training run), ``logs/rank-I.log`` (one per
-process, appended across attempts) and ``attempt-N/rank-I.exit`` (how each process ended).
+A job directory holds ``train.toml``, ``run/`` (the training run), ``work/`` (the processes'
+working and home directory), ``logs/rank-I.log`` (one per process, appended across attempts)
+and ``attempt-N/rank-I.exit`` (how each process ended). Only ``run/`` and ``work/`` belong to
+the job's identity; the rest is the control plane's, readable by the tenant.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stoker.control.executor import LaunchPlan, ProcessPlan
@@ -34,12 +36,19 @@ class RankDevices:
     cpu_slots: tuple[int, ...]
 
 
+RUN, WORK = "run", "work"  # the job's own, writable directories
+
+
 def job_dir(jobs_dir: Path, job_id: int) -> Path:
     return jobs_dir / str(job_id)
 
 
+def log_relpath(job_id: int, index: int) -> PurePosixPath:
+    return PurePosixPath(str(job_id), "logs", f"rank-{index}.log")
+
+
 def log_path(jobs_dir: Path, job_id: int, index: int) -> Path:
-    return job_dir(jobs_dir, job_id) / "logs" / f"rank-{index}.log"
+    return jobs_dir / log_relpath(job_id, index)
 
 
 def exit_path(jobs_dir: Path, job_id: int, attempt: int, index: int) -> Path:
@@ -108,7 +117,7 @@ def free_port() -> int:
 def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                 ranks: Sequence[RankDevices], resume: bool = True) -> LaunchPlan:
     workdir = job_dir(jobs_dir, job.id)
-    run_dir = workdir / "run"
+    run_dir = workdir / RUN
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
     processes: tuple[ProcessPlan, ...]
@@ -116,7 +125,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
         processes = (_train_process(job, spec, attempt, jobs_dir, ranks, base_env, resume),)
     else:
         processes = _command_processes(job, spec, attempt, jobs_dir, ranks, base_env)
-    return LaunchPlan(job.id, attempt, workdir, processes)
+    return LaunchPlan(job.id, attempt, workdir, processes, job.tenant)
 
 
 def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
@@ -126,7 +135,7 @@ def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     config = workdir / "train.toml"
     write_train_config(config, job.spec["train"])
     argv = [sys.executable, "-m", "stoker", "train", str(config), "--nproc", str(spec.ranks),
-            "--run-dir", str(workdir / "run")]
+            "--run-dir", str(workdir / RUN)]
     if resume:
         argv += ["--resume", "auto"]
     slots = [s for r in ranks for s in r.cpu_slots]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -20,6 +21,10 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 
 from stoker.control.executor import LaunchPlan, Orphan, ProcessPlan, ProcessStatus
+from stoker.control.isolation import Identity, Isolation
+from stoker.control.jobenv import job_environment
+from stoker.control.launch import RUN, WORK
+from stoker.control.safe_fs import open_beneath
 from stoker.control.store import ProcessRecord
 from stoker.control.supervise import read_exit
 
@@ -29,43 +34,62 @@ _EXIT_PATH = re.compile(r"(\d+)/attempt-(\d+)/rank-(\d+)\.exit$")
 
 
 class LocalExecutor:
+    """``isolation``: who each tenant's processes run as and in what sandbox (default: this
+    process's user, no sandbox). ``pass_env``: server variables jobs may see beyond the fixed
+    allow-list; ``hidden_env`` never reach a job (the API tokens)."""
+
     def __init__(self, jobs_dir: Path, hidden_env: Collection[str] = (),
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, isolation: Isolation | None = None,
+                 pass_env: Collection[str] = (), allow_faults: bool = False,
+                 hidden_dirs: Collection[Path] = ()) -> None:
         self.jobs_dir = jobs_dir.resolve()
-        self.hidden_env = frozenset(hidden_env)  # e.g. the API tokens: never passed to jobs
+        self.hidden_env = frozenset(hidden_env)
         self.python = python
+        self.isolation = isolation or Isolation()
+        self.pass_env = tuple(pass_env)
+        self.allow_faults = allow_faults
+        # Replaced by empty directories in a sandbox: the server's state (database, jobs).
+        self.hidden_dirs = tuple(hidden_dirs) or (self.jobs_dir,)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # --- starting -----------------------------------------------------------------------------
 
     def launch(self, plan: LaunchPlan) -> list[ProcessRecord]:
+        who = self.isolation.identity(plan.tenant)
+        prepare_job_dir(plan, who)
         started: list[ProcessRecord] = []
         try:
             for process in plan.processes:
-                started.append(self._start(plan, process))
-        except OSError:
+                started.append(self._start(plan, process, who))
+        except Exception:
             for record in started:
                 self.kill(record)
             raise
         return started
 
-    def _start(self, plan: LaunchPlan, p: ProcessPlan) -> ProcessRecord:
-        p.log_path.parent.mkdir(parents=True, exist_ok=True)
-        p.exit_path.parent.mkdir(parents=True, exist_ok=True)
-        p.exit_path.unlink(missing_ok=True)
+    def _start(self, plan: LaunchPlan, p: ProcessPlan, who: Identity | None) -> ProcessRecord:
+        work = plan.workdir / WORK
         argv = [self.python, "-m", SUPERVISOR, str(p.exit_path)]
         if p.cpus:
             argv += ["--cpus", ",".join(map(str, p.cpus))]
-        argv += ["--", *p.argv]
-        env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
-        env |= p.env
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, p.gpus))
-        with p.log_path.open("ab") as log:
+        sandbox = self.isolation.sandbox
+        if sandbox is not None:
+            argv += ["--sandbox", "--", *sandbox.argv(plan.workdir, (plan.workdir / RUN, work),
+                                                      work, self.hidden_dirs, who)]
+        else:
+            if who is not None:
+                argv += ["--uid", str(who.uid), "--gid", str(who.gid)]
+            argv.append("--")
+        argv += p.argv
+        env = job_environment(os.environ, self._own_env(p, who, work), pass_env=self.pass_env,
+                              hidden=self.hidden_env, allow_faults=self.allow_faults)
+        log_fd = open_log(plan.workdir, p.log_path, who)
+        with os.fdopen(log_fd, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"=== stoker: attempt {plan.attempt} started {stamp}\n".encode())
             log.flush()
             child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, cwd=plan.workdir,
+                                     stderr=subprocess.STDOUT, env=env, cwd=work,
                                      start_new_session=True)
         self._children[child.pid] = child
         try:
@@ -75,6 +99,13 @@ class LocalExecutor:
         return ProcessRecord(job_id=plan.job_id, attempt=plan.attempt, index=p.index,
                              pid=child.pid, create_time=create_time, node=p.node,
                              devices=p.devices, log_path=str(p.log_path))
+
+    @staticmethod
+    def _own_env(p: ProcessPlan, who: Identity | None, work: Path) -> dict[str, str]:
+        entry = pwd.getpwuid(who.uid if who else os.geteuid())
+        home = entry.pw_dir if who is None and os.path.isdir(entry.pw_dir) else str(work)
+        return {"HOME": home, "USER": entry.pw_name, "LOGNAME": entry.pw_name, **p.env,
+                "CUDA_VISIBLE_DEVICES": ",".join(map(str, p.gpus))}
 
     # --- watching -----------------------------------------------------------------------------
 
@@ -150,3 +181,57 @@ def _same_process(pid: int, create_time: float) -> bool:
 def _signal(send: Callable[[], None]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         send()
+
+
+# --- the job directory ----------------------------------------------------------------------------
+
+
+def prepare_job_dir(plan: LaunchPlan, who: Identity | None) -> None:
+    """Make the job's directories with their owners: ``run/`` and ``work/`` the tenant's own
+    (0700), the rest the control plane's, readable by the tenant's group and nobody else."""
+    group = who.gid if who is not None else -1
+    root = plan.workdir
+    shared = 0o750 if who is not None else 0o700
+    for path in (root, root / "logs"):
+        path.mkdir(parents=True, exist_ok=True)
+        _own(path, -1, group, shared)
+    config = root / "train.toml"
+    if config.exists():
+        _own(config, -1, group, 0o640 if who is not None else 0o600)
+    (root / f"attempt-{plan.attempt}").mkdir(mode=0o700, exist_ok=True)
+    for p in plan.processes:
+        p.exit_path.unlink(missing_ok=True)
+    for name in (RUN, WORK):
+        path = root / name
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()  # the job's own directory, replaced by something else: start afresh
+        path.mkdir(mode=0o700, exist_ok=True)
+        if who is not None and path.stat().st_uid != who.uid:
+            _chown_tree(path, who.uid, who.gid)  # written by an attempt that ran as another user
+        _own(path, who.uid if who else -1, group, 0o700)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    for parent, dirs, files in os.walk(top):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
+
+
+def _own(path: Path, uid: int, gid: int, mode: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def open_log(job_dir: Path, log_path: Path, who: Identity | None) -> int:
+    """The process's log, opened for appending without following links, owned by the
+    tenant (readable by it, appended to only through the process's output)."""
+    fd = open_beneath(job_dir, log_path.relative_to(job_dir).as_posix(),
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    if who is not None:
+        os.fchown(fd, who.uid, who.gid)
+    return fd

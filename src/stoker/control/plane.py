@@ -10,10 +10,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from stoker.control.launch import job_dir
+from stoker.control.isolation import Isolation, decide
+from stoker.control.launch import log_relpath
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import usage, with_overrides
@@ -76,25 +77,34 @@ class ControlPlane:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock: IO[str] | None = None
+        self.isolation = Isolation()
 
     @classmethod
     def open(cls, settings: ServerSettings,
              hidden_env: Callable[[ClusterConfig], Iterable[str]] = lambda _: ()) -> ControlPlane:
         """``hidden_env``: environment variables never passed to jobs (the API tokens)."""
         cluster = load_cluster(settings.config) if settings.config else default_cluster()
+        if settings.single_trust:
+            isolation_cfg = cluster.isolation.model_copy(update={"single_trust": True})
+            cluster = cluster.model_copy(update={"isolation": isolation_cfg})
+        isolation = decide(cluster, source=settings.config or "default cluster")
         state = Path(settings.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        make_state_dirs(state)
         lock = _lock(state / "server.lock")
         store = SqlStore.open(settings.db_url())
         nodes = cluster_nodes(cluster)
         store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
-        executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)))
+        executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)),
+                                 isolation=isolation, pass_env=cluster.isolation.pass_env,
+                                 allow_faults=cluster.isolation.fault_injection,
+                                 hidden_dirs=(state.resolve(),))
         control = ControlSettings(grace_period_s=settings.grace_period,
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
         reconciler = Reconciler(store, executor, cluster, nodes, executor.jobs_dir, control)
         plane = cls(settings, cluster, store, reconciler)
         plane._lock = lock
+        plane.isolation = isolation
         return plane
 
     @property
@@ -250,8 +260,9 @@ class ControlPlane:
                 cordon_reason=rec.cordon_reason if rec else ""))
         return views
 
-    def log_file(self, job: JobRecord, index: int) -> Path:
-        return job_dir(self.jobs_dir, job.id) / "logs" / f"rank-{index}.log"
+    def log_file(self, job: JobRecord, index: int) -> PurePosixPath:
+        """The log of process ``index``, relative to the jobs directory."""
+        return log_relpath(job.id, index)
 
 
 def queue_positions(queued: Iterable[QueuedKey], now: float) -> dict[int, int]:
@@ -290,6 +301,18 @@ def event_view(e: EventRecord) -> EventView:
 def _amounts(values: Sequence[float]) -> dict[str, float]:
     return {k: v for k, v in zip(("gpus", "cpus", "memory"), values, strict=True)
             if v < UNLIMITED}
+
+
+def make_state_dirs(state: Path) -> None:
+    """The state directory and ``jobs/`` can be entered by the tenants' users (to reach their
+    own job's directory) but not listed; everything else in it is the server's alone."""
+    (state / "jobs").mkdir(parents=True, exist_ok=True)
+    for path in (state, state / "jobs"):
+        if path.stat().st_uid == os.geteuid():
+            path.chmod(0o711)
+    for entry in os.scandir(state):  # the database, its journal, the server's log
+        if entry.is_file(follow_symlinks=False) and entry.stat().st_uid == os.geteuid():
+            os.chmod(entry.path, 0o600)
 
 
 def _lock(path: Path) -> IO[str]:

@@ -10,6 +10,7 @@ change is a store transition with its event; nothing lives only in memory, so af
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from stoker.control.executor import Executor
+from stoker.control.jobenv import FAULT_PREFIX
 from stoker.control.launch import (
+    RUN,
     assign_devices,
     devices_in_use,
     exit_path,
@@ -88,6 +91,7 @@ class Reconciler:
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
         self._wake = threading.Event()
+        self.fault_injection = cluster.isolation.fault_injection
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -155,9 +159,11 @@ class Reconciler:
     def _progress(self, job: JobRecord, now: float) -> float:
         """Seconds of work a preemption would lose: since the last checkpoint or the start."""
         since = job.started_at or job.admitted_at or now
-        checkpoints = job_dir(self.jobs_dir, job.id) / "run" / "checkpoints"
-        try:
-            latest = max((p.stat().st_mtime for p in checkpoints.iterdir()), default=0.0)
+        checkpoints = job_dir(self.jobs_dir, job.id) / RUN / "checkpoints"
+        try:  # the job's own directory: links it planted are not followed
+            with os.scandir(checkpoints) as entries:
+                latest = max((e.stat(follow_symlinks=False).st_mtime for e in entries),
+                             default=0.0)
         except OSError:
             latest = 0.0
         return max(0.0, now - max(since, latest))
@@ -197,7 +203,12 @@ class Reconciler:
         in_use = devices_in_use(self.store.live_processes())
         ranks = assign_devices(nodes, job.placement["nodes"], per_rank(spec), in_use)
         attempt = job.attempt + 1
-        plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume)
+        try:
+            plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume)
+        except Exception as e:  # whatever the cause, the job must not keep its quota
+            log.exception("cannot plan job %d", job.id)
+            self._fail(job, spec, None, f"cannot start: {_why(e)}", now, from_states=(A,))
+            return
         # The intent is durable before any process exists: after a crash here, `recover`
         # finds a STARTING job without processes and kills whatever was started for it.
         starting = self.store.transition(
@@ -207,10 +218,14 @@ class Reconciler:
             return
         try:
             records = self.executor.launch(plan)
-        except OSError as e:
-            self._fail(starting, spec, None, f"cannot start: {e}", now)
+        except Exception as e:
+            log.exception("cannot start job %d", job.id)
+            self._fail(starting, spec, None, f"cannot start: {_why(e)}", now)
             return
         self.store.add_processes(records)
+        if self.fault_injection and any(k.startswith(FAULT_PREFIX) for k in spec.env):
+            self.store.annotate(job.id, (S, R), "fault-injection",
+                                "the test-only fault hook (STOKER_FAULT) is active", ACTOR)
 
     # --- watching processes ---------------------------------------------------------------------
 
@@ -285,20 +300,21 @@ class Reconciler:
             self._fail(job, spec, code, _describe(bad[0][0], code), now, changes)
 
     def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
-              changes: dict[str, Any] | None = None) -> None:
+              changes: dict[str, Any] | None = None,
+              from_states: tuple[JobState, ...] = (S, R)) -> None:
         """FAILED; and back to QUEUED (after a backoff) when restarts are left."""
         changes = (changes or self._stopped(job, spec, now)) | {"exit_code": code}
         if job.restarts < spec.max_restarts:
             delay = self.settings.backoff(job.restarts)
             self.store.transition(
-                job.id, (S, R), (JobState.FAILED, Q),
+                job.id, from_states, (JobState.FAILED, Q),
                 f"{why}; restart {job.restarts + 1}/{spec.max_restarts} in {delay:g}s", ACTOR,
                 changes | {"restarts": job.restarts + 1, "not_before": now + delay,
                            "queued_at": now, "placement": None},
                 version=job.version)
         else:
             left = f" (no restarts left of {spec.max_restarts})" if spec.max_restarts else ""
-            self.store.transition(job.id, (S, R), (JobState.FAILED,), why + left, ACTOR,
+            self.store.transition(job.id, from_states, (JobState.FAILED,), why + left, ACTOR,
                                   changes | {"finished_at": now}, version=job.version)
 
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
@@ -384,6 +400,10 @@ class Reconciler:
                 self.executor.kill_orphan(orphan)
                 self.store.log_event("orphan", f"killed process {orphan.pid} left by job "
                                      f"{orphan.job_id} attempt {orphan.attempt}", ACTOR)
+
+
+def _why(error: Exception) -> str:
+    return str(error).replace("\0", "\\0") or type(error).__name__
 
 
 def _describe(index: int, code: int | None) -> str:

@@ -1,15 +1,19 @@
 """The parent of every job process.
 
-``python -m stoker.control.supervise EXIT_FILE [--cpus 0,1] -- ARGV...``
+``python -m stoker.control.supervise EXIT_FILE [--cpus C,..] [--uid U --gid G | --sandbox] -- ARGV``
 
 It runs ARGV (an argument list, never a shell) as its child, forwards SIGTERM, SIGINT and SIGUSR1
 to it once, and when the child ends writes its exit status to EXIT_FILE (write-then-rename), so a
 control plane that was restarted meanwhile still learns how the rank ended. ``--cpus`` pins the
-supervisor (and so its child) to those CPUs before the child starts. Imports nothing heavy.
+supervisor (and so its child) to those CPUs before the child starts. ``--uid/--gid`` start the
+child as that user with no supplementary groups. ``--sandbox``: ARGV is a bubblewrap command
+line; the signals go to the process inside the sandbox (bubblewrap would die of them and take
+the job with it, with no chance to checkpoint). The child's umask is 077. Imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,7 +45,8 @@ def read_exit(path: str) -> tuple[int, float] | None:
 
 def main(args: list[str]) -> int:
     if "--" not in args:
-        print("usage: supervise EXIT_FILE [--cpus 0,1] -- ARGV...", file=sys.stderr)
+        print("usage: supervise EXIT_FILE [--cpus 0,1] [--uid U --gid G | --sandbox] -- ARGV...",
+              file=sys.stderr)
         return 2
     split = args.index("--")
     opts, argv = args[:split], args[split + 1:]
@@ -49,28 +54,92 @@ def main(args: list[str]) -> int:
     if "--cpus" in opts:
         cpus = {int(c) for c in opts[opts.index("--cpus") + 1].split(",")}
         os.sched_setaffinity(0, cpus)
+    user = _option(opts, "--uid")
+    group = _option(opts, "--gid")
+    sandbox = "--sandbox" in opts
     pending: list[int] = []
     child: subprocess.Popen[bytes] | None = None
+    inner: list[int] = []  # the sandbox's init process, once bubblewrap has said its pid
 
     def forward(signum: int, _frame: object) -> None:
-        if child is None:
+        if child is None or (sandbox and not inner):
             pending.append(signum)  # arrived before the child exists: deliver it once it does
         elif child.poll() is None:
-            child.send_signal(signum)
+            _send(child, inner, signum)
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    info_r, info_w = os.pipe() if sandbox else (-1, -1)
+    if sandbox:
+        argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
     try:
-        child = subprocess.Popen(argv)
-    except OSError as e:
+        child = subprocess.Popen(argv, user=user, group=group,
+                                 extra_groups=[] if user is not None else None, umask=0o077,
+                                 pass_fds=(info_w,) if sandbox else ())
+    except (OSError, ValueError) as e:
         print(f"stoker: cannot start {argv[0]!r}: {e}", file=sys.stderr, flush=True)
         write_exit(exit_file, 127)
         return 127
+    if sandbox:
+        os.close(info_w)
+        init = _read_child_pid(info_r)
+        if init is not None:
+            inner.append(init)
     for signum in pending[:1]:
-        child.send_signal(signum)
+        _send(child, inner, signum)
     code = child.wait()
     write_exit(exit_file, code)
     return code if code >= 0 else 128 - code
+
+
+def _option(opts: list[str], name: str) -> int | None:
+    return int(opts[opts.index(name) + 1]) if name in opts else None
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bubblewrap's --info-fd JSON (closed once written): the pid of the sandbox's init."""
+    data = b""
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _send(child: subprocess.Popen[bytes], inner: list[int], signum: int) -> None:
+    """To the child; in a sandbox, to the processes its init started (the job's top process:
+    the init itself passes no signals on)."""
+    if not inner:
+        child.send_signal(signum)
+        return
+    deadline = time.monotonic() + 5.0
+    pids = _children(inner[0])
+    while not pids and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the init has not started the job yet
+        pids = _children(inner[0])
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         index = 0 if train or rank is None else rank
         prefix = f"[rank{rank}]:" if train and rank is not None else None
         try:
-            text, next_offset = read_chunk(plane.log_file(job, index), plane.jobs_dir / str(job.id),
+            text, next_offset = read_chunk(plane.jobs_dir, plane.log_file(job, index),
                                            offset, limit, prefix)
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None

@@ -1,29 +1,28 @@
-"""Reading a job's log files for the API: only files inside the job's directory, never through
-a symbolic link (a job could replace its log with a link to another tenant's files)."""
+"""Reading a job's log files for the API: only files inside the job's directory, and never
+through a symbolic link (a job could swap its log, or a directory above it, for a link to
+another tenant's files): the file is opened component by component from the jobs directory."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from stoker.control.safe_fs import open_beneath
 
 MAX_CHUNK = 1 << 20
 
 
-def read_chunk(path: Path, root: Path, offset: int, limit: int,
+def read_chunk(root: Path, relative: PurePosixPath, offset: int, limit: int,
                line_prefix: str | None = None) -> tuple[str, int]:
-    """Up to ``limit`` bytes of ``path`` from ``offset``: (text, next offset). With
+    """Up to ``limit`` bytes of ``root/relative`` from ``offset``: (text, next offset). With
     ``line_prefix``, only whole lines starting with it (the training launcher prefixes each
-    rank's lines with ``[rankN]:``). A missing file reads as empty."""
-    root, full = root.resolve(), path.absolute()
-    if not full.is_relative_to(root) or full.resolve() != full:
-        raise PermissionError(f"{path} is outside the job's directory")
+    rank's lines with ``[rankN]:``). A missing file reads as empty; a link raises UnsafePath."""
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_beneath(root, relative)
     except FileNotFoundError:
         return "", offset
     with os.fdopen(fd, "rb") as f:
-        f.seek(offset)
-        data = f.read(min(limit, MAX_CHUNK))
+        data = os.pread(f.fileno(), min(limit, MAX_CHUNK), offset)
     if line_prefix is None:
         return data.decode(errors="replace"), offset + len(data)
     end = data.rfind(b"\n") + 1  # whole lines only; a partial last line is read next time

@@ -176,6 +176,7 @@ class ServerSettings(BaseModel):
     backoff_base: float = Field(default=5.0, ge=0)
     backoff_max: float = Field(default=300.0, ge=0)
     resume: bool = True
+    single_trust: bool = False  # as isolation.single_trust = true in the cluster config
 
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.state_dir}/stoker.db"

@@ -1,6 +1,10 @@
 """Test-only fault injection, driven by the ``STOKER_FAULT`` environment variable.
 
-Nothing but tests sets it. ``STOKER_FAULT="kill@step=7,rank=1;nan@step=12"`` is a list of
+Nothing but tests sets it, and it needs a second switch: it is honoured only beside
+``STOKER_FAULT_OPT_IN=1``; whenever it is set, ``stoker train`` records a ``fault_injection``
+event in RUN_DIR/events.jsonl saying whether it is armed. The control plane drops both from a
+job's environment unless the cluster sets ``isolation.fault_injection = true``.
+``STOKER_FAULT="kill@step=7,rank=1;nan@step=12"`` is a list of
 ``ACTION@POINT[,key=value...]`` items separated by ``;``:
 
 points   ``step=N``        the trainer's hook before optimizer step N runs
@@ -24,9 +28,11 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from stoker.observe.events import EventLog
 from stoker.train.restarts import attempt
 
 ENV = "STOKER_FAULT"
+OPT_IN = "STOKER_FAULT_OPT_IN"
 ACTIONS = ("kill", "hang", "exit", "raise", "nan")
 
 
@@ -61,11 +67,21 @@ def parse(text: str) -> list[Fault]:
 _faults: list[Fault] | None = None
 
 
+def armed() -> bool:
+    return bool(os.environ.get(ENV)) and os.environ.get(OPT_IN) == "1"
+
+
 def active() -> list[Fault]:
     global _faults
     if _faults is None:
-        _faults = parse(os.environ.get(ENV, ""))
+        _faults = parse(os.environ.get(ENV, "")) if armed() else []
     return _faults
+
+
+def announce(events: EventLog) -> None:
+    """Record that the hook is set (armed or not) in the run's event log."""
+    if os.environ.get(ENV):
+        events.emit("fault_injection", spec=os.environ[ENV], armed=armed())
 
 
 def fire(point: str, step: int, rank: int) -> str | None:

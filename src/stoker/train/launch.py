@@ -35,6 +35,7 @@ from stoker.observe.events import EventLog
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError
 from stoker.spec.train import TrainConfig
+from stoker.train import faults
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.restarts import ATTEMPT_ENV, AttemptResult, rank_failures, supervise
@@ -127,9 +128,11 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
         return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir)
 
     before = os.environ.get(ATTEMPT_ENV)
+    events = EventLog(run_dir)
+    faults.announce(events)
     try:
         with _sigusr1_stops_the_gang():
-            return supervise(attempt, max_restarts, EventLog(run_dir))
+            return supervise(attempt, max_restarts, events)
     finally:
         if before is None:
             os.environ.pop(ATTEMPT_ENV, None)
