@@ -62,7 +62,8 @@ class Sandbox:
         """The bubblewrap command line that runs a command (appended after it) for a job."""
         args = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-pid",
                 "--unshare-ipc", "--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev",
-                "--tmpfs", "/dev/shm", "--proc", "/proc", "--tmpfs", "/tmp"]
+                "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc",
+                "--perms", "1777", "--tmpfs", "/tmp"]
         if os.geteuid() != 0:
             args.append("--unshare-user")  # mounts without privileges, same uid inside
         for closed in self.closed:
