@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from stoker.control.local_executor import LocalExecutor
 from stoker.server.client import Client
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.train.exitcodes import EXIT_PREEMPTED
@@ -60,7 +62,8 @@ borrowing_limit = { cpus = 2 }
 """
 
 # argv: SECONDS [ON_SIGTERM: exit | ignore] [FAIL_CODE FAIL_ATTEMPTS] [FAIL_RANK]
-# A restarted attempt runs at most one second, so a test can preempt a long first attempt.
+# A restarted attempt runs at most one second, so a test can preempt a long first attempt. A
+# file named "release" in the job's working directory ends the wait early (`release`).
 WORKER = r"""
 import os, signal, sys, time
 attempt, rank = int(os.environ["STOKER_ATTEMPT"]), os.environ["RANK"]
@@ -85,7 +88,7 @@ print(f"rank {rank} attempt {attempt} running", flush=True)
 if fail_code and attempt <= fail_attempts and fail_rank in (None, rank):
     sys.exit(fail_code)
 end = time.time() + seconds
-while time.time() < end:
+while time.time() < end and not os.path.exists("release"):
     time.sleep(0.05)
 """
 
@@ -94,7 +97,6 @@ while time.time() < end:
 def cluster(tmp_path: Path) -> Iterator[ServerProcess]:
     config = tmp_path / "cluster.toml"
     config.write_text(CLUSTER)
-    (tmp_path / "worker.py").write_text(WORKER)
     server = ServerProcess(tmp_path / "state", config, env=TOKENS,
                            args=["--grace-period", "2", "--backoff", "0.5"])
     try:
@@ -106,8 +108,9 @@ def cluster(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def job(server: ServerProcess, name: str, queue: str, seconds: float, *args: Any,
         ranks: int = 1, **spec: Any) -> dict[str, Any]:
-    worker = server.state_dir.parent / "worker.py"
-    command = [sys.executable, str(worker), str(seconds), *map(str, args)]
+    # The program is given inline: a file under the test's temporary directory is out of
+    # reach of the tenant's user and outside the job's sandbox.
+    command = [sys.executable, "-c", WORKER, str(seconds), *map(str, args)]
     return {"name": name, "queue": queue, "ranks": ranks, "resources": {"cpus": 1},
             "command": command, **spec}
 
@@ -134,9 +137,33 @@ def wait(server: ServerProcess, job_id: int, states: set[str],
     raise AssertionError(f"job {job_id} is {j['state']} ({j['reason']}), not {states}")
 
 
+def job_path(server: ServerProcess, job_id: int, name: str) -> Path:
+    return server.state_dir / "jobs" / str(job_id) / name if name.startswith("attempt-") \
+        else server.state_dir / "jobs" / str(job_id) / "work" / name  # the job's working dir
+
+
 def lines(server: ServerProcess, job_id: int, name: str) -> list[str]:
-    path = server.state_dir / "jobs" / str(job_id) / name
+    path = job_path(server, job_id, name)
     return path.read_text().splitlines() if path.exists() else []
+
+
+def release(server: ServerProcess, job_id: int) -> None:
+    """End the waits of the job's workers (those still running)."""
+    job_path(server, job_id, "release").touch()
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def transitions(j: dict[str, Any]) -> list[str]:
@@ -150,7 +177,7 @@ def queue_row(server: ServerProcess, queue: str) -> dict[str, Any]:
 
 def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> None:
     # alice borrows bob's idle quota: 4 ranks on a queue whose nominal quota is 2.
-    a = submit(cluster, "alice-t", job(cluster, "borrower", "alice", 60, ranks=4))
+    a = submit(cluster, "alice-t", job(cluster, "borrower", "alice", 600, ranks=4))
     wait(cluster, a, {"RUNNING"})
     assert get(cluster, a)["placement"]["borrowing"] is True
     row = queue_row(cluster, "alice")
@@ -176,8 +203,8 @@ def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> Non
 
 
 def test_high_priority_preempts_a_job_that_ignores_sigterm(cluster: ServerProcess) -> None:
-    bob = submit(cluster, "bob-t", job(cluster, "bob", "bob", 30, ranks=2))
-    low = submit(cluster, "alice-t", job(cluster, "low", "alice", 60, "ignore", ranks=2,
+    bob = submit(cluster, "bob-t", job(cluster, "bob", "bob", 600, ranks=2))
+    low = submit(cluster, "alice-t", job(cluster, "low", "alice", 600, "ignore", ranks=2,
                                          priority_class="low"))
     wait(cluster, low, {"RUNNING"})
     wait(cluster, bob, {"RUNNING"})
@@ -203,8 +230,8 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
                                            max_restarts=2))
     broken = submit(cluster, "alice-t", job(cluster, "broken", "alice", 0, "exit", 3, 99,
                                             max_restarts=1))
-    slow = submit(cluster, "bob-t", job(cluster, "slow", "bob", 30, max_run_time=1))
-    gang = submit(cluster, "bob-t", job(cluster, "gang", "bob", 30, "exit", 4, 1, 1, ranks=2))
+    slow = submit(cluster, "bob-t", job(cluster, "slow", "bob", 600, max_run_time=1))
+    gang = submit(cluster, "bob-t", job(cluster, "gang", "bob", 600, "exit", 4, 1, 1, ranks=2))
     resumable = submit(cluster, "bob-t", job(cluster, "resumable", "bob", 0, "exit",
                                              EXIT_PREEMPTED, 1))
 
@@ -233,9 +260,9 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
 
 def test_server_killed_and_restarted_loses_and_duplicates_nothing(
         cluster: ServerProcess) -> None:
-    keeps = submit(cluster, "alice-t", job(cluster, "keeps", "alice", 60))
-    ends = submit(cluster, "alice-t", job(cluster, "ends", "alice", 2))
-    dies = submit(cluster, "bob-t", job(cluster, "dies", "bob", 60))
+    keeps = submit(cluster, "alice-t", job(cluster, "keeps", "alice", 600))
+    ends = submit(cluster, "alice-t", job(cluster, "ends", "alice", 600))
+    dies = submit(cluster, "bob-t", job(cluster, "dies", "bob", 600))
     for job_id in (keeps, ends, dies):
         wait(cluster, job_id, {"RUNNING"})
     waits = submit(cluster, "bob-t", job(cluster, "waits", "bob", 1, ranks=2))
@@ -245,9 +272,13 @@ def test_server_killed_and_restarted_loses_and_duplicates_nothing(
     cluster.kill()  # kill -9: no shutdown of any kind
     # While the server is down, one job ends by itself and another vanishes with its
     # supervisor (no exit status is left behind).
-    pid = int(lines(cluster, dies, "started.txt")[0].rsplit("=", 1)[1])
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
-    time.sleep(3)
+    release(cluster, ends)
+    # Its supervisor leads the process group (the job's own pid is the sandbox's).
+    pid = next(o.pid for o in LocalExecutor(cluster.state_dir / "jobs").orphans()
+               if o.job_id == dies)
+    os.killpg(pid, signal.SIGKILL)
+    wait_for("job 'ends' to exit", job_path(cluster, ends, "attempt-1/rank-0.exit").is_file)
+    wait_for("job 'dies' to vanish", lambda: gone(pid))
     cluster.start()
 
     after = {j["id"]: j for j in Client(cluster.url, "admin-t").jobs(states=[

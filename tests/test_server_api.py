@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -76,6 +75,18 @@ def wait_state(server: ServerProcess, job_id: int, states: set[str],
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} stayed {job['state']}: {job['reason']}")
+
+
+def wait_waiting(server: ServerProcess, job_id: int, token: str = "alice-secret",
+                 timeout: float = 60) -> dict[str, Any]:
+    """The job once a scheduling cycle has left it waiting and said why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = call(server, "GET", f"/v1/jobs/{job_id}", token).json()
+        if job["waiting"]:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} is {job['state']} with no waiting reason")
 
 
 def all_jobs(server: ServerProcess) -> list[dict[str, Any]]:
@@ -175,8 +186,7 @@ def test_cancel_queued_job_then_again_is_409(server: ServerProcess) -> None:
                 json={"cordoned": True, "reason": "test"}).status_code == 200
     try:
         job = call(server, "POST", "/v1/jobs", json={"job": command_job("c")}).json()
-        time.sleep(0.5)
-        assert call(server, "GET", f"/v1/jobs/{job['id']}").json()["state"] == "QUEUED"
+        assert wait_waiting(server, job["id"])["state"] == "QUEUED"
         cancelled = call(server, "POST", f"/v1/jobs/{job['id']}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
         assert call(server, "POST", f"/v1/jobs/{job['id']}/cancel").status_code == 409
@@ -243,15 +253,16 @@ def test_events_are_json_with_actor_and_reason(server: ServerProcess) -> None:
     detail = call(server, "GET", f"/v1/jobs/{job['id']}").json()
     first = detail["events"][0]
     assert first["actor"] == "alice" and first["reason"] == "submitted"
-    json.dumps(detail)
+    assert (first["kind"], first["to_state"]) == ("transition", "QUEUED")
+    assert first["job_id"] == job["id"]
+    assert isinstance(first["at"], float) and first["at"] == detail["created_at"]
 
 
 def test_a_raised_quota_admits_a_waiting_job(server: ServerProcess) -> None:
     spec = command_job("wide", queue="bob", ranks=3, resources={"cpus": 1})
     job = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": spec}).json()
-    time.sleep(1.0)  # several cycles: 3 CPUs do not fit in bob's quota of 2
-    waiting = call(server, "GET", f"/v1/jobs/{job['id']}", "bob-secret").json()
-    assert waiting["state"] == "QUEUED" and waiting["waiting"], waiting
+    waiting = wait_waiting(server, job["id"], "bob-secret")  # 3 CPUs do not fit in a quota of 2
+    assert waiting["state"] == "QUEUED", waiting
     call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 3})
     try:
         done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"}, token="bob-secret")
