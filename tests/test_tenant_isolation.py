@@ -216,7 +216,7 @@ def test_job_files_belong_to_their_tenant_and_the_state_to_the_server(
     assert mode(state / "stoker.db")[0] == 0 and mode(state / "stoker.db")[2] & 0o077 == 0
     assert mode(job_dir) == (0, alice.gid, 0o750)
     assert mode(job_dir / "logs") == (0, alice.gid, 0o750)
-    assert mode(job_dir / "logs" / "rank-0.log") == (alice.uid, alice.gid, 0o640)
+    assert mode(job_dir / "logs" / "rank-0.log") == (alice.uid, alice.gid, 0o600)
     assert mode(job_dir / "run") == (alice.uid, alice.gid, 0o700)
     assert mode(job_dir / "run" / "data.txt")[:2] == (alice.uid, alice.gid)
     assert mode(job_dir / "attempt-1")[0] == 0
@@ -314,8 +314,9 @@ def test_a_configured_user_must_exist_and_a_managed_name_is_never_taken_over() -
 
 
 def test_a_launch_that_fails_fails_the_job_and_frees_its_quota(tmp_path: Path) -> None:
-    """A job stored before inputs were checked (a NUL byte in its environment) cannot start:
-    it is FAILED with the reason, and the next job gets the quota it held."""
+    """A job stored before inputs were checked (a NUL byte in its environment), and one whose
+    directory cannot be made, cannot start: each is FAILED with the reason, and the next job
+    gets the quota it held."""
     cluster = loading.validate(ClusterConfig, {
         "flavors": {"cpu": {}}, "autodetect": {"cpu_slots": 1},
         "queues": {"q": {"quotas": {"cpu": {"cpus": 1}}}}}, "test")
@@ -329,19 +330,24 @@ def test_a_launch_that_fails_fails_the_job_and_frees_its_quota(tmp_path: Path) -
                         "command": [sys.executable, "-c", "pass"]}, "train": None}
         return store.submit(NewJob("t", "t", "q", "", 0, spec), "t").id
 
-    broken, after = job({"BAD": "a\0b"}), job({})
+    broken, blocked, after = job({"BAD": "a\0b"}), job({}), job({})
+    executor.jobs_dir.mkdir(parents=True)
+    (executor.jobs_dir / str(blocked)).write_text("a file where its directory should be")
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             reconciler.step()
-            states = [store.get_job(i).state for i in (broken, after)]  # type: ignore[union-attr]
-            if states[1] == JobState.SUCCEEDED:
+            states = [store.get_job(i).state  # type: ignore[union-attr]
+                      for i in (broken, blocked, after)]
+            if states[2] == JobState.SUCCEEDED:
                 break
             time.sleep(0.05)
         failed = store.get_job(broken)
         assert failed is not None and failed.state == JobState.FAILED
-        assert "cannot start" in failed.reason and "null byte" in failed.reason
-        assert states == [JobState.FAILED, JobState.SUCCEEDED]
+        assert "cannot start" in failed.reason and "NUL" in failed.reason, failed.reason
+        stuck = store.get_job(blocked)
+        assert stuck is not None and stuck.reason.startswith("cannot start: ")
+        assert states == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
     finally:
         store.close()
 

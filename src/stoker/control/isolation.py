@@ -68,11 +68,14 @@ class Sandbox:
             args.append("--unshare-user")  # mounts without privileges, same uid inside
         for closed in self.closed:
             args += ["--perms", "0755", "--tmpfs", closed]
+        emptied = ["/tmp", *self.closed]
         for path in self.runtime:
-            args += ["--ro-bind", path, path]
+            args += [*_enterable_parents(path, emptied), "--ro-bind", path, path]
         for path in hidden:
             args += ["--tmpfs", str(path)]
-        args += ["--ro-bind", str(job_dir), str(job_dir)]
+        emptied += map(str, hidden)
+        args += [*_enterable_parents(str(job_dir), emptied, "0711"),
+                 "--ro-bind", str(job_dir), str(job_dir)]
         for path in writable:
             args += ["--bind", str(path), str(path)]
         args += ["--chdir", str(cwd)]
@@ -81,6 +84,16 @@ class Sandbox:
                      "setpriv", f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups",
                      "--inh-caps=-all"]
         return [*args, "--"]
+
+
+def _enterable_parents(path: str, emptied: Sequence[str], mode: str = "0755") -> list[str]:
+    """Directories above ``path`` inside an emptied (tmpfs) directory, made enterable by all:
+    bubblewrap would make them for the bind with mode 0700, closed to the tenant's user."""
+    args: list[str] = []
+    for parent in reversed(Path(path).parents):
+        if any(parent != Path(e) and parent.is_relative_to(e) for e in emptied):
+            args += ["--perms", mode, "--dir", str(parent)]
+    return args
 
 
 @dataclass(frozen=True)

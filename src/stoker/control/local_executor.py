@@ -229,9 +229,9 @@ def _own(path: Path, uid: int, gid: int, mode: int) -> None:
 
 def open_log(job_dir: Path, log_path: Path, who: Identity | None) -> int:
     """The process's log, opened for appending without following links, owned by the
-    tenant (readable by it, appended to only through the process's output)."""
+    tenant (0600), appended to only through the process's output."""
     fd = open_beneath(job_dir, log_path.relative_to(job_dir).as_posix(),
-                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     if who is not None:
         os.fchown(fd, who.uid, who.gid)
     return fd

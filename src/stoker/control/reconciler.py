@@ -113,9 +113,9 @@ class Reconciler:
     def step(self) -> Decisions:
         started = time.perf_counter()
         now = self.clock()
-        for job in self.store.list_jobs(states=(S, R)):
+        for job in self._readable(self.store.list_jobs(states=(S, R)), now):
             self._watch(job, now)
-        for job in self.store.list_jobs(states=ACTIVE):
+        for job in self._readable(self.store.list_jobs(states=ACTIVE), now):
             self._stop(job, now)
         snapshot = self.snapshot(now)
         decisions = schedule(snapshot, self.policy)
@@ -151,10 +151,27 @@ class Reconciler:
         return with_cordons(self.nodes, self.store.nodes())
 
     def snapshot(self, now: float) -> Snapshot:
-        jobs = self.store.list_jobs(states=(*ACTIVE, Q))
+        jobs = self._readable(self.store.list_jobs(states=(*ACTIVE, Q)), now)
         progress = {job.id: self._progress(job, now) for job in jobs if job.state in ACTIVE}
         return build_snapshot(now, self.effective_cluster(), self.current_nodes(), jobs,
                               progress, self._nominated)
+
+    def _readable(self, jobs: Sequence[JobRecord], now: float) -> list[JobRecord]:
+        """The jobs whose stored spec still parses; the others (stored by an older version
+        that checked less) are FAILED with the reason, so none holds quota it cannot use."""
+        good = []
+        for job in jobs:
+            try:
+                job_spec(job)
+            except ValueError as e:
+                why = str(e).splitlines()[1:3] or [str(e)]
+                self.store.transition(job.id, (Q, *ACTIVE), (JobState.FAILED,),
+                                      f"cannot start: its stored spec is invalid "
+                                      f"({' '.join(w.strip() for w in why)})", ACTOR,
+                                      {"finished_at": now, "placement": None})
+                continue
+            good.append(job)
+        return good
 
     def _progress(self, job: JobRecord, now: float) -> float:
         """Seconds of work a preemption would lose: since the last checkpoint or the start."""

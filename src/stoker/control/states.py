@@ -16,7 +16,7 @@ SUCCEEDED, FAILED = JobState.SUCCEEDED, JobState.FAILED
 PREEMPTED, CANCELLED = JobState.PREEMPTED, JobState.CANCELLED
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    Q: frozenset({A, CANCELLED}),
+    Q: frozenset({A, CANCELLED, FAILED}),  # FAILED: a stored spec that no longer parses
     A: frozenset({S, Q, FAILED, PREEMPTED, CANCELLED}),
     S: frozenset({R, Q, SUCCEEDED, FAILED, PREEMPTED, CANCELLED}),
     R: frozenset({SUCCEEDED, FAILED, PREEMPTED, CANCELLED}),

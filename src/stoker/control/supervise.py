@@ -8,7 +8,7 @@ control plane that was restarted meanwhile still learns how the rank ended. ``--
 supervisor (and so its child) to those CPUs before the child starts. ``--uid/--gid`` start the
 child as that user with no supplementary groups. ``--sandbox``: ARGV is a bubblewrap command
 line; the signals go to the process inside the sandbox (bubblewrap would die of them and take
-the job with it, with no chance to checkpoint). The child's umask is 077. Imports nothing heavy.
+the job with it, with no chance to checkpoint). Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ def main(args: list[str]) -> int:
     if sandbox:
         argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
     try:
+        # bubblewrap makes its mount points with the umask; the job's own directories are
+        # 0700 whatever the umask.
         child = subprocess.Popen(argv, user=user, group=group,
-                                 extra_groups=[] if user is not None else None, umask=0o077,
+                                 extra_groups=[] if user is not None else None,
+                                 umask=0o022 if sandbox else 0o077,
                                  pass_fds=(info_w,) if sandbox else ())
     except (OSError, ValueError) as e:
         print(f"stoker: cannot start {argv[0]!r}: {e}", file=sys.stderr, flush=True)
