@@ -32,7 +32,7 @@ from stoker.control.sql_store import SqlStore
 from stoker.control.store import NewJob
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec import loading
-from stoker.spec.api import JobState
+from stoker.spec.api import JobState, JobSubmission
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 
@@ -403,3 +403,29 @@ def test_concurrent_reads_and_swaps_of_a_link_never_escape(tmp_path: Path) -> No
         stop.set()
         swapper.join()
     assert "mine\n" in outcomes
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("telemetry", "metrics_file", "/etc/cron.d/x"),
+    ("telemetry", "metrics_file", "../../1/run/metrics.jsonl"),
+    ("data", "cache_dir", "~/.cache"),
+    ("data", "cache_dir", "/var/tmp/shared"),
+])
+def test_a_control_plane_jobs_outputs_stay_in_its_directory(section: str, key: str,
+                                                             value: str) -> None:
+    body = {"job": {"name": "t", "queue": "q", "train_config": "t.toml"},
+            "train": {section: {key: value}}}
+    with pytest.raises(ValueError, match=re.escape(f"train.{section}.{key}")):
+        JobSubmission.model_validate(body)
+    JobSubmission.model_validate({**body, "train": {section: {key: "inside/ok"}}})
+
+
+def test_confined_outputs_are_refused_by_the_api(server: ServerProcess) -> None:
+    with server.client("alice-t") as c:
+        response = c.http.post("/v1/jobs", json={
+            "job": {"name": "t", "queue": "alice", "train_config": "t.toml"},
+            "train": {"telemetry": {"metrics_file": "/tmp/elsewhere.jsonl"}}})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"][-2:] == ["telemetry", "metrics_file"]
+    with server.client(ADMIN_TOKEN) as c:
+        assert c.jobs() == []

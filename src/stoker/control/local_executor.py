@@ -103,7 +103,7 @@ class LocalExecutor:
     @staticmethod
     def _own_env(p: ProcessPlan, who: Identity | None, work: Path) -> dict[str, str]:
         entry = pwd.getpwuid(who.uid if who else os.geteuid())
-        home = entry.pw_dir if who is None and os.path.isdir(entry.pw_dir) else str(work)
+        home = entry.pw_dir if os.path.isdir(entry.pw_dir) else str(work)  # managed: none
         return {"HOME": home, "USER": entry.pw_name, "LOGNAME": entry.pw_name, **p.env,
                 "CUDA_VISIBLE_DEVICES": ",".join(map(str, p.gpus))}
 

@@ -10,8 +10,10 @@ from enum import StrEnum
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from stoker.spec import loading
+from stoker.spec.cluster import Amounts, Quota
 from stoker.spec.errors import ConfigError, KeyedValueError
 from stoker.spec.job import JobSpec
 from stoker.spec.train import TrainConfig
@@ -37,9 +39,22 @@ class Body(BaseModel):
 # --- requests ----------------------------------------------------------------------------------
 
 
+# ``train`` is given exactly for a train_config job, in the JSON schema too.
+_TRAIN_IFF_TRAIN_CONFIG: JsonDict = {"oneOf": [
+    {"required": ["train"], "properties": {
+        "job": {"required": ["train_config"], "properties": {"train_config": {"type": "string"}}},
+        "train": {"type": "object"}}},
+    {"properties": {
+        "job": {"required": ["command"], "properties": {"command": {"type": "array"}}},
+        "train": {"type": "null"}}},
+]}
+
+
 class JobSubmission(Body):
     """``POST /v1/jobs``: a job spec and, for a training job, its training config as a table
     (before ``job.overrides``, which the server applies), so the job runs what was submitted."""
+
+    model_config = ConfigDict(json_schema_extra=_TRAIN_IFF_TRAIN_CONFIG)
 
     job: JobSpec
     train: dict[str, Any] | None = None
@@ -61,6 +76,7 @@ class JobSubmission(Body):
             data = loading.apply_overrides(self.train, self.job.overrides)
             cfg = loading.validate(TrainConfig, data, None)
             cfg.check_world_size(self.job.ranks)
+            cfg.check_confined()
         except ConfigError as e:
             key = "job.ranks" if e.key == "--nproc" else f"train.{e.key}" if e.key else "train"
             raise KeyedValueError(key, e.reason) from None
@@ -70,11 +86,52 @@ class JobSubmission(Body):
 class Cordon(Body):
     """``PUT /v1/nodes/{name}/cordon``: stop (or resume) admitting jobs to a node."""
 
-    cordoned: bool
+    model_config = ConfigDict(strict=True)
+
+    cordoned: bool  # strict: 1 and "yes" are not booleans
     reason: str = Field(default="", max_length=500)
 
 
+class StrictAmounts(Amounts):
+    """`Amounts` in a request: ``false`` is not 0, ``"2"`` is not 2, and no NaN or infinity;
+    memory is a whole number of bytes or a size such as ``"8GiB"``."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class QuotaUpdate(Quota):
+    """``PUT /v1/queues/{queue}/quotas/{flavor}``: a `Quota`, strictly typed."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+    borrowing_limit: StrictAmounts | None = None
+    lending_limit: StrictAmounts | None = None
+
+
 # --- responses ---------------------------------------------------------------------------------
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]  # where: "body", "query", "path", "header", then keys and indices
+    msg: str
+    type: str
+
+
+class Error(BaseModel):
+    """Every 4xx answer: a reason, or (422) one entry per rejected field."""
+
+    detail: str | list[FieldError]
+
+
+class AuditView(BaseModel):
+    """One admin action: a quota change, a cordon, a cancel of another tenant's job."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
 
 
 class EventView(BaseModel):

@@ -6,6 +6,7 @@ Every section forbids unknown keys. Cross-field checks name the key they reject.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -177,6 +178,16 @@ class TrainConfig(Section):
     train: TrainSection = TrainSection()
     checkpoint: CheckpointConfig = CheckpointConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+
+    def check_confined(self, source: str | None = None) -> None:
+        """Reject output paths that leave the run (a control-plane job writes only inside its
+        own directory): they must be relative, with no ``..`` and no ``~``."""
+        for key, value in (("telemetry.metrics_file", self.telemetry.metrics_file),
+                           ("data.cache_dir", self.data.cache_dir)):
+            path = PurePosixPath(value)
+            if path.is_absolute() or ".." in path.parts or value.startswith("~"):
+                raise ConfigError(source, key, f"{value!r} leaves the job's directory: give a "
+                                  "path relative to it, without '..'")
 
     def grad_accum_steps(self, dp_size: int) -> int:
         return self.train.global_batch_size // (self.train.micro_batch_size * dp_size)
