@@ -28,8 +28,7 @@ from stoker.server.process import ServerProcess, kill_jobs
 
 TRAIN = {
     "model": {"preset": "tiny"},
-    "data": {"dataset": "stdlib", "tokenizer": "byte",
-             "cache_dir": str(Path(".cache/stoker/data").absolute())},
+    "data": {"dataset": "stdlib", "tokenizer": "byte"},  # cached in the job's work dir
     "parallel": {"strategy": "fsdp"},
     "train": {"name": "latency", "steps": 2, "global_batch_size": 16, "micro_batch_size": 8,
               "seq_len": 128, "eval_interval": 0},

@@ -25,8 +25,7 @@ STEPS = 120  # about 0.07 s a step here: ample time to preempt after step 10
 TRAIN: dict[str, Any] = {
     "model": {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
               "ffn_hidden": 128},
-    "data": {"dataset": "stdlib", "tokenizer": "byte",
-             "cache_dir": str(Path(".cache/stoker/data").absolute())},
+    "data": {"dataset": "stdlib", "tokenizer": "byte"},  # cached in the job's work dir
     "parallel": {"strategy": "fsdp"},
     "optim": {"warmup_steps": 2},
     "train": {"name": "victim", "steps": STEPS, "global_batch_size": 8, "micro_batch_size": 4,
