@@ -9,12 +9,15 @@ from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import Engine, Row, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stoker.control import tables as t
 from stoker.control.db import WRITE, make_engine, migrate
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
+    AuditRecord,
+    DuplicateKey,
     EventRecord,
     JobRecord,
     NewJob,
@@ -58,21 +61,37 @@ class SqlStore:
 
     def submit(self, job: NewJob, actor: str) -> JobRecord:
         now = self._clock()
-        with self._tx() as s:
-            row = t.Job(tenant=job.tenant, name=job.name, queue=job.queue,
-                        priority_class=job.priority_class, priority=job.priority, spec=job.spec,
-                        state=JobState.QUEUED.value, reason="submitted", created_at=now,
-                        updated_at=now, queued_at=now, attempt=0, restarts=0, not_before=0.0,
-                        attained_s=0.0, version=0)
-            s.add(row)
-            s.flush()
-            s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
-                          to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
-            return _job(row)  # type: ignore[arg-type]
+        try:
+            with self._tx() as s:
+                row = t.Job(tenant=job.tenant, name=job.name, queue=job.queue,
+                            priority_class=job.priority_class, priority=job.priority,
+                            spec=job.spec, state=JobState.QUEUED.value, reason="submitted",
+                            created_at=now, updated_at=now, queued_at=now, attempt=0,
+                            restarts=0, not_before=0.0, attained_s=0.0, version=0,
+                            idempotency_key=job.idempotency_key,
+                            request_sha256=job.request_sha256)
+                s.add(row)
+                s.flush()
+                s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
+                              to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
+                return _job(row)  # type: ignore[arg-type]
+        except IntegrityError:
+            # Only the (tenant, idempotency key) index can refuse a new job row.
+            if job.idempotency_key is None:
+                raise
+            raise DuplicateKey(f"tenant {job.tenant!r} already used idempotency key "
+                               f"{job.idempotency_key!r}") from None
 
     def get_job(self, job_id: int) -> JobRecord | None:
         with self._read() as s:
             row = s.execute(select(*_JOB_COLUMNS).where(t.Job.id == job_id)).first()
+            return _job(row) if row else None
+
+    def job_by_key(self, tenant: str, idempotency_key: str) -> JobRecord | None:
+        query = select(*_JOB_COLUMNS).where(t.Job.tenant == tenant,
+                                            t.Job.idempotency_key == idempotency_key)
+        with self._read() as s:
+            row = s.execute(query).first()
             return _job(row) if row else None
 
     def list_jobs(self, *, tenant: str | None = None,
@@ -211,6 +230,9 @@ class SqlStore:
             s.add(t.Event(job_id=None, at=quota.updated_at, kind="quota", actor=quota.updated_by,
                           reason=f"quota of queue {quota.queue} for flavor {quota.flavor} set",
                           detail=values))
+            s.add(_audit_row(AuditRecord(quota.updated_at, quota.updated_by, "quota",
+                                         f"{quota.queue}/{quota.flavor}",
+                                         {"quota": quota.quota})))
         return quota
 
     def quotas(self) -> list[QuotaRecord]:
@@ -247,7 +269,28 @@ class SqlStore:
             s.add(t.Event(job_id=None, at=now, kind="node", actor=actor,
                           reason=f"node {name} {verb}: {reason}".rstrip(": "),
                           detail={"node": name, "cordoned": cordoned}))
+            s.add(_audit_row(AuditRecord(now, actor, "cordon" if cordoned else "uncordon",
+                                         name, {"reason": reason})))
             return NodeRecord(**_columns(row, NodeRecord))
+
+    # --- audit ------------------------------------------------------------------------------
+
+    def add_audit(self, entry: AuditRecord) -> AuditRecord:
+        with self._tx() as s:
+            row = _audit_row(entry)
+            s.add(row)
+            s.flush()
+            return AuditRecord(**_columns(row, AuditRecord))
+
+    def audit(self, after_id: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        query = select(t.Audit).where(t.Audit.id > after_id).order_by(t.Audit.id).limit(limit)
+        with self._read() as s:
+            return [AuditRecord(**_columns(row, AuditRecord)) for row in s.scalars(query)]
+
+
+def _audit_row(entry: AuditRecord) -> t.Audit:
+    return t.Audit(at=entry.at, actor=entry.actor, action=entry.action, target=entry.target,
+                   detail=dict(entry.detail))
 
 
 def _columns(row: Any, record: type) -> dict[str, Any]:

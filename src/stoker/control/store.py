@@ -1,4 +1,5 @@
-"""The store interface: jobs, their append-only event log, rank processes, quotas and nodes.
+"""The store interface: jobs, their append-only event log, rank processes, quotas, nodes and
+the audit log of admin actions.
 
 Every job transition is one transaction together with its event. Implementations: `SqlStore`
 (SQLite by default, any SQLAlchemy URL such as PostgreSQL).
@@ -11,6 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from stoker.spec.api import JobState
+from stoker.spec.errors import StokerError
+
+
+class DuplicateKey(StokerError):
+    """The tenant already submitted a job with this idempotency key."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,9 @@ class NewJob:
     priority_class: str
     priority: int
     spec: dict[str, Any]
+    # A client's key for retrying the same submit: unique per tenant (None: no key).
+    idempotency_key: str | None = None
+    request_sha256: str | None = None  # of the submission the key was first used for
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class JobRecord:
     attained_s: float
     exit_code: int | None
     version: int
+    idempotency_key: str | None = None
+    request_sha256: str | None = None
 
 
 class QueuedKey(NamedTuple):
@@ -97,6 +108,19 @@ class QuotaRecord:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """An admin action: ``action`` (quota, cordon, uncordon, cancel) on ``target`` (a
+    queue/flavor, a node, a job id), by ``actor``. ``id`` is 0 until stored."""
+
+    at: float
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+
+@dataclass(frozen=True)
 class NodeRecord:
     name: str
     flavor: str
@@ -111,10 +135,15 @@ class Store(Protocol):
     """Durable control-plane state. Methods are atomic; none keeps a transaction open."""
 
     def submit(self, job: NewJob, actor: str) -> JobRecord:
-        """Insert a QUEUED job and its "submitted" event."""
+        """Insert a QUEUED job and its "submitted" event. DuplicateKey, and nothing written,
+        when the tenant already has a job with ``job.idempotency_key``."""
         ...
 
     def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    def job_by_key(self, tenant: str, idempotency_key: str) -> JobRecord | None:
+        """The tenant's job submitted with this idempotency key."""
+        ...
 
     def list_jobs(self, *, tenant: str | None = None,
                   states: Collection[JobState] | None = None) -> list[JobRecord]:
@@ -164,7 +193,7 @@ class Store(Protocol):
                     ended_at: float) -> None: ...
 
     def set_quota(self, quota: QuotaRecord) -> QuotaRecord:
-        """Create or replace a quota override, with a "quota" event."""
+        """Create or replace a quota override, with a "quota" event and an audit entry."""
         ...
 
     def quotas(self) -> list[QuotaRecord]: ...
@@ -176,4 +205,11 @@ class Store(Protocol):
     def nodes(self) -> list[NodeRecord]: ...
 
     def set_cordon(self, name: str, cordoned: bool, reason: str, actor: str) -> NodeRecord | None:
+        """Cordon or uncordon a node, with a "node" event and an audit entry."""
+        ...
+
+    def add_audit(self, entry: AuditRecord) -> AuditRecord: ...
+
+    def audit(self, after_id: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        """Audit entries in order, from after ``after_id``."""
         ...

@@ -20,6 +20,9 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    # NULL keys never collide: only submits that carry a key are deduplicated.
+    __table_args__ = (Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key",
+                            unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
@@ -46,6 +49,8 @@ class Job(Base):
     attained_s: Mapped[float] = mapped_column(Double, default=0.0)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Event(Base):
@@ -109,3 +114,16 @@ class Node(Base):
     cordoned: Mapped[bool] = mapped_column(Boolean, default=False)
     cordon_reason: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[float]
+
+
+class Audit(Base):
+    """Append-only log of admin actions (quota changes, cordons, cancels of others' jobs)."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
