@@ -32,11 +32,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from stoker.spec import loading
 from stoker.spec.errors import KeyedValueError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+# What a job may ask to run: far below the kernel's own limits (ARG_MAX, MAX_ARG_STRLEN).
+MAX_ARGS = 1024  # command arguments
+MAX_ENV = 256  # environment entries
+MAX_VALUE_BYTES = 32 << 10  # one argument, one environment value (UTF-8)
+MAX_EXEC_BYTES = 256 << 10  # all arguments and KEY=VALUE entries together
+MAX_OVERRIDES = 256  # train config overrides, each at most MAX_VALUE_BYTES
 
 _BYTE_UNITS = {
     "": 1, "b": 1,
@@ -50,6 +58,8 @@ _SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 def parse_bytes(value: Any) -> Any:
     """``"8GiB"``, ``"512M"``, ``"1.5Gi"`` or a plain number of bytes -> int bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '8GiB' or a number of bytes, got a boolean")
     if not isinstance(value, str):
         return value
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
@@ -60,6 +70,9 @@ def parse_bytes(value: Any) -> Any:
 
 def parse_seconds(value: Any) -> Any:
     """``"90m"``, ``"2h"``, ``"1d"``, ``"30s"`` or a plain number of seconds -> float seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '90m' or a number of seconds, "
+                         "got a boolean")
     if not isinstance(value, str):
         return value
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", value)
@@ -69,7 +82,7 @@ def parse_seconds(value: Any) -> Any:
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), Field(ge=0)]
-Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(parse_seconds), Field(gt=0, allow_inf_nan=False)]
 
 
 class Section(BaseModel):
@@ -77,7 +90,10 @@ class Section(BaseModel):
 
 
 class RankResources(Section):
-    """What one rank needs. GPUs may be fractional (shared GPUs in traces)."""
+    """What one rank needs. GPUs may be fractional (shared GPUs in traces). Strict numbers:
+    ``true`` is not 1, ``"2"`` is not 2, and NaN or infinity is no amount."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
     gpus: float = Field(default=0, ge=0)
     cpus: float = Field(default=1, ge=0)
@@ -87,22 +103,33 @@ class RankResources(Section):
 class Placement(Section):
     """Topology and GPU-model constraints of the whole gang."""
 
-    topology: str | None = None
+    topology: str | None = Field(default=None, max_length=128)
     topology_mode: Literal["required", "preferred"] = "preferred"
-    gpu_model: str | None = None
+    gpu_model: str | None = Field(default=None, max_length=128)
+
+
+# Exactly one of train_config or command (a string, an argument list), in the JSON schema too.
+_ONE_KIND: JsonDict = {"oneOf": [
+    {"required": ["train_config"], "properties": {"train_config": {"type": "string"}}},
+    {"required": ["command"], "properties": {"command": {"type": "array"}}},
+]}
 
 
 class JobSpec(Section):
+    model_config = ConfigDict(json_schema_extra=_ONE_KIND)
+
     name: str = Field(pattern=NAME_PATTERN)
-    queue: str = Field(min_length=1)
-    priority_class: str | None = None
-    ranks: int = Field(default=1, ge=1, le=100_000)
+    queue: str = Field(min_length=1, max_length=128)
+    priority_class: str | None = Field(default=None, max_length=128)
+    ranks: int = Field(default=1, ge=1, le=100_000, strict=True)
     resources: RankResources = RankResources()
-    train_config: str | None = None
+    train_config: str | None = Field(default=None, max_length=4096)
     overrides: tuple[str, ...] = ()
-    command: tuple[str, ...] | None = None
-    env: dict[str, str] = {}
-    max_restarts: int = Field(default=0, ge=0)
+    command: tuple[str, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_ARGS,
+        json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]})
+    env: dict[str, str] = Field(default={}, max_length=MAX_ENV)
+    max_restarts: int = Field(default=0, ge=0, le=10_000, strict=True)
     max_run_time: Seconds | None = None
     placement: Placement = Placement()
 
@@ -118,9 +145,30 @@ class JobSpec(Section):
             if "=" not in text:
                 raise KeyedValueError("overrides", f"expected section.key=value, got {text!r}")
         for key in self.env:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise KeyedValueError(f"env.{key}", "not a valid environment variable name")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,255}", key):
+                raise KeyedValueError(f"env.{key[:64]}", "not a valid environment variable "
+                                      "name (letters, digits, _; at most 256)")
+        self._check_exec_size()
         return self
+
+    def _check_exec_size(self) -> None:
+        """Bound what reaches exec: each argument and value, and all of them together."""
+        if len(self.overrides) > MAX_OVERRIDES:
+            raise KeyedValueError("overrides", f"at most {MAX_OVERRIDES} overrides")
+        fields = [*((f"command.{i}", arg) for i, arg in enumerate(self.command or ())),
+                  *((f"env.{k}", v) for k, v in self.env.items()),
+                  *((f"overrides.{i}", text) for i, text in enumerate(self.overrides))]
+        total = sum(len(k) + 1 for k in self.env)  # the KEY= of each entry
+        for key, value in fields:
+            if "\0" in value:
+                raise KeyedValueError(key, "contains a NUL character")
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_VALUE_BYTES:
+                raise KeyedValueError(key, f"{size} bytes, more than {MAX_VALUE_BYTES}")
+            total += size
+        if total > MAX_EXEC_BYTES:
+            raise KeyedValueError("command", f"the arguments, environment and overrides take "
+                                  f"{total} bytes, more than {MAX_EXEC_BYTES}")
 
     @property
     def kind(self) -> Literal["train", "command"]:
