@@ -1,5 +1,5 @@
 """Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues | nodes`,
-and the admin's `stoker quota` and `stoker cordon`.
+and the admin's `stoker quota`, `stoker cordon` and `stoker audit`.
 
 The server address and token come from --server/--token or $STOKER_SERVER/$STOKER_TOKEN.
 Connection and API errors are one line and exit code 2.
@@ -40,7 +40,10 @@ def submit(
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Submit a job; a training job's config file is sent along with it."""
+    """Submit a job; a training job's config file is sent along with it. A submit whose answer
+    was lost is retried under the same idempotency key: it never makes two jobs."""
+    import uuid
+
     from stoker.spec import loading
     from stoker.spec.api import JobSubmission
     from stoker.spec.job import load_job
@@ -50,7 +53,7 @@ def submit(
     job_body = job.model_dump(mode="json")
     loading.validate(JobSubmission, {"job": job_body, "train": train}, str(job_file))
     with _client(server, token) as client:  # the server checks it all again
-        view = client.submit(job_body, train)
+        view = client.submit(job_body, train, idempotency_key=str(uuid.uuid4()))
     console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
                   f"{view['queue']}: {_state(view['state'])}, position {view['queue_position']}")
 
@@ -237,6 +240,28 @@ def cordon(
     console.print(f"node {n['name']}: {'cordoned' if n['cordoned'] else 'ready'}")
 
 
+def audit(
+    after: int = typer.Option(0, "--after", help="Only entries after this id."),
+    limit: int = typer.Option(100, "--limit", help="At most this many entries."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Admin actions: quota changes, cordons, cancels of other tenants' jobs (admin)."""
+    from rich.markup import escape
+
+    with _client(server, token) as client:
+        rows = client.audit(after, limit)
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"):
+        table.add_column(column, justify="right" if column == "ID" else "left",
+                         no_wrap=column != "DETAIL", overflow="fold")
+    for a in rows:
+        detail = ", ".join(f"{k}={v}" for k, v in a["detail"].items())
+        table.add_row(str(a["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"])),
+                      a["actor"], a["action"], escape(a["target"]), escape(detail))
+    console.print(table if rows else "no admin actions")
+
+
 def _parse_amounts(items: list[str], source: str) -> dict[str, Any]:
     from stoker.spec import loading
 
@@ -278,5 +303,5 @@ def _amounts(amounts: dict[str, float]) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the job and cluster commands to the top-level app."""
-    for command in (submit, jobs, job, cancel, logs, queues, nodes, quota, cordon):
+    for command in (submit, jobs, job, cancel, logs, queues, nodes, quota, cordon, audit):
         app.command(command.__name__)(command)

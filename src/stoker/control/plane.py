@@ -4,7 +4,10 @@ operations the API offers on them (submit, cancel, views, quotas, cordons)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
+import math
 import os
 import threading
 import time
@@ -23,6 +26,8 @@ from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
 from stoker.control.store import (
+    AuditRecord,
+    DuplicateKey,
     EventRecord,
     JobRecord,
     NewJob,
@@ -45,6 +50,7 @@ from stoker.spec.api import (
 )
 from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
 from stoker.spec.errors import ConfigError, StokerError
+from stoker.spec.job import Placement, RankResources
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +140,20 @@ class ControlPlane:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def submit(self, tenant: str, submission: JobSubmission) -> JobRecord:
-        """Check the job against this cluster and queue it. ConfigError names the bad key."""
+    def submit(self, tenant: str, submission: JobSubmission,
+               idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+        """Check the job against this cluster and queue it: (the job, whether it is new).
+        ConfigError names the bad key. With ``idempotency_key``, a retry of the same
+        submission returns the tenant's first job with that key, even when the retries race;
+        the key used for another submission is a `Conflict`."""
         job = submission.job
         self.cluster.check_job(job)
-        self._check_fits(job.queue, job.ranks, job.resources, job.placement.gpu_model)
+        self._check_fits(job.queue, job.ranks, job.resources, job.placement)
+        digest = submission_sha256(submission)
+        if idempotency_key is not None:
+            first = self.store.job_by_key(tenant, idempotency_key)
+            if first is not None:
+                return _same_submission(first, digest), False
         train = None
         if submission.train is not None:
             submission.resolved_train()  # validated; the table is stored as written
@@ -147,27 +162,53 @@ class ControlPlane:
         priority_class = job.priority_class or self.cluster.default_priority_class or ""
         new = NewJob(tenant=tenant, name=job.name, queue=job.queue,
                      priority_class=priority_class,
-                     priority=self.cluster.priority(job.priority_class), spec=spec)
-        record = self.store.submit(new, tenant)
+                     priority=self.cluster.priority(job.priority_class), spec=spec,
+                     idempotency_key=idempotency_key,
+                     request_sha256=digest if idempotency_key is not None else None)
+        try:
+            record = self.store.submit(new, tenant)
+        except DuplicateKey:  # a concurrent retry inserted first
+            assert idempotency_key is not None
+            first = self.store.job_by_key(tenant, idempotency_key)
+            assert first is not None
+            return _same_submission(first, digest), False
         self.reconciler.wake()
-        return record
+        return record, True
 
-    def _check_fits(self, queue: str, ranks: int, resources: Any, gpu_model: str | None) -> None:
+    def _check_fits(self, queue: str, ranks: int, resources: RankResources,
+                    placement: Placement) -> None:
+        """Refuse a gang that no node set of the queue's flavors could ever hold, all nodes
+        empty: each node holds as many ranks as its scarcest resource allows, and a gang with
+        a required topology level must fit in one domain of that level."""
         flavors = set(self.cluster.queues[queue].quotas)
-        allowed = self.cluster.flavors_for_model(gpu_model)
+        allowed = self.cluster.flavors_for_model(placement.gpu_model)
         if allowed is not None:
             flavors &= set(allowed)
         one = (resources.gpus, resources.cpus, float(resources.memory))
-        fits = [n for n in self.nodes
-                if n.flavor in flavors and all(w <= c for w, c in zip(one, n.capacity,
-                                                                        strict=True))]
-        if not fits:
+        held = {n.name: ranks_per_node(one, n.capacity) for n in self.nodes if n.flavor in flavors}
+        if not any(held.values()):
             raise ConfigError(None, "resources", f"no node of queue {queue!r} can hold one rank "
                               f"(gpus={one[0]:g}, cpus={one[1]:g}, memory={one[2]:g})")
-        total = [sum(n.capacity[i] for n in fits) for i in range(3)]
-        if any(w * ranks > t for w, t in zip(one, total, strict=True) if t < UNLIMITED):
+        if placement.topology is not None and placement.topology_mode == "required":
+            room = max(self._domain_room(held, placement.topology).values())
+            if room < ranks:
+                raise ConfigError(None, "ranks", f"{ranks} ranks do not fit in one "
+                                  f"{placement.topology} of queue {queue!r} (at most {room})")
+            return
+        room = sum(held.values())
+        if room < ranks:
             raise ConfigError(None, "ranks", f"{ranks} ranks need more than all nodes of queue "
-                              f"{queue!r} together offer")
+                              f"{queue!r} together offer (room for {room})")
+
+    def _domain_room(self, held: dict[str, int], level: str) -> dict[Any, int]:
+        """Ranks each domain of a topology level can hold ("node": each node alone)."""
+        room: Counter[Any] = Counter()
+        depth = None if level == "node" else self.cluster.topology.index(level) + 1
+        for node in self.nodes:
+            if node.name in held:
+                key = node.name if depth is None else node.domains[:depth]
+                room[key] += held[node.name]
+        return room
 
     def cancel(self, job_id: int, actor: str) -> JobRecord:
         """Cancel a queued job at once; ask the reconciler to stop an admitted one."""
@@ -191,6 +232,10 @@ class ControlPlane:
                                            version=job.version)
             if done is not None:
                 self.reconciler.wake()
+                if actor != job.tenant:
+                    self.store.add_audit(AuditRecord(time.time(), actor, "cancel", str(job_id),
+                                                     {"tenant": job.tenant,
+                                                      "state": job.state.value}))
                 return done
         raise Conflict(f"job {job_id} keeps changing; try again")
 
@@ -263,6 +308,30 @@ class ControlPlane:
     def log_file(self, job: JobRecord, index: int) -> PurePosixPath:
         """The log of process ``index``, relative to the jobs directory."""
         return log_relpath(job.id, index)
+
+
+def ranks_per_node(one: Sequence[float], capacity: Sequence[float]) -> int:
+    """How many ranks needing ``one`` fit on an empty node of ``capacity``."""
+    counts = [math.floor(c / w + 1e-9) for w, c in zip(one, capacity, strict=True)
+              if w > 0 and c < UNLIMITED]
+    return min(counts, default=UNLIMITED_RANKS)
+
+
+UNLIMITED_RANKS = 1 << 31  # a rank needing nothing the node limits: any number fit
+
+
+def submission_sha256(submission: JobSubmission) -> str:
+    """A digest of what was submitted (as validated: key order and spelling do not count)."""
+    text = json.dumps(submission.model_dump(mode="json"), sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _same_submission(first: JobRecord, digest: str) -> JobRecord:
+    if first.request_sha256 != digest:
+        raise Conflict(f"the idempotency key was used for another submission (job {first.id}); "
+                       "use a new key for a new job")
+    return first
 
 
 def queue_positions(queued: Iterable[QueuedKey], now: float) -> dict[int, int]:

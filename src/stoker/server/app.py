@@ -1,30 +1,42 @@
-"""The REST API (FastAPI; OpenAPI at /docs) and Prometheus /metrics.
+"""The REST API (FastAPI; OpenAPI at /openapi.json, /docs, /redoc) and Prometheus /metrics.
 
-Every route but /healthz and /metrics needs ``Authorization: Bearer TOKEN``. A tenant sees and
-acts on its own jobs only (another tenant's job is a 404, as if it did not exist); quotas,
-nodes and the config are the admin's. A rejected body is a 422 with field errors and stores
-nothing.
+Every route but /healthz needs ``Authorization: Bearer TOKEN``; /metrics and the API docs need
+none when ``cluster.api.public_metrics`` / ``public_docs`` say so. A tenant sees and acts on
+its own jobs only (another tenant's job is a 404, as if it did not exist) and, on /metrics,
+its own queues only; quotas, nodes, the config and the audit log are the admin's.
+
+Every error answer is an `Error` and every status a route returns is declared in the OpenAPI.
+A body over ``cluster.api.max_body_bytes`` is a 413; a rejected body is a 422 with field errors
+(a NUL, a lone surrogate or a non-finite number anywhere in it included) and stores nothing.
+``POST /v1/jobs`` with an ``Idempotency-Key`` returns the tenant's first job with that key (200)
+when the body is the same, and is a 409 when it is not.
 """
 
 from __future__ import annotations
 
+import html
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stoker
 from stoker.control.plane import Conflict, ControlPlane
 from stoker.control.states import TERMINAL
 from stoker.control.store import JobRecord
 from stoker.server.auth import Principal, TokenBook
+from stoker.server.edge import BodyLimit, clean_body, errors, json_errors, printable
 from stoker.server.logs import read_chunk
 from stoker.server.metrics import Metrics
 from stoker.spec.api import (
+    AuditView,
     Cordon,
     JobDetail,
     JobState,
@@ -33,9 +45,9 @@ from stoker.spec.api import (
     LogChunk,
     NodeView,
     QueueUsage,
+    QuotaUpdate,
     WhoAmI,
 )
-from stoker.spec.cluster import Quota
 from stoker.spec.errors import ConfigError, KeyedValueError
 
 bearer = HTTPBearer(auto_error=False)
@@ -57,8 +69,31 @@ def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:
     return who
 
 
+def docs_reader(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None,
+                                                  Depends(bearer)]) -> Principal | None:
+    """The principal, or None when the admin made the API docs public."""
+    return None if request.app.state.api.public_docs else principal(request, cred)
+
+
+def scraper(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None,
+                                              Depends(bearer)]) -> Principal | None:
+    """The principal, or None when the admin made /metrics public."""
+    return None if request.app.state.api.public_metrics else principal(request, cred)
+
+
 Who = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
+Docs = Annotated[Principal | None, Depends(docs_reader)]
+Scraper = Annotated[Principal | None, Depends(scraper)]
+Clean = Annotated[None, Depends(clean_body)]  # after Who/Admin: authentication comes first
+
+MAX_ID = (1 << 63) - 1  # ids and offsets are signed 64-bit integers in the store and the OS
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[!-~]+$",
+    description="Any printable ASCII token (a UUID): a retry with the same key and body "
+                "returns the first job (200); the same key with another body is a 409.")]
+
+AUTH = errors(401, 413)  # every route needing a token
 
 
 def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -> FastAPI:
@@ -74,10 +109,14 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             if run_plane:
                 plane.close()
 
-    app = FastAPI(title="Stoker control plane", version=stoker.__version__, lifespan=lifespan)
+    api = plane.cluster.api
+    app = FastAPI(title="Stoker control plane", version=stoker.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tokens = tokens
+    app.state.api = api
     metrics = Metrics(plane)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
     @app.middleware("http")
     async def count(request: Request,
@@ -86,36 +125,63 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         metrics.requests.labels(request.method, str(response.status_code)).inc()
         return response
 
+    app.add_middleware(BodyLimit, max_bytes=api.max_body_bytes)  # outermost: before all else
+
     def own_job(job_id: int, who: Principal) -> JobRecord:
-        job = plane.store.get_job(job_id)
+        job = plane.store.get_job(job_id) if 0 < job_id <= MAX_ID else None
         if job is None or not who.may_see(job.tenant):
             raise HTTPException(404, f"no job {job_id}")
         return job
 
-    @app.get("/healthz", tags=["server"])
+    @app.get("/healthz", tags=["server"], responses=errors(413))
     def healthz() -> dict[str, Any]:
         return {"ok": True, "version": stoker.__version__}
 
-    @app.get("/metrics", tags=["server"], response_class=Response)
-    def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **json_errors(401, 413)})
+    def prometheus(who: Scraper) -> PlainTextResponse:
+        queues = None if who is None or who.admin else who.queues
+        return PlainTextResponse(metrics.render(queues), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/whoami", tags=["server"])
+    @app.get("/openapi.json", tags=["server"], include_in_schema=False)
+    def openapi(_who: Docs) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", tags=["server"], include_in_schema=False)
+    def docs(_who: Docs) -> HTMLResponse:
+        # The spec is inlined: the page's own fetch of /openapi.json would carry no token.
+        return get_swagger_ui_html(openapi_url="", title=f"{app.title} - Swagger UI",
+                                   swagger_ui_parameters={"spec": app.openapi()})
+
+    @app.get("/redoc", tags=["server"], include_in_schema=False)
+    def redoc(_who: Docs) -> HTMLResponse:
+        return HTMLResponse(_redoc_html(app.title, app.openapi()))
+
+    @app.get("/v1/whoami", tags=["server"], responses=AUTH)
     def whoami(who: Who) -> WhoAmI:
         return WhoAmI(name=who.name, admin=who.admin, queues=sorted(who.queues))
 
-    @app.post("/v1/jobs", status_code=201, tags=["jobs"])
-    def submit(body: JobSubmission, who: Who) -> JobView:
+    @app.post("/v1/jobs", status_code=201, tags=["jobs"],
+              responses={200: {"model": JobView, "description": "A retried submit (same "
+                               "Idempotency-Key, same body): the first job"},
+                         **errors(400, 401, 403, 409, 413, 422)})
+    def submit(body: JobSubmission, who: Who, _clean: Clean, response: Response,
+               key: IdempotencyKey = None) -> JobView:
         if body.job.queue in plane.cluster.queues and not who.may_use(body.job.queue):
             raise HTTPException(403, f"queue {body.job.queue!r} is not one of yours "
                                 f"({', '.join(sorted(who.queues))})")
         try:
-            job = plane.submit(who.name, body)
+            job, created = plane.submit(who.name, body, key)
         except ConfigError as e:
             raise _unprocessable(["body", "job", *(e.key or "").split(".")], e.reason) from None
+        except Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        if not created:
+            response.status_code = 200
         return plane.job_views([job])[0]
 
-    @app.get("/v1/jobs", tags=["jobs"])
+    @app.get("/v1/jobs", tags=["jobs"], responses=errors(401, 413, 422))
     def list_jobs(who: Who, state: Annotated[list[JobState] | None, Query()] = None,
                   active: bool = False) -> list[JobView]:
         states = set(state) if state else None
@@ -124,11 +190,12 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         jobs = plane.store.list_jobs(tenant=None if who.admin else who.name, states=states)
         return plane.job_views(jobs)
 
-    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 413, 422))
     def get_job(job_id: int, who: Who) -> JobDetail:
         return plane.job_detail(own_job(job_id, who))
 
-    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"],
+              responses=errors(401, 404, 409, 413, 422))
     def cancel(job_id: int, who: Who) -> JobView:
         own_job(job_id, who)
         try:
@@ -137,9 +204,10 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             raise HTTPException(409, str(e)) from None
         return plane.job_views([job])[0]
 
-    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"])
+    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"],
+             responses=errors(401, 403, 404, 413, 422))
     def logs(job_id: int, who: Who, rank: Annotated[int | None, Query(ge=0)] = None,
-             offset: Annotated[int, Query(ge=0)] = 0,
+             offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
              limit: Annotated[int, Query(ge=1, le=1 << 20)] = 1 << 16) -> LogChunk:
         job = own_job(job_id, who)
         view = plane.job_views([job])[0]
@@ -156,12 +224,14 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         done = job.state in TERMINAL and next_offset == offset
         return LogChunk(text=text, offset=offset, next_offset=next_offset, done=done)
 
-    @app.get("/v1/queues", tags=["queues"])
+    @app.get("/v1/queues", tags=["queues"], responses=AUTH)
     def queues(who: Who) -> list[QueueUsage]:
         return plane.queue_usage(None if who.admin else who.queues)
 
-    @app.put("/v1/queues/{queue}/quotas/{flavor}", tags=["queues"])
-    def set_quota(queue: str, flavor: str, quota: Quota, who: Admin) -> dict[str, Any]:
+    @app.put("/v1/queues/{queue}/quotas/{flavor}", tags=["queues"],
+             responses=errors(400, 401, 403, 404, 413, 422))
+    def set_quota(queue: str, flavor: str, quota: QuotaUpdate, who: Admin,
+                  _clean: Clean) -> dict[str, Any]:
         try:
             record = plane.set_quota(queue, flavor, quota, who.name)
         except KeyError:
@@ -170,30 +240,39 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             raise _unprocessable(["body", *(e.key or "").split(".")], e.reason) from None
         return {"queue": record.queue, "flavor": record.flavor, "quota": record.quota}
 
-    @app.get("/v1/nodes", tags=["nodes"])
+    @app.get("/v1/nodes", tags=["nodes"], responses=errors(401, 403, 413))
     def nodes(_who: Admin) -> list[NodeView]:
         return plane.node_views()
 
-    @app.put("/v1/nodes/{name}/cordon", tags=["nodes"])
-    def cordon(name: str, body: Cordon, who: Admin) -> NodeView:
+    @app.put("/v1/nodes/{name}/cordon", tags=["nodes"],
+             responses=errors(400, 401, 403, 404, 413, 422))
+    def cordon(name: str, body: Cordon, who: Admin, _clean: Clean) -> NodeView:
         if plane.store.set_cordon(name, body.cordoned, body.reason, who.name) is None:
             raise HTTPException(404, f"no node {name!r}")
         return next(v for v in plane.node_views() if v.name == name)
 
-    @app.get("/v1/config", tags=["server"])
+    @app.get("/v1/config", tags=["server"], responses=errors(401, 403, 413))
     def config(_who: Admin) -> dict[str, Any]:
         return plane.reconciler.effective_cluster().model_dump(mode="json")
+
+    @app.get("/v1/audit", tags=["server"], responses=errors(401, 403, 413, 422))
+    def audit(_who: Admin, after_id: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+              limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[AuditView]:
+        """Admin actions in order: quota changes, cordons, cancels of other tenants' jobs."""
+        return [AuditView(id=a.id, at=a.at, actor=a.actor, action=a.action, target=a.target,
+                          detail=a.detail) for a in plane.store.audit(after_id, limit)]
 
     return app
 
 
 def _unprocessable(loc: list[str], msg: str) -> HTTPException:
-    return HTTPException(422, [{"loc": [part for part in loc if part], "msg": msg,
-                                "type": "value_error"}])
+    return HTTPException(422, [{"loc": [printable(part) for part in loc if part],
+                                "msg": printable(msg), "type": "value_error"}])
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with one ``{loc, msg, type}`` per error; a cross-field check names its own key."""
+    """422 with one ``{loc, msg, type}`` per error; a cross-field check names its own key.
+    What the client sent is never echoed raw (it may not even be encodable)."""
     detail = []
     for err in exc.errors():
         loc = [str(part) for part in err["loc"]]
@@ -203,5 +282,22 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
             loc, msg = [*loc, *cause.key.split(".")], cause.reason
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        detail.append({"loc": loc, "msg": msg, "type": err["type"]})
+        detail.append({"loc": [printable(part) for part in loc], "msg": printable(msg),
+                       "type": str(err["type"])})
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, list) else printable(str(exc.detail))
+    return JSONResponse(status_code=exc.status_code, content={"detail": detail},
+                        headers=exc.headers)
+
+
+def _redoc_html(title: str, spec: dict[str, Any]) -> str:
+    inline = json.dumps(spec).replace("<", "\\u003c")  # no "</script>" inside the script
+    return f"""<!DOCTYPE html>
+<html><head><title>{html.escape(title)} - ReDoc</title><meta charset="utf-8"/></head>
+<body><div id="redoc"></div>
+<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
+<script>Redoc.init({inline}, {{}}, document.getElementById("redoc"));</script>
+</body></html>"""

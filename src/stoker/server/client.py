@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from typing import Any
 
 import httpx
@@ -19,6 +21,10 @@ class ApiError(StokerError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class Unreachable(StokerError):
+    """No answer from the server (connection refused or reset, timeout)."""
 
 
 class Client:
@@ -43,7 +49,7 @@ class Client:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
             reason = str(e) or type(e).__name__
-            raise StokerError(f"cannot reach the stoker server at {self.server}: {reason}") \
+            raise Unreachable(f"cannot reach the stoker server at {self.server}: {reason}") \
                 from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _message(response))
@@ -51,12 +57,26 @@ class Client:
 
     # --- jobs ---
 
-    def submit(self, job: dict[str, Any], train: dict[str, Any] | None = None) -> dict[str, Any]:
+    def submit(self, job: dict[str, Any], train: dict[str, Any] | None = None,
+               idempotency_key: str | None = None, retries: int = 3,
+               backoff: float = 0.5) -> dict[str, Any]:
+        """Submit a job; when the server cannot be reached, try again up to ``retries`` times
+        with the same ``Idempotency-Key`` (a fresh UUID when not given), so a submit whose
+        answer was lost is never made twice."""
         body: dict[str, Any] = {"job": job}
         if train is not None:
             body["train"] = train
-        result: dict[str, Any] = self.request("POST", "/v1/jobs", json=body)
-        return result
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        for attempt in range(retries + 1):
+            try:
+                result: dict[str, Any] = self.request("POST", "/v1/jobs", json=body,
+                                                      headers=headers)
+                return result
+            except Unreachable:
+                if attempt == retries:
+                    raise
+                time.sleep(backoff * 2**attempt)
+        raise AssertionError("unreachable")
 
     def jobs(self, active: bool = False, states: list[str] | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"active": active}
@@ -98,6 +118,12 @@ class Client:
     def cordon(self, node: str, cordoned: bool, reason: str = "") -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", f"/v1/nodes/{node}/cordon",
                                               json={"cordoned": cordoned, "reason": reason})
+        return result
+
+    def audit(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/audit",
+                                                    params={"after_id": after_id,
+                                                            "limit": limit})
         return result
 
 

@@ -1,10 +1,11 @@
 """Prometheus metrics: job counts and queue usage read from the store at scrape time, plus
-counters of reconcile cycles, decisions and API requests."""
+counters of reconcile cycles, decisions and API requests. A tenant's scrape holds its own
+queues' series only (no cluster-wide counters: they would tell of other tenants' work)."""
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -16,14 +17,18 @@ from stoker.spec.api import JobState
 
 
 class StateCollector(Collector):
-    def __init__(self, plane: ControlPlane) -> None:
+    """Per-queue series of ``queues`` (None: all of them)."""
+
+    def __init__(self, plane: ControlPlane, queues: Collection[str] | None = None) -> None:
         self.plane = plane
+        self.queues = queues
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("stoker_jobs", "Jobs by queue and state",
                                  labels=["queue", "state"])
         tally = Tally((j.queue, j.state.value) for j in self.plane.store.list_jobs())
-        for queue in self.plane.cluster.queues:
+        shown = [q for q in self.plane.cluster.queues if self.queues is None or q in self.queues]
+        for queue in shown:
             for state in JobState:
                 jobs.add_metric([queue, state.value], tally[(queue, state.value)])
         yield jobs
@@ -33,7 +38,7 @@ class StateCollector(Collector):
         nominal = GaugeMetricFamily("stoker_queue_nominal", "Nominal quota", labels=labels)
         borrowed = GaugeMetricFamily("stoker_queue_borrowed", "Used above the nominal quota",
                                      labels=labels)
-        for u in self.plane.queue_usage():
+        for u in self.plane.queue_usage(shown):
             key = [u.queue, u.flavor, u.resource]
             used.add_metric(key, u.used)
             borrowed.add_metric(key, u.borrowed)
@@ -44,6 +49,7 @@ class StateCollector(Collector):
 
 class Metrics:
     def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
         self.registry = CollectorRegistry()
         self.registry.register(StateCollector(plane))
         self.cycles = Histogram("stoker_reconcile_seconds", "Duration of a reconcile cycle",
@@ -61,5 +67,10 @@ class Metrics:
         self.admitted.inc(stats.admitted)
         self.preempted.inc(stats.preempted)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, queues: Collection[str] | None = None) -> bytes:
+        """Everything, or (a tenant's scrape) the series of ``queues`` alone."""
+        if queues is None:
+            return generate_latest(self.registry)
+        own = CollectorRegistry()
+        own.register(StateCollector(self.plane, queues))
+        return generate_latest(own)
