@@ -96,12 +96,14 @@ def all_jobs(server: ServerProcess) -> list[dict[str, Any]]:
     return jobs
 
 
-def test_health_docs_and_metrics_need_no_token(server: ServerProcess) -> None:
+def test_health_needs_no_token_docs_and_metrics_do(server: ServerProcess) -> None:
     assert call(server, "GET", "/healthz", None).json()["ok"] is True
-    assert call(server, "GET", "/docs", None).status_code == 200
-    paths = call(server, "GET", "/openapi.json", None).json()["paths"]
+    for path in ("/docs", "/openapi.json", "/metrics"):
+        assert call(server, "GET", path, None).status_code == 401, path
+    assert call(server, "GET", "/docs").status_code == 200
+    paths = call(server, "GET", "/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(paths)
-    metrics = call(server, "GET", "/metrics", None).text
+    metrics = call(server, "GET", "/metrics").text
     assert 'stoker_jobs{queue="alice",state="QUEUED"}' in metrics
 
 
