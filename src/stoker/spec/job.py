@@ -45,6 +45,7 @@ MAX_ENV = 256  # environment entries
 MAX_VALUE_BYTES = 32 << 10  # one argument, one environment value (UTF-8)
 MAX_EXEC_BYTES = 256 << 10  # all arguments and KEY=VALUE entries together
 MAX_OVERRIDES = 256  # train config overrides, each at most MAX_VALUE_BYTES
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 
 _BYTE_UNITS = {
     "": 1, "b": 1,
@@ -128,7 +129,8 @@ class JobSpec(Section):
     command: tuple[str, ...] | None = Field(
         default=None, min_length=1, max_length=MAX_ARGS,
         json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]})
-    env: dict[str, str] = Field(default={}, max_length=MAX_ENV)
+    env: dict[str, str] = Field(default={}, max_length=MAX_ENV,
+                                json_schema_extra={"propertyNames": {"pattern": ENV_NAME}})
     max_restarts: int = Field(default=0, ge=0, le=10_000, strict=True)
     max_run_time: Seconds | None = None
     placement: Placement = Placement()
@@ -145,7 +147,7 @@ class JobSpec(Section):
             if "=" not in text:
                 raise KeyedValueError("overrides", f"expected section.key=value, got {text!r}")
         for key in self.env:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,255}", key):
+            if not re.fullmatch(ENV_NAME, key):
                 raise KeyedValueError(f"env.{key[:64]}", "not a valid environment variable "
                                       "name (letters, digits, _; at most 256)")
         self._check_exec_size()
