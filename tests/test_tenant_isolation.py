@@ -429,3 +429,25 @@ def test_confined_outputs_are_refused_by_the_api(server: ServerProcess) -> None:
         assert response.json()["detail"][0]["loc"][-2:] == ["telemetry", "metrics_file"]
     with server.client(ADMIN_TOKEN) as c:
         assert c.jobs() == []
+
+
+def test_without_a_sandbox_jobs_still_run_as_their_tenant(tmp_path: Path) -> None:
+    """``sandbox = "none"`` as root: the tenant's own user runs the job, or, when that user
+    cannot reach this Python (a venv under /root), the server refuses to start and says so."""
+    need_isolation()
+    try:
+        server = start_server(tmp_path, '[isolation]\nsandbox = "none"\n')
+    except RuntimeError as e:
+        assert "cannot run" in str(e) and sys.executable in str(e), e
+        assert "Traceback" not in str(e)
+        return
+    try:
+        code = "import os; print('UID', os.getuid(), sorted(os.environ))"
+        job_id = submit(server, "alice-t", code)
+        assert finish(server, "alice-t", job_id)["state"] == "SUCCEEDED"
+        text = log_text(server, "alice-t", job_id)
+        assert f"UID {tenant_identity('alice', None).uid} " in text
+        assert "SERVER_SECRET" not in text and "STOKER_TOKEN" not in text
+    finally:
+        server.stop()
+        kill_jobs(server.state_dir)
