@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from stoker.control.db import alembic_config
+from stoker.control.db import alembic_config, make_engine, migrate
 from stoker.control.sql_store import SqlStore
-from stoker.control.store import NewJob, NodeRecord, QuotaRecord
+from stoker.control.store import AuditRecord, DuplicateKey, NewJob, NodeRecord, QuotaRecord
 from stoker.control.tables import Base
 from stoker.spec.api import JobState
 
@@ -142,6 +143,54 @@ def test_migrations_render_for_postgresql() -> None:
     cfg.output_buffer = io.StringIO()
     command.upgrade(cfg, "head", sql=True)
     ddl = cfg.output_buffer.getvalue()
-    for table in ("jobs", "events", "processes", "quota_overrides", "nodes"):
+    for table in ("jobs", "events", "processes", "quota_overrides", "nodes", "audit"):
         assert f"CREATE TABLE {table} (" in ddl
     assert "created_at DOUBLE PRECISION NOT NULL" in ddl and "spec JSON NOT NULL" in ddl
+
+
+def test_an_idempotency_key_makes_one_job_per_tenant(store: SqlStore) -> None:
+    keyed = replace(new_job(), idempotency_key="k", request_sha256="a" * 64)
+    first = store.submit(keyed, "alice")
+    with pytest.raises(DuplicateKey):
+        store.submit(keyed, "alice")
+    assert store.job_by_key("alice", "k") == first
+    assert first.request_sha256 == "a" * 64
+    assert len(store.list_jobs()) == 1 and len(store.events()) == 1  # nothing more written
+    other = store.submit(replace(keyed, tenant="bob"), "bob")  # keys are per tenant
+    assert other.id != first.id and store.job_by_key("bob", "k") == other
+    store.submit(new_job(), "alice")
+    store.submit(new_job(), "alice")  # no key: never deduplicated
+    assert len(store.list_jobs(tenant="alice")) == 3
+
+
+def test_quota_changes_and_cordons_are_audited(store: SqlStore) -> None:
+    store.set_quota(QuotaRecord("alice", "cpu", {"cpus": 2}, 1.0, "admin"))
+    store.sync_nodes([NodeRecord("n0", "cpu")])
+    store.set_cordon("n0", True, "bad disk", "admin")
+    store.set_cordon("n0", False, "", "admin")
+    store.set_cordon("nope", True, "", "admin")  # no such node: nothing done, nothing audited
+    store.add_audit(AuditRecord(5.0, "admin", "cancel", "7", {"tenant": "alice"}))
+    entries = store.audit()
+    assert [(a.action, a.target) for a in entries] == [
+        ("quota", "alice/cpu"), ("cordon", "n0"), ("uncordon", "n0"), ("cancel", "7")]
+    assert [a.id for a in store.audit(after_id=entries[1].id, limit=1)] == [entries[2].id]
+
+
+def test_upgrading_from_0001_keeps_the_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    migrate(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (tenant, name, queue, priority_class, priority, spec, state, "
+            "reason, created_at, updated_at, queued_at, attempt, restarts, not_before, "
+            "attained_s, version) VALUES ('alice', 'old', 'alice', '', 0, '{}', 'QUEUED', '', "
+            "1, 1, 1, 0, 0, 0, 0, 0)")
+    engine.dispose()
+    store = SqlStore.open(url)
+    try:
+        old = store.list_jobs()
+        assert [(j.name, j.idempotency_key) for j in old] == [("old", None)]
+        assert store.audit() == []
+    finally:
+        store.close()
