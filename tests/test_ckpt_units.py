@@ -9,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,26 @@ from stoker.train.heartbeat import Heartbeat, flight_recorder_env, read_heartbea
 from stoker.train.restarts import AttemptResult, RankFailure, rank_failures, supervise
 
 CPU = torch.device("cpu")
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- a tiny training setup
@@ -122,13 +143,20 @@ def test_rng_round_trip() -> None:
 
 
 def test_time_interval_and_final_save(tmp_path: Path) -> None:
-    ck = Checkpointer(tmp_path, CheckpointConfig(interval_minutes=0.0005))  # 30 ms
+    clock = FakeClock()
+    ck = Checkpointer(tmp_path, CheckpointConfig(interval_minutes=1), clock=clock)
+    clock.advance(59.5)
     assert not ck.decide(1).save
-    time.sleep(0.05)
+    clock.advance(0.5)
     assert ck.decide(2).save
+    ck.save(2, Tiny().state(), sync=True)  # a save starts the interval again
+    clock.advance(59.5)
+    assert not ck.decide(3).save
     assert ck.decide(3, final=True).save
-    assert ck.decide(4, stop_requested=True) == ck.decide(4, stop_requested=True)
-    assert ck.decide(4, stop_requested=True).stop
+    stop = ck.decide(4, stop_requested=True)
+    assert stop.save and stop.stop
+    assert not ck.decide(5).stop
+    ck.close()
     assert not Checkpointer(tmp_path, CheckpointConfig(enabled=False)).decide(5, final=True).save
 
 
@@ -238,42 +266,58 @@ def test_loss_guard_non_finite_and_spikes() -> None:
 
 def test_watchdog_fires_after_timeout(tmp_path: Path) -> None:
     fired = threading.Event()
-    hb = Heartbeat(tmp_path, rank=1, timeout_s=0.5, on_hang=fired.set)
-    hb.start()
-    t0 = time.monotonic()
+    clock = FakeClock()
+    hb = Heartbeat(tmp_path, rank=1, timeout_s=4, on_hang=fired.set, clock=clock)
     for step in range(5):
         hb.beat(step)
-        time.sleep(0.1)
-    assert not fired.is_set()
-    with hb.paused():
-        time.sleep(0.8)
-    assert not fired.is_set()
-    assert fired.wait(3)
-    waited = time.monotonic() - t0
-    hb.stop()
-    assert 0.5 + 0.8 < waited < 4
+        clock.advance(3.5)  # every beat in time
+        assert not hb.check()
+    with hb.paused():  # a synchronous checkpoint, say
+        clock.advance(60)
+        assert not hb.check()
+    clock.advance(3.5)  # counted from the end of the pause
+    assert not hb.check() and not fired.is_set()
+    clock.advance(0.5)
+    assert hb.check() and fired.is_set()
     (event,) = read_events(tmp_path, "hang")
-    assert event["rank"] == 1 and event["step"] == 4 and event["silent_s"] >= 0.5
+    assert event["rank"] == 1 and event["step"] == 4 and event["silent_s"] == 4.0
     assert event["furthest_behind"] == {"rank": 1, "step": 4}
     assert "test_watchdog_fires_after_timeout" in Path(event["stacks"]).read_text()
     beats = read_heartbeats(tmp_path)
     assert beats[1]["step"] == 4 and beats[1]["pid"] == os.getpid()
 
 
+def test_the_watchdog_thread_acts_on_its_own(tmp_path: Path) -> None:
+    fired = threading.Event()
+    clock = FakeClock()
+    hb = Heartbeat(tmp_path, rank=0, timeout_s=0.5, on_hang=fired.set, clock=clock).start()
+    try:
+        hb.beat(3)
+        clock.advance(1)
+        assert fired.wait(60)  # the thread looks every 0.05 s
+    finally:
+        hb.stop()
+    assert read_heartbeats(tmp_path)[0]["step"] == 3
+    assert [e["step"] for e in read_events(tmp_path, "hang")] == [3]
+
+
 def test_the_rank_that_hung_fires_first(tmp_path: Path) -> None:
     """Rank 1 hangs before step 6; rank 0 began step 6 and waits for it in a collective."""
     fired: list[int] = []
-    beats = [Heartbeat(tmp_path, rank=r, timeout_s=0.6, grace_s=1.0,
-                       on_hang=lambda r=r: fired.append(r)) for r in (0, 1)]
+    clock = FakeClock()
+    beats = [Heartbeat(tmp_path, rank=r, timeout_s=4, grace_s=2,
+                       on_hang=lambda r=r: fired.append(r), clock=clock) for r in (0, 1)]
     for hb in beats:
-        hb.start().beat(5)
+        hb.beat(5)
     beats[0].beat(6, started=True)
-    time.sleep(0.9)
-    assert fired == [1]
-    time.sleep(1.2)
+    assert not any(hb.check() for hb in beats)  # each publishes its progress
+    clock.advance(4)
+    assert [hb.check() for hb in beats] == [False, True]  # rank 0 gives rank 1 the grace
+    clock.advance(1.5)
+    assert not beats[0].check()
+    clock.advance(0.5)
+    assert beats[0].check()
     assert fired == [1, 0]
-    for hb in beats:
-        hb.stop()
     culprits = {e["rank"]: e["furthest_behind"] for e in read_events(tmp_path, "hang")}
     assert culprits == {0: {"rank": 1, "step": 5}, 1: {"rank": 1, "step": 5}}
     assert read_heartbeats(tmp_path)[0]["progress"] == 11
@@ -281,10 +325,13 @@ def test_the_rank_that_hung_fires_first(tmp_path: Path) -> None:
 
 def test_watchdog_is_armed_by_the_first_beat(tmp_path: Path) -> None:
     fired = threading.Event()
-    hb = Heartbeat(tmp_path, rank=0, timeout_s=0.2, on_hang=fired.set).start()
-    time.sleep(0.5)
-    hb.stop()
-    assert not fired.is_set()
+    clock = FakeClock()
+    hb = Heartbeat(tmp_path, rank=0, timeout_s=2, on_hang=fired.set, clock=clock)
+    clock.advance(100)  # start-up (imports, rendezvous, model build) is no hang
+    assert not hb.check() and read_heartbeats(tmp_path) == {}
+    hb.beat(1)
+    clock.advance(2)
+    assert hb.check() and fired.is_set()
 
 
 def test_flight_recorder_env_points_into_the_run(tmp_path: Path) -> None:
@@ -384,18 +431,25 @@ def test_supervise_gives_up_and_never_restarts_a_preempted_run(tmp_path: Path) -
 def test_stop_signals_and_their_kind(tmp_path: Path) -> None:
     import signal as sig
 
-    from stoker.train.trainer import STOP_PREEMPT, StopRequest
+    from stoker.train.trainer import REPEAT_SIGNAL_GRACE_S, STOP_PREEMPT, StopRequest
 
-    stop = StopRequest(EventLog(tmp_path, rank=0))
+    clock = FakeClock()
+    stop = StopRequest(EventLog(tmp_path, rank=0), clock=clock)
     restore = stop.install()
     try:
         os.kill(os.getpid(), sig.SIGUSR1)
+        clock.advance(REPEAT_SIGNAL_GRACE_S)
         os.kill(os.getpid(), sig.SIGTERM)  # a repeat within the grace period: the same stop
-        time.sleep(0.05)
+        wait_until(lambda: len(read_events(tmp_path, "signal")) == 2, "both signals")
+        assert stop.signal == "SIGUSR1" and stop.kind == STOP_PREEMPT
+        clock.advance(0.5)
+        with pytest.raises(KeyboardInterrupt):  # after it, SIGINT aborts the step
+            os.kill(os.getpid(), sig.SIGINT)
+            wait_until(lambda: False, "the KeyboardInterrupt")
     finally:
         restore()
-    assert stop.signal == "SIGUSR1" and stop.kind == STOP_PREEMPT
-    assert [e["signal"] for e in read_events(tmp_path, "signal")] == ["SIGUSR1", "SIGTERM"]
+    assert [e["signal"] for e in read_events(tmp_path, "signal")] == [
+        "SIGUSR1", "SIGTERM", "SIGINT"]
 
 
 def test_a_second_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
@@ -403,19 +457,32 @@ def test_a_second_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    script = ("import sys, time\n"
-              "from stoker.train.trainer import StopRequest\n"
-              "StopRequest().install()\n"
+    # The child's clock moves past the grace period as soon as the first signal has arrived,
+    # and the child says so.
+    script = ("import time\n"
+              "from stoker.train.trainer import REPEAT_SIGNAL_GRACE_S, StopRequest\n"
+              "now = [0.0]\n"
+              "stop = StopRequest(clock=lambda: now[0])\n"
+              "stop.install()\n"
               "print('ready', flush=True)\n"
+              "while not stop.requested:\n"
+              "    time.sleep(0.01)\n"
+              "now[0] += REPEAT_SIGNAL_GRACE_S + 1\n"
+              "print('asked to stop by', stop.signal, flush=True)\n"
               "while True:\n"
               "    time.sleep(0.05)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-    proc.send_signal(sig.SIGTERM)
-    time.sleep(2.3)  # past the grace period for a signal delivered twice
-    assert proc.poll() is None  # the first one only asked to stop after the step
-    proc.send_signal(sig.SIGTERM)
-    assert proc.wait(timeout=5) == -sig.SIGTERM
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(sig.SIGTERM)
+        # The first one only asked to stop after the step: the child lives on to say so.
+        assert proc.stdout.readline() == "asked to stop by SIGTERM\n"
+        proc.send_signal(sig.SIGTERM)
+        assert proc.wait(timeout=60) == -sig.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_bad_resume_path_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -299,7 +299,8 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, cfg: CheckpointConfig, *, rank: int = 0,
                  world_size: int = 1, device: torch.device | None = None,
-                 config_hash: str = "", events: EventLog | None = None) -> None:
+                 config_hash: str = "", events: EventLog | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.run_dir = Path(run_dir)
         self.cfg = cfg
         self.rank = rank
@@ -316,7 +317,8 @@ class Checkpointer:
         self.ctl_group = dist.new_group(backend="gloo") if distributed else None
         self._in_flight: _InFlight | None = None
         self._staging = _Staging()
-        self._last_save = time.monotonic()
+        self.clock = clock  # monotonic seconds, for ``interval_minutes``
+        self._last_save = clock()
         self._verify_s = 0.0
         self.last_committed: int | None = None
 
@@ -327,7 +329,7 @@ class Checkpointer:
         any rank's stop request stops all; one small all-reduce makes every rank agree."""
         c = self.cfg
         minutes_due = (c.interval_minutes > 0 and self.rank == 0
-                       and time.monotonic() - self._last_save >= c.interval_minutes * 60)
+                       and self.clock() - self._last_save >= c.interval_minutes * 60)
         flags = torch.tensor([int(minutes_due), int(stop_requested)], dtype=torch.int64)
         if self.ctl_group is not None and self.world_size > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.ctl_group)
@@ -377,7 +379,7 @@ class Checkpointer:
                              args=(state, ready, writer, staged, done), daemon=True).start()
         self._in_flight = _InFlight(step, done, staged, time.perf_counter() - t0, started,
                                     deleted)
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
         if sync or not self.cfg.async_save:
             return self.wait()
         return None
@@ -494,7 +496,7 @@ class Checkpointer:
         if rng_file.is_file() and manifest.world_size == self.world_size:
             restore_rng(torch.load(rng_file, weights_only=True), self.device)
         self.last_committed = manifest.step
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
         if self.rank == 0:
             self.events.emit("checkpoint_loaded", step=manifest.step, path=str(path),
                              saved_world_size=manifest.world_size, world_size=self.world_size,

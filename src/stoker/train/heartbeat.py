@@ -39,21 +39,24 @@ NCCL_TRACE = "nccl_trace"
 
 
 class Heartbeat:
-    """This rank's heartbeat and the watchdog that acts when it stops."""
+    """This rank's heartbeat and the watchdog that acts when it stops; ``clock`` gives the
+    monotonic seconds that beats and silences are measured in."""
 
     def __init__(self, run_dir: str | Path, rank: int, timeout_s: float,
                  events: EventLog | None = None, on_hang: Callable[[], None] | None = None,
-                 grace_s: float | None = None) -> None:
+                 grace_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.timeout_s = timeout_s
         self.grace_s = min(timeout_s / 2, 10.0) if grace_s is None else grace_s
         self.events = events or EventLog(run_dir, rank)
         self.on_hang = on_hang or (lambda: os._exit(EXIT_HANG))
+        self.clock = clock
         self.file = self.run_dir / HEARTBEATS / f"rank-{rank:05d}.json"
         self.step: int | None = None
         self.progress = -1  # 2*step - 1 while step runs, 2*step once it is done
-        self._last = time.monotonic()
+        self._last = clock()
         self._written = -2
         self._paused = 0
         self._stop = threading.Event()
@@ -61,7 +64,6 @@ class Heartbeat:
 
     def start(self) -> Heartbeat:
         """Start the watchdog; it is armed by the first `beat`."""
-        self.file.parent.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._watch, name="stoker-watchdog", daemon=True)
         self._thread.start()
         return self
@@ -70,7 +72,7 @@ class Heartbeat:
         """Step ``step`` has begun (``started``) or is done."""
         self.step = step
         self.progress = 2 * step - int(started)
-        self._last = time.monotonic()
+        self._last = self.clock()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -80,7 +82,7 @@ class Heartbeat:
             yield
         finally:
             self._paused -= 1
-            self._last = time.monotonic()
+            self._last = self.clock()
 
     def stop(self) -> None:
         self._stop.set()
@@ -92,6 +94,7 @@ class Heartbeat:
         record = {"rank": self.rank, "step": self.step, "progress": self.progress,
                   "time": time.time(), "pid": os.getpid(), "host": socket.gethostname(),
                   "attempt": attempt()}
+        self.file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.file.with_name(self.file.name + ".tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, self.file)
@@ -100,17 +103,24 @@ class Heartbeat:
     def _watch(self) -> None:
         poll = min(1.0, self.timeout_s / 10)
         while not self._stop.wait(poll):
-            if self.step is None:
-                continue
-            if self.progress != self._written:
-                self._write()
-            silent = time.monotonic() - self._last
-            if self._paused or silent < self.timeout_s:
-                continue
-            if silent < self.timeout_s + self.grace_s and self._waiting_for_a_peer():
-                continue
-            self._fire(silent)
-            return
+            if self.check():
+                return
+
+    def check(self) -> bool:
+        """One look by the watchdog (its thread calls this every ``poll``): publish this rank's
+        progress, and once no beat came for ``timeout_s`` (plus ``grace_s`` while a peer is
+        behind) report the hang and call ``on_hang``. Returns whether it fired."""
+        if self.step is None:
+            return False
+        if self.progress != self._written:
+            self._write()
+        silent = self.clock() - self._last
+        if self._paused or silent < self.timeout_s:
+            return False
+        if silent < self.timeout_s + self.grace_s and self._waiting_for_a_peer():
+            return False
+        self._fire(silent)
+        return True
 
     def _waiting_for_a_peer(self) -> bool:
         return any(p.get("progress", self.progress) < self.progress

@@ -71,12 +71,15 @@ def exit_code(status: str) -> int:
 
 class StopRequest:
     """The first SIGINT, SIGTERM or SIGUSR1 asks to stop after the current step (SIGTERM and
-    SIGUSR1 mean preemption: checkpoint, then exit 75). A repeat after the grace period: SIGINT
-    aborts the step (KeyboardInterrupt); SIGTERM/SIGUSR1 end the process at once."""
+    SIGUSR1 mean preemption: checkpoint, then exit 75). A repeat after the grace period (on
+    ``clock``, monotonic seconds): SIGINT aborts the step (KeyboardInterrupt); SIGTERM/SIGUSR1 end
+    the process at once."""
 
-    def __init__(self, events: EventLog | None = None) -> None:
+    def __init__(self, events: EventLog | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.signal: str | None = None
         self.events = events
+        self.clock = clock
         self._at = 0.0
 
     @property
@@ -102,7 +105,7 @@ class StopRequest:
         return restore
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        now = time.monotonic()
+        now = self.clock()
         name = signal.Signals(signum).name
         if self.events is not None:
             self.events.emit("signal", signal=name, repeat=self.signal is not None)
