@@ -451,3 +451,22 @@ def test_without_a_sandbox_jobs_still_run_as_their_tenant(tmp_path: Path) -> Non
     finally:
         server.stop()
         kill_jobs(server.state_dir)
+
+
+def test_the_fault_hook_needs_its_second_switch_and_says_when_it_is_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stoker.observe.events import EventLog, read_events
+    from stoker.train import faults
+
+    monkeypatch.setenv(faults.ENV, "raise@step=1")
+    monkeypatch.delenv(faults.OPT_IN, raising=False)
+    monkeypatch.setattr(faults, "_faults", None)
+    assert faults.active() == [] and faults.fire("step", 1, rank=0) is None
+    events = EventLog(tmp_path)
+    faults.announce(events)
+    monkeypatch.setenv(faults.OPT_IN, "1")
+    monkeypatch.setattr(faults, "_faults", None)
+    assert [f.action for f in faults.active()] == ["raise"]
+    faults.announce(events)
+    seen = [(e["event"], e["armed"]) for e in read_events(tmp_path)]
+    assert seen == [("fault_injection", False), ("fault_injection", True)]
