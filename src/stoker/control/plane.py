@@ -147,13 +147,13 @@ class ControlPlane:
         submission returns the tenant's first job with that key, even when the retries race;
         the key used for another submission is a `Conflict`."""
         job = submission.job
-        self.cluster.check_job(job)
-        self._check_fits(job.queue, job.ranks, job.resources, job.placement)
         digest = submission_sha256(submission)
-        if idempotency_key is not None:
+        if idempotency_key is not None:  # a retry gets its job even if the cluster changed
             first = self.store.job_by_key(tenant, idempotency_key)
             if first is not None:
                 return _same_submission(first, digest), False
+        self.cluster.check_job(job)
+        self._check_fits(job.queue, job.ranks, job.resources, job.placement)
         train = None
         if submission.train is not None:
             submission.resolved_train()  # validated; the table is stored as written
