@@ -116,13 +116,8 @@ def need_isolation() -> None:
 
 def start_server(tmp_path: Path, extra: str = "", env: dict[str, str] | None = None,
                  args: tuple[str, ...] = ()) -> ServerProcess:
-    token_file = tmp_path / "admin.token"
-    token_file.write_text(ADMIN_TOKEN + "\n")
-    token_file.chmod(0o600)
-    config = tmp_path / "cluster.toml"
-    config.write_text(CLUSTER.format(token_file=token_file, extra=extra))
-    server = ServerProcess(tmp_path / "state", config, env={**TOKENS, **(env or {})},
-                           args=list(args))
+    server = ServerProcess(tmp_path / "state", write_config(tmp_path, extra),
+                           env={**TOKENS, **(env or {})}, args=list(args))
     return server.start()
 
 
@@ -262,39 +257,37 @@ def test_a_log_swapped_for_a_link_never_serves_another_tenants_bytes(
         kill_jobs(server.state_dir)
 
 
-def test_several_tenants_without_isolation_refuse_to_start(tmp_path: Path) -> None:
-    need_isolation()
+def write_config(tmp_path: Path, extra: str = "", token_mode: int = 0o600) -> Path:
     token_file = tmp_path / "admin.token"
-    token_file.write_text(ADMIN_TOKEN)
-    token_file.chmod(0o600)
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    token_file.chmod(token_mode)
     config = tmp_path / "cluster.toml"
-    config.write_text(CLUSTER.format(token_file=token_file,
-                                     extra='[isolation]\nidentity = "server"\n'
-                                           'sandbox = "none"\n'))
-    state = tmp_path / "state"
+    config.write_text(CLUSTER.format(token_file=token_file, extra=extra))
+    return config
+
+
+def refused_start(config: Path, state: Path) -> str:
+    """Start `stoker server`, which must refuse (exit 2, one line): what it said."""
     done = subprocess.run([sys.executable, "-m", "stoker", "server", "--config", str(config),
                            "--state-dir", str(state), "--port", "0"],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **TOKENS})
-    assert done.returncode == 2
-    assert "isolation" in done.stderr and "jobs would run as root" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert not state.exists()  # refused before anything was made
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_several_tenants_without_isolation_refuse_to_start(tmp_path: Path) -> None:
+    need_isolation()
+    config = write_config(tmp_path, '[isolation]\nidentity = "server"\nsandbox = "none"\n')
+    said = refused_start(config, tmp_path / "state")
+    assert "isolation" in said and "jobs would run as root" in said
+    assert not (tmp_path / "state").exists()  # refused before anything was made
 
 
 def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     need_isolation()
-    token_file = tmp_path / "admin.token"
-    token_file.write_text(ADMIN_TOKEN)
-    token_file.chmod(0o644)
-    config = tmp_path / "cluster.toml"
-    config.write_text(CLUSTER.format(token_file=token_file, extra=""))
-    done = subprocess.run([sys.executable, "-m", "stoker", "server", "--config", str(config),
-                           "--state-dir", str(tmp_path / "state"), "--port", "0"],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **TOKENS})
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "admin.token_file" in done.stderr and "chmod 600" in done.stderr
+    said = refused_start(write_config(tmp_path, token_mode=0o644), tmp_path / "state")
+    assert "admin.token_file" in said and "chmod 600" in said
 
 
 def test_a_configured_user_must_exist_and_a_managed_name_is_never_taken_over() -> None:
