@@ -457,32 +457,40 @@ def test_a_second_sigterm_ends_the_process_at_once(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    # The child's clock moves past the grace period as soon as the first signal has arrived,
-    # and the child says so.
-    script = ("import time\n"
+    # The child reports each signal it has handled; its clock stands still until the test has
+    # sent a repeat within the grace period, then moves past it.
+    script = ("import sys, time\n"
+              "from stoker.observe.events import EventLog, read_events\n"
               "from stoker.train.trainer import REPEAT_SIGNAL_GRACE_S, StopRequest\n"
               "now = [0.0]\n"
-              "stop = StopRequest(clock=lambda: now[0])\n"
-              "stop.install()\n"
+              "StopRequest(EventLog(sys.argv[1]), clock=lambda: now[0]).install()\n"
+              "def handled(n):\n"
+              "    while len(read_events(sys.argv[1], 'signal')) < n:\n"
+              "        time.sleep(0.01)\n"
+              "    print('handled', n, flush=True)\n"
               "print('ready', flush=True)\n"
-              "while not stop.requested:\n"
-              "    time.sleep(0.01)\n"
+              "handled(1)\n"
+              "handled(2)\n"
               "now[0] += REPEAT_SIGNAL_GRACE_S + 1\n"
-              "print('asked to stop by', stop.signal, flush=True)\n"
+              "print('grace over', flush=True)\n"
               "while True:\n"
               "    time.sleep(0.05)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        proc.send_signal(sig.SIGTERM)
-        # The first one only asked to stop after the step: the child lives on to say so.
-        assert proc.stdout.readline() == "asked to stop by SIGTERM\n"
-        proc.send_signal(sig.SIGTERM)
+        proc.send_signal(sig.SIGTERM)  # only asks to stop after the step: the child lives on
+        assert proc.stdout.readline() == "handled 1\n"
+        proc.send_signal(sig.SIGTERM)  # within the grace period: the same signal, twice
+        assert proc.stdout.readline() == "handled 2\n"
+        assert proc.stdout.readline() == "grace over\n"
+        proc.send_signal(sig.SIGTERM)  # after it: ends the process at once
         assert proc.wait(timeout=60) == -sig.SIGTERM
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert [e["repeat"] for e in read_events(tmp_path, "signal")] == [False, True, True]
 
 
 def test_a_bad_resume_path_is_refused_before_anything_starts(tmp_path: Path) -> None:
