@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from stoker.spec.loading import to_toml
 from stoker.train.checkpoint import list_steps, step_dir
 from stoker.train.exitcodes import EXIT_PREEMPTED
 from stoker.train.heartbeat import read_heartbeats
+from train_helpers import deliver_to_held, rank_pids, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -86,21 +85,24 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def test_a_killed_rank_is_restarted_and_the_run_matches(reference: Path, tmp_path: Path) -> None:
-    step = random.Random().randint(2, STEPS - 1)
+@pytest.mark.parametrize(("kill_at", "newest"), [(5, 4), (11, 8)])
+def test_a_killed_rank_is_restarted_from_the_newest_checkpoint(
+        reference: Path, tmp_path: Path, kill_at: int, newest: int) -> None:
+    """Rank 1 is killed before step ``kill_at``. Saves are synchronous here, so the newest
+    checkpoint committed by then is ``newest`` whatever the machine's speed; the restarted gang
+    must load it (training is deterministic: a restart from scratch gives the same losses)."""
     run = tmp_path / "run"
-    done = train(write_config(tmp_path), run, "--max-restarts", "1",
-                 fault=f"kill@step={step},rank=1")
-    assert done.returncode == 0, f"kill at step {step}: {done.stderr}"
-    assert losses(run) == losses(reference), f"kill at step {step}"
+    done = train(write_config(tmp_path, checkpoint={"async": False}), run, "--max-restarts", "1",
+                 fault=f"kill@step={kill_at},rank=1")
+    assert done.returncode == 0, done.stderr
     (failure,) = read_events(run, "failure")
     assert failure["rank"] == 1 and failure["cause"] == "killed by SIGKILL"
     (restart,) = read_events(run, "restart")
     assert restart["attempt"] == 1
-    # From the newest checkpoint committed before the kill (none, or a save still in flight
-    # when the rank died, means from the start).
-    loaded = [e["step"] for e in read_events(run, "checkpoint_loaded")]
-    assert len(loaded) <= 1 and all(s % 4 == 0 and s < step for s in loaded)
+    assert [e["step"] for e in read_events(run, "checkpoint_loaded")] == [newest]
+    (resumed,) = [e for e in read_events(run, "start") if e["resumed"]]
+    assert resumed["step"] == newest and resumed["attempt"] == 1
+    assert losses(run) == losses(reference)
 
 
 @pytest.mark.parametrize("point", ["ckpt_shards", "ckpt_manifest"])
@@ -140,12 +142,16 @@ def test_sigterm_checkpoints_and_exits_preempted(reference: Path, tmp_path: Path
     proc = subprocess.Popen([sys.executable, "-m", "stoker", "train", str(config), "--nproc",
                              "2", "--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while not (run / "metrics.jsonl").is_file() or len(losses(run)) < 6:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        ranks = rank_pids(run, 2)
+        wait_until(lambda: proc.poll() is None and len(losses(run)) >= 6, "step 6")
+        # Held still until the signal has reached them: the run cannot end first.
+        deliver_to_held(ranks, signal.SIGTERM, lambda: proc.send_signal(signal.SIGTERM))
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == EXIT_PREEMPTED, stderr
     stopped = max(losses(run))
     assert stopped < STEPS and step_dir(run, stopped).is_dir()
@@ -159,18 +165,16 @@ def test_sigterm_checkpoints_and_exits_preempted(reference: Path, tmp_path: Path
 
 def test_a_hung_rank_is_detected_and_restarted(reference: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    t0 = time.monotonic()
     done = train(write_config(tmp_path), run, "--max-restarts", "1", fault="hang@step=6,rank=1")
     assert done.returncode == 0, done.stderr
     (hang,) = read_events(run, "hang")
     assert hang["rank"] == 1 and hang["step"] == 5
-    assert 8.0 <= hang["silent_s"] < 8.0 + 5
+    assert hang["silent_s"] >= hang["timeout_s"] == 8.0
     (failure,) = read_events(run, "failure")
     assert failure["rank"] == 1 and failure["cause"] == "hang detected by the watchdog"
     assert losses(run) == losses(reference)
     assert Path(hang["stacks"]).is_file()
     assert read_heartbeats(run)[1]["attempt"] == 1
-    assert time.monotonic() - t0 < 200
 
 
 @pytest.mark.parametrize("action", ["skip", "rollback"])

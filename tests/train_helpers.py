@@ -1,7 +1,13 @@
-"""Training one rank inside the test process, shared by the loop and equivalence tests."""
+"""Helpers of the training tests: one rank trained inside the test process (the loop and
+equivalence tests), and ranks of a running job held still while a signal reaches them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -11,6 +17,7 @@ from stoker.spec import loading
 from stoker.spec.train import TrainConfig
 from stoker.train.data import ensure_dataset
 from stoker.train.distributed import init_distributed
+from stoker.train.heartbeat import read_heartbeats
 from stoker.train.trainer import Trainer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
@@ -30,3 +37,61 @@ def train_in_process(run_dir: Path, overrides: list[str]) -> Trainer:
     finally:
         torch.set_num_threads(threads)
     return trainer
+
+
+# ---------------------------------------------------------------- holding ranks still
+# A test that signals a running job holds its ranks still (SIGSTOP) until the signal is pending
+# in each of them, so the run cannot finish, or pass the step the test picked, before the
+# signal lands, however busy the machine is.
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def rank_pids(run_dir: Path, world_size: int, timeout: float = 300) -> list[int]:
+    """The pids of the run's ranks, from their heartbeat files (once every rank has one)."""
+    wait_until(lambda: len(read_heartbeats(run_dir)) == world_size, "every rank's heartbeat",
+               timeout)
+    return [int(beat["pid"]) for _, beat in sorted(read_heartbeats(run_dir).items())]
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def is_stopped(pid: int) -> bool:
+    return _status(pid)["State"].startswith("T")
+
+
+def signal_pending(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``sig`` was sent to ``pid`` and not yet handled (a stopped process keeps it)."""
+    status = _status(pid)
+    return any(int(status[k], 16) >> (sig - 1) & 1 for k in ("SigPnd", "ShdPnd"))
+
+
+@contextmanager
+def held(pids: list[int]) -> Iterator[None]:
+    """Stop these processes for the duration (they are stopped once this has entered)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(is_stopped(p) for p in pids), "the ranks to stop")
+        yield
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def deliver_to_held(pids: list[int], sig: signal.Signals, send: Callable[[], None]) -> None:
+    """Hold the ranks still, ``send`` a signal that reaches them (through their launcher, say),
+    and let them go once each has it pending."""
+    with held(pids):
+        send()
+        wait_until(lambda: all(signal_pending(p, sig) for p in pids),
+                   f"{sig.name} to reach every rank")
