@@ -224,7 +224,8 @@ def test_missing_or_invalid_dataset_names_the_key(tmp_path: Path, byte_dir: Path
 
 
 @pytest.mark.slow
-def test_stdlib_dataset_is_prepared_once_even_by_racing_processes(tmp_path: Path) -> None:
+def test_stdlib_dataset_is_prepared_once_even_by_racing_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = ("import sys; from stoker.spec.train import DataConfig; "
             "from stoker.train.data import ensure_dataset; "
             "print(ensure_dataset(DataConfig(cache_dir=sys.argv[1]), progress=False))")
@@ -239,9 +240,12 @@ def test_stdlib_dataset_is_prepared_once_even_by_racing_processes(tmp_path: Path
     assert meta.tokenizer == "byte" and meta.tokens("train") > 1_000_000
     assert meta.tokens("val") > 0
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [path.name]
-    start = time.perf_counter()
+
+    def no_second_prepare(*args: object, **kwargs: object) -> None:
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(data_mod, "prepare", no_second_prepare)
     assert ensure_dataset(DataConfig(cache_dir=str(tmp_path))) == path
-    assert time.perf_counter() - start < 1.0
     text = load_tokenizer("byte", path).decode(_stream(path, "train")[:100_000].tolist())
     assert "import " in text and "def " in text
 
@@ -393,30 +397,50 @@ def test_accumulated_micro_batches_equal_the_ranks_blocks(byte_dir: Path) -> Non
                        torch.cat([b.targets for b in halves]))
 
 
-def test_prefetch_hides_the_data_wait(byte_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = data_mod._make_batch
+class GatedDisk:
+    """Makes a micro-batch only when the test allows one more, and notes which thread made it."""
 
-    def slow_make(stream: object, layout: object, m: int, pin: bool) -> Batch:
-        time.sleep(0.015)  # a slow disk
-        return real(stream, layout, m, pin)  # type: ignore[arg-type]
+    def __init__(self, real: Callable[..., Batch]) -> None:
+        self.real = real
+        self.made_by: list[str] = []
+        self._allowed = 0
+        self._cond = threading.Condition()
 
-    monkeypatch.setattr(data_mod, "_make_batch", slow_make)
+    def allow(self, n: int) -> None:
+        with self._cond:
+            self._allowed += n
+            self._cond.notify_all()
 
-    def waits(prefetch: int) -> list[float]:
-        out = []
-        with _loader(byte_dir, prefetch=prefetch) as loader:
+    def make(self, stream: object, layout: object, m: int, pin: bool) -> Batch:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.made_by) < self._allowed, timeout=120):
+                raise RuntimeError("the test never allowed this batch")
+            self.made_by.append(threading.current_thread().name)
+        return self.real(stream, layout, m, pin)
+
+
+def test_prefetch_makes_batches_ahead_of_the_consumer(
+        byte_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _loader(byte_dir, prefetch=0) as plain:
+        expected = [next(plain).sample_ids.tolist() for _ in range(3)]
+    disk = GatedDisk(data_mod._make_batch)
+    monkeypatch.setattr(data_mod, "_make_batch", disk.make)
+    with _loader(byte_dir, prefetch=2) as loader:
+        try:
             it = iter(loader)
-            next(it)
-            for _ in range(10):
-                time.sleep(0.025)  # the step's compute
-                start = time.perf_counter()
-                next(it)
-                out.append(time.perf_counter() - start)
-                assert loader.last_wait_s <= out[-1]
-        return sorted(out)
-
-    assert waits(prefetch=0)[0] >= 0.015
-    assert waits(prefetch=2)[5] < 0.005
+            disk.allow(3)
+            got = [next(it)]
+            # While the step computes, the thread makes the next two (the queue's depth) ...
+            _wait_for(lambda: len(disk.made_by) == 3, timeout=60)
+            # ... so the consumer gets them with the disk stopped: it waits for no disk read.
+            got += [next(it), next(it)]
+            assert disk.made_by == ["stoker-data-prefetch"] * 3
+        finally:
+            disk.allow(1_000_000)  # let the thread reach its stop check
+    assert [b.sample_ids.tolist() for b in got] == expected
+    with _loader(byte_dir, prefetch=0) as loader:  # without the thread: made when asked for
+        next(loader)
+    assert disk.made_by[-1] == threading.current_thread().name
 
 
 def test_prefetch_without_thread_gives_the_same_batches(byte_dir: Path) -> None:
