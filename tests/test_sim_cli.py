@@ -15,7 +15,8 @@ from stoker.cli.main import main
 ROOT = Path(__file__).resolve().parents[1]
 TIRESIAS = ROOT.parent / "shared" / "traces" / "tiresias"
 CLUSTER = ROOT / "examples" / "sim" / "cluster.toml"
-pytestmark = pytest.mark.skipif(not TIRESIAS.is_dir(), reason="../shared/traces not present")
+needs_tiresias = pytest.mark.shared_data("traces/tiresias/60_job.csv",
+                                         "traces/tiresias/n32g4.csv")
 
 
 def stoker(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -23,6 +24,7 @@ def stoker(*args: str | Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@needs_tiresias
 def test_policies_side_by_side_json_and_report(tmp_path: Path) -> None:
     out = stoker("--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
                  "--node-list", TIRESIAS / "n32g4.csv", "--nodes", "3",
@@ -46,6 +48,7 @@ def test_policies_side_by_side_json_and_report(tmp_path: Path) -> None:
         assert (tmp_path / "report" / f"{png}.png").stat().st_size > 1000
 
 
+@needs_tiresias
 def test_table_with_cluster_toml() -> None:
     out = stoker("--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
                  "--cluster", CLUSTER, "--tenant-by", "id", "--policy", "stoker",
@@ -55,6 +58,7 @@ def test_table_with_cluster_toml() -> None:
     assert "stoker-fair" in out.stdout and "team-a, team-b" in out.stdout
 
 
+@needs_tiresias
 def test_plan_finds_the_smallest_cluster(tmp_path: Path) -> None:
     plot = tmp_path / "plan.png"
     out = stoker("plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
@@ -70,18 +74,23 @@ def test_plan_finds_the_smallest_cluster(tmp_path: Path) -> None:
     assert plot.stat().st_size > 1000
 
 
+def with_trace(args: list[str | Path], message: str) -> object:
+    return pytest.param(args, message, marks=needs_tiresias)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--trace", "missing.csv", "--format", "tiresias"], "missing.csv: no such file"),
-    (["--trace", TIRESIAS / "60_job.csv", "--format", "slurm"], "unknown trace format 'slurm'"),
-    (["--trace", TIRESIAS / "n32g4.csv", "--format", "tiresias"],
-     "n32g4.csv: job_id: required column is missing"),
-    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias"], "has no node list"),
-    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
-      "--policy", "random"], "unknown policy 'random'"),
-    (["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
-      "--nodes", "99"], "--nodes: must be between 1 and 4"),
-    (["plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster", CLUSTER,
-      "--target", "p95<1h"], "--target"),
+    with_trace(["--trace", TIRESIAS / "60_job.csv", "--format", "slurm"],
+               "unknown trace format 'slurm'"),
+    with_trace(["--trace", TIRESIAS / "n32g4.csv", "--format", "tiresias"],
+               "n32g4.csv: job_id: required column is missing"),
+    with_trace(["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias"], "has no node list"),
+    with_trace(["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster",
+                CLUSTER, "--policy", "random"], "unknown policy 'random'"),
+    with_trace(["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster",
+                CLUSTER, "--nodes", "99"], "--nodes: must be between 1 and 4"),
+    with_trace(["plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster",
+                CLUSTER, "--target", "p95<1h"], "--target"),
 ])
 def test_bad_input_is_one_line_exit_2(args: list[str | Path], message: str,
                                       monkeypatch: pytest.MonkeyPatch,

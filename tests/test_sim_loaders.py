@@ -13,10 +13,9 @@ from stoker.spec.errors import ConfigError
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 ALIBABA = TRACES / "alibaba-openb-2023" / "openb_pod_list_default.csv"
 TIRESIAS = TRACES / "tiresias" / "60_job.csv"
-needs_traces = pytest.mark.skipif(not ALIBABA.is_file(), reason="../shared/traces not present")
 
 
-@needs_traces
+@pytest.mark.shared_data("traces/alibaba-openb-2023")
 def test_alibaba_skip_report_counts_every_row() -> None:
     trace = load_trace(ALIBABA, "alibaba")
     skips = trace.skips
@@ -35,7 +34,7 @@ def test_alibaba_skip_report_counts_every_row() -> None:
         fractional)
 
 
-@needs_traces
+@pytest.mark.shared_data("traces/tiresias/60_job.csv", "traces/tiresias/n32g4.csv")
 def test_tiresias_trace_and_cluster() -> None:
     trace = load_trace(TIRESIAS, "tiresias")
     assert len(trace.jobs) == 60 and trace.skips.kept == 60
