@@ -62,7 +62,7 @@ def submit(store: SqlStore, spec: dict, queue: str = "a") -> JobRecord:
 
 
 def run_until(reconciler: Reconciler, job_id: int, states: set[JobState],
-              timeout: float = 30) -> JobRecord:
+              timeout: float = 120) -> JobRecord:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         reconciler.step()
@@ -156,7 +156,7 @@ def test_processes_are_pinned_and_get_no_tokens(tmp_path: Path) -> None:
         plan = plan_launch(job, job_spec(job), 1, executor.jobs_dir, ranks)
         (record,) = executor.launch(plan)
         exit_path = plan.processes[0].exit_path
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while executor.status(record, exit_path).state == "alive":
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -184,7 +184,7 @@ def test_recover_requeues_an_interrupted_launch_and_kills_strays(
     executor = LocalExecutor(tmp_path / "jobs")
     nodes = cluster_nodes(cluster, models=[])
     first = Reconciler(store, executor, cluster, nodes, executor.jobs_dir)
-    job = submit(store, command_spec("import time; time.sleep(60)"))
+    job = submit(store, command_spec("import time; time.sleep(600)"))
     first.step()  # admitted, STARTING, processes recorded
     job = store.get_job(job.id)
     assert job is not None and job.state == S
@@ -199,7 +199,7 @@ def test_recover_requeues_an_interrupted_launch_and_kills_strays(
     second.recover()
     assert store.get_job(job.id).state == Q  # type: ignore[union-attr]
     assert "interrupted" in store.get_job(job.id).reason  # type: ignore[union-attr]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120
     while psutil.pid_exists(orphan.pid) and psutil.Process(orphan.pid).status() != "zombie":
         assert time.monotonic() < deadline, "the orphan was not killed"
         time.sleep(0.05)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ import pytest
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
 from stoker.train.exitcodes import EXIT_PREEMPTED
+from train_helpers import deliver_to_held, rank_pids
 
 pytestmark = pytest.mark.slow
 
-STEPS = 120  # about 0.07 s a step here: ample time to preempt after step 10
+STEPS = 40
 TRAIN: dict[str, Any] = {
     "model": {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
               "ffn_hidden": 128},
@@ -30,7 +32,7 @@ TRAIN: dict[str, Any] = {
     "optim": {"warmup_steps": 2},
     "train": {"name": "victim", "steps": STEPS, "global_batch_size": 8, "micro_batch_size": 4,
               "seq_len": 64, "eval_interval": 0},
-    "checkpoint": {"interval_steps": 40},
+    "checkpoint": {"interval_steps": 20},
     "telemetry": {"live": False},
 }
 CLUSTER = """
@@ -97,10 +99,17 @@ def test_preempted_training_job_resumes_with_the_same_losses(server: ServerProce
                             "resources": {"cpus": 1}, "train_config": "train.toml"},
                            TRAIN)["id"]
     run_dir = server.state_dir / "jobs" / str(victim) / "run"
+    ranks = rank_pids(run_dir, 2)
     wait_for(lambda: len(losses(run_dir)) >= 10, "the victim's 10th step")
-    urgent = client.submit({"name": "urgent", "queue": "q", "ranks": 2, "priority_class": "high",
-                            "resources": {"cpus": 1},
-                            "command": [sys.executable, "-c", "print('urgent work done')"]})["id"]
+    urgent_job = {"name": "urgent", "queue": "q", "ranks": 2, "priority_class": "high",
+                  "resources": {"cpus": 1},
+                  "command": [sys.executable, "-c", "print('urgent work done')"]}
+    # The victim's ranks are held still until the server's SIGTERM has reached them: the
+    # victim cannot finish before it is preempted, however slow the server is to act.
+    submitted: list[int] = []
+    deliver_to_held(ranks, signal.SIGTERM,
+                    lambda: submitted.append(client.submit(urgent_job)["id"]))
+    (urgent,) = submitted
 
     wait_for(lambda: client.job(urgent)["state"] == "SUCCEEDED", "the urgent job")
     wait_for(lambda: client.job(victim)["state"] in ("SUCCEEDED", "FAILED"), "the victim")

@@ -447,7 +447,7 @@ def test_prefetch_without_thread_gives_the_same_batches(byte_dir: Path) -> None:
     assert _step_ids(_loader(byte_dir, prefetch=0), 5) == _step_ids(_loader(byte_dir), 5)
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psutil
 import torch
 
 from stoker.observe.live import NullDisplay
@@ -53,10 +54,22 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
 
 
 def rank_pids(run_dir: Path, world_size: int, timeout: float = 300) -> list[int]:
-    """The pids of the run's ranks, from their heartbeat files (once every rank has one)."""
+    """The pids (as this machine sees them) of the run's ranks, once every rank has begun
+    training (has a heartbeat file). The pids in the heartbeat files may be those of a
+    sandbox's PID namespace: the ranks are found by their command line instead,
+    ``python -u -m stoker.train RUN_DIR/config.toml --run-dir RUN_DIR ...``."""
     wait_until(lambda: len(read_heartbeats(run_dir)) == world_size, "every rank's heartbeat",
                timeout)
-    return [int(beat["pid"]) for _, beat in sorted(read_heartbeats(run_dir).items())]
+    pids = [p.pid for p in psutil.process_iter(["cmdline"]) if _is_rank(p.info["cmdline"], run_dir)]
+    assert len(pids) == world_size, f"ranks of {run_dir}: {pids}"
+    return pids
+
+
+def _is_rank(argv: list[str] | None, run_dir: Path) -> bool:
+    if not argv or "stoker.train" not in argv or "--run-dir" not in argv:
+        return False
+    module, where = argv.index("stoker.train"), argv.index("--run-dir") + 1
+    return argv[module - 1] == "-m" and where < len(argv) and Path(argv[where]) == run_dir
 
 
 def _status(pid: int) -> dict[str, str]:
