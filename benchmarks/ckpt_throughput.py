@@ -5,8 +5,8 @@
 Baseline: ``dd if=/dev/zero of=DIR/dd.bin bs=4M count=N conv=fsync`` of the same byte count.
 Checkpoint: one synchronous `Checkpointer.save` of a state dict of that size (model-like fp32
 tensors of 1-16 MB each), timed from the call to the committed manifest: DCP serialisation,
-write, fsync, per-file sha256 and the manifest included. Both alternate ``--repeats`` times;
-the ratio uses the medians. Goal (issue 3): >= 0.70.
+write, fsync, per-file CRC-32 (taken as the bytes are written) and the manifest included. Both
+alternate ``--repeats`` times; the ratio uses the medians. Goal (issue 3): >= 0.70.
 """
 
 from __future__ import annotations
