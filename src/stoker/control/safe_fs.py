@@ -29,14 +29,11 @@ def _parts(relative: str | PurePosixPath) -> list[str]:
 
 
 @contextlib.contextmanager
-def _walk(root: Path, dirs: list[str], create: int | None = None) -> Iterator[int]:
-    """A handle on ``root/dirs...``; with ``create`` (a mode), missing directories are made."""
+def _walk(root: Path, dirs: list[str]) -> Iterator[int]:
+    """A handle on ``root/dirs...``, each step taken without following a link."""
     fd = os.open(root, _DIR_FLAGS)
     try:
         for name in dirs:
-            if create is not None:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, create, dir_fd=fd)
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
@@ -51,11 +48,10 @@ def _walk(root: Path, dirs: list[str], create: int | None = None) -> Iterator[in
 
 
 def open_beneath(root: Path, relative: str | PurePosixPath, flags: int = os.O_RDONLY,
-                 mode: int = 0o600, make_dirs: int | None = None) -> int:
-    """A file descriptor for ``root/relative``; no component may be a link. ``make_dirs``:
-    create missing directories on the way with this mode."""
+                 mode: int = 0o600) -> int:
+    """A file descriptor for ``root/relative``; no component may be a link."""
     *dirs, name = _parts(relative)
-    with _walk(root, dirs, make_dirs) as parent:
+    with _walk(root, dirs) as parent:
         try:
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         except OSError as e:
