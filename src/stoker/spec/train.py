@@ -95,14 +95,127 @@ class DataConfig(Section):
     prefetch: int = Field(default=4, ge=0)
 
 
+PipelineSchedule = Literal["gpipe", "1f1b", "interleaved-1f1b", "zero-bubble"]
+
+
+class Layout(BaseModel):
+    """The parallel layout of one run, resolved for its world size: the size of each mesh
+    dimension, outermost first (pp, dp_replicate, dp_shard, cp, tp). Their product is the world
+    size."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pp: int
+    dp_replicate: int
+    dp_shard: int
+    cp: int
+    tp: int
+
+    @property
+    def world_size(self) -> int:
+        return self.pp * self.dp_replicate * self.dp_shard * self.cp * self.tp
+
+    @property
+    def dp(self) -> int:
+        """Ranks that see different data: the data-parallel size."""
+        return self.dp_replicate * self.dp_shard
+
+
 class ParallelConfig(Section):
+    """How the ranks are laid out and what is applied to the model.
+
+    ``strategy`` is a shorthand for the data-parallel dimensions: ``ddp`` puts every rank left
+    by tp/pp/cp into ``dp_replicate``, ``fsdp`` into ``dp_shard``, ``none`` into neither. Any
+    dimension given explicitly wins; ``-1`` takes whatever the others leave of the world size.
+    ``pp_schedule`` names the schedules of ``torch.distributed.pipelining`` (``zero-bubble`` is
+    its ``ScheduleInterleavedZeroBubble``; the looped BFS and DualPipeV schedules are left out:
+    BFS is a special case of interleaved with no memory advantage here, and DualPipeV needs a
+    model split into V-shaped stage pairs that the reference model does not define).
+    """
+
     strategy: Literal["none", "ddp", "fsdp"] = "fsdp"
+    dp_replicate: int | None = Field(default=None, ge=-1)
+    dp_shard: int | None = Field(default=None, ge=-1)
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    cp: int = Field(default=1, ge=1)
+    pp_schedule: PipelineSchedule = "1f1b"
+    pp_microbatches: int | None = Field(default=None, ge=1)
+    pp_stages_per_rank: int = Field(default=1, ge=1)
+    pp_split: list[int] | None = None  # first layer index of each stage after the first
     reshard_after_forward: bool = True
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     activation_checkpoint: Literal["none", "full", "every_nth"] = "none"
     activation_checkpoint_every: int = Field(default=2, ge=1)
     compile: bool = False
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for key in ("dp_replicate", "dp_shard"):
+            if getattr(self, key) == 0:
+                raise KeyedValueError(f"parallel.{key}", "must be a positive size or -1 "
+                                      "(whatever the other dimensions leave)")
+        if self.dp_replicate == -1 and self.dp_shard == -1:
+            raise KeyedValueError("parallel.dp_shard", "only one of parallel.dp_replicate and "
+                                  "parallel.dp_shard can be -1")
+        if self.pp_split is not None:
+            if any(b <= a for a, b in zip(self.pp_split, self.pp_split[1:], strict=False)):
+                raise KeyedValueError("parallel.pp_split", f"{self.pp_split} must be strictly "
+                                      "increasing layer indices")
+            if self.pp_split and self.pp_split[0] < 1:
+                raise KeyedValueError("parallel.pp_split", "the first stage needs at least one "
+                                      "layer: indices start at 1")
+        return self
+
+    @property
+    def n_stages(self) -> int:
+        """Pipeline stages in all: pp ranks, each holding pp_stages_per_rank of them."""
+        return self.pp * self.pp_stages_per_rank
+
+    def layout(self, world_size: int, source: str | None = None) -> Layout:
+        """Each mesh dimension's size for ``world_size`` ranks, or a ConfigError naming the key
+        that makes the layout impossible."""
+        if self.strategy == "ddp":
+            replicate, shard = -1, 1
+        elif self.strategy == "fsdp":
+            replicate, shard = 1, -1
+        else:
+            replicate, shard = 1, 1
+        if self.dp_replicate is not None:
+            replicate = self.dp_replicate
+            if self.dp_shard is None and shard == -1 == replicate:
+                shard = 1
+        if self.dp_shard is not None:
+            shard = self.dp_shard
+            if self.dp_replicate is None and replicate == -1 == shard:
+                replicate = 1
+        fixed = self.tp * self.pp * self.cp
+        sizes = {"dp_replicate": replicate, "dp_shard": shard}
+        for key, size in sizes.items():
+            if size == -1:
+                other = fixed * (sizes["dp_shard"] if key == "dp_replicate"
+                                 else sizes["dp_replicate"])
+                if world_size % other:
+                    raise ConfigError(source, f"parallel.{key}",
+                                      f"-1 leaves no whole size: {world_size} ranks are not "
+                                      f"divisible by the other dimensions' product {other}")
+                sizes[key] = world_size // other
+        layout = Layout(pp=self.pp, dp_replicate=sizes["dp_replicate"],
+                        dp_shard=sizes["dp_shard"], cp=self.cp, tp=self.tp)
+        if layout.world_size != world_size:
+            key = ("parallel.strategy" if self.strategy == "none" and fixed == 1
+                   and self.dp_replicate is None and self.dp_shard is None
+                   else "parallel.dp_shard")
+            if key == "parallel.strategy":
+                reason = f"'none' runs on one rank, but {world_size} ranks were asked for"
+            else:
+                reason = (f"pp × dp_replicate × dp_shard × cp × tp = {layout.pp} × "
+                          f"{layout.dp_replicate} × {layout.dp_shard} × {layout.cp} × "
+                          f"{layout.tp} = {layout.world_size}, but {world_size} ranks were "
+                          "asked for")
+            raise ConfigError(source, key, reason)
+        return layout
 
 
 class OptimConfig(Section):
@@ -192,17 +305,73 @@ class TrainConfig(Section):
     def grad_accum_steps(self, dp_size: int) -> int:
         return self.train.global_batch_size // (self.train.micro_batch_size * dp_size)
 
-    def check_world_size(self, world_size: int, source: str | None = None) -> None:
-        """Reject combinations that depend on the number of ranks."""
+    def check_world_size(self, world_size: int, source: str | None = None) -> Layout:
+        """Reject combinations that depend on the number of ranks; returns the layout."""
         if world_size < 1:
             raise ConfigError(source, "--nproc", "must be at least 1")
-        if world_size > 1 and self.parallel.strategy == "none":
-            raise ConfigError(source, "parallel.strategy",
-                              f"'none' runs on one rank, but {world_size} ranks were asked for")
-        per_step = self.train.micro_batch_size * world_size
+        p = self.parallel
+        layout = p.layout(world_size, source)
+        shape = self.model.shape()
+        per_step = self.train.micro_batch_size * layout.dp
         if self.train.global_batch_size % per_step:
             raise ConfigError(
                 source, "train.global_batch_size",
                 f"{self.train.global_batch_size} is not divisible by micro_batch_size × "
-                f"data-parallel size ({self.train.micro_batch_size} × {world_size} = {per_step})",
+                f"data-parallel size ({self.train.micro_batch_size} × {layout.dp} = {per_step})",
             )
+        if p.tp > 1:
+            for key, n in (("n_heads", shape.n_heads), ("n_kv_heads", shape.n_kv_heads)):
+                if n % p.tp:
+                    raise ConfigError(source, "parallel.tp", f"model.{key} {n} is not "
+                                      f"divisible by tp {p.tp}")
+            for key, n in (("ffn_hidden", shape.ffn_hidden), ("vocab_size", shape.vocab_size),
+                           ("dim", shape.dim)):
+                if n % p.tp:
+                    raise ConfigError(source, "parallel.tp", f"model.{key} {n} is not "
+                                      f"divisible by tp {p.tp}")
+            if self.train.seq_len % p.tp:
+                raise ConfigError(source, "parallel.tp", f"train.seq_len {self.train.seq_len} "
+                                  f"is not divisible by tp {p.tp} (sequence parallelism splits "
+                                  "it)")
+            if layout.dp_replicate > 1 and layout.dp_shard == 1 and p.strategy != "fsdp":
+                raise ConfigError(source, "parallel.tp", "tp with DDP (dp_replicate without "
+                                  "dp_shard) is not supported yet: use parallel.strategy = "
+                                  "\"fsdp\" or set parallel.dp_shard")
+        if p.cp > 1 and self.train.seq_len % (2 * p.cp):
+            raise ConfigError(source, "parallel.cp", f"train.seq_len {self.train.seq_len} is "
+                              f"not divisible by 2 × cp = {2 * p.cp} (load-balanced context "
+                              "parallelism splits it in 2 × cp chunks)")
+        if p.pp > 1 or p.pp_stages_per_rank > 1 or p.pp_split is not None:
+            stages = p.n_stages
+            if p.pp_schedule in ("gpipe", "1f1b") and p.pp_stages_per_rank != 1:
+                raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} "
+                                  "runs one stage per rank; the interleaved schedules run more")
+            if p.pp_schedule in ("interleaved-1f1b", "zero-bubble") and p.pp_stages_per_rank < 2:
+                raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} "
+                                  "needs at least 2 stages per rank")
+            if shape.n_layers < stages:
+                raise ConfigError(source, "parallel.pp", f"model.n_layers {shape.n_layers} is "
+                                  f"fewer than the {stages} pipeline stages")
+            if p.pp_split is not None and (len(p.pp_split) != stages - 1
+                                           or p.pp_split[-1] >= shape.n_layers):
+                raise ConfigError(source, "parallel.pp_split", f"{stages} stages need "
+                                  f"{stages - 1} increasing layer indices below model.n_layers "
+                                  f"{shape.n_layers}, got {p.pp_split}")
+            micro = p.pp_microbatches or stages
+            if micro < stages:
+                raise ConfigError(source, "parallel.pp_microbatches", f"{micro} is fewer than "
+                                  f"the {stages} pipeline stages")
+            if self.train.micro_batch_size % micro:
+                raise ConfigError(source, "parallel.pp_microbatches", f"train.micro_batch_size "
+                                  f"{self.train.micro_batch_size} is not divisible by {micro}")
+        check_supported(p, source)
+        return layout
+
+
+def check_supported(p: ParallelConfig, source: str | None = None) -> None:
+    """Dimensions the config describes but this version of the runtime does not run yet."""
+    if p.pp > 1 or p.pp_stages_per_rank > 1 or p.pp_split is not None:
+        raise ConfigError(source, "parallel.pp", "pipeline parallelism is not supported yet "
+                          "(pp, pp_stages_per_rank and pp_split must stay unset)")
+    if p.cp > 1:
+        raise ConfigError(source, "parallel.cp", "context parallelism is not supported yet")
