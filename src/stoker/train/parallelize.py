@@ -1,7 +1,10 @@
 """Build the reference model and apply parallelism to it from outside, in small separate steps.
 
     meta construct -> materialise on the device -> seeded init (full weights, every rank alike)
-    -> activation checkpointing -> torch.compile per block -> DDP | FSDP2 | nothing
+    -> tensor + sequence parallelism (tp_plan) -> activation checkpointing
+    -> torch.compile per block -> DDP | FSDP2 (HSDP on a 2-D mesh) | nothing
+
+Which of these run, and on which mesh, is `ParallelDims`'s to say.
 
 Weights are initialised in full on every rank before sharding, so the initial model is the same
 for any world size given the seed. The price is that the full fp32 model exists once on each
@@ -17,11 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
 from stoker.spec.train import ModelShape, ParallelConfig
 from stoker.train.model import Transformer
+from stoker.train.parallel_dims import ParallelDims
+from stoker.train.tp_plan import apply_tp
 
 try:  # torch >= 2.6
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -39,48 +44,70 @@ def resolve_dtype(parallel: ParallelConfig, device: torch.device) -> torch.dtype
     return torch.bfloat16 if parallel.mixed_precision == "bf16" else torch.float32
 
 
-def autocast_context(parallel: ParallelConfig, device: torch.device,
+def autocast_context(parallel: ParallelConfig, device: torch.device, fsdp: bool | None = None,
                      ) -> contextlib.AbstractContextManager[object]:
     """What the forward pass runs under.
 
-    FSDP2 casts parameters itself (MixedPrecisionPolicy); "none" and "ddp" keep fp32 parameters
-    and get bf16 compute from autocast.
+    FSDP2 casts parameters itself (MixedPrecisionPolicy); without it ("none", "ddp", tp alone)
+    the parameters stay fp32 and bf16 compute comes from autocast. ``fsdp`` says whether FSDP2
+    was applied (`uses_fsdp`); None: whenever the strategy is "fsdp".
     """
     dtype = resolve_dtype(parallel, device)
-    if dtype == torch.float32 or parallel.strategy == "fsdp":
+    if fsdp is None:
+        fsdp = parallel.strategy == "fsdp"
+    if dtype == torch.float32 or fsdp:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
+def uses_ddp(parallel: ParallelConfig, dims: ParallelDims) -> bool:
+    """DDP: replication alone (strategy "ddp", no dp_shard and no tp) on a process group."""
+    layout = dims.layout
+    return (dims.mesh is not None and parallel.strategy == "ddp" and layout.dp_shard == 1
+            and layout.tp == 1)
+
+
+def uses_fsdp(parallel: ParallelConfig, dims: ParallelDims) -> bool:
+    """FSDP2 on the data-parallel mesh: whenever there is one and DDP is not used."""
+    return dims.dp_mesh is not None and not uses_ddp(parallel, dims)
+
+
 def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
-                world_size: int, compile_backend: str = "inductor") -> nn.Module:
+                world_size: int, compile_backend: str = "inductor",
+                dims: ParallelDims | None = None) -> nn.Module:
     """The initialised, wrapped model, ready for the optimiser.
 
-    With strategy "ddp" or "fsdp", torch.distributed must already be initialised with
-    ``world_size`` ranks. ``compile_backend`` lets tests trace with "aot_eager" instead of
-    waiting for inductor's code generation.
+    With more than one rank or a strategy other than "none", torch.distributed must already be
+    initialised with ``world_size`` ranks. ``dims`` is the run's layout (built here from
+    ``parallel`` when not given). ``compile_backend`` lets tests trace with "aot_eager" instead
+    of waiting for inductor's code generation.
     """
     check_world(parallel, world_size)
+    if dims is None:
+        dims = ParallelDims.build(parallel.layout(world_size), device)
     with torch.device("meta"):
         model = Transformer(shape)
     model.to_empty(device=device)
     model.tie_weights()
     init_seeded(model, seed, device)
 
+    if dims.tp_mesh is not None:
+        apply_tp(model, dims.tp_mesh)
     if parallel.activation_checkpoint != "none":
         apply_activation_checkpointing(model, parallel)
     if parallel.compile:
         apply_compile(model, compile_backend)
-    if parallel.strategy == "ddp":
+    if uses_ddp(parallel, dims):
         return apply_ddp(model, device)
-    if parallel.strategy == "fsdp":
-        mesh = init_device_mesh(device.type, (world_size,), mesh_dim_names=("dp",))
+    if uses_fsdp(parallel, dims):
+        mesh = dims.dp_mesh
+        assert mesh is not None
         apply_fsdp(model, mesh, resolve_dtype(parallel, device), parallel.reshard_after_forward)
     return model
 
 
 def check_world(parallel: ParallelConfig, world_size: int) -> None:
-    if parallel.strategy == "none":
+    if parallel.strategy == "none" and parallel.tp * parallel.pp * parallel.cp == 1:
         if world_size != 1:
             raise ValueError(f"strategy 'none' runs on one rank, not {world_size}")
         return
@@ -128,6 +155,9 @@ def apply_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel
 def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
                reshard_after_forward: bool) -> None:
     """FSDP2: one parameter group per block, then the root (embeddings, final norm, output).
+
+    A 2-D ``mesh`` (dp_replicate, dp_shard) is HSDP: parameters sharded along dp_shard and
+    replicated along dp_replicate, gradients reduce-scattered then all-reduced.
 
     The last block is not resharded after forward: backward would gather it again at once.
     Forward inputs are not cast: the activations are already in the parameters' dtype, and the

@@ -38,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
 
 from stoker.observe.events import EventLog
 from stoker.observe.flops import flops_per_token
@@ -54,7 +56,8 @@ from stoker.train.exitcodes import EXIT_PREEMPTED
 from stoker.train.guards import LossGuard, Verdict
 from stoker.train.heartbeat import Heartbeat
 from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
-from stoker.train.parallelize import autocast_context, build_model, resolve_dtype
+from stoker.train.parallel_dims import ParallelDims
+from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
 from stoker.train.restarts import attempt
 
 EXIT_INTERRUPTED = 130
@@ -131,14 +134,16 @@ class Trainer:
         self.device = dist_info.device
         t = cfg.train
         self.shape = cfg.model.shape()
-        self.accum = cfg.grad_accum_steps(dist_info.world_size)
+        self.dims = ParallelDims.build(cfg.parallel.layout(dist_info.world_size), self.device)
+        self.accum = cfg.grad_accum_steps(self.dims.dp_size)
         self.tokens_per_step = t.global_batch_size * t.seq_len
         self.shard_dir = shard_dir
         self.train_loader = self._loader("train")
         check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
 
         self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
-                                 dist_info.world_size)
+                                 dist_info.world_size, dims=self.dims)
+        self.fsdp = uses_fsdp(cfg.parallel, self.dims)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
         self.step = 0
@@ -220,7 +225,8 @@ class Trainer:
         for i in range(self.accum):
             with timer.phase("data_wait"):
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
-            with timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1):
+            with (timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1),
+                  self._loss_parallel()):
                 loss = self._loss(batch.inputs, batch.targets)
                 if poison:
                     loss = loss * float("nan")
@@ -247,20 +253,23 @@ class Trainer:
         rank-averaged loss and the global gradient norm."""
         if self.guard is None:
             return OK
-        both = torch.stack([loss.float(), grad_norm.float()])
-        if dist.is_initialized() and self.dist.world_size > 1:
-            dist.all_reduce(both)
-            both /= self.dist.world_size
+        both = self.dims.dp_mean(torch.stack([loss.float(), grad_norm.float()]))
         mean_loss, norm = both.tolist()
         return self.guard.check(mean_loss, norm)
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             logits = self.model(inputs)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return loss.full_tensor() if isinstance(loss, DTensor) else loss
 
     def _autocast(self) -> AbstractContextManager[object]:
-        return autocast_context(self.cfg.parallel, self.device)
+        return autocast_context(self.cfg.parallel, self.device, fsdp=self.fsdp)
+
+    def _loss_parallel(self) -> AbstractContextManager[object]:
+        """Under tensor parallelism the logits stay vocab-sharded: the loss (forward and
+        backward) runs on the shards."""
+        return loss_parallel() if self.dims.tp_enabled else nullcontext()
 
     def _grad_sync(self, sync: bool) -> AbstractContextManager[object]:
         """DDP all-reduces on the last micro-batch only. FSDP2 reduce-scatters every micro-batch
@@ -283,11 +292,10 @@ class Trainer:
         n = self.cfg.train.eval_steps * self.accum
         for _ in range(n):
             batch = next(loader).to(self.device, non_blocking=True)
-            total += self._loss(batch.inputs, batch.targets)
+            with self._loss_parallel():
+                total += self._loss(batch.inputs, batch.targets)
         loader.close()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-            total /= self.dist.world_size
+        self.dims.dp_mean(total)
         return float(total) / n
 
     # ------------------------------------------------------------------ the loop
@@ -405,6 +413,7 @@ class Trainer:
         self.stop_agreed = int(max(stops))
         tps = self.tokens_per_step / times.step_time_s
         tps_dev = tps / self.dist.world_size
+        flops_per_rank = self.dims.flops_per_rank(self.flops_per_token, self.tokens_per_step)
         return {
             "step": self.step,
             "loss": sum(losses) / len(losses),
@@ -413,7 +422,7 @@ class Trainer:
             "tokens": self.tokens_per_step,
             "tokens_per_s": tps,
             "tokens_per_s_per_device": tps_dev,
-            "mfu": self.flops_per_token * tps_dev / self.peak.flops_per_s,
+            "mfu": flops_per_rank / times.step_time_s / self.peak.flops_per_s,
             "step_time_s": times.step_time_s,
             "data_wait_s": times.data_wait_s,
             "fwd_bwd_s": times.fwd_bwd_s,
@@ -428,6 +437,7 @@ class Trainer:
             "status": status,
             "steps_planned": self.cfg.train.steps,
             "world_size": self.dist.world_size,
+            "layout": self.dims.layout.model_dump(),
             "wall_time_s": wall_time_s,
             **self.stats.summary(),
             "flops_per_token": self.flops_per_token,
@@ -474,8 +484,8 @@ class Trainer:
     def _loader(self, split: str) -> TokenLoader:
         t = self.cfg.train
         return TokenLoader(self.shard_dir, split, t.seq_len, t.global_batch_size,  # type: ignore[arg-type]
-                           t.micro_batch_size, dp_rank=self.dist.rank,
-                           dp_size=self.dist.world_size, seed=t.seed,
+                           t.micro_batch_size, dp_rank=self.dims.dp_rank,
+                           dp_size=self.dims.dp_size, seed=t.seed,
                            prefetch=self.cfg.data.prefetch,
                            pin_memory=self.device.type == "cuda")
 

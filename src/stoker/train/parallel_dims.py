@@ -1,0 +1,128 @@
+"""The one owner of the parallel layout: which rank holds what, on one DeviceMesh.
+
+    dims = ParallelDims.build(layout, device)   # after init_process_group
+    dims.dp_rank, dims.dp_size                  # the loader's part of the global batch
+    dims.dp_group                               # loss reduction over data-parallel ranks
+    dims.mesh["tp"], dims.fsdp_mesh             # what the parallelisms are applied on
+
+The mesh's dimensions, outermost first, are ``pp, dp_replicate, dp_shard, cp, tp``; only those
+of size > 1 are in it, as in torchtitan (a world of one has no mesh at all). Ranks that differ
+only in their tp (or cp, pp) coordinate see the same data; the data-parallel rank is the
+position in ``dp_replicate × dp_shard``. Nothing outside this module decides data placement
+from RANK or WORLD_SIZE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from stoker.spec.train import Layout
+
+DIM_NAMES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
+DP_DIMS = ("dp_replicate", "dp_shard")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    layout: Layout
+    rank: int
+    mesh: DeviceMesh | None  # None: one rank, or no process group
+    dp_group: dist.ProcessGroup | None = field(default=None, compare=False)
+    """One process group over every data-parallel rank of this rank's (tp, cp, pp) coordinate;
+    None when there is no data parallelism. Made once, by every rank, in `build`."""
+
+    @classmethod
+    def build(cls, layout: Layout, device: torch.device) -> ParallelDims:
+        """The mesh of ``layout`` over the initialised process group (its size must match)."""
+        if not dist.is_initialized():
+            if layout.world_size != 1:
+                raise RuntimeError(f"a layout of {layout.world_size} ranks needs "
+                                   "torch.distributed initialised")
+            return cls(layout, 0, None)
+        if dist.get_world_size() != layout.world_size:
+            raise RuntimeError(f"the layout has {layout.world_size} ranks but the process group "
+                               f"has {dist.get_world_size()}")
+        names = tuple(n for n in DIM_NAMES if getattr(layout, n) > 1)
+        if not names:  # a one-rank process group: FSDP still gets a (1-D) mesh
+            names = ("dp_shard",)
+        sizes = tuple(getattr(layout, n) for n in names)
+        mesh = init_device_mesh(device.type, sizes, mesh_dim_names=names)
+        dims = cls(layout, dist.get_rank(), mesh)
+        dp_mesh = dims.dp_mesh
+        if dp_mesh is None or layout.dp == 1:
+            return dims
+        group = (dp_mesh.get_group() if dp_mesh.ndim == 1
+                 else dp_mesh._flatten("dp").get_group())  # as torchtitan does
+        return cls(layout, dims.rank, mesh, group)
+
+    # ------------------------------------------------------------------ coordinates
+
+    def size(self, name: str) -> int:
+        return int(getattr(self.layout, name))
+
+    def local_rank(self, name: str) -> int:
+        """This rank's coordinate along mesh dimension ``name`` (0 when that dimension is 1)."""
+        if self.mesh is None or self.mesh.mesh_dim_names is None \
+                or name not in self.mesh.mesh_dim_names:
+            return 0
+        return self.mesh.get_local_rank(name)
+
+    @property
+    def world_size(self) -> int:
+        return self.layout.world_size
+
+    @property
+    def dp_size(self) -> int:
+        """Ranks that take different samples: dp_replicate × dp_shard."""
+        return self.layout.dp
+
+    @property
+    def dp_rank(self) -> int:
+        """This rank's part of each global batch, in [0, dp_size)."""
+        return self.local_rank("dp_replicate") * self.layout.dp_shard + self.local_rank("dp_shard")
+
+    @property
+    def tp_enabled(self) -> bool:
+        return self.layout.tp > 1
+
+    def dp_dim_names(self) -> tuple[str, ...]:
+        if self.mesh is None or self.mesh.mesh_dim_names is None:
+            return ()
+        return tuple(n for n in DP_DIMS if n in self.mesh.mesh_dim_names)
+
+    @property
+    def dp_mesh(self) -> DeviceMesh | None:
+        """The data-parallel sub-mesh: 1-D, or 2-D ``(dp_replicate, dp_shard)`` (HSDP)."""
+        names = self.dp_dim_names()
+        if self.mesh is None or not names:
+            return None
+        return self.mesh[names]
+
+    @property
+    def tp_mesh(self) -> DeviceMesh | None:
+        if self.mesh is None or not self.tp_enabled:
+            return None
+        return self.mesh["tp"]
+
+    # ------------------------------------------------------------------ reductions
+
+    def dp_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` averaged over the data-parallel ranks, in place; every rank of a tp group
+        holds the same value already."""
+        group = self.dp_group
+        if group is not None:
+            dist.all_reduce(t, group=group)
+            t /= self.dp_size
+        return t
+
+    # ------------------------------------------------------------------ accounting
+
+    def flops_per_rank(self, flops_per_token: float, tokens: float) -> float:
+        """Model FLOPs each rank does for ``tokens`` trained tokens: data parallelism gives each
+        rank its own tokens, tp (and pp, cp) split each token's work between their ranks, so
+        either way every rank does 1/world_size of the total."""
+        return flops_per_token * tokens / self.world_size

@@ -1,0 +1,77 @@
+"""Every implemented parallel layout changes nothing but speed: tensor + sequence parallel,
+HSDP and FSDP + TP (real processes, gloo, up to 4 ranks) follow the loss trajectory of 1 rank
+with the same global batch and seed; ranks of one tp group read the same samples, and the
+data-parallel ranks together read each global batch exactly once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_train_equivalence import SMALL, assert_same_trajectory
+from train_helpers import EXAMPLE, train_in_process
+
+ROOT = Path(__file__).resolve().parents[1]
+GLOBAL_BATCH = 8
+
+
+def train_ranks(run_dir: Path, nproc: int, overrides: list[str]) -> list[dict[str, Any]]:
+    args = [arg for o in overrides for arg in ("--set", o)]
+    result = subprocess.run(
+        [sys.executable, "-m", "stoker", "train", str(EXAMPLE), "--nproc", str(nproc),
+         "--run-dir", str(run_dir), *args],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def samples_by_rank(run_dir: Path, nproc: int) -> list[dict[int, list[int]]]:
+    """Per rank: step -> the global sample ids it trained on."""
+    out = []
+    for rank in range(nproc):
+        lines = (run_dir / "samples" / f"rank-{rank:05d}.jsonl").read_text().splitlines()
+        out.append({r["step"]: r["ids"] for r in map(json.loads, lines)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return train_in_process(tmp_path_factory.mktemp("one"),
+                            [*SMALL, "parallel.strategy=none"]).stats.records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "nproc", "layout", "tp_groups"),
+    [
+        # tp_groups: the ranks that must read the same samples (one tp group each)
+        ("tp2", 2, ["parallel.tp=2"], [[0, 1]]),
+        ("hsdp2x2", 4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"],
+         [[0], [1], [2], [3]]),
+        ("tp2_fsdp2", 4, ["parallel.tp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
+    ],
+)
+def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]], name: str,
+                                 nproc: int, layout: list[str],
+                                 tp_groups: list[list[int]]) -> None:
+    run_dir = tmp_path / name
+    records = train_ranks(run_dir, nproc, [*SMALL, *layout, "telemetry.sample_ids=true"])
+    assert all(len(r["rank_step_times"]) == nproc for r in records)
+    assert_same_trajectory(one_rank, records)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["layout"]["tp"] * summary["layout"]["dp_replicate"] * summary["layout"][
+        "dp_shard"] == nproc
+
+    samples = samples_by_rank(run_dir, nproc)
+    for step in samples[0]:
+        for group in tp_groups:
+            assert len({tuple(samples[r][step]) for r in group}) == 1, (step, group)
+        ids = [i for group in tp_groups for i in samples[group[0]][step]]
+        assert sorted(ids) == list(range((step - 1) * GLOBAL_BATCH, step * GLOBAL_BATCH))
