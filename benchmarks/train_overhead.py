@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
     model = build_model(cfg.model.shape(), cfg.parallel, info.device, t.seed, info.world_size)
     opt = build_optimizer(model, cfg.optim, info.device)
     sched = build_scheduler(opt, cfg.optim, t.steps)
-    accum = cfg.grad_accum_steps(info.world_size)
+    accum = cfg.grad_accum_steps(cfg.parallel.layout(info.world_size).dp)
     gen = torch.Generator().manual_seed(info.rank)
     vocab = cfg.model.shape().vocab_size
     tokens = [torch.randint(0, vocab, (t.micro_batch_size, t.seq_len + 1), generator=gen)

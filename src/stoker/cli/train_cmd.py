@@ -41,8 +41,12 @@ def train(
     console = Console(stderr=True, highlight=False)
     start = resolve_resume(rdir, resume, checksums=False) if resume else None
     p = config.parallel
+    layout = p.layout(nproc)
+    dims = " × ".join(f"{name} {getattr(layout, name)}" for name in
+                      ("pp", "dp_replicate", "dp_shard", "cp", "tp") if getattr(layout, name) > 1)
     console.print(f"stoker train: {nproc} rank{'s' * (nproc > 1)}, {config.model.preset} model, "
-                  f"strategy {p.strategy}, {config.train.steps} steps -> {rdir}"
+                  f"strategy {p.strategy}{f' ({dims})' if dims else ''}, "
+                  f"{config.train.steps} steps -> {rdir}"
                   + (f", resuming from {start}" if start else ""))
     code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume)
     if code == 0:

@@ -333,6 +333,9 @@ class TrainConfig(Section):
                 raise ConfigError(source, "parallel.tp", f"train.seq_len {self.train.seq_len} "
                                   f"is not divisible by tp {p.tp} (sequence parallelism splits "
                                   "it)")
+            if shape.tie_embeddings:
+                raise ConfigError(source, "parallel.tp", "tp with model.tie_embeddings = true "
+                                  "is not supported yet")
             if layout.dp_replicate > 1 and layout.dp_shard == 1 and p.strategy != "fsdp":
                 raise ConfigError(source, "parallel.tp", "tp with DDP (dp_replicate without "
                                   "dp_shard) is not supported yet: use parallel.strategy = "
