@@ -86,6 +86,7 @@ def test_bad_field_names_its_key(overrides: list[str], key: str) -> None:
         (2, ["parallel.tp=2", "train.seq_len=33"], "parallel.tp"),  # sequence parallel splits T
         (4, ["parallel.tp=2", "parallel.strategy=\"ddp\""], "parallel.tp"),  # not supported yet
         (2, ["parallel.tp=2", "model.tie_embeddings=true"], "parallel.tp"),  # not yet
+        (2, ["parallel.tp=2", "parallel.compile=true"], "parallel.compile"),  # not yet
         (4, ["parallel.pp=2", "model.n_layers=1"], "parallel.pp"),  # fewer layers than stages
         (2, ["parallel.pp=2", "parallel.pp_microbatches=1"], "parallel.pp_microbatches"),
         (2, ["parallel.pp=2", "parallel.pp_split=[1, 2]"], "parallel.pp_split"),
