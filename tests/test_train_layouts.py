@@ -53,6 +53,8 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     [
         # tp_groups: the ranks that must read the same samples (one tp group each)
         ("tp2", 2, ["parallel.tp=2"], [[0, 1]]),
+        ("tp2_ac_eval", 2, ["parallel.tp=2", "parallel.activation_checkpoint=\"full\"",
+                            "train.eval_interval=10", "train.eval_steps=1"], [[0, 1]]),
         ("hsdp2x2", 4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"],
          [[0], [1], [2], [3]]),
         ("tp2_fsdp2", 4, ["parallel.tp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
@@ -65,6 +67,9 @@ def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]],
     records = train_ranks(run_dir, nproc, [*SMALL, *layout, "telemetry.sample_ids=true"])
     assert all(len(r["rank_step_times"]) == nproc for r in records)
     assert_same_trajectory(one_rank, records)
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert len(evals) == (2 if "train.eval_interval=10" in layout else 0)
+    assert all(0 < e < records[0]["loss"] for e in evals)  # eval under the layout runs, too
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["layout"]["tp"] * summary["layout"]["dp_replicate"] * summary["layout"][
         "dp_shard"] == nproc
