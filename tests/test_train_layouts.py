@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
 
 
-def train_ranks(run_dir: Path, nproc: int, overrides: list[str]) -> list[dict[str, Any]]:
+def train_ranks(run_dir: Path, nproc: int, overrides: list[str],
+                extra: list[str] | None = None) -> list[dict[str, Any]]:
     args = [arg for o in overrides for arg in ("--set", o)]
     result = subprocess.run(
         [sys.executable, "-m", "stoker", "train", str(EXAMPLE), "--nproc", str(nproc),
-         "--run-dir", str(run_dir), *args],
+         "--run-dir", str(run_dir), *args, *(extra or [])],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr + result.stdout
