@@ -231,7 +231,6 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
     broken = submit(cluster, "alice-t", job(cluster, "broken", "alice", 0, "exit", 3, 99,
                                             max_restarts=1))
     slow = submit(cluster, "bob-t", job(cluster, "slow", "bob", 600, max_run_time=1))
-    gang = submit(cluster, "bob-t", job(cluster, "gang", "bob", 600, "exit", 4, 1, 1, ranks=2))
     resumable = submit(cluster, "bob-t", job(cluster, "resumable", "bob", 0, "exit",
                                              EXIT_PREEMPTED, 1))
 
@@ -251,6 +250,9 @@ def test_failures_restarts_timeouts_and_gangs(cluster: ServerProcess) -> None:
     assert j["state"] == "SUCCEEDED" and (j["attempt"], j["restarts"]) == (2, 0)
     assert "PREEMPTED" in transitions(j)  # the runtime's "preempted, resumable" exit code
 
+    # Only now: with the jobs above, bob's gang would borrow alice's idle quota, and alice's
+    # restarts reclaim it, so the gang could be preempted before its rank 1 fails.
+    gang = submit(cluster, "bob-t", job(cluster, "gang", "bob", 600, "exit", 4, 1, 1, ranks=2))
     j = wait(cluster, gang, {"FAILED"})
     assert j["exit_code"] == 4
     assert any("process 1 exited with code 4; stopping the other ranks" in e["reason"]
