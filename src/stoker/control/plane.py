@@ -74,7 +74,7 @@ def default_cluster() -> ClusterConfig:
 
 class ControlPlane:
     def __init__(self, settings: ServerSettings, cluster: ClusterConfig, store: Store,
-                 reconciler: Reconciler) -> None:
+                 reconciler: Reconciler, isolation: Isolation | None = None) -> None:
         self.settings = settings
         self.cluster = cluster
         self.store = store
@@ -83,7 +83,7 @@ class ControlPlane:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock: IO[str] | None = None
-        self.isolation = Isolation()
+        self.isolation = isolation or Isolation()
 
     @classmethod
     def open(cls, settings: ServerSettings,
@@ -108,9 +108,8 @@ class ControlPlane:
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
         reconciler = Reconciler(store, executor, cluster, nodes, executor.jobs_dir, control)
-        plane = cls(settings, cluster, store, reconciler)
+        plane = cls(settings, cluster, store, reconciler, isolation)
         plane._lock = lock
-        plane.isolation = isolation
         return plane
 
     @property

@@ -91,7 +91,6 @@ class Reconciler:
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
         self._wake = threading.Event()
-        self.fault_injection = cluster.isolation.fault_injection
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -240,7 +239,8 @@ class Reconciler:
             self._fail(starting, spec, None, f"cannot start: {_why(e)}", now)
             return
         self.store.add_processes(records)
-        if self.fault_injection and any(k.startswith(FAULT_PREFIX) for k in spec.env):
+        faults = any(k.startswith(FAULT_PREFIX) for k in spec.env)
+        if faults and self.cluster.isolation.fault_injection:
             self.store.annotate(job.id, (S, R), "fault-injection",
                                 "the test-only fault hook (STOKER_FAULT) is active", ACTOR)
 
