@@ -103,7 +103,7 @@ def test_meta_materialise_equals_eager_construction() -> None:
 
 def test_init_scales_residual_projections() -> None:
     model = build(PRESETS["tiny"].model_copy(update={"dim": 512, "ffn_hidden": 1024}))
-    block = model.layers[0]
+    block = model.layers["0"]
     assert block.attention.wq.weight.std().item() == pytest.approx(0.02, rel=0.05)
     residual_std = 0.02 / (2 * TINY.n_layers) ** 0.5
     assert block.attention.wo.weight.std().item() == pytest.approx(residual_std, rel=0.05)
@@ -122,7 +122,7 @@ def test_tied_embeddings_survive_materialisation() -> None:
 def test_grouped_query_attention_equals_mha_with_repeated_kv_heads() -> None:
     gqa_shape = TINY.model_copy(update={"n_kv_heads": 2})
     gqa = build(gqa_shape)
-    assert gqa.layers[0].attention.wk.weight.shape == (2 * TINY.head_dim, TINY.dim)
+    assert gqa.layers["0"].attention.wk.weight.shape == (2 * TINY.head_dim, TINY.dim)
     mha = build(TINY)
     state = gqa.state_dict()
     for name, weight in state.items():
@@ -139,7 +139,7 @@ def test_activation_checkpointing_gives_same_loss_and_grads(mode: str, wrapped: 
     x = tokens(seq_len=17)
     plain = build()
     checkpointed = build(activation_checkpoint=mode, activation_checkpoint_every=2)
-    assert [i for i, b in enumerate(checkpointed.layers)
+    assert [i for i, b in enumerate(checkpointed.layers.values())
             if type(b).__name__ == "CheckpointWrapper"] == wrapped
     loss_plain, loss_ckpt = loss_of(plain, x), loss_of(checkpointed, x)
     loss_plain.backward()
@@ -211,14 +211,14 @@ def two_rank_worker(rank: int, port: int, out_dir: str) -> None:
             model = build_model(GQA_TIED, ParallelConfig(**fields), CPU, seed=7, world_size=2,
                                 compile_backend="aot_eager")  # inductor: slow on a small CPU
             if fields["strategy"] == "fsdp":  # each rank holds half of every weight's rows
-                wq = model.layers[0].attention.wq.weight
+                wq = model.layers["0"].attention.wq.weight
                 assert wq.to_local().shape == (TINY.dim // 2, TINY.dim)
             loss = loss_of(model, tokens(4, 17)).detach()
             results[name] = {"state": full_state(model), "loss": loss}
         bf16 = build_model(GQA_TIED, ParallelConfig(strategy="fsdp", mixed_precision="bf16"), CPU,
                            seed=7, world_size=2)
         results["bf16_logits_dtype"] = bf16(tokens()).dtype
-        results["bf16_param_dtype"] = bf16.layers[0].attention.wq.weight.dtype
+        results["bf16_param_dtype"] = bf16.layers["0"].attention.wq.weight.dtype
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

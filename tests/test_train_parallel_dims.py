@@ -58,8 +58,8 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             }
             if name != "tp_replicate":
                 model = build_model(SHAPE, parallel, CPU, seed=3, world_size=4, dims=dims)
-                entry["wq"] = describe(model.layers[0].attention.wq.weight)
-                entry["wo"] = describe(model.layers[0].attention.wo.weight)
+                entry["wq"] = describe(model.layers["0"].attention.wq.weight)
+                entry["wo"] = describe(model.layers["0"].attention.wo.weight)
                 entry["norm"] = describe(model.norm.weight)
             results[name] = entry
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))

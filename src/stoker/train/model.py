@@ -109,15 +109,22 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] -> logits [B, T, vocab_size] (in the compute dtype; upcast for the loss)."""
+    """tokens [B, T] -> logits [B, T, vocab_size] (in the compute dtype; upcast for the loss).
+
+    ``layers`` is keyed by layer index, so a pipeline stage can drop the layers it does not run
+    (and set ``tok_embeddings`` or ``norm`` and ``output`` to None) while every parameter keeps
+    its name: checkpoints do not depend on the split. A stage without embeddings takes the
+    previous stage's hidden states [B, T, dim]; one without an output returns its own.
+    """
 
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
         self.shape = shape
-        self.tok_embeddings = nn.Embedding(shape.vocab_size, shape.dim)
-        self.layers = nn.ModuleList(TransformerBlock(shape) for _ in range(shape.n_layers))
-        self.norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
-        self.output = nn.Linear(shape.dim, shape.vocab_size, bias=False)
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(shape.vocab_size, shape.dim)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(shape)
+                                     for i in range(shape.n_layers)})
+        self.norm: nn.RMSNorm | None = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.output: nn.Linear | None = nn.Linear(shape.dim, shape.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -125,7 +132,8 @@ class Transformer(nn.Module):
 
         ``to_empty`` gives every module its own new tensor, so call this again after it.
         """
-        if self.shape.tie_embeddings:
+        if self.shape.tie_embeddings and self.output is not None \
+                and self.tok_embeddings is not None:
             self.output.weight = self.tok_embeddings.weight
 
     @torch.no_grad()
@@ -135,18 +143,22 @@ class Transformer(nn.Module):
         Residual output projections (wo, w2) get a std scaled down by sqrt(2 * n_layers), as in
         GPT-2, so the residual stream does not grow with depth.
         """
-        nn.init.normal_(self.tok_embeddings.weight, std=INIT_STD)
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, std=INIT_STD)
         out_std = INIT_STD / math.sqrt(2 * self.shape.n_layers)
-        for layer in self.layers:
+        for layer in self.layers.values():
             layer.init_weights(out_std)
-        self.norm.reset_parameters()
-        if not self.shape.tie_embeddings:
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        if self.output is not None and not self.shape.tie_embeddings:
             nn.init.normal_(self.output.weight, std=INIT_STD)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         rope = rope_table(self.shape.head_dim, tokens.shape[1], self.shape.rope_theta,
                           tokens.device)
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        for layer in self.layers.values():
             h = layer(h, rope)
-        return self.output(self.norm(h))
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.output(h) if self.output is not None else h

@@ -136,14 +136,14 @@ def cuda_index(device: torch.device) -> int:
 def apply_activation_checkpointing(model: Transformer, parallel: ParallelConfig) -> None:
     """Recompute block activations in the backward pass: every block, or every Nth one."""
     every = 1 if parallel.activation_checkpoint == "full" else parallel.activation_checkpoint_every
-    for i, block in enumerate(model.layers):
-        if (i + 1) % every == 0:
-            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    for name, block in model.layers.items():
+        if (int(name) + 1) % every == 0:
+            model.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_compile(model: Transformer, backend: str = "inductor") -> None:
     """Compile each block on its own: repeated blocks reuse one compiled graph."""
-    for block in model.layers:
+    for block in model.layers.values():
         block.compile(backend=backend, fullgraph=True)
 
 
@@ -168,8 +168,8 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
                                          cast_forward_inputs=False)
     else:
         mp_policy = MixedPrecisionPolicy()
-    last = len(model.layers) - 1
-    for i, block in enumerate(model.layers):
+    blocks = list(model.layers.values())
+    for i, block in enumerate(blocks):
         fully_shard(block, mesh=mesh, mp_policy=mp_policy,
-                    reshard_after_forward=reshard_after_forward and i < last)
+                    reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)

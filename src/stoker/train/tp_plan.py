@@ -39,7 +39,7 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
                                   output_layouts=Shard(-1) if loss_parallel else Replicate(),
                                   use_local_output=not loss_parallel),
     })
-    for block in model.layers:
+    for block in model.layers.values():
         assert isinstance(block, TransformerBlock)
         attention = block.attention
         attention.n_heads //= tp
