@@ -12,6 +12,7 @@ from stoker.cli import (
     data_cmd,
     export_cmd,
     jobs_cmd,
+    plan_cmd,
     server_cmd,
     sim_cmd,
     train_cmd,
@@ -26,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (train_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd, sim_cmd):
+for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
+               sim_cmd):
     module.register(app)
 
 
