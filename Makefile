@@ -3,13 +3,21 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint sandbox
+.PHONY: install demo test lint sandbox postgres
 
 # bubblewrap sandboxes the control plane's jobs (tests/test_tenant_isolation.py). Installed
 # here when missing and this is root (as in CI); elsewhere those tests skip, or fail under CI.
 sandbox:
 	@command -v bwrap >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
 		|| { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+
+# PostgreSQL's server (tests/pg.py starts one in a temporary directory): installed when missing
+# and this is root (as in CI); elsewhere the PostgreSQL tests skip, or fail under CI=true.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| { apt-get update -qq && { apt-get install -y -qq postgresql-15 >/dev/null \
+			|| apt-get install -y -qq postgresql >/dev/null; }; }
 
 $(BIN)/stoker: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,5 +35,5 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: install lint sandbox
+test: install lint sandbox postgres
 	$(BIN)/pytest -q

@@ -40,3 +40,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device")
+
+
+# PostgreSQL: one server per session, a database per test (tests/pg.py).
+from pg import db_url, pg_server, pg_url  # noqa: E402, F401

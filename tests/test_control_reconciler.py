@@ -1,4 +1,6 @@
-"""The reconciler's parts with a real store and real processes, stepped by hand (no server)."""
+"""The reconciler's parts with a real store and real processes, stepped by hand (no server).
+
+Every test taking ``store`` runs on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ def cluster() -> ClusterConfig:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    s = SqlStore.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def store(db_url: str) -> Iterator[SqlStore]:
+    s = SqlStore.open(db_url)
     yield s
     s.close()
 
@@ -143,11 +145,10 @@ def test_plans_for_command_and_training_jobs(store: SqlStore, tmp_path: Path) ->
     assert loading.read_toml(workdir / "train.toml") == train
 
 
-def test_processes_are_pinned_and_get_no_tokens(tmp_path: Path) -> None:
+def test_processes_are_pinned_and_get_no_tokens(store: SqlStore, tmp_path: Path) -> None:
     executor = LocalExecutor(tmp_path / "jobs", hidden_env={"SECRET_TOKEN"})
     os.environ["SECRET_TOKEN"] = "x"
     try:
-        store = SqlStore.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
         code = ("import os; print(sorted(os.sched_getaffinity(0)), "
                 "os.environ.get('SECRET_TOKEN'), repr(os.environ['CUDA_VISIBLE_DEVICES']))")
         job = submit(store, command_spec(code))
@@ -162,7 +163,6 @@ def test_processes_are_pinned_and_get_no_tokens(tmp_path: Path) -> None:
             time.sleep(0.05)
         cpu = sorted(os.sched_getaffinity(0))[1 % len(os.sched_getaffinity(0))]
         assert f"[{cpu}] None ''" in Path(record.log_path).read_text()
-        store.close()
     finally:
         del os.environ["SECRET_TOKEN"]
 

@@ -1,10 +1,12 @@
-"""The store: migrations, transitions with their events in one transaction, compare-and-set."""
+"""The store: migrations, transitions with their events in one transaction, compare-and-set.
+
+Every test taking ``store`` or ``db_url`` runs on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from stoker.control.db import alembic_config, make_engine, migrate
+from stoker.control.db import DatabaseError, alembic_config, make_engine, migrate
+from stoker.control.pg_local import free_port
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import AuditRecord, DuplicateKey, NewJob, NodeRecord, QuotaRecord
 from stoker.control.tables import Base
@@ -23,8 +26,8 @@ Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUN
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    s = SqlStore.open(f"sqlite:///{tmp_path / 'stoker.db'}")
+def store(db_url: str) -> Iterator[SqlStore]:
+    s = SqlStore.open(db_url)
     yield s
     s.close()
 
@@ -37,13 +40,16 @@ def new_job(tenant: str = "alice") -> NewJob:
 def test_migrations_match_the_tables(store: SqlStore) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if store.postgres:
+            mode = conn.exec_driver_sql("SHOW transaction_isolation").scalar()
+        else:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
     assert diff == []
-    assert mode == "wal"
+    assert mode == ("read committed" if store.postgres else "wal")
 
 
-def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'x.db'}"
+def test_migrate_twice_is_a_noop(db_url: str) -> None:
+    url = db_url
     first = SqlStore.open(url)
     job = first.submit(new_job(), "alice")
     first.close()
@@ -176,8 +182,8 @@ def test_quota_changes_and_cordons_are_audited(store: SqlStore) -> None:
     assert [a.id for a in store.audit(after_id=entries[1].id, limit=1)] == [entries[2].id]
 
 
-def test_upgrading_from_0001_keeps_the_jobs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_upgrading_from_0001_keeps_the_jobs(db_url: str) -> None:
+    url = db_url
     engine = make_engine(url)
     migrate(engine, "0001")
     with engine.begin() as conn:
@@ -194,3 +200,79 @@ def test_upgrading_from_0001_keeps_the_jobs(tmp_path: Path) -> None:
         assert store.audit() == []
     finally:
         store.close()
+
+
+def _together(n: int, work: Callable[[int], object]) -> list[object]:
+    """Run ``work(i)`` for i < n in n threads released at once: results (or exceptions)."""
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def go(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def test_racing_submits_with_one_key_make_one_job(store: SqlStore) -> None:
+    for key in ("k1", "k2", "k3"):
+        keyed = replace(new_job(), idempotency_key=key, request_sha256="a" * 64)
+        results = _together(6, lambda _, job=keyed: store.submit(job, "alice"))
+        assert sum(isinstance(r, DuplicateKey) for r in results) == 5, results
+    assert len(store.list_jobs()) == 3 and len(store.events()) == 3
+
+
+def test_concurrent_submits_get_distinct_ids_and_one_event_each(store: SqlStore) -> None:
+    results = _together(6, lambda _: [store.submit(new_job(), "alice").id for _ in range(5)])
+    ids = [i for r in results for i in r]  # type: ignore[attr-defined]
+    assert len(set(ids)) == 30
+    assert sorted(e.job_id for e in store.events()) == sorted(ids)  # type: ignore[type-var]
+
+
+def test_many_racing_transitions_have_one_winner(store: SqlStore) -> None:
+    targets = (A, JobState.CANCELLED, A, JobState.CANCELLED, A, JobState.CANCELLED)
+    for _ in range(5):
+        job = store.submit(new_job(), "alice")
+        results = _race(store, job.id, targets)
+        assert sum(r is not None for r in results) == 1
+        assert len(store.events(job.id)) == 2
+
+
+def test_servers_starting_together_share_one_schema_and_node_table(db_url: str) -> None:
+    """Several servers may open one database at once: migrations and node syncs race."""
+    nodes = [NodeRecord(f"n{i}", "cpu") for i in range(4)]
+
+    def open_and_sync(_: int) -> int:
+        s = SqlStore.open(db_url)
+        try:
+            for _ in range(3):
+                s.sync_nodes(nodes)
+            return len(s.nodes())
+        finally:
+            s.close()
+
+    threads = 2 if db_url.startswith("sqlite") else 4
+    assert _together(threads, open_and_sync) == [4] * threads
+
+
+def test_a_bad_or_unreachable_database_is_one_line_without_the_password(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    for url, why in [
+        (f"postgresql+psycopg://bob:s3cret@127.0.0.1:{port}/x", "cannot open the database "
+         f"postgresql+psycopg://bob:***@127.0.0.1:{port}/x: connection"),
+        ("mysql://bob:s3cret@localhost/x", "unsupported database 'mysql'"),
+        ("::s3cret::", "cannot be parsed"),
+    ]:
+        with pytest.raises(DatabaseError) as err:
+            SqlStore.open(url)
+        assert why in str(err.value) and "s3cret" not in str(err.value)
+        assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,11 @@ def server(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on."),
     db: str | None = typer.Option(None, "--db", envvar="STOKER_DB",
-                                  help="SQLAlchemy URL (default: sqlite:///STATE_DIR/stoker.db)."),
+                                  help="Database URL: sqlite:///PATH or "
+                                  "postgresql+psycopg://USER@HOST:PORT/DB (default: the "
+                                  "config's [store] url, else sqlite:///STATE_DIR/stoker.db). "
+                                  "On PostgreSQL every server competes for the leader lease; "
+                                  "the others stand by."),
     state_dir: Path = typer.Option(Path("runs/stoker-server"), "--state-dir",
                                    envvar="STOKER_STATE_DIR",
                                    help="Jobs' directories, logs and the default database."),
@@ -35,6 +39,8 @@ def server(
 
     Tokens: the admin's from $STOKER_ADMIN_TOKEN (or the config's [admin]), each tenant's as
     its config says. Killing the server leaves running jobs running; the next start adopts them.
+    Several servers on one PostgreSQL database (and one state directory): one leads, the others
+    serve the API and take over when it dies.
     """
     from stoker.server.main import serve
     from stoker.spec import loading

@@ -1,5 +1,10 @@
 """The control plane as one object: cluster config, store, executor and reconciler, and the
-operations the API offers on them (submit, cancel, views, quotas, cordons)."""
+operations the API offers on them (submit, cancel, views, quotas, cordons).
+
+On SQLite one server owns the state directory and the database (an exclusive lock on each).
+On PostgreSQL several servers may share one database and one state directory (a shared lock):
+each serves the API, and the one holding the leader lease runs the reconciler and the executor
+(`stoker.control.leader`)."""
 
 from __future__ import annotations
 
@@ -16,8 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from stoker.control.db import is_postgres, parse_url, redact
 from stoker.control.isolation import Isolation, decide
 from stoker.control.launch import log_relpath
+from stoker.control.leader import AdvisoryLease, Leadership, server_id
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import usage, with_overrides
@@ -82,8 +89,9 @@ class ControlPlane:
         self.nodes: tuple[Node, ...] = reconciler.nodes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock: IO[str] | None = None
+        self._locks: list[IO[str]] = []
         self.isolation = isolation or Isolation()
+        self.leadership: Leadership | None = None  # None: the only server (SQLite)
 
     @classmethod
     def open(cls, settings: ServerSettings,
@@ -93,11 +101,22 @@ class ControlPlane:
         if settings.single_trust:
             isolation_cfg = cluster.isolation.model_copy(update={"single_trust": True})
             cluster = cluster.model_copy(update={"isolation": isolation_cfg})
-        isolation = decide(cluster, source=settings.config or "default cluster")
+        url = database_url(settings, cluster)  # DatabaseError, before anything is changed
         state = Path(settings.state_dir)
-        make_state_dirs(state)
-        lock = _lock(state / "server.lock")
-        store = SqlStore.open(settings.db_url())
+        if is_postgres(url):
+            store = SqlStore.open(url)  # unreachable: DatabaseError, still nothing changed
+            try:
+                isolation = decide(cluster, source=settings.config or "default cluster")
+                make_state_dirs(state)
+                locks = [_lock(state / "server.lock", shared=True)]
+            except BaseException:
+                store.close()
+                raise
+        else:
+            isolation = decide(cluster, source=settings.config or "default cluster")
+            make_state_dirs(state)
+            locks = sqlite_locks(state, url)
+            store = SqlStore.open(url)
         nodes = cluster_nodes(cluster)
         store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
         executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)),
@@ -107,10 +126,28 @@ class ControlPlane:
         control = ControlSettings(grace_period_s=settings.grace_period,
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
-        reconciler = Reconciler(store, executor, cluster, nodes, executor.jobs_dir, control)
+        lease = None
+        if store.postgres:  # the reconciler's writes are fenced by the leader's term
+            lease = AdvisoryLease(store.engine, server_id())
+        reconciler = Reconciler(store.fenced(lease.fence) if lease else store, executor,
+                                cluster, nodes, executor.jobs_dir, control)
         plane = cls(settings, cluster, store, reconciler, isolation)
-        plane._lock = lock
+        if lease is not None:
+            url = f"http://{settings.host}:{settings.port}"
+            plane.leadership = Leadership(lease, store, reconciler, server_id(), url)
+        plane._locks = locks
         return plane
+
+    def describe_store(self) -> str:
+        url = redact(self.store.engine.url) if isinstance(self.store, SqlStore) else "?"
+        several = "; several servers, one leader" if self.leadership else ""
+        return f"store {url}{several}"
+
+    def status(self) -> dict[str, Any]:
+        """Who leads: this server (``role`` leader) or another (standby), as last seen."""
+        if self.leadership is None:
+            return {"role": "leader", "store": "sqlite"}
+        return {**self.leadership.status(), "store": "postgresql"}
 
     @property
     def jobs_dir(self) -> Path:
@@ -119,11 +156,18 @@ class ControlPlane:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Adopt what a previous run left, then reconcile in a background thread."""
-        self.reconciler.recover()
+        """Adopt what a previous run left, then reconcile in a background thread. With a
+        leader lease (PostgreSQL): compete for it, and do both only while holding it."""
         interval = self.settings.interval or self.cluster.scheduler.interval
-        self._thread = threading.Thread(target=self.reconciler.run, args=(self._stop, interval),
-                                        name="reconciler", daemon=True)
+        if self.leadership is not None:
+            self._thread = threading.Thread(target=self.leadership.run,
+                                            args=(self._stop, interval), name="leadership",
+                                            daemon=True)
+        else:
+            self.reconciler.recover()
+            self._thread = threading.Thread(target=self.reconciler.run,
+                                            args=(self._stop, interval), name="reconciler",
+                                            daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -132,10 +176,12 @@ class ControlPlane:
         self.reconciler.wake()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.leadership is not None:
+            self.leadership.lease.dispose()  # the lock is free for a standby at once
         if isinstance(self.store, SqlStore):
             self.store.close()
-        if self._lock is not None:
-            self._lock.close()
+        for lock in self._locks:
+            lock.close()
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -383,14 +429,49 @@ def make_state_dirs(state: Path) -> None:
             os.chmod(entry.path, 0o600)
 
 
-def _lock(path: Path) -> IO[str]:
-    """Hold an exclusive lock on ``path`` for the life of the process."""
+def database_url(settings: ServerSettings, cluster: ClusterConfig) -> str:
+    """``--db``, else the config's ``[store] url``, else SQLite in the state directory;
+    checked (DatabaseError without the URL's password when it is not a usable URL)."""
+    url = settings.db or cluster.store.url or settings.db_url()
+    parse_url(url)
+    return url
+
+
+ONE_SQLITE_SERVER = ("a SQLite store allows one server; several servers need PostgreSQL "
+                     "(--db postgresql+psycopg://USER@HOST:PORT/DB)")
+
+
+def sqlite_locks(state: Path, url: str) -> list[IO[str]]:
+    """Exclusive locks on the state directory and on the database file."""
+    locks = [_lock(state / "server.lock", ONE_SQLITE_SERVER)]
+    database = parse_url(url).database
+    if database and database != ":memory:":
+        path = Path(database).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            locks.append(_lock(path.with_name(path.name + ".server-lock"), ONE_SQLITE_SERVER,
+                               what=f"the database {path}"))
+        except BaseException:
+            locks[0].close()
+            raise
+    return locks
+
+
+def _lock(path: Path, why: str = "", shared: bool = False, what: str | None = None) -> IO[str]:
+    """Hold a lock on ``path`` for the life of the process: exclusive (SQLite: one server),
+    or shared (PostgreSQL: servers of one database share a state directory)."""
     handle = path.open("a")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise StokerError(f"another stoker server uses {path.parent}") from None
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+        if shared:
+            raise StokerError(f"a stoker server with a SQLite store uses {path.parent}; "
+                              "servers on PostgreSQL cannot share it") from None
+        where = what or str(path.parent)
+        raise StokerError(f"another stoker server uses {where}" + (f": {why}" if why else "")
+                          ) from None
+    if not shared:
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return handle

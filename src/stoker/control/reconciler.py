@@ -102,12 +102,16 @@ class Reconciler:
                 self.step()
             except Exception:
                 log.exception("reconcile cycle failed")
-            self._wake.wait(interval)
-            self._wake.clear()
+            self.pause(interval)
 
     def wake(self) -> None:
         """Run the next cycle now (a job was submitted or cancelled)."""
         self._wake.set()
+
+    def pause(self, seconds: float) -> None:
+        """Wait between cycles: ``seconds``, or until `wake`."""
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     def step(self) -> Decisions:
         started = time.perf_counter()
@@ -238,7 +242,12 @@ class Reconciler:
             log.exception("cannot start job %d", job.id)
             self._fail(starting, spec, None, f"cannot start: {_why(e)}", now)
             return
-        self.store.add_processes(records)
+        try:
+            self.store.add_processes(records)
+        except Exception:  # e.g. this server is no longer the leader: leave nothing behind
+            for record in records:
+                self.executor.kill(record)
+            raise
         faults = any(k.startswith(FAULT_PREFIX) for k in spec.env)
         if faults and self.cluster.isolation.fault_injection:
             self.store.annotate(job.id, (S, R), "fault-injection",

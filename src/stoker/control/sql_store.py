@@ -1,4 +1,14 @@
-"""`Store` over SQLAlchemy 2: SQLite (WAL) by default, any SQLAlchemy URL otherwise."""
+"""`Store` over SQLAlchemy 2: SQLite (WAL) by default, or PostgreSQL.
+
+SQLite has one writer at a time (``BEGIN IMMEDIATE``), so a read-then-write transaction sees
+no concurrent change. PostgreSQL runs writers concurrently at READ COMMITTED, so the rows a
+transaction reads before changing them are locked (``SELECT ... FOR UPDATE``; a no-op on
+SQLite), inserts that race on a key are retried, and audit entries are numbered in commit order
+(a transaction-scoped advisory lock) so that paging by id never skips one.
+
+A store may carry a *fence*: a check run first in each write transaction (the leader's term,
+`stoker.control.leader`) that raises to refuse the write.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +18,12 @@ from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, update
+from sqlalchemy import Engine, Row, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stoker.control import tables as t
-from stoker.control.db import WRITE, make_engine, migrate
+from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
     AuditRecord,
@@ -35,19 +45,35 @@ MUTABLE = frozenset({
 })
 
 
+AUDIT_LOCK = 0x73746F6B65720002  # pg_advisory_xact_lock key: audit ids in commit order
+Fence = Callable[[Session], None]
+
+
 class SqlStore:
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time,
+                 fence: Fence | None = None) -> None:
         self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
         self._clock = clock
+        self._fence = fence
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
 
     @classmethod
     def open(cls, url: str) -> SqlStore:
-        """Connect to ``url`` and migrate its schema to the latest revision."""
-        engine = make_engine(url)
-        migrate(engine)
+        """Connect to ``url`` and migrate its schema to the latest revision. A bad URL or an
+        unreachable database is a one-line `DatabaseError` (never showing a password)."""
+        engine = open_engine(url)
+        try:
+            migrate(engine)
+        except Exception:
+            engine.dispose()
+            raise
         return cls(engine)
+
+    def fenced(self, fence: Fence) -> SqlStore:
+        """This store (same engine and clock) with ``fence`` run first in every write."""
+        return SqlStore(self.engine, self._clock, fence)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -55,7 +81,24 @@ class SqlStore:
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self._write() as session, session.begin():
+            if self._fence is not None:
+                self._fence(session)
             yield session
+
+    def _audit_order(self, session: Session) -> None:
+        """Hold the audit lock to the end of this transaction (PostgreSQL)."""
+        if self.postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK})
+
+    def _retrying(self, write: Callable[[], Any], tries: int = 5) -> Any:
+        """Run ``write`` again when a concurrent insert of the same key won the race."""
+        for attempt in range(tries):
+            try:
+                return write()
+            except IntegrityError:
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -147,6 +190,8 @@ class SqlStore:
                                               t.Job.state.in_([e.value for e in expect]))
             if version is not None:
                 query = query.where(t.Job.version == version)
+            # FOR UPDATE: on PostgreSQL a racing writer waits here and then sees our result.
+            query = query.with_for_update()
             before = s.execute(query).scalar_one_or_none()
             if before is None:
                 return None
@@ -219,8 +264,13 @@ class SqlStore:
     # --- quotas and nodes -------------------------------------------------------------------
 
     def set_quota(self, quota: QuotaRecord) -> QuotaRecord:
+        self._retrying(lambda: self._set_quota(quota))
+        return quota
+
+    def _set_quota(self, quota: QuotaRecord) -> None:
         with self._tx() as s:
-            row = s.get(t.QuotaOverride, (quota.queue, quota.flavor))
+            self._audit_order(s)
+            row = s.get(t.QuotaOverride, (quota.queue, quota.flavor), with_for_update=True)
             values = _as_dict(quota)
             if row is None:
                 s.add(t.QuotaOverride(**values))
@@ -233,7 +283,6 @@ class SqlStore:
             s.add(_audit_row(AuditRecord(quota.updated_at, quota.updated_by, "quota",
                                          f"{quota.queue}/{quota.flavor}",
                                          {"quota": quota.quota})))
-        return quota
 
     def quotas(self) -> list[QuotaRecord]:
         query = select(t.QuotaOverride).order_by(t.QuotaOverride.queue, t.QuotaOverride.flavor)
@@ -241,10 +290,13 @@ class SqlStore:
             return [QuotaRecord(**_columns(row, QuotaRecord)) for row in s.scalars(query)]
 
     def sync_nodes(self, nodes: Sequence[NodeRecord]) -> None:
+        self._retrying(lambda: self._sync_nodes(nodes))
+
+    def _sync_nodes(self, nodes: Sequence[NodeRecord]) -> None:
         now = self._clock()
         with self._tx() as s:
-            for node in nodes:
-                row = s.get(t.Node, node.name)
+            for node in sorted(nodes, key=lambda n: n.name):  # one lock order for every server
+                row = s.get(t.Node, node.name, with_for_update=True)
                 if row is None:
                     s.add(t.Node(name=node.name, flavor=node.flavor, labels=node.labels,
                                  capacity=node.capacity, cordoned=False, cordon_reason="",
@@ -261,7 +313,8 @@ class SqlStore:
     def set_cordon(self, name: str, cordoned: bool, reason: str, actor: str) -> NodeRecord | None:
         now = self._clock()
         with self._tx() as s:
-            row = s.get(t.Node, name)
+            self._audit_order(s)
+            row = s.get(t.Node, name, with_for_update=True)
             if row is None:
                 return None
             row.cordoned, row.cordon_reason, row.updated_at = cordoned, reason, now
@@ -277,6 +330,7 @@ class SqlStore:
 
     def add_audit(self, entry: AuditRecord) -> AuditRecord:
         with self._tx() as s:
+            self._audit_order(s)
             row = _audit_row(entry)
             s.add(row)
             s.flush()

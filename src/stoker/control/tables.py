@@ -127,3 +127,19 @@ class Audit(Base):
     action: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(256))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Leader(Base):
+    """The control plane's leader as it announced itself (one row, ``id`` 1), on PostgreSQL.
+
+    The advisory lock decides who leads (`stoker.control.leader`); this row says who took it
+    last, and ``term`` (+1 at each takeover) fences a deposed leader's writes.
+    """
+
+    __tablename__ = "leader"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    term: Mapped[int] = mapped_column(Integer)
+    server: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(Text)
+    since: Mapped[float]

@@ -135,7 +135,10 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
 
     @app.get("/healthz", tags=["server"], responses=errors(413))
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "version": stoker.__version__}
+        """Alive, and who leads: ``role`` is this server's (leader or standby); on PostgreSQL
+        ``leader`` is the leading server as last seen (``server``, ``url``, ``since``,
+        ``term``), ``first_cycle_at`` when its first reconcile cycle as leader ended."""
+        return {"ok": True, "version": stoker.__version__, **plane.status()}
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},

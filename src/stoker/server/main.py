@@ -29,7 +29,8 @@ def serve(settings: ServerSettings) -> None:
         logging.warning("no token for %s: it cannot log in", who)
     app = create_app(plane, tokens)
     print(f"stoker server: http://{settings.host}:{settings.port} (API docs at /docs), "
-          f"state in {settings.state_dir}, {len(plane.nodes)} node(s); "
+          f"state in {settings.state_dir}, {plane.describe_store()}, "
+          f"{len(plane.nodes)} node(s); "
           f"{plane.isolation.describe()}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
                 access_log=False)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -26,17 +27,19 @@ def free_port() -> int:
 
 class ServerProcess:
     """Start with `start()` (or as a context manager), stop with `stop()` (SIGTERM) or
-    `kill()` (SIGKILL, as a crash would). The server's output goes to STATE_DIR/server.log."""
+    `kill()` (SIGKILL, as a crash would). The server's output goes to STATE_DIR/server.log, or
+    to ``log`` (servers sharing a state directory on PostgreSQL)."""
 
     def __init__(self, state_dir: Path, config: Path | None = None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (),
-                 port: int | None = None) -> None:
+                 port: int | None = None, log: Path | None = None) -> None:
         self.state_dir = state_dir
         self.config = config
         self.env = dict(env or {})
         self.args = list(args)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log = log
 
     @property
     def url(self) -> str:
@@ -44,13 +47,21 @@ class ServerProcess:
 
     @property
     def log(self) -> Path:
-        return self.state_dir / "server.log"
+        return self._log or self.state_dir / "server.log"
+
+    def health(self) -> dict[str, Any]:
+        """GET /healthz: alive, and who leads (``role``, ``leader``)."""
+        response = httpx.get(f"{self.url}/healthz", timeout=10.0)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
 
     def client(self, token: str | None) -> Client:
         return Client(self.url, token)
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "stoker", "server", "--port", str(self.port),
                 "--state-dir", str(self.state_dir), *self.args]
         if self.config is not None:

@@ -51,6 +51,9 @@ sandbox = "auto"                     # bubblewrap where it works
 single_trust = false                 # several tenants without isolation: refuse to start
 pass_env = ["NCCL_*"]                # server variables jobs may see besides PATH, LANG, ...
 
+[store]                              # default: SQLite in the server's state directory
+url = "postgresql+psycopg://stoker@db.example:5432/stoker"   # password: $PGPASSWORD or ~/.pgpass
+
 [api]
 public_metrics = false               # /metrics needs a token
 max_body_bytes = "1MiB"
@@ -76,15 +79,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, KeyedValueError
 from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, Seconds
 
 RESOURCES = ("gpus", "cpus", "memory")
+# Stored as 32-bit integers (PostgreSQL's INTEGER).
+Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+DB_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class Section(BaseModel):
@@ -213,6 +219,24 @@ class ApiConfig(Section):
     max_body_bytes: Bytes = Field(default=1 << 20, ge=1024)
 
 
+class StoreConfig(Section):
+    """The control plane's database: ``url`` is ``sqlite:///PATH`` or
+    ``postgresql+psycopg://USER@HOST:PORT/DB`` (several servers, one leader: PostgreSQL only).
+    Default: SQLite in the server's state directory; ``stoker server --db`` overrides."""
+
+    url: str | None = Field(default=None, min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str | None) -> str | None:
+        # The URL itself is never repeated in the error: it may hold a password.
+        scheme = (url or "").split(":", 1)[0].split("+", 1)[0]
+        if url is not None and (scheme not in DB_SCHEMES or "://" not in url):
+            raise KeyedValueError("store.url", "expected sqlite:///PATH or "
+                                  "postgresql+psycopg://USER@HOST:PORT/DB")
+        return url
+
+
 class SchedulerConfig(Section):
     fair_sharing: bool = False
     starvation_age: Seconds | None = None
@@ -223,7 +247,7 @@ class SchedulerConfig(Section):
 class ClusterConfig(Section):
     topology: tuple[str, ...] = ()
     default_priority_class: str | None = None
-    priority_classes: dict[str, int] = {}
+    priority_classes: dict[str, Priority] = {}
     scheduler: SchedulerConfig = SchedulerConfig()
     flavors: dict[str, FlavorConfig] = Field(min_length=1)
     autodetect: AutodetectConfig | None = None
@@ -232,6 +256,7 @@ class ClusterConfig(Section):
     tenants: dict[str, TenantConfig] = {}
     isolation: IsolationConfig = IsolationConfig()
     api: ApiConfig = ApiConfig()
+    store: StoreConfig = StoreConfig()
     cohorts: dict[str, CohortConfig] = {}
     queues: dict[str, QueueConfig] = Field(min_length=1)
 
