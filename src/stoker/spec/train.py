@@ -348,36 +348,57 @@ class TrainConfig(Section):
                               f"not divisible by 2 × cp = {2 * p.cp} (load-balanced context "
                               "parallelism splits it in 2 × cp chunks)")
         if p.pp > 1 or p.pp_stages_per_rank > 1 or p.pp_split is not None:
-            stages = p.n_stages
-            if p.pp_schedule in ("gpipe", "1f1b") and p.pp_stages_per_rank != 1:
-                raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} "
-                                  "runs one stage per rank; the interleaved schedules run more")
-            if p.pp_schedule in ("interleaved-1f1b", "zero-bubble") and p.pp_stages_per_rank < 2:
-                raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} "
-                                  "needs at least 2 stages per rank")
-            if shape.n_layers < stages:
-                raise ConfigError(source, "parallel.pp", f"model.n_layers {shape.n_layers} is "
-                                  f"fewer than the {stages} pipeline stages")
-            if p.pp_split is not None and (len(p.pp_split) != stages - 1
-                                           or p.pp_split[-1] >= shape.n_layers):
-                raise ConfigError(source, "parallel.pp_split", f"{stages} stages need "
-                                  f"{stages - 1} increasing layer indices below model.n_layers "
-                                  f"{shape.n_layers}, got {p.pp_split}")
-            micro = p.pp_microbatches or stages
-            if micro < stages:
-                raise ConfigError(source, "parallel.pp_microbatches", f"{micro} is fewer than "
-                                  f"the {stages} pipeline stages")
-            if self.train.micro_batch_size % micro:
-                raise ConfigError(source, "parallel.pp_microbatches", f"train.micro_batch_size "
-                                  f"{self.train.micro_batch_size} is not divisible by {micro}")
+            check_pipeline(self, layout, source)
         check_supported(p, source)
         return layout
 
 
+def check_pipeline(cfg: TrainConfig, layout: Layout, source: str | None = None) -> None:
+    """Pipeline layouts that cannot run: too few layers or micro-batches for the stages, a
+    split that does not fit the model, a schedule that cannot place the stages, and what
+    pipelining does not combine with yet."""
+    p, shape = cfg.parallel, cfg.model.shape()
+    for key, given in (("pp_stages_per_rank", p.pp_stages_per_rank != 1),
+                       ("pp_split", p.pp_split is not None)):
+        if p.pp == 1 and given:
+            raise ConfigError(source, f"parallel.{key}", "needs pipeline parallelism: set "
+                              "parallel.pp > 1")
+    stages = p.n_stages
+    if p.pp_schedule in ("gpipe", "1f1b") and p.pp_stages_per_rank != 1:
+        raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} runs one "
+                          "stage per rank; the interleaved schedules run more")
+    if p.pp_schedule in ("interleaved-1f1b", "zero-bubble") and p.pp_stages_per_rank < 2:
+        raise ConfigError(source, "parallel.pp_stages_per_rank", f"{p.pp_schedule!r} needs at "
+                          "least 2 stages per rank")
+    if shape.n_layers < stages:
+        raise ConfigError(source, "parallel.pp", f"model.n_layers {shape.n_layers} is fewer "
+                          f"than the {stages} pipeline stages")
+    if p.pp_split is not None and (len(p.pp_split) != stages - 1
+                                   or p.pp_split[-1] >= shape.n_layers):
+        raise ConfigError(source, "parallel.pp_split", f"{stages} stages need {stages - 1} "
+                          f"increasing layer indices below model.n_layers {shape.n_layers}, "
+                          f"got {p.pp_split}")
+    micro = p.pp_microbatches or stages
+    if micro < stages:
+        raise ConfigError(source, "parallel.pp_microbatches", f"{micro} is fewer than the "
+                          f"{stages} pipeline stages")
+    if cfg.train.micro_batch_size % micro:
+        raise ConfigError(source, "parallel.pp_microbatches", f"train.micro_batch_size "
+                          f"{cfg.train.micro_batch_size} is not divisible by {micro}")
+    rounds = max(1, micro // p.pp)  # the interleaved schedules run the micro-batches in rounds
+    if p.pp_stages_per_rank > 1 and micro % rounds:
+        raise ConfigError(source, "parallel.pp_microbatches", f"{p.pp_schedule!r} runs {micro} "
+                          f"micro-batches in rounds of pp = {p.pp}: give a multiple of pp, or "
+                          "fewer than 2 × pp")
+    if p.pp > 1 and shape.tie_embeddings:
+        raise ConfigError(source, "parallel.pp", "pp with model.tie_embeddings = true is not "
+                          "supported yet: the first and last stages would share one weight")
+    if p.pp > 1 and p.strategy == "ddp" and layout.dp_shard == 1 and layout.tp == 1:
+        raise ConfigError(source, "parallel.pp", "pp with DDP is not supported yet: use "
+                          "parallel.strategy = \"fsdp\" or set parallel.dp_shard")
+
+
 def check_supported(p: ParallelConfig, source: str | None = None) -> None:
     """Dimensions the config describes but this version of the runtime does not run yet."""
-    if p.pp > 1 or p.pp_stages_per_rank > 1 or p.pp_split is not None:
-        raise ConfigError(source, "parallel.pp", "pipeline parallelism is not supported yet "
-                          "(pp, pp_stages_per_rank and pp_split must stay unset)")
     if p.cp > 1:
         raise ConfigError(source, "parallel.cp", "context parallelism is not supported yet")

@@ -8,9 +8,11 @@
         MANIFEST.json                     the commit record, written last (ckpt_manifest.py)
 
 The state handed to `Checkpointer.save` is a DCP state dict: model and optimizer state from
-``torch.distributed.checkpoint.state_dict.get_state_dict`` (plain, DDP and FSDP2 alike, so a
-checkpoint saved by N ranks loads on M), plus small replicated values (scheduler, step, data
-position as a global sample count) that DCP stores once. RNG states are per rank and go to
+``torch.distributed.checkpoint.state_dict`` (plain, DDP, FSDP2, tp and pipeline stages alike,
+keyed by full-model parameter names, so a checkpoint saved under one layout loads under
+another; the optimizer state flat, `nested_optimizer_state` tells the older nested form), plus
+small replicated values (scheduler, step, data position as a global sample count) that DCP
+stores once. RNG states are per rank and go to
 per-rank files.
 
 Async saves (``checkpoint.async``, the default) return at once: a background thread copies the
@@ -31,6 +33,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import threading
@@ -127,6 +130,14 @@ def resolve_resume(run_dir: Path, resume: str | Path, events: EventLog | None = 
     except TornCheckpoint as e:
         raise StokerError(f"--resume {resume}: {e.reason}") from None
     return path
+
+
+def nested_optimizer_state(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` holds the optimizer state in the nested form
+    (``param_groups`` as a list of groups, each naming its parameters), as checkpoints written
+    before pipeline parallelism do, rather than flat (one key per parameter and setting)."""
+    keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return any(re.fullmatch(r"optimizer\.param_groups\.\d+\.params", key) for key in keys)
 
 
 def config_hash(cfg: BaseModel) -> str:

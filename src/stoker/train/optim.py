@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
@@ -62,17 +63,23 @@ def build_scheduler(
     return LambdaLR(optimizer, functools.partial(lr_factor, cfg=cfg, total_steps=total_steps))
 
 
-def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float,
+                    pp_group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Clip gradients to ``max_norm`` (0 = only measure) and return the global norm.
 
-    With FSDP2 the gradients are DTensor shards: their norm is a partial DTensor, reduced across
-    ranks by ``full_tensor()`` before clipping.
+    With FSDP2 or tp the gradients are DTensor shards: their norm is a partial DTensor, reduced
+    across ranks by ``full_tensor()`` before clipping. Under pipeline parallelism each rank
+    holds only its stages' gradients: the squared norms are summed over ``pp_group``.
     """
     params = [p for p in params if p.grad is not None]
     grads = [p.grad for p in params if p.grad is not None]
     total = nn.utils.get_total_norm(grads, foreach=True)
     if isinstance(total, DTensor):
         total = total.full_tensor()
+    if pp_group is not None:
+        total = total ** 2
+        dist.all_reduce(total, group=pp_group)
+        total = total.sqrt()
     if max_norm > 0:
         nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=True)
     return total

@@ -3,7 +3,8 @@
     dims = ParallelDims.build(layout, device)   # after init_process_group
     dims.dp_rank, dims.dp_size                  # the loader's part of the global batch
     dims.dp_group                               # loss reduction over data-parallel ranks
-    dims.mesh["tp"], dims.fsdp_mesh             # what the parallelisms are applied on
+    dims.tp_mesh, dims.dp_mesh, dims.pp_group   # what the parallelisms are applied on
+    dims.holds_loss, dims.share_loss(t)         # under pp: only the last stage has the loss
 
 The mesh's dimensions, outermost first, are ``pp, dp_replicate, dp_shard, cp, tp``; only those
 of size > 1 are in it, as in torchtitan (a world of one has no mesh at all). Ranks that differ
@@ -103,6 +104,28 @@ class ParallelDims:
         return self.mesh[names]
 
     @property
+    def pp_enabled(self) -> bool:
+        return self.layout.pp > 1
+
+    @property
+    def pp_group(self) -> dist.ProcessGroup | None:
+        """The ranks of this rank's pipeline: same coordinates but along pp."""
+        if self.mesh is None or not self.pp_enabled:
+            return None
+        return self.mesh["pp"].get_group()
+
+    def pp_global_rank(self, pp_rank: int) -> int:
+        """The global rank at pipeline coordinate ``pp_rank`` in this rank's pipeline."""
+        group = self.pp_group
+        assert group is not None
+        return dist.get_global_rank(group, pp_rank)
+
+    @property
+    def holds_loss(self) -> bool:
+        """Whether this rank computes the loss: under pp only the last stage's ranks do."""
+        return self.local_rank("pp") == self.layout.pp - 1
+
+    @property
     def tp_mesh(self) -> DeviceMesh | None:
         if self.mesh is None or not self.tp_enabled:
             return None
@@ -117,6 +140,13 @@ class ParallelDims:
         if group is not None:
             dist.all_reduce(t, group=group)
             t /= self.dp_size
+        return t
+
+    def share_loss(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as the last pipeline stage holds it, on every stage of the pipeline (in place;
+        without pp it is every rank's own)."""
+        if self.pp_enabled:
+            dist.broadcast(t, self.pp_global_rank(self.layout.pp - 1), group=self.pp_group)
         return t
 
     # ------------------------------------------------------------------ accounting

@@ -1,6 +1,7 @@
 """Build the reference model and apply parallelism to it from outside, in small separate steps.
 
     meta construct -> materialise on the device -> seeded init (full weights, every rank alike)
+    [-> pipeline stages (pipeline.py): each step below then runs on each stage of this rank]
     -> tensor + sequence parallelism (tp_plan) -> activation checkpointing
     -> torch.compile per block -> DDP | FSDP2 (HSDP on a 2-D mesh) | nothing
 
@@ -75,7 +76,9 @@ def uses_fsdp(parallel: ParallelConfig, dims: ParallelDims) -> bool:
 def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
                 world_size: int, compile_backend: str = "inductor",
                 dims: ParallelDims | None = None) -> nn.Module:
-    """The initialised, wrapped model, ready for the optimiser.
+    """The initialised, wrapped model, ready for the optimiser (without pipeline parallelism:
+    `stoker.train.pipeline` splits the model first, then applies `parallelize_part` to each
+    stage).
 
     With more than one rank or a strategy other than "none", torch.distributed must already be
     initialised with ``world_size`` ranks. ``dims`` is the run's layout (built here from
@@ -85,12 +88,25 @@ def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.devic
     check_world(parallel, world_size)
     if dims is None:
         dims = ParallelDims.build(parallel.layout(world_size), device)
+    model = init_full_model(shape, device, seed)
+    return parallelize_part(model, parallel, dims, device, compile_backend)
+
+
+def init_full_model(shape: ModelShape, device: torch.device, seed: int) -> Transformer:
+    """The whole model with its seeded initial weights, the same on every rank and layout."""
     with torch.device("meta"):
         model = Transformer(shape)
     model.to_empty(device=device)
     model.tie_weights()
     init_seeded(model, seed, device)
+    return model
 
+
+def parallelize_part(model: Transformer, parallel: ParallelConfig, dims: ParallelDims,
+                     device: torch.device, compile_backend: str = "inductor",
+                     pipelined: bool = False) -> nn.Module:
+    """TP, activation checkpointing, compile, then DDP or FSDP2, applied to ``model``: the whole
+    model, or one pipeline stage of it (``pipelined``)."""
     if dims.tp_mesh is not None:
         apply_tp(model, dims.tp_mesh)
     if parallel.activation_checkpoint != "none":
@@ -102,7 +118,10 @@ def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.devic
     if uses_fsdp(parallel, dims):
         mesh = dims.dp_mesh
         assert mesh is not None
-        apply_fsdp(model, mesh, resolve_dtype(parallel, device), parallel.reshard_after_forward)
+        # A stage runs several pipeline micro-batches per step: resharding after each forward
+        # would gather its weights again for every one of them.
+        reshard = parallel.reshard_after_forward and not pipelined
+        apply_fsdp(model, mesh, resolve_dtype(parallel, device), reshard)
     return model
 
 

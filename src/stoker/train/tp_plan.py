@@ -9,16 +9,21 @@ loss, which then runs under ``loss_parallel`` (no rank gathers the full [B, T, v
 
 The attention modules' head counts are set to each rank's share, so the model's own ``view``
 calls see local shapes; ``model.py`` knows nothing of this.
+
+A pipeline stage (a model without embeddings, or without norm and output) passes the whole
+sequence to the next: the model builds its rotary table from its input's length, so a stage
+must see every position. Its first block takes the full hidden states and keeps its sequence
+shard, and the last block of a stage before the last gathers the sequence again.
 """
 
 from __future__ import annotations
 
-from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
@@ -32,13 +37,23 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
     if model.shape.tie_embeddings:
         raise ValueError("tensor parallelism with tied embeddings is not supported yet")
     tp = tp_mesh.size()
-    parallelize_module(model, tp_mesh, {
+    edges = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
         "output": ColwiseParallel(input_layouts=Shard(1),
                                   output_layouts=Shard(-1) if loss_parallel else Replicate(),
                                   use_local_output=not loss_parallel),
-    })
+    }
+    parallelize_module(model, tp_mesh, {name: style for name, style in edges.items()
+                                        if getattr(model, name) is not None})
+    blocks = list(model.layers.values())
+    if model.tok_embeddings is None:  # a later pipeline stage: the full sequence comes in
+        parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
+            input_layouts=(Replicate(), None), desired_input_layouts=(Shard(1), None),
+            use_local_output=True))
+    if model.output is None:  # an earlier pipeline stage: the full sequence goes out
+        parallelize_module(blocks[-1], tp_mesh, PrepareModuleOutput(
+            output_layouts=Shard(1), desired_output_layouts=Replicate()))
     for block in model.layers.values():
         assert isinstance(block, TransformerBlock)
         attention = block.attention
@@ -60,9 +75,3 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
             "feed_forward.w3": ColwiseParallel(),
         })
 
-
-def is_tp_module(module: nn.Module) -> bool:
-    """Whether ``apply_tp`` has sharded this model (its weights are DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(module.tok_embeddings.weight, DTensor)  # type: ignore[union-attr]

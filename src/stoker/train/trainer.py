@@ -4,7 +4,9 @@
         -> "completed" | "preempted" | "interrupted" | "aborted"
 
 Each step: ``accum`` micro-batches of forward+backward (gradients synchronised on the last one
-only under DDP), gradient clipping, the loss guard, AdamW, LR schedule; then one all_gather of a
+only under DDP; under pipeline parallelism each micro-batch is one run of the pipeline
+schedule, and the last stage's loss is shared with the other stages), gradient clipping, the
+loss guard, AdamW, LR schedule; then one all_gather of a
 few numbers per rank (loss, step time, peak memory, stop flag) gives the logged loss, every
 rank's step time and an agreed stop. Rank 0 writes metrics.jsonl, summary.json and draws the
 display.
@@ -33,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -49,7 +52,7 @@ from stoker.observe.peak import Peak, peak_flops
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
-from stoker.train.checkpoint import Checkpointer, config_hash
+from stoker.train.checkpoint import Checkpointer, config_hash, nested_optimizer_state
 from stoker.train.data import TokenLoader
 from stoker.train.distributed import DistInfo, barrier
 from stoker.train.exitcodes import EXIT_PREEMPTED
@@ -58,6 +61,7 @@ from stoker.train.heartbeat import Heartbeat
 from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
+from stoker.train.pipeline import Pipeline, build_pipeline
 from stoker.train.restarts import attempt
 
 EXIT_INTERRUPTED = 130
@@ -141,8 +145,15 @@ class Trainer:
         self.train_loader = self._loader("train")
         check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
 
-        self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
-                                 dist_info.world_size, dims=self.dims)
+        self.pipeline: Pipeline | None = None
+        self.model: nn.Module
+        if self.dims.pp_enabled:
+            self.pipeline = build_pipeline(self.shape, cfg.parallel, self.dims, self.device,
+                                           t.seed, token_loss)
+            self.model = self.pipeline.model  # this rank's stages, under full-model names
+        else:
+            self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
+                                     dist_info.world_size, dims=self.dims)
         self.fsdp = uses_fsdp(cfg.parallel, self.dims)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
@@ -174,12 +185,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ state (for checkpoints)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, nested_optimizer: bool = False) -> dict[str, Any]:
         """Everything a resume needs but the RNG states (`Checkpointer` keeps each rank's). Model
-        and optimizer come as (sharded) DCP state dicts; the rest is the same on every rank."""
+        and optimizer come as (sharded) DCP state dicts keyed by full-model parameter names;
+        the rest is the same on every rank. The optimizer state is flat (one key per parameter
+        and setting, so that ranks holding different pipeline stages agree on every key);
+        ``nested_optimizer`` gives the nested form that checkpoints written before pipeline
+        parallelism hold, to load them."""
+        flat = StateDictOptions(flatten_optimizer_state_dict=not nested_optimizer)
         state = {
             "model": get_model_state_dict(self.model),
-            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=flat),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "loader": self.train_loader.state_dict(),
@@ -190,7 +206,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_model_state_dict(self.model, state["model"])
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        nested = "param_groups" in state["optimizer"]
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(flatten_optimizer_state_dict=not nested))
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.train_loader.load_state_dict(state["loader"])
@@ -206,7 +224,7 @@ class Trainer:
         for where in sources:
             path = self.checkpointer.locate(where)
             if path is not None:
-                state = self.state_dict()
+                state = self.state_dict(nested_optimizer_state(path))
                 step = self.checkpointer.load(state, path)
                 self.load_state_dict(state)
                 return step
@@ -227,16 +245,21 @@ class Trainer:
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
             with (timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1),
                   self._loss_parallel()):
-                loss = self._loss(batch.inputs, batch.targets)
-                if poison:
-                    loss = loss * float("nan")
-                (loss / self.accum).backward()
+                if self.pipeline is not None:
+                    loss = self._pipeline_step(self.pipeline, batch.inputs, batch.targets,
+                                               poison)
+                else:
+                    loss = self._loss(batch.inputs, batch.targets)
+                    if poison:
+                        loss = loss * float("nan")
+                    (loss / self.accum).backward()
                 losses.append(loss.detach())
             if self.samples_file is not None:
                 sample_ids += batch.sample_ids.tolist()
-        loss_mean = torch.stack(losses).mean()
+        loss_mean = self.dims.share_loss(torch.stack(losses).mean())
         with timer.phase("optim"):
-            grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip,
+                                        pp_group=self.dims.pp_group)
             lr = self.optimizer.param_groups[0]["lr"]
             verdict = self._judge(loss_mean, grad_norm)
             self.checkpointer.staged()  # an async save may still be copying the weights
@@ -260,8 +283,27 @@ class Trainer:
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             logits = self.model(inputs)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-        return loss.full_tensor() if isinstance(loss, DTensor) else loss
+        return token_loss(logits, targets)
+
+    def _pipeline_step(self, pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor,
+                       poison: bool) -> torch.Tensor:
+        """One micro-batch through the pipeline schedule, forward and backward. Each pipeline
+        micro-batch's loss is scaled so the summed gradients are those of the mean loss over
+        the step. Returns the loss on the last stage, 0 on the others."""
+        scale = (float("nan") if poison else 1.0) / (self.accum * pipeline.n_microbatches)
+        with self._autocast():
+            loss = pipeline.step(inputs, targets, scale)
+        return loss if loss is not None else torch.zeros((), device=self.device)
+
+    def _eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of one val micro-batch: under pp on the last stage, 0 on the others."""
+        if self.pipeline is None:
+            return self._loss(inputs, targets)
+        with self._autocast():
+            logits = self.pipeline.forward(inputs)
+        if logits is None:
+            return torch.zeros((), device=self.device)
+        return token_loss(logits, targets)
 
     def _autocast(self) -> AbstractContextManager[object]:
         return autocast_context(self.cfg.parallel, self.device, fsdp=self.fsdp)
@@ -293,9 +335,9 @@ class Trainer:
         for _ in range(n):
             batch = next(loader).to(self.device, non_blocking=True)
             with self._loss_parallel():
-                total += self._loss(batch.inputs, batch.targets)
+                total += self._eval_loss(batch.inputs, batch.targets)
         loader.close()
-        self.dims.dp_mean(total)
+        self.dims.dp_mean(self.dims.share_loss(total))
         return float(total) / n
 
     # ------------------------------------------------------------------ the loop
@@ -352,7 +394,7 @@ class Trainer:
                 if self.dist.is_main:
                     self.events.emit("loss_guard_no_checkpoint", step=self.step)
                 return
-            state = self.state_dict()
+            state = self.state_dict(nested_optimizer_state(path))
             step = self.checkpointer.load(state, path)
         self.load_state_dict(state)
         self.train_loader.load_state_dict(position)
@@ -498,6 +540,12 @@ class Trainer:
         except StokerError as e:
             self.display.message(f"eval off: {e}")
             return None
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the tokens (on vocab-sharded logits under tensor parallelism)."""
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    return loss.full_tensor() if isinstance(loss, DTensor) else loss
 
 
 def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:
