@@ -104,6 +104,7 @@ def test_tp_splits_matrices_and_keeps_norms_whole() -> None:
     norms = (2 * TINY.n_layers + 1) * TINY.dim
     assert mem.wrapper == "none"
     assert mem.params_local == (counts.total(TINY.n_layers) - norms) / 2 + norms
+    assert mem.init_full_model == 4 * counts.total(TINY.n_layers)  # initialised whole
 
 
 # ---------------------------------------------------------------- activations
@@ -144,7 +145,7 @@ def test_activation_checkpointing_keeps_block_inputs() -> None:
 
     def acts(mode: str, every: int = 2) -> float:
         return mp.estimate_memory(TINY, ONE, ParallelConfig(
-            strategy="none", activation_checkpoint=mode,  # type: ignore[arg-type]
+            strategy="none", activation_checkpoint=mode,
             activation_checkpoint_every=every), train, on_gpu=False).activations
 
     # Full: 4 block inputs instead of 4 blocks, and one block recomputed in backward.
@@ -178,7 +179,7 @@ def test_bubble(schedule: str, p: int, m: int, v: int, expected: float) -> None:
 
 
 def pipeline(schedule: str, m: int = 8, v: int = 1) -> ParallelConfig:
-    return ParallelConfig(strategy="none", pp=2, pp_schedule=schedule,  # type: ignore[arg-type]
+    return ParallelConfig(strategy="none", pp=2, pp_schedule=schedule,
                           pp_microbatches=m, pp_stages_per_rank=v)
 
 

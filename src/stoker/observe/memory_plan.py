@@ -26,11 +26,12 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
-  * The peak is the largest of three phases: initialisation (the full fp32 model exists on
-    each rank before FSDP shards it, see ``train/parallelize.py``), forward+backward, and the
-    optimiser step. On CPU the process RSS also holds the torch runtime: a constant measured
-    here (``CPU_RUNTIME_BYTES``); on a GPU the peak is what the caching allocator counts, and
-    the fit check keeps ``GPU_RESERVE_BYTES`` aside for the CUDA context and fragmentation.
+  * The peak is the largest of three phases: initialisation (the full fp32 model, of the
+    rank's pipeline stages, exists on each rank before tp and FSDP shard it, see
+    ``train/parallelize.py``), forward+backward, and the optimiser step. On CPU the process
+    RSS also holds the torch runtime: a constant measured here (``CPU_RUNTIME_BYTES``); on a
+    GPU the peak is what the caching allocator counts, and the fit check keeps
+    ``GPU_RESERVE_BYTES`` aside for the CUDA context and fragmentation.
 
 Time
   * Compute: the counted training FLOPs (``observe/flops.py``) of the global batch, divided
@@ -241,7 +242,7 @@ class MemoryEstimate:
     loss_transient: float
     fsdp_unsharded: float  # gathered parameters and unsharded gradients in flight
     ddp_buckets: float
-    init_full_model: float  # the full fp32 model on the rank before sharding
+    init_full_model: float  # the stage's full fp32 model, on the rank before tp/FSDP shard it
     runtime: float  # CPU: the process's torch runtime; GPU: 0 (outside the allocator)
     accumulates: bool  # gradients are live during forward+backward (accumulation, pipeline)
 
@@ -346,7 +347,8 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
         loss_transient=loss_transient_bytes(shape, tokens, tp) if last else 0.0,
         fsdp_unsharded=fsdp,
         ddp_buckets=FP32 * local if wrapper == "ddp" else 0.0,
-        init_full_model=FP32 * unsplit if wrapper == "fsdp" else 0.0,
+        init_full_model=FP32 * (matrices + norms + root) if wrapper == "fsdp" or tp > 1
+        else 0.0,
         runtime=(0.0 if on_gpu else CPU_RUNTIME_BYTES) if runtime_bytes is None
         else runtime_bytes,
         accumulates=grad_accum > 1 or parallel.pp > 1,
