@@ -16,7 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from stoker.observe.flops import total_params
 from stoker.spec.train import PRESETS, ModelShape, ParallelConfig
-from stoker.train.model import Transformer, apply_rope, rope_table
+from stoker.train.model import Attention, Transformer, apply_rope, rope_table
 from stoker.train.parallelize import (
     apply_compile,
     autocast_context,
@@ -81,6 +81,69 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
     torch.testing.assert_close(score(9, 4), score(50, 45))
     torch.testing.assert_close(score(3, 3), score(60, 60))
     assert not torch.allclose(score(9, 4), score(9, 5))
+
+
+def reference_attention(attn: Attention, x: torch.Tensor, theta: float) -> torch.Tensor:
+    """The attention as first written: a fresh fp32 cos/sin table, pairs rotated with
+    stack/unbind, KV heads repeated, and attention spelled out with an explicit causal mask."""
+    B, T, _ = x.shape
+    hd = attn.head_dim
+    inv_freq = 1.0 / theta ** (torch.arange(0, hd, 2).float() / hd)
+    angles = torch.outer(torch.arange(T).float(), inv_freq)
+    cos, sin = angles.cos()[:, None, :], angles.sin()[:, None, :]
+
+    def rotate(t: torch.Tensor) -> torch.Tensor:
+        t0, t1 = t.float().unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((t0 * cos - t1 * sin, t0 * sin + t1 * cos), dim=-1).flatten(-2)
+
+    q = rotate(attn.wq(x).view(B, T, attn.n_heads, hd)).transpose(1, 2)
+    k = rotate(attn.wk(x).view(B, T, attn.n_kv_heads, hd)).transpose(1, 2)
+    v = attn.wv(x).view(B, T, attn.n_kv_heads, hd).transpose(1, 2)
+    group = attn.n_heads // attn.n_kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-1, -2) / hd ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    y = scores.softmax(-1) @ v
+    return attn.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_attention_equals_reference_across_sequence_lengths(n_kv_heads: int) -> None:
+    shape = TINY.model_copy(update={"n_kv_heads": n_kv_heads, "rope_theta": 500.0})
+    torch.manual_seed(0)
+    attn = Attention(shape)
+    attn.init_weights(0.02)
+    for seq_len in (16, 9, 33, 16):  # each length change must pick (or build) its own table
+        x = torch.randn(3, seq_len, shape.dim, requires_grad=True)
+        rope = rope_table(shape.head_dim, seq_len, shape.rope_theta, CPU)
+        assert rope.shape == (seq_len, shape.head_dim // 2, 2)
+        out = attn(x, rope)
+        expected = reference_attention(attn, x, shape.rope_theta)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        grad_out = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+        (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_rope_table_is_cached_and_serves_autograd_after_inference_mode() -> None:
+    with torch.inference_mode():  # the first use of this length builds the table here
+        first = rope_table(32, 77, 1234.0, CPU)
+    assert not first.is_inference()
+    assert rope_table(32, 77, 1234.0, CPU) is first
+    assert rope_table(32, 78, 1234.0, CPU).shape == (78, 16, 2)
+    assert rope_table(32, 77, 4321.0, CPU) is not first
+    q = torch.randn(1, 77, 2, 32, requires_grad=True)
+    apply_rope(q, first).sum().backward()  # a table saved for backward must not be an
+    assert q.grad is not None              # inference tensor
+
+
+def test_model_forward_after_sequence_length_change() -> None:
+    model = build()
+    long, short = tokens(seq_len=24), tokens(seq_len=24)[:, :10]
+    torch.testing.assert_close(model(short), model(long)[:, :10], rtol=1e-5, atol=1e-5)
+    assert model.state_dict().keys() == Transformer(TINY).state_dict().keys()
+    assert not any(model.buffers())
 
 
 def test_init_is_deterministic_and_keeps_caller_rng() -> None:

@@ -21,23 +21,52 @@ from stoker.spec.train import ModelShape
 INIT_STD = 0.02
 
 
+ROPE_CACHE_SIZE = 16
+_rope_cache: dict[tuple[int, int, float, torch.device], torch.Tensor] = {}
+
+# Grouped-query attention inside SDPA (no repeated KV heads in memory) arrived in torch 2.5.
+SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= "2.5"
+
+
 def rope_table(head_dim: int, seq_len: int, theta: float, device: torch.device) -> torch.Tensor:
     """cos and sin of every (position, frequency) pair: [seq_len, head_dim // 2, 2], fp32.
 
-    Computed at each forward (a few small kernels): no buffer to materialise, keep in sync
-    across ranks or size for a maximum sequence length.
+    Memoised per (head_dim, seq_len, theta, device) in a small module-level cache rather than a
+    buffer: nothing to materialise after ``to_empty``, nothing in the state dict, and one table
+    serves every model (or pipeline stage) in the process.
     """
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
-    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
-    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+    key = (head_dim, seq_len, theta, device)
+    table = _rope_cache.get(key)
+    if table is not None:
+        return table
+    # A constant: built outside autograd and inference mode, so it serves any later forward.
+    with torch.inference_mode(False), torch.no_grad():
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+        angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)
+        table = torch.stack((angles.cos(), angles.sin()), dim=-1)
+    # Keep only real tensors built eagerly (not the fake ones of a trace or compilation).
+    if type(table) is torch.Tensor and not torch.compiler.is_compiling():
+        if len(_rope_cache) >= ROPE_CACHE_SIZE:
+            del _rope_cache[next(iter(_rope_cache))]
+        _rope_cache[key] = table
+    return table
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x [B, T, heads, head_dim] by the angles of rope [T, hd/2, 2]."""
+    """Rotate consecutive pairs of x [B, T, heads, head_dim] by the angles of rope [T, hd/2, 2].
+
+    In fp32. Eagerly, each pair (x0, x1) is the complex number x0 + i x1 and the rotation one
+    complex multiply (one kernel). Inductor generates no code for complex numbers, so a compiled
+    block spells the rotation out in real arithmetic, which it fuses into one kernel instead.
+    """
     pairs = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = pairs.unbind(-1)
-    cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    if torch.compiler.is_compiling():
+        x0, x1 = pairs.unbind(-1)
+        cos, sin = rope[:, None, :, 0], rope[:, None, :, 1]
+        rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    else:
+        rotated = torch.view_as_real(torch.view_as_complex(pairs)
+                                     * torch.view_as_complex(rope)[:, None, :])
     return rotated.flatten(-2).type_as(x)
 
 
@@ -59,10 +88,14 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, hd]
-        if self.n_kv_heads != self.n_heads:  # grouped-query: each kv head serves a group of q heads
+        if self.n_kv_heads == self.n_heads:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif SDPA_GQA:  # grouped-query: each kv head serves a group of n_heads // n_kv_heads
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
     def init_weights(self, out_std: float) -> None:
