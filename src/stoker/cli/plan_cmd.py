@@ -198,7 +198,9 @@ def show(config: TrainConfig, layout: Layout, target: Target, memory: mp.MemoryE
     speed = Table(title="speed (estimate)")
     speed.add_column("figure")
     speed.add_column("value", justify="right")
-    speed.add_row("pipeline bubble", f"{time.bubble:.1%}")
+    bubble_note = " (interleaved figure: an upper bound)" if p.pp > 1 \
+        and p.pp_schedule == "zero-bubble" else ""
+    speed.add_row("pipeline bubble", f"{time.bubble:.1%}{bubble_note}")
     speed.add_row("step time", f"{time.step_s:.3g} s")
     speed.add_row("  compute", f"{time.compute_s:.3g} s")
     speed.add_row("  exposed communication", f"{time.exposed_comm_s:.3g} s")

@@ -20,9 +20,10 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
     checkpointing chosen (a checkpointed block keeps only its input, and one block is
     recomputed at a time); plus the output side (final norm, fp32 log-softmax) and the loss's
     transients (``2·vocab`` fp32 per token in the backward of the cross-entropy), plus one
-    block's worth of working set in the backward pass. Under tp (sequence parallel) the
-    gathered norm outputs are full size, the rest is split by tp, and the logits stay
-    vocab-sharded. Context parallelism splits the sequence by cp.
+    block's worth of working set in the backward pass. bf16 under autocast (DDP, or no data
+    parallelism) is counted as bf16 throughout: autocast's fp32 norm outputs are left out.
+    Under tp (sequence parallel) the gathered norm outputs are full size, the rest is split by
+    tp, and the logits stay vocab-sharded. Context parallelism splits the sequence by cp.
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
