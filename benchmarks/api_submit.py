@@ -1,18 +1,23 @@
 """API submit throughput: jobs/s that a concurrent client gets from `stoker server`.
 
-    python benchmarks/api_submit.py [--jobs 400] [--concurrency 16]
+    python benchmarks/api_submit.py [--jobs 400] [--concurrency 16] [--stores sqlite,postgresql]
 
-Starts a real server (SQLite store, default cluster) on a free loopback port, cordons its node so
-no job starts (this measures the API and the store, not process launches), then with C
-concurrent connections: GET /healthz (the HTTP stack alone: the baseline), POST /v1/jobs, and
+Starts a real server (default cluster) on a free loopback port, cordons its node so no job
+starts (this measures the API and the store, not process launches), then with C concurrent
+connections: GET /healthz (the HTTP stack alone: the baseline), POST /v1/jobs, and
 GET /v1/jobs/{id}. Every submitted job must be in the store afterwards. The reconciler keeps
 running a scheduling cycle after each submission, as in production.
+
+``--stores sqlite,postgresql`` runs the same measurement on each store in turn, in the same run:
+PostgreSQL is a throwaway local server (`stoker.control.pg_local`) with its default, durable
+settings (fsync and synchronous commit on), on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from stoker.control.pg_local import LocalPostgres
 from stoker.server.process import ServerProcess
 
 TOKENS = {"STOKER_TOKEN": "bench-tenant", "STOKER_ADMIN_TOKEN": "bench-admin"}
@@ -74,26 +80,53 @@ async def measure(url: str, jobs: int, concurrency: int) -> dict[str, tuple[floa
         return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(Path(tmp) / "state", None, env=TOKENS)
-        with server:
-            httpx.put(f"{server.url}/v1/nodes/local/cordon", json={"cordoned": True},
-                      headers={"Authorization": f"Bearer {TOKENS['STOKER_ADMIN_TOKEN']}"}
-                      ).raise_for_status()
-            results = asyncio.run(measure(server.url, args.jobs, args.concurrency))
+Results = dict[str, tuple[float, list[float]]]
+
+
+def run_store(store: str, jobs: int, concurrency: int) -> Results:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        args: list[str] = []
+        if store == "postgresql":
+            pg = stack.enter_context(LocalPostgres(durable=True))
+            args = ["--db", pg.database()]
+        server = stack.enter_context(ServerProcess(Path(tmp) / "state", None, env=TOKENS,
+                                                   args=args))
+        httpx.put(f"{server.url}/v1/nodes/local/cordon", json={"cordoned": True},
+                  headers={"Authorization": f"Bearer {TOKENS['STOKER_ADMIN_TOKEN']}"}
+                  ).raise_for_status()
+        return asyncio.run(measure(server.url, jobs, concurrency))
+
+
+def report(store: str, results: Results) -> None:
     base = results["GET /healthz (baseline)"][0]
-    print(f"{args.jobs} requests each, {args.concurrency} concurrent connections")
+    print(f"store: {store}")
     print(f"{'request':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'vs baseline':>13}")
     for name, (rate, lat) in results.items():
         lat.sort()
         p50 = statistics.median(lat) * 1e3
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3
         print(f"{name:<26}{rate:>9.1f}{p50:>9.1f}{p99:>9.1f}{rate / base:>12.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--stores", default="sqlite",
+                        help="comma-separated: sqlite, postgresql (measured in this order)")
+    args = parser.parse_args()
+    stores = args.stores.split(",")
+    unknown = set(stores) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"--stores: unknown store {sorted(unknown)[0]!r}")
+    print(f"{args.jobs} requests each, {args.concurrency} concurrent connections")
+    results = {store: run_store(store, args.jobs, args.concurrency) for store in stores}
+    for store, rows in results.items():
+        report(store, rows)
+    if len(results) == 2:
+        (a, ra), (b, rb) = results.items()
+        for name in ra:
+            print(f"{name}: {b} / {a} = {rb[name][0] / ra[name][0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig
 
+pytestmark = pytest.mark.slow
+
 TOKENS = {"STOKER_ADMIN_TOKEN": "admin-t", "STOKER_TOKEN": "alice-t"}
 CLUSTER = """
 [scheduler]
@@ -158,6 +160,11 @@ def test_a_standby_takes_over_from_a_killed_leader_and_adopts_its_job(
         quick = c.submit(job("quick", "print('quick')"))["id"]
     wait_state(standby, running, {"RUNNING"})
     assert wait_state(standby, quick, {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    with standby.client("alice-t") as c:
+        cancelled = c.submit(job("cancelled"))["id"]
+        wait_state(standby, cancelled, {"RUNNING"})
+        c.cancel(cancelled)  # a cancel row: the leader stops the job
+    assert wait_state(standby, cancelled, {"CANCELLED"})["exit_code"] is not None
     wait_for("the job's process to start", lambda: started(tmp_path, running))
     with standby.client("admin-t") as c:
         before = {j["id"] for j in c.jobs(states=["RUNNING", "SUCCEEDED"])}
@@ -178,7 +185,10 @@ def test_a_standby_takes_over_from_a_killed_leader_and_adopts_its_job(
 
     with standby.client("admin-t") as c:
         jobs = {j["id"]: j for j in c.jobs(states=["SUCCEEDED"])}
+        everything = c.jobs(states=["QUEUED", "ADMITTED", "STARTING", "RUNNING", "SUCCEEDED",
+                                    "FAILED", "CANCELLED"])
     assert set(jobs) == before | {after}  # nothing lost, nothing made twice
+    assert len(everything) == 4
     assert len(started(tmp_path, running)) == 1  # started once, adopted, never restarted
     assert transitions(done) == ["QUEUED", "ADMITTED", "STARTING", "RUNNING", "SUCCEEDED"]
     assert done["attempt"] == 1
