@@ -54,11 +54,11 @@ def test_tiny_by_hand() -> None:
     assert (mem.params, mem.gradients, mem.optimizer_states, mem.optimizer_temporary) == (
         4 * total, 4 * total, 8 * total, 4 * total)
     assert mem.fsdp_unsharded == mem.ddp_buckets == mem.init_full_model == 0
-    # Activations of 8 x 128 tokens: per token and layer 4 B x (10 x 128 + 4 x 384) elements
+    # Activations of 8 x 128 tokens: per token and layer 4 B x (8 x 128 + 2 x 128 kv + 4 x 384)
     # + 4 B x (4 heads' log-sum-exp + 2 rstd); 4 layers, the embedding's output, the output
     # side (norm in and out, fp32 log-softmax) and one layer of backward working set.
     tokens = 8 * 128
-    layer = tokens * (4 * (10 * 128 + 4 * 384) + 4 * (4 + 2))
+    layer = tokens * (4 * (8 * 128 + 2 * 128 + 4 * 384) + 4 * (4 + 2))
     output = tokens * (4 * 2 * 128 + 4 * 256)
     assert mem.activations == 4 * layer + tokens * 4 * 128 + output + layer
     assert mem.loss_transient == tokens * 2 * 4 * 256
@@ -128,12 +128,13 @@ def saved_bytes_per_token(shape: ModelShape, batch: int, seq: int) -> float:
     return sum(n for ptr, n in storages.items() if ptr not in weights) / (batch * seq)
 
 
-def test_layer_activations_are_what_autograd_saves() -> None:
-    small = TINY.model_copy(update={"n_layers": 1})
-    one, two = (saved_bytes_per_token(small.model_copy(update={"n_layers": n}), 4, 64)
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+def test_layer_activations_are_what_autograd_saves(kv_heads: int) -> None:
+    shape = TINY.model_copy(update={"n_kv_heads": kv_heads})
+    one, two = (saved_bytes_per_token(shape.model_copy(update={"n_layers": n}), 4, 64)
                 for n in (1, 2))
-    assert two - one == pytest.approx(mp.layer_activation_bytes(TINY, 1, 1, 4), rel=0.01)
-    outside = mp.output_activation_bytes(TINY, 1, 1, 4) + 4 * TINY.dim  # + the embedding's
+    assert two - one == pytest.approx(mp.layer_activation_bytes(shape, 1, 1, 4), rel=0.01)
+    outside = mp.output_activation_bytes(shape, 1, 1, 4) + 4 * shape.dim  # + the embedding's
     assert one - (two - one) == pytest.approx(outside, rel=0.05)
 
 
@@ -200,6 +201,7 @@ def test_pipeline_rank_holds_its_layers_and_microbatches() -> None:
     assert ranks[0].params_local == counts.embedding + 2 * counts.block
     assert ranks[1].params_local == 2 * counts.block + counts.final_norm + counts.output
     assert ranks[0].accumulates and ranks[1].loss_transient > 0 == ranks[0].loss_transient
+    assert ranks[0].init_full_model == 4 * counts.total(4)  # every rank seeds the whole model
     # 1F1B: rank 0 holds 2 of the 8 microbatches of 1 sample each, GPipe all 8.
     layer = mp.layer_activation_bytes(shape, 1 * train.seq_len, 1, 4)
     block_in = 4 * shape.dim * train.seq_len
@@ -264,8 +266,8 @@ def test_cli_table_on_cpu() -> None:
 
 
 def test_cli_json_warns_when_the_layout_does_not_fit() -> None:
-    big = ["model.preset=llama-8b", "train.seq_len=8192", "train.micro_batch_size=1",
-           "train.global_batch_size=8"]
+    big = ["model.preset=llama-8b", "train.seq_len=8192", "train.micro_batch_size=2",
+           "train.global_batch_size=16"]
     result = stoker("plan", str(EXAMPLE), "--nproc", "8", "--device", "h100", "--json",
                     *sets(big))
     assert result.returncode == 0, result.stderr
@@ -284,6 +286,16 @@ def test_cli_json_warns_when_the_layout_does_not_fit() -> None:
     assert json.loads(result.stdout)["fits"] is True and not result.stderr.strip()
 
 
+def test_cli_plans_a_pipeline() -> None:
+    result = stoker("plan", str(EXAMPLE), "--nproc", "2", "--device", "a100", "--json",
+                    *sets(["parallel.pp=2", "parallel.strategy=none"]))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["layout"]["pp"] == 2 and plan["memory"]["pp_rank"] in (0, 1)
+    assert plan["time"]["bubble"] == pytest.approx(1 / 3)  # p = m = 2
+    assert plan["fits"] is True
+
+
 @pytest.mark.parametrize(("args", "key"), [
     (["--set", "train.stepz=3"], "train.stepz"),
     (["--nproc", "3"], "train.global_batch_size"),
@@ -291,6 +303,8 @@ def test_cli_json_warns_when_the_layout_does_not_fit() -> None:
     (["--nproc", "2", "--set", "parallel.tp=2", "--set", "model.n_heads=2",
       "--set", "model.n_kv_heads=1"], "parallel.tp"),
     (["--device", "tpu-v9"], "--device"),
+    (["--nproc", "8", "--set", "parallel.pp=8", "--set", "parallel.strategy=none"],
+     "parallel.pp"),  # 8 stages, 4 layers
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], key: str) -> None:
     result = stoker("plan", str(EXAMPLE), *args)

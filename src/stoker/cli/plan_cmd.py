@@ -164,7 +164,7 @@ MEMORY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("loss_transient", "loss transient", "cross-entropy backward, fp32 [tokens, vocab]"),
     ("fsdp_unsharded", "FSDP unsharded", "gathered params + one block's unsharded grads"),
     ("ddp_buckets", "DDP buckets", "a second copy of the gradients"),
-    ("init_full_model", "init: full model", "fp32, this stage whole, before tp/FSDP shard it"),
+    ("init_full_model", "init: full model", "fp32, the whole model on each rank before it is cut"),
     ("runtime", "runtime", "CPU: RSS of torch + Stoker, measured constant"),
 )
 

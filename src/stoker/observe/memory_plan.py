@@ -15,21 +15,22 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
   * AdamW: two fp32 states per parameter, plus one fp32 parameter-sized temporary in the
     foreach step (none with the fused kernel, the default on CUDA).
   * Activations: the tensors autograd saves, counted for this model as written (measured with
-    saved-tensor hooks on CPU: per token and layer ``10·dim + 4·ffn_hidden`` elements, and with
-    bf16 compute two fp32 rotary copies, ``2·dim`` more fp32), under the activation
-    checkpointing chosen (a checkpointed block keeps only its input, and one block is
-    recomputed at a time); plus the output side (final norm, fp32 log-softmax) and the loss's
-    transients (``2·vocab`` fp32 per token in the backward of the cross-entropy), plus one
-    block's worth of working set in the backward pass. bf16 under autocast (DDP, or no data
-    parallelism) is counted as bf16 throughout: autocast's fp32 norm outputs are left out.
-    Under tp (sequence parallel) the gathered norm outputs are full size, the rest is split by
-    tp, and the logits stay vocab-sharded. Context parallelism splits the sequence by cp.
+    saved-tensor hooks on CPU: per token and layer ``8·dim + 2·kv_dim + 4·ffn_hidden``
+    elements, ``kv_dim`` the width of the k and v heads, and with bf16 compute fp32 rotary
+    copies of q and k, ``dim + kv_dim`` more fp32), under the activation checkpointing chosen
+    (a checkpointed block keeps only its input, and one block is recomputed at a time); plus
+    the output side (final norm, fp32 log-softmax) and the loss's transients (``2·vocab`` fp32
+    per token in the backward of the cross-entropy), plus one block's worth of working set in
+    the backward pass. bf16 under autocast (DDP, or no data parallelism) is counted as bf16
+    throughout: autocast's fp32 norm outputs are left out. Under tp (sequence parallel) the
+    gathered norm outputs are full size, the rest is split by tp, and the logits stay
+    vocab-sharded. Context parallelism splits the sequence by cp.
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
-  * The peak is the largest of three phases: initialisation (the full fp32 model, of the
-    rank's pipeline stages, exists on each rank before tp and FSDP shard it, see
-    ``train/parallelize.py``), forward+backward, and the optimiser step. On CPU the process
+  * The peak is the largest of three phases: initialisation (the whole fp32 model exists on
+    each rank, seeded, before pipeline stages, tp and FSDP cut it: ``train/parallelize.py``,
+    ``train/pipeline.py``), forward+backward, and the optimiser step. On CPU the process
     RSS also holds the torch runtime: a constant measured here (``CPU_RUNTIME_BYTES``); on a
     GPU the peak is what the caching allocator counts, and the fit check keeps
     ``GPU_RESERVE_BYTES`` aside for the CUDA context and fragmentation.
@@ -180,9 +181,12 @@ def compute_bytes(parallel: ParallelConfig, on_gpu: bool) -> int:
 def layer_activation_bytes(shape: ModelShape, tokens: float, tp: int, dtype_bytes: int) -> float:
     """What autograd saves for one block of ``tokens`` tokens (this rank's share of the
     sequence) with no checkpointing. Under tp the two gathered norm outputs are full size."""
-    h, f = shape.dim, shape.ffn_hidden
-    elements = 10 * h + 4 * f if tp == 1 else 2 * h + (8 * h + 4 * f) / tp
-    rope_fp32 = 2 * h / tp if dtype_bytes != FP32 else 0  # q.float(), k.float()
+    h, f, kv = shape.dim, shape.ffn_hidden, shape.n_kv_heads * shape.head_dim
+    # The two norm outputs the linears take (full size, gathered, under tp), then split by tp:
+    # 6·dim (norm inputs, q before and after rotary, the attention output and its reshaped
+    # copy), 2·kv (k and v heads) and the SwiGLU's four ffn_hidden-wide tensors.
+    elements = 2 * h + (6 * h + 2 * kv + 4 * f) / tp
+    rope_fp32 = (h + kv) / tp if dtype_bytes != FP32 else 0  # q.float(), k.float()
     small = FP32 * (shape.n_heads / tp + 2)  # attention log-sum-exp, RMSNorm rstd
     return tokens * (dtype_bytes * elements + FP32 * rope_fp32 + small)
 
@@ -243,7 +247,7 @@ class MemoryEstimate:
     loss_transient: float
     fsdp_unsharded: float  # gathered parameters and unsharded gradients in flight
     ddp_buckets: float
-    init_full_model: float  # the stage's full fp32 model, on the rank before tp/FSDP shard it
+    init_full_model: float  # the whole fp32 model, on each rank before pp/tp/FSDP cut it
     runtime: float  # CPU: the process's torch runtime; GPU: 0 (outside the allocator)
     accumulates: bool  # gradients are live during forward+backward (accumulation, pipeline)
 
@@ -348,8 +352,8 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
         loss_transient=loss_transient_bytes(shape, tokens, tp) if last else 0.0,
         fsdp_unsharded=fsdp,
         ddp_buckets=FP32 * local if wrapper == "ddp" else 0.0,
-        init_full_model=FP32 * (matrices + norms + root) if wrapper == "fsdp" or tp > 1
-        else 0.0,
+        init_full_model=(FP32 * counts.total(shape.n_layers)
+                         if wrapper == "fsdp" or tp > 1 or layout.pp > 1 else 0.0),
         runtime=(0.0 if on_gpu else CPU_RUNTIME_BYTES) if runtime_bytes is None
         else runtime_bytes,
         accumulates=grad_accum > 1 or parallel.pp > 1,
