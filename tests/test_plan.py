@@ -89,6 +89,12 @@ def test_fsdp_shards_states_and_gathers_two_blocks() -> None:
                               ParallelConfig(reshard_after_forward=False), TrainSection(),
                               on_gpu=False)
     assert kept.fsdp_unsharded == 4 * counts.total(TINY.n_layers) + 4 * counts.block
+    # Nor under a pipeline: each stage's blocks stay gathered over its microbatches.
+    piped = mp.estimate_rank_memory(TINY, layout(pp=2, dp_shard=2), ParallelConfig(pp=2),
+                                    TrainSection(), 0, on_gpu=False)
+    stage = counts.embedding + 2 * counts.block
+    assert piped.params_local == stage / 2
+    assert piped.fsdp_unsharded == 4 * stage + 4 * counts.block
 
 
 def test_ddp_keeps_a_second_copy_of_the_gradients() -> None:

@@ -28,6 +28,7 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
+    FSDP does not reshard a stage after forward, so its blocks stay gathered all step.
   * The peak is the largest of three phases: initialisation (the whole fp32 model exists on
     each rank, seeded, before pipeline stages, tp and FSDP cut it: ``train/parallelize.py``,
     ``train/pipeline.py``), forward+backward, and the optimiser step. On CPU the process
@@ -173,6 +174,12 @@ def compute_bytes(parallel: ParallelConfig, on_gpu: bool) -> int:
     if parallel.mixed_precision == "auto":
         return 2 if on_gpu else FP32
     return 2 if parallel.mixed_precision == "bf16" else FP32
+
+
+def resharded(parallel: ParallelConfig, layout: Layout) -> bool:
+    """Whether FSDP frees the gathered blocks after forward: as configured, but never under a
+    pipeline, whose stages run several microbatches a step (``train/parallelize.py``)."""
+    return parallel.reshard_after_forward and layout.pp == 1
 
 
 # ---------------------------------------------------------------- activations
@@ -338,8 +345,8 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
     fused = on_gpu if fused_optimizer is None else fused_optimizer
     block_unsharded = counts.block / tp
     if wrapper == "fsdp":
-        gathered = (unsplit if not parallel.reshard_after_forward
-                    else root / tp + 2 * block_unsharded)
+        gathered = (root / tp + 2 * block_unsharded if resharded(parallel, layout)
+                    else unsplit)
         grad_bytes = dtype_bytes + (FP32 if dtype_bytes != FP32 else 0)
         fsdp = gathered * dtype_bytes + block_unsharded * grad_bytes
     else:
@@ -433,7 +440,7 @@ def data_parallel_bytes(parallel: ParallelConfig, layout: Layout, rank_params: f
         n = layout.dp_replicate
         return 2 * (n - 1) / n * rank_params * FP32  # one all-reduce of the gradients
     n = layout.dp_shard * layout.cp
-    gathers = 2 if parallel.reshard_after_forward else 1
+    gathers = 2 if resharded(parallel, layout) else 1
     per_micro = (n - 1) / n * rank_params * (gathers * dtype_bytes + FP32)
     replicate = 2 * (layout.dp_replicate - 1) / layout.dp_replicate * rank_params / n * FP32
     return grad_accum * per_micro + replicate
