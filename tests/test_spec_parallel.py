@@ -37,6 +37,9 @@ def layout(world: int, **fields: object) -> tuple[int, int, int, int, int]:
         (2, {"tp": 2}, (1, 1, 1, 1, 2)),
         (2, {"strategy": "none", "tp": 2}, (1, 1, 1, 1, 2)),
         (8, {"tp": 2, "dp_shard": -1, "dp_replicate": 2}, (1, 2, 2, 1, 2)),
+        (4, {"pp": 2}, (2, 1, 2, 1, 1)),
+        (4, {"pp": 2, "tp": 2}, (2, 1, 1, 1, 2)),
+        (8, {"pp": 2, "dp_replicate": 2}, (2, 2, 2, 1, 1)),
     ],
 )
 def test_layout_resolves(world: int, fields: dict[str, object],
@@ -93,7 +96,16 @@ def test_bad_field_names_its_key(overrides: list[str], key: str) -> None:
         (2, ["parallel.pp=2", "parallel.pp_stages_per_rank=2"], "parallel.pp_stages_per_rank"),
         (2, ["parallel.pp=2", "parallel.pp_schedule=\"interleaved-1f1b\""],
          "parallel.pp_stages_per_rank"),
-        (2, ["parallel.pp=2"], "parallel.pp"),  # a possible layout, not supported yet
+        (4, ["parallel.pp=2", "parallel.pp_schedule=\"zero-bubble\"",
+             "parallel.pp_stages_per_rank=2", "parallel.pp_microbatches=5",
+             "train.micro_batch_size=5", "train.global_batch_size=20"],
+         "parallel.pp_microbatches"),  # 5 micro-batches do not fill rounds of 2
+        (2, ["parallel.pp=2", "parallel.pp_microbatches=3"], "parallel.pp_microbatches"),
+        (1, ["parallel.pp_stages_per_rank=2", "parallel.pp_schedule=\"interleaved-1f1b\"",
+             "parallel.strategy=\"none\""], "parallel.pp_stages_per_rank"),  # no pp
+        (1, ["parallel.pp_split=[2]", "parallel.strategy=\"none\""], "parallel.pp_split"),
+        (2, ["parallel.pp=2", "model.tie_embeddings=true"], "parallel.pp"),  # not yet
+        (4, ["parallel.pp=2", "parallel.strategy=\"ddp\""], "parallel.pp"),  # not yet
         (2, ["parallel.cp=2", "train.seq_len=66"], "parallel.cp"),  # not divisible by 2 × cp
         (2, ["parallel.cp=2"], "parallel.cp"),  # a possible layout, not supported yet
     ],
@@ -107,10 +119,26 @@ def test_impossible_layout_names_its_key(world: int, overrides: list[str], key: 
 
 
 def test_unsupported_dims_say_so() -> None:
-    for override in ("parallel.pp=2", "parallel.cp=2"):
-        cfg = loading.load(TrainConfig, EXAMPLE, [override])
-        with pytest.raises(ConfigError, match="not supported yet"):
-            cfg.check_world_size(2)
+    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.cp=2"])
+    with pytest.raises(ConfigError, match="not supported yet"):
+        cfg.check_world_size(2)
+
+
+@pytest.mark.parametrize(
+    ("world", "overrides"),
+    [
+        (2, ["parallel.pp=2"]),
+        (2, ["parallel.pp=2", "parallel.pp_schedule=\"gpipe\"", "parallel.pp_split=[1]"]),
+        (2, ["parallel.pp=2", "parallel.pp_schedule=\"interleaved-1f1b\"",
+             "parallel.pp_stages_per_rank=2"]),
+        (4, ["parallel.pp=2", "parallel.pp_schedule=\"zero-bubble\"",
+             "parallel.pp_stages_per_rank=2", "parallel.dp_shard=2"]),
+        (4, ["parallel.pp=2", "parallel.tp=2"]),
+    ],
+)
+def test_pipeline_layouts_are_accepted(world: int, overrides: list[str]) -> None:
+    cfg = loading.load(TrainConfig, EXAMPLE, overrides)  # tiny: 4 layers, micro-batches of 8
+    assert cfg.check_world_size(world).pp == 2
 
 
 @pytest.mark.parametrize(
@@ -119,7 +147,8 @@ def test_unsupported_dims_say_so() -> None:
         (["--nproc", "4", "--set", "parallel.tp=3"], "parallel.dp_shard"),
         (["--nproc", "2", "--set", "parallel.tp=2", "--set", "model.n_heads=1",
           "--set", "model.n_kv_heads=1"], "parallel.tp"),
-        (["--nproc", "2", "--set", "parallel.pp=2"], "parallel.pp"),
+        (["--nproc", "2", "--set", "parallel.pp=2", "--set", "model.n_layers=1"],
+         "parallel.pp"),
     ],
 )
 def test_cli_refuses_before_any_rank_starts(tmp_path: Path, args: list[str], key: str) -> None:

@@ -4,7 +4,7 @@
     dims.dp_rank, dims.dp_size                  # the loader's part of the global batch
     dims.dp_group                               # loss reduction over data-parallel ranks
     dims.tp_mesh, dims.dp_mesh, dims.pp_group   # what the parallelisms are applied on
-    dims.holds_loss, dims.share_loss(t)         # under pp: only the last stage has the loss
+    dims.share_loss(t)                          # under pp only the last stage has the loss
 
 The mesh's dimensions, outermost first, are ``pp, dp_replicate, dp_shard, cp, tp``; only those
 of size > 1 are in it, as in torchtitan (a world of one has no mesh at all). Ranks that differ
@@ -119,11 +119,6 @@ class ParallelDims:
         group = self.pp_group
         assert group is not None
         return dist.get_global_rank(group, pp_rank)
-
-    @property
-    def holds_loss(self) -> bool:
-        """Whether this rank computes the loss: under pp only the last stage's ranks do."""
-        return self.local_rank("pp") == self.layout.pp - 1
 
     @property
     def tp_mesh(self) -> DeviceMesh | None:

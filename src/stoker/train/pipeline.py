@@ -123,6 +123,7 @@ class Pipeline:
     stage_ids: list[int]
     n_stages: int
     parts: list[Transformer]
+    stages: list[PipelineStage]
     schedule: object
     n_microbatches: int
     loss: ScaledLoss
@@ -216,7 +217,7 @@ def build_pipeline(shape: ModelShape, parallel: ParallelConfig, dims: ParallelDi
     n_micro = parallel.pp_microbatches or n_stages
     loss = ScaledLoss(loss_fn)
     schedule = make_schedule(parallel.pp_schedule, stages, n_micro, loss)
-    return Pipeline(dims, device, ids, n_stages, parts, schedule, n_micro, loss)
+    return Pipeline(dims, device, ids, n_stages, parts, stages, schedule, n_micro, loss)
 
 
 def make_schedule(name: str, stages: list[PipelineStage], n_microbatches: int,
