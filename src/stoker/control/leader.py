@@ -29,6 +29,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from stoker.control.db import PG_CONNECT_ARGS, reason
 from stoker.control.reconciler import Reconciler
-from stoker.control.sql_store import SqlStore
+from stoker.control.sql_store import WAKE_CHANNEL, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,23 @@ class AdvisoryLease:
         self.release()
         self._engine.dispose()
 
+    def listen(self, stop: threading.Event, wake: Callable[[], None]) -> None:
+        """Call ``wake`` at each NOTIFY on `WAKE_CHANNEL` (a submit or cancel through any
+        server) until ``stop`` is set; on its own connection, reconnecting after a failure."""
+        while not stop.is_set():
+            try:
+                with self._engine.connect() as conn:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    conn.execute(text(f"LISTEN {WAKE_CHANNEL}"))
+                    raw = conn.connection.driver_connection
+                    assert raw is not None
+                    while not stop.is_set():
+                        for _ in raw.notifies(timeout=LOCK_WAIT_S):
+                            wake()
+            except Exception as e:  # the database is away: try again shortly
+                log.debug("wake listener: %s", reason(e))
+                stop.wait(LOCK_WAIT_S)
+
 
 def announce(store: SqlStore, server: str, url: str, now: float) -> LeaderInfo:
     """Record this server as the leader with the next term; the event log says so too."""
@@ -170,17 +188,27 @@ class Leadership:
                 "leader": self.leader.as_dict() if self.leader else None,
                 "first_cycle_at": self.first_cycle_at, "cycles": self.cycles}
 
+    def listen(self, stop: threading.Event) -> None:
+        """Wake the reconciler at each submit or cancel made through any server."""
+        self.lease.listen(stop, self.reconciler.wake)
+
     def run(self, stop: threading.Event, interval: float) -> None:
+        standing_by = False
         while not stop.is_set():
             try:
                 if not self.lease.acquire():
                     self._look()
+                    if not standing_by:
+                        standing_by = True
+                        leader = self.leader.url if self.leader else "another server"
+                        log.info("standing by: %s leads the control plane", leader)
                     continue
             except SQLAlchemyError as e:
                 log.warning("cannot reach the database for the leader lock: %s", reason(e))
                 self.lease.release()
                 stop.wait(LOCK_WAIT_S)
                 continue
+            standing_by = False
             try:
                 self._lead(stop, interval)
             except (LeadershipLost, DBAPIError) as e:

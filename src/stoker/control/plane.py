@@ -89,6 +89,7 @@ class ControlPlane:
         self.nodes: tuple[Node, ...] = reconciler.nodes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
         self._locks: list[IO[str]] = []
         self.isolation = isolation or Isolation()
         self.leadership: Leadership | None = None  # None: the only server (SQLite)
@@ -163,6 +164,9 @@ class ControlPlane:
             self._thread = threading.Thread(target=self.leadership.run,
                                             args=(self._stop, interval), name="leadership",
                                             daemon=True)
+            self._listener = threading.Thread(target=self.leadership.listen, args=(self._stop,),
+                                              name="wake-listener", daemon=True)
+            self._listener.start()
         else:
             self.reconciler.recover()
             self._thread = threading.Thread(target=self.reconciler.run,
@@ -176,6 +180,8 @@ class ControlPlane:
         self.reconciler.wake()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._listener is not None:
+            self._listener.join(timeout=30)
         if self.leadership is not None:
             self.leadership.lease.dispose()  # the lock is free for a standby at once
         if isinstance(self.store, SqlStore):
@@ -277,6 +283,8 @@ class ControlPlane:
                                            version=job.version)
             if done is not None:
                 self.reconciler.wake()
+                if isinstance(self.store, SqlStore) and job.state != JobState.QUEUED:
+                    self.store.wake_leader()  # it may be another server
                 if actor != job.tenant:
                     self.store.add_audit(AuditRecord(time.time(), actor, "cancel", str(job_id),
                                                      {"tenant": job.tenant,

@@ -46,6 +46,7 @@ MUTABLE = frozenset({
 
 
 AUDIT_LOCK = 0x73746F6B65720002  # pg_advisory_xact_lock key: audit ids in commit order
+WAKE_CHANNEL = "stoker_wake"  # PostgreSQL NOTIFY: work for the leader (a submit, a cancel)
 Fence = Callable[[Session], None]
 
 
@@ -70,6 +71,13 @@ class SqlStore:
             engine.dispose()
             raise
         return cls(engine)
+
+    def wake_leader(self) -> None:
+        """Tell the leader, whichever server it is, to run a cycle now (PostgreSQL NOTIFY;
+        nothing to do on SQLite, where the one server is the leader)."""
+        if self.postgres:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
 
     def fenced(self, fence: Fence) -> SqlStore:
         """This store (same engine and clock) with ``fence`` run first in every write."""
@@ -117,6 +125,8 @@ class SqlStore:
                 s.flush()
                 s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
                               to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
+                if self.postgres:  # delivered at commit, to the leader wherever it runs
+                    s.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
                 return _job(row)  # type: ignore[arg-type]
         except IntegrityError:
             # Only the (tenant, idempotency key) index can refuse a new job row.
