@@ -1,6 +1,7 @@
 """API submit throughput: jobs/s that a concurrent client gets from `stoker server`.
 
     python benchmarks/api_submit.py [--jobs 400] [--concurrency 16] [--stores sqlite,postgresql]
+                                    [--rounds 1]
 
 Starts a real server (default cluster) on a free loopback port, cordons its node so no job
 starts (this measures the API and the store, not process launches), then with C concurrent
@@ -10,7 +11,9 @@ running a scheduling cycle after each submission, as in production.
 
 ``--stores sqlite,postgresql`` runs the same measurement on each store in turn, in the same run:
 PostgreSQL is a throwaway local server (`stoker.control.pg_local`) with its default, durable
-settings (fsync and synchronous commit on), on loopback.
+settings (fsync and synchronous commit on), on loopback. ``--rounds N`` alternates the stores N
+times (a fresh server and database each time) and reports the round with the median POST rate
+of each store, so a change in the machine's load hits both alike.
 """
 
 from __future__ import annotations
@@ -108,19 +111,31 @@ def report(store: str, results: Results) -> None:
         print(f"{name:<26}{rate:>9.1f}{p50:>9.1f}{p99:>9.1f}{rate / base:>12.2f}x")
 
 
+def _median_round(runs: list[Results]) -> Results:
+    return sorted(runs, key=lambda r: r["POST /v1/jobs"][0])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--stores", default="sqlite",
                         help="comma-separated: sqlite, postgresql (measured in this order)")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     stores = args.stores.split(",")
     unknown = set(stores) - {"sqlite", "postgresql"}
     if unknown:
         parser.error(f"--stores: unknown store {sorted(unknown)[0]!r}")
-    print(f"{args.jobs} requests each, {args.concurrency} concurrent connections")
-    results = {store: run_store(store, args.jobs, args.concurrency) for store in stores}
+    print(f"{args.jobs} requests each, {args.concurrency} concurrent connections, "
+          f"{args.rounds} round(s)")
+    rounds: dict[str, list[Results]] = {store: [] for store in stores}
+    for i in range(args.rounds):
+        for store in stores:
+            rounds[store].append(run_store(store, args.jobs, args.concurrency))
+            rate = rounds[store][-1]["POST /v1/jobs"][0]
+            print(f"round {i + 1}, {store}: POST /v1/jobs {rate:.1f} req/s", flush=True)
+    results = {store: _median_round(runs) for store, runs in rounds.items()}
     for store, rows in results.items():
         report(store, rows)
     if len(results) == 2:

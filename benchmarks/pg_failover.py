@@ -68,15 +68,17 @@ def job_state(server: ServerProcess, job_id: int) -> dict[str, Any]:
         return c.job(job_id)
 
 
-def failover(leader: ServerProcess, standby: ServerProcess) -> tuple[float, float]:
-    """Kill the leader: (seconds to the standby leading, to its first reconcile cycle)."""
+def failover(leader: ServerProcess, standby: ServerProcess) -> tuple[float, float, float]:
+    """Kill the leader: seconds to the standby leading, to the end of its recovery (the
+    running job adopted), and to the end of its first reconcile cycle."""
     until("the standby to see the leader",
           lambda: standby.health()["leader"]["url"] == leader.url)
     killed_at = time.time()
     leader.kill()
     health = until("the standby to lead", lambda: (h := standby.health())["role"] == "leader"
                    and h["first_cycle_at"] and h, every=0.02)
-    return health["leader"]["since"] - killed_at, health["first_cycle_at"] - killed_at
+    return (health["leader"]["since"] - killed_at, health["recovered_at"] - killed_at,
+            health["first_cycle_at"] - killed_at)
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0,
                         help="scheduler.interval of the servers (seconds between cycles)")
     args = parser.parse_args()
-    rows: list[tuple[float, float]] = []
+    rows: list[tuple[float, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp, LocalPostgres(durable=True) as pg:
         root = Path(tmp)
         config = root / "cluster.toml"
@@ -104,8 +106,9 @@ def main() -> None:
             until("the job to run", lambda: job_state(leader, job_id)["state"] == "RUNNING")
             for i in range(args.repeats):
                 rows.append(failover(leader, standby))
-                print(f"repeat {i + 1}: leading after {rows[-1][0]:.3f} s, first reconcile "
-                      f"after {rows[-1][1]:.3f} s", flush=True)
+                lead, recovered, first = rows[-1]
+                print(f"repeat {i + 1}: leading after {lead:.3f} s, recovered after "
+                      f"{recovered:.3f} s, first reconcile after {first:.3f} s", flush=True)
                 leader, standby = standby, leader.start()
             work = root / "state" / "jobs" / str(job_id) / "work"
             (work / "release").touch()
@@ -119,12 +122,10 @@ def main() -> None:
             for server in pair:
                 server.stop()
             kill_jobs(root / "state")
-    leading = statistics.median(r[0] for r in rows)
-    first = statistics.median(r[1] for r in rows)
-    print(f"median of {len(rows)}: leading after {leading:.3f} s "
-          f"(min {min(r[0] for r in rows):.3f}, max {max(r[0] for r in rows):.3f}); "
-          f"first reconcile after {first:.3f} s "
-          f"(min {min(r[1] for r in rows):.3f}, max {max(r[1] for r in rows):.3f})")
+    for i, what in enumerate(("leading", "recovered (job adopted)", "first reconcile done")):
+        values = [r[i] for r in rows]
+        print(f"{what:<24} median {statistics.median(values):.3f} s of {len(rows)} "
+              f"(min {min(values):.3f}, max {max(values):.3f})")
     print(f"the job: {done['state']}, started {starts} time(s), adopted {adopts} time(s)")
 
 

@@ -180,13 +180,15 @@ class Leadership:
         self.url = url
         self.leading = False
         self.leader: LeaderInfo | None = None  # as last seen (refreshed while standing by)
-        self.first_cycle_at: float | None = None  # of this server's current leadership
+        self.recovered_at: float | None = None  # of this server's current leadership
+        self.first_cycle_at: float | None = None
         self.cycles = 0
 
     def status(self) -> dict[str, Any]:
         return {"role": "leader" if self.leading else "standby", "server": self.server,
                 "leader": self.leader.as_dict() if self.leader else None,
-                "first_cycle_at": self.first_cycle_at, "cycles": self.cycles}
+                "recovered_at": self.recovered_at, "first_cycle_at": self.first_cycle_at,
+                "cycles": self.cycles}
 
     def listen(self, stop: threading.Event) -> None:
         """Wake the reconciler at each submit or cancel made through any server."""
@@ -228,9 +230,10 @@ class Leadership:
         info = announce(self.store, self.server, self.url, time.time())
         self.lease.term = info.term
         self.leader, self.leading = info, True
-        self.first_cycle_at, self.cycles = None, 0
+        self.recovered_at, self.first_cycle_at, self.cycles = None, None, 0
         log.info("this server leads the control plane (term %d)", info.term)
         self.reconciler.recover()
+        self.recovered_at = time.time()
         while not stop.is_set():
             if not self.lease.held():
                 raise LeadershipLost("the leader lock's session is gone")
