@@ -276,3 +276,23 @@ def test_a_bad_or_unreachable_database_is_one_line_without_the_password(tmp_path
         assert why in str(err.value) and "s3cret" not in str(err.value)
         assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ids_are_64_bit(store: SqlStore) -> None:
+    """The API's ids are signed 64-bit: a lookup past 2**31 is "not found", never an error,
+    and ids past 2**31 can be stored (PostgreSQL's INTEGER would overflow)."""
+    top = 2**63 - 1
+    assert store.get_job(top) is None and store.processes(top) == []
+    assert store.events(top, after_id=top) == [] and store.audit(after_id=top) == []
+    with store.engine.begin() as conn:
+        if store.postgres:
+            conn.exec_driver_sql("SELECT setval('jobs_id_seq', 3000000000)")
+        else:  # the next rowid is the largest one + 1
+            conn.exec_driver_sql(
+                "INSERT INTO jobs (id, tenant, name, queue, priority_class, priority, spec, "
+                "state, reason, created_at, updated_at, queued_at, attempt, restarts, "
+                "not_before, attained_s, version) VALUES (3000000000, 'alice', 'old', 'alice', "
+                "'', 0, '{}', 'CANCELLED', '', 1, 1, 1, 0, 0, 0, 0, 0)")
+    job = store.submit(new_job(), "alice")
+    assert job.id > 2**31 and store.events(job.id)[0].job_id == job.id
+    assert store.get_job(job.id) == job

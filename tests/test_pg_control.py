@@ -67,7 +67,8 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    """Servers a test starts; all stopped (and their jobs killed) at the end."""
+    """Servers a test starts; all stopped (and their jobs killed) at the end, before the
+    test's database is dropped (so ``pg_url`` comes first in a test's arguments)."""
     started: list[ServerProcess] = []
     yield started
     for server in started:
@@ -123,7 +124,7 @@ def transitions(j: dict[str, Any]) -> list[str]:
 
 
 def test_a_server_on_postgresql_keeps_its_state_across_a_restart(
-        servers: list[ServerProcess], tmp_path: Path, config: Path, pg_url: str) -> None:
+        pg_url: str, servers: list[ServerProcess], tmp_path: Path, config: Path) -> None:
     s = server(servers, tmp_path, config, pg_url, "one")
     health = s.health()
     assert (health["store"], health["role"]) == ("postgresql", "leader")
@@ -146,7 +147,7 @@ def test_a_server_on_postgresql_keeps_its_state_across_a_restart(
 
 
 def test_a_standby_takes_over_from_a_killed_leader_and_adopts_its_job(
-        servers: list[ServerProcess], tmp_path: Path, config: Path, pg_url: str) -> None:
+        pg_url: str, servers: list[ServerProcess], tmp_path: Path, config: Path) -> None:
     leader = server(servers, tmp_path, config, pg_url, "a")
     wait_for("the first server to lead", lambda: leader.health()["role"] == "leader")
     standby = server(servers, tmp_path, config, pg_url, "b")
@@ -223,9 +224,11 @@ def test_a_leader_that_loses_its_lock_stops_and_its_writes_are_fenced(
         other.term = info.term
         time.sleep(0.5)
         assert not first.leading and first.cycles == cycles  # ...and stays a standby
-        with pytest.raises(LeadershipLost):  # a write under its old term is refused
-            SqlStore(store.engine, fence=lambda s: _old_term(s, info.term - 1)).submit(
-                NewJob("alice", "x", "q", "", 0, {}), "alice")
+        stale = AdvisoryLease(store.engine, "stale")
+        stale.term = info.term - 1  # the first server's term
+        with pytest.raises(LeadershipLost):  # a write under an old term is refused
+            store.fenced(stale.fence).submit(NewJob("alice", "x", "q", "", 0, {}), "alice")
+        stale.dispose()
         assert store.list_jobs() == []
         other.release()
         wait_for("the first to lead again", lambda: first.leading and first.cycles > 0)
@@ -235,12 +238,6 @@ def test_a_leader_that_loses_its_lock_stops_and_its_writes_are_fenced(
         reconciler.wake()
         thread.join(30)
         store.close()
-
-
-def _old_term(session: Any, term: int) -> None:
-    lease = AdvisoryLease.__new__(AdvisoryLease)
-    lease.term = term
-    lease.fence(session)
 
 
 def run_server(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

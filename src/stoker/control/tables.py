@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Row ids are 64-bit (the API's ids are): BIGINT on PostgreSQL, where INTEGER is 32-bit; on
+# SQLite INTEGER is already 64-bit and only "INTEGER PRIMARY KEY" numbers rows by itself.
+Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -24,7 +28,7 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_tenant_idempotency_key", "tenant", "idempotency_key",
                             unique=True),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str] = mapped_column(String(256))
     queue: Mapped[str] = mapped_column(String(128), index=True)
@@ -59,8 +63,8 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    job_id: Mapped[int | None] = mapped_column(Id, ForeignKey("jobs.id"))
     at: Mapped[float]
     kind: Mapped[str] = mapped_column(String(32))
     from_state: Mapped[str | None] = mapped_column(String(16))
@@ -75,7 +79,7 @@ class RankProcess(Base):
 
     __tablename__ = "processes"
 
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("jobs.id"), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     pid: Mapped[int] = mapped_column(Integer)
@@ -121,7 +125,7 @@ class Audit(Base):
 
     __tablename__ = "audit"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     at: Mapped[float]
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
