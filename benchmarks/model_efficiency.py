@@ -23,7 +23,8 @@ timed steps of every arm, the arms' order rotating from round to round so that l
 machine hits them alike. Reported: parameters, training FLOPs per token (6 N + 12 L H Q T, as
 ``stoker.observe.flops`` counts), median tokens/s over rounds by wall clock and by process CPU
 time (on a machine shared with other work, the CPU-time figure is the steadier one), and the
-median over rounds of each arm's ratio to ``nanogpt`` in the same round.
+median over rounds of each arm's ratio to ``nanogpt`` in the same round; the last column
+scales the CPU-time ratio by the FLOPs per token, i.e. compares work done per second.
 """
 
 from __future__ import annotations
@@ -266,7 +267,10 @@ def main(argv: list[str] | None = None) -> None:
         print(line, file=sys.stderr, flush=True)
 
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = []
+    header = ("size", "compile", "model", "params", "MFLOP/token", "tokens/s", "vs nanogpt",
+              "tokens/cpu-s", "vs nanogpt (cpu)", "FLOP/cpu-s vs nanogpt")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|")
     for size in args.sizes.split(","):
         for compile_ in modes:
             arms = measure(size, compile_, args, before, log)
@@ -276,16 +280,12 @@ def main(argv: list[str] | None = None) -> None:
                     a / b for a, b in zip(arm.rates, nano.rates, strict=True))
                 cpu_ratio = statistics.median(
                     a / b for a, b in zip(arm.cpu_rates, nano.cpu_rates, strict=True))
-                rows.append((size, "on" if compile_ else "off", arm.name, f"{arm.params:,}",
-                             f"{arm.flops_per_token / 1e6:.2f}",
-                             f"{statistics.median(arm.rates):,.0f}", f"{ratio:.3f}",
-                             f"{statistics.median(arm.cpu_rates):,.0f}", f"{cpu_ratio:.3f}"))
-    header = ("size", "compile", "model", "params", "MFLOP/token", "tokens/s", "vs nanogpt",
-              "tokens/cpu-s", "vs nanogpt (cpu)")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+                row = (size, "on" if compile_ else "off", arm.name, f"{arm.params:,}",
+                       f"{arm.flops_per_token / 1e6:.2f}", f"{statistics.median(arm.rates):,.0f}",
+                       f"{ratio:.3f}", f"{statistics.median(arm.cpu_rates):,.0f}",
+                       f"{cpu_ratio:.3f}",
+                       f"{cpu_ratio * arm.flops_per_token / nano.flops_per_token:.3f}")
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":
