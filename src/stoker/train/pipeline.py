@@ -92,7 +92,8 @@ def merge_stages(parts: list[Transformer]) -> Transformer:
     with torch.device("meta"):
         merged = Transformer(parts[0].shape)
     merged.layers = nn.ModuleDict({k: m for part in parts for k, m in part.layers.items()})
-    merged.tok_embeddings = next((p.tok_embeddings for p in parts if p.tok_embeddings), None)
+    merged.tok_embeddings = next((p.tok_embeddings for p in parts
+                                  if p.tok_embeddings is not None), None)
     merged.norm = next((p.norm for p in parts if p.norm is not None), None)
     merged.output = next((p.output for p in parts if p.output is not None), None)
     return merged
