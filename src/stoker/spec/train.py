@@ -401,4 +401,7 @@ def check_pipeline(cfg: TrainConfig, layout: Layout, source: str | None = None) 
 def check_supported(p: ParallelConfig, source: str | None = None) -> None:
     """Dimensions the config describes but this version of the runtime does not run yet."""
     if p.cp > 1:
-        raise ConfigError(source, "parallel.cp", "context parallelism is not supported yet")
+        raise ConfigError(source, "parallel.cp", "context parallelism is not supported yet: "
+                          "PyTorch's ring attention shards only the CUDA SDPA kernels (on CPU, "
+                          "aten._scaled_dot_product_flash_attention_for_cpu has no sharding "
+                          "strategy), and the CUDA path is not written")
