@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -173,6 +173,7 @@ def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path) -> Attemp
         elastic_launch(config, sys.executable)(*args)
     except SignalException as e:
         # Elastic has passed the signal on to every rank and waited for them to stop.
+        _close_rendezvous(e)
         preempted = e.sigval in (signal.SIGTERM, signal.SIGUSR1)
         print(f"stoker train: stopped by {e.sigval.name}"
               f"{'; resume with --resume auto' if preempted else ''}", file=sys.stderr)
@@ -189,6 +190,24 @@ def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path) -> Attemp
                   f"{root.exitcode}); logs in {run_dir / 'logs'}", file=sys.stderr)
         return AttemptResult(code, failures)
     return AttemptResult(0)
+
+
+def _close_rendezvous(e: BaseException) -> None:
+    """Shut the attempt's rendezvous down here, on the main thread. Elastic leaves it open after a
+    signal (to allow rescaling, which one attempt never does); its keep-alive thread could then
+    drop the last reference and run the timer's finalizer on itself, which prints torch's
+    "cannot join current thread" traceback as the launcher exits."""
+    from torch.distributed.elastic.agent.server.api import WorkerSpec
+
+    tb = e.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, WorkerSpec):
+                # The gang has already stopped: a close that fails changes nothing.
+                with suppress(Exception):
+                    value.rdzv_handler.shutdown()
+                return
+        tb = tb.tb_next
 
 
 @contextmanager
