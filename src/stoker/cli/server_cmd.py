@@ -1,4 +1,4 @@
-"""`stoker server`: run the control plane (API, scheduler, local executor) on this machine."""
+"""`stoker server`: run the control plane (API, scheduler, executor: local or Ray)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def server(
     single_trust: bool = typer.Option(False, "--single-trust", help="Run several tenants' "
                                       "jobs without isolation when the host offers none "
                                       "(as isolation.single_trust = true)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", envvar="STOKER_RAY_ADDRESS",
+                                           help="Ray cluster to run jobs on: auto, "
+                                           "ray://HOST:PORT or HOST:PORT (overrides the "
+                                           "config's ray.address; needs executor = \"ray\")."),
 ) -> None:
     """Serve the API on HOST:PORT (OpenAPI docs at /docs, Prometheus at /metrics).
 
@@ -50,7 +54,7 @@ def server(
         "host": host, "port": port, "config": str(config) if config else None, "db": db,
         "state_dir": str(state_dir), "interval": interval, "grace_period": grace_period,
         "backoff_base": backoff, "resume": resume,
-        "single_trust": single_trust}, "stoker server")
+        "single_trust": single_trust, "ray_address": ray_address}, "stoker server")
     serve(settings)
 
 

@@ -1,6 +1,6 @@
 """The executor interface: start a job attempt's processes, watch them, signal them.
 
-`LocalExecutor` runs them on this machine; a Ray executor would place them on a cluster. The
+`LocalExecutor` runs them on this machine; `RayExecutor` places them on a Ray cluster. The
 reconciler decides *what* runs (a `LaunchPlan`, see control/launch.py); the executor only runs it.
 """
 
@@ -35,6 +35,15 @@ class LaunchPlan:
     workdir: Path  # the job's directory
     processes: tuple[ProcessPlan, ...]
     tenant: str = ""  # whose identity the processes run under
+    # Run once, to its end, before any process starts (with its log and exit code in
+    # process 0's); empty: nothing to prepare.
+    prepare: tuple[str, ...] = ()
+    rank_resources: tuple[float, float, float] = (0.0, 0.0, 0.0)  # each process: gpus, cpus, bytes
+
+
+class NotReserved(Exception):
+    """The executor could not reserve the attempt's resources (in time); nothing started. The
+    job goes back to the queue with this as the reason."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,15 @@ class ProcessStatus:
     state: Literal["alive", "exited", "vanished"]
     exit_code: int | None = None
     ended_at: float | None = None
+    reason: str | None = None  # how it vanished, when the executor knows (its node died)
+    lost_node: str | None = None  # the node that died under it
 
 
 @dataclass(frozen=True)
 class Orphan:
-    """A supervisor running on this machine for one of this control plane's job attempts."""
+    """A process (a supervisor, a Ray actor) still running for one of this control plane's job
+    attempts; ``index`` -1: something the attempt holds besides its processes (Ray: its
+    placement group)."""
 
     pid: int
     create_time: float
@@ -60,6 +73,9 @@ class Orphan:
 
 
 class Executor(Protocol):
+    # One process per rank for training jobs too (`plan_launch(per_rank=True)`).
+    per_rank: bool
+
     def launch(self, plan: LaunchPlan) -> list[ProcessRecord]:
         """Start every process of the plan; returns their records (pid, start time, ...).
         If one fails to start, those already started are killed and OSError is raised."""
@@ -80,3 +96,7 @@ class Executor(Protocol):
         ...
 
     def kill_orphan(self, orphan: Orphan) -> None: ...
+
+    def release(self, job_id: int, attempt: int) -> None:
+        """Every process of the attempt has ended: free what it still holds."""
+        ...

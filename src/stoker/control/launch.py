@@ -1,8 +1,12 @@
 """What a job attempt runs: its devices and its processes (a `LaunchPlan` for the executor).
 
-A Stoker training job is one process, the training runtime's launcher, which starts every rank:
-``stoker train JOBDIR/train.toml --nproc R --run-dir JOBDIR/run --resume auto``. A command job
-is one process per rank, with the usual torch.distributed environment (RANK, WORLD_SIZE, ...).
+On one machine a Stoker training job is one process, the training runtime's launcher, which
+starts every rank: ``stoker train JOBDIR/train.toml --nproc R --run-dir JOBDIR/run --resume
+auto``. An executor that places ranks on several machines (``per_rank``: Ray) gets one process
+per rank instead, ``python -m stoker.train JOBDIR/run/config.toml --run-dir JOBDIR/run``, after
+a one-time preparation (`stoker.control.prepare_train`: dataset, resolved config). A command job
+is one process per rank, with the usual torch.distributed environment (RANK, WORLD_SIZE, ...);
+MASTER_ADDR/MASTER_PORT are set by the executor where rank 0's node is not known here.
 A job directory holds ``train.toml``, ``run/`` (the training run), ``work/`` (the processes'
 working and home directory), ``logs/rank-I.log`` (one per process, appended across attempts)
 and ``attempt-N/rank-I.exit`` (how each process ended). Only ``run/`` and ``work/`` belong to
@@ -55,8 +59,8 @@ def exit_path(jobs_dir: Path, job_id: int, attempt: int, index: int) -> Path:
     return job_dir(jobs_dir, job_id) / f"attempt-{attempt}" / f"rank-{index}.exit"
 
 
-def process_count(spec: JobSpec) -> int:
-    return 1 if spec.kind == "train" else spec.ranks
+def process_count(spec: JobSpec, per_rank: bool = False) -> int:
+    return 1 if spec.kind == "train" and not per_rank else spec.ranks
 
 
 def devices_in_use(processes: Sequence[ProcessRecord]) -> DeviceUse:
@@ -115,17 +119,36 @@ def free_port() -> int:
 
 
 def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
-                ranks: Sequence[RankDevices], resume: bool = True) -> LaunchPlan:
+                ranks: Sequence[RankDevices], resume: bool = True,
+                per_rank: bool = False) -> LaunchPlan:
+    """``per_rank``: one process per rank for a training job too (see the module's doc)."""
     workdir = job_dir(jobs_dir, job.id)
     run_dir = workdir / RUN
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
+    r = spec.resources
+    amounts = (float(r.gpus), float(r.cpus), float(r.memory or 0))
+    if spec.kind == "train" and per_rank:
+        config = workdir / "train.toml"
+        write_train_config(config, job.spec["train"])
+        prepare = (sys.executable, "-m", "stoker.control.prepare_train", str(config),
+                   "--nproc", str(spec.ranks), "--run-dir", str(run_dir))
+        argv = [sys.executable, "-m", "stoker.train", str(run_dir / "config.toml"),
+                "--run-dir", str(run_dir)]
+        if resume:
+            argv += ["--resume", "auto"]
+        threads = str(max(1, math.floor(r.cpus)))
+        processes = _rank_processes(job, spec, attempt, jobs_dir, ranks,
+                                    base_env | {"OMP_NUM_THREADS": threads}, tuple(argv))
+        return LaunchPlan(job.id, attempt, workdir, processes, job.tenant, prepare, amounts)
     processes: tuple[ProcessPlan, ...]
     if spec.kind == "train":
         processes = (_train_process(job, spec, attempt, jobs_dir, ranks, base_env, resume),)
     else:
-        processes = _command_processes(job, spec, attempt, jobs_dir, ranks, base_env)
-    return LaunchPlan(job.id, attempt, workdir, processes, job.tenant)
+        assert spec.command is not None
+        processes = _rank_processes(job, spec, attempt, jobs_dir, ranks, base_env,
+                                    tuple(spec.command))
+    return LaunchPlan(job.id, attempt, workdir, processes, job.tenant, rank_resources=amounts)
 
 
 def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
@@ -146,9 +169,9 @@ def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                        devices=_devices(ranks), cpus=physical_cpus(slots), gpus=gpus)
 
 
-def _command_processes(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
-                       ranks: Sequence[RankDevices],
-                       env: dict[str, str]) -> tuple[ProcessPlan, ...]:
+def _rank_processes(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
+                    ranks: Sequence[RankDevices], env: dict[str, str],
+                    argv: tuple[str, ...]) -> tuple[ProcessPlan, ...]:
     port = str(free_port())
     per_node: dict[str, int] = {}
     for r in ranks:
@@ -163,9 +186,8 @@ def _command_processes(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Pa
             "LOCAL_WORLD_SIZE": str(per_node[r.node]), "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": port, "STOKER_NODE": r.node,
         } | dict(spec.env)
-        assert spec.command is not None
         processes.append(ProcessPlan(
-            index=index, node=r.node, argv=tuple(spec.command), env=rank_env,
+            index=index, node=r.node, argv=argv, env=rank_env,
             log_path=log_path(jobs_dir, job.id, index),
             exit_path=exit_path(jobs_dir, job.id, attempt, index),
             devices=_devices([r]), cpus=physical_cpus(r.cpu_slots), gpus=r.gpus))

@@ -38,6 +38,8 @@ class LocalExecutor:
     process's user, no sandbox). ``pass_env``: server variables jobs may see beyond the fixed
     allow-list; ``hidden_env`` never reach a job (the API tokens)."""
 
+    per_rank = False  # a training job is one process, its launcher, which starts the ranks
+
     def __init__(self, jobs_dir: Path, hidden_env: Collection[str] = (),
                  python: str = sys.executable, isolation: Isolation | None = None,
                  pass_env: Collection[str] = (), allow_faults: bool = False,
@@ -164,6 +166,9 @@ class LocalExecutor:
     def kill_orphan(self, orphan: Orphan) -> None:
         if _same_process(orphan.pid, orphan.create_time):
             _signal(lambda: os.killpg(orphan.pid, signal.SIGKILL))
+
+    def release(self, job_id: int, attempt: int) -> None:
+        """Nothing is held beyond the processes."""
 
 
 def _same_process(pid: int, create_time: float) -> bool:

@@ -22,7 +22,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from stoker.control.db import is_postgres, parse_url, redact
-from stoker.control.isolation import Isolation, decide
+from stoker.control.executor import Executor
+from stoker.control.isolation import Isolation, IsolationError, decide
 from stoker.control.launch import log_relpath
 from stoker.control.leader import AdvisoryLease, Leadership, server_id
 from stoker.control.local_executor import LocalExecutor
@@ -86,7 +87,6 @@ class ControlPlane:
         self.cluster = cluster
         self.store = store
         self.reconciler = reconciler
-        self.nodes: tuple[Node, ...] = reconciler.nodes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
@@ -107,23 +107,36 @@ class ControlPlane:
         if is_postgres(url):
             store = SqlStore.open(url)  # unreachable: DatabaseError, still nothing changed
             try:
-                isolation = decide(cluster, source=settings.config or "default cluster")
+                isolation = _isolation(settings, cluster)
                 make_state_dirs(state)
                 locks = [_lock(state / "server.lock", shared=True)]
             except BaseException:
                 store.close()
                 raise
         else:
-            isolation = decide(cluster, source=settings.config or "default cluster")
+            isolation = _isolation(settings, cluster)
             make_state_dirs(state)
             locks = sqlite_locks(state, url)
             store = SqlStore.open(url)
-        nodes = cluster_nodes(cluster)
-        store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
-        executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)),
-                                 isolation=isolation, pass_env=cluster.isolation.pass_env,
-                                 allow_faults=cluster.isolation.fault_injection,
-                                 hidden_dirs=(state.resolve(),))
+        executor: Executor
+        node_source: Callable[[], Sequence[Node]] | None = None
+        try:
+            if cluster.executor == "ray":
+                executor, node_source = _ray_executor(settings, cluster, set(hidden_env(cluster)))
+                nodes: Sequence[Node] = node_source()
+            else:
+                nodes = cluster_nodes(cluster)
+                executor = LocalExecutor(state / "jobs", set(hidden_env(cluster)),
+                                         isolation=isolation,
+                                         pass_env=cluster.isolation.pass_env,
+                                         allow_faults=cluster.isolation.fault_injection,
+                                         hidden_dirs=(state.resolve(),))
+            store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
+        except BaseException:
+            store.close()
+            for lock in locks:
+                lock.close()
+            raise
         control = ControlSettings(grace_period_s=settings.grace_period,
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
@@ -131,7 +144,8 @@ class ControlPlane:
         if store.postgres:  # the reconciler's writes are fenced by the leader's term
             lease = AdvisoryLease(store.engine, server_id())
         reconciler = Reconciler(store.fenced(lease.fence) if lease else store, executor,
-                                cluster, nodes, executor.jobs_dir, control)
+                                cluster, nodes, executor.jobs_dir, control,
+                                node_source=node_source)
         plane = cls(settings, cluster, store, reconciler, isolation)
         if lease is not None:
             url = f"http://{settings.host}:{settings.port}"
@@ -149,6 +163,12 @@ class ControlPlane:
         if self.leadership is None:
             return {"role": "leader", "store": "sqlite"}
         return {**self.leadership.status(), "store": "postgresql"}
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The cluster's nodes; read again from Ray when last read over 2 s ago (a standby's
+        reconciler does not run its cycles)."""
+        return self.reconciler.refresh_nodes(max_age=2.0)
 
     @property
     def jobs_dir(self) -> Path:
@@ -423,6 +443,38 @@ def event_view(e: EventRecord) -> EventView:
 def _amounts(values: Sequence[float]) -> dict[str, float]:
     return {k: v for k, v in zip(("gpus", "cpus", "memory"), values, strict=True)
             if v < UNLIMITED}
+
+
+def _isolation(settings: ServerSettings, cluster: ClusterConfig) -> Isolation:
+    source = settings.config or "default cluster"
+    if settings.ray_address is not None and cluster.executor != "ray":
+        raise ConfigError(source, "executor", '--ray-address needs executor = "ray"')
+    if cluster.executor == "local":
+        return decide(cluster, source=source)
+    # Ranks run as the user of Ray's workers, with no sandbox: isolation is Ray's deployment's.
+    if len(cluster.tenants) > 1 and not cluster.isolation.single_trust:
+        raise IsolationError(source, "isolation", 'with executor = "ray" every job runs as the '
+                             "user of Ray's workers, with no sandbox: give one tenant, or set "
+                             "isolation.single_trust = true")
+    return Isolation(single_trust=cluster.isolation.single_trust)
+
+
+def _ray_executor(settings: ServerSettings, cluster: ClusterConfig, hidden: set[str],
+                  ) -> tuple[Executor, Callable[[], Sequence[Node]]]:
+    """The Ray executor, connected (RayUnavailable when it cannot be), with its nodes."""
+    from stoker.control.ray_executor import RayExecutor
+
+    assert cluster.ray is not None
+    jobs = Path(cluster.ray.shared_dir) / "jobs"
+    try:
+        jobs.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(settings.config, "ray.shared_dir",
+                          f"cannot create {jobs}: {e.strerror}") from None
+    executor = RayExecutor(cluster, jobs, settings.ray_address, hidden,
+                           cluster.isolation.pass_env, cluster.isolation.fault_injection)
+    executor.connect()
+    return executor, executor.nodes
 
 
 def make_state_dirs(state: Path) -> None:

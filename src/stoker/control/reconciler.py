@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stoker.control.executor import Executor
+from stoker.control.executor import Executor, NotReserved
 from stoker.control.jobenv import FAULT_PREFIX
 from stoker.control.launch import (
     RUN,
@@ -29,7 +29,7 @@ from stoker.control.launch import (
     plan_launch,
     process_count,
 )
-from stoker.control.nodes import with_cordons
+from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.states import ACTIVE
@@ -74,11 +74,16 @@ class Reconciler:
     def __init__(self, store: Store, executor: Executor, cluster: ClusterConfig,
                  nodes: Sequence[Node], jobs_dir: Path,
                  settings: ControlSettings = ControlSettings(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 node_source: Callable[[], Sequence[Node]] | None = None) -> None:
+        """``node_source``: the cluster's nodes now (Ray's), read again every cycle; without
+        it the nodes are ``nodes`` for good."""
         self.store = store
         self.executor = executor
         self.cluster = cluster
         self.nodes = tuple(nodes)
+        self.node_source = node_source
+        self._nodes_read = 0.0
         self.jobs_dir = jobs_dir
         self.settings = settings
         self.clock = clock
@@ -90,6 +95,7 @@ class Reconciler:
         self._nominated: frozenset[int | str] = frozenset()  # by the last cycle: they go first
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
+        self._vanished: dict[tuple[int, int, int], str] = {}  # how, where the executor knows
         self._wake = threading.Event()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -116,6 +122,7 @@ class Reconciler:
     def step(self) -> Decisions:
         started = time.perf_counter()
         now = self.clock()
+        self.refresh_nodes(sync=True)
         for job in self._readable(self.store.list_jobs(states=(S, R)), now):
             self._watch(job, now)
         for job in self._readable(self.store.list_jobs(states=ACTIVE), now):
@@ -149,6 +156,28 @@ class Reconciler:
                                 override.queue, override.flavor, e)
             self._overrides_key = key
         return self._effective
+
+    def refresh_nodes(self, sync: bool = False, max_age: float = 0.0) -> tuple[Node, ...]:
+        """Read the nodes from ``node_source`` again (if older than ``max_age`` seconds); with
+        ``sync`` the store learns of new ones and the event log of those that joined or left.
+        When the source fails, the last nodes read stay."""
+        if self.node_source is None or time.monotonic() - self._nodes_read < max_age:
+            return self.nodes
+        try:
+            nodes = tuple(self.node_source())
+        except Exception as e:
+            log.warning("cannot read the cluster's nodes: %s", e)
+            return self.nodes
+        self._nodes_read = time.monotonic()
+        before, after = {n.name for n in self.nodes}, {n.name for n in nodes}
+        self.nodes = nodes
+        if sync and before != after:
+            self.store.sync_nodes([node_record(n, self.cluster.topology) for n in nodes])
+            for name in sorted(after - before):
+                self.store.log_event("node", f"node {name} joined", ACTOR)
+            for name in sorted(before - after):
+                self.store.log_event("node", f"node {name} left", ACTOR)
+        return nodes
 
     def current_nodes(self) -> list[Node]:
         return with_cordons(self.nodes, self.store.nodes())
@@ -224,7 +253,8 @@ class Reconciler:
         ranks = assign_devices(nodes, job.placement["nodes"], per_rank(spec), in_use)
         attempt = job.attempt + 1
         try:
-            plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume)
+            plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
+                               per_rank=self.executor.per_rank)
         except Exception as e:  # whatever the cause, the job must not keep its quota
             log.exception("cannot plan job %d", job.id)
             self._fail(job, spec, None, f"cannot start: {_why(e)}", now, from_states=(A,))
@@ -238,6 +268,12 @@ class Reconciler:
             return
         try:
             records = self.executor.launch(plan)
+        except NotReserved as e:  # nothing started: the job waits for its next admission
+            self.store.transition(job.id, (S,), (Q,), f"{_why(e)}; requeued", ACTOR,
+                                  {"placement": None, "queued_at": now, "attempt": job.attempt,
+                                   "not_before": now + self.settings.backoff_base_s},
+                                  version=starting.version)
+            return
         except Exception as e:
             log.exception("cannot start job %d", job.id)
             self._fail(starting, spec, None, f"cannot start: {_why(e)}", now)
@@ -258,7 +294,7 @@ class Reconciler:
     def _watch(self, job: JobRecord, now: float) -> None:
         spec = job_spec(job)
         procs = self.store.processes(job.id, job.attempt)
-        if len(procs) < process_count(spec):
+        if len(procs) < process_count(spec, self.executor.per_rank):
             return  # an interrupted launch; `recover` deals with it
         outcomes: dict[int, int | None] = {}
         for proc in procs:
@@ -269,6 +305,10 @@ class Reconciler:
                 proc, exit_path(self.jobs_dir, job.id, job.attempt, proc.index))
             if status.state == "alive":
                 continue
+            if status.reason is not None:
+                self._vanished[(job.id, job.attempt, proc.index)] = status.reason
+            if status.lost_node is not None:
+                self._lost(status.lost_node, job, status.reason or "")
             self.executor.kill(proc)  # whatever of its process group is left
             self.store.end_process(job.id, job.attempt, proc.index, status.exit_code,
                                    status.ended_at or now)
@@ -284,7 +324,8 @@ class Reconciler:
             if failed and job.stop_reason is None:
                 index, code = failed[0]
                 self.store.annotate(job.id, (S, R), "failure",
-                                    f"{_describe(index, code)}; stopping the other ranks",
+                                    f"{self._describe(job, index, code)}; stopping the other "
+                                    "ranks",
                                     ACTOR, {"stop_reason": "failure", "stop_requested_at": now,
                                             "exit_code": code}, version=job.version)
             return
@@ -293,6 +334,7 @@ class Reconciler:
     def _finish(self, job: JobRecord, spec: JobSpec, outcomes: Mapping[int, int | None],
                 now: float) -> None:
         """Every process of the attempt has ended: decide the job's next state."""
+        self.executor.release(job.id, job.attempt)
         changes = self._stopped(job, spec, now)
         bad = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
         code = bad[0][1] if bad else 0
@@ -323,7 +365,21 @@ class Reconciler:
             self._fail(job, spec, job.exit_code, "a process failed and the gang was stopped",
                        now, changes)
         else:
-            self._fail(job, spec, code, _describe(bad[0][0], code), now, changes)
+            self._fail(job, spec, code, self._describe(job, bad[0][0], code), now, changes)
+
+    def _describe(self, job: JobRecord, index: int, code: int | None) -> str:
+        how = self._vanished.pop((job.id, job.attempt, index), None)
+        if code is None and how is not None:
+            return f"process {index} vanished: {how}"
+        return _describe(index, code)
+
+    def _lost(self, node: str, job: JobRecord, why: str) -> None:
+        """A node died under a rank: cordoned, so nothing is placed on it before an admin has
+        looked (it may come back under the same name)."""
+        record = next((r for r in self.store.nodes() if r.name == node), None)
+        if record is None or not record.cordoned:
+            self.store.set_cordon(node, True, f"died under job {job.id} attempt {job.attempt} "
+                                  f"({why})", ACTOR)
 
     def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
               changes: dict[str, Any] | None = None,
@@ -402,11 +458,11 @@ class Reconciler:
         """Adopt the processes of active jobs that still run; requeue jobs whose launch was
         cut short; kill every other process a previous incarnation left behind."""
         orphans = self.executor.orphans()
-        known: set[int] = set()
+        known: set[tuple[int, int]] = set()  # the attempts adopted
         now = self.clock()
         for job in self.store.list_jobs(states=(S, R)):
             procs = self.store.processes(job.id, job.attempt)
-            if len(procs) < process_count(job_spec(job)):
+            if len(procs) < process_count(job_spec(job), self.executor.per_rank):
                 for orphan in orphans:
                     if orphan.job_id == job.id:
                         self.executor.kill_orphan(orphan)
@@ -416,15 +472,17 @@ class Reconciler:
                                       {"placement": None, "queued_at": now, "stop_reason": None,
                                        "stop_requested_at": None, "term_sent_at": None})
                 continue
-            known |= {p.pid for p in procs}
+            known.add((job.id, job.attempt))
             live = [p for p in procs if p.ended_at is None]
             self.store.annotate(job.id, (S, R), "adopt",
                                 f"control plane restarted; watching {len(live)} processes "
                                 "again", ACTOR, detail={"pids": [p.pid for p in live]})
         for orphan in orphans:
-            if orphan.pid not in known:
+            if (orphan.job_id, orphan.attempt) not in known:
                 self.executor.kill_orphan(orphan)
-                self.store.log_event("orphan", f"killed process {orphan.pid} left by job "
+                what = f"process {orphan.pid}" if orphan.pid else (
+                    f"rank {orphan.index}" if orphan.index >= 0 else "the reservation")
+                self.store.log_event("orphan", f"killed {what} left by job "
                                      f"{orphan.job_id} attempt {orphan.attempt}", ACTOR)
 
 

@@ -1,6 +1,7 @@
 """The parent of every job process.
 
-``python -m stoker.control.supervise EXIT_FILE [--cpus C,..] [--uid U --gid G | --sandbox] -- ARGV``
+``python -m stoker.control.supervise EXIT_FILE [--cpus C,..] [--uid U --gid G | --sandbox]
+[--parent PID] -- ARGV``
 
 It runs ARGV (an argument list, never a shell) as its child, forwards SIGTERM, SIGINT and SIGUSR1
 to it once, and when the child ends writes its exit status to EXIT_FILE (write-then-rename), so a
@@ -8,7 +9,9 @@ control plane that was restarted meanwhile still learns how the rank ended. ``--
 supervisor (and so its child) to those CPUs before the child starts. ``--uid/--gid`` start the
 child as that user with no supplementary groups. ``--sandbox``: ARGV is a bubblewrap command
 line; the signals go to the process inside the sandbox (bubblewrap would die of them and take
-the job with it, with no chance to checkpoint). Imports nothing heavy.
+the job with it, with no chance to checkpoint). ``--parent``: when process PID (the Ray actor
+that started it) is gone, the whole process group is killed and no exit status is written, as
+if the node had died with it. Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -57,6 +61,9 @@ def main(args: list[str]) -> int:
     user = _option(opts, "--uid")
     group = _option(opts, "--gid")
     sandbox = "--sandbox" in opts
+    parent = _option(opts, "--parent")
+    if parent is not None:
+        threading.Thread(target=_die_with, args=(parent,), daemon=True).start()
     pending: list[int] = []
     child: subprocess.Popen[bytes] | None = None
     inner: list[int] = []  # the sandbox's init process, once bubblewrap has said its pid
@@ -93,6 +100,12 @@ def main(args: list[str]) -> int:
     code = child.wait()
     write_exit(exit_file, code)
     return code if code >= 0 else 128 - code
+
+
+def _die_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.killpg(0, signal.SIGKILL)
 
 
 def _option(opts: list[str], name: str) -> int | None:

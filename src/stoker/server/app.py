@@ -216,9 +216,11 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         view = plane.job_views([job])[0]
         if rank is not None and rank >= view.ranks:
             raise HTTPException(404, f"job {job_id} has no rank {rank}")
-        train = view.kind == "train"
-        index = 0 if train or rank is None else rank
-        prefix = f"[rank{rank}]:" if train and rank is not None else None
+        # A training job on one machine has one log (its launcher's, each line prefixed by its
+        # rank); elsewhere (Ray) each rank has its own.
+        combined = view.kind == "train" and not plane.reconciler.executor.per_rank
+        index = 0 if combined or rank is None else rank
+        prefix = f"[rank{rank}]:" if combined and rank is not None else None
         try:
             text, next_offset = read_chunk(plane.jobs_dir, plane.log_file(job, index),
                                            offset, limit, prefix)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from stoker.spec import loading
-from stoker.spec.cluster import Amounts, Quota
+from stoker.spec.cluster import Amounts, Quota, check_ray_address
 from stoker.spec.errors import ConfigError, KeyedValueError
 from stoker.spec.job import JobSpec
 from stoker.spec.train import TrainConfig
@@ -234,6 +234,12 @@ class ServerSettings(BaseModel):
     backoff_max: float = Field(default=300.0, ge=0)
     resume: bool = True
     single_trust: bool = False  # as isolation.single_trust = true in the cluster config
+    ray_address: str | None = None  # overrides the cluster config's ray.address
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, address: str | None) -> str | None:
+        return None if address is None else check_ray_address(address, "--ray-address")
 
     def db_url(self) -> str:
         return self.db or f"sqlite:///{self.state_dir}/stoker.db"

@@ -51,6 +51,12 @@ sandbox = "auto"                     # bubblewrap where it works
 single_trust = false                 # several tenants without isolation: refuse to start
 pass_env = ["NCCL_*"]                # server variables jobs may see besides PATH, LANG, ...
 
+executor = "local"                   # or "ray": ranks placed on a Ray cluster, see RayConfig
+
+[ray]                                # with executor = "ray"
+address = "auto"                     # or "ray://HEAD:10001", or "HEAD:6379"
+shared_dir = "/mnt/shared/stoker"    # job dirs, runs, checkpoints, logs: seen by every node
+
 [store]                              # default: SQLite in the server's state directory
 url = "postgresql+psycopg://stoker@db.example:5432/stoker"   # password: $PGPASSWORD or ~/.pgpass
 
@@ -237,6 +243,46 @@ class StoreConfig(Section):
         return url
 
 
+RAY_ADDRESS = re.compile(r"^(auto|ray://[^\s/:]+(:\d{1,5})?|[^\s/:]+:\d{1,5})$")
+
+
+def check_ray_address(address: str, key: str = "ray.address") -> str:
+    if not RAY_ADDRESS.match(address):
+        raise KeyedValueError(key, f"{address!r} is not a Ray address: expected auto, "
+                              "ray://HOST[:PORT] or HOST:PORT")
+    return address
+
+
+class RayConfig(Section):
+    """The Ray cluster the ``ray`` executor places ranks on (see control/ray_executor.py).
+
+    Nodes come from Ray: a node's name is its ``stoker/node`` label (else the first 12 hex
+    digits of its Ray node id), its topology levels its ``stoker/<level>`` labels, its flavor
+    its ``stoker/flavor`` label, else the flavor whose ``gpu_model`` matches its GPUs' Ray
+    accelerator type, else ``cpu_flavor``. ``shared_dir`` holds the job directories (runs,
+    checkpoints, logs, exit files): the same path on the control plane and on every node.
+    """
+
+    address: str = "auto"
+    shared_dir: str = Field(min_length=1)
+    namespace: str = Field(default="stoker", pattern=NAME_PATTERN)
+    cpu_flavor: str = "cpu"
+    reserve_timeout: Seconds = 60.0  # a placement group not ready by then: back to the queue
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return check_ray_address(address)
+
+    @field_validator("shared_dir")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise KeyedValueError("ray.shared_dir", "must be an absolute path (every node "
+                                  "and the control plane see it at the same place)")
+        return path
+
+
 class SchedulerConfig(Section):
     fair_sharing: bool = False
     starvation_age: Seconds | None = None
@@ -257,6 +303,8 @@ class ClusterConfig(Section):
     isolation: IsolationConfig = IsolationConfig()
     api: ApiConfig = ApiConfig()
     store: StoreConfig = StoreConfig()
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig | None = None
     cohorts: dict[str, CohortConfig] = {}
     queues: dict[str, QueueConfig] = Field(min_length=1)
 
@@ -291,6 +339,9 @@ class ClusterConfig(Section):
             raise KeyedValueError("topology", "levels must be distinct")
 
     def _check_nodes(self) -> None:
+        if self.executor == "ray":
+            self._check_ray()
+            return
         if not self.nodes and (self.autodetect is None or not self.autodetect.enabled):
             raise KeyedValueError("nodes", "give [[nodes]] or enable [autodetect]")
         seen: set[str] = set()
@@ -307,6 +358,19 @@ class ClusterConfig(Section):
             if self.autodetect.cpu_flavor not in self.flavors:
                 raise KeyedValueError("autodetect.cpu_flavor",
                                       f"unknown flavor {self.autodetect.cpu_flavor!r}")
+
+    def _check_ray(self) -> None:
+        if self.ray is None:
+            raise KeyedValueError("ray", 'executor = "ray" needs a [ray] section with '
+                                  "shared_dir (and address, default auto)")
+        if self.nodes:
+            raise KeyedValueError("nodes", 'with executor = "ray" the nodes come from Ray: '
+                                  "remove [[nodes]]")
+        if self.autodetect is not None and self.autodetect.enabled:
+            raise KeyedValueError("autodetect", 'with executor = "ray" the nodes come from '
+                                  "Ray: remove [autodetect]")
+        if self.ray.cpu_flavor not in self.flavors:
+            raise KeyedValueError("ray.cpu_flavor", f"unknown flavor {self.ray.cpu_flavor!r}")
 
     def _check_labels(self, key: str, labels: dict[str, str]) -> None:
         for level in self.topology:

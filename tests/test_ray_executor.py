@@ -1,0 +1,309 @@
+"""The control plane on a real Ray cluster (tests/ray_cluster.py: three nodes on 127.0.0.1).
+
+One `stoker server` with ``executor = "ray"`` serves every test of this module, in order:
+nodes read from Ray (and followed as they join and leave); a gang Ray cannot reserve whole
+starts nothing and goes back to the queue, then runs each rank on its assigned node; preemption
+and cancel; a 4-rank training job whose losses equal the local launcher's; and last (it removes
+a node) a node dying under a training job, which resumes from its checkpoint on the nodes left.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+import pytest
+
+from ray_cluster import NAMESPACE, RayTestCluster, ray_cluster  # noqa: F401
+from stoker.server.client import Client
+from stoker.server.process import ServerProcess
+from stoker.spec import loading
+from stoker.spec.cluster import ClusterConfig
+from stoker.spec.errors import ConfigError
+from stoker.spec.loading import to_toml
+from train_helpers import held
+
+pytestmark = pytest.mark.slow
+
+STEPS = 24
+TRAIN: dict[str, Any] = {
+    "model": {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
+              "ffn_hidden": 128},
+    "data": {"dataset": "stdlib", "tokenizer": "byte"},
+    "parallel": {"strategy": "fsdp"},
+    "optim": {"warmup_steps": 2},
+    "train": {"name": "ray", "steps": STEPS, "global_batch_size": 8, "micro_batch_size": 2,
+              "seq_len": 32, "eval_interval": 0},
+    "checkpoint": {"interval_steps": 8},
+    "telemetry": {"live": False},
+}
+CLUSTER = """
+topology = ["rack"]
+executor = "ray"
+[ray]
+address = "{address}"
+shared_dir = "{shared}"
+reserve_timeout = "4s"
+[priority_classes]
+low = 0
+high = 1000
+[flavors.cpu]
+[admin]
+token_env = "STOKER_TOKEN_ADMIN"
+[tenants.alice]
+token_env = "STOKER_TOKEN_ALICE"
+queues = ["q"]
+[queues.q]
+preemption = {{ within_queue = "LowerPriority" }}
+[queues.q.quotas.cpu]
+"""
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() \
+        else []
+    return {r["step"]: r["loss"] for r in records if "loss" in r and "step" in r}
+
+
+def reasons(job: dict[str, Any]) -> list[str]:
+    return [e["reason"] for e in job["events"]]
+
+
+def ray_names(job_id: int) -> list[str]:
+    """The job's live rank actors and placement groups in the servers' namespace."""
+    import ray
+
+    groups = [g["name"] for g in ray.util.placement_group_table().values()
+              if g["state"] != "REMOVED"]
+    return [n for n in (*ray.util.list_named_actors(), *groups) if f"-j{job_id}-" in f"{n}-"]
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster: RayTestCluster,  # noqa: F811
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("ray-server")
+    config = root / "cluster.toml"
+    config.write_text(CLUSTER.format(address=ray_cluster.address, shared=root / "shared"))
+    proc = ServerProcess(root / "state", config,
+                         env={"STOKER_TOKEN_ALICE": "alice", "STOKER_TOKEN_ADMIN": "admin"},
+                         args=["--interval", "0.3", "--grace-period", "60", "--backoff", "0.5"])
+    try:
+        yield proc.start(timeout=120)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Client:
+    return server.client("alice")
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess) -> Client:
+    return server.client("admin")
+
+
+@pytest.fixture(scope="module")
+def shared(server: ServerProcess) -> Path:
+    assert server.config is not None
+    ray = loading.load(ClusterConfig, server.config).ray
+    assert ray is not None
+    return Path(ray.shared_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """The same 4-rank job through `stoker train`, the local executor's command."""
+    root = tmp_path_factory.mktemp("ray-reference")
+    (root / "train.toml").write_text(to_toml(TRAIN))
+    subprocess.run([sys.executable, "-m", "stoker", "train", str(root / "train.toml"),
+                    "--nproc", "4", "--run-dir", str(root / "run"), "--resume", "auto"],
+                   check=True, capture_output=True, cwd=root, timeout=600)
+    expected = losses(root / "run")
+    assert sorted(expected) == list(range(1, STEPS + 1))
+    return expected
+
+
+def command(script: str) -> list[str]:
+    return [sys.executable, "-c", script]
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ({}, "ray"),
+    ({"ray": {"shared_dir": "relative/path"}}, "ray.shared_dir"),
+    ({"ray": {"shared_dir": "/s", "address": "http://head:8265"}}, "ray.address"),
+    ({"ray": {"shared_dir": "/s"}, "autodetect": {}}, "autodetect"),
+])
+def test_bad_ray_settings_name_the_key(extra: dict[str, Any], key: str) -> None:
+    data = {"executor": "ray", "flavors": {"cpu": {}}, "queues": {"q": {"quotas": {"cpu": {}}}}}
+    with pytest.raises(ConfigError) as e:
+        loading.validate(ClusterConfig, data | extra, "cluster.toml")
+    assert str(e.value).startswith(f"cluster.toml: {key}: ")
+
+
+def test_ray_address_flag_is_checked(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "stoker", "server", "--state-dir",
+                           str(tmp_path), "--ray-address", "http://x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--ray-address: 'http://x' is not a Ray address" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- nodes ---------------------------------------------------------------------------------------
+
+
+def test_nodes_come_from_ray_and_follow_it(admin: Client,
+                                           ray_cluster: RayTestCluster) -> None:  # noqa: F811
+    nodes = {n["name"]: n for n in admin.nodes()}
+    assert sorted(nodes) == ["n0", "n1", "n2"]  # not the head: it offers no CPUs
+    assert nodes["n0"]["labels"] == {"rack": "r0"} and nodes["n2"]["labels"] == {"rack": "r1"}
+    assert nodes["n0"]["capacity"]["cpus"] == 2 and nodes["n0"]["flavor"] == "cpu"
+    assert nodes["n0"]["capacity"]["memory"] > 0
+    ray_cluster.add("extra", "r1")
+    wait_for(lambda: "extra" in {n["name"] for n in admin.nodes()}, "the new node")
+    ray_cluster.remove("extra")
+    wait_for(lambda: "extra" not in {n["name"] for n in admin.nodes()}, "the node to go",
+             timeout=60)
+
+
+# --- gangs ---------------------------------------------------------------------------------------
+
+
+def test_a_gang_ray_cannot_reserve_starts_nothing_then_runs_where_placed(
+        client: Client, ray_cluster: RayTestCluster, shared: Path) -> None:  # noqa: F811
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    # Ray's view and Stoker's differ: someone else holds n2's CPUs, which Stoker counts free.
+    blocker = placement_group([{"CPU": 2}], bundle_label_selector=[{"stoker/node": "n2"}])
+    ray.get(blocker.ready(), timeout=60)
+    script = ("import json, os, socket; e = os.environ; "
+              "open(f'placed-{e[\"RANK\"]}.json', 'w').write(json.dumps({k: e.get(k) for k in "
+              "('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'STOKER_NODE', "
+              "'STOKER_RAY_NODE_ID', 'MASTER_ADDR', 'MASTER_PORT')}))")
+    job = client.submit({"name": "wide", "queue": "q", "ranks": 6, "resources": {"cpus": 1},
+                         "command": command(script)})["id"]
+    try:
+        wait_for(lambda: any("could not reserve" in r for r in reasons(client.job(job))),
+                 "the reservation to fail")
+        view = client.job(job)
+        requeue = next(e for e in view["events"] if "could not reserve" in e["reason"])
+        assert requeue["to_state"] == "QUEUED", requeue
+        assert "6 x {'CPU': 1.0}" in requeue["reason"] and "n2" in requeue["reason"]
+        assert not [n for n in ray_names(job) if "-r" in n]  # no rank ever had an actor
+        assert not list((shared / "jobs" / str(job) / "work").glob("placed-*"))
+    finally:
+        remove_placement_group(blocker)
+    wait_for(lambda: client.job(job)["state"] == "SUCCEEDED", "the gang to run")
+    view = client.job(job)
+    placement = view["placement"]["nodes"]
+    by_id = ray_cluster.node_ids()
+    ranks = [json.loads((shared / "jobs" / str(job) / "work" / f"placed-{i}.json").read_text())
+             for i in range(6)]
+    for i, rank in enumerate(ranks):
+        assert rank["RANK"] == str(i) and rank["WORLD_SIZE"] == "6"
+        assert by_id[rank["STOKER_RAY_NODE_ID"]] == placement[i] == rank["STOKER_NODE"]
+        assert rank["LOCAL_WORLD_SIZE"] == "2"
+    assert {r["MASTER_ADDR"] for r in ranks} == {"127.0.0.1"}
+    assert len({r["MASTER_PORT"] for r in ranks}) == 1
+    assert wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30) is True
+
+
+def test_preemption_reaches_every_rank_and_requeues(client: Client, shared: Path) -> None:
+    script = ("import os, signal, sys, time\n"
+              "e = os.environ\n"
+              "if e['STOKER_ATTEMPT'] != '1': sys.exit(0)\n"
+              "def stop(*_):\n"
+              "    open(f'term-{e[\"RANK\"]}', 'w').close(); sys.exit(75)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "open(f'up-{e[\"RANK\"]}', 'w').close()\n"
+              "time.sleep(300); sys.exit(1)\n")
+    victim = client.submit({"name": "victim", "queue": "q", "ranks": 3, "priority_class": "low",
+                            "resources": {"cpus": 2}, "command": command(script)})["id"]
+    work = shared / "jobs" / str(victim) / "work"
+    wait_for(lambda: len(list(work.glob("up-*"))) == 3, "every victim rank to run")
+    urgent = client.submit({"name": "urgent", "queue": "q", "ranks": 1, "priority_class": "high",
+                            "resources": {"cpus": 2}, "command": command("print('done')")})["id"]
+    wait_for(lambda: client.job(urgent)["state"] == "SUCCEEDED", "the urgent job")
+    wait_for(lambda: client.job(victim)["state"] == "SUCCEEDED", "the victim to run again")
+    assert sorted(p.name for p in work.glob("term-*")) == ["term-0", "term-1", "term-2"]
+    job = client.job(victim)
+    assert job["attempt"] == 2
+    preempted = [e for e in job["events"] if e["to_state"] == "PREEMPTED"]
+    assert len(preempted) == 1 and "exit code 75" in preempted[0]["reason"]
+
+
+def test_cancel_tears_the_gang_down(client: Client, shared: Path) -> None:
+    script = "import os, time; open(f'up-{os.environ[\"RANK\"]}', 'w').close(); time.sleep(300)"
+    job = client.submit({"name": "doomed", "queue": "q", "ranks": 2, "resources": {"cpus": 1},
+                         "command": command(script)})["id"]
+    work = shared / "jobs" / str(job) / "work"
+    wait_for(lambda: len(list(work.glob("up-*"))) == 2, "both ranks to run")
+    assert len(ray_names(job)) == 3  # two actors and the placement group
+    client.cancel(job)
+    wait_for(lambda: client.job(job)["state"] == "CANCELLED", "the cancel")
+    wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30)
+    wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                          if script in (p.info["cmdline"] or [])], "the ranks to end", 30)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_training_job_on_ray_equals_the_local_launcher(client: Client, shared: Path,
+                                                       reference: dict[int, float]) -> None:
+    job = client.submit({"name": "train", "queue": "q", "ranks": 4, "resources": {"cpus": 1},
+                         "placement": {"topology": "rack", "topology_mode": "required"},
+                         "train_config": "train.toml"}, TRAIN)["id"]
+    wait_for(lambda: client.job(job)["state"] in ("SUCCEEDED", "FAILED"), "the job", 600)
+    view = client.job(job)
+    assert view["state"] == "SUCCEEDED", view["reason"]
+    assert sorted(view["placement"]["nodes"]) == ["n0", "n0", "n1", "n1"]  # rack r0 only
+    assert losses(shared / "jobs" / str(job) / "run") == reference
+    log = client.logs(job, rank=3)["text"]
+    assert "attempt 1 rank 3 started" in log
+
+
+def test_node_death_fails_the_attempt_and_resumes_from_the_checkpoint(
+        client: Client, admin: Client, shared: Path, ray_cluster: RayTestCluster,  # noqa: F811
+        reference: dict[int, float]) -> None:
+    train = TRAIN | {"train": TRAIN["train"] | {"name": "survivor"}}
+    job = client.submit({"name": "survivor", "queue": "q", "ranks": 4, "max_restarts": 2,
+                         "resources": {"cpus": 1}, "train_config": "train.toml"}, train)["id"]
+    run_dir = shared / "jobs" / str(job) / "run"
+    wait_for(lambda: len(losses(run_dir)) >= 10, "step 10 (after the step-8 checkpoint)", 600)
+    placement = client.job(job)["placement"]["nodes"]
+    victim = placement[-1]
+    ranks = [p.pid for p in psutil.process_iter(["cmdline"])
+             if (argv := p.info["cmdline"] or []) and "stoker.train" in argv
+             and str(run_dir) in argv]
+    with held(ranks):  # the job cannot finish before its node dies
+        ray_cluster.remove(victim)
+    wait_for(lambda: client.job(job)["state"] in ("SUCCEEDED", "FAILED")
+             and client.job(job)["attempt"] >= 2, "the job to end", 600)
+    view = client.job(job)
+    assert view["state"] == "SUCCEEDED", view["reason"]
+    assert any(f"its node {victim} left the Ray cluster" in r for r in reasons(view))
+    assert victim not in view["placement"]["nodes"]
+    assert losses(run_dir) == reference
+    assert victim not in {n["name"] for n in admin.nodes()}
+    ray_cluster.add(victim + "b", "r0")  # the next test module finds three nodes again
