@@ -302,7 +302,8 @@ def test_node_death_fails_the_attempt_and_resumes_from_the_checkpoint(
              and client.job(job)["attempt"] >= 2, "the job to end", 600)
     view = client.job(job)
     assert view["state"] == "SUCCEEDED", view["reason"]
-    assert any(f"its node {victim} left the Ray cluster" in r for r in reasons(view))
+    assert any(f"its node {victim} left the Ray cluster" in r for r in reasons(view)), \
+        reasons(view)
     assert victim not in view["placement"]["nodes"]
     assert losses(run_dir) == reference
     assert victim not in {n["name"] for n in admin.nodes()}

@@ -87,7 +87,7 @@ class RayExecutor:
         import ray
 
         self.connect()
-        found = ray_nodes(ray.nodes(), self.cluster)
+        found = ray_nodes(ray.nodes(), self.cluster)  # type: ignore[no-untyped-call]
         self._known = {n.node.name: n for n in found}
         return found
 
@@ -113,6 +113,7 @@ class RayExecutor:
                              lifetime="detached",
                              bundle_label_selector=[{ID_LABEL: known[p.node].node_id}
                                                     for p in plan.processes])
+        asked = time.perf_counter()
         try:
             ray.get(pg.ready(), timeout=self.config.reserve_timeout)
         except ray.exceptions.GetTimeoutError:
@@ -120,19 +121,21 @@ class RayExecutor:
             nodes = ", ".join(sorted({p.node for p in plan.processes}))
             raise NotReserved(f"Ray could not reserve {len(plan.processes)} x {bundle} on "
                               f"{nodes} within {self.config.reserve_timeout:g}s") from None
+        reserved = time.perf_counter() - asked
         try:
-            return self._start(plan, pg, bundle, known[plan.processes[0].node])
+            return self._start(plan, pg, bundle, known[plan.processes[0].node], reserved)
         except BaseException:
             self.release(plan.job_id, plan.attempt)
             raise
 
     def _start(self, plan: LaunchPlan, pg: Any, bundle: dict[str, float],
-               first_node: RayNode) -> list[ProcessRecord]:
+               first_node: RayNode, reserved: float) -> list[ProcessRecord]:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        remote = ray.remote(RankActor)
-        actors = []
+        asked = time.perf_counter()
+        remote: Any = ray.remote(RankActor)
+        actors: list[Any] = []
         for p in plan.processes:
             actor = remote.options(
                 name=self._rank(plan.job_id, plan.attempt, p.index), lifetime="detached",
@@ -146,6 +149,8 @@ class RayExecutor:
             node_id, port = ray.get(actors[0].where.remote(), timeout=ACTOR_START_S)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
             raise OSError(f"rank 0's Ray actor did not start: {type(e).__name__}") from None
+        log.info("job %d attempt %d: reserved in %.3f s, rank 0's actor up in %.3f s",
+                 plan.job_id, plan.attempt, reserved, time.perf_counter() - asked)
         if node_id != first_node.node_id:
             raise OSError(f"rank 0's Ray actor runs on node {node_id[:12]}, not on "
                           f"{first_node.node.name}")
@@ -175,13 +180,14 @@ class RayExecutor:
         if recorded is not None:
             return ProcessStatus("exited", recorded[0], recorded[1])
         actor = self._actor(proc.job_id, proc.attempt, proc.index)
+        died = False
         if actor is not None:
             try:
                 code = ray.get(actor.poll.remote(), timeout=POLL_S)
-            except ray.exceptions.GetTimeoutError:
-                return ProcessStatus("alive")
-            except ray.exceptions.RayActorError:
-                pass
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):
+                return ProcessStatus("alive")  # busy, or its node unreachable for now
+            except ray.exceptions.RayActorError as e:
+                died = "its node has died" in str(e)  # Ray's words; the node list may lag
             else:
                 if code is None:
                     return ProcessStatus("alive")
@@ -192,7 +198,7 @@ class RayExecutor:
         recorded = read_exit(str(exit_file))
         if recorded is not None:
             return ProcessStatus("exited", recorded[0], recorded[1])
-        if proc.node not in {n.node.name for n in self.ray_nodes()}:
+        if died or proc.node not in {n.node.name for n in self.ray_nodes()}:
             return ProcessStatus("vanished", None, time.time(),
                                  f"its node {proc.node} left the Ray cluster", proc.node)
         return ProcessStatus("vanished", None, time.time(),

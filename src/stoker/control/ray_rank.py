@@ -49,9 +49,12 @@ class RankActor:
                 log_path: str) -> int:
         """Run ``argv`` to its end (the training run's one-time preparation): its exit code."""
         with self._log(log_path, "preparing the run") as log:
+            began = time.perf_counter()
             done = subprocess.run(self._argv(argv), stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, env=self._env(env), cwd=cwd,
                                   check=False)
+            log.write(f"=== stoker: preparation ended (exit code {done.returncode}) after "
+                      f"{time.perf_counter() - began:.3f} s\n".encode())
         return done.returncode
 
     def start(self, ready: int, argv: Sequence[str], env: Mapping[str, str], cwd: str,

@@ -96,6 +96,7 @@ class Reconciler:
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
         self._vanished: dict[tuple[int, int, int], str] = {}  # how, where the executor knows
+        self._node_lost: dict[tuple[int, int], str] = {}  # attempts that lost a node: why
         self._wake = threading.Event()
 
     # --- the loop -----------------------------------------------------------------------------
@@ -308,7 +309,7 @@ class Reconciler:
             if status.reason is not None:
                 self._vanished[(job.id, job.attempt, proc.index)] = status.reason
             if status.lost_node is not None:
-                self._lost(status.lost_node, job, status.reason or "")
+                self._lost(status.lost_node, job, proc.index, status.reason or "")
             self.executor.kill(proc)  # whatever of its process group is left
             self.store.end_process(job.id, job.attempt, proc.index, status.exit_code,
                                    status.ended_at or now)
@@ -336,6 +337,11 @@ class Reconciler:
         """Every process of the attempt has ended: decide the job's next state."""
         self.executor.release(job.id, job.attempt)
         changes = self._stopped(job, spec, now)
+        lost = self._node_lost.pop((job.id, job.attempt), None)
+        if lost is not None and job.stop_reason in (None, "failure"):
+            # The other ranks' failures (their peers gone) follow from it.
+            self._fail(job, spec, None, lost, now, changes)
+            return
         bad = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
         code = bad[0][1] if bad else 0
         stop = job.stop_reason
@@ -373,9 +379,16 @@ class Reconciler:
             return f"process {index} vanished: {how}"
         return _describe(index, code)
 
-    def _lost(self, node: str, job: JobRecord, why: str) -> None:
-        """A node died under a rank: cordoned, so nothing is placed on it before an admin has
-        looked (it may come back under the same name)."""
+    def _lost(self, node: str, job: JobRecord, index: int, why: str) -> None:
+        """A node died under a rank: the attempt fails for that reason, and the node is
+        cordoned, so nothing is placed on it before an admin has looked (it may come back
+        under the same name)."""
+        what = f"process {index} vanished: {why}"
+        if self._node_lost.setdefault((job.id, job.attempt), what) == what:
+            self.store.annotate(job.id, (S, R), "node-lost", f"{what}; stopping the other ranks",
+                                ACTOR, {"stop_reason": job.stop_reason or "failure",
+                                        "stop_requested_at": job.stop_requested_at or
+                                        self.clock()})
         record = next((r for r in self.store.nodes() if r.name == node), None)
         if record is None or not record.cordoned:
             self.store.set_cordon(node, True, f"died under job {job.id} attempt {job.attempt} "
