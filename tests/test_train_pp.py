@@ -80,12 +80,14 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, A
     run_dir = tmp_path_factory.mktemp("one")
 
     def save_nested(trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.step == SAVE_AT:
+        if record["step"] == SAVE_AT:  # a log step: the hooks see it with the trainer there
+            assert trainer.step == SAVE_AT
             state = trainer.state_dict(nested_optimizer=True)
             assert trainer.checkpointer.save(SAVE_AT, state, sync=True)
 
     cfg = loading.load(TrainConfig, EXAMPLE, [*PP, "parallel.strategy=none",
-                                              "checkpoint.enabled=false"])
+                                              "checkpoint.enabled=false",
+                                              f"train.log_interval={SAVE_AT}"])
     trainer = Trainer(cfg, run_dir, init_distributed(cfg.parallel, cfg.train),
                       ensure_dataset(cfg.data), display=NullDisplay())
     trainer.after_step.append(save_nested)

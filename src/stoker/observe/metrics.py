@@ -1,9 +1,9 @@
 """Per-step telemetry: the step timer, peak memory, the metrics.jsonl writer and the run summary.
 
 The timer splits an optimizer step into data wait (host time blocked on the loader),
-forward+backward and optimizer. On CUDA the two compute phases are timed with CUDA events (device
-time); on CPU everything is perf_counter. The step time is host wall time, taken after the
-device has finished the step.
+forward+backward and optimizer. On CUDA the step and its two compute phases are timed with CUDA
+events (device time), read at the next log step rather than waited for; on CPU everything is
+perf_counter.
 """
 
 from __future__ import annotations
@@ -33,39 +33,70 @@ class StepTimes:
 
 
 class StepTimer:
-    """Times one step at a time: ``start()``, ``with phase(name): ...`` (any number), ``stop()``."""
+    """Times one step at a time: ``start()``, ``with phase(name): ...`` (any number), ``stop()``.
+
+    ``stop()`` never waits for the device: on CUDA it returns times still held in CUDA events,
+    which `PendingTimes.resolve` reads once the device has passed them (after the log step's
+    collective), so the host can run ahead of the device as it does without telemetry.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self._t0 = 0.0
         self._host: dict[str, float] = {}
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
+        self._begin: torch.cuda.Event | None = None
 
     def start(self) -> None:
         self._host = dict.fromkeys(PHASES, 0.0)
         self._events = {name: [] for name in PHASES}
         self._t0 = time.perf_counter()
+        self._begin = self._record() if self.cuda else None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         if self.cuda and name != "data_wait":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+            begin = self._record()
             yield
-            end.record()
-            self._events[name].append((begin, end))
+            self._events[name].append((begin, self._record()))
         else:
             t = time.perf_counter()
             yield
             self._host[name] += time.perf_counter() - t
 
-    def stop(self) -> StepTimes:
-        if self.cuda:
-            torch.cuda.synchronize()
-            for name, pairs in self._events.items():
-                self._host[name] += sum(b.elapsed_time(e) for b, e in pairs) / 1000.0
-        return StepTimes(time.perf_counter() - self._t0, self._host["data_wait"],
+    def stop(self) -> PendingTimes:
+        host = StepTimes(time.perf_counter() - self._t0, self._host["data_wait"],
                          self._host["fwd_bwd"], self._host["optim"])
+        if not self.cuda:
+            return PendingTimes(host)
+        return PendingTimes(host, self._events, (self._begin, self._record()))
+
+    @staticmethod
+    def _record() -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+
+class PendingTimes:
+    """A step's times; on CUDA read from its events by `resolve`, once they have completed.
+    The step time is then device time, from the step's start to its end."""
+
+    def __init__(self, host: StepTimes,
+                 events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] | None = None,
+                 span: tuple[torch.cuda.Event | None, torch.cuda.Event] | None = None) -> None:
+        self.host = host
+        self.events = events
+        self.span = span
+
+    def resolve(self) -> StepTimes:
+        if self.events is None or self.span is None or self.span[0] is None:
+            return self.host
+        self.span[1].synchronize()
+        device = {name: sum(b.elapsed_time(e) for b, e in pairs) / 1000.0
+                  for name, pairs in self.events.items()}
+        return StepTimes(self.span[0].elapsed_time(self.span[1]) / 1000.0, self.host.data_wait_s,
+                         device["fwd_bwd"], device["optim"])
 
 
 def peak_memory_bytes(device: torch.device) -> int:

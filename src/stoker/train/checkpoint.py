@@ -323,7 +323,7 @@ class Checkpointer:
         if not distributed:  # a lone process: DCP says so on every call, from its own threads
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         # Own gloo groups: the background writer's collectives must never interleave with the
-        # training collectives, nor with the per-step agreement below.
+        # training collectives, nor with the choice of checkpoint to load.
         self.io_group = dist.new_group(backend="gloo") if distributed else None
         self.ctl_group = dist.new_group(backend="gloo") if distributed else None
         self._in_flight: _InFlight | None = None
@@ -335,19 +335,21 @@ class Checkpointer:
 
     # -------------------------------------------------------------- when
 
-    def decide(self, step: int, *, stop_requested: bool = False, final: bool = False) -> Decision:
-        """After step ``step``: save now? stop now? Rank 0's clock decides time-based saves and
-        any rank's stop request stops all; one small all-reduce makes every rank agree."""
+    def time_due(self) -> bool:
+        """Rank 0's clock says a time-based save (``interval_minutes``) is due. The trainer
+        shares this in its log-step collective, so that every rank agrees."""
         c = self.cfg
-        minutes_due = (c.interval_minutes > 0 and self.rank == 0
-                       and self.clock() - self._last_save >= c.interval_minutes * 60)
-        flags = torch.tensor([int(minutes_due), int(stop_requested)], dtype=torch.int64)
-        if self.ctl_group is not None and self.world_size > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.ctl_group)
-        time_due, stop = bool(flags[0]), bool(flags[1])
+        return (c.interval_minutes > 0 and self.rank == 0
+                and self.clock() - self._last_save >= c.interval_minutes * 60)
+
+    def decide(self, step: int, *, time_due: bool = False, stop_requested: bool = False,
+               final: bool = False) -> Decision:
+        """After step ``step``: save now? stop now? ``time_due`` and ``stop_requested`` must be
+        the same on every rank (agreed by the caller); step-based saves need no agreement."""
+        c = self.cfg
         steps_due = c.interval_steps > 0 and step % c.interval_steps == 0
-        save = c.enabled and (steps_due or time_due or stop or final)
-        return Decision(save=save, stop=stop)
+        save = c.enabled and (steps_due or time_due or stop_requested or final)
+        return Decision(save=save, stop=stop_requested)
 
     # -------------------------------------------------------------- save
 

@@ -6,10 +6,11 @@
 Each step: ``accum`` micro-batches of forward+backward (gradients synchronised on the last one
 only under DDP; under pipeline parallelism each micro-batch is one run of the pipeline
 schedule, and the last stage's loss is shared with the other stages), gradient clipping, the
-loss guard, AdamW, LR schedule; then one all_gather of a
-few numbers per rank (loss, step time, peak memory, stop flag) gives the logged loss, every
-rank's step time and an agreed stop. Rank 0 writes metrics.jsonl, summary.json and draws the
-display.
+loss guard, AdamW, LR schedule. The step's numbers stay on the device: only on a log step
+(every ``train.log_interval`` steps, the first and the last) does one all_gather bring the
+pending steps' numbers from every rank (`step_log.py`), with the agreed stop and time-based
+checkpoint, so that between log steps the host runs ahead of the device. Rank 0 writes
+metrics.jsonl (one record per step), summary.json and draws the display.
 
 Around the steps (issue 3): the state (``state_dict()``) is checkpointed by `Checkpointer` every
 ``checkpoint.interval_*`` and at the end, and restored at the start from ``resume`` or, after a
@@ -21,6 +22,7 @@ checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -31,7 +33,6 @@ from types import FrameType
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -63,6 +64,7 @@ from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
 from stoker.train.pipeline import Pipeline, build_pipeline
 from stoker.train.restarts import attempt
+from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
 
 EXIT_INTERRUPTED = 130
 REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same signal, delivered twice
@@ -173,6 +175,7 @@ class Trainer:
 
         self.stop = StopRequest(self.events)
         self.stop_agreed = 0  # the largest stop kind asked of any rank: all stop after this step
+        self.pending: list[PendingStep] = []  # steps not yet logged (see step_log.py)
         self.timer = StepTimer(self.device)
         self.flops_per_token = flops_per_token(self.shape, t.seq_len)
         self.peak = self._peak()
@@ -232,8 +235,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
-    def train_step(self, poison: bool = False) -> dict[str, Any]:
-        """One optimizer step over ``accum`` micro-batches; returns its numbers (not reduced).
+    def train_step(self, poison: bool = False) -> PendingStep:
+        """One optimizer step over ``accum`` micro-batches; its numbers stay on the device.
         ``poison`` makes the loss NaN (the loss guard's tests inject it via STOKER_FAULT)."""
         if not self.model.training:
             self.model.train()
@@ -256,29 +259,43 @@ class Trainer:
                 losses.append(loss.detach())
             if self.samples_file is not None:
                 sample_ids += batch.sample_ids.tolist()
+        self._log_samples(self.step + 1, sample_ids)
         loss_mean = self.dims.share_loss(torch.stack(losses).mean())
         with timer.phase("optim"):
             grad_norm = clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip,
                                         pp_group=self.dims.pp_group)
             lr = self.optimizer.param_groups[0]["lr"]
-            verdict = self._judge(loss_mean, grad_norm)
             self.checkpointer.staged()  # an async save may still be copying the weights
-            if verdict.ok:
-                self.optimizer.step()
+            verdict, skipped = self._guarded_update(loss_mean, grad_norm)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        times = timer.stop()
-        return {"loss": loss_mean, "grad_norm": grad_norm, "lr": lr, "times": times,
-                "verdict": verdict, "sample_ids": sample_ids}
+        return PendingStep(self.step + 1, loss_mean, grad_norm, skipped, lr, timer.stop(),
+                           time.time(), verdict)
 
-    def _judge(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> Verdict:
-        """The loss guard's verdict on this step, the same on every rank: it judges the
-        rank-averaged loss and the global gradient norm."""
+    def _guarded_update(self, loss: torch.Tensor,
+                        grad_norm: torch.Tensor) -> tuple[Verdict | None, torch.Tensor | None]:
+        """The optimizer step, unless the loss guard rejects it. Without a spike check, a fused
+        optimizer drops a non-finite step on the device (its ``found_inf``, as under
+        GradScaler) and the verdict is read at the log step; otherwise the guard judges the
+        rank-averaged loss and the global gradient norm here, on the host."""
         if self.guard is None:
-            return OK
+            self.optimizer.step()
+            return OK, None
+        if self.guard.spike_factor == 0 and self.optimizer.defaults.get("fused"):
+            # The global norm is the same on every rank, and a non-finite loss on any rank
+            # makes it non-finite: every rank skips the same steps without talking.
+            skipped = (~torch.isfinite(grad_norm)).float()
+            self.optimizer.found_inf = skipped  # type: ignore[attr-defined]
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf  # type: ignore[attr-defined]
+            return None, skipped
         both = self.dims.dp_mean(torch.stack([loss.float(), grad_norm.float()]))
-        mean_loss, norm = both.tolist()
-        return self.guard.check(mean_loss, norm)
+        verdict = self.guard.check(*both.tolist())
+        if verdict.ok:
+            self.optimizer.step()
+        return verdict, None
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -342,42 +359,61 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def step_once(self) -> dict[str, Any]:
-        """A training step, its telemetry, periodic eval, the ``after_step`` hooks, then the
-        loss guard's rollback and the checkpoint, if due."""
+    def step_once(self) -> list[dict[str, Any]]:
+        """A training step and periodic eval; on a log step, the records of the steps since
+        the last one (the ``after_step`` hooks see each); then the loss guard's rollback and
+        the checkpoint, if due."""
         fault = faults.fire("step", self.step + 1, self.dist.rank)  # tests only
         self.heartbeat.beat(self.step + 1, started=True)
-        out = self.train_step(poison=fault == "nan")
+        pending = self.train_step(poison=fault == "nan")
         self.step += 1
-        record = self._record(out)
-        verdict: Verdict = out["verdict"]
-        if not verdict.ok:
-            record["guard"] = verdict.action
-            if self.dist.is_main:
-                self.events.emit("loss_guard", step=self.step, action=verdict.action,
-                                 reason=verdict.reason)
         t = self.cfg.train
         if self.val_loader is not None and (self.step % t.eval_interval == 0
                                             or self.step == t.steps):
-            record["eval_loss"] = self.evaluate()
-        self.stats.add(record)
-        if self.writer is not None:
-            self.writer.write(record)
-        self._log_samples(out["sample_ids"])
-        self.display.update(record)
-        for hook in self.after_step:
-            hook(self, record)
-        if verdict.action == "rollback":
+            pending.eval_loss = self.evaluate()
+        self.pending.append(pending)
+        records: list[dict[str, Any]] = []
+        agreed: Agreed | None = None
+        if self._log_due():
+            records, agreed = self._log()
+        if any(r.get("guard") == "rollback" for r in records):
             self._roll_back()
         self.heartbeat.beat(self.step)
-        self._checkpoint()
-        return record
+        self._checkpoint(agreed)
+        return records
 
-    def _checkpoint(self) -> None:
-        """Save when due: every interval (async), at the end and on a stop (synchronous)."""
+    def _log_due(self) -> bool:
+        """Every ``train.log_interval`` steps, the last step, and the first of each attempt."""
+        t = self.cfg.train
+        return (self.step % t.log_interval == 0 or self.step >= t.steps
+                or not self.stats.records)
+
+    def _log(self) -> tuple[list[dict[str, Any]], Agreed]:
+        """The pending steps' records, written and shown; every rank learns the agreed stop."""
+        logged, agreed = gather_steps(
+            self.pending, self.stop.kind, self.checkpointer.time_due(),
+            peak_memory_bytes(self.device), self.dist.world_size, self.device)
+        self.pending = []
+        self.stop_agreed = agreed.stop
+        records = [self._record(s, agreed.peak_mem_bytes) for s in logged]
+        for record in records:
+            if "guard" in record and self.dist.is_main:
+                self.events.emit("loss_guard", step=record["step"], action=record["guard"],
+                                 reason=record["guard_reason"])
+            self.stats.add(record)
+            if self.writer is not None:
+                self.writer.write(record)
+            self.display.update(record)
+            for hook in self.after_step:
+                hook(self, record)
+        return records, agreed
+
+    def _checkpoint(self, agreed: Agreed | None) -> None:
+        """Save when due: every interval (async), at the end and on a stop (synchronous).
+        Time-based saves and stops are agreed on log steps only."""
         final = self.step >= self.cfg.train.steps
-        due = self.checkpointer.decide(self.step, stop_requested=bool(self.stop_agreed),
-                                       final=final)
+        due = self.checkpointer.decide(self.step, time_due=bool(agreed and agreed.time_due),
+                                       stop_requested=bool(self.stop_agreed), final=final)
         if not due.save:
             self.checkpointer.poll()
             return
@@ -400,12 +436,12 @@ class Trainer:
         self.train_loader.load_state_dict(position)
         self.display.message(f"loss guard: rolled back to step {step}")
 
-    def _log_samples(self, ids: list[int]) -> None:
+    def _log_samples(self, step: int, ids: list[int]) -> None:
         if self.samples_file is None:
             return
         self.samples_file.parent.mkdir(parents=True, exist_ok=True)
         with self.samples_file.open("a") as f:
-            f.write(json.dumps({"step": self.step, "rank": self.dist.rank, "ids": ids}) + "\n")
+            f.write(json.dumps({"step": step, "rank": self.dist.rank, "ids": ids}) + "\n")
 
     def run(self) -> str:
         """Train to ``train.steps``; returns "completed", "preempted" (SIGTERM/SIGUSR1: stopped
@@ -444,35 +480,38 @@ class Trainer:
 
     # ------------------------------------------------------------------ telemetry
 
-    def _record(self, out: dict[str, Any]) -> dict[str, Any]:
-        """The step's JSON record; one all_gather brings every rank's numbers to every rank."""
-        times = out["times"]
-        mine = torch.tensor([float(out["loss"]), times.step_time_s,
-                             float(peak_memory_bytes(self.device)), float(self.stop.kind)],
-                            dtype=torch.float64, device=self.device)
-        ranks = gather_rows(mine, self.dist.world_size).tolist()
-        losses, step_times, mems, stops = (list(col) for col in zip(*ranks, strict=True))
-        self.stop_agreed = int(max(stops))
+    def _record(self, logged: LoggedStep, peak_mem_bytes: int) -> dict[str, Any]:
+        """A step's JSON record, from every rank's numbers."""
+        p, times = logged.pending, logged.times
         tps = self.tokens_per_step / times.step_time_s
-        tps_dev = tps / self.dist.world_size
         flops_per_rank = self.dims.flops_per_rank(self.flops_per_token, self.tokens_per_step)
-        return {
-            "step": self.step,
-            "loss": sum(losses) / len(losses),
-            "lr": out["lr"],
-            "grad_norm": float(out["grad_norm"]),
+        record: dict[str, Any] = {
+            "step": p.step,
+            "loss": sum(logged.losses) / len(logged.losses),
+            "lr": p.lr,
+            "grad_norm": logged.grad_norm,
             "tokens": self.tokens_per_step,
             "tokens_per_s": tps,
-            "tokens_per_s_per_device": tps_dev,
+            "tokens_per_s_per_device": tps / self.dist.world_size,
             "mfu": flops_per_rank / times.step_time_s / self.peak.flops_per_s,
             "step_time_s": times.step_time_s,
             "data_wait_s": times.data_wait_s,
             "fwd_bwd_s": times.fwd_bwd_s,
             "optim_s": times.optim_s,
-            "peak_mem_bytes": int(max(mems)),
-            "rank_step_times": step_times,
-            "time": time.time(),
+            "peak_mem_bytes": peak_mem_bytes,
+            "rank_step_times": logged.step_times,
+            "time": p.wall_time,
         }
+        verdict = p.verdict
+        if logged.skipped and self.guard is not None:
+            loss = record["loss"]
+            verdict = Verdict(self.guard.action, f"loss is {loss}" if not math.isfinite(loss)
+                              else f"grad norm is {logged.grad_norm}")
+        if verdict is not None and not verdict.ok:
+            record["guard"], record["guard_reason"] = verdict.action, verdict.reason
+        if p.eval_loss is not None:
+            record["eval_loss"] = p.eval_loss
+        return record
 
     def _finish(self, status: str, wall_time_s: float) -> None:
         summary = {
@@ -552,12 +591,3 @@ def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:
     if data_vocab > model_vocab:
         raise ConfigError(None, "model.vocab_size", f"{model_vocab} is smaller than the dataset's "
                           f"vocabulary ({data_vocab} tokens in {shard_dir})")
-
-
-def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:
-    """[world_size, len(row)]: every rank's ``row``, on every rank."""
-    if world_size == 1 or not dist.is_initialized():
-        return row.unsqueeze(0).cpu()
-    rows = [torch.empty_like(row) for _ in range(world_size)]
-    dist.all_gather(rows, row)
-    return torch.stack(rows).cpu()

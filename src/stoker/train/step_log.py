@@ -1,0 +1,87 @@
+"""Each step's numbers stay on the device until a log step; then one all_gather brings them in.
+
+Between log steps the loop never waits for the device: a step's loss, gradient norm and skip
+flag stay device tensors, its times stay CUDA events (`PendingTimes`). On a log step one
+all_gather carries every pending step's numbers from every rank, together with what the ranks
+must agree on: the stop asked of any rank and rank 0's time-based checkpoint clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from stoker.observe.metrics import PendingTimes, StepTimes
+from stoker.train.guards import Verdict
+
+DEVICE_NUMBERS = 3  # per step and rank: loss, grad norm, skipped (then the step times)
+
+
+@dataclass
+class PendingStep:
+    """One step as the loop leaves it: numbers not yet read from the device."""
+
+    step: int
+    loss: torch.Tensor  # this rank's mean loss over the step (0-d, on the device)
+    grad_norm: torch.Tensor  # the global gradient norm (0-d, on the device)
+    skipped: torch.Tensor | None  # 1.0 when the device skipped the update (non-finite norm)
+    lr: float
+    times: PendingTimes
+    wall_time: float
+    verdict: Verdict | None = None  # when the loss guard judged the step on the host
+    eval_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class LoggedStep:
+    pending: PendingStep
+    losses: list[float]  # every rank's
+    step_times: list[float]  # every rank's
+    grad_norm: float
+    skipped: bool
+    times: StepTimes  # this rank's
+
+
+@dataclass(frozen=True)
+class Agreed:
+    """What every rank learns at a log step."""
+
+    stop: int  # the largest stop kind asked of any rank
+    time_due: bool  # rank 0's clock: a time-based checkpoint is due
+    peak_mem_bytes: int  # the largest over ranks
+
+
+def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem_bytes: int,
+                 world_size: int, device: torch.device) -> tuple[list[LoggedStep], Agreed]:
+    """Read the pending steps from the device and from every rank, in one collective."""
+    times = [p.times.resolve() for p in pending]  # on CUDA: once the last step has run
+    zero = torch.zeros((), device=device)
+    numbers = [torch.stack([p.loss.float(), p.grad_norm.float(),
+                            (p.skipped if p.skipped is not None else zero).float()])
+               for p in pending]
+    host = [t.step_time_s for t in times] + [float(peak_mem_bytes), float(stop), float(time_due)]
+    row = torch.cat([torch.stack(numbers).to(torch.float64).flatten(),
+                     torch.tensor(host, dtype=torch.float64, device=device)])
+    ranks = gather_rows(row, world_size).tolist()
+    n = len(pending)
+    mine = ranks[dist.get_rank() if world_size > 1 else 0]
+    logged = []
+    for i, (p, t) in enumerate(zip(pending, times, strict=True)):
+        at, time_at = DEVICE_NUMBERS * i, DEVICE_NUMBERS * n + i
+        logged.append(LoggedStep(p, [r[at] for r in ranks], [r[time_at] for r in ranks],
+                                 mine[at + 1], mine[at + 2] > 0, t))
+    tail = [r[(DEVICE_NUMBERS + 1) * n:] for r in ranks]
+    agreed = Agreed(stop=int(max(r[1] for r in tail)), time_due=tail[0][2] > 0,
+                    peak_mem_bytes=int(max(r[0] for r in tail)))
+    return logged, agreed
+
+
+def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:
+    """[world_size, len(row)]: every rank's ``row``, on every rank."""
+    if world_size == 1 or not dist.is_initialized():
+        return row.unsqueeze(0).cpu()
+    rows = [torch.empty_like(row) for _ in range(world_size)]
+    dist.all_gather(rows, row)
+    return torch.stack(rows).cpu()
