@@ -12,9 +12,12 @@ times. Each run is split into parts from timestamps the system writes itself:
 - Ray only: reservation (the placement group ready) and actor start (rank 0's actor
   answering), from the executor's log line; preparation (dataset + resolved config, run once by
   rank 0's actor), from rank 0's log;
-- start-up to training: the rest up to the trainer's ``start`` event (interpreter and torch
-  import, the c10d rendezvous, model build, checkpoint restore; on the local executor this
-  includes `stoker train`'s own preparation and the elastic launcher);
+- Ray only: rank launch, from the preparation's end to rank 0's process start (Ray running the
+  ranks' start calls once the preparation's result is ready), from rank 0's log;
+- rank start-up to training: up to the trainer's ``start`` event (interpreter and torch
+  import, the c10d rendezvous, model build, checkpoint restore); on the local executor
+  everything from the STARTING transition, which includes `stoker train`'s own preparation
+  (dataset, resolved config) and the elastic launcher's rendezvous;
 - first step: the ``start`` event -> step 1's record in metrics.jsonl.
 """
 
@@ -70,6 +73,7 @@ shared_dir = "{shared}"
 RESERVED = re.compile(r"job (\d+) attempt \d+: reserved in ([\d.]+) s, rank 0's actor up in "
                       r"([\d.]+) s")
 PREPARED = re.compile(r"preparation ended \(exit code 0\) after ([\d.]+) s")
+STARTED = re.compile(r"attempt \d+ rank 0 started (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3})")
 
 
 def until(what: str, probe: Any, timeout: float = 600.0) -> Any:
@@ -106,13 +110,18 @@ def one_run(server: ServerProcess, jobs: Path, ray: bool, ranks: int) -> dict[st
         parts["reservation"], parts["actor start"] = float(found[-1][2]), float(found[-1][3])
         log = (jobs / str(job) / "logs" / "rank-0.log").read_text()
         parts["preparation"] = float(PREPARED.findall(log)[-1])
-        rest -= parts["reservation"] + parts["actor start"] + parts["preparation"]
-    parts["start-up to training"] = rest
+        stamp, fraction = STARTED.findall(log)[-1]
+        began = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + float(f"0.{fraction}")
+        parts["rank start-up to training"] = start - began
+        parts["rank launch"] = (rest - parts["reservation"] - parts["actor start"]
+                                - parts["preparation"] - parts["rank start-up to training"])
+    else:
+        parts["rank start-up to training"] = rest
     return parts
 
 
-ORDER = ("admission", "reservation", "actor start", "preparation", "start-up to training",
-         "first step", "total")
+ORDER = ("admission", "reservation", "actor start", "preparation", "rank launch",
+         "rank start-up to training", "first step", "total")
 
 
 def main() -> None:
@@ -147,7 +156,7 @@ def main() -> None:
                     parts = one_run(server, jobs, name == "ray", args.ranks)
                     results[name].append(parts)
                     print(f"repeat {i + 1} {name}: " + ", ".join(
-                        f"{k} {parts[k]:.2f} s" for k in ORDER if k in parts), flush=True)
+                        f"{k} {parts[k]:.3f} s" for k in ORDER if k in parts), flush=True)
         finally:
             for server in servers:
                 server.stop()
@@ -158,7 +167,7 @@ def main() -> None:
     for part in ORDER:
         cells = [statistics.median(r[part] for r in results[n]) if part in results[n][0]
                  else None for n in ("local", "ray")]
-        print(f"| {part} | " + " | ".join("" if c is None else f"{c:.2f}" for c in cells) + " |")
+        print(f"| {part} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
     ratio = statistics.median(r["total"] for r in results["ray"]) / statistics.median(
         r["total"] for r in results["local"])
     print(f"Ray / local, submit -> first step: {ratio:.2f}x")

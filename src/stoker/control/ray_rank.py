@@ -121,7 +121,9 @@ class RankActor:
                      | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "ab") as log:
             node = ray.get_runtime_context().get_node_id()[:12]
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            now = time.time()
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + \
+                f".{int(now % 1 * 1000):03d}"
             log.write(f"=== stoker: {what} {stamp} on Ray node {node} "
                       f"({socket.gethostname()})\n".encode())
             log.flush()
