@@ -21,6 +21,7 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 
 from ray_cluster import NAMESPACE, RayTestCluster, ray_cluster  # noqa: F401
+from stoker.control.ray_nodes import ray_nodes
 from stoker.server.client import Client
 from stoker.server.process import ServerProcess
 from stoker.spec import loading
@@ -171,6 +172,39 @@ def test_ray_address_flag_is_checked(tmp_path: Path) -> None:
 # --- nodes ---------------------------------------------------------------------------------------
 
 
+def test_ray_nodes_become_scheduler_nodes() -> None:
+    cluster = loading.validate(ClusterConfig, {
+        "topology": ["zone", "rack"], "executor": "ray", "ray": {"shared_dir": "/s"},
+        "flavors": {"cpu": {}, "h100": {"gpu_model": "H100"}, "big": {}},
+        "queues": {"q": {"quotas": {"cpu": {}}}}}, "cluster.toml")
+
+    def info(node_id: str, labels: dict[str, str], alive: bool = True,
+             **resources: float) -> dict[str, Any]:
+        return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": "10.0.0.9",
+                "Labels": {"ray.io/node-id": node_id, **labels}, "Resources": resources}
+
+    found = ray_nodes([
+        info("a" * 56, {"stoker/node": "gpu-1", "stoker/zone": "z1", "stoker/rack": "r1"},
+             GPU=8, CPU=96, memory=1e12, **{"accelerator_type:H100": 1}),
+        info("b" * 56, {"stoker/zone": "z1"}, CPU=4, memory=1e9),
+        info("c" * 56, {"stoker/flavor": "big"}, CPU=2),
+        info("d" * 56, {}, memory=1e9),  # a head with no CPUs: holds no rank
+        info("e" * 56, {"stoker/node": "gone"}, alive=False, CPU=4),
+    ], cluster)
+    by_name = {n.node.name: n for n in found}
+    assert sorted(by_name) == ["bbbbbbbbbbbb", "cccccccccccc", "gpu-1"]
+    gpu = by_name["gpu-1"]
+    assert (gpu.node.flavor, gpu.node.capacity, gpu.node.domains) == (
+        "h100", (8.0, 96.0, 1e12), ("z1", "r1"))
+    assert (gpu.node_id, gpu.address) == ("a" * 56, "10.0.0.9")
+    # A missing level is a domain of its own, never shared by accident.
+    assert by_name["bbbbbbbbbbbb"].node.domains == ("z1", "?bbbbbbbbbbbb")
+    assert by_name["bbbbbbbbbbbb"].node.flavor == "cpu"
+    assert by_name["cccccccccccc"].node.flavor == "big"
+
+
+
+
 def test_nodes_come_from_ray_and_follow_it(admin: Client,
                                            ray_cluster: RayTestCluster) -> None:  # noqa: F811
     nodes = {n["name"]: n for n in admin.nodes()}
@@ -264,6 +298,32 @@ def test_cancel_tears_the_gang_down(client: Client, shared: Path) -> None:
     wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30)
     wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
                           if script in (p.info["cmdline"] or [])], "the ranks to end", 30)
+
+
+def test_a_restarted_server_adopts_the_running_gang_and_removes_strays(
+        server: ServerProcess, client: Client, shared: Path) -> None:
+    import ray
+    from ray.util.placement_group import placement_group
+
+    script = ("import os, time\n"
+              "open(f'started-{os.environ[\"RANK\"]}', 'a').write('x')\n"
+              "while not os.path.exists('release'): time.sleep(0.1)\n")
+    job = client.submit({"name": "adopted", "queue": "q", "ranks": 2, "resources": {"cpus": 1},
+                         "command": command(script)})["id"]
+    work = shared / "jobs" / str(job) / "work"
+    wait_for(lambda: len(list(work.glob("started-*"))) == 2, "both ranks to run")
+    # Left by a control plane that died between reserving and recording: no job owns it.
+    stray = placement_group([{"CPU": 0.01}], name=f"{NAMESPACE}-j9999-a1", lifetime="detached")
+    ray.get(stray.ready(), timeout=60)
+    server.kill()
+    server.start(timeout=120)
+    wait_for(lambda: any(e["kind"] == "adopt" for e in client.job(job)["events"]), "adoption")
+    assert client.job(job)["state"] == "RUNNING"
+    wait_for(lambda: not ray_names(9999), "the stray placement group to go", 60)
+    (work / "release").touch()
+    wait_for(lambda: client.job(job)["state"] == "SUCCEEDED", "the adopted job to finish")
+    assert [(work / f"started-{i}").read_text() for i in range(2)] == ["x", "x"]  # once each
+    wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30)
 
 
 # --- training ------------------------------------------------------------------------------------
