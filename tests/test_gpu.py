@@ -7,6 +7,8 @@ losses are compared with a tolerance here, never exactly as on the CPU."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -183,3 +185,22 @@ def test_two_ranks_train_over_nccl(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(len(r["rank_step_times"]) == 2 for r in records)
+
+
+def test_the_loss_guard_skips_on_the_device_and_reports_at_the_log_step(tmp_path: Path) -> None:
+    """On CUDA the optimizer is fused: a non-finite step is dropped by the optimizer itself,
+    with no host sync, and its verdict read at the next log step (every 4 steps here)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "STOKER_FAULT": "nan@step=3", "STOKER_FAULT_OPT_IN": "1"}
+    sets = [a for o in [*SMALL, "train.log_interval=4"] for a in ("--set", o)]
+    done = subprocess.run([sys.executable, "-m", "stoker", "train", str(EXAMPLE), "--run-dir",
+                           str(run), *sets], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert [r["step"] for r in records if "guard" in r] == [3]
+    assert all(math.isfinite(r["loss"]) and r["step_time_s"] > 0
+               for r in records if r["step"] != 3)
+    (event,) = read_events(run, "loss_guard")
+    assert event["step"] == 3 and event["action"] == "skip"
