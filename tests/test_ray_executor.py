@@ -20,6 +20,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from pg import pg_server, pg_url  # noqa: F401
 from ray_cluster import NAMESPACE, RayTestCluster, ray_cluster  # noqa: F401
 from stoker.control.ray_nodes import ray_nodes
 from stoker.server.client import Client
@@ -166,6 +167,38 @@ def test_ray_address_flag_is_checked(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--ray-address: 'http://x' is not a Ray address" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+TWO_TENANTS = """
+executor = "ray"
+[ray]
+shared_dir = "{shared}"
+[flavors.cpu]
+[tenants.a]
+token_env = "A"
+queues = ["q"]
+[tenants.b]
+token_env = "B"
+queues = ["q"]
+[queues.q.quotas.cpu]
+"""
+
+
+@pytest.mark.parametrize(("config", "args", "error"), [
+    (TWO_TENANTS, [], "isolation: with executor = \"ray\" every job runs as the user of Ray's "
+     "workers"),
+    ("[flavors.cpu]\n[autodetect]\n[queues.q.quotas.cpu]\n", ["--ray-address", "auto"],
+     'executor: --ray-address needs executor = "ray"'),
+])
+def test_server_refuses_what_ray_cannot_do(tmp_path: Path, config: str, args: list[str],
+                                           error: str) -> None:
+    (tmp_path / "cluster.toml").write_text(config.format(shared=tmp_path / "shared"))
+    done = subprocess.run([sys.executable, "-m", "stoker", "server", "--state-dir",
+                           str(tmp_path / "state"), "--config", str(tmp_path / "cluster.toml"),
+                           *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'cluster.toml'}: {error}" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -324,6 +357,45 @@ def test_a_restarted_server_adopts_the_running_gang_and_removes_strays(
     wait_for(lambda: client.job(job)["state"] == "SUCCEEDED", "the adopted job to finish")
     assert [(work / f"started-{i}").read_text() for i in range(2)] == ["x", "x"]  # once each
     wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30)
+
+
+def test_a_standby_on_postgresql_takes_over_the_ray_gang(
+        server: ServerProcess, shared: Path, pg_url: str,  # noqa: F811
+        tmp_path: Path) -> None:
+    assert server.config is not None
+    # A namespace of its own: a control plane removes the actors of its namespace it does not
+    # know, and the module's server runs on the same Ray cluster.
+    config = tmp_path / "cluster.toml"
+    config.write_text(server.config.read_text().replace("[ray]\n", '[ray]\nnamespace = "ha"\n'))
+    env = {"STOKER_TOKEN_ALICE": "alice", "STOKER_TOKEN_ADMIN": "admin"}
+    pair = [ServerProcess(tmp_path / "state", config, env=env, log=tmp_path / f"{n}.log",
+                          args=["--db", pg_url, "--interval", "0.3"]) for n in "ab"]
+    try:
+        leader = pair[0].start(timeout=120)
+        wait_for(lambda: leader.health()["role"] == "leader", "the first server to lead")
+        standby = pair[1].start(timeout=120)
+        assert standby.health()["role"] == "standby"
+        # The standby reads Ray's nodes itself: its reconciler does not run.
+        assert {"n0", "n1"} <= {n["name"] for n in standby.client("admin").nodes()}
+        script = ("import os, time\n"
+                  "open(f'started-{os.environ[\"RANK\"]}', 'a').write('x')\n"
+                  "while not os.path.exists('release'): time.sleep(0.1)\n")
+        client = standby.client("alice")
+        job = client.submit({"name": "taken-over", "queue": "q", "ranks": 2,
+                             "resources": {"cpus": 1}, "command": command(script)})["id"]
+        work = shared / "jobs" / str(job) / "work"
+        wait_for(lambda: len(list(work.glob("started-*"))) == 2, "both ranks to run")
+        leader.kill()
+        wait_for(lambda: standby.health()["role"] == "leader", "the standby to lead", 60)
+        wait_for(lambda: any(e["kind"] == "adopt" for e in client.job(job)["events"]),
+                 "the gang's adoption")
+        (work / "release").touch()
+        wait_for(lambda: client.job(job)["state"] == "SUCCEEDED", "the job to finish")
+        assert [(work / f"started-{i}").read_text() for i in range(2)] == ["x", "x"]
+        assert client.job(job)["attempt"] == 1
+    finally:
+        for proc in pair:
+            proc.stop()
 
 
 # --- training ------------------------------------------------------------------------------------

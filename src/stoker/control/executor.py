@@ -75,6 +75,7 @@ class Orphan:
 class Executor(Protocol):
     # One process per rank for training jobs too (`plan_launch(per_rank=True)`).
     per_rank: bool
+    jobs_dir: Path  # where the job directories are (the shared path, on a cluster)
 
     def launch(self, plan: LaunchPlan) -> list[ProcessRecord]:
         """Start every process of the plan; returns their records (pid, start time, ...).

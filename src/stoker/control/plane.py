@@ -102,6 +102,9 @@ class ControlPlane:
         if settings.single_trust:
             isolation_cfg = cluster.isolation.model_copy(update={"single_trust": True})
             cluster = cluster.model_copy(update={"isolation": isolation_cfg})
+        if settings.ray_address is not None and cluster.executor != "ray":
+            raise ConfigError(settings.config or "default cluster", "executor",
+                              '--ray-address needs executor = "ray"')
         url = database_url(settings, cluster)  # DatabaseError, before anything is changed
         state = Path(settings.state_dir)
         if is_postgres(url):
@@ -447,8 +450,6 @@ def _amounts(values: Sequence[float]) -> dict[str, float]:
 
 def _isolation(settings: ServerSettings, cluster: ClusterConfig) -> Isolation:
     source = settings.config or "default cluster"
-    if settings.ray_address is not None and cluster.executor != "ray":
-        raise ConfigError(source, "executor", '--ray-address needs executor = "ray"')
     if cluster.executor == "local":
         return decide(cluster, source=source)
     # Ranks run as the user of Ray's workers, with no sandbox: isolation is Ray's deployment's.

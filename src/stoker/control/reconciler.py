@@ -336,8 +336,17 @@ class Reconciler:
                 now: float) -> None:
         """Every process of the attempt has ended: decide the job's next state."""
         self.executor.release(job.id, job.attempt)
+        try:
+            self._decide(job, spec, outcomes, now)
+        finally:
+            self._node_lost.pop((job.id, job.attempt), None)
+            for key in [k for k in self._vanished if k[:2] == (job.id, job.attempt)]:
+                del self._vanished[key]
+
+    def _decide(self, job: JobRecord, spec: JobSpec, outcomes: Mapping[int, int | None],
+                now: float) -> None:
         changes = self._stopped(job, spec, now)
-        lost = self._node_lost.pop((job.id, job.attempt), None)
+        lost = self._node_lost.get((job.id, job.attempt))
         if lost is not None and job.stop_reason in (None, "failure"):
             # The other ranks' failures (their peers gone) follow from it.
             self._fail(job, spec, None, lost, now, changes)
@@ -374,7 +383,7 @@ class Reconciler:
             self._fail(job, spec, code, self._describe(job, bad[0][0], code), now, changes)
 
     def _describe(self, job: JobRecord, index: int, code: int | None) -> str:
-        how = self._vanished.pop((job.id, job.attempt, index), None)
+        how = self._vanished.get((job.id, job.attempt, index))
         if code is None and how is not None:
             return f"process {index} vanished: {how}"
         return _describe(index, code)
