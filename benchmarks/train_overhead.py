@@ -60,7 +60,9 @@ def worker(args: argparse.Namespace) -> None:
     from stoker.train.parallelize import autocast_context, build_model
     from stoker.train.trainer import Trainer
 
-    overrides = [*args.overrides, "train.eval_interval=0", "train.steps=100000"]
+    # No checkpoints: each rank has a run dir of its own here, and saves are not the step loop.
+    overrides = [*args.overrides, "train.eval_interval=0", "train.steps=100000",
+                 "checkpoint.enabled=false"]
     cfg = loading.load(TrainConfig, args.config, overrides)
     info = init_distributed(cfg.parallel, cfg.train)
     run_dir = Path(tempfile.mkdtemp(prefix="stoker-overhead-"))
