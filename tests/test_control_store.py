@@ -246,12 +246,11 @@ def test_many_racing_transitions_have_one_winner(store: SqlStore) -> None:
         assert len(store.events(job.id)) == 2
 
 
-def test_servers_starting_together_share_one_schema_and_node_table(db_url: str) -> None:
+def test_servers_starting_together_share_one_schema_and_node_table(pg_url: str) -> None:
     """Several servers may open one database at once: migrations and node syncs race. Only on
     PostgreSQL: SQLite takes one server, and two stores opening one new SQLite file together
     can still fail with "database is locked" (seen in the whole suite; an open issue)."""
-    if db_url.startswith("sqlite"):
-        pytest.skip("several servers run only on PostgreSQL")
+    db_url = pg_url
     nodes = [NodeRecord(f"n{i}", "cpu") for i in range(4)]
 
     def open_and_sync(_: int) -> int:
