@@ -159,7 +159,8 @@ class RayExecutor:
         first = plan.processes[0]
         if plan.prepare:
             ready = actors[0].prepare.remote(_argv(plan.prepare), first.env, cwd,
-                                             str(first.log_path))
+                                             str(first.log_path),
+                                             str(first.exit_path.with_name("prepare.exit")))
         # Ray's address of the node: the one its other nodes reach it at.
         rendezvous = {"MASTER_ADDR": first_node.address, "MASTER_PORT": str(port)}
         started = time.time()

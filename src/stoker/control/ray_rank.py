@@ -32,7 +32,8 @@ class RankActor:
         self.pass_env = tuple(pass_env)
         self.hidden_env = frozenset(hidden_env)
         self.allow_faults = allow_faults
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: subprocess.Popen[bytes] | None = None  # the rank's supervisor
+        self.preparing: subprocess.Popen[bytes] | None = None  # the preparation's
         self.stopped: int | None = None  # a signal that came before the rank started
         self.lock = threading.Lock()
 
@@ -45,17 +46,25 @@ class RankActor:
             port = int(s.getsockname()[1])
         return ray.get_runtime_context().get_node_id(), port
 
-    def prepare(self, argv: Sequence[str], env: Mapping[str, str], cwd: str,
-                log_path: str) -> int:
-        """Run ``argv`` to its end (the training run's one-time preparation): its exit code."""
-        with self._log(log_path, "preparing the run") as log:
-            began = time.perf_counter()
-            done = subprocess.run(self._argv(argv), stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, env=self._env(env), cwd=cwd,
-                                  check=False)
-            log.write(f"=== stoker: preparation ended (exit code {done.returncode}) after "
+    def prepare(self, argv: Sequence[str], env: Mapping[str, str], cwd: str, log_path: str,
+                exit_path: str) -> int:
+        """Run ``argv`` to its end (the training run's one-time preparation), under the
+        supervisor like a rank, so that signals and `kill` reach it: its exit code."""
+        began = time.perf_counter()
+        with self.lock:
+            if self.stopped is not None:
+                return -int(self.stopped)
+            with self._log(log_path, "preparing the run") as log:
+                child = subprocess.Popen(self._supervised(argv, exit_path),
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=self._env(env), cwd=cwd,
+                                         start_new_session=True)
+            self.preparing = child
+        code = child.wait()
+        with open(log_path, "ab") as log:
+            log.write(f"=== stoker: preparation ended (exit code {code}) after "
                       f"{time.perf_counter() - began:.3f} s\n".encode())
-        return done.returncode
+        return code
 
     def start(self, ready: int, argv: Sequence[str], env: Mapping[str, str], cwd: str,
               log_path: str, exit_path: str) -> int:
@@ -65,8 +74,7 @@ class RankActor:
             if ready != 0 or self.stopped is not None:
                 write_exit(exit_path, ready if ready != 0 else -(self.stopped or 0))
                 return 0
-            command = [sys.executable, "-m", SUPERVISOR, exit_path, "--parent",
-                       str(os.getpid()), "--", *self._argv(argv)]
+            command = self._supervised(argv, exit_path)
             import ray
 
             own = dict(env) | {"STOKER_RAY_NODE_ID": ray.get_runtime_context().get_node_id()}
@@ -92,22 +100,26 @@ class RankActor:
         with self.lock:
             if self.child is None:
                 self.stopped = signum
-            elif self.child.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.child.pid, signum)
+            for child in (self.preparing, self.child):
+                if child is not None and child.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signum)
 
     def kill(self) -> None:
         with self.lock:
             self.stopped = signal.SIGKILL
-            if self.child is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.child.pid, signal.SIGKILL)
-                self.child.wait()
+            for child in (self.preparing, self.child):
+                if child is not None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _argv(self, argv: Sequence[str]) -> list[str]:
-        return [sys.executable if a == PYTHON else a for a in argv]
+    def _supervised(self, argv: Sequence[str], exit_path: str) -> list[str]:
+        """``argv`` under the supervisor, which dies with this actor (``--parent``)."""
+        return [sys.executable, "-m", SUPERVISOR, exit_path, "--parent", str(os.getpid()), "--",
+                *(sys.executable if a == PYTHON else a for a in argv)]
 
     def _env(self, own: Mapping[str, str]) -> dict[str, str]:
         return job_environment(os.environ, own, pass_env=self.pass_env, hidden=self.hidden_env,
