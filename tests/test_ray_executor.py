@@ -3,13 +3,16 @@
 One `stoker server` with ``executor = "ray"`` serves every test of this module, in order:
 nodes read from Ray (and followed as they join and leave); a gang Ray cannot reserve whole
 starts nothing and goes back to the queue, then runs each rank on its assigned node; preemption
-and cancel; a 4-rank training job whose losses equal the local launcher's; and last (it removes
-a node) a node dying under a training job, which resumes from its checkpoint on the nodes left.
+and cancel; adoption by a restarted server and by a standby; a 4-rank training job whose losses
+equal the local launcher's; and last (it removes a node) a training job preempted, then losing a
+node, resuming from its checkpoint each time, with the losses of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +32,7 @@ from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 from stoker.spec.loading import to_toml
-from train_helpers import held
+from train_helpers import deliver_to_held, held
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +83,10 @@ def losses(run_dir: Path) -> dict[int, float]:
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() \
         else []
     return {r["step"]: r["loss"] for r in records if "loss" in r and "step" in r}
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def reasons(job: dict[str, Any]) -> list[str]:
@@ -415,28 +422,50 @@ def test_training_job_on_ray_equals_the_local_launcher(client: Client, shared: P
     assert "attempt 1 rank 3 started" in log
 
 
-def test_node_death_fails_the_attempt_and_resumes_from_the_checkpoint(
+def rank_pids(run_dir: Path, count: int) -> list[int]:
+    """The run's rank processes (on this machine, whichever Ray node they run on)."""
+    def find() -> list[int]:  # python -m stoker.train ...; not its supervisor's command line
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if (argv := p.info["cmdline"] or [])[1:3] == ["-m", "stoker.train"]
+                and str(run_dir) in argv]
+    return wait_for(lambda: len(pids := find()) == count and pids, f"{count} ranks", 120)
+
+
+def test_preempted_then_a_node_dies_and_the_job_resumes_each_time(
         client: Client, admin: Client, shared: Path, ray_cluster: RayTestCluster,  # noqa: F811
         reference: dict[int, float]) -> None:
     train = TRAIN | {"train": TRAIN["train"] | {"name": "survivor"}}
     job = client.submit({"name": "survivor", "queue": "q", "ranks": 4, "max_restarts": 2,
-                         "resources": {"cpus": 1}, "train_config": "train.toml"}, train)["id"]
+                         "priority_class": "low", "resources": {"cpus": 1},
+                         "train_config": "train.toml"}, train)["id"]
     run_dir = shared / "jobs" / str(job) / "run"
-    wait_for(lambda: len(losses(run_dir)) >= 10, "step 10 (after the step-8 checkpoint)", 600)
-    placement = client.job(job)["placement"]["nodes"]
-    victim = placement[-1]
-    ranks = [p.pid for p in psutil.process_iter(["cmdline"])
-             if (argv := p.info["cmdline"] or []) and "stoker.train" in argv
-             and str(run_dir) in argv]
-    with held(ranks):  # the job cannot finish before its node dies
+    wait_for(lambda: len(losses(run_dir)) >= 4, "step 4", 600)
+    # Preemption: every rank gets SIGTERM (held still until it has it pending, so the job
+    # cannot finish first), checkpoints at the step boundary and exits 75; the job is requeued.
+    urgent: list[int] = []
+    deliver_to_held(rank_pids(run_dir, 4), signal.SIGTERM, lambda: urgent.append(client.submit(
+        {"name": "urgent", "queue": "q", "ranks": 3, "priority_class": "high",
+         "resources": {"cpus": 2}, "command": command("print('urgent')")})["id"]))
+    wait_for(lambda: client.job(urgent[0])["state"] == "SUCCEEDED", "the urgent job", 300)
+    wait_for(lambda: client.job(job)["attempt"] == 2 and len(losses(run_dir)) >= 14,
+             "step 14 of the resumed run", 600)
+    # A node dies under the second attempt.
+    victim = client.job(job)["placement"]["nodes"][-1]
+    with held(rank_pids(run_dir, 4)):
         ray_cluster.remove(victim)
     wait_for(lambda: client.job(job)["state"] in ("SUCCEEDED", "FAILED")
-             and client.job(job)["attempt"] >= 2, "the job to end", 600)
+             and client.job(job)["attempt"] >= 3, "the job to end", 600)
     view = client.job(job)
     assert view["state"] == "SUCCEEDED", view["reason"]
-    assert any(f"its node {victim} left the Ray cluster" in r for r in reasons(view)), \
-        reasons(view)
-    assert victim not in view["placement"]["nodes"]
+    preempted = [e for e in view["events"] if e["to_state"] == "PREEMPTED"]
+    assert len(preempted) == 1 and "exit code 75" in preempted[0]["reason"], preempted
+    failed = [e for e in view["events"] if e["to_state"] == "FAILED"]
+    assert len(failed) == 1 and re.match(
+        rf"process \d vanished: its node {victim} left the Ray cluster; restart 1/2",
+        failed[0]["reason"]), "\n".join(reasons(view))
+    assert view["attempt"] == 3 and victim not in view["placement"]["nodes"]
+    loaded = [r for r in records_of(run_dir / "events.jsonl") if r["event"] == "checkpoint_loaded"]
+    assert len(loaded) == 2  # each resumed attempt started from a committed checkpoint
     assert losses(run_dir) == reference
     assert victim not in {n["name"] for n in admin.nodes()}
     ray_cluster.add(victim + "b", "r0")  # the next test module finds three nodes again

@@ -309,7 +309,7 @@ class Reconciler:
             if status.reason is not None:
                 self._vanished[(job.id, job.attempt, proc.index)] = status.reason
             if status.lost_node is not None:
-                self._lost(status.lost_node, job, proc.index, status.reason or "")
+                job = self._lost(status.lost_node, job, proc.index, status.reason or "")
             self.executor.kill(proc)  # whatever of its process group is left
             self.store.end_process(job.id, job.attempt, proc.index, status.exit_code,
                                    status.ended_at or now)
@@ -388,20 +388,23 @@ class Reconciler:
             return f"process {index} vanished: {how}"
         return _describe(index, code)
 
-    def _lost(self, node: str, job: JobRecord, index: int, why: str) -> None:
+    def _lost(self, node: str, job: JobRecord, index: int, why: str) -> JobRecord:
         """A node died under a rank: the attempt fails for that reason, and the node is
         cordoned, so nothing is placed on it before an admin has looked (it may come back
-        under the same name)."""
-        what = f"process {index} vanished: {why}"
-        if self._node_lost.setdefault((job.id, job.attempt), what) == what:
-            self.store.annotate(job.id, (S, R), "node-lost", f"{what}; stopping the other ranks",
-                                ACTOR, {"stop_reason": job.stop_reason or "failure",
-                                        "stop_requested_at": job.stop_requested_at or
-                                        self.clock()})
+        under the same name). Returns the job as it now is."""
         record = next((r for r in self.store.nodes() if r.name == node), None)
         if record is None or not record.cordoned:
             self.store.set_cordon(node, True, f"died under job {job.id} attempt {job.attempt} "
                                   f"({why})", ACTOR)
+        what = f"process {index} vanished: {why}"
+        if self._node_lost.setdefault((job.id, job.attempt), what) != what:
+            return job
+        updated = self.store.annotate(job.id, (S, R), "node-lost",
+                                      f"{what}; stopping the other ranks", ACTOR,
+                                      {"stop_reason": job.stop_reason or "failure",
+                                       "stop_requested_at": job.stop_requested_at or
+                                       self.clock()})
+        return updated or job
 
     def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
               changes: dict[str, Any] | None = None,
