@@ -62,6 +62,7 @@ borrowing_limit = { cpus = 2 }
 """
 
 # argv: SECONDS [ON_SIGTERM: exit | ignore] [FAIL_CODE FAIL_ATTEMPTS] [FAIL_RANK]
+# (with FAIL_RANK, that rank fails only once every rank of the attempt has started)
 # A restarted attempt runs at most one second, so a test can preempt a long first attempt. A
 # file named "release" in the job's working directory ends the wait early (`release`).
 WORKER = r"""
@@ -86,6 +87,12 @@ signal.signal(signal.SIGTERM, on_sigterm)
 note("started.txt", f"attempt={attempt} rank={rank} pid={os.getpid()}")
 print(f"rank {rank} attempt {attempt} running", flush=True)
 if fail_code and attempt <= fail_attempts and fail_rank in (None, rank):
+    # A failing rank of a gang waits for every rank to have started (its SIGTERM handler in
+    # place): else the stop it causes could reach a rank still starting up, unhandled.
+    world = int(os.environ["WORLD_SIZE"])
+    while fail_rank is not None and sum(
+            line.startswith(f"attempt={attempt} ") for line in open("started.txt")) < world:
+        time.sleep(0.05)
     sys.exit(fail_code)
 end = time.time() + seconds
 while time.time() < end and not os.path.exists("release"):
