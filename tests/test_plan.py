@@ -44,21 +44,21 @@ def test_parameter_count_is_the_real_models(preset: str) -> None:
 
 
 def test_tiny_by_hand() -> None:
-    # dim 128, 4 layers, 4 heads (= kv heads), ffn 384, vocab 256, untied.
-    block = 4 * 128 * 128 + 3 * 128 * 384 + 2 * 128
-    assert block == 213_248
+    # dim 128, 4 layers, 4 heads (= kv heads), ffn 344, vocab 256, untied.
+    block = 4 * 128 * 128 + 3 * 128 * 344 + 2 * 128
+    assert block == 197_888
     total = 256 * 128 + 4 * block + 128 + 256 * 128
     mem = mp.estimate_memory(TINY, ONE, ParallelConfig(strategy="none"), TrainSection(),
                              on_gpu=False, grad_accum=2, runtime_bytes=0)
-    assert mem.params_local == total == 918_656
+    assert mem.params_local == total == 857_216
     assert (mem.params, mem.gradients, mem.optimizer_states, mem.optimizer_temporary) == (
         4 * total, 4 * total, 8 * total, 4 * total)
     assert mem.fsdp_unsharded == mem.ddp_buckets == mem.init_full_model == 0
-    # Activations of 8 x 128 tokens: per token and layer 4 B x (8 x 128 + 2 x 128 kv + 4 x 384)
+    # Activations of 8 x 128 tokens: per token and layer 4 B x (8 x 128 + 2 x 128 kv + 4 x 344)
     # + 4 B x (4 heads' log-sum-exp + 2 rstd); 4 layers, the embedding's output, the output
     # side (norm in and out, fp32 log-softmax) and one layer of backward working set.
     tokens = 8 * 128
-    layer = tokens * (4 * (8 * 128 + 2 * 128 + 4 * 384) + 4 * (4 + 2))
+    layer = tokens * (4 * (8 * 128 + 2 * 128 + 4 * 344) + 4 * (4 + 2))
     output = tokens * (4 * 2 * 128 + 4 * 256)
     assert mem.activations == 4 * layer + tokens * 4 * 128 + output + layer
     assert mem.loss_transient == tokens * 2 * 4 * 256
