@@ -40,6 +40,7 @@ from stoker.sched import (
     Queue,
     Resources,
     RunningJob,
+    SchedulerCache,
     Snapshot,
     schedule,
 )
@@ -180,9 +181,11 @@ def main() -> None:
     idle = Snapshot(3600.0, queues, nodes, snap.running, [], topology=TOPOLOGY)
     cold = [snap]
 
+    cache = SchedulerCache()  # the reconciler's, kept across its cycles
+
     def warm() -> None:
         """A cycle over the same cluster and running jobs just ran (the steady state)."""
-        schedule(idle, Policy())
+        schedule(idle, Policy(), cache)
 
     def forget() -> None:
         """New node objects: nothing kept from earlier cycles applies."""
@@ -192,12 +195,12 @@ def main() -> None:
         "baseline: build snapshot": (None, build),
         "baseline: naive first-fit": (None, lambda: naive_first_fit(nodes, running,
                                                                     snap.pending)),
-        "fifo": (warm, lambda: schedule(snap, Policy())),
-        "fifo, fair sharing": (warm, lambda: schedule(snap, Policy(fair_sharing=True))),
-        "las": (warm, lambda: schedule(snap, Policy(order="las"))),
-        "sjf": (warm, lambda: schedule(snap, Policy(order="sjf"))),
-        "fifo, cold": (forget, lambda: schedule(cold[0], Policy())),
-        "fifo, empty cluster": (None, lambda: schedule(empty, Policy())),
+        "fifo": (warm, lambda: schedule(snap, Policy(), cache)),
+        "fifo, fair sharing": (warm, lambda: schedule(snap, Policy(fair_sharing=True), cache)),
+        "las": (warm, lambda: schedule(snap, Policy(order="las"), cache)),
+        "sjf": (warm, lambda: schedule(snap, Policy(order="sjf"), cache)),
+        "fifo, cold": (forget, lambda: schedule(cold[0], Policy(), cache)),
+        "fifo, empty cluster": (None, lambda: schedule(empty, Policy(), cache)),
     }
     times = timed(variants, args.repeat)
     used = sum(j.per_rank.gpus * len(j.nodes) for j in running)

@@ -32,8 +32,9 @@ from stoker.sched import (
     held,
     schedule,
 )
+from stoker.sched.cache import SchedulerCache
 from stoker.sched.held import ExactSum
-from stoker.sched.nodes import layout
+from stoker.sched.nodes import Layout
 
 EPS = 1e-6
 FLAVORS = ("f0", "f1")
@@ -152,14 +153,19 @@ def test_decisions_are_consistent(world: World) -> None:
 @SETTINGS
 @given(worlds(), st.randoms(use_true_random=False))
 def test_decisions_do_not_depend_on_earlier_cycles(world: World, rng: Random) -> None:
-    """What a cycle keeps for the next (the nodes' layout, what running jobs hold) is a memo:
-    the same snapshot gives the same decisions whatever ran before."""
-    snap, policy, _ = world
-    cold = schedule(replace(snap, nodes=[replace(n) for n in snap.nodes]), policy)
+    """What a cycle keeps in the caller's cache for the next (the nodes' layout, the quota
+    tree, what running jobs hold) is a memo: the same snapshot gives the same decisions
+    whatever ran before on that cache, and without one."""
+    snap, policy, empty = world
+    cold = schedule(snap, policy)
+    cache = SchedulerCache()
+    schedule(empty, policy, cache)
     kept = [j for j in snap.running if rng.random() < 0.5]
-    schedule(replace(snap, running=kept + [j._replace() for j in snap.running[:2]]), policy)
-    assert schedule(snap, policy) == cold
-    assert schedule(snap, policy) == cold
+    schedule(replace(snap, running=kept + [j._replace() for j in snap.running[:2]]), policy,
+             cache)
+    assert schedule(snap, policy, cache) == cold
+    assert schedule(snap, policy, cache) == cold
+    assert schedule(replace(snap, nodes=[replace(n) for n in snap.nodes]), policy, cache) == cold
 
 
 @SETTINGS
@@ -330,7 +336,7 @@ def test_held_state_follows_the_running_jobs(data: st.DataObject) -> None:
     """Kept from cycle to cycle and updated by difference (jobs taken out, put in, reordered,
     rebuilt as new objects, listed twice), the held state equals one built afresh."""
     nodes = [Node(f"n{i}", "f0", Resources(8, 16, UNLIMITED), (f"r{i % 2}",)) for i in range(4)]
-    static = layout(nodes, TOPOLOGY)
+    static = Layout(nodes, TOPOLOGY)
     pool = [RunningJob(f"j{i}", f"q{i % 2}", 0, "f0",
                        tuple(f"n{data.draw(st.integers(0, 3))}" for _ in range(ranks)),
                        Resources(data.draw(st.sampled_from([0.5, 1, 2])), 1, 0))

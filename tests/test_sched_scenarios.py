@@ -23,6 +23,8 @@ from stoker.sched import (
     Resources,
     RunningJob,
     Snapshot,
+    estimate_starts,
+    queue_positions,
     schedule,
 )
 
@@ -199,7 +201,8 @@ def test_order(name: str) -> None:
 
 def test_strict_fifo_reason_names_the_head() -> None:
     d = ORDER_CASES["strict FIFO blocks behind its head"][0].run()
-    assert "StrictFIFO" in d.waiting["small"] and "big" in d.waiting["small"]
+    why = d.waiting["small"]
+    assert why.code == "BlockedByStrictFIFO" and "big" in why.message and not why.inadmissible
 
 
 def fair_case(weight_a: float, fair: bool) -> Case:
@@ -259,7 +262,8 @@ def test_preemption_within_queue(name: str) -> None:
     if expect:
         assert d.nominated == {"p": tuple(expect)}
         assert all(p.reason == "within_queue" and p.by == "p" for p in d.preempt)
-        assert "waiting for" in d.waiting["p"]
+        assert d.waiting["p"].code == "WaitingForVictims"
+        assert "waiting for" in d.waiting["p"].message
 
 
 @pytest.mark.parametrize(("need", "victims"), [
@@ -413,7 +417,8 @@ def starving_case(age: float | None, running_gpus: float = 6) -> Case:
 def test_starvation_reservation(age: float | None, running: float, expect: set[str]) -> None:
     d = check(starving_case(age, running), expect)
     if age == 100.0 and running:
-        assert "held for starving job big" in d.waiting["small"]
+        assert d.waiting["small"].code == "HeldForStarvingJob"
+        assert "held for starving job big" in d.waiting["small"].message
 
 
 def test_starving_job_goes_before_higher_priority() -> None:
@@ -440,7 +445,8 @@ def placed(d: Decisions) -> tuple[str, ...]:
 
 def test_gang_all_or_nothing() -> None:
     d = racks_case([3, 3], pend("j", "q", 4, ranks=2)).run()
-    assert d.admit == [] and "no nodes free" in d.waiting["j"]
+    assert d.admit == [] and "no nodes free" in d.waiting["j"].message
+    assert d.waiting["j"].code == "WaitingForNodes"
     assert placed(racks_case([3, 3], pend("j", "q", 3, ranks=2)).run()) == ("n0", "n1")
 
 
@@ -498,16 +504,24 @@ def test_flavors_tried_in_queue_order() -> None:
 
 def test_never_fits_and_cordoned_nodes() -> None:
     d = Case([queue("q", 100)], [pend("huge", "q", 16)]).run()
-    assert d.waiting["huge"].startswith("never fits")
+    assert d.waiting["huge"].message.startswith("never fits")
+    assert d.waiting["huge"].code == "NeverFits" and d.waiting["huge"].inadmissible
     cordoned = [n if n.name != "n0" else Node("n0", "gpu", n.capacity, n.domains, False)
                 for n in nodes(2)]
     d = Case([queue("q", 100)], [pend("j", "q", 8, ranks=2)], nodes=cordoned).run()
-    assert d.admit == []
+    assert d.admit == [] and d.waiting["j"].code == "WaitingForNodes"
+    # Only the cordoned node is large enough for one rank: the job waits for it to come back.
+    big = [n if n.name != "n0" else Node("n0", "gpu", Resources(16, 64, UNLIMITED), n.domains,
+                                          False) for n in nodes(2)]
+    d = Case([queue("q", 100)], [pend("j", "q", 16)], nodes=big).run()
+    assert d.waiting["j"].code == "NodeUnhealthy" and d.waiting["j"].inadmissible
 
 
 def test_unknown_queue_and_level_are_explained() -> None:
     d = Case([queue("q", 8)], [pend("a", "nope"), pend("b", "q", topology="pod")]).run()
-    assert "unknown queue" in d.waiting["a"] and "unknown topology level" in d.waiting["b"]
+    assert "unknown queue" in d.waiting["a"].message
+    assert "unknown topology level" in d.waiting["b"].message
+    assert (d.waiting["a"].code, d.waiting["b"].code) == ("UnknownQueue", "UnknownTopology")
 
 
 # --- no preemption ping-pong: the room a preemption frees goes to the preemptor ---
@@ -592,3 +606,73 @@ def test_one_victim_per_job_when_one_frees_enough() -> None:
                 nodes=nodes(3, size=4))
     d = check(case, set(), {"b1", "b2"})
     assert d.nominated == {"a1": ("b2",), "a2": ("b1",)}
+
+
+# --- why a job waits, as data ---
+
+def test_waiting_for_quota_carries_the_numbers() -> None:
+    """qa (nominal 4, may borrow 2 from cohort c) runs 3 GPUs; qb lends 4 and uses 3 of them.
+    A 4-GPU job of qa finds 1 GPU left in its nominal quota and 1 more to borrow. With
+    preemption the cycle looks at the job itself (and has its request); without, it sees that
+    no job of qa can fit and gives the whole queue's reason (the same numbers, no request)."""
+    qs = [queue("qa", 4, cohort="c", borrow=2, within_queue="LowerPriority"),
+          queue("qb", 4, cohort="c")]
+    running = [run("ra", "qa", ["n0"], 3, prio=9), run("rb", "qb", ["n1"], 3)]
+    for policy, requested in ((Policy(), Resources(4, 1, 0)), (Policy(preemption=False), None)):
+        why = Case(qs, [pend("j", "qa", 4)], running=running, policy=policy).run().waiting["j"]
+        assert (why.code, why.flavor, why.inadmissible) == ("WaitingForQuota", "gpu", False)
+        assert why.requested == requested
+        assert (why.available.gpus, why.borrowable.gpus) == (1, 1)  # type: ignore[union-attr]
+
+
+def test_more_than_the_queue_can_ever_get_is_inadmissible() -> None:
+    """Nominal 4 plus at most 2 borrowed: a 7-GPU gang can never be admitted to qa, even with
+    the cohort idle; 6 GPUs can."""
+    qs = [queue("qa", 4, cohort="c", borrow=2), queue("qb", 4, cohort="c")]
+    d = Case(qs, [pend("big", "qa", 7), pend("ok", "qa", 6)]).run()
+    assert admitted(d) == {"ok"}
+    why = d.waiting["big"]
+    assert why.code == "ExceedsMaxQuota" and why.inadmissible
+    assert "can ever get (6 GPU" in why.message
+
+
+def test_free_nodes_outside_the_required_rack_fail_topology() -> None:
+    """Two racks of 2 nodes, 4 GPUs free on one node of each rack: a gang of 2 x 4 GPUs held to
+    one rack fails its topology although the cluster has the 8 GPUs free; without the
+    constraint it would be placed."""
+    job = pend("j", "q", 4, ranks=2, topology="rack", topology_required=True)
+    d = racks_case([4, 0, 4, 0], job).run()
+    assert d.waiting["j"].code == "TopologyPlacementFailed"
+    assert placed(racks_case([4, 0, 4, 0], pend("j", "q", 4, ranks=2)).run()) == ("n0", "n2")
+
+
+# --- position and estimated start ---
+
+def test_positions_follow_the_schedulers_order() -> None:
+    """Nominated first, then starving, then priority, then age; each queue on its own."""
+    pending = [pend("old", "q", t=0.0), pend("vip", "q", prio=5, t=90.0),
+               pend("nom", "q", t=80.0, nominated=True), pend("other", "q2", t=50.0),
+               pend("young", "q", t=95.0)]
+    snap = Snapshot(100.0, [queue("q", 8), queue("q2", 8)], nodes(1), [], pending)
+    assert queue_positions(snap, Policy()) == {"nom": 1, "vip": 2, "old": 3, "young": 4,
+                                               "other": 1}
+    assert queue_positions(snap, Policy(starvation_age=50.0))["old"] == 2  # starving: before vip
+
+
+def test_estimated_starts_replay_the_expected_ends() -> None:
+    """One node of 8 GPUs, held by r until 150. a (8 GPUs, 30 s) starts when r ends; b and c
+    (4 GPUs each) when a ends; d (8 GPUs) would need c's room, but c has no expected duration:
+    no estimate for d."""
+    running = [run("r", "q", ["n0"], 8)]
+    pending = [pend("a", "q", 8, t=1.0, expected_duration=30.0),
+               pend("b", "q", 4, t=2.0, expected_duration=10.0), pend("c", "q", 4, t=3.0),
+               pend("d", "q", 8, t=4.0, expected_duration=5.0)]
+    snap = Snapshot(100.0, [queue("q", 8)], nodes(1), running, pending)
+    assert estimate_starts(snap, Policy(), {"r": 150.0}) == {"a": 150.0, "b": 180.0,
+                                                               "c": 180.0}
+    assert estimate_starts(snap, Policy(), {}) == {}  # r's end is unknown
+    # A job overrunning its expected end is expected to end now; one being preempted too.
+    assert estimate_starts(snap, Policy(), {"r": 50.0})["a"] == 100.0
+    stopping = Snapshot(100.0, [queue("q", 8)], nodes(1), [run("r", "q", ["n0"], 8,
+                                                               preempting=True)], pending)
+    assert estimate_starts(stopping, Policy(), {})["a"] == 100.0

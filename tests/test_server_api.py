@@ -174,6 +174,34 @@ def test_bad_bodies_are_422_with_field_errors_and_store_nothing(
     assert len(all_jobs(server)) == before
 
 
+def test_a_queued_job_has_a_position_and_an_estimated_start(server: ServerProcess) -> None:
+    """Bob's quota is 2 CPUs: a 2-rank job with max_run_time 600 s holds it all, so the next
+    job of 2 ranks waits for quota, first in its queue, and is expected to start when the first
+    reaches its max run time (the job behind it has no estimate: the one before it has no
+    max_run_time)."""
+    first = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": command_job(
+        "holder", queue="bob", seconds=30, ranks=2, max_run_time=600)}).json()
+    try:
+        running = wait_state(server, first["id"], {"RUNNING"}, "bob-secret")
+        second = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": command_job(
+            "next", queue="bob", ranks=2)}).json()
+        third = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": command_job(
+            "after", queue="bob", ranks=2)}).json()
+        waiting = wait_waiting(server, second["id"], "bob-secret")
+        assert waiting["waiting"]["code"] == "WaitingForQuota", waiting["waiting"]
+        deadline = time.monotonic() + 30
+        while waiting["estimated_start"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            waiting = call(server, "GET", f"/v1/jobs/{second['id']}", "bob-secret").json()
+        assert waiting["queue_position"] == 1
+        assert waiting["estimated_start"] == pytest.approx(running["started_at"] + 600)
+        behind = call(server, "GET", f"/v1/jobs/{third['id']}", "bob-secret").json()
+        assert behind["queue_position"] == 2 and behind["estimated_start"] is None
+    finally:
+        for job in (first, second, third):
+            call(server, "POST", f"/v1/jobs/{job['id']}/cancel", "bob-secret")
+
+
 def test_malformed_json_is_422(server: ServerProcess) -> None:
     before = len(all_jobs(server))
     response = call(server, "POST", "/v1/jobs", content=b"{not json",
@@ -188,7 +216,10 @@ def test_cancel_queued_job_then_again_is_409(server: ServerProcess) -> None:
                 json={"cordoned": True, "reason": "test"}).status_code == 200
     try:
         job = call(server, "POST", "/v1/jobs", json={"job": command_job("c")}).json()
-        assert wait_waiting(server, job["id"])["state"] == "QUEUED"
+        waiting = wait_waiting(server, job["id"])
+        assert waiting["state"] == "QUEUED"
+        why = waiting["waiting"]  # the one node is cordoned: no healthy node holds the job
+        assert (why["code"], why["inadmissible"]) == ("NodeUnhealthy", True), why
         cancelled = call(server, "POST", f"/v1/jobs/{job['id']}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
         assert call(server, "POST", f"/v1/jobs/{job['id']}/cancel").status_code == 409
@@ -265,6 +296,10 @@ def test_a_raised_quota_admits_a_waiting_job(server: ServerProcess) -> None:
     job = call(server, "POST", "/v1/jobs", "bob-secret", json={"job": spec}).json()
     waiting = wait_waiting(server, job["id"], "bob-secret")  # 3 CPUs do not fit in a quota of 2
     assert waiting["state"] == "QUEUED", waiting
+    why = waiting["waiting"]
+    assert (why["code"], why["inadmissible"], why["flavor"]) == ("ExceedsMaxQuota", True, "cpu")
+    assert why["requested"] == {"gpus": 0, "cpus": 3, "memory": 0}
+    assert why["available"]["cpus"] == 2 and why["borrowable"]["cpus"] == 0
     call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 3})
     try:
         done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"}, token="bob-secret")

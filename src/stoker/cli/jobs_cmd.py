@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -78,21 +79,22 @@ def jobs(
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Your jobs (the admin sees everyone's): state, queue position, age."""
+    """Your jobs (the admin sees everyone's): state, queue position, estimated start, age."""
     with _client(server, token) as client:
         rows = client.jobs(active=not all_ and not state, states=[s.upper() for s in state])
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "AGE", "RANKS",
-                   "RESTARTS", "REASON"):
+    for column in ("ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "START", "AGE",
+                   "RANKS", "RESTARTS", "REASON"):
         table.add_column(column, justify="right" if column in ("ID", "POS", "RANKS") else "left",
                          no_wrap=column != "REASON", overflow="fold")
     now = time.time()
     for j in rows:
-        why = j["waiting"] or j["reason"]
+        why = _waiting(j["waiting"]) if j["waiting"] else j["reason"]
         if j["stopping"]:
             why = f"stopping ({j['stopping']}): {why}"
         table.add_row(str(j["id"]), j["name"], j["tenant"], j["queue"], j["priority_class"],
                       _state(j["state"]), str(j["queue_position"] or ""),
+                      _start(j["estimated_start"], now) if j["state"] == "QUEUED" else "",
                       _age(now - j["created_at"]), str(j["ranks"]),
                       f"{j['restarts']}/{j['max_restarts']}", why)
     console.print(table if rows else "no jobs")
@@ -112,9 +114,12 @@ def job(
         ("job", f"{j['id']} {j['name']} ({j['kind']}, tenant {j['tenant']})"),
         ("state", _state(j["state"]) + (f" (stopping: {j['stopping']})" if j["stopping"]
                                         else "")),
-        ("reason", j["waiting"] or j["reason"]),
+        ("reason", _waiting(j["waiting"]) if j["waiting"] else j["reason"]),
+        *_waiting_numbers(j["waiting"]),
         ("queue", f"{j['queue']}, priority {j['priority_class']} ({j['priority']})"
          + (f", position {j['queue_position']}" if j["queue_position"] else "")),
+        *([("start", _start(j["estimated_start"], time.time()))] if j["state"] == "QUEUED"
+          else []),
         ("ranks", f"{j['ranks']} x {_amounts(j['resources'])}"),
         ("placement", f"{placement.get('flavor')} on {', '.join(placement.get('nodes', []))}"
          + (" (borrowing)" if placement.get("borrowing") else "") if placement else "-"),
@@ -132,6 +137,32 @@ def job(
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], moved,
                        e["actor"], e["reason"])
     console.print(events)
+
+
+def _waiting(why: dict[str, Any]) -> str:
+    mark = ", inadmissible" if why["inadmissible"] else ""
+    return f"[bold]{why['code']}[/]{mark}: {escape(why['message'])}"
+
+
+def _waiting_numbers(why: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The quota numbers behind a waiting reason, as rows of `stoker job`."""
+    if not why or why["flavor"] is None:
+        return []
+    rows = [(f"{key} ({why['flavor']})", _amounts(why[key]) or "0")
+            for key in ("available", "borrowable") if why[key] is not None]
+    if why["requested"] is not None:
+        rows.insert(0, ("requested", _amounts(why["requested"])))
+    return rows
+
+
+def _start(at: float | None, now: float) -> str:
+    """An estimated start: "now", "in 2h 5m", or "unknown" (something ahead has no
+    max_run_time, or the estimate reached its horizon)."""
+    if at is None:
+        return "unknown"
+    if at <= now + 1:
+        return "now"
+    return "in " + _age(at - now)
 
 
 def cancel(

@@ -30,7 +30,7 @@ from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
-from stoker.control.snapshot import build_snapshot, job_spec, per_rank
+from stoker.control.snapshot import build_snapshot, expected_ends, job_spec, per_rank
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
 from stoker.control.store import (
@@ -39,11 +39,18 @@ from stoker.control.store import (
     EventRecord,
     JobRecord,
     NewJob,
-    QueuedKey,
     QuotaRecord,
     Store,
 )
-from stoker.sched import UNLIMITED, Node
+from stoker.sched import (
+    UNLIMITED,
+    JobId,
+    Node,
+    Resources,
+    Waiting,
+    estimate_starts,
+    queue_positions,
+)
 from stoker.sched.config import build_queues
 from stoker.spec import loading
 from stoker.spec.api import (
@@ -55,6 +62,7 @@ from stoker.spec.api import (
     NodeView,
     QueueUsage,
     ServerSettings,
+    WaitingView,
 )
 from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
 from stoker.spec.errors import ConfigError, StokerError
@@ -93,6 +101,8 @@ class ControlPlane:
         self._locks: list[IO[str]] = []
         self.isolation = isolation or Isolation()
         self.leadership: Leadership | None = None  # None: the only server (SQLite)
+        self._eta_lock = threading.Lock()
+        self._eta: tuple[int, dict[int, float]] = (-1, {})  # (reconciler cycle, estimates)
 
     @classmethod
     def open(cls, settings: ServerSettings,
@@ -316,12 +326,36 @@ class ControlPlane:
         raise Conflict(f"job {job_id} keeps changing; try again")
 
     def job_views(self, jobs: Sequence[JobRecord]) -> list[JobView]:
-        queued = {j.queue for j in jobs if j.state == JobState.QUEUED}
-        one_queue = next(iter(queued)) if len(queued) == 1 else None
-        keys = self.store.queue_order(one_queue) if queued else []
-        positions = queue_positions(keys, time.time())
+        positions: dict[int, int] = {}
+        starts: dict[int, float] = {}
+        if any(j.state == JobState.QUEUED for j in jobs):
+            positions, starts = self._queue_order()
         waiting = self.reconciler.waiting
-        return [job_view(j, positions.get(j.id), waiting.get(j.id)) for j in jobs]
+        return [job_view(j, positions.get(j.id), waiting.get(j.id), starts.get(j.id))
+                for j in jobs]
+
+    def _queue_order(self) -> tuple[dict[int, int], dict[int, float]]:
+        """Every queued job's position, in the scheduler's own order (jobs in restart backoff
+        after the rest), and its estimated start (computed again after each cycle)."""
+        now = time.time()
+        records = self.store.list_jobs(states=(*ACTIVE, JobState.QUEUED))
+        snapshot = build_snapshot(now, self.reconciler.effective_cluster(),
+                                  self.reconciler.current_nodes(), records, None,
+                                  self.reconciler.nominated)
+        policy = self.reconciler.policy
+        positions = {int(k): v for k, v in queue_positions(snapshot, policy).items()}
+        counts = Counter(j.queue for j in snapshot.pending)
+        backoff = sorted((j for j in records if j.state == JobState.QUEUED
+                          and j.id not in positions), key=lambda j: (-j.priority, j.queued_at))
+        for j in backoff:
+            counts[j.queue] += 1
+            positions[j.id] = counts[j.queue]
+        with self._eta_lock:
+            if self._eta[0] != self.reconciler.cycles:
+                ends: dict[JobId, float] = dict(expected_ends(records).items())
+                starts = estimate_starts(snapshot, policy, ends)
+                self._eta = (self.reconciler.cycles, {int(k): v for k, v in starts.items()})
+            return positions, self._eta[1]
 
     def job_detail(self, job: JobRecord) -> JobDetail:
         view = self.job_views([job])[0]
@@ -410,20 +444,8 @@ def _same_submission(first: JobRecord, digest: str) -> JobRecord:
     return first
 
 
-def queue_positions(queued: Iterable[QueuedKey], now: float) -> dict[int, int]:
-    """1-based position of each queued job in its queue: priority first, then queue time
-    (the scheduler's "fifo" order; jobs in restart backoff come after the rest)."""
-    order = sorted(queued, key=lambda j: (j.queue, j.not_before > now, -j.priority,
-                                          j.queued_at, j.id))
-    positions: dict[int, int] = {}
-    seen: Counter[str] = Counter()
-    for job in order:
-        seen[job.queue] += 1
-        positions[job.id] = seen[job.queue]
-    return positions
-
-
-def job_view(job: JobRecord, position: int | None = None, waiting: str | None = None) -> JobView:
+def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | None = None,
+             estimated_start: float | None = None) -> JobView:
     spec = job_spec(job)
     return JobView(
         id=job.id, tenant=job.tenant, name=job.name, queue=job.queue,
@@ -434,8 +456,19 @@ def job_view(job: JobRecord, position: int | None = None, waiting: str | None = 
         restarts=job.restarts, max_restarts=spec.max_restarts, exit_code=job.exit_code,
         placement=job.placement, stopping=job.stop_reason,
         queue_position=position if job.state == JobState.QUEUED else None,
-        waiting=waiting if job.state == JobState.QUEUED else None,
+        waiting=waiting_view(waiting) if waiting and job.state == JobState.QUEUED else None,
+        estimated_start=estimated_start if job.state == JobState.QUEUED else None,
     )
+
+
+def waiting_view(why: Waiting) -> WaitingView:
+    def amounts(r: Resources | None) -> dict[str, float] | None:
+        return None if r is None else _amounts(r)
+
+    return WaitingView(code=why.code, message=why.message, inadmissible=why.inadmissible,
+                       starving=why.starving, flavor=why.flavor,
+                       requested=amounts(why.requested), available=amounts(why.available),
+                       borrowable=amounts(why.borrowable))
 
 
 def event_view(e: EventRecord) -> EventView:

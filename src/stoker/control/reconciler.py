@@ -34,7 +34,7 @@ from stoker.control.quotas import with_overrides
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord, Store
-from stoker.sched import Decisions, Node, Snapshot, schedule
+from stoker.sched import Decisions, Node, SchedulerCache, Snapshot, Waiting, schedule
 from stoker.sched.config import build_policy
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
@@ -88,7 +88,9 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         self.policy = build_policy(cluster)
-        self.waiting: dict[int, str] = {}
+        self.waiting: dict[int, Waiting] = {}  # why each pending job waits, by the last cycle
+        self.cycles = 0  # cycles run
+        self.sched_cache = SchedulerCache()
         self.last = CycleStats()
         self.on_cycle: Callable[[CycleStats], None] | None = None
         self._overrides_key: tuple[Any, ...] | None = None
@@ -111,6 +113,11 @@ class Reconciler:
                 log.exception("reconcile cycle failed")
             self.pause(interval)
 
+    @property
+    def nominated(self) -> frozenset[int | str]:
+        """The jobs the last cycle nominated (they wait for their victims and go first)."""
+        return self._nominated
+
     def wake(self) -> None:
         """Run the next cycle now (a job was submitted or cancelled)."""
         self._wake.set()
@@ -129,11 +136,12 @@ class Reconciler:
         for job in self._readable(self.store.list_jobs(states=ACTIVE), now):
             self._stop(job, now)
         snapshot = self.snapshot(now)
-        decisions = schedule(snapshot, self.policy)
+        decisions = schedule(snapshot, self.policy, self.sched_cache)
         self._nominated = frozenset(decisions.nominated)
         self._apply(decisions, now)
         for job in self.store.list_jobs(states=(A,)):
             self._launch(job, now)
+        self.cycles += 1
         self.last = CycleStats(time.perf_counter() - started, len(decisions.admit),
                                len(decisions.preempt), len(snapshot.pending),
                                len(snapshot.running))

@@ -38,6 +38,18 @@ def per_rank(spec: JobSpec) -> Resources:
     return Resources(r.gpus, r.cpus, float(r.memory))
 
 
+def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
+    """When each admitted job with a ``max_run_time`` will have been stopped at the latest:
+    the scheduler's start estimates replay these ends (jobs without one never end there)."""
+    ends = {}
+    for record in records:
+        limit = job_spec(record).max_run_time
+        since = record.started_at or record.admitted_at
+        if record.state in ACTIVE and limit is not None and since is not None:
+            ends[record.id] = since + limit
+    return ends
+
+
 def running_job(record: JobRecord, spec: JobSpec, progress: float) -> RunningJob:
     placement = record.placement or {}
     return RunningJob(

@@ -33,7 +33,6 @@ from stoker.control.store import (
     NewJob,
     NodeRecord,
     ProcessRecord,
-    QueuedKey,
     QuotaRecord,
 )
 from stoker.spec.api import JobState
@@ -157,14 +156,6 @@ class SqlStore:
             query = query.where(t.Job.state.in_([s.value for s in states]))
         with self._read() as s:
             return [_job(row) for row in s.execute(query)]
-
-    def queue_order(self, queue: str | None = None) -> list[QueuedKey]:
-        query = select(t.Job.id, t.Job.queue, t.Job.priority, t.Job.queued_at,
-                       t.Job.not_before).where(t.Job.state == JobState.QUEUED.value)
-        if queue is not None:
-            query = query.where(t.Job.queue == queue)
-        with self._read() as s:
-            return [QueuedKey(*row) for row in s.execute(query)]
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from stoker.spec.api import JobState
 from stoker.spec.errors import StokerError
@@ -61,14 +61,6 @@ class JobRecord:
     version: int
     idempotency_key: str | None = None
     request_sha256: str | None = None
-
-
-class QueuedKey(NamedTuple):
-    id: int
-    queue: str
-    priority: int
-    queued_at: float
-    not_before: float
 
 
 @dataclass(frozen=True)
@@ -148,10 +140,6 @@ class Store(Protocol):
     def list_jobs(self, *, tenant: str | None = None,
                   states: Collection[JobState] | None = None) -> list[JobRecord]:
         """Jobs in id order, optionally of one tenant and in some states."""
-        ...
-
-    def queue_order(self, queue: str | None = None) -> list[QueuedKey]:
-        """The ordering keys of queued jobs (of one queue, or all): cheap, no specs."""
         ...
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],

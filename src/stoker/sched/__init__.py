@@ -1,14 +1,18 @@
 """The scheduling policy: pure functions over a snapshot. No I/O, no clock, no threads.
 
-``schedule(snapshot, policy) -> Decisions`` is the one entry point; `stoker.sched.types`
+``schedule(snapshot, policy, cache) -> Decisions`` is the one entry point; `stoker.sched.types`
 documents every field, `stoker.sched.config` builds queues, cohorts, nodes and the policy from
 a `ClusterConfig`. What a cycle derives from the nodes, the queues and the running jobs is kept
-for the next cycle (`stoker.sched.nodes.layout`, `stoker.sched.held`, `stoker.sched.quota.take`)
-as a memo: the same snapshot gives the same decisions whatever ran before, and a cycle costs
-what changed and what is pending, not the size of the cluster.
+for the caller's next cycle in the `SchedulerCache` it owns (`stoker.sched.cache`), as a memo:
+the same snapshot gives the same decisions whatever ran before and without a cache, and a cycle
+costs what changed and what is pending, not the size of the cluster. Nothing is kept in module
+globals.
 """
 
+from stoker.sched.cache import SchedulerCache
 from stoker.sched.cycle import schedule
+from stoker.sched.eta import estimate_starts
+from stoker.sched.order import queue_positions
 from stoker.sched.types import (
     UNLIMITED,
     Admit,
@@ -24,6 +28,7 @@ from stoker.sched.types import (
     Resources,
     RunningJob,
     Snapshot,
+    Waiting,
 )
 
 __all__ = [
@@ -40,6 +45,10 @@ __all__ = [
     "Queue",
     "Resources",
     "RunningJob",
+    "SchedulerCache",
     "Snapshot",
+    "Waiting",
+    "estimate_starts",
+    "queue_positions",
     "schedule",
 ]

@@ -82,5 +82,6 @@ def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at
         flavors=cfg.flavors_for_model(spec.placement.gpu_model),
         topology=spec.placement.topology,
         topology_required=spec.placement.topology_mode == "required",
-        attained_service=attained_service, nominated=nominated,
+        expected_duration=spec.max_run_time, attained_service=attained_service,
+        nominated=nominated,
     )

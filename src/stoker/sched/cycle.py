@@ -24,10 +24,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable
+from dataclasses import replace
 from operator import itemgetter
 
-from stoker.sched import held, preempt, quota
-from stoker.sched.nodes import EPS, Nodes, Placement, layout
+from stoker.sched import preempt
+from stoker.sched.cache import SchedulerCache
+from stoker.sched.nodes import EPS, Nodes, Placement
+from stoker.sched.order import QueueKey, queue_keys
 from stoker.sched.quota import RESOURCES, Account
 from stoker.sched.types import (
     UNLIMITED,
@@ -41,23 +44,30 @@ from stoker.sched.types import (
     Resources,
     RunningJob,
     Snapshot,
+    WaitCode,
+    Waiting,
 )
 
 INF = float("inf")
 # What considering a job did: admitted it, left it waiting (maybe nominated), or deferred it to
 # the borrowing pass.
 _ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
-_Key = tuple[int, int, float, float, int]  # (urgency, -priority, order value, created, seq)
-_HeapKey = tuple[int, object, int, float, float, int]  # _Key with borrowing or share second
+_HeapKey = tuple[int, object, int, float, float, int]  # QueueKey with borrowing or share second
 _GPUS, _CPUS, _MEMORY = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
-def schedule(snapshot: Snapshot, policy: Policy = Policy()) -> Decisions:
-    """Decide which pending jobs to admit (and where) and which running jobs to preempt."""
-    cycle = _Cycle(snapshot, policy)
+def schedule(snapshot: Snapshot, policy: Policy = Policy(),
+             cache: SchedulerCache | None = None) -> Decisions:
+    """Decide which pending jobs to admit (and where) and which running jobs to preempt.
+
+    ``cache``: the caller's `SchedulerCache`, kept across its cycles so that a cycle costs what
+    changed rather than the size of the cluster; the decisions are the same without it.
+    """
+    if cache is None:
+        cache = SchedulerCache()
+    cycle = _Cycle(snapshot, policy, cache)
     decisions = cycle.run()
-    quota.keep(snapshot.queues, snapshot.cohorts, cycle.quota)
-    held.keep(cycle.held)
+    cache.keep(snapshot.queues, snapshot.cohorts, cycle.quota, cycle.held)
     return decisions
 
 
@@ -72,7 +82,7 @@ class _QueueState:
         self.accounts = accounts
         self.root = root  # the cohort tree it shares quota in
         self.scope = root if root is not None else f"queue:{queue.name}"  # what quota it uses
-        self.waiting: list[_Key] = []
+        self.waiting: list[QueueKey] = []
         self.attempts = 0
         self.checked = -1  # the cycle's change count when it was last found not hopeless
         self.blocked_by: JobId | None = None
@@ -82,12 +92,12 @@ class _QueueState:
 
 
 class _Cycle:
-    def __init__(self, snapshot: Snapshot, policy: Policy) -> None:
+    def __init__(self, snapshot: Snapshot, policy: Policy, cache: SchedulerCache) -> None:
         self.snap = snapshot
         self.policy = policy
         self.now = snapshot.now
-        self.quota = quota.take(snapshot.queues, snapshot.cohorts)
-        self._charge_running(snapshot)
+        self.quota = cache.take_quota(snapshot.queues, snapshot.cohorts)
+        self._charge_running(snapshot, cache)
         self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
         self.queues: dict[str, _QueueState] = {
@@ -99,7 +109,7 @@ class _Cycle:
                 self.trees.setdefault(qs.root, []).append(qs)
         self.failed_shapes: set[tuple[object, ...]] = set()  # could not be placed
         self.hopeless: set[tuple[object, ...]] = set()  # found no victims
-        self.failed_like: dict[tuple[object, ...], str] = {}  # what failed: why
+        self.failed_like: dict[tuple[object, ...], Waiting] = {}  # what failed: why
         self.changes = 0  # admissions, nominations, holds and used-up preemption attempts
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[Account, list[float]]] = {}
@@ -107,15 +117,15 @@ class _Cycle:
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
         self.preempt: list[Preempt] = []
-        self.waiting: dict[JobId, str] = {}
+        self.waiting: dict[JobId, Waiting] = {}
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
 
     # --- setup ---
 
-    def _charge_running(self, snapshot: Snapshot) -> None:
+    def _charge_running(self, snapshot: Snapshot, cache: SchedulerCache) -> None:
         """Start from what the running jobs leave free and the quota they use."""
-        static = layout(snapshot.nodes, snapshot.topology)
-        self.held = held.take(static, snapshot.running)
+        static = cache.layout(snapshot.nodes, snapshot.topology)
+        self.held = cache.take_held(static, snapshot.running)
         self.nodes = Nodes(static, self.held.free, self.held.pools)
         usage = self.held.usage
         for (queue, flavor) in sorted(usage):  # the same sums in the same order
@@ -139,30 +149,18 @@ class _Cycle:
         return (priority, -bisect_right(self.policy.las_thresholds, attained))
 
     def _fill_queues(self) -> None:
-        """Put each pending job in its queue's heap, keyed by its place in the queue: nominated
-        in the last cycle first, then starving, then priority, then the policy's order
-        (expected duration for "sjf", attained-service level for "las"), then creation time."""
+        """Put each pending job in its queue's heap, keyed by its place in the queue
+        (`stoker.sched.order`)."""
         pending = self.snap.pending
-        age = self.policy.starvation_age
-        cutoff = self.now - age if age is not None else -INF
-        values: list[float]
-        if self.policy.order == "sjf":
-            values = [INF if j.expected_duration is None else j.expected_duration
-                      for j in pending]
-        elif self.policy.order == "las":
-            levels = self.policy.las_thresholds
-            values = [float(bisect_right(levels, j.attained_service)) for j in pending]
-        else:
-            values = [0.0] * len(pending)
-        keyed: dict[str, list[_Key]] = {name: [] for name in self.queues}
+        keyed: dict[str, list[QueueKey]] = {name: [] for name in self.queues}
         shapes: dict[str, list[Resources]] = {name: [] for name in self.queues}
-        for seq, job in enumerate(pending):
+        for key in queue_keys(pending, self.policy, self.now):
+            job = pending[key[4]]
             keys = keyed.get(job.queue)
             if keys is None:
-                self.waiting[job.id] = f"unknown queue {job.queue!r}"
+                self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
-            keys.append((0 if job.nominated else 1 if job.created_at <= cutoff else 2,
-                         -job.priority, values[seq], job.created_at, seq))
+            keys.append(key)
             shapes[job.queue].append(job.per_rank)
         for name, keys in keyed.items():
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
@@ -274,13 +272,15 @@ class _Cycle:
         flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
                                                           if f in job.flavors]
         if not flavors:
-            self.waiting[job.id] = "no flavor of the queue matches the job's GPU model"
+            self.waiting[job.id] = Waiting("NoMatchingFlavor", "no flavor of the queue matches "
+                                           "the job's GPU model")
             return _WAIT
         level = None
         if job.topology is not None:
             level = self.nodes.levels.get(job.topology)
             if level is None:
-                self.waiting[job.id] = f"unknown topology level {job.topology!r}"
+                self.waiting[job.id] = Waiting("UnknownTopology", "unknown topology level "
+                                               f"{job.topology!r}")
                 return _WAIT
         total = _total(job)
         why: dict[str, str] = {}
@@ -309,9 +309,8 @@ class _Cycle:
                 return _ADMIT
             why[flavor] = no_nodes
         node_short = no_nodes in why.values()
-        if not self._fits_ever(job, flavors):
-            self.waiting[job.id] = f"never fits: no node of flavor {', '.join(flavors)} " \
-                                   f"holds one rank of {_fmt(job)}"
+        if not self._fits_ever(job, flavors, self.nodes.healthy):
+            self.waiting[job.id] = self._never_fits(job, flavors)
             return _WAIT
         if open_flavors and self._can_preempt(qs):
             # The same shape at the same rank failing again is certain: state only shrinks.
@@ -325,8 +324,13 @@ class _Cycle:
                         return _WAIT
                 self.hopeless.add(shape)
         asked = f"no nodes free for {job.ranks} x {_fmt(job)}"
-        self.waiting[job.id] = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}"
-                                         for f in flavors)
+        message = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}" for f in flavors)
+        code = self._wait_code(qs, job, flavors, open_flavors, why, total, no_nodes)
+        if code == "ExceedsMaxQuota":
+            message = "; ".join(f"{f}: asks {_amounts(total)}, more than queue {qs.queue.name} "
+                                f"can ever get ({_amounts(_most(qs.accounts[f]))})"
+                                for f in flavors)
+        self.waiting[job.id] = self._numbers(code, message, qs, open_flavors or flavors, total)
         if starving:
             self._reserve(qs, job, open_flavors, node_short)
         self.failed_like[like] = self.waiting[job.id]
@@ -357,12 +361,54 @@ class _Cycle:
             self.failed_shapes.add(shape)
         return placement
 
-    def _fits_ever(self, job: PendingJob, flavors: list[str]) -> bool:
+    def _fits_ever(self, job: PendingJob, flavors: list[str], largest: dict[str, list[float]]
+                   ) -> bool:
+        """Whether one rank fits on the largest node of any of ``flavors``."""
         for flavor in flavors:
-            cap = self.nodes.capacity.get(flavor)
+            cap = largest.get(flavor)
             if cap is not None and all(job.per_rank[r] <= cap[r] + EPS for r in RESOURCES):
                 return True
         return False
+
+    def _never_fits(self, job: PendingJob, flavors: list[str]) -> Waiting:
+        """Why no schedulable node holds one rank: none does, or only unschedulable ones."""
+        names = ", ".join(flavors)
+        if self._fits_ever(job, flavors, self.nodes.capacity):
+            return Waiting("NodeUnhealthy", f"only unschedulable (cordoned or unhealthy) nodes "
+                                            f"of flavor {names} hold one rank of {_fmt(job)}")
+        return Waiting("NeverFits", f"never fits: no node of flavor {names} holds one rank of "
+                                    f"{_fmt(job)}")
+
+    def _wait_code(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                   open_flavors: list[str], why: dict[str, str], total: list[float],
+                   no_nodes: str) -> WaitCode:
+        """The code for a job that fits on some node but was neither admitted nor nominated."""
+        if all(any(total[r] > qs.accounts[f].most(r) + EPS for r in RESOURCES)
+               for f in flavors):
+            return "ExceedsMaxQuota"
+        if not open_flavors:
+            return "HeldForStarvingJob"
+        short = [f for f in open_flavors if why[f] is no_nodes]
+        if not short:
+            return "WaitingForQuota"
+        if job.topology is not None and any(
+                self.nodes.place(f, job.ranks, job.per_rank, None, False) is not None
+                for f in short):
+            return "TopologyPlacementFailed"
+        return "WaitingForNodes"
+
+    def _numbers(self, code: WaitCode, message: str, qs: _QueueState, flavors: list[str],
+                 total: list[float] | None) -> Waiting:
+        """``code`` and ``message`` with the quota numbers of the first of ``flavors`` (and
+        the job's request, unless one reason serves a whole queue)."""
+        if not flavors:
+            return Waiting(code, message)
+        flavor = flavors[0]
+        account = qs.accounts[flavor]
+        nominal = [max(0.0, account.nominal[r] - account.usage[r]) for r in RESOURCES]
+        borrow = [max(0.0, account.available(r) - nominal[r]) for r in RESOURCES]
+        return Waiting(code, message, flavor, None if total is None else Resources(*total),
+                       Resources(*nominal), Resources(*borrow))
 
     def _reserve(self, qs: _QueueState, job: PendingJob, flavors: list[str],
                  node_short: bool) -> None:
@@ -375,7 +421,9 @@ class _Cycle:
         for flavor in flavors:
             self.reserved.setdefault(flavor, (job.id, scope))
         self.changes += 1
-        self.waiting[job.id] += " (starving: capacity held for it)"
+        why = self.waiting[job.id]
+        self.waiting[job.id] = replace(why, message=f"{why.message} (starving: capacity held "
+                                                    "for it)", starving=True)
 
     # --- preemption ---
 
@@ -446,7 +494,9 @@ class _Cycle:
             if not v.job.preempting:
                 self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
         self.nominated[job.id] = tuple(v.job.id for v, _ in chosen)
-        self.waiting[job.id] = f"waiting for {len(chosen)} preempted job(s) to stop"
+        self.waiting[job.id] = self._numbers(
+            "WaitingForVictims", f"waiting for {len(chosen)} preempted job(s) to stop", qs,
+            [flavor], total)
         return True
 
     def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
@@ -551,15 +601,8 @@ class _Cycle:
         for qs in self.queues.values():
             if not qs.waiting:
                 continue
-            holds = [h[0] for f in qs.accounts if (h := self.reserved.get(f)) is not None
-                    and (h[1] is None or h[1] == qs.scope)]
-            if qs.blocked_by is not None:
-                reason = f"StrictFIFO: behind job {qs.blocked_by}"
-            elif holds:
-                reason = f"capacity held for starving job {holds[0]}"
-            else:
-                reason = f"no room in queue {qs.queue.name}'s quota or on its nodes"
-            caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
+            reason = self._queue_reason(qs)
+            caps = [self.nodes.healthy.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
             self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting], reason))
@@ -569,8 +612,24 @@ class _Cycle:
                 job = pending[key[4]]
                 p = job.per_rank
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
-                    self.waiting[job.id] = f"never fits: no node of the queue's flavors holds " \
-                                           f"one rank of {_fmt(job)}"
+                    self.waiting[job.id] = self._never_fits(job, list(qs.accounts))
+
+    def _queue_reason(self, qs: _QueueState) -> Waiting:
+        """Why the jobs of ``qs`` the cycle did not get to wait (one reason for them all)."""
+        holds = [h[0] for f in qs.accounts if (h := self.reserved.get(f)) is not None
+                 and (h[1] is None or h[1] == qs.scope)]
+        name = qs.queue.name
+        if qs.blocked_by is not None:
+            return Waiting("BlockedByStrictFIFO", f"StrictFIFO: behind job {qs.blocked_by}")
+        if holds:
+            return Waiting("HeldForStarvingJob", f"capacity held for starving job {holds[0]}")
+        need = qs.least
+        for flavor, account in qs.accounts.items():
+            if all(account.available(r) + EPS >= need[r] for r in (0, 1)):
+                return self._numbers("WaitingForNodes", f"no free nodes for queue {name}'s "
+                                     "jobs", qs, [flavor], None)
+        return self._numbers("WaitingForQuota", f"no room in queue {name}'s quota", qs,
+                             qs.flavors, None)
 
 
 def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:
@@ -610,6 +669,19 @@ def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:
     for i, count in placement:
         out.extend([names[i]] * count)
     return tuple(out)
+
+
+def _most(account: Account) -> list[float]:
+    return [account.most(r) for r in RESOURCES]
+
+
+def _amounts(v: list[float]) -> str:
+    """GPUs, CPUs and memory of ``v``, leaving out zeros and unlimited amounts."""
+    names = ("GPU", "CPU")
+    parts = [f"{v[r]:g} {names[r]}" for r in (0, 1) if 0 < v[r] < UNLIMITED]
+    if 0 < v[2] < UNLIMITED:
+        parts.append(f"{v[2] / 2**30:.3g} GiB")
+    return ", ".join(parts) or "nothing"
 
 
 def _fmt(job: PendingJob) -> str:

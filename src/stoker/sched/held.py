@@ -263,26 +263,3 @@ def _difference(old: list[RunningJob], new: Sequence[RunningJob]
 def _hold(job: RunningJob) -> tuple[object, ...]:
     """What decides a running job's hold."""
     return (job.id, job.queue, job.flavor, job.nodes, job.per_rank)
-
-
-_kept: list[Held] = []
-
-
-def take(layout: Layout, running: Sequence[RunningJob]) -> Held:
-    """The Held state of ``running`` on ``layout``, from the one kept by the last cycle. The
-    caller owns it (a cycle running at the same time builds its own) until it calls `keep`;
-    meanwhile it only learns group capacities (`Pool.group_capacity`) of its pools."""
-    try:
-        state = _kept.pop()
-    except IndexError:
-        state = None
-    if state is None or state.layout is not layout:
-        state = Held(layout)
-    state.update(running)
-    return state
-
-
-def keep(state: Held) -> None:
-    """Keep ``state`` for the next cycle (it must not be changed any more by this one)."""
-    _kept.clear()
-    _kept.append(state)

@@ -176,10 +176,12 @@ class Layout:
         self.depth = len(topology)
         self.levels = {name: i for i, name in enumerate(topology)} | {"node": len(topology)}
         self.capacity: dict[str, Vec] = {}  # per flavor: the largest node, for "never fits"
+        self.healthy: dict[str, Vec] = {}  # the same over schedulable nodes only
         for n in nodes:
-            cap = self.capacity.setdefault(n.flavor, [0.0, 0.0, 0.0])
-            for r in range(3):
-                cap[r] = max(cap[r], n.capacity[r])
+            for largest in (self.capacity, self.healthy) if n.schedulable else (self.capacity,):
+                cap = largest.setdefault(n.flavor, [0.0, 0.0, 0.0])
+                for r in range(3):
+                    cap[r] = max(cap[r], n.capacity[r])
         self.group: list[Group] = []
         self.prefixes: dict[Group, tuple[tuple[str, ...], ...]] = {}  # its domain at each level
         counts: dict[tuple[str, ...], int] = {}
@@ -205,24 +207,6 @@ class Layout:
             self.pool_of.append(n.flavor)
 
 
-_memo: tuple[Sequence[Node], tuple[str, ...], Layout] | None = None
-
-
-def layout(nodes: Sequence[Node], topology: tuple[str, ...]) -> Layout:
-    """The Layout of ``nodes``, memoized: a pure function of the (immutable) node objects."""
-    global _memo
-    memo = _memo
-    if memo is not None and memo[1] == topology and _same(memo[0], nodes):
-        return memo[2]
-    built = Layout(nodes, topology)
-    _memo = (tuple(nodes), topology, built)
-    return built
-
-
-def _same(a: Sequence[Node], b: Sequence[Node]) -> bool:
-    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
-
-
 class Nodes:
     """Free capacity of every node, and a Pool per flavor, for one cycle: a copy of what the
     running jobs leave free (``free``, whose vectors are never changed, and ``pools``). Group
@@ -235,6 +219,7 @@ class Nodes:
         self.depth = static.depth
         self.levels = static.levels
         self.capacity = static.capacity
+        self.healthy = static.healthy
         self.group = static.group
         self.prefixes = static.prefixes
         self._base = free.copy()

@@ -65,6 +65,17 @@ class Account:
             from_parent = min(stored - used + self.borrow[r], from_parent)
         return max(0.0, g - self.usage[r]) + from_parent
 
+    def most(self, r: int) -> float:
+        """The most of resource ``r`` this account could ever use: `available` with nothing
+        of its tree in use (Kueue's maximum capacity of a queue)."""
+        if self.parent is None:
+            return self.subtree[r]
+        from_parent = self.parent.most(r)
+        g = self.guaranteed[r]
+        if self.borrow[r] < UNLIMITED:
+            from_parent = min(self.subtree[r] - g + self.borrow[r], from_parent)
+        return g + from_parent
+
     def add(self, amount: Sequence[float]) -> None:
         for r in self.limited:
             v = amount[r]
@@ -261,31 +272,3 @@ class QuotaTree:
 
     def _cohort_accounts(self, name: str) -> list[Account]:
         return [a for (cohort, _), a in self.cohorts.items() if cohort == name]
-
-
-# The tree of the last cycle's queues and cohorts, to reuse when they are the same objects.
-_kept: list[tuple[tuple[Queue, ...], tuple[Cohort, ...], QuotaTree]] = []
-
-
-def take(queues: Sequence[Queue], cohorts: Sequence[Cohort]) -> QuotaTree:
-    """A QuotaTree of ``queues`` and ``cohorts`` with no usage, reusing the one kept by the
-    last cycle if it was built from the same (immutable) objects. The caller owns it until it
-    calls `keep`."""
-    try:
-        kept_queues, kept_cohorts, tree = _kept.pop()
-    except IndexError:
-        pass
-    else:
-        if _same(kept_queues, queues) and _same(kept_cohorts, cohorts):
-            tree.reset()
-            return tree
-    return QuotaTree(queues, cohorts)
-
-
-def keep(queues: Sequence[Queue], cohorts: Sequence[Cohort], tree: QuotaTree) -> None:
-    _kept.clear()
-    _kept.append((tuple(queues), tuple(cohorts), tree))
-
-
-def _same(a: Sequence[object], b: Sequence[object]) -> bool:
-    return a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))

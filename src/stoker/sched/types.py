@@ -121,8 +121,30 @@ Decisions
     preempt: Preempt(job, by, reason): stop running ``job`` (SIGTERM, grace, SIGKILL) and
         requeue it; ``by`` is the pending job that needs its resources; reason is one of
         "within_queue", "reclaim", "borrow", "fair_share".
-    waiting: pending job -> why it was not admitted this cycle (for `stoker jobs`).
+    waiting: pending job -> a `Waiting`: why it was not admitted this cycle, as data.
     nominated: pending job -> the running jobs it waits on to stop (its victims).
+
+Waiting (why a pending job was not admitted: a code, the numbers behind it, and a sentence)
+    code: one of `WaitCode`:
+        WaitingForQuota: its queue's quota (with what it may borrow) has no room now.
+        ExceedsMaxQuota: it asks more than its queue could ever get, every other job gone.
+        WaitingForNodes: the quota has room but no free nodes hold the gang.
+        TopologyPlacementFailed: free nodes hold the gang, but not within its topology.
+        WaitingForVictims: nominated: it waits for the jobs it preempted to stop.
+        HeldForStarvingJob: capacity it could use is held for a starving job.
+        BlockedByStrictFIFO: an earlier job of its StrictFIFO queue waits.
+        NeverFits: no node of its flavors holds one rank.
+        NodeUnhealthy: only unschedulable (cordoned or unhealthy) nodes could hold one rank.
+        NoMatchingFlavor, UnknownQueue, UnknownTopology: the job's own constraints.
+    inadmissible: True for the codes nothing but a change of the cluster or of the job can
+        cure (Kueue's inadmissible workloads): ExceedsMaxQuota, NeverFits, NodeUnhealthy,
+        NoMatchingFlavor, UnknownQueue, UnknownTopology.
+    message: the same, as a sentence for `stoker jobs`.
+    flavor: the flavor the numbers are about (the first one the job could use), or None.
+    requested: the whole gang's request (ranks x per rank).
+    available: what the queue may still use of ``flavor`` within its nominal quota.
+    borrowable: what it could borrow from its cohort on top of that, now.
+    starving: it is starving and capacity is held for it.
 """
 
 from __future__ import annotations
@@ -140,6 +162,13 @@ ReclaimWithinCohort = Literal["Never", "LowerPriority", "Any"]
 BorrowWithinCohort = Literal["Never", "LowerPriority"]
 Order = Literal["fifo", "sjf", "las"]
 PreemptReason = Literal["within_queue", "reclaim", "borrow", "fair_share"]
+WaitCode = Literal["WaitingForQuota", "ExceedsMaxQuota", "WaitingForNodes",
+                   "TopologyPlacementFailed", "WaitingForVictims", "HeldForStarvingJob",
+                   "BlockedByStrictFIFO", "NeverFits", "NodeUnhealthy", "NoMatchingFlavor",
+                   "UnknownQueue", "UnknownTopology"]
+INADMISSIBLE: frozenset[str] = frozenset({"ExceedsMaxQuota", "NeverFits", "NodeUnhealthy",
+                                          "NoMatchingFlavor", "UnknownQueue",
+                                          "UnknownTopology"})
 
 
 class Resources(NamedTuple):
@@ -258,8 +287,26 @@ class Preempt:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    code: WaitCode
+    message: str
+    flavor: str | None = None
+    requested: Resources | None = None
+    available: Resources | None = None
+    borrowable: Resources | None = None
+    starving: bool = False
+
+    @property
+    def inadmissible(self) -> bool:
+        return self.code in INADMISSIBLE
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
 class Decisions:
     admit: list[Admit] = field(default_factory=list)
     preempt: list[Preempt] = field(default_factory=list)
-    waiting: Mapping[JobId, str] = field(default_factory=dict)
+    waiting: Mapping[JobId, Waiting] = field(default_factory=dict)
     nominated: Mapping[JobId, tuple[JobId, ...]] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from stoker.sched import (
     PendingJob,
     Resources,
     RunningJob,
+    SchedulerCache,
     Snapshot,
     schedule,
 )
@@ -121,6 +122,7 @@ class Simulator:
         self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
         self.pending: dict[int, SimJob] = {}
         self.nominated: set[int] = set()  # pending jobs the last cycle nominated
+        self.sched_cache = SchedulerCache()
         self.running: dict[int, SimJob] = {}
         self.demand: Counter[tuple[float, tuple[str, ...] | None]] = Counter()
         self.events: list[tuple[float, int, int, int, int]] = []
@@ -435,7 +437,7 @@ class Simulator:
                 break
             snap = self.snapshot(now)
             began = time.perf_counter()
-            decisions = schedule(snap, self.policy.policy)
+            decisions = schedule(snap, self.policy.policy, self.sched_cache)
             self.sched_seconds += time.perf_counter() - began
             self.sched_calls += 1
             self.apply(decisions, now)

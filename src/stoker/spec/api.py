@@ -145,6 +145,24 @@ class EventView(BaseModel):
     actor: str
 
 
+class WaitingView(BaseModel):
+    """Why a queued job was not admitted by the last scheduling cycle (`stoker.sched.Waiting`).
+
+    ``available``: what its queue may still use of ``flavor`` within its nominal quota;
+    ``borrowable``: what it could borrow on top of that now; ``requested``: the whole gang's
+    request (None when one reason was given for all of a queue's jobs the cycle did not reach).
+    Unlimited amounts are left out."""
+
+    code: str
+    message: str
+    inadmissible: bool
+    starving: bool = False
+    flavor: str | None = None
+    requested: dict[str, float] | None = None
+    available: dict[str, float] | None = None
+    borrowable: dict[str, float] | None = None
+
+
 class JobView(BaseModel):
     id: int
     tenant: str
@@ -169,7 +187,8 @@ class JobView(BaseModel):
     placement: dict[str, Any] | None
     stopping: str | None
     queue_position: int | None = None
-    waiting: str | None = None
+    waiting: WaitingView | None = None
+    estimated_start: float | None = None  # replayed from running jobs' max_run_time; see docs
 
 
 class JobDetail(JobView):
