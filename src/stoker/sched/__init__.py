@@ -11,6 +11,7 @@ what changed and what is pending, not the size of the cluster.
 from stoker.sched.cycle import schedule
 from stoker.sched.types import (
     UNLIMITED,
+    AdmissionFairSharing,
     Admit,
     Cohort,
     Decisions,
@@ -28,6 +29,7 @@ from stoker.sched.types import (
 
 __all__ = [
     "UNLIMITED",
+    "AdmissionFairSharing",
     "Admit",
     "Cohort",
     "Decisions",

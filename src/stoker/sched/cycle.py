@@ -3,7 +3,9 @@
 The cycle merges the queues' heads in one heap: jobs the last cycle nominated first, then
 starving jobs, then (as Kueue's entry ordering) jobs that fit in their queue's nominal quota
 before jobs that must borrow, then priority, then the policy's order; under fair sharing the
-least weighted dominant-resource share replaces the borrowing test. It runs in two passes. The
+least weighted dominant-resource share replaces the borrowing test. Under admission fair
+sharing a queue's own order puts its tenants' decayed usage before priority (see
+`_usage_keys`); the order between queues is unchanged. It runs in two passes. The
 first admits only jobs that fit in their queue's nominal quota; a job that could only be
 admitted by borrowing stops its queue there until the second pass, which lets jobs borrow. So
 the room a job reclaimed from borrowing queues by preemption goes to it, not to a (maybe
@@ -47,7 +49,9 @@ INF = float("inf")
 # What considering a job did: admitted it, left it waiting (maybe nominated), or deferred it to
 # the borrowing pass.
 _ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
-_Key = tuple[int, int, float, float, int]  # (urgency, -priority, order value, created, seq)
+# (urgency, -priority, order value, created, seq); under admission fair sharing the second
+# item is (tenant usage, -priority).
+_Key = tuple[int, int | tuple[float, int], float, float, int]
 _HeapKey = tuple[int, object, int, float, float, int]  # _Key with borrowing or share second
 _GPUS, _CPUS, _MEMORY = itemgetter(0), itemgetter(1), itemgetter(2)
 
@@ -109,6 +113,9 @@ class _Cycle:
         self.preempt: list[Preempt] = []
         self.waiting: dict[JobId, str] = {}
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
+        # (queue, tenant) -> usage, entry penalties of this cycle's admissions included
+        self.usage: dict[tuple[str, str], float] | None = (
+            None if policy.admission_fair_sharing is None else dict(snapshot.tenant_usage))
 
     # --- setup ---
 
@@ -164,6 +171,8 @@ class _Cycle:
             keys.append((0 if job.nominated else 1 if job.created_at <= cutoff else 2,
                          -job.priority, values[seq], job.created_at, seq))
             shapes[job.queue].append(job.per_rank)
+        if self.usage is not None:
+            self._usage_keys(keyed)
         for name, keys in keyed.items():
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
@@ -173,6 +182,30 @@ class _Cycle:
                 qs.least = (min(map(_GPUS, per_rank)), min(map(_CPUS, per_rank)))
                 qs.most = (max(map(_GPUS, per_rank)), max(map(_CPUS, per_rank)),
                            max(map(_MEMORY, per_rank)))
+
+    def _usage_keys(self, keyed: dict[str, list[_Key]]) -> None:
+        """Admission fair sharing: put the tenant's usage before priority (Kueue's order)."""
+        assert self.usage is not None
+        usage, pending = self.usage, self.snap.pending
+        for keys in keyed.values():
+            for i, (urgency, priority, value, created, seq) in enumerate(keys):
+                job = pending[seq]
+                keys[i] = (urgency, (usage.get((job.queue, job.tenant), 0.0), priority), value,
+                           created, seq)  # type: ignore[assignment]
+
+    def _fresh_head(self, qs: _QueueState) -> None:
+        """Admission fair sharing: re-key the head while its tenant's usage has grown by entry
+        penalties since it was keyed. Usage only grows within a cycle, so a stale key is too
+        small and a head whose key is current is the true head."""
+        assert self.usage is not None
+        waiting, pending, usage = qs.waiting, self.snap.pending, self.usage
+        while waiting:
+            urgency, (used, priority), value, created, seq = waiting[0]  # type: ignore[misc]
+            job = pending[seq]
+            now = usage.get((job.queue, job.tenant), 0.0)
+            if now <= used:
+                return
+            heapq.heapreplace(waiting, (urgency, (now, priority), value, created, seq))
 
     # --- the cycle ---
 
@@ -193,9 +226,12 @@ class _Cycle:
                 heap.append((self._heap_key(qs), n, qs))
         heapq.heapify(heap)
         pending = self.snap.pending
+        afs = self.usage is not None
         while heap:
             _, n, qs = heapq.heappop(heap)
             while True:
+                if afs:
+                    self._fresh_head(qs)
                 key = heapq.heappop(qs.waiting)
                 outcome = self._consider(qs, pending[key[4]], nominal_only)
                 if outcome is _DEFER:
@@ -211,6 +247,8 @@ class _Cycle:
                     break
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
+        if self.usage is not None:
+            self._fresh_head(qs)
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
@@ -220,7 +258,8 @@ class _Cycle:
             second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
             second = all(a.needs_borrowing(total) for a in accounts)
-        return (key[0], second, key[1], key[2], key[3], key[4])
+        # Priority from the job: the usage of tenants of different queues is not compared.
+        return (key[0], second, -job.priority, key[2], key[3], key[4])
 
     def _can_preempt(self, qs: _QueueState) -> bool:
         q = qs.queue
@@ -342,10 +381,19 @@ class _Cycle:
         account.add(total)
         self.nodes.take(placement, job.per_rank)
         self.changes += 1
+        if self.usage is not None:
+            self._penalize(job, total)
         self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
                                 nodes=_expand(placement, self.nodes.names),
                                 borrowing=account.borrowing()))
         return True
+
+    def _penalize(self, job: PendingJob, total: list[float]) -> None:
+        """Kueue's entry penalty: the admitted job's tenant counts as using more at once."""
+        afs = self.policy.admission_fair_sharing
+        assert afs is not None and self.usage is not None
+        tenant = (job.queue, job.tenant)
+        self.usage[tenant] = self.usage.get(tenant, 0.0) + afs.penalty_factor * afs.score(total)
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
         shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
