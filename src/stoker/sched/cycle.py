@@ -115,7 +115,7 @@ class _Cycle:
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
         # (queue, tenant) -> usage, entry penalties of this cycle's admissions included
         self.usage: dict[tuple[str, str], float] | None = (
-            None if policy.admission_fair_sharing is None else dict(snapshot.tenant_usage))
+            None if policy.admission_fair_sharing is None else dict(snapshot.tenant_usage or {}))
 
     # --- setup ---
 

@@ -102,7 +102,7 @@ Snapshot
         parent but not listed are implicit (no quota of their own, no parent).
     tenant_usage: (queue, tenant) -> the tenant's decayed, weighted historical usage in that
         queue, entry penalties included (`stoker.sched.usage.UsageTracker.scores`); read only
-        under ``Policy.admission_fair_sharing``. A pair left out has used nothing.
+        under ``Policy.admission_fair_sharing``. A pair left out (or None) has used nothing.
 
 Policy (algorithm switches; the cluster config supplies defaults via sched.config)
     order: among jobs that fit in their queue's nominal quota, and then among those that
@@ -154,7 +154,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 JobId = str | int
@@ -177,7 +176,6 @@ class Resources(NamedTuple):
 NO_RESOURCES = Resources()
 ALL_UNLIMITED = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
 GPUS_ONLY = Resources(1.0, 0.0, 0.0)  # admission fair sharing's default weights
-NO_USAGE: Mapping[tuple[str, str], float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +256,7 @@ class Snapshot:
     pending: Sequence[PendingJob]
     cohorts: Sequence[Cohort] = ()
     topology: tuple[str, ...] = ()
-    tenant_usage: Mapping[tuple[str, str], float] = NO_USAGE
+    tenant_usage: Mapping[tuple[str, str], float] | None = None
 
 
 def decay_weight(elapsed: float, half_life: float) -> float:
