@@ -5,7 +5,7 @@ starving jobs, then (as Kueue's entry ordering) jobs that fit in their queue's n
 before jobs that must borrow, then priority, then the policy's order; under fair sharing the
 least weighted dominant-resource share replaces the borrowing test. Under admission fair
 sharing a queue's own order puts its tenants' decayed usage before priority (see
-`_usage_keys`); the order between queues is unchanged. It runs in two passes. The
+`stoker.sched.tenant_order`); the order between queues is unchanged. It runs in two passes. The
 first admits only jobs that fit in their queue's nominal quota; a job that could only be
 admitted by borrowing stops its queue there until the second pass, which lets jobs borrow. So
 the room a job reclaimed from borrowing queues by preemption goes to it, not to a (maybe
@@ -31,6 +31,7 @@ from operator import itemgetter
 from stoker.sched import held, preempt, quota
 from stoker.sched.nodes import EPS, Nodes, Placement, layout
 from stoker.sched.quota import RESOURCES, Account
+from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
     UNLIMITED,
     Admit,
@@ -113,9 +114,9 @@ class _Cycle:
         self.preempt: list[Preempt] = []
         self.waiting: dict[JobId, str] = {}
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
-        # (queue, tenant) -> usage, entry penalties of this cycle's admissions included
-        self.usage: dict[tuple[str, str], float] | None = (
-            None if policy.admission_fair_sharing is None else dict(snapshot.tenant_usage or {}))
+        afs = policy.admission_fair_sharing
+        self.tenants = (None if afs is None
+                        else TenantOrder(afs, snapshot.tenant_usage, snapshot.pending))
 
     # --- setup ---
 
@@ -171,9 +172,9 @@ class _Cycle:
             keys.append((0 if job.nominated else 1 if job.created_at <= cutoff else 2,
                          -job.priority, values[seq], job.created_at, seq))
             shapes[job.queue].append(job.per_rank)
-        if self.usage is not None:
-            self._usage_keys(keyed)
         for name, keys in keyed.items():
+            if self.tenants is not None:
+                keys = self.tenants.heads(keys)
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
             qs.waiting = keys
@@ -182,30 +183,6 @@ class _Cycle:
                 qs.least = (min(map(_GPUS, per_rank)), min(map(_CPUS, per_rank)))
                 qs.most = (max(map(_GPUS, per_rank)), max(map(_CPUS, per_rank)),
                            max(map(_MEMORY, per_rank)))
-
-    def _usage_keys(self, keyed: dict[str, list[_Key]]) -> None:
-        """Admission fair sharing: put the tenant's usage before priority (Kueue's order)."""
-        assert self.usage is not None
-        usage, pending = self.usage, self.snap.pending
-        for keys in keyed.values():
-            for i, (urgency, priority, value, created, seq) in enumerate(keys):
-                job = pending[seq]
-                keys[i] = (urgency, (usage.get((job.queue, job.tenant), 0.0), priority), value,
-                           created, seq)  # type: ignore[assignment]
-
-    def _fresh_head(self, qs: _QueueState) -> None:
-        """Admission fair sharing: re-key the head while its tenant's usage has grown by entry
-        penalties since it was keyed. Usage only grows within a cycle, so a stale key is too
-        small and a head whose key is current is the true head."""
-        assert self.usage is not None
-        waiting, pending, usage = qs.waiting, self.snap.pending, self.usage
-        while waiting:
-            urgency, (used, priority), value, created, seq = waiting[0]  # type: ignore[misc]
-            job = pending[seq]
-            now = usage.get((job.queue, job.tenant), 0.0)
-            if now <= used:
-                return
-            heapq.heapreplace(waiting, (urgency, (now, priority), value, created, seq))
 
     # --- the cycle ---
 
@@ -226,16 +203,20 @@ class _Cycle:
                 heap.append((self._heap_key(qs), n, qs))
         heapq.heapify(heap)
         pending = self.snap.pending
-        afs = self.usage is not None
+        tenants = self.tenants
         while heap:
             _, n, qs = heapq.heappop(heap)
             while True:
-                if afs:
-                    self._fresh_head(qs)
+                if tenants is not None:
+                    tenants.fresh_head(qs.waiting)
                 key = heapq.heappop(qs.waiting)
+                if tenants is not None:
+                    tenants.popped(qs.waiting, key)
                 outcome = self._consider(qs, pending[key[4]], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
+                    if tenants is not None:
+                        tenants.pushed_back(key)
                     break
                 if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
                     qs.blocked_by = pending[key[4]].id
@@ -247,8 +228,8 @@ class _Cycle:
                     break
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
-        if self.usage is not None:
-            self._fresh_head(qs)
+        if self.tenants is not None:
+            self.tenants.fresh_head(qs.waiting)
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
@@ -381,19 +362,12 @@ class _Cycle:
         account.add(total)
         self.nodes.take(placement, job.per_rank)
         self.changes += 1
-        if self.usage is not None:
-            self._penalize(job, total)
+        if self.tenants is not None:
+            self.tenants.admitted(job, total)
         self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
                                 nodes=_expand(placement, self.nodes.names),
                                 borrowing=account.borrowing()))
         return True
-
-    def _penalize(self, job: PendingJob, total: list[float]) -> None:
-        """Kueue's entry penalty: the admitted job's tenant counts as using more at once."""
-        afs = self.policy.admission_fair_sharing
-        assert afs is not None and self.usage is not None
-        tenant = (job.queue, job.tenant)
-        self.usage[tenant] = self.usage.get(tenant, 0.0) + afs.penalty_factor * afs.score(total)
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
         shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
@@ -610,10 +584,12 @@ class _Cycle:
             caps = [self.nodes.capacity.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
-            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting], reason))
+            keys = (qs.waiting if self.tenants is None
+                    else self.tenants.remaining(qs.queue.name, qs.waiting))
+            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
             if all(qs.most[r] <= largest[r] for r in RESOURCES):  # every job fits some node
                 continue
-            for key in qs.waiting:
+            for key in keys:
                 job = pending[key[4]]
                 p = job.per_rank
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
