@@ -459,15 +459,15 @@ class Simulator:
             job.pending_obj = None
         self.nominated = {int(idx) for idx in decisions.nominated}
         for p in decisions.preempt:
-            job = self.running.get(int(p.job))
-            if job is not None:
-                job.outcome.preemptions += 1
-                self._interrupt(job, now, preempted=True)
+            victim = self.running.get(int(p.job))
+            if victim is not None:
+                victim.outcome.preemptions += 1
+                self._interrupt(victim, now, preempted=True)
         for a in decisions.admit:
-            job = self.pending[int(a.job)]
+            admitted = self.pending[int(a.job)]
             if self.tenant_usage is not None:
-                self.tenant_usage.admitted(job.pending())
-            self._admit(job, a.flavor, a.nodes, now)
+                self.tenant_usage.admitted(admitted.pending())
+            self._admit(admitted, a.flavor, a.nodes, now)
 
     # --- measurements ---
 
