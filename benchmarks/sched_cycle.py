@@ -6,8 +6,8 @@ The cluster is 4 zones x 5 blocks x 10 racks x 5 nodes, two GPU flavors (600 "h1
 400 "a100" nodes). Each of the 50 queues owns 1/50 of each flavor as nominal quota; queues
 borrow within their cohort (some with borrowing or lending limits) and preempt by priority.
 The cluster is first filled to about 90% by admitting jobs with the scheduler itself; then
-10,000 jobs (1-32 GPUs, three priority classes, some with topology or GPU-model constraints)
-are pending, and `schedule` runs on that snapshot.
+10,000 jobs (1-32 GPUs, three priority classes, some with topology or GPU-model constraints,
+from 8 tenants that share every queue) are pending, and `schedule` runs on that snapshot.
 
 The scheduler keeps what it derives from the nodes and the running jobs between cycles (a pure
 memo: `stoker.sched.nodes.layout`, `stoker.sched.held`). The policy rows are timed in the steady
@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from stoker.sched import (
     UNLIMITED,
+    AdmissionFairSharing,
     Decisions,
     FlavorQuota,
     Node,
@@ -85,7 +86,7 @@ def make_job(rng: random.Random, i: int, n_queues: int, created: float) -> Pendi
         created_at=created, ranks=ranks, per_rank=Resources(per, per * 8, per * 64 * 2**30),
         flavors=("h100",) if rng.random() < 0.2 else None, topology=topology,
         topology_required=topology is not None and rng.random() < 0.5,
-        expected_duration=rng.uniform(60, 86400))
+        expected_duration=rng.uniform(60, 86400), tenant=f"u{i % 8}")
 
 
 def fill(nodes: list[Node], queues: list[Queue], rng: random.Random) -> list[RunningJob]:
@@ -180,6 +181,9 @@ def main() -> None:
     empty = Snapshot(3600.0, queues, nodes, [], snap.pending, topology=TOPOLOGY)
     idle = Snapshot(3600.0, queues, nodes, snap.running, [], topology=TOPOLOGY)
     cold = [snap]
+    afs = Policy(admission_fair_sharing=AdmissionFairSharing(half_life=3600.0))
+    used = replace(snap, tenant_usage={(q.name, f"u{t}"): float(t) for q in queues
+                                       for t in range(8)})
 
     cache = SchedulerCache()  # the reconciler's, kept across its cycles
 
@@ -197,6 +201,7 @@ def main() -> None:
                                                                     snap.pending)),
         "fifo": (warm, lambda: schedule(snap, Policy(), cache)),
         "fifo, fair sharing": (warm, lambda: schedule(snap, Policy(fair_sharing=True), cache)),
+        "fifo, admission fair sh.": (warm, lambda: schedule(used, afs, cache)),
         "las": (warm, lambda: schedule(snap, Policy(order="las"), cache)),
         "sjf": (warm, lambda: schedule(snap, Policy(order="sjf"), cache)),
         "fifo, cold": (forget, lambda: schedule(cold[0], Policy(), cache)),

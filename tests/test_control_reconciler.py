@@ -179,6 +179,27 @@ def test_reconciler_runs_a_gang_to_success(store: SqlStore, cluster: ClusterConf
     assert logs == ["rank-0.log", "rank-1.log"]
 
 
+def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
+        store: SqlStore, tmp_path: Path) -> None:
+    afs = {"enabled": True, "half_life": "1h", "sampling_interval": "1m",
+           "resource_weights": {"gpus": 0, "cpus": 1}}
+    cluster = loading.validate(ClusterConfig, {**CLUSTER, "admission_fair_sharing": afs}, "t")
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir, ControlSettings(grace_period_s=1))
+    tracker = reconciler.tenant_usage
+    assert tracker is not None
+    tracker.consumed[("a", "alice")] = [0.0, 2.0, 0.0]  # alice held queue a's 2 CPUs lately
+    spec = command_spec("pass", ranks=2)  # each needs queue a's whole nominal quota
+    older = store.submit(NewJob("alice", "t", "a", "", 0, spec), "alice")
+    newer = store.submit(NewJob("bob", "t", "a", "", 0, spec), "bob")
+    decisions = reconciler.step()
+    assert [a.job for a in decisions.admit] == [newer.id]  # bob has used less
+    assert tracker.penalties[("a", "bob")][1] > 0  # bob's entry penalty, until the next sample
+    for job in (newer, older):
+        assert run_until(reconciler, job.id, {JobState.SUCCEEDED}).state == JobState.SUCCEEDED
+
+
 def test_recover_requeues_an_interrupted_launch_and_kills_strays(
         store: SqlStore, cluster: ClusterConfig, tmp_path: Path) -> None:
     executor = LocalExecutor(tmp_path / "jobs")

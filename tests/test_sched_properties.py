@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from stoker.sched import (
     UNLIMITED,
+    AdmissionFairSharing,
     Decisions,
     FlavorQuota,
     Node,
@@ -39,6 +40,7 @@ from stoker.sched.nodes import Layout
 EPS = 1e-6
 FLAVORS = ("f0", "f1")
 TOPOLOGY = ("rack",)
+TENANTS = ("", "a", "b")
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INF3 = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
 
@@ -88,14 +90,17 @@ def jobs(draw: st.DrawFn, queues: Sequence[Queue], prefix: str, t0: float
             Resources(draw(st.sampled_from([0.5, 1, 2, 4])), draw(st.integers(0, 2)), 0),
             flavors=draw(st.sampled_from([None, ("f0",), ("f1",)])), topology=topology,
             topology_required=draw(st.booleans()) if topology else False,
-            attained_service=draw(st.sampled_from([0.0, 5000.0]))))
+            attained_service=draw(st.sampled_from([0.0, 5000.0])),
+            tenant=draw(st.sampled_from(TENANTS))))
     return out
 
 
 policies = st.builds(Policy, order=st.sampled_from(["fifo", "sjf", "las"]),
                      fair_sharing=st.booleans(), preemption=st.booleans(),
                      starvation_age=st.sampled_from([None, 30.0]),
-                     max_preemption_attempts=st.integers(1, 4))
+                     max_preemption_attempts=st.integers(1, 4),
+                     admission_fair_sharing=st.sampled_from(
+                         [None, AdmissionFairSharing(half_life=600.0, sampling_interval=60.0)]))
 
 
 World = tuple[Snapshot, Policy, Snapshot]  # (the snapshot checked, its policy, the warm-up)
@@ -114,8 +119,9 @@ def worlds(draw: st.DrawFn) -> World:
                               st.sampled_from([0.0, 5000.0])), preempting=draw(st.booleans()))
                for a in warmup.admit]
     pending = draw(jobs(queues, "p", 50.0))
-    return (Snapshot(100.0, queues, nodes, running, pending, topology=TOPOLOGY), draw(policies),
-            empty)
+    usage = {(q.name, t): draw(st.sampled_from([0.0, 1.0, 4.0])) for q in queues for t in TENANTS}
+    return (Snapshot(100.0, queues, nodes, running, pending, topology=TOPOLOGY,
+                     tenant_usage=usage), draw(policies), empty)
 
 
 def usage(snap: Snapshot, d: Decisions) -> dict[tuple[str, str], float]:
@@ -233,6 +239,17 @@ def test_quota_limits_held(world: World) -> None:
             lent += fq.nominal.gpus - kept
             beyond += max(0.0, used[(q.name, fq.flavor)] - kept)
         assert beyond <= lent + EPS
+
+
+@SETTINGS
+@given(worlds())
+def test_fair_sharing_among_one_tenant_changes_nothing(world: World) -> None:
+    """Admission fair sharing only reorders a queue's tenants: with one, it decides as off."""
+    snap, policy, _ = world
+    one = replace(snap, pending=[j._replace(tenant="") for j in snap.pending])
+    afs = AdmissionFairSharing(half_life=600.0, sampling_interval=60.0)
+    assert schedule(one, replace(policy, admission_fair_sharing=afs)) == \
+        schedule(one, replace(policy, admission_fair_sharing=None))
 
 
 @st.composite

@@ -109,6 +109,18 @@ def test_gpu_cluster_builds(tmp_path: Path) -> None:
     ('tenants.bob={queues=["research"]}', "tenants.bob"),
     ('scheduler.starvation_age="soon"', "scheduler.starvation_age"),
     ('topology=["rack", "rack"]', "topology"),
+    ('admission_fair_sharing.half_life="0s"', "admission_fair_sharing.half_life"),
+    ('admission_fair_sharing.sampling_interval="soon"',
+     "admission_fair_sharing.sampling_interval"),
+    ('admission_fair_sharing={half_life="1h", sampling_interval="2h"}',
+     "admission_fair_sharing.sampling_interval"),
+    ('admission_fair_sharing.resource_weights={gpus=0}',
+     "admission_fair_sharing.resource_weights"),
+    ('admission_fair_sharing.resource_weights={gpus=-1}',
+     "admission_fair_sharing.resource_weights.gpus"),
+    ('admission_fair_sharing.resource_weights={tpus=1}',
+     "admission_fair_sharing.resource_weights.tpus"),
+    ('admission_fair_sharing.enable=true', "admission_fair_sharing.enable"),
 ])
 def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) -> None:
     path = gpu_cluster(tmp_path)
@@ -116,6 +128,17 @@ def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) 
         load_cluster(path, [override])
     assert info.value.key == key, info.value
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_admission_fair_sharing_builds(tmp_path: Path) -> None:
+    path = gpu_cluster(tmp_path)
+    assert build_policy(load_cluster(path)).admission_fair_sharing is None  # off by default
+    cfg = load_cluster(path, ['admission_fair_sharing={enabled=true, half_life="2h", '
+                              'sampling_interval="1m", resource_weights={cpus=0.5, memory=2}}'])
+    afs = build_policy(cfg).admission_fair_sharing
+    assert afs is not None and afs.half_life == 7200 and afs.sampling_interval == 60
+    assert afs.weights == Resources(1.0, 0.5, 2 / 2**30)  # memory: per GiB in the config
+    assert afs.score((8, 10, 2**30)) == 8 + 5 + 2
 
 
 def test_borrowing_limit_needs_a_cohort(tmp_path: Path) -> None:

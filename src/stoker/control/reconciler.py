@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,18 @@ from stoker.control.quotas import with_overrides
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord, Store
-from stoker.sched import Decisions, Node, SchedulerCache, Snapshot, Waiting, schedule
+from stoker.sched import (
+    Decisions,
+    JobId,
+    Node,
+    PendingJob,
+    SchedulerCache,
+    Snapshot,
+    Waiting,
+    schedule,
+)
 from stoker.sched.config import build_policy
+from stoker.sched.usage import UsageTracker
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
@@ -88,6 +98,10 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         self.policy = build_policy(cluster)
+        # Admission fair sharing's usage is kept here, in memory: a restarted server (or a new
+        # leader) starts every tenant from zero usage.
+        afs = self.policy.admission_fair_sharing
+        self.tenant_usage = None if afs is None else UsageTracker(afs)
         self.waiting: dict[int, Waiting] = {}  # why each pending job waits, by the last cycle
         self.cycles = 0  # cycles run
         self.sched_cache = SchedulerCache()
@@ -136,9 +150,12 @@ class Reconciler:
         for job in self._readable(self.store.list_jobs(states=ACTIVE), now):
             self._stop(job, now)
         snapshot = self.snapshot(now)
+        if self.tenant_usage is not None:
+            self.tenant_usage.update(now, snapshot.running)
+            snapshot = replace(snapshot, tenant_usage=self.tenant_usage.scores())
         decisions = schedule(snapshot, self.policy, self.sched_cache)
         self._nominated = frozenset(decisions.nominated)
-        self._apply(decisions, now)
+        self._apply(decisions, now, {j.id: j for j in snapshot.pending})
         for job in self.store.list_jobs(states=(A,)):
             self._launch(job, now)
         self.cycles += 1
@@ -228,7 +245,8 @@ class Reconciler:
 
     # --- applying decisions ---------------------------------------------------------------------
 
-    def _apply(self, decisions: Decisions, now: float) -> None:
+    def _apply(self, decisions: Decisions, now: float,
+               pending: Mapping[JobId, PendingJob]) -> None:
         self.waiting = {int(job): why for job, why in decisions.waiting.items()}
         for p in decisions.preempt:
             job = self.store.get_job(int(p.job))
@@ -240,12 +258,14 @@ class Reconciler:
                                 {"by": p.by, "reason": p.reason}, version=job.version)
         for a in decisions.admit:
             borrowing = ", borrowing" if a.borrowing else ""
-            self.store.transition(
+            admitted = self.store.transition(
                 int(a.job), (Q,), (A,),
                 f"admitted to queue {a.queue} on {a.flavor} ({', '.join(a.nodes)}){borrowing}",
                 ACTOR, {"placement": {"flavor": a.flavor, "nodes": list(a.nodes),
                                       "borrowing": a.borrowing},
                         "admitted_at": now})
+            if admitted is not None and self.tenant_usage is not None:
+                self.tenant_usage.admitted(pending[a.job])
 
     def _launch(self, job: JobRecord, now: float) -> None:
         if job.stop_reason is not None or job.placement is None:

@@ -58,16 +58,19 @@ def running_job(record: JobRecord, spec: JobSpec, progress: float) -> RunningJob
         per_rank=per_rank(spec), created_at=record.queued_at,
         started_at=record.admitted_at or record.queued_at, progress=progress,
         attained_service=record.attained_s, preempting=record.stop_reason is not None,
+        tenant=record.tenant,
     )
 
 
 def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
                    jobs: Iterable[JobRecord], progress: Mapping[int, float] | None = None,
-                   nominated: Collection[int | str] = ()) -> Snapshot:
+                   nominated: Collection[int | str] = (),
+                   tenant_usage: Mapping[tuple[str, str], float] | None = None) -> Snapshot:
     """Running = jobs holding resources (admitted, starting, running, stopping); pending =
     queued jobs past their restart backoff. ``progress``: seconds since each running job's
     last checkpoint (default: since it was admitted). ``nominated``: jobs the previous cycle
-    nominated for preemption, so the room their victims free goes to them."""
+    nominated for preemption, so the room their victims free goes to them. ``tenant_usage``:
+    admission fair sharing's usage per (queue, tenant) (`stoker.sched.usage`)."""
     progress = progress or {}
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
@@ -80,7 +83,9 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
             pending.append(pending_job(cluster, spec, record.id, record.queued_at,
-                                       record.attained_s, record.id in nominated))
+                                       record.attained_s, record.id in nominated,
+                                       tenant=record.tenant))
     return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
                     running=tuple(running), pending=tuple(pending),
-                    cohorts=build_cohorts(cluster), topology=cluster.topology)
+                    cohorts=build_cohorts(cluster), topology=cluster.topology,
+                    tenant_usage=tenant_usage)

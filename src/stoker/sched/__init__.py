@@ -15,6 +15,7 @@ from stoker.sched.eta import estimate_starts
 from stoker.sched.order import queue_positions
 from stoker.sched.types import (
     UNLIMITED,
+    AdmissionFairSharing,
     Admit,
     Cohort,
     Decisions,
@@ -33,6 +34,7 @@ from stoker.sched.types import (
 
 __all__ = [
     "UNLIMITED",
+    "AdmissionFairSharing",
     "Admit",
     "Cohort",
     "Decisions",

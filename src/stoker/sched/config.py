@@ -5,6 +5,7 @@ from __future__ import annotations
 from stoker.sched.types import (
     ALL_UNLIMITED,
     UNLIMITED,
+    AdmissionFairSharing,
     Cohort,
     FlavorQuota,
     Node,
@@ -13,7 +14,13 @@ from stoker.sched.types import (
     Queue,
     Resources,
 )
-from stoker.spec.cluster import Amounts, ClusterConfig, NodeConfig, Quota
+from stoker.spec.cluster import (
+    AdmissionFairSharingConfig,
+    Amounts,
+    ClusterConfig,
+    NodeConfig,
+    Quota,
+)
 from stoker.spec.job import JobSpec
 
 
@@ -67,11 +74,21 @@ def build_nodes(cfg: ClusterConfig) -> tuple[Node, ...]:
 
 def build_policy(cfg: ClusterConfig) -> Policy:
     s = cfg.scheduler
-    return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age)
+    afs = cfg.admission_fair_sharing
+    return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age,
+                  admission_fair_sharing=admission_fair_sharing(afs) if afs.enabled else None)
+
+
+def admission_fair_sharing(cfg: AdmissionFairSharingConfig) -> AdmissionFairSharing:
+    """The scheduler's settings (memory weighed per byte) from the config's (per GiB)."""
+    w = cfg.resource_weights
+    return AdmissionFairSharing(half_life=cfg.half_life, sampling_interval=cfg.sampling_interval,
+                                weights=Resources(w.gpus, w.cpus, w.memory / 2**30))
 
 
 def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at: float,
-                attained_service: float = 0.0, nominated: bool = False) -> PendingJob:
+                attained_service: float = 0.0, nominated: bool = False,
+                tenant: str = "") -> PendingJob:
     """The scheduler's view of a submitted job spec; ``nominated``: the previous cycle
     nominated it (see `PendingJob`)."""
     r = spec.resources
@@ -83,5 +100,5 @@ def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at
         topology=spec.placement.topology,
         topology_required=spec.placement.topology_mode == "required",
         expected_duration=spec.max_run_time, attained_service=attained_service,
-        nominated=nominated,
+        nominated=nominated, tenant=tenant,
     )

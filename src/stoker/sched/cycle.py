@@ -3,7 +3,9 @@
 The cycle merges the queues' heads in one heap: jobs the last cycle nominated first, then
 starving jobs, then (as Kueue's entry ordering) jobs that fit in their queue's nominal quota
 before jobs that must borrow, then priority, then the policy's order; under fair sharing the
-least weighted dominant-resource share replaces the borrowing test. It runs in two passes. The
+least weighted dominant-resource share replaces the borrowing test. Under admission fair
+sharing a queue's own order puts its tenants' decayed usage before priority (see
+`stoker.sched.tenant_order`); the order between queues is unchanged. It runs in two passes. The
 first admits only jobs that fit in their queue's nominal quota; a job that could only be
 admitted by borrowing stops its queue there until the second pass, which lets jobs borrow. So
 the room a job reclaimed from borrowing queues by preemption goes to it, not to a (maybe
@@ -32,6 +34,7 @@ from stoker.sched.cache import SchedulerCache
 from stoker.sched.nodes import EPS, Nodes, Placement
 from stoker.sched.order import QueueKey, queue_keys
 from stoker.sched.quota import RESOURCES, Account
+from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
     UNLIMITED,
     Admit,
@@ -119,6 +122,9 @@ class _Cycle:
         self.preempt: list[Preempt] = []
         self.waiting: dict[JobId, Waiting] = {}
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
+        afs = policy.admission_fair_sharing
+        self.tenants = (None if afs is None
+                        else TenantOrder(afs, snapshot.tenant_usage, snapshot.pending))
 
     # --- setup ---
 
@@ -163,6 +169,8 @@ class _Cycle:
             keys.append(key)
             shapes[job.queue].append(job.per_rank)
         for name, keys in keyed.items():
+            if self.tenants is not None:
+                keys = self.tenants.heads(keys)
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
             qs.waiting = keys
@@ -191,13 +199,20 @@ class _Cycle:
                 heap.append((self._heap_key(qs), n, qs))
         heapq.heapify(heap)
         pending = self.snap.pending
+        tenants = self.tenants
         while heap:
             _, n, qs = heapq.heappop(heap)
             while True:
+                if tenants is not None:
+                    tenants.fresh_head(qs.waiting)
                 key = heapq.heappop(qs.waiting)
+                if tenants is not None:
+                    tenants.popped(qs.waiting, key)
                 outcome = self._consider(qs, pending[key[4]], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
+                    if tenants is not None:
+                        tenants.pushed_back(key)
                     break
                 if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
                     qs.blocked_by = pending[key[4]].id
@@ -209,6 +224,8 @@ class _Cycle:
                     break
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
+        if self.tenants is not None:
+            self.tenants.fresh_head(qs.waiting)
         key = qs.waiting[0]
         job = self.snap.pending[key[4]]
         total = _total(job)
@@ -218,7 +235,8 @@ class _Cycle:
             second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
             second = all(a.needs_borrowing(total) for a in accounts)
-        return (key[0], second, key[1], key[2], key[3], key[4])
+        # Priority from the job: the usage of tenants of different queues is not compared.
+        return (key[0], second, -job.priority, key[2], key[3], key[4])
 
     def _can_preempt(self, qs: _QueueState) -> bool:
         q = qs.queue
@@ -346,6 +364,8 @@ class _Cycle:
         account.add(total)
         self.nodes.take(placement, job.per_rank)
         self.changes += 1
+        if self.tenants is not None:
+            self.tenants.admitted(job, total)
         self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
                                 nodes=_expand(placement, self.nodes.names),
                                 borrowing=account.borrowing()))
@@ -605,10 +625,12 @@ class _Cycle:
             caps = [self.nodes.healthy.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
             pending = self.snap.pending
-            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in qs.waiting], reason))
+            keys = (qs.waiting if self.tenants is None
+                    else self.tenants.remaining(qs.queue.name, qs.waiting))
+            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
             if all(qs.most[r] <= largest[r] for r in RESOURCES):  # every job fits some node
                 continue
-            for key in qs.waiting:
+            for key in keys:
                 job = pending[key[4]]
                 p = job.per_rank
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:

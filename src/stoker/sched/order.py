@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from stoker.sched.types import JobId, PendingJob, Policy, Snapshot
 
 INF = float("inf")
-QueueKey = tuple[int, int, float, float, int]  # (urgency, -priority, order value, created, seq)
+# (urgency, -priority, order value, created, seq); under admission fair sharing the cycle makes
+# the second item (tenant usage, -priority): `stoker.sched.tenant_order`.
+QueueKey = tuple[int, int | tuple[float, int], float, float, int]
 
 
 def queue_keys(pending: Sequence[PendingJob], policy: Policy, now: float) -> list[QueueKey]:

@@ -69,6 +69,8 @@ RunningJob (admitted and holding resources: starting, running, or being preempte
     attained_service: GPU-seconds (or CPU-seconds for CPU-only jobs) received so far (LAS).
     preempting: True once a preemption was decided and the job has not yet stopped; such jobs
         are preferred as victims again and no new Preempt is issued for them.
+    tenant: who submitted it ("" when the caller does not say); only the usage tracker of
+        admission fair sharing (`stoker.sched.usage`) reads it.
 
 PendingJob (queued, waiting for admission)
     id: the caller's job id (a DB id or a trace index; any hashable str or int).
@@ -89,12 +91,18 @@ PendingJob (queued, waiting for admission)
         not to a job that would only be preempted again for it (a preemption ping-pong). The
         caller sets it from the previous cycle's decisions; False (the default) loses only that
         guarantee.
+    tenant: who submitted it (Kueue: its LocalQueue within the queue). Under admission fair
+        sharing a queue orders its jobs by their tenant's decayed usage first. "" (the
+        default): one anonymous tenant.
 
 Snapshot
     now: the current time on the caller's clock.
     topology: the level names, outermost first (nodes' ``domains`` follow it).
     queues, cohorts, nodes, running, pending: as above. Cohorts referenced by a queue or as a
         parent but not listed are implicit (no quota of their own, no parent).
+    tenant_usage: (queue, tenant) -> the tenant's decayed, weighted historical usage in that
+        queue, entry penalties included (`stoker.sched.usage.UsageTracker.scores`); read only
+        under ``Policy.admission_fair_sharing``. A pair left out (or None) has used nothing.
 
 Policy (algorithm switches; the cluster config supplies defaults via sched.config)
     order: among jobs that fit in their queue's nominal quota, and then among those that
@@ -114,6 +122,22 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
         (Kueue tries only each queue's head; this bounds the cycle's cost the same way).
     explain: False leaves out the reasons for jobs the cycle never got to (a simulator that
         does not report them saves the time; the jobs it did consider keep theirs).
+    admission_fair_sharing: Kueue's admission fair sharing (KEP-4136, ``admissionScope:
+        UsageBasedAdmissionFairSharing`` on every queue): within a queue, jobs of the tenant
+        with the least ``Snapshot.tenant_usage`` go first, *before* priority (as Kueue orders a
+        ClusterQueue's heap: usage, then priority, then age); jobs the last cycle nominated and
+        starving jobs still go first. Across queues nothing changes (Kueue does not compare
+        usage between ClusterQueues). Each admission adds the entry penalty to its tenant's
+        usage for the rest of the cycle, so one tenant's many small jobs do not all pass the
+        others'. None: off.
+
+AdmissionFairSharing (Kueue's ``admissionFairSharing`` configuration)
+    half_life: seconds after which past usage counts half (``usageHalfLifeTime``); > 0.
+    sampling_interval: seconds between samples of the usage held (``usageSamplingInterval``).
+    weights: how much a GPU, a CPU and a byte of memory held count (``resourceWeights``;
+        default: GPUs only); a usage score is the weighted sum.
+    The entry penalty of an admitted job is ``penalty_factor`` (``1 - 0.5 ** (sampling_interval
+    / half_life)``, the weight one sample gives current usage) times its weighted request.
 
 Decisions
     admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
@@ -149,6 +173,7 @@ Waiting (why a pending job was not admitted: a code, the numbers behind it, and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -179,6 +204,7 @@ class Resources(NamedTuple):
 
 NO_RESOURCES = Resources()
 ALL_UNLIMITED = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
+GPUS_ONLY = Resources(1.0, 0.0, 0.0)  # admission fair sharing's default weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +257,7 @@ class RunningJob(NamedTuple):
     progress: float = 0.0
     attained_service: float = 0.0
     preempting: bool = False
+    tenant: str = ""
 
 
 class PendingJob(NamedTuple):
@@ -246,6 +273,7 @@ class PendingJob(NamedTuple):
     expected_duration: float | None = None
     attained_service: float = 0.0
     nominated: bool = False
+    tenant: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +285,33 @@ class Snapshot:
     pending: Sequence[PendingJob]
     cohorts: Sequence[Cohort] = ()
     topology: tuple[str, ...] = ()
+    tenant_usage: Mapping[tuple[str, str], float] | None = None
+
+
+def decay_weight(elapsed: float, half_life: float) -> float:
+    """The weight a sample taken ``elapsed`` seconds after the last one gives current usage
+    (Kueue's alpha): what is older keeps ``1 - decay_weight``, half of it per half-life."""
+    return 1.0 - math.pow(0.5, elapsed / half_life)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionFairSharing:
+    half_life: float
+    sampling_interval: float = 300.0
+    weights: Resources = GPUS_ONLY
+
+    def __post_init__(self) -> None:
+        if not self.half_life > 0 or self.sampling_interval < 0:
+            raise ValueError("half_life must be > 0 and sampling_interval >= 0")
+
+    @property
+    def penalty_factor(self) -> float:
+        return decay_weight(self.sampling_interval, self.half_life)
+
+    def score(self, amounts: Sequence[float]) -> float:
+        """The weighted sum of an amount of each resource."""
+        w = self.weights
+        return w[0] * amounts[0] + w[1] * amounts[1] + w[2] * amounts[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +323,7 @@ class Policy:
     las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
     max_preemption_attempts: int = 4
     explain: bool = True
+    admission_fair_sharing: AdmissionFairSharing | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from stoker.sched import (
     Snapshot,
     schedule,
 )
+from stoker.sched.usage import UsageTracker
 from stoker.sim.cluster import SimCluster
 from stoker.sim.metrics import JobOutcome, RunResult, Usage
 from stoker.sim.policies import SHARED_QUEUE, SimPolicy, shared_queue
@@ -60,7 +61,7 @@ class SimJob:
 
     __slots__ = ("attained", "created_at", "epoch", "flavor", "flavors", "gpus", "idx", "nodes",
                  "nominated", "outcome", "pending_obj", "pending_since", "per_rank", "priority",
-                 "queue", "ranks", "remaining", "running_obj", "start")
+                 "queue", "ranks", "remaining", "running_obj", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool) -> None:
@@ -69,6 +70,7 @@ class SimJob:
             per_rank_gpus = job.gpu_milli / 1000
         self.idx = idx
         self.queue = queue
+        self.user = job.user or tenant  # admission fair sharing's tenant within the queue
         self.priority = priority
         self.flavors = flavors
         self.ranks = job.ranks
@@ -93,7 +95,7 @@ class SimJob:
                 id=self.idx, queue=self.queue, priority=self.priority, created_at=self.created_at,
                 ranks=self.ranks, per_rank=self.per_rank, flavors=self.flavors,
                 expected_duration=self.remaining, attained_service=self.attained,
-                nominated=self.nominated)
+                nominated=self.nominated, tenant=self.user)
         return self.pending_obj
 
 
@@ -145,6 +147,8 @@ class Simulator:
         self.running_view: list[RunningJob] | None = None  # reused while nothing starts/stops
         self.fragmented = 0.0
         self.free_while_pending = 0.0
+        afs = policy.policy.admission_fair_sharing
+        self.tenant_usage = None if afs is None else UsageTracker(afs)
 
     # --- setup ---
 
@@ -213,6 +217,9 @@ class Simulator:
         if now == math.inf:
             return False
         arrived_before = self.next_arrival
+        if self.tenant_usage is not None:  # what ran until now, before this instant's events
+            self.tenant_usage.update(now, (self._running_obj(job, now, False)
+                                           for job in self.running.values()))
         if self._apply_events(now):
             if self._may_admit(now, self.jobs[arrived_before:self.next_arrival]):
                 self._schedule(now)
@@ -386,9 +393,11 @@ class Simulator:
             self.running_view = [self._running_obj(job, now, dynamic)
                                  for job in self.running.values()]
         running = self.running_view
+        usage = None if self.tenant_usage is None else self.tenant_usage.scores()
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
                         pending=[job.pending() for job in self.pending.values()],
-                        cohorts=self.cohorts, topology=self.cluster.topology)
+                        cohorts=self.cohorts, topology=self.cluster.topology,
+                        tenant_usage=usage)
 
     def _running_obj(self, job: SimJob, now: float, dynamic: bool) -> RunningJob:
         if job.running_obj is not None and not dynamic:
@@ -400,7 +409,7 @@ class Simulator:
             id=job.idx, queue=job.queue, priority=job.priority, flavor=job.flavor,
             nodes=tuple(self.node_list[i].name for i in job.nodes), per_rank=job.per_rank,
             created_at=job.created_at, started_at=job.start, progress=progress,
-            attained_service=job.attained + job.gpus * ran)
+            attained_service=job.attained + job.gpus * ran, tenant=job.user)
         return job.running_obj
 
     def _may_admit(self, now: float, arrived: list[SimJob]) -> bool:
@@ -452,12 +461,15 @@ class Simulator:
             job.pending_obj = None
         self.nominated = {int(idx) for idx in decisions.nominated}
         for p in decisions.preempt:
-            job = self.running.get(int(p.job))
-            if job is not None:
-                job.outcome.preemptions += 1
-                self._interrupt(job, now, preempted=True)
+            victim = self.running.get(int(p.job))
+            if victim is not None:
+                victim.outcome.preemptions += 1
+                self._interrupt(victim, now, preempted=True)
         for a in decisions.admit:
-            self._admit(self.pending[int(a.job)], a.flavor, a.nodes, now)
+            admitted = self.pending[int(a.job)]
+            if self.tenant_usage is not None:
+                self.tenant_usage.admitted(admitted.pending())
+            self._admit(admitted, a.flavor, a.nodes, now)
 
     # --- measurements ---
 

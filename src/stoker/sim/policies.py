@@ -9,6 +9,9 @@ literature they come from):
 Stoker's own (the cluster's queues, quotas, cohorts, priorities and preemption policies):
   stoker       the cluster config's [scheduler] settings
   stoker-fair  the same with fair sharing (weighted dominant-resource share) switched on
+  stoker-afs   the same with admission fair sharing switched on (Kueue's usage-based order of
+               the tenants, here the trace's users, within each queue), with the settings of
+               the cluster config's [admission_fair_sharing] (its defaults without one)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stoker.sched import UNLIMITED, FlavorQuota, Policy, Queue, Resources
-from stoker.sched.config import build_policy
+from stoker.sched.config import admission_fair_sharing, build_policy
 from stoker.sim.cluster import SimCluster
 from stoker.spec.errors import ConfigError
 
@@ -34,7 +37,7 @@ class SimPolicy:
         return not self.shared_queue
 
 
-POLICIES = ("fifo", "sjf", "las", "stoker", "stoker-fair")
+POLICIES = ("fifo", "sjf", "las", "stoker", "stoker-fair", "stoker-afs")
 
 
 def resolve(name: str, cluster: SimCluster,
@@ -54,6 +57,9 @@ def resolve(name: str, cluster: SimCluster,
         return SimPolicy(name, base, False)
     if name == "stoker-fair":
         return SimPolicy(name, replace(base, fair_sharing=True), False)
+    if name == "stoker-afs":
+        afs = admission_fair_sharing(cluster.config.admission_fair_sharing)
+        return SimPolicy(name, replace(base, admission_fair_sharing=afs), False)
     raise ConfigError("--policy", None, f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 

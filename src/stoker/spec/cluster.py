@@ -15,6 +15,12 @@ default_priority_class = "normal"
 fair_sharing = false                 # weighted dominant-resource share orders the queues
 starvation_age = "6h"                # a job pending longer gets a reservation
 
+[admission_fair_sharing]             # Kueue's usage-based order of tenants within a queue
+enabled = false
+half_life = "24h"                    # past usage counts half after this (usageHalfLifeTime)
+sampling_interval = "5m"             # how often usage held is sampled (usageSamplingInterval)
+resource_weights = { gpus = 1.0, cpus = 0.0, memory = 0.0 }   # memory: per GiB
+
 [priority_classes]
 low = 0
 normal = 100
@@ -283,6 +289,37 @@ class RayConfig(Section):
         return path
 
 
+class ResourceWeights(Section):
+    """How much a GPU, a CPU and a GiB of memory held count in a tenant's usage."""
+
+    gpus: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    cpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    memory: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class AdmissionFairSharingConfig(Section):
+    """Kueue's admission fair sharing (KEP-4136) on every queue: within a queue, the jobs of
+    the tenant with the least decayed usage go first, before priority (`stoker.sched.usage`).
+    The control plane keeps the usage in memory: a restarted server starts from zero."""
+
+    enabled: bool = False
+    half_life: Seconds = 24 * 3600.0
+    sampling_interval: Seconds = 300.0
+    resource_weights: ResourceWeights = ResourceWeights()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        w = self.resource_weights
+        if w.gpus == w.cpus == w.memory == 0:
+            raise KeyedValueError("admission_fair_sharing.resource_weights",
+                                  "at least one weight must be above 0")
+        if self.sampling_interval > self.half_life:
+            raise KeyedValueError("admission_fair_sharing.sampling_interval",
+                                  f"{self.sampling_interval:g} s is longer than the half-life "
+                                  f"({self.half_life:g} s)")
+        return self
+
+
 class SchedulerConfig(Section):
     fair_sharing: bool = False
     starvation_age: Seconds | None = None
@@ -295,6 +332,7 @@ class ClusterConfig(Section):
     default_priority_class: str | None = None
     priority_classes: dict[str, Priority] = {}
     scheduler: SchedulerConfig = SchedulerConfig()
+    admission_fair_sharing: AdmissionFairSharingConfig = AdmissionFairSharingConfig()
     flavors: dict[str, FlavorConfig] = Field(min_length=1)
     autodetect: AutodetectConfig | None = None
     nodes: tuple[NodeConfig, ...] = ()

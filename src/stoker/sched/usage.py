@@ -1,0 +1,106 @@
+"""Admission fair sharing's memory: each tenant's decayed historical usage per queue.
+
+Pure and clock-free like the rest of `stoker.sched`: the caller (the reconciler, the simulator)
+owns a `UsageTracker`, calls `update(now, running)` each cycle and `admitted(job)` for each
+admission it applies, and puts `scores()` in the next `Snapshot.tenant_usage`.
+
+The semantics are Kueue's (KEP-4136, its LocalQueue controller): every ``sampling_interval``
+the usage held now (the running jobs' requests, per (queue, tenant)) is folded in as an
+exponential moving average, ``usage = (1 - a) * usage + a * held`` with ``a = 1 - 0.5 **
+(elapsed / half_life)``, so a tenant that stops running anything keeps half its usage after one
+half-life. An admission adds an *entry penalty* of ``penalty_factor * request`` at once (what
+one sample would add for it), so a tenant cannot have many jobs admitted between two samples on
+the strength of an old, low usage; the penalties are folded into the usage at the next sample.
+Usage is kept per resource (GPUs, CPUs, bytes of memory); `scores` weighs it into one number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from stoker.sched.types import AdmissionFairSharing, PendingJob, RunningJob, decay_weight
+
+TenantKey = tuple[str, str]  # (queue, tenant)
+
+
+class UsageTracker:
+    """Decayed usage per (queue, tenant); see the module docstring."""
+
+    def __init__(self, config: AdmissionFairSharing) -> None:
+        self.config = config
+        self.consumed: dict[TenantKey, list[float]] = {}  # decayed usage of each resource
+        self.penalties: dict[TenantKey, list[float]] = {}  # entry penalties since last sample
+        self.last_sample: float | None = None
+
+    def update(self, now: float, running: Iterable[RunningJob]) -> bool:
+        """Sample the usage ``running`` holds if a sampling interval has passed since the last
+        sample (the first call only starts the clock); True if it sampled."""
+        if self.last_sample is None:
+            self.last_sample = now
+            return False
+        elapsed = now - self.last_sample
+        if elapsed < self.config.sampling_interval or elapsed <= 0:
+            return False
+        self._sample(decay_weight(elapsed, self.config.half_life), held(running))
+        self.last_sample = now
+        return True
+
+    def _sample(self, alpha: float, held_now: Mapping[TenantKey, list[float]]) -> None:
+        keep = 1.0 - alpha
+        merged: dict[TenantKey, list[float]] = {}
+        for key in self.consumed.keys() | held_now.keys() | self.penalties.keys():
+            old = self.consumed.get(key, _ZERO)
+            now = held_now.get(key, _ZERO)
+            penalty = self.penalties.get(key, _ZERO)
+            value = [keep * old[r] + alpha * now[r] + penalty[r] for r in range(3)]
+            if any(v > _NEGLIGIBLE for v in value):
+                merged[key] = value
+        self.consumed = merged
+        self.penalties = {}
+
+    def admitted(self, job: PendingJob) -> None:
+        """Charge an admission's entry penalty to its tenant until the next sample."""
+        factor = self.config.penalty_factor
+        penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
+        for r in range(3):
+            penalty[r] += factor * job.per_rank[r] * job.ranks
+
+    def scores(self) -> dict[TenantKey, float]:
+        """The weighted usage of each (queue, tenant), penalties included: what
+        ``Snapshot.tenant_usage`` wants."""
+        out: dict[TenantKey, float] = {}
+        for key in self.consumed.keys() | self.penalties.keys():
+            total = [c + p for c, p in zip(self.consumed.get(key, _ZERO),
+                                           self.penalties.get(key, _ZERO), strict=True)]
+            out[key] = self.config.score(total)
+        return out
+
+    # --- persistence: plain JSON-able data ---
+
+    def state(self) -> dict[str, Any]:
+        return {"last_sample": self.last_sample,
+                "consumed": [[q, t, *v] for (q, t), v in sorted(self.consumed.items())],
+                "penalties": [[q, t, *v] for (q, t), v in sorted(self.penalties.items())]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back what `state` returned (e.g. after a restart)."""
+        self.last_sample = state.get("last_sample")
+        self.consumed = {(q, t): [float(x) for x in v] for q, t, *v in state.get("consumed", ())}
+        self.penalties = {(q, t): [float(x) for x in v]
+                          for q, t, *v in state.get("penalties", ())}
+
+
+def held(running: Iterable[RunningJob]) -> dict[TenantKey, list[float]]:
+    """The GPUs, CPUs and memory each (queue, tenant) holds now."""
+    out: dict[TenantKey, list[float]] = {}
+    for job in running:
+        amounts = out.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
+        n = len(job.nodes)
+        for r in range(3):
+            amounts[r] += job.per_rank[r] * n
+    return out
+
+
+_ZERO = (0.0, 0.0, 0.0)
+_NEGLIGIBLE = 1e-12  # a tenant whose usage has decayed below this is forgotten
