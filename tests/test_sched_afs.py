@@ -13,6 +13,7 @@ import pytest
 from stoker.sched import (
     AdmissionFairSharing,
     Decisions,
+    FlavorQuota,
     Node,
     PendingJob,
     Policy,
@@ -20,6 +21,7 @@ from stoker.sched import (
     Resources,
     RunningJob,
     Snapshot,
+    queue_positions,
     schedule,
 )
 from stoker.sched.usage import UsageTracker
@@ -184,3 +186,15 @@ def test_resources_weigh_as_configured() -> None:
     held_for(tracker, [gpu_heavy, cpu_heavy], 0.0, HOUR)
     scores = tracker.scores()
     assert scores[("q", "c")] > scores[("q", "g")] > 0
+
+
+def test_positions_put_usage_before_priority() -> None:
+    """queue_positions orders a queue as the cycle does under admission fair sharing: the
+    light tenant's job first although the heavy tenant's is older and of higher priority."""
+    pending = [PendingJob("heavy", "q", 5, 0.0, 1, Resources(1, 1, 0), tenant="h"),
+               PendingJob("light", "q", 0, 10.0, 1, Resources(1, 1, 0), tenant="l")]
+    snap = Snapshot(20.0, [Queue("q", (FlavorQuota("f", Resources(8, 8, 0)),))], [], [],
+                    pending, tenant_usage={("q", "h"): 100.0, ("q", "l"): 1.0})
+    assert queue_positions(snap, Policy()) == {"heavy": 1, "light": 2}
+    afs = Policy(admission_fair_sharing=AdmissionFairSharing())
+    assert queue_positions(snap, afs) == {"light": 1, "heavy": 2}

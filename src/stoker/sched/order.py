@@ -39,10 +39,16 @@ def queue_keys(pending: Sequence[PendingJob], policy: Policy, now: float) -> lis
 def queue_positions(snapshot: Snapshot, policy: Policy) -> dict[JobId, int]:
     """1-based position of each pending job in its queue, in the order the scheduler takes
     them (a job behind an earlier one that cannot start may still start first: BestEffortFIFO
-    lets it go ahead)."""
+    lets it go ahead). Under admission fair sharing, tenants' usage as the cycle starts: the
+    entry penalties of the cycle's own admissions are left out."""
     pending = snapshot.pending
+    keys = queue_keys(pending, policy, snapshot.now)
+    if policy.admission_fair_sharing is not None:  # usage before priority, as the cycle keys it
+        usage = snapshot.tenant_usage or {}
+        keys = [(u, (usage.get((job.queue, job.tenant), 0.0), -job.priority), v, c, seq)
+                for (u, _, v, c, seq), job in zip(keys, pending, strict=True)]
     by_queue: dict[str, list[QueueKey]] = {}
-    for key in queue_keys(pending, policy, snapshot.now):
+    for key in keys:
         by_queue.setdefault(pending[key[4]].queue, []).append(key)
     positions: dict[JobId, int] = {}
     for keys in by_queue.values():
