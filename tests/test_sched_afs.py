@@ -196,5 +196,5 @@ def test_positions_put_usage_before_priority() -> None:
     snap = Snapshot(20.0, [Queue("q", (FlavorQuota("f", Resources(8, 8, 0)),))], [], [],
                     pending, tenant_usage={("q", "h"): 100.0, ("q", "l"): 1.0})
     assert queue_positions(snap, Policy()) == {"heavy": 1, "light": 2}
-    afs = Policy(admission_fair_sharing=AdmissionFairSharing())
+    afs = Policy(admission_fair_sharing=AdmissionFairSharing(half_life=3600.0))
     assert queue_positions(snap, afs) == {"light": 1, "heavy": 2}
