@@ -11,6 +11,7 @@ from stoker.cli import (
     config_cmd,
     data_cmd,
     export_cmd,
+    health_cmd,
     jobs_cmd,
     plan_cmd,
     server_cmd,
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd):
+               sim_cmd, health_cmd):
     module.register(app)
 
 

@@ -97,6 +97,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, KeyedValueError
+from stoker.spec.health import HealthConfig
 from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, Seconds
 
 RESOURCES = ("gpus", "cpus", "memory")
@@ -340,6 +341,7 @@ class ClusterConfig(Section):
     tenants: dict[str, TenantConfig] = {}
     isolation: IsolationConfig = IsolationConfig()
     api: ApiConfig = ApiConfig()
+    health: HealthConfig = HealthConfig()
     store: StoreConfig = StoreConfig()
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig | None = None

@@ -1,0 +1,1 @@
+"""Node health: the probes, the check sets and test-only fault injection."""
