@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from stoker.control.executor import Executor, NotReserved
+from stoker.control.health_gate import PrestartGate
 from stoker.control.jobenv import FAULT_PREFIX
 from stoker.control.launch import (
     RUN,
@@ -114,6 +115,8 @@ class Reconciler:
         self._vanished: dict[tuple[int, int, int], str] = {}  # how, where the executor knows
         self._node_lost: dict[tuple[int, int], str] = {}  # attempts that lost a node: why
         self._wake = threading.Event()
+        self.prestart = (PrestartGate(cluster.health, jobs_dir / ".health", self.wake)
+                         if cluster.health.prestart else None)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -278,6 +281,9 @@ class Reconciler:
                                   ACTOR, {"placement": None, "queued_at": now},
                                   version=job.version)
             return
+        checked = self._prestart_checked(job, now)
+        if checked is None:
+            return
         in_use = devices_in_use(self.store.live_processes())
         ranks = assign_devices(nodes, job.placement["nodes"], per_rank(spec), in_use)
         attempt = job.attempt + 1
@@ -291,7 +297,7 @@ class Reconciler:
         # The intent is durable before any process exists: after a crash here, `recover`
         # finds a STARTING job without processes and kills whatever was started for it.
         starting = self.store.transition(
-            job.id, (A,), (S,), f"starting attempt {attempt}", ACTOR,
+            job.id, (A,), (S,), f"starting attempt {attempt}{checked}", ACTOR,
             {"attempt": attempt, "started_at": now, "exit_code": None}, version=job.version)
         if starting is None:
             return
@@ -317,6 +323,30 @@ class Reconciler:
         if faults and self.cluster.isolation.fault_injection:
             self.store.annotate(job.id, (S, R), "fault-injection",
                                 "the test-only fault hook (STOKER_FAULT) is active", ACTOR)
+
+    def _prestart_checked(self, job: JobRecord, now: float) -> str | None:
+        """"" when no pre-start checks are configured, a note when they passed on the job's
+        nodes, None while they run or when they failed: then the nodes to blame are cordoned
+        and the job goes back to the queue, to be placed elsewhere."""
+        if self.prestart is None:
+            return ""
+        assert job.placement is not None
+        verdict = self.prestart.verdict(job.id, job.attempt + 1, job.placement["nodes"])
+        if verdict is None:
+            return None
+        if verdict.passed:
+            seconds = max(r.duration_s for r in verdict.reports) + verdict.gang.duration_s
+            return f" (pre-start health checks passed in {seconds:.1f} s)"
+        bad = verdict.bad_nodes()
+        for node, why in bad.items():
+            self.store.set_cordon(node, True, f"health check failed before job {job.id}: {why}",
+                                  ACTOR)
+        wait = {} if bad else {"not_before": now + self.settings.backoff_base_s}
+        self.store.transition(job.id, (A,), (Q,),
+                              f"pre-start health check failed: {verdict.reason()}; requeued",
+                              ACTOR, {"placement": None, "queued_at": now, **wait},
+                              version=job.version)
+        return None
 
     # --- watching processes ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 import torch
@@ -21,36 +22,45 @@ GPU_BYTES = 256 << 20
 ROUNDS = 5
 TIMEOUT = timedelta(seconds=20)
 ERROR_CHARS = 160
+# What a rank sees when another rank of the collective died (gloo, NCCL).
+PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+             "Read error", "remote process exited", "NCCL communicator was aborted")
 
 
-def allreduce(config: HealthConfig, faults: Faults, ranks: int, use_gpu: bool = False
+def allreduce(config: HealthConfig, faults: Sequence[Faults], use_gpu: bool = False
               ) -> CheckResult:
-    """Bus bandwidth (GB/s) of the best of ROUNDS all-reduces over ``ranks`` processes."""
+    """Bus bandwidth (GB/s) of the best of ROUNDS all-reduces, one process per entry of
+    ``faults`` (the faults injected on that rank's node)."""
     start = time.perf_counter()
     limit = config.min_allreduce_gbps
+    ranks = len(faults)
+    failing = tuple(r for r, f in enumerate(faults) if f.has("fail_collective"))
     if ranks < 2:
         return CheckResult("allreduce", True, None, None, "GB/s", 0.0, "one rank: nothing to probe")
     result = mp.get_context("spawn").SimpleQueue()
     port = _free_port()
     try:
-        mp.start_processes(_rank, args=(ranks, port, use_gpu, faults.has("fail_collective"),
-                                        result), nprocs=ranks, start_method="spawn")
+        mp.start_processes(_rank, args=(ranks, port, use_gpu, failing, result), nprocs=ranks,
+                           start_method="spawn")
     except Exception:  # a rank raised: the probe failed, with every rank's error
+        errors = _errors(result)
+        detail = "; ".join(f"rank {r}: {text}" for r, text in errors) or "a rank died"
         return CheckResult("allreduce", False, None, limit, "GB/s",
-                           time.perf_counter() - start, f"{ranks} ranks: {_errors(result)}")
+                           time.perf_counter() - start, f"{ranks} ranks: {detail}",
+                           blamed_ranks=_blamed(errors))
     gbps = float(result.get()[1])
     return CheckResult("allreduce", gbps >= limit, gbps, limit, "GB/s",
                        time.perf_counter() - start, f"{ranks} ranks")
 
 
-def _rank(rank: int, world: int, port: int, use_gpu: bool, fail: bool,
+def _rank(rank: int, world: int, port: int, use_gpu: bool, failing: tuple[int, ...],
           result: mp.SimpleQueue) -> None:  # type: ignore[type-arg]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     backend = "nccl" if use_gpu else "gloo"
     device = torch.device("cuda", rank) if use_gpu else torch.device("cpu")
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT)
     try:
-        _measure(rank, world, device, use_gpu, fail, result)
+        _measure(rank, world, device, use_gpu, rank in failing, result)
     except Exception as e:
         result.put((rank, f"{type(e).__name__}: {str(e).strip()[:ERROR_CHARS]}"))
         raise
@@ -60,7 +70,7 @@ def _rank(rank: int, world: int, port: int, use_gpu: bool, fail: bool,
 
 def _measure(rank: int, world: int, device: torch.device, use_gpu: bool, fail: bool,
              result: mp.SimpleQueue) -> None:  # type: ignore[type-arg]
-    if fail and rank == world - 1:
+    if fail:
         raise RuntimeError("injected: the collective failed on this node's link")
     size = GPU_BYTES if use_gpu else CPU_BYTES
     tensor = torch.ones(size // 4, dtype=torch.float32, device=device)
@@ -78,12 +88,17 @@ def _measure(rank: int, world: int, device: torch.device, use_gpu: bool, fail: b
         result.put((0, size * 2 * (world - 1) / world / best / 1e9))
 
 
-def _errors(result: mp.SimpleQueue) -> str:  # type: ignore[type-arg]
+def _errors(result: mp.SimpleQueue) -> list[tuple[int, str]]:  # type: ignore[type-arg]
     """The ranks' errors, by rank: the one that failed first is usually not rank 0."""
     errors = []
     while not result.empty():
         errors.append(result.get())
-    return "; ".join(f"rank {rank}: {text}" for rank, text in sorted(errors)) or "a rank died"
+    return sorted(errors)
+
+
+def _blamed(errors: list[tuple[int, str]]) -> tuple[int, ...]:
+    """Ranks that failed on their own, not because a peer went away."""
+    return tuple(r for r, text in errors if not any(m in text for m in PEER_LOST))
 
 
 def _free_port() -> int:

@@ -1,7 +1,8 @@
 """Fault injection, for tests only: per-node switches that make a health probe fail as a bad
 node's would.
 
-``STOKER_FAULTS`` holds ``NODE:FAULT[=VALUE]`` entries separated by ``;`` (``*`` is every node):
+``STOKER_NODE_FAULTS`` holds ``NODE:FAULT[=VALUE]`` entries separated by ``;`` (``*``: every
+node):
 
 - ``slow_matmul=F`` — the matmul probe runs F times slower;
 - ``fail_collective`` — the all-reduce probe raises as a broken link would;
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from stoker.spec.errors import ConfigError
 
-ENV = "STOKER_FAULTS"
+ENV = "STOKER_NODE_FAULTS"
 KNOWN = ("slow_matmul", "fail_collective", "fill_disk", "hot_device")
 
 

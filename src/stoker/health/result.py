@@ -18,6 +18,7 @@ class CheckResult:
     unit: str
     duration_s: float
     detail: str = ""
+    blamed_ranks: tuple[int, ...] = ()  # a gang probe's ranks that failed on their own
 
     def line(self) -> str:
         verdict = "pass" if self.passed else "FAIL"

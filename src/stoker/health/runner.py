@@ -17,7 +17,8 @@ from stoker.spec.health import HealthConfig
 def run_checks(node: str, check_set: CheckSet, config: HealthConfig, ckpt_path: Path,
                gang_ranks: int = 1, gpus: int | None = None, cpus: float | None = None,
                faults_text: str | None = None) -> HealthReport:
-    """Run one set on this machine as node ``node``; ``gang_ranks`` ranks for the all-reduce."""
+    """Run one set on this machine as node ``node``; ``gang_ranks`` processes for the
+    all-reduce (0: none, the caller probes the gang's link itself)."""
     start = time.perf_counter()
     faults = faults_for(node, faults_text)
     use_gpu = torch.cuda.is_available()
@@ -26,6 +27,7 @@ def run_checks(node: str, check_set: CheckSet, config: HealthConfig, ckpt_path: 
     if check_set != "light":
         results += [probes.matmul(config, faults, device),
                     probes.disk_free(config, faults, ckpt_path),
-                    probes.disk_write(config, ckpt_path),
-                    collective.allreduce(config, faults, gang_ranks, use_gpu)]
+                    probes.disk_write(config, ckpt_path)]
+    if check_set != "light" and gang_ranks:
+        results.append(collective.allreduce(config, [faults] * gang_ranks, use_gpu))
     return HealthReport(node, check_set, tuple(results), time.perf_counter() - start)

@@ -2,6 +2,7 @@
 
 ```toml
 [health]
+prestart = false                # check an admitted gang's nodes before it starts (3-5 s on CPU)
 periodic_interval = "10m"       # the full set on idle nodes
 light_interval = "1m"           # device state only, on busy nodes
 passes_to_return = 3            # consecutive passes that bring a cordoned node back
@@ -30,6 +31,7 @@ CPU_MATMUL_TFLOPS = 0.01
 class HealthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    prestart: bool = False
     periodic_interval: Seconds = 600.0
     light_interval: Seconds = 60.0
     passes_to_return: int = Field(default=3, ge=1)
