@@ -59,6 +59,16 @@ def _missing(why: str) -> None:
     pytest.skip(f"Ray is missing: {why}")
 
 
+def _ray_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ray's session files go under the test's temp dir. Ray also writes the cluster's address
+    to its *default* temp dir (``$RAY_TMPDIR/ray``) whatever ``temp_dir`` says, and fails when
+    that directory does not exist, as on a fresh CI machine: point it at one that does."""
+    base = tmp_path_factory.mktemp("ray")
+    os.environ["RAY_TMPDIR"] = str(base)
+    (base / "ray").mkdir()
+    return base / "ray"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayTestCluster]:
     os.environ.update(ENV)  # read when Ray is imported
@@ -66,7 +76,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayTestClu
         import ray
     except ImportError as e:
         _missing(f"cannot import ray ({e}); pip install 'stoker[ray]'")
-    cluster = RayTestCluster(tmp_path_factory.mktemp("ray"))
+    cluster = RayTestCluster(_ray_temp_dir(tmp_path_factory))
     try:
         cluster.add("n0", "r0")
         cluster.add("n1", "r0")
