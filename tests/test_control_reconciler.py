@@ -21,7 +21,14 @@ from stoker.control.quotas import usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.snapshot import build_snapshot, job_spec
 from stoker.control.sql_store import SqlStore
-from stoker.control.store import JobRecord, NewJob, ProcessRecord, QuotaRecord
+from stoker.control.store import (
+    JobRecord,
+    NewJob,
+    ProcessRecord,
+    QuotaRecord,
+    SchedulerChanges,
+    UsageRecord,
+)
 from stoker.sched import Node, Resources
 from stoker.sched.config import build_queues
 from stoker.spec import loading
@@ -187,9 +194,11 @@ def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
     executor = LocalExecutor(tmp_path / "jobs")
     reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
                             executor.jobs_dir, ControlSettings(grace_period_s=1))
+    # Alice held queue a's 2 CPUs lately, as a previous server stored it.
+    store.save_scheduler(SchedulerChanges(usage=[UsageRecord("a", "alice", (0.0, 2.0, 0.0),
+                                                             (0.0, 0.0, 0.0), None)]))
     tracker = reconciler.tenant_usage
     assert tracker is not None
-    tracker.consumed[("a", "alice")] = [0.0, 2.0, 0.0]  # alice held queue a's 2 CPUs lately
     spec = command_spec("pass", ranks=2)  # each needs queue a's whole nominal quota
     older = store.submit(NewJob("alice", "t", "a", "", 0, spec), "alice")
     newer = store.submit(NewJob("bob", "t", "a", "", 0, spec), "bob")
