@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import Connection, event
 
 from stoker.control import tables as t
 from stoker.control.launch import assign_devices, devices_in_use, plan_launch
@@ -25,6 +26,7 @@ from stoker.control.sql_store import SqlStore
 from stoker.control.store import (
     JobRecord,
     NewJob,
+    NodeRecord,
     ProcessRecord,
     QuotaRecord,
     SchedulerChanges,
@@ -353,3 +355,32 @@ def test_a_restarted_reconciler_keeps_the_tenant_usage_and_decays_it_from_the_la
         assert (stored.usage[1], stored.sampled_at) == (pytest.approx(usage), 4660.0)
     finally:
         again.close()
+
+
+def test_a_cycle_that_changes_nothing_writes_nothing(store: SqlStore, cluster: ClusterConfig,
+                                                     tmp_path: Path) -> None:
+    """The waiting reasons are written when they change, not every cycle."""
+    writes: list[int] = []
+
+    def begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("stoker_write"):
+            writes.append(1)
+
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir)
+    store.sync_nodes([NodeRecord("local", "cpu")])
+    store.set_cordon("local", True, "test", "admin")
+    job = submit(store, command_spec("pass"))
+    event.listen(store.engine, "begin", begin)
+    try:
+        reconciler.step()
+        assert len(writes) == 1 and store.waiting()[job.id].code == "NodeUnhealthy"
+        for _ in range(3):
+            reconciler.step()
+        assert len(writes) == 1
+        store.set_cordon("local", False, "", "admin")
+        run_until(reconciler, job.id, {JobState.SUCCEEDED})
+        assert store.waiting() == {}
+    finally:
+        event.remove(store.engine, "begin", begin)
