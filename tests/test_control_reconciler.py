@@ -12,20 +12,31 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import Connection, event
 
 from stoker.control import tables as t
 from stoker.control.launch import assign_devices, devices_in_use, plan_launch
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes
+from stoker.control.plane import ControlPlane
 from stoker.control.quotas import usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.snapshot import build_snapshot, job_spec
 from stoker.control.sql_store import SqlStore
-from stoker.control.store import JobRecord, NewJob, ProcessRecord, QuotaRecord
+from stoker.control.store import (
+    JobRecord,
+    NewJob,
+    NodeRecord,
+    ProcessRecord,
+    QuotaRecord,
+    SchedulerChanges,
+    UsageRecord,
+)
 from stoker.sched import Node, Resources
 from stoker.sched.config import build_queues
+from stoker.server.process import kill_jobs
 from stoker.spec import loading
-from stoker.spec.api import JobState
+from stoker.spec.api import JobState, ServerSettings
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 
@@ -187,9 +198,11 @@ def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
     executor = LocalExecutor(tmp_path / "jobs")
     reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
                             executor.jobs_dir, ControlSettings(grace_period_s=1))
+    # Alice held queue a's 2 CPUs lately, as a previous server stored it.
+    store.save_scheduler(SchedulerChanges(usage=[UsageRecord("a", "alice", (0.0, 2.0, 0.0),
+                                                             (0.0, 0.0, 0.0), None)]))
     tracker = reconciler.tenant_usage
     assert tracker is not None
-    tracker.consumed[("a", "alice")] = [0.0, 2.0, 0.0]  # alice held queue a's 2 CPUs lately
     spec = command_spec("pass", ranks=2)  # each needs queue a's whole nominal quota
     older = store.submit(NewJob("alice", "t", "a", "", 0, spec), "alice")
     newer = store.submit(NewJob("bob", "t", "a", "", 0, spec), "bob")
@@ -227,3 +240,147 @@ def test_recover_requeues_an_interrupted_launch_and_kills_strays(
     executor.status(ProcessRecord(job.id, 1, 0, orphan.pid, orphan.create_time, "local", {},
                                   ""), orphan.exit_path)  # reap it
     assert executor.orphans() == []
+
+
+PREEMPTING = {
+    "priority_classes": {"low": 1, "high": 10},
+    "flavors": {"cpu": {}},
+    "autodetect": {"cpu_slots": 2, "cpu_flavor": "cpu"},
+    "queues": {"a": {"quotas": {"cpu": {"cpus": 2}},
+                     "preemption": {"within_queue": "LowerPriority"}}},
+}
+
+
+@pytest.fixture
+def reaped(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``; the processes of jobs under its ``jobs/`` are killed at the end."""
+    yield tmp_path
+    kill_jobs(tmp_path)
+
+
+def submit_class(store: SqlStore, code: str, ranks: int, priority_class: str) -> JobRecord:
+    spec = command_spec(code, ranks=ranks, priority_class=priority_class)
+    priority = PREEMPTING["priority_classes"][priority_class]  # type: ignore[index]
+    return store.submit(NewJob("alice", "t", "a", priority_class, priority, spec), "alice")
+
+
+def test_a_restarted_reconciler_keeps_its_nominations_and_another_plane_says_why_jobs_wait(
+        store: SqlStore, db_url: str, reaped: Path) -> None:
+    """A high-priority job preempts a running low one and is nominated; a new reconciler over
+    the same database (a restarted server) still has the nomination, and a plane whose
+    reconciler never ran (a standby's API) serves each queued job's reason with its numbers."""
+    cluster = loading.validate(ClusterConfig, PREEMPTING, "test")
+    nodes = cluster_nodes(cluster, models=[])
+    executor = LocalExecutor(reaped / "jobs")
+    first = Reconciler(store, executor, cluster, nodes, executor.jobs_dir,
+                       ControlSettings(grace_period_s=1))
+    low = submit_class(store, "import time; time.sleep(600)", 2, "low")
+    run_until(first, low.id, {R})
+    high = submit_class(store, "pass", 2, "high")
+    behind = submit_class(store, "pass", 1, "low")
+    decisions = first.step()
+    assert dict(decisions.nominated) == {high.id: (low.id,)}
+
+    restarted_store = SqlStore.open(db_url)
+    standby_store = SqlStore.open(db_url)
+    try:
+        second = Reconciler(restarted_store, LocalExecutor(reaped / "jobs"), cluster, nodes,
+                            executor.jobs_dir, ControlSettings(grace_period_s=1))
+        second.recover()
+        assert second.nominated == {high.id}
+        assert second.waiting == first.waiting
+
+        idle = Reconciler(standby_store, LocalExecutor(reaped / "jobs"), cluster, nodes,
+                          executor.jobs_dir)
+        standby = ControlPlane(ServerSettings(), cluster, standby_store, idle)
+        views = {v.id: v for v in standby.job_views(standby_store.list_jobs())}
+        assert idle.cycles == 0 and views[low.id].waiting is None
+        victims = views[high.id].waiting
+        assert victims is not None and victims.code == "WaitingForVictims", victims
+        quota = views[behind.id].waiting
+        assert quota is not None and quota.code == "WaitingForQuota", quota
+        assert (quota.flavor, quota.requested, quota.available) == (
+            "cpu", {"gpus": 0.0, "cpus": 1.0, "memory": 0.0}, {"cpus": 0.0})
+        assert views[high.id].queue_position == 1  # nominated: first, as the cycle orders it
+
+        done = run_until(second, high.id, {R, JobState.SUCCEEDED})
+        assert done.attempt == 1
+        assert restarted_store.nominations() == {}
+        view = standby.job_views([standby_store.get_job(low.id)])[0]  # type: ignore[list-item]
+        assert view.state == Q and view.waiting is not None  # requeued, waiting again
+        for job in (low, behind):
+            standby.cancel(job.id, "alice")
+        run_until(second, behind.id, {JobState.CANCELLED})
+        assert standby_store.waiting() == {}  # written away as the jobs stopped waiting
+    finally:
+        restarted_store.close()
+        standby_store.close()
+
+
+def test_a_restarted_reconciler_keeps_the_tenant_usage_and_decays_it_from_the_last_sample(
+        store: SqlStore, db_url: str, reaped: Path) -> None:
+    afs = {"enabled": True, "half_life": "1h", "sampling_interval": "1m",
+           "resource_weights": {"gpus": 0, "cpus": 1}}
+    cluster = loading.validate(ClusterConfig, {**CLUSTER, "admission_fair_sharing": afs}, "t")
+    nodes = cluster_nodes(cluster, models=[])
+    executor = LocalExecutor(reaped / "jobs")
+    now = [1000.0]
+    first = Reconciler(store, executor, cluster, nodes, executor.jobs_dir,
+                       ControlSettings(grace_period_s=1), clock=lambda: now[0])
+    job = submit(store, command_spec("import time; time.sleep(600)", ranks=2))
+    run_until(first, job.id, {R})  # admitted: an entry penalty; the clock starts
+    now[0] += 60
+    first.step()  # a sample: alice's 2 CPUs for a minute, the penalty folded in
+    tracker = first.tenant_usage
+    assert tracker is not None and tracker.last_sample == 1060.0
+    before = dict(tracker.consumed)
+    assert before[("a", "alice")][1] > 0 and tracker.penalties == {}
+    store.annotate(job.id, (R,), "cancel", "cancel", "alice", {"stop_reason": "cancel"})
+    run_until(first, job.id, {JobState.CANCELLED})  # at the same instant: no new sample
+    assert tracker.consumed == before
+
+    again = SqlStore.open(db_url)
+    try:
+        now[0] = 1060.0 + 3600  # restarted one half-life after the last sample
+        second = Reconciler(again, LocalExecutor(reaped / "jobs"), cluster, nodes,
+                            executor.jobs_dir, clock=lambda: now[0])
+        second.recover()
+        restored = second.tenant_usage
+        assert restored is not None
+        assert (restored.consumed, restored.last_sample) == (before, 1060.0)
+        second.step()  # nothing runs: the usage halves over the hour since the last sample
+        usage = restored.consumed[("a", "alice")][1]
+        assert usage == pytest.approx(before[("a", "alice")][1] / 2)
+        (stored,) = again.tenant_usage()
+        assert (stored.usage[1], stored.sampled_at) == (pytest.approx(usage), 4660.0)
+    finally:
+        again.close()
+
+
+def test_a_cycle_that_changes_nothing_writes_nothing(store: SqlStore, cluster: ClusterConfig,
+                                                     tmp_path: Path) -> None:
+    """The waiting reasons are written when they change, not every cycle."""
+    writes: list[int] = []
+
+    def begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("stoker_write"):
+            writes.append(1)
+
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir)
+    store.sync_nodes([NodeRecord("local", "cpu")])
+    store.set_cordon("local", True, "test", "admin")
+    job = submit(store, command_spec("pass"))
+    event.listen(store.engine, "begin", begin)
+    try:
+        reconciler.step()
+        assert len(writes) == 1 and store.waiting()[job.id].code == "NodeUnhealthy"
+        for _ in range(3):
+            reconciler.step()
+        assert len(writes) == 1
+        store.set_cordon("local", False, "", "admin")
+        run_until(reconciler, job.id, {JobState.SUCCEEDED})
+        assert store.waiting() == {}
+    finally:
+        event.remove(store.engine, "begin", begin)

@@ -14,12 +14,22 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect as sa_inspect
 
 from stoker.control.db import DatabaseError, alembic_config, make_engine, migrate
 from stoker.control.pg_local import free_port
 from stoker.control.sql_store import SqlStore
-from stoker.control.store import AuditRecord, DuplicateKey, NewJob, NodeRecord, QuotaRecord
+from stoker.control.store import (
+    AuditRecord,
+    DuplicateKey,
+    NewJob,
+    NodeRecord,
+    QuotaRecord,
+    SchedulerChanges,
+    UsageRecord,
+)
 from stoker.control.tables import Base
+from stoker.sched import Resources, Waiting
 from stoker.spec.api import JobState
 
 Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUNNING
@@ -149,7 +159,8 @@ def test_migrations_render_for_postgresql() -> None:
     cfg.output_buffer = io.StringIO()
     command.upgrade(cfg, "head", sql=True)
     ddl = cfg.output_buffer.getvalue()
-    for table in ("jobs", "events", "processes", "quota_overrides", "nodes", "audit"):
+    for table in ("jobs", "events", "processes", "quota_overrides", "nodes", "audit", "leader",
+                  "waiting", "nominations", "tenant_usage"):
         assert f"CREATE TABLE {table} (" in ddl
     assert "created_at DOUBLE PRECISION NOT NULL" in ddl and "spec JSON NOT NULL" in ddl
 
@@ -298,3 +309,73 @@ def test_ids_are_64_bit(store: SqlStore) -> None:
     job = store.submit(new_job(), "alice")
     assert job.id > 2**31 and store.events(job.id)[0].job_id == job.id
     assert store.get_job(job.id) == job
+
+
+QUOTA = Waiting("WaitingForQuota", "no room in queue alice's quota", "cpu", Resources(0, 3, 0),
+                Resources(0, 1, 2 ** 33), Resources(0, 0.5, 0), starving=True)
+
+
+def test_the_scheduler_state_is_saved_by_difference(store: SqlStore) -> None:
+    first, second = (store.submit(new_job(), "alice").id for _ in range(2))
+    never = Waiting("NeverFits", "never fits")
+    store.save_scheduler(SchedulerChanges(
+        waiting={first: QUOTA, second: never}, nominations={second: (first,)},
+        usage=[UsageRecord("alice", "alice", (1.0, 2.0, 3.0), (0.0, 0.5, 0.0), 10.0),
+               UsageRecord("alice", "bob", (0.0, 1.0, 0.0), (0.0, 0.0, 0.0), 10.0)]))
+    assert store.waiting() == {first: QUOTA, second: never}
+    assert store.waiting([second, 12345]) == {second: never}
+    assert store.nominations() == {second: (first,)}
+    assert [(u.tenant, u.usage, u.penalty, u.sampled_at) for u in store.tenant_usage()] == [
+        ("alice", (1.0, 2.0, 3.0), (0.0, 0.5, 0.0), 10.0), ("bob", (0.0, 1.0, 0.0), (0.0, 0.0, 0.0),
+                                                             10.0)]
+    # A second cycle: one reason changed, one job no longer waits, usage of bob decayed away;
+    # what it does not name stays as it was.
+    store.save_scheduler(SchedulerChanges(waiting={second: QUOTA}, not_waiting=[first],
+                                          usage_gone=[("alice", "bob")]))
+    assert store.waiting() == {second: QUOTA}
+    assert store.nominations() == {second: (first,)}
+    assert [u.tenant for u in store.tenant_usage()] == ["alice"]
+    store.save_scheduler(SchedulerChanges(nominations={}))
+    assert store.nominations() == {}
+    assert not SchedulerChanges()
+    store.save_scheduler(SchedulerChanges())  # nothing changed: nothing written
+    assert store.waiting() == {second: QUOTA}
+
+
+def test_many_waiting_jobs_are_saved_and_read_in_chunks(store: SqlStore) -> None:
+    ids = [store.submit(new_job(), "alice").id for _ in range(1201)]
+    store.save_scheduler(SchedulerChanges(waiting=dict.fromkeys(ids, QUOTA)))
+    assert len(store.waiting(ids)) == 1201 and len(store.waiting(ids[:700])) == 700
+    store.save_scheduler(SchedulerChanges(not_waiting=ids[1:]))
+    assert store.waiting() == {ids[0]: QUOTA}
+
+
+def test_upgrading_from_0004_adds_the_scheduler_state(db_url: str) -> None:
+    """A database made by the previous head revision, with a job in it, gets the new tables
+    and keeps its job, which can then wait and be nominated."""
+    engine = make_engine(db_url)
+    migrate(engine, "0004")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (tenant, name, queue, priority_class, priority, spec, state, "
+            "reason, created_at, updated_at, queued_at, attempt, restarts, not_before, "
+            "attained_s, version) VALUES ('alice', 'old', 'alice', '', 0, '{}', 'QUEUED', '', "
+            "1, 1, 1, 0, 0, 0, 0, 0)")
+        tables = set(sa_inspect(conn).get_table_names())
+    assert "waiting" not in tables and "tenant_usage" not in tables
+    engine.dispose()
+    store = SqlStore.open(db_url)
+    try:
+        (old,) = store.list_jobs()
+        assert store.waiting() == {} and store.nominations() == {}
+        assert store.tenant_usage() == []
+        store.save_scheduler(SchedulerChanges(
+            waiting={old.id: QUOTA}, nominations={old.id: ()},
+            usage=[UsageRecord("alice", "alice", (0.0, 1.0, 0.0), (0.0, 0.0, 0.0), None)]))
+        assert store.waiting() == {old.id: QUOTA} and store.nominations() == {old.id: ()}
+        with store.engine.connect() as conn:
+            version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert version == "0005" and diff == []
+    finally:
+        store.close()

@@ -195,6 +195,38 @@ def test_a_standby_takes_over_from_a_killed_leader_and_adopts_its_job(
     assert done["attempt"] == 1
 
 
+def test_a_standby_serves_why_a_job_waits(pg_url: str, servers: list[ServerProcess],
+                                         tmp_path: Path, config: Path) -> None:
+    """Why a job waits is in the store, so the standby's API says it (code and numbers),
+    though its reconciler never ran a cycle; a takeover keeps it until the job starts."""
+    leader = server(servers, tmp_path, config, pg_url, "a")
+    wait_for("the first server to lead", lambda: leader.health()["role"] == "leader")
+    standby = server(servers, tmp_path, config, pg_url, "b")
+    wait_for("the standby to see the leader", lambda: standby.health()["leader"])
+    with leader.client("alice-t") as c:
+        holders = [c.submit(job(f"holder-{i}"))["id"] for i in range(2)]  # queue alice's 2 CPUs
+    for holder in holders:
+        wait_state(leader, holder, {"RUNNING"})
+    with standby.client("alice-t") as c:
+        waiter = c.submit(job("waiter", "pass"))["id"]
+    why = wait_for("the standby to say why the job waits",
+                   lambda: state(standby, waiter)["waiting"])
+    assert standby.health()["role"] == "standby"
+    assert why["code"] == "WaitingForQuota" and why["flavor"] == "cpu", why
+    # The queue is full: the cycle did not reach it, and gave its numbers (no request).
+    assert why["available"] == {"cpus": 0.0} and why["borrowable"]["cpus"] == 0, why
+    assert state(standby, waiter)["queue_position"] == 1
+
+    leader.kill()
+    wait_for("the standby to lead", lambda: (h := standby.health())["role"] == "leader" and
+             h["first_cycle_at"])
+    assert state(standby, waiter)["waiting"] == why
+    for holder in holders:
+        work_file(tmp_path, holder, "release").touch()
+    assert wait_state(standby, waiter, {"SUCCEEDED", "FAILED"})["state"] == "SUCCEEDED"
+    assert state(standby, waiter)["waiting"] is None
+
+
 def test_a_leader_that_loses_its_lock_stops_and_its_writes_are_fenced(
         pg_url: str, tmp_path: Path) -> None:
     store = SqlStore.open(pg_url)

@@ -30,6 +30,7 @@ from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
+from stoker.control.sched_state import stored_scores
 from stoker.control.snapshot import build_snapshot, expected_ends, job_spec, per_rank
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
@@ -330,9 +331,11 @@ class ControlPlane:
     def job_views(self, jobs: Sequence[JobRecord]) -> list[JobView]:
         positions: dict[int, int] = {}
         starts: dict[int, float] = {}
-        if any(j.state == JobState.QUEUED for j in jobs):
+        waiting: dict[int, Waiting] = {}
+        queued = [j.id for j in jobs if j.state == JobState.QUEUED]
+        if queued:
             positions, starts = self._queue_order()
-        waiting = self.reconciler.waiting
+            waiting = self.store.waiting(queued)  # as the leader, wherever it runs, stored it
         return [job_view(j, positions.get(j.id), waiting.get(j.id), starts.get(j.id))
                 for j in jobs]
 
@@ -341,10 +344,12 @@ class ControlPlane:
         after the rest), and its estimated start (computed again after each cycle)."""
         now = time.time()
         records = self.store.list_jobs(states=(*ACTIVE, JobState.QUEUED))
+        policy = self.reconciler.policy
+        afs = policy.admission_fair_sharing
         snapshot = build_snapshot(now, self.reconciler.effective_cluster(),
                                   self.reconciler.current_nodes(), records, None,
-                                  self.reconciler.nominated)
-        policy = self.reconciler.policy
+                                  self.store.nominations(),
+                                  None if afs is None else stored_scores(self.store, afs))
         positions = {int(k): v for k, v in queue_positions(snapshot, policy).items()}
         counts = Counter(j.queue for j in snapshot.pending)
         backoff = sorted((j for j in records if j.state == JobState.QUEUED

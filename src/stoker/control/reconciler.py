@@ -4,7 +4,9 @@ Each cycle: watch the running jobs' processes (exits become transitions), carry 
 stops (SIGTERM, a grace period, SIGKILL), build a snapshot, call `stoker.sched.schedule`, apply
 its decisions (admit -> ADMITTED, preempt -> stop), and start the admitted jobs. Every state
 change is a store transition with its event; nothing lives only in memory, so after a crash
-`recover()` adopts the processes still running and the next cycle carries on.
+`recover()` adopts the processes still running and the next cycle carries on. What the
+scheduler keeps between cycles (why jobs wait, the nominated jobs, admission fair sharing's
+usage) is written to the store when it changes and read back by `recover()`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from stoker.control.launch import (
 )
 from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
+from stoker.control.sched_state import StoredState
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord, Store
@@ -99,11 +102,12 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         self.policy = build_policy(cluster)
-        # Admission fair sharing's usage is kept here, in memory: a restarted server (or a new
-        # leader) starts every tenant from zero usage.
+        # Kept in memory and, when it changes, in the store (`restore` reads it back).
         afs = self.policy.admission_fair_sharing
         self.tenant_usage = None if afs is None else UsageTracker(afs)
         self.waiting: dict[int, Waiting] = {}  # why each pending job waits, by the last cycle
+        self.stored = StoredState(store)
+        self._restored = False
         self.cycles = 0  # cycles run
         self.sched_cache = SchedulerCache()
         self.last = CycleStats()
@@ -144,8 +148,16 @@ class Reconciler:
         self._wake.wait(seconds)
         self._wake.clear()
 
+    def restore(self) -> None:
+        """Take the scheduler's state back from the store (as the last leader left it)."""
+        self._nominated = frozenset(self.stored.load(self.tenant_usage))
+        self.waiting = dict(self.stored.waiting)
+        self._restored = True
+
     def step(self) -> Decisions:
         started = time.perf_counter()
+        if not self._restored:
+            self.restore()
         now = self.clock()
         self.refresh_nodes(sync=True)
         for job in self._readable(self.store.list_jobs(states=(S, R)), now):
@@ -161,6 +173,7 @@ class Reconciler:
         self._apply(decisions, now, {j.id: j for j in snapshot.pending})
         for job in self.store.list_jobs(states=(A,)):
             self._launch(job, now)
+        self.stored.save(self.waiting, decisions.nominated, self.tenant_usage)
         self.cycles += 1
         self.last = CycleStats(time.perf_counter() - started, len(decisions.admit),
                                len(decisions.preempt), len(snapshot.pending),
@@ -539,7 +552,9 @@ class Reconciler:
 
     def recover(self) -> None:
         """Adopt the processes of active jobs that still run; requeue jobs whose launch was
-        cut short; kill every other process a previous incarnation left behind."""
+        cut short; kill every other process a previous incarnation left behind; take the
+        scheduler's state back from the store."""
+        self.restore()
         orphans = self.executor.orphans()
         known: set[tuple[int, int]] = set()  # the attempts adopted
         now = self.clock()

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, text, update
+from sqlalchemy import Engine, Row, delete, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,7 +34,10 @@ from stoker.control.store import (
     NodeRecord,
     ProcessRecord,
     QuotaRecord,
+    SchedulerChanges,
+    UsageRecord,
 )
+from stoker.sched import Resources, Waiting
 from stoker.spec.api import JobState
 
 # Columns a transition may change besides the state (the rest are set by the store itself).
@@ -44,6 +47,7 @@ MUTABLE = frozenset({
 })
 
 
+CHUNK = 500  # ids per IN (...): well below SQLite's and PostgreSQL's bound on parameters
 AUDIT_LOCK = 0x73746F6B65720002  # pg_advisory_xact_lock key: audit ids in commit order
 WAKE_CHANNEL = "stoker_wake"  # PostgreSQL NOTIFY: work for the leader (a submit, a cancel)
 Fence = Callable[[Session], None]
@@ -341,6 +345,89 @@ class SqlStore:
         query = select(t.Audit).where(t.Audit.id > after_id).order_by(t.Audit.id).limit(limit)
         with self._read() as s:
             return [AuditRecord(**_columns(row, AuditRecord)) for row in s.scalars(query)]
+
+    # --- the scheduler's state between cycles -----------------------------------------------
+
+    def waiting(self, job_ids: Collection[int] | None = None) -> dict[int, Waiting]:
+        with self._read() as s:
+            if job_ids is None:
+                rows = list(s.scalars(select(t.JobWaiting)))
+            else:
+                ids = sorted(set(job_ids))
+                rows = [row for part in _chunks(ids) for row in s.scalars(
+                    select(t.JobWaiting).where(t.JobWaiting.job_id.in_(part)))]
+            return {row.job_id: _waiting(row) for row in rows}
+
+    def nominations(self) -> dict[int, tuple[int, ...]]:
+        with self._read() as s:
+            return {row.job_id: tuple(row.victims)
+                    for row in s.scalars(select(t.Nomination).order_by(t.Nomination.job_id))}
+
+    def tenant_usage(self) -> list[UsageRecord]:
+        query = select(t.TenantUsage).order_by(t.TenantUsage.queue, t.TenantUsage.tenant)
+        with self._read() as s:
+            return [UsageRecord(row.queue, row.tenant, _triple(row.usage),
+                                _triple(row.penalty), row.sampled_at)
+                    for row in s.scalars(query)]
+
+    def save_scheduler(self, changes: SchedulerChanges) -> None:
+        if not changes:
+            return
+        now = self._clock()
+        with self._tx() as s:
+            self._save_waiting(s, changes, now)
+            if changes.nominations is not None:
+                s.execute(delete(t.Nomination))
+                s.add_all(t.Nomination(job_id=job, victims=list(victims), updated_at=now)
+                          for job, victims in changes.nominations.items())
+            self._save_usage(s, changes, now)
+
+    def _save_waiting(self, s: Session, changes: SchedulerChanges, now: float) -> None:
+        """Replace the changed rows: delete, then insert (no upsert race: the leader alone
+        writes, and a deposed one is fenced)."""
+        for part in _chunks(sorted({*changes.waiting, *changes.not_waiting})):
+            s.execute(delete(t.JobWaiting).where(t.JobWaiting.job_id.in_(part)))
+        s.add_all(_waiting_row(job, why, now) for job, why in changes.waiting.items())
+
+    def _save_usage(self, s: Session, changes: SchedulerChanges, now: float) -> None:
+        keys = sorted({*((u.queue, u.tenant) for u in changes.usage), *changes.usage_gone})
+        key = tuple_(t.TenantUsage.queue, t.TenantUsage.tenant)
+        for part in _chunks(keys):
+            s.execute(delete(t.TenantUsage).where(key.in_(part)))
+        s.add_all(t.TenantUsage(queue=u.queue, tenant=u.tenant, usage=list(u.usage),
+                                penalty=list(u.penalty), sampled_at=u.sampled_at,
+                                updated_at=now) for u in changes.usage)
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start:start + CHUNK]
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    a, b, c = values
+    return float(a), float(b), float(c)
+
+
+def _amounts(values: Resources | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def _resources(values: Sequence[float] | None) -> Resources | None:
+    return None if values is None else Resources(*_triple(values))
+
+
+def _waiting_row(job: int, why: Waiting, now: float) -> t.JobWaiting:
+    return t.JobWaiting(job_id=job, code=why.code, message=why.message, flavor=why.flavor,
+                        requested=_amounts(why.requested), available=_amounts(why.available),
+                        borrowable=_amounts(why.borrowable), starving=why.starving,
+                        updated_at=now)
+
+
+def _waiting(row: t.JobWaiting) -> Waiting:
+    return Waiting(row.code, row.message, row.flavor,  # type: ignore[arg-type]
+                   _resources(row.requested), _resources(row.available),
+                   _resources(row.borrowable), row.starving)
 
 
 def _audit_row(entry: AuditRecord) -> t.Audit:

@@ -1,5 +1,6 @@
-"""The store interface: jobs, their append-only event log, rank processes, quotas, nodes and
-the audit log of admin actions.
+"""The store interface: jobs, their append-only event log, rank processes, quotas, nodes, the
+audit log of admin actions, and the scheduler's state between cycles (why jobs wait, the
+nominated jobs, admission fair sharing's usage).
 
 Every job transition is one transaction together with its event. Implementations: `SqlStore`
 (SQLite by default, any SQLAlchemy URL such as PostgreSQL).
@@ -11,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stoker.sched import Waiting
 from stoker.spec.api import JobState
 from stoker.spec.errors import StokerError
 
@@ -123,6 +125,34 @@ class NodeRecord:
     updated_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class UsageRecord:
+    """Admission fair sharing's usage of one tenant in one queue: the decayed ``usage`` and
+    the entry ``penalty`` charged since the last sample, each (gpus, cpus, memory bytes), and
+    ``sampled_at``, the last sample (the usage decays from there)."""
+
+    queue: str
+    tenant: str
+    usage: tuple[float, float, float]
+    penalty: tuple[float, float, float]
+    sampled_at: float | None
+
+
+@dataclass(frozen=True)
+class SchedulerChanges:
+    """What one cycle changed in the scheduler's stored state: only that is written."""
+
+    waiting: Mapping[int, Waiting] = field(default_factory=dict)  # new or changed reasons
+    not_waiting: Collection[int] = ()  # jobs that no longer wait (or have no reason)
+    nominations: Mapping[int, tuple[int, ...]] | None = None  # all of them; None: unchanged
+    usage: Sequence[UsageRecord] = ()  # new or changed
+    usage_gone: Collection[tuple[str, str]] = ()  # (queue, tenant) whose usage decayed away
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting or self.not_waiting or self.nominations is not None
+                    or self.usage or self.usage_gone)
+
+
 class Store(Protocol):
     """Durable control-plane state. Methods are atomic; none keeps a transaction open."""
 
@@ -200,4 +230,20 @@ class Store(Protocol):
 
     def audit(self, after_id: int = 0, limit: int | None = None) -> list[AuditRecord]:
         """Audit entries in order, from after ``after_id``."""
+        ...
+
+    def waiting(self, job_ids: Collection[int] | None = None) -> dict[int, Waiting]:
+        """Why each job waits (of ``job_ids``, or all), as the leader's last cycle said."""
+        ...
+
+    def nominations(self) -> dict[int, tuple[int, ...]]:
+        """The jobs the leader's last cycle nominated, each with its victims."""
+        ...
+
+    def tenant_usage(self) -> list[UsageRecord]:
+        """Admission fair sharing's usage, by (queue, tenant)."""
+        ...
+
+    def save_scheduler(self, changes: SchedulerChanges) -> None:
+        """Apply a cycle's changes to the scheduler's state, in one transaction."""
         ...

@@ -147,3 +147,47 @@ class Leader(Base):
     server: Mapped[str] = mapped_column(String(256))
     url: Mapped[str] = mapped_column(Text)
     since: Mapped[float]
+
+
+class JobWaiting(Base):
+    """Why a queued job waits, as the leader's last cycle said (`stoker.sched.Waiting`), so
+    every server's API serves it. Written when it changes; removed when the job stops waiting.
+    Amounts are [gpus, cpus, memory]."""
+
+    __tablename__ = "waiting"
+
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("jobs.id"), primary_key=True)
+    code: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    flavor: Mapped[str | None] = mapped_column(String(128))
+    requested: Mapped[list[Any] | None] = mapped_column(JSON)
+    available: Mapped[list[Any] | None] = mapped_column(JSON)
+    borrowable: Mapped[list[Any] | None] = mapped_column(JSON)
+    starving: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float]
+
+
+class Nomination(Base):
+    """A queued job the leader's last cycle nominated: it waits for its victims (job ids) to
+    stop and goes first in the next cycle, whichever server runs it."""
+
+    __tablename__ = "nominations"
+
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("jobs.id"), primary_key=True)
+    victims: Mapped[list[Any]] = mapped_column(JSON)
+    updated_at: Mapped[float]
+
+
+class TenantUsage(Base):
+    """Admission fair sharing's decayed usage of one tenant in one queue (`UsageTracker`):
+    ``usage`` and the entry ``penalty`` charged since the last sample, each [gpus, cpus,
+    memory bytes], and ``sampled_at``, the tracker's last sample, from which it decays."""
+
+    __tablename__ = "tenant_usage"
+
+    queue: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    usage: Mapped[list[Any]] = mapped_column(JSON)
+    penalty: Mapped[list[Any]] = mapped_column(JSON)
+    sampled_at: Mapped[float | None]
+    updated_at: Mapped[float]
