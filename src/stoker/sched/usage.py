@@ -11,12 +11,13 @@ exponential moving average, ``usage = (1 - a) * usage + a * held`` with ``a = 1 
 half-life. An admission adds an *entry penalty* of ``penalty_factor * request`` at once (what
 one sample would add for it), so a tenant cannot have many jobs admitted between two samples on
 the strength of an old, low usage; the penalties are folded into the usage at the next sample.
-Usage is kept per resource (GPUs, CPUs, bytes of memory); `scores` weighs it into one number.
+Usage is kept per resource of the snapshot's space, in each resource's unit; `scores` weighs it
+into one number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from stoker.sched.types import AdmissionFairSharing, PendingJob, RunningJob, decay_weight
@@ -50,10 +51,12 @@ class UsageTracker:
         keep = 1.0 - alpha
         merged: dict[TenantKey, list[float]] = {}
         for key in self.consumed.keys() | held_now.keys() | self.penalties.keys():
-            old = self.consumed.get(key, _ZERO)
-            now = held_now.get(key, _ZERO)
-            penalty = self.penalties.get(key, _ZERO)
-            value = [keep * old[r] + alpha * now[r] + penalty[r] for r in range(3)]
+            old = self.consumed.get(key, ())
+            now = held_now.get(key, ())
+            penalty = self.penalties.get(key, ())
+            size = max(len(old), len(now), len(penalty))
+            value = [keep * _at(old, r) + alpha * _at(now, r) + _at(penalty, r)
+                     for r in range(size)]
             if any(v > _NEGLIGIBLE for v in value):
                 merged[key] = value
         self.consumed = merged
@@ -62,17 +65,18 @@ class UsageTracker:
     def admitted(self, job: PendingJob) -> None:
         """Charge an admission's entry penalty to its tenant until the next sample."""
         factor = self.config.penalty_factor
-        penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
-        for r in range(3):
-            penalty[r] += factor * job.per_rank[r] * job.ranks
+        penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0] * len(job.per_rank))
+        for r, amount in enumerate(job.per_rank):
+            penalty[r] += factor * amount * job.ranks
 
     def scores(self) -> dict[TenantKey, float]:
         """The weighted usage of each (queue, tenant), penalties included: what
         ``Snapshot.tenant_usage`` wants."""
         out: dict[TenantKey, float] = {}
         for key in self.consumed.keys() | self.penalties.keys():
-            total = [c + p for c, p in zip(self.consumed.get(key, _ZERO),
-                                           self.penalties.get(key, _ZERO), strict=True)]
+            consumed, penalties = self.consumed.get(key, ()), self.penalties.get(key, ())
+            total = [_at(consumed, r) + _at(penalties, r)
+                     for r in range(max(len(consumed), len(penalties)))]
             out[key] = self.config.score(total)
         return out
 
@@ -92,15 +96,18 @@ class UsageTracker:
 
 
 def held(running: Iterable[RunningJob]) -> dict[TenantKey, list[float]]:
-    """The GPUs, CPUs and memory each (queue, tenant) holds now."""
+    """What each (queue, tenant) holds now of each resource."""
     out: dict[TenantKey, list[float]] = {}
     for job in running:
-        amounts = out.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
+        amounts = out.setdefault((job.queue, job.tenant), [0.0] * len(job.per_rank))
         n = len(job.nodes)
-        for r in range(3):
-            amounts[r] += job.per_rank[r] * n
+        for r, amount in enumerate(job.per_rank):
+            amounts[r] += amount * n
     return out
 
 
-_ZERO = (0.0, 0.0, 0.0)
+def _at(values: Sequence[float], r: int) -> float:
+    return values[r] if r < len(values) else 0.0
+
+
 _NEGLIGIBLE = 1e-12  # a tenant whose usage has decayed below this is forgotten

@@ -284,7 +284,8 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
         msg = str(err["msg"])
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, KeyedValueError):
-            loc, msg = [*loc, *cause.key.split(".")], cause.reason
+            key = [cause.key] if cause.relative else cause.key.split(".")
+            loc, msg = [*loc, *key], cause.reason
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         detail.append({"loc": [printable(part) for part in loc], "msg": printable(msg),

@@ -80,6 +80,9 @@ def _to_config_error(e: ValidationError, model: type[BaseModel], source: str | N
     loc = [str(part) for part in err["loc"]]
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, KeyedValueError):
+        if cause.relative:  # after the model's location; a key with dots is quoted, as in TOML
+            where = ".".join([*loc, f'"{cause.key}"' if "." in cause.key else cause.key])
+            return ConfigError(source, where, cause.reason)
         return ConfigError(source, cause.key, cause.reason)
     key = ".".join(loc) or None
     if err["type"] == "extra_forbidden":
