@@ -17,6 +17,7 @@ from random import Random
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sched_helpers import res
 from stoker.sched import (
     GPU,
     UNLIMITED,
@@ -28,6 +29,7 @@ from stoker.sched import (
     Policy,
     Queue,
     Resources,
+    ResourceSpace,
     RunningJob,
     Snapshot,
     held,
@@ -35,7 +37,6 @@ from stoker.sched import (
 )
 from stoker.sched.cache import SchedulerCache
 from stoker.sched.nodes import Layout
-from sched_helpers import INF3, res
 
 FLAVORS = ("f0", "f1")
 TOPOLOGY = ("rack",)
@@ -43,28 +44,58 @@ TENANTS = ("", "a", "b")
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def limit(draw: st.DrawFn, top: int) -> Resources:
+# Every property below runs on four resources: GPUs and CPUs in thousandths, memory in bytes
+# and a vendor's resource in whole units; some queues split them in Kueue's resource groups.
+SPACE = ResourceSpace(("gpu", "cpu", "memory", "example.com/ib"))
+G, C, M, V = range(4)
+NO = UNLIMITED
+INF4 = (NO,) * 4
+
+
+def vec(gpu: int = 0, cpu: int = 0, memory: int = 0, ib: int = 0) -> Resources:
+    return (gpu, cpu, memory, ib)
+
+
+def limit(draw: st.DrawFn, top: int, unit: int = 1000) -> int:
     value = draw(st.one_of(st.none(), st.integers(0, top)))
-    return INF3 if value is None else res(value, UNLIMITED, UNLIMITED)
+    return NO if value is None else value * unit
+
+
+def flavor_quota(draw: st.DrawFn, flavor: str, covered: Sequence[int], cohort: str | None
+                 ) -> FlavorQuota:
+    """A quota of the ``covered`` resources (the others unlimited)."""
+    tops = {G: (16, 1000), C: (24, 500), V: (6, 1)}  # (most, unit): CPUs in half CPUs
+    nominal, borrow, lend = [NO] * 4, [NO] * 4, [NO] * 4
+    for r in covered:
+        top, unit = tops[r]
+        nominal[r] = draw(st.integers(0, top)) * unit
+        if cohort:
+            borrow[r] = limit(draw, top // 2, unit)
+            lend[r] = limit(draw, nominal[r] // unit, unit)
+    return FlavorQuota(flavor, tuple(nominal), tuple(borrow) if cohort else None,
+                       tuple(lend) if cohort else None)
 
 
 @st.composite
 def clusters(draw: st.DrawFn) -> tuple[list[Node], list[Queue]]:
     flavors = FLAVORS[: draw(st.integers(1, 2))]
-    nodes = [Node(f"{f}-n{i}", f, res(draw(st.sampled_from([2, 4, 8])),
-                                            draw(st.integers(2, 16)), UNLIMITED), (f"r{i % 2}",),
+    nodes = [Node(f"{f}-n{i}", f, vec(draw(st.sampled_from([2, 4, 8])) * 1000,
+                                      draw(st.integers(4, 32)) * 500, NO,
+                                      draw(st.sampled_from([0, 2, 4]))), (f"r{i % 2}",),
                   schedulable=draw(st.booleans()) or i == 0)
              for f in flavors for i in range(draw(st.integers(1, 5)))]
     queues = []
     for q in range(draw(st.integers(1, 4))):
         cohort = draw(st.sampled_from([None, "c0", "c1"]))
-        quotas = []
-        for f in draw(st.permutations(flavors)):
-            nominal = draw(st.integers(0, 16))
-            quotas.append(FlavorQuota(
-                f, res(nominal, UNLIMITED, UNLIMITED),
-                borrowing_limit=limit(draw, 6) if cohort else INF3,
-                lending_limit=limit(draw, nominal) if cohort else INF3))
+        order = draw(st.permutations(flavors))
+        if draw(st.booleans()):  # one group: each flavor limits GPUs, maybe CPUs and the vendor's
+            covered = [G] + [r for r in (C, V) if draw(st.booleans())]
+            quotas = [flavor_quota(draw, f, covered, cohort) for f in order]
+            groups: tuple[tuple[str, ...], ...] = ()
+        else:  # Kueue's groups: CPUs under "shared" (no node has it), GPUs + IB per node kind
+            quotas = [flavor_quota(draw, "shared", [C], cohort)]
+            quotas += [flavor_quota(draw, f, [G, V], cohort) for f in order]
+            groups = (("shared",), tuple(order))
         queues.append(Queue(
             f"q{q}", tuple(quotas), cohort=cohort,
             strategy=draw(st.sampled_from(["StrictFIFO", "BestEffortFIFO"])),
@@ -72,7 +103,7 @@ def clusters(draw: st.DrawFn) -> tuple[list[Node], list[Queue]]:
                                                "LowerOrNewerEqualPriority"])),
             reclaim_within_cohort=draw(st.sampled_from(["Never", "LowerPriority", "Any"])),
             borrow_within_cohort=draw(st.sampled_from(["Never", "LowerPriority"])),
-            fair_weight=draw(st.sampled_from([0.5, 1.0, 2.0]))))
+            fair_weight=draw(st.sampled_from([0.5, 1.0, 2.0])), groups=groups))
     return nodes, queues
 
 
@@ -85,7 +116,8 @@ def jobs(draw: st.DrawFn, queues: Sequence[Queue], prefix: str, t0: float
         out.append(PendingJob(
             f"{prefix}{i}", draw(st.sampled_from([q.name for q in queues])),
             draw(st.integers(0, 3)), t0 + draw(st.integers(0, 50)), draw(st.integers(1, 4)),
-            res(draw(st.sampled_from([0.5, 1, 2, 4])), draw(st.integers(0, 2)), 0),
+            vec(draw(st.sampled_from([500, 1000, 2000, 4000])),
+                draw(st.sampled_from([0, 500, 1000, 2000])), 0, draw(st.sampled_from([0, 0, 1]))),
             flavors=draw(st.sampled_from([None, ("f0",), ("f1",)])), topology=topology,
             topology_required=draw(st.booleans()) if topology else False,
             attained_service=draw(st.sampled_from([0.0, 5000.0])),
@@ -108,7 +140,7 @@ World = tuple[Snapshot, Policy, Snapshot]  # (the snapshot checked, its policy, 
 def worlds(draw: st.DrawFn) -> World:
     nodes, queues = draw(clusters())
     first = draw(jobs(queues, "r", 0.0))
-    empty = Snapshot(0.0, queues, nodes, [], first, topology=TOPOLOGY)
+    empty = Snapshot(0.0, queues, nodes, [], first, topology=TOPOLOGY, resources=SPACE)
     warmup = schedule(empty, Policy(preemption=False))
     by_id = {j.id: j for j in first}
     running = [RunningJob(a.job, a.queue, draw(st.integers(0, 3)), a.flavor, a.nodes,
@@ -119,18 +151,35 @@ def worlds(draw: st.DrawFn) -> World:
     pending = draw(jobs(queues, "p", 50.0))
     usage = {(q.name, t): draw(st.sampled_from([0.0, 1.0, 4.0])) for q in queues for t in TENANTS}
     return (Snapshot(100.0, queues, nodes, running, pending, topology=TOPOLOGY,
-                     tenant_usage=usage), draw(policies), empty)
+                     tenant_usage=usage, resources=SPACE), draw(policies), empty)
 
 
-def usage(snap: Snapshot, d: Decisions) -> dict[tuple[str, str], int]:
-    """Thousandths of a GPU in use per (queue, flavor) once the decisions apply (victims still
-    run)."""
+def charged_to(queue: Queue, flavor: str) -> list[tuple[str, list[int]]]:
+    """Where a job of ``queue`` on ``flavor``'s nodes is charged: (flavor, its resources).
+    One group: all to ``flavor``. Several: ``flavor`` in its group, each other group's first
+    flavor for that group's resources (those its quota limits)."""
+    if not queue.groups:
+        return [(flavor, list(range(len(SPACE))))]
+    quotas = {fq.flavor: fq for fq in queue.quotas}
+    out = []
+    for group in queue.groups:
+        name = flavor if flavor in group else group[0]
+        out.append((name, [r for r, v in enumerate(quotas[name].nominal) if v < UNLIMITED]))
+    return out
+
+
+def usage(snap: Snapshot, d: Decisions) -> dict[tuple[str, str], list[int]]:
+    """What is in use per (queue, flavor charged) and resource once the decisions apply (the
+    victims still run)."""
     pending = {j.id: j for j in snap.pending}
-    used: dict[tuple[str, str], int] = defaultdict(int)
-    for r in snap.running:
-        used[(r.queue, r.flavor)] += r.per_rank[GPU] * len(r.nodes)
-    for a in d.admit:
-        used[(a.queue, a.flavor)] += pending[a.job].per_rank[GPU] * len(a.nodes)
+    queues = {q.name: q for q in snap.queues}
+    used: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(SPACE))
+    held = [(r.queue, r.flavor, r.per_rank, len(r.nodes)) for r in snap.running]
+    held += [(a.queue, a.flavor, pending[a.job].per_rank, len(a.nodes)) for a in d.admit]
+    for queue, flavor, per_rank, ranks in held:
+        for name, resources in charged_to(queues[queue], flavor):
+            for r in resources:
+                used[(queue, name)][r] += per_rank[r] * ranks
     return used
 
 
@@ -217,28 +266,33 @@ def test_never_over_node_capacity(world: World) -> None:
 @SETTINGS
 @given(worlds())
 def test_quota_limits_held(world: World) -> None:
+    """Every resource of every (queue, flavor) stays within nominal + borrowing limit, and the
+    cohort's lending limits hold, resource by resource, resource groups included."""
     snap, policy, _ = world
     d = schedule(snap, policy)
     used = usage(snap, d)
-    cohorts: dict[str, list[tuple[Queue, FlavorQuota]]] = defaultdict(list)
+    cohorts: dict[tuple[str, str, int], list[tuple[str, FlavorQuota]]] = defaultdict(list)
     for q in snap.queues:
         for fq in q.quotas:
-            u = used[(q.name, fq.flavor)]
-            borrow = (fq.borrowing_limit or INF3)[GPU]
-            if q.cohort is None:
-                assert u <= fq.nominal[GPU]  # no cohort: nominal only
-            else:
-                assert u <= fq.nominal[GPU] + borrow
-                cohorts[f"{q.cohort}/{fq.flavor}"].append((q, fq))
-    for members in cohorts.values():
+            for r in range(len(SPACE)):
+                if fq.nominal[r] >= UNLIMITED:
+                    continue
+                u = used[(q.name, fq.flavor)][r]
+                borrow = (fq.borrowing_limit or INF4)[r]
+                if q.cohort is None:
+                    assert u <= fq.nominal[r], (q.name, fq.flavor, r)  # no cohort: nominal
+                else:
+                    assert u <= fq.nominal[r] + borrow, (q.name, fq.flavor, r)
+                    cohorts[(q.cohort, fq.flavor, r)].append((q.name, fq))
+    for (_, _, r), members in cohorts.items():
         # Lending limits: what the cohort's queues use beyond the quota each keeps for itself
         # never exceeds what they lend; so every queue can always get its guaranteed part.
         lent = beyond = 0
-        for q, fq in members:
-            lend = (fq.lending_limit or INF3)[GPU]
-            kept = max(0, fq.nominal[GPU] - lend) if lend < UNLIMITED else 0
-            lent += fq.nominal[GPU] - kept
-            beyond += max(0, used[(q.name, fq.flavor)] - kept)
+        for name, fq in members:
+            lend = (fq.lending_limit or INF4)[r]
+            kept = max(0, fq.nominal[r] - lend) if lend < UNLIMITED else 0
+            lent += fq.nominal[r] - kept
+            beyond += max(0, used[(name, fq.flavor)][r] - kept)
         assert beyond <= lent
 
 
