@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sched_helpers import res
 from stoker.control import tables as t
 from stoker.control.launch import assign_devices, devices_in_use, plan_launch
 from stoker.control.local_executor import LocalExecutor
@@ -22,8 +23,7 @@ from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.snapshot import build_snapshot, job_spec
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import JobRecord, NewJob, ProcessRecord, QuotaRecord
-from stoker.sched import Node, Resources
-from stoker.sched.config import build_queues
+from stoker.sched import Node
 from stoker.spec import loading
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
@@ -86,7 +86,7 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     ready = submit(store, spec)
     backing_off = submit(store, spec)
     store.annotate(backing_off.id, (Q,), "x", "x", "t", {"not_before": 1e12})
-    nodes = [Node("local", "cpu", Resources(0, 2, 1e9))]
+    nodes = [Node("local", "cpu", res(0, 2, 1e9))]
     snap = build_snapshot(100.0, cluster, nodes, store.list_jobs(), {running.id: 7.0})
     assert [p.id for p in snap.pending] == [ready.id]
     assert not snap.pending[0].nominated
@@ -95,10 +95,10 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     (r,) = snap.running
     assert (r.id, r.nodes, r.progress, r.preempting) == (running.id, ("local", "local"), 7.0,
                                                          True)
-    assert r.per_rank == Resources(0, 1, 0)
-    rows = usage(build_queues(cluster), snap.running)
+    assert r.per_rank == res(0, 1, 0)
+    rows = usage(snap)
     assert [(u.queue, u.resource, u.used, u.borrowed) for u in rows] == [
-        ("a", "cpus", 2.0, 0.0), ("b", "cpus", 0.0, 0.0)]
+        ("a", "cpu", 2.0, 0.0), ("b", "cpu", 0.0, 0.0)]
 
 
 def test_quota_overrides_apply_or_fail_whole(cluster: ClusterConfig) -> None:
@@ -112,19 +112,19 @@ def test_quota_overrides_apply_or_fail_whole(cluster: ClusterConfig) -> None:
 
 
 def test_devices_are_not_shared_between_jobs() -> None:
-    nodes = {"n": Node("n", "g", Resources(4, 8, 1e9))}
-    first = assign_devices(nodes, ["n", "n"], Resources(1, 2, 0), {})
+    nodes = {"n": Node("n", "g", res(4, 8, 1e9))}
+    first = assign_devices(nodes, ["n", "n"], res(1, 2, 0), {})
     assert [(r.gpus, r.cpu_slots) for r in first] == [((0,), (0, 1)), ((1,), (2, 3))]
     in_use = {"n": {"gpus": [0, 1], "cpus": [0, 1, 2, 3]}}
-    second = assign_devices(nodes, ["n"], Resources(2, 1, 0), in_use)
+    second = assign_devices(nodes, ["n"], res(2, 1, 0), in_use)
     assert [(r.gpus, r.cpu_slots) for r in second] == [((2, 3), (4,))]
     records = [ProcessRecord(1, 1, 0, 1, 0.0, "n", {"n": {"gpus": [3], "cpus": [5]}}, "")]
     assert devices_in_use(records) == {"n": {"gpus": [3], "cpus": [5]}}
 
 
 def test_plans_for_command_and_training_jobs(store: SqlStore, tmp_path: Path) -> None:
-    nodes = {"n": Node("n", "cpu", Resources(0, 4, 1e9))}
-    ranks = assign_devices(nodes, ["n", "n"], Resources(0, 1, 0), {})
+    nodes = {"n": Node("n", "cpu", res(0, 4, 1e9))}
+    ranks = assign_devices(nodes, ["n", "n"], res(0, 1, 0), {})
     cmd = submit(store, command_spec("pass", ranks=2, env={"FOO": "1"}))
     plan = plan_launch(cmd, job_spec(cmd), 1, tmp_path, ranks)
     assert [p.env["RANK"] for p in plan.processes] == ["0", "1"]
@@ -152,8 +152,8 @@ def test_processes_are_pinned_and_get_no_tokens(store: SqlStore, tmp_path: Path)
         code = ("import os; print(sorted(os.sched_getaffinity(0)), "
                 "os.environ.get('SECRET_TOKEN'), repr(os.environ['CUDA_VISIBLE_DEVICES']))")
         job = submit(store, command_spec(code))
-        nodes = {"n": Node("n", "cpu", Resources(0, 2, 1e9))}
-        ranks = assign_devices(nodes, ["n"], Resources(0, 1, 0), {"n": {"cpus": [0]}})
+        nodes = {"n": Node("n", "cpu", res(0, 2, 1e9))}
+        ranks = assign_devices(nodes, ["n"], res(0, 1, 0), {"n": {"cpus": [0]}})
         plan = plan_launch(job, job_spec(job), 1, executor.jobs_dir, ranks)
         (record,) = executor.launch(plan)
         exit_path = plan.processes[0].exit_path

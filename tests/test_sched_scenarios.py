@@ -30,6 +30,7 @@ from stoker.sched import (
     schedule,
 )
 
+
 def gpus(n: float) -> Resources:
     """A quota or limit of ``n`` GPUs (CPUs and memory unlimited)."""
     return res(n, UNLIMITED, UNLIMITED)

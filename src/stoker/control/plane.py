@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -471,8 +471,14 @@ def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | Non
 
 
 def waiting_view(why: Waiting, space: ResourceSpace = DEFAULT_SPACE) -> WaitingView:
+    """The numbers of gpu, cpu and memory, and of every other resource one of them has (so
+    a resource the job asks for shows, with 0 left of it); unlimited amounts left out."""
+    given = [v for v in (why.requested, why.available, why.borrowable) if v is not None]
+    shown = {i for i in range(len(space))
+             if i < 3 or any(0 < v[i] < UNLIMITED for v in given)}
+
     def amounts(r: Resources | None) -> dict[str, float] | None:
-        return None if r is None else _amounts(space, r, zeros=True)
+        return None if r is None else _amounts(space, r, shown)
 
     return WaitingView(code=why.code, message=why.message, inadmissible=why.inadmissible,
                        starving=why.starving, flavor=why.flavor,
@@ -485,12 +491,12 @@ def event_view(e: EventRecord) -> EventView:
                      to_state=e.to_state, reason=e.reason, actor=e.actor)
 
 
-def _amounts(space: ResourceSpace, values: Sequence[int], zeros: bool = False
+def _amounts(space: ResourceSpace, values: Sequence[int], shown: Collection[int] = range(3)
              ) -> dict[str, float]:
     """Amounts by resource name, as written (GPUs, CPUs, bytes, units); unlimited ones left
-    out, and zeros too but for gpu, cpu and memory (or every zero, with ``zeros``)."""
+    out, and zeros too but for the resources ``shown`` (gpu, cpu and memory)."""
     return {name: float(written(name, v)) for i, (name, v) in enumerate(
-        zip(space.names, values, strict=True)) if v < UNLIMITED and (v or zeros or i < 3)}
+        zip(space.names, values, strict=True)) if v < UNLIMITED and (v or i in shown)}
 
 
 def written_amounts(amounts: dict[str, int]) -> dict[str, float]:

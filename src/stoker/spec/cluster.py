@@ -640,8 +640,9 @@ class ClusterConfig(Section):
         known = self.resource_names()
         for name in job.resources.amounts():
             if name not in known:
-                raise ConfigError(source, f"resources.{job.resources.key_of(name)}",
-                                  f"this cluster has no {name} (its resources: "
+                key = job.resources.key_of(name)
+                where = f'resources."{key}"' if "." in key else f"resources.{key}"
+                raise ConfigError(source, where, f"this cluster has no {name} (its resources: "
                                   f"{', '.join(known)})")
         allowed = self.flavors_for_model(job.placement.gpu_model)
         if allowed is not None and not set(allowed) & set(self.queues[job.queue].flavor_quotas()):

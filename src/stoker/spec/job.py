@@ -33,12 +33,21 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from stoker.spec import loading
 from stoker.spec.errors import KeyedValueError
-from stoker.spec.resources import ALIASES, CPU, GPU, MEMORY, canonical, parse_amount
+from stoker.spec.resources import ALIASES, CPU, GPU, MEMORY, canonical, parse_amount, written
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -96,7 +105,8 @@ class Section(BaseModel):
 # Any named resource beside the declared keys: a number or a quantity string.
 _NAMED: JsonDict = {
     "additionalProperties": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
-    "propertyNames": {"anyOf": [{"enum": ["gpu", "cpu", "ephemeral-storage"]},
+    "propertyNames": {"anyOf": [{"enum": ["gpu", "cpu", "memory", "ephemeral-storage", "gpus",
+                                          "cpus"]},
                                 {"pattern": "^[a-z0-9][-a-z0-9.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"}]},
 }
 
@@ -142,6 +152,16 @@ class ResourceAmounts(Section):
     def key_of(self, name: str) -> str:
         """The key resource ``name`` was given under (``gpus`` or ``gpu``)."""
         return self._keys.get(name, name)
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Written back by canonical name (``gpu``, not ``gpus``), as amounts of the resource
+        (2 GPUs, 0.5 CPU, bytes): however it was spelt, one request dumps one way."""
+        data: dict[str, Any] = handler(self)
+        for key in ("gpus", "cpus", "memory", *(self.__pydantic_extra__ or {})):
+            data.pop(key, None)
+        data.update({name: written(name, v) for name, v in self.amounts().items()})
+        return data
 
     def _suggestion(self, key: str) -> str:
         close = difflib.get_close_matches(key, [*type(self).model_fields, GPU, CPU], n=1)
