@@ -31,7 +31,7 @@ Placement = list[tuple[int, int]]  # (node index, ranks on it)
 def ranks_fitting(free: Sequence[int], per_rank: Sequence[int]) -> int:
     """How many ranks of ``per_rank`` fit in ``free``."""
     k = MANY
-    for f, p in zip(free, per_rank, strict=True):
+    for f, p in zip(free, per_rank, strict=False):  # (as long: strict costs in this loop)
         if p > 0:
             n = f // p
             if n < k:
@@ -55,9 +55,14 @@ class Pool:
     nodes), whose capacity for a given rank shape is computed once and then kept up to date node
     by node as capacity is charged: a gang spanning nodes then looks at groups, not at every
     node.
+
+    In a cycle's copy, a charged node's bucket and group capacities are brought up to date only
+    when they are next read (`flush`): a victim search gives a node capacity and takes it back
+    many times, and what cancels out then costs nothing.
     """
 
-    __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total", "unit")
+    __slots__ = ("buckets", "cache", "dirty", "free", "group_of", "groups", "keys", "primary",
+                 "total", "unit")
 
     def __init__(self, primary: int, size: int, unit: int = 1) -> None:
         self.primary = primary
@@ -67,6 +72,32 @@ class Pool:
         self.total: Vec = [0] * size
         self.groups: dict[Group, list[int]] = {}
         self.cache: dict[tuple[int, ...], dict[Group, int]] = {}  # per rank shape
+        # A cycle's copy: nodes charged since the buckets and group capacities were last right,
+        # with what they had free then; and the cycle's free vectors and node groups.
+        self.dirty: dict[int, Vec] = {}
+        self.free: list[Vec] = []
+        self.group_of: list[Group] = []
+
+    def flush(self) -> None:
+        """Bring the buckets and group capacities of the nodes charged since up to date."""
+        dirty = self.dirty
+        if not dirty:
+            return
+        free, primary = self.free, self.primary
+        for i, was in dirty.items():
+            f = free[i]
+            old, new = self.key(was[primary]), self.key(f[primary])
+            if new != old:
+                self.move(i, old, new)
+            if self.cache:
+                g = self.group_of[i]
+                for shape, caps in self.cache.items():
+                    n = caps.get(g, 0) + ranks_fitting(f, shape) - ranks_fitting(was, shape)
+                    if n:
+                        caps[g] = n
+                    else:
+                        caps.pop(g, None)
+        dirty.clear()
 
     def key(self, amount: int) -> int:
         """The bucket of a node with ``amount`` of the primary resource free."""
@@ -108,6 +139,7 @@ class Pool:
     def max_free(self) -> int:
         """An upper bound of the free primary resource on any one node (as loose as a bucket:
         what the next bucket starts at)."""
+        self.flush()
         return (self.keys[-1] + 1) * self.unit if self.keys else 0
 
     def best_node(self, need: Sequence[int], free: list[Vec]) -> int | None:
@@ -237,9 +269,11 @@ class Nodes:
         self.group = static.group
         self.prefixes = static.prefixes
         self._base = free.copy()
-        self.free: list[Vec] = free.copy()  # a vector is replaced when charged, never changed
+        self.free: list[Vec] = free.copy()  # copy-on-write: a vector is copied when charged
         self._kept = pools
         self.pools = {flavor: pool.copy() for flavor, pool in pools.items()}
+        for pool in self.pools.values():
+            pool.free, pool.group_of = self.free, static.group
         self._pool_of = static.pool_of
         self._changed: list[int] = []  # nodes charged this cycle
 
@@ -249,26 +283,25 @@ class Nodes:
 
     def charge(self, i: int, per_rank: Sequence[int], count: int) -> None:
         """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
-        was = self.free[i]
-        if was is self._base[i]:
+        f = was = self.free[i]
+        if f is self._base[i]:  # the base vector never changes: it serves as `dirty`'s copy
+            f = self.free[i] = f.copy()
             self._changed.append(i)
-        f = self.free[i] = [a - p * count for a, p in zip(was, per_rank, strict=True)]
-        pool = self.pool_of(i)
-        if pool is None:
+        flavor = self._pool_of[i]
+        if flavor is None:
+            for r, p in enumerate(per_rank):
+                if p:
+                    f[r] -= p * count
             return
-        pool.total = [a - p * count for a, p in zip(pool.total, per_rank, strict=True)]
-        if pool.cache:
-            g = self.group[i]
-            for shape, caps in pool.cache.items():
-                n = caps.get(g, 0) + ranks_fitting(f, shape) - ranks_fitting(was, shape)
-                if n:
-                    caps[g] = n
-                else:
-                    caps.pop(g, None)
-        r = pool.primary
-        old, new = pool.key(was[r]), pool.key(f[r])
-        if new != old:
-            pool.move(i, old, new)
+        pool = self.pools[flavor]
+        if i not in pool.dirty:
+            pool.dirty[i] = was if was is not f else f.copy()
+        t = pool.total
+        for r, p in enumerate(per_rank):
+            if p:
+                d = p * count
+                f[r] -= d
+                t[r] -= d
 
     def take(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[int]) -> None:
         for i, count in placement:
@@ -290,6 +323,7 @@ class Nodes:
         pool = self.pools.get(flavor)
         if pool is None:
             return None
+        pool.flush()
         need = times(per_rank, ranks)
         if any(map(lt, pool.total, need)):
             return None

@@ -12,6 +12,11 @@ parent cohort). As in Kueue's resource nodes:
 - ``available`` is the unused guaranteed quota plus what the parent has available, capped by the
   borrowing limit.
 
+A queue's quota that leaves a resource out (UNLIMITED) does not limit it, and lends none of it:
+such an account keeps its whole (unlimited) subtree as guaranteed, so it never counts as quota
+its cohort could lend to others (Kueue: a resource a ClusterQueue does not cover adds nothing to
+its cohort). A cohort owns none of a resource its own quota leaves out.
+
 Amounts are lists of integers indexed by resource (the snapshot's `ResourceSpace`: 0 gpu, 1 cpu,
 2 memory, then the others), so sums and comparisons are exact.
 
@@ -219,7 +224,10 @@ def _finish(node: Account) -> None:
     for r in range(len(node.nominal)):
         total = node.nominal[r] + sum(c.subtree[r] - c.guaranteed[r] for c in node.children)
         node.subtree[r] = total
-        node.guaranteed[r] = max(0, total - node.lend[r]) if node.lend[r] < UNLIMITED else 0
+        if node.nominal[r] >= UNLIMITED:  # not limited, and nothing of it to lend
+            node.guaranteed[r] = total
+        else:
+            node.guaranteed[r] = max(0, total - node.lend[r]) if node.lend[r] < UNLIMITED else 0
 
 
 class QuotaTree:
@@ -292,7 +300,8 @@ class QuotaTree:
         if key not in self.cohorts:
             parent = self._cohort(self.cohort_parent.get(name), flavor, seen | {name})
             quota = self.cohort_quota.get(name, {}).get(flavor)
-            self.cohorts[key] = Account(name, quota, parent, self.size)
+            account = self.cohorts[key] = Account(name, quota, parent, self.size)
+            account.nominal = [0 if v >= UNLIMITED else v for v in account.nominal]
         return self.cohorts[key]
 
     def root_of(self, cohort: str | None) -> str | None:
