@@ -162,7 +162,7 @@ class _Cycle:
         (`stoker.sched.order`)."""
         pending = self.snap.pending
         keyed: dict[str, list[QueueKey]] = {name: [] for name in self.queues}
-        shapes: dict[str, list[Resources]] = {name: [] for name in self.queues}
+        shapes: dict[str, set[Resources]] = {name: set() for name in self.queues}
         for key in queue_keys(pending, self.policy, self.now):
             job = pending[key[4]]
             keys = keyed.get(job.queue)
@@ -170,7 +170,7 @@ class _Cycle:
                 self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
             keys.append(key)
-            shapes[job.queue].append(job.per_rank)
+            shapes[job.queue].add(job.per_rank)
         for name, keys in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
@@ -178,7 +178,7 @@ class _Cycle:
             qs = self.queues[name]
             qs.waiting = keys
             if keys:
-                per_rank = shapes[name]
+                per_rank = list(shapes[name])  # the distinct rank shapes
                 qs.least = tuple(map(min, *per_rank)) if len(per_rank) > 1 else per_rank[0]
                 qs.most = tuple(map(max, *per_rank)) if len(per_rank) > 1 else per_rank[0]
 

@@ -57,12 +57,13 @@ class Pool:
     node.
 
     In a cycle's copy, a charged node's bucket and group capacities are brought up to date only
-    when they are next read (`flush`): a victim search gives a node capacity and takes it back
-    many times, and what cancels out then costs nothing.
+    when they are next read (`flush_buckets`, `flush_caps`): a victim search gives a node
+    capacity and takes it back many times, what cancels out then costs nothing, and group
+    capacities are only read for gangs.
     """
 
-    __slots__ = ("buckets", "cache", "dirty", "free", "group_of", "groups", "keys", "primary",
-                 "total", "unit")
+    __slots__ = ("buckets", "cache", "dirty", "free", "group_of", "groups", "keys", "moved",
+                 "primary", "total", "unit")
 
     def __init__(self, primary: int, size: int, unit: int = 1) -> None:
         self.primary = primary
@@ -72,32 +73,40 @@ class Pool:
         self.total: Vec = [0] * size
         self.groups: dict[Group, list[int]] = {}
         self.cache: dict[tuple[int, ...], dict[Group, int]] = {}  # per rank shape
-        # A cycle's copy: nodes charged since the buckets and group capacities were last right,
-        # with what they had free then; and the cycle's free vectors and node groups.
+        # A cycle's copy: nodes charged since their bucket was last right, with that bucket;
+        # nodes charged since the group capacities were last right, with what they had free
+        # then; and the cycle's free vectors and node groups.
+        self.moved: dict[int, int] = {}
         self.dirty: dict[int, Vec] = {}
         self.free: list[Vec] = []
         self.group_of: list[Group] = []
 
-    def flush(self) -> None:
-        """Bring the buckets and group capacities of the nodes charged since up to date."""
-        dirty = self.dirty
-        if not dirty:
+    def flush_buckets(self) -> None:
+        """Put the nodes charged since in their buckets."""
+        if not self.moved:
             return
         free, primary = self.free, self.primary
-        for i, was in dirty.items():
-            f = free[i]
-            old, new = self.key(was[primary]), self.key(f[primary])
+        for i, old in self.moved.items():
+            new = self.key(free[i][primary])
             if new != old:
                 self.move(i, old, new)
-            if self.cache:
-                g = self.group_of[i]
-                for shape, caps in self.cache.items():
-                    n = caps.get(g, 0) + ranks_fitting(f, shape) - ranks_fitting(was, shape)
-                    if n:
-                        caps[g] = n
-                    else:
-                        caps.pop(g, None)
-        dirty.clear()
+        self.moved.clear()
+
+    def flush_caps(self) -> None:
+        """Bring the group capacities up to date with the nodes charged since."""
+        if not self.dirty:
+            return
+        free = self.free
+        for i, was in self.dirty.items():
+            f = free[i]
+            g = self.group_of[i]
+            for shape, caps in self.cache.items():
+                n = caps.get(g, 0) + ranks_fitting(f, shape) - ranks_fitting(was, shape)
+                if n:
+                    caps[g] = n
+                else:
+                    caps.pop(g, None)
+        self.dirty.clear()
 
     def key(self, amount: int) -> int:
         """The bucket of a node with ``amount`` of the primary resource free."""
@@ -139,7 +148,7 @@ class Pool:
     def max_free(self) -> int:
         """An upper bound of the free primary resource on any one node (as loose as a bucket:
         what the next bucket starts at)."""
-        self.flush()
+        self.flush_buckets()
         return (self.keys[-1] + 1) * self.unit if self.keys else 0
 
     def best_node(self, need: Sequence[int], free: list[Vec]) -> int | None:
@@ -294,7 +303,9 @@ class Nodes:
                     f[r] -= p * count
             return
         pool = self.pools[flavor]
-        if i not in pool.dirty:
+        if i not in pool.moved:
+            pool.moved[i] = pool.key(was[pool.primary])
+        if pool.cache and i not in pool.dirty:
             pool.dirty[i] = was if was is not f else f.copy()
         t = pool.total
         for r, p in enumerate(per_rank):
@@ -323,7 +334,7 @@ class Nodes:
         pool = self.pools.get(flavor)
         if pool is None:
             return None
-        pool.flush()
+        pool.flush_buckets()
         need = times(per_rank, ranks)
         if any(map(lt, pool.total, need)):
             return None
@@ -332,6 +343,7 @@ class Nodes:
             return [(one, ranks)]
         if ranks == 1 or (required and level == self.depth) or pool.rank_bound(per_rank) < ranks:
             return None
+        pool.flush_caps()
         caps = pool.cache.get(tuple(per_rank))
         if caps is None:
             changed = [i for i in self._changed if self._pool_of[i] == flavor]
