@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from itertools import compress, islice, repeat
+from itertools import compress, islice
 from itertools import count as counting
-from operator import is_not, mul, sub
+from operator import is_not, sub
 
 from stoker.sched.nodes import Layout, Placement, Pool, Vec, ranks_fitting
 from stoker.sched.types import Resources, RunningJob
@@ -211,7 +211,7 @@ def _difference(old: list[RunningJob], new: Sequence[RunningJob]
 
 def _plus(v: Sequence[int], amount: Resources, times: int) -> Vec:
     """``v + times * amount``, as a new list."""
-    return [a + b for a, b in zip(v, map(mul, amount, repeat(times)), strict=True)]
+    return [a + p * times for a, p in zip(v, amount, strict=True)]
 
 
 def _hold(job: RunningJob) -> tuple[object, ...]:

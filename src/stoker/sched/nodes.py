@@ -115,14 +115,18 @@ class Pool:
         """The bucket of a node with ``amount`` of the primary resource free."""
         return MANY if amount >= UNLIMITED // 2 else amount // self.unit
 
-    def copy(self) -> Pool:
-        """A copy to charge in one cycle (the groups are shared: they never change)."""
-        pool = Pool(self.primary, len(self.total), self.unit)
+    def copy(self, free: list[Vec] | None = None, group_of: list[Group] | None = None) -> Pool:
+        """A copy to charge in one cycle, on the cycle's ``free`` vectors (the groups are
+        shared: they never change)."""
+        pool = Pool.__new__(Pool)
+        pool.primary, pool.unit, pool.groups = self.primary, self.unit, self.groups
         pool.buckets = {k: bucket.copy() for k, bucket in self.buckets.items()}
         pool.keys = self.keys.copy()
         pool.total = self.total.copy()
-        pool.groups = self.groups
         pool.cache = {shape: caps.copy() for shape, caps in self.cache.items()}
+        pool.moved, pool.dirty = {}, {}
+        pool.free = free if free is not None else []
+        pool.group_of = group_of if group_of is not None else []
         return pool
 
     def insert(self, i: int, free: Vec, group: Group) -> None:
@@ -283,9 +287,7 @@ class Nodes:
         self._base = free.copy()
         self.free: list[Vec] = free.copy()  # copy-on-write: a vector is copied when charged
         self._kept = pools
-        self.pools = {flavor: pool.copy() for flavor, pool in pools.items()}
-        for pool in self.pools.values():
-            pool.free, pool.group_of = self.free, static.group
+        self.pools = {flavor: pool.copy(self.free, static.group) for flavor, pool in pools.items()}
         self._pool_of = static.pool_of
         self._changed: list[int] = []  # nodes charged this cycle
 

@@ -245,6 +245,7 @@ class QuotaTree:
         self.own: dict[str, dict[str, Account]] = {}
         self.weights: dict[str, float] = {}
         self._lendable_cache: dict[str, Vec] = {}
+        self._shared_cache: dict[str, list[int]] = {}
         for queue in queues:
             self.weights[queue.name] = queue.fair_weight
             self.own[queue.name] = {
@@ -339,8 +340,9 @@ class QuotaTree:
             path: list[float] = []
             node: Account | None = account.parent
             lendable = self._lendable(account.name)
+            shared = self._shared(account.name)
             while node is not None and node.parent is not None:
-                path.append(self._weighted(self._cohort_accounts(node.name), lendable,
+                path.append(self._weighted(self._cohort_accounts(node.name), lendable, shared,
                                            self.cohort_weight.get(node.name, 1.0)))
                 node = node.parent
             path.reverse()
@@ -358,9 +360,7 @@ class QuotaTree:
         lendable = self._lendable(account.name)
         owners = account.owners if isinstance(account, Combined) else None
         worst = 0.0
-        for r in range(self.size):
-            if lendable[r] >= UNLIMITED // 2:
-                continue  # not limited anywhere in the tree: no share of it to speak of
+        for r in self._shared(account.name):
             charged = account if owners is None else owners[r]
             borrowed = 0
             for a in accounts:
@@ -369,18 +369,19 @@ class QuotaTree:
                     over += extra[r]
                 if over > 0:
                     borrowed += over
-            if borrowed > 0 and lendable[r] > 0:
+            if borrowed > 0:
                 worst = max(worst, borrowed / lendable[r])
         weight = self.weights[account.name]
         if worst == 0.0:
             return 0.0
         return worst / weight if weight > 0 else float("inf")
 
-    def _weighted(self, accounts: Sequence[Account], lendable: Vec, weight: float) -> float:
+    def _weighted(self, accounts: Sequence[Account], lendable: Vec, shared: Sequence[int],
+                  weight: float) -> float:
         worst = 0.0
-        for r in range(self.size):
+        for r in shared:
             borrowed = sum(max(0, a.usage[r] - a.subtree[r]) for a in accounts)
-            if borrowed > 0 and lendable[r] > 0:
+            if borrowed > 0:
                 worst = max(worst, borrowed / lendable[r])
         if worst == 0.0:
             return 0.0
@@ -397,6 +398,16 @@ class QuotaTree:
                     cached[r] += top.subtree[r]
             self._lendable_cache[queue] = cached
         return cached
+
+    def _shared(self, queue: str) -> list[int]:
+        """The resources a share of ``queue`` is taken of: those its trees hold some of, and
+        limit (a resource no one limits has no share to speak of)."""
+        shared = self._shared_cache.get(queue)
+        if shared is None:
+            lendable = self._lendable(queue)
+            shared = self._shared_cache[queue] = [r for r, v in enumerate(lendable)
+                                                  if 0 < v < UNLIMITED // 2]
+        return shared
 
     def _cohort_accounts(self, name: str) -> list[Account]:
         return [a for (cohort, _), a in self.cohorts.items() if cohort == name]

@@ -364,10 +364,15 @@ class AdmissionFairSharing:
     sampling_interval: float = 300.0
     weights: tuple[float, ...] = GPUS_ONLY
     units: tuple[int, ...] = (1000,)  # what one weighed unit is of each resource's amounts
+    # (resource, weight, unit) of each resource that weighs something
+    _terms: tuple[tuple[int, float, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.half_life > 0 or self.sampling_interval < 0:
             raise ValueError("half_life must be > 0 and sampling_interval >= 0")
+        terms = tuple((r, w, u) for r, (w, u) in enumerate(zip(self.weights, self.units,
+                                                               strict=False)) if w)
+        object.__setattr__(self, "_terms", terms)
 
     @property
     def penalty_factor(self) -> float:
@@ -376,10 +381,10 @@ class AdmissionFairSharing:
     def score(self, amounts: Sequence[float]) -> float:
         """The weighted sum of an amount of each resource."""
         total = 0.0
-        for w, unit, a in zip(self.weights, self.units, amounts, strict=False):
-            if w:
-                total += w * (a / unit)
+        for r, w, unit in self._terms:
+            total += w * (amounts[r] / unit)
         return total
+
 
 
 @dataclass(frozen=True, slots=True)

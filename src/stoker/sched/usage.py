@@ -50,13 +50,13 @@ class UsageTracker:
     def _sample(self, alpha: float, held_now: Mapping[TenantKey, list[float]]) -> None:
         keep = 1.0 - alpha
         merged: dict[TenantKey, list[float]] = {}
+        size = _size(self.consumed, held_now, self.penalties)
+        zero = [0.0] * size
         for key in self.consumed.keys() | held_now.keys() | self.penalties.keys():
-            old = self.consumed.get(key, ())
-            now = held_now.get(key, ())
-            penalty = self.penalties.get(key, ())
-            size = max(len(old), len(now), len(penalty))
-            value = [keep * _at(old, r) + alpha * _at(now, r) + _at(penalty, r)
-                     for r in range(size)]
+            old = _pad(self.consumed.get(key, zero), size)
+            now = _pad(held_now.get(key, zero), size)
+            penalty = _pad(self.penalties.get(key, zero), size)
+            value = [keep * a + alpha * b + c for a, b, c in zip(old, now, penalty, strict=True)]
             if any(v > _NEGLIGIBLE for v in value):
                 merged[key] = value
         self.consumed = merged
@@ -73,10 +73,12 @@ class UsageTracker:
         """The weighted usage of each (queue, tenant), penalties included: what
         ``Snapshot.tenant_usage`` wants."""
         out: dict[TenantKey, float] = {}
+        size = _size(self.consumed, self.penalties)
+        zero = [0.0] * size
         for key in self.consumed.keys() | self.penalties.keys():
-            consumed, penalties = self.consumed.get(key, ()), self.penalties.get(key, ())
-            total = [_at(consumed, r) + _at(penalties, r)
-                     for r in range(max(len(consumed), len(penalties)))]
+            consumed = _pad(self.consumed.get(key, zero), size)
+            penalties = _pad(self.penalties.get(key, zero), size)
+            total = [a + b for a, b in zip(consumed, penalties, strict=True)]
             out[key] = self.config.score(total)
         return out
 
@@ -99,15 +101,24 @@ def held(running: Iterable[RunningJob]) -> dict[TenantKey, list[float]]:
     """What each (queue, tenant) holds now of each resource."""
     out: dict[TenantKey, list[float]] = {}
     for job in running:
-        amounts = out.setdefault((job.queue, job.tenant), [0.0] * len(job.per_rank))
+        key = (job.queue, job.tenant)
         n = len(job.nodes)
-        for r, amount in enumerate(job.per_rank):
-            amounts[r] += amount * n
+        amounts = out.get(key)
+        if amounts is None:
+            out[key] = [float(a * n) for a in job.per_rank]
+        else:
+            out[key] = [a + b * n for a, b in zip(amounts, job.per_rank, strict=True)]
     return out
 
 
-def _at(values: Sequence[float], r: int) -> float:
-    return values[r] if r < len(values) else 0.0
+def _size(*kept: Mapping[TenantKey, Sequence[float]]) -> int:
+    """How many resources the vectors kept have (all alike, but after a change of resources)."""
+    return max((max(map(len, d.values()), default=0) for d in kept), default=0)
+
+
+def _pad(values: Sequence[float], size: int) -> Sequence[float]:
+    """``values`` with zeros up to ``size``."""
+    return values if len(values) == size else [*values, *[0.0] * (size - len(values))]
 
 
 _NEGLIGIBLE = 1e-12  # a tenant whose usage has decayed below this is forgotten

@@ -160,8 +160,12 @@ class ResourceAmounts(Section):
         data: dict[str, Any] = handler(self)
         for key in ("gpus", "cpus", "memory", *(self.__pydantic_extra__ or {})):
             data.pop(key, None)
-        data.update({name: written(name, v) for name, v in self.amounts().items()})
+        data.update({name: written(name, v) for name, v in self.written_amounts().items()})
         return data
+
+    def written_amounts(self) -> dict[str, int]:
+        """What is written back: every amount given, zeros included."""
+        return self._amounts
 
     def _suggestion(self, key: str) -> str:
         close = difflib.get_close_matches(key, [*type(self).model_fields, GPU, CPU], n=1)
@@ -188,11 +192,12 @@ class RankResources(ResourceAmounts):
 
     def amounts(self) -> dict[str, int]:
         """The request by canonical resource name, in each resource's unit, zeros left out."""
+        return {name: v for name, v in self.written_amounts().items() if v}
+
+    def written_amounts(self) -> dict[str, int]:
+        """Every amount given, zeros included, and the default of 1 CPU."""
         given = self._amounts
-        out = {name: v for name, v in given.items() if v}
-        if CPU not in given:
-            out[CPU] = 1000
-        return out
+        return given if CPU in given else {**given, CPU: 1000}
 
     @property
     def gpu_count(self) -> float:
