@@ -105,9 +105,12 @@ def held(running: Iterable[RunningJob]) -> dict[TenantKey, list[float]]:
         n = len(job.nodes)
         amounts = out.get(key)
         if amounts is None:
-            out[key] = [float(a * n) for a in job.per_rank]
-        else:
-            out[key] = [a + b * n for a, b in zip(amounts, job.per_rank, strict=True)]
+            amounts = out[key] = [0.0] * len(job.per_rank)
+        r = 0
+        for a in job.per_rank:
+            if a:
+                amounts[r] += a * n
+            r += 1  # noqa: SIM113 (faster than enumerate here)
     return out
 
 
