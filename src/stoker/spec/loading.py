@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,11 +31,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into (["a", "b"], value). Values are TOML literals, else strings."""
+    """Split ``a.b=value`` into (["a", "b"], value). Values are TOML literals, else strings.
+    A quoted part keeps its dots, as in TOML: ``nodes.0."example.com/gpu"=2``."""
     if "=" not in text:
         raise ConfigError("--set", text, "expected section.key=value")
     dotted, raw = text.split("=", 1)
-    keys = [k.strip() for k in dotted.strip().split(".")]
+    keys = [k.strip().strip('"') for k in re.findall(r'\s*"[^"]*"\s*|[^.]+', dotted.strip())]
     if not all(keys):
         raise ConfigError("--set", dotted, "empty key")
     try:
