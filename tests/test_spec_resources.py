@@ -255,7 +255,7 @@ def test_a_job_asking_a_resource_the_cluster_lacks_is_refused(tmp_path: Path) ->
     with pytest.raises(ConfigError) as info:
         cfg.check_job(spec, "job.toml")
     assert info.value.key == 'resources."example.com/tpu"' and "example.com/ib" in str(info.value)
-    cfg.check_job(job(cpus=1, **{"ephemeral-storage": "1Gi"}))  # the old keys name the same resources
+    cfg.check_job(job(cpus=1, **{"ephemeral-storage": "1Gi"}))  # old keys: the same resources
 
 
 def test_a_pending_job_is_a_vector_over_the_cluster_resources(tmp_path: Path) -> None:
