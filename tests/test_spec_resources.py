@@ -267,3 +267,25 @@ def test_a_pending_job_is_a_vector_over_the_cluster_resources(tmp_path: Path) ->
 def test_old_cluster_files_still_load() -> None:
     cfg = load_cluster(Path(__file__).resolve().parents[1] / "examples" / "cluster.toml")
     assert cfg.resource_names()[:3] == ("gpu", "cpu", "memory")
+
+
+RESOURCES_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "resources"
+
+
+def test_the_resources_example_places_every_job() -> None:
+    """examples/resources: GPUs under resource groups, a vendor's accelerator, a CPU-only
+    queue in thousandths: every example job is accepted and placed on its kind of node."""
+    from stoker.sched import Snapshot, schedule
+    from stoker.sched.config import build_cohorts, build_policy
+
+    cfg = load_cluster(RESOURCES_EXAMPLE / "cluster.toml")
+    jobs = [load_job(path) for path in sorted((RESOURCES_EXAMPLE / "jobs").glob("*.toml"))]
+    for spec in jobs:
+        cfg.check_job(spec)
+    snap = Snapshot(0.0, build_queues(cfg), build_nodes(cfg), [],
+                    [pending_job(cfg, spec, spec.name, 0.0) for spec in jobs],
+                    build_cohorts(cfg), cfg.topology, resources=resource_space(cfg))
+    d = schedule(snap, build_policy(cfg))
+    assert not d.waiting
+    assert {a.job: a.flavor for a in d.admit} == {"train": "h100", "serve": "neuron",
+                                                  "etl": "cpu"}
