@@ -464,6 +464,9 @@ class _Cycle:
         return cands
 
     def _placement_of(self, job: RunningJob) -> Placement:
+        kept = self.held.jobs.get(id(job))  # what its hold was computed with, if it is held
+        if kept is not None and kept[0] is job:
+            return kept[1]
         counts: dict[int, int] = {}
         for name in job.nodes:
             i = self.nodes.index.get(name)
