@@ -179,6 +179,24 @@ def test_reconciler_runs_a_gang_to_success(store: SqlStore, cluster: ClusterConf
     assert logs == ["rank-0.log", "rank-1.log"]
 
 
+def test_a_queued_job_whose_resource_left_the_config_fails(store: SqlStore,
+                                                           cluster: ClusterConfig,
+                                                           tmp_path: Path) -> None:
+    """Submitted when the cluster had example.com/accel; the config no longer names it: the
+    job fails with the reason instead of breaking the cycle, and the others still run."""
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir, ControlSettings(grace_period_s=1))
+    gone = submit(store, command_spec("pass", **{"resources": {"cpu": "500m",
+                                                               "example.com/accel": 1}}))
+    fine = submit(store, command_spec("pass", **{"resources": {"cpu": "500m"}}))
+    assert build_snapshot(0.0, cluster, reconciler.nodes, store.list_jobs()).pending[0].id == \
+        fine.id  # the view skips it meanwhile
+    failed = run_until(reconciler, gone.id, {JobState.FAILED, JobState.SUCCEEDED})
+    assert failed.state == JobState.FAILED and "example.com/accel" in failed.reason
+    assert run_until(reconciler, fine.id, {JobState.SUCCEEDED}).state == JobState.SUCCEEDED
+
+
 def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
         store: SqlStore, tmp_path: Path) -> None:
     afs = {"enabled": True, "half_life": "1h", "sampling_interval": "1m",

@@ -90,6 +90,8 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
             running.append(running_job(cluster, record, spec,
                                        progress.get(record.id, now - since)))
         elif record.state == JobState.QUEUED and record.not_before <= now:
+            if unknown_resources(cluster, spec):
+                continue  # the cluster no longer has what it asks for: the reconciler fails it
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
             pending.append(pending_job(cluster, spec, record.id, record.queued_at,
