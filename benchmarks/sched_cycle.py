@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from stoker.sched import (
+    GPU,
     UNLIMITED,
     AdmissionFairSharing,
     Decisions,
@@ -50,12 +51,22 @@ TOPOLOGY = ("zone", "block", "rack")
 SIZES = [1, 1, 2, 4, 4, 8, 8, 16, 32]
 
 
+def gpus_cpus_memory(gpus: float, cpus: float, memory: int) -> Resources:
+    """GPUs and CPUs (counted in thousandths) and bytes of memory."""
+    return (round(gpus * 1000), round(cpus * 1000), memory)
+
+
+def gpus_only(gpus: float) -> Resources:
+    """A quota of GPUs alone (CPUs and memory unlimited)."""
+    return (round(gpus * 1000), UNLIMITED, UNLIMITED)
+
+
 def make_nodes(n: int) -> list[Node]:
     nodes = []
     for i in range(n):
         zone, block, rack = i // 250, (i // 50) % 5, (i // 5) % 10
         flavor = "h100" if i < n * 6 // 10 else "a100"
-        nodes.append(Node(f"node-{i}", flavor, Resources(8, 96, 1024 * 2**30),
+        nodes.append(Node(f"node-{i}", flavor, gpus_cpus_memory(8, 96, 1024 * 2**30),
                           (f"z{zone}", f"b{block}", f"r{rack}")))
     return nodes
 
@@ -64,12 +75,10 @@ def make_queues(n_nodes: int, n_queues: int = 50, n_cohorts: int = 5) -> list[Qu
     per_queue = {"h100": n_nodes * 6 // 10 * 8 / n_queues, "a100": n_nodes * 4 // 10 * 8 / n_queues}
     queues = []
     for q in range(n_queues):
-        limit = Resources(per_queue["h100"], UNLIMITED, UNLIMITED) if q % 3 == 0 else None
+        limit = gpus_only(per_queue["h100"]) if q % 3 == 0 else None
         quotas = tuple(
-            FlavorQuota(flavor, Resources(gpus, UNLIMITED, UNLIMITED),
-                        borrowing_limit=limit or Resources(UNLIMITED, UNLIMITED, UNLIMITED),
-                        lending_limit=(Resources(gpus / 2, UNLIMITED, UNLIMITED) if q % 5 == 0
-                                       else Resources(UNLIMITED, UNLIMITED, UNLIMITED)))
+            FlavorQuota(flavor, gpus_only(gpus), borrowing_limit=limit,
+                        lending_limit=gpus_only(gpus / 2) if q % 5 == 0 else None)
             for flavor, gpus in per_queue.items())
         queues.append(Queue(f"q{q}", quotas, cohort=f"c{q % n_cohorts}",
                             strategy="StrictFIFO" if q % 10 == 0 else "BestEffortFIFO",
@@ -83,7 +92,7 @@ def make_job(rng: random.Random, i: int, n_queues: int, created: float) -> Pendi
     topology = "rack" if gpus >= 16 and rng.random() < 0.5 else None
     return PendingJob(
         id=i, queue=f"q{rng.randrange(n_queues)}", priority=rng.choice((0, 100, 1000)),
-        created_at=created, ranks=ranks, per_rank=Resources(per, per * 8, per * 64 * 2**30),
+        created_at=created, ranks=ranks, per_rank=gpus_cpus_memory(per, per * 8, per * 64 * 2**30),
         flavors=("h100",) if rng.random() < 0.2 else None, topology=topology,
         topology_required=topology is not None and rng.random() < 0.5,
         expected_duration=rng.uniform(60, 86400), tenant=f"u{i % 8}")
@@ -100,9 +109,9 @@ def fill(nodes: list[Node], queues: list[Queue], rng: random.Random) -> list[Run
     running, used = [], 0.0
     for a in decisions.admit:
         job = specs[a.job]
-        if used + job.per_rank.gpus * job.ranks > 0.9 * capacity:
+        if used + job.per_rank[GPU] / 1000 * job.ranks > 0.9 * capacity:
             break
-        used += job.per_rank.gpus * job.ranks
+        used += job.per_rank[GPU] / 1000 * job.ranks
         # Admitted over time under changing pressure: running jobs have every priority.
         running.append(RunningJob(a.job, a.queue, rng.choice((0, 0, 100, 1000)), a.flavor,
                                   a.nodes, job.per_rank, started_at=0.0,
@@ -111,22 +120,22 @@ def fill(nodes: list[Node], queues: list[Queue], rng: random.Random) -> list[Run
 
 
 def naive_first_fit(nodes: list[Node], running: list[RunningJob], pending: list[PendingJob]) -> int:
-    free = {n.name: n.capacity.gpus for n in nodes}
+    free = {n.name: n.capacity[GPU] for n in nodes}
     for job in running:
         for name in job.nodes:
-            free[name] -= job.per_rank.gpus
+            free[name] -= job.per_rank[GPU]
     names = [n.name for n in nodes]
     admitted = 0
     for job in sorted(pending, key=lambda j: (-j.priority, j.created_at)):
         chosen: list[str] = []
         for name in names:
-            if free[name] >= job.per_rank.gpus:
+            if free[name] >= job.per_rank[GPU]:
                 chosen.append(name)
                 if len(chosen) == job.ranks:
                     break
         if len(chosen) == job.ranks:
             for name in chosen:
-                free[name] -= job.per_rank.gpus
+                free[name] -= job.per_rank[GPU]
             admitted += 1
     return admitted
 
@@ -208,7 +217,7 @@ def main() -> None:
         "fifo, empty cluster": (None, lambda: schedule(empty, Policy(), cache)),
     }
     times = timed(variants, args.repeat)
-    used = sum(j.per_rank.gpus * len(j.nodes) for j in running)
+    used = sum(j.per_rank[GPU] / 1000 * len(j.nodes) for j in running)
     print(f"{len(nodes)} nodes x 8 GPUs, {len(queues)} queues in 5 cohorts, {len(running)} "
           f"running jobs on {used / (8 * len(nodes)):.0%} of the GPUs, {len(snap.pending)} "
           f"pending; median of {args.repeat} interleaved runs")

@@ -466,7 +466,7 @@ def test_admin_actions_are_audited(server: ServerProcess) -> None:
     assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
         ("admin", "quota", "bob/cpu"), ("admin", "cordon", "big-1"),
         ("admin", "cancel", str(theirs["id"]))]
-    assert entries[0]["detail"] == {"quota": {"cpus": 3.0}}
+    assert entries[0]["detail"] == {"quota": {"cpu": 3}}
     assert entries[1]["detail"] == {"reason": "fan"}
     assert entries[2]["detail"]["tenant"] == "alice"
     env = {**os.environ, "STOKER_SERVER": server.url, "STOKER_TOKEN": ADMIN, "COLUMNS": "200"}

@@ -46,7 +46,7 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
 def run(store: SqlStore, cluster: ClusterConfig, tmp_path: Path, ranks: int) -> JobRecord:
     executor = LocalExecutor(tmp_path / "jobs")
     nodes = cluster_nodes(cluster, models=[])
-    store.sync_nodes([node_record(n, cluster.topology) for n in nodes])  # as the plane does
+    store.sync_nodes([node_record(cluster, n) for n in nodes])  # as the plane does
     reconciler = Reconciler(store, executor, cluster, nodes, executor.jobs_dir,
                             ControlSettings(grace_period_s=1))
     job = {"name": "t", "queue": "a", "ranks": ranks, "resources": {"cpus": 1},

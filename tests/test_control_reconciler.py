@@ -14,6 +14,7 @@ import psutil
 import pytest
 from sqlalchemy import Connection, event
 
+from sched_helpers import res
 from stoker.control import tables as t
 from stoker.control.launch import assign_devices, devices_in_use, plan_launch
 from stoker.control.local_executor import LocalExecutor
@@ -32,8 +33,7 @@ from stoker.control.store import (
     SchedulerChanges,
     UsageRecord,
 )
-from stoker.sched import Node, Resources
-from stoker.sched.config import build_queues
+from stoker.sched import Node
 from stoker.server.process import kill_jobs
 from stoker.spec import loading
 from stoker.spec.api import JobState, ServerSettings
@@ -97,7 +97,7 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     ready = submit(store, spec)
     backing_off = submit(store, spec)
     store.annotate(backing_off.id, (Q,), "x", "x", "t", {"not_before": 1e12})
-    nodes = [Node("local", "cpu", Resources(0, 2, 1e9))]
+    nodes = [Node("local", "cpu", res(0, 2, 1e9))]
     snap = build_snapshot(100.0, cluster, nodes, store.list_jobs(), {running.id: 7.0})
     assert [p.id for p in snap.pending] == [ready.id]
     assert not snap.pending[0].nominated
@@ -106,10 +106,10 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     (r,) = snap.running
     assert (r.id, r.nodes, r.progress, r.preempting) == (running.id, ("local", "local"), 7.0,
                                                          True)
-    assert r.per_rank == Resources(0, 1, 0)
-    rows = usage(build_queues(cluster), snap.running)
+    assert r.per_rank == res(0, 1, 0)
+    rows = usage(snap)
     assert [(u.queue, u.resource, u.used, u.borrowed) for u in rows] == [
-        ("a", "cpus", 2.0, 0.0), ("b", "cpus", 0.0, 0.0)]
+        ("a", "cpu", 2.0, 0.0), ("b", "cpu", 0.0, 0.0)]
 
 
 def test_quota_overrides_apply_or_fail_whole(cluster: ClusterConfig) -> None:
@@ -123,19 +123,19 @@ def test_quota_overrides_apply_or_fail_whole(cluster: ClusterConfig) -> None:
 
 
 def test_devices_are_not_shared_between_jobs() -> None:
-    nodes = {"n": Node("n", "g", Resources(4, 8, 1e9))}
-    first = assign_devices(nodes, ["n", "n"], Resources(1, 2, 0), {})
+    nodes = {"n": Node("n", "g", res(4, 8, 1e9))}
+    first = assign_devices(nodes, ["n", "n"], res(1, 2, 0), {})
     assert [(r.gpus, r.cpu_slots) for r in first] == [((0,), (0, 1)), ((1,), (2, 3))]
     in_use = {"n": {"gpus": [0, 1], "cpus": [0, 1, 2, 3]}}
-    second = assign_devices(nodes, ["n"], Resources(2, 1, 0), in_use)
+    second = assign_devices(nodes, ["n"], res(2, 1, 0), in_use)
     assert [(r.gpus, r.cpu_slots) for r in second] == [((2, 3), (4,))]
     records = [ProcessRecord(1, 1, 0, 1, 0.0, "n", {"n": {"gpus": [3], "cpus": [5]}}, "")]
     assert devices_in_use(records) == {"n": {"gpus": [3], "cpus": [5]}}
 
 
 def test_plans_for_command_and_training_jobs(store: SqlStore, tmp_path: Path) -> None:
-    nodes = {"n": Node("n", "cpu", Resources(0, 4, 1e9))}
-    ranks = assign_devices(nodes, ["n", "n"], Resources(0, 1, 0), {})
+    nodes = {"n": Node("n", "cpu", res(0, 4, 1e9))}
+    ranks = assign_devices(nodes, ["n", "n"], res(0, 1, 0), {})
     cmd = submit(store, command_spec("pass", ranks=2, env={"FOO": "1"}))
     plan = plan_launch(cmd, job_spec(cmd), 1, tmp_path, ranks)
     assert [p.env["RANK"] for p in plan.processes] == ["0", "1"]
@@ -163,8 +163,8 @@ def test_processes_are_pinned_and_get_no_tokens(store: SqlStore, tmp_path: Path)
         code = ("import os; print(sorted(os.sched_getaffinity(0)), "
                 "os.environ.get('SECRET_TOKEN'), repr(os.environ['CUDA_VISIBLE_DEVICES']))")
         job = submit(store, command_spec(code))
-        nodes = {"n": Node("n", "cpu", Resources(0, 2, 1e9))}
-        ranks = assign_devices(nodes, ["n"], Resources(0, 1, 0), {"n": {"cpus": [0]}})
+        nodes = {"n": Node("n", "cpu", res(0, 2, 1e9))}
+        ranks = assign_devices(nodes, ["n"], res(0, 1, 0), {"n": {"cpus": [0]}})
         plan = plan_launch(job, job_spec(job), 1, executor.jobs_dir, ranks)
         (record,) = executor.launch(plan)
         exit_path = plan.processes[0].exit_path
@@ -190,6 +190,24 @@ def test_reconciler_runs_a_gang_to_success(store: SqlStore, cluster: ClusterConf
     assert logs == ["rank-0.log", "rank-1.log"]
 
 
+def test_a_queued_job_whose_resource_left_the_config_fails(store: SqlStore,
+                                                           cluster: ClusterConfig,
+                                                           tmp_path: Path) -> None:
+    """Submitted when the cluster had example.com/accel; the config no longer names it: the
+    job fails with the reason instead of breaking the cycle, and the others still run."""
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir, ControlSettings(grace_period_s=1))
+    gone = submit(store, command_spec("pass", **{"resources": {"cpu": "500m",
+                                                               "example.com/accel": 1}}))
+    fine = submit(store, command_spec("pass", **{"resources": {"cpu": "500m"}}))
+    assert build_snapshot(0.0, cluster, reconciler.nodes, store.list_jobs()).pending[0].id == \
+        fine.id  # the view skips it meanwhile
+    failed = run_until(reconciler, gone.id, {JobState.FAILED, JobState.SUCCEEDED})
+    assert failed.state == JobState.FAILED and "example.com/accel" in failed.reason
+    assert run_until(reconciler, fine.id, {JobState.SUCCEEDED}).state == JobState.SUCCEEDED
+
+
 def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
         store: SqlStore, tmp_path: Path) -> None:
     afs = {"enabled": True, "half_life": "1h", "sampling_interval": "1m",
@@ -198,8 +216,8 @@ def test_admission_fair_sharing_admits_the_tenant_with_less_usage(
     executor = LocalExecutor(tmp_path / "jobs")
     reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
                             executor.jobs_dir, ControlSettings(grace_period_s=1))
-    # Alice held queue a's 2 CPUs lately, as a previous server stored it.
-    store.save_scheduler(SchedulerChanges(usage=[UsageRecord("a", "alice", (0.0, 2.0, 0.0),
+    # Alice held queue a's 2 CPUs (2000m) lately, as a previous server stored it.
+    store.save_scheduler(SchedulerChanges(usage=[UsageRecord("a", "alice", (0.0, 2000.0, 0.0),
                                                              (0.0, 0.0, 0.0), None)]))
     tracker = reconciler.tenant_usage
     assert tracker is not None
@@ -300,7 +318,7 @@ def test_a_restarted_reconciler_keeps_its_nominations_and_another_plane_says_why
         quota = views[behind.id].waiting
         assert quota is not None and quota.code == "WaitingForQuota", quota
         assert (quota.flavor, quota.requested, quota.available) == (
-            "cpu", {"gpus": 0.0, "cpus": 1.0, "memory": 0.0}, {"cpus": 0.0})
+                "cpu", {"gpu": 0.0, "cpu": 1.0, "memory": 0.0}, {"cpu": 0.0})
         assert views[high.id].queue_position == 1  # nominated: first, as the cycle orders it
 
         done = run_until(second, high.id, {R, JobState.SUCCEEDED})

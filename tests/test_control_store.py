@@ -16,6 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect as sa_inspect
 
+from sched_helpers import res
 from stoker.control.db import DatabaseError, alembic_config, make_engine, migrate
 from stoker.control.pg_local import free_port
 from stoker.control.sql_store import SqlStore
@@ -29,7 +30,7 @@ from stoker.control.store import (
     UsageRecord,
 )
 from stoker.control.tables import Base
-from stoker.sched import Resources, Waiting
+from stoker.sched import Waiting
 from stoker.spec.api import JobState
 
 Q, A, S, R = JobState.QUEUED, JobState.ADMITTED, JobState.STARTING, JobState.RUNNING
@@ -311,8 +312,8 @@ def test_ids_are_64_bit(store: SqlStore) -> None:
     assert store.get_job(job.id) == job
 
 
-QUOTA = Waiting("WaitingForQuota", "no room in queue alice's quota", "cpu", Resources(0, 3, 0),
-                Resources(0, 1, 2 ** 33), Resources(0, 0.5, 0), starving=True)
+QUOTA = Waiting("WaitingForQuota", "no room in queue alice's quota", "cpu", res(0, 3, 0),
+                res(0, 1, 2 ** 33), res(0, 0.5, 0), starving=True)
 
 
 def test_the_scheduler_state_is_saved_by_difference(store: SqlStore) -> None:

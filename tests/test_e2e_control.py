@@ -179,7 +179,7 @@ def transitions(j: dict[str, Any]) -> list[str]:
 
 def queue_row(server: ServerProcess, queue: str) -> dict[str, Any]:
     with server.client("admin-t") as c:
-        return next(q for q in c.queues() if q["queue"] == queue and q["resource"] == "cpus")
+        return next(q for q in c.queues() if q["queue"] == queue and q["resource"] == "cpu")
 
 
 def test_two_tenants_one_borrowing_then_reclaimed(cluster: ServerProcess) -> None:

@@ -214,7 +214,7 @@ def test_a_standby_serves_why_a_job_waits(pg_url: str, servers: list[ServerProce
     assert standby.health()["role"] == "standby"
     assert why["code"] == "WaitingForQuota" and why["flavor"] == "cpu", why
     # The queue is full: the cycle did not reach it, and gave its numbers (no request).
-    assert why["available"] == {"cpus": 0.0} and why["borrowable"]["cpus"] == 0, why
+    assert why["available"] == {"cpu": 0.0} and why["borrowable"]["cpu"] == 0, why
     assert state(standby, waiter)["queue_position"] == 1
 
     leader.kill()

@@ -25,6 +25,7 @@ import pytest
 
 from pg import pg_server, pg_url  # noqa: F401
 from ray_cluster import NAMESPACE, RayTestCluster, ray_cluster  # noqa: F401
+from stoker.control.ray_executor import _bundle
 from stoker.control.ray_nodes import ray_nodes
 from stoker.server.client import Client
 from stoker.server.process import ServerProcess
@@ -235,12 +236,26 @@ def test_ray_nodes_become_scheduler_nodes() -> None:
     assert sorted(by_name) == ["bbbbbbbbbbbb", "cccccccccccc", "gpu-1"]
     gpu = by_name["gpu-1"]
     assert (gpu.node.flavor, gpu.node.capacity, gpu.node.domains) == (
-        "h100", (8.0, 96.0, 1e12), ("z1", "r1"))
+        "h100", (8000, 96000, 10**12), ("z1", "r1"))  # thousandths of GPUs and CPUs
     assert (gpu.node_id, gpu.address) == ("a" * 56, "10.0.0.9")
     # A missing level is a domain of its own, never shared by accident.
     assert by_name["bbbbbbbbbbbb"].node.domains == ("z1", "?bbbbbbbbbbbb")
     assert by_name["bbbbbbbbbbbb"].node.flavor == "cpu"
     assert by_name["cccccccccccc"].node.flavor == "big"
+
+
+def test_ray_custom_resources_are_named_resources() -> None:
+    """A Ray custom resource named as one of the cluster's resources is node capacity, and a
+    rank's named resources go into its bundle under their own names."""
+    cluster = loading.validate(ClusterConfig, {
+        "executor": "ray", "ray": {"shared_dir": "/s"}, "flavors": {"cpu": {}},
+        "queues": {"q": {"quotas": {"cpu": {"example.com/accel": 4}}}}}, "cluster.toml")
+    (node,) = ray_nodes([{"NodeID": "f" * 56, "Alive": True, "Labels": {},
+                          "Resources": {"CPU": 2.5, "example.com/accel": 2, "other": 1}}],
+                        cluster)
+    assert node.node.capacity == (0, 2500, 0, 2)  # gpu, cpu, memory, example.com/accel
+    assert _bundle({"gpu": 1.0, "cpu": 0.5, "memory": 2.0**30, "example.com/accel": 1.0}) == {
+        "GPU": 1.0, "CPU": 0.5, "memory": 2.0**30, "example.com/accel": 1.0}
 
 
 
@@ -250,7 +265,7 @@ def test_nodes_come_from_ray_and_follow_it(admin: Client,
     nodes = {n["name"]: n for n in admin.nodes()}
     assert sorted(nodes) == ["n0", "n1", "n2"]  # not the head: it offers no CPUs
     assert nodes["n0"]["labels"] == {"rack": "r0"} and nodes["n2"]["labels"] == {"rack": "r1"}
-    assert nodes["n0"]["capacity"]["cpus"] == 2 and nodes["n0"]["flavor"] == "cpu"
+    assert nodes["n0"]["capacity"]["cpu"] == 2 and nodes["n0"]["flavor"] == "cpu"
     assert nodes["n0"]["capacity"]["memory"] > 0
     ray_cluster.add("extra", "r1")
     wait_for(lambda: "extra" in {n["name"] for n in admin.nodes()}, "the new node")

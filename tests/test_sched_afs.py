@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from sched_helpers import res
 from stoker.sched import (
     AdmissionFairSharing,
     Decisions,
@@ -18,7 +19,6 @@ from stoker.sched import (
     PendingJob,
     Policy,
     Queue,
-    Resources,
     RunningJob,
     Snapshot,
     queue_positions,
@@ -179,10 +179,10 @@ def test_off_ignores_tenants_and_usage() -> None:
 
 def test_resources_weigh_as_configured() -> None:
     afs = AdmissionFairSharing(half_life=HOUR, sampling_interval=60.0,
-                               weights=Resources(0.0, 1.0, 0.0))  # CPUs only
+                               weights=(0.0, 1.0, 0.0), units=(1000, 1000, 2**30))  # CPUs
     tracker = UsageTracker(afs)
-    gpu_heavy = RunningJob("g", "q", 0, "gpu", ("n0",) * 4, Resources(2, 1, 0), tenant="g")
-    cpu_heavy = RunningJob("c", "q", 0, "gpu", ("n0",), Resources(0, 16, 0), tenant="c")
+    gpu_heavy = RunningJob("g", "q", 0, "gpu", ("n0",) * 4, res(2, 1, 0), tenant="g")
+    cpu_heavy = RunningJob("c", "q", 0, "gpu", ("n0",), res(0, 16, 0), tenant="c")
     held_for(tracker, [gpu_heavy, cpu_heavy], 0.0, HOUR)
     scores = tracker.scores()
     assert scores[("q", "c")] > scores[("q", "g")] > 0
@@ -191,9 +191,9 @@ def test_resources_weigh_as_configured() -> None:
 def test_positions_put_usage_before_priority() -> None:
     """queue_positions orders a queue as the cycle does under admission fair sharing: the
     light tenant's job first although the heavy tenant's is older and of higher priority."""
-    pending = [PendingJob("heavy", "q", 5, 0.0, 1, Resources(1, 1, 0), tenant="h"),
-               PendingJob("light", "q", 0, 10.0, 1, Resources(1, 1, 0), tenant="l")]
-    snap = Snapshot(20.0, [Queue("q", (FlavorQuota("f", Resources(8, 8, 0)),))], [], [],
+    pending = [PendingJob("heavy", "q", 5, 0.0, 1, res(1, 1, 0), tenant="h"),
+               PendingJob("light", "q", 0, 10.0, 1, res(1, 1, 0), tenant="l")]
+    snap = Snapshot(20.0, [Queue("q", (FlavorQuota("f", res(8, 8, 0)),))], [], [],
                     pending, tenant_usage={("q", "h"): 100.0, ("q", "l"): 1.0})
     assert queue_positions(snap, Policy()) == {"heavy": 1, "light": 2}
     afs = Policy(admission_fair_sharing=AdmissionFairSharing(half_life=3600.0))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sched_helpers import INF3, res
+from sched_helpers import gpus as gpus_of
 from stoker.sched import (
     UNLIMITED,
     Cohort,
@@ -28,12 +30,10 @@ from stoker.sched import (
     schedule,
 )
 
-INF3 = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
-
 
 def gpus(n: float) -> Resources:
     """A quota or limit of ``n`` GPUs (CPUs and memory unlimited)."""
-    return Resources(n, UNLIMITED, UNLIMITED)
+    return res(n, UNLIMITED, UNLIMITED)
 
 
 def quota(nominal: float, borrow: float | None = None, lend: float | None = None,
@@ -50,18 +50,18 @@ def queue(name: str, nominal: float, cohort: str | None = None, borrow: float | 
 def nodes(count: int, size: float = 8, flavor: str = "gpu", prefix: str = "n",
           racks: int = 1) -> list[Node]:
     per_rack = max(1, count // racks)
-    return [Node(f"{prefix}{i}", flavor, Resources(size, 64, 2**40), ("z", f"r{i // per_rack}"))
+    return [Node(f"{prefix}{i}", flavor, res(size, 64, 2**40), ("z", f"r{i // per_rack}"))
             for i in range(count)]
 
 
 def pend(job_id: str, q: str, g: float = 1, ranks: int = 1, prio: int = 0, t: float = 0.0,
          **kw: object) -> PendingJob:
-    return PendingJob(job_id, q, prio, t, ranks, Resources(g, 1, 0), **kw)  # type: ignore[arg-type]
+    return PendingJob(job_id, q, prio, t, ranks, res(g, 1, 0), **kw)  # type: ignore[arg-type]
 
 
 def run(job_id: str, q: str, on: Sequence[str], g: float = 1, prio: int = 0, t: float = 0.0,
         flavor: str = "gpu", **kw: object) -> RunningJob:
-    return RunningJob(job_id, q, prio, flavor, tuple(on), Resources(g, 1, 0), created_at=t,
+    return RunningJob(job_id, q, prio, flavor, tuple(on), res(g, 1, 0), created_at=t,
                       **kw)  # type: ignore[arg-type]
 
 
@@ -511,7 +511,7 @@ def test_never_fits_and_cordoned_nodes() -> None:
     d = Case([queue("q", 100)], [pend("j", "q", 8, ranks=2)], nodes=cordoned).run()
     assert d.admit == [] and d.waiting["j"].code == "WaitingForNodes"
     # Only the cordoned node is large enough for one rank: the job waits for it to come back.
-    big = [n if n.name != "n0" else Node("n0", "gpu", Resources(16, 64, UNLIMITED), n.domains,
+    big = [n if n.name != "n0" else Node("n0", "gpu", res(16, 64, UNLIMITED), n.domains,
                                           False) for n in nodes(2)]
     d = Case([queue("q", 100)], [pend("j", "q", 16)], nodes=big).run()
     assert d.waiting["j"].code == "NodeUnhealthy" and d.waiting["j"].inadmissible
@@ -535,10 +535,10 @@ def replay(case: Case, cycles: int) -> tuple[Case, list[Decisions]]:
         out.append(d)
         gone = {p.job for p in d.preempt}
         pending = {j.id: j for j in case.pending}
-        requeued = [pend(str(r.id), r.queue, r.per_rank.gpus, prio=r.priority, t=case.now)
+        requeued = [pend(str(r.id), r.queue, gpus_of(r.per_rank), prio=r.priority, t=case.now)
                     for r in case.running if r.id in gone]
         case.running = [r for r in case.running if r.id not in gone] + [
-            run(str(a.job), a.queue, a.nodes, pending[a.job].per_rank.gpus,
+            run(str(a.job), a.queue, a.nodes, gpus_of(pending[a.job].per_rank),
                 prio=pending[a.job].priority, flavor=a.flavor) for a in d.admit]
         admitted = {a.job for a in d.admit}
         case.pending = [j._replace(nominated=j.id in d.nominated) for j in case.pending
@@ -618,11 +618,11 @@ def test_waiting_for_quota_carries_the_numbers() -> None:
     qs = [queue("qa", 4, cohort="c", borrow=2, within_queue="LowerPriority"),
           queue("qb", 4, cohort="c")]
     running = [run("ra", "qa", ["n0"], 3, prio=9), run("rb", "qb", ["n1"], 3)]
-    for policy, requested in ((Policy(), Resources(4, 1, 0)), (Policy(preemption=False), None)):
+    for policy, requested in ((Policy(), res(4, 1, 0)), (Policy(preemption=False), None)):
         why = Case(qs, [pend("j", "qa", 4)], running=running, policy=policy).run().waiting["j"]
         assert (why.code, why.flavor, why.inadmissible) == ("WaitingForQuota", "gpu", False)
         assert why.requested == requested
-        assert (why.available.gpus, why.borrowable.gpus) == (1, 1)  # type: ignore[union-attr]
+        assert (gpus_of(why.available), gpus_of(why.borrowable)) == (1, 1)  # type: ignore[arg-type]
 
 
 def test_more_than_the_queue_can_ever_get_is_inadmissible() -> None:

@@ -15,7 +15,7 @@ import pytest
 from stoker.server.process import ServerProcess, kill_jobs
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "admin-secret", "STOKER_TOKEN_ALICE": "alice-secret",
-          "STOKER_TOKEN_BOB": "bob-secret"}
+          "STOKER_TOKEN_BOB": "bob-secret", "STOKER_TOKEN_CAROL": "carol-secret"}
 CLUSTER = """
 default_priority_class = "normal"
 [priority_classes]
@@ -36,6 +36,19 @@ queues = ["bob"]
 cpus = 2
 [queues.bob.quotas.cpu]
 cpus = 2
+# carol's queue: a node of its own with a vendor's resource, milli-CPU quotas
+[flavors.accel]
+[[nodes]]
+name = "accel"
+flavor = "accel"
+cpu = 2
+"example.com/accel" = 2
+[tenants.carol]
+token_env = "STOKER_TOKEN_CAROL"
+queues = ["carol"]
+[queues.carol.quotas.accel]
+cpu = "1500m"
+"example.com/accel" = 2
 """
 TRAIN = {"model": {"preset": "tiny"}, "train": {"steps": 2, "global_batch_size": 16,
                                                 "micro_batch_size": 8}}
@@ -243,13 +256,13 @@ def test_admin_only_endpoints(server: ServerProcess) -> None:
 def test_admin_changes_quota_while_running(server: ServerProcess) -> None:
     def nominal() -> float:
         rows = call(server, "GET", "/v1/queues", "admin-secret").json()
-        return next(r["nominal"] for r in rows if r["queue"] == "bob" and r["resource"] == "cpus")
+        return next(r["nominal"] for r in rows if r["queue"] == "bob" and r["resource"] == "cpu")
 
     assert call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret",
                 json={"cpus": 3}).status_code == 200
     assert nominal() == 3
     config = call(server, "GET", "/v1/config", "admin-secret").json()
-    assert config["queues"]["bob"]["quotas"]["cpu"]["cpus"] == 3
+    assert config["queues"]["bob"]["quotas"]["cpu"]["cpu"] == 3  # by canonical name
     bad = call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret",
                json={"cpus": 1, "lending_limit": {"cpus": 2}})
     assert bad.status_code == 422, bad.text
@@ -298,8 +311,8 @@ def test_a_raised_quota_admits_a_waiting_job(server: ServerProcess) -> None:
     assert waiting["state"] == "QUEUED", waiting
     why = waiting["waiting"]
     assert (why["code"], why["inadmissible"], why["flavor"]) == ("ExceedsMaxQuota", True, "cpu")
-    assert why["requested"] == {"gpus": 0, "cpus": 3, "memory": 0}
-    assert why["available"]["cpus"] == 2 and why["borrowable"]["cpus"] == 0
+    assert why["requested"] == {"gpu": 0, "cpu": 3, "memory": 0}
+    assert why["available"]["cpu"] == 2 and why["borrowable"]["cpu"] == 0
     call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 3})
     try:
         done = wait_state(server, job["id"], {"SUCCEEDED", "FAILED"}, token="bob-secret")
@@ -308,3 +321,32 @@ def test_a_raised_quota_admits_a_waiting_job(server: ServerProcess) -> None:
         assert admitted[0]["at"] > waiting["created_at"]
     finally:
         call(server, "PUT", "/v1/queues/bob/quotas/cpu", "admin-secret", json={"cpus": 2})
+
+
+def test_a_job_asking_a_named_resource(server: ServerProcess) -> None:
+    """A vendor's resource and milli-CPUs: the job is admitted to the node that has them,
+    and the API shows its request by resource name; what no node or quota has is refused,
+    naming the key."""
+    spec = command_job("accel", queue="carol", ranks=2,
+                       resources={"cpu": "500m", "example.com/accel": 1})
+    job = call(server, "POST", "/v1/jobs", "carol-secret", json={"job": spec})
+    assert job.status_code == 201, job.text
+    assert job.json()["resources"] == {"cpu": 0.5, "example.com/accel": 1}
+    done = wait_state(server, job.json()["id"], {"SUCCEEDED", "FAILED"}, token="carol-secret")
+    assert done["state"] == "SUCCEEDED", done["reason"]
+    assert done["placement"]["nodes"] == ["accel", "accel"]
+    for resources, loc in (({"example.com/accel": 3}, ["body", "job", "resources"]),
+                           ({"example.com/tpu": 1}, ["body", "job", "resources",
+                                                     "example.com/tpu"]),
+                           ({"example.com/accel": "500m"}, ["body", "job", "resources",
+                                                            "example.com/accel"]),
+                           ({"cpu": "lots"}, ["body", "job", "resources", "cpu"])):
+        bad = command_job("bad", queue="carol", resources=resources)
+        answer = call(server, "POST", "/v1/jobs", "carol-secret", json={"job": bad})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["loc"] == loc, answer.json()
+    rows = call(server, "GET", "/v1/queues", "admin-secret").json()
+    carol = {r["resource"]: r for r in rows if r["queue"] == "carol"}
+    assert carol["cpu"]["nominal"] == 1.5 and carol["example.com/accel"]["nominal"] == 2
+    nodes = {n["name"]: n for n in call(server, "GET", "/v1/nodes", "admin-secret").json()}
+    assert nodes["accel"]["capacity"] == {"gpu": 0, "cpu": 2, "example.com/accel": 2}

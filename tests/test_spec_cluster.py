@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stoker.sched import UNLIMITED, Resources
+from stoker.sched import UNLIMITED
 from stoker.sched.config import build_cohorts, build_nodes, build_policy, build_queues
 from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig, load_cluster
@@ -68,8 +68,8 @@ def test_example_loads_and_builds() -> None:
     assert set(cfg.tenants) == {"alice", "bob"} and cfg.autodetect is not None
     queues = {q.name: q for q in build_queues(cfg)}
     assert queues["alice"].cohort == "lab"
-    assert queues["alice"].quotas[0].nominal == Resources(UNLIMITED, 2, UNLIMITED)
-    assert queues["alice"].quotas[0].borrowing_limit.cpus == 2
+    assert queues["alice"].quotas[0].nominal == (UNLIMITED, 2000, UNLIMITED)  # 2 CPUs
+    assert queues["alice"].quotas[0].borrowing_limit == (UNLIMITED, 2000, UNLIMITED)
     assert build_policy(cfg).starvation_age == 3600.0
 
 
@@ -77,13 +77,14 @@ def test_gpu_cluster_builds(tmp_path: Path) -> None:
     cfg = load_cluster(gpu_cluster(tmp_path))
     nodes = build_nodes(cfg)
     assert [n.name for n in nodes] == ["gpu-0", "gpu-1", "gpu-2"]
-    assert nodes[0].capacity == Resources(8, 96, 2**40) and nodes[0].domains == ("z1", "r1")
+    assert nodes[0].capacity == (8000, 96000, 2**40) and nodes[0].domains == ("z1", "r1")
     (research,) = build_queues(cfg)
-    assert research.quotas[0].nominal == Resources(8, UNLIMITED, 512 * 2**30)
-    assert research.quotas[0].lending_limit.gpus == 2
+    assert research.quotas[0].nominal == (8000, UNLIMITED, 512 * 2**30)
+    assert research.quotas[0].lending_limit == (2000, UNLIMITED, UNLIMITED)
     assert research.borrow_max_priority == 50 and research.strategy == "StrictFIFO"
+    assert research.groups == ()  # the flat form: one group
     cohorts = {c.name: c for c in build_cohorts(cfg)}
-    assert cohorts["team"].parent == "org" and cohorts["team"].quotas[0].nominal.gpus == 4
+    assert cohorts["team"].parent == "org" and cohorts["team"].quotas[0].nominal[0] == 4000
     assert cfg.priority(None) == 100 and cfg.priority("low") == 0
     assert cfg.flavors_for_model("h100") == ("h100",)
     assert cfg.flavors_for_model("a100") == ()
@@ -137,8 +138,8 @@ def test_admission_fair_sharing_builds(tmp_path: Path) -> None:
                               'sampling_interval="1m", resource_weights={cpus=0.5, memory=2}}'])
     afs = build_policy(cfg).admission_fair_sharing
     assert afs is not None and afs.half_life == 7200 and afs.sampling_interval == 60
-    assert afs.weights == Resources(1.0, 0.5, 2 / 2**30)  # memory: per GiB in the config
-    assert afs.score((8, 10, 2**30)) == 8 + 5 + 2
+    assert afs.weights == (1.0, 0.5, 2.0) and afs.units == (1000, 1000, 2**30)  # per GiB
+    assert afs.score((8000, 10_000, 2**30)) == 8 + 5 + 2  # 8 GPUs, 10 CPUs, 1 GiB
 
 
 def test_borrowing_limit_needs_a_cohort(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stoker.spec.resources import BASE
+
 if TYPE_CHECKING:
     from stoker.server.client import Client
 
@@ -225,14 +227,16 @@ def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> Non
     with _client(server, token) as client:
         rows = client.nodes()
     table = Table(box=None, header_style="bold")
-    for column in ("NODE", "FLAVOR", "LABELS", "GPUS", "CPUS", "MEMORY", "JOBS", "STATUS"):
+    for column in ("NODE", "FLAVOR", "LABELS", "GPUS", "CPUS", "MEMORY", "OTHER", "JOBS",
+                   "STATUS"):
         table.add_column(column)
     for n in rows:
         cap, used = n["capacity"], n["allocated"]
+        other = [r for r in cap if r not in BASE]
         table.add_row(
             n["name"], n["flavor"], ",".join(f"{k}={v}" for k, v in n["labels"].items()),
-            *(f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}"
-              for r in ("gpus", "cpus", "memory")),
+            *(f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}" for r in BASE),
+            " ".join(f"{r}={_num(used.get(r, 0), r)}/{_num(cap[r], r)}" for r in other) or "-",
             ",".join(map(str, n["jobs"])) or "-",
             f"[red]cordoned[/] {n['cordon_reason']}" if n["cordoned"] else "ready")
     console.print(table)
@@ -241,9 +245,10 @@ def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> Non
 def quota(
     queue: str = typer.Argument(..., help="Queue."),
     flavor: str = typer.Argument(..., help="Resource flavor."),
-    amounts: list[str] = typer.Argument(..., help="Nominal quota: gpus=8 cpus=64 memory=1TiB."),
-    borrow: list[str] = typer.Option([], "--borrowing-limit", help="e.g. gpus=4"),
-    lend: list[str] = typer.Option([], "--lending-limit", help="e.g. gpus=2"),
+    amounts: list[str] = typer.Argument(..., help="Nominal quota: gpu=8 cpu=64 memory=1TiB "
+                                        "example.com/gpu=4."),
+    borrow: list[str] = typer.Option([], "--borrowing-limit", help="e.g. gpu=4"),
+    lend: list[str] = typer.Option([], "--lending-limit", help="e.g. gpu=2"),
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
@@ -303,7 +308,7 @@ def _parse_amounts(items: list[str], source: str) -> dict[str, Any]:
     if not out:
         from stoker.spec.errors import ConfigError
 
-        raise ConfigError(source, None, "give at least one of gpus=, cpus=, memory=")
+        raise ConfigError(source, None, "give at least one amount: gpu=, cpu=, memory=, ...")
     return out
 
 
@@ -321,7 +326,7 @@ def _age(seconds: float) -> str:
 def _num(value: float | None, resource: str) -> str:
     if value is None:
         return "-"
-    if resource == "memory":
+    if resource in ("memory", "ephemeral-storage"):
         for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
             if value >= size:
                 return f"{value / size:.3g}{unit}"

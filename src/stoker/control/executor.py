@@ -6,6 +6,7 @@ reconciler decides *what* runs (a `LaunchPlan`, see control/launch.py); the exec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -38,7 +39,8 @@ class LaunchPlan:
     # Run once, to its end, before any process starts (with its log and exit code in
     # process 0's); empty: nothing to prepare.
     prepare: tuple[str, ...] = ()
-    rank_resources: tuple[float, float, float] = (0.0, 0.0, 0.0)  # each process: gpus, cpus, bytes
+    # What each process needs, by resource name, as written: GPUs, CPUs, bytes, units.
+    rank_resources: Mapping[str, float] = field(default_factory=dict)
 
 
 class NotReserved(Exception):

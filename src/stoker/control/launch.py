@@ -26,9 +26,10 @@ from typing import Any
 
 from stoker.control.executor import LaunchPlan, ProcessPlan
 from stoker.control.store import JobRecord, ProcessRecord
-from stoker.sched import Node, Resources
+from stoker.sched import CPU, GPU, UNLIMITED, Node, Resources
 from stoker.spec import loading
 from stoker.spec.job import JobSpec
+from stoker.spec.resources import written
 
 DeviceUse = dict[str, dict[str, list[int]]]  # node -> {"gpus": [...], "cpus": [...]} (CPU slots)
 
@@ -77,8 +78,9 @@ def assign_devices(nodes: Mapping[str, Node], placement: Sequence[str], per_rank
                    in_use: DeviceUse) -> list[RankDevices]:
     """Pick each rank's GPU indices and CPU slots on its node, avoiding those in use.
 
-    Fractional requests are rounded up; when a node has fewer free devices than asked for
-    (fractional GPUs shared by several jobs), the lowest indices are shared.
+    Fractional requests (thousandths of a GPU or CPU) are rounded up to whole devices; when a
+    node has fewer free devices than asked for (fractional GPUs shared by several jobs), the
+    lowest indices are shared.
     """
     taken = {node: {kind: set(use.get(kind, ())) for kind in ("gpus", "cpus")}
              for node, use in in_use.items()}
@@ -86,17 +88,18 @@ def assign_devices(nodes: Mapping[str, Node], placement: Sequence[str], per_rank
     for node_name in placement:
         node = nodes[node_name]
         used = taken.setdefault(node_name, {"gpus": set(), "cpus": set()})
-        gpus = _pick(node.capacity.gpus, per_rank.gpus, used["gpus"])
-        slots = _pick(node.capacity.cpus, per_rank.cpus, used["cpus"])
+        gpus = _pick(node.capacity[GPU], per_rank[GPU], used["gpus"])
+        slots = _pick(node.capacity[CPU], per_rank[CPU], used["cpus"])
         ranks.append(RankDevices(node_name, gpus, slots))
     return ranks
 
 
-def _pick(capacity: float, want: float, used: set[int]) -> tuple[int, ...]:
-    count = math.ceil(want)
-    if count == 0 or capacity >= 1e15:  # an unlimited resource has no devices to pin
+def _pick(capacity: int, want: int, used: set[int]) -> tuple[int, ...]:
+    """Devices for ``want`` thousandths out of ``capacity`` thousandths."""
+    count = -(-want // 1000)
+    if count == 0 or capacity >= UNLIMITED:  # an unlimited resource has no devices to pin
         return ()
-    total = int(capacity)
+    total = capacity // 1000
     free = [i for i in range(total) if i not in used] or list(range(total))
     chosen = tuple((free + list(range(total)))[:count])
     used.update(chosen)
@@ -127,7 +130,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
     r = spec.resources
-    amounts = (float(r.gpus), float(r.cpus), float(r.memory or 0))
+    amounts = {name: float(written(name, v)) for name, v in r.amounts().items()}
     if spec.kind == "train" and per_rank:
         config = workdir / "train.toml"
         write_train_config(config, job.spec["train"])
@@ -137,7 +140,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                 "--run-dir", str(run_dir)]
         if resume:
             argv += ["--resume", "auto"]
-        threads = str(max(1, math.floor(r.cpus)))
+        threads = str(max(1, math.floor(r.cpu_count)))
         processes = _rank_processes(job, spec, attempt, jobs_dir, ranks,
                                     base_env | {"OMP_NUM_THREADS": threads}, tuple(argv))
         return LaunchPlan(job.id, attempt, workdir, processes, job.tenant, prepare, amounts)

@@ -14,9 +14,10 @@ from dataclasses import replace
 import psutil  # type: ignore[import-untyped]
 
 from stoker.control.store import NodeRecord
-from stoker.sched import Node, Resources
-from stoker.sched.config import build_nodes
+from stoker.sched import Node
+from stoker.sched.config import NODE_MISSING, build_nodes, resource_space
 from stoker.spec.cluster import ClusterConfig
+from stoker.spec.resources import written
 
 
 def gpu_models() -> list[str]:
@@ -51,12 +52,13 @@ def local_node(cluster: ClusterConfig, models: Sequence[str] | None = None) -> N
         return None
     models = gpu_models() if models is None else models
     domains = tuple(auto.labels[level] for level in cluster.topology)
-    memory = float(psutil.virtual_memory().total)
-    cpus = float(auto.cpu_slots or os.cpu_count() or 1)
+    memory = int(psutil.virtual_memory().total)
+    cpus = (auto.cpu_slots or os.cpu_count() or 1) * 1000
     flavor = _gpu_flavor(cluster, models[0]) if models else None
-    if flavor is None:
-        return Node(auto.name, auto.cpu_flavor, Resources(0.0, cpus, memory), domains)
-    return Node(auto.name, flavor, Resources(float(len(models)), cpus, memory), domains)
+    space = resource_space(cluster)
+    offered = {"gpu": len(models) * 1000 if flavor else 0, "cpu": cpus, "memory": memory}
+    capacity = space.vector(offered, missing=NODE_MISSING)
+    return Node(auto.name, flavor or auto.cpu_flavor, capacity, domains)
 
 
 def _gpu_flavor(cluster: ClusterConfig, model: str) -> str | None:
@@ -74,10 +76,13 @@ def cluster_nodes(cluster: ClusterConfig, models: Sequence[str] | None = None) -
     return nodes
 
 
-def node_record(node: Node, topology: Sequence[str]) -> NodeRecord:
+def node_record(cluster: ClusterConfig, node: Node) -> NodeRecord:
+    """What the store keeps of a node; capacity by resource name, as written (GPUs, CPUs,
+    bytes), unlimited resources left out."""
+    amounts = resource_space(cluster).amounts(node.capacity)
     return NodeRecord(name=node.name, flavor=node.flavor,
-                      labels=dict(zip(topology, node.domains, strict=True)),
-                      capacity=node.capacity._asdict())
+                      labels=dict(zip(cluster.topology, node.domains, strict=True)),
+                      capacity={name: written(name, v) for name, v in amounts.items()})
 
 
 def with_cordons(nodes: Sequence[Node], records: Sequence[NodeRecord]) -> list[Node]:

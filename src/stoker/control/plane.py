@@ -12,12 +12,11 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -44,15 +43,17 @@ from stoker.control.store import (
     Store,
 )
 from stoker.sched import (
+    DEFAULT_SPACE,
     UNLIMITED,
     JobId,
     Node,
     Resources,
+    ResourceSpace,
     Waiting,
     estimate_starts,
     queue_positions,
 )
-from stoker.sched.config import build_queues
+from stoker.sched.config import resource_space
 from stoker.spec import loading
 from stoker.spec.api import (
     EventView,
@@ -68,6 +69,7 @@ from stoker.spec.api import (
 from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.job import Placement, RankResources
+from stoker.spec.resources import written
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ class ControlPlane:
                                          pass_env=cluster.isolation.pass_env,
                                          allow_faults=cluster.isolation.fault_injection,
                                          hidden_dirs=(state.resolve(),))
-            store.sync_nodes([node_record(n, cluster.topology) for n in nodes])
+            store.sync_nodes([node_record(cluster, n) for n in nodes])
         except BaseException:
             store.close()
             for lock in locks:
@@ -267,15 +269,16 @@ class ControlPlane:
         """Refuse a gang that no node set of the queue's flavors could ever hold, all nodes
         empty: each node holds as many ranks as its scarcest resource allows, and a gang with
         a required topology level must fit in one domain of that level."""
-        flavors = set(self.cluster.queues[queue].quotas)
+        flavors = set(self.cluster.queues[queue].flavor_quotas())
         allowed = self.cluster.flavors_for_model(placement.gpu_model)
         if allowed is not None:
             flavors &= set(allowed)
-        one = (resources.gpus, resources.cpus, float(resources.memory))
+        space = resource_space(self.cluster)
+        one = space.vector(resources.amounts())
         held = {n.name: ranks_per_node(one, n.capacity) for n in self.nodes if n.flavor in flavors}
         if not any(held.values()):
             raise ConfigError(None, "resources", f"no node of queue {queue!r} can hold one rank "
-                              f"(gpus={one[0]:g}, cpus={one[1]:g}, memory={one[2]:g})")
+                              f"({space.describe(one)})")
         if placement.topology is not None and placement.topology_mode == "required":
             room = max(self._domain_room(held, placement.topology).values())
             if room < ranks:
@@ -336,7 +339,8 @@ class ControlPlane:
         if queued:
             positions, starts = self._queue_order()
             waiting = self.store.waiting(queued)  # as the leader, wherever it runs, stored it
-        return [job_view(j, positions.get(j.id), waiting.get(j.id), starts.get(j.id))
+        space = resource_space(self.cluster)
+        return [job_view(j, positions.get(j.id), waiting.get(j.id), starts.get(j.id), space)
                 for j in jobs]
 
     def _queue_order(self) -> tuple[dict[int, int], dict[int, float]]:
@@ -383,7 +387,7 @@ class ControlPlane:
                        resource=u.resource, nominal=u.nominal, borrowing_limit=u.borrowing_limit,
                        lending_limit=u.lending_limit, used=u.used, borrowed=u.borrowed,
                        pending_jobs=pending[u.queue], running_jobs=running[u.queue])
-            for u in usage(build_queues(cluster), snapshot.running) if u.queue in wanted
+            for u in usage(snapshot) if u.queue in wanted
         ]
 
     def set_quota(self, queue: str, flavor: str, quota: Quota, actor: str) -> QuotaRecord:
@@ -398,14 +402,15 @@ class ControlPlane:
 
     def node_views(self) -> list[NodeView]:
         records = {r.name: r for r in self.store.nodes()}
-        allocated: dict[str, list[float]] = {}
+        space = resource_space(self.cluster)
+        allocated: dict[str, list[int]] = {}
         jobs_on: dict[str, list[int]] = {}
         for job in self.store.list_jobs(states=ACTIVE):
             if not job.placement:
                 continue
-            need = per_rank(job_spec(job))
+            need = per_rank(self.cluster, job_spec(job))
             for node in job.placement["nodes"]:
-                total = allocated.setdefault(node, [0.0, 0.0, 0.0])
+                total = allocated.setdefault(node, [0] * len(space))
                 for i, amount in enumerate(need):
                     total[i] += amount
                 if job.id not in jobs_on.setdefault(node, []):
@@ -416,8 +421,8 @@ class ControlPlane:
             views.append(NodeView(
                 name=node.name, flavor=node.flavor,
                 labels=dict(zip(self.cluster.topology, node.domains, strict=True)),
-                capacity=_amounts(node.capacity), allocated=_amounts(allocated.get(node.name,
-                                                                                   [0, 0, 0])),
+                capacity=_amounts(space, node.capacity),
+                allocated=_amounts(space, allocated.get(node.name, space.zero)),
                 jobs=jobs_on.get(node.name, []), cordoned=bool(rec and rec.cordoned),
                 cordon_reason=rec.cordon_reason if rec else ""))
         return views
@@ -427,10 +432,9 @@ class ControlPlane:
         return log_relpath(job.id, index)
 
 
-def ranks_per_node(one: Sequence[float], capacity: Sequence[float]) -> int:
+def ranks_per_node(one: Sequence[int], capacity: Sequence[int]) -> int:
     """How many ranks needing ``one`` fit on an empty node of ``capacity``."""
-    counts = [math.floor(c / w + 1e-9) for w, c in zip(one, capacity, strict=True)
-              if w > 0 and c < UNLIMITED]
+    counts = [c // w for w, c in zip(one, capacity, strict=True) if w > 0 and c < UNLIMITED]
     return min(counts, default=UNLIMITED_RANKS)
 
 
@@ -452,25 +456,36 @@ def _same_submission(first: JobRecord, digest: str) -> JobRecord:
 
 
 def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | None = None,
-             estimated_start: float | None = None) -> JobView:
+             estimated_start: float | None = None, space: ResourceSpace = DEFAULT_SPACE
+             ) -> JobView:
+    """The API's view of a job; ``space``: the resources of the cluster (and of ``waiting``'s
+    numbers)."""
     spec = job_spec(job)
     return JobView(
         id=job.id, tenant=job.tenant, name=job.name, queue=job.queue,
         priority_class=job.priority_class, priority=job.priority, kind=spec.kind,
-        ranks=spec.ranks, resources=_amounts(per_rank(spec)), state=job.state, reason=job.reason,
+        ranks=spec.ranks, resources=written_amounts(spec.resources.amounts()), state=job.state,
+        reason=job.reason,
         created_at=job.created_at, queued_at=job.queued_at, admitted_at=job.admitted_at,
         started_at=job.started_at, finished_at=job.finished_at, attempt=job.attempt,
         restarts=job.restarts, max_restarts=spec.max_restarts, exit_code=job.exit_code,
         placement=job.placement, stopping=job.stop_reason,
         queue_position=position if job.state == JobState.QUEUED else None,
-        waiting=waiting_view(waiting) if waiting and job.state == JobState.QUEUED else None,
+        waiting=(waiting_view(waiting, space) if waiting and job.state == JobState.QUEUED
+                 else None),
         estimated_start=estimated_start if job.state == JobState.QUEUED else None,
     )
 
 
-def waiting_view(why: Waiting) -> WaitingView:
+def waiting_view(why: Waiting, space: ResourceSpace = DEFAULT_SPACE) -> WaitingView:
+    """The numbers of gpu, cpu and memory, and of every other resource one of them has (so
+    a resource the job asks for shows, with 0 left of it); unlimited amounts left out."""
+    given = [v for v in (why.requested, why.available, why.borrowable) if v is not None]
+    shown = {i for i in range(len(space))
+             if i < 3 or any(0 < v[i] < UNLIMITED for v in given)}
+
     def amounts(r: Resources | None) -> dict[str, float] | None:
-        return None if r is None else _amounts(r)
+        return None if r is None else _amounts(space, r, shown)
 
     return WaitingView(code=why.code, message=why.message, inadmissible=why.inadmissible,
                        starving=why.starving, flavor=why.flavor,
@@ -483,9 +498,17 @@ def event_view(e: EventRecord) -> EventView:
                      to_state=e.to_state, reason=e.reason, actor=e.actor)
 
 
-def _amounts(values: Sequence[float]) -> dict[str, float]:
-    return {k: v for k, v in zip(("gpus", "cpus", "memory"), values, strict=True)
-            if v < UNLIMITED}
+def _amounts(space: ResourceSpace, values: Sequence[int], shown: Collection[int] = range(3)
+             ) -> dict[str, float]:
+    """Amounts by resource name, as written (GPUs, CPUs, bytes, units); unlimited ones left
+    out, and zeros too but for the resources ``shown`` (gpu, cpu and memory)."""
+    return {name: float(written(name, v)) for i, (name, v) in enumerate(
+        zip(space.names, values, strict=True)) if v < UNLIMITED and (v or i in shown)}
+
+
+def written_amounts(amounts: dict[str, int]) -> dict[str, float]:
+    """A request by resource name, as written."""
+    return {name: float(written(name, v)) for name, v in amounts.items()}
 
 
 def _isolation(settings: ServerSettings, cluster: ClusterConfig) -> Isolation:

@@ -21,7 +21,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,10 +293,13 @@ class RayExecutor:
             remove_placement_group(get_placement_group(name))
 
 
-def _bundle(amounts: Sequence[float]) -> dict[str, float]:
-    gpus, cpus, memory = amounts
-    bundle = {"GPU": gpus, "CPU": cpus, "memory": memory}
-    bundle = {k: v for k, v in bundle.items() if v > 0}
+RAY_NAMES = {"gpu": "GPU", "cpu": "CPU", "memory": "memory"}  # any other: Ray's custom resource
+
+
+def _bundle(amounts: Mapping[str, float]) -> dict[str, float]:
+    """A rank's request as a Ray bundle: GPU, CPU, memory, and each other resource under its
+    own name (a Ray custom resource of the same name, e.g. ``example.com/gpu``)."""
+    bundle = {RAY_NAMES.get(name, name): v for name, v in amounts.items() if v > 0}
     return bundle or {"CPU": 0.001}  # Ray refuses an empty bundle
 
 

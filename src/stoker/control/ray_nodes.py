@@ -10,7 +10,8 @@ KubeRay's ``rayStartParams``) carry Stoker's names, under the ``stoker/`` prefix
 - ``stoker/flavor``: its flavor (default: the flavor whose ``gpu_model`` matches the GPUs'
   Ray ``accelerator_type:*`` resource, else ``ray.cpu_flavor``).
 
-Capacity: Ray's ``GPU``, ``CPU`` and ``memory`` resources.
+Capacity: Ray's ``GPU``, ``CPU`` and ``memory`` resources, and every Ray custom resource named
+as one of the cluster's resources (``example.com/gpu``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stoker.sched import Node, Resources
+from stoker.sched import UNLIMITED, Node
+from stoker.sched.config import resource_space
 from stoker.spec.cluster import ClusterConfig
+from stoker.spec.resources import scale
 
 PREFIX = "stoker/"
 ID_LABEL = "ray.io/node-id"
@@ -46,8 +49,12 @@ def ray_node(info: Mapping[str, Any], cluster: ClusterConfig) -> RayNode | None:
     name = labels.get(PREFIX + "node") or node_id[:12]
     domains = tuple(labels.get(PREFIX + level) or f"?{name}" for level in cluster.topology)
     gpus = float(resources.get("GPU", 0.0))
-    capacity = Resources(gpus, float(resources.get("CPU", 0.0)),
-                         float(resources.get("memory", 0.0)))
+    space = resource_space(cluster)
+    offered = {"gpu": gpus, "cpu": resources.get("CPU", 0.0),
+               "memory": resources.get("memory", 0.0)}
+    offered |= {name: resources[name] for name in space.names[3:] if name in resources}
+    capacity = space.vector({n: int(float(v) * scale(n)) for n, v in offered.items()},
+                            missing={"ephemeral-storage": UNLIMITED})
     flavor = labels.get(PREFIX + "flavor") or _flavor(cluster, resources, gpus)
     return RayNode(Node(name, flavor, capacity, domains), node_id,
                    str(info.get("NodeManagerAddress", "")))

@@ -35,7 +35,7 @@ from stoker.control.launch import (
 from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
 from stoker.control.sched_state import StoredState
-from stoker.control.snapshot import build_snapshot, job_spec, per_rank
+from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord, Store
 from stoker.sched import (
@@ -214,7 +214,7 @@ class Reconciler:
         before, after = {n.name for n in self.nodes}, {n.name for n in nodes}
         self.nodes = nodes
         if sync and before != after:
-            self.store.sync_nodes([node_record(n, self.cluster.topology) for n in nodes])
+            self.store.sync_nodes([node_record(self.cluster, n) for n in nodes])
             for name in sorted(after - before):
                 self.store.log_event("node", f"node {name} joined", ACTOR)
             for name in sorted(before - after):
@@ -236,13 +236,19 @@ class Reconciler:
         good = []
         for job in jobs:
             try:
-                job_spec(job)
+                spec = job_spec(job)
             except ValueError as e:
                 why = str(e).splitlines()[1:3] or [str(e)]
                 self.store.transition(job.id, (Q, *ACTIVE), (JobState.FAILED,),
                                       f"cannot start: its stored spec is invalid "
                                       f"({' '.join(w.strip() for w in why)})", ACTOR,
                                       {"finished_at": now, "placement": None})
+                continue
+            unknown = unknown_resources(self.cluster, spec) if job.state == Q else []
+            if unknown:  # the cluster config changed since it was submitted
+                self.store.transition(job.id, (Q,), (JobState.FAILED,),
+                                      f"cannot start: this cluster has no {unknown[0]} any "
+                                      "more", ACTOR, {"finished_at": now})
                 continue
             good.append(job)
         return good
@@ -298,7 +304,8 @@ class Reconciler:
         if checked is None:
             return
         in_use = devices_in_use(self.store.live_processes())
-        ranks = assign_devices(nodes, job.placement["nodes"], per_rank(spec), in_use)
+        ranks = assign_devices(nodes, job.placement["nodes"], per_rank(self.cluster, spec),
+                               in_use)
         attempt = job.attempt + 1
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
@@ -499,7 +506,7 @@ class Reconciler:
         """Changes common to every end of an attempt: service attained, stop cleared."""
         ran = max(0.0, now - (job.started_at or now))
         r = spec.resources
-        service = ran * spec.ranks * (r.gpus if r.gpus else r.cpus)
+        service = ran * spec.ranks * (r.gpu_count or r.cpu_count)
         return {"attained_s": job.attained_s + service, "stop_reason": None,
                 "stop_requested_at": None, "term_sent_at": None}
 

@@ -21,9 +21,8 @@ Nominations = dict[int, tuple[int, ...]]
 
 def usage_records(tracker: UsageTracker) -> dict[TenantKey, UsageRecord]:
     """The tracker as rows: one per (queue, tenant) with usage or a penalty."""
-    zero = (0.0, 0.0, 0.0)
-    return {key: UsageRecord(key[0], key[1], _triple(tracker.consumed.get(key, zero)),
-                             _triple(tracker.penalties.get(key, zero)), tracker.last_sample)
+    return {key: UsageRecord(key[0], key[1], _floats(tracker.consumed.get(key, ())),
+                             _floats(tracker.penalties.get(key, ())), tracker.last_sample)
             for key in tracker.consumed.keys() | tracker.penalties.keys()}
 
 
@@ -79,6 +78,5 @@ class StoredState:
         self.waiting, self.nominations, self.usage = dict(waiting), nominations, usage
 
 
-def _triple(values: Iterable[float]) -> tuple[float, float, float]:
-    a, b, c = values
-    return float(a), float(b), float(c)
+def _floats(values: Iterable[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)

@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord
 from stoker.sched import Node, PendingJob, Resources, RunningJob, Snapshot
-from stoker.sched.config import build_cohorts, build_queues, pending_job
+from stoker.sched.config import build_cohorts, build_queues, pending_job, resource_space
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.job import JobSpec
@@ -33,9 +33,17 @@ def job_spec(record: JobRecord) -> JobSpec:
     return spec
 
 
-def per_rank(spec: JobSpec) -> Resources:
-    r = spec.resources
-    return Resources(r.gpus, r.cpus, float(r.memory))
+def per_rank(cluster: ClusterConfig, spec: JobSpec) -> Resources:
+    """What each rank of ``spec`` holds, over the cluster's resources; a resource the cluster
+    no longer has (its config changed since the job was admitted) is left out."""
+    space = resource_space(cluster)
+    return space.vector({k: v for k, v in spec.resources.amounts().items() if k in space.index})
+
+
+def unknown_resources(cluster: ClusterConfig, spec: JobSpec) -> list[str]:
+    """The resources ``spec`` asks for that the cluster does not have."""
+    known = resource_space(cluster).index
+    return [name for name in spec.resources.amounts() if name not in known]
 
 
 def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
@@ -50,12 +58,13 @@ def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
     return ends
 
 
-def running_job(record: JobRecord, spec: JobSpec, progress: float) -> RunningJob:
+def running_job(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progress: float
+                ) -> RunningJob:
     placement = record.placement or {}
     return RunningJob(
         id=record.id, queue=record.queue, priority=record.priority,
         flavor=placement.get("flavor", ""), nodes=tuple(placement.get("nodes", ())),
-        per_rank=per_rank(spec), created_at=record.queued_at,
+        per_rank=per_rank(cluster, spec), created_at=record.queued_at,
         started_at=record.admitted_at or record.queued_at, progress=progress,
         attained_service=record.attained_s, preempting=record.stop_reason is not None,
         tenant=record.tenant,
@@ -78,8 +87,11 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
         spec = job_spec(record)
         if record.state in ACTIVE and record.placement:
             since = record.admitted_at or now
-            running.append(running_job(record, spec, progress.get(record.id, now - since)))
+            running.append(running_job(cluster, record, spec,
+                                       progress.get(record.id, now - since)))
         elif record.state == JobState.QUEUED and record.not_before <= now:
+            if unknown_resources(cluster, spec):
+                continue  # the cluster no longer has what it asks for: the reconciler fails it
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
             pending.append(pending_job(cluster, spec, record.id, record.queued_at,
@@ -88,4 +100,4 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
     return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
                     running=tuple(running), pending=tuple(pending),
                     cohorts=build_cohorts(cluster), topology=cluster.topology,
-                    tenant_usage=tenant_usage)
+                    tenant_usage=tenant_usage, resources=resource_space(cluster))

@@ -366,8 +366,8 @@ class SqlStore:
     def tenant_usage(self) -> list[UsageRecord]:
         query = select(t.TenantUsage).order_by(t.TenantUsage.queue, t.TenantUsage.tenant)
         with self._read() as s:
-            return [UsageRecord(row.queue, row.tenant, _triple(row.usage),
-                                _triple(row.penalty), row.sampled_at)
+            return [UsageRecord(row.queue, row.tenant, _floats(row.usage),
+                                _floats(row.penalty), row.sampled_at)
                     for row in s.scalars(query)]
 
     def save_scheduler(self, changes: SchedulerChanges) -> None:
@@ -404,17 +404,16 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + CHUNK]
 
 
-def _triple(values: Sequence[float]) -> tuple[float, float, float]:
-    a, b, c = values
-    return float(a), float(b), float(c)
+def _floats(values: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
 
 
-def _amounts(values: Resources | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
+def _amounts(values: Resources | None) -> list[int] | None:
+    return None if values is None else [int(v) for v in values]
 
 
 def _resources(values: Sequence[float] | None) -> Resources | None:
-    return None if values is None else Resources(*_triple(values))
+    return None if values is None else tuple(int(v) for v in values)
 
 
 def _waiting_row(job: int, why: Waiting, now: float) -> t.JobWaiting:

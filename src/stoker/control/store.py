@@ -128,13 +128,14 @@ class NodeRecord:
 @dataclass(frozen=True)
 class UsageRecord:
     """Admission fair sharing's usage of one tenant in one queue: the decayed ``usage`` and
-    the entry ``penalty`` charged since the last sample, each (gpus, cpus, memory bytes), and
+    the entry ``penalty`` charged since the last sample, each per resource of the cluster's
+    space in its unit (empty: none), and
     ``sampled_at``, the last sample (the usage decays from there)."""
 
     queue: str
     tenant: str
-    usage: tuple[float, float, float]
-    penalty: tuple[float, float, float]
+    usage: tuple[float, ...]
+    penalty: tuple[float, ...]
     sampled_at: float | None
 
 

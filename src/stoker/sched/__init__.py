@@ -14,6 +14,10 @@ from stoker.sched.cycle import schedule
 from stoker.sched.eta import estimate_starts
 from stoker.sched.order import queue_positions
 from stoker.sched.types import (
+    CPU,
+    DEFAULT_SPACE,
+    GPU,
+    MEMORY,
     UNLIMITED,
     AdmissionFairSharing,
     Admit,
@@ -27,12 +31,17 @@ from stoker.sched.types import (
     Preempt,
     Queue,
     Resources,
+    ResourceSpace,
     RunningJob,
     Snapshot,
     Waiting,
 )
 
 __all__ = [
+    "CPU",
+    "DEFAULT_SPACE",
+    "GPU",
+    "MEMORY",
     "UNLIMITED",
     "AdmissionFairSharing",
     "Admit",
@@ -45,6 +54,7 @@ __all__ = [
     "Policy",
     "Preempt",
     "Queue",
+    "ResourceSpace",
     "Resources",
     "RunningJob",
     "SchedulerCache",

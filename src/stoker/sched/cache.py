@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from stoker.sched.held import Held
 from stoker.sched.nodes import Layout
 from stoker.sched.quota import QuotaTree
-from stoker.sched.types import Cohort, Node, Queue, RunningJob
+from stoker.sched.types import DEFAULT_SPACE, Cohort, Node, Queue, ResourceSpace, RunningJob
 
 
 class SchedulerCache:
@@ -29,23 +29,27 @@ class SchedulerCache:
         self._quota: tuple[tuple[Queue, ...], tuple[Cohort, ...], QuotaTree] | None = None
         self._held: Held | None = None
 
-    def layout(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> Layout:
+    def layout(self, nodes: Sequence[Node], topology: tuple[str, ...],
+               space: ResourceSpace = DEFAULT_SPACE) -> Layout:
         """The Layout of ``nodes``: a pure function of the node objects, so it is shared."""
         kept = self._layout
-        if kept is not None and kept[1] == topology and same(kept[0], nodes):
+        if (kept is not None and kept[1] == topology and kept[2].space == space
+                and same(kept[0], nodes)):
             return kept[2]
-        built = Layout(nodes, topology)
+        built = Layout(nodes, topology, space)
         self._layout = (tuple(nodes), topology, built)
         return built
 
-    def take_quota(self, queues: Sequence[Queue], cohorts: Sequence[Cohort]) -> QuotaTree:
+    def take_quota(self, queues: Sequence[Queue], cohorts: Sequence[Cohort],
+                   space: ResourceSpace = DEFAULT_SPACE) -> QuotaTree:
         """A QuotaTree of ``queues`` and ``cohorts`` with no usage; the caller owns it until it
         gives it back with `keep`."""
         kept, self._quota = self._quota, None
-        if kept is not None and same(kept[0], queues) and same(kept[1], cohorts):
+        if (kept is not None and kept[2].size == len(space) and same(kept[0], queues)
+                and same(kept[1], cohorts)):
             kept[2].reset()
             return kept[2]
-        return QuotaTree(queues, cohorts)
+        return QuotaTree(queues, cohorts, len(space))
 
     def take_held(self, layout: Layout, running: Sequence[RunningJob]) -> Held:
         """What ``running`` holds on ``layout``, updated from the last cycle's state; owned by

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from stoker.sched.types import (
-    ALL_UNLIMITED,
     UNLIMITED,
     AdmissionFairSharing,
     Cohort,
@@ -13,56 +12,84 @@ from stoker.sched.types import (
     Policy,
     Queue,
     Resources,
+    ResourceSpace,
 )
+from stoker.spec import resources as names
 from stoker.spec.cluster import (
     AdmissionFairSharingConfig,
     Amounts,
     ClusterConfig,
     NodeConfig,
-    Quota,
+    Quotas,
 )
-from stoker.spec.job import JobSpec
+from stoker.spec.job import JobSpec, RankResources
+
+# What a node that leaves a resource out has of it: cpu, memory and storage are not limited,
+# GPUs and vendors' resources are absent.
+NODE_MISSING = {names.CPU: UNLIMITED, names.MEMORY: UNLIMITED, names.STORAGE: UNLIMITED}
 
 
-def resources(amounts: Amounts | None, missing: float = UNLIMITED) -> Resources:
-    """Amounts -> Resources; a resource left out becomes ``missing``."""
+def resource_space(cfg: ClusterConfig) -> ResourceSpace:
+    """The cluster's resources, in their fixed order."""
+    return _space(cfg.resource_names())
+
+
+_SPACES: dict[tuple[str, ...], ResourceSpace] = {}
+
+
+def _space(resource_names: tuple[str, ...]) -> ResourceSpace:
+    space = _SPACES.get(resource_names)
+    if space is None:
+        space = _SPACES[resource_names] = ResourceSpace(resource_names)
+    return space
+
+
+def resources(space: ResourceSpace, amounts: Amounts | None) -> Resources | None:
+    """Amounts -> Resources; a resource left out is not limited. None stays None."""
     if amounts is None:
-        return ALL_UNLIMITED
-    return Resources(*(missing if v is None else float(v)
-                       for v in (amounts.gpus, amounts.cpus, amounts.memory)))
+        return None
+    return space.vector(amounts.amounts(), missing=UNLIMITED)
 
 
-def flavor_quotas(quotas: dict[str, Quota]) -> tuple[FlavorQuota, ...]:
+def flavor_quotas(space: ResourceSpace, owner: Quotas) -> tuple[FlavorQuota, ...]:
     return tuple(
-        FlavorQuota(flavor=flavor, nominal=resources(q),
-                    borrowing_limit=resources(q.borrowing_limit),
-                    lending_limit=resources(q.lending_limit))
-        for flavor, q in quotas.items()
+        FlavorQuota(flavor=flavor, nominal=space.vector(q.amounts(), missing=UNLIMITED),
+                    borrowing_limit=resources(space, q.borrowing_limit),
+                    lending_limit=resources(space, q.lending_limit))
+        for flavor, q in owner.flavor_quotas().items()
     )
 
 
+def groups(owner: Quotas) -> tuple[tuple[str, ...], ...]:
+    """The flavors of each resource group, when there are several."""
+    found = owner.groups()
+    return tuple(tuple(flavors) for _, flavors in found) if len(found) > 1 else ()
+
+
 def build_queues(cfg: ClusterConfig) -> tuple[Queue, ...]:
+    space = resource_space(cfg)
     return tuple(
-        Queue(name=name, quotas=flavor_quotas(q.quotas), cohort=q.cohort, strategy=q.strategy,
+        Queue(name=name, quotas=flavor_quotas(space, q), cohort=q.cohort, strategy=q.strategy,
               within_queue=q.preemption.within_queue,
               reclaim_within_cohort=q.preemption.reclaim_within_cohort,
               borrow_within_cohort=q.preemption.borrow_within_cohort,
-              borrow_max_priority=q.preemption.borrow_max_priority, fair_weight=q.fair_weight)
+              borrow_max_priority=q.preemption.borrow_max_priority, fair_weight=q.fair_weight,
+              groups=groups(q))
         for name, q in cfg.queues.items()
     )
 
 
 def build_cohorts(cfg: ClusterConfig) -> tuple[Cohort, ...]:
+    space = resource_space(cfg)
     return tuple(
-        Cohort(name=name, parent=c.parent, quotas=flavor_quotas(c.quotas),
+        Cohort(name=name, parent=c.parent, quotas=flavor_quotas(space, c),
                fair_weight=c.fair_weight)
         for name, c in cfg.cohorts.items()
     )
 
 
 def build_node(cfg: ClusterConfig, node: NodeConfig, name: str) -> Node:
-    capacity = Resources(node.gpus, UNLIMITED if node.cpus is None else node.cpus,
-                         UNLIMITED if node.memory is None else float(node.memory))
+    capacity = resource_space(cfg).vector(node.amounts(), missing=NODE_MISSING)
     return Node(name=name, flavor=node.flavor, capacity=capacity,
                 domains=tuple(node.labels[level] for level in cfg.topology))
 
@@ -76,14 +103,22 @@ def build_policy(cfg: ClusterConfig) -> Policy:
     s = cfg.scheduler
     afs = cfg.admission_fair_sharing
     return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age,
-                  admission_fair_sharing=admission_fair_sharing(afs) if afs.enabled else None)
+                  admission_fair_sharing=(admission_fair_sharing(afs, resource_space(cfg))
+                                          if afs.enabled else None))
 
 
-def admission_fair_sharing(cfg: AdmissionFairSharingConfig) -> AdmissionFairSharing:
-    """The scheduler's settings (memory weighed per byte) from the config's (per GiB)."""
-    w = cfg.resource_weights
+def admission_fair_sharing(cfg: AdmissionFairSharingConfig, space: ResourceSpace
+                           ) -> AdmissionFairSharing:
+    """The scheduler's settings: weights of one GPU, CPU, GiB or unit of each resource."""
+    weights = cfg.resource_weights.weights()
     return AdmissionFairSharing(half_life=cfg.half_life, sampling_interval=cfg.sampling_interval,
-                                weights=Resources(w.gpus, w.cpus, w.memory / 2**30))
+                                weights=tuple(weights.get(n, 0.0) for n in space.names),
+                                units=tuple(names.bucket_unit(n) for n in space.names))
+
+
+def per_rank(cfg: ClusterConfig, r: RankResources) -> Resources:
+    """A rank's request as Resources over the cluster's resources (KeyError: one it lacks)."""
+    return resource_space(cfg).vector(r.amounts())
 
 
 def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at: float,
@@ -91,11 +126,9 @@ def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at
                 tenant: str = "") -> PendingJob:
     """The scheduler's view of a submitted job spec; ``nominated``: the previous cycle
     nominated it (see `PendingJob`)."""
-    r = spec.resources
     return PendingJob(
         id=job_id, queue=spec.queue, priority=cfg.priority(spec.priority_class),
-        created_at=created_at, ranks=spec.ranks,
-        per_rank=Resources(r.gpus, r.cpus, float(r.memory)),
+        created_at=created_at, ranks=spec.ranks, per_rank=per_rank(cfg, spec.resources),
         flavors=cfg.flavors_for_model(spec.placement.gpu_model),
         topology=spec.placement.topology,
         topology_required=spec.placement.topology_mode == "required",

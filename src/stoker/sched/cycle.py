@@ -27,13 +27,13 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
-from operator import itemgetter
+from operator import le
 
 from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
-from stoker.sched.nodes import EPS, Nodes, Placement
+from stoker.sched.nodes import Nodes, Placement, times
 from stoker.sched.order import QueueKey, queue_keys
-from stoker.sched.quota import RESOURCES, Account
+from stoker.sched.quota import QuotaAccount
 from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
     UNLIMITED,
@@ -45,6 +45,7 @@ from stoker.sched.types import (
     Preempt,
     Queue,
     Resources,
+    ResourceSpace,
     RunningJob,
     Snapshot,
     WaitCode,
@@ -56,7 +57,6 @@ INF = float("inf")
 # the borrowing pass.
 _ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
 _HeapKey = tuple[int, object, int, float, float, int]  # QueueKey with borrowing or share second
-_GPUS, _CPUS, _MEMORY = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy(),
@@ -80,7 +80,8 @@ class _QueueState:
     __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "least", "most",
                  "queue", "root", "scope", "waiting")
 
-    def __init__(self, queue: Queue, accounts: dict[str, Account], root: str | None) -> None:
+    def __init__(self, queue: Queue, accounts: dict[str, QuotaAccount], root: str | None,
+                 size: int) -> None:
         self.queue = queue
         self.accounts = accounts
         self.root = root  # the cohort tree it shares quota in
@@ -89,8 +90,8 @@ class _QueueState:
         self.attempts = 0
         self.checked = -1  # the cycle's change count when it was last found not hopeless
         self.blocked_by: JobId | None = None
-        self.least = (INF, INF)  # the fewest GPUs and CPUs per rank any of its jobs asks for
-        self.most = (0.0, 0.0, 0.0)  # the most of each resource per rank any job asks for
+        self.least: Resources = (UNLIMITED,) * size  # the least of each any job asks per rank
+        self.most: Resources = (0,) * size  # the most of each resource per rank any job asks
         self.flavors = list(accounts)
 
 
@@ -99,12 +100,14 @@ class _Cycle:
         self.snap = snapshot
         self.policy = policy
         self.now = snapshot.now
-        self.quota = cache.take_quota(snapshot.queues, snapshot.cohorts)
+        self.space = snapshot.resources
+        self.quota = cache.take_quota(snapshot.queues, snapshot.cohorts, snapshot.resources)
         self._charge_running(snapshot, cache)
         self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
         self.queues: dict[str, _QueueState] = {
-            q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort))
+            q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort),
+                                len(self.space))
             for q in snapshot.queues}
         self.trees: dict[str, list[_QueueState]] = {}
         for qs in self.queues.values():
@@ -115,7 +118,7 @@ class _Cycle:
         self.failed_like: dict[tuple[object, ...], Waiting] = {}  # what failed: why
         self.changes = 0  # admissions, nominations, holds and used-up preemption attempts
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
-        self.departing: dict[tuple[str, str], dict[Account, list[float]]] = {}
+        self.departing: dict[tuple[str, str], dict[QuotaAccount, list[int]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
@@ -130,7 +133,7 @@ class _Cycle:
 
     def _charge_running(self, snapshot: Snapshot, cache: SchedulerCache) -> None:
         """Start from what the running jobs leave free and the quota they use."""
-        static = cache.layout(snapshot.nodes, snapshot.topology)
+        static = cache.layout(snapshot.nodes, snapshot.topology, snapshot.resources)
         self.held = cache.take_held(static, snapshot.running)
         self.nodes = Nodes(static, self.held.free, self.held.pools)
         usage = self.held.usage
@@ -159,7 +162,7 @@ class _Cycle:
         (`stoker.sched.order`)."""
         pending = self.snap.pending
         keyed: dict[str, list[QueueKey]] = {name: [] for name in self.queues}
-        shapes: dict[str, list[Resources]] = {name: [] for name in self.queues}
+        shapes: dict[str, set[Resources]] = {name: set() for name in self.queues}
         for key in queue_keys(pending, self.policy, self.now):
             job = pending[key[4]]
             keys = keyed.get(job.queue)
@@ -167,7 +170,7 @@ class _Cycle:
                 self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
             keys.append(key)
-            shapes[job.queue].append(job.per_rank)
+            shapes[job.queue].add(job.per_rank)
         for name, keys in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
@@ -175,10 +178,9 @@ class _Cycle:
             qs = self.queues[name]
             qs.waiting = keys
             if keys:
-                per_rank = shapes[name]
-                qs.least = (min(map(_GPUS, per_rank)), min(map(_CPUS, per_rank)))
-                qs.most = (max(map(_GPUS, per_rank)), max(map(_CPUS, per_rank)),
-                           max(map(_MEMORY, per_rank)))
+                per_rank = list(shapes[name])  # the distinct rank shapes
+                qs.least = tuple(map(min, *per_rank)) if len(per_rank) > 1 else per_rank[0]
+                qs.most = tuple(map(max, *per_rank)) if len(per_rank) > 1 else per_rank[0]
 
     # --- the cycle ---
 
@@ -266,7 +268,7 @@ class _Cycle:
             if pool is None:
                 continue
             r = pool.primary
-            if pool.max_free() + EPS < need[r] or account.available(r) + EPS < need[r]:
+            if pool.max_free() < need[r] or account.available(r) < need[r]:
                 continue
             qs.checked = self.changes
             return False
@@ -341,12 +343,13 @@ class _Cycle:
                     if self._nominate(qs, job, flavor, level, total):
                         return _WAIT
                 self.hopeless.add(shape)
-        asked = f"no nodes free for {job.ranks} x {_fmt(job)}"
+        asked = f"no nodes free for {job.ranks} x {_fmt(job, self.space)}"
         message = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}" for f in flavors)
         code = self._wait_code(qs, job, flavors, open_flavors, why, total, no_nodes)
         if code == "ExceedsMaxQuota":
-            message = "; ".join(f"{f}: asks {_amounts(total)}, more than queue {qs.queue.name} "
-                                f"can ever get ({_amounts(_most(qs.accounts[f]))})"
+            describe = self.space.describe
+            message = "; ".join(f"{f}: asks {describe(total)}, more than queue {qs.queue.name} "
+                                f"can ever get ({describe(_most(qs.accounts[f], len(total)))})"
                                 for f in flavors)
         self.waiting[job.id] = self._numbers(code, message, qs, open_flavors or flavors, total)
         if starving:
@@ -355,7 +358,7 @@ class _Cycle:
         return _WAIT
 
     def _admit(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-               total: list[float]) -> bool:
+               total: list[int]) -> bool:
         """Place ``job`` on ``flavor``'s nodes and charge it; False if it fits on no nodes."""
         placement = self._place(flavor, job, level)
         if placement is None:
@@ -381,12 +384,12 @@ class _Cycle:
             self.failed_shapes.add(shape)
         return placement
 
-    def _fits_ever(self, job: PendingJob, flavors: list[str], largest: dict[str, list[float]]
+    def _fits_ever(self, job: PendingJob, flavors: list[str], largest: dict[str, list[int]]
                    ) -> bool:
         """Whether one rank fits on the largest node of any of ``flavors``."""
         for flavor in flavors:
             cap = largest.get(flavor)
-            if cap is not None and all(job.per_rank[r] <= cap[r] + EPS for r in RESOURCES):
+            if cap is not None and all(map(le, job.per_rank, cap)):
                 return True
         return False
 
@@ -395,15 +398,16 @@ class _Cycle:
         names = ", ".join(flavors)
         if self._fits_ever(job, flavors, self.nodes.capacity):
             return Waiting("NodeUnhealthy", f"only unschedulable (cordoned or unhealthy) nodes "
-                                            f"of flavor {names} hold one rank of {_fmt(job)}")
+                                            f"of flavor {names} hold one rank of "
+                                            f"{_fmt(job, self.space)}")
         return Waiting("NeverFits", f"never fits: no node of flavor {names} holds one rank of "
-                                    f"{_fmt(job)}")
+                                    f"{_fmt(job, self.space)}")
 
     def _wait_code(self, qs: _QueueState, job: PendingJob, flavors: list[str],
-                   open_flavors: list[str], why: dict[str, str], total: list[float],
+                   open_flavors: list[str], why: dict[str, str], total: list[int],
                    no_nodes: str) -> WaitCode:
         """The code for a job that fits on some node but was neither admitted nor nominated."""
-        if all(any(total[r] > qs.accounts[f].most(r) + EPS for r in RESOURCES)
+        if all(any(total[r] > qs.accounts[f].most(r) for r in range(len(total)))
                for f in flavors):
             return "ExceedsMaxQuota"
         if not open_flavors:
@@ -418,17 +422,18 @@ class _Cycle:
         return "WaitingForNodes"
 
     def _numbers(self, code: WaitCode, message: str, qs: _QueueState, flavors: list[str],
-                 total: list[float] | None) -> Waiting:
+                 total: list[int] | None) -> Waiting:
         """``code`` and ``message`` with the quota numbers of the first of ``flavors`` (and
         the job's request, unless one reason serves a whole queue)."""
         if not flavors:
             return Waiting(code, message)
         flavor = flavors[0]
         account = qs.accounts[flavor]
-        nominal = [max(0.0, account.nominal[r] - account.usage[r]) for r in RESOURCES]
-        borrow = [max(0.0, account.available(r) - nominal[r]) for r in RESOURCES]
-        return Waiting(code, message, flavor, None if total is None else Resources(*total),
-                       Resources(*nominal), Resources(*borrow))
+        usage, size = account.usage, len(self.space)
+        nominal = tuple(max(0, account.nominal[r] - usage[r]) for r in range(size))
+        borrow = tuple(max(0, account.available(r) - nominal[r]) for r in range(size))
+        return Waiting(code, message, flavor, None if total is None else tuple(total), nominal,
+                       borrow)
 
     def _reserve(self, qs: _QueueState, job: PendingJob, flavors: list[str],
                  node_short: bool) -> None:
@@ -455,10 +460,13 @@ class _Cycle:
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
                                self._rank(job.priority, job.attained_service))
-                for job in self.running.get(key, ())])
+                for job in self.running.get(key, ())], len(self.space))
         return cands
 
     def _placement_of(self, job: RunningJob) -> Placement:
+        kept = self.held.jobs.get(id(job))  # what its hold was computed with, if it is held
+        if kept is not None and kept[0] is job:
+            return kept[1]
         counts: dict[int, int] = {}
         for name in job.nodes:
             i = self.nodes.index.get(name)
@@ -493,7 +501,7 @@ class _Cycle:
         return own, others
 
     def _nominate(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-                  total: list[float]) -> bool:
+                  total: list[int]) -> bool:
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
@@ -520,7 +528,7 @@ class _Cycle:
         return True
 
     def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-                      total: list[float]) -> tuple[preempt.Chosen, Placement] | None:
+                      total: list[int]) -> tuple[preempt.Chosen, Placement] | None:
         own, others = self._eligible(qs, job, flavor)
         account = qs.accounts[flavor]
         if not self._could_fit(account, flavor, total, own + others):
@@ -534,28 +542,29 @@ class _Cycle:
                                     job.topology_required)
 
         sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
-        short = account.short(total) or [r for r in RESOURCES if total[r] > 0]
+        short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
         return self._search(qs, job, sim, account, total, own, others, short)
 
-    def _could_fit(self, account: Account, flavor: str, total: list[float],
+    def _could_fit(self, account: QuotaAccount, flavor: str, total: list[int],
                    selections: list[preempt.Selection]) -> bool:
         """Whether removing every candidate could possibly make room on the nodes."""
         pool = self.nodes.pools.get(flavor)
         if not selections or pool is None:
             return False
-        freed = _freed(selections)
-        return all(total[r] <= pool.total[r] + freed[r] + EPS for r in RESOURCES if total[r] > 0)
+        freed = _freed(selections, len(total))
+        return all(v <= t + f for v, t, f in zip(total, pool.total, freed, strict=True) if v > 0)
 
     def _search(self, qs: _QueueState, job: PendingJob, sim: preempt.Simulation,
-                account: Account, total: list[float], own: list[preempt.Selection],
+                account: QuotaAccount, total: list[int], own: list[preempt.Selection],
                 others: list[preempt.Selection], short: list[int]
                 ) -> tuple[preempt.Chosen, Placement] | None:
         """Kueue's GetTargets: which candidates, and whether the preemptor may borrow."""
-        own_freed, others_freed = _freed(own), _freed(others, borrowed_only=True)
+        size = len(total)
+        own_freed, others_freed = _freed(own, size), _freed(others, size, borrowed_only=True)
 
         def minimal(selections: list[preempt.Selection], allow_borrowing: bool,
                     threshold: int | None = None) -> tuple[preempt.Chosen, Placement] | None:
-            cohort = others_freed if selections is not own else [0.0, 0.0, 0.0]
+            cohort = others_freed if selections is not own else [0] * size
             if not _quota_bound(account, total, own_freed, cohort, allow_borrowing):
                 return None
             candidates: Iterable[preempt.Victim] = preempt.merged(selections)
@@ -565,7 +574,8 @@ class _Cycle:
                               if v.account is account or v.job.priority < limit)
             return preempt.minimal(sim, account, candidates, short, allow_borrowing, threshold)
 
-        under_nominal = all(account.usage[r] < account.nominal[r] for r in short)
+        usage, nominal = account.usage, account.nominal
+        under_nominal = all(usage[r] < nominal[r] for r in short)
         if not others:
             return minimal(own, True)
         every = own + others
@@ -588,7 +598,7 @@ class _Cycle:
         return minimal(own, True) if own else None
 
     def _commit_nomination(self, qs: _QueueState, job: PendingJob, flavor: str,
-                           total: list[float], placement: Placement,
+                           total: list[int], placement: Placement,
                            victims: list[preempt.Victim]) -> None:
         """Charge the nominated job now: its quota, and the free capacity it will use.
 
@@ -599,20 +609,21 @@ class _Cycle:
         qs.accounts[flavor].add(total)
         self.changes += 1
         departing = self.departing.setdefault((qs.scope, flavor), {})
+        size = len(total)
         for v in victims:
             if v.account is not None:
-                gone = departing.setdefault(v.account, [0.0, 0.0, 0.0])
-                for r in RESOURCES:
+                gone = departing.setdefault(v.account, [0] * size)
+                for r in range(size):
                     gone[r] += v.total[r]
-        freed: dict[int, list[float]] = {}
+        freed: dict[int, list[int]] = {}
         for v in victims:
             for i, count in v.placement:
-                f = freed.setdefault(i, [0.0, 0.0, 0.0])
-                for r in RESOURCES:
+                f = freed.setdefault(i, [0] * size)
+                for r in range(size):
                     f[r] += v.per_rank[r] * count
         for i, count in placement:
-            f = freed.get(i, [0.0, 0.0, 0.0])
-            extra = [max(0.0, job.per_rank[r] * count - f[r]) for r in RESOURCES]
+            f = freed.get(i, [0] * size)
+            extra = [max(0, job.per_rank[r] * count - f[r]) for r in range(size)]
             self.nodes.charge(i, extra, 1)
 
     def _explain_rest(self) -> None:
@@ -622,18 +633,18 @@ class _Cycle:
             if not qs.waiting:
                 continue
             reason = self._queue_reason(qs)
-            caps = [self.nodes.healthy.get(f, [0.0, 0.0, 0.0]) for f in qs.accounts]
-            largest = [max((c[r] for c in caps), default=0.0) + EPS for r in RESOURCES]
+            size = len(self.space)
+            caps = [self.nodes.healthy.get(f, [0] * size) for f in qs.accounts]
+            largest = [max((c[r] for c in caps), default=0) for r in range(size)]
             pending = self.snap.pending
             keys = (qs.waiting if self.tenants is None
                     else self.tenants.remaining(qs.queue.name, qs.waiting))
             self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
-            if all(qs.most[r] <= largest[r] for r in RESOURCES):  # every job fits some node
+            if all(map(le, qs.most, largest)):  # every job fits some node
                 continue
             for key in keys:
                 job = pending[key[4]]
-                p = job.per_rank
-                if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
+                if not all(map(le, job.per_rank, largest)):
                     self.waiting[job.id] = self._never_fits(job, list(qs.accounts))
 
     def _queue_reason(self, qs: _QueueState) -> Waiting:
@@ -647,43 +658,42 @@ class _Cycle:
             return Waiting("HeldForStarvingJob", f"capacity held for starving job {holds[0]}")
         need = qs.least
         for flavor, account in qs.accounts.items():
-            if all(account.available(r) + EPS >= need[r] for r in (0, 1)):
+            if all(account.available(r) >= v for r, v in enumerate(need) if v):
                 return self._numbers("WaitingForNodes", f"no free nodes for queue {name}'s "
                                      "jobs", qs, [flavor], None)
         return self._numbers("WaitingForQuota", f"no room in queue {name}'s quota", qs,
                              qs.flavors, None)
 
 
-def _freed(selections: list[preempt.Selection], borrowed_only: bool = False) -> list[float]:
-    out = [0.0, 0.0, 0.0]
+def _freed(selections: list[preempt.Selection], size: int, borrowed_only: bool = False
+           ) -> list[int]:
+    out = [0] * size
     for sel in selections:
         b = sel.bound(borrowed_only)
-        for r in RESOURCES:
+        for r in range(size):
             out[r] += b[r]
     return out
 
 
-def _quota_bound(account: Account, total: list[float], own_freed: list[float],
-                 cohort_freed: list[float], allow_borrowing: bool) -> bool:
+def _quota_bound(account: QuotaAccount, total: list[int], own_freed: list[int],
+                 cohort_freed: list[int], allow_borrowing: bool) -> bool:
     """Whether the quota could fit ``total`` once the candidates are gone (a cheap bound)."""
-    for r in RESOURCES:
+    usage, nominal, borrow = account.usage, account.nominal, account.borrow
+    for r in range(len(total)):
         if total[r] <= 0:
             continue
         room = account.available(r) + own_freed[r] + cohort_freed[r]
-        if account.parent is not None and account.borrow[r] < UNLIMITED:
-            room = min(room, account.nominal[r] + account.borrow[r] - account.usage[r]
-                       + own_freed[r])
+        if account.parent is not None and borrow[r] < UNLIMITED:
+            room = min(room, nominal[r] + borrow[r] - usage[r] + own_freed[r])
         if not allow_borrowing:
-            room = min(room, account.nominal[r] - account.usage[r] + own_freed[r])
-        if total[r] > room + EPS:
+            room = min(room, nominal[r] - usage[r] + own_freed[r])
+        if total[r] > room:
             return False
     return True
 
 
-def _total(job: PendingJob) -> list[float]:
-    n = job.ranks
-    p = job.per_rank
-    return [p[0] * n, p[1] * n, p[2] * n]
+def _total(job: PendingJob) -> list[int]:
+    return times(job.per_rank, job.ranks)
 
 
 def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:
@@ -693,21 +703,9 @@ def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _most(account: Account) -> list[float]:
-    return [account.most(r) for r in RESOURCES]
+def _most(account: QuotaAccount, size: int) -> list[int]:
+    return [account.most(r) for r in range(size)]
 
 
-def _amounts(v: list[float]) -> str:
-    """GPUs, CPUs and memory of ``v``, leaving out zeros and unlimited amounts."""
-    names = ("GPU", "CPU")
-    parts = [f"{v[r]:g} {names[r]}" for r in (0, 1) if 0 < v[r] < UNLIMITED]
-    if 0 < v[2] < UNLIMITED:
-        parts.append(f"{v[2] / 2**30:.3g} GiB")
-    return ", ".join(parts) or "nothing"
-
-
-def _fmt(job: PendingJob) -> str:
-    g, c, m = job.per_rank
-    parts = [f"{g:g} GPU" if g else "", f"{c:g} CPU" if c else "",
-             f"{m / 2**30:.3g} GiB" if m else ""]
-    return "(" + ", ".join(p for p in parts if p) + ")"
+def _fmt(job: PendingJob, space: ResourceSpace) -> str:
+    return f"({space.describe(job.per_rank)})"

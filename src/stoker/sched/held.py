@@ -7,11 +7,10 @@ walking the running list against the last one (`_difference`), or as sets when t
 much. Jobs are matched by object identity (running jobs are immutable, and the ones kept are
 referenced, so an identity is never reused while kept), then, for jobs rebuilt as new objects,
 by what decides their hold (id, queue, flavor, nodes, per-rank resources). A gang's group
-capacities (`Pool.group_capacity`) are kept too, per rank shape. Every kept value is an exactly
-rounded sum over the jobs that hold it (``math.fsum``, or an `ExactSum` kept up to date) or a
-count, so it depends only on the set of running jobs, never on their order or on the cycles
-before: keeping it is a memo, and `schedule` stays a pure function of its snapshot. (A job
-listed twice holds once.)
+capacities (`Pool.group_capacity`) are kept too, per rank shape. Every kept value is a sum of
+integer amounts over the jobs that hold it, or a count: exact, so it depends only on the set of
+running jobs, never on their order or on the cycles before: keeping it is a memo, and
+`schedule` stays a pure function of its snapshot. (A job listed twice holds once.)
 """
 
 from __future__ import annotations
@@ -20,56 +19,10 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import compress, islice
 from itertools import count as counting
-from math import fsum
-from operator import is_not
+from operator import is_not, sub
 
-from stoker.sched.nodes import Layout, Placement, Pool, Vec, key_of, ranks_fitting
+from stoker.sched.nodes import Layout, Placement, Pool, Vec, ranks_fitting
 from stoker.sched.types import Resources, RunningJob
-
-
-class ExactSum:
-    """A sum of floats kept exactly (Shewchuk's non-overlapping partials, as ``math.fsum``), so
-    adding and later subtracting a value leaves no rounding behind: its value depends only on
-    the values summed, not on their order."""
-
-    __slots__ = ("partials",)
-
-    def __init__(self) -> None:
-        self.partials: list[float] = []
-
-    def add(self, x: float) -> None:
-        partials = self.partials
-        i = 0
-        for y in partials:
-            if abs(x) < abs(y):
-                x, y = y, x
-            hi = x + y
-            lo = y - (hi - x)
-            if lo:
-                partials[i] = lo
-                i += 1
-            x = hi
-        partials[i:] = [x]
-
-    def value(self) -> float:
-        return fsum(self.partials)
-
-
-class Sums:
-    """Three ExactSums: one per resource."""
-
-    __slots__ = ("sums",)
-
-    def __init__(self) -> None:
-        self.sums = (ExactSum(), ExactSum(), ExactSum())
-
-    def add(self, amount: Sequence[float], sign: float) -> None:
-        for r in range(3):
-            if amount[r]:
-                self.sums[r].add(sign * amount[r])
-
-    def value(self) -> Vec:
-        return [s.value() for s in self.sums]
 
 
 class Held:
@@ -83,9 +36,9 @@ class Held:
         self.on_node: dict[int, dict[int, tuple[Resources, int]]] = {}  # node -> job id -> ranks
         self.free: list[Vec] = layout.capacity_of.copy()  # vectors replaced, never changed
         self.pools: dict[str, Pool] = {f: pool.copy() for f, pool in layout.pools.items()}
-        self.taken = {flavor: Sums() for flavor in layout.pools}  # held on each pool's nodes
-        self.used: dict[tuple[str, str], Sums] = {}  # (queue, flavor) -> its jobs' totals
-        self.usage: dict[tuple[str, str], Vec] = {}
+        zero = [0] * layout.size
+        self.taken = {flavor: zero for flavor in layout.pools}  # held on each pool's nodes
+        self.usage: dict[tuple[str, str], Vec] = {}  # (queue, flavor) -> its jobs' totals
 
     def update(self, running: Sequence[RunningJob]) -> None:
         """Make the held state that of ``running``."""
@@ -97,10 +50,9 @@ class Held:
         if gone and added:
             self._rekey(current, gone, added)
         nodes: set[int] = set()
-        queues: set[tuple[str, str]] = set()
         for k in gone:
             job, placement = self.jobs.pop(k)
-            self._count(job, placement, -1.0, nodes, queues)
+            self._count(job, placement, -1, nodes)
             for at, _ in placement:
                 del self.on_node[at][k]
         index = self.layout.index
@@ -115,10 +67,8 @@ class Held:
             self.jobs[k] = (job, placement)
             for at, count in placement:
                 self.on_node.setdefault(at, {})[k] = (job.per_rank, count)
-            self._count(job, placement, 1.0, nodes, queues)
+            self._count(job, placement, 1, nodes)
         self._refresh_nodes(nodes)
-        for key in queues:
-            self.usage[key] = self.used[key].value()
 
     def _changes(self, running: Sequence[RunningJob]
                  ) -> tuple[set[int], set[int], dict[int, RunningJob]] | None:
@@ -173,35 +123,34 @@ class Held:
             gone.discard(old)
             added.discard(k)
 
-    def _count(self, job: RunningJob, placement: Placement, sign: float, nodes: set[int],
-               queues: set[tuple[str, str]]) -> None:
+    def _count(self, job: RunningJob, placement: Placement, sign: int, nodes: set[int]) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``job`` holds on its nodes and quota."""
         pool_of = self.layout.pool_of
         for at, count in placement:
             nodes.add(at)
             flavor = pool_of[at]
             if flavor is not None:
-                p = job.per_rank
-                self.taken[flavor].add((p[0] * count, p[1] * count, p[2] * count), sign)
+                self.taken[flavor] = _plus(self.taken[flavor], job.per_rank, sign * count)
         key = (job.queue, job.flavor)
-        n = len(job.nodes)
-        sums = self.used.get(key)
-        if sums is None:
-            sums = self.used[key] = Sums()
-        sums.add((job.per_rank[0] * n, job.per_rank[1] * n, job.per_rank[2] * n), sign)
-        queues.add(key)
+        total = _plus(self.usage.get(key) or [0] * len(job.per_rank), job.per_rank,
+                      sign * len(job.nodes))
+        if any(total):
+            self.usage[key] = total
+        else:
+            self.usage.pop(key, None)
 
     def _refresh_nodes(self, nodes: set[int]) -> None:
         layout = self.layout
         pools: set[str] = set()
         for i in nodes:
-            held = self.on_node.get(i, {}).values()
-            cap = layout.capacity_of[i]
-            free = [cap[r] - fsum(p[r] * count for p, count in held) for r in range(3)]
+            free = layout.capacity_of[i]
+            for p, count in self.on_node.get(i, {}).values():
+                free = _plus(free, p, -count)
             flavor = layout.pool_of[i]
             if flavor is not None:
                 pool = self.pools[flavor]
                 was = self.free[i]
-                old, new = key_of(was[pool.primary]), key_of(free[pool.primary])
+                old, new = pool.key(was[pool.primary]), pool.key(free[pool.primary])
                 if new != old:
                     pool.move(i, old, new)
                 g = layout.group[i]
@@ -214,8 +163,8 @@ class Held:
                 pools.add(flavor)
             self.free[i] = free
         for flavor in pools:
-            capacity, taken = layout.pools[flavor].total, self.taken[flavor].value()
-            self.pools[flavor].total = [capacity[r] - taken[r] for r in range(3)]
+            self.pools[flavor].total = list(map(sub, layout.pools[flavor].total,
+                                                self.taken[flavor]))
 
 
 LOOK_AHEAD = 8  # how far `_difference` looks for a job taken out or put in
@@ -258,6 +207,11 @@ def _difference(old: list[RunningJob], new: Sequence[RunningJob]
     out.extend(old[j:])
     into.extend(new[i:])
     return None if len(out) + len(into) > MOST_MOVED else (out, into)
+
+
+def _plus(v: Sequence[int], amount: Resources, times: int) -> Vec:
+    """``v + times * amount``, as a new list."""
+    return [a + p * times for a, p in zip(v, amount, strict=True)]
 
 
 def _hold(job: RunningJob) -> tuple[object, ...]:

@@ -1,10 +1,12 @@
 """Free node capacity, indexed for best-fit, and topology-aware gang placement.
 
 Each flavor's schedulable nodes form a `Pool` whose nodes sit in buckets by free amount of the
-pool's primary resource (GPUs, or CPUs for CPU-only nodes), so a one-node placement looks at a
-handful of buckets instead of every node. A gang that needs several nodes is packed into the
-fewest topology domains: the smallest domain (best fit) at the lowest allowed level that holds it,
-then, level by level, the largest sub-domains first with the last one chosen best-fit.
+pool's primary resource (whole GPUs; else a vendor's resource; else whole CPUs for CPU-only
+nodes), so a one-node placement looks at a handful of buckets instead of every node. Amounts
+are integer vectors over the snapshot's resources, so every comparison is exact. A gang that
+needs several nodes is packed into the fewest topology domains: the smallest domain (best fit)
+at the lowest allowed level that holds it, then, level by level, the largest sub-domains first
+with the last one chosen best-fit.
 
 What depends on the nodes alone (names, flavors, topology groups, the pools of an idle cluster)
 is a `Layout`, memoized on the snapshot's nodes (the same node objects give the same layout), so
@@ -15,37 +17,32 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
+from operator import ge, lt
 
-from stoker.sched.types import UNLIMITED, Node
+from stoker.sched.types import DEFAULT_SPACE, UNLIMITED, Node, ResourceSpace
+from stoker.spec.resources import BYTES, bucket_unit
 
-EPS = 1e-9
 MANY = 1 << 62
-Vec = list[float]
+Vec = list[int]
 Placement = list[tuple[int, int]]  # (node index, ranks on it)
 
 
-def ranks_fitting(free: Sequence[float], per_rank: Sequence[float]) -> int:
+def ranks_fitting(free: Sequence[int], per_rank: Sequence[int]) -> int:
     """How many ranks of ``per_rank`` fit in ``free``."""
     k = MANY
-    p = per_rank[0]
-    if p > 0:
-        k = int((free[0] + EPS) / p)
-    p = per_rank[1]
-    if p > 0:
-        n = int((free[1] + EPS) / p)
-        if n < k:
-            k = n
-    p = per_rank[2]
-    if p > 0:
-        n = int((free[2] + EPS) / p)
-        if n < k:
-            k = n
+    r = 0
+    for p in per_rank:  # indexing is faster here than zip or enumerate
+        if p > 0:
+            n = free[r] // p
+            if n < k:
+                k = n
+        r += 1  # noqa: SIM113 (faster than enumerate here)
     return k if k > 0 else 0
 
 
-def key_of(amount: float) -> int:
-    """The bucket of a node with ``amount`` of its primary resource free."""
-    return MANY if amount >= UNLIMITED / 2 else int(amount + EPS)
+def times(per_rank: Sequence[int], ranks: int) -> Vec:
+    """What ``ranks`` ranks of ``per_rank`` need."""
+    return [p * ranks for p in per_rank]
 
 
 GROUP_SIZE = 16
@@ -59,37 +56,87 @@ class Pool:
     nodes), whose capacity for a given rank shape is computed once and then kept up to date node
     by node as capacity is charged: a gang spanning nodes then looks at groups, not at every
     node.
+
+    In a cycle's copy, a charged node's bucket and group capacities are brought up to date only
+    when they are next read (`flush_buckets`, `flush_caps`): a victim search gives a node
+    capacity and takes it back many times, what cancels out then costs nothing, and group
+    capacities are only read for gangs.
     """
 
-    __slots__ = ("buckets", "cache", "groups", "keys", "primary", "total")
+    __slots__ = ("buckets", "cache", "dirty", "free", "group_of", "groups", "keys", "moved",
+                 "primary", "total", "unit")
 
-    def __init__(self, primary: int) -> None:
+    def __init__(self, primary: int, size: int, unit: int = 1) -> None:
         self.primary = primary
+        self.unit = unit  # how much of the primary resource one bucket spans
         self.buckets: dict[int, list[int]] = {}  # sorted node indices
         self.keys: list[int] = []
-        self.total: Vec = [0.0, 0.0, 0.0]
+        self.total: Vec = [0] * size
         self.groups: dict[Group, list[int]] = {}
-        self.cache: dict[tuple[float, ...], dict[Group, int]] = {}  # per rank shape
+        self.cache: dict[tuple[int, ...], dict[Group, int]] = {}  # per rank shape
+        # A cycle's copy: nodes charged since their bucket was last right, with that bucket;
+        # nodes charged since the group capacities were last right, with what they had free
+        # then; and the cycle's free vectors and node groups.
+        self.moved: dict[int, int] = {}
+        self.dirty: dict[int, Vec] = {}
+        self.free: list[Vec] = []
+        self.group_of: list[Group] = []
 
-    def copy(self) -> Pool:
-        """A copy to charge in one cycle (the groups are shared: they never change)."""
-        pool = Pool(self.primary)
+    def flush_buckets(self) -> None:
+        """Put the nodes charged since in their buckets."""
+        if not self.moved:
+            return
+        free, primary = self.free, self.primary
+        for i, old in self.moved.items():
+            new = self.key(free[i][primary])
+            if new != old:
+                self.move(i, old, new)
+        self.moved.clear()
+
+    def flush_caps(self) -> None:
+        """Bring the group capacities up to date with the nodes charged since."""
+        if not self.dirty:
+            return
+        free = self.free
+        for i, was in self.dirty.items():
+            f = free[i]
+            if f == was:  # given back as much as was taken
+                continue
+            g = self.group_of[i]
+            for shape, caps in self.cache.items():
+                n = caps.get(g, 0) + ranks_fitting(f, shape) - ranks_fitting(was, shape)
+                if n:
+                    caps[g] = n
+                else:
+                    caps.pop(g, None)
+        self.dirty.clear()
+
+    def key(self, amount: int) -> int:
+        """The bucket of a node with ``amount`` of the primary resource free."""
+        return MANY if amount >= UNLIMITED // 2 else amount // self.unit
+
+    def copy(self, free: list[Vec] | None = None, group_of: list[Group] | None = None) -> Pool:
+        """A copy to charge in one cycle, on the cycle's ``free`` vectors (the groups are
+        shared: they never change)."""
+        pool = Pool.__new__(Pool)
+        pool.primary, pool.unit, pool.groups = self.primary, self.unit, self.groups
         pool.buckets = {k: bucket.copy() for k, bucket in self.buckets.items()}
         pool.keys = self.keys.copy()
         pool.total = self.total.copy()
-        pool.groups = self.groups
         pool.cache = {shape: caps.copy() for shape, caps in self.cache.items()}
+        pool.moved, pool.dirty = {}, {}
+        pool.free = free if free is not None else []
+        pool.group_of = group_of if group_of is not None else []
         return pool
 
     def insert(self, i: int, free: Vec, group: Group) -> None:
-        k = key_of(free[self.primary])
+        k = self.key(free[self.primary])
         bucket = self.buckets.get(k)
         if bucket is None:
             bucket = self.buckets[k] = []
             insort(self.keys, k)
         insort(bucket, i)
-        for r in range(3):
-            self.total[r] += free[r]
+        self.total = [t + f for t, f in zip(self.total, free, strict=True)]
         self.groups.setdefault(group, []).append(i)
 
     def move(self, i: int, old: int, new: int) -> None:
@@ -105,32 +152,33 @@ class Pool:
             insort(self.keys, new)
         insort(target, i)
 
-    def max_free(self) -> float:
-        """An upper bound of the free primary resource on any one node."""
-        return float(self.keys[-1] + 1) if self.keys else 0.0
+    def max_free(self) -> int:
+        """An upper bound of the free primary resource on any one node (as loose as a bucket:
+        what the next bucket starts at)."""
+        self.flush_buckets()
+        return (self.keys[-1] + 1) * self.unit if self.keys else 0
 
-    def best_node(self, need: Sequence[float], free: list[Vec]) -> int | None:
+    def best_node(self, need: Sequence[int], free: list[Vec]) -> int | None:
         """The node with the least free primary resource that holds ``need`` (best fit)."""
-        start = bisect_left(self.keys, key_of(need[self.primary]))
+        start = bisect_left(self.keys, self.key(need[self.primary]))
         for k in self.keys[start:]:
             for i in self.buckets[k]:
-                f = free[i]
-                if (f[0] + EPS >= need[0] and f[1] + EPS >= need[1]
-                        and f[2] + EPS >= need[2]):
+                if all(map(ge, free[i], need)):
                     return i
         return None
 
-    def rank_bound(self, per_rank: Sequence[float]) -> int:
+    def rank_bound(self, per_rank: Sequence[int]) -> int:
         """At most how many ranks of ``per_rank`` fit in the pool (from the buckets alone)."""
         p = per_rank[self.primary]
         if p <= 0:
             return MANY
         total = 0
-        for k in self.keys[bisect_left(self.keys, key_of(p)):]:
-            total += len(self.buckets[k]) * int((k + 1 - EPS) / p)
+        unit = self.unit
+        for k in self.keys[bisect_left(self.keys, self.key(p)):]:
+            total += len(self.buckets[k]) * (((k + 1) * unit - 1) // p)
         return total
 
-    def group_capacity(self, per_rank: Sequence[float], free: list[Vec]) -> dict[Group, int]:
+    def group_capacity(self, per_rank: Sequence[int], free: list[Vec]) -> dict[Group, int]:
         """How many ranks of ``per_rank`` each group holds (groups holding none left out),
         computed with ``free`` the first time and kept up to date by `Nodes.charge` after."""
         shape = tuple(per_rank)
@@ -143,7 +191,7 @@ class Pool:
                 if (n := sum(ranks_fitting(free[i], per_rank) for i in members))}
         return caps
 
-    def copy_caps(self, kept: Pool, per_rank: Sequence[float], base: list[Vec],
+    def copy_caps(self, kept: Pool, per_rank: Sequence[int], base: list[Vec],
                   free: list[Vec], changed: Iterable[int], group: list[Group]) -> dict[Group, int]:
         """This pool's group capacities for ``per_rank`` from those of ``kept`` (the pool this
         one was copied from, whose nodes were ``base``), adjusted for the nodes ``changed``
@@ -168,7 +216,10 @@ class Layout:
     """What the scheduler derives from the nodes alone: names, flavors, topology groups, the
     largest node of each flavor, and each flavor's Pool with every node free."""
 
-    def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...]) -> None:
+    def __init__(self, nodes: Sequence[Node], topology: tuple[str, ...],
+                 space: ResourceSpace = DEFAULT_SPACE) -> None:
+        self.space = space
+        self.size = size = len(space)
         self.names = [n.name for n in nodes]
         self.index = {n.name: i for i, n in enumerate(nodes)}
         self.capacity_of: list[Vec] = [list(n.capacity) for n in nodes]  # never charged
@@ -179,9 +230,8 @@ class Layout:
         self.healthy: dict[str, Vec] = {}  # the same over schedulable nodes only
         for n in nodes:
             for largest in (self.capacity, self.healthy) if n.schedulable else (self.capacity,):
-                cap = largest.setdefault(n.flavor, [0.0, 0.0, 0.0])
-                for r in range(3):
-                    cap[r] = max(cap[r], n.capacity[r])
+                cap = largest.setdefault(n.flavor, [0] * size)
+                largest[n.flavor] = list(map(max, cap, n.capacity))
         self.group: list[Group] = []
         self.prefixes: dict[Group, tuple[tuple[str, ...], ...]] = {}  # its domain at each level
         counts: dict[tuple[str, ...], int] = {}
@@ -200,11 +250,23 @@ class Layout:
                 continue
             pool = self.pools.get(n.flavor)
             if pool is None:
-                # GPU nodes bucket by free GPUs, CPU-only nodes by free CPUs.
-                pool = self.pools[n.flavor] = Pool(0 if self.capacity[n.flavor][0] > 0 else 1)
+                primary = self._primary(self.capacity[n.flavor])
+                pool = self.pools[n.flavor] = Pool(primary, size,
+                                                   bucket_unit(space.names[primary]))
             pool.insert(i, self.capacity_of[i], self.group[i])
             self.members.setdefault(n.flavor, []).append(i)
             self.pool_of.append(n.flavor)
+
+    def _primary(self, largest: Vec) -> int:
+        """The resource a flavor's nodes are bucketed by: GPUs, else the first vendor's
+        resource they have, else CPUs, else the first they limit."""
+        names = self.space.names
+        vendors = [r for r in range(3, self.size) if names[r] not in BYTES]
+        candidates: list[int] = [0, *vendors, 1, *range(2, self.size)]
+        for r in candidates:
+            if 0 < largest[r] < UNLIMITED:
+                return r
+        return 1
 
 
 class Nodes:
@@ -225,7 +287,7 @@ class Nodes:
         self._base = free.copy()
         self.free: list[Vec] = free.copy()  # copy-on-write: a vector is copied when charged
         self._kept = pools
-        self.pools = {flavor: pool.copy() for flavor, pool in pools.items()}
+        self.pools = {flavor: pool.copy(self.free, static.group) for flavor, pool in pools.items()}
         self._pool_of = static.pool_of
         self._changed: list[int] = []  # nodes charged this cycle
 
@@ -233,51 +295,43 @@ class Nodes:
         flavor = self._pool_of[i]
         return None if flavor is None else self.pools[flavor]
 
-    def charge(self, i: int, per_rank: Sequence[float], count: int) -> None:
+    def charge(self, i: int, per_rank: Sequence[int], count: int) -> None:
         """Take ``count`` ranks of ``per_rank`` on node ``i`` (negative count gives back)."""
-        f = self.free[i]
-        if f is self._base[i]:
+        f = was = self.free[i]
+        if f is self._base[i]:  # the base vector never changes: it serves as `dirty`'s copy
             f = self.free[i] = f.copy()
             self._changed.append(i)
-        d0, d1, d2 = per_rank[0] * count, per_rank[1] * count, per_rank[2] * count
-        pool = self.pool_of(i)
-        if pool is None:
-            f[0] -= d0
-            f[1] -= d1
-            f[2] -= d2
+        flavor = self._pool_of[i]
+        if flavor is None:
+            for r, p in enumerate(per_rank):
+                if p:
+                    f[r] -= p * count
             return
-        old = key_of(f[pool.primary])
-        before = [ranks_fitting(f, shape) for shape in pool.cache] if pool.cache else None
-        f[0] -= d0
-        f[1] -= d1
-        f[2] -= d2
+        pool = self.pools[flavor]
+        if i not in pool.moved:
+            pool.moved[i] = pool.key(was[pool.primary])
+        if pool.cache and i not in pool.dirty:
+            pool.dirty[i] = was if was is not f else f.copy()
         t = pool.total
-        t[0] -= d0
-        t[1] -= d1
-        t[2] -= d2
-        if before is not None:
-            g = self.group[i]
-            for (shape, caps), n in zip(pool.cache.items(), before, strict=True):
-                n = caps.get(g, 0) + ranks_fitting(f, shape) - n
-                if n:
-                    caps[g] = n
-                else:
-                    caps.pop(g, None)
-        new = key_of(f[pool.primary])
-        if new != old:
-            pool.move(i, old, new)
+        r = 0
+        for p in per_rank:  # indexing is faster here than enumerate
+            if p:
+                d = p * count
+                f[r] -= d
+                t[r] -= d
+            r += 1  # noqa: SIM113 (faster than enumerate here)
 
-    def take(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[float]) -> None:
+    def take(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[int]) -> None:
         for i, count in placement:
             self.charge(i, per_rank, count)
 
-    def give(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[float]) -> None:
+    def give(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[int]) -> None:
         for i, count in placement:
             self.charge(i, per_rank, -count)
 
     # --- placement ---
 
-    def place(self, flavor: str, ranks: int, per_rank: Sequence[float], level: int | None,
+    def place(self, flavor: str, ranks: int, per_rank: Sequence[int], level: int | None,
               required: bool) -> Placement | None:
         """Where ``ranks`` ranks of ``per_rank`` fit on ``flavor``'s nodes, or None.
 
@@ -287,15 +341,16 @@ class Nodes:
         pool = self.pools.get(flavor)
         if pool is None:
             return None
-        need = (per_rank[0] * ranks, per_rank[1] * ranks, per_rank[2] * ranks)
-        total = pool.total
-        if total[0] + EPS < need[0] or total[1] + EPS < need[1] or total[2] + EPS < need[2]:
+        pool.flush_buckets()
+        need = times(per_rank, ranks)
+        if any(map(lt, pool.total, need)):
             return None
         one = pool.best_node(need, self.free)
         if one is not None:
             return [(one, ranks)]
         if ranks == 1 or (required and level == self.depth) or pool.rank_bound(per_rank) < ranks:
             return None
+        pool.flush_caps()
         caps = pool.cache.get(tuple(per_rank))
         if caps is None:
             changed = [i for i in self._changed if self._pool_of[i] == flavor]
@@ -324,7 +379,7 @@ class Nodes:
         fitting = [(cap, key) for key, cap in by_domain.items() if cap >= ranks]
         return min(fitting)[1] if fitting else None
 
-    def _candidates(self, pool: Pool, groups: list[Group], per_rank: Sequence[float]
+    def _candidates(self, pool: Pool, groups: list[Group], per_rank: Sequence[int]
                     ) -> list[tuple[int, int]]:
         out = []
         for g in groups:

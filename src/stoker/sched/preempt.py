@@ -13,9 +13,10 @@ import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
+from operator import add, sub
 
-from stoker.sched.nodes import Nodes, Placement, ranks_fitting
-from stoker.sched.quota import EPS, Account, QuotaTree
+from stoker.sched.nodes import Nodes, Placement, ranks_fitting, times
+from stoker.sched.quota import QuotaAccount, QuotaTree
 from stoker.sched.types import PreemptReason, RunningJob
 
 
@@ -24,14 +25,13 @@ class Victim:
 
     __slots__ = ("account", "gone", "job", "key", "per_rank", "placement", "rank", "total")
 
-    def __init__(self, job: RunningJob, account: Account | None, placement: Placement,
+    def __init__(self, job: RunningJob, account: QuotaAccount | None, placement: Placement,
                  rank: tuple[int, int]) -> None:
         self.job = job
         self.account = account
         self.placement = placement
         self.per_rank = job.per_rank
-        n = len(job.nodes)
-        self.total = [job.per_rank[r] * n for r in range(3)]
+        self.total = times(job.per_rank, len(job.nodes))
         self.rank = rank
         self.gone = False
         self.key = (not job.preempting, rank, job.progress, -job.started_at)
@@ -47,20 +47,18 @@ class Candidates:
     __slots__ = ("account", "freed", "gone", "gone_freed", "largest", "preempting", "ranks",
                  "victims")
 
-    def __init__(self, account: Account | None, victims: list[Victim]) -> None:
+    def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int) -> None:
         self.account = account
         self.preempting = sorted((v for v in victims if v.job.preempting), key=victim_key)
         self.victims = sorted((v for v in victims if not v.job.preempting), key=victim_key)
         self.ranks = [v.rank for v in self.victims]
-        self.freed: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
-        g = c = m = 0.0
+        self.freed: list[list[int]] = [[0] * size]
         for v in self.victims:
-            g, c, m = g + v.total[0], c + v.total[1], m + v.total[2]
-            self.freed.append((g, c, m))
-        self.largest = [max((v.total[r] for v in victims), default=0.0) for r in range(3)]
+            self.freed.append(list(map(add, self.freed[-1], v.total)))
+        self.largest = [max((v.total[r] for v in victims), default=0) for r in range(size)]
         # Victims chosen this cycle: their positions, sorted, and their running totals.
         self.gone: list[int] = []
-        self.gone_freed: list[list[float]] = [[0.0, 0.0, 0.0]]
+        self.gone_freed: list[list[int]] = [[0] * size]
 
     def take(self, v: Victim) -> None:
         """Mark ``v`` as chosen this cycle: it is no candidate any more."""
@@ -68,15 +66,14 @@ class Candidates:
         if v.job.preempting:
             return
         insort(self.gone, bisect_left(self.victims, v.key, key=victim_key))
-        self.gone_freed = [[0.0, 0.0, 0.0]]
+        self.gone_freed = self.gone_freed[:1]
         for i in self.gone:
-            last, t = self.gone_freed[-1], self.victims[i].total
-            self.gone_freed.append([last[0] + t[0], last[1] + t[1], last[2] + t[2]])
+            self.gone_freed.append(list(map(add, self.gone_freed[-1], self.victims[i].total)))
 
-    def freed_before(self, cut: int) -> list[float]:
+    def freed_before(self, cut: int) -> list[int]:
         """What the victims before position ``cut`` hold, less those already chosen."""
         total, gone = self.freed[cut], self.gone_freed[bisect_left(self.gone, cut)]
-        return [total[0] - gone[0], total[1] - gone[1], total[2] - gone[2]]
+        return list(map(sub, total, gone))
 
     def select(self, mine: tuple[int, int], created: float, mode: str) -> Selection:
         """Those a job of rank ``mine`` may preempt: mode "lower", "newer" (lower, or equal
@@ -105,7 +102,7 @@ class Selection:
         self.mine = mine
         self.created = created
         self.newer = newer
-        self.cached: dict[bool, list[float]] = {}
+        self.cached: dict[bool, list[int]] = {}
 
     def __iter__(self) -> Iterator[Victim]:
         for v in self.early:
@@ -120,7 +117,7 @@ class Selection:
     def empty(self) -> bool:
         return not self.early and self.cut == 0
 
-    def bound(self, borrowed_only: bool = False) -> list[float]:
+    def bound(self, borrowed_only: bool = False) -> list[int]:
         """At most what preempting all of them frees; with ``borrowed_only``, at most what
         their queue borrows (plus one job: victims are taken only while it borrows)."""
         cached = self.cached.get(borrowed_only)
@@ -129,12 +126,12 @@ class Selection:
         out = self.cands.freed_before(self.cut)
         for v in self.early:
             if not v.gone:
-                for r in range(3):
-                    out[r] += v.total[r]
+                out = list(map(add, out, v.total))
         account = self.cands.account
         if borrowed_only and account is not None:
-            for r in range(3):
-                borrowed = max(0.0, account.usage[r] - account.nominal[r])
+            usage, nominal = account.usage, account.nominal
+            for r in range(len(out)):
+                borrowed = max(0, usage[r] - nominal[r])
                 out[r] = min(out[r], borrowed + self.cands.largest[r])
         self.cached[borrowed_only] = out
         return out
@@ -161,7 +158,7 @@ class Simulation:
     """
 
     def __init__(self, nodes: Nodes, quota_fits: Callable[[bool], bool],
-                 place: Callable[[], Placement | None], per_rank: Sequence[float],
+                 place: Callable[[], Placement | None], per_rank: Sequence[int],
                  ranks: int) -> None:
         self.nodes = nodes
         self.quota_fits = quota_fits
@@ -231,13 +228,16 @@ class Simulation:
             self.restore(v)
 
 
-def borrowing_in(account: Account | None, resources: Sequence[int]) -> bool:
-    return account is not None and account.parent is not None and any(
-        account.usage[r] > account.nominal[r] + EPS for r in resources)
+def borrowing_in(account: QuotaAccount | None, resources: Sequence[int]) -> bool:
+    if account is None or account.parent is None:
+        return False
+    usage, nominal = account.usage, account.nominal
+    return any(usage[r] > nominal[r] for r in resources)
 
 
-def minimal(sim: Simulation, own: Account, candidates: Iterable[Victim], resources: Sequence[int],
-            allow_borrowing: bool, threshold: int | None) -> tuple[Chosen, Placement] | None:
+def minimal(sim: Simulation, own: QuotaAccount, candidates: Iterable[Victim],
+            resources: Sequence[int], allow_borrowing: bool, threshold: int | None
+            ) -> tuple[Chosen, Placement] | None:
     """Kueue's minimalPreemptions, with node fit added to quota fit."""
     chosen: Chosen = []
     for v in candidates:
@@ -260,7 +260,7 @@ def minimal(sim: Simulation, own: Account, candidates: Iterable[Victim], resourc
     return None
 
 
-def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
+def fair(sim: Simulation, tree: QuotaTree, own: QuotaAccount, total: Sequence[int],
          selections: Sequence[Selection], resources: Sequence[int], threshold: int | None
          ) -> tuple[Chosen, Placement] | None:
     """Kueue's fair-sharing preemption: take from the queue with the highest share first.
@@ -271,7 +271,7 @@ def fair(sim: Simulation, tree: QuotaTree, own: Account, total: Sequence[float],
     borrow-within-cohort priority threshold. ``selections`` holds one selection per queue.
     """
     queues: dict[int, Iterator[Victim]] = {}
-    accounts: dict[int, Account] = {}
+    accounts: dict[int, QuotaAccount] = {}
     for sel in selections:
         account = sel.cands.account
         if account is not None:

@@ -12,7 +12,17 @@ parent cohort). As in Kueue's resource nodes:
 - ``available`` is the unused guaranteed quota plus what the parent has available, capped by the
   borrowing limit.
 
-Amounts are 3-lists indexed by resource: 0 gpus, 1 cpus, 2 memory.
+A queue's quota that leaves a resource out (UNLIMITED) does not limit it, and lends none of it:
+such an account keeps its whole (unlimited) subtree as guaranteed, so it never counts as quota
+its cohort could lend to others (Kueue: a resource a ClusterQueue does not cover adds nothing to
+its cohort). A cohort owns none of a resource its own quota leaves out.
+
+Amounts are lists of integers indexed by resource (the snapshot's `ResourceSpace`: 0 gpu, 1 cpu,
+2 memory, then the others), so sums and comparisons are exact.
+
+A queue with several resource groups charges a job on flavor F's nodes to F's account for the
+resources of F's group and to the first flavor of each other group for theirs: `Combined`
+makes those accounts one, so the cycle sees one account per flavor either way.
 """
 
 from __future__ import annotations
@@ -21,9 +31,8 @@ from collections.abc import Sequence
 
 from stoker.sched.types import UNLIMITED, Cohort, FlavorQuota, Queue
 
-EPS = 1e-9
-RESOURCES = (0, 1, 2)
-Vec = list[float]
+Vec = list[int]
+Indices = Sequence[int]
 
 
 class Account:
@@ -32,18 +41,20 @@ class Account:
     __slots__ = ("borrow", "children", "guaranteed", "lend", "limited", "name", "nominal",
                  "parent", "subtree", "usage")
 
-    def __init__(self, name: str, quota: FlavorQuota | None, parent: Account | None) -> None:
+    def __init__(self, name: str, quota: FlavorQuota | None, parent: Account | None,
+                 size: int) -> None:
         self.name = name
         self.parent = parent
         self.children: list[Account] = []
-        self.nominal: Vec = list(quota.nominal) if quota else [0.0, 0.0, 0.0]
-        self.borrow: Vec = list(quota.borrowing_limit) if quota else [UNLIMITED] * 3
-        self.lend: Vec = list(quota.lending_limit) if quota else [UNLIMITED] * 3
-        self.subtree: Vec = [0.0, 0.0, 0.0]
-        self.guaranteed: Vec = [0.0, 0.0, 0.0]
-        self.usage: Vec = [0.0, 0.0, 0.0]
+        unlimited = [UNLIMITED] * size
+        self.nominal: Vec = list(quota.nominal) if quota else [0] * size
+        self.borrow: Vec = list(quota.borrowing_limit or unlimited) if quota else unlimited
+        self.lend: Vec = list(quota.lending_limit or unlimited) if quota else unlimited
+        self.subtree: Vec = [0] * size
+        self.guaranteed: Vec = [0] * size
+        self.usage: Vec = [0] * size
         # Resources this account can ever run short of; usage is tracked for these only.
-        self.limited: tuple[int, ...] = RESOURCES
+        self.limited: tuple[int, ...] = tuple(range(size))
         if parent is not None:
             parent.children.append(self)
 
@@ -53,7 +64,7 @@ class Account:
             node = node.parent
         return node
 
-    def available(self, r: int) -> float:
+    def available(self, r: int) -> int:
         """How much more of resource ``r`` this account may use, borrowing included."""
         if self.parent is None:
             return self.subtree[r] - self.usage[r]
@@ -61,11 +72,11 @@ class Account:
         g = self.guaranteed[r]
         if self.borrow[r] < UNLIMITED:
             stored = self.subtree[r] - g
-            used = max(0.0, self.usage[r] - g)
+            used = max(0, self.usage[r] - g)
             from_parent = min(stored - used + self.borrow[r], from_parent)
-        return max(0.0, g - self.usage[r]) + from_parent
+        return max(0, g - self.usage[r]) + from_parent
 
-    def most(self, r: int) -> float:
+    def most(self, r: int) -> int:
         """The most of resource ``r`` this account could ever use: `available` with nothing
         of its tree in use (Kueue's maximum capacity of a queue)."""
         if self.parent is None:
@@ -76,8 +87,9 @@ class Account:
             from_parent = min(self.subtree[r] - g + self.borrow[r], from_parent)
         return g + from_parent
 
-    def add(self, amount: Sequence[float]) -> None:
-        for r in self.limited:
+    def add(self, amount: Sequence[int], resources: Indices = ()) -> None:
+        """Use ``amount`` (of ``resources`` only, if given)."""
+        for r in resources or self.limited:
             v = amount[r]
             node: Account | None = self
             while node is not None and v > 0:
@@ -86,8 +98,8 @@ class Account:
                 v = v - local if local > 0 else v
                 node = node.parent
 
-    def remove(self, amount: Sequence[float]) -> None:
-        for r in self.limited:
+    def remove(self, amount: Sequence[int], resources: Indices = ()) -> None:
+        for r in resources or self.limited:
             v = amount[r]
             node: Account | None = self
             while node is not None and v > 0:
@@ -96,78 +108,190 @@ class Account:
                 v = min(v, stored)
                 node = node.parent
 
-    def fits(self, amount: Sequence[float], allow_borrowing: bool = True) -> bool:
-        for r in self.limited:
+    def fits(self, amount: Sequence[int], allow_borrowing: bool = True,
+             resources: Indices = ()) -> bool:
+        for r in resources or self.limited:
             v = amount[r]
             if v <= 0:
                 continue
-            if not allow_borrowing and self.usage[r] + v > self.nominal[r] + EPS:
+            if not allow_borrowing and self.usage[r] + v > self.nominal[r]:
                 return False
-            if v > self.available(r) + EPS:
+            if v > self.available(r):
                 return False
         return True
 
-    def needs_borrowing(self, amount: Sequence[float]) -> bool:
-        for r in self.limited:
-            if amount[r] > 0 and self.usage[r] + amount[r] > self.nominal[r] + EPS:
+    def needs_borrowing(self, amount: Sequence[int], resources: Indices = ()) -> bool:
+        for r in resources or self.limited:
+            if amount[r] > 0 and self.usage[r] + amount[r] > self.nominal[r]:
                 return True
         return False
 
-    def borrowing(self) -> bool:
+    def borrowing(self, resources: Indices = ()) -> bool:
         if self.parent is None:
             return False
-        return any(self.usage[r] > self.nominal[r] + EPS for r in self.limited)
+        return any(self.usage[r] > self.nominal[r] for r in resources or self.limited)
 
-    def short(self, amount: Sequence[float]) -> list[int]:
+    def short(self, amount: Sequence[int], resources: Indices = ()) -> list[int]:
         """The resources of ``amount`` that do not fit."""
-        return [r for r in self.limited
-                if amount[r] > 0 and amount[r] > self.available(r) + EPS]
+        return [r for r in resources or self.limited
+                if amount[r] > 0 and amount[r] > self.available(r)]
+
+
+class Combined:
+    """The accounts a queue with several resource groups charges a job on one flavor's nodes
+    to: that flavor's own, for the resources its group covers, and the first flavor's of each
+    other group, for theirs. It answers as one `Account` (a resource no group covers is
+    unlimited); the parts stay shared with the queue's other flavors."""
+
+    __slots__ = ("limited", "name", "owners", "parent", "parts", "primary")
+
+    def __init__(self, parts: list[tuple[Account, tuple[int, ...]]]) -> None:
+        self.parts = parts  # (account, the resources it is charged for)
+        self.primary = parts[0][0]
+        self.name = self.primary.name
+        self.parent = self.primary.parent
+        size = len(self.primary.nominal)
+        owners: list[Account | None] = [None] * size
+        for account, resources in parts:
+            for r in resources:
+                owners[r] = account
+        self.owners = owners  # the account each resource is charged to (None: unlimited)
+        self.limited = tuple(r for r, a in enumerate(owners) if a is not None)
+
+    def root(self) -> Account:
+        return self.primary.root()
+
+    def available(self, r: int) -> int:
+        owner = self.owners[r]
+        return UNLIMITED if owner is None else owner.available(r)
+
+    def most(self, r: int) -> int:
+        owner = self.owners[r]
+        return UNLIMITED if owner is None else owner.most(r)
+
+    def add(self, amount: Sequence[int], resources: Indices = ()) -> None:
+        for account, covered in self.parts:
+            account.add(amount, covered)
+
+    def remove(self, amount: Sequence[int], resources: Indices = ()) -> None:
+        for account, covered in self.parts:
+            account.remove(amount, covered)
+
+    def fits(self, amount: Sequence[int], allow_borrowing: bool = True,
+             resources: Indices = ()) -> bool:
+        return all(a.fits(amount, allow_borrowing, covered) for a, covered in self.parts)
+
+    def needs_borrowing(self, amount: Sequence[int], resources: Indices = ()) -> bool:
+        return any(a.needs_borrowing(amount, covered) for a, covered in self.parts)
+
+    def borrowing(self, resources: Indices = ()) -> bool:
+        return any(a.borrowing(covered) for a, covered in self.parts)
+
+    def short(self, amount: Sequence[int], resources: Indices = ()) -> list[int]:
+        return sorted(r for a, covered in self.parts for r in a.short(amount, covered))
+
+    def _each(self, field: str, default: int) -> Vec:
+        return [default if a is None else getattr(a, field)[r] for r, a in enumerate(self.owners)]
+
+    @property
+    def usage(self) -> Vec:
+        return self._each("usage", 0)
+
+    @property
+    def nominal(self) -> Vec:
+        return self._each("nominal", UNLIMITED)
+
+    @property
+    def borrow(self) -> Vec:
+        return self._each("borrow", UNLIMITED)
+
+    @property
+    def subtree(self) -> Vec:
+        return self._each("subtree", UNLIMITED)
+
+    @property
+    def guaranteed(self) -> Vec:
+        return self._each("guaranteed", 0)
+
+
+QuotaAccount = Account | Combined
 
 
 def _finish(node: Account) -> None:
     """Compute subtree and guaranteed quota bottom-up."""
     for child in node.children:
         _finish(child)
-    for r in RESOURCES:
+    for r in range(len(node.nominal)):
         total = node.nominal[r] + sum(c.subtree[r] - c.guaranteed[r] for c in node.children)
         node.subtree[r] = total
-        node.guaranteed[r] = max(0.0, total - node.lend[r]) if node.lend[r] < UNLIMITED else 0.0
+        if node.nominal[r] >= UNLIMITED:  # not limited, and nothing of it to lend
+            node.guaranteed[r] = total
+        else:
+            node.guaranteed[r] = max(0, total - node.lend[r]) if node.lend[r] < UNLIMITED else 0
 
 
 class QuotaTree:
-    """All accounts: ``queues[name][flavor]`` and the cohort accounts above them."""
+    """All accounts: ``queues[name][flavor]`` (what a job on that flavor's nodes is charged to:
+    an `Account`, or a `Combined` one in a queue with several resource groups), each queue's
+    own accounts per flavor (``own``) and the cohort accounts above them."""
 
-    def __init__(self, queues: Sequence[Queue], cohorts: Sequence[Cohort]) -> None:
+    def __init__(self, queues: Sequence[Queue], cohorts: Sequence[Cohort], size: int = 3
+                 ) -> None:
+        self.size = size  # how many resources
         self.cohort_parent = {c.name: c.parent for c in cohorts}
         self.cohort_quota = {c.name: {q.flavor: q for q in c.quotas} for c in cohorts}
         self.cohort_weight = {c.name: c.fair_weight for c in cohorts}
         self.cohorts: dict[tuple[str, str], Account] = {}
-        self.queues: dict[str, dict[str, Account]] = {}
+        self.own: dict[str, dict[str, Account]] = {}
         self.weights: dict[str, float] = {}
         self._lendable_cache: dict[str, Vec] = {}
+        self._shared_cache: dict[str, list[int]] = {}
         for queue in queues:
             self.weights[queue.name] = queue.fair_weight
-            self.queues[queue.name] = {
-                fq.flavor: Account(queue.name, fq, self._cohort(queue.cohort, fq.flavor))
+            self.own[queue.name] = {
+                fq.flavor: Account(queue.name, fq, self._cohort(queue.cohort, fq.flavor), size)
                 for fq in queue.quotas
             }
         for c in cohorts:  # cohort quota is shared even if no queue below uses that flavor
             for flavor in self.cohort_quota[c.name]:
                 self._cohort(c.name, flavor)
-        roots = {a.root() for accounts in self.queues.values() for a in accounts.values()}
+        roots = {a.root() for accounts in self.own.values() for a in accounts.values()}
         roots |= {a.root() for a in self.cohorts.values()}
         for root in roots:
             _finish(root)
-        for accounts in self.queues.values():
+        for accounts in self.own.values():
             for a in accounts.values():
-                a.limited = tuple(r for r in RESOURCES if a.available(r) < UNLIMITED / 2)
-        self.accounts = [a for accounts in self.queues.values() for a in accounts.values()]
+                a.limited = tuple(r for r in range(size) if a.available(r) < UNLIMITED // 2)
+        self.queues: dict[str, dict[str, Account | Combined]] = {
+            q.name: self._combined(q) if len(q.groups) > 1 else dict(self.own[q.name])
+            for q in queues}
+        self.accounts = [a for accounts in self.own.values() for a in accounts.values()]
         self.accounts += self.cohorts.values()
+
+    def _combined(self, queue: Queue) -> dict[str, Account | Combined]:
+        """Per flavor, what a job on its nodes is charged to (see `Combined`)."""
+        own = self.own[queue.name]
+        groups = [[f for f in flavors if f in own] for flavors in queue.groups]
+        firsts = [flavors[0] if flavors else None for flavors in groups]
+        out: dict[str, Account | Combined] = {}
+        for flavor in own:
+            parts = []
+            for flavors, first in zip(groups, firsts, strict=True):
+                charged = flavor if flavor in flavors else first
+                if charged is None:
+                    continue
+                account = own[charged]
+                covered = tuple(r for r in range(self.size) if account.nominal[r] < UNLIMITED)
+                if covered:
+                    parts.append((account, covered))
+            parts.sort(key=lambda part: part[0] is not own[flavor])  # the flavor's own first
+            out[flavor] = Combined(parts) if parts else own[flavor]
+        return out
 
     def reset(self) -> None:
         """No usage anywhere (as built)."""
         for a in self.accounts:
-            a.usage = [0.0, 0.0, 0.0]
+            a.usage = [0] * self.size
 
     def _cohort(self, name: str | None, flavor: str, seen: frozenset[str] = frozenset()
                 ) -> Account | None:
@@ -177,7 +301,8 @@ class QuotaTree:
         if key not in self.cohorts:
             parent = self._cohort(self.cohort_parent.get(name), flavor, seen | {name})
             quota = self.cohort_quota.get(name, {}).get(flavor)
-            self.cohorts[key] = Account(name, quota, parent)
+            account = self.cohorts[key] = Account(name, quota, parent, self.size)
+            account.nominal = [0 if v >= UNLIMITED else v for v in account.nominal]
         return self.cohorts[key]
 
     def root_of(self, cohort: str | None) -> str | None:
@@ -191,12 +316,13 @@ class QuotaTree:
             cohort = parent
         return cohort
 
-    def account(self, queue: str, flavor: str) -> Account | None:
+    def account(self, queue: str, flavor: str) -> Account | Combined | None:
         return self.queues.get(queue, {}).get(flavor)
 
     # --- fair sharing: weighted dominant-resource share ---
 
-    def share(self, account: Account, extra: Sequence[float] | None = None) -> tuple[float, ...]:
+    def share(self, account: Account | Combined, extra: Sequence[int] | None = None
+              ) -> tuple[float, ...]:
         """Shares from the top of the tree down to ``account``'s queue (lower goes first).
 
         Each node's share is max over resources of (usage above its quota, summed over flavors)
@@ -214,8 +340,9 @@ class QuotaTree:
             path: list[float] = []
             node: Account | None = account.parent
             lendable = self._lendable(account.name)
+            shared = self._shared(account.name)
             while node is not None and node.parent is not None:
-                path.append(self._weighted(self._cohort_accounts(node.name), lendable,
+                path.append(self._weighted(self._cohort_accounts(node.name), lendable, shared,
                                            self.cohort_weight.get(node.name, 1.0)))
                 node = node.parent
             path.reverse()
@@ -225,34 +352,36 @@ class QuotaTree:
             if extra is not None:
                 account.remove(extra)
 
-    def queue_share(self, account: Account, extra: Sequence[float] | None = None) -> float:
+    def queue_share(self, account: Account | Combined, extra: Sequence[int] | None = None
+                    ) -> float:
         """The weighted dominant-resource share of ``account``'s queue, with ``extra`` (which
         may be negative) added to ``account``."""
-        accounts = self.queues[account.name].values()
+        accounts = self.own[account.name].values()
         lendable = self._lendable(account.name)
+        owners = account.owners if isinstance(account, Combined) else None
         worst = 0.0
-        for r in RESOURCES:
-            if lendable[r] >= UNLIMITED / 2:
-                continue  # not limited anywhere in the tree: no share of it to speak of
-            borrowed = 0.0
+        for r in self._shared(account.name):
+            charged = account if owners is None else owners[r]
+            borrowed = 0
             for a in accounts:
                 over = a.usage[r] - a.subtree[r]
-                if extra is not None and a is account:
+                if extra is not None and a is charged:
                     over += extra[r]
                 if over > 0:
                     borrowed += over
-            if borrowed > EPS and lendable[r] > 0:
+            if borrowed > 0:
                 worst = max(worst, borrowed / lendable[r])
         weight = self.weights[account.name]
         if worst == 0.0:
             return 0.0
         return worst / weight if weight > 0 else float("inf")
 
-    def _weighted(self, accounts: Sequence[Account], lendable: Vec, weight: float) -> float:
+    def _weighted(self, accounts: Sequence[Account], lendable: Vec, shared: Sequence[int],
+                  weight: float) -> float:
         worst = 0.0
-        for r in RESOURCES:
-            borrowed = sum(max(0.0, a.usage[r] - a.subtree[r]) for a in accounts)
-            if borrowed > EPS and lendable[r] > 0:
+        for r in shared:
+            borrowed = sum(max(0, a.usage[r] - a.subtree[r]) for a in accounts)
+            if borrowed > 0:
                 worst = max(worst, borrowed / lendable[r])
         if worst == 0.0:
             return 0.0
@@ -262,13 +391,23 @@ class QuotaTree:
         """What the trees of ``queue``'s flavors hold in total, per resource."""
         cached = self._lendable_cache.get(queue)
         if cached is None:
-            cached = [0.0, 0.0, 0.0]
-            for flavor_account in self.queues[queue].values():
+            cached = [0] * self.size
+            for flavor_account in self.own[queue].values():
                 top = flavor_account.root()
-                for r in RESOURCES:
+                for r in range(self.size):
                     cached[r] += top.subtree[r]
             self._lendable_cache[queue] = cached
         return cached
+
+    def _shared(self, queue: str) -> list[int]:
+        """The resources a share of ``queue`` is taken of: those its trees hold some of, and
+        limit (a resource no one limits has no share to speak of)."""
+        shared = self._shared_cache.get(queue)
+        if shared is None:
+            lendable = self._lendable(queue)
+            shared = self._shared_cache[queue] = [r for r, v in enumerate(lendable)
+                                                  if 0 < v < UNLIMITED // 2]
+        return shared
 
     def _cohort_accounts(self, name: str) -> list[Account]:
         return [a for (cohort, _), a in self.cohorts.items() if cohort == name]

@@ -8,26 +8,42 @@ and reused across cycles; only ``running``, ``pending`` and ``now`` need to be r
 `RunningJob` and `PendingJob` are NamedTuples (about 5x cheaper to make than frozen
 dataclasses), the rest are frozen dataclasses with slots.
 
-Units: ``gpus`` and ``cpus`` are counts (may be fractional), ``memory`` is bytes, times are
-seconds on the caller's clock (wall clock or simulated; only differences matter).
+Times are seconds on the caller's clock (wall clock or simulated; only differences matter).
+
+ResourceSpace
+    names: the resources of one cluster, in a fixed order: ``gpu``, ``cpu``, ``memory`` first
+        (indices `GPU`, `CPU`, `MEMORY`), then ``ephemeral-storage`` and vendors' resources
+        (``example.com/gpu``) if the cluster has them (`stoker.spec.resources.order`).
+    `vector` turns amounts by name into `Resources`; `amounts` and `describe` turn them back.
 
 Resources
-    ``Resources(gpus, cpus, memory)``: an amount of each resource. ``UNLIMITED`` (1e18) in a
-    field means "not limited" (a quota or a node that leaves the resource out).
+    A tuple of integers, one per resource of the snapshot's space, each in the resource's unit
+    (`stoker.spec.resources`): thousandths of a GPU or CPU, bytes of memory and storage, whole
+    units of anything else. Integer arithmetic is exact: what is added and taken away leaves
+    nothing behind, whatever the order. ``UNLIMITED`` (10**18) means "not limited" (a quota
+    or a node that leaves the resource out). Every vector of a snapshot has the length of its
+    space.
 
 FlavorQuota (Kueue: one flavor of a ClusterQueue's resource group)
     flavor: the resource flavor (a kind of node, e.g. a GPU model) the quota applies to.
-    nominal: the quota this queue (or cohort) owns of that flavor.
+    nominal: the quota this queue (or cohort) owns of that flavor; UNLIMITED for a resource
+        the flavor does not limit (and for those its resource group does not cover).
     borrowing_limit: the most it may use *above* ``nominal``, borrowed from its cohort
-        (UNLIMITED: anything the cohort has spare). Meaningless without a cohort.
+        (UNLIMITED, or None for all: anything the cohort has spare). Meaningless without a
+        cohort.
     lending_limit: the most of its *unused* nominal quota it lends to its cohort; the rest
-        (``nominal - lending_limit``) is guaranteed to it. UNLIMITED: all of it can be lent.
+        (``nominal - lending_limit``) is guaranteed to it. UNLIMITED (None: all): all of it can
+        be lent.
 
 Queue (Kueue: ClusterQueue)
     name: unique name; jobs name their queue.
     cohort: the cohort it shares quota with, or None (then it only ever uses ``nominal``).
     quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried; a flavor
         where the job fits in the nominal quota goes before one where it would borrow.
+    groups: Kueue's resource groups, as the flavors of each (in ``quotas``' order), when there
+        are several; () when one group holds every flavor. A node carries one flavor: a job on
+        the nodes of flavor F is charged, in F's group, to F and, in every other group, to that
+        group's first flavor (which stands for what every node has of those resources).
     strategy: "BestEffortFIFO": a job that cannot be admitted is skipped and later jobs of the
         queue may go ahead; "StrictFIFO": it blocks every later job of the queue.
     within_queue: which running jobs of the *same* queue a pending job may preempt:
@@ -51,8 +67,8 @@ Cohort (Kueue: Cohort, hierarchical)
 
 Node
     name: unique; decisions place ranks by node name.
-    flavor: the node's resource flavor (all its capacity counts against that flavor's quota).
-    capacity: what the node offers in total.
+    flavor: the node's resource flavor (a job on it is charged to that flavor: see Queue).
+    capacity: what the node offers in total (UNLIMITED for a resource it does not limit).
     domains: the node's domain at each level of ``Snapshot.topology`` (outermost first), e.g.
         ("zone-a", "rack-3"); names need only be unique within their parent domain.
     schedulable: False for a cordoned node (its running jobs stay, nothing new lands there).
@@ -103,6 +119,7 @@ Snapshot
     tenant_usage: (queue, tenant) -> the tenant's decayed, weighted historical usage in that
         queue, entry penalties included (`stoker.sched.usage.UsageTracker.scores`); read only
         under ``Policy.admission_fair_sharing``. A pair left out (or None) has used nothing.
+    resources: the resources every vector of the snapshot is over (default: gpu, cpu, memory).
 
 Policy (algorithm switches; the cluster config supplies defaults via sched.config)
     order: among jobs that fit in their queue's nominal quota, and then among those that
@@ -134,14 +151,18 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
 AdmissionFairSharing (Kueue's ``admissionFairSharing`` configuration)
     half_life: seconds after which past usage counts half (``usageHalfLifeTime``); > 0.
     sampling_interval: seconds between samples of the usage held (``usageSamplingInterval``).
-    weights: how much a GPU, a CPU and a byte of memory held count (``resourceWeights``;
-        default: GPUs only); a usage score is the weighted sum.
+    weights: how much one GPU, CPU, GiB or unit of each resource of the space held counts
+        (``resourceWeights``; default: GPUs only, 1 per GPU); a usage score is the weighted
+        sum. Shorter than the space: the rest weigh nothing.
+    units: for each weight, how many of the resource's units are one (1000 for a GPU or a CPU,
+        2**30 for a GiB, 1 for a vendor's unit).
     The entry penalty of an admitted job is ``penalty_factor`` (``1 - 0.5 ** (sampling_interval
     / half_life)``, the weight one sample gives current usage) times its weighted request.
 
 Decisions
     admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
-        charged to ``flavor``; ``borrowing`` if the queue is above its nominal quota after it.
+        nodes of ``flavor`` (charged as `Queue` says); ``borrowing`` if the queue is above its
+        nominal quota after it.
     preempt: Preempt(job, by, reason): stop running ``job`` (SIGTERM, grace, SIGKILL) and
         requeue it; ``by`` is the pending job that needs its resources; reason is one of
         "within_queue", "reclaim", "borrow", "fair_share".
@@ -178,8 +199,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from stoker.spec import resources as names
+
 JobId = str | int
-UNLIMITED = 1e18
+UNLIMITED = 10**18
 
 Strategy = Literal["StrictFIFO", "BestEffortFIFO"]
 WithinQueue = Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"]
@@ -196,23 +219,62 @@ INADMISSIBLE: frozenset[str] = frozenset({"ExceedsMaxQuota", "NeverFits", "NodeU
                                           "UnknownTopology"})
 
 
-class Resources(NamedTuple):
-    gpus: float = 0.0
-    cpus: float = 0.0
-    memory: float = 0.0
+Resources = tuple[int, ...]
+GPU, CPU, MEMORY = 0, 1, 2  # the indices of gpu, cpu and memory in every space
+GPUS_ONLY = (1.0,)  # admission fair sharing's default weights: 1 per GPU
 
 
-NO_RESOURCES = Resources()
-ALL_UNLIMITED = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
-GPUS_ONLY = Resources(1.0, 0.0, 0.0)  # admission fair sharing's default weights
+@dataclass(frozen=True, slots=True)
+class ResourceSpace:
+    names: tuple[str, ...] = names.BASE
+    index: Mapping[str, int] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.names[:3] != names.BASE or len(set(self.names)) != len(self.names):
+            raise ValueError(f"a resource space starts with {', '.join(names.BASE)} and names "
+                             f"each resource once, not {self.names}")
+        object.__setattr__(self, "index", {n: i for i, n in enumerate(self.names)})
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def vector(self, amounts: Mapping[str, int], missing: int | Mapping[str, int] = 0
+               ) -> Resources:
+        """Amounts by resource name -> Resources; a resource left out is ``missing`` (one
+        amount for all, or per name: 0 where not given). KeyError: a name not in the space."""
+        for name in amounts:
+            if name not in self.index:
+                raise KeyError(name)
+        if isinstance(missing, int):
+            return tuple(amounts.get(n, missing) for n in self.names)
+        return tuple(amounts.get(n, missing.get(n, 0)) for n in self.names)
+
+    def amounts(self, v: Sequence[int]) -> dict[str, int]:
+        """The limited, non-zero amounts of ``v`` by name."""
+        return {n: a for n, a in zip(self.names, v, strict=True) if 0 < a < UNLIMITED}
+
+    def describe(self, v: Sequence[int]) -> str:
+        """``v`` for people ("8 GPU, 96 CPU, 1.02e+03 GiB"), zeros and unlimited left out."""
+        return ", ".join(names.describe(n, a) for n, a in self.amounts(v).items()) or "nothing"
+
+    @property
+    def unlimited(self) -> Resources:
+        return (UNLIMITED,) * len(self.names)
+
+    @property
+    def zero(self) -> Resources:
+        return (0,) * len(self.names)
+
+
+DEFAULT_SPACE = ResourceSpace()
 
 
 @dataclass(frozen=True, slots=True)
 class FlavorQuota:
     flavor: str
     nominal: Resources
-    borrowing_limit: Resources = ALL_UNLIMITED
-    lending_limit: Resources = ALL_UNLIMITED
+    borrowing_limit: Resources | None = None  # None: unlimited
+    lending_limit: Resources | None = None  # None: unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +288,7 @@ class Queue:
     borrow_within_cohort: BorrowWithinCohort = "Never"
     borrow_max_priority: int | None = None
     fair_weight: float = 1.0
+    groups: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +349,7 @@ class Snapshot:
     cohorts: Sequence[Cohort] = ()
     topology: tuple[str, ...] = ()
     tenant_usage: Mapping[tuple[str, str], float] | None = None
+    resources: ResourceSpace = DEFAULT_SPACE
 
 
 def decay_weight(elapsed: float, half_life: float) -> float:
@@ -298,11 +362,17 @@ def decay_weight(elapsed: float, half_life: float) -> float:
 class AdmissionFairSharing:
     half_life: float
     sampling_interval: float = 300.0
-    weights: Resources = GPUS_ONLY
+    weights: tuple[float, ...] = GPUS_ONLY
+    units: tuple[int, ...] = (1000,)  # what one weighed unit is of each resource's amounts
+    # (resource, weight, unit) of each resource that weighs something
+    _terms: tuple[tuple[int, float, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.half_life > 0 or self.sampling_interval < 0:
             raise ValueError("half_life must be > 0 and sampling_interval >= 0")
+        terms = tuple((r, w, u) for r, (w, u) in enumerate(zip(self.weights, self.units,
+                                                               strict=False)) if w)
+        object.__setattr__(self, "_terms", terms)
 
     @property
     def penalty_factor(self) -> float:
@@ -310,8 +380,11 @@ class AdmissionFairSharing:
 
     def score(self, amounts: Sequence[float]) -> float:
         """The weighted sum of an amount of each resource."""
-        w = self.weights
-        return w[0] * amounts[0] + w[1] * amounts[1] + w[2] * amounts[2]
+        total = 0.0
+        for r, w, unit in self._terms:
+            total += w * (amounts[r] / unit)
+        return total
+
 
 
 @dataclass(frozen=True, slots=True)

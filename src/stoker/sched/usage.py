@@ -11,12 +11,13 @@ exponential moving average, ``usage = (1 - a) * usage + a * held`` with ``a = 1 
 half-life. An admission adds an *entry penalty* of ``penalty_factor * request`` at once (what
 one sample would add for it), so a tenant cannot have many jobs admitted between two samples on
 the strength of an old, low usage; the penalties are folded into the usage at the next sample.
-Usage is kept per resource (GPUs, CPUs, bytes of memory); `scores` weighs it into one number.
+Usage is kept per resource of the snapshot's space, in each resource's unit; `scores` weighs it
+into one number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from stoker.sched.types import AdmissionFairSharing, PendingJob, RunningJob, decay_weight
@@ -49,11 +50,13 @@ class UsageTracker:
     def _sample(self, alpha: float, held_now: Mapping[TenantKey, list[float]]) -> None:
         keep = 1.0 - alpha
         merged: dict[TenantKey, list[float]] = {}
+        size = _size(self.consumed, held_now, self.penalties)
+        zero = [0.0] * size
         for key in self.consumed.keys() | held_now.keys() | self.penalties.keys():
-            old = self.consumed.get(key, _ZERO)
-            now = held_now.get(key, _ZERO)
-            penalty = self.penalties.get(key, _ZERO)
-            value = [keep * old[r] + alpha * now[r] + penalty[r] for r in range(3)]
+            old = _pad(self.consumed.get(key, zero), size)
+            now = _pad(held_now.get(key, zero), size)
+            penalty = _pad(self.penalties.get(key, zero), size)
+            value = [keep * a + alpha * b + c for a, b, c in zip(old, now, penalty, strict=True)]
             if any(v > _NEGLIGIBLE for v in value):
                 merged[key] = value
         self.consumed = merged
@@ -62,17 +65,20 @@ class UsageTracker:
     def admitted(self, job: PendingJob) -> None:
         """Charge an admission's entry penalty to its tenant until the next sample."""
         factor = self.config.penalty_factor
-        penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
-        for r in range(3):
-            penalty[r] += factor * job.per_rank[r] * job.ranks
+        penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0] * len(job.per_rank))
+        for r, amount in enumerate(job.per_rank):
+            penalty[r] += factor * amount * job.ranks
 
     def scores(self) -> dict[TenantKey, float]:
         """The weighted usage of each (queue, tenant), penalties included: what
         ``Snapshot.tenant_usage`` wants."""
         out: dict[TenantKey, float] = {}
+        size = _size(self.consumed, self.penalties)
+        zero = [0.0] * size
         for key in self.consumed.keys() | self.penalties.keys():
-            total = [c + p for c, p in zip(self.consumed.get(key, _ZERO),
-                                           self.penalties.get(key, _ZERO), strict=True)]
+            consumed = _pad(self.consumed.get(key, zero), size)
+            penalties = _pad(self.penalties.get(key, zero), size)
+            total = [a + b for a, b in zip(consumed, penalties, strict=True)]
             out[key] = self.config.score(total)
         return out
 
@@ -92,15 +98,30 @@ class UsageTracker:
 
 
 def held(running: Iterable[RunningJob]) -> dict[TenantKey, list[float]]:
-    """The GPUs, CPUs and memory each (queue, tenant) holds now."""
+    """What each (queue, tenant) holds now of each resource."""
     out: dict[TenantKey, list[float]] = {}
     for job in running:
-        amounts = out.setdefault((job.queue, job.tenant), [0.0, 0.0, 0.0])
+        key = (job.queue, job.tenant)
         n = len(job.nodes)
-        for r in range(3):
-            amounts[r] += job.per_rank[r] * n
+        amounts = out.get(key)
+        if amounts is None:
+            amounts = out[key] = [0.0] * len(job.per_rank)
+        r = 0
+        for a in job.per_rank:
+            if a:
+                amounts[r] += a * n
+            r += 1  # noqa: SIM113 (faster than enumerate here)
     return out
 
 
-_ZERO = (0.0, 0.0, 0.0)
+def _size(*kept: Mapping[TenantKey, Sequence[float]]) -> int:
+    """How many resources the vectors kept have (all alike, but after a change of resources)."""
+    return max((max(map(len, d.values()), default=0) for d in kept), default=0)
+
+
+def _pad(values: Sequence[float], size: int) -> Sequence[float]:
+    """``values`` with zeros up to ``size``."""
+    return values if len(values) == size else [*values, *[0.0] * (size - len(values))]
+
+
 _NEGLIGIBLE = 1e-12  # a tenant whose usage has decayed below this is forgotten

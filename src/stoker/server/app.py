@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -177,7 +178,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         try:
             job, created = plane.submit(who.name, body, key)
         except ConfigError as e:
-            raise _unprocessable(["body", "job", *(e.key or "").split(".")], e.reason) from None
+            raise _unprocessable(["body", "job", *key_parts(e.key)], e.reason) from None
         except Conflict as e:
             raise HTTPException(409, str(e)) from None
         if not created:
@@ -242,7 +243,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         except KeyError:
             raise HTTPException(404, f"no queue {queue!r}") from None
         except ConfigError as e:
-            raise _unprocessable(["body", *(e.key or "").split(".")], e.reason) from None
+            raise _unprocessable(["body", *key_parts(e.key)], e.reason) from None
         return {"queue": record.queue, "flavor": record.flavor, "quota": record.quota}
 
     @app.get("/v1/nodes", tags=["nodes"], responses=errors(401, 403, 413))
@@ -270,6 +271,11 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     return app
 
 
+def key_parts(key: str | None) -> list[str]:
+    """A dotted key's parts; a quoted part keeps its dots (``resources."example.com/gpu"``)."""
+    return [part.strip('"') for part in re.findall(r'"[^"]*"|[^.]+', key or "")]
+
+
 def _unprocessable(loc: list[str], msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": [printable(part) for part in loc if part],
                                 "msg": printable(msg), "type": "value_error"}])
@@ -284,7 +290,8 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
         msg = str(err["msg"])
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, KeyedValueError):
-            loc, msg = [*loc, *cause.key.split(".")], cause.reason
+            key = [cause.key] if cause.relative else cause.key.split(".")
+            loc, msg = [*loc, *key], cause.reason
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         detail.append({"loc": [printable(part) for part in loc], "msg": printable(msg),

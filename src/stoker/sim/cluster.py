@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stoker.sched import UNLIMITED, Cohort, Node, Queue, Resources
-from stoker.sched.config import build_cohorts, build_nodes, build_queues
+from stoker.sched import GPU, UNLIMITED, Cohort, Node, Queue, ResourceSpace
+from stoker.sched.config import build_cohorts, build_nodes, build_queues, resource_space
 from stoker.sim.trace import TraceNode
 from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig, load_cluster
@@ -34,7 +34,11 @@ class SimCluster:
 
     @property
     def gpus(self) -> float:
-        return sum(n.capacity.gpus for n in self.nodes)
+        return sum(n.capacity[GPU] for n in self.nodes) / 1000
+
+    @property
+    def space(self) -> ResourceSpace:
+        return resource_space(self.config)
 
     @property
     def topology(self) -> tuple[str, ...]:
@@ -42,8 +46,8 @@ class SimCluster:
 
     def entitlement(self) -> dict[str, float]:
         """Nominal GPU quota of each queue (summed over flavors)."""
-        return {q.name: sum(fq.nominal.gpus for fq in q.quotas if fq.nominal.gpus < UNLIMITED)
-                for q in self.queues}
+        return {q.name: sum(fq.nominal[GPU] for fq in q.quotas if fq.nominal[GPU] < UNLIMITED)
+                / 1000 for q in self.queues}
 
     def flavors_for(self, models: tuple[str, ...]) -> tuple[str, ...] | None:
         """Flavors matching any of the allowed GPU models; None when any model will do."""
@@ -128,8 +132,8 @@ def _node_for_config(cfg: ClusterConfig, node: TraceNode, source: str) -> Node:
                           f"(node {node.name} of the node list)")
     labels = dict(node.labels)
     domains = tuple(labels.get(level, "-") for level in cfg.topology)
-    return Node(_node_name(node.name), flavors[0],
-                Resources(float(node.gpus), UNLIMITED, UNLIMITED), domains)
+    capacity = resource_space(cfg).vector({"gpu": round(node.gpus * 1000)}, missing=UNLIMITED)
+    return Node(_node_name(node.name), flavors[0], capacity, domains)
 
 
 def cut_nodes(nodes: list[T], gpus_of: Callable[[T], float], count: int | None = None,

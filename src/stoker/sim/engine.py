@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from stoker.sched import (
+    GPU,
     Decisions,
     Node,
     PendingJob,
@@ -60,21 +61,24 @@ class SimJob:
     """A job's mutable simulation state."""
 
     __slots__ = ("attained", "created_at", "epoch", "flavor", "flavors", "gpus", "idx", "nodes",
-                 "nominated", "outcome", "pending_obj", "pending_since", "per_rank", "priority",
+                 "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
+                 "per_rank_gpus", "priority",
                  "queue", "ranks", "remaining", "running_obj", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
-                 flavors: tuple[str, ...] | None, whole_gpus: bool) -> None:
-        per_rank_gpus = float(job.gpus_per_rank)
+                 flavors: tuple[str, ...] | None, whole_gpus: bool, size: int = 3) -> None:
+        milli = job.gpus_per_rank * 1000
         if job.gpu_milli < 1000 and not whole_gpus:
-            per_rank_gpus = job.gpu_milli / 1000
+            milli = job.gpu_milli
+        per_rank_gpus = milli / 1000
         self.idx = idx
         self.queue = queue
         self.user = job.user or tenant  # admission fair sharing's tenant within the queue
         self.priority = priority
         self.flavors = flavors
         self.ranks = job.ranks
-        self.per_rank = Resources(per_rank_gpus, 0.0, 0.0)
+        self.per_rank: Resources = (milli,) + (0,) * (size - 1)  # thousandths of a GPU
+        self.per_rank_gpus = per_rank_gpus
         self.gpus = per_rank_gpus * job.ranks
         self.remaining = job.duration
         self.attained = 0.0
@@ -112,7 +116,8 @@ class Simulator:
         self.node_list: list[Node] = list(cluster.nodes)
         self.node_index = {n.name: i for i, n in enumerate(self.node_list)}
         self.nodes_view: tuple[Node, ...] = tuple(self.node_list)
-        self.capacity = np.array([n.capacity.gpus for n in self.node_list], dtype=float)
+        self.space = cluster.space
+        self.capacity = np.array([n.capacity[GPU] / 1000 for n in self.node_list], dtype=float)
         self.free = self.capacity.copy()
         self.up = np.ones(len(self.node_list), dtype=bool)
         flavors = sorted({n.flavor for n in self.node_list})
@@ -157,18 +162,21 @@ class Simulator:
         largest: dict[str, float] = {}
         total: dict[str, float] = {}
         for n in self.node_list:
-            largest[n.flavor] = max(largest.get(n.flavor, 0.0), n.capacity.gpus)
-            total[n.flavor] = total.get(n.flavor, 0.0) + n.capacity.gpus
+            gpus = n.capacity[GPU] / 1000
+            largest[n.flavor] = max(largest.get(n.flavor, 0.0), gpus)
+            total[n.flavor] = total.get(n.flavor, 0.0) + gpus
         out: list[SimJob] = []
+        size = len(self.space)
         for job, tenant in zip(jobs, tenants, strict=True):
             flavors = self.cluster.flavors_for(job.gpu_models)
             queue = SHARED_QUEUE if self.policy.shared_queue else tenant
             priority = job.priority if self.policy.uses_priorities else 0
-            sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus)
+            sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus,
+                         size)
             allowed = [f for f in largest if flavors is None or f in flavors]
             if not allowed:
                 self.skipped["no node of an allowed GPU model in the cluster"] += 1
-            elif sim.per_rank.gpus > max(largest[f] for f in allowed):
+            elif sim.per_rank_gpus > max(largest[f] for f in allowed):
                 self.skipped["a rank needs more GPUs than any node of the cluster has"] += 1
             elif sim.gpus > max(total[f] for f in allowed):
                 self.skipped["needs more GPUs of one model than the cluster has"] += 1
@@ -289,7 +297,7 @@ class Simulator:
         job.pending_since = now
         job.pending_obj = None
         self.pending[job.idx] = job
-        self.demand[(job.per_rank.gpus, job.flavors)] += 1
+        self.demand[(job.per_rank_gpus, job.flavors)] += 1
         age = self.policy.policy.starvation_age
         if age is not None:
             self._push(now + age, WAKE, job.idx, job.epoch)
@@ -298,7 +306,7 @@ class Simulator:
         del self.pending[job.idx]
         self._drop_demand(job)
         nodes = tuple(self.node_index[name] for name in node_names)
-        need = job.per_rank.gpus
+        need = job.per_rank_gpus
         for i in nodes:
             self.free[i] -= need
             if self.free[i] < -1e-9 or not self.up[i]:
@@ -325,7 +333,7 @@ class Simulator:
         del self.running[job.idx]
         self.running_view = None
         for i in job.nodes:
-            self.free[i] += job.per_rank.gpus
+            self.free[i] += job.per_rank_gpus
             self.on_node[i].discard(job.idx)
         self.busy -= job.gpus
         ran = now - job.start
@@ -397,7 +405,7 @@ class Simulator:
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
                         pending=[job.pending() for job in self.pending.values()],
                         cohorts=self.cohorts, topology=self.cluster.topology,
-                        tenant_usage=usage)
+                        tenant_usage=usage, resources=self.space)
 
     def _running_obj(self, job: SimJob, now: float, dynamic: bool) -> RunningJob:
         if job.running_obj is not None and not dynamic:
@@ -426,7 +434,7 @@ class Simulator:
                 room[job.flavors] = ((float(on_allowed.max()), float(on_allowed.sum()))
                                      if on_allowed.size else (0.0, 0.0))
             largest, total = room[job.flavors]
-            if largest + 1e-9 >= job.per_rank.gpus and total + 1e-9 >= job.gpus:
+            if largest + 1e-9 >= job.per_rank_gpus and total + 1e-9 >= job.gpus:
                 return True
         return False
 
@@ -477,7 +485,7 @@ class Simulator:
         self.usage.record(now, self.busy, self.up_gpus)
 
     def _drop_demand(self, job: SimJob) -> None:
-        key = (job.per_rank.gpus, job.flavors)
+        key = (job.per_rank_gpus, job.flavors)
         self.demand[key] -= 1
         if not self.demand[key]:
             del self.demand[key]

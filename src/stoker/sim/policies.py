@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from stoker.sched import UNLIMITED, FlavorQuota, Policy, Queue, Resources
+from stoker.sched import UNLIMITED, FlavorQuota, Policy, Queue
 from stoker.sched.config import admission_fair_sharing, build_policy
 from stoker.sim.cluster import SimCluster
 from stoker.spec.errors import ConfigError
@@ -58,7 +58,7 @@ def resolve(name: str, cluster: SimCluster,
     if name == "stoker-fair":
         return SimPolicy(name, replace(base, fair_sharing=True), False)
     if name == "stoker-afs":
-        afs = admission_fair_sharing(cluster.config.admission_fair_sharing)
+        afs = admission_fair_sharing(cluster.config.admission_fair_sharing, cluster.space)
         return SimPolicy(name, replace(base, admission_fair_sharing=afs), False)
     raise ConfigError("--policy", None, f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
@@ -66,6 +66,6 @@ def resolve(name: str, cluster: SimCluster,
 def shared_queue(cluster: SimCluster) -> Queue:
     """One queue owning every flavor without limit; lower LAS levels may preempt within it."""
     flavors = dict.fromkeys(n.flavor for n in cluster.nodes)
-    unlimited = Resources(UNLIMITED, UNLIMITED, UNLIMITED)
+    unlimited = (UNLIMITED,) * len(cluster.space)
     return Queue(name=SHARED_QUEUE, quotas=tuple(FlavorQuota(f, unlimited) for f in flavors),
                  within_queue="LowerPriority")

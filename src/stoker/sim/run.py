@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stoker.sched import GPU
 from stoker.sim import tenancy
 from stoker.sim.cluster import SimCluster, cut_nodes, from_node_list, from_toml
 from stoker.sim.engine import SimOptions, Simulator
@@ -97,8 +98,8 @@ def build_cluster(inputs: SimInputs, nodes: list[TraceNode] | None, queues: list
                   cut: Cut) -> SimCluster:
     if inputs.cluster is not None:
         cluster = from_toml(inputs.cluster, nodes)
-        kept = cut_nodes(list(cluster.nodes), lambda n: n.capacity.gpus, cut.nodes, cut.every,
-                         cut.gpus)
+        kept = cut_nodes(list(cluster.nodes), lambda n: n.capacity[GPU] / 1000, cut.nodes,
+                         cut.every, cut.gpus)
         return cluster.with_nodes(tuple(kept))
     assert nodes is not None
     kept_nodes = cut_nodes(nodes, lambda n: n.gpus, cut.nodes, cut.every, cut.gpus)

@@ -3,9 +3,25 @@
 Quota semantics follow Kueue's ClusterQueue: each queue holds, per resource flavor, a nominal
 quota; queues in one cohort lend each other their unused quota. ``borrowing_limit`` caps what a
 queue (or cohort) may take above its nominal quota from its parent cohort; ``lending_limit`` caps
-how much of its unused nominal quota it lends out (the rest stays reserved for it). A resource
-left out of a quota (or of a node) is not limited by it. Cohorts nest (``parent``) and may own
-quota of their own, shared by everything below them.
+how much of its unused nominal quota it lends out (the rest stays reserved for it). Cohorts nest
+(``parent``) and may own quota of their own, shared by everything below them.
+
+Resources are named (`stoker.spec.resources`): ``gpu``, ``cpu``, ``memory``,
+``ephemeral-storage`` or a vendor's ``domain/name``; the old keys ``gpus`` and ``cpus`` still
+work. A queue's quota is either flat (``quotas``: one resource group holding every flavor, in
+which a resource a flavor leaves out is not limited) or Kueue's resource groups
+(``resource_groups``): each group covers some resources, and each of its flavors gives a quota
+for exactly those. A resource is in at most one group of a queue, a flavor in at most one; a
+resource no group covers is not limited by the queue. A node leaves out ``cpu``, ``memory`` and
+``ephemeral-storage`` when it does not limit them; it has none of ``gpu`` or of a vendor's
+resource it leaves out.
+
+A node carries one flavor. A job runs on the nodes of one flavor F (the queue's flavors are
+tried in the order written, group by group). Its request is charged in F's group to F, and in
+every other group to that group's *first* flavor, which stands for what every node has of
+those resources (Kueue's flavor without node labels). So with ``cpu``/``memory`` under a
+``default`` flavor and ``gpu`` under ``h100`` and ``a100``, a job on an h100 node is charged
+its GPUs to h100 and its CPUs and memory to default.
 
 ```toml
 topology = ["zone", "rack"]          # levels, outermost first; nodes label each level
@@ -19,7 +35,7 @@ starvation_age = "6h"                # a job pending longer gets a reservation
 enabled = false
 half_life = "24h"                    # past usage counts half after this (usageHalfLifeTime)
 sampling_interval = "5m"             # how often usage held is sampled (usageSamplingInterval)
-resource_weights = { gpus = 1.0, cpus = 0.0, memory = 0.0 }   # memory: per GiB
+resource_weights = { gpu = 1.0, cpu = 0.0, memory = 0.0 }   # per GPU, CPU, GiB, unit
 
 [priority_classes]
 low = 0
@@ -38,9 +54,10 @@ labels = { zone = "local", rack = "local" }
 name = "gpu"
 count = 4
 flavor = "h100"
-gpus = 8
-cpus = 96
+gpu = 8                              # or gpus = 8; any named resource
+cpu = 96
 memory = "1TiB"
+"example.com/ib" = 4                 # a vendor's resource
 labels = { zone = "z1", rack = "r1" }
 
 [admin]
@@ -79,11 +96,23 @@ strategy = "BestEffortFIFO"          # or StrictFIFO
 fair_weight = 1.0
 preemption = { within_queue = "LowerPriority", reclaim_within_cohort = "Any" }
 
-[queues.research.quotas.h100]        # flavors are tried in the order written
-gpus = 8
-cpus = 64
-borrowing_limit = { gpus = 8 }
-lending_limit = { gpus = 4 }
+[queues.research.quotas.h100]        # flat: flavors are tried in the order written
+gpu = 8
+cpu = 64
+borrowing_limit = { gpu = 8 }
+lending_limit = { gpu = 4 }
+
+[queues.training]                    # or Kueue's resource groups
+cohort = "org"
+
+[[queues.training.resource_groups]]
+resources = ["cpu", "memory"]
+flavors.default = { cpu = 256, memory = "2TiB" }
+
+[[queues.training.resource_groups]]
+resources = ["gpu"]
+flavors.h100 = { gpu = 16, borrowing_limit = { gpu = 8 } }
+flavors.a100 = { gpu = 8 }
 ```
 """
 
@@ -93,14 +122,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from stoker.spec import loading
+from stoker.spec import loading, resources
 from stoker.spec.errors import ConfigError, KeyedValueError
 from stoker.spec.health import HealthConfig
-from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, Seconds
+from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, ResourceAmounts, Seconds
 
-RESOURCES = ("gpus", "cpus", "memory")
 # Stored as 32-bit integers (PostgreSQL's INTEGER).
 Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
@@ -110,16 +138,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Amounts(Section):
-    """An amount per resource; a resource left out (None) is not limited."""
-
-    gpus: float | None = Field(default=None, ge=0)
-    cpus: float | None = Field(default=None, ge=0)
-    memory: Bytes | None = None
-
-    def get(self, resource: str) -> float | None:
-        value: float | None = getattr(self, resource)
-        return value
+class Amounts(ResourceAmounts):
+    """An amount per named resource (`ResourceAmounts`); a resource left out is not limited."""
 
 
 class Quota(Amounts):
@@ -127,6 +147,47 @@ class Quota(Amounts):
 
     borrowing_limit: Amounts | None = None
     lending_limit: Amounts | None = None
+
+    def names(self) -> set[str]:
+        """Every resource it names, limits included."""
+        out = set(self.amounts())
+        for limit in (self.borrowing_limit, self.lending_limit):
+            if limit is not None:
+                out |= set(limit.amounts())
+        return out
+
+
+class ResourceGroup(Section):
+    """Kueue's resource group: the resources it covers, and the flavors (tried in the order
+    written) that give a quota for exactly those resources."""
+
+    resources: tuple[str, ...] = Field(min_length=1)
+    flavors: dict[str, Quota] = Field(min_length=1)
+
+    def covered(self) -> tuple[str, ...]:
+        """``resources`` by canonical name (checked by `ClusterConfig`)."""
+        return tuple(resources.canonical(r) or r for r in self.resources)
+
+
+Groups = list[tuple[tuple[str, ...] | None, dict[str, Quota]]]  # (covered: None = all, flavors)
+
+
+class Quotas(Section):
+    """The quota of a queue or a cohort: flat (``quotas``) or in resource groups."""
+
+    quotas: dict[str, Quota] = {}
+    resource_groups: tuple[ResourceGroup, ...] = ()
+
+    def groups(self) -> Groups:
+        """Each resource group's covered resources (None: the flat form, which covers every
+        resource) and flavors."""
+        if self.resource_groups:
+            return [(g.covered(), g.flavors) for g in self.resource_groups]
+        return [(None, self.quotas)] if self.quotas else []
+
+    def flavor_quotas(self) -> dict[str, Quota]:
+        """Every flavor's quota, group after group, in the order written."""
+        return {f: q for _, flavors in self.groups() for f, q in flavors.items()}
 
 
 class Preemption(Section):
@@ -138,32 +199,30 @@ class Preemption(Section):
     borrow_max_priority: int | None = None
 
 
-class QueueConfig(Section):
+class QueueConfig(Quotas):
     cohort: str | None = None
     strategy: Literal["StrictFIFO", "BestEffortFIFO"] = "BestEffortFIFO"
     fair_weight: float = Field(default=1.0, ge=0)
     preemption: Preemption = Preemption()
-    quotas: dict[str, Quota] = Field(min_length=1)
 
 
-class CohortConfig(Section):
+class CohortConfig(Quotas):
     parent: str | None = None
     fair_weight: float = Field(default=1.0, ge=0)
-    quotas: dict[str, Quota] = {}
 
 
 class FlavorConfig(Section):
     gpu_model: str | None = None
 
 
-class NodeConfig(Section):
+class NodeConfig(ResourceAmounts):
+    """Nodes of one kind; their capacity is any named resources (`ResourceAmounts`): one left
+    out is unlimited for cpu, memory and ephemeral-storage, and none for the others."""
+
     name: str = Field(pattern=NAME_PATTERN)
     count: int = Field(default=1, ge=1, le=100_000)
     flavor: str
-    gpus: float = Field(default=0, ge=0)
-    cpus: float | None = Field(default=None, ge=0)
-    memory: Bytes | None = None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
 
     def names(self) -> list[str]:
         if self.count == 1:
@@ -291,11 +350,45 @@ class RayConfig(Section):
 
 
 class ResourceWeights(Section):
-    """How much a GPU, a CPU and a GiB of memory held count in a tenant's usage."""
+    """How much a GPU, a CPU, a GiB of memory (or of ephemeral-storage) and a unit of a
+    vendor's resource held count in a tenant's usage; by default GPUs alone, 1 each. Keys:
+    the old ``gpus``, ``cpus``, ``memory``, or any resource name."""
 
-    gpus: float = Field(default=1.0, ge=0, allow_inf_nan=False)
-    cpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
-    memory: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow",
+                              json_schema_extra={"additionalProperties": {"type": "number",
+                                                                          "minimum": 0}})
+
+    gpus: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cpus: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    memory: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        given = {resources.ALIASES.get(k, k) for k in ("gpus", "cpus", "memory")
+                 if getattr(self, k) is not None}
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            name = resources.canonical(key)
+            if name is None or key in resources.ALIASES:
+                raise KeyedValueError(key, "unknown key: not a resource name", relative=True)
+            if name in given:
+                raise KeyedValueError(key, f"{name} is given twice", relative=True)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 <= value < float("inf")):
+                raise KeyedValueError(key, f"expected a weight >= 0, got {value!r}",
+                                      relative=True)
+            given.add(name)
+        return self
+
+    def weights(self) -> dict[str, float]:
+        """Per resource: the weight of one GPU, CPU, GiB or unit (zeros left out)."""
+        out = {resources.GPU: 1.0}
+        for key in ("gpus", "cpus", "memory"):
+            value = getattr(self, key)
+            if value is not None:
+                out[resources.ALIASES.get(key, key)] = value
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            out[resources.ALIASES.get(key, key)] = float(value)
+        return {name: w for name, w in out.items() if w}
 
 
 class AdmissionFairSharingConfig(Section):
@@ -310,8 +403,7 @@ class AdmissionFairSharingConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        w = self.resource_weights
-        if w.gpus == w.cpus == w.memory == 0:
+        if not self.resource_weights.weights():
             raise KeyedValueError("admission_fair_sharing.resource_weights",
                                   "at least one weight must be above 0")
         if self.sampling_interval > self.half_life:
@@ -347,6 +439,7 @@ class ClusterConfig(Section):
     ray: RayConfig | None = None
     cohorts: dict[str, CohortConfig] = {}
     queues: dict[str, QueueConfig] = Field(min_length=1)
+    _resource_names: tuple[str, ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -419,7 +512,7 @@ class ClusterConfig(Section):
 
     def _check_cohorts(self) -> None:
         for name, cohort in self.cohorts.items():
-            self._check_quotas(f"cohorts.{name}", cohort.quotas,
+            self._check_quotas(f"cohorts.{name}", cohort,
                                has_parent=cohort.parent is not None, is_queue=False)
             seen = {name}
             parent = cohort.parent
@@ -434,24 +527,90 @@ class ClusterConfig(Section):
             if queue.cohort in self.queues:
                 raise KeyedValueError(f"queues.{name}.cohort",
                                       f"{queue.cohort!r} is a queue, not a cohort")
-            self._check_quotas(f"queues.{name}", queue.quotas,
-                               has_parent=queue.cohort is not None, is_queue=True)
+            if not queue.groups():
+                raise KeyedValueError(f"queues.{name}", "give its quota: quotas (one table "
+                                      "per flavor) or resource_groups")
+            self._check_quotas(f"queues.{name}", queue, has_parent=queue.cohort is not None,
+                               is_queue=True)
 
-    def _check_quotas(self, key: str, quotas: dict[str, Quota], has_parent: bool,
-                      is_queue: bool) -> None:
-        for flavor, quota in quotas.items():
-            where = f"{key}.quotas.{flavor}"
-            if flavor not in self.flavors:
-                raise KeyedValueError(where, f"unknown flavor {flavor!r}")
-            if quota.borrowing_limit is not None and not has_parent:
-                raise KeyedValueError(f"{where}.borrowing_limit", "needs a cohort to borrow from")
-            if quota.lending_limit is None or not is_queue:
-                continue  # a cohort lends out of everything below it, not only its own quota
-            for resource in RESOURCES:
-                lend, nominal = quota.lending_limit.get(resource), quota.get(resource)
-                if lend is not None and nominal is not None and lend > nominal:
-                    raise KeyedValueError(f"{where}.lending_limit.{resource}",
-                                          f"{lend} is above the nominal quota {nominal}")
+    def _check_quotas(self, key: str, owner: Quotas, has_parent: bool, is_queue: bool) -> None:
+        if owner.quotas and owner.resource_groups:
+            raise KeyedValueError(f"{key}.resource_groups", "give quotas or resource_groups, "
+                                  "not both")
+        if not owner.resource_groups:
+            for flavor, quota in owner.quotas.items():
+                self._check_quota(f"{key}.quotas.{flavor}", flavor, quota, None, has_parent,
+                                  is_queue)
+            return
+        covered_by: dict[str, int] = {}
+        flavor_in: dict[str, int] = {}
+        for i, group in enumerate(owner.resource_groups):
+            where = f"{key}.resource_groups.{i}"
+            for j, name in enumerate(group.resources):
+                resource = resources.canonical(name)
+                if resource is None:
+                    raise KeyedValueError(f"{where}.resources.{j}", f"{name!r} is not a "
+                                          "resource name (gpu, cpu, memory, "
+                                          "ephemeral-storage or domain/name)")
+                if resource in covered_by:
+                    raise KeyedValueError(f"{where}.resources.{j}", f"{resource} is already "
+                                          f"covered by resource group {covered_by[resource]}"
+                                          + (" (a resource is in one group only)"
+                                             if covered_by[resource] != i else ""))
+                covered_by[resource] = i
+            for flavor, quota in group.flavors.items():
+                if flavor in flavor_in:
+                    raise KeyedValueError(f"{where}.flavors.{flavor}", f"flavor {flavor!r} "
+                                          f"is already in resource group {flavor_in[flavor]} "
+                                          "(a flavor is in one group only)")
+                flavor_in[flavor] = i
+                self._check_quota(f"{where}.flavors.{flavor}", flavor, quota, group.covered(),
+                                  has_parent, is_queue)
+
+    def _check_quota(self, where: str, flavor: str, quota: Quota,
+                     covered: tuple[str, ...] | None, has_parent: bool, is_queue: bool) -> None:
+        if flavor not in self.flavors:
+            raise KeyedValueError(where, f"unknown flavor {flavor!r}")
+        if quota.borrowing_limit is not None and not has_parent:
+            raise KeyedValueError(f"{where}.borrowing_limit", "needs a cohort to borrow from")
+        if covered is not None:  # Kueue: each flavor gives exactly the group's resources
+            nominal = quota.amounts()
+            missing = [r for r in covered if r not in nominal]
+            if missing:
+                raise KeyedValueError(where, f"no quota of {', '.join(missing)}: each flavor "
+                                      f"of a group gives every resource it covers "
+                                      f"({', '.join(covered)})")
+            for part, amounts in (("", quota), ("borrowing_limit.", quota.borrowing_limit),
+                                  ("lending_limit.", quota.lending_limit)):
+                for name in amounts.amounts() if amounts is not None else ():
+                    if name not in covered:
+                        assert amounts is not None
+                        raise KeyedValueError(f"{where}.{part}{amounts.key_of(name)}",
+                                              f"{name} is not covered by this resource group "
+                                              f"({', '.join(covered)})")
+        if quota.lending_limit is None or not is_queue:
+            return  # a cohort lends out of everything below it, not only its own quota
+        nominal = quota.amounts()
+        for name, lend in quota.lending_limit.amounts().items():
+            if name in nominal and lend > nominal[name]:
+                raise KeyedValueError(f"{where}.lending_limit.{quota.lending_limit.key_of(name)}",
+                                      f"{resources.describe(name, lend)} is above the nominal "
+                                      f"quota {resources.describe(name, nominal[name])}")
+
+    def resource_names(self) -> tuple[str, ...]:
+        """The cluster's resources: gpu, cpu, memory and every other one its nodes, quotas and
+        weights name, in `resources.order`."""
+        if self._resource_names is None:
+            names: set[str] = set(self.admission_fair_sharing.resource_weights.weights())
+            for node in self.nodes:
+                names |= set(node.amounts())
+            for owner in (*self.queues.values(), *self.cohorts.values()):
+                for covered, flavors in owner.groups():
+                    names |= set(covered or ())
+                    for quota in flavors.values():
+                        names |= quota.names()
+            self._resource_names = resources.order(names)
+        return self._resource_names
 
     # --- lookups used by the control plane and the simulator ---
 
@@ -480,8 +639,15 @@ class ClusterConfig(Section):
             raise ConfigError(source, "placement.topology",
                               f"unknown topology level {topo!r} "
                               f"(known: {', '.join((*self.topology, 'node'))})")
+        known = self.resource_names()
+        for name in job.resources.amounts():
+            if name not in known:
+                key = job.resources.key_of(name)
+                where = f'resources."{key}"' if "." in key else f"resources.{key}"
+                raise ConfigError(source, where, f"this cluster has no {name} (its resources: "
+                                  f"{', '.join(known)})")
         allowed = self.flavors_for_model(job.placement.gpu_model)
-        if allowed is not None and not set(allowed) & set(self.queues[job.queue].quotas):
+        if allowed is not None and not set(allowed) & set(self.queues[job.queue].flavor_quotas()):
             raise ConfigError(source, "placement.gpu_model",
                               f"queue {job.queue!r} has no flavor with GPU model "
                               f"{job.placement.gpu_model!r}")

@@ -24,10 +24,12 @@ class KeyedValueError(ValueError):
     """Raised inside pydantic validators for cross-field checks, naming the offending key.
 
     Pydantic wraps it; `spec.loading` unwraps it so the message names ``key`` rather than
-    the model that ran the check.
+    the model that ran the check. ``relative``: ``key`` is one key of the model that raised it
+    (a resource name, which may hold dots), to be put after that model's own location.
     """
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str, relative: bool = False) -> None:
         self.key = key
         self.reason = reason
+        self.relative = relative
         super().__init__(f"{key}: {reason}")

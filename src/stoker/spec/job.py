@@ -11,10 +11,11 @@ train_config = "tiny.toml"   # a Stoker training config ...
 overrides = ["train.steps=50"]
 # command = ["python", "x.py"]   # ... or an argument list, never run through a shell
 
-[resources]                  # per rank
-gpus = 1
-cpus = 2
+[resources]                  # per rank: any named resource (see stoker.spec.resources)
+gpu = 1                      # or the old keys gpus = 1, cpus = 2
+cpu = "500m"                 # default: 1 CPU
 memory = "8GiB"
+"example.com/gpu" = 1        # a vendor's resource, whole units
 
 [placement]
 topology = "rack"            # a level of the cluster's topology
@@ -27,15 +28,26 @@ Relative ``train_config`` paths are resolved against the job file's directory by
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from stoker.spec import loading
 from stoker.spec.errors import KeyedValueError
+from stoker.spec.resources import ALIASES, CPU, GPU, MEMORY, canonical, parse_amount, written
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
@@ -90,15 +102,115 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RankResources(Section):
-    """What one rank needs. GPUs may be fractional (shared GPUs in traces). Strict numbers:
-    ``true`` is not 1, ``"2"`` is not 2, and NaN or infinity is no amount."""
+# Any named resource beside the declared keys: a number or a quantity string.
+_NAMED: JsonDict = {
+    "additionalProperties": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]},
+    "propertyNames": {"anyOf": [{"enum": ["gpu", "cpu", "memory", "ephemeral-storage", "gpus",
+                                          "cpus"]},
+                                {"pattern": "^[a-z0-9][-a-z0-9.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"}]},
+}
+
+
+class ResourceAmounts(Section):
+    """An amount of each of some named resources (`stoker.spec.resources`). The old keys
+    ``gpus``, ``cpus`` (numbers) and ``memory`` (bytes or a size) keep their meaning; any
+    other resource is a key of its own: ``gpu``, ``cpu``, ``ephemeral-storage`` or a vendor's
+    ``domain/name``, with a number or a quantity string (``cpu = "500m"``). A key given twice
+    (``gpus`` and ``gpu``) is refused. `amounts` has them by canonical name, in their units."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_NAMED)
+
+    gpus: float | None = Field(default=None, ge=0)
+    cpus: float | None = Field(default=None, ge=0)
+    memory: Bytes | None = None
+    _amounts: dict[str, int] = PrivateAttr(default_factory=dict)
+    _keys: dict[str, str] = PrivateAttr(default_factory=dict)  # resource -> its key as written
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        amounts: dict[str, int] = {}
+        for old in ("gpus", "cpus", "memory"):
+            value = getattr(self, old)
+            if value is not None:
+                amounts[ALIASES.get(old, old)] = parse_amount(ALIASES.get(old, old), value)
+                self._keys[ALIASES.get(old, old)] = old
+        for key, value in (self.__pydantic_extra__ or {}).items():
+            name = canonical(key)
+            if name is None or key in ALIASES:
+                raise KeyedValueError(key, "unknown key" + self._suggestion(key), relative=True)
+            if name in amounts:
+                raise KeyedValueError(key, f"{name} is given twice (here and as "
+                                      f"{_old_key(name)})", relative=True)
+            try:
+                amounts[name] = parse_amount(name, value)
+            except ValueError as e:
+                raise KeyedValueError(key, str(e), relative=True) from None
+            self._keys[name] = key
+        self._amounts = amounts
+        return self
+
+    def key_of(self, name: str) -> str:
+        """The key resource ``name`` was given under (``gpus`` or ``gpu``)."""
+        return self._keys.get(name, name)
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Written back by canonical name (``gpu``, not ``gpus``), as amounts of the resource
+        (2 GPUs, 0.5 CPU, bytes): however it was spelt, one request dumps one way."""
+        data: dict[str, Any] = handler(self)
+        for key in ("gpus", "cpus", "memory", *(self.__pydantic_extra__ or {})):
+            data.pop(key, None)
+        data.update({name: written(name, v) for name, v in self.written_amounts().items()})
+        return data
+
+    def written_amounts(self) -> dict[str, int]:
+        """What is written back: every amount given, zeros included."""
+        return self._amounts
+
+    def _suggestion(self, key: str) -> str:
+        close = difflib.get_close_matches(key, [*type(self).model_fields, GPU, CPU], n=1)
+        hint = "; resources other than gpu, cpu, memory and ephemeral-storage are named " \
+            "domain/name, such as example.com/gpu"
+        return f"; did you mean '{close[0]}'?" if close else hint
+
+    def amounts(self) -> dict[str, int]:
+        """The amounts given, by canonical resource name, each in its unit (thousandths of a
+        GPU or CPU, bytes, whole units)."""
+        return self._amounts
+
+
+def _old_key(name: str) -> str:
+    return next((old for old, new in ALIASES.items() if new == name), name)
+
+
+class RankResources(ResourceAmounts):
+    """What one rank needs: 1 CPU unless told otherwise. GPUs may be fractional (shared GPUs
+    in traces). Strict: ``true`` is not 1, ``gpus = "2"`` is not 2, and NaN or infinity is no
+    amount (the named keys take quantity strings: ``cpu = "2"``)."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
-    gpus: float = Field(default=0, ge=0)
-    cpus: float = Field(default=1, ge=0)
-    memory: Bytes = 0
+    def amounts(self) -> dict[str, int]:
+        """The request by canonical resource name, in each resource's unit, zeros left out."""
+        return {name: v for name, v in self.written_amounts().items() if v}
+
+    def written_amounts(self) -> dict[str, int]:
+        """Every amount given, zeros included, and the default of 1 CPU."""
+        given = self._amounts
+        return given if CPU in given else {**given, CPU: 1000}
+
+    @property
+    def gpu_count(self) -> float:
+        """GPUs per rank (fractional when shared)."""
+        return self.amounts().get(GPU, 0) / 1000
+
+    @property
+    def cpu_count(self) -> float:
+        return self.amounts().get(CPU, 0) / 1000
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.amounts().get(MEMORY, 0)
 
 
 class Placement(Section):

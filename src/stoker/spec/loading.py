@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,11 +31,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split ``a.b=value`` into (["a", "b"], value). Values are TOML literals, else strings."""
+    """Split ``a.b=value`` into (["a", "b"], value). Values are TOML literals, else strings.
+    A quoted part keeps its dots, as in TOML: ``nodes.0."example.com/gpu"=2``."""
     if "=" not in text:
         raise ConfigError("--set", text, "expected section.key=value")
     dotted, raw = text.split("=", 1)
-    keys = [k.strip() for k in dotted.strip().split(".")]
+    keys = [k.strip().strip('"') for k in re.findall(r'\s*"[^"]*"\s*|[^.]+', dotted.strip())]
     if not all(keys):
         raise ConfigError("--set", dotted, "empty key")
     try:
@@ -80,6 +82,9 @@ def _to_config_error(e: ValidationError, model: type[BaseModel], source: str | N
     loc = [str(part) for part in err["loc"]]
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, KeyedValueError):
+        if cause.relative:  # after the model's location; a key with dots is quoted, as in TOML
+            where = ".".join([*loc, f'"{cause.key}"' if "." in cause.key else cause.key])
+            return ConfigError(source, where, cause.reason)
         return ConfigError(source, cause.key, cause.reason)
     key = ".".join(loc) or None
     if err["type"] == "extra_forbidden":
