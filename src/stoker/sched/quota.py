@@ -10,7 +10,10 @@ parent cohort). As in Kueue's resource nodes:
 - ``usage`` of a queue is what its jobs use; a cohort's usage is what its children use beyond
   their guaranteed quota;
 - ``available`` is the unused guaranteed quota plus what the parent has available, capped by the
-  borrowing limit.
+  borrowing limit;
+- ``height`` is 0 for a queue and one more than its highest child for a cohort: how far up the
+  tree a request borrows is the height of the lowest subtree that holds it (Kueue's borrowing
+  level, `Account.borrow_level`).
 
 Amounts are 3-lists indexed by resource: 0 gpus, 1 cpus, 2 memory.
 """
@@ -29,8 +32,8 @@ Vec = list[float]
 class Account:
     """One queue's or cohort's quota and usage of one flavor."""
 
-    __slots__ = ("borrow", "children", "guaranteed", "lend", "limited", "name", "nominal",
-                 "parent", "subtree", "usage")
+    __slots__ = ("borrow", "children", "guaranteed", "height", "lend", "limited", "name",
+                 "nominal", "parent", "subtree", "usage")
 
     def __init__(self, name: str, quota: FlavorQuota | None, parent: Account | None) -> None:
         self.name = name
@@ -42,6 +45,7 @@ class Account:
         self.subtree: Vec = [0.0, 0.0, 0.0]
         self.guaranteed: Vec = [0.0, 0.0, 0.0]
         self.usage: Vec = [0.0, 0.0, 0.0]
+        self.height = 0
         # Resources this account can ever run short of; usage is tracked for these only.
         self.limited: tuple[int, ...] = RESOURCES
         if parent is not None:
@@ -123,11 +127,58 @@ class Account:
         return [r for r in self.limited
                 if amount[r] > 0 and amount[r] > self.available(r) + EPS]
 
+    def over(self, resources: Sequence[int]) -> bool:
+        """Whether this subtree uses more than its own quota of any of ``resources``."""
+        return any(self.usage[r] > self.subtree[r] + EPS for r in resources)
+
+    def lowest_fitting(self, r: int, v: float) -> tuple[int, bool]:
+        """Kueue's FindHeightOfLowestSubtreeThatFits: the height of the lowest subtree (this
+        account, or a cohort above it) whose own quota holds ``v`` more of resource ``r``, and
+        whether that subtree lies below the root of the tree."""
+        if self.parent is None or self.usage[r] + v <= self.subtree[r] + EPS:
+            return 0, self.parent is not None
+        remaining = v - max(0.0, self.guaranteed[r] - self.usage[r])
+        node = self.parent
+        while node.parent is not None and node.usage[r] + remaining > node.subtree[r] + EPS:
+            remaining -= max(0.0, node.guaranteed[r] - node.usage[r])
+            node = node.parent
+        return node.height, node.parent is not None
+
+    def borrow_level(self, amount: Sequence[float]) -> int:
+        """How far up the tree ``amount`` borrows: 0 within the nominal quota, else the height
+        of the lowest subtree that holds it (the highest over the resources)."""
+        level = 0
+        for r in self.limited:
+            if amount[r] > 0:
+                level = max(level, self.lowest_fitting(r, amount[r])[0])
+        return level
+
+    def advantage(self, amount: Sequence[float]) -> list[bool]:
+        """For each cohort above this queue's account (parent first): whether ``amount`` fits in
+        the quota of this account or of a cohort below that one (Kueue's hierarchical
+        advantage over the other queues under that cohort)."""
+        resources = [r for r in self.limited if amount[r] > 0]
+        fits = all(self.usage[r] + amount[r] <= self.subtree[r] + EPS for r in resources)
+        remaining = [max(0.0, amount[r] - max(0.0, self.guaranteed[r] - self.usage[r]))
+                     for r in RESOURCES]
+        out = []
+        node = self.parent
+        while node is not None:
+            out.append(fits)
+            fits = fits or all(node.usage[r] + remaining[r] <= node.subtree[r] + EPS
+                               for r in resources)
+            for r in resources:
+                remaining[r] = max(0.0, remaining[r]
+                                   - max(0.0, node.guaranteed[r] - node.usage[r]))
+            node = node.parent
+        return out
+
 
 def _finish(node: Account) -> None:
-    """Compute subtree and guaranteed quota bottom-up."""
+    """Compute subtree and guaranteed quota, and the height, bottom-up."""
     for child in node.children:
         _finish(child)
+    node.height = max((child.height + 1 for child in node.children), default=0)
     for r in RESOURCES:
         total = node.nominal[r] + sum(c.subtree[r] - c.guaranteed[r] for c in node.children)
         node.subtree[r] = total
