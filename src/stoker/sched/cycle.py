@@ -175,6 +175,8 @@ class _Cycle:
         self.failed_like: dict[tuple[object, ...], Waiting] = {}  # what failed: why
         self.changes = 0  # admissions, nominations, holds and used-up preemption attempts
         self._searched_for: JobId | None = None  # the job whose preemption attempt was counted
+        self._neighbour_cache: dict[tuple[str, str],
+                                    list[tuple[str, Account, list[Account], int]]] = {}
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[Account, list[float]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
@@ -258,16 +260,20 @@ class _Cycle:
         heap: list[tuple[_HeapKey, int, _QueueState]] = []
         for n, qs in enumerate(self.queues.values()):
             if qs.waiting and qs.blocked_by is None:
-                self._release_hold(qs)  # a queue's own jobs never see its hold
+                held = qs.hold is not None
+                if held:
+                    self._release_hold(qs)  # a queue's own jobs never see its hold
                 if not self._hopeless(qs):
                     heap.append((self._heap_key(qs), n, qs))
-                self._apply_hold(qs)
+                if held:
+                    self._apply_hold(qs)
         heapq.heapify(heap)
         pending = self.snap.pending
         tenants = self.tenants
         while heap:
             _, n, qs = heapq.heappop(heap)
-            self._release_hold(qs)
+            if qs.hold is not None:
+                self._release_hold(qs)
             while True:
                 if tenants is not None:
                     tenants.fresh_head(qs.waiting)
@@ -288,7 +294,8 @@ class _Cycle:
                 if heap:  # the last queue left goes on without ordering
                     heapq.heappush(heap, (self._heap_key(qs), n, qs))
                     break
-            self._apply_hold(qs)
+            if qs.hold is not None:
+                self._apply_hold(qs)
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
         if self.tenants is not None:
@@ -449,7 +456,7 @@ class _Cycle:
         that borrows is not placed on nodes (the borrowing pass does it)."""
         q = qs.queue
         stop_borrowing = q.when_can_borrow == "MayStopSearch"
-        can_preempt = self._can_preempt(qs)
+        can_preempt: bool | None = None  # looked up once needed
         options = []
         for flavor in flavors:
             hold = self.reserved.get(flavor)
@@ -464,6 +471,8 @@ class _Cycle:
                 borrow = account.borrow_level(total)
             else:
                 why[flavor] = f"quota of queue {q.name} exhausted"
+                if can_preempt is None:
+                    can_preempt = self._can_preempt(qs)
                 if can_preempt and self._may_preempt_for(qs, account, total):
                     options.append(_Option(flavor, 0, None, True))
                 continue
@@ -475,6 +484,8 @@ class _Cycle:
             placement = self._place(flavor, job, level)
             if placement is None:
                 why[flavor] = _NO_NODES
+                if can_preempt is None:
+                    can_preempt = self._can_preempt(qs)
                 if can_preempt:  # victims could free nodes; the quota has room
                     options.append(_Option(flavor, borrow, None, True))
                 continue
@@ -509,8 +520,10 @@ class _Cycle:
         options = self._scan(qs, job, flavors, level, total, why, open_flavors,
                              nominal_only and not job.nominated)
         fit, preemptible = self._settle(q, options)
-        if preemptible and not self._fits_ever(job, flavors, self.nodes.healthy):
-            preemptible = []
+        if (preemptible and (fit is None or q.when_can_preempt == "MayStopSearch" or (
+                fit.borrow and q.flavor_preference == "PreemptionOverBorrowing"))
+                and not self._fits_ever(job, flavors, self.nodes.healthy)):
+            preemptible = []  # victims would free nothing it could use
         searched: list[str] = []
         if (preemptible and q.when_can_preempt == "MayStopSearch"
                 and self._attempt(qs, job, level)):
@@ -560,6 +573,9 @@ class _Cycle:
         queue may preempt while borrowing (borrow_within_cohort; reclaim under fair sharing),
         or when the quota it lacks lies in a sub-cohort below the root (hierarchical reclaim)."""
         q = qs.queue
+        nominal = account.nominal
+        if all(total[r] <= nominal[r] + EPS for r in account.limited):
+            return True
         if q.borrow_within_cohort != "Never" or (self.policy.fair_sharing
                                                  and q.reclaim_within_cohort != "Never"):
             return True
@@ -704,7 +720,8 @@ class _Cycle:
         by_borrowing = qs.queue.flavor_preference == "PreemptionOverBorrowing"
         best: _Found | None = None
         for flavor in flavors:
-            # Once it preempts in its own queue without borrowing, only reclaiming beats that.
+            # Once it preempts in its own queue without borrowing, only reclaiming beats that:
+            # the later flavors are searched for other queues' jobs alone.
             must_reclaim = best is not None and best.own and not best.borrow
             found = self._victims_on(qs, job, flavor, level, total, compare, must_reclaim)
             if found is None or (below is not None and found.borrow >= below):
@@ -718,8 +735,7 @@ class _Cycle:
     def _victims_on(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
                     total: list[float], compare: bool, must_reclaim: bool) -> _Found | None:
         """The victims that make room for ``job`` on ``flavor``; with ``compare``, also how far
-        it then borrows. ``must_reclaim``: skip the search unless other queues' jobs alone
-        could make room."""
+        it then borrows. ``must_reclaim``: only other queues' jobs."""
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
@@ -775,45 +791,57 @@ class _Cycle:
         if q.cohort is None or q.reclaim_within_cohort == "Never" or qs.root is None:
             return own, claimed, borrowed, others
         account = qs.accounts[flavor]
-        above: dict[Account, int] = {}  # the cohorts above the job's queue: their distance
-        node = account.parent
+        advantage: list[bool] | None = None
+        mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
+        for name, theirs, path, distance in self._neighbours(qs, flavor):
+            if (name, flavor) not in self.running or not theirs.borrowing():
+                continue  # Kueue reclaims only from queues above their nominal quota
+            sel = self._candidates(name, flavor).select(mine, job.created_at, mode)
+            if sel.empty():
+                continue
+            if advantage is None:
+                advantage = account.advantage(total)
+            seen = preempt.OtherQueue(path, advantage[distance])
+            others[theirs] = seen
+            (claimed if seen.advantage else borrowed).append(sel)
+        return own, claimed, borrowed, others
+
+    def _neighbours(self, qs: _QueueState, flavor: str
+                    ) -> list[tuple[str, Account, list[Account], int]]:
+        """The other queues of ``qs``'s cohort tree with quota of ``flavor``: name, account,
+        the path from it up to the lowest cohort shared with ``qs`` (not included), and that
+        cohort's distance above ``qs``."""
+        key = (qs.queue.name, flavor)
+        kept = self._neighbour_cache.get(key)
+        if kept is not None:
+            return kept
+        above: dict[Account, int] = {}
+        node = qs.accounts[flavor].parent
         while node is not None:
             above[node] = len(above)
             node = node.parent
-        advantage: list[bool] | None = None
-        mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
-        for other in self.trees[qs.root]:
+        out = []
+        for other in self.trees[qs.root] if qs.root is not None else ():
             theirs = other.accounts.get(flavor)
-            if (other is qs or theirs is None or (other.queue.name, flavor) not in self.running
-                    or not theirs.borrowing()):
-                continue  # Kueue reclaims only from queues above their nominal quota
+            if other is qs or theirs is None:
+                continue
             path = [theirs]
             node = theirs.parent
             while node is not None and node not in above:
                 path.append(node)
                 node = node.parent
-            if node is None:
-                continue
-            sel = self._candidates(other.queue.name, flavor).select(mine, job.created_at, mode)
-            if sel.empty():
-                continue
-            if advantage is None:
-                advantage = account.advantage(total)
-            seen = preempt.OtherQueue(path, advantage[above[node]])
-            others[theirs] = seen
-            (claimed if seen.advantage else borrowed).append(sel)
-        return own, claimed, borrowed, others
+            if node is not None:
+                out.append((other.queue.name, theirs, path, above[node]))
+        self._neighbour_cache[key] = out
+        return out
 
     def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
                       total: list[float], must_reclaim: bool
                       ) -> tuple[preempt.Chosen, Placement] | None:
         own, claimed, borrowed, others = self._eligible(qs, job, flavor, total)
+        if must_reclaim:
+            own = []
         account = qs.accounts[flavor]
-        if must_reclaim and not (
-                self._could_fit(account, flavor, total, claimed + borrowed)
-                and _quota_bound(account, total, [0.0, 0.0, 0.0],
-                                 _freed(claimed + borrowed, borrowed_only=True), True)):
-            return None
         if not self._could_fit(account, flavor, total, own + claimed + borrowed):
             return None
 
@@ -910,10 +938,12 @@ class _Cycle:
         hold = qs.hold
         if hold is None or qs.hold_applied:
             return
-        usage = hold.account.usage
-        for r in RESOURCES:
-            hold.amount[r] = min(hold.amount[r], max(0.0, hold.cap[r] - usage[r]))
-        hold.account.add(hold.amount)
+        usage, amount, cap = hold.account.usage, hold.amount, hold.cap
+        for r in hold.account.limited:
+            room = cap[r] - usage[r]
+            if amount[r] > room:
+                amount[r] = room if room > 0 else 0.0
+        hold.account.add(amount)
         qs.hold_applied = True
 
     def _release_hold(self, qs: _QueueState) -> None:

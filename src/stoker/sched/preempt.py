@@ -165,6 +165,13 @@ def ordered(groups: Sequence[Sequence[Selection]]) -> Iterator[Victim]:
     """Kueue's candidate order: the jobs already being preempted of every group, then the
     others, group by group (hierarchical reclaim, other queues, the preemptor's own queue),
     each in victim order."""
+    present = [group for group in groups if group]
+    if len(present) == 1 and (len(present[0]) == 1 or not any(s.early for s in present[0])):
+        return merged(present[0])
+    return _grouped(groups)
+
+
+def _grouped(groups: Sequence[Sequence[Selection]]) -> Iterator[Victim]:
     for group in groups:
         yield from _merge([sel.stopping() for sel in group])
     for group in groups:
