@@ -47,7 +47,9 @@ def build_queues(cfg: ClusterConfig) -> tuple[Queue, ...]:
               within_queue=q.preemption.within_queue,
               reclaim_within_cohort=q.preemption.reclaim_within_cohort,
               borrow_within_cohort=q.preemption.borrow_within_cohort,
-              borrow_max_priority=q.preemption.borrow_max_priority, fair_weight=q.fair_weight)
+              borrow_max_priority=q.preemption.borrow_max_priority, fair_weight=q.fair_weight,
+              when_can_borrow=q.when_can_borrow, when_can_preempt=q.when_can_preempt,
+              flavor_preference=q.flavor_preference)
         for name, q in cfg.queues.items()
     )
 
@@ -76,6 +78,8 @@ def build_policy(cfg: ClusterConfig) -> Policy:
     s = cfg.scheduler
     afs = cfg.admission_fair_sharing
     return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age,
+                  victim_order=s.victim_order,
+                  hold_quota_without_victims=s.hold_quota_without_victims,
                   admission_fair_sharing=admission_fair_sharing(afs) if afs.enabled else None)
 
 
