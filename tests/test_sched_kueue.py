@@ -109,7 +109,7 @@ def hold_case(reclaim: str, policy: Policy) -> Case:
 @pytest.mark.parametrize(("reclaim", "hold", "expect"), [
     ("LowerPriority", True, set()),  # p keeps the quota it could use: c1 cannot borrow it
     ("Any", True, {"c1"}),  # a queue that can always reclaim holds nothing
-    ("LowerPriority", False, {"c1"}),  # the option off: Stoker's earlier behaviour
+    ("LowerPriority", False, {"c1"}),  # the option off (Stoker's default)
 ])
 def test_head_without_victims_holds_its_quota(reclaim: str, hold: bool, expect: set[str]) -> None:
     d = check(hold_case(reclaim, Policy(hold_quota_without_victims=hold)), expect)
@@ -120,7 +120,7 @@ def test_head_without_victims_holds_its_quota(reclaim: str, hold: bool, expect: 
 
 def test_a_hold_does_not_block_its_own_queue() -> None:
     # Kueue would take qa's next job as the head of a later cycle, with p set aside.
-    case = hold_case("LowerPriority", Policy())
+    case = hold_case("LowerPriority", Policy(hold_quota_without_victims=True))
     case.pending.append(pend("a2", "qa", 2, t=2))
     check(case, {"a2"})
 

@@ -136,24 +136,24 @@ def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) 
 
 
 def test_kueue_rule_keys_build(tmp_path: Path) -> None:
-    """Flavor fungibility per queue and the scheduler's victim order and hold default to
-    Kueue's behaviour (the victim order to Stoker's) and are passed on to the scheduler."""
+    """Flavor fungibility per queue defaults to Kueue's, the victim order and the hold of a job
+    without victims to Stoker's; all are passed on to the scheduler."""
     path = gpu_cluster(tmp_path)
     (research,) = build_queues(load_cluster(path))
     assert (research.when_can_borrow, research.when_can_preempt, research.flavor_preference) \
         == ("MayStopSearch", "TryNextFlavor", "BorrowingOverPreemption")
     policy = build_policy(load_cluster(path))
-    assert policy.victim_order == "stoker" and policy.hold_quota_without_victims
+    assert policy.victim_order == "stoker" and not policy.hold_quota_without_victims
     cfg = load_cluster(path, ['queues.research.when_can_borrow="TryNextFlavor"',
                               'queues.research.when_can_preempt="MayStopSearch"',
                               'queues.research.flavor_preference="PreemptionOverBorrowing"',
                               'scheduler.victim_order="kueue"',
-                              'scheduler.hold_quota_without_victims=false'])
+                              'scheduler.hold_quota_without_victims=true'])
     (research,) = build_queues(cfg)
     assert (research.when_can_borrow, research.when_can_preempt, research.flavor_preference) \
         == ("TryNextFlavor", "MayStopSearch", "PreemptionOverBorrowing")
     policy = build_policy(cfg)
-    assert policy.victim_order == "kueue" and not policy.hold_quota_without_victims
+    assert policy.victim_order == "kueue" and policy.hold_quota_without_victims
 
 
 def test_admission_fair_sharing_builds(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ its side of the tree, and then borrow within it). A bounded number of jobs per q
 search for victims. A job that needs victims is *nominated*: it is charged now (its quota, and
 the free node capacity it will use) so later jobs cannot take its room, but is admitted only in a
 later cycle, once the victims have stopped; later victim searches count its victims as gone. A
-job that needs preemption but finds no victims holds the quota it could use for the rest of the
-cycle when its queue cannot always reclaim (``Policy.hold_quota_without_victims``).
+job that needs preemption but finds no victims may hold the quota it could use for the rest of
+the cycle when its queue cannot always reclaim (``Policy.hold_quota_without_victims``).
 
 Free node capacity only ever shrinks within a cycle, so a gang shape that failed to place once is
 not tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
@@ -793,8 +793,9 @@ class _Cycle:
         account = qs.accounts[flavor]
         advantage: list[bool] | None = None
         mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
+        running = self.running
         for name, theirs, path, distance in self._neighbours(qs, flavor):
-            if (name, flavor) not in self.running or not theirs.borrowing():
+            if (name, flavor) not in running or not theirs.borrowing():
                 continue  # Kueue reclaims only from queues above their nominal quota
             sel = self._candidates(name, flavor).select(mine, job.created_at, mode)
             if sel.empty():
@@ -1025,14 +1026,17 @@ class _Cycle:
 def _borrow_level(accounts: Iterable[Account], total: list[float]) -> int:
     """How far up the cohort tree a job must borrow (Kueue orders heads by it): the least on
     any of its flavors (0: one holds it within the nominal quota)."""
-    least = None
+    least = INF
     for account in accounts:
         if not account.needs_borrowing(total):
             return 0
-        level = account.borrow_level(total)
-        if least is None or level < least:
-            least = level
-    return least or 0
+        if least > 1:  # 1, borrowing from the queue's own cohort, is the least there is
+            parent = account.parent
+            if parent is None or parent.parent is None:
+                least = 1
+            else:
+                least = min(least, account.borrow_level(total))
+    return int(least) if least < INF else 0
 
 
 def _borrow_after(account: Account, total: list[float], chosen: preempt.Chosen) -> int:

@@ -140,7 +140,8 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
         cycle the quota it could use (up to its nominal quota, or its borrowing limit if it
         must borrow) stays charged to its queue, so other queues' jobs cannot borrow it. Its
         own queue's later jobs do not see the hold (Kueue would consider them in later cycles,
-        with the job set aside).
+        with the job set aside). Off by default (a departure from Kueue): on a replayed trace it
+        raised the mean wait by up to 2x (docs/architecture.md).
     explain: False leaves out the reasons for jobs the cycle never got to (a simulator that
         does not report them saves the time; the jobs it did consider keep theirs).
     admission_fair_sharing: Kueue's admission fair sharing (KEP-4136, ``admissionScope:
@@ -350,7 +351,7 @@ class Policy:
     las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
     max_preemption_attempts: int = 4
     victim_order: VictimOrder = "stoker"
-    hold_quota_without_victims: bool = True
+    hold_quota_without_victims: bool = False
     explain: bool = True
     admission_fair_sharing: AdmissionFairSharing | None = None
 

@@ -15,7 +15,7 @@ default_priority_class = "normal"
 fair_sharing = false                 # weighted dominant-resource share orders the queues
 starvation_age = "6h"                # a job pending longer gets a reservation
 victim_order = "stoker"              # or "kueue": lower priority, then most recently admitted
-hold_quota_without_victims = true    # Kueue: a job finding no victims holds its quota
+hold_quota_without_victims = false   # true: Kueue's hold by a job that finds no victims
 
 [admission_fair_sharing]             # Kueue's usage-based order of tenants within a queue
 enabled = false
@@ -98,9 +98,10 @@ Scheduler keys beyond Kueue's (see docs/architecture.md, the scheduler):
   queues' borrowers, the preemptor's own queue). "stoker" (default) loses the least work: lower
   priority, then least progress since the last checkpoint, then most recently started;
   "kueue": lower priority, then most recently admitted.
-- ``scheduler.hold_quota_without_victims`` (default true, Kueue's behaviour): a job that needs
-  preemption but finds no victims, in a queue whose ``reclaim_within_cohort`` is not "Any",
-  keeps the quota it could use for the rest of the cycle, so other queues cannot borrow it.
+- ``scheduler.hold_quota_without_victims`` (default false; true is Kueue's behaviour): a job that
+  needs preemption but finds no victims, in a queue whose ``reclaim_within_cohort`` is not
+  "Any", keeps the quota it could use for the rest of the cycle, so other queues cannot borrow
+  it. Off by default: on replayed traces it made jobs wait longer.
 
 Flavor fungibility, per queue (Kueue's ``flavorFungibility``; flavors are tried in the order of
 ``quotas``): ``when_can_borrow`` "MayStopSearch" (default) takes the first flavor where the job
@@ -358,7 +359,7 @@ class SchedulerConfig(Section):
     order: Literal["fifo", "sjf", "las"] = "fifo"
     interval: Seconds = 1.0
     victim_order: Literal["stoker", "kueue"] = "stoker"
-    hold_quota_without_victims: bool = True
+    hold_quota_without_victims: bool = False
 
 
 class ClusterConfig(Section):
