@@ -457,9 +457,10 @@ class _Cycle:
         q = qs.queue
         stop_borrowing = q.when_can_borrow == "MayStopSearch"
         can_preempt: bool | None = None  # looked up once needed
+        reserved = self.reserved
         options = []
         for flavor in flavors:
-            hold = self.reserved.get(flavor)
+            hold = reserved.get(flavor) if reserved else None
             if hold is not None and (hold[1] is None or hold[1] == qs.scope):
                 why[flavor] = f"capacity held for starving job {hold[0]}"
                 continue
@@ -719,10 +720,13 @@ class _Cycle:
         compare = below is not None or (not first and len(flavors) > 1)
         by_borrowing = qs.queue.flavor_preference == "PreemptionOverBorrowing"
         best: _Found | None = None
+        may_reclaim = qs.queue.cohort is not None and qs.queue.reclaim_within_cohort != "Never"
         for flavor in flavors:
             # Once it preempts in its own queue without borrowing, only reclaiming beats that:
             # the later flavors are searched for other queues' jobs alone.
             must_reclaim = best is not None and best.own and not best.borrow
+            if must_reclaim and not may_reclaim:
+                break
             found = self._victims_on(qs, job, flavor, level, total, compare, must_reclaim)
             if found is None or (below is not None and found.borrow >= below):
                 continue
@@ -770,17 +774,19 @@ class _Cycle:
             [found.flavor], total)
         return _WAIT
 
-    def _eligible(self, qs: _QueueState, job: PendingJob, flavor: str, total: list[float]
+    def _eligible(self, qs: _QueueState, job: PendingJob, flavor: str, total: list[float],
+                  others_only: bool = False
                   ) -> tuple[list[preempt.Selection], list[preempt.Selection],
                              list[preempt.Selection], dict[Account, preempt.OtherQueue]]:
         """Candidates of the job's own queue; of the other queues of its cohort tree whose
         quota it has the better claim to (hierarchical reclaim); of the other borrowing queues;
-        and how the job sees each of those queues."""
+        and how the job sees each of those queues. ``others_only``: no candidates of its own
+        queue."""
         q = qs.queue
         mine = self._rank(job.priority, job.attained_service)
         within = self._within(q)
         own = []
-        if within != "Never":
+        if within != "Never" and not others_only:
             mode = "newer" if within == "LowerOrNewerEqualPriority" else "lower"
             sel = self._candidates(q.name, flavor).select(mine, job.created_at, mode)
             if not sel.empty():
@@ -839,9 +845,7 @@ class _Cycle:
     def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
                       total: list[float], must_reclaim: bool
                       ) -> tuple[preempt.Chosen, Placement] | None:
-        own, claimed, borrowed, others = self._eligible(qs, job, flavor, total)
-        if must_reclaim:
-            own = []
+        own, claimed, borrowed, others = self._eligible(qs, job, flavor, total, must_reclaim)
         account = qs.accounts[flavor]
         if not self._could_fit(account, flavor, total, own + claimed + borrowed):
             return None
@@ -907,6 +911,8 @@ class _Cycle:
         else:
             attempts = (True, False)
         for allow_borrowing in attempts:
+            if not allow_borrowing and attempts[0] and not borrowed:
+                break  # the same candidates as with borrowing, and a stricter fit
             found = minimal(allow_borrowing)
             if found is not None:
                 return found
