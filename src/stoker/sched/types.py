@@ -35,7 +35,11 @@ Queue (Kueue: ClusterQueue)
         later than the preemptor).
     reclaim_within_cohort: which jobs of *other* queues in the cohort that are borrowing (use
         more than their nominal quota) a job that fits in its own nominal quota may preempt to
-        get that quota back: "Never", "LowerPriority" or "Any".
+        get that quota back: "Never", "LowerPriority" or "Any". In a cohort tree a queue (and
+        every cohort between it and the cohort it shares with the preemptor) must be over its
+        own quota; a job whose request fits the quota of its own side of that shared cohort
+        (its queue, or a sub-cohort) may take it back and then borrow within its side
+        (Kueue's hierarchical reclaim).
     borrow_within_cohort: "LowerPriority" lets a job that needs to *borrow* preempt
         lower-priority jobs of other borrowing queues of the cohort (only those with priority
         <= ``borrow_max_priority`` when that is set); "Never" forbids it. As in Kueue, jobs
@@ -128,8 +132,11 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
     starvation_age: a job pending longer than this (seconds) is considered first and holds a
         reservation: while it cannot be placed, nothing else is admitted to the flavors it
         could use, so capacity drains to it. None: off.
-    max_preemption_attempts: per queue and cycle, how many of its jobs may search for victims
-        (Kueue tries only each queue's head; this bounds the cycle's cost the same way).
+    max_preemption_attempts: per queue and cycle, how many of its jobs that need preemption
+        may search for victims (Kueue tries only each queue's head; this bounds the cycle's cost
+        the same way). Kueue looks for victims only for a request within the queue's nominal
+        quota, unless borrow_within_cohort (or reclaim under fair sharing) allows preempting
+        while borrowing, or the quota it lacks lies in a sub-cohort (hierarchical reclaim).
     victim_order: the order victims are taken in within each of Kueue's groups (jobs being
         preempted; other queues' jobs the preemptor has a hierarchical claim on; other queues'
         borrowers; the preemptor's own queue): "stoker" loses the least work (lower priority,
