@@ -193,12 +193,19 @@ def main() -> None:
     afs = Policy(admission_fair_sharing=AdmissionFairSharing(half_life=3600.0))
     used = replace(snap, tenant_usage={(q.name, f"u{t}"): float(t) for q in queues
                                        for t in range(8)})
+    # Kueue's whenCanPreempt = MayStopSearch: the first flavor where victims make room wins
+    # (the default, TryNextFlavor, looks for victims on every flavor to prefer reclaiming).
+    first_victims = replace(snap, queues=[replace(q, when_can_preempt="MayStopSearch")
+                                          for q in queues])
 
     cache = SchedulerCache()  # the reconciler's, kept across its cycles
 
     def warm() -> None:
         """A cycle over the same cluster and running jobs just ran (the steady state)."""
         schedule(idle, Policy(), cache)
+
+    def warm_first_victims() -> None:
+        schedule(replace(idle, queues=first_victims.queues), Policy(), cache)
 
     def forget() -> None:
         """New node objects: nothing kept from earlier cycles applies."""
@@ -209,6 +216,8 @@ def main() -> None:
         "baseline: naive first-fit": (None, lambda: naive_first_fit(nodes, running,
                                                                     snap.pending)),
         "fifo": (warm, lambda: schedule(snap, Policy(), cache)),
+        "fifo, first victims' flavor": (warm_first_victims,
+                                        lambda: schedule(first_victims, Policy(), cache)),
         "fifo, fair sharing": (warm, lambda: schedule(snap, Policy(fair_sharing=True), cache)),
         "fifo, admission fair sh.": (warm, lambda: schedule(used, afs, cache)),
         "las": (warm, lambda: schedule(snap, Policy(order="las"), cache)),

@@ -223,9 +223,10 @@ def test_fair_sharing_order(weight_a: float, fair: bool, expect: set[str]) -> No
     check(fair_case(weight_a, fair), expect)
 
 
-@pytest.mark.parametrize(("fair", "expect"), [(False, {"a"}), (True, {"b"})])
+@pytest.mark.parametrize(("fair", "expect"), [(False, {"b"}), (True, {"b"})])
 def test_fair_sharing_across_a_cohort_tree(fair: bool, expect: set[str]) -> None:
     # team1 (qa) borrows 4 from the org; team2 (qb, qc) borrows nothing. Room for one job.
+    # Without fair sharing b still goes first: it borrows within team2, a from the whole org.
     case = Case([queue("qa", 2, "team1"), queue("qb", 2, "team2"), queue("qc", 6, "team2")],
                 [pend("a", "qa", 2, t=0), pend("b", "qb", 2, t=1)],
                 running=[run("ra", "qa", ["n0"], 6), run("rb", "qb", ["n1"], 2)],
@@ -584,13 +585,17 @@ def test_reclaimer_behind_a_hopeless_head_goes_before_borrowers() -> None:
     check(case, {"p"})
 
 
-def test_flavor_within_nominal_quota_before_borrowing() -> None:
+@pytest.mark.parametrize(("when_can_borrow", "flavor"), [("MayStopSearch", "a100"),
+                                                          ("TryNextFlavor", "h100")])
+def test_flavor_within_nominal_quota_before_borrowing(when_can_borrow: str, flavor: str) -> None:
     # The queue's first flavor has room only by borrowing, the second within its nominal quota.
+    # Kueue's default stops at the first flavor that fits, borrowing or not.
     ns = nodes(1, flavor="a100", prefix="a") + nodes(1, flavor="h100", prefix="h")
-    qa = Queue("qa", (quota(0, flavor="a100"), quota(4, flavor="h100")), cohort="c")
+    qa = Queue("qa", (quota(0, flavor="a100"), quota(4, flavor="h100")), cohort="c",
+               when_can_borrow=when_can_borrow)  # type: ignore[arg-type]
     qb = Queue("qb", (quota(8, flavor="a100"), quota(4, flavor="h100")), cohort="c")
     d = check(Case([qa, qb], [pend("j", "qa", 2)], nodes=ns), {"j"})
-    assert d.admit[0].flavor == "h100" and not d.admit[0].borrowing
+    assert d.admit[0].flavor == flavor and d.admit[0].borrowing == (flavor == "a100")
 
 
 def test_one_victim_per_job_when_one_frees_enough() -> None:

@@ -122,6 +122,11 @@ def test_gpu_cluster_builds(tmp_path: Path) -> None:
     ('admission_fair_sharing.resource_weights={tpus=1}',
      "admission_fair_sharing.resource_weights.tpus"),
     ('admission_fair_sharing.enable=true', "admission_fair_sharing.enable"),
+    ('queues.research.when_can_borrow="Borrow"', "queues.research.when_can_borrow"),
+    ('queues.research.when_can_preempt="Preempt"', "queues.research.when_can_preempt"),
+    ('queues.research.flavor_preference="Borrowing"', "queues.research.flavor_preference"),
+    ('scheduler.victim_order="least_work"', "scheduler.victim_order"),
+    ('scheduler.hold_quota_without_victims="maybe"', "scheduler.hold_quota_without_victims"),
 ])
 def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) -> None:
     path = gpu_cluster(tmp_path)
@@ -129,6 +134,27 @@ def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) 
         load_cluster(path, [override])
     assert info.value.key == key, info.value
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_kueue_rule_keys_build(tmp_path: Path) -> None:
+    """Flavor fungibility per queue defaults to Kueue's, the victim order and the hold of a job
+    without victims to Stoker's; all are passed on to the scheduler."""
+    path = gpu_cluster(tmp_path)
+    (research,) = build_queues(load_cluster(path))
+    assert (research.when_can_borrow, research.when_can_preempt, research.flavor_preference) \
+        == ("MayStopSearch", "TryNextFlavor", "BorrowingOverPreemption")
+    policy = build_policy(load_cluster(path))
+    assert policy.victim_order == "stoker" and not policy.hold_quota_without_victims
+    cfg = load_cluster(path, ['queues.research.when_can_borrow="TryNextFlavor"',
+                              'queues.research.when_can_preempt="MayStopSearch"',
+                              'queues.research.flavor_preference="PreemptionOverBorrowing"',
+                              'scheduler.victim_order="kueue"',
+                              'scheduler.hold_quota_without_victims=true'])
+    (research,) = build_queues(cfg)
+    assert (research.when_can_borrow, research.when_can_preempt, research.flavor_preference) \
+        == ("TryNextFlavor", "MayStopSearch", "PreemptionOverBorrowing")
+    policy = build_policy(cfg)
+    assert policy.victim_order == "kueue" and policy.hold_quota_without_victims
 
 
 def test_admission_fair_sharing_builds(tmp_path: Path) -> None:

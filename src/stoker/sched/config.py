@@ -74,7 +74,8 @@ def build_queues(cfg: ClusterConfig) -> tuple[Queue, ...]:
               reclaim_within_cohort=q.preemption.reclaim_within_cohort,
               borrow_within_cohort=q.preemption.borrow_within_cohort,
               borrow_max_priority=q.preemption.borrow_max_priority, fair_weight=q.fair_weight,
-              groups=groups(q))
+              groups=groups(q), when_can_borrow=q.when_can_borrow,
+              when_can_preempt=q.when_can_preempt, flavor_preference=q.flavor_preference)
         for name, q in cfg.queues.items()
     )
 
@@ -103,6 +104,8 @@ def build_policy(cfg: ClusterConfig) -> Policy:
     s = cfg.scheduler
     afs = cfg.admission_fair_sharing
     return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age,
+                  victim_order=s.victim_order,
+                  hold_quota_without_victims=s.hold_quota_without_victims,
                   admission_fair_sharing=(admission_fair_sharing(afs, resource_space(cfg))
                                           if afs.enabled else None))
 

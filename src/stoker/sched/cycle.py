@@ -1,9 +1,9 @@
 """One scheduling cycle: order the pending jobs, check quota, place, preempt.
 
 The cycle merges the queues' heads in one heap: jobs the last cycle nominated first, then
-starving jobs, then (as Kueue's entry ordering) jobs that fit in their queue's nominal quota
-before jobs that must borrow, then priority, then the policy's order; under fair sharing the
-least weighted dominant-resource share replaces the borrowing test. Under admission fair
+starving jobs, then (as Kueue's entry ordering) by how far up the cohort tree a job must borrow
+(0: within its queue's nominal quota), then priority, then the policy's order; under fair sharing
+the least weighted dominant-resource share replaces the borrowing level. Under admission fair
 sharing a queue's own order puts its tenants' decayed usage before priority (see
 `stoker.sched.tenant_order`); the order between queues is unchanged. It runs in two passes. The
 first admits only jobs that fit in their queue's nominal quota; a job that could only be
@@ -11,14 +11,26 @@ admitted by borrowing stops its queue there until the second pass, which lets jo
 the room a job reclaimed from borrowing queues by preemption goes to it, not to a (maybe
 higher-priority) borrowing job of the victims' queue that it would preempt again: a ping-pong.
 
-Each job tries its queue's flavors in order, one where it fits in nominal quota before one where
-it borrows: quota, then a placement on nodes. A job that fits nowhere may look for victims (a
-bounded number per queue and cycle). A job that needs victims is *nominated*: it is charged now
-(its quota, and the free node capacity it will use) so later jobs cannot take its room, but is
-admitted only in a later cycle, once the victims have stopped; later victim searches count its
-victims as gone. Free node capacity only ever shrinks within a cycle, so a gang shape that failed
-to place once is not tried again, and a queue whose remaining jobs cannot fit anywhere is
-dropped at once.
+Flavors (Kueue's flavor assignment). A job tries its queue's flavors in order: on each it fits
+(quota, then a placement on free nodes), or victims could make room, or neither; the queue's
+flavor fungibility says where the search stops and which flavor wins (`stoker.sched.types`,
+Queue). Kueue chooses the flavor of each queue's head against the state at the start of the
+cycle; so does this cycle for each queue's first job, and if the earlier admissions of the cycle
+took that flavor's room, the job waits for the next cycle instead of taking another flavor. The
+jobs after it are heads of Kueue's later cycles: their flavors are chosen when they come up.
+
+Preemption. Kueue considers it only for a job whose request fits in its queue's nominal quota,
+unless the queue may preempt while borrowing (borrow_within_cohort) or the quota it lacks lies in
+a sub-cohort below the root (hierarchical reclaim: it may take back what other queues borrow of
+its side of the tree, and then borrow within it). A bounded number of jobs per queue and cycle
+search for victims. A job that needs victims is *nominated*: it is charged now (its quota, and
+the free node capacity it will use) so later jobs cannot take its room, but is admitted only in a
+later cycle, once the victims have stopped; later victim searches count its victims as gone. A
+job that needs preemption but finds no victims may hold the quota it could use for the rest of
+the cycle when its queue cannot always reclaim (``Policy.hold_quota_without_victims``).
+
+Free node capacity only ever shrinks within a cycle, so a gang shape that failed to place once is
+not tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
 from operator import le
+from typing import NamedTuple
 
 from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
@@ -56,7 +69,51 @@ INF = float("inf")
 # What considering a job did: admitted it, left it waiting (maybe nominated), or deferred it to
 # the borrowing pass.
 _ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
-_HeapKey = tuple[int, object, int, float, float, int]  # QueueKey with borrowing or share second
+_NO_NODES = "no nodes free"
+_HeapKey = tuple[int, object, int, float, float, int]  # QueueKey, borrowing level or share 2nd
+
+
+class _Option(NamedTuple):
+    """What one flavor offers a job: a fit (``placement``: where; None: left to the borrowing
+    pass), or, with ``preempt``, room that victims could make. ``borrow``: how far up the
+    cohort tree the fit borrows (0: within the queue's nominal quota)."""
+    flavor: str
+    borrow: int
+    placement: Placement | None
+    preempt: bool = False
+
+
+class _Plan(NamedTuple):
+    """The flavor chosen for a queue's head as the cycle started (Kueue's nomination)."""
+    seq: int
+    flavor: str
+    placement: Placement
+
+
+class _Found(NamedTuple):
+    """Victims that make room on a flavor; ``borrow``: how far the job then borrows (when
+    flavors are compared); ``own``: some are of its own queue (Kueue's Preempt mode; else it
+    only reclaims)."""
+    flavor: str
+    chosen: preempt.Chosen
+    placement: Placement
+    borrow: int
+    own: bool
+
+    def better_than(self, other: _Found, by_borrowing: bool) -> bool:
+        """BorrowingOverPreemption: reclaiming before preempting in the own queue, then less
+        borrowing; PreemptionOverBorrowing (``by_borrowing``): the other way round."""
+        if by_borrowing:
+            return (self.borrow, self.own) < (other.borrow, other.own)
+        return (self.own, self.borrow) < (other.own, other.borrow)
+
+
+class _Hold(NamedTuple):
+    """Quota a job that found no victims holds for the rest of the cycle: at most ``cap`` of
+    usage on ``account``."""
+    account: QuotaAccount
+    amount: list[int]
+    cap: list[int]
 
 
 def schedule(snapshot: Snapshot, policy: Policy = Policy(),
@@ -77,8 +134,8 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy(),
 class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
-    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "least", "most",
-                 "queue", "root", "scope", "waiting")
+    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "hold",
+                 "hold_applied", "least", "most", "plan", "queue", "root", "scope", "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, QuotaAccount], root: str | None,
                  size: int) -> None:
@@ -93,6 +150,9 @@ class _QueueState:
         self.least: Resources = (UNLIMITED,) * size  # the least of each any job asks per rank
         self.most: Resources = (0,) * size  # the most of each resource per rank any job asks
         self.flavors = list(accounts)
+        self.plan: _Plan | None = None  # its head's flavor, chosen as the cycle started
+        self.hold: _Hold | None = None
+        self.hold_applied = False
 
 
 class _Cycle:
@@ -117,6 +177,9 @@ class _Cycle:
         self.hopeless: set[tuple[object, ...]] = set()  # found no victims
         self.failed_like: dict[tuple[object, ...], Waiting] = {}  # what failed: why
         self.changes = 0  # admissions, nominations, holds and used-up preemption attempts
+        self._searched_for: JobId | None = None  # the job whose preemption attempt was counted
+        self._neighbour_cache: dict[tuple[str, str],
+                                    list[tuple[str, QuotaAccount, list[QuotaAccount], int]]] = {}
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[QuotaAccount, list[int]]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
@@ -186,6 +249,7 @@ class _Cycle:
 
     def run(self) -> Decisions:
         self._fill_queues()
+        self._plan_heads()
         self._pass(nominal_only=True)
         self._pass(nominal_only=False)
         self._explain_rest()
@@ -197,20 +261,28 @@ class _Cycle:
         only be admitted by borrowing is left (with the rest of its queue) for the next pass."""
         heap: list[tuple[_HeapKey, int, _QueueState]] = []
         for n, qs in enumerate(self.queues.values()):
-            if qs.waiting and qs.blocked_by is None and not self._hopeless(qs):
-                heap.append((self._heap_key(qs), n, qs))
+            if qs.waiting and qs.blocked_by is None:
+                held = qs.hold is not None
+                if held:
+                    self._release_hold(qs)  # a queue's own jobs never see its hold
+                if not self._hopeless(qs):
+                    heap.append((self._heap_key(qs), n, qs))
+                if held:
+                    self._apply_hold(qs)
         heapq.heapify(heap)
         pending = self.snap.pending
         tenants = self.tenants
         while heap:
             _, n, qs = heapq.heappop(heap)
+            if qs.hold is not None:
+                self._release_hold(qs)
             while True:
                 if tenants is not None:
                     tenants.fresh_head(qs.waiting)
                 key = heapq.heappop(qs.waiting)
                 if tenants is not None:
                     tenants.popped(qs.waiting, key)
-                outcome = self._consider(qs, pending[key[4]], nominal_only)
+                outcome = self._consider(qs, pending[key[4]], key[4], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
                     if tenants is not None:
@@ -224,6 +296,8 @@ class _Cycle:
                 if heap:  # the last queue left goes on without ordering
                     heapq.heappush(heap, (self._heap_key(qs), n, qs))
                     break
+            if qs.hold is not None:
+                self._apply_hold(qs)
 
     def _heap_key(self, qs: _QueueState) -> _HeapKey:
         if self.tenants is not None:
@@ -236,7 +310,7 @@ class _Cycle:
         if self.policy.fair_sharing:
             second: object = min((self.quota.share(a, total) for a in accounts), default=(INF,))
         else:
-            second = all(a.needs_borrowing(total) for a in accounts)
+            second = _borrow_level(accounts, total)
         # Priority from the job: the usage of tenants of different queues is not compared.
         return (key[0], second, -job.priority, key[2], key[3], key[4])
 
@@ -274,10 +348,11 @@ class _Cycle:
             return False
         return True
 
-    def _consider(self, qs: _QueueState, job: PendingJob, nominal_only: bool) -> str:
-        """Try to admit ``job``: on a flavor where it fits in the queue's nominal quota first,
-        else (unless ``nominal_only``: then defer it) on one where it borrows. On failure maybe
+    def _consider(self, qs: _QueueState, job: PendingJob, seq: int, nominal_only: bool) -> str:
+        """Try to admit ``job`` (the ``seq``-th pending job): on the flavor its queue's flavor
+        fungibility chooses, borrowing only in the second pass (else defer it); else maybe
         nominate it or reserve for it. Returns _ADMIT, _WAIT or _DEFER."""
+        plan, qs.plan = qs.plan, None
         age = self.policy.starvation_age
         starving = age is not None and self.now - job.created_at >= age
         # A job like one that already failed this cycle fails alike: state only shrinks.
@@ -303,66 +378,217 @@ class _Cycle:
                                                f"{job.topology!r}")
                 return _WAIT
         total = _total(job)
-        why: dict[str, str] = {}
-        no_nodes = "no nodes free"
-        open_flavors = []
-        borrowing = []
+        if plan is not None and plan.seq == seq:
+            return self._consider_planned(qs, job, plan, level, total, nominal_only, starving)
+        outcome = self._assign(qs, job, flavors, level, total, nominal_only, starving)
+        if outcome is _WAIT and job.id not in self.nominated:
+            self.failed_like[like] = self.waiting[job.id]
+        return outcome
+
+    # --- flavors (Kueue's flavor assignment) ---
+
+    def _plan_heads(self) -> None:
+        """Kueue's nomination: choose the flavor of each queue's head (the first job the cycle
+        takes from it) against the state as the cycle starts."""
+        pending = self.snap.pending
+        for qs in self.queues.values():
+            if not qs.waiting:
+                continue
+            if self.tenants is not None:
+                self.tenants.fresh_head(qs.waiting)
+            seq = qs.waiting[0][4]
+            qs.plan = self._plan(qs, pending[seq], seq)
+
+    def _plan(self, qs: _QueueState, job: PendingJob, seq: int) -> _Plan | None:
+        """The fit chosen for ``job`` now, or None when it has none or a flavor where victims
+        make room could still win (decided when the job comes up)."""
+        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
+                                                          if f in job.flavors]
+        level = None if job.topology is None else self.nodes.levels.get(job.topology, -1)
+        if not flavors or level == -1:
+            return None
+        options = self._scan(qs, job, flavors, level, _total(job), {}, [], False)
+        fit, preemptible = self._settle(qs.queue, options)
+        if fit is None or fit.placement is None:
+            return None
+        q = qs.queue
+        if preemptible and (q.when_can_preempt == "MayStopSearch" or (
+                fit.borrow and q.flavor_preference == "PreemptionOverBorrowing")):
+            return None
+        return _Plan(seq, fit.flavor, fit.placement)
+
+    def _consider_planned(self, qs: _QueueState, job: PendingJob, plan: _Plan,
+                          level: int | None, total: list[int], nominal_only: bool,
+                          starving: bool) -> str:
+        """Admit a queue's head on the flavor chosen for it as the cycle started. If the
+        cycle's earlier admissions took that flavor's room it waits for the next cycle (Kueue
+        skips it) rather than taking another flavor."""
+        flavor = plan.flavor
+        account = qs.accounts[flavor]
+        hold = self.reserved.get(flavor)
+        code: WaitCode
+        if hold is not None and (hold[1] is None or hold[1] == qs.scope):
+            code = "HeldForStarvingJob"
+        elif not account.fits(total):
+            code = "WaitingForQuota"
+        elif nominal_only and not job.nominated and account.needs_borrowing(total):
+            qs.plan = plan
+            return _DEFER
+        else:
+            placement: Placement | None = plan.placement
+            if not self.nodes.holds(plan.placement, job.per_rank):
+                placement = self._place(flavor, job, level)
+            if placement is not None:
+                self._admit(qs, job, flavor, placement, total)
+                return _ADMIT
+            code = "WaitingForNodes"
+        self.waiting[job.id] = self._numbers(
+            code, f"{flavor}: no longer fits after this cycle's earlier admissions (its flavor "
+                  "was chosen as the cycle started)", qs, [flavor], total)
+        if starving:
+            self._reserve(qs, job, [flavor], code == "WaitingForNodes")
+        return _WAIT
+
+    def _scan(self, qs: _QueueState, job: PendingJob, flavors: list[str], level: int | None,
+              total: list[int], why: dict[str, str], open_flavors: list[str],
+              defer_borrowing: bool) -> list[_Option]:
+        """What each of ``flavors`` offers ``job``, in the queue's order, up to the first fit
+        the queue's fungibility stops at. Fills ``why`` (each flavor that is no fit: why) and
+        ``open_flavors`` (those not held for a starving job). With ``defer_borrowing`` a fit
+        that borrows is not placed on nodes (the borrowing pass does it)."""
+        q = qs.queue
+        stop_borrowing = q.when_can_borrow == "MayStopSearch"
+        can_preempt: bool | None = None  # looked up once needed
+        reserved = self.reserved
+        options = []
         for flavor in flavors:
-            hold = self.reserved.get(flavor)
+            hold = reserved.get(flavor) if reserved else None
             if hold is not None and (hold[1] is None or hold[1] == qs.scope):
                 why[flavor] = f"capacity held for starving job {hold[0]}"
                 continue
             open_flavors.append(flavor)
             account = qs.accounts[flavor]
             if account.fits(total, allow_borrowing=False):
-                if self._admit(qs, job, flavor, level, total):
-                    return _ADMIT
-                why[flavor] = no_nodes
+                borrow = 0
             elif account.fits(total):
-                borrowing.append(flavor)
+                borrow = account.borrow_level(total)
             else:
-                why[flavor] = f"quota of queue {qs.queue.name} exhausted"
-        if borrowing and nominal_only and not job.nominated:
-            return _DEFER
-        for flavor in borrowing:
-            if self._admit(qs, job, flavor, level, total):
-                return _ADMIT
-            why[flavor] = no_nodes
-        node_short = no_nodes in why.values()
+                why[flavor] = f"quota of queue {q.name} exhausted"
+                if can_preempt is None:
+                    can_preempt = self._can_preempt(qs)
+                if can_preempt and self._may_preempt_for(qs, account, total):
+                    options.append(_Option(flavor, 0, None, True))
+                continue
+            if borrow and defer_borrowing:
+                options.append(_Option(flavor, borrow, None))
+                if stop_borrowing:
+                    break
+                continue
+            placement = self._place(flavor, job, level)
+            if placement is None:
+                why[flavor] = _NO_NODES
+                if can_preempt is None:
+                    can_preempt = self._can_preempt(qs)
+                if can_preempt:  # victims could free nodes; the quota has room
+                    options.append(_Option(flavor, borrow, None, True))
+                continue
+            options.append(_Option(flavor, borrow, placement))
+            if not borrow or stop_borrowing:
+                break
+        return options
+
+    @staticmethod
+    def _settle(q: Queue, options: list[_Option]) -> tuple[_Option | None, list[str]]:
+        """The fit the queue's fungibility settles on among ``options`` before any victims are
+        looked for (the one it stopped at, else the one borrowing least; None: no fit), and the
+        flavors where victims could make room."""
+        best = None
+        preemptible = []
+        for option in options:
+            if option.preempt:
+                preemptible.append(option.flavor)
+            elif not option.borrow or q.when_can_borrow == "MayStopSearch":
+                return option, preemptible
+            elif best is None or option.borrow < best.borrow:
+                best = option
+        return best, preemptible
+
+    def _assign(self, qs: _QueueState, job: PendingJob, flavors: list[str], level: int | None,
+                total: list[int], nominal_only: bool, starving: bool) -> str:
+        """Admit ``job`` on the flavor its queue's fungibility chooses, or nominate it for the
+        victims of the best flavor where they make room; else explain why it waits."""
+        q = qs.queue
+        why: dict[str, str] = {}
+        open_flavors: list[str] = []
+        options = self._scan(qs, job, flavors, level, total, why, open_flavors,
+                             nominal_only and not job.nominated)
+        fit, preemptible = self._settle(q, options)
+        if (preemptible and (fit is None or q.when_can_preempt == "MayStopSearch" or (
+                fit.borrow and q.flavor_preference == "PreemptionOverBorrowing"))
+                and not self._fits_ever(job, flavors, self.nodes.healthy)):
+            preemptible = []  # victims would free nothing it could use
+        searched: list[str] = []
+        if (preemptible and q.when_can_preempt == "MayStopSearch"
+                and self._attempt(qs, job, level)):
+            # The first flavor where victims make room ends the search there.
+            found = self._search_victims(qs, job, preemptible, level, total, first=True)
+            if found is not None:
+                return self._nominate(qs, job, found, total)
+            searched, preemptible = preemptible, []
+        if fit is not None:
+            if fit.placement is None:
+                return _DEFER  # it borrows: the borrowing pass places it
+            if (fit.borrow and preemptible and q.flavor_preference == "PreemptionOverBorrowing"
+                    and self._attempt(qs, job, level)):
+                found = self._search_victims(qs, job, preemptible, level, total,
+                                             below=fit.borrow)
+                if found is not None:
+                    return self._nominate(qs, job, found, total)
+            self._admit(qs, job, fit.flavor, fit.placement, total)
+            return _ADMIT
         if not self._fits_ever(job, flavors, self.nodes.healthy):
             self.waiting[job.id] = self._never_fits(job, flavors)
             return _WAIT
-        if open_flavors and self._can_preempt(qs):
-            # The same shape at the same rank failing again is certain: state only shrinks.
-            shape = (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
-                     job.per_rank, level, job.topology_required)
-            if self._within(qs.queue) == "LowerOrNewerEqualPriority" or shape not in self.hopeless:
-                qs.attempts += 1
-                self.changes += 1
-                for flavor in open_flavors:
-                    if self._nominate(qs, job, flavor, level, total):
-                        return _WAIT
-                self.hopeless.add(shape)
+        if open_flavors and self._attempt(qs, job, level):
+            if preemptible:
+                found = self._search_victims(qs, job, preemptible, level, total)
+                if found is not None:
+                    return self._nominate(qs, job, found, total)
+                searched += preemptible
+            if self._within(q) != "LowerOrNewerEqualPriority":
+                self.hopeless.add(self._shape(qs, job, level))
+        if searched:
+            self._hold_without_victims(qs, searched, total)
         asked = f"no nodes free for {job.ranks} x {_fmt(job, self.space)}"
-        message = "; ".join(f"{f}: {asked if why[f] is no_nodes else why[f]}" for f in flavors)
-        code = self._wait_code(qs, job, flavors, open_flavors, why, total, no_nodes)
+        message = "; ".join(f"{f}: {asked if why[f] is _NO_NODES else why[f]}" for f in flavors)
+        code = self._wait_code(qs, job, flavors, open_flavors, why, total)
         if code == "ExceedsMaxQuota":
             describe = self.space.describe
-            message = "; ".join(f"{f}: asks {describe(total)}, more than queue {qs.queue.name} "
+            message = "; ".join(f"{f}: asks {describe(total)}, more than queue {q.name} "
                                 f"can ever get ({describe(_most(qs.accounts[f], len(total)))})"
                                 for f in flavors)
         self.waiting[job.id] = self._numbers(code, message, qs, open_flavors or flavors, total)
         if starving:
-            self._reserve(qs, job, open_flavors, node_short)
-        self.failed_like[like] = self.waiting[job.id]
+            self._reserve(qs, job, open_flavors, _NO_NODES in why.values())
         return _WAIT
 
-    def _admit(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-               total: list[int]) -> bool:
-        """Place ``job`` on ``flavor``'s nodes and charge it; False if it fits on no nodes."""
-        placement = self._place(flavor, job, level)
-        if placement is None:
-            return False
+    def _may_preempt_for(self, qs: _QueueState, account: QuotaAccount, total: list[int]) -> bool:
+        """Kueue looks for victims for a request above its queue's nominal quota only when the
+        queue may preempt while borrowing (borrow_within_cohort; reclaim under fair sharing),
+        or when the quota it lacks lies in a sub-cohort below the root (hierarchical reclaim)."""
+        q = qs.queue
+        nominal = account.nominal
+        if all(total[r] <= nominal[r] for r in account.limited):
+            return True
+        if q.borrow_within_cohort != "Never" or (self.policy.fair_sharing
+                                                 and q.reclaim_within_cohort != "Never"):
+            return True
+        return all(total[r] <= account.nominal[r] or account.lowest_fitting(r, total[r])[1]
+                   for r in account.short(total))
+
+    def _admit(self, qs: _QueueState, job: PendingJob, flavor: str, placement: Placement,
+               total: list[int]) -> None:
+        """Charge ``job`` to ``flavor`` and its nodes, and admit it."""
         account = qs.accounts[flavor]
         account.add(total)
         self.nodes.take(placement, job.per_rank)
@@ -372,7 +598,6 @@ class _Cycle:
         self.admit.append(Admit(job=job.id, queue=qs.queue.name, flavor=flavor,
                                 nodes=_expand(placement, self.nodes.names),
                                 borrowing=account.borrowing()))
-        return True
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
         shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
@@ -404,15 +629,14 @@ class _Cycle:
                                     f"{_fmt(job, self.space)}")
 
     def _wait_code(self, qs: _QueueState, job: PendingJob, flavors: list[str],
-                   open_flavors: list[str], why: dict[str, str], total: list[int],
-                   no_nodes: str) -> WaitCode:
+                   open_flavors: list[str], why: dict[str, str], total: list[int]) -> WaitCode:
         """The code for a job that fits on some node but was neither admitted nor nominated."""
         if all(any(total[r] > qs.accounts[f].most(r) for r in range(len(total)))
                for f in flavors):
             return "ExceedsMaxQuota"
         if not open_flavors:
             return "HeldForStarvingJob"
-        short = [f for f in open_flavors if why[f] is no_nodes]
+        short = [f for f in open_flavors if why.get(f) is _NO_NODES]
         if not short:
             return "WaitingForQuota"
         if job.topology is not None and any(
@@ -457,9 +681,10 @@ class _Cycle:
         cands = self.victims.get(key)
         if cands is None:
             account = self.quota.account(queue, flavor)
+            order = self.policy.victim_order
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
-                               self._rank(job.priority, job.attained_service))
+                               self._rank(job.priority, job.attained_service), order)
                 for job in self.running.get(key, ())], len(self.space))
         return cands
 
@@ -474,34 +699,55 @@ class _Cycle:
                 counts[i] = counts.get(i, 0) + 1
         return list(counts.items())
 
-    def _eligible(self, qs: _QueueState, job: PendingJob, flavor: str
-                  ) -> tuple[list[preempt.Selection], list[preempt.Selection]]:
-        """Candidates of the job's own queue and of the other queues of its cohort tree."""
-        q = qs.queue
-        mine = self._rank(job.priority, job.attained_service)
-        within = self._within(q)
-        own = []
-        if within != "Never":
-            mode = "newer" if within == "LowerOrNewerEqualPriority" else "lower"
-            sel = self._candidates(q.name, flavor).select(mine, job.created_at, mode)
-            if not sel.empty():
-                own.append(sel)
-        others = []
-        if q.cohort is not None and q.reclaim_within_cohort != "Never" and qs.root is not None:
-            mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
-            for other in self.trees[qs.root]:
-                account = other.accounts.get(flavor)
-                if (other is qs or account is None or (other.queue.name, flavor) not in self.running
-                        or not account.borrowing()):
-                    continue  # Kueue reclaims only from queues above their nominal quota
-                sel = self._candidates(other.queue.name, flavor).select(mine, job.created_at,
-                                                                        mode)
-                if not sel.empty():
-                    others.append(sel)
-        return own, others
+    def _shape(self, qs: _QueueState, job: PendingJob, level: int | None) -> tuple[object, ...]:
+        """What decides a victim search's outcome: the same shape failing again is certain,
+        as state only shrinks."""
+        return (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
+                job.per_rank, job.flavors, level, job.topology_required)
 
-    def _nominate(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-                  total: list[int]) -> bool:
+    def _attempt(self, qs: _QueueState, job: PendingJob, level: int | None) -> bool:
+        """Whether ``job`` may look for victims: its queue may preempt, has attempts left and
+        no like job found none this cycle. Counts the attempt (once per job)."""
+        if self._searched_for == job.id:
+            return True
+        if not self._can_preempt(qs) or (
+                self._within(qs.queue) != "LowerOrNewerEqualPriority"
+                and self._shape(qs, job, level) in self.hopeless):
+            return False
+        self._searched_for = job.id
+        qs.attempts += 1
+        self.changes += 1
+        return True
+
+    def _search_victims(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                        level: int | None, total: list[int], first: bool = False,
+                        below: int | None = None) -> _Found | None:
+        """The victims on the best of ``flavors`` by the queue's flavor preference (``first``:
+        on the first flavor that has any); ``below``: only where the job then borrows less than
+        that."""
+        compare = below is not None or (not first and len(flavors) > 1)
+        by_borrowing = qs.queue.flavor_preference == "PreemptionOverBorrowing"
+        best: _Found | None = None
+        may_reclaim = qs.queue.cohort is not None and qs.queue.reclaim_within_cohort != "Never"
+        for flavor in flavors:
+            # Once it preempts in its own queue without borrowing, only reclaiming beats that:
+            # the later flavors are searched for other queues' jobs alone.
+            must_reclaim = best is not None and best.own and not best.borrow
+            if must_reclaim and not may_reclaim:
+                break
+            found = self._victims_on(qs, job, flavor, level, total, compare, must_reclaim)
+            if found is None or (below is not None and found.borrow >= below):
+                continue
+            if best is None or found.better_than(best, by_borrowing):
+                best = found
+            if first or (not best.own and not best.borrow):
+                break
+        return best
+
+    def _victims_on(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
+                    total: list[int], compare: bool, must_reclaim: bool) -> _Found | None:
+        """The victims that make room for ``job`` on ``flavor``; with ``compare``, also how far
+        it then borrows. ``must_reclaim``: only other queues' jobs."""
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
@@ -509,29 +755,107 @@ class _Cycle:
         for account, amount in departing.items():
             account.remove(amount)
         try:
-            found = self._find_victims(qs, job, flavor, level, total)
+            found = self._find_victims(qs, job, flavor, level, total, must_reclaim)
+            if found is None:
+                return None
+            chosen, placement = found
+            account = qs.accounts[flavor]
+            borrow = _borrow_after(account, total, chosen) if compare else 0
         finally:
             for account, amount in departing.items():
                 account.add(amount)
-        if found is None:
-            return False
-        chosen, placement = found
-        self._commit_nomination(qs, job, flavor, total, placement, [v for v, _ in chosen])
-        for v, reason in chosen:
+        own = any(v.account is qs.accounts[flavor] for v, _ in chosen)
+        return _Found(flavor, chosen, placement, borrow, own)
+
+    def _nominate(self, qs: _QueueState, job: PendingJob, found: _Found,
+                  total: list[int]) -> str:
+        """Preempt ``found``'s victims for ``job``, which waits for them to stop."""
+        self._commit_nomination(qs, job, found.flavor, total, found.placement,
+                                [v for v, _ in found.chosen])
+        for v, reason in found.chosen:
             self.victims[(v.job.queue, v.job.flavor)].take(v)
             if not v.job.preempting:
                 self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
-        self.nominated[job.id] = tuple(v.job.id for v, _ in chosen)
+        self.nominated[job.id] = tuple(v.job.id for v, _ in found.chosen)
         self.waiting[job.id] = self._numbers(
-            "WaitingForVictims", f"waiting for {len(chosen)} preempted job(s) to stop", qs,
-            [flavor], total)
-        return True
+            "WaitingForVictims", f"waiting for {len(found.chosen)} preempted job(s) to stop", qs,
+            [found.flavor], total)
+        return _WAIT
+
+    def _eligible(self, qs: _QueueState, job: PendingJob, flavor: str, total: list[int],
+                  others_only: bool = False
+                  ) -> tuple[list[preempt.Selection], list[preempt.Selection],
+                             list[preempt.Selection], dict[QuotaAccount, preempt.OtherQueue]]:
+        """Candidates of the job's own queue; of the other queues of its cohort tree whose
+        quota it has the better claim to (hierarchical reclaim); of the other borrowing queues;
+        and how the job sees each of those queues. ``others_only``: no candidates of its own
+        queue."""
+        q = qs.queue
+        mine = self._rank(job.priority, job.attained_service)
+        within = self._within(q)
+        own = []
+        if within != "Never" and not others_only:
+            mode = "newer" if within == "LowerOrNewerEqualPriority" else "lower"
+            sel = self._candidates(q.name, flavor).select(mine, job.created_at, mode)
+            if not sel.empty():
+                own.append(sel)
+        claimed: list[preempt.Selection] = []
+        borrowed: list[preempt.Selection] = []
+        others: dict[QuotaAccount, preempt.OtherQueue] = {}
+        if q.cohort is None or q.reclaim_within_cohort == "Never" or qs.root is None:
+            return own, claimed, borrowed, others
+        account = qs.accounts[flavor]
+        advantage: list[bool] | None = None
+        mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
+        running = self.running
+        for name, theirs, path, distance in self._neighbours(qs, flavor):
+            if (name, flavor) not in running or not theirs.borrowing():
+                continue  # Kueue reclaims only from queues above their nominal quota
+            sel = self._candidates(name, flavor).select(mine, job.created_at, mode)
+            if sel.empty():
+                continue
+            if advantage is None:
+                advantage = account.advantage(total)
+            seen = preempt.OtherQueue(path, advantage[distance])
+            others[theirs] = seen
+            (claimed if seen.advantage else borrowed).append(sel)
+        return own, claimed, borrowed, others
+
+    def _neighbours(self, qs: _QueueState, flavor: str
+                    ) -> list[tuple[str, QuotaAccount, list[QuotaAccount], int]]:
+        """The other queues of ``qs``'s cohort tree with quota of ``flavor``: name, account,
+        the path from it up to the lowest cohort shared with ``qs`` (not included), and that
+        cohort's distance above ``qs``."""
+        key = (qs.queue.name, flavor)
+        kept = self._neighbour_cache.get(key)
+        if kept is not None:
+            return kept
+        above: dict[QuotaAccount, int] = {}
+        node = qs.accounts[flavor].parent
+        while node is not None:
+            above[node] = len(above)
+            node = node.parent
+        out = []
+        for other in self.trees[qs.root] if qs.root is not None else ():
+            theirs = other.accounts.get(flavor)
+            if other is qs or theirs is None:
+                continue
+            path = [theirs]
+            node = theirs.parent
+            while node is not None and node not in above:
+                path.append(node)
+                node = node.parent
+            if node is not None:
+                out.append((other.queue.name, theirs, path, above[node]))
+        self._neighbour_cache[key] = out
+        return out
 
     def _find_victims(self, qs: _QueueState, job: PendingJob, flavor: str, level: int | None,
-                      total: list[int]) -> tuple[preempt.Chosen, Placement] | None:
-        own, others = self._eligible(qs, job, flavor)
+                      total: list[int], must_reclaim: bool
+                      ) -> tuple[preempt.Chosen, Placement] | None:
+        own, claimed, borrowed, others = self._eligible(qs, job, flavor, total, must_reclaim)
         account = qs.accounts[flavor]
-        if not self._could_fit(account, flavor, total, own + others):
+        if not self._could_fit(account, flavor, total, own + claimed + borrowed):
             return None
 
         def quota_fits(allow_borrowing: bool) -> bool:
@@ -543,7 +867,7 @@ class _Cycle:
 
         sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
         short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
-        return self._search(qs, job, sim, account, total, own, others, short)
+        return self._search(qs, job, sim, account, total, own, claimed, borrowed, others, short)
 
     def _could_fit(self, account: QuotaAccount, flavor: str, total: list[int],
                    selections: list[preempt.Selection]) -> bool:
@@ -556,46 +880,96 @@ class _Cycle:
 
     def _search(self, qs: _QueueState, job: PendingJob, sim: preempt.Simulation,
                 account: QuotaAccount, total: list[int], own: list[preempt.Selection],
-                others: list[preempt.Selection], short: list[int]
+                claimed: list[preempt.Selection], borrowed: list[preempt.Selection],
+                others: dict[QuotaAccount, preempt.OtherQueue], short: list[int]
                 ) -> tuple[preempt.Chosen, Placement] | None:
-        """Kueue's GetTargets: which candidates, and whether the preemptor may borrow."""
-        size = len(total)
-        own_freed, others_freed = _freed(own, size), _freed(others, size, borrowed_only=True)
+        """Kueue's classical strategy: which candidates, and whether the preemptor may borrow.
 
-        def minimal(selections: list[preempt.Selection], allow_borrowing: bool,
-                    threshold: int | None = None) -> tuple[preempt.Chosen, Placement] | None:
-            cohort = others_freed if selections is not own else [0] * size
-            if not _quota_bound(account, total, own_freed, cohort, allow_borrowing):
-                return None
-            candidates: Iterable[preempt.Victim] = preempt.merged(selections)
-            if threshold is not None and not under_nominal:
-                limit = threshold
-                candidates = (v for v in candidates
-                              if v.account is account or v.job.priority < limit)
-            return preempt.minimal(sim, account, candidates, short, allow_borrowing, threshold)
-
-        usage, nominal = account.usage, account.nominal
-        under_nominal = all(usage[r] < nominal[r] for r in short)
-        if not others:
-            return minimal(own, True)
-        every = own + others
+        Without borrow_within_cohort, other queues' borrowers are taken only if the preemptor
+        then stays within its nominal quota, unless it has the hierarchical claim on their
+        quota; with it, those of priority below the threshold are taken while it borrows.
+        """
         q = qs.queue
         threshold = None
         if q.borrow_within_cohort == "LowerPriority":
             threshold = job.priority
             if q.borrow_max_priority is not None and q.borrow_max_priority < threshold:
                 threshold = q.borrow_max_priority + 1
+        groups = [claimed, borrowed, own]
+        size = len(total)
+        own_freed = _freed(own, size)
+        others_freed = _freed(claimed + borrowed, size, borrowed_only=True)
+
+        def minimal(allow_borrowing: bool) -> tuple[preempt.Chosen, Placement] | None:
+            if not _quota_bound(account, total, own_freed, others_freed, allow_borrowing):
+                return None
+            return preempt.minimal(sim, account, preempt.ordered(groups), others, short,
+                                   allow_borrowing, threshold)
+
+        if not claimed and not borrowed:
+            return minimal(True)
         if self.policy.fair_sharing:
             if not _quota_bound(account, total, own_freed, others_freed, True):
                 return None
-            return preempt.fair(sim, self.quota, account, total, every, short, threshold)
-        if threshold is not None:
-            return minimal(every, True, threshold)
-        if under_nominal:
-            found = minimal(every, False)
+            return preempt.fair(sim, self.quota, account, total, own + claimed + borrowed,
+                                short, threshold)
+        usage, nominal = account.usage, account.nominal
+        under_nominal = all(usage[r] < nominal[r] for r in short)
+        if threshold is None and not under_nominal:
+            attempts: tuple[bool, ...] = (True,)
+        elif threshold is None and not claimed:
+            attempts = (False, True)
+        else:
+            attempts = (True, False)
+        for allow_borrowing in attempts:
+            if not allow_borrowing and attempts[0] and not borrowed:
+                break  # the same candidates as with borrowing, and a stricter fit
+            found = minimal(allow_borrowing)
             if found is not None:
                 return found
-        return minimal(own, True) if own else None
+        return None
+
+    def _hold_without_victims(self, qs: _QueueState, flavors: list[str],
+                              total: list[int]) -> None:
+        """Kueue's reservation for a head that needs preemption but found no victims, when its
+        queue cannot always reclaim: the quota it could use on the least-borrowing of
+        ``flavors`` (up to its nominal quota, or its borrowing limit if it must borrow) stays
+        charged for the rest of the cycle, so other queues cannot borrow it. The queue's own
+        later jobs do not see it (`_apply_hold`)."""
+        q = qs.queue
+        if (not self.policy.hold_quota_without_victims or qs.hold is not None
+                or q.cohort is None or q.reclaim_within_cohort == "Any"):
+            return
+        account = min((qs.accounts[f] for f in flavors), key=lambda a: a.borrow_level(total))
+        if account.needs_borrowing(total):
+            cap = [n + b if b < UNLIMITED else UNLIMITED
+                   for n, b in zip(account.nominal, account.borrow, strict=True)]
+        else:
+            cap = list(account.nominal)
+        amount = [max(0, min(v, c - u)) for v, c, u in zip(total, cap, account.usage, strict=True)]
+        if any(amount[r] > 0 for r in account.limited):
+            qs.hold = _Hold(account, amount, cap)
+            self.changes += 1
+
+    def _apply_hold(self, qs: _QueueState) -> None:
+        """Charge the queue's hold (no more than its cap leaves room for now)."""
+        hold = qs.hold
+        if hold is None or qs.hold_applied:
+            return
+        usage, amount, cap = hold.account.usage, hold.amount, hold.cap
+        for r in hold.account.limited:
+            room = cap[r] - usage[r]
+            if amount[r] > room:
+                amount[r] = room if room > 0 else 0
+        hold.account.add(amount)
+        qs.hold_applied = True
+
+    def _release_hold(self, qs: _QueueState) -> None:
+        """Lift the queue's hold while its own jobs are considered."""
+        hold = qs.hold
+        if hold is not None and qs.hold_applied:
+            hold.account.remove(hold.amount)
+            qs.hold_applied = False
 
     def _commit_nomination(self, qs: _QueueState, job: PendingJob, flavor: str,
                            total: list[int], placement: Placement,
@@ -632,7 +1006,9 @@ class _Cycle:
         for qs in self.queues.values():
             if not qs.waiting:
                 continue
+            self._release_hold(qs)
             reason = self._queue_reason(qs)
+            self._apply_hold(qs)
             size = len(self.space)
             caps = [self.nodes.healthy.get(f, [0] * size) for f in qs.accounts]
             largest = [max((c[r] for c in caps), default=0) for r in range(size)]
@@ -644,7 +1020,8 @@ class _Cycle:
                 continue
             for key in keys:
                 job = pending[key[4]]
-                if not all(map(le, job.per_rank, largest)):
+                p = job.per_rank
+                if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
                     self.waiting[job.id] = self._never_fits(job, list(qs.accounts))
 
     def _queue_reason(self, qs: _QueueState) -> Waiting:
@@ -663,6 +1040,35 @@ class _Cycle:
                                      "jobs", qs, [flavor], None)
         return self._numbers("WaitingForQuota", f"no room in queue {name}'s quota", qs,
                              qs.flavors, None)
+
+
+def _borrow_level(accounts: Iterable[QuotaAccount], total: list[int]) -> int:
+    """How far up the cohort tree a job must borrow (Kueue orders heads by it): the least on
+    any of its flavors (0: one holds it within the nominal quota)."""
+    least = INF
+    for account in accounts:
+        if not account.needs_borrowing(total):
+            return 0
+        if least > 1:  # 1, borrowing from the queue's own cohort, is the least there is
+            parent = account.parent
+            if parent is None or parent.parent is None:
+                least = 1
+            else:
+                least = min(least, account.borrow_level(total))
+    return int(least) if least < INF else 0
+
+
+def _borrow_after(account: QuotaAccount, total: list[int], chosen: preempt.Chosen) -> int:
+    """How far ``total`` borrows on ``account`` once the ``chosen`` victims are gone."""
+    for v, _ in chosen:
+        if v.account is not None:
+            v.account.remove(v.total)
+    try:
+        return account.borrow_level(total)
+    finally:
+        for v, _ in chosen:
+            if v.account is not None:
+                v.account.add(v.total)
 
 
 def _freed(selections: list[preempt.Selection], size: int, borrowed_only: bool = False

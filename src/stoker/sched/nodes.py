@@ -329,6 +329,11 @@ class Nodes:
         for i, count in placement:
             self.charge(i, per_rank, -count)
 
+    def holds(self, placement: Iterable[tuple[int, int]], per_rank: Sequence[int]) -> bool:
+        """Whether the free capacity still holds ``placement``."""
+        free = self.free
+        return all(ranks_fitting(free[i], per_rank) >= count for i, count in placement)
+
     # --- placement ---
 
     def place(self, flavor: str, ranks: int, per_rank: Sequence[int], level: int | None,

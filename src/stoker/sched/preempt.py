@@ -2,9 +2,14 @@
 
 Follows Kueue's classical and fair-sharing preemption: candidates are removed one by one, in
 victim order, until the preemptor fits in quota and on nodes; then, in reverse order, every
-victim whose return still leaves room is spared. Victim order loses the least work: jobs already
-being preempted first, then lower priority, then the least progress since the last checkpoint,
-then jobs of other queues before the preemptor's own, then the most recently started.
+victim whose return still leaves room is spared.
+
+Victim order is Kueue's grouping, then an order within each group. Jobs already being preempted
+come first; then jobs of other queues whose quota the preemptor has a better claim to through the
+cohort tree (hierarchical reclaim), then other queues' borrowers, then the preemptor's own
+queue. Within a group, ``VictimOrder``: "stoker" (the default) loses the least work: lower
+priority, then the least progress since the last checkpoint, then the most recently started;
+"kueue": lower priority, then the most recently started (admitted).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from operator import add, sub
 
 from stoker.sched.nodes import Nodes, Placement, ranks_fitting, times
 from stoker.sched.quota import QuotaAccount, QuotaTree
-from stoker.sched.types import PreemptReason, RunningJob
+from stoker.sched.types import PreemptReason, RunningJob, VictimOrder
 
 
 class Victim:
@@ -26,7 +31,7 @@ class Victim:
     __slots__ = ("account", "gone", "job", "key", "per_rank", "placement", "rank", "total")
 
     def __init__(self, job: RunningJob, account: QuotaAccount | None, placement: Placement,
-                 rank: tuple[int, int]) -> None:
+                 rank: tuple[int, int], order: VictimOrder = "stoker") -> None:
         self.job = job
         self.account = account
         self.placement = placement
@@ -34,7 +39,8 @@ class Victim:
         self.total = times(job.per_rank, len(job.nodes))
         self.rank = rank
         self.gone = False
-        self.key = (not job.preempting, rank, job.progress, -job.started_at)
+        progress = job.progress if order == "stoker" else 0.0
+        self.key = (not job.preempting, rank, progress, -job.started_at)
 
 
 def victim_key(v: Victim) -> tuple[bool, tuple[int, int], float, float]:
@@ -105,9 +111,17 @@ class Selection:
         self.cached: dict[bool, list[int]] = {}
 
     def __iter__(self) -> Iterator[Victim]:
+        yield from self.stopping()
+        yield from self.running()
+
+    def stopping(self) -> Iterator[Victim]:
+        """The candidates already being preempted."""
         for v in self.early:
             if not v.gone:
                 yield v
+
+    def running(self) -> Iterator[Victim]:
+        """The other candidates."""
         for v in islice(self.cands.victims, self.cut):
             if v.gone or (self.newer and v.rank == self.mine
                           and v.job.created_at <= self.created):
@@ -142,6 +156,47 @@ def merged(selections: Sequence[Selection]) -> Iterator[Victim]:
     if len(selections) == 1:
         return iter(selections[0])
     return heapq.merge(*selections, key=victim_key)
+
+
+def ordered(groups: Sequence[Sequence[Selection]]) -> Iterator[Victim]:
+    """Kueue's candidate order: the jobs already being preempted of every group, then the
+    others, group by group (hierarchical reclaim, other queues, the preemptor's own queue),
+    each in victim order."""
+    present = [group for group in groups if group]
+    if len(present) == 1 and (len(present[0]) == 1 or not any(s.early for s in present[0])):
+        return merged(present[0])
+    return _grouped(groups)
+
+
+def _grouped(groups: Sequence[Sequence[Selection]]) -> Iterator[Victim]:
+    for group in groups:
+        yield from _merge([sel.stopping() for sel in group])
+    for group in groups:
+        yield from _merge([sel.running() for sel in group])
+
+
+def _merge(iterators: list[Iterator[Victim]]) -> Iterator[Victim]:
+    if len(iterators) == 1:
+        return iterators[0]
+    return heapq.merge(*iterators, key=victim_key)
+
+
+class OtherQueue:
+    """Another queue of the preemptor's cohort tree, as the preemptor sees it: ``path``, its
+    account and the cohorts above it below the lowest cohort it shares with the preemptor; and
+    whether the preemptor has the better claim to the quota it borrows there (``advantage``:
+    the preemptor's request fits in the quota of its own side of that cohort)."""
+
+    __slots__ = ("advantage", "path")
+
+    def __init__(self, path: list[QuotaAccount], advantage: bool) -> None:
+        self.path = path
+        self.advantage = advantage
+
+    def borrows(self, resources: Sequence[int]) -> bool:
+        """Whether it still takes quota from the shared cohort: its account and every cohort on
+        its side uses more than its own quota (Kueue: not within nominal)."""
+        return all(a.over(resources) for a in self.path)
 
 
 Chosen = list[tuple[Victim, PreemptReason]]
@@ -236,21 +291,30 @@ def borrowing_in(account: QuotaAccount | None, resources: Sequence[int]) -> bool
 
 
 def minimal(sim: Simulation, own: QuotaAccount, candidates: Iterable[Victim],
-            resources: Sequence[int], allow_borrowing: bool, threshold: int | None
-            ) -> tuple[Chosen, Placement] | None:
-    """Kueue's minimalPreemptions, with node fit added to quota fit."""
+            others: dict[QuotaAccount, OtherQueue], resources: Sequence[int],
+            allow_borrowing: bool, threshold: int | None) -> tuple[Chosen, Placement] | None:
+    """Kueue's minimalPreemptions, with node fit added to quota fit.
+
+    A job of another queue is taken only while that queue still borrows from the cohort the two
+    share. With ``allow_borrowing`` (the preemptor may end above its nominal quota) only jobs
+    the preemptor has the hierarchical advantage over, or of priority below the
+    borrow-within-cohort ``threshold``, are taken.
+    """
     chosen: Chosen = []
     for v in candidates:
         reason: PreemptReason = "within_queue"
         if v.account is not own:
-            if not borrowing_in(v.account, resources):
+            other = others.get(v.account) if v.account is not None else None
+            if other is None or not other.borrows(resources):
                 continue
-            reason = "reclaim"
-            if threshold is not None:
-                if v.job.priority >= threshold:
-                    allow_borrowing = False
-                else:
-                    reason = "borrow"
+            if other.advantage:
+                reason = "reclaim"
+            elif threshold is not None and v.job.priority < threshold:
+                reason = "borrow"
+            elif allow_borrowing:
+                continue
+            else:
+                reason = "reclaim"
         sim.remove(v)
         chosen.append((v, reason))
         placement = sim.fits(allow_borrowing)

@@ -10,7 +10,10 @@ parent cohort). As in Kueue's resource nodes:
 - ``usage`` of a queue is what its jobs use; a cohort's usage is what its children use beyond
   their guaranteed quota;
 - ``available`` is the unused guaranteed quota plus what the parent has available, capped by the
-  borrowing limit.
+  borrowing limit;
+- ``height`` is 0 for a queue and one more than its highest child for a cohort: how far up the
+  tree a request borrows is the height of the lowest subtree that holds it (Kueue's borrowing
+  level, `Account.borrow_level`).
 
 A queue's quota that leaves a resource out (UNLIMITED) does not limit it, and lends none of it:
 such an account keeps its whole (unlimited) subtree as guaranteed, so it never counts as quota
@@ -38,8 +41,8 @@ Indices = Sequence[int]
 class Account:
     """One queue's or cohort's quota and usage of one flavor."""
 
-    __slots__ = ("borrow", "children", "guaranteed", "lend", "limited", "name", "nominal",
-                 "parent", "subtree", "usage")
+    __slots__ = ("borrow", "children", "guaranteed", "height", "lend", "limited", "name",
+                 "nominal", "parent", "subtree", "usage")
 
     def __init__(self, name: str, quota: FlavorQuota | None, parent: Account | None,
                  size: int) -> None:
@@ -53,6 +56,7 @@ class Account:
         self.subtree: Vec = [0] * size
         self.guaranteed: Vec = [0] * size
         self.usage: Vec = [0] * size
+        self.height = 0
         # Resources this account can ever run short of; usage is tracked for these only.
         self.limited: tuple[int, ...] = tuple(range(size))
         if parent is not None:
@@ -131,6 +135,52 @@ class Account:
             return False
         return any(self.usage[r] > self.nominal[r] for r in resources or self.limited)
 
+    def over(self, resources: Sequence[int]) -> bool:
+        """Whether this subtree uses more than its own quota of any of ``resources``."""
+        return any(self.usage[r] > self.subtree[r] for r in resources)
+
+    def lowest_fitting(self, r: int, v: int) -> tuple[int, bool]:
+        """Kueue's FindHeightOfLowestSubtreeThatFits: the height of the lowest subtree (this
+        account, or a cohort above it) whose own quota holds ``v`` more of resource ``r``, and
+        whether that subtree lies below the root of the tree."""
+        if self.parent is None or self.usage[r] + v <= self.subtree[r]:
+            return 0, self.parent is not None
+        remaining = v - max(0, self.guaranteed[r] - self.usage[r])
+        node = self.parent
+        while node.parent is not None and node.usage[r] + remaining > node.subtree[r]:
+            remaining -= max(0, node.guaranteed[r] - node.usage[r])
+            node = node.parent
+        return node.height, node.parent is not None
+
+    def borrow_level(self, amount: Sequence[int], resources: Indices = ()) -> int:
+        """How far up the tree ``amount`` borrows: 0 within the nominal quota, else the height
+        of the lowest subtree that holds it (the highest over the resources)."""
+        level = 0
+        for r in resources or self.limited:
+            if amount[r] > 0:
+                level = max(level, self.lowest_fitting(r, amount[r])[0])
+        return level
+
+    def advantage(self, amount: Sequence[int], covered: Indices = ()) -> list[bool]:
+        """For each cohort above this queue's account (parent first): whether ``amount`` fits in
+        the quota of this account or of a cohort below that one (Kueue's hierarchical
+        advantage over the other queues under that cohort)."""
+        resources = [r for r in covered or self.limited if amount[r] > 0]
+        fits = all(self.usage[r] + amount[r] <= self.subtree[r] for r in resources)
+        remaining = [max(0, amount[r] - max(0, self.guaranteed[r] - self.usage[r]))
+                     for r in range(len(amount))]
+        out = []
+        node = self.parent
+        while node is not None:
+            out.append(fits)
+            fits = fits or all(node.usage[r] + remaining[r] <= node.subtree[r]
+                               for r in resources)
+            for r in resources:
+                remaining[r] = max(0, remaining[r]
+                                   - max(0, node.guaranteed[r] - node.usage[r]))
+            node = node.parent
+        return out
+
     def short(self, amount: Sequence[int], resources: Indices = ()) -> list[int]:
         """The resources of ``amount`` that do not fit."""
         return [r for r in resources or self.limited
@@ -190,6 +240,21 @@ class Combined:
     def short(self, amount: Sequence[int], resources: Indices = ()) -> list[int]:
         return sorted(r for a, covered in self.parts for r in a.short(amount, covered))
 
+    def over(self, resources: Sequence[int]) -> bool:
+        return any(a.over([r for r in resources if r in covered]) for a, covered in self.parts)
+
+    def lowest_fitting(self, r: int, v: int) -> tuple[int, bool]:
+        owner = self.owners[r]
+        return (0, self.parent is not None) if owner is None else owner.lowest_fitting(r, v)
+
+    def borrow_level(self, amount: Sequence[int], resources: Indices = ()) -> int:
+        return max(a.borrow_level(amount, covered) for a, covered in self.parts)
+
+    def advantage(self, amount: Sequence[int], covered: Indices = ()) -> list[bool]:
+        """Per cohort above: whether every part's resources fit below it."""
+        each = [a.advantage(amount, part) for a, part in self.parts]
+        return [all(column) for column in zip(*each, strict=False)]
+
     def _each(self, field: str, default: int) -> Vec:
         return [default if a is None else getattr(a, field)[r] for r, a in enumerate(self.owners)]
 
@@ -216,11 +281,11 @@ class Combined:
 
 QuotaAccount = Account | Combined
 
-
 def _finish(node: Account) -> None:
-    """Compute subtree and guaranteed quota bottom-up."""
+    """Compute subtree and guaranteed quota, and the height, bottom-up."""
     for child in node.children:
         _finish(child)
+    node.height = max((child.height + 1 for child in node.children), default=0)
     for r in range(len(node.nominal)):
         total = node.nominal[r] + sum(c.subtree[r] - c.guaranteed[r] for c in node.children)
         node.subtree[r] = total

@@ -38,8 +38,8 @@ FlavorQuota (Kueue: one flavor of a ClusterQueue's resource group)
 Queue (Kueue: ClusterQueue)
     name: unique name; jobs name their queue.
     cohort: the cohort it shares quota with, or None (then it only ever uses ``nominal``).
-    quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried; a flavor
-        where the job fits in the nominal quota goes before one where it would borrow.
+    quotas: one FlavorQuota per flavor it may use, in the order the flavors are tried (see
+        the flavor fungibility below).
     groups: Kueue's resource groups, as the flavors of each (in ``quotas``' order), when there
         are several; () when one group holds every flavor. A node carries one flavor: a job on
         the nodes of flavor F is charged, in F's group, to F and, in every other group, to that
@@ -51,12 +51,26 @@ Queue (Kueue: ClusterQueue)
         later than the preemptor).
     reclaim_within_cohort: which jobs of *other* queues in the cohort that are borrowing (use
         more than their nominal quota) a job that fits in its own nominal quota may preempt to
-        get that quota back: "Never", "LowerPriority" or "Any".
+        get that quota back: "Never", "LowerPriority" or "Any". In a cohort tree a queue (and
+        every cohort between it and the cohort it shares with the preemptor) must be over its
+        own quota; a job whose request fits the quota of its own side of that shared cohort
+        (its queue, or a sub-cohort) may take it back and then borrow within its side
+        (Kueue's hierarchical reclaim).
     borrow_within_cohort: "LowerPriority" lets a job that needs to *borrow* preempt
         lower-priority jobs of other borrowing queues of the cohort (only those with priority
         <= ``borrow_max_priority`` when that is set); "Never" forbids it. As in Kueue, jobs
         of other queues are candidates only if ``reclaim_within_cohort`` is not "Never".
     fair_weight: the queue's weight in fair sharing (its share is divided by it).
+    when_can_borrow, when_can_preempt, flavor_preference: Kueue's flavor fungibility. Flavors
+        are tried in order; each is a fit (quota and free nodes hold the job; it may borrow), a
+        flavor where victims could make room, or neither. The search stops at a fit within the
+        nominal quota; at a fit that borrows unless ``when_can_borrow = "TryNextFlavor"``
+        (default "MayStopSearch"); at a flavor with victims only if ``when_can_preempt =
+        "MayStopSearch"`` (default "TryNextFlavor"). Otherwise the best flavor tried wins:
+        "BorrowingOverPreemption" (default) prefers a fit to reclaiming victims from other
+        queues, and that to preempting in the job's own queue, then the one borrowing least;
+        "PreemptionOverBorrowing" prefers the one borrowing least (after its victims are gone),
+        then the same order. Ties: the earlier flavor.
 
 Cohort (Kueue: Cohort, hierarchical)
     name, parent: cohorts form a tree; a queue's cohort is a leaf-ward node. Quota unused in one
@@ -135,8 +149,23 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
     starvation_age: a job pending longer than this (seconds) is considered first and holds a
         reservation: while it cannot be placed, nothing else is admitted to the flavors it
         could use, so capacity drains to it. None: off.
-    max_preemption_attempts: per queue and cycle, how many of its jobs may search for victims
-        (Kueue tries only each queue's head; this bounds the cycle's cost the same way).
+    max_preemption_attempts: per queue and cycle, how many of its jobs that need preemption
+        may search for victims (Kueue tries only each queue's head; this bounds the cycle's cost
+        the same way). Kueue looks for victims only for a request within the queue's nominal
+        quota, unless borrow_within_cohort (or reclaim under fair sharing) allows preempting
+        while borrowing, or the quota it lacks lies in a sub-cohort (hierarchical reclaim).
+    victim_order: the order victims are taken in within each of Kueue's groups (jobs being
+        preempted; other queues' jobs the preemptor has a hierarchical claim on; other queues'
+        borrowers; the preemptor's own queue): "stoker" loses the least work (lower priority,
+        then the least progress since the last checkpoint, then the most recently started);
+        "kueue" is Kueue's (lower priority, then the most recently started).
+    hold_quota_without_victims: Kueue's reservation for a job that needs preemption but finds
+        no victims, when its queue's ``reclaim_within_cohort`` is not "Any": for the rest of the
+        cycle the quota it could use (up to its nominal quota, or its borrowing limit if it
+        must borrow) stays charged to its queue, so other queues' jobs cannot borrow it. Its
+        own queue's later jobs do not see the hold (Kueue would consider them in later cycles,
+        with the job set aside). Off by default (a departure from Kueue): on a replayed trace it
+        raised the mean wait by up to 2x (docs/architecture.md).
     explain: False leaves out the reasons for jobs the cycle never got to (a simulator that
         does not report them saves the time; the jobs it did consider keep theirs).
     admission_fair_sharing: Kueue's admission fair sharing (KEP-4136, ``admissionScope:
@@ -205,6 +234,9 @@ JobId = str | int
 UNLIMITED = 10**18
 
 Strategy = Literal["StrictFIFO", "BestEffortFIFO"]
+Fungibility = Literal["MayStopSearch", "TryNextFlavor"]
+FlavorPreference = Literal["BorrowingOverPreemption", "PreemptionOverBorrowing"]
+VictimOrder = Literal["stoker", "kueue"]
 WithinQueue = Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"]
 ReclaimWithinCohort = Literal["Never", "LowerPriority", "Any"]
 BorrowWithinCohort = Literal["Never", "LowerPriority"]
@@ -289,6 +321,9 @@ class Queue:
     borrow_max_priority: int | None = None
     fair_weight: float = 1.0
     groups: tuple[tuple[str, ...], ...] = ()
+    when_can_borrow: Fungibility = "MayStopSearch"
+    when_can_preempt: Fungibility = "TryNextFlavor"
+    flavor_preference: FlavorPreference = "BorrowingOverPreemption"
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +430,8 @@ class Policy:
     starvation_age: float | None = None
     las_thresholds: tuple[float, ...] = (3600.0, 36000.0)
     max_preemption_attempts: int = 4
+    victim_order: VictimOrder = "stoker"
+    hold_quota_without_victims: bool = False
     explain: bool = True
     admission_fair_sharing: AdmissionFairSharing | None = None
 

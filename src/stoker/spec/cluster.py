@@ -30,6 +30,8 @@ default_priority_class = "normal"
 [scheduler]
 fair_sharing = false                 # weighted dominant-resource share orders the queues
 starvation_age = "6h"                # a job pending longer gets a reservation
+victim_order = "stoker"              # or "kueue": lower priority, then most recently admitted
+hold_quota_without_victims = false   # true: Kueue's hold by a job that finds no victims
 
 [admission_fair_sharing]             # Kueue's usage-based order of tenants within a queue
 enabled = false
@@ -95,6 +97,9 @@ cohort = "org"
 strategy = "BestEffortFIFO"          # or StrictFIFO
 fair_weight = 1.0
 preemption = { within_queue = "LowerPriority", reclaim_within_cohort = "Any" }
+when_can_borrow = "MayStopSearch"    # flavor fungibility (Kueue's defaults); or TryNextFlavor
+when_can_preempt = "TryNextFlavor"   # or MayStopSearch
+flavor_preference = "BorrowingOverPreemption"   # or PreemptionOverBorrowing
 
 [queues.research.quotas.h100]        # flat: flavors are tried in the order written
 gpu = 8
@@ -114,6 +119,27 @@ resources = ["gpu"]
 flavors.h100 = { gpu = 16, borrowing_limit = { gpu = 8 } }
 flavors.a100 = { gpu = 8 }
 ```
+
+Scheduler keys beyond Kueue's (see docs/architecture.md, the scheduler):
+
+- ``scheduler.victim_order``: the order victims are taken in within each of Kueue's groups (jobs
+  already being preempted, other queues' jobs the preemptor has a hierarchical claim on, other
+  queues' borrowers, the preemptor's own queue). "stoker" (default) loses the least work: lower
+  priority, then least progress since the last checkpoint, then most recently started;
+  "kueue": lower priority, then most recently admitted.
+- ``scheduler.hold_quota_without_victims`` (default false; true is Kueue's behaviour): a job that
+  needs preemption but finds no victims, in a queue whose ``reclaim_within_cohort`` is not
+  "Any", keeps the quota it could use for the rest of the cycle, so other queues cannot borrow
+  it. Off by default: on replayed traces it made jobs wait longer.
+
+Flavor fungibility, per queue (Kueue's ``flavorFungibility``; flavors are tried in the order of
+``quotas``): ``when_can_borrow`` "MayStopSearch" (default) takes the first flavor where the job
+fits, borrowing or not; "TryNextFlavor" goes on looking for one where it fits without borrowing.
+``when_can_preempt`` "TryNextFlavor" (default) goes on past a flavor where victims would make
+room; "MayStopSearch" takes the first such flavor. When the search does not stop,
+``flavor_preference`` picks among the flavors tried: "BorrowingOverPreemption" (default) a fit
+over reclaiming from other queues over preempting in the job's own queue, then the one borrowing
+least; "PreemptionOverBorrowing" the one borrowing least, then the same order.
 """
 
 from __future__ import annotations
@@ -199,11 +225,18 @@ class Preemption(Section):
     borrow_max_priority: int | None = None
 
 
+Fungibility = Literal["MayStopSearch", "TryNextFlavor"]
+
+
 class QueueConfig(Quotas):
     cohort: str | None = None
     strategy: Literal["StrictFIFO", "BestEffortFIFO"] = "BestEffortFIFO"
     fair_weight: float = Field(default=1.0, ge=0)
     preemption: Preemption = Preemption()
+    when_can_borrow: Fungibility = "MayStopSearch"
+    when_can_preempt: Fungibility = "TryNextFlavor"
+    flavor_preference: Literal["BorrowingOverPreemption",
+                               "PreemptionOverBorrowing"] = "BorrowingOverPreemption"
 
 
 class CohortConfig(Quotas):
@@ -418,6 +451,8 @@ class SchedulerConfig(Section):
     starvation_age: Seconds | None = None
     order: Literal["fifo", "sjf", "las"] = "fifo"
     interval: Seconds = 1.0
+    victim_order: Literal["stoker", "kueue"] = "stoker"
+    hold_quota_without_victims: bool = False
 
 
 class ClusterConfig(Section):
