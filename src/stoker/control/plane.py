@@ -218,8 +218,7 @@ class ControlPlane:
             self._thread.join(timeout=30)
         if self._listener is not None:
             self._listener.join(timeout=30)
-        if self.reconciler.prestart is not None:
-            self.reconciler.prestart.close()
+        self.reconciler.close()
         if self.leadership is not None:
             self.leadership.lease.dispose()  # the lock is free for a standby at once
         if isinstance(self.store, SqlStore):
