@@ -259,7 +259,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             raise HTTPException(404, f"no node {name!r}")
         return next(v for v in plane.node_views() if v.name == name)
 
-    @app.get("/v1/nodes/{name}", tags=["nodes"], responses=errors(401, 403, 404, 413))
+    @app.get("/v1/nodes/{name}", tags=["nodes"], responses=errors(401, 403, 404, 413, 422))
     def node(name: str, _who: Admin) -> NodeDetail:
         """One node: state, health, cordon, drain, repair flag, each check set's last report
         with its figures and durations, and its history (the latest 100 entries)."""
