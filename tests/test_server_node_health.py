@@ -35,6 +35,8 @@ memory = "1GiB"
 periodic_interval = "0.3s"
 light_interval = "0.3s"
 failures_to_flag = 1
+min_matmul_tflops = 0.002  # far under a loaded machine's, over n0's with its x100 slowdown
+min_write_mbps = 1
 [admin]
 token_env = "STOKER_ADMIN_TOKEN"
 [tenants.t]

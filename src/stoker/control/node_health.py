@@ -33,7 +33,8 @@ ACTOR = "health"
 
 @dataclass(frozen=True)
 class Change:
-    """An entry for the node's history."""
+    """An entry for the node's history: health entries go from one health to another, the
+    admin's from one shown `state` to another."""
 
     kind: str  # health | check-failed | repair | cordon | uncordon | drain | undrain | drained
     from_state: str | None
@@ -74,10 +75,10 @@ def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int
                     **cordon)
     kind = "health" if health != node.health else "check-failed"
     note = "; cordoned" if "cordoned" in cordon else ""
-    changes = [Change(kind, state(node), state(after), reason + note, outcome.report)]
+    changes = [Change(kind, node.health, health, reason + note, outcome.report)]
     if failures >= failures_to_flag and not node.repair:
         after = replace(after, repair=True)
-        changes.append(Change("repair", state(after), state(after),
+        changes.append(Change("repair", health, health,
                               f"flagged for repair: {failures} failed checks in a row"))
     return after, changes
 
@@ -96,7 +97,7 @@ def _passed(node: NodeRecord, outcome: CheckOutcome, passes_to_return: int
     after = replace(node, health=HEALTHY, health_reason="", passes=0, failures=0, **lift)
     reason = (f"{passes} consecutive passes of the {outcome.check_set} checks"
               f"{'; uncordoned' if lift else ''}")
-    return after, [Change("health", state(node), state(after), reason, outcome.report)]
+    return after, [Change("health", node.health, HEALTHY, reason, outcome.report)]
 
 
 def after_cordon(node: NodeRecord, cordoned: bool, reason: str, actor: str
