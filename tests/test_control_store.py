@@ -161,7 +161,7 @@ def test_migrations_render_for_postgresql() -> None:
     command.upgrade(cfg, "head", sql=True)
     ddl = cfg.output_buffer.getvalue()
     for table in ("jobs", "events", "processes", "quota_overrides", "nodes", "audit", "leader",
-                  "waiting", "nominations", "tenant_usage"):
+                  "waiting", "nominations", "tenant_usage", "node_events"):
         assert f"CREATE TABLE {table} (" in ddl
     assert "created_at DOUBLE PRECISION NOT NULL" in ddl and "spec JSON NOT NULL" in ddl
 
@@ -377,6 +377,27 @@ def test_upgrading_from_0004_adds_the_scheduler_state(db_url: str) -> None:
         with store.engine.connect() as conn:
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert version == "0005" and diff == []
+        assert version == "0006" and diff == []
+    finally:
+        store.close()
+
+
+def test_upgrading_from_0005_gives_nodes_a_health(db_url: str) -> None:
+    """A node stored before 0006 keeps its cordon (an admin's) and is healthy, not draining."""
+    engine = make_engine(db_url)
+    migrate(engine, "0005")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO nodes (name, flavor, labels, capacity, cordoned, cordon_reason, "
+            "updated_at) VALUES ('n0', 'cpu', '{}', '{}', true, 'fan', 1)")
+    engine.dispose()
+    store = SqlStore.open(db_url)
+    try:
+        (node,) = store.nodes()
+        assert node.cordoned and node.cordon_reason == "fan" and not node.auto_cordon
+        assert (node.health, node.drain, node.repair, node.failures) == ("healthy", False,
+                                                                         False, 0)
+        assert store.set_drain("n0", True, "kernel", "admin") is not None
+        assert [e.kind for e in store.node_events("n0")] == ["drain"]
     finally:
         store.close()

@@ -62,7 +62,7 @@ def test_queues_nodes_and_quota(server: ServerProcess) -> None:
     denied = stoker(server, "nodes")
     assert denied.returncode == 2 and "403" in denied.stderr
     nodes = stoker(server, "nodes", token="admin-t")
-    assert nodes.returncode == 0 and "local" in nodes.stdout and "ready" in nodes.stdout
+    assert nodes.returncode == 0 and "local" in nodes.stdout and "healthy" in nodes.stdout
     quota = stoker(server, "quota", "default", "cpu", "cpus=3", token="admin-t")
     assert quota.returncode == 0 and "'cpu': 3" in quota.stdout
 

@@ -1,5 +1,6 @@
-"""Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues | nodes`,
-and the admin's `stoker quota`, `stoker cordon` and `stoker audit`.
+"""Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues`, and the
+admin's `stoker nodes | node`, `stoker quota`, `stoker cordon`, `stoker drain` and
+`stoker audit`.
 
 The server address and token come from --server/--token or $STOKER_SERVER/$STOKER_TOKEN.
 Connection and API errors are one line and exit code 2.
@@ -223,13 +224,13 @@ def queues(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> No
 
 
 def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> None:
-    """Nodes, their capacity and what is allocated on them (admin)."""
+    """Nodes: capacity, what is allocated on them, health state and why (admin)."""
     with _client(server, token) as client:
         rows = client.nodes()
     table = Table(box=None, header_style="bold")
     for column in ("NODE", "FLAVOR", "LABELS", "GPUS", "CPUS", "MEMORY", "OTHER", "JOBS",
-                   "STATUS"):
-        table.add_column(column)
+                   "STATE", "REASON"):
+        table.add_column(column, no_wrap=column != "REASON", overflow="fold")
     for n in rows:
         cap, used = n["capacity"], n["allocated"]
         other = [r for r in cap if r not in BASE]
@@ -237,9 +238,91 @@ def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> Non
             n["name"], n["flavor"], ",".join(f"{k}={v}" for k, v in n["labels"].items()),
             *(f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}" for r in BASE),
             " ".join(f"{r}={_num(used.get(r, 0), r)}/{_num(cap[r], r)}" for r in other) or "-",
-            ",".join(map(str, n["jobs"])) or "-",
-            f"[red]cordoned[/] {n['cordon_reason']}" if n["cordoned"] else "ready")
+            ",".join(map(str, n["jobs"])) or "-", _node_state(n), escape(_node_reason(n)))
     console.print(table)
+
+
+NODE_STYLE = {"healthy": "green", "suspect": "yellow", "unhealthy": "bold red",
+              "draining": "magenta", "drained": "magenta"}
+
+
+def _node_state(n: dict[str, Any]) -> str:
+    """The state, and "cordoned" and "repair" when they apply."""
+    marks = [m for m, on in (("cordoned", n["cordoned"]), ("repair", n["repair_needed"])) if on]
+    return f"[{NODE_STYLE.get(n['state'], '')}]{n['state']}[/]" + "".join(
+        f",[red]{m}[/]" for m in marks)
+
+
+def _node_reason(n: dict[str, Any]) -> str:
+    """Why it is not simply healthy: the drain, the cordon (and who set it), the checks."""
+    why = []
+    if n["draining"]:
+        why.append(f"drain: {n['drain_reason'] or '-'}")
+    if n["cordoned"]:
+        by = f" by {n['cordoned_by']}" if n["cordoned_by"] else ""
+        why.append(f"cordoned{by}: {n['cordon_reason'] or '-'}")
+    if n["health_reason"] and n["health_reason"] != n["cordon_reason"]:
+        why.append(n["health_reason"])
+    return "; ".join(why)
+
+
+def node(
+    name: str = typer.Argument(..., help="Node name."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """One node: state, cordon, drain, repair flag, last checks with their figures and
+    durations, and its history (admin)."""
+    with _client(server, token) as client:
+        n = client.node(name)
+    info = Table.grid(padding=(0, 2))
+    by = f" by {n['cordoned_by']}" if n["cordoned_by"] else ""
+    for key, value in (
+        ("node", f"{n['name']} ({n['flavor']})"),
+        ("state", _node_state(n)),
+        ("health", f"{n['health']}" + (f": {escape(n['health_reason'])}"
+                                       if n["health_reason"] else "")),
+        ("checks", f"{n['failures']} failed in a row, {n['passes']} passed in a row"),
+        ("cordon", f"yes{by}: {escape(n['cordon_reason'] or '-')}" if n["cordoned"] else "no"),
+        ("drain", f"yes: {escape(n['drain_reason'] or '-')}" if n["draining"] else "no"),
+        ("repair", "[red]needed[/]" if n["repair_needed"] else "no"),
+        ("jobs", ",".join(map(str, n["jobs"])) or "-"),
+    ):
+        info.add_row(f"[bold]{key}[/]", value)
+    console.print(info)
+    for report in n["last_checks"]:
+        verdict = "pass" if report["passed"] else "[red]FAIL[/]"
+        checks = _checks_table(f"last {report['check_set']} checks: {verdict}, "
+                               f"{report['duration_s']:.2f} s, {_clock(report['at'])}")
+        for r in report["results"]:
+            _check_row(checks, r)
+        console.print(checks)
+    history = Table(title="history", box=None, header_style="bold", title_justify="left")
+    for column in ("TIME", "KIND", "CHANGE", "BY", "WHY"):
+        history.add_column(column, no_wrap=column != "WHY", overflow="fold")
+    for e in n["history"]:
+        change = f"{e['from_state'] or ''} -> {e['to_state']}" if e["from_state"] != \
+            e["to_state"] else ""
+        history.add_row(_clock(e["at"]), e["kind"], change, e["actor"], escape(e["reason"]))
+    console.print(history if n["history"] else "no history")
+
+
+def _checks_table(title: str) -> Table:
+    table = Table(title=title, box=None, header_style="bold", title_justify="left")
+    for column in ("CHECK", "RESULT", "VALUE", "LIMIT", "UNIT", "SECONDS", "DETAIL"):
+        table.add_column(column, no_wrap=column != "DETAIL", overflow="fold",
+                         justify="right" if column in ("VALUE", "LIMIT", "SECONDS") else "left")
+    return table
+
+
+def _check_row(table: Table, r: dict[str, Any]) -> None:
+    figure = ["" if r[k] is None else f"{r[k]:.4g}" for k in ("value", "limit")]
+    table.add_row(r["name"], "pass" if r["passed"] else "[red]FAIL[/]", *figure, r["unit"],
+                  f"{r['duration_s']:.2f}", escape(r["detail"]))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 def quota(
@@ -274,6 +357,24 @@ def cordon(
     with _client(server, token) as client:
         n = client.cordon(node, not off, reason)
     console.print(f"node {n['name']}: {'cordoned' if n['cordoned'] else 'ready'}")
+
+
+def drain(
+    node: str = typer.Argument(..., help="Node name."),
+    off: bool = typer.Option(False, "--off", help="Stop draining: admit jobs to it again."),
+    requeue: bool = typer.Option(False, "--requeue",
+                                 help="Stop its jobs now and requeue them, as a preemption."),
+    reason: str = typer.Option("", "--reason", help="Why (kept with the node)."),
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
+    """Drain a node: no new jobs; its running jobs finish, or with --requeue are stopped and
+    requeued. It is "draining" until none is left, then "drained" (admin)."""
+    with _client(server, token) as client:
+        n = client.drain(node, not off, reason, requeue)
+    jobs = f" ({len(n['jobs'])} jobs on it{', requeued' if requeue else ''})" if n["jobs"] \
+        else ""
+    console.print(f"node {n['name']}: {n['state']}{jobs}")
 
 
 def audit(
@@ -339,5 +440,6 @@ def _amounts(amounts: dict[str, float]) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the job and cluster commands to the top-level app."""
-    for command in (submit, jobs, job, cancel, logs, queues, nodes, quota, cordon, audit):
+    for command in (submit, jobs, job, cancel, logs, queues, nodes, node, quota, cordon, drain,
+                    audit):
         app.command(command.__name__)(command)

@@ -86,6 +86,7 @@ def node_record(cluster: ClusterConfig, node: Node) -> NodeRecord:
 
 
 def with_cordons(nodes: Sequence[Node], records: Sequence[NodeRecord]) -> list[Node]:
-    """Nodes with ``schedulable`` False where the store says an admin cordoned them."""
-    cordoned = {r.name for r in records if r.cordoned}
+    """Nodes with ``schedulable`` False where the store says they are cordoned (by an admin
+    or by the health checks) or draining."""
+    cordoned = {r.name for r in records if r.cordoned or r.drain}
     return [replace(n, schedulable=False) if n.name in cordoned else n for n in nodes]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from stoker.control import node_health
 from stoker.control.db import is_postgres, parse_url, redact
 from stoker.control.executor import Executor
 from stoker.control.isolation import Isolation, IsolationError, decide
@@ -39,6 +40,8 @@ from stoker.control.store import (
     EventRecord,
     JobRecord,
     NewJob,
+    NodeEventRecord,
+    NodeRecord,
     QuotaRecord,
     Store,
 )
@@ -56,11 +59,15 @@ from stoker.sched import (
 from stoker.sched.config import resource_space
 from stoker.spec import loading
 from stoker.spec.api import (
+    CheckReportView,
+    CheckView,
     EventView,
     JobDetail,
     JobState,
     JobSubmission,
     JobView,
+    NodeDetail,
+    NodeEventView,
     NodeView,
     QueueUsage,
     ServerSettings,
@@ -218,8 +225,7 @@ class ControlPlane:
             self._thread.join(timeout=30)
         if self._listener is not None:
             self._listener.join(timeout=30)
-        if self.reconciler.prestart is not None:
-            self.reconciler.prestart.close()
+        self.reconciler.close()
         if self.leadership is not None:
             self.leadership.lease.dispose()  # the lock is free for a standby at once
         if isinstance(self.store, SqlStore):
@@ -400,7 +406,9 @@ class ControlPlane:
         with_overrides(self.cluster, [record], source=f"queues.{queue}")
         return self.store.set_quota(record)
 
-    def node_views(self) -> list[NodeView]:
+    def node_views(self, names: Collection[str] | None = None) -> list[NodeView]:
+        """The cluster's nodes (of ``names``, when given) with what is allocated on them,
+        their cordon, drain and health."""
         records = {r.name: r for r in self.store.nodes()}
         space = resource_space(self.cluster)
         allocated: dict[str, list[int]] = {}
@@ -417,15 +425,65 @@ class ControlPlane:
                     jobs_on[node].append(job.id)
         views = []
         for node in self.nodes:
-            rec = records.get(node.name)
+            if names is not None and node.name not in names:
+                continue
+            rec = records.get(node.name) or NodeRecord(node.name, node.flavor)
             views.append(NodeView(
                 name=node.name, flavor=node.flavor,
                 labels=dict(zip(self.cluster.topology, node.domains, strict=True)),
                 capacity=_amounts(space, node.capacity),
                 allocated=_amounts(space, allocated.get(node.name, space.zero)),
-                jobs=jobs_on.get(node.name, []), cordoned=bool(rec and rec.cordoned),
-                cordon_reason=rec.cordon_reason if rec else ""))
+                jobs=jobs_on.get(node.name, []), cordoned=rec.cordoned,
+                cordon_reason=rec.cordon_reason, cordoned_by=rec.cordoned_by,
+                state=node_health.state(rec), health=rec.health,
+                health_reason=rec.health_reason, passes=rec.passes, failures=rec.failures,
+                repair_needed=rec.repair, draining=rec.drain, drain_reason=rec.drain_reason))
         return views
+
+    def node_detail(self, name: str, history: int = 100) -> NodeDetail | None:
+        """One node: its view, each check set's last report and its latest ``history``
+        entries; None when the cluster has no such node."""
+        views = self.node_views([name])
+        record = next((r for r in self.store.nodes() if r.name == name), None)
+        if not views or record is None:
+            return None
+        reports = [report_view(r) for r in (record.last_checks or {}).values()]
+        return NodeDetail(**views[0].model_dump(),
+                          last_checks=sorted(reports, key=lambda r: r.at),
+                          history=[node_event_view(e)
+                                   for e in self.store.node_events(name, history)])
+
+    def drain(self, name: str, drain: bool, reason: str, requeue: bool, actor: str
+              ) -> NodeView | None:
+        """Start draining a node (no new jobs; with ``requeue`` its active jobs are stopped
+        and requeued, as a preemption would) or stop; None for an unknown node."""
+        if not self.node_views([name]):
+            return None
+        if self.store.set_drain(name, drain, reason, actor) is None:
+            return None
+        if drain and requeue:
+            why = f"requeued: node {name} is drained by {actor}" + (f" ({reason})" if reason
+                                                                  else "")
+            for job in self.store.list_jobs(states=ACTIVE):
+                if job.placement and name in job.placement["nodes"]:
+                    self._stop_for_drain(job.id, name, why, actor)
+        self.reconciler.wake()
+        if isinstance(self.store, SqlStore):
+            self.store.wake_leader()
+        return self.node_views([name])[0]
+
+    def _stop_for_drain(self, job_id: int, node: str, why: str, actor: str) -> None:
+        """Ask the reconciler to stop the job and requeue it (its preemption path)."""
+        for _ in range(20):  # the reconciler may move the job between our read and write
+            job = self.store.get_job(job_id)
+            if job is None or job.state not in ACTIVE or job.stop_reason is not None:
+                return
+            done = self.store.annotate(job_id, ACTIVE, "preempt", why, actor,
+                                       {"stop_reason": "preempt",
+                                        "stop_requested_at": time.time()},
+                                       {"node": node, "reason": "drain"}, version=job.version)
+            if done is not None:
+                return
 
     def log_file(self, job: JobRecord, index: int) -> PurePosixPath:
         """The log of process ``index``, relative to the jobs directory."""
@@ -496,6 +554,24 @@ def waiting_view(why: Waiting, space: ResourceSpace = DEFAULT_SPACE) -> WaitingV
 def event_view(e: EventRecord) -> EventView:
     return EventView(id=e.id, job_id=e.job_id, at=e.at, kind=e.kind, from_state=e.from_state,
                      to_state=e.to_state, reason=e.reason, actor=e.actor)
+
+
+def report_view(report: dict[str, Any]) -> CheckReportView:
+    """A stored check report (`HealthReport.to_json` with ``at``)."""
+    return CheckReportView(check_set=report["set"], passed=report["passed"], at=report["at"],
+                           duration_s=report["duration_s"],
+                           results=[check_view(r) for r in report["results"]])
+
+
+def check_view(result: dict[str, Any]) -> CheckView:
+    return CheckView(**{k: result[k] for k in CheckView.model_fields})
+
+
+def node_event_view(e: NodeEventRecord) -> NodeEventView:
+    results = (e.detail or {}).get("results", [])
+    return NodeEventView(id=e.id, at=e.at, kind=e.kind, from_state=e.from_state,
+                         to_state=e.to_state, reason=e.reason, actor=e.actor,
+                         checks=[check_view(r) for r in results])
 
 
 def _amounts(space: ResourceSpace, values: Sequence[int], shown: Collection[int] = range(3)

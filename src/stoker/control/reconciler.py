@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from stoker.control.executor import Executor, NotReserved
-from stoker.control.health_gate import PrestartGate
+from stoker.control.health_gate import GangVerdict, PrestartGate
+from stoker.control.health_watch import PeriodicChecks, outcome
 from stoker.control.jobenv import FAULT_PREFIX
 from stoker.control.launch import (
     RUN,
@@ -37,7 +38,7 @@ from stoker.control.quotas import with_overrides
 from stoker.control.sched_state import StoredState
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
 from stoker.control.states import ACTIVE
-from stoker.control.store import JobRecord, Store
+from stoker.control.store import CheckOutcome, JobRecord, Store
 from stoker.sched import (
     Decisions,
     JobId,
@@ -121,6 +122,9 @@ class Reconciler:
         self._wake = threading.Event()
         self.prestart = (PrestartGate(cluster.health, jobs_dir / ".health", self.wake)
                          if cluster.health.prestart else None)
+        # On Ray the checks would have to run on the node itself: not done yet.
+        self.checks = (PeriodicChecks(cluster.health, jobs_dir / ".health", self.wake, clock)
+                       if cluster.executor != "ray" else None)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -148,6 +152,13 @@ class Reconciler:
         self._wake.wait(seconds)
         self._wake.clear()
 
+    def close(self) -> None:
+        """Stop the health checks (those running are abandoned)."""
+        if self.prestart is not None:
+            self.prestart.close()
+        if self.checks is not None:
+            self.checks.close()
+
     def restore(self) -> None:
         """Take the scheduler's state back from the store (as the last leader left it)."""
         self._nominated = frozenset(self.stored.load(self.tenant_usage))
@@ -160,6 +171,9 @@ class Reconciler:
             self.restore()
         now = self.clock()
         self.refresh_nodes(sync=True)
+        if self.checks is not None:
+            for node, result in self.checks.finished():
+                self._record_check(node, result)
         for job in self._readable(self.store.list_jobs(states=(S, R)), now):
             self._watch(job, now)
         for job in self._readable(self.store.list_jobs(states=ACTIVE), now):
@@ -174,6 +188,7 @@ class Reconciler:
         for job in self.store.list_jobs(states=(A,)):
             self._launch(job, now)
         self.stored.save(self.waiting, decisions.nominated, self.tenant_usage)
+        self._watch_nodes(now)
         self.cycles += 1
         self.last = CycleStats(time.perf_counter() - started, len(decisions.admit),
                                len(decisions.preempt), len(snapshot.pending),
@@ -181,6 +196,25 @@ class Reconciler:
         if self.on_cycle is not None:
             self.on_cycle(self.last)
         return decisions
+
+    # --- node health ----------------------------------------------------------------------------
+
+    def _record_check(self, node: str, result: CheckOutcome) -> None:
+        health = self.cluster.health
+        self.store.record_check(node, result, health.passes_to_return, health.failures_to_flag,
+                                ACTOR)
+
+    def _watch_nodes(self, now: float) -> None:
+        """Draining nodes whose last job ended become drained; due health checks start."""
+        names = {n.name for n in self.nodes}
+        records = [r for r in self.store.nodes() if r.name in names]
+        busy = {node for job in self.store.list_jobs(states=ACTIVE) if job.placement
+                for node in job.placement["nodes"]}
+        for record in records:
+            if record.drain and record.drained_at is None and record.name not in busy:
+                self.store.mark_drained(record.name, ACTOR)
+        if self.checks is not None:
+            self.checks.start(records, busy, now)
 
     # --- the scheduler's view -------------------------------------------------------------------
 
@@ -355,18 +389,30 @@ class Reconciler:
         if verdict is None:
             return None
         if verdict.passed:
+            self._record_prestart(verdict, {}, job.id)
             seconds = max(r.duration_s for r in verdict.reports) + verdict.gang.duration_s
             return f" (pre-start health checks passed in {seconds:.1f} s)"
         bad = verdict.bad_nodes()
-        for node, why in bad.items():
-            self.store.set_cordon(node, True, f"health check failed before job {job.id}: {why}",
-                                  ACTOR)
+        self._record_prestart(verdict, bad, job.id)
         wait = {} if bad else {"not_before": now + self.settings.backoff_base_s}
         self.store.transition(job.id, (A,), (Q,),
                               f"pre-start health check failed: {verdict.reason()}; requeued",
                               ACTOR, {"placement": None, "queued_at": now, **wait},
                               version=job.version)
         return None
+
+    def _record_prestart(self, verdict: GangVerdict, bad: Mapping[str, str], job: int) -> None:
+        """Each node's pre-start outcome into its health: a failed one (its own checks, or
+        blamed by the gang's all-reduce) cordons it."""
+        now = self.clock()
+        gang = {"gang": {"allreduce": verdict.gang.line(), "passed": verdict.gang.passed}}
+        for report in verdict.reports:
+            result = outcome(report, now)
+            why = bad.get(report.node)
+            if why is not None:
+                result = CheckOutcome(result.check_set, False, f"before job {job}: {why}",
+                                      {**result.report, **gang})
+            self._record_check(report.node, result)
 
     # --- watching processes ---------------------------------------------------------------------
 

@@ -22,15 +22,18 @@ from sqlalchemy import Engine, Row, delete, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from stoker.control import node_health
 from stoker.control import tables as t
 from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
     AuditRecord,
+    CheckOutcome,
     DuplicateKey,
     EventRecord,
     JobRecord,
     NewJob,
+    NodeEventRecord,
     NodeRecord,
     ProcessRecord,
     QuotaRecord,
@@ -316,20 +319,68 @@ class SqlStore:
             return [NodeRecord(**_columns(row, NodeRecord)) for row in rows]
 
     def set_cordon(self, name: str, cordoned: bool, reason: str, actor: str) -> NodeRecord | None:
+        verb = "cordon" if cordoned else "uncordon"
+        return self._change_node(
+            name, actor, lambda node, _now: node_health.after_cordon(node, cordoned, reason, actor),
+            audit=(verb, {"reason": reason}), event={"cordoned": cordoned})
+
+    def set_drain(self, name: str, drain: bool, reason: str, actor: str) -> NodeRecord | None:
+        return self._change_node(
+            name, actor, lambda node, _now: node_health.after_drain(node, drain, reason, actor),
+            audit=("drain" if drain else "undrain", {"reason": reason}), event={"drain": drain})
+
+    def mark_drained(self, name: str, actor: str) -> NodeRecord | None:
+        return self._change_node(name, actor, node_health.after_drained, event={"drained": True},
+                                 only_if_changed=True)
+
+    def record_check(self, name: str, outcome: CheckOutcome, passes_to_return: int,
+                     failures_to_flag: int, actor: str) -> NodeRecord | None:
+        return self._change_node(
+            name, actor, lambda node, _now: node_health.after_check(
+                node, outcome, passes_to_return, failures_to_flag),
+            event={"check_set": outcome.check_set})
+
+    def _change_node(self, name: str, actor: str,
+                     change: Callable[[NodeRecord, float],
+                                      tuple[NodeRecord, list[node_health.Change]]],
+                     audit: tuple[str, dict[str, Any]] | None = None,
+                     event: dict[str, Any] | None = None,
+                     only_if_changed: bool = False) -> NodeRecord | None:
+        """Apply ``change`` to the node's row, with its history entries, a cluster event for
+        each change of state (and for an admin's action), and ``audit`` (action, detail)."""
         now = self._clock()
         with self._tx() as s:
-            self._audit_order(s)
+            if audit is not None:
+                self._audit_order(s)
             row = s.get(t.Node, name, with_for_update=True)
             if row is None:
                 return None
-            row.cordoned, row.cordon_reason, row.updated_at = cordoned, reason, now
-            verb = "cordoned" if cordoned else "uncordoned"
-            s.add(t.Event(job_id=None, at=now, kind="node", actor=actor,
-                          reason=f"node {name} {verb}: {reason}".rstrip(": "),
-                          detail={"node": name, "cordoned": cordoned}))
-            s.add(_audit_row(AuditRecord(now, actor, "cordon" if cordoned else "uncordon",
-                                         name, {"reason": reason})))
+            before = NodeRecord(**_columns(row, NodeRecord))
+            after, changes = change(before, now)
+            if only_if_changed and not changes:
+                return None
+            for key, value in _as_dict(after).items():
+                if getattr(row, key) != value:
+                    setattr(row, key, value)
+            row.updated_at = now
+            for c in changes:
+                s.add(t.NodeEvent(node=name, at=now, kind=c.kind, from_state=c.from_state,
+                                  to_state=c.to_state, reason=c.reason, actor=actor,
+                                  detail=c.detail))
+                if c.kind != "check-failed":
+                    s.add(t.Event(job_id=None, at=now, kind="node", actor=actor,
+                                  reason=f"node {name}: {c.reason}",
+                                  detail={"node": name, "change": c.kind, **(event or {})}))
+            if audit is not None:
+                s.add(_audit_row(AuditRecord(now, actor, audit[0], name, audit[1])))
             return NodeRecord(**_columns(row, NodeRecord))
+
+    def node_events(self, name: str, limit: int = 100) -> list[NodeEventRecord]:
+        query = (select(t.NodeEvent).where(t.NodeEvent.node == name)
+                 .order_by(t.NodeEvent.id.desc()).limit(limit))
+        with self._read() as s:
+            rows = list(s.scalars(query))
+        return [NodeEventRecord(**_columns(row, NodeEventRecord)) for row in reversed(rows)]
 
     # --- audit ------------------------------------------------------------------------------
 

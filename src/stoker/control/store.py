@@ -116,6 +116,8 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class NodeRecord:
+    """A node, its admin state and its health (`stoker.control.node_health` has the rules)."""
+
     name: str
     flavor: str
     labels: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +125,43 @@ class NodeRecord:
     cordoned: bool = False
     cordon_reason: str = ""
     updated_at: float = 0.0
+    cordoned_by: str = ""
+    auto_cordon: bool = False  # cordoned by the health checks, which lift it again
+    health: str = "healthy"  # healthy | suspect | unhealthy
+    health_reason: str = ""
+    passes: int = 0  # consecutive passes of the full check set while not healthy
+    failures: int = 0  # consecutive failed checks
+    repair: bool = False  # flagged for repair: failures_to_flag failed checks in a row
+    drain: bool = False
+    drain_reason: str = ""
+    drained_at: float | None = None  # when a draining node's last job ended
+    last_checks: dict[str, Any] | None = None  # check set -> its last report (JSON)
+
+
+@dataclass(frozen=True)
+class NodeEventRecord:
+    """One entry of a node's history: a health change or failed check (``detail``: the
+    check's report), a cordon, a drain, a repair flag."""
+
+    node: str
+    at: float
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    reason: str
+    actor: str
+    detail: dict[str, Any] | None = None
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """A health check set's result on one node, as the store records it."""
+
+    check_set: str  # prestart | periodic | light
+    passed: bool
+    reason: str  # the failed checks, one line
+    report: dict[str, Any]  # `HealthReport.to_json()`, with ``at``
 
 
 @dataclass(frozen=True)
@@ -224,7 +263,28 @@ class Store(Protocol):
     def nodes(self) -> list[NodeRecord]: ...
 
     def set_cordon(self, name: str, cordoned: bool, reason: str, actor: str) -> NodeRecord | None:
-        """Cordon or uncordon a node, with a "node" event and an audit entry."""
+        """Cordon or uncordon a node, with a "node" event, a history entry and an audit entry.
+        An uncordon returns the node: healthy, its failure count and repair flag cleared."""
+        ...
+
+    def set_drain(self, name: str, drain: bool, reason: str, actor: str) -> NodeRecord | None:
+        """Start or stop draining a node, with a "node" event, a history entry and an audit
+        entry."""
+        ...
+
+    def mark_drained(self, name: str, actor: str) -> NodeRecord | None:
+        """A draining node's last job has ended (once: None when not draining or already
+        drained)."""
+        ...
+
+    def record_check(self, name: str, outcome: CheckOutcome, passes_to_return: int,
+                     failures_to_flag: int, actor: str) -> NodeRecord | None:
+        """Apply a check's outcome to the node's health (`node_health.after_check`) in one
+        transaction, with its history entries; None for an unknown node."""
+        ...
+
+    def node_events(self, name: str, limit: int = 100) -> list[NodeEventRecord]:
+        """A node's history, the latest ``limit`` entries, oldest first."""
         ...
 
     def add_audit(self, entry: AuditRecord) -> AuditRecord: ...

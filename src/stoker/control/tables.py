@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Row ids are 64-bit (the API's ids are): BIGINT on PostgreSQL, where INTEGER is 32-bit; on
@@ -107,7 +118,9 @@ class QuotaOverride(Base):
 
 
 class Node(Base):
-    """A node as last seen (from config or autodetection) plus its admin state."""
+    """A node as last seen (from config or autodetection), its admin state (cordon, drain) and
+    its health (`stoker.control.node_health`): the checks' verdict, the consecutive passes and
+    failures behind it, the repair flag and each check set's last report."""
 
     __tablename__ = "nodes"
 
@@ -118,6 +131,37 @@ class Node(Base):
     cordoned: Mapped[bool] = mapped_column(Boolean, default=False)
     cordon_reason: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[float]
+    cordoned_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # Cordoned by the health checks (they lift it again), not by an admin.
+    auto_cordon: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    health: Mapped[str] = mapped_column(String(16), default="healthy",
+                                        server_default="healthy")
+    health_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    passes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    repair: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    drain: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    drain_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    drained_at: Mapped[float | None]
+    last_checks: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # check set -> report
+
+
+class NodeEvent(Base):
+    """A node's history, append-only: health changes and failed checks (with the checks'
+    figures in ``detail``), cordons, drains, repair flags."""
+
+    __tablename__ = "node_events"
+    __table_args__ = (Index("ix_node_events_node_id", "node", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    node: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float]
+    kind: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Audit(Base):

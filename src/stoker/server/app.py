@@ -39,11 +39,13 @@ from stoker.server.metrics import Metrics
 from stoker.spec.api import (
     AuditView,
     Cordon,
+    Drain,
     JobDetail,
     JobState,
     JobSubmission,
     JobView,
     LogChunk,
+    NodeDetail,
     NodeView,
     QueueUsage,
     QuotaUpdate,
@@ -256,6 +258,25 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         if plane.store.set_cordon(name, body.cordoned, body.reason, who.name) is None:
             raise HTTPException(404, f"no node {name!r}")
         return next(v for v in plane.node_views() if v.name == name)
+
+    @app.get("/v1/nodes/{name}", tags=["nodes"], responses=errors(401, 403, 404, 413, 422))
+    def node(name: str, _who: Admin) -> NodeDetail:
+        """One node: state, health, cordon, drain, repair flag, each check set's last report
+        with its figures and durations, and its history (the latest 100 entries)."""
+        detail = plane.node_detail(name)
+        if detail is None:
+            raise HTTPException(404, f"no node {name!r}")
+        return detail
+
+    @app.put("/v1/nodes/{name}/drain", tags=["nodes"],
+             responses=errors(400, 401, 403, 404, 413, 422))
+    def drain(name: str, body: Drain, who: Admin, _clean: Clean) -> NodeView:
+        """Place no new job on the node; its jobs finish (``requeue``: are stopped and
+        requeued). It is ``draining`` until none is left, then ``drained``."""
+        view = plane.drain(name, body.drain, body.reason, body.requeue, who.name)
+        if view is None:
+            raise HTTPException(404, f"no node {name!r}")
+        return view
 
     @app.get("/v1/config", tags=["server"], responses=errors(401, 403, 413))
     def config(_who: Admin) -> dict[str, Any]:

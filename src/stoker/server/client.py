@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -120,6 +121,17 @@ class Client:
                                               json={"cordoned": cordoned, "reason": reason})
         return result
 
+    def node(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/nodes/{_segment(name)}")
+        return result
+
+    def drain(self, node: str, drain: bool, reason: str = "", requeue: bool = False
+              ) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PUT", f"/v1/nodes/{_segment(node)}/drain",
+            json={"drain": drain, "reason": reason, "requeue": requeue})
+        return result
+
     def audit(self, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/v1/audit",
                                                     params={"after_id": after_id,
@@ -140,3 +152,8 @@ def _message(response: httpx.Response) -> str:
             parts.append(f"{'.'.join(loc)}: {err.get('msg')}" if loc else str(err.get("msg")))
         detail = "; ".join(parts)
     return f"server said {response.status_code}: {detail}"
+
+
+def _segment(name: str) -> str:
+    """A name as one path segment (a node named "a/b" is not a route)."""
+    return quote(name, safe="")

@@ -1,18 +1,20 @@
-"""Prometheus metrics: job counts and queue usage read from the store at scrape time, plus
-counters of reconcile cycles, decisions and API requests. A tenant's scrape holds its own
+"""Prometheus metrics: job counts, queue usage and node health read from the store at scrape
+time, plus counters of reconcile cycles, decisions and API requests. A tenant's scrape holds its own
 queues' series only (no cluster-wide counters: they would tell of other tenants' work)."""
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from stoker.control import node_health
 from stoker.control.plane import ControlPlane
 from stoker.control.reconciler import CycleStats
+from stoker.control.store import NodeRecord
 from stoker.spec.api import JobState
 
 
@@ -45,6 +47,29 @@ class StateCollector(Collector):
             if u.nominal is not None:
                 nominal.add_metric(key, u.nominal)
         yield from (used, nominal, borrowed)
+        if self.queues is None:  # nodes are the admin's
+            yield from node_metrics(self.plane.store.nodes())
+
+
+NODE_STATES = ("healthy", "suspect", "unhealthy", "draining", "drained")
+
+
+def node_metrics(nodes: Sequence[NodeRecord]) -> list[GaugeMetricFamily]:
+    """Each node's state (1 for the one it is in) and whether it is flagged for repair."""
+    states = GaugeMetricFamily("stoker_node_state", "Node state (1: the state it is in)",
+                               labels=["node", "state"])
+    repair = GaugeMetricFamily("stoker_node_repair_needed",
+                               "1 when the node failed failures_to_flag checks in a row",
+                               labels=["node"])
+    failures = GaugeMetricFamily("stoker_node_check_failures",
+                                 "Consecutive failed health checks", labels=["node"])
+    for node in nodes:
+        now = node_health.state(node)
+        for name in NODE_STATES:
+            states.add_metric([node.name, name], float(name == now))
+        repair.add_metric([node.name], float(node.repair))
+        failures.add_metric([node.name], float(node.failures))
+    return [states, repair, failures]
 
 
 class Metrics:

@@ -92,6 +92,17 @@ class Cordon(Body):
     reason: str = Field(default="", max_length=500)
 
 
+class Drain(Body):
+    """``PUT /v1/nodes/{name}/drain``: stop placing jobs on a node and let its running ones
+    finish (``requeue``: stop them now, to be requeued), or stop draining it."""
+
+    model_config = ConfigDict(strict=True)
+
+    drain: bool
+    reason: str = Field(default="", max_length=500)
+    requeue: bool = False
+
+
 class StrictAmounts(Amounts):
     """`Amounts` in a request: ``false`` is not 0, ``"2"`` is not 2, and no NaN or infinity;
     memory is a whole number of bytes or a size such as ``"8GiB"``."""
@@ -226,6 +237,55 @@ class NodeView(BaseModel):
     jobs: list[int]
     cordoned: bool
     cordon_reason: str
+    cordoned_by: str = ""  # the admin, "health" (the checks: they lift it), "reconciler"
+    state: str = "healthy"  # healthy | suspect | unhealthy | draining | drained
+    health: str = "healthy"  # the checks' verdict, under a drain too
+    health_reason: str = ""
+    passes: int = 0  # consecutive passes of the full check set while not healthy
+    failures: int = 0  # consecutive failed checks
+    repair_needed: bool = False
+    draining: bool = False
+    drain_reason: str = ""
+
+
+class CheckView(BaseModel):
+    """One check of a report: its figure against its rule, and how long it took."""
+
+    name: str
+    passed: bool
+    value: float | None
+    limit: float | None
+    unit: str
+    duration_s: float
+    detail: str
+
+
+class CheckReportView(BaseModel):
+    check_set: str  # prestart | periodic | light
+    passed: bool
+    at: float
+    duration_s: float
+    results: list[CheckView]
+
+
+class NodeEventView(BaseModel):
+    """One entry of a node's history."""
+
+    id: int
+    at: float
+    kind: str  # health | check-failed | repair | cordon | uncordon | drain | undrain | drained
+    from_state: str | None
+    to_state: str | None
+    reason: str
+    actor: str
+    checks: list[CheckView] = []  # the figures of the check behind it
+
+
+class NodeDetail(NodeView):
+    """``GET /v1/nodes/{name}``: the node, each check set's last report, its history."""
+
+    last_checks: list[CheckReportView]
+    history: list[NodeEventView]
 
 
 class WhoAmI(BaseModel):

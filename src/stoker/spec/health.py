@@ -3,9 +3,10 @@
 ```toml
 [health]
 prestart = false                # check an admitted gang's nodes before it starts (3-5 s on CPU)
-periodic_interval = "10m"       # the full set on idle nodes
+periodic_interval = "10m"       # the full set (no all-reduce) on idle nodes, by the leader
 light_interval = "1m"           # device state only, on busy nodes
-passes_to_return = 3            # consecutive passes that bring a cordoned node back
+passes_to_return = 3            # passes of the full set in a row that return a node the
+                                # checks cordoned (an admin's cordon needs an admin)
 failures_to_flag = 3            # failed checks in a row that flag a node for repair
 min_matmul_tflops = 0.01        # default: 35% of the GPU's dense peak; on CPU 10 GFLOP/s
 min_allreduce_gbps = 0.05       # bus bandwidth of the gang's all-reduce
