@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 # Floors far under a loaded 2-core machine's figures (no false positives while other tests
 # run), far over a node's with an injected x100 slowdown (about 0.0005 TFLOP/s).
-HEALTH = {"periodic_interval": 0.2, "light_interval": 0.2, "passes_to_return": 2,
+HEALTH = {"periodic": True, "periodic_interval": 0.2, "light_interval": 0.2, "passes_to_return": 2,
           "failures_to_flag": 2, "min_matmul_tflops": 0.002, "min_write_mbps": 1}
 
 

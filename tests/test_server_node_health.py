@@ -32,6 +32,7 @@ flavor = "cpu"
 cpus = 1
 memory = "1GiB"
 [health]
+periodic = true
 periodic_interval = "0.3s"
 light_interval = "0.3s"
 failures_to_flag = 1

@@ -124,7 +124,7 @@ class Reconciler:
                          if cluster.health.prestart else None)
         # On Ray the checks would have to run on the node itself: not done yet.
         self.checks = (PeriodicChecks(cluster.health, jobs_dir / ".health", self.wake, clock)
-                       if cluster.executor != "ray" else None)
+                       if cluster.health.periodic and cluster.executor != "ray" else None)
 
     # --- the loop -----------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 ```toml
 [health]
 prestart = false                # check an admitted gang's nodes before it starts (3-5 s on CPU)
+periodic = false                # run the checks below on a schedule (off: as Slurm's
+                                # HealthCheckInterval = 0); needs floors set for the cluster
 periodic_interval = "10m"       # the full set (no all-reduce) on idle nodes, by the leader
 light_interval = "1m"           # device state only, on busy nodes
 passes_to_return = 3            # passes of the full set in a row that return a node the
@@ -33,6 +35,7 @@ class HealthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prestart: bool = False
+    periodic: bool = False
     periodic_interval: Seconds = 600.0
     light_interval: Seconds = 60.0
     passes_to_return: int = Field(default=3, ge=1)
