@@ -37,6 +37,8 @@ def attempt_log(jobs_dir: Path, job_id: int, index: int, attempt: int) -> list[s
     starts = [i for i, line in enumerate(lines) if line.startswith(marker)]
     if starts:
         lines = lines[starts[-1] + 1:]
+        later = [i for i, line in enumerate(lines) if line.startswith("=== stoker: attempt ")]
+        lines = lines[:later[0]] if later else lines
     elif any(line.startswith("=== stoker: attempt ") for line in lines):
         return []  # only other attempts' output is left in the tail
     return lines[-MAX_LINES:]
