@@ -111,13 +111,13 @@ def test_user_exception_goes_before_the_peers_collective_errors() -> None:
 def test_the_training_launchers_log() -> None:
     """`stoker train` tees every rank's output with a "[rankN]:" prefix and names the rank
     that failed with its own exit code."""
-    code, log = run("raise KeyError('tok_embeddings')")
-    lines = [f"[rank1]:{line}" for line in log] + [
-        "stoker train: rank 1 failed: error (exit 1); logs in /j/run/logs"]
+    _, log = run("raise KeyError('tok_embeddings')")
+    lines = [*(f"[rank1]:{line}" for line in log),
+             "stoker train: rank 1 failed: error (exit 1); logs in /j/run/logs"]
     cause = one(1, lines)
     assert cause.code == "user_exception" and cause.lines[-1] == "KeyError: 'tok_embeddings'"
-    killed = GLOO_PEER_KILLED + [
-        "stoker train: rank 1 failed: killed by SIGKILL (exit -9); logs in /j/run/logs"]
+    killed = [*GLOO_PEER_KILLED,
+              "stoker train: rank 1 failed: killed by SIGKILL (exit -9); logs in /j/run/logs"]
     assert one(137, killed).code == "signal"
     hang = ["stoker train: rank 0 failed: hang detected by the watchdog (exit 86); logs in x"]
     cause = one(86, hang)

@@ -575,7 +575,7 @@ class Reconciler:
         detail = None
         record = None
         if cause is not None:
-            why = _cause_reason(cause)
+            why = why if cause.category == failure.UNKNOWN else _cause_reason(cause)
             detail = {"cause": cause.to_json()}
             record = CauseRecord(job.id, job.attempt, now, cause.category, cause.code,
                                  cause.message, list(cause.lines), list(cause.nodes),
