@@ -136,28 +136,21 @@ def _process_cause(p: ProcessEvidence, evidence: AttemptEvidence) -> Cause | Non
     code = p.exit_code
     lines = [_PREFIX.sub("", line.rstrip("\n")) for line in p.log]
     where = f"process {p.index} on {p.node}"
-    sig = _signal(code)
     if code is None:
         how = f": {p.vanished}" if p.vanished else ""
         return Cause(INFRA, SIGNALED, f"{where} vanished{how}", nodes=(p.node,), index=p.index)
     if code == 0:
         return None
     oom = _last_matching(lines, OOM_ERRORS)
-    if sig == signal.SIGKILL and evidence.oom_kills > 0:
+    if _signal(code) == signal.SIGKILL and evidence.oom_kills > 0:
         limit = ("its memory limit (resources.memory)" if evidence.memory_limit
                  else "the node's memory")
         return Cause(USER, OOM, f"{where} was killed by the kernel's OOM killer: it used more "
                      f"than {limit}", tuple(oom), index=p.index, exit_code=code)
-    launched = _launcher_line(lines)
-    if launched is not None:  # the training launcher: its ranks' output is in this log
-        rank_code, line = launched
-        if rank_code is not None:
-            sig = _signal(rank_code)
-            code_seen = rank_code
-        else:
-            code_seen = code
-    else:
-        line, code_seen = None, code
+    # The training launcher's log holds its ranks' output and names the failed rank's code.
+    rank_code, line = _launcher_line(lines)
+    code_seen = code if rank_code is None else rank_code
+    sig = _signal(code_seen)
     if oom:
         return Cause(USER, OOM, f"{where}: out of memory: {oom[-1]}", tuple(_around(lines, oom)),
                      index=p.index, exit_code=code)
@@ -212,15 +205,15 @@ def _exited(code: int) -> str:
         else f"exited with code {code} ({describe(code)})"
 
 
-def _launcher_line(lines: Sequence[str]) -> tuple[int | None, str] | None:
-    """The training launcher's "rank R failed: ... (exit C)" line: the failed rank's own exit
-    code (negative for a signal)."""
+def _launcher_line(lines: Sequence[str]) -> tuple[int | None, str | None]:
+    """The training launcher's last "rank R failed: ... (exit C)" line and the failed rank's
+    own exit code in it (negative for a signal)."""
     for line in reversed(lines):
         match = _FAILED_RANK.match(line)
         if match:
             found = re.search(r"\(exit (-?\d+)\)", match.group(2))
             return (int(found.group(1)) if found else None), line
-    return None
+    return None, None
 
 
 def _traceback(lines: Sequence[str]) -> list[str]:
