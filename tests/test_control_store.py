@@ -22,6 +22,7 @@ from stoker.control.pg_local import free_port
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import (
     AuditRecord,
+    CauseRecord,
     DuplicateKey,
     NewJob,
     NodeRecord,
@@ -84,6 +85,20 @@ def test_transition_writes_one_event_per_step(store: SqlStore) -> None:
         (None, Q), (Q, A), (A, S), (S, JobState.FAILED), (JobState.FAILED, Q)]
     assert [e.actor for e in events] == ["alice"] + ["reconciler"] * 4
     assert store.get_job(job.id).restarts == 1  # type: ignore[union-attr]
+
+
+def test_an_attempts_cause_is_written_with_its_transition(store: SqlStore) -> None:
+    job = store.submit(new_job(), "alice")
+    store.transition(job.id, (Q,), (A, S, R), "running", "x", {"attempt": 1})
+    cause = CauseRecord(job.id, 1, 0.0, "user", "user_exception", "process 0: ValueError: x",
+                        ["Traceback (most recent call last):", "ValueError: x"], [], 1)
+    assert store.transition(job.id, (Q,), (JobState.FAILED,), "stale", "x",
+                            cause=cause) is None
+    assert store.causes(job.id) == []  # nothing written when the compare-and-set fails
+    done = store.transition(job.id, (R,), (JobState.FAILED,), "failed", "x", cause=cause)
+    assert done is not None
+    (stored,) = store.causes(job.id)
+    assert stored == CauseRecord(**{**cause.__dict__, "at": stored.at}) and stored.at > 0
 
 
 def test_transition_is_compare_and_set(store: SqlStore) -> None:
@@ -377,7 +392,7 @@ def test_upgrading_from_0004_adds_the_scheduler_state(db_url: str) -> None:
         with store.engine.connect() as conn:
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert version == "0006" and diff == []
+        assert version == "0007" and diff == []
     finally:
         store.close()
 

@@ -78,3 +78,24 @@ def test_errors_are_one_line_exit_2(server: ServerProcess, tmp_path: Path) -> No
     assert invalid.returncode == 2 and "ranks" in invalid.stderr
     for out in (down, bad_token, invalid):
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_job_shows_why_each_attempt_failed(server: ServerProcess, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.toml"
+    code = "def load():\\n    raise ValueError('[/bad] shard 3 is empty')\\nload()"
+    job_file.write_text(f"""
+name = "broken"
+queue = "default"
+max_restarts = 2
+command = ["{sys.executable}", "-c", "{code}"]
+""")
+    out = stoker(server, "submit", str(job_file))
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split()[2]
+    deadline = time.monotonic() + 60
+    while "FAILED" not in (detail := stoker(server, "job", job_id)).stdout:
+        assert time.monotonic() < deadline, detail.stdout + detail.stderr
+    assert detail.returncode == 0, detail.stderr
+    assert "failed attempts" in detail.stdout and "user_exception" in detail.stdout
+    assert "ValueError: [/bad] shard 3 is empty" in detail.stdout  # shown as it is
+    assert "a user error: not retried" in detail.stdout and "restarts 0/2" in detail.stdout

@@ -117,7 +117,7 @@ def job(
         ("job", f"{j['id']} {j['name']} ({j['kind']}, tenant {j['tenant']})"),
         ("state", _state(j["state"]) + (f" (stopping: {j['stopping']})" if j["stopping"]
                                         else "")),
-        ("reason", _waiting(j["waiting"]) if j["waiting"] else j["reason"]),
+        ("reason", _waiting(j["waiting"]) if j["waiting"] else escape(j["reason"])),
         *_waiting_numbers(j["waiting"]),
         ("queue", f"{j['queue']}, priority {j['priority_class']} ({j['priority']})"
          + (f", position {j['queue_position']}" if j["queue_position"] else "")),
@@ -138,8 +138,27 @@ def job(
         moved = f"{e['from_state'] or ''} -> {e['to_state']}" if e["kind"] == "transition" \
             else ""
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], moved,
-                       e["actor"], e["reason"])
+                       e["actor"], escape(e["reason"]))
     console.print(events)
+    _causes(j.get("causes") or [])
+
+
+def _causes(causes: list[dict[str, Any]]) -> None:
+    """Why each failed attempt failed, with the log lines that show it."""
+    if not causes:
+        return
+    table = Table(title="failed attempts", box=None, header_style="bold",
+                  title_justify="left")
+    for column in ("ATTEMPT", "CATEGORY", "CAUSE", "EXIT", "NODES", "WHY"):
+        table.add_column(column, no_wrap=column != "WHY")
+    for c in causes:
+        why = escape(c["message"])
+        if c["lines"]:
+            why += "\n" + "\n".join(f"[dim]{escape(line)}[/]" for line in c["lines"][-6:])
+        table.add_row(str(c["attempt"]), c["category"], c["code"],
+                      "-" if c["exit_code"] is None else str(c["exit_code"]),
+                      ", ".join(c["nodes"]) or "-", why)
+    console.print(table)
 
 
 def _waiting(why: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@ uncordon and drain. Pure functions over `NodeRecord`; the store applies each in 
 transaction with the history entries it returns.
 
 - ``healthy``: no failed check since it last returned.
-- ``suspect``: a light check (device state, on a busy node) failed. The node is cordoned by the
+- ``suspect``: a light check (device state, on a busy node) failed, or a job attempt failed
+  there of an infrastructure cause (`stoker.control.failure`). The node is cordoned by the
   health system: its jobs go on, no new one is placed there.
 - ``unhealthy``: a full check (pre-start, or periodic on an idle node) failed; cordoned the
   same way.
@@ -59,11 +60,12 @@ def after_check(node: NodeRecord, outcome: CheckOutcome, passes_to_return: int,
     return _failed(node, outcome, failures_to_flag)
 
 
-def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int
-            ) -> tuple[NodeRecord, list[Change]]:
+def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int,
+            what: str | None = None) -> tuple[NodeRecord, list[Change]]:
     found = SUSPECT if outcome.check_set == "light" else UNHEALTHY
     health = max(node.health, found, key=SEVERITY.__getitem__)
-    reason = f"{outcome.check_set} check failed: {outcome.reason}"
+    what = f"{outcome.check_set} check failed: " if what is None else what
+    reason = f"{what}{outcome.reason}"
     failures = node.failures + 1
     cordon: dict[str, Any] = {}
     if not node.cordoned:
@@ -81,6 +83,15 @@ def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int
         changes.append(Change("repair", health, health,
                               f"flagged for repair: {failures} failed checks in a row"))
     return after, changes
+
+
+def after_suspicion(node: NodeRecord, reason: str, failures_to_flag: int,
+                    detail: dict[str, Any] | None = None) -> tuple[NodeRecord, list[Change]]:
+    """A job attempt failed on the node of an infrastructure cause: suspect (unless already
+    worse) and cordoned by the health system, until its full checks pass or an admin returns
+    it. It counts as a failed check towards the repair flag."""
+    return _failed(node, CheckOutcome("light", False, reason, detail or {}), failures_to_flag,
+                   what="")
 
 
 def _passed(node: NodeRecord, outcome: CheckOutcome, passes_to_return: int

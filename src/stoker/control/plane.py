@@ -36,6 +36,7 @@ from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
 from stoker.control.store import (
     AuditRecord,
+    CauseRecord,
     DuplicateKey,
     EventRecord,
     JobRecord,
@@ -59,6 +60,7 @@ from stoker.sched import (
 from stoker.sched.config import resource_space
 from stoker.spec import loading
 from stoker.spec.api import (
+    AttemptCauseView,
     CheckReportView,
     CheckView,
     EventView,
@@ -377,7 +379,8 @@ class ControlPlane:
     def job_detail(self, job: JobRecord) -> JobDetail:
         view = self.job_views([job])[0]
         return JobDetail(**view.model_dump(), spec=job.spec,
-                         events=[event_view(e) for e in self.store.events(job.id)])
+                         events=[event_view(e) for e in self.store.events(job.id)],
+                         causes=[cause_view(c) for c in self.store.causes(job.id)])
 
     # --- queues, quotas, nodes ------------------------------------------------------------------
 
@@ -533,6 +536,12 @@ def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | Non
                  else None),
         estimated_start=estimated_start if job.state == JobState.QUEUED else None,
     )
+
+
+def cause_view(cause: CauseRecord) -> AttemptCauseView:
+    return AttemptCauseView(attempt=cause.attempt, at=cause.at, category=cause.category,
+                            code=cause.code, message=cause.message, lines=list(cause.lines),
+                            nodes=list(cause.nodes), exit_code=cause.exit_code)
 
 
 def waiting_view(why: Waiting, space: ResourceSpace = DEFAULT_SPACE) -> WaitingView:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from stoker.control import failure
+from stoker.control.evidence import attempt_log, oom_kills
 from stoker.control.executor import Executor, NotReserved
 from stoker.control.health_gate import GangVerdict, PrestartGate
 from stoker.control.health_watch import PeriodicChecks, outcome
@@ -38,7 +40,7 @@ from stoker.control.quotas import with_overrides
 from stoker.control.sched_state import StoredState
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
 from stoker.control.states import ACTIVE
-from stoker.control.store import CheckOutcome, JobRecord, Store
+from stoker.control.store import CauseRecord, CheckOutcome, JobRecord, Store
 from stoker.sched import (
     Decisions,
     JobId,
@@ -119,6 +121,8 @@ class Reconciler:
         self._killed: set[tuple[int, int]] = set()
         self._vanished: dict[tuple[int, int, int], str] = {}  # how, where the executor knows
         self._node_lost: dict[tuple[int, int], str] = {}  # attempts that lost a node: why
+        self._lost_nodes: dict[tuple[int, int], str] = {}  # ... and which node
+        self._oom_at_start: dict[tuple[int, int], int] = {}  # the kernel's OOM kills then
         self._wake = threading.Event()
         self.prestart = (PrestartGate(cluster.health, jobs_dir / ".health", self.wake)
                          if cluster.health.prestart else None)
@@ -355,6 +359,7 @@ class Reconciler:
             {"attempt": attempt, "started_at": now, "exit_code": None}, version=job.version)
         if starting is None:
             return
+        self._oom_at_start[(job.id, attempt)] = oom_kills()
         try:
             records = self.executor.launch(plan)
         except NotReserved as e:  # nothing started: the job waits for its next admission
@@ -395,10 +400,11 @@ class Reconciler:
         bad = verdict.bad_nodes()
         self._record_prestart(verdict, bad, job.id)
         wait = {} if bad else {"not_before": now + self.settings.backoff_base_s}
+        cause = failure.health_check(sorted(bad), verdict.reason())
         self.store.transition(job.id, (A,), (Q,),
                               f"pre-start health check failed: {verdict.reason()}; requeued",
                               ACTOR, {"placement": None, "queued_at": now, **wait},
-                              version=job.version)
+                              detail={"cause": cause.to_json()}, version=job.version)
         return None
 
     def _record_prestart(self, verdict: GangVerdict, bad: Mapping[str, str], job: int) -> None:
@@ -464,6 +470,8 @@ class Reconciler:
             self._decide(job, spec, outcomes, now)
         finally:
             self._node_lost.pop((job.id, job.attempt), None)
+            self._lost_nodes.pop((job.id, job.attempt), None)
+            self._oom_at_start.pop((job.id, job.attempt), None)
             for key in [k for k in self._vanished if k[:2] == (job.id, job.attempt)]:
                 del self._vanished[key]
 
@@ -473,7 +481,7 @@ class Reconciler:
         lost = self._node_lost.get((job.id, job.attempt))
         if lost is not None and job.stop_reason in (None, "failure"):
             # The other ranks' failures (their peers gone) follow from it.
-            self._fail(job, spec, None, lost, now, changes)
+            self._fail(job, spec, None, lost, now, changes, cause=self._cause(job, spec, outcomes))
             return
         bad = [(i, c) for i, c in sorted(outcomes.items()) if c != 0]
         code = bad[0][1] if bad else 0
@@ -502,9 +510,35 @@ class Reconciler:
                                   version=job.version)
         elif stop == "failure":  # the first process that failed, not those stopped after it
             self._fail(job, spec, job.exit_code, "a process failed and the gang was stopped",
-                       now, changes)
+                       now, changes, cause=self._cause(job, spec, outcomes))
         else:
-            self._fail(job, spec, code, self._describe(job, bad[0][0], code), now, changes)
+            self._fail(job, spec, code, self._describe(job, bad[0][0], code), now, changes,
+                       cause=self._cause(job, spec, outcomes))
+
+    def _cause(self, job: JobRecord, spec: JobSpec, outcomes: Mapping[int, int | None]
+               ) -> failure.Cause | None:
+        """Why the attempt failed, from what its processes left (`stoker.control.failure`)."""
+        key = (job.id, job.attempt)
+        stop_at = job.stop_requested_at
+        processes = []
+        for proc in self.store.processes(job.id, job.attempt):
+            stopped = (stop_at is not None and proc.ended_at is not None
+                       and proc.ended_at >= stop_at)
+            processes.append(failure.ProcessEvidence(
+                proc.index, proc.node, outcomes.get(proc.index, proc.exit_code),
+                attempt_log(self.jobs_dir, job.id, proc.index, job.attempt), stopped,
+                self._vanished.get((job.id, job.attempt, proc.index))))
+        before = self._oom_at_start.get(key)
+        lost = self._node_lost.get(key)
+        evidence = failure.AttemptEvidence(
+            processes, self._lost_nodes.get(key), lost or "",
+            0 if before is None else max(0, oom_kills() - before),
+            spec.resources.memory is not None)
+        try:
+            return failure.classify(evidence)
+        except Exception:  # a cause is a diagnosis: never let it stop the transition
+            log.exception("cannot classify the failure of job %d attempt %d", *key)
+            return None
 
     def _describe(self, job: JobRecord, index: int, code: int | None) -> str:
         how = self._vanished.get((job.id, job.attempt, index))
@@ -521,6 +555,7 @@ class Reconciler:
             self.store.set_cordon(node, True, f"died under job {job.id} attempt {job.attempt} "
                                   f"({why})", ACTOR)
         what = f"process {index} vanished: {why}"
+        self._lost_nodes.setdefault((job.id, job.attempt), node)
         if self._node_lost.setdefault((job.id, job.attempt), what) != what:
             return job
         updated = self.store.annotate(job.id, (S, R), "node-lost",
@@ -532,21 +567,45 @@ class Reconciler:
 
     def _fail(self, job: JobRecord, spec: JobSpec, code: int | None, why: str, now: float,
               changes: dict[str, Any] | None = None,
-              from_states: tuple[JobState, ...] = (S, R)) -> None:
-        """FAILED; and back to QUEUED (after a backoff) when restarts are left."""
+              from_states: tuple[JobState, ...] = (S, R),
+              cause: failure.Cause | None = None) -> None:
+        """FAILED; and back to QUEUED (after a backoff) when restarts are left and the
+        ``cause`` is not the user's. An infrastructure cause makes its nodes suspect."""
         changes = (changes or self._stopped(job, spec, now)) | {"exit_code": code}
-        if job.restarts < spec.max_restarts:
+        detail = None
+        record = None
+        if cause is not None:
+            why = why if cause.category == failure.UNKNOWN else _cause_reason(cause)
+            detail = {"cause": cause.to_json()}
+            record = CauseRecord(job.id, job.attempt, now, cause.category, cause.code,
+                                 cause.message, list(cause.lines), list(cause.nodes),
+                                 cause.exit_code if cause.exit_code is not None else code)
+        retried = cause is None or cause.retried
+        if retried and job.restarts < spec.max_restarts:
             delay = self.settings.backoff(job.restarts)
-            self.store.transition(
+            done = self.store.transition(
                 job.id, from_states, (JobState.FAILED, Q),
                 f"{why}; restart {job.restarts + 1}/{spec.max_restarts} in {delay:g}s", ACTOR,
                 changes | {"restarts": job.restarts + 1, "not_before": now + delay,
                            "queued_at": now, "placement": None},
-                version=job.version)
+                detail=detail, version=job.version, cause=record)
         else:
-            left = f" (no restarts left of {spec.max_restarts})" if spec.max_restarts else ""
-            self.store.transition(job.id, from_states, (JobState.FAILED,), why + left, ACTOR,
-                                  changes | {"finished_at": now}, version=job.version)
+            left = (f" (no restarts left of {spec.max_restarts})" if spec.max_restarts
+                    else "") if retried else " (a user error: not retried)"
+            done = self.store.transition(job.id, from_states, (JobState.FAILED,), why + left,
+                                         ACTOR, changes | {"finished_at": now}, detail=detail,
+                                         version=job.version, cause=record)
+        if done is not None and cause is not None and cause.category == failure.INFRA:
+            self._suspect(job, cause)
+
+    def _suspect(self, job: JobRecord, cause: failure.Cause) -> None:
+        """The nodes an infrastructure failure points at become suspect and cordoned by the
+        health system, so the retry (and every other job) goes elsewhere."""
+        for node in cause.nodes:
+            self.store.suspect_node(
+                node, f"job {job.id} attempt {job.attempt} failed there: {cause.message}",
+                self.cluster.health.failures_to_flag, ACTOR,
+                {"job": job.id, "attempt": job.attempt, "cause": cause.code})
 
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
         """Changes common to every end of an attempt: service attained, stop cleared."""
@@ -635,6 +694,15 @@ class Reconciler:
                     f"rank {orphan.index}" if orphan.index >= 0 else "the reservation")
                 self.store.log_event("orphan", f"killed {what} left by job "
                                      f"{orphan.job_id} attempt {orphan.attempt}", ACTOR)
+
+
+def _cause_reason(cause: failure.Cause) -> str:
+    """The job's reason for a failed attempt: the cause, and for a user's error the last
+    lines of the log that show it."""
+    text = f"{cause.category} failure ({cause.code}): {cause.message}"
+    if cause.category == failure.USER and cause.lines:
+        text += " | " + " | ".join(line.strip() for line in cause.lines[-3:])
+    return text
 
 
 def _why(error: Exception) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from sqlalchemy import Engine, Row, delete, select, text, tuple_, update
@@ -28,6 +28,7 @@ from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
     AuditRecord,
+    CauseRecord,
     CheckOutcome,
     DuplicateKey,
     EventRecord,
@@ -167,13 +168,20 @@ class SqlStore:
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,
                    detail: Mapping[str, Any] | None = None,
-                   version: int | None = None) -> JobRecord | None:
+                   version: int | None = None,
+                   cause: CauseRecord | None = None) -> JobRecord | None:
         if not path:
             raise ValueError("empty transition path")
         for state in expect:
             check_path(state, tuple(path))
         return self._change(job_id, expect, path, "transition", reason, actor, changes, detail,
-                            version)
+                            version, cause)
+
+    def causes(self, job_id: int) -> list[CauseRecord]:
+        query = (select(t.AttemptCause).where(t.AttemptCause.job_id == job_id)
+                 .order_by(t.AttemptCause.attempt))
+        with self._read() as s:
+            return [CauseRecord(**_columns(row, CauseRecord)) for row in s.scalars(query)]
 
     def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,
                  actor: str, changes: Mapping[str, Any] | None = None,
@@ -183,7 +191,8 @@ class SqlStore:
 
     def _change(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                 kind: str, reason: str, actor: str, changes: Mapping[str, Any] | None,
-                detail: Mapping[str, Any] | None, version: int | None) -> JobRecord | None:
+                detail: Mapping[str, Any] | None, version: int | None,
+                cause: CauseRecord | None = None) -> JobRecord | None:
         changes = dict(changes or {})
         unknown = set(changes) - MUTABLE
         if unknown:
@@ -210,6 +219,8 @@ class SqlStore:
                               to_state=state.value, reason=reason, actor=actor,
                               detail=dict(detail) if detail else None))
                 previous = state
+            if cause is not None:
+                s.merge(t.AttemptCause(**_as_dict(replace(cause, at=now))))
             if not path:
                 s.add(t.Event(job_id=job_id, at=now, kind=kind, from_state=previous.value,
                               to_state=previous.value, reason=reason, actor=actor,
@@ -339,6 +350,13 @@ class SqlStore:
             name, actor, lambda node, _now: node_health.after_check(
                 node, outcome, passes_to_return, failures_to_flag),
             event={"check_set": outcome.check_set})
+
+    def suspect_node(self, name: str, reason: str, failures_to_flag: int, actor: str,
+                     detail: Mapping[str, Any] | None = None) -> NodeRecord | None:
+        return self._change_node(
+            name, actor, lambda node, _now: node_health.after_suspicion(
+                node, reason, failures_to_flag, dict(detail or {})),
+            event={"cause": "attempt"})
 
     def _change_node(self, name: str, actor: str,
                      change: Callable[[NodeRecord, float],

@@ -165,6 +165,21 @@ class CheckOutcome:
 
 
 @dataclass(frozen=True)
+class CauseRecord:
+    """Why attempt ``attempt`` of a job failed (`stoker.control.failure.Cause`)."""
+
+    job_id: int
+    attempt: int
+    at: float
+    category: str  # infra | user | unknown
+    code: str
+    message: str
+    lines: list[str] = field(default_factory=list)  # the log lines that show it
+    nodes: list[str] = field(default_factory=list)  # the nodes suspected
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
 class UsageRecord:
     """Admission fair sharing's usage of one tenant in one queue: the decayed ``usage`` and
     the entry ``penalty`` charged since the last sample, each per resource of the cluster's
@@ -215,10 +230,15 @@ class Store(Protocol):
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,
                    detail: Mapping[str, Any] | None = None,
-                   version: int | None = None) -> JobRecord | None:
+                   version: int | None = None,
+                   cause: CauseRecord | None = None) -> JobRecord | None:
         """If the job is in one of ``expect`` (and at ``version``, when given), move it along
-        ``path`` (one event per step) and apply ``changes``, all in one transaction.
-        None, and nothing written, otherwise."""
+        ``path`` (one event per step) and apply ``changes`` (and record the ended attempt's
+        ``cause``), all in one transaction. None, and nothing written, otherwise."""
+        ...
+
+    def causes(self, job_id: int) -> list[CauseRecord]:
+        """Why each failed attempt of the job failed, by attempt."""
         ...
 
     def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,
@@ -281,6 +301,12 @@ class Store(Protocol):
                      failures_to_flag: int, actor: str) -> NodeRecord | None:
         """Apply a check's outcome to the node's health (`node_health.after_check`) in one
         transaction, with its history entries; None for an unknown node."""
+        ...
+
+    def suspect_node(self, name: str, reason: str, failures_to_flag: int, actor: str,
+                     detail: Mapping[str, Any] | None = None) -> NodeRecord | None:
+        """A failed attempt blames the node (`node_health.after_suspicion`): suspect and
+        cordoned by the health system, in one transaction with its history entries."""
         ...
 
     def node_events(self, name: str, limit: int = 100) -> list[NodeEventRecord]:

@@ -235,3 +235,21 @@ class TenantUsage(Base):
     penalty: Mapped[list[Any]] = mapped_column(JSON)
     sampled_at: Mapped[float | None]
     updated_at: Mapped[float]
+
+
+class AttemptCause(Base):
+    """Why a job attempt failed (`stoker.control.failure`): written with the transition that
+    ends the attempt, never changed. ``lines``: the log lines that show it; ``nodes``: the
+    nodes suspected."""
+
+    __tablename__ = "attempt_causes"
+
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("jobs.id"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float]
+    category: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    lines: Mapped[list[Any]] = mapped_column(JSON)
+    nodes: Mapped[list[Any]] = mapped_column(JSON)
+    exit_code: Mapped[int | None] = mapped_column(Integer)

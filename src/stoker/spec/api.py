@@ -202,9 +202,25 @@ class JobView(BaseModel):
     estimated_start: float | None = None  # replayed from running jobs' max_run_time; see docs
 
 
+class AttemptCauseView(BaseModel):
+    """Why a failed attempt failed (`stoker.control.failure`): ``category`` infra (retried
+    elsewhere, ``nodes`` suspected), user (not retried) or unknown (retried); ``code`` the
+    cause; ``lines`` the log lines that show it."""
+
+    attempt: int
+    at: float
+    category: str
+    code: str
+    message: str
+    lines: list[str]
+    nodes: list[str]
+    exit_code: int | None
+
+
 class JobDetail(JobView):
     spec: dict[str, Any]
     events: list[EventView]
+    causes: list[AttemptCauseView] = []
 
 
 class LogChunk(BaseModel):

@@ -1,0 +1,181 @@
+"""What the reconciler does with a failed attempt's cause, with real job processes and a real
+SQLite store: a user's error fails the job at once; an infrastructure failure makes its node
+suspect (cordoned by the health system) and the job is retried on another node."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stoker.control.local_executor import LocalExecutor
+from stoker.control.nodes import cluster_nodes, node_record
+from stoker.control.reconciler import ControlSettings, Reconciler
+from stoker.control.sql_store import SqlStore
+from stoker.control.store import JobRecord, NewJob, NodeRecord
+from stoker.spec import loading
+from stoker.spec.api import JobState
+from stoker.spec.cluster import ClusterConfig
+
+pytestmark = pytest.mark.slow
+
+FAILED, SUCCEEDED = JobState.FAILED, JobState.SUCCEEDED
+
+# The first attempt's node is the bad one: a rank there is killed by SIGKILL, as by a dying
+# machine; anywhere else it succeeds.
+DIES_ON_FIRST_NODE = """
+import os, pathlib, signal
+bad, node = pathlib.Path('bad_node'), os.environ['STOKER_NODE']
+if not bad.exists():
+    bad.write_text(node)
+if bad.read_text() == node:
+    os.kill(os.getpid(), signal.SIGKILL)
+print('done on', node)
+"""
+
+# Two gloo ranks on 127.0.0.1; the rank on the first attempt's first node is killed in the
+# middle of the all-reduces, so its peer's collective fails ("Connection reset by peer").
+GLOO_RANK_DIES = """
+import os, pathlib, signal, time
+import torch, torch.distributed as dist
+dist.init_process_group('gloo')
+rank, node = dist.get_rank(), os.environ['STOKER_NODE']
+bad = pathlib.Path('bad_node')
+if rank == 0 and not bad.exists():
+    bad.write_text(node)
+dist.barrier()
+t = torch.ones(1000)
+for step in range(20):
+    if step == 5 and bad.read_text() == node:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(t)
+    time.sleep(0.02)
+dist.destroy_process_group()
+"""
+
+
+def cluster_of(nodes: int) -> ClusterConfig:
+    return loading.validate(ClusterConfig, {
+        "flavors": {"cpu": {}},
+        "nodes": [{"name": f"n{i}", "flavor": "cpu", "cpus": 1, "memory": "1GiB"}
+                  for i in range(nodes)],
+        "queues": {"a": {"quotas": {"cpu": {"cpus": 8}}}},
+    }, "test")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    s = SqlStore.open(f"sqlite:///{tmp_path / 'stoker.db'}")
+    yield s
+    s.close()
+
+
+def reconciler(store: SqlStore, tmp_path: Path, nodes: int = 1) -> Reconciler:
+    cluster = cluster_of(nodes)
+    executor = LocalExecutor(tmp_path / "jobs")
+    found = cluster_nodes(cluster, models=[])
+    store.sync_nodes([node_record(cluster, n) for n in found])
+    return Reconciler(store, executor, cluster, found, executor.jobs_dir,
+                      ControlSettings(grace_period_s=2, backoff_base_s=0.1))
+
+
+def submit(store: SqlStore, code: str, ranks: int = 1, **extra: Any) -> JobRecord:
+    job = {"name": "t", "queue": "a", "ranks": ranks, "resources": {"cpus": 1},
+           "command": [sys.executable, "-c", code], **extra}
+    return store.submit(NewJob("alice", "t", "a", "", 0, {"job": job, "train": None}), "alice")
+
+
+def run_until(r: Reconciler, job_id: int, states: set[JobState], seconds: float = 60
+              ) -> JobRecord:
+    deadline = time.monotonic() + seconds
+    while True:
+        r.step()
+        job = r.store.get_job(job_id)
+        assert job is not None
+        if job.state in states:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} is {job.state}: {job.reason}"
+        r.pause(0.05)
+
+
+def node(store: SqlStore, name: str) -> NodeRecord:
+    return next(n for n in store.nodes() if n.name == name)
+
+
+def test_a_user_exception_fails_the_job_at_once(store: SqlStore, tmp_path: Path) -> None:
+    r = reconciler(store, tmp_path)
+    job = submit(store, "print('loading')\ndef step():\n    return 1 / 0\nstep()\n",
+                 max_restarts=3)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED})
+    assert (done.state, done.attempt, done.restarts, done.exit_code) == (FAILED, 1, 0, 1)
+    assert done.reason.startswith("user failure (user_exception): process 0 on n0: "
+                                  "ZeroDivisionError: division by zero")
+    assert done.reason.endswith("| ZeroDivisionError: division by zero (a user error: "
+                                "not retried)")
+    (cause,) = store.causes(job.id)
+    assert (cause.attempt, cause.category, cause.code, cause.exit_code) == (
+        1, "user", "user_exception", 1)
+    assert cause.lines[0] == "Traceback (most recent call last):" and cause.nodes == []
+    assert cause.lines[-2:] == ['  File "<string>", line 3, in step',
+                               "ZeroDivisionError: division by zero"]
+    event = store.events(job.id)[-1]
+    assert event.detail is not None and event.detail["cause"]["code"] == "user_exception"
+    assert node(store, "n0").health == "healthy" and not node(store, "n0").cordoned
+
+
+def test_a_bad_config_exit_fails_the_job_at_once(store: SqlStore, tmp_path: Path) -> None:
+    r = reconciler(store, tmp_path)
+    code = "import argparse; argparse.ArgumentParser(prog='train').parse_args(['--lr=x'])"
+    job = submit(store, code, max_restarts=2)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED})
+    assert (done.state, done.attempt, done.restarts, done.exit_code) == (FAILED, 1, 0, 2)
+    assert "(bad_config)" in done.reason and "unrecognized arguments: --lr=x" in done.reason
+    assert [c.code for c in store.causes(job.id)] == ["bad_config"]
+
+
+def test_a_rank_killed_on_a_node_makes_it_suspect_and_the_job_runs_elsewhere(
+        store: SqlStore, tmp_path: Path) -> None:
+    r = reconciler(store, tmp_path, nodes=2)
+    job = submit(store, DIES_ON_FIRST_NODE, max_restarts=1)
+    done = run_until(r, job.id, {SUCCEEDED}, seconds=30)
+    assert (done.attempt, done.restarts) == (2, 1)
+    first, second = (store.processes(job.id, a)[0].node for a in (1, 2))
+    assert first != second
+    (cause,) = store.causes(job.id)
+    assert (cause.attempt, cause.category, cause.code, cause.nodes, cause.exit_code) == (
+        1, "infra", "signal", [first], -9)
+    bad = node(store, first)
+    assert (bad.health, bad.cordoned, bad.auto_cordon, bad.cordoned_by) == (
+        "suspect", True, True, "health")
+    assert bad.health_reason.startswith(f"job {job.id} attempt 1 failed there: ")
+    assert node(store, second).health == "healthy"
+    failed = next(e for e in store.events(job.id) if e.to_state == "FAILED")
+    assert failed.reason.startswith(f"infra failure (signal): process 0 on {first}: "
+                                    "killed by SIGKILL; restart 1/1 in 0.1s")
+
+
+def test_an_infra_failure_with_no_restarts_left_fails_and_still_suspects_the_node(
+        store: SqlStore, tmp_path: Path) -> None:
+    r = reconciler(store, tmp_path, nodes=2)
+    job = submit(store, DIES_ON_FIRST_NODE)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED})
+    assert (done.state, done.attempt) == (FAILED, 1) and "(signal)" in done.reason
+    assert node(store, store.processes(job.id, 1)[0].node).health == "suspect"
+
+
+def test_a_gloo_rank_killed_mid_collective_blames_its_node_not_its_peers(
+        store: SqlStore, tmp_path: Path) -> None:
+    r = reconciler(store, tmp_path, nodes=3)
+    job = submit(store, GLOO_RANK_DIES, ranks=2, max_restarts=1)
+    done = run_until(r, job.id, {SUCCEEDED, FAILED}, seconds=90)
+    assert (done.state, done.attempt) == (SUCCEEDED, 2), done.reason
+    first = {p.index: p.node for p in store.processes(job.id, 1)}
+    (cause,) = store.causes(job.id)
+    assert (cause.category, cause.code, cause.nodes) == ("infra", "signal", [first[0]])
+    assert node(store, first[0]).health == "suspect"
+    assert node(store, first[1]).health == "healthy"
+    assert first[0] not in {p.node for p in store.processes(job.id, 2)}
