@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from stoker.observe.peak import gpu_peak
 from stoker.spec.health import CPU_MATMUL_TFLOPS, GPU_MATMUL_FRACTION, HealthConfig
 
 MATMUL_SECONDS = 0.2
+_ONE_THREAD = threading.Lock()  # the CPU probe sets torch's (process-wide) thread count
 WRITE_BYTES = 16 << 20
 
 
@@ -159,19 +161,38 @@ def _matmul_limit(config: HealthConfig, device: torch.device, dtype: torch.dtype
 
 
 def _best_matmul_tflops(device: torch.device, dtype: torch.dtype, slowdown: float) -> float:
-    size, reps = (8192, 10) if device.type == "cuda" else (512, 1)
+    if device.type == "cuda":
+        return _best_rate(device, dtype, 8192, 10, slowdown, time.perf_counter)
+    # On a CPU: one core, timed by the thread's own CPU time, so the figure is what a core can
+    # do, not what other processes leave of it (a loaded but healthy machine passes; a slow or
+    # throttled core does not).
+    with _ONE_THREAD:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _best_rate(device, dtype, 256, 4, slowdown, time.thread_time)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _best_rate(device: torch.device, dtype: torch.dtype, size: int, reps: int,
+               slowdown: float, clock: Callable[[], float]) -> float:
+    """TFLOP/s of the best of back-to-back ``reps`` matmuls of ``size``² over MATMUL_SECONDS,
+    each timed by ``clock``."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
     best = 0.0
     deadline = time.perf_counter() + MATMUL_SECONDS
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(reps):
             torch.mm(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
+        if elapsed <= 0:
+            continue
         if slowdown > 1.0:  # a fault: the device is this much slower than it should be
             time.sleep(elapsed * (slowdown - 1.0))
             elapsed *= slowdown

@@ -10,7 +10,7 @@ light_interval = "1m"           # device state only, on busy nodes
 passes_to_return = 3            # passes of the full set in a row that return a node the
                                 # checks cordoned (an admin's cordon needs an admin)
 failures_to_flag = 3            # failed checks in a row that flag a node for repair
-min_matmul_tflops = 0.01        # default: 35% of the GPU's dense peak; on CPU 10 GFLOP/s
+min_matmul_tflops = 0.01        # default: 35% of the GPU's dense peak; on CPU 10 GFLOP/s a core
 min_allreduce_gbps = 0.05       # bus bandwidth of the gang's all-reduce
 min_free = "1GiB"               # on the checkpoint path
 min_write_mbps = 20             # fsync'd write speed on the checkpoint path
@@ -26,8 +26,8 @@ from stoker.spec.job import Bytes, Seconds
 
 # Of the GPU's dense tensor-core peak: a healthy H100 reaches about 70% on a large bf16 matmul.
 GPU_MATMUL_FRACTION = 0.35
-# A floor for a CPU node's fp32 matmul, far under what a healthy one does (a busy 2-core VM:
-# 50-150 GFLOP/s), so a loaded machine never fails it; set min_matmul_tflops per cluster.
+# A floor for one CPU core's fp32 matmul (timed in the thread's CPU time, so load from other
+# processes does not count), far under what a healthy core does (70-80 GFLOP/s here).
 CPU_MATMUL_TFLOPS = 0.01
 
 
