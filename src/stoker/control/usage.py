@@ -58,10 +58,10 @@ class GoodputBook:
         """The cluster's row, then one per tenant and per queue, over ``jobs``."""
         parts = self.per_job(jobs, now, since)
         rows = [_row("cluster", "all", [g for _, g in parts])]
-        for scope, key in (("tenant", lambda j: j.tenant), ("queue", lambda j: j.queue)):
+        for scope in ("tenant", "queue"):
             groups: dict[str, list[Goodput]] = defaultdict(list)
             for j, g in parts:
-                groups[key(j)].append(g)
+                groups[j.tenant if scope == "tenant" else j.queue].append(g)
             rows += [_row(scope, name, gs) for name, gs in sorted(groups.items())]
         return rows
 

@@ -29,7 +29,7 @@ class StateCollector(Collector):
         self.plane = plane
         self.queues = queues
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         jobs = GaugeMetricFamily("stoker_jobs", "Jobs by queue and state",
                                  labels=["queue", "state"])
         tally = Tally((j.queue, j.state.value) for j in self.plane.store.list_jobs())
