@@ -46,6 +46,7 @@ from stoker.control.store import (
     QuotaRecord,
     Store,
 )
+from stoker.control.usage import GoodputBook, goodput_view
 from stoker.sched import (
     DEFAULT_SPACE,
     UNLIMITED,
@@ -73,6 +74,7 @@ from stoker.spec.api import (
     NodeView,
     QueueUsage,
     ServerSettings,
+    UsageReport,
     WaitingView,
 )
 from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
@@ -115,6 +117,7 @@ class ControlPlane:
         self.leadership: Leadership | None = None  # None: the only server (SQLite)
         self._eta_lock = threading.Lock()
         self._eta: tuple[int, dict[int, float]] = (-1, {})  # (reconciler cycle, estimates)
+        self.goodput = GoodputBook(store, reconciler.jobs_dir)
 
     @classmethod
     def open(cls, settings: ServerSettings,
@@ -378,9 +381,19 @@ class ControlPlane:
 
     def job_detail(self, job: JobRecord) -> JobDetail:
         view = self.job_views([job])[0]
+        events = self.store.events(job.id)
+        goodput = self.goodput.job(job, time.time(), events=events)
         return JobDetail(**view.model_dump(), spec=job.spec,
-                         events=[event_view(e) for e in self.store.events(job.id)],
-                         causes=[cause_view(c) for c in self.store.causes(job.id)])
+                         events=[event_view(e) for e in events],
+                         causes=[cause_view(c) for c in self.store.causes(job.id)],
+                         goodput=goodput_view(goodput))
+
+    def usage(self, tenant: str | None, since: float | None) -> UsageReport:
+        """Goodput per cluster, tenant and queue from ``since`` (None: all time), over every
+        job, or ``tenant``'s alone."""
+        now = time.time()
+        jobs = self.store.list_jobs(tenant=tenant)
+        return UsageReport(since=since, until=now, rows=self.goodput.usage(jobs, now, since))
 
     # --- queues, quotas, nodes ------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from stoker.spec.api import (
     NodeView,
     QueueUsage,
     QuotaUpdate,
+    UsageReport,
     WhoAmI,
 )
 from stoker.spec.errors import ConfigError, KeyedValueError
@@ -235,6 +236,13 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     @app.get("/v1/queues", tags=["queues"], responses=AUTH)
     def queues(who: Who) -> list[QueueUsage]:
         return plane.queue_usage(None if who.admin else who.queues)
+
+    @app.get("/v1/usage", tags=["queues"], responses=errors(401, 413, 422))
+    def usage(who: Who, since: Annotated[float | None, Query(ge=0, le=1e11)] = None
+              ) -> UsageReport:
+        """Goodput and allocated time per cluster, tenant and queue, from ``since`` (epoch
+        seconds; none: all time): every tenant's for the admin, a tenant's own jobs only."""
+        return plane.usage(None if who.admin else who.name, since)
 
     @app.put("/v1/queues/{queue}/quotas/{flavor}", tags=["queues"],
              responses=errors(400, 401, 403, 404, 413, 422))

@@ -107,6 +107,11 @@ class Client:
         result: list[dict[str, Any]] = self.request("GET", "/v1/queues")
         return result
 
+    def usage(self, since: float | None = None) -> dict[str, Any]:
+        params = {} if since is None else {"since": since}
+        result: dict[str, Any] = self.request("GET", "/v1/usage", params=params)
+        return result
+
     def set_quota(self, queue: str, flavor: str, quota: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", f"/v1/queues/{queue}/quotas/{flavor}",
                                               json=quota)

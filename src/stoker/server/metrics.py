@@ -1,17 +1,21 @@
-"""Prometheus metrics: job counts, queue usage and node health read from the store at scrape
-time, plus counters of reconcile cycles, decisions and API requests. A tenant's scrape holds its own
-queues' series only (no cluster-wide counters: they would tell of other tenants' work)."""
+"""Prometheus metrics: job counts, queue usage, node health and goodput read from the store at
+scrape time, plus counters of reconcile cycles, decisions and API requests. A tenant's scrape
+holds its own queues' series only (no cluster-wide counters: they would tell of other
+tenants' work)."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stoker.control import node_health
+from stoker.control.goodput import LOSSES, Goodput, total
 from stoker.control.plane import ControlPlane
 from stoker.control.reconciler import CycleStats
 from stoker.control.store import NodeRecord
@@ -25,7 +29,7 @@ class StateCollector(Collector):
         self.plane = plane
         self.queues = queues
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         jobs = GaugeMetricFamily("stoker_jobs", "Jobs by queue and state",
                                  labels=["queue", "state"])
         tally = Tally((j.queue, j.state.value) for j in self.plane.store.list_jobs())
@@ -47,8 +51,43 @@ class StateCollector(Collector):
             if u.nominal is not None:
                 nominal.add_metric(key, u.nominal)
         yield from (used, nominal, borrowed)
-        if self.queues is None:  # nodes are the admin's
+        if self.queues is None:  # nodes and cluster-wide goodput are the admin's
             yield from node_metrics(self.plane.store.nodes())
+            yield from goodput_metrics(self.plane)
+
+
+def goodput_metrics(plane: ControlPlane) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    """All-time goodput (`stoker.control.goodput`) in rank-seconds: the cluster's ratio, what
+    each (tenant, queue) held and used productively, and what was lost, by reason."""
+    jobs = plane.store.list_jobs()
+    parts = plane.goodput.per_job(jobs, time.time())
+    cluster = total(g for _, g in parts)
+    ratio = GaugeMetricFamily("stoker_goodput_ratio",
+                              "Productive over allocated rank-seconds, all time",
+                              labels=["scope"])
+    if cluster.ratio is not None:
+        ratio.add_metric(["cluster"], cluster.ratio)
+    allocated = CounterMetricFamily("stoker_allocated_seconds",
+                                    "Allocated rank-seconds (admission to release)",
+                                    labels=["tenant", "queue"])
+    productive = CounterMetricFamily("stoker_productive_seconds",
+                                     "Productive rank-seconds", labels=["tenant", "queue"])
+    groups: dict[tuple[str, str], list[Goodput]] = defaultdict(list)
+    for job, g in parts:
+        groups[(job.tenant, job.queue)].append(g)
+    for key, gs in sorted(groups.items()):
+        t = total(gs)
+        allocated.add_metric(list(key), t.allocated_s)
+        productive.add_metric(list(key), t.productive_s)
+    lost = CounterMetricFamily("stoker_lost_seconds",
+                               "Allocated rank-seconds not productive, by reason",
+                               labels=["reason"])
+    for reason in LOSSES:
+        lost.add_metric([reason], cluster.lost.get(reason, 0.0))
+    queued = CounterMetricFamily("stoker_queued_seconds",
+                                 "Wall seconds jobs waited in the queue (not allocated)")
+    queued.add_metric([], cluster.queued_s)
+    return [ratio, allocated, productive, lost, queued]
 
 
 NODE_STATES = ("healthy", "suspect", "unhealthy", "draining", "drained")

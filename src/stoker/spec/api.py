@@ -217,10 +217,46 @@ class AttemptCauseView(BaseModel):
     exit_code: int | None
 
 
+class GoodputView(BaseModel):
+    """Where a job's (or a group's) allocated time went (`stoker.control.goodput`). Every
+    ``*_s`` figure but ``queued_s`` is rank-seconds (wall seconds x ranks): ``allocated_s`` =
+    ``productive_s`` + the sum of ``lost``; ``queued_s`` is wall seconds in the queue, not
+    allocated; ``gpu_s`` the allocated GPU-seconds. ``ratio``: productive / allocated (None
+    when nothing was allocated). ``telemetry``: a training run's step records were used."""
+
+    allocated_s: float
+    productive_s: float
+    ratio: float | None
+    lost: dict[str, float]
+    queued_s: float
+    gpu_s: float
+    holds: int
+    telemetry: bool
+
+
 class JobDetail(JobView):
     spec: dict[str, Any]
     events: list[EventView]
     causes: list[AttemptCauseView] = []
+    goodput: GoodputView | None = None
+
+
+class UsageRow(BaseModel):
+    """Goodput summed over the jobs of one ``scope`` (cluster, tenant or queue) ``name``."""
+
+    scope: str
+    name: str
+    jobs: int
+    goodput: GoodputView
+
+
+class UsageReport(BaseModel):
+    """``GET /v1/usage``: from ``since`` (None: all time) to ``until``; the admin's covers
+    every tenant, a tenant's its own jobs (its ``cluster`` row sums only those)."""
+
+    since: float | None
+    until: float
+    rows: list[UsageRow]
 
 
 class LogChunk(BaseModel):

@@ -1,0 +1,78 @@
+"""A control-plane training job's telemetry for goodput: its run's metrics.jsonl (one record per
+step, appended by every attempt) and the checkpoint stalls of its events.jsonl.
+
+The run directory belongs to the job's tenant, so the files are opened without following any
+link (`safe_fs`), must be regular files, and are read up to `MAX_BYTES`; a line that is not a
+record is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from stoker.control.goodput import Step, Telemetry
+from stoker.control.launch import RUN
+from stoker.control.safe_fs import open_beneath
+from stoker.observe.events import EVENTS_FILE
+
+MAX_BYTES = 64 << 20
+METRICS_FILE = "metrics.jsonl"
+STALL_EVENTS = ("checkpoint_committed", "checkpoint_failed")
+
+
+def read_telemetry(jobs_dir: Path, job_id: int, train: Mapping[str, Any] | None
+                   ) -> Telemetry | None:
+    """The job's telemetry (None: not a training job, or no step recorded yet)."""
+    if train is None:
+        return None
+    run = PurePosixPath(str(job_id), RUN)
+    name = (train.get("telemetry") or {}).get("metrics_file") or METRICS_FILE
+    relative = PurePosixPath(name)
+    if relative.is_absolute():
+        try:
+            relative = relative.relative_to(PurePosixPath(jobs_dir) / run)
+        except ValueError:
+            return None
+    steps = [s for r in _records(jobs_dir, run / relative) if (s := _step(r)) is not None]
+    if not steps:
+        return None
+    stalls = [(float(r["time"]), float(r["stall_s"])) for r in _records(jobs_dir, run / EVENTS_FILE)
+              if r.get("event") in STALL_EVENTS and _number(r.get("time"))
+              and _number(r.get("stall_s"))]
+    return Telemetry(steps, stalls)
+
+
+def _step(r: dict[str, Any]) -> Step | None:
+    keys = ("step", "time", "step_time_s", "data_wait_s")
+    if not all(_number(r.get(k)) for k in keys):
+        return None
+    return Step(int(r["step"]), float(r["time"]), float(r["step_time_s"]),
+                float(r["data_wait_s"]))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value \
+        and abs(value) != float("inf")
+
+
+def _records(root: Path, relative: PurePosixPath) -> Iterator[dict[str, Any]]:
+    try:
+        fd = open_beneath(root, relative)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return
+        data = f.read(MAX_BYTES)
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
