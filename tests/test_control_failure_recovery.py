@@ -58,12 +58,14 @@ dist.destroy_process_group()
 """
 
 
-def cluster_of(nodes: int) -> ClusterConfig:
+def cluster_of(nodes: int, periodic: bool = True) -> ClusterConfig:
+    # Periodic checks on (none falls due during a test): what lets a suspect node be cordoned.
     return loading.validate(ClusterConfig, {
         "flavors": {"cpu": {}},
         "nodes": [{"name": f"n{i}", "flavor": "cpu", "cpus": 1, "memory": "1GiB"}
                   for i in range(nodes)],
         "queues": {"a": {"quotas": {"cpu": {"cpus": 8}}}},
+        "health": {"periodic": periodic, "periodic_interval": 3600, "light_interval": 3600},
     }, "test")
 
 
@@ -74,8 +76,9 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
     s.close()
 
 
-def reconciler(store: SqlStore, tmp_path: Path, nodes: int = 1) -> Reconciler:
-    cluster = cluster_of(nodes)
+def reconciler(store: SqlStore, tmp_path: Path, nodes: int = 1,
+               periodic: bool = True) -> Reconciler:
+    cluster = cluster_of(nodes, periodic)
     executor = LocalExecutor(tmp_path / "jobs")
     found = cluster_nodes(cluster, models=[])
     store.sync_nodes([node_record(cluster, n) for n in found])
@@ -156,6 +159,17 @@ def test_a_rank_killed_on_a_node_makes_it_suspect_and_the_job_runs_elsewhere(
     failed = next(e for e in store.events(job.id) if e.to_state == "FAILED")
     assert failed.reason.startswith(f"infra failure (signal): process 0 on {first}: "
                                     "killed by SIGKILL; restart 1/1 in 0.1s")
+
+
+def test_without_periodic_checks_a_suspect_node_stays_schedulable(
+        store: SqlStore, tmp_path: Path) -> None:
+    # Nothing would ever clear a cordon the health system set: the node is only suspect.
+    r = reconciler(store, tmp_path, nodes=1, periodic=False)
+    job = submit(store, DIES_ON_FIRST_NODE, max_restarts=1)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED}, seconds=30)
+    assert (done.state, done.attempt) == (FAILED, 2)  # the same node, the same death
+    bad = node(store, "n0")
+    assert (bad.health, bad.cordoned, bad.failures) == ("suspect", False, 2)
 
 
 def test_an_infra_failure_with_no_restarts_left_fails_and_still_suspects_the_node(

@@ -138,7 +138,9 @@ def _process_cause(p: ProcessEvidence, evidence: AttemptEvidence) -> Cause | Non
     where = f"process {p.index} on {p.node}"
     if code is None:
         how = f": {p.vanished}" if p.vanished else ""
-        return Cause(INFRA, SIGNALED, f"{where} vanished{how}", nodes=(p.node,), index=p.index)
+        # Its exit status was lost (e.g. killed while no server watched): nothing says the
+        # node is at fault, so none is suspected.
+        return Cause(INFRA, SIGNALED, f"{where} vanished{how}", index=p.index)
     if code == 0:
         return None
     oom = _last_matching(lines, OOM_ERRORS)

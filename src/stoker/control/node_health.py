@@ -61,14 +61,16 @@ def after_check(node: NodeRecord, outcome: CheckOutcome, passes_to_return: int,
 
 
 def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int,
-            what: str | None = None) -> tuple[NodeRecord, list[Change]]:
+            what: str | None = None, may_cordon: bool = True) -> tuple[NodeRecord, list[Change]]:
     found = SUSPECT if outcome.check_set == "light" else UNHEALTHY
     health = max(node.health, found, key=SEVERITY.__getitem__)
     what = f"{outcome.check_set} check failed: " if what is None else what
     reason = f"{what}{outcome.reason}"
     failures = node.failures + 1
     cordon: dict[str, Any] = {}
-    if not node.cordoned:
+    if not may_cordon:
+        pass
+    elif not node.cordoned:
         cordon = {"cordoned": True, "auto_cordon": True, "cordoned_by": ACTOR,
                   "cordon_reason": reason}
     elif node.auto_cordon:
@@ -86,12 +88,13 @@ def _failed(node: NodeRecord, outcome: CheckOutcome, failures_to_flag: int,
 
 
 def after_suspicion(node: NodeRecord, reason: str, failures_to_flag: int,
-                    detail: dict[str, Any] | None = None) -> tuple[NodeRecord, list[Change]]:
+                    detail: dict[str, Any] | None = None, cordon: bool = True
+                    ) -> tuple[NodeRecord, list[Change]]:
     """A job attempt failed on the node of an infrastructure cause: suspect (unless already
-    worse) and cordoned by the health system, until its full checks pass or an admin returns
-    it. It counts as a failed check towards the repair flag."""
+    worse) and, with ``cordon``, cordoned by the health system until its full checks pass or an
+    admin returns it. It counts as a failed check towards the repair flag."""
     return _failed(node, CheckOutcome("light", False, reason, detail or {}), failures_to_flag,
-                   what="")
+                   what="", may_cordon=cordon)
 
 
 def _passed(node: NodeRecord, outcome: CheckOutcome, passes_to_return: int

@@ -599,13 +599,17 @@ class Reconciler:
             self._suspect(job, cause)
 
     def _suspect(self, job: JobRecord, cause: failure.Cause) -> None:
-        """The nodes an infrastructure failure points at become suspect and cordoned by the
-        health system, so the retry (and every other job) goes elsewhere."""
+        """The nodes an infrastructure failure points at become suspect. With periodic checks
+        on they are cordoned by the health system too, so the retry (and every other job) goes
+        elsewhere until the checks clear them; without, nothing would ever clear them, so they
+        stay schedulable (suspect, counted towards the repair flag)."""
+        health = self.cluster.health
         for node in cause.nodes:
             self.store.suspect_node(
                 node, f"job {job.id} attempt {job.attempt} failed there: {cause.message}",
-                self.cluster.health.failures_to_flag, ACTOR,
-                {"job": job.id, "attempt": job.attempt, "cause": cause.code})
+                health.failures_to_flag, ACTOR,
+                {"job": job.id, "attempt": job.attempt, "cause": cause.code},
+                cordon=health.periodic)
 
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
         """Changes common to every end of an attempt: service attained, stop cleared."""

@@ -352,10 +352,11 @@ class SqlStore:
             event={"check_set": outcome.check_set})
 
     def suspect_node(self, name: str, reason: str, failures_to_flag: int, actor: str,
-                     detail: Mapping[str, Any] | None = None) -> NodeRecord | None:
+                     detail: Mapping[str, Any] | None = None, cordon: bool = True
+                     ) -> NodeRecord | None:
         return self._change_node(
             name, actor, lambda node, _now: node_health.after_suspicion(
-                node, reason, failures_to_flag, dict(detail or {})),
+                node, reason, failures_to_flag, dict(detail or {}), cordon),
             event={"cause": "attempt"})
 
     def _change_node(self, name: str, actor: str,

@@ -304,9 +304,10 @@ class Store(Protocol):
         ...
 
     def suspect_node(self, name: str, reason: str, failures_to_flag: int, actor: str,
-                     detail: Mapping[str, Any] | None = None) -> NodeRecord | None:
-        """A failed attempt blames the node (`node_health.after_suspicion`): suspect and
-        cordoned by the health system, in one transaction with its history entries."""
+                     detail: Mapping[str, Any] | None = None, cordon: bool = True
+                     ) -> NodeRecord | None:
+        """A failed attempt blames the node (`node_health.after_suspicion`): suspect and, with
+        ``cordon``, cordoned by the health system, in one transaction with its history."""
         ...
 
     def node_events(self, name: str, limit: int = 100) -> list[NodeEventRecord]:
