@@ -3,6 +3,7 @@ the checkpointer's time-based saves driven by it (one process, a fake clock)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from stoker.train.ckpt_interval import (
     gang_mtbf,
     young,
 )
+from stoker.train.ckpt_manifest import read_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
 
@@ -172,3 +174,48 @@ def test_fixed_intervals_are_unchanged(tmp_path: Path) -> None:
     ck = Checkpointer(tmp_path, CheckpointConfig(interval_minutes=2), clock=FakeClock())
     assert ck.auto is None and ck.interval_s == 120.0
     assert read_events(tmp_path, "checkpoint_interval") == []
+
+
+# ------------------------------------------------------------------ a real 2-rank run
+
+@pytest.mark.slow
+def test_two_ranks_save_at_the_auto_interval(tmp_path: Path) -> None:
+    """Rank 0 chooses the interval from each save's measured stall and a small MTBF; both
+    ranks save at the steps its clock picks (each save a collective: a disagreement would hang
+    or tear it), and the events record C, M and τ."""
+    from tests.test_train_cli import SMALL, sets, stoker
+
+    run_dir = tmp_path / "run"
+    mtbf_hours = 0.0015  # 5.4 s: τ of a fraction of a second for a save stall of ~10-100 ms
+    overrides = [*SMALL, "train.steps=60", "train.eval_interval=0",
+                 'checkpoint.interval="auto"', "checkpoint.interval_steps=0",
+                 "checkpoint.auto_min_minutes=0.005", f"checkpoint.mtbf_hours={mtbf_hours}",
+                 "checkpoint.keep_last=100"]
+    result = stoker("train", str(EXAMPLE), "--nproc", "2", "--run-dir", str(run_dir),
+                    *sets(overrides))
+    assert result.returncode == 0, result.stderr + result.stdout
+    chosen = read_events(run_dir, "checkpoint_interval")
+    assert {e["rank"] for e in chosen} == {0}  # rank 0 decides
+    assert chosen[0]["reason"] == "start" and chosen[0]["interval_s"] == pytest.approx(0.3)
+    m = mtbf_hours * 3600
+    for e in chosen:
+        assert e["mtbf_s"] == pytest.approx(m) and e["mtbf_source"] == "config"
+    measured = [e for e in chosen if e["reason"] == "save"]
+    for e in measured:
+        assert e["optimum_s"] == pytest.approx(daly(e["cost_s"], m))
+        assert e["interval_s"] == pytest.approx(clamp(e["optimum_s"], 0.3, 3600))
+    committed = [e for e in read_events(run_dir, "checkpoint_committed") if e["rank"] == 0]
+    by_time = [e for e in committed if e["step"] < 60]  # the last save is the final one
+    assert len(by_time) >= 3, committed
+    # Each save came once rank 0's clock passed the interval then in force (one of those
+    # chosen), at the first log step after (each step is one here).
+    steps_s = [r["step_time_s"] for r in
+               (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())]
+    intervals = [e["interval_s"] for e in chosen]
+    for save in by_time:
+        assert any(save["interval_s"] == pytest.approx(i) for i in intervals)
+        assert save["interval_s"] <= save["since_last_s"]
+        assert save["since_last_s"] <= save["interval_s"] + 3 * max(steps_s) + 1.0
+    for e in committed:  # every save holds both ranks' parts
+        manifest = read_manifest(run_dir / "checkpoints" / f"step-{e['step']:08d}")
+        assert manifest.world_size == 2

@@ -302,6 +302,8 @@ class _InFlight:
     started: float
     deleted: list[int]
     typical: bool  # made the configured way (not an async run's forced synchronous save)
+    since_last_s: float  # from the previous save's start (or the attempt's) to this one's
+    interval_s: float  # the time-based interval in force when it was started (0: none)
 
 
 class Checkpointer:
@@ -383,6 +385,7 @@ class Checkpointer:
         committed, with whether it was (None for an async save: `wait` tells later).
         """
         t0 = time.perf_counter()
+        since_last_s, interval_s = self.clock() - self._last_save, self.interval_s
         self.wait()
         path = step_dir(self.run_dir, step)
         self._prepare(path)
@@ -408,7 +411,8 @@ class Checkpointer:
             threading.Thread(target=self._write_in_background, name="stoker-checkpoint",
                              args=(state, ready, writer, staged, done), daemon=True).start()
         self._in_flight = _InFlight(step, done, staged, time.perf_counter() - t0, started,
-                                    deleted, typical=not sync or not self.cfg.async_save)
+                                    deleted, typical=not sync or not self.cfg.async_save,
+                                    since_last_s=since_last_s, interval_s=interval_s)
         self._last_save = self.clock()
         if sync or not self.cfg.async_save:
             return self.wait()
@@ -480,7 +484,8 @@ class Checkpointer:
             manifest = read_manifest(step_dir(self.run_dir, job.step))
             self.events.emit("checkpoint_committed", step=job.step, stall_s=job.stall_s,
                              write_s=manifest.created - job.started, bytes=manifest.total_bytes,
-                             files=len(manifest.files), deleted=job.deleted)
+                             files=len(manifest.files), deleted=job.deleted,
+                             since_last_s=job.since_last_s, interval_s=job.interval_s)
             if self.auto is not None and job.typical:
                 chosen = self.auto.measured(job.stall_s)
                 self.events.emit("checkpoint_interval", reason="save", step=job.step,

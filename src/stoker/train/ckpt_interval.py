@@ -89,11 +89,14 @@ class Interval:
     optimum_s: float | None  # Daly's τ before the floor and ceiling
     floor_s: float
     ceiling_s: float
+    rate_per_node_hour: float | None = None  # the cluster's, when M comes from it
+    nodes: int | None = None
 
     def fields(self) -> dict[str, object]:
         return {"interval_s": self.interval_s, "cost_s": self.cost_s, "mtbf_s": self.mtbf_s,
-                "mtbf_source": self.mtbf_source, "optimum_s": self.optimum_s,
-                "floor_s": self.floor_s, "ceiling_s": self.ceiling_s}
+                "mtbf_source": self.mtbf_source, "rate_per_node_hour": self.rate_per_node_hour,
+                "nodes": self.nodes, "optimum_s": self.optimum_s, "floor_s": self.floor_s,
+                "ceiling_s": self.ceiling_s}
 
 
 class AutoInterval:
@@ -118,10 +121,9 @@ class AutoInterval:
 
     def _evaluate(self) -> Interval:
         m = self.mtbf
-        if not self.costs:
-            return Interval(self.floor_s, None, m.seconds, m.source, None, self.floor_s,
-                            self.ceiling_s)
-        cost = sum(self.costs) / len(self.costs)
-        optimum = daly(cost, m.seconds)
-        return Interval(clamp(optimum, self.floor_s, self.ceiling_s), cost, m.seconds,
-                        m.source, optimum, self.floor_s, self.ceiling_s)
+        cost = sum(self.costs) / len(self.costs) if self.costs else None
+        optimum = None if cost is None else daly(cost, m.seconds)
+        interval = (self.floor_s if optimum is None
+                    else clamp(optimum, self.floor_s, self.ceiling_s))
+        return Interval(interval, cost, m.seconds, m.source, optimum, self.floor_s,
+                        self.ceiling_s, m.rate_per_node_hour, m.nodes)
