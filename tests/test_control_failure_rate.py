@@ -118,3 +118,29 @@ def test_a_training_attempt_starts_with_the_rate(tmp_path: Path) -> None:
                            stoker_env=env).processes
     assert all(p.env[RATE_ENV] == repr(1 / 3.5) for p in per_rank)
     store.close()
+
+
+def test_the_reconciler_gives_training_jobs_the_rate(tmp_path: Path) -> None:
+    from stoker.control.local_executor import LocalExecutor
+    from stoker.control.nodes import cluster_nodes
+    from stoker.control.reconciler import Reconciler
+    from stoker.spec import loading
+    from stoker.spec.cluster import ClusterConfig
+    from test_control_reconciler import CLUSTER
+
+    cluster = loading.validate(ClusterConfig, CLUSTER, "test")
+    store = SqlStore.open(f"sqlite:///{tmp_path / 'stoker.db'}")
+    executor = LocalExecutor(tmp_path / "jobs")
+    reconciler = Reconciler(store, executor, cluster, cluster_nodes(cluster, models=[]),
+                            executor.jobs_dir)
+    train = store.submit(NewJob("alice", "t", "a", "", 0, {
+        "job": {"name": "t", "queue": "a", "ranks": 1, "train_config": "x.toml"},
+        "train": {"model": {"preset": "tiny"}}}), "alice")
+    assert reconciler._failure_env(job_spec(train), ["n1", "n2"], NOW) == {}  # no history
+    store.add_processes([proc(train.id, 1, 0, "n1", NOW - 2 * HOUR, None)])
+    store.transition(train.id, (Q,), (A, S, R), "running", "x", {"attempt": 1})
+    store.transition(train.id, (R,), (F,), "failed", "x", cause=cause(train.id, 1, 0.0))
+    now = store.causes(train.id)[0].at + 1  # the store stamps the cause with its own clock
+    env = reconciler._failure_env(job_spec(train), ["n1", "n2", "n1"], now)
+    assert env[NODES_ENV] == "2" and float(env[RATE_ENV]) > 0
+    store.close()
