@@ -64,6 +64,10 @@ def example_data() -> Path:
         (["--nproc", "2", "--set", "parallel.strategy=none"], "parallel.strategy"),
         (["--nproc", "0"], "--nproc"),
         (["--set", "model.vocab_size=100"], "model.vocab_size"),  # smaller than the data's 256
+        # the example saves every 100 steps: "auto" chooses the interval itself
+        (["--set", 'checkpoint.interval="auto"'], "checkpoint.interval_steps"),
+        (["--set", 'checkpoint.interval="auto"', "--set", "checkpoint.interval_steps=0",
+          "--set", "checkpoint.auto_min_minutes=90"], "checkpoint.auto_min_minutes"),
     ],
 )
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, args: list[str], key: str,

@@ -123,12 +123,15 @@ def free_port() -> int:
 
 def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                 ranks: Sequence[RankDevices], resume: bool = True,
-                per_rank: bool = False) -> LaunchPlan:
-    """``per_rank``: one process per rank for a training job too (see the module's doc)."""
+                per_rank: bool = False, stoker_env: Mapping[str, str] | None = None) -> LaunchPlan:
+    """``per_rank``: one process per rank for a training job too (see the module's doc).
+    ``stoker_env``: more of Stoker's job variables (the cluster's failure rate for
+    ``checkpoint.interval = "auto"``); the spec's ``env`` still wins."""
     workdir = job_dir(jobs_dir, job.id)
     run_dir = workdir / RUN
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
-                "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir)}
+                "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir),
+                **(stoker_env or {})}
     r = spec.resources
     amounts = {name: float(written(name, v)) for name, v in r.amounts().items()}
     if spec.kind == "train" and per_rank:

@@ -23,6 +23,8 @@ from typing import Any
 from stoker.control import failure
 from stoker.control.evidence import attempt_log, oom_kills
 from stoker.control.executor import Executor, NotReserved
+from stoker.control.failure_rate import WINDOW_S as FAILURE_WINDOW_S
+from stoker.control.failure_rate import failure_rate, rate_env
 from stoker.control.health_gate import GangVerdict, PrestartGate
 from stoker.control.health_watch import PeriodicChecks, outcome
 from stoker.control.jobenv import FAULT_PREFIX
@@ -327,6 +329,20 @@ class Reconciler:
             if admitted is not None and self.tenant_usage is not None:
                 self.tenant_usage.admitted(pending[a.job])
 
+    def _failure_env(self, spec: JobSpec, nodes: Sequence[str], now: float) -> Mapping[str, str]:
+        """A training job's view of the cluster's failure rate, fixed for the attempt (read by
+        ``checkpoint.interval = "auto"``); none when the store cannot tell."""
+        if spec.kind != "train":
+            return {}
+        since = now - FAILURE_WINDOW_S
+        try:
+            rate = failure_rate(self.store.causes_since(since), self.store.processes_since(since),
+                                now, FAILURE_WINDOW_S)
+        except Exception:  # a rate is an optimisation: never a reason not to start
+            log.exception("cannot read the cluster's failure rate")
+            return {}
+        return rate_env(rate, len(set(nodes)))
+
     def _launch(self, job: JobRecord, now: float) -> None:
         if job.stop_reason is not None or job.placement is None:
             return
@@ -347,7 +363,8 @@ class Reconciler:
         attempt = job.attempt + 1
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
-                               per_rank=self.executor.per_rank)
+                               per_rank=self.executor.per_rank,
+                               stoker_env=self._failure_env(spec, job.placement["nodes"], now))
         except Exception as e:  # whatever the cause, the job must not keep its quota
             log.exception("cannot plan job %d", job.id)
             self._fail(job, spec, None, f"cannot start: {_why(e)}", now, from_states=(A,))

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, select, text, tuple_, update
+from sqlalchemy import Engine, Row, delete, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -183,6 +183,12 @@ class SqlStore:
         with self._read() as s:
             return [CauseRecord(**_columns(row, CauseRecord)) for row in s.scalars(query)]
 
+    def causes_since(self, since: float) -> list[CauseRecord]:
+        query = (select(t.AttemptCause).where(t.AttemptCause.at >= since)
+                 .order_by(t.AttemptCause.at, t.AttemptCause.job_id, t.AttemptCause.attempt))
+        with self._read() as s:
+            return [CauseRecord(**_columns(row, CauseRecord)) for row in s.scalars(query)]
+
     def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,
                  actor: str, changes: Mapping[str, Any] | None = None,
                  detail: Mapping[str, Any] | None = None,
@@ -268,6 +274,15 @@ class SqlStore:
                    t.RankProcess.attempt == t.Job.attempt,
                    t.RankProcess.ended_at.is_(None))
             .order_by(t.RankProcess.job_id, t.RankProcess.index)
+        )
+        with self._read() as s:
+            return [_process(row) for row in s.scalars(query)]
+
+    def processes_since(self, since: float) -> list[ProcessRecord]:
+        query = (
+            select(t.RankProcess)
+            .where(or_(t.RankProcess.ended_at.is_(None), t.RankProcess.ended_at >= since))
+            .order_by(t.RankProcess.job_id, t.RankProcess.attempt, t.RankProcess.index)
         )
         with self._read() as s:
             return [_process(row) for row in s.scalars(query)]

@@ -241,6 +241,10 @@ class Store(Protocol):
         """Why each failed attempt of the job failed, by attempt."""
         ...
 
+    def causes_since(self, since: float) -> list[CauseRecord]:
+        """Every job's attempt causes recorded at or after ``since``, oldest first."""
+        ...
+
     def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,
                  actor: str, changes: Mapping[str, Any] | None = None,
                  detail: Mapping[str, Any] | None = None,
@@ -265,6 +269,11 @@ class Store(Protocol):
 
     def live_processes(self) -> list[ProcessRecord]:
         """Processes of active jobs' current attempts that have no recorded exit."""
+        ...
+
+    def processes_since(self, since: float) -> list[ProcessRecord]:
+        """Every job's processes still running at or after ``since`` (no exit recorded, or
+        ended then or later)."""
         ...
 
     def end_process(self, job_id: int, attempt: int, index: int, exit_code: int | None,

@@ -268,14 +268,42 @@ class TrainSection(Section):
 
 
 class CheckpointConfig(Section):
+    """When to save and what to keep.
+
+    ``interval = "fixed"`` (the default) saves every ``interval_steps`` steps and/or every
+    ``interval_minutes`` minutes (0: not by that measure). ``interval = "auto"`` chooses the
+    time between saves itself (`stoker.train.ckpt_interval`): Daly's optimum from the measured
+    cost of a save and the gang's mean time between failures (the cluster's observed failure
+    rate under the control plane, else ``mtbf_hours``), kept within ``auto_min_minutes`` and
+    ``auto_max_minutes``; the ``auto_*`` and ``mtbf_hours`` keys are used by it only.
+    """
+
     enabled: bool = True
+    interval: Literal["fixed", "auto"] = "fixed"
     interval_steps: int = Field(default=0, ge=0)
     interval_minutes: float = Field(default=0.0, ge=0)
+    auto_min_minutes: float = Field(default=1.0, gt=0)
+    auto_max_minutes: float = Field(default=60.0, gt=0)
+    mtbf_hours: float = Field(default=24.0, gt=0)
     async_save: bool = Field(default=True, alias="async")
     keep_last: int = Field(default=2, ge=1)
     keep_every: int = Field(default=0, ge=0)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.interval == "auto":
+            for key in ("interval_steps", "interval_minutes"):
+                if getattr(self, key):
+                    raise KeyedValueError(f"checkpoint.{key}", "contradicts checkpoint.interval "
+                                          "= \"auto\", which chooses the time between saves: "
+                                          "set one or the other")
+        if self.auto_min_minutes > self.auto_max_minutes:
+            raise KeyedValueError("checkpoint.auto_min_minutes",
+                                  f"{self.auto_min_minutes} is above checkpoint.auto_max_minutes "
+                                  f"{self.auto_max_minutes}")
+        return self
 
 
 class TelemetryConfig(Section):

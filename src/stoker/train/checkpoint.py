@@ -62,6 +62,7 @@ from stoker.observe.events import EventLog
 from stoker.spec.errors import StokerError
 from stoker.spec.train import CheckpointConfig
 from stoker.train import faults
+from stoker.train.ckpt_interval import AutoInterval, gang_mtbf
 from stoker.train.ckpt_manifest import (
     MANIFEST,
     DigestingWriter,
@@ -300,6 +301,9 @@ class _InFlight:
     stall_s: float
     started: float
     deleted: list[int]
+    typical: bool  # made the configured way (not an async run's forced synchronous save)
+    since_last_s: float  # from the previous save's start (or the attempt's) to this one's
+    interval_s: float  # the time-based interval in force when it was started (0: none)
 
 
 class Checkpointer:
@@ -332,15 +336,30 @@ class Checkpointer:
         self._last_save = clock()
         self._verify_s = 0.0
         self.last_committed: int | None = None
+        # ``interval = "auto"``: rank 0 alone chooses the interval; the ranks agree on its
+        # verdict (`time_due`) at log steps.
+        self.auto: AutoInterval | None = None
+        if cfg.interval == "auto" and cfg.enabled and rank == 0:
+            self.auto = AutoInterval(cfg, gang_mtbf(cfg))
+            self.events.emit("checkpoint_interval", reason="start", **self.auto.current.fields())
 
     # -------------------------------------------------------------- when
 
+    @property
+    def interval_s(self) -> float:
+        """Rank 0's time between saves in seconds (0: none by time): ``interval_minutes``, or
+        the current choice of ``interval = "auto"``."""
+        if self.auto is not None:
+            return self.auto.seconds
+        return self.cfg.interval_minutes * 60
+
     def time_due(self) -> bool:
-        """Rank 0's clock says a time-based save (``interval_minutes``) is due. The trainer
-        shares this in its log-step collective, so that every rank agrees."""
-        c = self.cfg
-        return (c.interval_minutes > 0 and self.rank == 0
-                and self.clock() - self._last_save >= c.interval_minutes * 60)
+        """Rank 0's clock says a time-based save (``interval_minutes`` or ``interval =
+        "auto"``) is due. The trainer shares this in its log-step collective, so that every
+        rank agrees."""
+        interval = self.interval_s
+        return (interval > 0 and self.rank == 0
+                and self.clock() - self._last_save >= interval)
 
     def decide(self, step: int, *, time_due: bool = False, stop_requested: bool = False,
                final: bool = False) -> Decision:
@@ -366,6 +385,7 @@ class Checkpointer:
         committed, with whether it was (None for an async save: `wait` tells later).
         """
         t0 = time.perf_counter()
+        since_last_s, interval_s = self.clock() - self._last_save, self.interval_s
         self.wait()
         path = step_dir(self.run_dir, step)
         self._prepare(path)
@@ -391,7 +411,8 @@ class Checkpointer:
             threading.Thread(target=self._write_in_background, name="stoker-checkpoint",
                              args=(state, ready, writer, staged, done), daemon=True).start()
         self._in_flight = _InFlight(step, done, staged, time.perf_counter() - t0, started,
-                                    deleted)
+                                    deleted, typical=not sync or not self.cfg.async_save,
+                                    since_last_s=since_last_s, interval_s=interval_s)
         self._last_save = self.clock()
         if sync or not self.cfg.async_save:
             return self.wait()
@@ -463,7 +484,12 @@ class Checkpointer:
             manifest = read_manifest(step_dir(self.run_dir, job.step))
             self.events.emit("checkpoint_committed", step=job.step, stall_s=job.stall_s,
                              write_s=manifest.created - job.started, bytes=manifest.total_bytes,
-                             files=len(manifest.files), deleted=job.deleted)
+                             files=len(manifest.files), deleted=job.deleted,
+                             since_last_s=job.since_last_s, interval_s=job.interval_s)
+            if self.auto is not None and job.typical:
+                chosen = self.auto.measured(job.stall_s)
+                self.events.emit("checkpoint_interval", reason="save", step=job.step,
+                                 **chosen.fields())
         return True
 
     def _retain(self, committed_step: int) -> list[int]:
