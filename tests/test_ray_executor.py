@@ -476,7 +476,8 @@ def test_preempted_then_a_node_dies_and_the_job_resumes_each_time(
     assert len(preempted) == 1 and "exit code 75" in preempted[0]["reason"], preempted
     failed = [e for e in view["events"] if e["to_state"] == "FAILED"]
     assert len(failed) == 1 and re.match(
-        rf"process \d vanished: its node {victim} left the Ray cluster; restart 1/2",
+        rf"infra failure \(node_lost\): node {victim} was lost: process \d vanished: its node "
+        rf"{victim} left the Ray cluster; restart 1/2",
         failed[0]["reason"]), "\n".join(reasons(view))
     assert view["attempt"] == 3 and victim not in view["placement"]["nodes"]
     loaded = [r for r in records_of(run_dir / "events.jsonl") if r["event"] == "checkpoint_loaded"]
