@@ -183,7 +183,7 @@ def test_two_ranks_save_at_the_auto_interval(tmp_path: Path) -> None:
     """Rank 0 chooses the interval from each save's measured stall and a small MTBF; both
     ranks save at the steps its clock picks (each save a collective: a disagreement would hang
     or tear it), and the events record C, M and τ."""
-    from tests.test_train_cli import SMALL, sets, stoker
+    from test_train_cli import SMALL, sets, stoker
 
     run_dir = tmp_path / "run"
     mtbf_hours = 0.0015  # 5.4 s: τ of a fraction of a second for a save stall of ~10-100 ms
