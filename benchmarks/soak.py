@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -142,7 +142,7 @@ def step_time(tmp: Path) -> float:
     run = train_alone(train_config(30), tmp / "calibrate")
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in records if r.get("step", 0) > 5 and "step_time_s" in r]
-    return sum(times) / len(times)
+    return float(sum(times) / len(times))
 
 
 def fault_times(seconds: float, interval: float, count: int | None,
@@ -169,10 +169,16 @@ def ranks_of(run_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def inject(kind: str, run_dir: Path, rng: random.Random) -> dict[str, Any]:
-    """One fault on the job's ranks; waits (60 s at most) for a full gang to be training."""
-    deadline = time.monotonic() + 60
-    while len(ranks := ranks_of(run_dir)) < RANKS or not losses(run_dir):
+def committed_since(run_dir: Path, since: float) -> bool:
+    return any(e["time"] > since for e in run_events(run_dir, "checkpoint_committed"))
+
+
+def inject(kind: str, run_dir: Path, rng: random.Random, since: float) -> dict[str, Any]:
+    """One fault on the job's ranks, once a full gang is training and a checkpoint was
+    committed after ``since`` (the previous fault): faults that fall due while the job is
+    restarting wait for it (120 s at most), so each resume has a checkpoint to load."""
+    deadline = time.monotonic() + 120
+    while len(ranks := ranks_of(run_dir)) < RANKS or not committed_since(run_dir, since):
         if time.monotonic() > deadline:
             return {"kind": kind, "injected": False}
         time.sleep(0.2)
@@ -204,7 +210,8 @@ def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, times: list
         if pending and time.monotonic() - started >= pending[0]:
             pending.pop(0)
             kind = KINDS[len(report.faults) % len(KINDS)]
-            report.faults.append(inject(kind, run_dir, rng))
+            last = max((f.get("time", 0.0) for f in report.faults), default=0.0)
+            report.faults.append(inject(kind, run_dir, rng, last))
         progress(max(losses(run_dir), default=0),
                  f"{job['state']} faults {len(report.faults)} restarts {job['restarts']}")
         time.sleep(1.0)
