@@ -364,6 +364,28 @@ def test_fault_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     assert faults.fire("step", 3, rank=0) is None
     assert faults.fire("step", 3, rank=1) == "nan"
     assert faults.fire("step", 3, rank=1) is None  # once per process
+
+
+def test_fault_filters_for_a_node_and_a_control_plane_attempt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (fault,) = faults.parse("kill@step=7,node=n1,job_attempt=1")
+    assert fault.filters == {"step": 7, "node": "n1", "job_attempt": 1}
+    with pytest.raises(ValueError):
+        faults.parse("kill@step=7,node=")
+    for name in ("TORCHELASTIC_RESTART_COUNT", "STOKER_ATTEMPT", "STOKER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STOKER_RANK_NODES", "n0,n1")
+    monkeypatch.setenv("STOKER_JOB_ATTEMPT", "1")
+    assert fault.matches("step", 7, rank=1, attempt=0)
+    assert not fault.matches("step", 7, rank=0, attempt=0)  # rank 0 is on n0
+    monkeypatch.setenv("STOKER_JOB_ATTEMPT", "2")  # the control plane's retry
+    assert not fault.matches("step", 7, rank=1, attempt=0)
+    monkeypatch.delenv("STOKER_RANK_NODES")
+    monkeypatch.delenv("STOKER_JOB_ATTEMPT")
+    monkeypatch.setenv("STOKER_NODE", "n1")  # one process per rank
+    assert faults.parse("kill@step=7,node=n1")[0].matches("step", 7, rank=3, attempt=0)
+    monkeypatch.delenv("STOKER_NODE")  # a plain `stoker train`: on no node
+    assert not faults.parse("kill@step=7,node=n1")[0].matches("step", 7, rank=0, attempt=0)
     monkeypatch.setattr(faults, "_faults", faults.parse("nan@step=3"))
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert faults.fire("step", 3, rank=0) is None  # a restarted gang does not fault again

@@ -4,6 +4,9 @@ suspect (cordoned by the health system) and the job is retried on another node."
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from stoker.control.store import JobRecord, NewJob, NodeRecord
 from stoker.spec import loading
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
+from stoker.spec.loading import to_toml
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +62,10 @@ dist.destroy_process_group()
 """
 
 
-def cluster_of(nodes: int, periodic: bool = True) -> ClusterConfig:
+def cluster_of(nodes: int, periodic: bool = True, faults: bool = False) -> ClusterConfig:
     # Periodic checks on (none falls due during a test): what lets a suspect node be cordoned.
     return loading.validate(ClusterConfig, {
+        "isolation": {"fault_injection": faults},
         "flavors": {"cpu": {}},
         "nodes": [{"name": f"n{i}", "flavor": "cpu", "cpus": 1, "memory": "1GiB"}
                   for i in range(nodes)],
@@ -77,9 +82,10 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
 
 
 def reconciler(store: SqlStore, tmp_path: Path, nodes: int = 1,
-               periodic: bool = True) -> Reconciler:
-    cluster = cluster_of(nodes, periodic)
-    executor = LocalExecutor(tmp_path / "jobs")
+               periodic: bool = True, faults: bool = False) -> Reconciler:
+    cluster = cluster_of(nodes, periodic, faults)
+    # PYTHONPATH: a job's `stoker train` runs the Stoker under test, as the reference does.
+    executor = LocalExecutor(tmp_path / "jobs", pass_env=("PYTHONPATH",), allow_faults=faults)
     found = cluster_nodes(cluster, models=[])
     store.sync_nodes([node_record(cluster, n) for n in found])
     return Reconciler(store, executor, cluster, found, executor.jobs_dir,
@@ -193,3 +199,66 @@ def test_a_gloo_rank_killed_mid_collective_blames_its_node_not_its_peers(
     assert node(store, first[0]).health == "suspect"
     assert node(store, first[1]).health == "healthy"
     assert first[0] not in {p.node for p in store.processes(job.id, 2)}
+
+
+STEPS = 12
+TRAIN: dict[str, Any] = {
+    "model": {"preset": "tiny", "dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2,
+              "ffn_hidden": 64},
+    "data": {"dataset": "stdlib", "tokenizer": "byte",
+             "cache_dir": str(Path(".cache/stoker/data").absolute())},
+    "parallel": {"strategy": "fsdp"},
+    "optim": {"warmup_steps": 2},
+    "train": {"name": "bad-node", "steps": STEPS, "global_batch_size": 4,
+              "micro_batch_size": 4, "seq_len": 32, "eval_interval": 0},
+    # Saved synchronously: step 4's checkpoint is committed before step 7 begins.
+    "checkpoint": {"interval_steps": 4, "keep_last": 10, "async": False},
+    "telemetry": {"live": False},
+}
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Step -> loss, the last record of each step (a resumed run repeats a few)."""
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def run_events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == kind]
+
+
+def test_a_rank_killed_on_a_bad_node_resumes_elsewhere_with_the_same_losses(
+        store: SqlStore, tmp_path: Path) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text(to_toml(TRAIN))
+    reference = tmp_path / "reference"  # the command the control plane runs, uninterrupted
+    subprocess.run([sys.executable, "-m", "stoker", "train", str(config), "--nproc", "1",
+                    "--run-dir", str(reference), "--resume", "auto"], check=True,
+                   capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+                   timeout=120)
+    expected = losses(reference)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+
+    r = reconciler(store, tmp_path, nodes=2, faults=True)
+    # n0 is the bad node: its rank dies at step 7 (committed checkpoint: step 4), whichever
+    # attempt runs there; the hook fires nowhere else.
+    fault = {"STOKER_FAULT": "kill@step=7,node=n0", "STOKER_FAULT_OPT_IN": "1"}
+    job = {"name": "t", "queue": "a", "ranks": 1, "resources": {"cpus": 1},
+           "train_config": "train.toml", "max_restarts": 1, "env": fault}
+    record = store.submit(NewJob("alice", "t", "a", "", 0, {"job": job, "train": TRAIN}),
+                          "alice")
+    done = run_until(r, record.id, {SUCCEEDED, FAILED}, seconds=120)
+    assert (done.state, done.attempt, done.restarts) == (SUCCEEDED, 2, 1), done.reason
+    first, second = (store.processes(record.id, a)[0].node for a in (1, 2))
+    assert (first, second) == ("n0", "n1")
+    (cause,) = store.causes(record.id)
+    assert (cause.attempt, cause.category, cause.code, cause.nodes) == (
+        1, "infra", "signal", ["n0"])
+    bad = node(store, "n0")
+    assert (bad.health, bad.cordoned, bad.cordoned_by) == ("suspect", True, "health")
+    run_dir = tmp_path / "jobs" / str(record.id) / "run"
+    committed = {e["step"] for e in run_events(run_dir, "checkpoint_committed")}
+    (loaded,) = run_events(run_dir, "checkpoint_loaded")
+    assert loaded["step"] == 4 and 4 in committed
+    assert losses(run_dir) == expected

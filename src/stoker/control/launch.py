@@ -130,8 +130,8 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     workdir = job_dir(jobs_dir, job.id)
     run_dir = workdir / RUN
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
-                "STOKER_ATTEMPT": str(attempt), "STOKER_RUN_DIR": str(run_dir),
-                **(stoker_env or {})}
+                "STOKER_ATTEMPT": str(attempt), "STOKER_JOB_ATTEMPT": str(attempt),
+                "STOKER_RUN_DIR": str(run_dir), **(stoker_env or {})}
     r = spec.resources
     amounts = {name: float(written(name, v)) for name, v in r.amounts().items()}
     if spec.kind == "train" and per_rank:
@@ -169,7 +169,9 @@ def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
         argv += ["--resume", "auto"]
     slots = [s for r in ranks for s in r.cpu_slots]
     gpus = tuple(g for r in ranks for g in r.gpus)
-    return ProcessPlan(index=0, node=ranks[0].node, argv=tuple(argv), env=env | dict(spec.env),
+    nodes = {"STOKER_RANK_NODES": ",".join(r.node for r in ranks)}  # rank i's node
+    return ProcessPlan(index=0, node=ranks[0].node, argv=tuple(argv),
+                       env=env | nodes | dict(spec.env),
                        log_path=log_path(jobs_dir, job.id, 0),
                        exit_path=exit_path(jobs_dir, job.id, attempt, 0),
                        devices=_devices(ranks), cpus=physical_cpus(slots), gpus=gpus)

@@ -17,6 +17,12 @@ actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exi
          and the caller poisons the step's loss
 filters  ``rank=R`` (default: every rank) · ``attempt=A``: the gang's restart count
          (`restarts.attempt`; default 0, so a restarted gang does not fault again)
+         · ``node=NAME``: only a rank on that control-plane node (``STOKER_RANK_NODES``, the
+         node of each rank of a training job's one launcher, else ``STOKER_NODE``; a plain
+         ``stoker train`` is on no node, so never) · ``job_attempt=N``: only in the control
+         plane's attempt N (``STOKER_JOB_ATTEMPT``, from 1; the launcher's own restart count
+         starts at 0 in every attempt, so without a ``node`` or ``job_attempt`` filter a
+         control-plane retry faults again)
 
 Each item fires at most once per process.
 """
@@ -33,6 +39,9 @@ from stoker.train.restarts import attempt
 
 ENV = "STOKER_FAULT"
 OPT_IN = "STOKER_FAULT_OPT_IN"
+NODE_ENV = "STOKER_NODE"  # a rank process's node (one process per rank)
+RANK_NODES_ENV = "STOKER_RANK_NODES"  # "n0,n0,n1": each rank's node (one launcher per job)
+JOB_ATTEMPT_ENV = "STOKER_JOB_ATTEMPT"  # the control plane's attempt number, from 1
 ACTIONS = ("kill", "hang", "exit", "raise", "nan")
 
 
@@ -40,14 +49,30 @@ ACTIONS = ("kill", "hang", "exit", "raise", "nan")
 class Fault:
     action: str
     point: str
-    filters: dict[str, int] = field(default_factory=dict)
+    filters: dict[str, int | str] = field(default_factory=dict)
     fired: bool = False
 
     def matches(self, point: str, step: int, rank: int, attempt: int) -> bool:
-        want = {"step": step, "rank": rank, "attempt": attempt}
+        want: dict[str, int | str | None] = {
+            "step": step, "rank": rank, "attempt": attempt, "node": rank_node(rank),
+            "job_attempt": job_attempt()}
         f = {"attempt": 0, **self.filters}
         return (not self.fired and point == self.point
                 and all(want[k] == v for k, v in f.items() if k in want))
+
+
+def rank_node(rank: int) -> str | None:
+    """The control-plane node this rank runs on; None outside the control plane."""
+    nodes = os.environ.get(RANK_NODES_ENV, "").split(",")
+    if 0 <= rank < len(nodes) and nodes[rank]:
+        return nodes[rank]
+    return os.environ.get(NODE_ENV) or None
+
+
+def job_attempt() -> int | None:
+    """The control plane's attempt number; None outside the control plane."""
+    value = os.environ.get(JOB_ATTEMPT_ENV)
+    return int(value) if value else None
 
 
 def parse(text: str) -> list[Fault]:
@@ -59,9 +84,18 @@ def parse(text: str) -> list[Fault]:
         parts = rest.split(",")
         point = "step" if parts[0].startswith("step=") else parts[0]
         pairs = parts if point == "step" else parts[1:]
-        filters = {k.strip(): int(v) for k, _, v in (p.partition("=") for p in pairs)}
-        faults.append(Fault(action, point, filters))
+        faults.append(Fault(action, point, dict(_filter(item, p) for p in pairs)))
     return faults
+
+
+def _filter(item: str, pair: str) -> tuple[str, int | str]:
+    """``key=value``: the value an int, but a node's name for ``node``."""
+    key, _, value = (s.strip() for s in pair.partition("="))
+    if key == "node":
+        if not value:
+            raise ValueError(f"{ENV}: bad item {item!r} (node=NAME needs a name)")
+        return key, value
+    return key, int(value)
 
 
 _faults: list[Fault] | None = None
@@ -100,7 +134,7 @@ def _act(fault: Fault) -> str | None:
         while True:
             time.sleep(3600)
     if fault.action == "exit":
-        os._exit(fault.filters.get("code", 1))
+        os._exit(int(fault.filters.get("code", 1)))
     if fault.action == "raise":
         raise RuntimeError(f"{ENV}: injected failure at {fault.point} {fault.filters}")
     return fault.action
