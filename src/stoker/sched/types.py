@@ -101,6 +101,9 @@ RunningJob (admitted and holding resources: starting, running, or being preempte
         are preferred as victims again and no new Preempt is issued for them.
     tenant: who submitted it ("" when the caller does not say); only the usage tracker of
         admission fair sharing (`stoker.sched.usage`) reads it.
+    A running multi-role job is listed once per role, each entry with the job's id and that
+    role's flavor, nodes and per_rank: each is charged like a job of its own, and preempting
+    any of them preempts the job (the others are still counted as held until it stops).
 
 PendingJob (queued, waiting for admission)
     id: the caller's job id (a DB id or a trace index; any hashable str or int).
@@ -124,6 +127,13 @@ PendingJob (queued, waiting for admission)
     tenant: who submitted it (Kueue: its LocalQueue within the queue). Under admission fair
         sharing a queue orders its jobs by their tenant's decayed usage first. "" (the
         default): one anonymous tenant.
+    roles: the further roles of a multi-role job (Kueue's pod sets after the first; the first
+        is ``ranks``, ``per_rank``, ``flavors`` and ``topology`` above), each a `Role` with its
+        own gang, flavors and topology. The job is admitted all or nothing: every role's
+        flavor is chosen in turn against the quota and nodes the earlier roles took, and if
+        one cannot be placed none is. A multi-role job is admitted only where all its roles
+        fit now: it does not preempt (it waits, and may starve into a reservation like any
+        job); it can be preempted.
 
 Snapshot
     now: the current time on the caller's clock.
@@ -189,9 +199,10 @@ AdmissionFairSharing (Kueue's ``admissionFairSharing`` configuration)
     / half_life)``, the weight one sample gives current usage) times its weighted request.
 
 Decisions
-    admit: Admit(job, queue, flavor, nodes, borrowing): start ``job`` with rank i on nodes[i],
-        nodes of ``flavor`` (charged as `Queue` says); ``borrowing`` if the queue is above its
-        nominal quota after it.
+    admit: Admit(job, queue, flavor, nodes, borrowing, roles): start ``job`` with rank i on
+        nodes[i], nodes of ``flavor`` (charged as `Queue` says); ``borrowing`` if the queue is
+        above its nominal quota after it; ``roles``: a `RoleAdmit` (flavor, nodes) for each of
+        the job's further roles, in order.
     preempt: Preempt(job, by, reason): stop running ``job`` (SIGTERM, grace, SIGKILL) and
         requeue it; ``by`` is the pending job that needs its resources; reason is one of
         "within_queue", "reclaim", "borrow", "fair_share".
@@ -372,6 +383,18 @@ class PendingJob(NamedTuple):
     attained_service: float = 0.0
     nominated: bool = False
     tenant: str = ""
+    roles: tuple[Role, ...] = ()
+
+
+class Role(NamedTuple):
+    """A further role of a multi-role `PendingJob` (Kueue: a pod set after the first): its own
+    gang of ``ranks`` ranks each needing ``per_rank``, on ``flavors`` (None: any of the
+    queue's), with its own topology constraint."""
+    ranks: int
+    per_rank: Resources
+    flavors: tuple[str, ...] | None = None
+    topology: str | None = None
+    topology_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +466,15 @@ class Admit:
     flavor: str
     nodes: tuple[str, ...]
     borrowing: bool = False
+    roles: tuple[RoleAdmit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAdmit:
+    """Where a further role of a multi-role job was admitted (`Admit.roles`, in the order of
+    `PendingJob.roles`)."""
+    flavor: str
+    nodes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
