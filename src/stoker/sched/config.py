@@ -13,6 +13,7 @@ from stoker.sched.types import (
     Queue,
     Resources,
     ResourceSpace,
+    Role,
 )
 from stoker.spec import resources as names
 from stoker.spec.cluster import (
@@ -22,7 +23,7 @@ from stoker.spec.cluster import (
     NodeConfig,
     Quotas,
 )
-from stoker.spec.job import JobSpec, RankResources
+from stoker.spec.job import JobRole, JobSpec, RankResources
 
 # What a node that leaves a resource out has of it: cpu, memory and storage are not limited,
 # GPUs and vendors' resources are absent.
@@ -128,13 +129,25 @@ def pending_job(cfg: ClusterConfig, spec: JobSpec, job_id: str | int, created_at
                 attained_service: float = 0.0, nominated: bool = False,
                 tenant: str = "") -> PendingJob:
     """The scheduler's view of a submitted job spec; ``nominated``: the previous cycle
-    nominated it (see `PendingJob`)."""
+    nominated it (see `PendingJob`). A job with roles: its first role is the job's own gang,
+    the others its `Role`s."""
+    roles = spec.job_roles() if spec.roles is not None else None
+    first = roles[0] if roles is not None else spec
     return PendingJob(
         id=job_id, queue=spec.queue, priority=cfg.priority(spec.priority_class),
-        created_at=created_at, ranks=spec.ranks, per_rank=per_rank(cfg, spec.resources),
-        flavors=cfg.flavors_for_model(spec.placement.gpu_model),
-        topology=spec.placement.topology,
-        topology_required=spec.placement.topology_mode == "required",
+        created_at=created_at, ranks=first.ranks, per_rank=per_rank(cfg, first.resources),
+        flavors=cfg.flavors_for_model(first.placement.gpu_model),
+        topology=first.placement.topology,
+        topology_required=first.placement.topology_mode == "required",
         expected_duration=spec.max_run_time, attained_service=attained_service,
         nominated=nominated, tenant=tenant,
+        roles=() if roles is None else tuple(role(cfg, r) for r in roles[1:]),
     )
+
+
+def role(cfg: ClusterConfig, r: JobRole) -> Role:
+    """A further role of a job, as the scheduler sees it."""
+    return Role(ranks=r.ranks, per_rank=per_rank(cfg, r.resources),
+                flavors=cfg.flavors_for_model(r.placement.gpu_model),
+                topology=r.placement.topology,
+                topology_required=r.placement.topology_mode == "required")

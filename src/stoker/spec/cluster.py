@@ -153,7 +153,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from stoker.spec import loading, resources
 from stoker.spec.errors import ConfigError, KeyedValueError
 from stoker.spec.health import HealthConfig
-from stoker.spec.job import NAME_PATTERN, Bytes, JobSpec, ResourceAmounts, Seconds
+from stoker.spec.job import (
+    NAME_PATTERN,
+    Bytes,
+    JobSpec,
+    Placement,
+    RankResources,
+    ResourceAmounts,
+    Seconds,
+)
 
 # Stored as 32-bit integers (PostgreSQL's INTEGER).
 Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
@@ -669,23 +677,30 @@ class ClusterConfig(Section):
         if job.priority_class is not None and job.priority_class not in self.priority_classes:
             raise ConfigError(source, "priority_class",
                               f"unknown priority class {job.priority_class!r}")
-        topo = job.placement.topology
+        for i, role in enumerate(job.job_roles()):
+            self._check_role(job, role.resources, role.placement,
+                             "" if job.roles is None else f"roles.{i}.", source)
+
+    def _check_role(self, job: JobSpec, resources: RankResources, placement: Placement,
+                    prefix: str, source: str | None) -> None:
+        """A role's (the job's, without roles) resources and placement; ``prefix``: its key."""
+        topo = placement.topology
         if topo is not None and topo not in (*self.topology, "node"):
-            raise ConfigError(source, "placement.topology",
+            raise ConfigError(source, f"{prefix}placement.topology",
                               f"unknown topology level {topo!r} "
                               f"(known: {', '.join((*self.topology, 'node'))})")
         known = self.resource_names()
-        for name in job.resources.amounts():
+        for name in resources.amounts():
             if name not in known:
-                key = job.resources.key_of(name)
+                key = resources.key_of(name)
                 where = f'resources."{key}"' if "." in key else f"resources.{key}"
-                raise ConfigError(source, where, f"this cluster has no {name} (its resources: "
-                                  f"{', '.join(known)})")
-        allowed = self.flavors_for_model(job.placement.gpu_model)
+                raise ConfigError(source, prefix + where, f"this cluster has no {name} (its "
+                                  f"resources: {', '.join(known)})")
+        allowed = self.flavors_for_model(placement.gpu_model)
         if allowed is not None and not set(allowed) & set(self.queues[job.queue].flavor_quotas()):
-            raise ConfigError(source, "placement.gpu_model",
+            raise ConfigError(source, f"{prefix}placement.gpu_model",
                               f"queue {job.queue!r} has no flavor with GPU model "
-                              f"{job.placement.gpu_model!r}")
+                              f"{placement.gpu_model!r}")
 
 
 def load_cluster(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> ClusterConfig:

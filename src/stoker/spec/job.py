@@ -24,12 +24,47 @@ gpu_model = "H100"           # matched against the flavors' gpu_model (substring
 ```
 
 Relative ``train_config`` paths are resolved against the job file's directory by `load_job`.
+
+A job may instead have several *roles* (Kueue's pod sets), each its own gang with its own
+count, resources, command and placement, admitted all or nothing (e.g. a trainer gang plus
+rollout workers, or a launcher on CPU). Then ``ranks``, ``resources``, ``command``,
+``train_config``, ``overrides`` and ``placement`` belong to the roles, not to the job:
+
+```toml
+name = "rl"
+queue = "research"
+env = { LOG_LEVEL = "info" }       # every role's; a role's own env wins
+
+[[roles]]
+name = "trainer"                   # unique in the job; $STOKER_ROLE of its processes
+ranks = 8
+command = ["python", "train.py"]
+resources = { gpu = 1, cpu = 8 }
+placement = { gpu_model = "H100", topology = "rack" }
+
+[[roles]]
+name = "rollout"
+ranks = 4
+command = ["python", "rollout.py"]
+resources = { gpu = 1 }
+env = { BATCH = "64" }
+```
+
+A role runs a command: a ``train_config`` role is refused, since the training config a job
+carries (and the server resolves, checks against the world size and writes for the run) is one
+per job. The ranks of all roles together are numbered in role order (the trainer's 0-7, the
+rollout workers' 8-11 above): ``RANK``/``WORLD_SIZE`` cover the whole job, and
+``STOKER_ROLE``, ``STOKER_ROLE_RANK``, ``STOKER_ROLE_WORLD_SIZE`` and ``STOKER_ROLES``
+(``trainer=0-7,rollout=8-11``) tell a process its role (`stoker.control.launch`).
+`JobSpec.job_roles` gives every job's roles alike: a job without ``roles`` has one, ``main``.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -58,6 +93,9 @@ MAX_VALUE_BYTES = 32 << 10  # one argument, one environment value (UTF-8)
 MAX_EXEC_BYTES = 256 << 10  # all arguments and KEY=VALUE entries together
 MAX_OVERRIDES = 256  # train config overrides, each at most MAX_VALUE_BYTES
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+MAX_ROLES = 16  # roles of one job
+MAX_RANKS = 100_000  # ranks of one job, all roles together
+MAIN_ROLE = "main"  # the one role of a job without ``roles``
 
 _BYTE_UNITS = {
     "": 1, "b": 1,
@@ -221,11 +259,59 @@ class Placement(Section):
     gpu_model: str | None = Field(default=None, max_length=128)
 
 
-# Exactly one of train_config or command (a string, an argument list), in the JSON schema too.
+# Exactly one of train_config, command (an argument list) or roles, in the JSON schema too.
 _ONE_KIND: JsonDict = {"oneOf": [
     {"required": ["train_config"], "properties": {"train_config": {"type": "string"}}},
     {"required": ["command"], "properties": {"command": {"type": "array"}}},
+    {"required": ["roles"], "properties": {"roles": {"type": "array"}}},
 ]}
+_COMMAND: JsonDict = {"prefixItems": [{"type": "string", "minLength": 1}]}
+_ENV: JsonDict = {"propertyNames": {"pattern": ENV_NAME}}
+# What a job with roles leaves to its roles.
+ROLE_KEYS = ("ranks", "resources", "command", "train_config", "overrides", "placement")
+
+
+class RoleSpec(Section):
+    """One ``[[roles]]`` table: a gang of its own within the job, with its own count, per-rank
+    resources, command, environment (over the job's) and placement."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    ranks: int = Field(default=1, ge=1, le=MAX_RANKS, strict=True)
+    resources: RankResources = RankResources()
+    command: tuple[str, ...] = Field(min_length=1, max_length=MAX_ARGS,
+                                     json_schema_extra=_COMMAND)
+    env: dict[str, str] = Field(default={}, max_length=MAX_ENV, json_schema_extra=_ENV)
+    placement: Placement = Placement()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_only(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in ("train_config", "overrides"):
+                if key in data:
+                    raise KeyedValueError(key, "a role runs a command: a job has one "
+                                          "training config, so a train_config job has no "
+                                          "roles", relative=True)
+        return data
+
+
+@dataclass(frozen=True)
+class JobRole:
+    """A role as the control plane runs it (`JobSpec.job_roles`). ``first``: the job-wide rank
+    of its first rank (the roles' ranks are numbered in role order); ``command`` None: the
+    job's training run; ``env``: the job's env with the role's own over it."""
+
+    name: str
+    ranks: int
+    resources: RankResources
+    placement: Placement
+    command: tuple[str, ...] | None
+    env: Mapping[str, str]
+    first: int
+
+    @property
+    def rank_range(self) -> range:
+        return range(self.first, self.first + self.ranks)
 
 
 class JobSpec(Section):
@@ -234,45 +320,78 @@ class JobSpec(Section):
     name: str = Field(pattern=NAME_PATTERN)
     queue: str = Field(min_length=1, max_length=128)
     priority_class: str | None = Field(default=None, max_length=128)
-    ranks: int = Field(default=1, ge=1, le=100_000, strict=True)
+    ranks: int = Field(default=1, ge=1, le=MAX_RANKS, strict=True)
     resources: RankResources = RankResources()
     train_config: str | None = Field(default=None, max_length=4096)
     overrides: tuple[str, ...] = ()
     command: tuple[str, ...] | None = Field(
-        default=None, min_length=1, max_length=MAX_ARGS,
-        json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1}]})
-    env: dict[str, str] = Field(default={}, max_length=MAX_ENV,
-                                json_schema_extra={"propertyNames": {"pattern": ENV_NAME}})
+        default=None, min_length=1, max_length=MAX_ARGS, json_schema_extra=_COMMAND)
+    env: dict[str, str] = Field(default={}, max_length=MAX_ENV, json_schema_extra=_ENV)
     max_restarts: int = Field(default=0, ge=0, le=10_000, strict=True)
     max_run_time: Seconds | None = None
     placement: Placement = Placement()
+    # Up to MAX_ROLES: the bound is checked by `_check_roles`, with its own message.
+    roles: tuple[RoleSpec, ...] | None = Field(default=None, max_length=4 * MAX_ROLES)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if (self.train_config is None) == (self.command is None):
-            raise KeyedValueError("train_config", "give exactly one of train_config or command")
-        if self.command is not None and (not self.command or not self.command[0]):
-            raise KeyedValueError("command", "must be a non-empty argument list")
-        if self.overrides and self.train_config is None:
-            raise KeyedValueError("overrides", "only applies to a train_config job")
+        if self.roles is not None:
+            self._check_roles(self.roles)
+        else:
+            if (self.train_config is None) == (self.command is None):
+                raise KeyedValueError("train_config", "give exactly one of train_config, "
+                                      "command or roles")
+            if self.command is not None and (not self.command or not self.command[0]):
+                raise KeyedValueError("command", "must be a non-empty argument list")
+            if self.overrides and self.train_config is None:
+                raise KeyedValueError("overrides", "only applies to a train_config job")
         for text in self.overrides:
             if "=" not in text:
                 raise KeyedValueError("overrides", f"expected section.key=value, got {text!r}")
-        for key in self.env:
-            if not re.fullmatch(ENV_NAME, key):
-                raise KeyedValueError(f"env.{key[:64]}", "not a valid environment variable "
-                                      "name (letters, digits, _; at most 256)")
-        self._check_exec_size()
+        _check_env_names(self.env, "env")
+        self._check_exec_size(self.command or (), self.env)
         return self
 
-    def _check_exec_size(self) -> None:
-        """Bound what reaches exec: each argument and value, and all of them together."""
+    def _check_roles(self, roles: tuple[RoleSpec, ...]) -> None:
+        for key in ROLE_KEYS:
+            if key in self.model_fields_set and getattr(self, key) is not None:
+                raise KeyedValueError(key, f"not with roles: each role gives its own {key}"
+                                      if key in ("ranks", "resources", "command", "placement")
+                                      else "not with roles: a role runs a command")
+        if not roles:
+            raise KeyedValueError("roles", "give at least one role (or no roles, and the "
+                                  "job's own ranks and command)")
+        if len(roles) > MAX_ROLES:
+            raise KeyedValueError("roles", f"at most {MAX_ROLES} roles, not {len(roles)}")
+        seen: set[str] = set()
+        for i, role in enumerate(roles):
+            if role.name in seen:
+                raise KeyedValueError(f"roles.{i}.name", f"role {role.name!r} is given twice")
+            seen.add(role.name)
+            if not role.command[0]:
+                raise KeyedValueError(f"roles.{i}.command", "must be a non-empty argument "
+                                      "list")
+            _check_env_names(role.env, f"roles.{i}.env")
+            if len(self.env | role.env) > MAX_ENV:
+                raise KeyedValueError(f"roles.{i}.env", f"at most {MAX_ENV} environment "
+                                      "entries with the job's")
+            self._check_exec_size(role.command, self.env, role.env, f"roles.{i}.")
+        total = sum(role.ranks for role in roles)
+        if total > MAX_RANKS:
+            raise KeyedValueError("roles", f"{total} ranks in all, more than {MAX_RANKS}")
+
+    def _check_exec_size(self, command: tuple[str, ...], env: Mapping[str, str],
+                         role_env: Mapping[str, str] | None = None, prefix: str = "") -> None:
+        """Bound what reaches exec: each argument and value, and all of them together (a
+        role's: its command and ``role_env`` over the job's ``env``; ``prefix``: its key)."""
         if len(self.overrides) > MAX_OVERRIDES:
             raise KeyedValueError("overrides", f"at most {MAX_OVERRIDES} overrides")
-        fields = [*((f"command.{i}", arg) for i, arg in enumerate(self.command or ())),
-                  *((f"env.{k}", v) for k, v in self.env.items()),
+        own = role_env or {}
+        env = {**env, **own}
+        fields = [*((f"{prefix}command.{i}", arg) for i, arg in enumerate(command)),
+                  *((f"{prefix if k in own else ''}env.{k}", v) for k, v in env.items()),
                   *((f"overrides.{i}", text) for i, text in enumerate(self.overrides))]
-        total = sum(len(k) + 1 for k in self.env)  # the KEY= of each entry
+        total = sum(len(k) + 1 for k in env)  # the KEY= of each entry
         for key, value in fields:
             if "\0" in value:
                 raise KeyedValueError(key, "contains a NUL character")
@@ -281,12 +400,46 @@ class JobSpec(Section):
                 raise KeyedValueError(key, f"{size} bytes, more than {MAX_VALUE_BYTES}")
             total += size
         if total > MAX_EXEC_BYTES:
-            raise KeyedValueError("command", f"the arguments, environment and overrides take "
-                                  f"{total} bytes, more than {MAX_EXEC_BYTES}")
+            raise KeyedValueError(f"{prefix}command", f"the arguments, environment and "
+                                  f"overrides take {total} bytes, more than {MAX_EXEC_BYTES}")
+
+    @model_serializer(mode="wrap")
+    def _only_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A job without roles is written without ``roles`` (as before roles existed); one
+        with roles without the keys its roles hold, so what is written reads back."""
+        data: dict[str, Any] = handler(self)
+        for key in ROLE_KEYS if self.roles is not None else ("roles",):
+            data.pop(key, None)
+        return data
 
     @property
     def kind(self) -> Literal["train", "command"]:
         return "train" if self.train_config is not None else "command"
+
+    def job_roles(self) -> tuple[JobRole, ...]:
+        """Every role of the job, in order; a job without ``roles`` has one, `MAIN_ROLE`, of
+        its own ranks, resources, placement and command (None for a training job)."""
+        if self.roles is None:
+            return (JobRole(MAIN_ROLE, self.ranks, self.resources, self.placement,
+                            self.command, self.env, 0),)
+        found, first = [], 0
+        for r in self.roles:
+            found.append(JobRole(r.name, r.ranks, r.resources, r.placement, r.command,
+                                 self.env | r.env, first))
+            first += r.ranks
+        return tuple(found)
+
+    @property
+    def total_ranks(self) -> int:
+        """The ranks of all roles together."""
+        return self.ranks if self.roles is None else sum(r.ranks for r in self.roles)
+
+
+def _check_env_names(env: Mapping[str, str], where: str) -> None:
+    for key in env:
+        if not re.fullmatch(ENV_NAME, key):
+            raise KeyedValueError(f"{where}.{key[:64]}", "not a valid environment variable "
+                                  "name (letters, digits, _; at most 256)")
 
 
 def load_job(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> JobSpec:

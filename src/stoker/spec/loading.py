@@ -103,13 +103,25 @@ def _suggestion(model: type[BaseModel], loc: list[str]) -> str:
     """'; did you mean X?' when the unknown key is close to a known one."""
     fields: dict[str, Any] = dict(model.model_fields)
     for part in loc[:-1]:
-        info = fields.get(part)
-        ann = getattr(info, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        if part.isdigit():  # an item of the list the previous part named
+            continue
+        ann = _model_of(getattr(fields.get(part), "annotation", None))
+        if ann is None:
             return ""
         fields = dict(ann.model_fields)
     close = difflib.get_close_matches(loc[-1], list(fields), n=1)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _model_of(ann: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or that of its items (``tuple[Role, ...] | None``)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
