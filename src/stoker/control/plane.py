@@ -31,7 +31,13 @@ from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.sched_state import stored_scores
-from stoker.control.snapshot import build_snapshot, expected_ends, job_spec, per_rank
+from stoker.control.snapshot import (
+    build_snapshot,
+    expected_ends,
+    job_spec,
+    per_rank,
+    placed_roles,
+)
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL
 from stoker.control.store import (
@@ -73,14 +79,15 @@ from stoker.spec.api import (
     NodeEventView,
     NodeView,
     QueueUsage,
+    RoleView,
     ServerSettings,
     UsageReport,
     WaitingView,
 )
 from stoker.spec.cluster import ClusterConfig, Quota, load_cluster
 from stoker.spec.errors import ConfigError, StokerError
-from stoker.spec.job import Placement, RankResources
-from stoker.spec.resources import written
+from stoker.spec.job import JobSpec, Placement, RankResources
+from stoker.spec.resources import describe, written
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +260,11 @@ class ControlPlane:
             if first is not None:
                 return _same_submission(first, digest), False
         self.cluster.check_job(job)
-        self._check_fits(job.queue, job.ranks, job.resources, job.placement)
+        for i, role in enumerate(job.job_roles()):
+            self._check_fits(job.queue, role.ranks, role.resources, role.placement,
+                             "" if job.roles is None else f"roles.{i}.")
+        if job.roles is not None and len(job.roles) > 1:
+            self._check_roles_fit(job)
         train = None
         if submission.train is not None:
             submission.resolved_train()  # validated; the table is stored as written
@@ -276,10 +287,12 @@ class ControlPlane:
         return record, True
 
     def _check_fits(self, queue: str, ranks: int, resources: RankResources,
-                    placement: Placement) -> None:
+                    placement: Placement, prefix: str = "") -> None:
         """Refuse a gang that no node set of the queue's flavors could ever hold, all nodes
         empty: each node holds as many ranks as its scarcest resource allows, and a gang with
-        a required topology level must fit in one domain of that level."""
+        a required topology level must fit in one domain of that level. Each role of a job
+        is checked alone (``prefix``: its key); roles that fit one by one but never together
+        wait in the queue, with the scheduler's reason."""
         flavors = set(self.cluster.queues[queue].flavor_quotas())
         allowed = self.cluster.flavors_for_model(placement.gpu_model)
         if allowed is not None:
@@ -288,18 +301,41 @@ class ControlPlane:
         one = space.vector(resources.amounts())
         held = {n.name: ranks_per_node(one, n.capacity) for n in self.nodes if n.flavor in flavors}
         if not any(held.values()):
-            raise ConfigError(None, "resources", f"no node of queue {queue!r} can hold one rank "
-                              f"({space.describe(one)})")
+            raise ConfigError(None, f"{prefix}resources", f"no node of queue {queue!r} can "
+                              f"hold one rank ({space.describe(one)})")
         if placement.topology is not None and placement.topology_mode == "required":
             room = max(self._domain_room(held, placement.topology).values())
             if room < ranks:
-                raise ConfigError(None, "ranks", f"{ranks} ranks do not fit in one "
+                raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks do not fit in one "
                                   f"{placement.topology} of queue {queue!r} (at most {room})")
             return
         room = sum(held.values())
         if room < ranks:
-            raise ConfigError(None, "ranks", f"{ranks} ranks need more than all nodes of queue "
-                              f"{queue!r} together offer (room for {room})")
+            raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks need more than all "
+                              f"nodes of queue {queue!r} together offer (room for {room})")
+
+    def _check_roles_fit(self, job: JobSpec) -> None:
+        """Refuse a job whose roles together ask more of some resource than all the nodes
+        any of them may use have (a bound: roles that pass it may still never fit together,
+        and then wait with the scheduler's reason)."""
+        queue_flavors = set(self.cluster.queues[job.queue].flavor_quotas())
+        space = resource_space(self.cluster)
+        need = [0] * len(space)
+        flavors: set[str] = set()
+        for role in job.job_roles():
+            allowed = self.cluster.flavors_for_model(role.placement.gpu_model)
+            flavors |= queue_flavors if allowed is None else queue_flavors & set(allowed)
+            for i, amount in enumerate(space.vector(role.resources.amounts())):
+                need[i] += amount * role.ranks
+        have = [0] * len(space)
+        for node in self.nodes:
+            if node.flavor in flavors:
+                have = [min(UNLIMITED, h + c) for h, c in zip(have, node.capacity, strict=True)]
+        for i, name in enumerate(space.names):
+            if need[i] > have[i]:
+                raise ConfigError(None, "roles", f"the roles together need "
+                                  f"{describe(name, need[i])}, more than all nodes of queue "
+                                  f"{job.queue!r} have ({describe(name, have[i])})")
 
     def _domain_room(self, held: dict[str, int], level: str) -> dict[Any, int]:
         """Ranks each domain of a topology level can hold ("node": each node alone)."""
@@ -432,13 +468,14 @@ class ControlPlane:
         for job in self.store.list_jobs(states=ACTIVE):
             if not job.placement:
                 continue
-            need = per_rank(self.cluster, job_spec(job))
-            for node in job.placement["nodes"]:
-                total = allocated.setdefault(node, [0] * len(space))
-                for i, amount in enumerate(need):
-                    total[i] += amount
-                if job.id not in jobs_on.setdefault(node, []):
-                    jobs_on[node].append(job.id)
+            for placed in placed_roles(job, job_spec(job)):
+                need = per_rank(self.cluster, placed.role)
+                for node in placed.nodes:
+                    total = allocated.setdefault(node, [0] * len(space))
+                    for i, amount in enumerate(need):
+                        total[i] += amount
+                    if job.id not in jobs_on.setdefault(node, []):
+                        jobs_on[node].append(job.id)
         views = []
         for node in self.nodes:
             if names is not None and node.name not in names:
@@ -535,10 +572,20 @@ def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | Non
     """The API's view of a job; ``space``: the resources of the cluster (and of ``waiting``'s
     numbers)."""
     spec = job_spec(job)
+    roles = []
+    if spec.roles is not None:
+        placed = placed_roles(job, spec) if job.placement else None
+        roles = [RoleView(name=r.name, ranks=r.ranks, first_rank=r.first,
+                          resources=written_amounts(r.resources.amounts()),
+                          flavor=placed[i].flavor if placed else None,
+                          nodes=list(placed[i].nodes) if placed else [])
+                 for i, r in enumerate(spec.job_roles())]
+    first = spec.job_roles()[0]
     return JobView(
         id=job.id, tenant=job.tenant, name=job.name, queue=job.queue,
         priority_class=job.priority_class, priority=job.priority, kind=spec.kind,
-        ranks=spec.ranks, resources=written_amounts(spec.resources.amounts()), state=job.state,
+        ranks=spec.total_ranks, resources=written_amounts(first.resources.amounts()),
+        roles=roles, state=job.state,
         reason=job.reason,
         created_at=job.created_at, queued_at=job.queued_at, admitted_at=job.admitted_at,
         started_at=job.started_at, finished_at=job.finished_at, attempt=job.attempt,

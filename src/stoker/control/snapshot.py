@@ -7,6 +7,7 @@ they said. The simulator's tests can feed the same records to compare both.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord
@@ -14,7 +15,7 @@ from stoker.sched import Node, PendingJob, Resources, RunningJob, Snapshot
 from stoker.sched.config import build_cohorts, build_queues, pending_job, resource_space
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
-from stoker.spec.job import JobSpec
+from stoker.spec.job import JobRole, JobSpec
 
 _SPECS: dict[tuple[int, float], JobSpec] = {}
 _MAX_SPECS = 100_000
@@ -33,17 +34,43 @@ def job_spec(record: JobRecord) -> JobSpec:
     return spec
 
 
-def per_rank(cluster: ClusterConfig, spec: JobSpec) -> Resources:
-    """What each rank of ``spec`` holds, over the cluster's resources; a resource the cluster
-    no longer has (its config changed since the job was admitted) is left out."""
+def per_rank(cluster: ClusterConfig, spec: JobSpec | JobRole) -> Resources:
+    """What each rank of ``spec`` (a job without roles, or one role) holds, over the cluster's
+    resources; a resource the cluster no longer has (its config changed since the job was
+    admitted) is left out."""
     space = resource_space(cluster)
     return space.vector({k: v for k, v in spec.resources.amounts().items() if k in space.index})
 
 
 def unknown_resources(cluster: ClusterConfig, spec: JobSpec) -> list[str]:
-    """The resources ``spec`` asks for that the cluster does not have."""
+    """The resources ``spec`` (any of its roles) asks for that the cluster does not have."""
     known = resource_space(cluster).index
-    return [name for name in spec.resources.amounts() if name not in known]
+    return [name for role in spec.job_roles() for name in role.resources.amounts()
+            if name not in known]
+
+
+@dataclass(frozen=True)
+class PlacedRole:
+    """Where one role of an admitted job runs: its flavor and its ranks' nodes."""
+
+    role: JobRole
+    flavor: str
+    nodes: tuple[str, ...]
+
+
+def placed_roles(record: JobRecord, spec: JobSpec) -> list[PlacedRole]:
+    """Each role of an admitted job with its flavor and nodes, from its placement: the
+    roles' ranks are ``placement["nodes"]`` in role order, their flavors in
+    ``placement["roles"]`` (a job without roles: the placement's own flavor)."""
+    placement = record.placement or {}
+    nodes = tuple(placement.get("nodes", ()))
+    flavor = placement.get("flavor", "")
+    roles = spec.job_roles()
+    if len(roles) == 1:
+        return [PlacedRole(roles[0], flavor, nodes)]
+    flavors = [r.get("flavor", flavor) for r in placement.get("roles", ())]
+    return [PlacedRole(r, flavors[i] if i < len(flavors) else flavor,
+                       nodes[r.first:r.first + r.ranks]) for i, r in enumerate(roles)]
 
 
 def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
@@ -58,17 +85,17 @@ def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
     return ends
 
 
-def running_job(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progress: float
-                ) -> RunningJob:
-    placement = record.placement or {}
-    return RunningJob(
-        id=record.id, queue=record.queue, priority=record.priority,
-        flavor=placement.get("flavor", ""), nodes=tuple(placement.get("nodes", ())),
-        per_rank=per_rank(cluster, spec), created_at=record.queued_at,
-        started_at=record.admitted_at or record.queued_at, progress=progress,
-        attained_service=record.attained_s, preempting=record.stop_reason is not None,
-        tenant=record.tenant,
-    )
+def running_jobs(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progress: float
+                 ) -> list[RunningJob]:
+    """An admitted job as the scheduler sees it: one `RunningJob` per role, each with the
+    job's id and that role's flavor, nodes and request."""
+    return [RunningJob(
+        id=record.id, queue=record.queue, priority=record.priority, flavor=placed.flavor,
+        nodes=placed.nodes, per_rank=per_rank(cluster, placed.role),
+        created_at=record.queued_at, started_at=record.admitted_at or record.queued_at,
+        progress=progress, attained_service=record.attained_s,
+        preempting=record.stop_reason is not None, tenant=record.tenant,
+    ) for placed in placed_roles(record, spec)]
 
 
 def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
@@ -87,8 +114,8 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
         spec = job_spec(record)
         if record.state in ACTIVE and record.placement:
             since = record.admitted_at or now
-            running.append(running_job(cluster, record, spec,
-                                       progress.get(record.id, now - since)))
+            running.extend(running_jobs(cluster, record, spec,
+                                        progress.get(record.id, now - since)))
         elif record.state == JobState.QUEUED and record.not_before <= now:
             if unknown_resources(cluster, spec):
                 continue  # the cluster no longer has what it asks for: the reconciler fails it

@@ -47,6 +47,9 @@ _TRAIN_IFF_TRAIN_CONFIG: JsonDict = {"oneOf": [
     {"properties": {
         "job": {"required": ["command"], "properties": {"command": {"type": "array"}}},
         "train": {"type": "null"}}},
+    {"properties": {
+        "job": {"required": ["roles"], "properties": {"roles": {"type": "array"}}},
+        "train": {"type": "null"}}},
 ]}
 
 
@@ -174,7 +177,24 @@ class WaitingView(BaseModel):
     borrowable: dict[str, float] | None = None
 
 
+class RoleView(BaseModel):
+    """One role of a job with roles: its ranks (job-wide ranks ``first_rank`` to
+    ``first_rank + ranks - 1``), what each needs, and once admitted its flavor and the node
+    of each of its ranks."""
+
+    name: str
+    ranks: int
+    first_rank: int
+    resources: dict[str, float]
+    flavor: str | None = None
+    nodes: list[str] = []
+
+
 class JobView(BaseModel):
+    """A job. ``ranks``: all its ranks (every role's); ``resources``: what each rank needs
+    (a job with roles: its first role's; ``roles`` has each role's); ``roles``: empty for a
+    job without roles."""
+
     id: int
     tenant: str
     name: str
@@ -200,6 +220,7 @@ class JobView(BaseModel):
     queue_position: int | None = None
     waiting: WaitingView | None = None
     estimated_start: float | None = None  # replayed from running jobs' max_run_time; see docs
+    roles: list[RoleView] = []
 
 
 class AttemptCauseView(BaseModel):
