@@ -27,6 +27,9 @@ class ProcessPlan:
     devices: dict[str, dict[str, list[int]]]  # node -> {"gpus": [...], "cpus": [...]}
     cpus: tuple[int, ...] | None = None  # CPU affinity (physical CPU ids)
     gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES
+    # What this process needs, by resource name, as written (its role's request); None: the
+    # plan's ``rank_resources``.
+    resources: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class LaunchPlan:
     # Run once, to its end, before any process starts (with its log and exit code in
     # process 0's); empty: nothing to prepare.
     prepare: tuple[str, ...] = ()
-    # What each process needs, by resource name, as written: GPUs, CPUs, bytes, units.
+    # What each process needs, by resource name, as written: GPUs, CPUs, bytes, units (a
+    # process's own ``resources`` win: the roles of a job differ).
     rank_resources: Mapping[str, float] = field(default_factory=dict)
 
 

@@ -7,6 +7,17 @@ per rank instead, ``python -m stoker.train JOBDIR/run/config.toml --run-dir JOBD
 a one-time preparation (`stoker.control.prepare_train`: dataset, resolved config). A command job
 is one process per rank, with the usual torch.distributed environment (RANK, WORLD_SIZE, ...);
 MASTER_ADDR/MASTER_PORT are set by the executor where rank 0's node is not known here.
+
+A job with several roles (`stoker.spec.job.RoleSpec`) is one gang: its processes are the ranks
+of every role, numbered in role order (process and log index = ``RANK``), each running its
+role's command with its role's environment. ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE`` (per node, all roles together) and one ``MASTER_ADDR``/``MASTER_PORT``
+cover the whole job, so its roles can form one torch.distributed group and split it; each
+process also has ``STOKER_ROLE`` (its role's name), ``STOKER_ROLE_RANK`` and
+``STOKER_ROLE_WORLD_SIZE`` (its rank and count within the role) and ``STOKER_ROLES`` (every
+role's job-wide ranks: ``trainer=0-7,rollout=8-11``). A job without roles has one, ``main``.
+Any process of any role that fails fails the attempt: the whole gang is stopped, as for a job
+without roles.
 A job directory holds ``train.toml``, ``run/`` (the training run), ``work/`` (the processes'
 working and home directory), ``logs/rank-I.log`` (one per process, appended across attempts)
 and ``attempt-N/rank-I.exit`` (how each process ended). Only ``run/`` and ``work/`` belong to
@@ -61,7 +72,7 @@ def exit_path(jobs_dir: Path, job_id: int, attempt: int, index: int) -> Path:
 
 
 def process_count(spec: JobSpec, per_rank: bool = False) -> int:
-    return 1 if spec.kind == "train" and not per_rank else spec.ranks
+    return 1 if spec.kind == "train" and not per_rank else spec.total_ranks
 
 
 def devices_in_use(processes: Sequence[ProcessRecord]) -> DeviceUse:
@@ -92,6 +103,25 @@ def assign_devices(nodes: Mapping[str, Node], placement: Sequence[str], per_rank
         slots = _pick(node.capacity[CPU], per_rank[CPU], used["cpus"])
         ranks.append(RankDevices(node_name, gpus, slots))
     return ranks
+
+
+def assign_role_devices(nodes: Mapping[str, Node], placement: Sequence[str],
+                        roles: Sequence[tuple[int, Resources]], in_use: DeviceUse
+                        ) -> list[RankDevices]:
+    """`assign_devices` for the roles of a job in turn, each ``(ranks, per_rank)``, their
+    ranks' nodes ``placement`` in role order: a role's ranks avoid the devices of the roles
+    before it (on one node they share none)."""
+    taken: DeviceUse = {node: {kind: list(ids) for kind, ids in use.items()}
+                        for node, use in in_use.items()}
+    found: list[RankDevices] = []
+    for ranks, need in roles:
+        mine = assign_devices(nodes, placement[len(found):len(found) + ranks], need, taken)
+        for r in mine:
+            slot = taken.setdefault(r.node, {"gpus": [], "cpus": []})
+            slot.setdefault("gpus", []).extend(r.gpus)
+            slot.setdefault("cpus", []).extend(r.cpu_slots)
+        found += mine
+    return found
 
 
 def _pick(capacity: int, want: int, used: set[int]) -> tuple[int, ...]:
@@ -132,7 +162,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_JOB_ATTEMPT": str(attempt),
                 "STOKER_RUN_DIR": str(run_dir), **(stoker_env or {})}
-    r = spec.resources
+    r = spec.job_roles()[0].resources
     amounts = {name: float(written(name, v)) for name, v in r.amounts().items()}
     if spec.kind == "train" and per_rank:
         config = workdir / "train.toml"
@@ -151,9 +181,7 @@ def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
     if spec.kind == "train":
         processes = (_train_process(job, spec, attempt, jobs_dir, ranks, base_env, resume),)
     else:
-        assert spec.command is not None
-        processes = _rank_processes(job, spec, attempt, jobs_dir, ranks, base_env,
-                                    tuple(spec.command))
+        processes = _rank_processes(job, spec, attempt, jobs_dir, ranks, base_env)
     return LaunchPlan(job.id, attempt, workdir, processes, job.tenant, rank_resources=amounts)
 
 
@@ -179,26 +207,38 @@ def _train_process(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
 
 def _rank_processes(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                     ranks: Sequence[RankDevices], env: dict[str, str],
-                    argv: tuple[str, ...]) -> tuple[ProcessPlan, ...]:
+                    argv: tuple[str, ...] | None = None) -> tuple[ProcessPlan, ...]:
+    """One process per rank of every role (``argv``: instead of each role's command)."""
     port = str(free_port())
+    roles = spec.job_roles()
     per_node: dict[str, int] = {}
     for r in ranks:
         per_node[r.node] = per_node.get(r.node, 0) + 1
+    every = ",".join(f"{role.name}={role.first}-{role.first + role.ranks - 1}"
+                     for role in roles)
     seen: dict[str, int] = {}
     processes = []
-    for index, r in enumerate(ranks):
-        local_rank = seen.get(r.node, 0)
-        seen[r.node] = local_rank + 1
-        rank_env = env | {
-            "RANK": str(index), "WORLD_SIZE": str(len(ranks)), "LOCAL_RANK": str(local_rank),
-            "LOCAL_WORLD_SIZE": str(per_node[r.node]), "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port, "STOKER_NODE": r.node,
-        } | dict(spec.env)
-        processes.append(ProcessPlan(
-            index=index, node=r.node, argv=argv, env=rank_env,
-            log_path=log_path(jobs_dir, job.id, index),
-            exit_path=exit_path(jobs_dir, job.id, attempt, index),
-            devices=_devices([r]), cpus=physical_cpus(r.cpu_slots), gpus=r.gpus))
+    for role in roles:
+        command = argv or role.command
+        assert command is not None
+        need = {name: float(written(name, v)) for name, v in role.resources.amounts().items()}
+        for index in role.rank_range:
+            r = ranks[index]
+            local_rank = seen.get(r.node, 0)
+            seen[r.node] = local_rank + 1
+            rank_env = env | {
+                "RANK": str(index), "WORLD_SIZE": str(len(ranks)),
+                "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(per_node[r.node]),
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "STOKER_NODE": r.node,
+                "STOKER_ROLE": role.name, "STOKER_ROLE_RANK": str(index - role.first),
+                "STOKER_ROLE_WORLD_SIZE": str(role.ranks), "STOKER_ROLES": every,
+            } | dict(role.env)
+            processes.append(ProcessPlan(
+                index=index, node=r.node, argv=tuple(command), env=rank_env,
+                log_path=log_path(jobs_dir, job.id, index),
+                exit_path=exit_path(jobs_dir, job.id, attempt, index),
+                devices=_devices([r]), cpus=physical_cpus(r.cpu_slots), gpus=r.gpus,
+                resources=need))
     return tuple(processes)
 
 

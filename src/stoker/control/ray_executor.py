@@ -107,9 +107,11 @@ class RayExecutor:
         gone = sorted({p.node for p in plan.processes if p.node not in known})
         if gone:
             raise NotReserved(f"node {gone[0]} left the Ray cluster")
-        bundle = _bundle(plan.rank_resources)
+        # A rank's request: its role's (the roles of a job differ).
+        bundles = [_bundle(plan.rank_resources if p.resources is None else p.resources)
+                   for p in plan.processes]
         name = self._gang(plan.job_id, plan.attempt)
-        pg = placement_group([bundle] * len(plan.processes), strategy="PACK", name=name,
+        pg = placement_group(bundles, strategy="PACK", name=name,
                              lifetime="detached",
                              bundle_label_selector=[{ID_LABEL: known[p.node].node_id}
                                                     for p in plan.processes])
@@ -119,16 +121,16 @@ class RayExecutor:
         except ray.exceptions.GetTimeoutError:
             self._remove_group(name)
             nodes = ", ".join(sorted({p.node for p in plan.processes}))
-            raise NotReserved(f"Ray could not reserve {len(plan.processes)} x {bundle} on "
+            raise NotReserved(f"Ray could not reserve {_describe(bundles)} on "
                               f"{nodes} within {self.config.reserve_timeout:g}s") from None
         reserved = time.perf_counter() - asked
         try:
-            return self._start(plan, pg, bundle, known[plan.processes[0].node], reserved)
+            return self._start(plan, pg, bundles, known[plan.processes[0].node], reserved)
         except BaseException:
             self.release(plan.job_id, plan.attempt)
             raise
 
-    def _start(self, plan: LaunchPlan, pg: Any, bundle: dict[str, float],
+    def _start(self, plan: LaunchPlan, pg: Any, bundles: Sequence[dict[str, float]],
                first_node: RayNode, reserved: float) -> list[ProcessRecord]:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -136,7 +138,7 @@ class RayExecutor:
         asked = time.perf_counter()
         remote: Any = ray.remote(RankActor)
         actors: list[Any] = []
-        for p in plan.processes:
+        for p, bundle in zip(plan.processes, bundles, strict=True):
             actor = remote.options(
                 name=self._rank(plan.job_id, plan.attempt, p.index), lifetime="detached",
                 num_cpus=bundle.get("CPU", 0), num_gpus=bundle.get("GPU", 0),
@@ -301,6 +303,14 @@ def _bundle(amounts: Mapping[str, float]) -> dict[str, float]:
     own name (a Ray custom resource of the same name, e.g. ``example.com/gpu``)."""
     bundle = {RAY_NAMES.get(name, name): v for name, v in amounts.items() if v > 0}
     return bundle or {"CPU": 0.001}  # Ray refuses an empty bundle
+
+
+def _describe(bundles: Sequence[dict[str, float]]) -> str:
+    """``2 x {'CPU': 1.0}``, or one such term per distinct bundle (the roles of a job)."""
+    counts: dict[str, int] = {}
+    for b in bundles:
+        counts[str(b)] = counts.get(str(b), 0) + 1
+    return " + ".join(f"{n} x {b}" for b, n in counts.items())
 
 
 def _argv(argv: Sequence[str]) -> list[str]:

@@ -30,7 +30,7 @@ from stoker.control.health_watch import PeriodicChecks, outcome
 from stoker.control.jobenv import FAULT_PREFIX
 from stoker.control.launch import (
     RUN,
-    assign_devices,
+    assign_role_devices,
     devices_in_use,
     exit_path,
     job_dir,
@@ -44,6 +44,7 @@ from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_
 from stoker.control.states import ACTIVE
 from stoker.control.store import CauseRecord, CheckOutcome, JobRecord, Store
 from stoker.sched import (
+    Admit,
     Decisions,
     JobId,
     Node,
@@ -121,6 +122,7 @@ class Reconciler:
         self._nominated: frozenset[int | str] = frozenset()  # by the last cycle: they go first
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
+        self._unplaced: set[JobId] = set()  # admitted without all their roles: warned once
         self._vanished: dict[tuple[int, int, int], str] = {}  # how, where the executor knows
         self._node_lost: dict[tuple[int, int], str] = {}  # attempts that lost a node: why
         self._lost_nodes: dict[tuple[int, int], str] = {}  # ... and which node
@@ -319,15 +321,45 @@ class Reconciler:
                                 {"stop_reason": "preempt", "stop_requested_at": now},
                                 {"by": p.by, "reason": p.reason}, version=job.version)
         for a in decisions.admit:
+            placed = self._placement(a, pending[a.job])
+            if placed is None:
+                continue
+            placement, where = placed
             borrowing = ", borrowing" if a.borrowing else ""
             admitted = self.store.transition(
-                int(a.job), (Q,), (A,),
-                f"admitted to queue {a.queue} on {a.flavor} ({', '.join(a.nodes)}){borrowing}",
-                ACTOR, {"placement": {"flavor": a.flavor, "nodes": list(a.nodes),
-                                      "borrowing": a.borrowing},
-                        "admitted_at": now})
+                int(a.job), (Q,), (A,), f"admitted to queue {a.queue} {where}{borrowing}",
+                ACTOR, {"placement": placement, "admitted_at": now})
             if admitted is not None and self.tenant_usage is not None:
                 self.tenant_usage.admitted(pending[a.job])
+
+    def _placement(self, a: Admit, job: PendingJob) -> tuple[dict[str, Any], str] | None:
+        """The placement stored for an admission, and where it put the job in words. A job
+        with several roles: ``nodes`` has every rank's node, the roles' in role order, and ``roles``
+        each role's name, flavor and ranks. None: the admission does not place every role
+        (a scheduler that does not know roles yet): the job stays queued."""
+        placement: dict[str, Any] = {"flavor": a.flavor, "nodes": list(a.nodes),
+                                     "borrowing": a.borrowing}
+        if not job.roles and not a.roles:
+            return placement, f"on {a.flavor} ({', '.join(a.nodes)})"
+        record = self.store.get_job(int(a.job))
+        if record is None:
+            return None
+        roles = job_spec(record).job_roles()
+        placed = ((a.flavor, a.nodes), *((r.flavor, r.nodes) for r in a.roles))
+        if len(placed) != len(roles) or any(len(nodes) != role.ranks
+                                            for role, (_, nodes) in zip(roles, placed,
+                                                                        strict=False)):
+            if a.job not in self._unplaced:
+                self._unplaced.add(a.job)
+                log.warning("job %s: admitted with %d of its %d roles placed; left queued",
+                            a.job, len(placed), len(roles))
+            return None
+        placement["nodes"] = [node for _, nodes in placed for node in nodes]
+        placement["roles"] = [{"name": role.name, "flavor": flavor, "ranks": role.ranks}
+                              for role, (flavor, _) in zip(roles, placed, strict=True)]
+        where = "; ".join(f"{role.name} on {flavor} ({', '.join(nodes)})"
+                          for role, (flavor, nodes) in zip(roles, placed, strict=True))
+        return placement, where
 
     def _failure_env(self, spec: JobSpec, nodes: Sequence[str], now: float) -> Mapping[str, str]:
         """A training job's view of the cluster's failure rate, fixed for the attempt (read by
@@ -358,8 +390,9 @@ class Reconciler:
         if checked is None:
             return
         in_use = devices_in_use(self.store.live_processes())
-        ranks = assign_devices(nodes, job.placement["nodes"], per_rank(self.cluster, spec),
-                               in_use)
+        ranks = assign_role_devices(nodes, job.placement["nodes"],
+                                    [(r.ranks, per_rank(self.cluster, r))
+                                     for r in spec.job_roles()], in_use)
         attempt = job.attempt + 1
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
@@ -550,7 +583,7 @@ class Reconciler:
         evidence = failure.AttemptEvidence(
             processes, self._lost_nodes.get(key), lost or "",
             0 if before is None else max(0, oom_kills() - before),
-            spec.resources.memory is not None)
+            any(r.resources.memory is not None for r in spec.job_roles()))
         try:
             return failure.classify(evidence)
         except Exception:  # a cause is a diagnosis: never let it stop the transition
@@ -631,8 +664,9 @@ class Reconciler:
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
         """Changes common to every end of an attempt: service attained, stop cleared."""
         ran = max(0.0, now - (job.started_at or now))
-        r = spec.resources
-        service = ran * spec.ranks * (r.gpu_count or r.cpu_count)
+        roles = spec.job_roles()  # GPU-seconds; CPU-seconds for a job without GPUs
+        gpus = sum(r.ranks * r.resources.gpu_count for r in roles)
+        service = ran * (gpus or sum(r.ranks * r.resources.cpu_count for r in roles))
         return {"attained_s": job.attained_s + service, "stop_reason": None,
                 "stop_requested_at": None, "term_sent_at": None}
 

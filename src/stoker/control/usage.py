@@ -40,7 +40,9 @@ class GoodputBook:
             events = self.store.events(job.id)
         try:
             spec = job_spec(job)
-            ranks, gpus = spec.ranks, spec.resources.gpu_count
+            ranks, gpus = spec.total_ranks, spec.resources.gpu_count
+            if spec.roles is not None:  # GPUs per rank: the roles' average (GPU-seconds add up)
+                gpus = sum(r.ranks * r.resources.gpu_count for r in spec.job_roles()) / ranks
         except Exception:  # a stored spec that no longer parses: count one rank
             ranks, gpus = 1, 0.0
         train = job.spec.get("train") if isinstance(job.spec, dict) else None
