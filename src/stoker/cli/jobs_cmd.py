@@ -76,6 +76,19 @@ def _local_paths(train: dict[str, Any]) -> dict[str, Any]:
     return {**train, "data": data}
 
 
+def _roles(j: dict[str, Any]) -> list[tuple[str, str]]:
+    """A job with roles: its ranks in all, then each role's ranks, request and placement."""
+    borrowing = " (borrowing)" if (j["placement"] or {}).get("borrowing") else ""
+    rows = [("ranks", f"{j['ranks']} in {len(j['roles'])} roles" + borrowing)]
+    for r in j["roles"]:
+        last = r["first_rank"] + r["ranks"] - 1
+        where = f"{r['flavor']} on {', '.join(r['nodes'])}" if r["nodes"] else "not placed"
+        rows.append((f"role {escape(r['name'])}",
+                     f"ranks {r['first_rank']}-{last}: {r['ranks']} x "
+                     f"{_amounts(r['resources'])}; {where}"))
+    return rows
+
+
 def jobs(
     all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs."),
     state: list[str] = typer.Option([], "--state", help="Only jobs in this state."),
@@ -123,9 +136,11 @@ def job(
          + (f", position {j['queue_position']}" if j["queue_position"] else "")),
         *([("start", _start(j["estimated_start"], time.time()))] if j["state"] == "QUEUED"
           else []),
-        ("ranks", f"{j['ranks']} x {_amounts(j['resources'])}"),
-        ("placement", f"{placement.get('flavor')} on {', '.join(placement.get('nodes', []))}"
-         + (" (borrowing)" if placement.get("borrowing") else "") if placement else "-"),
+        *(_roles(j) if j.get("roles") else [
+            ("ranks", f"{j['ranks']} x {_amounts(j['resources'])}"),
+            ("placement", f"{placement.get('flavor')} on "
+             f"{', '.join(placement.get('nodes', []))}"
+             + (" (borrowing)" if placement.get("borrowing") else "") if placement else "-")]),
         ("attempts", f"{j['attempt']}, restarts {j['restarts']}/{j['max_restarts']}"),
         ("exit code", "-" if j["exit_code"] is None else str(j["exit_code"])),
     ):

@@ -63,11 +63,14 @@ class UsageTracker:
         self.penalties = {}
 
     def admitted(self, job: PendingJob) -> None:
-        """Charge an admission's entry penalty to its tenant until the next sample."""
+        """Charge an admission's entry penalty to its tenant until the next sample (every
+        role's request, for a job with several)."""
         factor = self.config.penalty_factor
         penalty = self.penalties.setdefault((job.queue, job.tenant), [0.0] * len(job.per_rank))
-        for r, amount in enumerate(job.per_rank):
-            penalty[r] += factor * amount * job.ranks
+        for ranks, per_rank in ((job.ranks, job.per_rank),
+                                *((role.ranks, role.per_rank) for role in job.roles)):
+            for r, amount in enumerate(per_rank):
+                penalty[r] += factor * amount * ranks
 
     def scores(self) -> dict[TenantKey, float]:
         """The weighted usage of each (queue, tenant), penalties included: what
