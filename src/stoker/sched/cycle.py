@@ -46,7 +46,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
 from operator import le
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
@@ -88,6 +88,21 @@ class _Option(NamedTuple):
     borrow: int
     placement: Placement | None
     preempt: bool = False
+
+
+class _Assignment(NamedTuple):
+    """Kueue's flavor assignment of one job against the cycle's state as it is (nothing is
+    charged): ``mode`` "fit" (``fit``: the flavor the queue's fungibility settles on, how far
+    it borrows, and where, or None when a borrowing fit is left to the borrowing pass),
+    "preempt" (no fit; victims could make room on ``preemptible``) or "no-fit". A fit may
+    have ``preemptible`` flavors too: the caller weighs them by the queue's fungibility.
+    ``why``: each flavor that is no fit, and why; ``open_flavors``: those not held for a
+    starving job."""
+    mode: Literal["fit", "preempt", "no-fit"]
+    fit: _Option | None
+    preemptible: list[str]
+    why: dict[str, str]
+    open_flavors: list[str]
 
 
 class _Plan(NamedTuple):
@@ -419,8 +434,8 @@ class _Cycle:
         level = None if job.topology is None else self.nodes.levels.get(job.topology, -1)
         if not flavors or level == -1 or job.roles:
             return None
-        options = self._scan(qs, job, flavors, level, _total(job), {}, [], False)
-        fit, preemptible = self._settle(qs.queue, options)
+        a = self.assign_flavors(qs, job, flavors, level, _total(job), False)
+        fit, preemptible = a.fit, a.preemptible
         if fit is None or fit.placement is None:
             return None
         q = qs.queue
@@ -460,6 +475,20 @@ class _Cycle:
         if starving:
             self._reserve(qs, job, [flavor], code == "WaitingForNodes")
         return _WAIT
+
+    def assign_flavors(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                       level: int | None, total: list[int], defer_borrowing: bool
+                       ) -> _Assignment:
+        """The flavor assignment of ``job`` now (see `_Assignment`); with ``defer_borrowing``
+        a fit that borrows is not placed on nodes (the borrowing pass does it)."""
+        why: dict[str, str] = {}
+        open_flavors: list[str] = []
+        options = self._scan(qs, job, flavors, level, total, why, open_flavors,
+                             defer_borrowing)
+        fit, preemptible = self._settle(qs.queue, options)
+        mode: Literal["fit", "preempt", "no-fit"] = (
+            "fit" if fit is not None else "preempt" if preemptible else "no-fit")
+        return _Assignment(mode, fit, preemptible, why, open_flavors)
 
     def _scan(self, qs: _QueueState, job: PendingJob, flavors: list[str], level: int | None,
               total: list[int], why: dict[str, str], open_flavors: list[str],
@@ -530,11 +559,8 @@ class _Cycle:
         """Admit ``job`` on the flavor its queue's fungibility chooses, or nominate it for the
         victims of the best flavor where they make room; else explain why it waits."""
         q = qs.queue
-        why: dict[str, str] = {}
-        open_flavors: list[str] = []
-        options = self._scan(qs, job, flavors, level, total, why, open_flavors,
-                             nominal_only and not job.nominated)
-        fit, preemptible = self._settle(q, options)
+        fit, preemptible, why, open_flavors = self.assign_flavors(
+            qs, job, flavors, level, total, nominal_only and not job.nominated)[1:]
         if (preemptible and (fit is None or q.when_can_preempt == "MayStopSearch" or (
                 fit.borrow and q.flavor_preference == "PreemptionOverBorrowing"))
                 and not self._fits_ever(job, flavors, self.nodes.healthy)):
@@ -650,11 +676,8 @@ class _Cycle:
                                                 f"level {part.topology!r}")
                 return _WAIT
         total = _total(part)
-        why: dict[str, str] = {}
-        open_flavors: list[str] = []
-        options = [o for o in self._scan(qs, part, flavors, level, total, why, open_flavors,
-                                         False) if not o.preempt]
-        fit, _ = self._settle(qs.queue, options)
+        fit, _, why, open_flavors = self.assign_flavors(qs, part, flavors, level, total,
+                                                        False)[1:]
         if fit is not None and fit.placement is not None:
             if fit.borrow and defer_borrowing:
                 return _DEFER
