@@ -125,6 +125,7 @@ def jobs(draw: st.DrawFn, queues: Sequence[Queue], prefix: str, t0: float
             attained_service=draw(st.sampled_from([0.0, 5000.0])),
             tenant=draw(st.sampled_from(TENANTS)),
             roles=tuple(draw(roles()) for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2])))),
+            avoid=frozenset(draw(st.sampled_from([(), (), (), ("f0-n0",), ("f0-n1", "f1-n0")]))),
         ))
     return out
 
@@ -266,6 +267,7 @@ def check_gangs(snap: Snapshot, d: Decisions) -> None:
     for a in d.admit:  # every role of a multi-role job: all of them or none
         for flavor, on, _, ranks, asked in parts(pending[a.job], a):
             assert len(on) == ranks
+            assert not set(on) & pending[a.job].avoid
             assert all(nodes[n].flavor == flavor and nodes[n].schedulable for n in on)
             assert flavor in {fq.flavor for fq in queues[a.queue].quotas}
             assert asked.flavors is None or flavor in asked.flavors

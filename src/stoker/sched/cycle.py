@@ -386,7 +386,7 @@ class _Cycle:
         newer = self._within(qs.queue) == "LowerOrNewerEqualPriority"  # victims by age too
         like = (qs.queue.name, job.ranks, job.per_rank, job.flavors, job.topology,
                 job.topology_required, self._rank(job.priority, job.attained_service), starving,
-                job.nominated, job.created_at if newer else None)
+                job.nominated, job.created_at if newer else None, job.avoid)
         reason = self.failed_like.get(like)
         if reason is not None:
             self.waiting[job.id] = reason
@@ -720,14 +720,29 @@ class _Cycle:
                                 borrowing=account.borrowing()))
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
-        shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
+        shape = (flavor, job.ranks, job.per_rank, level, job.topology_required, job.avoid)
         if shape in self.failed_shapes:
             return None
-        placement = self.nodes.place(flavor, job.ranks, job.per_rank, level,
-                                     job.topology_required)
+        placement = self._place_now(flavor, job, level, job.topology_required)
         if placement is None:
             self.failed_shapes.add(shape)
         return placement
+
+    def _place_now(self, flavor: str, job: PendingJob, level: int | None,
+                   required: bool) -> Placement | None:
+        """Where ``job``'s gang fits on ``flavor``'s free nodes now, none of them one it must
+        avoid (those are masked as full for the one search)."""
+        if not job.avoid:
+            return self.nodes.place(flavor, job.ranks, job.per_rank, level, required)
+        index, free = self.nodes.index, self.nodes.free
+        masked = [(i, list(free[i])) for i in sorted(index[n] for n in job.avoid if n in index)]
+        for i, amount in masked:
+            self.nodes.charge(i, amount, 1)
+        try:
+            return self.nodes.place(flavor, job.ranks, job.per_rank, level, required)
+        finally:
+            for i, amount in masked:
+                self.nodes.charge(i, amount, -1)
 
     def _fits_ever(self, job: PendingJob, flavors: list[str], largest: dict[str, list[int]]
                    ) -> bool:
@@ -760,7 +775,7 @@ class _Cycle:
         if not short:
             return "WaitingForQuota"
         if job.topology is not None and any(
-                self.nodes.place(f, job.ranks, job.per_rank, None, False) is not None
+                self._place_now(f, job, None, False) is not None
                 for f in short):
             return "TopologyPlacementFailed"
         return "WaitingForNodes"
@@ -823,7 +838,7 @@ class _Cycle:
         """What decides a victim search's outcome: the same shape failing again is certain,
         as state only shrinks."""
         return (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
-                job.per_rank, job.flavors, level, job.topology_required)
+                job.per_rank, job.flavors, level, job.topology_required, job.avoid)
 
     def _attempt(self, qs: _QueueState, job: PendingJob, level: int | None) -> bool:
         """Whether ``job`` may look for victims: its queue may preempt, has attempts left and
@@ -983,8 +998,7 @@ class _Cycle:
             return account.fits(total, allow_borrowing)
 
         def place() -> Placement | None:
-            return self.nodes.place(flavor, job.ranks, job.per_rank, level,
-                                    job.topology_required)
+            return self._place_now(flavor, job, level, job.topology_required)
 
         sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
         short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
