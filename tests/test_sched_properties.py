@@ -22,6 +22,7 @@ from stoker.sched import (
     GPU,
     UNLIMITED,
     AdmissionFairSharing,
+    Admit,
     Decisions,
     FlavorQuota,
     Node,
@@ -30,6 +31,7 @@ from stoker.sched import (
     Queue,
     Resources,
     ResourceSpace,
+    Role,
     RunningJob,
     Snapshot,
     held,
@@ -121,7 +123,32 @@ def jobs(draw: st.DrawFn, queues: Sequence[Queue], prefix: str, t0: float
             flavors=draw(st.sampled_from([None, ("f0",), ("f1",)])), topology=topology,
             topology_required=draw(st.booleans()) if topology else False,
             attained_service=draw(st.sampled_from([0.0, 5000.0])),
-            tenant=draw(st.sampled_from(TENANTS))))
+            tenant=draw(st.sampled_from(TENANTS)),
+            roles=tuple(draw(roles()) for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2])))),
+            avoid=frozenset(draw(st.sampled_from([(), (), (), ("f0-n0",), ("f0-n1", "f1-n0")]))),
+        ))
+    return out
+
+
+@st.composite
+def roles(draw: st.DrawFn) -> Role:
+    """A further role of a multi-role job."""
+    topology = draw(st.sampled_from([None, "rack", "node"]))
+    return Role(draw(st.integers(1, 3)),
+                vec(draw(st.sampled_from([0, 500, 1000, 2000])),
+                    draw(st.sampled_from([500, 1000, 2000])), 0, 0),
+                flavors=draw(st.sampled_from([None, ("f0",), ("f1",)])), topology=topology,
+                topology_required=draw(st.booleans()) if topology else False)
+
+
+def parts(job: PendingJob, a: Admit) -> list[tuple[str, tuple[str, ...], Resources, int,
+                                                   PendingJob | Role]]:
+    """Each role of an admitted job: (flavor, nodes, per rank, ranks, what it asked)."""
+    out: list[tuple[str, tuple[str, ...], Resources, int, PendingJob | Role]] = [
+        (a.flavor, a.nodes, job.per_rank, job.ranks, job)]
+    assert len(a.roles) == len(job.roles)
+    out += [(r.flavor, r.nodes, role.per_rank, role.ranks, role)
+            for r, role in zip(a.roles, job.roles, strict=True)]
     return out
 
 
@@ -143,11 +170,14 @@ def worlds(draw: st.DrawFn) -> World:
     empty = Snapshot(0.0, queues, nodes, [], first, topology=TOPOLOGY, resources=SPACE)
     warmup = schedule(empty, Policy(preemption=False))
     by_id = {j.id: j for j in first}
-    running = [RunningJob(a.job, a.queue, draw(st.integers(0, 3)), a.flavor, a.nodes,
-                          by_id[a.job].per_rank, created_at=by_id[a.job].created_at,
-                          progress=draw(st.floats(0, 100)), attained_service=draw(
-                              st.sampled_from([0.0, 5000.0])), preempting=draw(st.booleans()))
-               for a in warmup.admit]
+    running = []
+    for a in warmup.admit:  # a multi-role job: one entry per role, as the snapshot has it
+        prio, progress = draw(st.integers(0, 3)), draw(st.floats(0, 100))
+        service, preempting = draw(st.sampled_from([0.0, 5000.0])), draw(st.booleans())
+        running += [RunningJob(a.job, a.queue, prio, flavor, on, per_rank,
+                               created_at=by_id[a.job].created_at, progress=progress,
+                               attained_service=service, preempting=preempting)
+                    for flavor, on, per_rank, _, _ in parts(by_id[a.job], a)]
     pending = draw(jobs(queues, "p", 50.0))
     usage = {(q.name, t): draw(st.sampled_from([0.0, 1.0, 4.0])) for q in queues for t in TENANTS}
     return (Snapshot(100.0, queues, nodes, running, pending, topology=TOPOLOGY,
@@ -175,7 +205,8 @@ def usage(snap: Snapshot, d: Decisions) -> dict[tuple[str, str], list[int]]:
     queues = {q.name: q for q in snap.queues}
     used: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(SPACE))
     held = [(r.queue, r.flavor, r.per_rank, len(r.nodes)) for r in snap.running]
-    held += [(a.queue, a.flavor, pending[a.job].per_rank, len(a.nodes)) for a in d.admit]
+    held += [(a.queue, flavor, per_rank, len(on)) for a in d.admit
+             for flavor, on, per_rank, _, _ in parts(pending[a.job], a)]
     for queue, flavor, per_rank, ranks in held:
         for name, resources in charged_to(queues[queue], flavor):
             for r in resources:
@@ -233,16 +264,17 @@ def check_gangs(snap: Snapshot, d: Decisions) -> None:
     pending = {j.id: j for j in snap.pending}
     nodes = {n.name: n for n in snap.nodes}
     queues = {q.name: q for q in snap.queues}
-    for a in d.admit:
-        job = pending[a.job]
-        assert len(a.nodes) == job.ranks
-        assert all(nodes[n].flavor == a.flavor and nodes[n].schedulable for n in a.nodes)
-        assert a.flavor in {fq.flavor for fq in queues[a.queue].quotas}
-        assert job.flavors is None or a.flavor in job.flavors
-        if job.topology_required and job.topology == "node":
-            assert len(set(a.nodes)) == 1
-        if job.topology_required and job.topology == "rack":
-            assert len({nodes[n].domains for n in a.nodes}) == 1
+    for a in d.admit:  # every role of a multi-role job: all of them or none
+        for flavor, on, _, ranks, asked in parts(pending[a.job], a):
+            assert len(on) == ranks
+            assert not set(on) & pending[a.job].avoid
+            assert all(nodes[n].flavor == flavor and nodes[n].schedulable for n in on)
+            assert flavor in {fq.flavor for fq in queues[a.queue].quotas}
+            assert asked.flavors is None or flavor in asked.flavors
+            if asked.topology_required and asked.topology == "node":
+                assert len(set(on)) == 1
+            if asked.topology_required and asked.topology == "rack":
+                assert len({nodes[n].domains for n in on}) == 1
 
 
 @SETTINGS
@@ -254,7 +286,8 @@ def test_never_over_node_capacity(world: World) -> None:
     size = len(snap.resources)
     used: dict[str, list[int]] = defaultdict(lambda: [0] * size)
     placements = [(r.nodes, r.per_rank) for r in snap.running]
-    placements += [(a.nodes, pending[a.job].per_rank) for a in d.admit]
+    placements += [(on, per_rank) for a in d.admit
+                   for _, on, per_rank, _, _ in parts(pending[a.job], a)]
     for on, per_rank in placements:
         for name in on:
             for r in range(size):

@@ -681,3 +681,20 @@ def test_estimated_starts_replay_the_expected_ends() -> None:
     stopping = Snapshot(100.0, [queue("q", 8)], nodes(1), [run("r", "q", ["n0"], 8,
                                                                preempting=True)], pending)
     assert estimate_starts(stopping, Policy(), {})["a"] == 100.0
+
+
+def test_a_job_avoids_the_nodes_it_must() -> None:
+    """A retry avoids the node suspected of its failure: placed on n1 although n0 is the best
+    fit; with every node that fits avoided, it waits for nodes; a preemption for it frees
+    room only where it may go."""
+    on_n1 = run("r", "q", ["n1"], 4)
+    job = pend("retry", "q", 4, avoid=frozenset({"n0"}))
+    d = check(Case([queue("q", 16)], [job], running=[on_n1], nodes=nodes(2, 8)), {"retry"})
+    assert d.admit[0].nodes == ("n1",)
+    full = run("big", "q", ["n1"], 8)
+    d = check(Case([queue("q", 16)], [job], running=[full], nodes=nodes(2, 8)), set())
+    assert d.waiting["retry"].code == "WaitingForNodes"
+    low = [run("low0", "q", ["n0"], 8), run("low1", "q", ["n1"], 8)]
+    high = pend("retry", "q", 4, prio=5, avoid=frozenset({"n0"}))
+    check(Case([queue("q", 16, within_queue="LowerPriority")], [high], running=low,
+               nodes=nodes(2, 8)), set(), {"low1"})

@@ -29,6 +29,12 @@ later cycle, once the victims have stopped; later victim searches count its vict
 job that needs preemption but finds no victims may hold the quota it could use for the rest of
 the cycle when its queue cannot always reclaim (``Policy.hold_quota_without_victims``).
 
+Multi-role jobs (Kueue's pod sets, `PendingJob.roles`). Each role's flavor is chosen in turn, as
+for a job of its own, against the quota and nodes the earlier roles took; the job is admitted
+only if every role fits now, and otherwise everything its earlier roles took is given back.
+Such a job does not preempt (nor gets a flavor chosen at the start of the cycle); it is ordered
+by its first role's request. Running, it is one `RunningJob` per role.
+
 Free node capacity only ever shrinks within a cycle, so a gang shape that failed to place once is
 not tried again, and a queue whose remaining jobs cannot fit anywhere is dropped at once.
 """
@@ -40,7 +46,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
 from operator import le
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
@@ -59,6 +65,7 @@ from stoker.sched.types import (
     Queue,
     Resources,
     ResourceSpace,
+    RoleAdmit,
     RunningJob,
     Snapshot,
     WaitCode,
@@ -81,6 +88,21 @@ class _Option(NamedTuple):
     borrow: int
     placement: Placement | None
     preempt: bool = False
+
+
+class _Assignment(NamedTuple):
+    """Kueue's flavor assignment of one job against the cycle's state as it is (nothing is
+    charged): ``mode`` "fit" (``fit``: the flavor the queue's fungibility settles on, how far
+    it borrows, and where, or None when a borrowing fit is left to the borrowing pass),
+    "preempt" (no fit; victims could make room on ``preemptible``) or "no-fit". A fit may
+    have ``preemptible`` flavors too: the caller weighs them by the queue's fungibility.
+    ``why``: each flavor that is no fit, and why; ``open_flavors``: those not held for a
+    starving job."""
+    mode: Literal["fit", "preempt", "no-fit"]
+    fit: _Option | None
+    preemptible: list[str]
+    why: dict[str, str]
+    open_flavors: list[str]
 
 
 class _Plan(NamedTuple):
@@ -186,6 +208,7 @@ class _Cycle:
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
         self.preempt: list[Preempt] = []
+        self.preempted: set[JobId] = set()
         self.waiting: dict[JobId, Waiting] = {}
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
         afs = policy.admission_fair_sharing
@@ -234,6 +257,8 @@ class _Cycle:
                 continue
             keys.append(key)
             shapes[job.queue].add(job.per_rank)
+            for role in job.roles:
+                shapes[job.queue].add(role.per_rank)
         for name, keys in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
@@ -355,11 +380,13 @@ class _Cycle:
         plan, qs.plan = qs.plan, None
         age = self.policy.starvation_age
         starving = age is not None and self.now - job.created_at >= age
+        if job.roles:
+            return self._consider_roles(qs, job, nominal_only, starving)
         # A job like one that already failed this cycle fails alike: state only shrinks.
         newer = self._within(qs.queue) == "LowerOrNewerEqualPriority"  # victims by age too
         like = (qs.queue.name, job.ranks, job.per_rank, job.flavors, job.topology,
                 job.topology_required, self._rank(job.priority, job.attained_service), starving,
-                job.nominated, job.created_at if newer else None)
+                job.nominated, job.created_at if newer else None, job.avoid)
         reason = self.failed_like.get(like)
         if reason is not None:
             self.waiting[job.id] = reason
@@ -405,10 +432,10 @@ class _Cycle:
         flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
                                                           if f in job.flavors]
         level = None if job.topology is None else self.nodes.levels.get(job.topology, -1)
-        if not flavors or level == -1:
+        if not flavors or level == -1 or job.roles:
             return None
-        options = self._scan(qs, job, flavors, level, _total(job), {}, [], False)
-        fit, preemptible = self._settle(qs.queue, options)
+        a = self.assign_flavors(qs, job, flavors, level, _total(job), False)
+        fit, preemptible = a.fit, a.preemptible
         if fit is None or fit.placement is None:
             return None
         q = qs.queue
@@ -448,6 +475,20 @@ class _Cycle:
         if starving:
             self._reserve(qs, job, [flavor], code == "WaitingForNodes")
         return _WAIT
+
+    def assign_flavors(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                       level: int | None, total: list[int], defer_borrowing: bool
+                       ) -> _Assignment:
+        """The flavor assignment of ``job`` now (see `_Assignment`); with ``defer_borrowing``
+        a fit that borrows is not placed on nodes (the borrowing pass does it)."""
+        why: dict[str, str] = {}
+        open_flavors: list[str] = []
+        options = self._scan(qs, job, flavors, level, total, why, open_flavors,
+                             defer_borrowing)
+        fit, preemptible = self._settle(qs.queue, options)
+        mode: Literal["fit", "preempt", "no-fit"] = (
+            "fit" if fit is not None else "preempt" if preemptible else "no-fit")
+        return _Assignment(mode, fit, preemptible, why, open_flavors)
 
     def _scan(self, qs: _QueueState, job: PendingJob, flavors: list[str], level: int | None,
               total: list[int], why: dict[str, str], open_flavors: list[str],
@@ -518,11 +559,8 @@ class _Cycle:
         """Admit ``job`` on the flavor its queue's fungibility chooses, or nominate it for the
         victims of the best flavor where they make room; else explain why it waits."""
         q = qs.queue
-        why: dict[str, str] = {}
-        open_flavors: list[str] = []
-        options = self._scan(qs, job, flavors, level, total, why, open_flavors,
-                             nominal_only and not job.nominated)
-        fit, preemptible = self._settle(q, options)
+        fit, preemptible, why, open_flavors = self.assign_flavors(
+            qs, job, flavors, level, total, nominal_only and not job.nominated)[1:]
         if (preemptible and (fit is None or q.when_can_preempt == "MayStopSearch" or (
                 fit.borrow and q.flavor_preference == "PreemptionOverBorrowing"))
                 and not self._fits_ever(job, flavors, self.nodes.healthy)):
@@ -559,17 +597,99 @@ class _Cycle:
                 self.hopeless.add(self._shape(qs, job, level))
         if searched:
             self._hold_without_victims(qs, searched, total)
+        self.waiting[job.id] = self._explain(qs, job, flavors, open_flavors, why, total)
+        if starving:
+            self._reserve(qs, job, open_flavors, _NO_NODES in why.values())
+        return _WAIT
+
+    def _explain(self, qs: _QueueState, job: PendingJob, flavors: list[str],
+                 open_flavors: list[str], why: dict[str, str], total: list[int],
+                 prefix: str = "") -> Waiting:
+        """Why ``job``, which fits on some node, was neither admitted nor nominated."""
         asked = f"no nodes free for {job.ranks} x {_fmt(job, self.space)}"
-        message = "; ".join(f"{f}: {asked if why[f] is _NO_NODES else why[f]}" for f in flavors)
+        message = "; ".join(f"{prefix}{f}: {asked if why[f] is _NO_NODES else why[f]}"
+                            for f in flavors)
         code = self._wait_code(qs, job, flavors, open_flavors, why, total)
         if code == "ExceedsMaxQuota":
             describe = self.space.describe
-            message = "; ".join(f"{f}: asks {describe(total)}, more than queue {q.name} "
-                                f"can ever get ({describe(_most(qs.accounts[f], len(total)))})"
+            message = "; ".join(f"{prefix}{f}: asks {describe(total)}, more than queue "
+                                f"{qs.queue.name} can ever get "
+                                f"({describe(_most(qs.accounts[f], len(total)))})"
                                 for f in flavors)
-        self.waiting[job.id] = self._numbers(code, message, qs, open_flavors or flavors, total)
+        return self._numbers(code, message, qs, open_flavors or flavors, total)
+
+    # --- multi-role jobs (Kueue's pod sets) ---
+
+    def _consider_roles(self, qs: _QueueState, job: PendingJob, nominal_only: bool,
+                        starving: bool) -> str:
+        """Admit every role of ``job`` or none: each role's flavor is chosen in turn, as for a
+        job of its own, against the quota and nodes the earlier roles took. No preemption: a
+        role that does not fit now makes the whole job wait (or, in the first pass, borrow
+        later: the job is deferred)."""
+        parts = _roles(job)
+        taken: list[tuple[str, Placement, PendingJob, list[int]]] = []
+        failed_before = self.failed_shapes.copy()  # what tentative roles made fail, undone
+        outcome = _ADMIT
+        for n, part in enumerate(parts):
+            found = self._fit_role(qs, part, nominal_only and not job.nominated, starving,
+                                   f"role {n + 1} of {len(parts)}: " if n else "")
+            if isinstance(found, str):
+                outcome = found
+                break
+            flavor, placement, total = found
+            qs.accounts[flavor].add(total)
+            self.nodes.take(placement, part.per_rank)
+            taken.append((flavor, placement, part, total))
+        if outcome is not _ADMIT:
+            for flavor, placement, part, total in reversed(taken):
+                self.nodes.give(placement, part.per_rank)
+                qs.accounts[flavor].remove(total)
+            self.failed_shapes = failed_before
+            return outcome
+        self.changes += 1
+        if self.tenants is not None:
+            self.tenants.admitted(job, [sum(t[3][r] for t in taken)
+                                        for r in range(len(self.space))])
+        names = self.nodes.names
+        (flavor, placement, _, _), rest = taken[0], taken[1:]
+        self.admit.append(Admit(
+            job=job.id, queue=qs.queue.name, flavor=flavor, nodes=_expand(placement, names),
+            borrowing=any(qs.accounts[f].borrowing() for f, *_ in taken),
+            roles=tuple(RoleAdmit(f, _expand(p, names)) for f, p, _, _ in rest)))
+        return _ADMIT
+
+    def _fit_role(self, qs: _QueueState, part: PendingJob, defer_borrowing: bool,
+                  starving: bool, prefix: str) -> tuple[str, Placement, list[int]] | str:
+        """Where one role of a multi-role job fits now (flavor, placement, its total), or
+        _DEFER (it would borrow, in the first pass) or _WAIT (with its reason recorded)."""
+        flavors = qs.flavors if part.flavors is None else [f for f in qs.flavors
+                                                           if f in part.flavors]
+        if not flavors:
+            self.waiting[part.id] = Waiting("NoMatchingFlavor", f"{prefix}no flavor of the "
+                                            "queue matches the role's GPU model")
+            return _WAIT
+        level = None
+        if part.topology is not None:
+            level = self.nodes.levels.get(part.topology)
+            if level is None:
+                self.waiting[part.id] = Waiting("UnknownTopology", f"{prefix}unknown topology "
+                                                f"level {part.topology!r}")
+                return _WAIT
+        total = _total(part)
+        fit, _, why, open_flavors = self.assign_flavors(qs, part, flavors, level, total,
+                                                        False)[1:]
+        if fit is not None and fit.placement is not None:
+            if fit.borrow and defer_borrowing:
+                return _DEFER
+            return fit.flavor, fit.placement, total
+        if not self._fits_ever(part, flavors, self.nodes.healthy):
+            never = self._never_fits(part, flavors)
+            self.waiting[part.id] = replace(never, message=prefix + never.message)
+            return _WAIT
+        self.waiting[part.id] = self._explain(qs, part, flavors, open_flavors, why, total,
+                                              prefix)
         if starving:
-            self._reserve(qs, job, open_flavors, _NO_NODES in why.values())
+            self._reserve(qs, part, open_flavors, _NO_NODES in why.values())
         return _WAIT
 
     def _may_preempt_for(self, qs: _QueueState, account: QuotaAccount, total: list[int]) -> bool:
@@ -600,14 +720,29 @@ class _Cycle:
                                 borrowing=account.borrowing()))
 
     def _place(self, flavor: str, job: PendingJob, level: int | None) -> Placement | None:
-        shape = (flavor, job.ranks, job.per_rank, level, job.topology_required)
+        shape = (flavor, job.ranks, job.per_rank, level, job.topology_required, job.avoid)
         if shape in self.failed_shapes:
             return None
-        placement = self.nodes.place(flavor, job.ranks, job.per_rank, level,
-                                     job.topology_required)
+        placement = self._place_now(flavor, job, level, job.topology_required)
         if placement is None:
             self.failed_shapes.add(shape)
         return placement
+
+    def _place_now(self, flavor: str, job: PendingJob, level: int | None,
+                   required: bool) -> Placement | None:
+        """Where ``job``'s gang fits on ``flavor``'s free nodes now, none of them one it must
+        avoid (those are masked as full for the one search)."""
+        if not job.avoid:
+            return self.nodes.place(flavor, job.ranks, job.per_rank, level, required)
+        index, free = self.nodes.index, self.nodes.free
+        masked = [(i, list(free[i])) for i in sorted(index[n] for n in job.avoid if n in index)]
+        for i, amount in masked:
+            self.nodes.charge(i, amount, 1)
+        try:
+            return self.nodes.place(flavor, job.ranks, job.per_rank, level, required)
+        finally:
+            for i, amount in masked:
+                self.nodes.charge(i, amount, -1)
 
     def _fits_ever(self, job: PendingJob, flavors: list[str], largest: dict[str, list[int]]
                    ) -> bool:
@@ -640,7 +775,7 @@ class _Cycle:
         if not short:
             return "WaitingForQuota"
         if job.topology is not None and any(
-                self.nodes.place(f, job.ranks, job.per_rank, None, False) is not None
+                self._place_now(f, job, None, False) is not None
                 for f in short):
             return "TopologyPlacementFailed"
         return "WaitingForNodes"
@@ -703,7 +838,7 @@ class _Cycle:
         """What decides a victim search's outcome: the same shape failing again is certain,
         as state only shrinks."""
         return (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
-                job.per_rank, job.flavors, level, job.topology_required)
+                job.per_rank, job.flavors, level, job.topology_required, job.avoid)
 
     def _attempt(self, qs: _QueueState, job: PendingJob, level: int | None) -> bool:
         """Whether ``job`` may look for victims: its queue may preempt, has attempts left and
@@ -774,9 +909,10 @@ class _Cycle:
                                 [v for v, _ in found.chosen])
         for v, reason in found.chosen:
             self.victims[(v.job.queue, v.job.flavor)].take(v)
-            if not v.job.preempting:
+            if not v.job.preempting and v.job.id not in self.preempted:
+                self.preempted.add(v.job.id)  # a multi-role job: once, whichever role
                 self.preempt.append(Preempt(job=v.job.id, by=job.id, reason=reason))
-        self.nominated[job.id] = tuple(v.job.id for v, _ in found.chosen)
+        self.nominated[job.id] = tuple(dict.fromkeys(v.job.id for v, _ in found.chosen))
         self.waiting[job.id] = self._numbers(
             "WaitingForVictims", f"waiting for {len(found.chosen)} preempted job(s) to stop", qs,
             [found.flavor], total)
@@ -862,8 +998,7 @@ class _Cycle:
             return account.fits(total, allow_borrowing)
 
         def place() -> Placement | None:
-            return self.nodes.place(flavor, job.ranks, job.per_rank, level,
-                                    job.topology_required)
+            return self._place_now(flavor, job, level, job.topology_required)
 
         sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
         short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
@@ -1100,6 +1235,14 @@ def _quota_bound(account: QuotaAccount, total: list[int], own_freed: list[int],
 
 def _total(job: PendingJob) -> list[int]:
     return times(job.per_rank, job.ranks)
+
+
+def _roles(job: PendingJob) -> list[PendingJob]:
+    """Each role of a multi-role job as a job of its own (same id, queue and priority)."""
+    first = job._replace(roles=())
+    return [first, *(first._replace(ranks=r.ranks, per_rank=r.per_rank, flavors=r.flavors,
+                                    topology=r.topology, topology_required=r.topology_required)
+                     for r in job.roles)]
 
 
 def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from stoker.sched.cache import SchedulerCache
 from stoker.sched.cycle import schedule
-from stoker.sched.types import JobId, PendingJob, Policy, RunningJob, Snapshot
+from stoker.sched.types import JobId, PendingJob, Policy, Resources, RunningJob, Snapshot
 
 INF = float("inf")
 MAX_CYCLES = 200
@@ -47,7 +47,9 @@ def estimate_starts(snapshot: Snapshot, policy: Policy, ends: Mapping[JobId, flo
             for a in decisions.admit:
                 job = by_id[a.job]
                 starts[a.job] = now
-                running.append(_started(job, a.flavor, a.nodes, now))
+                running.append(_started(job, a.flavor, a.nodes, job.per_rank, now))
+                running.extend(_started(job, r.flavor, r.nodes, role.per_rank, now)
+                               for r, role in zip(a.roles, job.roles, strict=True))
                 end_of[a.job] = INF if job.expected_duration is None \
                     else now + job.expected_duration
             pending = [job for job in pending if job.id not in starts]
@@ -61,7 +63,9 @@ def estimate_starts(snapshot: Snapshot, policy: Policy, ends: Mapping[JobId, flo
     return starts
 
 
-def _started(job: PendingJob, flavor: str, nodes: tuple[str, ...], now: float) -> RunningJob:
-    return RunningJob(job.id, job.queue, job.priority, flavor, nodes, job.per_rank,
+def _started(job: PendingJob, flavor: str, nodes: tuple[str, ...], per_rank: Resources,
+             now: float) -> RunningJob:
+    """One role of ``job`` (a multi-role job runs as one entry per role, as in a snapshot)."""
+    return RunningJob(job.id, job.queue, job.priority, flavor, nodes, per_rank,
                       created_at=job.created_at, started_at=now,
                       attained_service=job.attained_service)

@@ -127,6 +127,8 @@ PendingJob (queued, waiting for admission)
     tenant: who submitted it (Kueue: its LocalQueue within the queue). Under admission fair
         sharing a queue orders its jobs by their tenant's decayed usage first. "" (the
         default): one anonymous tenant.
+    avoid: names of nodes the job must not be placed on (a retry after an infrastructure
+        failure avoids the nodes suspected of it); empty for most jobs.
     roles: the further roles of a multi-role job (Kueue's pod sets after the first; the first
         is ``ranks``, ``per_rank``, ``flavors`` and ``topology`` above), each a `Role` with its
         own gang, flavors and topology. The job is admitted all or nothing: every role's
@@ -384,6 +386,7 @@ class PendingJob(NamedTuple):
     nominated: bool = False
     tenant: str = ""
     roles: tuple[Role, ...] = ()
+    avoid: frozenset[str] = frozenset()
 
 
 class Role(NamedTuple):

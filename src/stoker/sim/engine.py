@@ -33,6 +33,7 @@ from stoker.sched import (
     Snapshot,
     schedule,
 )
+from stoker.sched.fit import never_fits
 from stoker.sched.usage import UsageTracker
 from stoker.sim.cluster import SimCluster
 from stoker.sim.metrics import JobOutcome, RunResult, Usage
@@ -55,6 +56,14 @@ class SimOptions:
     interval: float = 0.0  # 0: schedule after every batch of simultaneous events
     whole_gpus: bool = False  # round fractional GPU requests up to one GPU
     checkpoint_on_preempt: bool = False  # a preempted job saves a checkpoint as it stops
+
+# What a skipped trace job is counted under, by `stoker.sched.fit.Unfit.why`.
+_SKIPPED = {
+    "no_flavor": "no node of an allowed GPU model in the cluster",
+    "rank": "a rank needs more GPUs than any node of the cluster has",
+    "gang": "needs more GPUs of one model than the cluster has",
+    "domain": "needs more GPUs of one model than the cluster has",
+}
 
 
 class SimJob:
@@ -158,13 +167,8 @@ class Simulator:
     # --- setup ---
 
     def _admissible(self, jobs: list[TraceJob], tenants: list[str]) -> list[SimJob]:
-        """SimJobs for the jobs this cluster can ever hold; the rest are counted as skipped."""
-        largest: dict[str, float] = {}
-        total: dict[str, float] = {}
-        for n in self.node_list:
-            gpus = n.capacity[GPU] / 1000
-            largest[n.flavor] = max(largest.get(n.flavor, 0.0), gpus)
-            total[n.flavor] = total.get(n.flavor, 0.0) + gpus
+        """SimJobs for the jobs this cluster can ever hold (`stoker.sched.fit`); the rest are
+        counted as skipped."""
         out: list[SimJob] = []
         size = len(self.space)
         for job, tenant in zip(jobs, tenants, strict=True):
@@ -173,15 +177,11 @@ class Simulator:
             priority = job.priority if self.policy.uses_priorities else 0
             sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus,
                          size)
-            allowed = [f for f in largest if flavors is None or f in flavors]
-            if not allowed:
-                self.skipped["no node of an allowed GPU model in the cluster"] += 1
-            elif sim.per_rank_gpus > max(largest[f] for f in allowed):
-                self.skipped["a rank needs more GPUs than any node of the cluster has"] += 1
-            elif sim.gpus > max(total[f] for f in allowed):
-                self.skipped["needs more GPUs of one model than the cluster has"] += 1
-            else:
+            unfit = never_fits(sim.ranks, sim.per_rank, self.node_list, flavors)
+            if unfit is None:
                 out.append(sim)
+            else:
+                self.skipped[_SKIPPED[unfit.why]] += 1
         return out
 
     # --- the event loop ---
