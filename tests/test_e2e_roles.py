@@ -39,7 +39,7 @@ token_env = "STOKER_ADMIN_TOKEN"
 token_env = "STOKER_TOKEN"
 queues = ["q"]
 [queues.q.quotas.cpu]
-cpus = 4
+cpus = 6  # more than the nodes have: they decide
 """
 
 # Prints what the process was told; with an argument, waits for a file "release" in the
@@ -134,8 +134,11 @@ def test_a_job_with_two_roles_runs_every_rank_and_shows_each_role(
     shown = stoker(server, "job", str(job_id))
     assert shown.returncode == 0, shown.stderr
     assert "3 in 2 roles" in shown.stdout
-    assert f"ranks 0-1: 2 x 1 CPU; cpu on {trainer[0]}, {trainer[1]}" in shown.stdout
-    assert f"ranks 2-2: 1 x 2 CPU; cpu on {worker[0]}" in shown.stdout
+    assert f"admitted to queue q: trainer on cpu ({trainer[0]}, {trainer[1]}); worker on cpu " \
+        f"({worker[0]})" in shown.stdout
+    assert f"ranks 0-1: 2 x cpu=1; cpu on {trainer[0]}, {trainer[1]}" in shown.stdout, \
+        shown.stdout
+    assert f"ranks 2-2: 1 x cpu=2; cpu on {worker[0]}" in shown.stdout
     listed = stoker(server, "jobs", "--all")
     row = next(line for line in listed.stdout.splitlines() if line.split()[:2] == [
         str(job_id), "rl"])
@@ -157,6 +160,7 @@ def test_a_job_waits_whole_until_its_last_role_fits(server: ServerProcess) -> No
     assert [e["to_state"] for e in j["events"] if e["kind"] == "transition"] == ["QUEUED"]
     assert not (server.state_dir / "jobs" / str(both) / "logs").exists()
     assert all(r["nodes"] == [] for r in j["roles"])
+    assert j["waiting"]["code"] == "WaitingForNodes" and "role 2 of 2" in j["waiting"]["message"]
 
     (server.state_dir / "jobs" / str(blocker) / "work" / "release").touch()
     assert finished(server, blocker)["state"] == "SUCCEEDED"

@@ -202,8 +202,8 @@ def test_an_admission_of_every_role_is_stored_and_seen_per_role(
         "roles": [{"name": "trainer", "flavor": "h100", "ranks": 2},
                   {"name": "rollout", "flavor": "h100", "ranks": 1},
                   {"name": "launcher", "flavor": "cpu", "ranks": 1}]}
-    assert "trainer on h100 (g0, g0); rollout on h100 (g0); launcher on cpu (c0)" \
-        in record.reason
+    assert record.reason == ("admitted to queue a: trainer on h100 (g0, g0); rollout on h100 "
+                             "(g0); launcher on cpu (c0)")
 
     nodes = [Node("c0", "cpu", res(0, 4, 1e9)), Node("g0", "h100", res(4, 8, 1e9))]
     snap = build_snapshot(5.0, cluster, nodes, [record])

@@ -327,7 +327,7 @@ class Reconciler:
             placement, where = placed
             borrowing = ", borrowing" if a.borrowing else ""
             admitted = self.store.transition(
-                int(a.job), (Q,), (A,), f"admitted to queue {a.queue} {where}{borrowing}",
+                int(a.job), (Q,), (A,), f"admitted to queue {a.queue}{where}{borrowing}",
                 ACTOR, {"placement": placement, "admitted_at": now})
             if admitted is not None and self.tenant_usage is not None:
                 self.tenant_usage.admitted(pending[a.job])
@@ -340,7 +340,7 @@ class Reconciler:
         placement: dict[str, Any] = {"flavor": a.flavor, "nodes": list(a.nodes),
                                      "borrowing": a.borrowing}
         if not job.roles and not a.roles:
-            return placement, f"on {a.flavor} ({', '.join(a.nodes)})"
+            return placement, f" on {a.flavor} ({', '.join(a.nodes)})"
         record = self.store.get_job(int(a.job))
         if record is None:
             return None
@@ -357,8 +357,8 @@ class Reconciler:
         placement["nodes"] = [node for _, nodes in placed for node in nodes]
         placement["roles"] = [{"name": role.name, "flavor": flavor, "ranks": role.ranks}
                               for role, (flavor, _) in zip(roles, placed, strict=True)]
-        where = "; ".join(f"{role.name} on {flavor} ({', '.join(nodes)})"
-                          for role, (flavor, nodes) in zip(roles, placed, strict=True))
+        where = ": " + "; ".join(f"{role.name} on {flavor} ({', '.join(nodes)})"
+                                 for role, (flavor, nodes) in zip(roles, placed, strict=True))
         return placement, where
 
     def _failure_env(self, spec: JobSpec, nodes: Sequence[str], now: float) -> Mapping[str, str]:
