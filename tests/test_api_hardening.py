@@ -505,6 +505,12 @@ def test_every_operation_declares_its_errors(server: ServerProcess) -> None:
     ({"job": {"name": "a", "queue": "alice", "command": ["x"]}, "train": {}}, False),
     ({"job": {"name": "a", "queue": "alice", "train_config": "t.toml"}}, False),
     ({"job": {"name": "a", "queue": "alice", "command": [""]}}, False),
+    ({"job": {"name": "a", "queue": "alice", "roles": [{"name": "r", "command": ["x"]}]}},
+     True),
+    ({"job": {"name": "a", "queue": "alice", "command": ["x"],
+              "roles": [{"name": "r", "command": ["x"]}]}}, False),
+    ({"job": {"name": "a", "queue": "alice", "roles": [{"name": "r", "command": ["x"]}]},
+      "train": {}}, False),
 ])
 def test_the_schema_states_the_exactly_one_of_rules(server: ServerProcess, body: dict[str, Any],
                                                     accepted: bool) -> None:
