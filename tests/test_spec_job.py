@@ -20,7 +20,8 @@ def test_examples_load_and_fit_the_example_cluster(path: Path) -> None:
     spec = load_job(path)
     cluster.check_job(spec, str(path))
     job = pending_job(cluster, spec, "id", 0.0)
-    assert job.ranks == spec.ranks and job.queue == spec.queue
+    assert job.ranks == spec.job_roles()[0].ranks and job.queue == spec.queue
+    assert len(job.roles) == len(spec.job_roles()) - 1
     if spec.train_config is not None:
         assert Path(spec.train_config).is_absolute() and Path(spec.train_config).is_file()
 
