@@ -317,6 +317,31 @@ def test_a_gang_ray_cannot_reserve_starts_nothing_then_runs_where_placed(
     assert wait_for(lambda: not ray_names(job), "the gang's actors and group to go", 30) is True
 
 
+def test_a_job_with_roles_reserves_each_rank_its_roles_request(client: Client,
+                                                               shared: Path) -> None:
+    """A launcher of 2 CPUs and two 1-CPU workers that must share a 2-CPU node: Ray reserves
+    each rank its own role's request (the launcher's for every rank would not fit there)."""
+    script = ("import json, os; e = os.environ; "
+              "open(f'role-{e[\"RANK\"]}.json', 'w').write(json.dumps({k: e.get(k) for k in "
+              "('RANK', 'WORLD_SIZE', 'STOKER_ROLE', 'STOKER_ROLE_RANK', 'STOKER_NODE', "
+              "'STOKER_RAY_NODE_ID')}))")
+    job = client.submit({"name": "roles", "queue": "q", "roles": [
+        {"name": "launcher", "resources": {"cpus": 2}, "command": command(script)},
+        {"name": "workers", "ranks": 2, "resources": {"cpus": 1}, "command": command(script),
+         "placement": {"topology": "node", "topology_mode": "required"}}]})["id"]
+    wait_for(lambda: client.job(job)["state"] in ("SUCCEEDED", "FAILED"), "the job to end")
+    view = client.job(job)
+    assert view["state"] == "SUCCEEDED", reasons(view)
+    launcher, workers = (r["nodes"] for r in view["roles"])
+    assert len(set(workers)) == 1 and launcher != workers[:1]
+    work = shared / "jobs" / str(job) / "work"
+    ranks = [json.loads((work / f"role-{i}.json").read_text()) for i in range(3)]
+    assert [(r["RANK"], r["WORLD_SIZE"], r["STOKER_ROLE"], r["STOKER_ROLE_RANK"])
+            for r in ranks] == [("0", "3", "launcher", "0"), ("1", "3", "workers", "0"),
+                                ("2", "3", "workers", "1")]
+    assert [r["STOKER_NODE"] for r in ranks] == [*launcher, *workers]
+
+
 def test_preemption_reaches_every_rank_and_requeues(client: Client, shared: Path) -> None:
     script = ("import os, signal, sys, time\n"
               "e = os.environ\n"
