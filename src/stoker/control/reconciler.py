@@ -664,9 +664,14 @@ class Reconciler:
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
         """Changes common to every end of an attempt: service attained, stop cleared."""
         ran = max(0.0, now - (job.started_at or now))
-        roles = spec.job_roles()  # GPU-seconds; CPU-seconds for a job without GPUs
-        gpus = sum(r.ranks * r.resources.gpu_count for r in roles)
-        service = ran * (gpus or sum(r.ranks * r.resources.cpu_count for r in roles))
+        if spec.roles is None:
+            r = spec.resources
+            service = ran * spec.ranks * (r.gpu_count or r.cpu_count)
+        else:  # GPU-seconds of every role; CPU-seconds for a job without any GPU
+            roles = spec.job_roles()
+            gpus = sum(role.ranks * role.resources.gpu_count for role in roles)
+            service = ran * (gpus or sum(role.ranks * role.resources.cpu_count
+                                         for role in roles))
         return {"attained_s": job.attained_s + service, "stop_reason": None,
                 "stop_requested_at": None, "term_sent_at": None}
 
