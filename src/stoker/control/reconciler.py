@@ -200,7 +200,7 @@ class Reconciler:
         self.cycles += 1
         self.last = CycleStats(time.perf_counter() - started, len(decisions.admit),
                                len(decisions.preempt), len(snapshot.pending),
-                               len(snapshot.running))
+                               len({j.id for j in snapshot.running}))  # a job, not its roles
         if self.on_cycle is not None:
             self.on_cycle(self.last)
         return decisions
