@@ -27,7 +27,8 @@ chromium:
 		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # The dashboard's and API docs' browser assets, vendored from npm into the package (committed;
-# run again only to upgrade): uPlot, swagger-ui-dist and ReDoc, each with its licence.
+# run again only to upgrade): uPlot, swagger-ui-dist and ReDoc, each with its licence. One patch:
+# ReDoc's sidebar logo comes from its CDN, so the page would reach the internet; it is ours now.
 UPLOT := uplot@1.6.32
 SWAGGER := swagger-ui-dist@5.36.0
 REDOC := redoc@2.5.4
@@ -42,7 +43,9 @@ vendor-assets:
 		&& cp $$s/swagger-ui-bundle.js $$s/swagger-ui-bundle.js.LICENSE.txt $$s/swagger-ui.css $(STATIC)/ \
 		&& cp $$s/LICENSE $(STATIC)/swagger-ui.LICENSE && cp $$s/NOTICE $(STATIC)/swagger-ui.NOTICE \
 		&& cp $$r/bundles/redoc.standalone.js $$r/bundles/redoc.standalone.js.LICENSE.txt $(STATIC)/ \
-		&& cp $$r/LICENSE $(STATIC)/redoc.LICENSE && rm -rf $$tmp
+		&& cp $$r/LICENSE $(STATIC)/redoc.LICENSE && rm -rf $$tmp \
+		&& sed -i 's#https://cdn.redoc.ly/redoc/logo-mini.svg#/static/favicon.svg#' \
+			$(STATIC)/redoc.standalone.js
 
 $(BIN)/stoker: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -18,7 +18,7 @@
     const opts = {
       width: width, height: 220,
       scales: {x: {time: false}},
-      axes: [{label: "step"}, {values: (u, ticks) => ticks.map(format)}],
+      axes: [{label: "step"}, {size: 64, values: (u, ticks) => ticks.map(format)}],
       series: [{label: "step"}].concat(series),
       legend: {live: true},
     };
@@ -37,7 +37,9 @@
   }
 
   function fmt(x, digits) {
-    return x == null ? "-" : Number(x).toPrecision(digits || 3);
+    if (x == null) return "-";
+    if (Math.abs(x) >= 1000) return Math.round(x).toLocaleString("en");
+    return Number(x).toPrecision(digits || 3);
   }
 
   function duration(s) {
@@ -104,7 +106,11 @@
     progress(page.done);
     root.dataset.metricsSteps = String(cols.step.length);
     if (page.more) pollMetrics();
-    else if (page.done) root.dataset.metricsDone = "1";
+    else if (page.done) {  // the job is over: nothing to cancel any more
+      root.dataset.metricsDone = "1";
+      const cancel = document.querySelector("form.cancel");
+      if (cancel) cancel.remove();
+    }
     else setTimeout(pollMetrics, METRICS_MS);
   }
 
@@ -130,7 +136,7 @@
   }
 
   if (root.dataset.kind === "train" && window.uPlot) {
-    const number = (v) => (v == null ? "" : Number(v).toPrecision(3));
+    const number = (v) => (v == null ? "" : fmt(v));
     chart("loss", document.getElementById("chart-loss"), [
       {label: "train loss", stroke: "#b4461e", width: 1.5},
       {label: "eval loss", stroke: "#1e6fb4", width: 0, spanGaps: true,
