@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -119,6 +121,12 @@ def test_incremental_fetch_latest_attempt_and_progress(server: ServerProcess, jo
     assert progress["step"] == 13 and progress["steps"] == 100
     assert progress["tokens_per_s"] == 1000.0 and progress["mfu"] == 0.25
     assert progress["eta_s"] == pytest.approx((100 - 13) * 0.5)
+    shown = subprocess.run([sys.executable, "-m", "stoker", "job", str(job)], text=True,
+                           capture_output=True, timeout=120,
+                           env={**os.environ, "STOKER_SERVER": server.url,
+                                "STOKER_TOKEN": "alice-t", "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "13/100, ETA 44s" in shown.stdout and "1,000 tokens/s, MFU 25.0%" in shown.stdout
 
 
 def test_tenants_tokens_and_bad_input(server: ServerProcess, job: int) -> None:
