@@ -175,9 +175,6 @@ def test_a_long_run_is_read_once_then_only_what_is_appended(tmp_path: Path) -> N
     assert index.bytes_read < size * 1.01  # the file once, and the ten records
     before = index.bytes_read
     append(path, {"step": 100_001, **line})
-    started = time.perf_counter()
     got = index.read(tmp_path, relative, since=100_000, revision=got.revision)
-    elapsed = time.perf_counter() - started
     assert [r["step"] for r in got.records] == [100_001]
     assert index.bytes_read - before < 2 * (path.stat().st_size - size) + 1
-    assert elapsed < 0.05, elapsed
