@@ -27,6 +27,10 @@ def train(
 ) -> None:
     """Validate the config, prepare the data, then run N ranks with torch.distributed.elastic.
 
+    RUN_DIR is locked while the run uses it (RUN_DIR/.lock: a second `stoker train` into it
+    is refused, naming the holder's PID), and a RUN_DIR that holds a run (checkpoints or
+    metrics) is not started over: continue it with --resume auto.
+
     Writes RUN_DIR/metrics.jsonl (one JSON object per step), summary.json, config.toml
     (resolved), logs/ (each rank's output), checkpoints/ and events.jsonl (failures, restarts,
     checkpoints). Exit codes: 0 done, 2 bad input, 75 preempted (SIGTERM/SIGUSR1: checkpointed,
@@ -37,7 +41,7 @@ def train(
 
     if resume not in (None, "auto"):  # a bad path is refused before anything is made
         resolve_resume(Path("."), resume, checksums=False)
-    config, rdir = prepare_run(cfg, set_, nproc, run_dir)
+    config, rdir = prepare_run(cfg, set_, nproc, run_dir, resume=resume, check_fresh=True)
     console = Console(stderr=True, highlight=False)
     start = resolve_resume(rdir, resume, checksums=False) if resume else None
     p = config.parallel

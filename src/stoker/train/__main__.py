@@ -23,6 +23,8 @@ from stoker.spec.train import DataConfig, TrainConfig
 from stoker.train.distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
+from stoker.train.restarts import attempt
+from stoker.train.run_dir import check_reuse, lock_run_dir
 from stoker.train.trainer import EXIT_INTERRUPTED, Trainer, exit_code
 
 
@@ -58,7 +60,7 @@ def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) 
         enable_flight_recorder(run_dir)  # before NCCL starts; `stoker train` sets it already
     info = init_distributed(cfg.parallel, cfg.train)
     try:
-        run_dir = agree_run_dir(cfg.train.name, run_dir, info)
+        run_dir = agree_run_dir(cfg, run_dir, info, resume)
         if info.is_main:
             write_config(run_dir, cfg)
         shard_dir = prepare_data(cfg.data, info)
@@ -68,11 +70,26 @@ def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) 
     return exit_code(status)
 
 
-def agree_run_dir(name: str, run_dir: Path | None, info: DistInfo) -> Path:
-    """Rank 0 makes the run dir (a new timestamped one if none was given) and tells the rest."""
-    chosen = [str(make_run_dir(name, run_dir)) if info.is_main else ""]
+def agree_run_dir(cfg: TrainConfig, run_dir: Path | None, info: DistInfo,
+                  resume: str | None = None) -> Path:
+    """Rank 0 makes the run dir (a new timestamped one if none was given) and, unless the
+    launcher that started it holds it, locks it and checks that a first attempt does not start
+    over a run it holds; then tells the rest (or every rank raises rank 0's error)."""
+    chosen: list[str] = [""]
+    if info.is_main:
+        try:
+            path = make_run_dir(cfg.train.name, run_dir)
+            if lock_run_dir(path) and attempt() == 0:
+                check_reuse(path, cfg.telemetry.metrics_file, resume)
+            chosen = [str(path)]
+        except StokerError as e:
+            chosen = ["error: " + str(e)]
     if dist.is_initialized() and info.world_size > 1:
         dist.broadcast_object_list(chosen, src=0)
+    if chosen[0].startswith("error: "):
+        if info.is_main:
+            raise StokerError(chosen[0].removeprefix("error: "))
+        raise SystemExit(2)  # rank 0 says why, once
     return Path(chosen[0])
 
 
