@@ -20,6 +20,11 @@ def train(
         None, "--resume", metavar="auto|PATH",
         help="Start from the run dir's newest committed checkpoint (auto), or from a checkpoint "
              "or run directory."),
+    restart_schedule: bool = typer.Option(
+        False, "--restart-schedule",
+        help="On a resume whose config changes the LR schedule (train.steps, optim.warmup_steps, "
+             "...), start the new schedule, warmup included, at the resumed step (default: go "
+             "on from that step of the new schedule)."),
     max_restarts: int = typer.Option(
         0, "--max-restarts", min=0,
         help="When a rank dies or hangs, tear the gang down and restart it from the newest "
@@ -52,7 +57,8 @@ def train(
                   f"strategy {p.strategy}{f' ({dims})' if dims else ''}, "
                   f"{config.train.steps} steps -> {rdir}"
                   + (f", resuming from {start}" if start else ""))
-    code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume)
+    code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume,
+                  rank_args=["--restart-schedule"] if restart_schedule else [])
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")

@@ -37,6 +37,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    metavar="KEY=VALUE", help="override a config key: section.key=value")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="start from the run's newest committed checkpoint (auto) or from PATH")
+    p.add_argument("--restart-schedule", action="store_true",
+                   help="on a resume whose config changes the LR schedule, start the new "
+                        "schedule (warmup included) at the resumed step")
     return p.parse_args(argv)
 
 
@@ -46,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = loading.load(TrainConfig, args.config, args.overrides)
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
-        return run_rank(cfg, args.run_dir, args.resume)
+        return run_rank(cfg, args.run_dir, args.resume, args.restart_schedule)
     except StokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -55,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) -> int:
+def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None,
+             restart_schedule: bool = False) -> int:
     if run_dir is not None:
         enable_flight_recorder(run_dir)  # before NCCL starts; `stoker train` sets it already
     info = init_distributed(cfg.parallel, cfg.train)
@@ -64,7 +68,8 @@ def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) 
         if info.is_main:
             write_config(run_dir, cfg)
         shard_dir = prepare_data(cfg.data, info)
-        status = Trainer(cfg, run_dir, info, shard_dir, resume=resume).run()
+        status = Trainer(cfg, run_dir, info, shard_dir, resume=resume,
+                         restart_schedule=restart_schedule).run()
     finally:
         destroy_distributed()
     return exit_code(status)

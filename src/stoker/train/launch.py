@@ -58,7 +58,9 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     ``check_fresh``: refuse a run dir that holds a run unless ``resume`` is given."""
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
+    from stoker.train.checkpoint import resolve_resume
     from stoker.train.data import ensure_dataset  # imports torch: only once the config is good
+    from stoker.train.resume_check import check_fits
     from stoker.train.shards import read_meta
     from stoker.train.trainer import check_vocab
 
@@ -71,6 +73,9 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     lock_run_dir(run_dir)
     if check_fresh:
         check_reuse(run_dir, cfg.telemetry.metrics_file, resume)
+    start = resolve_resume(run_dir, resume, checksums=False) if resume else None
+    if start is not None:
+        check_fits(start, cfg, str(config_path))
     write_config(run_dir, cfg)
     return cfg, run_dir
 
