@@ -24,7 +24,7 @@ from stoker.train.distributed import DistInfo, barrier, destroy_distributed, ini
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
 from stoker.train.restarts import attempt
-from stoker.train.run_dir import check_reuse, lock_run_dir
+from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder
 from stoker.train.trainer import EXIT_INTERRUPTED, Trainer, exit_code
 
 
@@ -84,8 +84,10 @@ def agree_run_dir(cfg: TrainConfig, run_dir: Path | None, info: DistInfo,
     if info.is_main:
         try:
             path = make_run_dir(cfg.train.name, run_dir)
-            if lock_run_dir(path) and attempt() == 0:
-                check_reuse(path, cfg.telemetry.metrics_file, resume)
+            if lock_run_dir(path, record=False):
+                if attempt() == 0:
+                    check_reuse(path, cfg.telemetry.metrics_file, resume)
+                record_holder(path)
             chosen = [str(path)]
         except StokerError as e:
             chosen = ["error: " + str(e)]

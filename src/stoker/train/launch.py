@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING
 
 from stoker.observe.events import EventLog
 from stoker.spec import loading
-from stoker.spec.errors import ConfigError
+from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.restarts import ATTEMPT_ENV, AttemptResult, rank_failures, supervise
-from stoker.train.run_dir import check_reuse, lock_run_dir
+from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder, unlock_run_dir
 
 if TYPE_CHECKING:
     from torch.distributed.launcher.api import LaunchConfig
@@ -70,12 +70,17 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     except ConfigError as e:
         raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
     run_dir = make_run_dir(cfg.train.name, run_dir)
-    lock_run_dir(run_dir)
-    if check_fresh:
-        check_reuse(run_dir, cfg.telemetry.metrics_file, resume)
-    start = resolve_resume(run_dir, resume, checksums=False) if resume else None
-    if start is not None:
-        check_fits(start, cfg, str(config_path))
+    lock_run_dir(run_dir, record=False)
+    try:
+        if check_fresh:
+            check_reuse(run_dir, cfg.telemetry.metrics_file, resume)
+        start = resolve_resume(run_dir, resume, checksums=False) if resume else None
+        if start is not None:
+            check_fits(start, cfg, str(config_path))
+    except StokerError:
+        unlock_run_dir(run_dir)
+        raise
+    record_holder(run_dir)
     write_config(run_dir, cfg)
     return cfg, run_dir
 

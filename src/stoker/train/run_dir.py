@@ -31,9 +31,11 @@ class RunDirBusy(StokerError):
     """Another process holds the run dir's lock."""
 
 
-def lock_run_dir(run_dir: Path) -> bool:
+def lock_run_dir(run_dir: Path, record: bool = True) -> bool:
     """Lock ``run_dir`` for this process's life, or raise `RunDirBusy` naming the holder.
-    Returns False (and takes nothing) when the launcher that started this process holds it."""
+    Returns False (and takes nothing) when the launcher that started this process holds it.
+    ``record=False``: leave the file as it is until `record_holder` (a run refused after
+    taking the lock then changes nothing in the run dir)."""
     key = str(run_dir.resolve())
     if key in _held:
         return True
@@ -47,15 +49,24 @@ def lock_run_dir(run_dir: Path) -> bool:
             return False  # our launcher holds it for us
         raise RunDirBusy(f"{run_dir} is in use by another run ({describe_holder(holder)}): "
                          f"wait for it to end, or train into another --run-dir") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
     _held[key] = fd
-    os.environ[LOCK_ENV] = str(os.getpid())
+    if record:
+        record_holder(run_dir)
     return True
 
 
+def record_holder(run_dir: Path) -> None:
+    """Write this process's PID and host in the lock it holds; its children inherit
+    ``STOKER_RUN_LOCK``, so that they know the lock is held for them."""
+    fd = _held[str(run_dir.resolve())]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    os.environ[LOCK_ENV] = str(os.getpid())
+
+
 def unlock_run_dir(run_dir: Path) -> None:
-    """Release a lock this process took (tests; a process's lock otherwise ends with it)."""
+    """Release a lock this process took (a run refused after taking it; a process's lock
+    otherwise ends with it)."""
     fd = _held.pop(str(run_dir.resolve()), None)
     if fd is not None:
         os.close(fd)
