@@ -59,7 +59,7 @@ from stoker.observe.metrics import (
     peak_memory_bytes,
     read_metrics,
 )
-from stoker.observe.peak import Peak, peak_flops
+from stoker.observe.peak import Peak, peak_flops, trusted_mfu
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
@@ -155,6 +155,8 @@ class Trainer:
         self.accum = cfg.grad_accum_steps(self.dims.dp_size)
         self.tokens_per_step = t.global_batch_size * t.seq_len
         self.shard_dir = shard_dir
+        self.flops_per_token = flops_per_token(self.shape, t.seq_len)
+        self.peak = self._peak()  # before the loader's threads or the model's memory exist
         self.train_loader = self._loader("train")
         check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
 
@@ -186,12 +188,11 @@ class Trainer:
         self.samples_file = (run_dir / "samples" / f"rank-{dist_info.rank:05d}.jsonl"
                              if cfg.telemetry.sample_ids else None)
 
+        self._warned_peak = False
         self.stop = StopRequest(self.events)
         self.stop_agreed = 0  # the largest stop kind asked of any rank: all stop after this step
         self.pending: list[PendingStep] = []  # steps not yet logged (see step_log.py)
         self.timer = StepTimer(self.device)
-        self.flops_per_token = flops_per_token(self.shape, t.seq_len)
-        self.peak = self._peak()
         self.stats = RunStats()
         self.display = display or make_display(dist_info.is_main, cfg.telemetry.live,
                                                t.log_interval)
@@ -544,7 +545,7 @@ class Trainer:
             "tokens": self.tokens_per_step,
             "tokens_per_s": tps,
             "tokens_per_s_per_device": tps / self.dist.world_size,
-            "mfu": flops_per_rank / times.step_time_s / self.peak.flops_per_s,
+            "mfu": self._mfu(flops_per_rank / times.step_time_s),
             "step_time_s": times.step_time_s,
             "data_wait_s": times.data_wait_s,
             "fwd_bwd_s": times.fwd_bwd_s,
@@ -591,6 +592,18 @@ class Trainer:
             self.writer.close()
         self.display.finish(summary)
 
+    def _mfu(self, achieved_flops_per_s: float) -> float:
+        """Never above 1 (`trusted_mfu`); a measured peak a step beat is raised and saved."""
+        mfu, peak = trusted_mfu(achieved_flops_per_s, self.peak)
+        if peak != self.peak:
+            self.peak = peak
+            self._save_peak(peak)
+        elif mfu == 1.0 and not self._warned_peak and self.dist.is_main:
+            self._warned_peak = True
+            self.display.message(f"MFU: a step ran faster than the peak ({peak.source}); "
+                                 f"MFU is reported as at most 100%")
+        return mfu
+
     def _whole_run(self, status: str, wall_time_s: float
                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Each step's latest record, and every attempt (`attempt_history`). Rank 0 reads
@@ -628,12 +641,19 @@ class Trainer:
         barrier()
         peak = peak_flops(self.device, dtype)
         barrier()
-        if self.dist.is_main and peak.source.startswith("measured"):
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "flops_per_s": peak.flops_per_s,
-                                       "source": peak.source}))
-            tmp.replace(cache)
+        self._save_peak(peak)
         return peak
+
+    def _save_peak(self, peak: Peak) -> None:
+        """RUN_DIR/peak.json, for a measured peak (rank 0)."""
+        if not (self.dist.is_main and peak.source.startswith("measured")):
+            return
+        dtype = resolve_dtype(self.cfg.parallel, self.device)
+        cache = self.run_dir / "peak.json"
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": f"{self.device.type} {dtype}",
+                                   "flops_per_s": peak.flops_per_s, "source": peak.source}))
+        tmp.replace(cache)
 
     # ------------------------------------------------------------------ setup helpers
 
