@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint sandbox postgres
+.PHONY: install demo test lint sandbox postgres chromium vendor-assets
 
 # bubblewrap sandboxes the control plane's jobs (tests/test_tenant_isolation.py). Installed
 # here when missing and this is root (as in CI); elsewhere those tests skip, or fail under CI.
@@ -18,6 +18,34 @@ postgres:
 		|| [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
 		|| { apt-get update -qq && { apt-get install -y -qq postgresql-15 >/dev/null \
 			|| apt-get install -y -qq postgresql >/dev/null; }; }
+
+# Debian's Chromium for the dashboard's browser tests (tests/test_dashboard_browser.py, driven
+# by Playwright with executable_path, no browser download): installed when missing and this is
+# root (as in CI); elsewhere those tests skip, or fail under CI=true.
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# The dashboard's and API docs' browser assets, vendored from npm into the package (committed;
+# run again only to upgrade): uPlot, swagger-ui-dist and ReDoc, each with its licence. One patch:
+# ReDoc's sidebar logo comes from its CDN, so the page would reach the internet; it is ours now.
+UPLOT := uplot@1.6.32
+SWAGGER := swagger-ui-dist@5.36.0
+REDOC := redoc@2.5.4
+STATIC := src/stoker/server/static
+vendor-assets:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack -q $(UPLOT) $(SWAGGER) $(REDOC) >/dev/null \
+		&& for f in *.tgz; do mkdir $${f%.tgz} && tar xzf $$f -C $${f%.tgz}; done \
+		&& cd $(CURDIR) && u=$$tmp/uplot-*/package && s=$$tmp/swagger-ui-dist-*/package \
+		&& r=$$tmp/redoc-*/package \
+		&& cp $$u/dist/uPlot.iife.min.js $$u/dist/uPlot.min.css $(STATIC)/ \
+		&& cp $$u/LICENSE $(STATIC)/uPlot.LICENSE \
+		&& cp $$s/swagger-ui-bundle.js $$s/swagger-ui-bundle.js.LICENSE.txt $$s/swagger-ui.css $(STATIC)/ \
+		&& cp $$s/LICENSE $(STATIC)/swagger-ui.LICENSE && cp $$s/NOTICE $(STATIC)/swagger-ui.NOTICE \
+		&& cp $$r/bundles/redoc.standalone.js $$r/bundles/redoc.standalone.js.LICENSE.txt $(STATIC)/ \
+		&& cp $$r/LICENSE $(STATIC)/redoc.LICENSE && rm -rf $$tmp \
+		&& sed -i 's#https://cdn.redoc.ly/redoc/logo-mini.svg#/static/favicon.svg#' \
+			$(STATIC)/redoc.standalone.js
 
 $(BIN)/stoker: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,5 +63,5 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: install lint sandbox postgres
+test: install lint sandbox postgres chromium
 	$(BIN)/pytest -q

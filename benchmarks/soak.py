@@ -1,7 +1,7 @@
 """Soak: the demo model trained on the control plane while faults are injected (issue 13).
 
     .venv/bin/python benchmarks/soak.py [--minutes 30] [--fault-interval 300] [--faults K]
-                                        [--seed 0] [--json OUT]
+                                        [--steps N] [--backoff 5] [--seed 0] [--json OUT]
 
 A real ``stoker server`` (`ServerProcess`) with local nodes, periodic health checks on (so a
 node a failure suspects is cordoned, and returns after passing a later check) and the test-only
@@ -239,7 +239,7 @@ def compare(run_dir: Path, expected: dict[int, float], report: Report) -> None:
 
 
 def run(minutes: float, interval: float, count: int | None, seed: int, steps: int | None,
-        console: Console) -> Report:
+        console: Console, backoff: float = 5.0) -> Report:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="stoker-soak-"))
     if steps is None:
@@ -257,7 +257,8 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
                   f"{', '.join(f'{t:.0f}s' for t in times) or 'none'}")
     (tmp / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp / "state", tmp / "cluster.toml",
-                           env={"STOKER_TOKEN_SOAK": "soak"}, args=["--interval", "0.5"])
+                           env={"STOKER_TOKEN_SOAK": "soak"},
+                           args=["--interval", "0.5", "--backoff", str(backoff)])
     columns = (TextColumn("soak"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
     try:
@@ -303,10 +304,13 @@ def main() -> None:
     parser.add_argument("--faults", type=int, default=None, help="exactly this many, evenly")
     parser.add_argument("--steps", type=int, default=None, help="instead of calibrating")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backoff", type=float, default=5.0,
+                        help="the server's first restart delay, seconds (doubles each restart)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     args = parser.parse_args()
     console = Console()
-    report = run(args.minutes, args.fault_interval, args.faults, args.seed, args.steps, console)
+    report = run(args.minutes, args.fault_interval, args.faults, args.seed, args.steps, console,
+                 args.backoff)
     show(report, console)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))

@@ -106,3 +106,24 @@ def test_cpu_peak_is_measured_once_per_process() -> None:
     assert peak.source == "measured: cpu fp32 matmul"
     assert 0 < peak.flops_per_s < 1e14  # no CPU here does 100 TFLOP/s; load only lowers it
     assert peak_flops(torch.device("cpu"), torch.float32) is peak  # cached
+
+
+def test_mfu_is_never_above_one() -> None:
+    """A step faster than a measured peak (calibrated on a busy machine) raises the peak; a
+    table or configured peak stays, the MFU capped at 1."""
+    from stoker.observe.peak import Peak, trusted_mfu
+
+    measured = Peak(100.0, "measured: cpu fp32 matmul")
+    assert trusted_mfu(50.0, measured) == (0.5, measured)
+    mfu, raised = trusted_mfu(180.0, measured)
+    assert mfu == 1.0 and raised.flops_per_s == 180.0 and raised.source.startswith("measured")
+    assert trusted_mfu(90.0, raised) == (0.5, raised)
+    table = Peak(100.0, "table: NVIDIA H100 SXM bf16 dense")
+    assert trusted_mfu(180.0, table) == (1.0, table)
+
+
+def test_cpu_calibration_in_rounds() -> None:
+    from stoker.observe.peak import measured_peak
+
+    peak = measured_peak(torch.device("cpu"), torch.float32, rounds=3)
+    assert peak.flops_per_s > 1e8 and peak.source == "measured: cpu fp32 matmul"

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stoker.cli.progress import progress_rows
 from stoker.spec.resources import BASE
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def job(
              + (" (borrowing)" if placement.get("borrowing") else "") if placement else "-")]),
         ("attempts", f"{j['attempt']}, restarts {j['restarts']}/{j['max_restarts']}"),
         ("exit code", "-" if j["exit_code"] is None else str(j["exit_code"])),
+        *progress_rows(j.get("progress")),
     ):
         info.add_row(f"[bold]{key}[/]", value)
     console.print(info)

@@ -20,12 +20,21 @@ def train(
         None, "--resume", metavar="auto|PATH",
         help="Start from the run dir's newest committed checkpoint (auto), or from a checkpoint "
              "or run directory."),
+    restart_schedule: bool = typer.Option(
+        False, "--restart-schedule",
+        help="On a resume whose config changes the LR schedule (train.steps, optim.warmup_steps, "
+             "...), start the new schedule, warmup included, at the resumed step (default: go "
+             "on from that step of the new schedule)."),
     max_restarts: int = typer.Option(
         0, "--max-restarts", min=0,
         help="When a rank dies or hangs, tear the gang down and restart it from the newest "
              "checkpoint, up to this many times."),
 ) -> None:
     """Validate the config, prepare the data, then run N ranks with torch.distributed.elastic.
+
+    RUN_DIR is locked while the run uses it (RUN_DIR/.lock: a second `stoker train` into it
+    is refused, naming the holder's PID), and a RUN_DIR that holds a run (checkpoints or
+    metrics) is not started over: continue it with --resume auto.
 
     Writes RUN_DIR/metrics.jsonl (one JSON object per step), summary.json, config.toml
     (resolved), logs/ (each rank's output), checkpoints/ and events.jsonl (failures, restarts,
@@ -37,7 +46,7 @@ def train(
 
     if resume not in (None, "auto"):  # a bad path is refused before anything is made
         resolve_resume(Path("."), resume, checksums=False)
-    config, rdir = prepare_run(cfg, set_, nproc, run_dir)
+    config, rdir = prepare_run(cfg, set_, nproc, run_dir, resume=resume, check_fresh=True)
     console = Console(stderr=True, highlight=False)
     start = resolve_resume(rdir, resume, checksums=False) if resume else None
     p = config.parallel
@@ -48,7 +57,8 @@ def train(
                   f"strategy {p.strategy}{f' ({dims})' if dims else ''}, "
                   f"{config.train.steps} steps -> {rdir}"
                   + (f", resuming from {start}" if start else ""))
-    code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume)
+    code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume,
+                  rank_args=["--restart-schedule"] if restart_schedule else [])
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")

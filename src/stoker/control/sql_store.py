@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, or_, select, text, tuple_, update
+from sqlalchemy import Engine, Row, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -164,6 +164,22 @@ class SqlStore:
             query = query.where(t.Job.state.in_([s.value for s in states]))
         with self._read() as s:
             return [_job(row) for row in s.execute(query)]
+
+    def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
+                  states: Collection[JobState] | None = None, queue: str | None = None,
+                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
+        where = []
+        if tenant is not None:
+            where.append(t.Job.tenant == tenant)
+        if states is not None:
+            where.append(t.Job.state.in_([s.value for s in states]))
+        if queue is not None:
+            where.append(t.Job.queue == queue)
+        order = t.Job.id.desc() if newest_first else t.Job.id
+        query = select(*_JOB_COLUMNS).where(*where).order_by(order).limit(limit).offset(offset)
+        with self._read() as s:
+            total = s.execute(select(func.count()).select_from(t.Job).where(*where)).scalar_one()
+            return [_job(row) for row in s.execute(query)], int(total)
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,

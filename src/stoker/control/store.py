@@ -227,6 +227,13 @@ class Store(Protocol):
         """Jobs in id order, optionally of one tenant and in some states."""
         ...
 
+    def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
+                  states: Collection[JobState] | None = None, queue: str | None = None,
+                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
+        """``limit`` jobs from ``offset`` in id order (``newest_first``: descending), with the
+        filters of `list_jobs` and a queue, and how many jobs match in all."""
+        ...
+
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],
                    reason: str, actor: str, changes: Mapping[str, Any] | None = None,
                    detail: Mapping[str, Any] | None = None,

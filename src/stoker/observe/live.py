@@ -192,6 +192,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     if "eval_loss_last" in summary:
         rows.append(("eval loss", f"{summary['eval_loss_last']:.4f} "
                                   f"(best {summary['eval_loss_best']:.4f})"))
+    attempts = summary.get("attempts") or []
+    if len(attempts) > 1:
+        rows.append(("attempts", f"{len(attempts)} (steps and wall time are the whole run's)"))
     rows.append(("run dir", str(summary.get("run_dir", ""))))
     for key, value in rows:
         table.add_row(key, value)

@@ -107,6 +107,53 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(maxrss if sys.platform == "darwin" else maxrss * 1024)  # Linux reports KiB
 
 
+ATTEMPT_KEY = "attempt"  # every record's attempt number: 1 for a run's first start, +1 a restart
+TAIL_BYTES = 1 << 16
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl in the order written; a torn or foreign line is skipped
+    (a killed writer can leave half a line)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    return [r for r in map(_parse, lines) if r is not None and "step" in r]
+
+
+def latest_per_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per step, by step: the one of the latest attempt (a restart or resume redoes
+    the steps after its checkpoint), the later line among equals (a loss-guard rollback redoes
+    steps within an attempt). Records without an attempt number count as attempt 0."""
+    best: dict[int, tuple[int, int, dict[str, Any]]] = {}
+    for i, r in enumerate(records):
+        key = (int(r.get(ATTEMPT_KEY, 0)), i)
+        if r["step"] not in best or key > best[r["step"]][:2]:
+            best[r["step"]] = (*key, r)
+    return [best[step][2] for step in sorted(best)]
+
+
+def last_attempt(path: Path) -> int:
+    """The highest attempt number among a metrics file's last records (0: none). Attempts only
+    grow down the file, so its tail is enough however long the run."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
+            tail = f.read().splitlines()
+    except OSError:
+        return 0
+    attempts = [int(r.get(ATTEMPT_KEY, 0)) for r in map(_parse, tail) if r is not None]
+    return max(attempts, default=0)
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class MetricsWriter:
     """Appends one JSON object per line and flushes it, so a crash loses at most one record."""
 
@@ -129,6 +176,13 @@ class RunStats:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: list[dict[str, Any]]) -> RunStats:
+        stats = cls()
+        for record in records:
+            stats.add(record)
+        return stats
 
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -169,3 +223,23 @@ class RunStats:
             out["eval_loss_last"] = self.evals[-1][1]
             out["eval_loss_best"] = min(v for _, v in self.evals)
         return out
+
+
+def attempt_history(records: list[dict[str, Any]], known: list[dict[str, Any]],
+                    current: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every attempt of a run, oldest first: ``known`` (from the previous summary.json), then
+    those only the metrics know of (killed before writing a summary: their wall time is the
+    span of their records), then ``current``. Each is {"attempt", "status", "wall_time_s",
+    "first_step", "last_step"}."""
+    seen = {int(a["attempt"]) for a in known} | {int(current["attempt"])}
+    spans: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        a = int(r.get(ATTEMPT_KEY, 0))
+        if a not in seen:
+            spans.setdefault(a, []).append(r)
+    lost = [{"attempt": a, "status": "ended without a summary",
+             "wall_time_s": max(r["time"] for r in rs) - min(r["time"] - r["step_time_s"]
+                                                             for r in rs),
+             "first_step": rs[0]["step"], "last_step": rs[-1]["step"]}
+            for a, rs in sorted(spans.items())]
+    return sorted([*known, *lost, current], key=lambda a: int(a["attempt"]))

@@ -60,6 +60,7 @@ GPUS: tuple[GpuSpec, ...] = (
 )
 
 CALIBRATION_SECONDS = 0.3
+CALIBRATION_ROUNDS = 3  # spread over the calibration: a busy moment spoils one, not the peak
 
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -95,22 +96,44 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
 
 
 @functools.cache
-def measured_peak(device: torch.device, dtype: torch.dtype) -> Peak:
-    """Best matmul throughput over about CALIBRATION_SECONDS of back-to-back square matmuls."""
+def measured_peak(device: torch.device, dtype: torch.dtype,
+                  rounds: int = CALIBRATION_ROUNDS) -> Peak:
+    """Best matmul throughput over about CALIBRATION_SECONDS of back-to-back square matmuls, in
+    ``rounds`` rounds with a pause between them: the best of every timed matmul is kept, so a
+    busy machine can only lower a few of them."""
     on_gpu = device.type == "cuda"
     size, reps = (4096, 8) if on_gpu else (512, 1)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)  # warm-up: first-call allocation and kernel selection
     best = 0.0
-    deadline = time.perf_counter() + CALIBRATION_SECONDS
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b)
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        best = max(best, reps * 2 * size**3 / (time.perf_counter() - start))
+    for i in range(rounds):
+        if i:
+            time.sleep(CALIBRATION_SECONDS / rounds / 2)  # let another process's burst pass
+        deadline = time.perf_counter() + CALIBRATION_SECONDS / rounds
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            if on_gpu:
+                torch.cuda.synchronize(device)
+            best = max(best, reps * 2 * size**3 / (time.perf_counter() - start))
     kind = DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
     where = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     return Peak(best, f"measured: {where} {kind} matmul")
+
+
+RAISED = ", raised to a training step's own rate"
+
+
+def trusted_mfu(achieved_flops_per_s: float, peak: Peak) -> tuple[float, Peak]:
+    """MFU of a step that ran at ``achieved_flops_per_s``, never above 1, and the peak to use
+    from now on. A step faster than a measured peak proves the measurement low (a busy machine
+    while calibrating): the step's rate becomes the peak. A table or configured peak is kept,
+    and the MFU capped at 1."""
+    if achieved_flops_per_s <= peak.flops_per_s:
+        return achieved_flops_per_s / peak.flops_per_s, peak
+    if peak.source.startswith("measured"):
+        source = peak.source if peak.source.endswith(RAISED) else peak.source + RAISED
+        return 1.0, Peak(achieved_flops_per_s, source)
+    return 1.0, peak

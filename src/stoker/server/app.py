@@ -14,28 +14,30 @@ when the body is the same, and is a 409 when it is not.
 
 from __future__ import annotations
 
-import html
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stoker
 from stoker.control.plane import Conflict, ControlPlane
 from stoker.control.states import TERMINAL
 from stoker.control.store import JobRecord
+from stoker.control.train_run import RunMetrics, train_run
 from stoker.server.auth import Principal, TokenBook
+from stoker.server.dashboard import dashboard_routes
+from stoker.server.docs import STATIC, redoc_html, swagger_html
 from stoker.server.edge import BodyLimit, clean_body, errors, json_errors, printable
 from stoker.server.logs import read_chunk
 from stoker.server.metrics import Metrics
+from stoker.server.session import session_token
 from stoker.spec.api import (
     AuditView,
     Cordon,
@@ -45,6 +47,7 @@ from stoker.spec.api import (
     JobSubmission,
     JobView,
     LogChunk,
+    MetricsPage,
     NodeDetail,
     NodeView,
     QueueUsage,
@@ -59,8 +62,10 @@ bearer = HTTPBearer(auto_error=False)
 
 def principal(request: Request,
               cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    """The Bearer token's principal; on a read (GET), else the browser session's."""
     tokens: TokenBook = request.app.state.tokens
-    who = tokens.principal(cred.credentials) if cred is not None else None
+    token = cred.credentials if cred is not None else session_token(request)
+    who = tokens.principal(token) if token is not None else None
     if who is None:
         raise HTTPException(401, "missing or invalid API token",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -119,6 +124,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     app.state.tokens = tokens
     app.state.api = api
     metrics = Metrics(plane)
+    run_metrics = RunMetrics(plane.jobs_dir)
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
 
@@ -157,13 +163,11 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
 
     @app.get("/docs", tags=["server"], include_in_schema=False)
     def docs(_who: Docs) -> HTMLResponse:
-        # The spec is inlined: the page's own fetch of /openapi.json would carry no token.
-        return get_swagger_ui_html(openapi_url="", title=f"{app.title} - Swagger UI",
-                                   swagger_ui_parameters={"spec": app.openapi()})
+        return HTMLResponse(swagger_html(app.title, app.openapi()))
 
     @app.get("/redoc", tags=["server"], include_in_schema=False)
     def redoc(_who: Docs) -> HTMLResponse:
-        return HTMLResponse(_redoc_html(app.title, app.openapi()))
+        return HTMLResponse(redoc_html(app.title, app.openapi()))
 
     @app.get("/v1/whoami", tags=["server"], responses=AUTH)
     def whoami(who: Who) -> WhoAmI:
@@ -189,17 +193,63 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         return plane.job_views([job])[0]
 
     @app.get("/v1/jobs", tags=["jobs"], responses=errors(401, 413, 422))
-    def list_jobs(who: Who, state: Annotated[list[JobState] | None, Query()] = None,
-                  active: bool = False) -> list[JobView]:
+    def list_jobs(who: Who, response: Response,
+                  state: Annotated[list[JobState] | None, Query()] = None,
+                  active: bool = False, queue: Annotated[str | None, Query(max_length=200)] = None,
+                  limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+                  offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+                  order: Annotated[Literal["asc", "desc"], Query()] = "asc") -> list[JobView]:
+        """The caller's jobs (the admin: every job) in id order (``order=desc``: newest
+        first), optionally in some states or one queue. With ``limit``, one page from
+        ``offset``; the ``X-Total-Count`` header says how many jobs match in all."""
         states = set(state) if state else None
         if active:
             states = (states or set(JobState)) - TERMINAL
-        jobs = plane.store.list_jobs(tenant=None if who.admin else who.name, states=states)
+        tenant = None if who.admin else who.name
+        if limit is None and offset == 0 and order == "asc" and queue is None:
+            jobs = plane.store.list_jobs(tenant=tenant, states=states)
+            total = len(jobs)
+        else:
+            jobs, total = plane.store.page_jobs(limit=limit or MAX_ID, offset=offset,
+                                                tenant=tenant, states=states, queue=queue,
+                                                newest_first=order == "desc")
+        response.headers["X-Total-Count"] = str(total)
         return plane.job_views(jobs)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 413, 422))
     def get_job(job_id: int, who: Who) -> JobDetail:
-        return plane.job_detail(own_job(job_id, who))
+        """A job, its events, why each failed attempt failed, its goodput and, for a training
+        job that has recorded a step, its ``progress`` (step, loss, tokens/s, MFU, ETA)."""
+        job = own_job(job_id, who)
+        detail = plane.job_detail(job)
+        detail.progress = run_metrics.progress(job)
+        return detail
+
+    @app.get("/v1/jobs/{job_id}/metrics", tags=["jobs"],
+             responses=errors(401, 403, 404, 413, 422))
+    def job_metrics(job_id: int, who: Who,
+                    since: Annotated[int, Query(ge=-1, le=MAX_ID)] = 0,
+                    revision: Annotated[str | None, Query(max_length=64,
+                                                          pattern=r"^[0-9a-f]+:[0-9]+$")] = None,
+                    limit: Annotated[int, Query(ge=1, le=10_000)] = 5000,
+                    field: Annotated[list[str] | None, Query(max_length=64)] = None
+                    ) -> MetricsPage:
+        """A training job's metrics.jsonl records of the steps after ``since``: one per step
+        (the latest attempt's), by step, at most ``limit``, each with only the keys in
+        ``field`` (repeated; ``step`` always) when given. Poll with the answer's
+        ``next_since`` and ``revision``: each poll reads only what the run appended since the
+        last one, and steps a restart rewrote since ``revision`` come again."""
+        job = own_job(job_id, who)
+        run = train_run(job)
+        if run is None:
+            raise HTTPException(404, f"job {job_id} is not a training job")
+        try:
+            got = run_metrics.read(job, run, since, revision, limit, field)
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
+        return MetricsPage(records=got.records, since=got.since, next_since=got.next_since,
+                           more=got.more, revision=got.revision, last_step=got.last_step,
+                           steps=run.steps, done=job.state in TERMINAL and not got.more)
 
     @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"],
               responses=errors(401, 404, 409, 413, 422))
@@ -297,6 +347,8 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         return [AuditView(id=a.id, at=a.at, actor=a.actor, action=a.action, target=a.target,
                           detail=a.detail) for a in plane.store.audit(after_id, limit)]
 
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(dashboard_routes(plane, run_metrics))
     return app
 
 
@@ -332,13 +384,3 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     detail = exc.detail if isinstance(exc.detail, list) else printable(str(exc.detail))
     return JSONResponse(status_code=exc.status_code, content={"detail": detail},
                         headers=exc.headers)
-
-
-def _redoc_html(title: str, spec: dict[str, Any]) -> str:
-    inline = json.dumps(spec).replace("<", "\\u003c")  # no "</script>" inside the script
-    return f"""<!DOCTYPE html>
-<html><head><title>{html.escape(title)} - ReDoc</title><meta charset="utf-8"/></head>
-<body><div id="redoc"></div>
-<script src="https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"></script>
-<script>Redoc.init({inline}, {{}}, document.getElementById("redoc"));</script>
-</body></html>"""

@@ -30,3 +30,20 @@ def read_chunk(root: Path, relative: PurePosixPath, offset: int, limit: int,
     lines = [line[len(prefix):].lstrip(b" ") for line in data[:end].splitlines(keepends=True)
              if line.startswith(prefix)]
     return b"".join(lines).decode(errors="replace"), offset + end
+
+
+def read_tail(root: Path, relative: PurePosixPath, limit: int) -> tuple[str, int]:
+    """The last ``limit`` bytes of ``root/relative`` from a line's start: (text, the offset
+    after it, where a reader of what follows starts). A missing or unsafe file reads as empty."""
+    try:
+        fd = open_beneath(root, relative)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return "", 0
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        start = max(0, size - limit)
+        data = os.pread(f.fileno(), size - start, start)
+    end = start + len(data)
+    if start > 0:
+        data = data[data.find(b"\n") + 1:]  # from the first whole line
+    return data.decode(errors="replace"), end

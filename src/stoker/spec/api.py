@@ -255,11 +255,44 @@ class GoodputView(BaseModel):
     telemetry: bool
 
 
+class ProgressView(BaseModel):
+    """A training job's progress from its metrics: the last step recorded, its loss, the
+    latest eval loss among the recent steps, means over them, and the time left at that pace
+    (None once the job is over)."""
+
+    step: int
+    steps: int  # the run's train.steps
+    loss: float | None
+    eval_loss: float | None
+    tokens_per_s: float | None
+    mfu: float | None
+    step_time_s: float | None
+    eta_s: float | None
+    updated_at: float | None  # the last record's time
+
+
 class JobDetail(JobView):
     spec: dict[str, Any]
     events: list[EventView]
     causes: list[AttemptCauseView] = []
     goodput: GoodputView | None = None
+    progress: ProgressView | None = None  # a training job that has recorded a step
+
+
+class MetricsPage(BaseModel):
+    """``GET /v1/jobs/{id}/metrics``: the run's metrics.jsonl records of the steps after
+    ``since``, by step, one per step (the latest attempt's), at most ``limit``. Pass
+    ``next_since`` and ``revision`` to the next poll: steps rewritten since that revision (a
+    restart redid them) come again, ``since`` then being lower than asked."""
+
+    records: list[dict[str, Any]]
+    since: int
+    next_since: int
+    more: bool  # more records are there already: ask again at once
+    revision: str
+    last_step: int | None  # the highest step recorded
+    steps: int  # the run's train.steps
+    done: bool  # the job is over and every record was returned
 
 
 class UsageRow(BaseModel):

@@ -23,6 +23,8 @@ from stoker.spec.train import DataConfig, TrainConfig
 from stoker.train.distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
+from stoker.train.restarts import attempt
+from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder
 from stoker.train.trainer import EXIT_INTERRUPTED, Trainer, exit_code
 
 
@@ -35,6 +37,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    metavar="KEY=VALUE", help="override a config key: section.key=value")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="start from the run's newest committed checkpoint (auto) or from PATH")
+    p.add_argument("--restart-schedule", action="store_true",
+                   help="on a resume whose config changes the LR schedule, start the new "
+                        "schedule (warmup included) at the resumed step")
     return p.parse_args(argv)
 
 
@@ -44,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = loading.load(TrainConfig, args.config, args.overrides)
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
-        return run_rank(cfg, args.run_dir, args.resume)
+        return run_rank(cfg, args.run_dir, args.resume, args.restart_schedule)
     except StokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -53,26 +58,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None) -> int:
+def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None,
+             restart_schedule: bool = False) -> int:
     if run_dir is not None:
         enable_flight_recorder(run_dir)  # before NCCL starts; `stoker train` sets it already
     info = init_distributed(cfg.parallel, cfg.train)
     try:
-        run_dir = agree_run_dir(cfg.train.name, run_dir, info)
+        run_dir = agree_run_dir(cfg, run_dir, info, resume)
         if info.is_main:
             write_config(run_dir, cfg)
         shard_dir = prepare_data(cfg.data, info)
-        status = Trainer(cfg, run_dir, info, shard_dir, resume=resume).run()
+        status = Trainer(cfg, run_dir, info, shard_dir, resume=resume,
+                         restart_schedule=restart_schedule).run()
     finally:
         destroy_distributed()
     return exit_code(status)
 
 
-def agree_run_dir(name: str, run_dir: Path | None, info: DistInfo) -> Path:
-    """Rank 0 makes the run dir (a new timestamped one if none was given) and tells the rest."""
-    chosen = [str(make_run_dir(name, run_dir)) if info.is_main else ""]
+def agree_run_dir(cfg: TrainConfig, run_dir: Path | None, info: DistInfo,
+                  resume: str | None = None) -> Path:
+    """Rank 0 makes the run dir (a new timestamped one if none was given) and, unless the
+    launcher that started it holds it, locks it and checks that a first attempt does not start
+    over a run it holds; then tells the rest (or every rank raises rank 0's error)."""
+    chosen: list[str] = [""]
+    if info.is_main:
+        try:
+            path = make_run_dir(cfg.train.name, run_dir)
+            if lock_run_dir(path, record=False):
+                if attempt() == 0:
+                    check_reuse(path, cfg.telemetry.metrics_file, resume)
+                record_holder(path)
+            chosen = [str(path)]
+        except StokerError as e:
+            chosen = ["error: " + str(e)]
     if dist.is_initialized() and info.world_size > 1:
         dist.broadcast_object_list(chosen, src=0)
+    if chosen[0].startswith("error: "):
+        if info.is_main:
+            raise StokerError(chosen[0].removeprefix("error: "))
+        raise SystemExit(2)  # rank 0 says why, once
     return Path(chosen[0])
 
 

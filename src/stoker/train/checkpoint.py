@@ -77,6 +77,7 @@ from stoker.train.ckpt_retention import to_delete
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
+RUN_META = "stoker.json"  # rank 0's: the config saved under, the schedule's start (resume_check)
 WRITER_NICE = 10  # CPU share of a background save's threads when they compete with training
 
 
@@ -372,8 +373,10 @@ class Checkpointer:
 
     # -------------------------------------------------------------- save
 
-    def save(self, step: int, state: dict[str, Any], *, sync: bool = False) -> bool | None:
-        """Checkpoint ``state`` (a DCP state dict) as of step ``step``.
+    def save(self, step: int, state: dict[str, Any], *, sync: bool = False,
+             meta: dict[str, Any] | None = None) -> bool | None:
+        """Checkpoint ``state`` (a DCP state dict) as of step ``step``; ``meta``, a small JSON
+        object, goes beside it (rank 0's ``stoker.json``: `resume_check.RUN_META`).
 
         Async (``checkpoint.async``, the default): returns at once. A background thread copies
         the state into a CPU staging buffer, then writes it with DCP over this checkpointer's
@@ -393,7 +396,7 @@ class Checkpointer:
         writer = _CommittingWriter(
             path, step=step, rank=self.rank, world_size=self.world_size,
             cfg_hash=self.config_hash,
-            rank_files={_rng_name(self.rank): _to_bytes(capture_rng(self.device))},
+            rank_files=self._rank_files(meta),
             on_commit=(lambda m: deleted.extend(self._retain(m.step)))
             if self.rank == 0 else None)
         started = time.time()
@@ -417,6 +420,12 @@ class Checkpointer:
         if sync or not self.cfg.async_save:
             return self.wait()
         return None
+
+    def _rank_files(self, meta: dict[str, Any] | None) -> dict[str, bytes]:
+        files = {_rng_name(self.rank): _to_bytes(capture_rng(self.device))}
+        if meta is not None and self.rank == 0:
+            files[RUN_META] = json.dumps(meta, indent=1).encode()
+        return files
 
     def _write_in_background(self, state: dict[str, Any], ready: torch.cuda.Event | None,
                              writer: _CommittingWriter, staged: threading.Event,

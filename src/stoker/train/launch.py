@@ -1,7 +1,9 @@
 """`stoker train`: check everything that can be checked once, then start N local ranks through
 torch.distributed.elastic (the machinery behind torchrun).
 
-    prepare_run(): validate config + world size, prepare the dataset, create RUN_DIR and write
+    prepare_run(): validate config + world size, prepare the dataset, create and lock RUN_DIR
+                   (RUN_DIR/.lock, held for the launcher's life: a second run into it is
+                   refused), refuse to start over a run it holds without --resume, and write
                    the resolved RUN_DIR/config.toml (before any rank starts)
     launch():      elastic_launch `python -m stoker.train RUN_DIR/config.toml --run-dir RUN_DIR`
                    on a c10d rendezvous at 127.0.0.1; each rank's output prefixed by its rank,
@@ -33,12 +35,13 @@ from typing import TYPE_CHECKING
 
 from stoker.observe.events import EventLog
 from stoker.spec import loading
-from stoker.spec.errors import ConfigError
+from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.restarts import ATTEMPT_ENV, AttemptResult, rank_failures, supervise
+from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder, unlock_run_dir
 
 if TYPE_CHECKING:
     from torch.distributed.launcher.api import LaunchConfig
@@ -48,11 +51,16 @@ RUNS_ROOT = Path("runs")
 
 
 def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
-                run_dir: Path | None) -> tuple[TrainConfig, Path]:
-    """Everything a launch needs, checked and made before any process starts."""
+                run_dir: Path | None, *, resume: str | None = None,
+                check_fresh: bool = False) -> tuple[TrainConfig, Path]:
+    """Everything a launch needs, checked and made before any process starts. The run dir is
+    locked for this process's life (`run_dir.lock_run_dir`) before anything is written in it;
+    ``check_fresh``: refuse a run dir that holds a run unless ``resume`` is given."""
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
+    from stoker.train.checkpoint import resolve_resume
     from stoker.train.data import ensure_dataset  # imports torch: only once the config is good
+    from stoker.train.resume_check import check_fits
     from stoker.train.shards import read_meta
     from stoker.train.trainer import check_vocab
 
@@ -62,6 +70,17 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     except ConfigError as e:
         raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
     run_dir = make_run_dir(cfg.train.name, run_dir)
+    lock_run_dir(run_dir, record=False)
+    try:
+        if check_fresh:
+            check_reuse(run_dir, cfg.telemetry.metrics_file, resume)
+        start = resolve_resume(run_dir, resume, checksums=False) if resume else None
+        if start is not None:
+            check_fits(start, cfg, str(config_path))
+    except StokerError:
+        unlock_run_dir(run_dir)
+        raise
+    record_holder(run_dir)
     write_config(run_dir, cfg)
     return cfg, run_dir
 

@@ -56,11 +56,23 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, progress)
 
 
+def shifted_lr_factor(step: int, cfg: OptimConfig, total_steps: int, start: int) -> float:
+    """`lr_factor` of a schedule that began at step ``start`` (``--restart-schedule``) and
+    ends at ``total_steps``."""
+    return lr_factor(step - start, cfg, max(1, total_steps - start))
+
+
+def schedule_fn(cfg: OptimConfig, total_steps: int, start: int = 0) -> functools.partial[float]:
+    # A partial, not a lambda: LambdaLR then saves only its (empty) __dict__, and it pickles.
+    if start == 0:
+        return functools.partial(lr_factor, cfg=cfg, total_steps=total_steps)
+    return functools.partial(shifted_lr_factor, cfg=cfg, total_steps=total_steps, start=start)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> LambdaLR:
-    # A partial, not a lambda: LambdaLR then saves only its (empty) __dict__, and it pickles.
-    return LambdaLR(optimizer, functools.partial(lr_factor, cfg=cfg, total_steps=total_steps))
+    return LambdaLR(optimizer, schedule_fn(cfg, total_steps))
 
 
 def clip_grad_norm_(params: Iterable[torch.Tensor], max_norm: float,

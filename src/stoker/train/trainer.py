@@ -48,8 +48,18 @@ from torch.distributed.tensor.parallel import loss_parallel
 from stoker.observe.events import EventLog
 from stoker.observe.flops import flops_per_token
 from stoker.observe.live import Display, make_display
-from stoker.observe.metrics import MetricsWriter, RunStats, StepTimer, peak_memory_bytes
-from stoker.observe.peak import Peak, peak_flops
+from stoker.observe.metrics import (
+    ATTEMPT_KEY,
+    MetricsWriter,
+    RunStats,
+    StepTimer,
+    attempt_history,
+    last_attempt,
+    latest_per_step,
+    peak_memory_bytes,
+    read_metrics,
+)
+from stoker.observe.peak import Peak, peak_flops, trusted_mfu
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
@@ -59,11 +69,12 @@ from stoker.train.distributed import DistInfo, barrier
 from stoker.train.exitcodes import EXIT_PREEMPTED
 from stoker.train.guards import LossGuard, Verdict
 from stoker.train.heartbeat import Heartbeat
-from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_, schedule_fn
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
 from stoker.train.pipeline import Pipeline, build_pipeline
 from stoker.train.restarts import attempt
+from stoker.train.resume_check import check_fits, read_run_meta, run_meta, schedule_changes
 from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
 
 EXIT_INTERRUPTED = 130
@@ -133,7 +144,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist_info: DistInfo,
                  shard_dir: Path, display: Display | None = None,
-                 resume: str | None = None) -> None:
+                 resume: str | None = None, restart_schedule: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.dist = dist_info
@@ -144,6 +155,8 @@ class Trainer:
         self.accum = cfg.grad_accum_steps(self.dims.dp_size)
         self.tokens_per_step = t.global_batch_size * t.seq_len
         self.shard_dir = shard_dir
+        self.flops_per_token = flops_per_token(self.shape, t.seq_len)
+        self.peak = self._peak()  # before the loader's threads or the model's memory exist
         self.train_loader = self._loader("train")
         check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
 
@@ -159,6 +172,8 @@ class Trainer:
         self.fsdp = uses_fsdp(cfg.parallel, self.dims)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
+        self.schedule_start = 0  # the step the LR schedule began at (--restart-schedule)
+        self.restart_schedule = restart_schedule
         self.step = 0
         self.after_step: list[Callable[[Trainer, dict[str, Any]], None]] = []
 
@@ -173,15 +188,15 @@ class Trainer:
         self.samples_file = (run_dir / "samples" / f"rank-{dist_info.rank:05d}.jsonl"
                              if cfg.telemetry.sample_ids else None)
 
+        self._warned_peak = False
         self.stop = StopRequest(self.events)
         self.stop_agreed = 0  # the largest stop kind asked of any rank: all stop after this step
         self.pending: list[PendingStep] = []  # steps not yet logged (see step_log.py)
         self.timer = StepTimer(self.device)
-        self.flops_per_token = flops_per_token(self.shape, t.seq_len)
-        self.peak = self._peak()
         self.stats = RunStats()
         self.display = display or make_display(dist_info.is_main, cfg.telemetry.live,
                                                t.log_interval)
+        self.run_attempt = run_attempt(run_dir / cfg.telemetry.metrics_file)
         self.writer = (MetricsWriter(run_dir / cfg.telemetry.metrics_file)
                        if dist_info.is_main else None)
         self.val_loader = self._val_loader()
@@ -227,11 +242,43 @@ class Trainer:
         for where in sources:
             path = self.checkpointer.locate(where)
             if path is not None:
+                check_fits(path, self.cfg)
                 state = self.state_dict(nested_optimizer_state(path))
                 step = self.checkpointer.load(state, path)
                 self.load_state_dict(state)
+                self._adopt_schedule(read_run_meta(path), step)
                 return step
         return None
+
+    def _adopt_schedule(self, meta: dict[str, Any], step: int) -> None:
+        """After a load: the LR schedule is the config's, at the checkpoint's position (its
+        step) or, with ``restart_schedule`` when the schedule changed, starting over there.
+        A change is said once, on the console and in events.jsonl."""
+        self.schedule_start = int(meta.get("schedule_start", 0))
+        changes = schedule_changes(meta, self.cfg)
+        if changes and self.restart_schedule:
+            self.schedule_start = step
+        if changes or self.schedule_start:
+            self._set_schedule()
+        if changes and self.dist.is_main:
+            how = (f"the new schedule starts over at step {step} (--restart-schedule)"
+                   if self.restart_schedule else
+                   f"it goes on from step {step} of the new schedule (--restart-schedule "
+                   f"starts it over there)")
+            self.display.message(f"resume: LR schedule changed ({', '.join(changes)}): {how}")
+            self.events.emit("schedule_changed", step=step, changes=changes,
+                             restarted=self.restart_schedule)
+
+    def _set_schedule(self) -> None:
+        """The config's schedule (and peak lr), begun at ``schedule_start``, at the
+        scheduler's current position."""
+        fn = schedule_fn(self.cfg.optim, self.cfg.train.steps, self.schedule_start)
+        sched, groups = self.scheduler, self.optimizer.param_groups
+        sched.lr_lambdas = [fn] * len(groups)
+        sched.base_lrs = [self.cfg.optim.lr] * len(groups)
+        for group, base in zip(groups, sched.base_lrs, strict=True):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [group["lr"] for group in groups]  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ the step
 
@@ -383,10 +430,12 @@ class Trainer:
         return records
 
     def _log_due(self) -> bool:
-        """Every ``train.log_interval`` steps, the last step, and the first of each attempt."""
-        t = self.cfg.train
+        """Every ``train.log_interval`` steps, the last step, the first of each attempt, and
+        every step-based checkpoint's step (so that every committed step has its record, even
+        if the run is killed before its next log step)."""
+        t, every = self.cfg.train, self.cfg.checkpoint.interval_steps
         return (self.step % t.log_interval == 0 or self.step >= t.steps
-                or not self.stats.records)
+                or not self.stats.records or bool(every and self.step % every == 0))
 
     def _log(self) -> tuple[list[dict[str, Any]], Agreed]:
         """The pending steps' records, written and shown; every rank learns the agreed stop."""
@@ -418,7 +467,8 @@ class Trainer:
             self.checkpointer.poll()
             return
         with self.heartbeat.paused():
-            self.checkpointer.save(self.step, self.state_dict(), sync=final or due.stop)
+            self.checkpointer.save(self.step, self.state_dict(), sync=final or due.stop,
+                                   meta=run_meta(self.cfg, self.schedule_start))
 
     def _roll_back(self) -> None:
         """Back to the last committed checkpoint; the data goes on from here, so the batches
@@ -453,7 +503,8 @@ class Trainer:
         try:
             resumed = self.restore()
             if self.dist.is_main:
-                self.events.emit("start", attempt=attempt(), world_size=self.dist.world_size,
+                self.events.emit("start", attempt=attempt(), run_attempt=self.run_attempt,
+                                 world_size=self.dist.world_size,
                                  step=self.step, resumed=resumed is not None)
             self.display.start(self.cfg.train.steps, self.step)
             self.heartbeat.start()
@@ -487,13 +538,14 @@ class Trainer:
         flops_per_rank = self.dims.flops_per_rank(self.flops_per_token, self.tokens_per_step)
         record: dict[str, Any] = {
             "step": p.step,
+            ATTEMPT_KEY: self.run_attempt,
             "loss": sum(logged.losses) / len(logged.losses),
             "lr": p.lr,
             "grad_norm": logged.grad_norm,
             "tokens": self.tokens_per_step,
             "tokens_per_s": tps,
             "tokens_per_s_per_device": tps / self.dist.world_size,
-            "mfu": flops_per_rank / times.step_time_s / self.peak.flops_per_s,
+            "mfu": self._mfu(flops_per_rank / times.step_time_s),
             "step_time_s": times.step_time_s,
             "data_wait_s": times.data_wait_s,
             "fwd_bwd_s": times.fwd_bwd_s,
@@ -514,13 +566,19 @@ class Trainer:
         return record
 
     def _finish(self, status: str, wall_time_s: float) -> None:
+        """summary.json, over the whole run: every attempt's steps (each step once, from its
+        latest attempt) and wall time, not only this attempt's."""
+        records, history = self._whole_run(status, wall_time_s)
         summary = {
             "status": status,
             "steps_planned": self.cfg.train.steps,
             "world_size": self.dist.world_size,
             "layout": self.dims.layout.model_dump(),
-            "wall_time_s": wall_time_s,
-            **self.stats.summary(),
+            "wall_time_s": sum(a["wall_time_s"] for a in history),
+            "attempt": self.run_attempt,
+            "attempt_wall_time_s": wall_time_s,
+            **RunStats.of(records).summary(),
+            "attempts": history,
             "flops_per_token": self.flops_per_token,
             "peak_flops": self.peak.flops_per_s,
             "peak_source": self.peak.source,
@@ -533,6 +591,36 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         self.display.finish(summary)
+
+    def _mfu(self, achieved_flops_per_s: float) -> float:
+        """Never above 1 (`trusted_mfu`); a measured peak a step beat is raised and saved."""
+        mfu, peak = trusted_mfu(achieved_flops_per_s, self.peak)
+        if peak != self.peak:
+            self.peak = peak
+            self._save_peak(peak)
+        elif mfu == 1.0 and not self._warned_peak and self.dist.is_main:
+            self._warned_peak = True
+            self.display.message(f"MFU: a step ran faster than the peak ({peak.source}); "
+                                 f"MFU is reported as at most 100%")
+        return mfu
+
+    def _whole_run(self, status: str, wall_time_s: float
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Each step's latest record, and every attempt (`attempt_history`). Rank 0 reads
+        them from the run dir; the other ranks know this attempt only."""
+        mine = self.stats.records
+        current = {"attempt": self.run_attempt, "status": status, "wall_time_s": wall_time_s,
+                   "first_step": mine[0]["step"] if mine else None,
+                   "last_step": mine[-1]["step"] if mine else None}
+        if self.writer is None:
+            return mine, [current]
+        everything = read_metrics(self.writer.path)
+        try:
+            known = json.loads((self.run_dir / "summary.json").read_text()).get("attempts", [])
+        except (OSError, ValueError, AttributeError):
+            known = []
+        known = [a for a in known if isinstance(a, dict) and a.get("attempt") != self.run_attempt]
+        return latest_per_step(everything), attempt_history(everything, known, current)
 
     def _peak(self) -> Peak:
         """The MFU denominator: ``telemetry.peak_flops`` or the device's, found by rank 0 while
@@ -553,12 +641,19 @@ class Trainer:
         barrier()
         peak = peak_flops(self.device, dtype)
         barrier()
-        if self.dist.is_main and peak.source.startswith("measured"):
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "flops_per_s": peak.flops_per_s,
-                                       "source": peak.source}))
-            tmp.replace(cache)
+        self._save_peak(peak)
         return peak
+
+    def _save_peak(self, peak: Peak) -> None:
+        """RUN_DIR/peak.json, for a measured peak (rank 0)."""
+        if not (self.dist.is_main and peak.source.startswith("measured")):
+            return
+        dtype = resolve_dtype(self.cfg.parallel, self.device)
+        cache = self.run_dir / "peak.json"
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": f"{self.device.type} {dtype}",
+                                   "flops_per_s": peak.flops_per_s, "source": peak.source}))
+        tmp.replace(cache)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -585,6 +680,14 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the tokens (on vocab-sharded logits under tensor parallelism)."""
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
     return loss.full_tensor() if isinstance(loss, DTensor) else loss
+
+
+def run_attempt(metrics: Path) -> int:
+    """This start's attempt number for the metrics records: one more than the run dir's
+    newest, and at least the control plane's attempt (``STOKER_JOB_ATTEMPT``, from 1), so the
+    numbers only grow across restarts, resumes and control-plane retries."""
+    job = os.environ.get(faults.JOB_ATTEMPT_ENV, "")
+    return max(last_attempt(metrics) + 1, int(job) if job.isdigit() else 1)
 
 
 def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:

@@ -1,0 +1,225 @@
+"""The web dashboard's pages, rendered on the server (Jinja2), behind the API's tokens.
+
+A browser logs in once with its token (`session.py`: an HttpOnly cookie); a script or a
+benchmark may send ``Authorization: Bearer`` instead. A tenant sees its own jobs and queues
+only (another tenant's job page is a 404, as in the API); nodes are the admin's. The pages'
+scripts read the API (`/v1/...`) with the same session, for the live parts of a job's page.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from stoker.control.plane import Conflict, ControlPlane
+from stoker.control.states import TERMINAL
+from stoker.control.store import JobRecord
+from stoker.control.train_run import RunMetrics
+from stoker.server.auth import Principal, TokenBook
+from stoker.server.dashboard.format import FILTERS
+from stoker.server.logs import read_tail
+from stoker.server.session import (
+    csrf_ok,
+    csrf_token,
+    end_session,
+    safe_next,
+    session_token,
+    start_session,
+)
+from stoker.spec.api import JobState
+
+TEMPLATES = Path(__file__).parent / "templates"
+PAGE_SIZE = 50
+LOG_TAIL = 16 << 10
+WINDOWS = {"all": None, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+MAX_ID = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Viewer:
+    who: Principal
+    csrf: str
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(FILTERS)
+    return env
+
+
+def viewer(request: Request) -> Viewer | None:
+    """Who is asking: the Bearer token's principal, else the session cookie's."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    token = credentials.strip() if scheme.lower() == "bearer" else \
+        session_token(request, reads_only=False)
+    if not token:
+        return None
+    tokens: TokenBook = request.app.state.tokens
+    who = tokens.principal(token)
+    return None if who is None else Viewer(who, csrf_token(token))
+
+
+def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    env = environment()
+
+    def render(request: Request, template: str, me: Viewer | None, status: int = 200,
+               **context: Any) -> HTMLResponse:
+        page = env.get_template(template).render(
+            request=request, me=me, path=request.url.path, **context)
+        return HTMLResponse(page, status_code=status,
+                            headers={"Cache-Control": "no-store",
+                                     "X-Frame-Options": "DENY",
+                                     "Referrer-Policy": "same-origin"})
+
+    def to_login(request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    def not_found(request: Request, me: Viewer, message: str) -> HTMLResponse:
+        return render(request, "error.html", me, status=404, title="Not found",
+                      message=message)
+
+    def visible_job(job_id: int, me: Viewer) -> JobRecord | None:
+        job = plane.store.get_job(job_id) if 0 < job_id <= MAX_ID else None
+        return job if job is not None and me.who.may_see(job.tenant) else None
+
+    @router.get("/login", response_model=None)
+    def login_form(request: Request, next: str = "/") -> Response:
+        if viewer(request) is not None:
+            return RedirectResponse(safe_next(next), status_code=303)
+        return render(request, "login.html", None, next=safe_next(next), error=None)
+
+    @router.post("/login", response_model=None)
+    async def login(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        token = (form.get("token") or [""])[0].strip()
+        target = safe_next((form.get("next") or ["/"])[0])
+        tokens: TokenBook = request.app.state.tokens
+        if not token or tokens.principal(token) is None:
+            return render(request, "login.html", None, status=401, next=target,
+                          error="That token is not valid here.")
+        response = RedirectResponse(target, status_code=303)
+        start_session(response, request, token)
+        return response
+
+    @router.post("/logout", response_model=None)
+    async def logout(request: Request) -> Response:
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        me = viewer(request)
+        if me is not None and not csrf_ok_for(request, form):
+            raise HTTPException(403, "the form is stale: reload the page")
+        response = RedirectResponse("/login", status_code=303)
+        end_session(response)
+        return response
+
+    def csrf_ok_for(request: Request, form: dict[str, list[str]]) -> bool:
+        token = session_token(request, reads_only=False)
+        presented = form.get("csrf") or [""]
+        return token is not None and csrf_ok(token, presented[0])
+
+    @router.get("/", response_model=None)
+    def jobs_page(request: Request, state: str = "",
+                  queue: Annotated[str, Query(max_length=200)] = "",
+                  page: Annotated[int, Query(ge=1, le=10**9)] = 1) -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        states: set[JobState] | None = None
+        if state == "active":
+            states = set(JobState) - TERMINAL
+        elif state:
+            if state not in JobState.__members__:
+                raise HTTPException(422, f"unknown state {state!r}: one of active, "
+                                    + ", ".join(JobState.__members__))
+            states = {JobState(state)}
+        records, total = plane.store.page_jobs(
+            limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE,
+            tenant=None if me.who.admin else me.who.name, states=states,
+            queue=queue or None, newest_first=True)
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+
+        def link(to: int) -> str:
+            query = {k: v for k, v in (("state", state), ("queue", queue)) if v}
+            return "/?" + urlencode({**query, "page": to})
+
+        queues = sorted(plane.cluster.queues if me.who.admin else me.who.queues)
+        return render(request, "jobs.html", me, title="Jobs", jobs=plane.job_views(records),
+                      total=total, page=page, pages=pages, state=state, queue=queue,
+                      states=["active", *JobState.__members__], queues=queues,
+                      prev=link(page - 1) if page > 1 else None,
+                      next=link(page + 1) if page < pages else None, now=time.time())
+
+    @router.get("/jobs/{job_id}", response_model=None)
+    def job_page(request: Request, job_id: int) -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        job = visible_job(job_id, me)
+        if job is None:
+            return not_found(request, me, f"no job {job_id}")
+        detail = plane.job_detail(job)
+        detail.progress = run_metrics.progress(job)
+        log, log_offset = read_tail(plane.jobs_dir, plane.log_file(job, 0), LOG_TAIL)
+        may_cancel = (me.who.admin or job.tenant == me.who.name) and job.state not in TERMINAL
+        return render(request, "job.html", me, title=f"Job {job.id}", job=detail, log=log,
+                      log_offset=log_offset, may_cancel=may_cancel,
+                      over=job.state in TERMINAL, now=time.time())
+
+    @router.post("/jobs/{job_id}/cancel", response_model=None)
+    async def cancel(request: Request, job_id: int) -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        if not csrf_ok_for(request, form):
+            raise HTTPException(403, "the form is stale: reload the page")
+        if visible_job(job_id, me) is None:
+            return not_found(request, me, f"no job {job_id}")
+        try:
+            plane.cancel(job_id, me.who.name)
+        except Conflict as e:
+            raise HTTPException(409, str(e)) from None
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    @router.get("/queues", response_model=None)
+    def queues_page(request: Request) -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        rows = plane.queue_usage(None if me.who.admin else me.who.queues)
+        return render(request, "queues.html", me, title="Queues", rows=rows)
+
+    @router.get("/nodes", response_model=None)
+    def nodes_page(request: Request) -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        nodes = plane.node_views() if me.who.admin else []
+        return render(request, "nodes.html", me, title="Nodes", nodes=nodes)
+
+    @router.get("/usage", response_model=None)
+    def usage_page(request: Request, window: str = "all") -> Response:
+        me = viewer(request)
+        if me is None:
+            return to_login(request)
+        if window not in WINDOWS:
+            raise HTTPException(422, f"unknown window {window!r}: one of "
+                                + ", ".join(WINDOWS))
+        span = WINDOWS[window]
+        since = None if span is None else time.time() - span
+        report = plane.usage(None if me.who.admin else me.who.name, since)
+        return render(request, "usage.html", me, title="Usage", report=report,
+                      window=window, windows=list(WINDOWS))
+
+    return router

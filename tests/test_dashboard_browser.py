@@ -1,0 +1,296 @@
+"""The web dashboard in a real browser: a real `stoker server` with a short training job,
+headless Chromium (Debian's `chromium`, driven by Playwright, no browser download) logged in
+through the dashboard's own form.
+
+Every page load is offline: a request for anything but the server is aborted and recorded,
+and no page may log a console error. Screenshots are kept in the module's temporary
+directory (``shots/``). Without chromium or playwright the module is skipped, or fails under
+``CI=true`` (`make chromium` installs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stoker.server.process import ServerProcess, kill_jobs
+from test_e2e_control import wait
+
+pytestmark = pytest.mark.slow
+
+TOKENS = {"STOKER_ADMIN_TOKEN": "admin-t", "STOKER_TOKEN_ALICE": "alice-t",
+          "STOKER_TOKEN_BOB": "bob-t"}
+CLUSTER = """
+default_priority_class = "normal"
+[priority_classes]
+normal = 100
+[flavors.cpu]
+[autodetect]
+cpu_slots = 4
+cpu_flavor = "cpu"
+[admin]
+token_env = "STOKER_ADMIN_TOKEN"
+[tenants.alice]
+token_env = "STOKER_TOKEN_ALICE"
+queues = ["alice"]
+[tenants.bob]
+token_env = "STOKER_TOKEN_BOB"
+queues = ["bob"]
+[cohorts.lab]
+[queues.alice]
+cohort = "lab"
+[queues.alice.quotas.cpu]
+cpus = 2
+[queues.bob]
+cohort = "lab"
+[queues.bob.quotas.cpu]
+cpus = 1
+borrowing_limit = { cpus = 2 }
+"""
+STEPS = 30
+TRAIN: dict[str, Any] = {
+    "model": {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
+              "ffn_hidden": 128},
+    "data": {"dataset": "stdlib", "tokenizer": "byte"},
+    "parallel": {"strategy": "ddp"},
+    "optim": {"warmup_steps": 2},
+    "train": {"name": "dash", "steps": STEPS, "global_batch_size": 4, "micro_batch_size": 4,
+              "seq_len": 64, "eval_interval": 10, "log_interval": 1},
+    "telemetry": {"live": False},
+}
+
+
+def chromium() -> str:
+    """Debian's chromium, with playwright to drive it: else skip (fail under CI=true)."""
+    path = shutil.which("chromium")
+    missing = [name for name, ok in (("chromium (apt-get install chromium; `make chromium`)",
+                                      path is not None),
+                                     ("playwright (pip install -e '.[dev]')",
+                                      importlib.util.find_spec("playwright") is not None))
+               if not ok]
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the dashboard's browser tests need {', '.join(missing)}",
+                        pytrace=False)
+        pytest.skip(f"missing: {', '.join(missing)}")
+    assert path is not None
+    return path
+
+
+@dataclass
+class Cluster:
+    server: ServerProcess
+    train: int  # alice's training job
+    sleeper: int  # bob's command job, borrowing
+    shots: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    chromium()
+    root = tmp_path_factory.mktemp("dashboard")
+    (root / "cluster.toml").write_text(CLUSTER)
+    server = ServerProcess(root / "state", root / "cluster.toml", env=TOKENS,
+                           args=["--interval", "0.2", "--grace-period", "2"])
+    with server:
+        with server.client("alice-t") as alice:
+            train = alice.submit({"name": "alices-run", "queue": "alice", "ranks": 1,
+                                  "resources": {"cpus": 1}, "train_config": "train.toml"},
+                                 TRAIN)["id"]
+        with server.client("bob-t") as bob:
+            sleeper = bob.submit({"name": "sleeper", "queue": "bob", "ranks": 2,
+                                  "resources": {"cpus": 1},
+                                  "command": [sys.executable, "-c",
+                                              "import time; print('sleeping', flush=True); "
+                                              "time.sleep(120)"]})["id"]
+        yield Cluster(server, train, sleeper, root / "shots")
+    kill_jobs(root / "state")
+
+
+@dataclass
+class Tab:
+    """A logged-in browser context and its page, with what went wrong on it."""
+
+    page: Any
+    base: str
+    errors: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)  # requests that left the server
+
+    def goto(self, path: str) -> Any:
+        return self.page.goto(self.base + path, wait_until="load")
+
+    def clean(self) -> None:
+        assert not self.outside, f"requests left the server: {self.outside}"
+        assert not self.errors, f"console errors: {self.errors}"
+
+
+@pytest.fixture(scope="module")
+def browser(cluster: Cluster) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium(), headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield launched
+        launched.close()
+
+
+def open_tab(browser: Any, cluster: Cluster, token: str | None) -> Tab:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = Tab(context.new_page(), cluster.server.url)
+
+    def route(r: Any) -> None:
+        if r.request.url.startswith(tab.base + "/"):
+            r.continue_()
+        else:
+            tab.outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    tab.page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+    tab.page.on("pageerror", lambda e: tab.errors.append(str(e)))
+    tab.page.on("dialog", lambda d: d.accept())
+    if token is not None:  # through the login form, as a person would
+        tab.goto("/")
+        assert "/login" in tab.page.url
+        tab.page.fill("input[name=token]", token)
+        tab.page.click("button[type=submit]")
+        tab.page.wait_for_url(tab.base + "/")
+    return tab
+
+
+@pytest.fixture(scope="module")
+def alice(browser: Any, cluster: Cluster) -> Tab:
+    return open_tab(browser, cluster, "alice-t")
+
+
+@pytest.fixture(scope="module")
+def admin(browser: Any, cluster: Cluster) -> Tab:
+    return open_tab(browser, cluster, "admin-t")
+
+
+def shot(tab: Tab, cluster: Cluster, name: str) -> None:
+    cluster.shots.mkdir(exist_ok=True)
+    tab.page.screenshot(path=str(cluster.shots / f"{name}.png"), full_page=True)
+
+
+def latest_per_step(path: Path) -> dict[int, float | None]:
+    """Step -> loss of the last record of each step, as the runtime writes metrics.jsonl."""
+    out: dict[int, float | None] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+def test_jobs_page_lists_the_running_training_job(cluster: Cluster, alice: Tab) -> None:
+    wait(cluster.server, cluster.train, {"RUNNING", "SUCCEEDED"})
+    alice.goto("/")
+    row = alice.page.locator(f"tr[data-job='{cluster.train}']")
+    assert row.count() == 1 and "alices-run" in row.inner_text()
+    assert row.get_attribute("data-state") in ("RUNNING", "SUCCEEDED")
+    assert alice.page.locator(f"tr[data-job='{cluster.sleeper}']").count() == 0  # bob's
+    shot(alice, cluster, "jobs")
+    alice.goto("/?state=CANCELLED")
+    assert alice.page.locator("table.jobs").count() == 0
+    alice.clean()
+
+
+def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab) -> None:
+    wait(cluster.server, cluster.sleeper, {"RUNNING"})  # borrowing from alice's queue
+    for _ in range(5):  # the API before and after the page: alice's job may end meanwhile
+        with cluster.server.client("admin-t") as c:
+            api = c.queues()
+            admin.goto("/queues")
+            rows = admin.page.eval_on_selector_all(
+                "table.queues tbody tr", "rows => rows.map(r => ({...r.dataset}))")
+            if c.queues() == api:
+                break
+    assert len(rows) == len(api) > 0
+    assert any(r["queue"] == "bob" and float(r["borrowed"]) > 0 for r in rows)
+    for row, want in zip(rows, api, strict=True):
+        assert (row["queue"], row["flavor"], row["resource"]) == \
+            (want["queue"], want["flavor"], want["resource"])
+        assert float(row["used"]) == want["used"] and float(row["borrowed"]) == want["borrowed"]
+        assert (float(row["nominal"]) if row["nominal"] else None) == want["nominal"]
+        assert int(row["pending"]) == want["pending_jobs"]
+    shot(admin, cluster, "queues")
+    with cluster.server.client("admin-t") as c:
+        nodes, usage = c.nodes(), c.usage()["rows"]
+    admin.goto("/nodes")
+    assert admin.page.locator("table.nodes tbody tr").count() == len(nodes)
+    admin.goto("/usage")
+    names = admin.page.eval_on_selector_all(
+        "table.usage tbody tr", "rows => rows.map(r => r.dataset.scope + ' ' + r.dataset.name)")
+    assert names == [f"{r['scope']} {r['name']}" for r in usage]
+    shot(admin, cluster, "usage")
+    admin.clean()
+
+
+def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice: Tab) -> None:
+    alice.goto(f"/jobs/{cluster.train}")  # live: the page polls until the run is over
+    alice.page.wait_for_selector("#job[data-metrics-done='1']", state="attached",
+                                 timeout=120_000)
+    steps, losses, _evals = alice.page.evaluate("() => window.stokerCharts.loss.data")
+    run = cluster.server.state_dir / "jobs" / str(cluster.train) / "run" / "metrics.jsonl"
+    expected = latest_per_step(run)
+    assert steps == list(range(1, STEPS + 1)) == sorted(expected)
+    assert losses == [expected[s] for s in steps]
+    box = alice.page.locator("#chart-loss canvas").bounding_box()
+    assert box is not None and box["width"] > 200 and box["height"] > 100
+    assert alice.page.locator("#progress [data-key=step]").inner_text() == f"{STEPS} / {STEPS}"
+    assert "RUNNING" in alice.page.locator("table.events").inner_text()
+    assert alice.page.locator("form.cancel").count() == 0  # over
+    shot(alice, cluster, "job")
+    alice.clean()
+
+
+def test_a_tenant_cannot_open_another_tenants_job(browser: Any, cluster: Cluster) -> None:
+    bob = open_tab(browser, cluster, "bob-t")
+    response = bob.goto(f"/jobs/{cluster.train}")
+    assert response.status == 404 and "alices-run" not in bob.page.content()
+    bob.errors.clear()  # the browser logs the 404 itself
+    api = bob.page.request.get(f"{cluster.server.url}/v1/jobs/{cluster.train}/metrics")
+    assert api.status == 404  # the session reads the API as bob too
+    bob.goto("/")
+    assert bob.page.locator(f"tr[data-job='{cluster.train}']").count() == 0
+    bob.goto("/nodes")
+    assert "admin only" in bob.page.inner_text("main")
+    # bob cancels his own job from its page
+    bob.goto(f"/jobs/{cluster.sleeper}")
+    bob.page.click("form.cancel button")
+    bob.page.wait_for_url(f"{cluster.server.url}/jobs/{cluster.sleeper}")
+    wait(cluster.server, cluster.sleeper, {"CANCELLED"})
+    bob.clean()
+    anonymous = open_tab(browser, cluster, None)
+    anonymous.goto(f"/jobs/{cluster.sleeper}")
+    assert "/login" in anonymous.page.url
+    assert httpx.get(f"{cluster.server.url}/queues").status_code in (303, 307)
+    anonymous.clean()
+
+
+def test_api_docs_render_offline(cluster: Cluster, admin: Tab) -> None:
+    admin.goto("/docs")
+    admin.page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    assert "/v1/jobs/{job_id}/metrics" in admin.page.inner_text("#swagger-ui")
+    shot(admin, cluster, "docs")
+    admin.goto("/redoc")
+    admin.page.wait_for_function(
+        "() => document.body.innerText.includes('/v1/jobs/{job_id}/metrics')", timeout=30_000)
+    admin.clean()
+
+
+def test_metrics_need_a_token_by_default(cluster: Cluster) -> None:
+    assert httpx.get(f"{cluster.server.url}/metrics").status_code == 401
+    assert httpx.get(f"{cluster.server.url}/metrics",
+                     headers={"Authorization": "Bearer admin-t"}).status_code == 200
