@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from stoker.server.process import ServerProcess, kill_jobs
@@ -139,6 +140,12 @@ def test_a_job_with_two_roles_runs_every_rank_and_shows_each_role(
     assert f"ranks 0-1: 2 x cpu=1; cpu on {trainer[0]}, {trainer[1]}" in shown.stdout, \
         shown.stdout
     assert f"ranks 2-2: 1 x cpu=2; cpu on {worker[0]}" in shown.stdout
+    auth = {"Authorization": "Bearer tenant-t"}
+    page = httpx.get(f"{server.url}/jobs/{job_id}", headers=auth, timeout=30).text
+    assert "ranks 0-1: 2 × cpu 1" in page and "ranks 2-2: 1 × cpu 2" in page, page
+    assert f"cpu on {trainer[0]}, {trainer[1]}" in page and f"cpu on {worker[0]}" in page
+    listing = httpx.get(f"{server.url}/", headers=auth, timeout=30).text
+    assert "trainer: 2 × cpu 1; worker: 1 × cpu 2" in listing, listing
     listed = stoker(server, "jobs", "--all")
     row = next(line for line in listed.stdout.splitlines() if line.split()[:2] == [
         str(job_id), "rl"])
