@@ -65,6 +65,7 @@ from stoker.sched import (
     queue_positions,
 )
 from stoker.sched.config import resource_space
+from stoker.sched.fit import never_fits
 from stoker.spec import loading
 from stoker.spec.api import (
     AttemptCauseView,
@@ -288,10 +289,10 @@ class ControlPlane:
 
     def _check_fits(self, queue: str, ranks: int, resources: RankResources,
                     placement: Placement, prefix: str = "") -> None:
-        """Refuse a gang that no node set of the queue's flavors could ever hold, all nodes
-        empty: each node holds as many ranks as its scarcest resource allows, and a gang with
-        a required topology level must fit in one domain of that level. Each role of a job
-        is checked alone (``prefix``: its key); roles that fit one by one but never together
+        """Refuse a gang that can never be placed on the queue's nodes, all of them empty
+        (`stoker.sched.fit`: one flavor's nodes, each holding as many ranks as its scarcest
+        resource allows, one domain of a required topology level). Each role of a job is
+        checked alone (``prefix``: its key); roles that fit one by one but never together
         wait in the queue, with the scheduler's reason."""
         flavors = set(self.cluster.queues[queue].flavor_quotas())
         allowed = self.cluster.flavors_for_model(placement.gpu_model)
@@ -299,20 +300,19 @@ class ControlPlane:
             flavors &= set(allowed)
         space = resource_space(self.cluster)
         one = space.vector(resources.amounts())
-        held = {n.name: ranks_per_node(one, n.capacity) for n in self.nodes if n.flavor in flavors}
-        if not any(held.values()):
+        required = placement.topology_mode == "required"
+        unfit = never_fits(ranks, one, self.nodes, flavors, self.cluster.topology,
+                           placement.topology, required)
+        if unfit is None:
+            return
+        if unfit.why in ("no_flavor", "rank"):
             raise ConfigError(None, f"{prefix}resources", f"no node of queue {queue!r} can "
                               f"hold one rank ({space.describe(one)})")
-        if placement.topology is not None and placement.topology_mode == "required":
-            room = max(self._domain_room(held, placement.topology).values())
-            if room < ranks:
-                raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks do not fit in one "
-                                  f"{placement.topology} of queue {queue!r} (at most {room})")
-            return
-        room = sum(held.values())
-        if room < ranks:
-            raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks need more than all "
-                              f"nodes of queue {queue!r} together offer (room for {room})")
+        if unfit.why == "domain":
+            raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks do not fit in one "
+                              f"{placement.topology} of queue {queue!r} (at most {unfit.room})")
+        raise ConfigError(None, f"{prefix}ranks", f"{ranks} ranks need more than the nodes of "
+                          f"any one flavor of queue {queue!r} offer (room for {unfit.room})")
 
     def _check_roles_fit(self, job: JobSpec) -> None:
         """Refuse a job whose roles together ask more of some resource than all the nodes
@@ -336,16 +336,6 @@ class ControlPlane:
                 raise ConfigError(None, "roles", f"the roles together need "
                                   f"{describe(name, need[i])}, more than all nodes of queue "
                                   f"{job.queue!r} have ({describe(name, have[i])})")
-
-    def _domain_room(self, held: dict[str, int], level: str) -> dict[Any, int]:
-        """Ranks each domain of a topology level can hold ("node": each node alone)."""
-        room: Counter[Any] = Counter()
-        depth = None if level == "node" else self.cluster.topology.index(level) + 1
-        for node in self.nodes:
-            if node.name in held:
-                key = node.name if depth is None else node.domains[:depth]
-                room[key] += held[node.name]
-        return room
 
     def cancel(self, job_id: int, actor: str) -> JobRecord:
         """Cancel a queued job at once; ask the reconciler to stop an admitted one."""
@@ -543,13 +533,6 @@ class ControlPlane:
         return log_relpath(job.id, index)
 
 
-def ranks_per_node(one: Sequence[int], capacity: Sequence[int]) -> int:
-    """How many ranks needing ``one`` fit on an empty node of ``capacity``."""
-    counts = [c // w for w, c in zip(one, capacity, strict=True) if w > 0 and c < UNLIMITED]
-    return min(counts, default=UNLIMITED_RANKS)
-
-
-UNLIMITED_RANKS = 1 << 31  # a rank needing nothing the node limits: any number fit
 
 
 def submission_sha256(submission: JobSubmission) -> str:
