@@ -178,6 +178,19 @@ def test_without_periodic_checks_a_suspect_node_stays_schedulable(
     assert (bad.health, bad.cordoned, bad.failures) == ("suspect", False, 2)
 
 
+def test_without_periodic_checks_the_retry_avoids_the_suspect_node(
+        store: SqlStore, tmp_path: Path) -> None:
+    # No cordon (nothing would lift it), but the job's own retry goes elsewhere.
+    r = reconciler(store, tmp_path, nodes=2, periodic=False)
+    job = submit(store, DIES_ON_FIRST_NODE, max_restarts=1)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED}, seconds=30)
+    assert (done.state, done.attempt) == (SUCCEEDED, 2)
+    first, second = (store.processes(job.id, a)[0].node for a in (1, 2))
+    assert first != second
+    bad = node(store, first)
+    assert (bad.health, bad.cordoned) == ("suspect", False)
+
+
 def test_an_infra_failure_with_no_restarts_left_fails_and_still_suspects_the_node(
         store: SqlStore, tmp_path: Path) -> None:
     r = reconciler(store, tmp_path, nodes=2)

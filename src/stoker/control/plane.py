@@ -390,7 +390,8 @@ class ControlPlane:
         snapshot = build_snapshot(now, self.reconciler.effective_cluster(),
                                   self.reconciler.current_nodes(), records, None,
                                   self.store.nominations(),
-                                  None if afs is None else stored_scores(self.store, afs))
+                                  None if afs is None else stored_scores(self.store, afs),
+                                  self.reconciler.suspects(records))
         positions = {int(k): v for k, v in queue_positions(snapshot, policy).items()}
         counts = Counter(j.queue for j in snapshot.pending)
         backoff = sorted((j for j in records if j.state == JobState.QUEUED

@@ -120,6 +120,7 @@ class Reconciler:
         self.on_cycle: Callable[[CycleStats], None] | None = None
         self._overrides_key: tuple[Any, ...] | None = None
         self._nominated: frozenset[int | str] = frozenset()  # by the last cycle: they go first
+        self._suspects: dict[tuple[int, int], frozenset[str]] = {}  # (job, restarts) -> nodes
         self._effective = cluster
         self._killed: set[tuple[int, int]] = set()
         self._unplaced: set[JobId] = set()  # admitted without all their roles: warned once
@@ -270,7 +271,27 @@ class Reconciler:
         jobs = self._readable(self.store.list_jobs(states=(*ACTIVE, Q)), now)
         progress = {job.id: self._progress(job, now) for job in jobs if job.state in ACTIVE}
         return build_snapshot(now, self.effective_cluster(), self.current_nodes(), jobs,
-                              progress, self._nominated)
+                              progress, self._nominated, suspects=self.suspects(jobs))
+
+    def suspects(self, jobs: Sequence[JobRecord]) -> dict[int, frozenset[str]]:
+        """For each queued job that failed before: the nodes its infrastructure failures were
+        blamed on (its retries avoid them; `stoker.control.snapshot.avoiding`). Read from the
+        store once per failure (a job's causes change only when it fails again)."""
+        out = {}
+        for job in jobs:
+            if job.state != Q or not job.restarts:
+                continue
+            key = (job.id, job.restarts)
+            nodes = self._suspects.get(key)
+            if nodes is None:
+                nodes = frozenset(n for c in self.store.causes(job.id)
+                                  if c.category == failure.INFRA for n in c.nodes)
+                if len(self._suspects) > 10_000:
+                    self._suspects.clear()
+                self._suspects[key] = nodes
+            if nodes:
+                out[job.id] = nodes
+        return out
 
     def _readable(self, jobs: Sequence[JobRecord], now: float) -> list[JobRecord]:
         """The jobs whose stored spec still parses; the others (stored by an older version
@@ -650,9 +671,10 @@ class Reconciler:
 
     def _suspect(self, job: JobRecord, cause: failure.Cause) -> None:
         """The nodes an infrastructure failure points at become suspect. With periodic checks
-        on they are cordoned by the health system too, so the retry (and every other job) goes
-        elsewhere until the checks clear them; without, nothing would ever clear them, so they
-        stay schedulable (suspect, counted towards the repair flag)."""
+        on they are cordoned by the health system too, so every job goes elsewhere until the
+        checks clear them; without, nothing would ever clear them, so they stay schedulable
+        (suspect, counted towards the repair flag). Either way the job's own retries avoid
+        them while it fits elsewhere (`suspects`)."""
         health = self.cluster.health
         for node in cause.nodes:
             self.store.suspect_node(

@@ -13,6 +13,7 @@ from stoker.control.states import ACTIVE
 from stoker.control.store import JobRecord
 from stoker.sched import Node, PendingJob, Resources, RunningJob, Snapshot
 from stoker.sched.config import build_cohorts, build_queues, pending_job, resource_space
+from stoker.sched.fit import never_fits
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.job import JobRole, JobSpec
@@ -101,12 +102,15 @@ def running_jobs(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progr
 def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
                    jobs: Iterable[JobRecord], progress: Mapping[int, float] | None = None,
                    nominated: Collection[int | str] = (),
-                   tenant_usage: Mapping[tuple[str, str], float] | None = None) -> Snapshot:
+                   tenant_usage: Mapping[tuple[str, str], float] | None = None,
+                   suspects: Mapping[int, Collection[str]] | None = None) -> Snapshot:
     """Running = jobs holding resources (admitted, starting, running, stopping); pending =
     queued jobs past their restart backoff. ``progress``: seconds since each running job's
     last checkpoint (default: since it was admitted). ``nominated``: jobs the previous cycle
     nominated for preemption, so the room their victims free goes to them. ``tenant_usage``:
-    admission fair sharing's usage per (queue, tenant) (`stoker.sched.usage`)."""
+    admission fair sharing's usage per (queue, tenant) (`stoker.sched.usage`). ``suspects``:
+    per job, the nodes its infrastructure failures were blamed on; its retry avoids them while
+    it could still run without them (`avoiding`)."""
     progress = progress or {}
     running: list[RunningJob] = []
     pending: list[PendingJob] = []
@@ -121,10 +125,32 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
                 continue  # the cluster no longer has what it asks for: the reconciler fails it
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
-            pending.append(pending_job(cluster, spec, record.id, record.queued_at,
-                                       record.attained_s, record.id in nominated,
-                                       tenant=record.tenant))
+            job = pending_job(cluster, spec, record.id, record.queued_at, record.attained_s,
+                              record.id in nominated, tenant=record.tenant)
+            blamed = (suspects or {}).get(record.id)
+            if blamed:
+                queue = cluster.queues.get(job.queue)
+                flavors = set(queue.flavor_quotas()) if queue is not None else set()
+                job = job._replace(avoid=avoiding(job, blamed, nodes, flavors,
+                                                  cluster.topology))
+            pending.append(job)
     return Snapshot(now=now, queues=build_queues(cluster), nodes=tuple(nodes),
                     running=tuple(running), pending=tuple(pending),
                     cohorts=build_cohorts(cluster), topology=cluster.topology,
                     tenant_usage=tenant_usage, resources=resource_space(cluster))
+
+
+def avoiding(job: PendingJob, suspects: Collection[str], nodes: Sequence[Node],
+             queue_flavors: Collection[str], topology: Sequence[str]) -> frozenset[str]:
+    """The suspected nodes ``job`` avoids: all of them, unless some role could then never be
+    placed on its queue's flavors (a cluster of one node, or the only nodes of a GPU model):
+    then none, so a retry is never stranded by its own failures."""
+    roles = [(job.ranks, job.per_rank, job.flavors, job.topology, job.topology_required),
+             *((r.ranks, r.per_rank, r.flavors, r.topology, r.topology_required)
+               for r in job.roles)]
+    for ranks, per_rank, flavors, level, required in roles:
+        usable = set(queue_flavors) if flavors is None else set(queue_flavors) & set(flavors)
+        if never_fits(ranks, per_rank, nodes, usable, topology, level, required,
+                      avoid=suspects) is not None:
+            return frozenset()
+    return frozenset(suspects)
