@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sched_helpers import res
-from stoker.control.launch import assign_role_devices, plan_launch, process_count
+from stoker.control.launch import assign_role_devices, plan_launch, process_count, set_aside_run
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank
@@ -268,3 +268,16 @@ def test_a_job_without_roles_is_planned_as_before(store: SqlStore, tmp_path: Pat
     assert [p.env["STOKER_ROLE_RANK"] for p in plan.processes] == ["0", "1"]
     assert {p.env["STOKER_ROLES"] for p in plan.processes} == {"main=0-1"}
     assert job_spec(job).total_ranks == 2
+
+
+def test_without_resume_a_retry_keeps_the_earlier_run_aside(tmp_path: Path) -> None:
+    """`stoker server --no-resume`: attempt N starts afresh; what ran before is kept, not
+    reused (`stoker train` refuses a run dir that holds a run)."""
+    run = tmp_path / "7" / "run"
+    assert set_aside_run(tmp_path, 7, 2) is None  # nothing there yet
+    run.mkdir(parents=True)
+    assert set_aside_run(tmp_path, 7, 2) is None  # empty: nothing to keep
+    (run / "metrics.jsonl").write_text("{}\n")
+    kept = set_aside_run(tmp_path, 7, 2)
+    assert kept == tmp_path / "7" / "run.before-2" and (kept / "metrics.jsonl").exists()
+    assert not run.exists()

@@ -251,6 +251,18 @@ def _devices(ranks: Sequence[RankDevices]) -> DeviceUse:
     return out
 
 
+def set_aside_run(jobs_dir: Path, job_id: int, attempt: int) -> Path | None:
+    """Without ``--resume``, attempt ``attempt`` starts a training run afresh: the run dir of
+    the attempts before it is kept as ``run.before-N`` (a run dir is never silently reused:
+    `stoker train` refuses one that holds a run). Returns where it went, None if empty."""
+    run = job_dir(jobs_dir, job_id) / RUN
+    if run.is_symlink() or not run.is_dir() or not any(run.iterdir()):
+        return None
+    kept = run.with_name(f"{RUN}.before-{attempt}")
+    run.rename(kept)
+    return kept
+
+
 def write_train_config(path: Path, train: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

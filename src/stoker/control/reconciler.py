@@ -11,6 +11,7 @@ usage) is written to the store when it changes and read back by `recover()`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,6 +37,7 @@ from stoker.control.launch import (
     job_dir,
     plan_launch,
     process_count,
+    set_aside_run,
 )
 from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
@@ -431,6 +433,9 @@ class Reconciler:
         if starting is None:
             return
         self._oom_at_start[(job.id, attempt)] = oom_kills()
+        if spec.kind == "train" and not self.settings.resume and attempt > 1:
+            with contextlib.suppress(OSError):  # else `stoker train` refuses, naming the dir
+                set_aside_run(self.jobs_dir, job.id, attempt)
         try:
             records = self.executor.launch(plan)
         except NotReserved as e:  # nothing started: the job waits for its next admission
