@@ -392,7 +392,7 @@ def test_upgrading_from_0004_adds_the_scheduler_state(db_url: str) -> None:
         with store.engine.connect() as conn:
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert version == "0007" and diff == []
+        assert version == "0008" and diff == []
     finally:
         store.close()
 

@@ -23,10 +23,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stoker.control import node_health
+from stoker.control.accounting import parts
 from stoker.control import tables as t
 from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
+    AttemptRecord,
+    AttemptTotal,
     AuditRecord,
     CauseRecord,
     CheckOutcome,
@@ -248,7 +251,37 @@ class SqlStore:
                               to_state=previous.value, reason=reason, actor=actor,
                               detail=dict(detail) if detail else None))
             row = s.execute(select(*_JOB_COLUMNS).where(t.Job.id == job_id)).one()
-            return _job(row)
+            job = _job(row)
+            if path:
+                _record_attempt(s, (JobState(before), *path), job, now, cause)
+            return job
+
+    def attempts(self, *, start: float | None = None, end: float | None = None,
+                 tenant: str | None = None, job_id: int | None = None) -> list[AttemptRecord]:
+        query = select(t.Attempt).order_by(t.Attempt.job_id, t.Attempt.hold, t.Attempt.flavor)
+        if start is not None:
+            query = query.where(or_(t.Attempt.ended_at.is_(None), t.Attempt.ended_at > start))
+        if end is not None:
+            query = query.where(t.Attempt.admitted_at < end)
+        if tenant is not None:
+            query = query.where(t.Attempt.tenant == tenant)
+        if job_id is not None:
+            query = query.where(t.Attempt.job_id == job_id)
+        with self._read() as s:
+            return [AttemptRecord(**_columns(row, AttemptRecord)) for row in s.scalars(query)]
+
+    def attempt_totals(self) -> list[AttemptTotal]:
+        a = t.Attempt
+        held = a.ended_at - a.admitted_at
+        query = (select(a.tenant, a.queue, a.flavor, a.outcome, func.sum(held * a.gpus),
+                        func.sum(held * a.cpus))
+                 .where(a.ended_at.is_not(None))
+                 .group_by(a.tenant, a.queue, a.flavor, a.outcome)
+                 .order_by(a.tenant, a.queue, a.flavor, a.outcome))
+        with self._read() as s:
+            return [AttemptTotal(tenant, queue, flavor, outcome, float(gpu_s or 0.0),
+                                 float(cpu_s or 0.0))
+                    for tenant, queue, flavor, outcome, gpu_s, cpu_s in s.execute(query)]
 
     # --- events -----------------------------------------------------------------------------
 
@@ -515,6 +548,29 @@ def _amounts(values: Resources | None) -> list[int] | None:
 
 def _resources(values: Sequence[float] | None) -> Resources | None:
     return None if values is None else tuple(int(v) for v in values)
+
+
+def _record_attempt(s: Session, states: Sequence[JobState], job: JobRecord, now: float,
+                    cause: CauseRecord | None) -> None:
+    """Keep the job's allocations in step with a transition along ``states`` (the state it
+    was in, then its path): an admission opens one (per flavor), a launch starts it, leaving
+    the active states ends it with its outcome."""
+    held = (t.Attempt.job_id == job.id, t.Attempt.ended_at.is_(None))
+    for old, new in zip(states, states[1:], strict=False):
+        if new == JobState.ADMITTED:
+            last = s.execute(select(func.max(t.Attempt.hold))
+                             .where(t.Attempt.job_id == job.id)).scalar_one_or_none()
+            s.add_all(t.Attempt(job_id=job.id, hold=(last or 0) + 1, flavor=p.flavor,
+                                tenant=job.tenant, queue=job.queue, admitted_at=now,
+                                ranks=p.ranks, gpus=p.gpus, cpus=p.cpus, nodes=list(p.nodes))
+                      for p in parts(job.spec, job.placement))
+        elif new == JobState.STARTING:
+            s.execute(update(t.Attempt).where(*held)
+                      .values(started_at=now, attempt=job.attempt))
+        elif old in ACTIVE and new not in ACTIVE:
+            s.execute(update(t.Attempt).where(*held).values(
+                ended_at=now, outcome=new.value,
+                cause=cause.code[:32] if cause is not None else None))
 
 
 def _waiting_row(job: int, why: Waiting, now: float) -> t.JobWaiting:

@@ -180,6 +180,45 @@ class CauseRecord:
 
 
 @dataclass(frozen=True)
+class AttemptRecord:
+    """One allocation of a job (its ``hold``-th admission) on one flavor: what it held there
+    (``ranks``, ``gpus`` and ``cpus`` in all, on ``nodes``) from ``admitted_at`` to
+    ``ended_at`` (None: still held), ``started_at`` when its processes were launched (None:
+    never) as attempt ``attempt``, and the state it ended in (``outcome``: SUCCEEDED, FAILED,
+    PREEMPTED, CANCELLED or QUEUED, requeued before it ran; None while held) with the failure's
+    ``cause`` code. An allocation whose roles are on several flavors has one record per
+    flavor. Written by the store with the transitions (`stoker.control.accounting`)."""
+
+    job_id: int
+    hold: int
+    flavor: str
+    tenant: str
+    queue: str
+    admitted_at: float
+    ranks: int
+    gpus: float
+    cpus: float
+    nodes: list[str] = field(default_factory=list)
+    attempt: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    outcome: str | None = None
+    cause: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptTotal:
+    """GPU- and CPU-seconds of the ended allocations of one (tenant, queue, flavor, outcome)."""
+
+    tenant: str
+    queue: str
+    flavor: str
+    outcome: str
+    gpu_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True)
 class UsageRecord:
     """Admission fair sharing's usage of one tenant in one queue: the decayed ``usage`` and
     the entry ``penalty`` charged since the last sample, each per resource of the cluster's
@@ -250,6 +289,17 @@ class Store(Protocol):
 
     def causes_since(self, since: float) -> list[CauseRecord]:
         """Every job's attempt causes recorded at or after ``since``, oldest first."""
+        ...
+
+    def attempts(self, *, start: float | None = None, end: float | None = None,
+                 tenant: str | None = None, job_id: int | None = None) -> list[AttemptRecord]:
+        """The allocations held at some time in [``start``, ``end``) (None: unbounded), of
+        one tenant or job, by job, hold and flavor."""
+        ...
+
+    def attempt_totals(self) -> list[AttemptTotal]:
+        """Every ended allocation's GPU- and CPU-seconds, summed per (tenant, queue, flavor,
+        outcome) by the database."""
         ...
 
     def annotate(self, job_id: int, expect: Collection[JobState], kind: str, reason: str,

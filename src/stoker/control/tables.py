@@ -253,3 +253,31 @@ class AttemptCause(Base):
     lines: Mapped[list[Any]] = mapped_column(JSON)
     nodes: Mapped[list[Any]] = mapped_column(JSON)
     exit_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class Attempt(Base):
+    """One allocation of a job on one flavor (`stoker.control.store.AttemptRecord`): inserted
+    by the transition that admits the job, its start and end written by the transitions that
+    launch and release it, in the same transactions. The accounting reads it
+    (`stoker.control.accounting`)."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_admitted_at", "admitted_at"),
+                      Index("ix_attempts_ended_at", "ended_at"),
+                      Index("ix_attempts_tenant", "tenant"))
+
+    job_id: Mapped[int] = mapped_column(Id, ForeignKey("jobs.id"), primary_key=True)
+    hold: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flavor: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    queue: Mapped[str] = mapped_column(String(128))
+    admitted_at: Mapped[float]
+    ranks: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[float]
+    cpus: Mapped[float]
+    nodes: Mapped[list[Any]] = mapped_column(JSON)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[float | None]
+    ended_at: Mapped[float | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    cause: Mapped[str | None] = mapped_column(String(32))

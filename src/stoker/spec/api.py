@@ -313,6 +313,46 @@ class UsageReport(BaseModel):
     rows: list[UsageRow]
 
 
+class Hours(BaseModel):
+    """Hours held, by how the allocations ended (`stoker.control.accounting`): ``total`` =
+    ``productive`` + ``preempted`` + ``failed`` + ``other``."""
+
+    total: float
+    productive: float
+    preempted: float
+    failed: float
+    other: float
+
+
+class AccountingRow(BaseModel):
+    """One group's GPU-hours and CPU-hours in the window, its allocations (``attempts``) and
+    their cost (None: the cluster has no ``[prices]``). For ``by=job``: the job's tenant,
+    queue and name too."""
+
+    key: str
+    attempts: int
+    gpu_hours: Hours
+    cpu_hours: Hours
+    cost: float | None
+    tenant: str | None = None
+    queue: str | None = None
+    name: str | None = None
+
+
+class AccountingReport(BaseModel):
+    """``GET /v1/usage/accounting``: rows grouped ``by`` tenant, queue, flavor or job over
+    [``start``, ``end``) (``start`` None: all time; ``end`` at most now), and their ``total``;
+    the admin's covers every tenant, a tenant's its own jobs. ``prices``: the cluster's
+    ``[prices]`` (a GPU-hour per flavor, ``cpu``: a CPU-hour)."""
+
+    by: str
+    start: float | None
+    end: float
+    rows: list[AccountingRow]
+    total: AccountingRow
+    prices: dict[str, float]
+
+
 class LogChunk(BaseModel):
     text: str
     offset: int

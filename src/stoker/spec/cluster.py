@@ -85,6 +85,9 @@ shared_dir = "/mnt/shared/stoker"    # job dirs, runs, checkpoints, logs: seen b
 [store]                              # default: SQLite in the server's state directory
 url = "postgresql+psycopg://stoker@db.example:5432/stoker"   # password: $PGPASSWORD or ~/.pgpass
 
+[prices]                             # optional: the cost `stoker usage` shows
+h100 = 2.5                           # per GPU-hour on a flavor (a flavor without one: free)
+cpu = 0.04                           # per CPU-hour, on any flavor
 [api]
 public_metrics = false               # /metrics needs a token
 max_body_bytes = "1MiB"
@@ -165,6 +168,8 @@ from stoker.spec.job import (
 
 # Stored as 32-bit integers (PostgreSQL's INTEGER).
 Priority = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# A price per hour: a plain non-negative number (not a string, not a boolean).
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
@@ -482,6 +487,8 @@ class ClusterConfig(Section):
     ray: RayConfig | None = None
     cohorts: dict[str, CohortConfig] = {}
     queues: dict[str, QueueConfig] = Field(min_length=1)
+    # What an hour costs (`stoker usage`): a GPU-hour per flavor, and ``cpu``, a CPU-hour.
+    prices: dict[str, Price] = {}
     _resource_names: tuple[str, ...] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -490,6 +497,7 @@ class ClusterConfig(Section):
         self._check_nodes()
         self._check_cohorts()
         self._check_queues()
+        self._check_prices()
         users: dict[str, str] = {}
         for tenant, cfg in self.tenants.items():
             if cfg.user is not None and users.setdefault(cfg.user, tenant) != tenant:
@@ -505,6 +513,12 @@ class ClusterConfig(Section):
             raise KeyedValueError("default_priority_class",
                                   f"{self.default_priority_class!r} is not in priority_classes")
         return self
+
+    def _check_prices(self) -> None:
+        for name in self.prices:
+            if name != "cpu" and name not in self.flavors:
+                raise KeyedValueError(f"prices.{name}", f"unknown flavor {name!r} (give a "
+                                      "GPU-hour price per flavor, or cpu: a CPU-hour price)")
 
     def _check_names(self) -> None:
         for table in ("flavors", "tenants", "cohorts", "queues", "priority_classes"):
