@@ -52,7 +52,7 @@ from stoker.control.store import (
     QuotaRecord,
     Store,
 )
-from stoker.control.usage import GoodputBook, goodput_view
+from stoker.control.usage import GoodputBook, accounting_report, goodput_view
 from stoker.sched import (
     DEFAULT_SPACE,
     UNLIMITED,
@@ -68,6 +68,7 @@ from stoker.sched.config import resource_space
 from stoker.sched.fit import never_fits
 from stoker.spec import loading
 from stoker.spec.api import (
+    AccountingReport,
     AttemptCauseView,
     CheckReportView,
     CheckView,
@@ -421,6 +422,13 @@ class ControlPlane:
         now = time.time()
         jobs = self.store.list_jobs(tenant=tenant)
         return UsageReport(since=since, until=now, rows=self.goodput.usage(jobs, now, since))
+
+    def accounting(self, tenant: str | None, by: str, start: float | None,
+                   end: float | None) -> AccountingReport:
+        """GPU- and CPU-hours by tenant, queue, flavor or job over [``start``, ``end``), with
+        their cost, over every tenant or ``tenant``'s alone (`stoker.control.accounting`)."""
+        return accounting_report(self.store, self.cluster.prices, tenant, by, start, end,
+                                 time.time())
 
     # --- queues, quotas, nodes ------------------------------------------------------------------
 

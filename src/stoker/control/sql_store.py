@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, replace
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Engine, Row, delete, func, or_, select, text, tuple_, update
@@ -23,8 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stoker.control import node_health
-from stoker.control.accounting import parts
 from stoker.control import tables as t
+from stoker.control.accounting import parts
 from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
@@ -556,7 +557,7 @@ def _record_attempt(s: Session, states: Sequence[JobState], job: JobRecord, now:
     was in, then its path): an admission opens one (per flavor), a launch starts it, leaving
     the active states ends it with its outcome."""
     held = (t.Attempt.job_id == job.id, t.Attempt.ended_at.is_(None))
-    for old, new in zip(states, states[1:], strict=False):
+    for old, new in pairwise(states):
         if new == JobState.ADMITTED:
             last = s.execute(select(func.max(t.Attempt.hold))
                              .where(t.Attempt.job_id == job.id)).scalar_one_or_none()

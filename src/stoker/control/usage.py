@@ -1,5 +1,7 @@
 """Goodput of the control plane's jobs from the store: per job, and summed per tenant, queue
-and cluster over a window (`stoker.control.goodput` does the accounting).
+and cluster over a window (`stoker.control.goodput` does the accounting); and the GPU- and
+CPU-hours of their allocations, with their cost (`accounting_report`, over
+`stoker.control.accounting`).
 
 A finished job's figures never change, so its all-time goodput is kept (by id and version).
 """
@@ -8,15 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from stoker.control import accounting
 from stoker.control.goodput import Goodput, account, total
 from stoker.control.run_telemetry import read_telemetry
 from stoker.control.snapshot import job_spec
 from stoker.control.states import TERMINAL
 from stoker.control.store import EventRecord, JobRecord, Store
-from stoker.spec.api import GoodputView, UsageRow
+from stoker.spec.api import AccountingReport, AccountingRow, GoodputView, Hours, UsageRow
 
 
 class GoodputBook:
@@ -88,3 +91,35 @@ def goodput_view(g: Goodput) -> GoodputView:
     return GoodputView(allocated_s=g.allocated_s, productive_s=g.productive_s, ratio=g.ratio,
                        lost=dict(g.lost), queued_s=g.queued_s, gpu_s=g.gpu_s, holds=g.holds,
                        telemetry=g.telemetry)
+
+
+def accounting_report(store: Store, prices: Mapping[str, float], tenant: str | None, by: str,
+                      start: float | None, end: float | None, now: float) -> AccountingReport:
+    """GPU- and CPU-hours grouped ``by`` tenant, queue, flavor or job over [``start``,
+    ``end``) (``end`` at most ``now``), of every tenant or ``tenant``'s alone."""
+    end = now if end is None else min(end, now)
+    held = store.attempts(start=start, end=end, tenant=tenant)
+    groups = accounting.account(held, by, start, end, prices)
+    rows = [_accounting_row(key, tally, prices) for key, tally in groups.items()]
+    if by == "job":
+        rows = [_with_job(row, store.get_job(int(row.key))) for row in rows]
+    totals = _accounting_row("total", accounting.total(list(groups.values())), prices)
+    return AccountingReport(by=by, start=start, end=end, rows=rows, total=totals,
+                            prices=dict(prices))
+
+
+def _hours(seconds: Mapping[str, float]) -> Hours:
+    h = {k: v / 3600.0 for k, v in seconds.items()}
+    return Hours(total=sum(h.values()), **h)
+
+
+def _accounting_row(key: str, tally: accounting.Tally, prices: Mapping[str, float]
+                    ) -> AccountingRow:
+    return AccountingRow(key=key, attempts=len(tally.holds), gpu_hours=_hours(tally.gpu_s),
+                         cpu_hours=_hours(tally.cpu_s), cost=tally.cost if prices else None)
+
+
+def _with_job(row: AccountingRow, job: JobRecord | None) -> AccountingRow:
+    if job is None:
+        return row
+    return row.model_copy(update={"tenant": job.tenant, "queue": job.queue, "name": job.name})

@@ -39,6 +39,7 @@ from stoker.server.logs import read_chunk
 from stoker.server.metrics import Metrics
 from stoker.server.session import session_token
 from stoker.spec.api import (
+    AccountingReport,
     AuditView,
     Cordon,
     Drain,
@@ -293,6 +294,20 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         """Goodput and allocated time per cluster, tenant and queue, from ``since`` (epoch
         seconds; none: all time): every tenant's for the admin, a tenant's own jobs only."""
         return plane.usage(None if who.admin else who.name, since)
+
+    @app.get("/v1/usage/accounting", tags=["queues"], responses=errors(401, 413, 422))
+    def accounting(
+        who: Who, by: Literal["tenant", "queue", "flavor", "job"] = "tenant",
+        start: Annotated[float | None, Query(alias="from", ge=0, le=1e11)] = None,
+        end: Annotated[float | None, Query(alias="to", ge=0, le=1e11)] = None,
+    ) -> AccountingReport:
+        """GPU-hours and CPU-hours of the jobs' allocations grouped ``by`` tenant, queue,
+        flavor or job over [``from``, ``to``) (epoch seconds; none: all time, up to now),
+        split into productive and lost to preemption, to failures and other, with their cost
+        from the cluster's ``[prices]``: every tenant's for the admin, a tenant's own only."""
+        if start is not None and end is not None and end <= start:
+            raise HTTPException(422, "'to' must be after 'from'")
+        return plane.accounting(None if who.admin else who.name, by, start, end)
 
     @app.put("/v1/queues/{queue}/quotas/{flavor}", tags=["queues"],
              responses=errors(400, 401, 403, 404, 413, 422))

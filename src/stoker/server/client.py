@@ -112,6 +112,16 @@ class Client:
         result: dict[str, Any] = self.request("GET", "/v1/usage", params=params)
         return result
 
+    def accounting(self, by: str = "tenant", start: float | None = None,
+                   end: float | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"by": by}
+        if start is not None:
+            params["from"] = start
+        if end is not None:
+            params["to"] = end
+        result: dict[str, Any] = self.request("GET", "/v1/usage/accounting", params=params)
+        return result
+
     def set_quota(self, queue: str, flavor: str, quota: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", f"/v1/queues/{queue}/quotas/{flavor}",
                                               json=quota)
