@@ -1,4 +1,4 @@
-"""Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues | usage`, and the
+"""Jobs on a Stoker server: `stoker submit | jobs | job | cancel | logs | queues`, and the
 admin's `stoker nodes | node`, `stoker quota`, `stoker cordon`, `stoker drain` and
 `stoker audit`.
 
@@ -180,33 +180,6 @@ def _goodput_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
 
 def _secs(seconds: float) -> str:
     return f"{seconds:.1f}"
-
-
-def usage(
-    since: str | None = typer.Option(None, "--since", help="Only the last DURATION (90m, 2h, "
-                                     "7d); default: all time."),
-    server: str | None = SERVER_OPT,
-    token: str | None = TOKEN_OPT,
-) -> None:
-    """Goodput: productive over allocated time per cluster, tenant and queue, and where the
-    rest went (the admin sees every tenant; a tenant its own jobs)."""
-    start = None
-    if since is not None:
-        from stoker.spec.errors import ConfigError
-        from stoker.spec.job import parse_seconds
-
-        try:
-            window = float(parse_seconds(since))
-        except ValueError as e:
-            raise ConfigError("--since", None, str(e)) from None
-        if not window > 0 or window == float("inf"):
-            raise ConfigError("--since", None, f"expected a positive duration, got {since!r}")
-        start = time.time() - window
-    with _client(server, token) as client:
-        report = client.usage(start)
-    rows = [(f"{r['scope']} {r['name']}", r["goodput"]) for r in report["rows"]]
-    window_text = "all time" if start is None else f"since {_clock(start)}"
-    console.print(_goodput_table(f"goodput, {window_text} (rank-seconds)", rows))
 
 
 def _causes(causes: list[dict[str, Any]]) -> None:
@@ -525,6 +498,6 @@ def _amounts(amounts: dict[str, float]) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the job and cluster commands to the top-level app."""
-    for command in (submit, jobs, job, cancel, logs, queues, usage, nodes, node, quota, cordon,
-                    drain, audit):
+    for command in (submit, jobs, job, cancel, logs, queues, nodes, node, quota, cordon, drain,
+                    audit):
         app.command(command.__name__)(command)

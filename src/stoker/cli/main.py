@@ -17,6 +17,7 @@ from stoker.cli import (
     server_cmd,
     sim_cmd,
     train_cmd,
+    usage_cmd,
 )
 from stoker.spec.errors import StokerError
 
@@ -29,7 +30,7 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd, health_cmd):
+               sim_cmd, health_cmd, usage_cmd):
     module.register(app)
 
 
