@@ -15,10 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stoker.control import node_health
+from stoker.control.accounting import outcome_class
 from stoker.control.goodput import LOSSES, Goodput, total
 from stoker.control.plane import ControlPlane
 from stoker.control.reconciler import CycleStats
-from stoker.control.store import NodeRecord
+from stoker.control.store import NodeRecord, Store
 from stoker.spec.api import JobState
 
 
@@ -54,6 +55,7 @@ class StateCollector(Collector):
         if self.queues is None:  # nodes and cluster-wide goodput are the admin's
             yield from node_metrics(self.plane.store.nodes())
             yield from goodput_metrics(self.plane)
+            yield from accounting_metrics(self.plane.store)
 
 
 def goodput_metrics(plane: ControlPlane) -> list[GaugeMetricFamily | CounterMetricFamily]:
@@ -88,6 +90,36 @@ def goodput_metrics(plane: ControlPlane) -> list[GaugeMetricFamily | CounterMetr
                                  "Wall seconds jobs waited in the queue (not allocated)")
     queued.add_metric([], cluster.queued_s)
     return [ratio, allocated, productive, lost, queued]
+
+
+def accounting_metrics(store: Store) -> list[GaugeMetricFamily | CounterMetricFamily]:
+    """GPU- and CPU-seconds of the ended allocations by tenant, queue, flavor and outcome
+    class (`stoker.control.accounting`), summed by the database, so they only grow; and the
+    GPUs and CPUs held now."""
+    labels = ["tenant", "queue", "flavor", "outcome"]
+    gpu = CounterMetricFamily("stoker_gpu_seconds", "GPU-seconds held by ended allocations "
+                              "(admission to release), by how they ended", labels=labels)
+    cpu = CounterMetricFamily("stoker_cpu_seconds", "CPU-seconds held by ended allocations "
+                              "(admission to release), by how they ended", labels=labels)
+    sums: dict[tuple[str, str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for t in store.attempt_totals():
+        key = (t.tenant, t.queue, t.flavor, outcome_class(t.outcome))
+        sums[key][0] += t.gpu_s
+        sums[key][1] += t.cpu_s
+    for key, (gpu_s, cpu_s) in sorted(sums.items()):
+        gpu.add_metric(list(key), gpu_s)
+        cpu.add_metric(list(key), cpu_s)
+    held = ["tenant", "queue", "flavor"]
+    gpus = GaugeMetricFamily("stoker_gpus_held", "GPUs held by admitted jobs now", labels=held)
+    cpus = GaugeMetricFamily("stoker_cpus_held", "CPUs held by admitted jobs now", labels=held)
+    now: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for a in store.attempts(start=time.time()):
+        now[(a.tenant, a.queue, a.flavor)][0] += a.gpus
+        now[(a.tenant, a.queue, a.flavor)][1] += a.cpus
+    for key3, (g, c) in sorted(now.items()):
+        gpus.add_metric(list(key3), g)
+        cpus.add_metric(list(key3), c)
+    return [gpu, cpu, gpus, cpus]
 
 
 NODE_STATES = ("healthy", "suspect", "unhealthy", "draining", "drained")
