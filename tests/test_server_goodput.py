@@ -1,6 +1,7 @@
 """Goodput on a real server (SQLite, `stoker` in subprocesses): a scripted command job fails
 once (exit 3: retried, no node blamed) and then succeeds; its breakdown equals a hand count
-from its own stored events; `stoker job N` and `stoker usage` show it; a bad --since is one
+from its own stored events; `stoker job N` and `stoker usage --goodput` show it, and the
+accounting has both of its allocations; a bad --since is one
 line and exit 2; /metrics has the series."""
 
 from __future__ import annotations
@@ -98,15 +99,25 @@ command = ["{sys.executable}", "-c", "{SCRIPT}"]
     assert shown.returncode == 0 and "goodput (rank-seconds)" in shown.stdout
     assert f"{100 * g['ratio']:.1f}%" in shown.stdout and "FAILED" in shown.stdout
 
-    usage = stoker(server, "usage")
+    usage = stoker(server, "usage", "--goodput")
     assert usage.returncode == 0, usage.stderr
     assert "cluster all" in usage.stdout and "tenant default" in usage.stdout
     assert "queue default" in usage.stdout and "RESTART" in usage.stdout
     report = client.usage()
     cluster = next(r for r in report["rows"] if r["scope"] == "cluster")
     assert cluster["goodput"]["allocated_s"] >= g["allocated_s"] - 1e-6
-    recent = stoker(server, "usage", "--since", "10m", token="admin-t")
+    recent = stoker(server, "usage", "--goodput", "--since", "10m", token="admin-t")
     assert recent.returncode == 0 and "cluster all" in recent.stdout
+    # The accounting kept both allocations as the reconciler made them, the failed one's
+    # CPU-hours apart from the productive ones.
+    (row,) = client.accounting("job")["rows"]
+    assert row["key"] == str(job_id) and row["attempts"] == 2
+    cpu = row["cpu_hours"]
+    assert cpu["failed"] > 0 and cpu["productive"] > 0 and cpu["preempted"] == 0
+    # 2 ranks x 1 CPU (the default) from each admission to its release
+    assert cpu["failed"] * 3600 == pytest.approx(want["failed"] + want["startup"], abs=1e-6)
+    assert cpu["productive"] * 3600 == pytest.approx(want["restart"] + want["productive"],
+                                                     abs=1e-6)
 
     metrics = httpx.get(f"{server.url}/metrics",
                         headers={"Authorization": "Bearer admin-t"}).text
