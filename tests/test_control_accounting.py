@@ -186,8 +186,9 @@ def script(url: str, *, still_held: bool = False) -> Day:
 
 
 @pytest.fixture
-def day(tmp_path: Path) -> Iterator[Day]:
-    d = script(f"sqlite:///{tmp_path / 'stoker.db'}")
+def day(db_url: str) -> Iterator[Day]:
+    """The scripted day in SQLite, and in PostgreSQL."""
+    d = script(db_url)
     yield d
     d.store.close()
 
@@ -250,8 +251,8 @@ def test_a_window_clips_the_allocations(day: Day) -> None:
     assert report.total.cpu_hours.total == pytest.approx(0.5 * 16 * 2 + 2 * 16)
 
 
-def test_an_allocation_still_held_counts_up_to_now(tmp_path: Path) -> None:
-    d = script(f"sqlite:///{tmp_path / 'stoker.db'}", still_held=True)
+def test_an_allocation_still_held_counts_up_to_now(db_url: str) -> None:
+    d = script(db_url, still_held=True)
     try:
         now = DAY + 24 * H
         report = accounting_report(d.store, PRICES, "bob", "job", None, None, now)

@@ -280,7 +280,7 @@ class SqlStore:
                  .group_by(a.tenant, a.queue, a.flavor, a.outcome)
                  .order_by(a.tenant, a.queue, a.flavor, a.outcome))
         with self._read() as s:
-            return [AttemptTotal(tenant, queue, flavor, outcome, float(gpu_s or 0.0),
+            return [AttemptTotal(tenant, queue, flavor, str(outcome), float(gpu_s or 0.0),
                                  float(cpu_s or 0.0))
                     for tenant, queue, flavor, outcome, gpu_s, cpu_s in s.execute(query)]
 
