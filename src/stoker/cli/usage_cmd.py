@@ -69,6 +69,8 @@ def usage(
     if lo is not None and hi is not None and hi <= lo:
         raise ConfigError("--to", None, f"{end!r} is not after {start!r}")
     if goodput:
+        if output == "csv" or chargeback is not None:
+            raise ConfigError("--goodput", None, "gives a table or json (-o json), no CSV")
         _goodput(lo, output, file, server, token)
         return
     if chargeback is not None:
