@@ -12,6 +12,7 @@ from stoker.cli import (
     data_cmd,
     export_cmd,
     health_cmd,
+    job_ops_cmd,
     jobs_cmd,
     plan_cmd,
     server_cmd,
@@ -29,7 +30,7 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd, health_cmd):
+               sim_cmd, health_cmd, job_ops_cmd):
     module.register(app)
 
 

@@ -33,7 +33,7 @@ OUTPUT_OPT = typer.Option(Format.table, "--output", "-o", case_sensitive=False,
 WATCH_OPT = typer.Option(False, "--watch", "-w",
                          help="Redraw every --interval until Ctrl-C.")
 INTERVAL_OPT = typer.Option("2s", "--interval", "-n",
-                            help="With --watch: how often, e.g. 2s, 500ms... 1m.")
+                            help="With --watch: how often (a duration: 2s, 0.5s, 1m).")
 
 Fetch = Callable[[], Any]
 Render = Callable[[Any, bool], RenderableType]
@@ -59,7 +59,7 @@ def show(fetch: Fetch, render: Render, fmt: Format, console: Console,
 
 def to_yaml(data: Any) -> str:
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped, unused-ignore]
     except ImportError:  # PyYAML is not a dependency of stoker; json always works
         raise ConfigError("--output", None, "yaml needs PyYAML (pip install pyyaml); "
                           "-o json works without it") from None
