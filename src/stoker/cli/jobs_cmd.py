@@ -186,8 +186,8 @@ def job(
     with _client(server, token) as client:
         if priority is not None:
             changed = client.set_priority(job_id, priority)
-            console.print(f"job {job_id}: priority {changed['priority_class']} "
-                          f"({changed['priority']})", style="dim")
+            Console(stderr=True, highlight=False).print(  # stdout stays -o's alone
+                f"job {job_id}: priority {changed['priority_class']} ({changed['priority']})")
         show(lambda: client.job(job_id), _job_detail, output, console, watch, interval)
 
 
