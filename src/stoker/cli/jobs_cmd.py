@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
+from stoker.cli.output import INTERVAL_OPT, OUTPUT_OPT, WATCH_OPT, Format, duration, show
 from stoker.cli.progress import progress_rows
 from stoker.spec.resources import BASE
 
@@ -91,52 +92,120 @@ def _roles(j: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def jobs(
-    all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs."),
+    all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs, with their "
+                              "start, end and elapsed time."),
     state: list[str] = typer.Option([], "--state", help="Only jobs in this state."),
+    output: Format = OUTPUT_OPT,
+    watch: bool = WATCH_OPT,
+    interval: str = INTERVAL_OPT,
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Your jobs (the admin sees everyone's): state, queue position, estimated start, age."""
+    """Your jobs (the admin sees everyone's): state, queue position, start (estimated while
+    queued), end, elapsed, age."""
+    states = [s.upper() for s in state]
+    ended = all_ or bool(state)
     with _client(server, token) as client:
-        rows = client.jobs(active=not all_ and not state, states=[s.upper() for s in state])
+        show(lambda: client.jobs(active=not ended, states=states),
+             lambda rows, wide: _jobs_table(rows, wide, ended), output, console, watch,
+             interval)
+
+
+def _jobs_table(rows: list[dict[str, Any]], wide: bool, ended: bool) -> RenderableType:
+    """One row per job; ``ended``: with an END column; ``wide``: kind, attempt, nodes too."""
+    if not rows:
+        return "no jobs"
+    columns = ["ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "START",
+               *(["END"] if ended else []), "ELAPSED", "AGE", "RANKS", "RESTARTS",
+               *(["KIND", "ATTEMPT", "NODES"] if wide else []), "REASON"]
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "TENANT", "QUEUE", "PRIO", "STATE", "POS", "START", "AGE",
-                   "RANKS", "RESTARTS", "REASON"):
-        table.add_column(column, justify="right" if column in ("ID", "POS", "RANKS") else "left",
-                         no_wrap=column != "REASON", overflow="fold")
+    for column in columns:
+        table.add_column(column, justify="right" if column in (
+            "ID", "POS", "RANKS", "ELAPSED", "AGE", "ATTEMPT") else "left",
+            no_wrap=column != "REASON", overflow="fold")
     now = time.time()
     for j in rows:
-        why = _waiting(j["waiting"]) if j["waiting"] else j["reason"]
-        if j["stopping"]:
-            why = f"stopping ({j['stopping']}): {why}"
-        table.add_row(str(j["id"]), j["name"], j["tenant"], j["queue"], j["priority_class"],
-                      _state(j["state"]), str(j["queue_position"] or ""),
-                      _start(j["estimated_start"], now) if j["state"] == "QUEUED" else "",
-                      _age(now - j["created_at"]), str(j["ranks"]),
-                      f"{j['restarts']}/{j['max_restarts']}", why)
-    console.print(table if rows else "no jobs")
+        cells = {"ID": str(j["id"]), "NAME": escape(j["name"]), "TENANT": j["tenant"],
+                 "QUEUE": j["queue"], "PRIO": j["priority_class"], "STATE": _job_state(j),
+                 "POS": str(j["queue_position"] or ""), "START": _job_start(j, now),
+                 "END": _when(j["finished_at"], now), "ELAPSED": _elapsed(j, now),
+                 "AGE": duration(now - j["created_at"]), "RANKS": str(j["ranks"]),
+                 "RESTARTS": f"{j['restarts']}/{j['max_restarts']}", "KIND": j["kind"],
+                 "ATTEMPT": str(j["attempt"]),
+                 "NODES": ",".join((j["placement"] or {}).get("nodes", [])) or "-",
+                 "REASON": _job_reason(j)}
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
+def _job_state(j: dict[str, Any]) -> str:
+    return _state(j["state"]) + (" [yellow](held)[/]" if j.get("held") else "")
+
+
+def _job_reason(j: dict[str, Any]) -> str:
+    why = _waiting(j["waiting"]) if j["waiting"] else escape(j["reason"])
+    return f"stopping ({j['stopping']}): {why}" if j["stopping"] else why
+
+
+def _job_start(j: dict[str, Any], now: float) -> str:
+    """Queued: the estimate ("in 5m03s", "now", "unknown"; "held"); else when the latest
+    attempt started."""
+    if j["state"] == "QUEUED":
+        return "held" if j.get("held") else _start(j["estimated_start"], now)
+    return _when(j["started_at"], now)
+
+
+def _elapsed(j: dict[str, Any], now: float) -> str:
+    """How long the latest attempt has run (or ran, for a finished job)."""
+    if j["started_at"] is None or j["state"] in ("QUEUED", "ADMITTED"):
+        return "-"
+    end = j["finished_at"] if j["finished_at"] is not None else now
+    return duration(end - j["started_at"])
+
+
+def _when(at: float | None, now: float) -> str:
+    """A time: HH:MM:SS today, else MM-DD HH:MM; "-" for none."""
+    if at is None:
+        return "-"
+    same_day = time.localtime(at)[:3] == time.localtime(now)[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%m-%d %H:%M", time.localtime(at))
 
 
 def job(
     job_id: int = typer.Argument(..., help="Job id."),
+    priority: str | None = typer.Option(None, "--priority", help="Move it to this priority "
+                                        "class first (its owner may lower it; the admin may "
+                                        "set any)."),
+    output: Format = OUTPUT_OPT,
+    watch: bool = WATCH_OPT,
+    interval: str = INTERVAL_OPT,
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
     """A job's details and its event log."""
     with _client(server, token) as client:
-        j = client.job(job_id)
+        if priority is not None:
+            changed = client.set_priority(job_id, priority)
+            Console(stderr=True, highlight=False).print(  # stdout stays -o's alone
+                f"job {job_id}: priority {changed['priority_class']} ({changed['priority']})")
+        show(lambda: client.job(job_id), _job_detail, output, console, watch, interval)
+
+
+def _job_detail(j: dict[str, Any], wide: bool) -> RenderableType:
     info = Table.grid(padding=(0, 2))
     placement = j["placement"] or {}
+    now = time.time()
     for key, value in (
-        ("job", f"{j['id']} {j['name']} ({j['kind']}, tenant {j['tenant']})"),
-        ("state", _state(j["state"]) + (f" (stopping: {j['stopping']})" if j["stopping"]
-                                        else "")),
+        ("job", f"{j['id']} {escape(j['name'])} ({j['kind']}, tenant {j['tenant']})"),
+        ("state", _job_state(j) + (f" (stopping: {j['stopping']})" if j["stopping"]
+                                   else "")),
         ("reason", _waiting(j["waiting"]) if j["waiting"] else escape(j["reason"])),
         *_waiting_numbers(j["waiting"]),
         ("queue", f"{j['queue']}, priority {j['priority_class']} ({j['priority']})"
          + (f", position {j['queue_position']}" if j["queue_position"] else "")),
-        *([("start", _start(j["estimated_start"], time.time()))] if j["state"] == "QUEUED"
-          else []),
+        *([("start", _job_start(j, now))] if j["state"] == "QUEUED" else [
+            ("started", _when(j["started_at"], now)), ("ended", _when(j["finished_at"], now)),
+            ("elapsed", _elapsed(j, now))]),
         *(_roles(j) if j.get("roles") else [
             ("ranks", f"{j['ranks']} x {_amounts(j['resources'])}"),
             ("placement", f"{placement.get('flavor')} on "
@@ -147,7 +216,6 @@ def job(
         *progress_rows(j.get("progress")),
     ):
         info.add_row(f"[bold]{key}[/]", value)
-    console.print(info)
     events = Table(title="events", box=None, header_style="bold", title_justify="left")
     for column in ("TIME", "KIND", "TRANSITION", "BY", "WHY"):
         events.add_column(column, no_wrap=column != "WHY")
@@ -156,10 +224,12 @@ def job(
             else ""
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], moved,
                        e["actor"], escape(e["reason"]))
-    console.print(events)
-    _causes(j.get("causes") or [])
+    parts: list[RenderableType] = [info, events]
+    if j.get("causes"):
+        parts.append(_causes(j["causes"]))
     if j.get("goodput"):
-        console.print(_goodput_table("goodput (rank-seconds)", [("job", j["goodput"])]))
+        parts.append(_goodput_table("goodput (rank-seconds)", [("job", j["goodput"])]))
+    return Group(*parts)
 
 
 def _goodput_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
@@ -182,10 +252,8 @@ def _secs(seconds: float) -> str:
     return f"{seconds:.1f}"
 
 
-def _causes(causes: list[dict[str, Any]]) -> None:
+def _causes(causes: list[dict[str, Any]]) -> Table:
     """Why each failed attempt failed, with the log lines that show it."""
-    if not causes:
-        return
     table = Table(title="failed attempts", box=None, header_style="bold",
                   title_justify="left")
     for column in ("ATTEMPT", "CATEGORY", "CAUSE", "EXIT", "NODES", "WHY"):
@@ -197,7 +265,7 @@ def _causes(causes: list[dict[str, Any]]) -> None:
         table.add_row(str(c["attempt"]), c["category"], c["code"],
                       "-" if c["exit_code"] is None else str(c["exit_code"]),
                       ", ".join(c["nodes"]) or "-", why)
-    console.print(table)
+    return table
 
 
 def _waiting(why: dict[str, Any]) -> str:
@@ -263,41 +331,76 @@ def logs(
             time.sleep(0.5)
 
 
-def queues(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> None:
+def queues(
+    output: Format = OUTPUT_OPT,
+    watch: bool = WATCH_OPT,
+    interval: str = INTERVAL_OPT,
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
     """Each queue's usage against its nominal quota, and what it borrows, per flavor."""
     with _client(server, token) as client:
-        rows = client.queues()
+        show(client.queues, _queues_table, output, console, watch, interval)
+
+
+def _queues_table(rows: list[dict[str, Any]], wide: bool) -> RenderableType:
+    """One row per queue, flavor and resource; ``wide``: the borrowing and lending limits."""
+    if not rows:
+        return "no queues"
+    columns = ["QUEUE", "COHORT", "FLAVOR", "RESOURCE", "USED", "NOMINAL", "BORROWED",
+               *(["BORROW LIMIT", "LEND LIMIT"] if wide else []), "PENDING", "RUNNING"]
     table = Table(box=None, header_style="bold")
-    for column in ("QUEUE", "COHORT", "FLAVOR", "RESOURCE", "USED", "NOMINAL", "BORROWED",
-                   "BORROW LIMIT", "LEND LIMIT", "PENDING", "RUNNING"):
+    for column in columns:
         table.add_column(column, no_wrap=True, justify="left" if column in (
             "QUEUE", "COHORT", "FLAVOR", "RESOURCE") else "right")
     for q in rows:
         r = q["resource"]
-        table.add_row(q["queue"], q["cohort"] or "-", q["flavor"], r, _num(q["used"], r),
-                      _num(q["nominal"], r), _num(q["borrowed"], r),
-                      _num(q["borrowing_limit"], r), _num(q["lending_limit"], r),
-                      str(q["pending_jobs"]), str(q["running_jobs"]))
-    console.print(table if rows else "no queues")
+        cells = {"QUEUE": q["queue"], "COHORT": q["cohort"] or "-", "FLAVOR": q["flavor"],
+                 "RESOURCE": r, "USED": _num(q["used"], r), "NOMINAL": _num(q["nominal"], r),
+                 "BORROWED": _num(q["borrowed"], r),
+                 "BORROW LIMIT": _num(q["borrowing_limit"], r),
+                 "LEND LIMIT": _num(q["lending_limit"], r), "PENDING": str(q["pending_jobs"]),
+                 "RUNNING": str(q["running_jobs"])}
+        table.add_row(*(cells[c] for c in columns))
+    return table
 
 
-def nodes(server: str | None = SERVER_OPT, token: str | None = TOKEN_OPT) -> None:
+def nodes(
+    output: Format = OUTPUT_OPT,
+    watch: bool = WATCH_OPT,
+    interval: str = INTERVAL_OPT,
+    server: str | None = SERVER_OPT,
+    token: str | None = TOKEN_OPT,
+) -> None:
     """Nodes: capacity, what is allocated on them, health state and why (admin)."""
     with _client(server, token) as client:
-        rows = client.nodes()
+        show(client.nodes, _nodes_table, output, console, watch, interval)
+
+
+def _nodes_table(rows: list[dict[str, Any]], wide: bool) -> RenderableType:
+    """One row per node; ``wide``: its labels, its health checks' counts."""
+    if not rows:
+        return "no nodes"
+    columns = ["NODE", "FLAVOR", *(["LABELS"] if wide else []), "GPUS", "CPUS", "MEMORY",
+               "OTHER", "JOBS", "STATE", *(["HEALTH", "PASSES", "FAILURES"] if wide else []),
+               "REASON"]
     table = Table(box=None, header_style="bold")
-    for column in ("NODE", "FLAVOR", "LABELS", "GPUS", "CPUS", "MEMORY", "OTHER", "JOBS",
-                   "STATE", "REASON"):
+    for column in columns:
         table.add_column(column, no_wrap=column != "REASON", overflow="fold")
     for n in rows:
         cap, used = n["capacity"], n["allocated"]
         other = [r for r in cap if r not in BASE]
-        table.add_row(
-            n["name"], n["flavor"], ",".join(f"{k}={v}" for k, v in n["labels"].items()),
-            *(f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}" for r in BASE),
-            " ".join(f"{r}={_num(used.get(r, 0), r)}/{_num(cap[r], r)}" for r in other) or "-",
-            ",".join(map(str, n["jobs"])) or "-", _node_state(n), escape(_node_reason(n)))
-    console.print(table)
+        gpus, cpus, memory = (f"{_num(used.get(r, 0), r)}/{_num(cap.get(r), r)}" for r in BASE)
+        cells = {"NODE": n["name"], "FLAVOR": n["flavor"],
+                 "LABELS": ",".join(f"{k}={v}" for k, v in n["labels"].items()),
+                 "GPUS": gpus, "CPUS": cpus, "MEMORY": memory,
+                 "OTHER": " ".join(f"{r}={_num(used.get(r, 0), r)}/{_num(cap[r], r)}"
+                                   for r in other) or "-",
+                 "JOBS": ",".join(map(str, n["jobs"])) or "-", "STATE": _node_state(n),
+                 "HEALTH": n["health"], "PASSES": str(n["passes"]),
+                 "FAILURES": str(n["failures"]), "REASON": escape(_node_reason(n))}
+        table.add_row(*(cells[c] for c in columns))
+    return table
 
 
 NODE_STYLE = {"healthy": "green", "suspect": "yellow", "unhealthy": "bold red",
@@ -326,13 +429,17 @@ def _node_reason(n: dict[str, Any]) -> str:
 
 def node(
     name: str = typer.Argument(..., help="Node name."),
+    output: Format = OUTPUT_OPT,
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
     """One node: state, cordon, drain, repair flag, last checks with their figures and
     durations, and its history (admin)."""
     with _client(server, token) as client:
-        n = client.node(name)
+        show(lambda: client.node(name), _node_detail, output, console)
+
+
+def _node_detail(n: dict[str, Any], _wide: bool) -> RenderableType:
     info = Table.grid(padding=(0, 2))
     by = f" by {n['cordoned_by']}" if n["cordoned_by"] else ""
     for key, value in (
@@ -347,14 +454,14 @@ def node(
         ("jobs", ",".join(map(str, n["jobs"])) or "-"),
     ):
         info.add_row(f"[bold]{key}[/]", value)
-    console.print(info)
+    parts: list[RenderableType] = [info]
     for report in n["last_checks"]:
         verdict = "pass" if report["passed"] else "[red]FAIL[/]"
         checks = _checks_table(f"last {report['check_set']} checks: {verdict}, "
-                               f"{report['duration_s']:.2f} s, {_clock(report['at'])}")
+                               f"{duration(report['duration_s'])}, {_clock(report['at'])}")
         for r in report["results"]:
             _check_row(checks, r)
-        console.print(checks)
+        parts.append(checks)
     history = Table(title="history", box=None, header_style="bold", title_justify="left")
     for column in ("TIME", "KIND", "CHANGE", "BY", "WHY"):
         history.add_column(column, no_wrap=column != "WHY", overflow="fold")
@@ -362,7 +469,8 @@ def node(
         change = f"{e['from_state'] or ''} -> {e['to_state']}" if e["from_state"] != \
             e["to_state"] else ""
         history.add_row(_clock(e["at"]), e["kind"], change, e["actor"], escape(e["reason"]))
-    console.print(history if n["history"] else "no history")
+    parts.append(history if n["history"] else "no history")
+    return Group(*parts)
 
 
 def _checks_table(title: str) -> Table:
@@ -438,23 +546,28 @@ def drain(
 def audit(
     after: int = typer.Option(0, "--after", help="Only entries after this id."),
     limit: int = typer.Option(100, "--limit", help="At most this many entries."),
+    output: Format = OUTPUT_OPT,
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Admin actions: quota changes, cordons, cancels of other tenants' jobs (admin)."""
-    from rich.markup import escape
-
+    """Admin actions: quota changes, cordons, cancels, holds and priority changes of other
+    tenants' jobs (admin)."""
     with _client(server, token) as client:
-        rows = client.audit(after, limit)
+        show(lambda: client.audit(after, limit), _audit_table, output, console)
+
+
+def _audit_table(rows: list[dict[str, Any]], _wide: bool) -> RenderableType:
+    if not rows:
+        return "no admin actions"
     table = Table(box=None, header_style="bold")
     for column in ("ID", "TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"):
         table.add_column(column, justify="right" if column == "ID" else "left",
                          no_wrap=column != "DETAIL", overflow="fold")
     for a in rows:
         detail = ", ".join(f"{k}={v}" for k, v in a["detail"].items())
-        table.add_row(str(a["id"]), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"])),
-                      a["actor"], a["action"], escape(a["target"]), escape(detail))
-    console.print(table if rows else "no admin actions")
+        table.add_row(str(a["id"]), _clock(a["at"]), a["actor"], a["action"],
+                      escape(a["target"]), escape(detail))
+    return table
 
 
 def _parse_amounts(items: list[str], source: str) -> dict[str, Any]:
@@ -476,10 +589,7 @@ def _state(state: str) -> str:
 
 
 def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{max(0.0, seconds):.0f}s"
+    return duration(seconds)
 
 
 def _num(value: float | None, resource: str) -> str:

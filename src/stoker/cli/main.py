@@ -12,6 +12,7 @@ from stoker.cli import (
     data_cmd,
     export_cmd,
     health_cmd,
+    job_ops_cmd,
     jobs_cmd,
     plan_cmd,
     server_cmd,
@@ -30,7 +31,7 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd, health_cmd, usage_cmd):
+               sim_cmd, health_cmd, usage_cmd, job_ops_cmd):
     module.register(app)
 
 
@@ -50,13 +51,27 @@ def main() -> None:
     except typer.Abort:
         sys.exit(1)
     except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
+        if isinstance(e, _usage_errors()):
+            from rich.markup import escape
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+            message = escape(e.format_message())  # type: ignore[attr-defined]
+            Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False,
+                                       soft_wrap=True)
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage errors: click's own, and those of the copy of click newer typers carry."""
+    import click
+
+    kinds: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # an older typer, on click itself
+        return tuple(kinds)
+    return (*kinds, ClickException)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from stoker.control.snapshot import (
     placed_roles,
 )
 from stoker.control.sql_store import SqlStore
-from stoker.control.states import ACTIVE, TERMINAL
+from stoker.control.states import ACTIVE, TERMINAL, is_held
 from stoker.control.store import (
     AuditRecord,
     CauseRecord,
@@ -396,7 +396,8 @@ class ControlPlane:
         positions = {int(k): v for k, v in queue_positions(snapshot, policy).items()}
         counts = Counter(j.queue for j in snapshot.pending)
         backoff = sorted((j for j in records if j.state == JobState.QUEUED
-                          and j.id not in positions), key=lambda j: (-j.priority, j.queued_at))
+                          and j.id not in positions and not is_held(j.not_before)),
+                         key=lambda j: (-j.priority, j.queued_at))
         for j in backoff:
             counts[j.queue] += 1
             positions[j.id] = counts[j.queue]
@@ -583,6 +584,7 @@ def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | Non
         started_at=job.started_at, finished_at=job.finished_at, attempt=job.attempt,
         restarts=job.restarts, max_restarts=spec.max_restarts, exit_code=job.exit_code,
         placement=job.placement, stopping=job.stop_reason,
+        held=is_held(job.not_before),
         queue_position=position if job.state == JobState.QUEUED else None,
         waiting=(waiting_view(waiting, space) if waiting and job.state == JobState.QUEUED
                  else None),

@@ -123,6 +123,9 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
         elif record.state == JobState.QUEUED and record.not_before <= now:
             if unknown_resources(cluster, spec):
                 continue  # the cluster no longer has what it asks for: the reconciler fails it
+            if record.priority_class not in ("", spec.priority_class or
+                                             cluster.default_priority_class):  # changed since
+                spec = spec.model_copy(update={"priority_class": record.priority_class})
             if spec.priority_class not in (None, *cluster.priority_classes):
                 spec = spec.model_copy(update={"priority_class": None})  # class since removed
             job = pending_job(cluster, spec, record.id, record.queued_at, record.attained_s,

@@ -52,6 +52,7 @@ from stoker.spec.api import JobState
 MUTABLE = frozenset({
     "queued_at", "admitted_at", "started_at", "finished_at", "attempt", "restarts", "not_before",
     "placement", "stop_reason", "stop_requested_at", "term_sent_at", "attained_s", "exit_code",
+    "reason", "priority_class", "priority",  # a hold's reason; a priority change (job_ops)
 })
 
 

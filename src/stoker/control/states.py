@@ -40,3 +40,12 @@ def check_path(start: JobState, path: tuple[JobState, ...]) -> None:
         if nxt not in TRANSITIONS[current]:
             raise ValueError(f"transition {current} -> {nxt} is not allowed")
         current = nxt
+
+
+# A held job's ``not_before`` (`stoker.control.job_ops`): never reached, so the scheduler
+# leaves the job alone until a release sets ``not_before`` to the time of the release.
+HELD = 1e15
+
+
+def is_held(not_before: float) -> bool:
+    return not_before >= HELD

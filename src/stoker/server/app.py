@@ -15,8 +15,8 @@ when the body is the same, and is a 409 when it is not.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import stoker
+from stoker.control import job_ops
 from stoker.control.plane import Conflict, ControlPlane
 from stoker.control.states import TERMINAL
 from stoker.control.store import JobRecord
@@ -43,6 +44,7 @@ from stoker.spec.api import (
     AuditView,
     Cordon,
     Drain,
+    JobAction,
     JobDetail,
     JobState,
     JobSubmission,
@@ -51,8 +53,10 @@ from stoker.spec.api import (
     MetricsPage,
     NodeDetail,
     NodeView,
+    PriorityChange,
     QueueUsage,
     QuotaUpdate,
+    Requeue,
     UsageReport,
     WhoAmI,
 )
@@ -262,6 +266,45 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             raise HTTPException(409, str(e)) from None
         return plane.job_views([job])[0]
 
+    @app.post("/v1/jobs/{job_id}/hold", tags=["jobs"],
+              responses=errors(401, 404, 409, 413, 422))
+    def hold(job_id: int, who: Who, _clean: Clean, body: JobAction | None = None) -> JobView:
+        """Keep a queued job from being scheduled until it is released (Slurm's hold)."""
+        own_job(job_id, who)
+        with _job_errors():
+            job = job_ops.hold(plane, job_id, who.name, body.reason if body else "")
+        return plane.job_views([job])[0]
+
+    @app.post("/v1/jobs/{job_id}/release", tags=["jobs"],
+              responses=errors(401, 404, 409, 413, 422))
+    def release(job_id: int, who: Who) -> JobView:
+        """Let a held job be scheduled again."""
+        own_job(job_id, who)
+        with _job_errors():
+            job = job_ops.release(plane, job_id, who.name)
+        return plane.job_views([job])[0]
+
+    @app.post("/v1/jobs/{job_id}/requeue", tags=["jobs"],
+              responses=errors(401, 404, 409, 413, 422))
+    def requeue(job_id: int, who: Who, _clean: Clean, body: Requeue | None = None) -> JobView:
+        """Stop an admitted job as a preemption does (its checkpoints kept, no restart
+        counted) and queue it again; ``hold``: held there until released."""
+        own_job(job_id, who)
+        body = body or Requeue()
+        with _job_errors():
+            job = job_ops.requeue(plane, job_id, who.name, body.reason, body.hold)
+        return plane.job_views([job])[0]
+
+    @app.put("/v1/jobs/{job_id}/priority", tags=["jobs"],
+             responses=errors(401, 403, 404, 409, 413, 422))
+    def set_priority(job_id: int, body: PriorityChange, who: Who, _clean: Clean) -> JobView:
+        """Move a job to another priority class: its tenant may lower it, the admin may set
+        any (audited)."""
+        own_job(job_id, who)
+        with _job_errors():
+            job = job_ops.set_priority(plane, job_id, who.name, who.admin, body.priority_class)
+        return plane.job_views([job])[0]
+
     @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"],
              responses=errors(401, 403, 404, 413, 422))
     def logs(job_id: int, who: Who, rank: Annotated[int | None, Query(ge=0)] = None,
@@ -365,6 +408,19 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(dashboard_routes(plane, run_metrics))
     return app
+
+
+@contextmanager
+def _job_errors() -> Iterator[None]:
+    """A job operation's refusals as HTTP answers: 409, 403, 422 (an unknown class)."""
+    try:
+        yield
+    except Conflict as e:
+        raise HTTPException(409, str(e)) from None
+    except job_ops.Refused as e:
+        raise HTTPException(403, str(e)) from None
+    except KeyError as e:
+        raise _unprocessable(["body", "priority_class"], str(e.args[0])) from None
 
 
 def key_parts(key: str | None) -> list[str]:

@@ -94,6 +94,25 @@ class Client:
         result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/cancel")
         return result
 
+    def hold(self, job_id: int, reason: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/hold",
+                                              json={"reason": reason})
+        return result
+
+    def release(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/release")
+        return result
+
+    def requeue(self, job_id: int, reason: str = "", hold: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/v1/jobs/{job_id}/requeue",
+                                              json={"reason": reason, "hold": hold})
+        return result
+
+    def set_priority(self, job_id: int, priority_class: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"/v1/jobs/{job_id}/priority",
+                                              json={"priority_class": priority_class})
+        return result
+
     def logs(self, job_id: int, rank: int | None = None, offset: int = 0) -> dict[str, Any]:
         params: dict[str, Any] = {"offset": offset}
         if rank is not None:

@@ -106,6 +106,29 @@ class Drain(Body):
     requeue: bool = False
 
 
+class JobAction(Body):
+    """``POST /v1/jobs/{id}/hold``: why (kept in the job's events and reason)."""
+
+    model_config = ConfigDict(strict=True)
+
+    reason: str = Field(default="", max_length=500)
+
+
+class Requeue(JobAction):
+    """``POST /v1/jobs/{id}/requeue``: stop the job as a preemption does and queue it again;
+    ``hold``: held there until released."""
+
+    hold: bool = False
+
+
+class PriorityChange(Body):
+    """``PUT /v1/jobs/{id}/priority``: one of the cluster's priority classes."""
+
+    model_config = ConfigDict(strict=True)
+
+    priority_class: str = Field(min_length=1, max_length=128)
+
+
 class StrictAmounts(Amounts):
     """`Amounts` in a request: ``false`` is not 0, ``"2"`` is not 2, and no NaN or infinity;
     memory is a whole number of bytes or a size such as ``"8GiB"``."""
@@ -217,6 +240,7 @@ class JobView(BaseModel):
     exit_code: int | None
     placement: dict[str, Any] | None
     stopping: str | None
+    held: bool = False  # held (`stoker hold`): not scheduled until released; see reason
     queue_position: int | None = None
     waiting: WaitingView | None = None
     estimated_start: float | None = None  # replayed from running jobs' max_run_time; see docs

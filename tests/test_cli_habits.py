@@ -1,0 +1,184 @@
+"""The CLI's Slurm and kubectl habits against one real server: ``-o json|yaml|wide`` on every
+listing, ``--watch``, ``jobs -a`` with start/end/elapsed, ``hold``/``release`` (across a
+server restart), ``requeue`` and ``job N --priority``.
+
+The CLI runs in-process (`stoker.cli.main.main`, as the ``stoker`` script does), but for
+``--watch``, which is interrupted with SIGINT as a user's Ctrl-C would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from stoker.cli import jobs_cmd
+from stoker.cli.main import main
+from stoker.cli.output import duration
+from stoker.server.process import ServerProcess, kill_jobs
+from test_e2e_control import CLUSTER, TOKENS, get, job, release, submit, wait, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("habits")
+    config = root / "cluster.toml"
+    config.write_text(CLUSTER)
+    proc = ServerProcess(root / "state", config, env=TOKENS,
+                         args=["--grace-period", "2", "--backoff", "0.5"])
+    width = jobs_cmd.console.width
+    jobs_cmd.console.width = 300  # wide tables unclipped
+    try:
+        yield proc.start()
+    finally:
+        jobs_cmd.console.width = width
+        proc.stop()
+        kill_jobs(root / "state")
+
+
+Run = tuple[int, str, str]
+
+
+def cli(server: ServerProcess, capsys: pytest.CaptureFixture[str], *args: str,
+        token: str = "alice-t") -> Run:
+    """``stoker ARGS`` in this process: (exit code, stdout, stderr)."""
+    argv = sys.argv
+    sys.argv = ["stoker", *args, "--server", server.url, "--token", token]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ok(run: Run) -> str:
+    assert run[0] == 0, run
+    return run[1]
+
+
+def refused(run: Run, *words: str) -> None:
+    """Exit 2 with one line naming each of ``words``, no traceback."""
+    code, _, err = run
+    assert code == 2 and len(err.strip().splitlines()) == 1, run
+    assert all(w in err for w in words) and "Traceback" not in err, err
+
+
+def test_every_listing_prints_json_yaml_and_wide(server: ServerProcess,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    done = submit(server, "alice-t", job(server, "quick", "alice", 0))
+    wait(server, done, {"SUCCEEDED"})
+    node = get_nodes(server)[0]["name"]
+    listings: list[tuple[list[str], str]] = [
+        (["jobs"], "alice-t"), (["jobs", "-a"], "alice-t"), (["job", str(done)], "alice-t"),
+        (["queues"], "alice-t"), (["nodes"], "admin-t"), (["node", node], "admin-t"),
+        (["audit"], "admin-t")]
+    for args, token in listings:
+        as_json = json.loads(ok(cli(server, capsys, *args, "-o", "json", token=token)))
+        as_yaml = yaml.safe_load(ok(cli(server, capsys, *args, "-o", "yaml", token=token)))
+        assert as_yaml == as_json, args  # the objects as the API gives them
+        ok(cli(server, capsys, *args, "-o", "wide", token=token))
+    finished = json.loads(ok(cli(server, capsys, "jobs", "-a", "-o", "json")))
+    assert [j["id"] for j in finished] == [done] and finished[0]["state"] == "SUCCEEDED"
+    table = ok(cli(server, capsys, "jobs", "-a"))
+    for column in ("START", "END", "ELAPSED"):
+        assert column in table, table
+    wide = ok(cli(server, capsys, "jobs", "-a", "-o", "wide"))
+    assert "NODES" in wide and "KIND" in wide and "NODES" not in table
+    assert "LEND LIMIT" in ok(cli(server, capsys, "queues", "-o", "wide"))
+    assert "LEND LIMIT" not in ok(cli(server, capsys, "queues"))
+    assert "LABELS" in ok(cli(server, capsys, "nodes", "-o", "wide", token="admin-t"))
+    refused(cli(server, capsys, "jobs", "-o", "xml"), "xml")
+    refused(cli(server, capsys, "jobs", "--watch", "-o", "json"), "--watch")
+    refused(cli(server, capsys, "jobs", "--watch", "--interval", "soon"), "--interval")
+    assert [duration(s) for s in (5, 185, 3720, 187200)] == ["5s", "3m05s", "1h02m", "2d04h"]
+
+
+def get_nodes(server: ServerProcess) -> list[dict[str, Any]]:
+    with server.client("admin-t") as c:
+        return c.nodes()
+
+
+def test_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
+    env = {**os.environ, "STOKER_SERVER": server.url, "STOKER_TOKEN": "alice-t",
+           "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "stoker", "queues", "--watch", "-n", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2.5)  # the interpreter's start, then a few redraws
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "QUEUE" in out and "Traceback" not in err
+
+
+def test_hold_keeps_a_job_queued_across_a_restart_until_released(
+        server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    big = submit(server, "alice-t", job(server, "big", "alice", 60, resources={"cpus": 4}))
+    wait(server, big, {"RUNNING"})
+    small = submit(server, "alice-t", job(server, "small", "alice", 0))
+    assert "held" in ok(cli(server, capsys, "hold", str(small), "--reason", "data not ready"))
+    refused(cli(server, capsys, "hold", str(big)), "409", "only a queued job")
+    release(server, big)
+    wait(server, big, {"SUCCEEDED"})
+    server.stop()  # the hold is in the store
+    server.start()
+    time.sleep(1.0)  # five scheduling cycles with room for it
+    held = get(server, small)
+    assert held["state"] == "QUEUED" and held["held"] and held["queue_position"] is None
+    assert "held by alice: data not ready" in held["reason"]
+    listed = ok(cli(server, capsys, "jobs"))
+    assert "(held)" in listed and "data not ready" in listed
+    refused(cli(server, capsys, "release", str(small), token="bob-t"), "404")
+    ok(cli(server, capsys, "release", str(small)))
+    assert not wait(server, small, {"SUCCEEDED"})["held"]
+    refused(cli(server, capsys, "release", str(small)), "409", "not held")
+
+
+def test_requeue_puts_a_running_job_back_and_can_hold_it(
+        server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    long = submit(server, "alice-t", job(server, "long", "alice", 60))
+    wait(server, long, {"RUNNING"})
+    ok(cli(server, capsys, "requeue", str(long), "--reason", "node maintenance"))
+    wait_for("the second attempt", lambda: get(server, long)["attempt"] == 2
+             and get(server, long)["state"] == "RUNNING")
+    j = get(server, long)
+    moves = [e["to_state"] for e in j["events"] if e["kind"] == "transition"]
+    assert "PREEMPTED" in moves and j["restarts"] == 0
+    assert any(e["kind"] == "requeue" and "node maintenance" in e["reason"]
+               for e in j["events"])
+    ok(cli(server, capsys, "requeue", str(long), "--hold", token="admin-t"))
+    back = wait(server, long, {"QUEUED"})
+    time.sleep(0.6)
+    assert get(server, long)["state"] == "QUEUED" and back["held"]
+    refused(cli(server, capsys, "requeue", str(long)), "409")
+    audit = json.loads(ok(cli(server, capsys, "audit", "-o", "json", token="admin-t")))
+    assert any(a["action"] == "requeue" and a["target"] == str(long) for a in audit)
+    ok(cli(server, capsys, "cancel", str(long)))
+
+
+def test_priority_owner_lowers_admin_changes(server: ServerProcess,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    big = submit(server, "alice-t", job(server, "filler", "alice", 60, resources={"cpus": 4}))
+    queued = submit(server, "alice-t", job(server, "prio", "alice", 0))
+    out = ok(cli(server, capsys, "job", str(queued), "--priority", "low", "-o", "json"))
+    assert json.loads(out)["priority_class"] == "low"
+    refused(cli(server, capsys, "job", str(queued), "--priority", "high"), "403", "admin")
+    refused(cli(server, capsys, "job", str(queued), "--priority", "urgent"), "422", "urgent")
+    ok(cli(server, capsys, "job", str(queued), "--priority", "high", token="admin-t"))
+    assert get(server, queued)["priority"] == 1000
+    audit = json.loads(ok(cli(server, capsys, "audit", "-o", "json", token="admin-t")))
+    assert [a["detail"]["to"] for a in audit if a["action"] == "priority"] == ["low", "high"]
+    for j in (big, queued):
+        ok(cli(server, capsys, "cancel", str(j)))
