@@ -35,12 +35,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     config.write_text(CLUSTER)
     proc = ServerProcess(root / "state", config, env=TOKENS,
                          args=["--grace-period", "2", "--backoff", "0.5"])
-    width = jobs_cmd.console.width
+    width = jobs_cmd.console._width  # None: from the terminal (COLUMNS); restored as it was
     jobs_cmd.console.width = 300  # wide tables unclipped
     try:
         yield proc.start()
     finally:
-        jobs_cmd.console.width = width
+        jobs_cmd.console._width = width
         proc.stop()
         kill_jobs(root / "state")
 
