@@ -313,6 +313,23 @@ class TelemetryConfig(Section):
     sample_ids: bool = False  # each rank logs its global sample ids per step to RUN_DIR/samples/
 
 
+class ProfileConfig(Section):
+    """torch.profiler from the start of the run, on its schedule (``torch.profiler.schedule``):
+    ``wait`` steps off, ``warmup`` steps profiled but not kept, ``active`` steps recorded, the
+    cycle ``repeat`` times (0: until the run ends). Each recorded window goes to
+    RUN_DIR/profiles/<stamp>-step<first>/, one trace per rank (`stoker.train.profiling`).
+    ``stoker profile RUN_DIR`` captures on demand without it."""
+
+    enabled: bool = False
+    wait: int = Field(default=5, ge=0)
+    warmup: int = Field(default=1, ge=0)
+    active: int = Field(default=3, ge=1)
+    repeat: int = Field(default=1, ge=0)
+    memory: bool = False  # CUDA: the allocator's history; CPU: the profiler's memory timeline
+    with_stack: bool = False
+    gzip: bool = False
+
+
 class TrainConfig(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -321,6 +338,7 @@ class TrainConfig(Section):
     train: TrainSection = TrainSection()
     checkpoint: CheckpointConfig = CheckpointConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    profile: ProfileConfig = ProfileConfig()
 
     def check_confined(self, source: str | None = None) -> None:
         """Reject output paths that leave the run (a control-plane job writes only inside its

@@ -3,7 +3,8 @@
 Between log steps the loop never waits for the device: a step's loss, gradient norm and skip
 flag stay device tensors, its times stay CUDA events (`PendingTimes`). On a log step one
 all_gather carries every pending step's numbers from every rank, together with what the ranks
-must agree on: the stop asked of any rank and rank 0's time-based checkpoint clock.
+must agree on: the stop asked of any rank, rank 0's time-based checkpoint clock and rank 0's
+profile request (`profiling.ProfileAsk.encode`: three numbers, zeros when there is none).
 """
 
 from __future__ import annotations
@@ -51,17 +52,20 @@ class Agreed:
     stop: int  # the largest stop kind asked of any rank
     time_due: bool  # rank 0's clock: a time-based checkpoint is due
     peak_mem_bytes: int  # the largest over ranks
+    profile: tuple[int, int, int] = (0, 0, 0)  # rank 0's profile request (steps first; 0: none)
 
 
 def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem_bytes: int,
-                 world_size: int, device: torch.device) -> tuple[list[LoggedStep], Agreed]:
+                 world_size: int, device: torch.device,
+                 profile: tuple[int, int, int] = (0, 0, 0)) -> tuple[list[LoggedStep], Agreed]:
     """Read the pending steps from the device and from every rank, in one collective."""
     times = [p.times.resolve() for p in pending]  # on CUDA: once the last step has run
     zero = torch.zeros((), device=device)
     numbers = [torch.stack([p.loss.float(), p.grad_norm.float(),
                             (p.skipped if p.skipped is not None else zero).float()])
                for p in pending]
-    host = [t.step_time_s for t in times] + [float(peak_mem_bytes), float(stop), float(time_due)]
+    host = ([t.step_time_s for t in times] + [float(peak_mem_bytes), float(stop), float(time_due)]
+            + [float(x) for x in profile])
     row = torch.cat([torch.stack(numbers).to(torch.float64).flatten(),
                      torch.tensor(host, dtype=torch.float64, device=device)])
     ranks = gather_rows(row, world_size).tolist()
@@ -73,8 +77,9 @@ def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem
         logged.append(LoggedStep(p, [r[at] for r in ranks], [r[time_at] for r in ranks],
                                  mine[at + 1], mine[at + 2] > 0, t))
     tail = [r[(DEVICE_NUMBERS + 1) * n:] for r in ranks]
+    steps, flags, stamp = (int(x) for x in tail[0][3:6])
     agreed = Agreed(stop=int(max(r[1] for r in tail)), time_due=tail[0][2] > 0,
-                    peak_mem_bytes=int(max(r[0] for r in tail)))
+                    peak_mem_bytes=int(max(r[0] for r in tail)), profile=(steps, flags, stamp))
     return logged, agreed
 
 

@@ -16,7 +16,8 @@ Around the steps (issue 3): the state (``state_dict()``) is checkpointed by `Che
 ``checkpoint.interval_*`` and at the end, and restored at the start from ``resume`` or, after a
 restart, from the run's newest checkpoint; a heartbeat feeds the hang watchdog; SIGTERM or
 SIGUSR1 (preemption) and SIGINT stop all ranks together at a step boundary, after a synchronous
-checkpoint.
+checkpoint. ``stoker profile RUN_DIR`` or the config's ``[profile]`` schedule run torch.profiler
+on every rank over the same steps (`profiling.py`: a request is taken on log steps only).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -73,6 +75,16 @@ from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
 from stoker.train.pipeline import Pipeline, build_pipeline
+from stoker.train.profiling import (
+    NO_ASK,
+    Capture,
+    Plan,
+    ProfileAsk,
+    profiles_root,
+    stamp_name,
+    started_event,
+    take_request,
+)
 from stoker.train.restarts import attempt
 from stoker.train.resume_check import check_fits, read_run_meta, run_meta, schedule_changes
 from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
@@ -192,6 +204,7 @@ class Trainer:
         self.stop = StopRequest(self.events)
         self.stop_agreed = 0  # the largest stop kind asked of any rank: all stop after this step
         self.pending: list[PendingStep] = []  # steps not yet logged (see step_log.py)
+        self.capture: Capture | None = None  # torch.profiler, while it runs (profiling.py)
         self.timer = StepTimer(self.device)
         self.stats = RunStats()
         self.display = display or make_display(dist_info.is_main, cfg.telemetry.live,
@@ -427,6 +440,10 @@ class Trainer:
             self._roll_back()
         self.heartbeat.beat(self.step)
         self._checkpoint(agreed)
+        if self.capture is not None:
+            self._capture_step(self.capture)
+        if agreed is not None and agreed.profile[0]:
+            self._start_on_demand(agreed.profile)
         return records
 
     def _log_due(self) -> bool:
@@ -441,7 +458,8 @@ class Trainer:
         """The pending steps' records, written and shown; every rank learns the agreed stop."""
         logged, agreed = gather_steps(
             self.pending, self.stop.kind, self.checkpointer.time_due(),
-            peak_memory_bytes(self.device), self.dist.world_size, self.device)
+            peak_memory_bytes(self.device), self.dist.world_size, self.device,
+            self._profile_ask())
         self.pending = []
         self.stop_agreed = agreed.stop
         records = [self._record(s, agreed.peak_mem_bytes) for s in logged]
@@ -456,6 +474,62 @@ class Trainer:
             for hook in self.after_step:
                 hook(self, record)
         return records, agreed
+
+    # ------------------------------------------------------------------ profiling
+
+    def _profile_ask(self) -> tuple[int, int, int]:
+        """On a log step, rank 0 takes RUN_DIR/profile.request, unless a capture runs (then the
+        request waits for its end; a ``[profile]`` schedule without end refuses it)."""
+        if not self.dist.is_main:
+            return NO_ASK
+        if self.capture is not None:
+            if self.capture.endless and take_request(self.run_dir, self.events) is not None:
+                self.events.emit("profile_refused", step=self.step,
+                                 reason="the [profile] schedule (repeat = 0) is capturing")
+            return NO_ASK
+        ask = take_request(self.run_dir, self.events)
+        return ask.encode() if ask is not None else NO_ASK
+
+    def _start_on_demand(self, numbers: tuple[int, int, int]) -> None:
+        """Every rank, after the log step that agreed on rank 0's request."""
+        ask = ProfileAsk.decode(numbers)
+        if ask is None or self.capture is not None:
+            return
+        out = profiles_root(self.run_dir) / ask.dir_name
+        self._start_capture(Plan.on_demand(ask), lambda first, last: out)
+
+    def _start_configured(self) -> None:
+        """The ``[profile]`` schedule, from this attempt's first step. Its windows' directories
+        carry rank 0's start time (broadcast once) and their first step."""
+        if not self.cfg.profile.enabled:
+            return
+        root, stamp = profiles_root(self.run_dir), stamp_name(agreed_time(self.device))
+        self._start_capture(Plan.of_config(self.cfg.profile),
+                            lambda first, last: root / f"{stamp}-step{first:06d}")
+
+    def _start_capture(self, plan: Plan, dir_for: Callable[[int, int], Path]) -> None:
+        if self.dist.is_main:
+            started_event(self.events, dir_for, plan, self.step, self.dist.world_size)
+        self.capture = Capture(plan, self.step, dir_for, self.dist.rank, self.device,
+                               self.events)
+
+    def _capture_step(self, capture: Capture) -> None:
+        with self.heartbeat.paused():  # a window's end writes its trace
+            capture.step()
+        if capture.finished:
+            self._end_capture()
+
+    def _end_capture(self) -> None:
+        """Stop the profiler (a window cut short by the run's end is written as it is)."""
+        capture, self.capture = self.capture, None
+        if capture is None:
+            return
+        try:
+            with self.heartbeat.paused():
+                capture.stop()
+        except Exception as e:  # a trace not written does not fail the run
+            self.events.emit("profile_error", step=self.step,
+                             error=f"{type(e).__name__}: {e}"[:2000])
 
     def _checkpoint(self, agreed: Agreed | None) -> None:
         """Save when due: every interval (async), at the end and on a stop (synchronous).
@@ -508,6 +582,7 @@ class Trainer:
                                  step=self.step, resumed=resumed is not None)
             self.display.start(self.cfg.train.steps, self.step)
             self.heartbeat.start()
+            self._start_configured()
             while self.step < self.cfg.train.steps:
                 self.step_once()
                 if self.stop_agreed:
@@ -521,6 +596,7 @@ class Trainer:
             self.events.emit("error", step=self.step, error=f"{type(e).__name__}: {e}"[:2000])
             raise
         finally:
+            self._end_capture()
             self.heartbeat.stop()
             self.train_loader.close()
             if status != "failed":
@@ -688,6 +764,14 @@ def run_attempt(metrics: Path) -> int:
     numbers only grow across restarts, resumes and control-plane retries."""
     job = os.environ.get(faults.JOB_ATTEMPT_ENV, "")
     return max(last_attempt(metrics) + 1, int(job) if job.isdigit() else 1)
+
+
+def agreed_time(device: torch.device) -> int:
+    """Rank 0's clock (unix seconds), on every rank: one broadcast."""
+    now = torch.tensor([time.time()], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(now, src=0)
+    return int(now.item())
 
 
 def check_vocab(model_vocab: int, data_vocab: int, shard_dir: Path) -> None:
