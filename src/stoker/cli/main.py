@@ -15,6 +15,7 @@ from stoker.cli import (
     job_ops_cmd,
     jobs_cmd,
     plan_cmd,
+    profile_cmd,
     server_cmd,
     sim_cmd,
     train_cmd,
@@ -31,7 +32,7 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd, health_cmd, usage_cmd, job_ops_cmd):
+               sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd):
     module.register(app)
 
 

@@ -20,8 +20,6 @@ world size), ``profile_done`` (each rank: the dir and its files), ``profile_refu
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -33,97 +31,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 from stoker.observe.events import EventLog
 from stoker.spec.train import ProfileConfig
-
-REQUEST_FILE = "profile.request"
-PROFILES_DIR = "profiles"
-STAMP_FORMAT = "%Y%m%d-%H%M%S"  # UTC: the same name on every host
-NO_ASK = (0, 0, 0)
-_MEMORY, _STACK, _GZIP = 1, 2, 4
-
-
-@dataclass(frozen=True)
-class ProfileAsk:
-    """What `stoker profile` asks of a running job. ``stamp`` (unix seconds) names the dir."""
-
-    steps: int
-    stamp: int
-    memory: bool = False
-    with_stack: bool = False
-    gzip: bool = False
-
-    def encode(self) -> tuple[int, int, int]:
-        """Three numbers for the log step's gather (exact in float64)."""
-        flags = _MEMORY * self.memory | _STACK * self.with_stack | _GZIP * self.gzip
-        return self.steps, flags, self.stamp
-
-    @classmethod
-    def decode(cls, numbers: tuple[int, int, int]) -> ProfileAsk | None:
-        steps, flags, stamp = numbers
-        if steps < 1:
-            return None
-        return cls(steps, stamp, bool(flags & _MEMORY), bool(flags & _STACK),
-                   bool(flags & _GZIP))
-
-    @property
-    def dir_name(self) -> str:
-        return stamp_name(self.stamp)
-
-
-def stamp_name(stamp: int) -> str:
-    return time.strftime(STAMP_FORMAT, time.gmtime(stamp))
-
-
-def profiles_root(run_dir: Path) -> Path:
-    return run_dir / PROFILES_DIR
-
-
-# ---------------------------------------------------------------------- the request file
-
-
-def write_request(run_dir: Path, ask: ProfileAsk) -> Path:
-    """RUN_DIR/profile.request, whole or not at all (a rank never reads half of it)."""
-    path = run_dir / REQUEST_FILE
-    tmp = run_dir / f".{REQUEST_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({**asdict(ask), "pid": os.getpid()}) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def parse_request(text: str) -> ProfileAsk:
-    """A request file's content; ValueError, KeyError or TypeError when it is not one."""
-    raw = json.loads(text)
-    return ProfileAsk(int(raw["steps"]), int(raw["stamp"]), bool(raw.get("memory")),
-                      bool(raw.get("with_stack")), bool(raw.get("gzip")))
-
-
-def pending_request(run_dir: Path) -> ProfileAsk | None:
-    """The request not yet taken, if any (None also when it cannot be read)."""
-    try:
-        return parse_request((run_dir / REQUEST_FILE).read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def take_request(run_dir: Path, events: EventLog) -> ProfileAsk | None:
-    """Rank 0, on a log step: the pending request, removed from the run dir. A request that
-    cannot be read is removed too, with a ``profile_refused`` event."""
-    path = run_dir / REQUEST_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    path.unlink(missing_ok=True)
-    try:
-        ask = parse_request(text)
-    except (ValueError, KeyError, TypeError) as e:
-        events.emit("profile_refused", reason=f"unreadable {REQUEST_FILE}: {e}")
-        return None
-    if ask.steps < 1:
-        events.emit("profile_refused", dir=str(profiles_root(run_dir) / ask.dir_name),
-                    reason=f"steps {ask.steps} < 1")
-        return None
-    return ask
-
+from stoker.train.profile_request import ProfileAsk
 
 # ---------------------------------------------------------------------- one capture
 
@@ -226,7 +134,7 @@ class Capture:
             return []
         if self.cuda:
             path = out / f"rank-{self.rank:05d}.memory.pickle"
-            torch.cuda.memory._dump_snapshot(str(path))
+            torch.cuda.memory._dump_snapshot(str(path))  # type: ignore[no-untyped-call]
             return [path]
         path = out / f"rank-{self.rank:05d}.memory.json"
         with warnings.catch_warnings():  # deprecated for CUDA's allocator history; CPU has none

@@ -75,16 +75,14 @@ from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
 from stoker.train.pipeline import Pipeline, build_pipeline
-from stoker.train.profiling import (
+from stoker.train.profile_request import (
     NO_ASK,
-    Capture,
-    Plan,
     ProfileAsk,
     profiles_root,
     stamp_name,
-    started_event,
     take_request,
 )
+from stoker.train.profiling import Capture, Plan, started_event
 from stoker.train.restarts import attempt
 from stoker.train.resume_check import check_fits, read_run_meta, run_meta, schedule_changes
 from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
