@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -48,12 +49,19 @@ def profile_cmd(
         console.print(f"asked {run_dir} to profile {steps} step{'s' * (steps > 1)}: traces will "
                       f"appear in {out}/ (rank-R.json), after the run's next log step")
         return
-    for path in wait_for_traces(run_dir, out, timeout):
+    done = wait_for_traces(run_dir, out, timeout)
+    for path in sorted(Path(f) for e in done for f in e["files"]):
         console.print(str(path))
+    warn = Console(stderr=True, highlight=False)
+    for e in sorted(done, key=lambda e: int(e.get("rank", 0))):
+        for key in ("trace_error", "memory_error"):
+            if key in e:
+                warn.print(f"rank {e.get('rank')}: {key.replace('_', ' ')}: "
+                           f"{str(e[key]).splitlines()[0][:200]}", soft_wrap=True)
 
 
-def wait_for_traces(run_dir: Path, out: Path, timeout: float) -> list[Path]:
-    """Every rank's files once each rank's ``profile_done`` for ``out`` is in events.jsonl."""
+def wait_for_traces(run_dir: Path, out: Path, timeout: float) -> list[dict[str, Any]]:
+    """Every rank's ``profile_done`` for ``out``, once all are in events.jsonl."""
     from stoker.observe.events import read_events
     from stoker.train.profile_request import REQUEST_FILE
     from stoker.train.run_dir import lock_holder
@@ -68,7 +76,7 @@ def wait_for_traces(run_dir: Path, out: Path, timeout: float) -> list[Path]:
         if refused:
             raise NotTaken(f"{run_dir} refused the request: {refused[0].get('reason')}")
         if started and len(done) >= int(started[0]["world_size"]):
-            return sorted(Path(f) for e in done for f in e["files"])
+            return done
         if not running:
             (run_dir / REQUEST_FILE).unlink(missing_ok=True)
             raise NotTaken(f"{run_dir}: the run ended before " + (

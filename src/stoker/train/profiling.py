@@ -1,7 +1,8 @@
 """torch.profiler on every rank: on demand (``stoker profile RUN_DIR``) or on the config's
 ``[profile]`` schedule, one Chrome/Perfetto trace per rank in RUN_DIR/profiles/<stamp>/.
 
-On demand: the CLI writes RUN_DIR/profile.request (atomically: a temporary file, renamed).
+On demand: the CLI writes RUN_DIR/profile.request (`profile_request`: atomically, a temporary
+file renamed).
 Rank 0 looks for it on log steps only (one failed ``open`` when there is none) and takes it
 (reads, deletes); the log step's all_gather (`step_log.gather_steps`) carries rank 0's request
 to every rank as three numbers (`ProfileAsk.encode`), so every rank starts the same capture
@@ -12,9 +13,12 @@ that ``open`` on rank 0 and three more numbers in the gather.
 
 Output per rank ``r`` (rank-%05d, as RUN_DIR/samples/): ``rank-<r>.json`` (or ``.json.gz``),
 with ``--memory`` on CUDA ``rank-<r>.memory.pickle`` (the allocator's history,
-``torch.cuda.memory._dump_snapshot``: open it at pytorch.org/memory_viz) and on CPU
-``rank-<r>.memory.json`` (the profiler's memory timeline: ``[times, [bytes by category]]``;
-CPU has no allocator history). Events: ``profile_started`` (rank 0: the dir, the steps, the
+``torch.cuda.memory._dump_snapshot``: open it at pytorch.org/memory_viz); on CPU, which has no
+allocator history, the trace's own ``[memory]`` events (``profile_memory``), ``rank-<r>.memory.txt``
+(the operators that allocated most) and ``rank-<r>.memory.json`` (the profiler's memory
+timeline, ``[times, [bytes by category]]``) when torch can build it: its memory profiler
+rejects some training graphs (pytorch/pytorch#167838; FSDP's here), which ``profile_done``
+then says in ``memory_error``. Events: ``profile_started`` (rank 0: the dir, the steps, the
 world size), ``profile_done`` (each rank: the dir and its files), ``profile_refused``.
 """
 
@@ -83,7 +87,7 @@ class Capture:
                              repeat=plan.repeat)
         cpu_memory = plan.memory and not self.cuda  # the memory timeline needs all three
         self.prof = profile(activities=activities, schedule=sched, on_trace_ready=self._ready,
-                            record_shapes=True, profile_memory=cpu_memory,
+                            record_shapes=True, profile_memory=plan.memory,
                             with_stack=plan.with_stack or cpu_memory)
         if plan.memory and self.cuda:
             torch.cuda.memory._record_memory_history(max_entries=100_000)
@@ -122,25 +126,44 @@ class Capture:
         out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         trace = out / f"rank-{self.rank:05d}.json{'.gz' * self.plan.gzip}"
-        prof.export_chrome_trace(str(trace))
-        files = [trace, *self._memory(prof, out)]
+        files, errors = [], {}
+        try:
+            prof.export_chrome_trace(str(trace))
+            files.append(trace)
+        except Exception as e:  # a trace not written does not stop the training
+            errors["trace_error"] = f"{type(e).__name__}: {e}"[:500]
+        if self.plan.memory and not self.cuda:
+            files.append(self._memory_table(prof, out))
+        if self.plan.memory:
+            try:
+                files.append(self._memory(prof, out))
+            except Exception as e:
+                errors["memory_error"] = f"{type(e).__name__}: {e}"[:500]
         self.written += files
         self.events.emit("profile_done", dir=str(out), files=[str(f) for f in files],
                          first_step=first, last_step=last,
-                         export_s=round(time.monotonic() - started, 3))
+                         export_s=round(time.monotonic() - started, 3), **errors)
 
-    def _memory(self, prof: profile, out: Path) -> list[Path]:
-        if not self.plan.memory:
-            return []
+    def _memory_table(self, prof: profile, out: Path) -> Path:
+        """CPU: the operators that allocated most (self), from the trace's memory events."""
+        path = out / f"rank-{self.rank:05d}.memory.txt"
+        path.write_text(prof.key_averages().table(sort_by="self_cpu_memory_usage",
+                                                  row_limit=30) + "\n")
+        return path
+
+    def _memory(self, prof: profile, out: Path) -> Path:
+        """CUDA: the allocator's history. CPU: the profiler's memory timeline, which torch's
+        memory profiler cannot always build (it rejects some graphs: FSDP's, for one); the
+        trace itself holds the allocations either way ([memory] events, profile_memory)."""
         if self.cuda:
             path = out / f"rank-{self.rank:05d}.memory.pickle"
             torch.cuda.memory._dump_snapshot(str(path))  # type: ignore[no-untyped-call]
-            return [path]
+            return path
         path = out / f"rank-{self.rank:05d}.memory.json"
         with warnings.catch_warnings():  # deprecated for CUDA's allocator history; CPU has none
             warnings.simplefilter("ignore", FutureWarning)
             prof.export_memory_timeline(str(path), device="cpu")
-        return [path]
+        return path
 
 
 def started_event(events: EventLog, dir_for: Callable[[int, int], Path], plan: Plan,
