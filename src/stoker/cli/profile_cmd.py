@@ -47,7 +47,8 @@ def profile_cmd(
     console = Console(highlight=False)
     if not wait:
         console.print(f"asked {run_dir} to profile {steps} step{'s' * (steps > 1)}: traces will "
-                      f"appear in {out}/ (rank-R.json), after the run's next log step", soft_wrap=True)
+                      f"appear in {out}/ (rank-R.json), after the run's next log step",
+                      soft_wrap=True)
         return
     done = wait_for_traces(run_dir, out, timeout)
     for path in sorted(Path(f) for e in done for f in e["files"]):
