@@ -144,3 +144,16 @@ def test_an_array_runs_one_job_per_task_with_its_index(
     for bad in ("9-0", "a-b", "0-5000", "1,1", "0-9:0", "", "-1"):
         refused(cli(server, capsys, "submit", path, "--array", bad), "--array")
     assert jobs_cmd.array_indices("1-3,8,10-14:2") == [1, 2, 3, 8, 10, 12, 14]
+
+
+def test_a_broken_dependency_wins_over_one_still_running() -> None:
+    from stoker.control.depends import blocked
+    from stoker.spec.api import JobState
+
+    states = {1: JobState.RUNNING, 2: JobState.FAILED, 3: JobState.SUCCEEDED,
+              4: JobState.PREEMPTED}
+    found = blocked({10: (1, 2), 11: (3,), 12: (3, 4, 1), 13: (9,)}, states)
+    assert found[10].reason == "dependency job 2 ended FAILED"
+    assert 11 not in found
+    assert found[12].reason == "waiting for job 4 to succeed" and not found[12].broken
+    assert found[13].reason == "dependency job 9 ended missing" and found[13].broken
