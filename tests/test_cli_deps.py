@@ -156,4 +156,4 @@ def test_a_broken_dependency_wins_over_one_still_running() -> None:
     assert found[10].reason == "dependency job 2 ended FAILED"
     assert 11 not in found
     assert found[12].reason == "waiting for job 4 to succeed" and not found[12].broken
-    assert found[13].reason == "dependency job 9 ended missing" and found[13].broken
+    assert found[13].reason == "dependency job 9 no longer exists" and found[13].broken

@@ -38,8 +38,9 @@ class Blocked:
     def reason(self) -> str:
         if not self.broken:
             return waiting_reason(self.on)
-        ended = self.state.value if self.state is not None else "missing"
-        return f"dependency job {self.on} ended {ended}"
+        if self.state is None:
+            return f"dependency job {self.on} no longer exists"
+        return f"dependency job {self.on} ended {self.state.value}"
 
 
 WAITING = "waiting for job "
