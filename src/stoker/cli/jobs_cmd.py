@@ -8,6 +8,7 @@ Connection and API errors are one line and exit code 2.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from stoker.cli.output import INTERVAL_OPT, OUTPUT_OPT, WATCH_OPT, Format, duration, show
 from stoker.cli.progress import progress_rows
+from stoker.spec.errors import ConfigError
 from stoker.spec.resources import BASE
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ STATE_STYLE = {"QUEUED": "yellow", "ADMITTED": "cyan", "STARTING": "cyan", "RUNN
                "CANCELLED": "dim"}
 
 console = Console(highlight=False)
+MAX_ARRAY = 1000  # tasks of one --array
 
 
 def _client(server: str | None, token: str | None) -> Client:
@@ -43,6 +46,13 @@ def _client(server: str | None, token: str | None) -> Client:
 def submit(
     job_file: Path = typer.Argument(..., help="Job spec (TOML)."),
     set_: list[str] = typer.Option([], "--set", help="Override a job key: key=value."),
+    after_ok: list[int] = typer.Option([], "--after-ok", metavar="JOB",
+                                       help="Run only once job JOB has SUCCEEDED (repeatable); "
+                                       "if it ends FAILED or CANCELLED, this job is cancelled."),
+    array: str | None = typer.Option(None, "--array", metavar="RANGE",
+                                     help="Submit one job per index: 0-9, 0,2,5 or 0-9:2 (at "
+                                     f"most {MAX_ARRAY}), each named NAME-INDEX with "
+                                     "$STOKER_ARRAY_TASK_ID in its environment."),
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
@@ -54,14 +64,59 @@ def submit(
     from stoker.spec.api import JobSubmission
     from stoker.spec.job import load_job
 
+    tasks = array_indices(array) if array is not None else None
     job = load_job(job_file, set_)
+    if after_ok:
+        job = job.model_copy(update={"after_ok": (*job.after_ok, *after_ok)})
     train = _local_paths(loading.read_toml(job.train_config)) if job.train_config else None
-    job_body = job.model_dump(mode="json")
-    loading.validate(JobSubmission, {"job": job_body, "train": train}, str(job_file))
-    with _client(server, token) as client:  # the server checks it all again
-        view = client.submit(job_body, train, idempotency_key=str(uuid.uuid4()))
-    console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
-                  f"{view['queue']}: {_state(view['state'])}, position {view['queue_position']}")
+    bodies = [job.model_dump(mode="json")] if tasks is None else \
+        [array_task(job.model_dump(mode="json"), i, tasks) for i in tasks]
+    for body in bodies:  # the server checks it all again
+        loading.validate(JobSubmission, {"job": body, "train": train}, str(job_file))
+    key = str(uuid.uuid4())
+    with _client(server, token) as client:
+        if tasks is None:
+            view = client.submit(bodies[0], train, idempotency_key=key)
+            console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
+                          f"{view['queue']}: {_state(view['state'])}, position "
+                          f"{view['queue_position']}")
+            return
+        ids = [client.submit(body, train, idempotency_key=f"{key}-{i}")["id"]
+               for i, body in zip(tasks, bodies, strict=True)]
+    console.print(f"submitted job array {job.name} ({len(ids)} tasks, {array}) to queue "
+                  f"{job.queue}: jobs {', '.join(map(str, ids))}")
+
+
+def array_indices(text: str) -> list[int]:
+    """Slurm's ``--array`` ranges: ``0-9``, ``0,2,5``, ``0-9:2`` or a mix (``1-3,8``), in
+    order, each index once; at most `MAX_ARRAY` of them. ConfigError (one line) otherwise."""
+    indices: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?\s*", part)
+        if m is None:
+            raise ConfigError("--array", None, f"expected ranges such as 0-9, 0,2,5 or "
+                              f"0-9:2, got {text!r}")
+        first = int(m.group(1))
+        last = int(m.group(2)) if m.group(2) is not None else first
+        step = int(m.group(3)) if m.group(3) is not None else 1
+        if last < first or step < 1:
+            raise ConfigError("--array", None, f"{part.strip()!r}: a range goes up, by a "
+                              "step of at least 1")
+        if len(indices) + (last - first) // step + 1 > MAX_ARRAY:
+            raise ConfigError("--array", None, f"more than {MAX_ARRAY} tasks in {text!r}")
+        indices.extend(range(first, last + 1, step))
+    if len(set(indices)) != len(indices):
+        raise ConfigError("--array", None, f"an index is given twice in {text!r}")
+    return indices
+
+
+def array_task(job: dict[str, Any], index: int, tasks: list[int]) -> dict[str, Any]:
+    """Task ``index`` of an array: the job named ``NAME-INDEX``, with the array's task id,
+    count, first and last index and name in its environment (Slurm's SLURM_ARRAY_*)."""
+    env = {**job.get("env", {}), "STOKER_ARRAY_TASK_ID": str(index),
+           "STOKER_ARRAY_TASK_COUNT": str(len(tasks)), "STOKER_ARRAY_TASK_MIN": str(min(tasks)),
+           "STOKER_ARRAY_TASK_MAX": str(max(tasks)), "STOKER_ARRAY_NAME": job["name"]}
+    return {**job, "name": f"{job['name']}-{index}", "env": env}
 
 
 def _local_paths(train: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from stoker.control import node_health
 from stoker.control.db import is_postgres, parse_url, redact
+from stoker.control.depends import BROKEN, verdicts
 from stoker.control.executor import Executor
 from stoker.control.isolation import Isolation, IsolationError, decide
 from stoker.control.launch import log_relpath
@@ -250,11 +251,13 @@ class ControlPlane:
     # --- jobs -----------------------------------------------------------------------------------
 
     def submit(self, tenant: str, submission: JobSubmission,
-               idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+               idempotency_key: str | None = None, admin: bool = False
+               ) -> tuple[JobRecord, bool]:
         """Check the job against this cluster and queue it: (the job, whether it is new).
         ConfigError names the bad key. With ``idempotency_key``, a retry of the same
         submission returns the tenant's first job with that key, even when the retries race;
-        the key used for another submission is a `Conflict`."""
+        the key used for another submission is a `Conflict`. The jobs of ``after_ok`` must
+        be the tenant's own (``admin``: anyone's) and not have ended FAILED or CANCELLED."""
         job = submission.job
         digest = submission_sha256(submission)
         if idempotency_key is not None:  # a retry gets its job even if the cluster changed
@@ -262,6 +265,7 @@ class ControlPlane:
             if first is not None:
                 return _same_submission(first, digest), False
         self.cluster.check_job(job)
+        self._check_after_ok(tenant, job.after_ok, admin)
         for i, role in enumerate(job.job_roles()):
             self._check_fits(job.queue, role.ranks, role.resources, role.placement,
                              "" if job.roles is None else f"roles.{i}.")
@@ -287,6 +291,21 @@ class ControlPlane:
             return _same_submission(first, digest), False
         self.reconciler.wake()
         return record, True
+
+    def _check_after_ok(self, tenant: str, after_ok: Sequence[int], admin: bool) -> None:
+        """Each job waited for exists, is the tenant's (the admin: anyone's) and may still
+        succeed (`stoker.control.depends`); another tenant's job reads as one that does not
+        exist, so its existence is not told."""
+        if not after_ok:
+            return
+        owners = self.store.job_owners(after_ok)
+        for i, dep in enumerate(after_ok):
+            owner = owners.get(dep)
+            if owner is None or (not admin and owner[0] != tenant):
+                raise ConfigError(None, f"after_ok.{i}", f"no job {dep} of yours")
+            if owner[1] in BROKEN:
+                raise ConfigError(None, f"after_ok.{i}", f"job {dep} ended "
+                                  f"{owner[1].value}: it will never succeed")
 
     def _check_fits(self, queue: str, ranks: int, resources: RankResources,
                     placement: Placement, prefix: str = "") -> None:
@@ -386,6 +405,8 @@ class ControlPlane:
         after the rest), and its estimated start (computed again after each cycle)."""
         now = time.time()
         records = self.store.list_jobs(states=(*ACTIVE, JobState.QUEUED))
+        blocked = verdicts(records, self.store)  # waiting for other jobs: no place yet
+        records = [j for j in records if j.id not in blocked]
         policy = self.reconciler.policy
         afs = policy.admission_fair_sharing
         snapshot = build_snapshot(now, self.reconciler.effective_cluster(),

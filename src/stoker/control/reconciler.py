@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stoker.control import failure
+from stoker.control.depends import WAITING, verdicts
 from stoker.control.evidence import attempt_log, oom_kills
 from stoker.control.executor import Executor, NotReserved
 from stoker.control.failure_rate import WINDOW_S as FAILURE_WINDOW_S
@@ -43,7 +44,7 @@ from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
 from stoker.control.sched_state import StoredState
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
-from stoker.control.states import ACTIVE
+from stoker.control.states import ACTIVE, is_held
 from stoker.control.store import CauseRecord, CheckOutcome, JobRecord, Store
 from stoker.sched import (
     Admit,
@@ -270,10 +271,33 @@ class Reconciler:
         return with_cordons(self.nodes, self.store.nodes())
 
     def snapshot(self, now: float) -> Snapshot:
-        jobs = self._readable(self.store.list_jobs(states=(*ACTIVE, Q)), now)
+        jobs = self._dependencies(self._readable(self.store.list_jobs(states=(*ACTIVE, Q)), now),
+                                  now)
         progress = {job.id: self._progress(job, now) for job in jobs if job.state in ACTIVE}
         return build_snapshot(now, self.effective_cluster(), self.current_nodes(), jobs,
                               progress, self._nominated, suspects=self.suspects(jobs))
+
+    def _dependencies(self, jobs: Sequence[JobRecord], now: float) -> list[JobRecord]:
+        """``jobs`` without the queued ones whose dependencies have not all SUCCEEDED
+        (`stoker.control.depends`): those that wait say for which job in their ``reason``
+        (unless held), those whose dependency ended FAILED or CANCELLED are CANCELLED."""
+        blocked = verdicts(jobs, self.store)
+        for job in jobs:
+            why = blocked.get(job.id)
+            if why is not None and why.broken:
+                self.store.transition(job.id, (Q,), (JobState.CANCELLED,), why.reason, ACTOR,
+                                      {"finished_at": now}, {"after_ok": why.on},
+                                      version=job.version)
+            elif is_held(job.not_before) or job.state != Q:
+                continue
+            elif why is not None and job.reason != why.reason:
+                self.store.annotate(job.id, (Q,), "waiting", why.reason, ACTOR,
+                                    {"reason": why.reason}, {"after_ok": why.on},
+                                    version=job.version)
+            elif why is None and job.reason.startswith(WAITING) and job_spec(job).after_ok:
+                self.store.annotate(job.id, (Q,), "waiting", "dependencies succeeded", ACTOR,
+                                    {"reason": "dependencies succeeded"}, version=job.version)
+        return [job for job in jobs if job.id not in blocked]
 
     def suspects(self, jobs: Sequence[JobRecord]) -> dict[int, frozenset[str]]:
         """For each queued job that failed before: the nodes its infrastructure failures were

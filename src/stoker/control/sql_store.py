@@ -170,6 +170,13 @@ class SqlStore:
         with self._read() as s:
             return [_job(row) for row in s.execute(query)]
 
+    def job_owners(self, job_ids: Collection[int]) -> dict[int, tuple[str, JobState]]:
+        ids = sorted(set(job_ids))
+        with self._read() as s:
+            return {row.id: (row.tenant, JobState(row.state)) for part in _chunks(ids)
+                    for row in s.execute(select(t.Job.id, t.Job.tenant, t.Job.state)
+                                         .where(t.Job.id.in_(part)))}
+
     def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
                   states: Collection[JobState] | None = None, queue: str | None = None,
                   newest_first: bool = False) -> tuple[list[JobRecord], int]:

@@ -266,6 +266,11 @@ class Store(Protocol):
         """Jobs in id order, optionally of one tenant and in some states."""
         ...
 
+    def job_owners(self, job_ids: Collection[int]) -> dict[int, tuple[str, JobState]]:
+        """The tenant and state of each of these jobs that exists, in one read (a cycle's
+        dependencies, `stoker.control.depends`)."""
+        ...
+
     def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
                   states: Collection[JobState] | None = None, queue: str | None = None,
                   newest_first: bool = False) -> tuple[list[JobRecord], int]:

@@ -188,7 +188,7 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
             raise HTTPException(403, f"queue {body.job.queue!r} is not one of yours "
                                 f"({', '.join(sorted(who.queues))})")
         try:
-            job, created = plane.submit(who.name, body, key)
+            job, created = plane.submit(who.name, body, key, admin=who.admin)
         except ConfigError as e:
             raise _unprocessable(["body", "job", *key_parts(e.key)], e.reason) from None
         except Conflict as e:

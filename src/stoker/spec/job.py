@@ -25,6 +25,10 @@ gpu_model = "H100"           # matched against the flavors' gpu_model (substring
 
 Relative ``train_config`` paths are resolved against the job file's directory by `load_job`.
 
+``after_ok = [12, 13]`` (or ``stoker submit --after-ok 12``): the job waits, QUEUED and
+unseen by the scheduler, until jobs 12 and 13 have SUCCEEDED; if one ends FAILED or
+CANCELLED it is cancelled (`stoker.control.depends`).
+
 A job may instead have several *roles* (Kueue's pod sets), each its own gang with its own
 count, resources, command and placement, admitted all or nothing (e.g. a trainer gang plus
 rollout workers, or a launcher on CPU). Then ``ranks``, ``resources``, ``command``,
@@ -96,6 +100,7 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 MAX_ROLES = 16  # roles of one job
 MAX_RANKS = 100_000  # ranks of one job, all roles together
 MAIN_ROLE = "main"  # the one role of a job without ``roles``
+MAX_AFTER_OK = 100  # jobs one job may wait for
 
 _BYTE_UNITS = {
     "": 1, "b": 1,
@@ -332,9 +337,15 @@ class JobSpec(Section):
     placement: Placement = Placement()
     # Up to MAX_ROLES: the bound is checked by `_check_roles`, with its own message.
     roles: tuple[RoleSpec, ...] | None = Field(default=None, max_length=4 * MAX_ROLES)
+    # Jobs that must all have SUCCEEDED before this one is scheduled (Slurm's afterok);
+    # one ending FAILED or CANCELLED cancels this one (`stoker.control.depends`).
+    after_ok: tuple[Annotated[int, Field(ge=1, strict=True)], ...] = Field(
+        default=(), max_length=MAX_AFTER_OK)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if len(set(self.after_ok)) != len(self.after_ok):
+            raise KeyedValueError("after_ok", "a job is named twice")
         if self.roles is not None:
             self._check_roles(self.roles)
         else:
@@ -410,6 +421,8 @@ class JobSpec(Section):
         data: dict[str, Any] = handler(self)
         for key in ROLE_KEYS if self.roles is not None else ("roles",):
             data.pop(key, None)
+        if not self.after_ok:
+            data.pop("after_ok", None)  # stored as before dependencies existed
         return data
 
     @property
