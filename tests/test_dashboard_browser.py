@@ -234,7 +234,27 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
         "table.usage tbody tr", "rows => rows.map(r => r.dataset.scope + ' ' + r.dataset.name)")
     assert names == [f"{r['scope']} {r['name']}" for r in usage]
     shot(admin, cluster, "usage")
+    admin.goto("/usage?by=queue")
+    page, api_rows = accounting_rows(admin, cluster, "admin-t")
+    assert {r["key"] for r in page} >= {"alice", "bob"} and page == api_rows
     admin.clean()
+
+
+def accounting_rows(tab: Tab, cluster: Cluster, token: str
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Usage page's GPU-/CPU-hours table (rows, then the total) and the accounting API's
+    over the same window, as (key, attempts, GPU-hours, CPU-hours, cost)."""
+    table = tab.page.locator("table.accounting")
+    by, start, end = (table.get_attribute(f"data-{k}") for k in ("by", "start", "end"))
+    page = tab.page.eval_on_selector_all("table.accounting tbody tr", """rows => rows.map(r =>
+        ({key: r.dataset.key, attempts: +r.dataset.attempts, gpu: +r.dataset.gpuH,
+          cpu: +r.dataset.cpuH, cost: r.dataset.cost === "" ? null : +r.dataset.cost}))""")
+    with cluster.server.client(token) as c:
+        report = c.accounting(str(by), float(start) if start else None, float(str(end)))
+    api = [{"key": r["key"], "attempts": r["attempts"], "gpu": r["gpu_hours"]["total"],
+            "cpu": r["cpu_hours"]["total"], "cost": r["cost"]}
+           for r in [*report["rows"], report["total"]]]
+    return page, api
 
 
 def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice: Tab) -> None:
@@ -252,6 +272,10 @@ def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice:
     assert "RUNNING" in alice.page.locator("table.events").inner_text()
     assert alice.page.locator("form.cancel").count() == 0  # over
     shot(alice, cluster, "job")
+    alice.goto("/usage?window=24h")  # her own hours only
+    page, api = accounting_rows(alice, cluster, "alice-t")
+    assert [r["key"] for r in page] == ["alice", "total"] and page == api
+    assert page[0]["cpu"] > 0
     alice.clean()
 
 

@@ -41,6 +41,7 @@ PAGE_SIZE = 50
 LOG_TAIL = 16 << 10
 WINDOWS = {"all": None, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 MAX_ID = (1 << 63) - 1
+GROUPS = ("tenant", "queue", "flavor")  # the Usage page's accounting, grouped by
 
 
 @dataclass(frozen=True)
@@ -209,17 +210,23 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         return render(request, "nodes.html", me, title="Nodes", nodes=nodes)
 
     @router.get("/usage", response_model=None)
-    def usage_page(request: Request, window: str = "all") -> Response:
+    def usage_page(request: Request, window: str = "all", by: str = "tenant") -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
         if window not in WINDOWS:
             raise HTTPException(422, f"unknown window {window!r}: one of "
                                 + ", ".join(WINDOWS))
+        if by not in GROUPS:
+            raise HTTPException(422, f"unknown grouping {by!r}: one of " + ", ".join(GROUPS))
         span = WINDOWS[window]
-        since = None if span is None else time.time() - span
-        report = plane.usage(None if me.who.admin else me.who.name, since)
+        now = time.time()
+        since = None if span is None else now - span
+        tenant = None if me.who.admin else me.who.name
+        report = plane.usage(tenant, since)
+        accounting = plane.accounting(tenant, by, since, now)
         return render(request, "usage.html", me, title="Usage", report=report,
+                      accounting=accounting, by=by, groups=GROUPS,
                       window=window, windows=list(WINDOWS))
 
     return router
