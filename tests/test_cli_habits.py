@@ -158,6 +158,14 @@ def test_requeue_puts_a_running_job_back_and_can_hold_it(
     assert "PREEMPTED" in moves and j["restarts"] == 0
     assert any(e["kind"] == "requeue" and "node maintenance" in e["reason"]
                for e in j["events"])
+    attempts = json.loads(ok(cli(server, capsys, "job", str(long), "-o", "json")))["attempts"]
+    assert [(a["hold"], a["attempt"], a["outcome"]) for a in attempts] == \
+        [(1, 1, "PREEMPTED"), (2, 2, None)]
+    first, second = attempts
+    assert first["started_at"] <= first["ended_at"] <= second["admitted_at"]
+    assert first["nodes"] and first["cpus"] == 1 and first["gpus"] == 0
+    shown = ok(cli(server, capsys, "job", str(long)))
+    assert "attempts" in shown and "OUTCOME" in shown and "PREEMPTED" in shown
     ok(cli(server, capsys, "requeue", str(long), "--hold", token="admin-t"))
     back = wait(server, long, {"QUEUED"})
     time.sleep(0.6)

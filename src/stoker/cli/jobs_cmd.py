@@ -280,6 +280,8 @@ def _job_detail(j: dict[str, Any], wide: bool) -> RenderableType:
         events.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), e["kind"], moved,
                        e["actor"], escape(e["reason"]))
     parts: list[RenderableType] = [info, events]
+    if j.get("attempts"):
+        parts.append(_attempts(j["attempts"], now))
     if j.get("causes"):
         parts.append(_causes(j["causes"]))
     if j.get("goodput"):
@@ -305,6 +307,24 @@ def _goodput_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
 
 def _secs(seconds: float) -> str:
     return f"{seconds:.1f}"
+
+
+def _attempts(attempts: list[dict[str, Any]], now: float) -> Table:
+    """Each allocation from the accounting store: when, where, what it held and how it
+    ended."""
+    table = Table(title="attempts", box=None, header_style="bold", title_justify="left")
+    for column in ("HOLD", "ATTEMPT", "FLAVOR", "ADMITTED", "START", "END", "ELAPSED",
+                   "NODES", "GPUS", "CPUS", "OUTCOME", "CAUSE"):
+        table.add_column(column, no_wrap=column != "NODES")
+    for a in attempts:
+        ran = "-" if a["started_at"] is None else \
+            duration((a["ended_at"] if a["ended_at"] is not None else now) - a["started_at"])
+        table.add_row(str(a["hold"]), "-" if a["attempt"] is None else str(a["attempt"]),
+                      escape(a["flavor"]), _when(a["admitted_at"], now),
+                      _when(a["started_at"], now), _when(a["ended_at"], now), ran,
+                      escape(", ".join(a["nodes"])) or "-", f"{a['gpus']:g}",
+                      f"{a['cpus']:g}", a["outcome"] or "(held)", escape(a["cause"] or "-"))
+    return table
 
 
 def _causes(causes: list[dict[str, Any]]) -> Table:

@@ -42,6 +42,7 @@ from stoker.control.snapshot import (
 from stoker.control.sql_store import SqlStore
 from stoker.control.states import ACTIVE, TERMINAL, is_held
 from stoker.control.store import (
+    AttemptRecord,
     AuditRecord,
     CauseRecord,
     DuplicateKey,
@@ -71,6 +72,7 @@ from stoker.spec import loading
 from stoker.spec.api import (
     AccountingReport,
     AttemptCauseView,
+    AttemptView,
     CheckReportView,
     CheckView,
     EventView,
@@ -436,6 +438,7 @@ class ControlPlane:
         return JobDetail(**view.model_dump(), spec=job.spec,
                          events=[event_view(e) for e in events],
                          causes=[cause_view(c) for c in self.store.causes(job.id)],
+                         attempts=[attempt_view(a) for a in self.store.attempts(job_id=job.id)],
                          goodput=goodput_view(goodput))
 
     def usage(self, tenant: str | None, since: float | None) -> UsageReport:
@@ -611,6 +614,13 @@ def job_view(job: JobRecord, position: int | None = None, waiting: Waiting | Non
                  else None),
         estimated_start=estimated_start if job.state == JobState.QUEUED else None,
     )
+
+
+def attempt_view(a: AttemptRecord) -> AttemptView:
+    return AttemptView(hold=a.hold, attempt=a.attempt, flavor=a.flavor,
+                       admitted_at=a.admitted_at, started_at=a.started_at, ended_at=a.ended_at,
+                       nodes=list(a.nodes), ranks=a.ranks, gpus=a.gpus, cpus=a.cpus,
+                       outcome=a.outcome, cause=a.cause)
 
 
 def cause_view(cause: CauseRecord) -> AttemptCauseView:

@@ -295,10 +295,32 @@ class ProgressView(BaseModel):
     updated_at: float | None  # the last record's time
 
 
+class AttemptView(BaseModel):
+    """One allocation of the job from the accounting store: its ``hold``-th admission on one
+    ``flavor`` (one row per flavor), ``admitted_at`` to ``ended_at`` (None: still held),
+    ``started_at`` when its processes were launched as attempt ``attempt`` (None: never),
+    what it held on ``nodes``, and the state it ended in (``outcome``; None while held) with
+    the failure's ``cause`` code."""
+
+    hold: int
+    attempt: int | None
+    flavor: str
+    admitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    nodes: list[str]
+    ranks: int
+    gpus: float
+    cpus: float
+    outcome: str | None
+    cause: str | None
+
+
 class JobDetail(JobView):
     spec: dict[str, Any]
     events: list[EventView]
     causes: list[AttemptCauseView] = []
+    attempts: list[AttemptView] = []  # its allocations, oldest first
     goodput: GoodputView | None = None
     progress: ProgressView | None = None  # a training job that has recorded a step
 
