@@ -190,3 +190,38 @@ def test_priority_owner_lowers_admin_changes(server: ServerProcess,
     assert [a["detail"]["to"] for a in audit if a["action"] == "priority"] == ["low", "high"]
     for j in (big, queued):
         ok(cli(server, capsys, "cancel", str(j)))
+
+
+def test_quota_changes_only_the_fields_given(server: ServerProcess,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def quota(*args: str) -> dict[str, Any]:
+        out = ok(cli(server, capsys, "quota", "alice", "cpu", *args, "-o", "json",
+                     token="admin-t"))
+        got: dict[str, Any] = json.loads(out)
+        assert (got["queue"], got["flavor"]) == ("alice", "cpu")
+        return got["quota"]
+
+    assert quota("--lending-limit", "cpus=1") == \
+        {"cpu": 2, "borrowing_limit": {"cpu": 2}, "lending_limit": {"cpu": 1}}
+    assert quota("cpu=3", "memory=1GiB") == {"cpu": 3, "memory": 2**30,
+                                             "borrowing_limit": {"cpu": 2},
+                                             "lending_limit": {"cpu": 1}}
+    table = ok(cli(server, capsys, "quota", "alice", "cpu", "--borrowing-limit", "cpu=1",
+                   token="admin-t"))
+    assert "BORROW LIMIT" in table and "1GiB" in table
+    row = next(r for r in map(str.split, table.splitlines()) if r[:1] == ["cpu"])
+    assert row == ["cpu", "3", "1", "1"], table
+    assert [q["nominal"] for q in get_queues(server) if q["queue"] == "alice"
+            and q["resource"] == "cpu"] == [3]
+    refused(cli(server, capsys, "quota", "alice", "cpu", token="admin-t"), "amounts")
+    refused(cli(server, capsys, "quota", "alice", "cpu", "--lending-limit", "cpu=9",
+                token="admin-t"), "422", "lending")
+    refused(cli(server, capsys, "quota", "nosuch", "cpu", "cpu=1", token="admin-t"), "404")
+    refused(cli(server, capsys, "quota", "alice", "cpu", "cpu=1"), "403")
+    assert quota("cpu=2", "--borrowing-limit", "cpu=2", "--replace") == \
+        {"cpu": 2, "borrowing_limit": {"cpu": 2}}  # as the cluster.toml says, again
+
+
+def get_queues(server: ServerProcess) -> list[dict[str, Any]]:
+    with server.client("admin-t") as c:
+        return c.queues()

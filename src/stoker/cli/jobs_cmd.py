@@ -569,22 +569,48 @@ def _clock(at: float) -> str:
 def quota(
     queue: str = typer.Argument(..., help="Queue."),
     flavor: str = typer.Argument(..., help="Resource flavor."),
-    amounts: list[str] = typer.Argument(..., help="Nominal quota: gpu=8 cpu=64 memory=1TiB "
-                                        "example.com/gpu=4."),
+    amounts: list[str] | None = typer.Argument(None, help="Nominal quota to change: gpu=8 "
+                                               "cpu=64 memory=1TiB example.com/gpu=4."),
     borrow: list[str] = typer.Option([], "--borrowing-limit", help="e.g. gpu=4"),
     lend: list[str] = typer.Option([], "--lending-limit", help="e.g. gpu=2"),
+    replace: bool = typer.Option(False, "--replace", help="Replace the whole quota of the "
+                                 "flavor: what is not given is not limited (the old "
+                                 "behaviour)."),
+    output: Format = OUTPUT_OPT,
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Replace a queue's quota of one flavor while the server runs (admin; next cycle on)."""
-    body: dict[str, Any] = _parse_amounts(amounts, "amounts")
+    """Change a queue's quota of one flavor while the server runs (admin; next cycle on):
+    only the amounts given, each resource of the nominal quota and of each limit apart; the
+    rest stays. Prints the resulting quota."""
+    body: dict[str, Any] = _parse_amounts(amounts, "amounts") if amounts else {}
     if borrow:
         body["borrowing_limit"] = _parse_amounts(borrow, "--borrowing-limit")
     if lend:
         body["lending_limit"] = _parse_amounts(lend, "--lending-limit")
+    if not body:
+        raise ConfigError("amounts", None, "give an amount (gpu=8) or --borrowing-limit or "
+                          "--lending-limit")
     with _client(server, token) as client:
-        result = client.set_quota(queue, flavor, body)
-    console.print(f"quota of queue {result['queue']} on {result['flavor']}: {result['quota']}")
+        result = client.set_quota(queue, flavor, body, replace=replace)
+    show(lambda: result, _quota_table, output, console, False, "2s")
+
+
+def _quota_table(q: dict[str, Any], _wide: bool) -> Table:
+    """One line per resource the quota names: nominal, borrowing and lending limits."""
+    quota = q["quota"]
+    limits = {k: quota.get(k) or {} for k in ("borrowing_limit", "lending_limit")}
+    names = [k for k in quota if k not in limits]
+    names += sorted({r for v in limits.values() for r in v} - set(names))
+    table = Table(title=f"quota of queue {escape(q['queue'])} on {escape(q['flavor'])}",
+                  box=None, header_style="bold", title_justify="left")
+    for column in ("RESOURCE", "NOMINAL", "BORROW LIMIT", "LEND LIMIT"):
+        table.add_column(column, justify="left" if column == "RESOURCE" else "right",
+                         no_wrap=True)
+    for name in names:
+        table.add_row(escape(name), _num(quota.get(name), name),
+                      *[_num(limits[k].get(name), name) for k in limits])
+    return table
 
 
 def cordon(

@@ -29,7 +29,7 @@ from stoker.control.launch import log_relpath
 from stoker.control.leader import AdvisoryLease, Leadership, server_id
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
-from stoker.control.quotas import usage, with_overrides
+from stoker.control.quotas import current_quota, merged_quota, usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.sched_state import stored_scores
 from stoker.control.snapshot import (
@@ -122,6 +122,7 @@ class ControlPlane:
         self.store = store
         self.reconciler = reconciler
         self._stop = threading.Event()
+        self._quota_lock = threading.Lock()  # a quota change reads, merges, then stores
         self._thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._locks: list[IO[str]] = []
@@ -477,8 +478,24 @@ class ControlPlane:
         valid with it (ConfigError otherwise, and nothing is stored)."""
         if queue not in self.cluster.queues:
             raise KeyError(queue)
-        record = QuotaRecord(queue, flavor, quota.model_dump(mode="json", exclude_none=True),
-                             time.time(), actor)
+        return self._store_quota(queue, flavor,
+                                 quota.model_dump(mode="json", exclude_none=True), actor)
+
+    def change_quota(self, queue: str, flavor: str, change: Quota, actor: str) -> QuotaRecord:
+        """Change only the amounts ``change`` gives (nominal, borrowing and lending limits,
+        each resource apart) of a queue's quota of one flavor, keeping the rest as it is now
+        (overrides included); checked and stored as `set_quota`."""
+        if queue not in self.cluster.queues:
+            raise KeyError(queue)
+        with self._quota_lock:
+            now = current_quota(self.reconciler.effective_cluster(), queue, flavor)
+            merged = merged_quota(now, change.model_dump(mode="json", by_alias=True,
+                                                         exclude_none=True))
+            return self._store_quota(queue, flavor, merged, actor)
+
+    def _store_quota(self, queue: str, flavor: str, quota: dict[str, Any],
+                     actor: str) -> QuotaRecord:
+        record = QuotaRecord(queue, flavor, quota, time.time(), actor)
         with_overrides(self.cluster, [record], source=f"queues.{queue}")
         return self.store.set_quota(record)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from stoker.control.store import QuotaRecord
 from stoker.sched import UNLIMITED, Snapshot
@@ -13,6 +14,30 @@ from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 from stoker.spec.resources import CPU, written
+
+LIMITS = ("borrowing_limit", "lending_limit")
+
+
+def current_quota(cluster: ClusterConfig, queue: str, flavor: str) -> dict[str, Any]:
+    """A queue's quota of one flavor as written (canonical resource names; {}: none)."""
+    data = cluster.queues[queue].model_dump(mode="json", by_alias=True, exclude_none=True)
+    for flavors in [data.get("quotas") or {},
+                    *[g["flavors"] for g in data.get("resource_groups") or []]]:
+        if flavor in flavors:
+            return dict(flavors[flavor])
+    return {}
+
+
+def merged_quota(current: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``current`` with the amounts ``change`` gives replaced (in each limit too); the rest
+    kept. Both with canonical resource names."""
+    out = {k: (dict(v) if k in LIMITS else v) for k, v in current.items()}
+    for key, value in change.items():
+        if key in LIMITS:
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
 
 
 def with_overrides(cluster: ClusterConfig, overrides: Iterable[QuotaRecord],

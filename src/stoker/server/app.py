@@ -356,12 +356,20 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
              responses=errors(400, 401, 403, 404, 413, 422))
     def set_quota(queue: str, flavor: str, quota: QuotaUpdate, who: Admin,
                   _clean: Clean) -> dict[str, Any]:
-        try:
+        """Replace a queue's quota of one flavor: what the body leaves out is not limited."""
+        with _quota_errors(queue):
             record = plane.set_quota(queue, flavor, quota, who.name)
-        except KeyError:
-            raise HTTPException(404, f"no queue {queue!r}") from None
-        except ConfigError as e:
-            raise _unprocessable(["body", *key_parts(e.key)], e.reason) from None
+        return {"queue": record.queue, "flavor": record.flavor, "quota": record.quota}
+
+    @app.patch("/v1/queues/{queue}/quotas/{flavor}", tags=["queues"],
+               responses=errors(400, 401, 403, 404, 413, 422))
+    def change_quota(queue: str, flavor: str, quota: QuotaUpdate, who: Admin,
+                     _clean: Clean) -> dict[str, Any]:
+        """Change only the amounts the body gives (each resource of the nominal quota and of
+        each limit apart) of a queue's quota of one flavor; the rest stays. Returns the
+        whole quota that results."""
+        with _quota_errors(queue):
+            record = plane.change_quota(queue, flavor, quota, who.name)
         return {"queue": record.queue, "flavor": record.flavor, "quota": record.quota}
 
     @app.get("/v1/nodes", tags=["nodes"], responses=errors(401, 403, 413))
@@ -421,6 +429,17 @@ def _job_errors() -> Iterator[None]:
         raise HTTPException(403, str(e)) from None
     except KeyError as e:
         raise _unprocessable(["body", "priority_class"], str(e.args[0])) from None
+
+
+@contextmanager
+def _quota_errors(queue: str) -> Iterator[None]:
+    """A quota change's refusals: 404 (no such queue), 422 (the cluster would be invalid)."""
+    try:
+        yield
+    except KeyError:
+        raise HTTPException(404, f"no queue {queue!r}") from None
+    except ConfigError as e:
+        raise _unprocessable(["body", *key_parts(e.key)], e.reason) from None
 
 
 def key_parts(key: str | None) -> list[str]:

@@ -141,8 +141,12 @@ class Client:
         result: dict[str, Any] = self.request("GET", "/v1/usage/accounting", params=params)
         return result
 
-    def set_quota(self, queue: str, flavor: str, quota: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("PUT", f"/v1/queues/{queue}/quotas/{flavor}",
+    def set_quota(self, queue: str, flavor: str, quota: dict[str, Any],
+                  replace: bool = True) -> dict[str, Any]:
+        """Replace the quota (PUT), or (``replace=False``) change only what ``quota`` gives
+        (PATCH)."""
+        result: dict[str, Any] = self.request("PUT" if replace else "PATCH",
+                                              f"/v1/queues/{queue}/quotas/{flavor}",
                                               json=quota)
         return result
 
