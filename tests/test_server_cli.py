@@ -64,7 +64,8 @@ def test_queues_nodes_and_quota(server: ServerProcess) -> None:
     nodes = stoker(server, "nodes", token="admin-t")
     assert nodes.returncode == 0 and "local" in nodes.stdout and "healthy" in nodes.stdout
     quota = stoker(server, "quota", "default", "cpu", "cpus=3", token="admin-t")
-    assert quota.returncode == 0 and "'cpu': 3" in quota.stdout
+    assert quota.returncode == 0 and "NOMINAL" in quota.stdout
+    assert ["cpu", "3", "-", "-"] in [line.split() for line in quota.stdout.splitlines()]
 
 
 def test_errors_are_one_line_exit_2(server: ServerProcess, tmp_path: Path) -> None:
