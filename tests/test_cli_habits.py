@@ -225,3 +225,19 @@ def test_quota_changes_only_the_fields_given(server: ServerProcess,
 def get_queues(server: ServerProcess) -> list[dict[str, Any]]:
     with server.client("admin-t") as c:
         return c.queues()
+
+
+def test_jobs_lists_one_page_and_says_how_many_more(
+        server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        submit(server, "alice-t", job(server, f"page-{i}", "alice", 0))
+    every = json.loads(ok(cli(server, capsys, "jobs", "-a", "--limit", "0", "-o", "json")))
+    assert len(every) >= 3 and [j["id"] for j in every] == sorted(j["id"] for j in every)
+    code, out, err = cli(server, capsys, "jobs", "-a", "--limit", "2", "-o", "json")
+    assert code == 0 and [j["id"] for j in json.loads(out)] == [j["id"] for j in every[-2:]]
+    assert f"{len(every) - 2} older jobs not shown" in err
+    table = ok(cli(server, capsys, "jobs", "-a", "-l", "1"))
+    assert f"{len(every) - 1} older jobs not shown" in table and "page-2" in table
+    assert "not shown" not in ok(cli(server, capsys, "jobs", "-a"))  # the default: 200
+    refused(cli(server, capsys, "jobs", "--limit", "-1"), "--limit")
+    refused(cli(server, capsys, "jobs", "--limit", "10001"), "--limit")

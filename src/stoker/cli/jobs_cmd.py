@@ -24,6 +24,8 @@ from stoker.spec.errors import ConfigError
 from stoker.spec.resources import BASE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stoker.server.client import Client
 
 SERVER_OPT = typer.Option(None, "--server", envvar="STOKER_SERVER",
@@ -150,6 +152,8 @@ def jobs(
     all_: bool = typer.Option(False, "--all", "-a", help="Include finished jobs, with their "
                               "start, end and elapsed time."),
     state: list[str] = typer.Option([], "--state", help="Only jobs in this state."),
+    limit: int = typer.Option(200, "--limit", "-l", help="At most this many jobs (0: all): "
+                              "the oldest active ones; with -a or --state, the newest."),
     output: Format = OUTPUT_OPT,
     watch: bool = WATCH_OPT,
     interval: str = INTERVAL_OPT,
@@ -157,13 +161,41 @@ def jobs(
     token: str | None = TOKEN_OPT,
 ) -> None:
     """Your jobs (the admin sees everyone's): state, queue position, start (estimated while
-    queued), end, elapsed, age."""
+    queued), end, elapsed, age; one page of at most --limit, in id order, and how many more
+    there are."""
+    if not 0 <= limit <= MAX_PAGE:
+        raise ConfigError("--limit", None, f"expected 0 (all) to {MAX_PAGE}, got {limit}")
     states = [s.upper() for s in state]
     ended = all_ or bool(state)
     with _client(server, token) as client:
-        show(lambda: client.jobs(active=not ended, states=states),
-             lambda rows, wide: _jobs_table(rows, wide, ended), output, console, watch,
-             interval)
+        def fetch() -> tuple[list[dict[str, Any]], int]:
+            rows, total = client.jobs_page(active=not ended, states=states,
+                                           limit=limit or None, newest_first=ended)
+            return sorted(rows, key=lambda j: j["id"]), total - len(rows)
+
+        if output in (Format.json, Format.yaml) and not watch:
+            rows, more = fetch()
+            show(lambda: rows, _jobs_table_of(ended), output, console)
+            if more:
+                Console(stderr=True, highlight=False).print(_more(more, ended))
+            return
+        show(fetch, lambda page, wide: _jobs_table_of(ended)(page[0], wide, page[1]), output,
+             console, watch, interval)
+
+
+MAX_PAGE = 10_000  # the API's largest page
+
+
+def _more(more: int, ended: bool) -> str:
+    which = "older" if ended else "newer"
+    return f"{more} {which} job{'s' if more != 1 else ''} not shown (--limit 0: all)"
+
+
+def _jobs_table_of(ended: bool) -> Callable[..., RenderableType]:
+    def render(rows: list[dict[str, Any]], wide: bool, more: int = 0) -> RenderableType:
+        table = _jobs_table(rows, wide, ended)
+        return Group(table, f"[dim]{_more(more, ended)}[/]") if more else table
+    return render
 
 
 def _jobs_table(rows: list[dict[str, Any]], wide: bool, ended: bool) -> RenderableType:

@@ -46,6 +46,10 @@ class Client:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.send(method, path, **kwargs).json()
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer (status < 400); Unreachable or ApiError otherwise."""
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as e:
@@ -54,7 +58,7 @@ class Client:
                 from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _message(response))
-        return response.json()
+        return response
 
     # --- jobs ---
 
@@ -85,6 +89,20 @@ class Client:
             params["state"] = states
         result: list[dict[str, Any]] = self.request("GET", "/v1/jobs", params=params)
         return result
+
+    def jobs_page(self, active: bool = False, states: list[str] | None = None,
+                  limit: int | None = None, newest_first: bool = False
+                  ) -> tuple[list[dict[str, Any]], int]:
+        """At most ``limit`` jobs (None: all), oldest first or ``newest_first``, and how many
+        match in all (``X-Total-Count``)."""
+        params: dict[str, Any] = {"active": active, "order": "desc" if newest_first else "asc"}
+        if states:
+            params["state"] = states
+        if limit is not None:
+            params["limit"] = limit
+        response = self.send("GET", "/v1/jobs", params=params)
+        rows: list[dict[str, Any]] = response.json()
+        return rows, int(response.headers.get("x-total-count", len(rows)))
 
     def job(self, job_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self.request("GET", f"/v1/jobs/{job_id}")
