@@ -134,3 +134,14 @@ def test_node_order_and_models_do_not_change_results(
     options = SimOptions(checkpoint_interval=10.0)
     expected = [j.jct for j in run(jobs, plain, policy, options).jobs]
     assert [j.jct for j in run(jobs, mixed, policy, options).jobs] == expected
+
+
+def test_a_gangs_last_rank_goes_to_the_lowest_of_equal_nodes() -> None:
+    # 3 ranks of 2 GPUs on three free 4-GPU nodes: two on node 0, the last on node 1 (nodes 1
+    # and 2 hold it equally well).
+    cluster = from_node_list([TraceNode(f"n{i}", 4) for i in range(3)], ["t0"], "test")
+    jobs = [TraceJob("G", 0, 10, ranks=3, gpus_per_rank=2)]
+    for policy in BASELINES:
+        sim = Simulator(cluster, jobs, ["t0"], resolve(policy, cluster))
+        sim.run_until(1.0)
+        assert sim.jobs[0].nodes == (0, 0, 1)

@@ -409,10 +409,13 @@ class Nodes:
         remaining = ranks
         j = 0
         while remaining > 0:
-            # The smallest group that holds the rest closes the placement (best fit) ...
+            # The smallest group that holds the rest closes the placement (best fit; of equal
+            # ones the first, which starts at the lowest node index) ...
             last = j
             while last + 1 < len(groups) and groups[last + 1][0] >= remaining:
                 last += 1
+            while last > j and groups[last - 1][0] == groups[last][0]:
+                last -= 1
             cap, _, members = groups[last]
             if cap >= remaining:
                 take = remaining
