@@ -6,7 +6,7 @@ nodes), so a one-node placement looks at a handful of buckets instead of every n
 are integer vectors over the snapshot's resources, so every comparison is exact. A gang that
 needs several nodes is packed into the fewest topology domains: the smallest domain (best fit)
 at the lowest allowed level that holds it, then, level by level, the largest sub-domains first
-with the last one chosen best-fit.
+with the last one chosen best-fit (of equally good ones, the first: the lowest node index).
 
 What depends on the nodes alone (names, flavors, topology groups, the pools of an idle cluster)
 is a `Layout`, memoized on the snapshot's nodes (the same node objects give the same layout), so
