@@ -6,7 +6,7 @@ nodes), so a one-node placement looks at a handful of buckets instead of every n
 are integer vectors over the snapshot's resources, so every comparison is exact. A gang that
 needs several nodes is packed into the fewest topology domains: the smallest domain (best fit)
 at the lowest allowed level that holds it, then, level by level, the largest sub-domains first
-with the last one chosen best-fit.
+with the last one chosen best-fit (of equally good ones, the first: the lowest node index).
 
 What depends on the nodes alone (names, flavors, topology groups, the pools of an idle cluster)
 is a `Layout`, memoized on the snapshot's nodes (the same node objects give the same layout), so
@@ -409,10 +409,13 @@ class Nodes:
         remaining = ranks
         j = 0
         while remaining > 0:
-            # The smallest group that holds the rest closes the placement (best fit) ...
+            # The smallest group that holds the rest closes the placement (best fit; of equal
+            # ones the first, which starts at the lowest node index) ...
             last = j
             while last + 1 < len(groups) and groups[last + 1][0] >= remaining:
                 last += 1
+            while last > j and groups[last - 1][0] == groups[last][0]:
+                last -= 1
             cap, _, members = groups[last]
             if cap >= remaining:
                 take = remaining

@@ -37,7 +37,7 @@ from stoker.sched.fit import never_fits
 from stoker.sched.usage import UsageTracker
 from stoker.sim.cluster import SimCluster
 from stoker.sim.metrics import JobOutcome, RunResult, Usage
-from stoker.sim.policies import SHARED_QUEUE, SimPolicy, shared_queue
+from stoker.sim.policies import SHARED_FLAVOR, SHARED_QUEUE, SimPolicy, shared_queue
 from stoker.sim.trace import TraceJob
 
 # Event kinds, in the order they apply at one instant: capacity comes back and is freed before
@@ -69,10 +69,10 @@ _SKIPPED = {
 class SimJob:
     """A job's mutable simulation state."""
 
-    __slots__ = ("attained", "created_at", "epoch", "flavor", "flavors", "gpus", "idx", "nodes",
-                 "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
-                 "per_rank_gpus", "priority",
-                 "queue", "ranks", "remaining", "running_obj", "start", "user")
+    __slots__ = ("attained", "avoid", "created_at", "epoch", "flavor", "flavors", "gpus", "idx",
+                 "nodes", "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
+                 "per_rank_gpus", "priority", "queue", "ranks", "remaining", "running_obj",
+                 "sched_flavors", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool, size: int = 3) -> None:
@@ -84,7 +84,9 @@ class SimJob:
         self.queue = queue
         self.user = job.user or tenant  # admission fair sharing's tenant within the queue
         self.priority = priority
-        self.flavors = flavors
+        self.flavors = flavors  # the cluster's flavors of its allowed GPU models (None: any)
+        self.sched_flavors = flavors  # what the scheduler is told (None in the baselines' pool)
+        self.avoid: frozenset[str] = frozenset()  # in the pool: the nodes of other GPU models
         self.ranks = job.ranks
         self.per_rank: Resources = (milli,) + (0,) * (size - 1)  # thousandths of a GPU
         self.per_rank_gpus = per_rank_gpus
@@ -106,9 +108,9 @@ class SimJob:
         if self.pending_obj is None:
             self.pending_obj = PendingJob(
                 id=self.idx, queue=self.queue, priority=self.priority, created_at=self.created_at,
-                ranks=self.ranks, per_rank=self.per_rank, flavors=self.flavors,
+                ranks=self.ranks, per_rank=self.per_rank, flavors=self.sched_flavors,
                 expected_duration=self.remaining, attained_service=self.attained,
-                nominated=self.nominated, tenant=self.user)
+                nominated=self.nominated, tenant=self.user, avoid=self.avoid)
         return self.pending_obj
 
 
@@ -120,18 +122,22 @@ class Simulator:
         self.policy = policy
         self.options = options
         self.on_progress = on_progress
-        self.queues = (shared_queue(cluster),) if policy.shared_queue else cluster.queues
+        self.queues = ((shared_queue(cluster, policy.strict),) if policy.shared_queue
+                       else cluster.queues)
         self.cohorts = () if policy.shared_queue else cluster.cohorts
-        self.node_list: list[Node] = list(cluster.nodes)
+        # The baselines put every node in one flavor-less pool (`shared_queue`).
+        self.node_list: list[Node] = (
+            [replace(n, flavor=SHARED_FLAVOR) for n in cluster.nodes] if policy.shared_queue
+            else list(cluster.nodes))
         self.node_index = {n.name: i for i, n in enumerate(self.node_list)}
         self.nodes_view: tuple[Node, ...] = tuple(self.node_list)
         self.space = cluster.space
         self.capacity = np.array([n.capacity[GPU] / 1000 for n in self.node_list], dtype=float)
         self.free = self.capacity.copy()
         self.up = np.ones(len(self.node_list), dtype=bool)
-        flavors = sorted({n.flavor for n in self.node_list})
+        flavors = sorted({n.flavor for n in cluster.nodes})  # the GPU models' flavors
         self.flavor_names = flavors
-        self.node_flavor = np.array([flavors.index(n.flavor) for n in self.node_list])
+        self.node_flavor = np.array([flavors.index(n.flavor) for n in cluster.nodes])
         self.on_node: list[set[int]] = [set() for _ in self.node_list]
         self.skipped: Counter[str] = Counter()
         order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival)
@@ -171,13 +177,22 @@ class Simulator:
         counted as skipped."""
         out: list[SimJob] = []
         size = len(self.space)
+        pooled = self.policy.shared_queue
+        avoid: dict[tuple[str, ...], frozenset[str]] = {}  # per allowed flavors, in the pool
         for job, tenant in zip(jobs, tenants, strict=True):
             flavors = self.cluster.flavors_for(job.gpu_models)
-            queue = SHARED_QUEUE if self.policy.shared_queue else tenant
+            queue = SHARED_QUEUE if pooled else tenant
             priority = job.priority if self.policy.uses_priorities else 0
             sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus,
                          size)
-            unfit = never_fits(sim.ranks, sim.per_rank, self.node_list, flavors)
+            if pooled:
+                sim.sched_flavors = None
+                if flavors is not None:
+                    if flavors not in avoid:
+                        avoid[flavors] = frozenset(n.name for n in self.cluster.nodes
+                                                   if n.flavor not in flavors)
+                    sim.avoid = avoid[flavors]
+            unfit = never_fits(sim.ranks, sim.per_rank, self.cluster.nodes, flavors)
             if unfit is None:
                 out.append(sim)
             else:

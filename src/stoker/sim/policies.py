@@ -1,11 +1,16 @@
 """The policies a simulation compares. All of them run through `stoker.sched.schedule`.
 
 Baselines (one shared queue over the whole cluster, trace priorities ignored, as in the
-literature they come from):
-  fifo   first come, first served; no preemption
-  sjf    shortest job first with the trace's true durations as an oracle; no preemption
-  las    Tiresias-style least attained service: levels of attained GPU-seconds, a job of a
-         lower level preempts running jobs of a higher one
+literature they come from; placement best-fit over every node the job may use, whatever its GPU
+model, ties to the lowest node index: see `shared_queue`):
+  fifo           strict first come, first served: the earliest job waiting blocks every later
+                 one until it starts (head-of-line blocking); no preemption
+  fifo-backfill  first come, first served with greedy backfill: a job that does not fit is
+                 passed over and later jobs that fit start (this was `fifo` before); no preemption
+  sjf            shortest job first with the trace's true durations as an oracle, with backfill;
+                 no preemption
+  las            Tiresias-style least attained service: levels of attained GPU-seconds, a job of
+                 a lower level preempts running jobs of a higher one
 Stoker's own (the cluster's queues, quotas, cohorts, priorities and preemption policies):
   stoker       the cluster config's [scheduler] settings
   stoker-fair  the same with fair sharing (weighted dominant-resource share) switched on
@@ -24,6 +29,7 @@ from stoker.sim.cluster import SimCluster
 from stoker.spec.errors import ConfigError
 
 SHARED_QUEUE = "all"
+SHARED_FLAVOR = "any"  # the baselines' one pool of every node (see `shared_queue`)
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,14 @@ class SimPolicy:
     name: str
     policy: Policy
     shared_queue: bool
+    strict: bool = False  # the shared queue is StrictFIFO (head-of-line blocking)
 
     @property
     def uses_priorities(self) -> bool:
         return not self.shared_queue
 
 
-POLICIES = ("fifo", "sjf", "las", "stoker", "stoker-fair", "stoker-afs")
+POLICIES = ("fifo", "fifo-backfill", "sjf", "las", "stoker", "stoker-fair", "stoker-afs")
 
 
 def resolve(name: str, cluster: SimCluster,
@@ -47,6 +54,8 @@ def resolve(name: str, cluster: SimCluster,
     if las_thresholds is not None:
         base = replace(base, las_thresholds=las_thresholds)
     if name == "fifo":
+        return SimPolicy(name, Policy(order="fifo", preemption=False), True, strict=True)
+    if name == "fifo-backfill":
         return SimPolicy(name, Policy(order="fifo", preemption=False), True)
     if name == "sjf":
         return SimPolicy(name, Policy(order="sjf", preemption=False), True)
@@ -63,9 +72,19 @@ def resolve(name: str, cluster: SimCluster,
     raise ConfigError("--policy", None, f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
 
 
-def shared_queue(cluster: SimCluster) -> Queue:
-    """One queue owning every flavor without limit; lower LAS levels may preempt within it."""
-    flavors = dict.fromkeys(n.flavor for n in cluster.nodes)
+def shared_queue(cluster: SimCluster, strict: bool = False) -> Queue:
+    """The baselines' one queue, without limit over one flavor, `SHARED_FLAVOR`, that every
+    node of the cluster is put in (`stoker.sim.engine.Simulator`); lower LAS levels may preempt
+    within it; `strict`: StrictFIFO.
+
+    One flavor-less pool rather than the cluster's flavors: a queue tries its flavors in order
+    (Kueue's flavor assignment, kept for the live scheduler and the `stoker` policies), so with
+    several GPU models the baselines would take the first model with room and best-fit only
+    within it, and the node list's order would move the results. In one pool the scheduler's
+    best-fit looks at every node at once (least free GPUs that hold the job, ties to the lowest
+    node index); a job limited to some GPU models avoids the nodes of the others
+    (`PendingJob.avoid`)."""
     unlimited = (UNLIMITED,) * len(cluster.space)
-    return Queue(name=SHARED_QUEUE, quotas=tuple(FlavorQuota(f, unlimited) for f in flavors),
-                 within_queue="LowerPriority")
+    return Queue(name=SHARED_QUEUE, quotas=(FlavorQuota(SHARED_FLAVOR, unlimited),),
+                 within_queue="LowerPriority",
+                 strategy="StrictFIFO" if strict else "BestEffortFIFO")

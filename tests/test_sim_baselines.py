@@ -1,0 +1,147 @@
+"""The published baselines on hand-computed traces: strict FIFO's head-of-line blocking against
+FIFO with backfill, best-fit over every node a job may use whatever its GPU model, the
+lowest-index tie-break, and results that do not depend on the node list's order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stoker.sched import Policy
+from stoker.sim.cluster import from_node_list
+from stoker.sim.engine import SimOptions, Simulator
+from stoker.sim.policies import POLICIES, SimPolicy, resolve
+from stoker.sim.trace import TraceJob, TraceNode
+from test_sim_engine import by_id, run
+
+BASELINES = ("fifo", "fifo-backfill", "sjf", "las")
+FOUR = [TraceNode("n0", 4)]
+# A (2 GPUs) runs 0-10. B (4 GPUs) cannot start before A ends. C (1 GPU) fits next to A.
+HEAD = [TraceJob("A", 0, 10, gpus_per_rank=2), TraceJob("B", 1, 5, gpus_per_rank=4),
+        TraceJob("C", 2, 3, gpus_per_rank=1)]
+
+
+def test_policy_names() -> None:
+    assert set(BASELINES) <= set(POLICIES)
+    cluster = from_node_list(FOUR, ["t0"], "test")
+    assert resolve("fifo", cluster).strict
+    assert not resolve("fifo-backfill", cluster).strict
+
+
+def test_strict_fifo_blocks_behind_its_head() -> None:
+    # B heads the queue from 1 to 10 and blocks C, which would fit: B 10-15, C 15-18.
+    assert by_id(run(HEAD, FOUR, "fifo")) == {"A": (10, 0), "B": (15, 9), "C": (18, 13)}
+
+
+def test_fifo_backfill_passes_a_job_that_does_not_fit() -> None:
+    # C starts next to A at 2 (2-5); B when A ends: 10-15.
+    assert by_id(run(HEAD, FOUR, "fifo-backfill")) == {"A": (10, 0), "B": (15, 9), "C": (5, 0)}
+
+
+def test_sjf_passes_the_long_head() -> None:
+    # At 0 only A; at 10 B (5 s) and C... C started at 2 (backfill), B 10-15. With a second
+    # 4-GPU job D (1 s) arriving at 1, SJF starts D before B at 10: D 10-11, B 11-16.
+    jobs = [*HEAD, TraceJob("D", 1, 1, gpus_per_rank=4)]
+    assert by_id(run(jobs, FOUR, "sjf")) == {"A": (10, 0), "B": (16, 10), "C": (5, 0),
+                                             "D": (11, 9)}
+    # Strict FIFO: B 10-15, D 15-16 (arrived at 1, the same instant as B but after it), C 16-19.
+    assert by_id(run(jobs, FOUR, "fifo")) == {"A": (10, 0), "B": (15, 9), "C": (19, 14),
+                                              "D": (16, 14)}
+
+
+# Two GPU models, the big one listed first: best-fit over both puts a 2-GPU job on the small
+# node and leaves the 8-GPU node for the 8-GPU job. (Flavors tried in the order of the node
+# list put it on the big node and made the 8-GPU job wait for it.)
+MIXED = [TraceNode("big", 8, "V100"), TraceNode("small", 2, "A100")]
+MIXED_JOBS = [TraceJob("A", 0, 10, gpus_per_rank=2), TraceJob("B", 1, 5, gpus_per_rank=8)]
+
+
+@pytest.mark.parametrize("policy", BASELINES)
+def test_best_fit_over_every_gpu_model(policy: str) -> None:
+    assert by_id(run(MIXED_JOBS, MIXED, policy)) == {"A": (10, 0), "B": (6, 0)}
+    assert by_id(run(MIXED_JOBS, MIXED[::-1], policy)) == {"A": (10, 0), "B": (6, 0)}
+
+
+@pytest.mark.parametrize("policy", BASELINES)
+def test_a_job_stays_on_its_gpu_models(policy: str) -> None:
+    # A may only use a V100: it goes on the big node though the small one fits it best, so B
+    # (8 GPUs) waits for it: 10-15.
+    jobs = [TraceJob("A", 0, 10, gpus_per_rank=2, gpu_models=("V100",)), MIXED_JOBS[1]]
+    assert by_id(run(jobs, MIXED, policy)) == {"A": (10, 0), "B": (15, 9)}
+
+
+# Two equal nodes of different models: a job that may use either goes on the lower index.
+EQUAL = [TraceNode("a", 4, "A100"), TraceNode("b", 4, "V100")]
+TIE_JOBS = [TraceJob("X", 0, 10, gpus_per_rank=4),
+            TraceJob("Y", 1, 5, gpus_per_rank=4, gpu_models=("A100",))]
+
+
+@pytest.mark.parametrize("policy", BASELINES)
+def test_ties_go_to_the_lowest_node_index(policy: str) -> None:
+    # X takes node 0: with the A100 first, Y (A100 only) waits for X: 10-15; with the V100
+    # first, Y starts at once.
+    assert by_id(run(TIE_JOBS, EQUAL, policy)) == {"X": (10, 0), "Y": (15, 9)}
+    assert by_id(run(TIE_JOBS, EQUAL[::-1], policy)) == {"X": (10, 0), "Y": (6, 0)}
+
+
+def test_lowest_index_among_equal_nodes() -> None:
+    cluster = from_node_list([TraceNode(f"n{i}", 4) for i in range(3)], ["t0"], "test")
+    jobs = [TraceJob("A", 0, 10, gpus_per_rank=3), TraceJob("B", 0, 10, gpus_per_rank=4),
+            TraceJob("C", 0, 10, gpus_per_rank=1)]
+    sim = Simulator(cluster, jobs, ["t0"] * 3, resolve("fifo", cluster))
+    sim.run_until(1.0)
+    # A on node 0 (the lowest of three equal ones), B on node 1, C on node 0 (1 free: best fit).
+    assert [sim.jobs[i].nodes for i in range(3)] == [(0,), (1,), (0,)]
+
+
+def test_las_victims_free_a_node_of_the_preemptors_model() -> None:
+    # Y (0) takes the A100 node (lowest index), X (1) the V100 one. Z (A100 only) arrives at 10
+    # past the 5 GPU-s level of both: it must preempt Y, whose node it can use, not X (the most
+    # recently started, on a V100). Z 10-15, Y resumes at 15 from its checkpoint (none: from 0).
+    nodes = [TraceNode("a", 1, "A100"), TraceNode("b", 1, "V100")]
+    jobs = [TraceJob("Y", 0, 100), TraceJob("X", 1, 100),
+            TraceJob("Z", 10, 5, gpu_models=("A100",))]
+    policy = SimPolicy("las", Policy(order="las", las_thresholds=(5.0,)), True)
+    result = run(jobs, nodes, policy, SimOptions(checkpoint_interval=math.inf))
+    outcome = {j.id: j for j in result.jobs}
+    assert (outcome["Z"].finish, outcome["Z"].waited) == (15, 0)
+    assert (outcome["X"].finish, outcome["X"].preemptions) == (101, 0)
+    assert (outcome["Y"].finish, outcome["Y"].preemptions) == (115, 1)
+
+
+job_lists = st.lists(
+    st.tuples(st.integers(0, 30), st.integers(1, 40), st.sampled_from([1, 1, 2, 4]),
+              st.sampled_from([1, 1, 2])),
+    min_size=1, max_size=8)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=job_lists, models=st.lists(st.sampled_from(["A100", "V100", "H100"]),
+                                        min_size=4, max_size=4),
+       order=st.permutations(range(4)), policy=st.sampled_from(BASELINES))
+def test_node_order_and_models_do_not_change_results(
+        specs: list[tuple[int, int, int, int]], models: list[str], order: list[int],
+        policy: str) -> None:
+    # Equal nodes (ties broken by index alone): any order, and any GPU models on them for jobs
+    # that may use any, give the JCTs of one model's nodes in list order.
+    jobs = [TraceJob(f"j{i}", float(a), float(d), ranks=r, gpus_per_rank=g)
+            for i, (a, d, g, r) in enumerate(specs)]
+    plain = [TraceNode(f"n{i}", 4, "A100") for i in range(4)]
+    mixed = [TraceNode(f"n{i}", 4, models[i]) for i in order]
+    options = SimOptions(checkpoint_interval=10.0)
+    expected = [j.jct for j in run(jobs, plain, policy, options).jobs]
+    assert [j.jct for j in run(jobs, mixed, policy, options).jobs] == expected
+
+
+def test_a_gangs_last_rank_goes_to_the_lowest_of_equal_nodes() -> None:
+    # 3 ranks of 2 GPUs on three free 4-GPU nodes: two on node 0, the last on node 1 (nodes 1
+    # and 2 hold it equally well).
+    cluster = from_node_list([TraceNode(f"n{i}", 4) for i in range(3)], ["t0"], "test")
+    jobs = [TraceJob("G", 0, 10, ranks=3, gpus_per_rank=2)]
+    for policy in BASELINES:
+        sim = Simulator(cluster, jobs, ["t0"], resolve(policy, cluster))
+        sim.run_until(1.0)
+        assert sim.jobs[0].nodes == (0, 0, 1)
