@@ -29,7 +29,8 @@ def main() -> None:
     parser.add_argument("--format", default="alibaba")
     parser.add_argument("--node-list", type=Path, default=None)
     parser.add_argument("--policy", action="append", choices=POLICIES)
-    parser.add_argument("--nodes", type=int)
+    parser.add_argument("--sample-nodes", "--nodes", dest="nodes", type=int,
+                        help="N nodes spread evenly over the node list")
     parser.add_argument("--gpus", type=float)
     parser.add_argument("--arrival-scale", type=float, default=1.0)
     parser.add_argument("--las-thresholds", type=float, nargs="+", default=None,
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print a table for the docs")
     args = parser.parse_args()
     inputs = SimInputs(args.trace, args.format, node_list=args.node_list,
-                       cut=Cut(nodes=args.nodes, gpus=args.gpus),
+                       cut=Cut(sample=args.nodes, gpus=args.gpus),
                        arrival_scale=args.arrival_scale,
                        las_thresholds=tuple(args.las_thresholds) if args.las_thresholds else None,
                        options=SimOptions())

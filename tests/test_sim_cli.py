@@ -89,6 +89,10 @@ def with_trace(args: list[str | Path], message: str) -> object:
                 CLUSTER, "--policy", "random"], "unknown policy 'random'"),
     with_trace(["--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster",
                 CLUSTER, "--nodes", "99"], "--nodes: must be between 1 and 4"),
+    with_trace(["--trace", TIRESIAS / "60_job.csv", "--cluster", CLUSTER,
+                "--sample-nodes", "0"], "--sample-nodes: must be between 1 and 4"),
+    with_trace(["--trace", TIRESIAS / "n32g4.csv"], "n32g4.csv: this is a node list"),
+    (["--trace", ROOT / "README.md"], "README.md: unknown trace format: header has"),
     with_trace(["plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias", "--cluster",
                 CLUSTER, "--target", "p95<1h"], "--target"),
 ])
@@ -102,3 +106,25 @@ def test_bad_input_is_one_line_exit_2(args: list[str | Path], message: str,
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+@needs_tiresias
+def test_format_detected_cuts_and_assumptions_printed() -> None:
+    out = stoker("--trace", TIRESIAS / "60_job.csv", "--node-list", TIRESIAS / "n32g4.csv",
+                 "--nodes", "5", "--policy", "fifo", "--checkpoint-interval", "1h",
+                 "--restart-overhead", "2m", "--json")
+    assert out.returncode == 0, out.stderr
+    inputs = json.loads(out.stdout)["inputs"]
+    assert inputs["trace"].endswith("(tiresias, format detected from its header)")
+    assert inputs["nodes taken"] == "5 of 32: the first 5 nodes"
+    assert inputs["GPUs"] == "whole GPUs (no job asks for a share of one)"
+    assert inputs["preemption"] == ("a preempted job loses its work since the last checkpoint "
+                                    "(one every 1h), plus 2m per restart; "
+                                    "--checkpoint-on-preempt: none lost")
+    assert inputs["loaded"] == "60 rows read, 60 jobs kept"
+    out = stoker("--trace", TIRESIAS / "60_job.csv", "--node-list", TIRESIAS / "n32g4.csv",
+                 "--sample-nodes", "4", "--every", "2", "--policy", "fifo",
+                 "--checkpoint-on-preempt")
+    assert out.returncode == 0, out.stderr
+    assert "nodes taken: 4 of 32: every 2th node, 4 nodes spread evenly" in out.stdout
+    assert "preemption: no work lost: jobs checkpoint on SIGTERM as they stop" in out.stdout

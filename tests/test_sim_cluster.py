@@ -23,13 +23,17 @@ def gpus(nodes: list[TraceNode]) -> int:
 def test_cuts_keep_the_mix() -> None:
     assert [n.name for n in cut_nodes(NODES, lambda n: n.gpus, every=10)] == [
         "n0", "n10", "n20", "n30"]
-    ten = cut_nodes(NODES, lambda n: n.gpus, count=10)
+    ten = cut_nodes(NODES, lambda n: n.gpus, sample=10)
     assert len(ten) == 10 and {n.model for n in ten} == {"A100", "T4"}
     assert gpus(ten) == gpus(NODES) // 4
     about_30 = cut_nodes(NODES, lambda n: n.gpus, gpus=30)
     assert 30 <= gpus(about_30) < 30 + 8
+    with pytest.raises(ConfigError, match="--sample-nodes"):
+        cut_nodes(NODES, lambda n: n.gpus, sample=41)
+    assert [n.name for n in cut_nodes(NODES, lambda n: n.gpus, first=3)] == ["n0", "n1", "n2"]
+    assert {n.model for n in cut_nodes(NODES, lambda n: n.gpus, first=20)} == {"T4"}
     with pytest.raises(ConfigError, match="--nodes"):
-        cut_nodes(NODES, lambda n: n.gpus, count=41)
+        cut_nodes(NODES, lambda n: n.gpus, first=41)
     with pytest.raises(ConfigError, match="--gpus"):
         cut_nodes(NODES, lambda n: n.gpus, gpus=10_000)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stoker.sim.loaders import load_node_list, load_trace
+from stoker.sim.loaders import detect_format, load_node_list, load_trace
 from stoker.spec.errors import ConfigError
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -145,3 +145,37 @@ def test_errors_name_file_and_column(tmp_path: Path) -> None:
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match="invalid JSON"):
         load_trace(broken, "philly")
+
+
+@pytest.mark.shared_data("traces/alibaba-openb-2023", "traces/tiresias/60_job.csv")
+def test_format_detected_from_the_header_of_shared_traces() -> None:
+    assert detect_format(ALIBABA) == "alibaba"
+    assert detect_format(TIRESIAS) == "tiresias"
+    trace = load_trace(TIRESIAS)
+    assert trace.format == "tiresias" and len(trace.jobs) == 60
+
+
+def test_format_detected_for_every_format(tmp_path: Path) -> None:
+    helios = tmp_path / "cluster_log.csv"
+    helios.write_text("\n".join([HELIOS_HEADER, *HELIOS_ROWS]) + "\n")
+    generic = tmp_path / "jobs.csv"
+    generic.write_text("id,arrival,duration,gpus,user\na,0,10,1,u\n")
+    philly = tmp_path / "cluster_job_log"
+    philly.write_text("\n  [ ]")
+    assert [detect_format(p) for p in (helios, generic, philly)] == [
+        "helios", "generic", "philly"]
+    assert load_trace(helios).format == "helios"
+
+
+def test_unknown_header_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.csv"
+    odd.write_text("job,when,gpus\na,1,1\n")
+    with pytest.raises(ConfigError) as e:
+        load_trace(odd)
+    message = str(e.value)
+    assert message.startswith(f"{odd}: unknown trace format: header has gpus,job,when")
+    assert "--format" in message and "\n" not in message
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("sn,gpu,model\nn0,8,A100\n")
+    with pytest.raises(ConfigError, match="a node list, not a trace"):
+        detect_format(nodes)

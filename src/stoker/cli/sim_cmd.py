@@ -17,11 +17,14 @@ sim_app = typer.Typer(help="Simulate a cluster trace under scheduling policies."
                       invoke_without_command=True)
 
 TRACE = typer.Option(None, "--trace", help="Trace file.")
-FORMAT = typer.Option(None, "--format", help="alibaba, helios, philly, tiresias or generic.")
+FORMAT = typer.Option(None, "--format", help="alibaba, helios, philly, tiresias or generic; "
+                      "default: detected from the trace's header.")
 CLUSTER = typer.Option(None, "--cluster", help="cluster.toml (queues, quotas, nodes).")
 NODE_LIST = typer.Option(None, "--node-list",
                          help="Node list CSV (Alibaba or Tiresias layout); default: the trace's.")
-NODES = typer.Option(None, "--nodes", help="Cut the cluster to N nodes (spread evenly).")
+NODES = typer.Option(None, "--nodes", help="Cut the cluster to its first N nodes.")
+SAMPLE = typer.Option(None, "--sample-nodes",
+                      help="Cut the cluster to N nodes spread evenly (keeps the model mix).")
 EVERY = typer.Option(None, "--every", help="Keep every k-th node.")
 GPUS = typer.Option(None, "--gpus", help="Cut the cluster to about this many GPUs.")
 SCALE = typer.Option(1.0, "--arrival-scale", help="Arrivals this many times faster.")
@@ -62,7 +65,8 @@ def _seconds(option: str, text: str | None, allow_never: bool = False) -> float 
 
 
 def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list: Path | None,
-            nodes: int | None, every: int | None, gpus: float | None, scale: float,
+            nodes: int | None, sample: int | None, every: int | None, gpus: float | None,
+            scale: float,
             tenant_by: str, tenants: int, max_jobs: int | None, ckpt: str, overhead: str,
             mtbf: str | None, repair: str, seed: int, interval: str, whole: bool,
             las: str | None, on_preempt: bool) -> Any:
@@ -71,9 +75,6 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
 
     if trace is None:
         raise ConfigError("--trace", None, "give the trace file to simulate")
-    if fmt is None:
-        raise ConfigError("--format", None,
-                          "give the trace format: alibaba, helios, philly, tiresias or generic")
     checkpoint = _seconds("--checkpoint-interval", ckpt, allow_never=True)
     if checkpoint == 0:
         raise ConfigError("--checkpoint-interval", None, "must be above 0 (or 'never')")
@@ -91,7 +92,8 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
         thresholds = tuple(sorted(_seconds("--las-thresholds", t.strip()) or 0.0
                                   for t in las.split(",") if t.strip()))
     return SimInputs(trace=trace, format=fmt, cluster=cluster, node_list=node_list,
-                     cut=Cut(nodes=nodes, every=every, gpus=gpus), arrival_scale=scale,
+                     cut=Cut(first=nodes, sample=sample, every=every, gpus=gpus),
+                     arrival_scale=scale,
                      tenant_by=tenant_by, tenants=tenants, max_jobs=max_jobs,
                      las_thresholds=thresholds, options=options)
 
@@ -104,8 +106,9 @@ def sim(
     policy: list[str] = typer.Option(
         [], "--policy", help="fifo (strict), fifo-backfill, sjf, las, stoker, stoker-fair, "
         "stoker-afs (repeatable)."),
-    nodes: int | None = NODES, every: int | None = EVERY, gpus: float | None = GPUS,
-    arrival_scale: float = SCALE, tenant_by: str = TENANT_BY, tenants: int = TENANTS,
+    nodes: int | None = NODES, sample_nodes: int | None = SAMPLE, every: int | None = EVERY,
+    gpus: float | None = GPUS, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
+    tenants: int = TENANTS,
     max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
@@ -119,7 +122,8 @@ def sim(
     from stoker.sim.policies import POLICIES
     from stoker.sim.run import prepare, run_policy
 
-    inputs = _inputs(trace, fmt, cluster, node_list, nodes, every, gpus, arrival_scale,
+    inputs = _inputs(trace, fmt, cluster, node_list, nodes, sample_nodes, every, gpus,
+                     arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
                      repair_time, seed, interval, whole_gpus, las_thresholds,
                      checkpoint_on_preempt)
@@ -159,20 +163,58 @@ def sim(
 
 
 def _header(prepared: Any) -> dict[str, Any]:
+    """Every assumption the run makes, as printed above the results (and in --json, --report)."""
     inputs = prepared.inputs
+    how = f"--format {inputs.format}" if inputs.format else "format detected from its header"
+    full = prepared.full_nodes
+    of = f" of {len(full)}" if full is not None and inputs.cluster is None else ""
     return {
-        "trace": f"{inputs.trace} ({inputs.format})",
+        "trace": f"{inputs.trace} ({prepared.trace.format}, {how})",
         "loaded": "; ".join(prepared.trace.skips.lines()),
-        "cluster": f"{prepared.cluster.describe()}, cut: {inputs.cut.describe()}",
+        "cluster": prepared.cluster.describe(),
+        "nodes taken": f"{len(prepared.cluster.nodes)}{of}: {inputs.cut.describe()}",
+        "GPUs": _gpu_assumption(prepared),
+        "preemption": _preemption_assumption(inputs.options),
         "queues": f"{', '.join(prepared.queues)} (jobs mapped by --tenant-by "
                   f"{inputs.tenant_by})",
         "LAS thresholds (GPU-s)": inputs.las_thresholds or "the scheduler's default",
+        "jobs": f"the first {inputs.max_jobs} of the trace" if inputs.max_jobs else "all",
         "arrival scale": inputs.arrival_scale,
         "checkpoint interval (s)": inputs.options.checkpoint_interval,
         "checkpoint on preemption": inputs.options.checkpoint_on_preempt,
         "node MTBF (s)": inputs.options.node_mtbf or "no failures",
         "seed": inputs.options.seed,
     }
+
+
+def _gpu_assumption(prepared: Any) -> str:
+    shares = sum(1 for j in prepared.jobs if j.gpu_milli < 1000)
+    if not shares:
+        return "whole GPUs (no job asks for a share of one)"
+    if prepared.inputs.options.whole_gpus:
+        return f"whole GPUs: {shares} requests for a share of one GPU rounded up (--whole-gpus)"
+    return (f"fractional: {shares} jobs ask for a share of one GPU and share it with others "
+            "(--whole-gpus rounds them up)")
+
+
+def _preemption_assumption(options: Any) -> str:
+    overhead = f", plus {_span(options.restart_overhead)} per restart" \
+        if options.restart_overhead else ""
+    if options.checkpoint_on_preempt:
+        return f"no work lost: jobs checkpoint on SIGTERM as they stop{overhead}"
+    if options.checkpoint_interval == float("inf"):
+        lost = "all its work (no checkpoints)"
+    else:
+        every = _span(options.checkpoint_interval)
+        lost = f"its work since the last checkpoint (one every {every})"
+    return f"a preempted job loses {lost}{overhead}; --checkpoint-on-preempt: none lost"
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _progress(console: Console, quiet: bool) -> Any:
@@ -255,7 +297,7 @@ def plan(
         raise ConfigError("--policy", None,
                           f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     goal = plan_mod.parse_target(target)
-    inputs = _inputs(trace, fmt, cluster, node_list, None, every, None, arrival_scale,
+    inputs = _inputs(trace, fmt, cluster, node_list, None, None, every, None, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
                      repair_time, seed, interval, whole_gpus, las_thresholds,
                      checkpoint_on_preempt)

@@ -136,18 +136,24 @@ def _node_for_config(cfg: ClusterConfig, node: TraceNode, source: str) -> Node:
     return Node(_node_name(node.name), flavors[0], capacity, domains)
 
 
-def cut_nodes(nodes: list[T], gpus_of: Callable[[T], float], count: int | None = None,
-              every: int | None = None, gpus: float | None = None) -> list[T]:
-    """Keep every k-th node, then `count` nodes, then the fewest nodes holding at least `gpus`
-    GPUs, each time spread evenly over the list so the mix of GPU models and sizes is kept."""
+def cut_nodes(nodes: list[T], gpus_of: Callable[[T], float], *, first: int | None = None,
+              sample: int | None = None, every: int | None = None,
+              gpus: float | None = None) -> list[T]:
+    """Keep every k-th node, then the `first` N nodes in list order, then `sample` nodes spread
+    evenly over the list, then the fewest nodes (spread evenly) holding at least `gpus` GPUs.
+    Spreading keeps the mix of GPU models and sizes; `first` keeps the list's head as it is."""
     if every is not None:
         if every < 1:
             raise ConfigError("--every", None, "must be at least 1")
         nodes = nodes[::every]
-    if count is not None:
-        if not 1 <= count <= len(nodes):
+    if first is not None:
+        if not 1 <= first <= len(nodes):
             raise ConfigError("--nodes", None, f"must be between 1 and {len(nodes)}")
-        nodes = spread(nodes, count)
+        nodes = nodes[:first]
+    if sample is not None:
+        if not 1 <= sample <= len(nodes):
+            raise ConfigError("--sample-nodes", None, f"must be between 1 and {len(nodes)}")
+        nodes = spread(nodes, sample)
     if gpus is not None:
         total = sum(gpus_of(n) for n in nodes)
         if not 0 < gpus <= total:

@@ -80,7 +80,7 @@ def sweep(prepared: Prepared, policy: str, target: Target, min_nodes: int, max_n
 
     def run(n: int) -> PlanPoint:
         if n not in points:
-            summary = run_policy(prepared.resized(Cut(nodes=n, every=prepared.inputs.cut.every)),
+            summary = run_policy(prepared.resized(Cut(sample=n, every=prepared.inputs.cut.every)),
                                  policy).summary()
             value = metric_value(summary, target.metric)
             points[n] = PlanPoint(n, summary["gpus"], summary["load"], value, target.met(summary),

@@ -19,23 +19,26 @@ from stoker.spec.errors import ConfigError
 
 @dataclass(frozen=True)
 class Cut:
-    """How to cut the cluster down: every k-th node, then N nodes, then a GPU total."""
+    """How to cut the cluster down: every k-th node, then the first N nodes, then N nodes
+    spread evenly (`sample`), then a GPU total (spread evenly)."""
 
-    nodes: int | None = None
+    first: int | None = None
+    sample: int | None = None
     every: int | None = None
     gpus: float | None = None
 
     def describe(self) -> str:
         parts = [f"every {self.every}th node" if self.every else "",
-                 f"{self.nodes} nodes" if self.nodes else "",
-                 f"{self.gpus:g} GPUs" if self.gpus else ""]
+                 f"the first {self.first} nodes" if self.first else "",
+                 f"{self.sample} nodes spread evenly" if self.sample else "",
+                 f"about {self.gpus:g} GPUs spread evenly" if self.gpus else ""]
         return ", ".join(p for p in parts if p) or "whole cluster"
 
 
 @dataclass(frozen=True)
 class SimInputs:
     trace: Path
-    format: str
+    format: str | None = None  # None: detected from the trace's header
     cluster: Path | None = None
     node_list: Path | None = None
     cut: Cut = Cut()
@@ -98,11 +101,12 @@ def build_cluster(inputs: SimInputs, nodes: list[TraceNode] | None, queues: list
                   cut: Cut) -> SimCluster:
     if inputs.cluster is not None:
         cluster = from_toml(inputs.cluster, nodes)
-        kept = cut_nodes(list(cluster.nodes), lambda n: n.capacity[GPU] / 1000, cut.nodes,
-                         cut.every, cut.gpus)
+        kept = cut_nodes(list(cluster.nodes), lambda n: n.capacity[GPU] / 1000,
+                         first=cut.first, sample=cut.sample, every=cut.every, gpus=cut.gpus)
         return cluster.with_nodes(tuple(kept))
     assert nodes is not None
-    kept_nodes = cut_nodes(nodes, lambda n: n.gpus, cut.nodes, cut.every, cut.gpus)
+    kept_nodes = cut_nodes(nodes, lambda n: n.gpus, first=cut.first, sample=cut.sample,
+                           every=cut.every, gpus=cut.gpus)
     source = str(inputs.node_list or inputs.trace)
     return from_node_list(kept_nodes, queues, source)
 
