@@ -12,9 +12,10 @@ on GPU kernels only, and most of Stoker's traces are CPU/gloo ones. The rules:
 * **Sections**, by name, in this priority (an interval covered by two goes to the first):
   communication (``gloo:``, ``nccl``, ``c10d::``, ``_c10d_functional::``,
   ``record_param_comms``, ``ProcessGroup``; and a user annotation naming a collective, e.g.
-  FSDP's ``FSDP::all_gather``, where no operator runs inside it: the wait), memory copy (``gpu_memcpy``/``gpu_memset``, names
-  with ``copy``/``Memcpy``/``Memset``), computation (every other event of the timeline), idle
-  (the step's time covered by none: Python between operators, sleeps, the GPU waiting).
+  FSDP's ``FSDP::all_gather``, where no operator runs inside it: the wait), memory copy
+  (``gpu_memcpy``/``gpu_memset``, names with ``copy``/``Memcpy``/``Memset``), computation
+  (every other event of the timeline), idle (the step's time covered by none: Python
+  between operators, sleeps, the GPU waiting).
   Each is the measure of a union of intervals clipped to the window, so the four sum to the
   step time up to float rounding: within ``TOLERANCE_US`` per step.
 * **Overlap**: communication anywhere in the trace (gloo's own threads, NCCL kernels on any
