@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from stoker.cli import (
+    analyze_cmd,
     config_cmd,
     data_cmd,
     export_cmd,
@@ -32,7 +33,8 @@ app = typer.Typer(
 )
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
-               sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd):
+               sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd,
+               analyze_cmd):
     module.register(app)
 
 

@@ -14,7 +14,8 @@ points   ``step=N``        the trainer's hook before optimizer step N runs
                            is not
 actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
          (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
-         and the caller poisons the step's loss
+         and the caller poisons the step's loss · ``slow``: sleep ``ms=N`` milliseconds
+         (default 100) and go on: a straggler for one step
 filters  ``rank=R`` (default: every rank) · ``attempt=A``: the gang's restart count
          (`restarts.attempt`; default 0, so a restarted gang does not fault again)
          · ``node=NAME``: only a rank on that control-plane node (``STOKER_RANK_NODES``, the
@@ -42,7 +43,7 @@ OPT_IN = "STOKER_FAULT_OPT_IN"
 NODE_ENV = "STOKER_NODE"  # a rank process's node (one process per rank)
 RANK_NODES_ENV = "STOKER_RANK_NODES"  # "n0,n0,n1": each rank's node (one launcher per job)
 JOB_ATTEMPT_ENV = "STOKER_JOB_ATTEMPT"  # the control plane's attempt number, from 1
-ACTIONS = ("kill", "hang", "exit", "raise", "nan")
+ACTIONS = ("kill", "hang", "exit", "raise", "nan", "slow")
 
 
 @dataclass
@@ -135,6 +136,9 @@ def _act(fault: Fault) -> str | None:
             time.sleep(3600)
     if fault.action == "exit":
         os._exit(int(fault.filters.get("code", 1)))
+    if fault.action == "slow":
+        time.sleep(int(fault.filters.get("ms", 100)) / 1000)
+        return None
     if fault.action == "raise":
         raise RuntimeError(f"{ENV}: injected failure at {fault.point} {fault.filters}")
     return fault.action
