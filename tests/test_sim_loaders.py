@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from stoker.sim.cluster import from_node_list
+from stoker.sim.engine import Simulator
 from stoker.sim.loaders import detect_format, load_node_list, load_trace
+from stoker.sim.policies import resolve
 from stoker.spec.errors import ConfigError
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -38,10 +42,34 @@ def test_alibaba_skip_report_counts_every_row() -> None:
 def test_tiresias_trace_and_cluster() -> None:
     trace = load_trace(TIRESIAS, "tiresias")
     assert len(trace.jobs) == 60 and trace.skips.kept == 60
-    assert trace.jobs[1].gpus == 8 and trace.jobs[1].ranks == 8
+    assert trace.jobs[1].gpus == 8 and trace.jobs[1].ranks == 1 and trace.jobs[1].multi_node
     nodes = load_node_list(TIRESIAS.parent / "n32g4.csv")
     assert len(nodes) == 32 and {n.gpus for n in nodes} == {4}
     assert nodes[0].labels == (("switch", "s0"),)
+
+
+@pytest.mark.shared_data("traces/alibaba-openb-2023", "traces/tiresias/60_job.csv",
+                         "traces/tiresias/n32g4.csv")
+def test_multi_node_gangs_on_the_shared_traces() -> None:
+    # Tiresias on n32g4 (4-GPU nodes): the ten 8-GPU jobs become 2 x 4 gangs, the rest stay on
+    # one node.
+    tiresias = load_trace(TIRESIAS, "tiresias")
+    nodes = load_node_list(TIRESIAS.parent / "n32g4.csv")
+    cluster = from_node_list(nodes, ["t0"], "test")
+    sim = Simulator(cluster, tiresias.jobs, ["t0"] * 60, resolve("fifo", cluster))
+    assert len(sim.jobs) == 60 and not sim.skipped
+    assert Counter((j.ranks, j.per_rank_gpus) for j in sim.jobs if j.ranks > 1) == {(2, 4): 10}
+    # Alibaba: nothing dropped for its size on the full node list; on its nodes of at most 2
+    # GPUs, the 44 eight-GPU pods become 4 x 2 gangs and the 15 four-GPU pods 2 x 2.
+    alibaba = load_trace(ALIBABA, "alibaba")
+    assert alibaba.nodes is not None
+    assert not any("more GPUs" in reason for reason in alibaba.skips.skipped)
+    small = [n for n in alibaba.nodes if n.gpus <= 2]
+    cluster = from_node_list(small, ["t0"], "test")
+    sim = Simulator(cluster, alibaba.jobs, ["t0"] * len(alibaba.jobs),
+                    resolve("fifo", cluster))
+    assert Counter((j.ranks, j.per_rank_gpus) for j in sim.jobs if j.ranks > 1) == {
+        (4, 2): 44, (2, 2): 15}
 
 
 HELIOS_HEADER = ("job_id,user,vc,gpu_num,cpu_num,node_num,state,submit_time,start_time,"

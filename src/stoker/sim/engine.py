@@ -36,6 +36,7 @@ from stoker.sched import (
 from stoker.sched.fit import never_fits
 from stoker.sched.usage import UsageTracker
 from stoker.sim.cluster import SimCluster
+from stoker.sim.loaders.common import split_to_fit
 from stoker.sim.metrics import JobOutcome, RunResult, Usage
 from stoker.sim.policies import SHARED_FLAVOR, SHARED_QUEUE, SimPolicy, shared_queue
 from stoker.sim.trace import TraceJob
@@ -179,8 +180,15 @@ class Simulator:
         size = len(self.space)
         pooled = self.policy.shared_queue
         avoid: dict[tuple[str, ...], frozenset[str]] = {}  # per allowed flavors, in the pool
+        largest: dict[tuple[str, ...] | None, int] = {}  # GPUs of the largest allowed node
         for job, tenant in zip(jobs, tenants, strict=True):
             flavors = self.cluster.flavors_for(job.gpu_models)
+            if job.multi_node:
+                if flavors not in largest:
+                    largest[flavors] = max(
+                        (int(n.capacity[GPU] // 1000) for n in self.cluster.nodes
+                         if flavors is None or n.flavor in flavors), default=0)
+                job = split_to_fit(job, largest[flavors])  # a gang across nodes if need be
             queue = SHARED_QUEUE if pooled else tenant
             priority = job.priority if self.policy.uses_priorities else 0
             sim = SimJob(len(out), job, tenant, queue, priority, flavors, self.options.whole_gpus,

@@ -26,6 +26,9 @@ class TraceJob:
     priority: int = 0
     cpus_per_rank: float = 0.0
     memory_mib_per_rank: int = 0
+    # The trace lets a single-rank request larger than every node it may use run as a gang
+    # across nodes (`split_to_fit`); False: its ranks are exactly as the trace gives them.
+    multi_node: bool = False
 
     @property
     def gpus(self) -> int:

@@ -1,7 +1,10 @@
 """Alibaba GPU cluster trace 2023 (`openb_pod_list_*.csv` + `openb_node_list_gpu_node.csv`).
 
 One pod is one single-rank job of `num_gpu` GPUs; `gpu_milli` < 1000 (only with one GPU) is a
-share of a GPU. Arrival = creation_time, run time = deletion_time - scheduled_time.
+share of a GPU. Arrival = creation_time, run time = deletion_time - scheduled_time. A pod that
+asks for more GPUs than every node it may use has runs as a multi-node gang (`multi_node`; the
+simulator splits it with `common.split_to_fit` on the cluster it is given), as the reference
+simulator does, instead of being dropped.
 """
 
 from __future__ import annotations
@@ -81,5 +84,5 @@ def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
     return TraceJob(
         id=row["name"], arrival=arrival, duration=duration, ranks=1, gpus_per_rank=gpus,
         gpu_milli=milli, gpu_models=models, priority=QOS_PRIORITY.get(row.get("qos", ""), 0),
-        cpus_per_rank=cpus, memory_mib_per_rank=memory,
+        cpus_per_rank=cpus, memory_mib_per_rank=memory, multi_node=True,
     )

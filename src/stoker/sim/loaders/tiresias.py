@@ -1,6 +1,10 @@
 """Tiresias simulator traces (SymbioticLab/Tiresias, NSDI'19): `job_id, num_gpu, submit_time,
 iterations, model_name, duration, interval` (seconds). No user column: tenants come from hashing.
-Every GPU is one rank, so a job larger than a node spans several (as in Tiresias' placement).
+The trace has no node count or multi-node marker, so a job is one rank of `num_gpu` GPUs that
+stays on one node when it fits one, and runs as a gang across nodes only when it is larger than
+every node (`multi_node`; split by `common.split_to_fit` on the cluster it is given: 8 GPUs on
+n32g4's 4-GPU nodes are 2 ranks of 4), as Tiresias' own placement consolidates a job on one node
+when it can.
 
 The cluster file beside it (e.g. `n32g4.csv`: num_switch, num_node_p_switch, num_gpu_p_node,
 num_cpu_p_node, mem_p_node) is read by `load_nodes`.
@@ -39,8 +43,8 @@ def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
     if duration <= 0:
         report.skip("zero or negative duration")
         return None
-    return TraceJob(id=row["job_id"], arrival=arrival, duration=duration, ranks=gpus,
-                    gpus_per_rank=1)
+    return TraceJob(id=row["job_id"], arrival=arrival, duration=duration, ranks=1,
+                    gpus_per_rank=gpus, multi_node=True)
 
 
 def load_nodes(path: str | Path) -> list[TraceNode]:
