@@ -391,19 +391,10 @@ class _Cycle:
         if reason is not None:
             self.waiting[job.id] = reason
             return _WAIT
-        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
-                                                          if f in job.flavors]
-        if not flavors:
-            self.waiting[job.id] = Waiting("NoMatchingFlavor", "no flavor of the queue matches "
-                                           "the job's GPU model")
+        where = self._where(qs, job)
+        if where is None:
             return _WAIT
-        level = None
-        if job.topology is not None:
-            level = self.nodes.levels.get(job.topology)
-            if level is None:
-                self.waiting[job.id] = Waiting("UnknownTopology", "unknown topology level "
-                                               f"{job.topology!r}")
-                return _WAIT
+        flavors, level = where
         total = _total(job)
         if plan is not None and plan.seq == seq:
             return self._consider_planned(qs, job, plan, level, total, nominal_only, starving)
@@ -411,6 +402,25 @@ class _Cycle:
         if outcome is _WAIT and job.id not in self.nominated:
             self.failed_like[like] = self.waiting[job.id]
         return outcome
+
+    def _where(self, qs: _QueueState, job: PendingJob, prefix: str = "", whose: str = "job"
+               ) -> tuple[list[str], int | None] | None:
+        """The queue's flavors ``job`` may use and its topology level; None (its reason
+        recorded) when no flavor matches or the level is unknown."""
+        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
+                                                          if f in job.flavors]
+        if not flavors:
+            self.waiting[job.id] = Waiting("NoMatchingFlavor", f"{prefix}no flavor of the "
+                                           f"queue matches the {whose}'s GPU model")
+            return None
+        level = None
+        if job.topology is not None:
+            level = self.nodes.levels.get(job.topology)
+            if level is None:
+                self.waiting[job.id] = Waiting("UnknownTopology", f"{prefix}unknown topology "
+                                               f"level {job.topology!r}")
+                return None
+        return flavors, level
 
     # --- flavors (Kueue's flavor assignment) ---
 
@@ -662,19 +672,10 @@ class _Cycle:
                   starving: bool, prefix: str) -> tuple[str, Placement, list[int]] | str:
         """Where one role of a multi-role job fits now (flavor, placement, its total), or
         _DEFER (it would borrow, in the first pass) or _WAIT (with its reason recorded)."""
-        flavors = qs.flavors if part.flavors is None else [f for f in qs.flavors
-                                                           if f in part.flavors]
-        if not flavors:
-            self.waiting[part.id] = Waiting("NoMatchingFlavor", f"{prefix}no flavor of the "
-                                            "queue matches the role's GPU model")
+        where = self._where(qs, part, prefix, "role")
+        if where is None:
             return _WAIT
-        level = None
-        if part.topology is not None:
-            level = self.nodes.levels.get(part.topology)
-            if level is None:
-                self.waiting[part.id] = Waiting("UnknownTopology", f"{prefix}unknown topology "
-                                                f"level {part.topology!r}")
-                return _WAIT
+        flavors, level = where
         total = _total(part)
         fit, _, why, open_flavors = self.assign_flavors(qs, part, flavors, level, total,
                                                         False)[1:]
