@@ -14,6 +14,7 @@ from stoker.control.store import JobRecord
 from stoker.sched import Node, PendingJob, Resources, RunningJob, Snapshot
 from stoker.sched.config import build_cohorts, build_queues, pending_job, resource_space
 from stoker.sched.fit import never_fits
+from stoker.sched.types import role_parts
 from stoker.spec.api import JobState
 from stoker.spec.cluster import ClusterConfig
 from stoker.spec.job import JobRole, JobSpec
@@ -148,12 +149,10 @@ def avoiding(job: PendingJob, suspects: Collection[str], nodes: Sequence[Node],
     """The suspected nodes ``job`` avoids: all of them, unless some role could then never be
     placed on its queue's flavors (a cluster of one node, or the only nodes of a GPU model):
     then none, so a retry is never stranded by its own failures."""
-    roles = [(job.ranks, job.per_rank, job.flavors, job.topology, job.topology_required),
-             *((r.ranks, r.per_rank, r.flavors, r.topology, r.topology_required)
-               for r in job.roles)]
-    for ranks, per_rank, flavors, level, required in roles:
-        usable = set(queue_flavors) if flavors is None else set(queue_flavors) & set(flavors)
-        if never_fits(ranks, per_rank, nodes, usable, topology, level, required,
-                      avoid=suspects) is not None:
+    for part in role_parts(job):
+        usable = set(queue_flavors) if part.flavors is None else (set(queue_flavors)
+                                                                  & set(part.flavors))
+        if never_fits(part.ranks, part.per_rank, nodes, usable, topology, part.topology,
+                      part.topology_required, avoid=suspects) is not None:
             return frozenset()
     return frozenset(suspects)

@@ -70,6 +70,7 @@ from stoker.sched.types import (
     Snapshot,
     WaitCode,
     Waiting,
+    role_parts,
 )
 
 INF = float("inf")
@@ -636,7 +637,7 @@ class _Cycle:
         job of its own, against the quota and nodes the earlier roles took. No preemption: a
         role that does not fit now makes the whole job wait (or, in the first pass, borrow
         later: the job is deferred)."""
-        parts = _roles(job)
+        parts = role_parts(job)
         taken: list[tuple[str, Placement, PendingJob, list[int]]] = []
         failed_before = self.failed_shapes.copy()  # what tentative roles made fail, undone
         outcome = _ADMIT
@@ -1236,14 +1237,6 @@ def _quota_bound(account: QuotaAccount, total: list[int], own_freed: list[int],
 
 def _total(job: PendingJob) -> list[int]:
     return times(job.per_rank, job.ranks)
-
-
-def _roles(job: PendingJob) -> list[PendingJob]:
-    """Each role of a multi-role job as a job of its own (same id, queue and priority)."""
-    first = job._replace(roles=())
-    return [first, *(first._replace(ranks=r.ranks, per_rank=r.per_rank, flavors=r.flavors,
-                                    topology=r.topology, topology_required=r.topology_required)
-                     for r in job.roles)]
 
 
 def _expand(placement: Placement, names: list[str]) -> tuple[str, ...]:

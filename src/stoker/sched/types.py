@@ -400,6 +400,15 @@ class Role(NamedTuple):
     topology_required: bool = False
 
 
+def role_parts(job: PendingJob) -> list[PendingJob]:
+    """Each role of a (multi-role) job as a job of its own: same id, queue and priority, the
+    role's gang, flavors and topology, no further roles. A single-role job: itself."""
+    first = job._replace(roles=())
+    return [first, *(first._replace(ranks=r.ranks, per_rank=r.per_rank, flavors=r.flavors,
+                                    topology=r.topology, topology_required=r.topology_required)
+                     for r in job.roles)]
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     now: float
