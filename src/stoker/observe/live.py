@@ -68,7 +68,14 @@ def step_line(rec: dict[str, Any]) -> str:
     ]
     if "eval_loss" in rec:
         parts.append(f"eval {rec['eval_loss']:.4f}")
+    if flagged := stragglers(rec):
+        parts.append(f"straggler: rank {flagged}")
     return " | ".join(parts)
+
+
+def stragglers(rec: dict[str, Any]) -> str:
+    """The ranks flagged as stragglers at this record ("" when none, or not a log step)."""
+    return ",".join(str(r) for r in (rec.get("straggler") or {}).get("flagged", []))
 
 
 class Eta:
@@ -138,9 +145,11 @@ class LiveDisplay:
             TextColumn("MFU {task.fields[mfu]}"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("[bold red]{task.fields[straggler]}"),
             console=self.console,
         )
-        self.task = self.progress.add_task("train", total=1, loss="-", tps="-", mfu="-", eta="?")
+        self.task = self.progress.add_task("train", total=1, loss="-", tps="-", mfu="-", eta="?",
+                                           straggler="")
         self.eta = Eta(0)
 
     def start(self, total_steps: int, first_step: int) -> None:
@@ -155,6 +164,10 @@ class LiveDisplay:
             tps=fmt_count(record["tokens_per_s"]), mfu=f"{record['mfu'] * 100:.2f}%",
             eta=fmt_duration(eta),
         )
+        if "straggler" in record:
+            flagged = stragglers(record)
+            self.progress.update(self.task, straggler=f"straggler rank {flagged}" if flagged
+                                 else "")
         if "eval_loss" in record:
             self.message(f"step {record['step']}: {step_line(record)}")
 

@@ -1,7 +1,8 @@
 """Per-step telemetry: the step timer, peak memory, the metrics.jsonl writer and the run summary.
 
 The timer splits an optimizer step into data wait (host time blocked on the loader),
-forward+backward and optimizer. On CUDA the step and its two compute phases are timed with CUDA
+forward+backward and optimizer, and keeps the host time between one step's end and the next
+one's start (the loop's own work: logging, checkpoints, eval, faults). On CUDA the step and its two compute phases are timed with CUDA
 events (device time), read at the next log step rather than waited for; on CPU everything is
 perf_counter.
 """
@@ -30,6 +31,7 @@ class StepTimes:
     data_wait_s: float
     fwd_bwd_s: float
     optim_s: float
+    host_s: float = 0.0  # from the previous step's stop to this step's start (host clock)
 
 
 class StepTimer:
@@ -46,11 +48,14 @@ class StepTimer:
         self._host: dict[str, float] = {}
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
         self._begin: torch.cuda.Event | None = None
+        self._stopped: float | None = None
+        self._between = 0.0
 
     def start(self) -> None:
         self._host = dict.fromkeys(PHASES, 0.0)
         self._events = {name: [] for name in PHASES}
         self._t0 = time.perf_counter()
+        self._between = 0.0 if self._stopped is None else self._t0 - self._stopped
         self._begin = self._record() if self.cuda else None
 
     @contextmanager
@@ -65,8 +70,9 @@ class StepTimer:
             self._host[name] += time.perf_counter() - t
 
     def stop(self) -> PendingTimes:
-        host = StepTimes(time.perf_counter() - self._t0, self._host["data_wait"],
-                         self._host["fwd_bwd"], self._host["optim"])
+        self._stopped = time.perf_counter()
+        host = StepTimes(self._stopped - self._t0, self._host["data_wait"],
+                         self._host["fwd_bwd"], self._host["optim"], self._between)
         if not self.cuda:
             return PendingTimes(host)
         return PendingTimes(host, self._events, (self._begin, self._record()))
@@ -96,7 +102,7 @@ class PendingTimes:
         device = {name: sum(b.elapsed_time(e) for b, e in pairs) / 1000.0
                   for name, pairs in self.events.items()}
         return StepTimes(self.span[0].elapsed_time(self.span[1]) / 1000.0, self.host.data_wait_s,
-                         device["fwd_bwd"], device["optim"])
+                         device["fwd_bwd"], device["optim"], self.host.host_s)
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -306,6 +306,17 @@ class CheckpointConfig(Section):
         return self
 
 
+class StragglerConfig(Section):
+    """Live straggler detection (`stoker.observe.straggler`): a rank is flagged when its
+    relative score stays below ``threshold`` for ``patience`` consecutive log steps; each
+    score is over the median of the last ``window`` steps' section times."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.7, gt=0, lt=1)
+    window: int = Field(default=20, ge=1)
+    patience: int = Field(default=3, ge=1)
+
+
 class TelemetryConfig(Section):
     metrics_file: str = "metrics.jsonl"
     live: bool = True
@@ -338,6 +349,7 @@ class TrainConfig(Section):
     train: TrainSection = TrainSection()
     checkpoint: CheckpointConfig = CheckpointConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    straggler: StragglerConfig = StragglerConfig()
     profile: ProfileConfig = ProfileConfig()
 
     def check_confined(self, source: str | None = None) -> None:

@@ -15,9 +15,11 @@ import torch
 import torch.distributed as dist
 
 from stoker.observe.metrics import PendingTimes, StepTimes
+from stoker.observe.straggler import SECTIONS
 from stoker.train.guards import Verdict
 
 DEVICE_NUMBERS = 3  # per step and rank: loss, grad norm, skipped (then the step times)
+HOST_NUMBERS = 1 + len(SECTIONS)  # per step and rank: the step time, then its `SECTIONS`
 
 
 @dataclass
@@ -40,6 +42,7 @@ class LoggedStep:
     pending: PendingStep
     losses: list[float]  # every rank's
     step_times: list[float]  # every rank's
+    sections: list[list[float]]  # every rank's section times, in `SECTIONS` order
     grad_norm: float
     skipped: bool
     times: StepTimes  # this rank's
@@ -64,8 +67,8 @@ def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem
     numbers = [torch.stack([p.loss.float(), p.grad_norm.float(),
                             (p.skipped if p.skipped is not None else zero).float()])
                for p in pending]
-    host = ([t.step_time_s for t in times] + [float(peak_mem_bytes), float(stop), float(time_due)]
-            + [float(x) for x in profile])
+    host = ([x for t in times for x in step_numbers(t)]
+            + [float(peak_mem_bytes), float(stop), float(time_due)] + [float(x) for x in profile])
     row = torch.cat([torch.stack(numbers).to(torch.float64).flatten(),
                      torch.tensor(host, dtype=torch.float64, device=device)])
     ranks = gather_rows(row, world_size).tolist()
@@ -73,14 +76,20 @@ def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem
     mine = ranks[dist.get_rank() if world_size > 1 else 0]
     logged = []
     for i, (p, t) in enumerate(zip(pending, times, strict=True)):
-        at, time_at = DEVICE_NUMBERS * i, DEVICE_NUMBERS * n + i
+        at, time_at = DEVICE_NUMBERS * i, DEVICE_NUMBERS * n + HOST_NUMBERS * i
         logged.append(LoggedStep(p, [r[at] for r in ranks], [r[time_at] for r in ranks],
+                                 [r[time_at + 1:time_at + HOST_NUMBERS] for r in ranks],
                                  mine[at + 1], mine[at + 2] > 0, t))
-    tail = [r[(DEVICE_NUMBERS + 1) * n:] for r in ranks]
+    tail = [r[(DEVICE_NUMBERS + HOST_NUMBERS) * n:] for r in ranks]
     steps, flags, stamp = (int(x) for x in tail[0][3:6])
     agreed = Agreed(stop=int(max(r[1] for r in tail)), time_due=tail[0][2] > 0,
                     peak_mem_bytes=int(max(r[0] for r in tail)), profile=(steps, flags, stamp))
     return logged, agreed
+
+
+def step_numbers(t: StepTimes) -> list[float]:
+    """A step's time and its `SECTIONS`, as they travel in the row."""
+    return [t.step_time_s, t.data_wait_s, t.fwd_bwd_s, t.optim_s, t.host_s]
 
 
 def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -61,6 +61,7 @@ from stoker.observe.metrics import (
     peak_memory_bytes,
     read_metrics,
 )
+from stoker.observe.straggler import StragglerDetector
 from stoker.observe.peak import Peak, peak_flops, trusted_mfu
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
@@ -205,6 +206,9 @@ class Trainer:
         self.capture: Capture | None = None  # torch.profiler, while it runs (profiling.py)
         self.timer = StepTimer(self.device)
         self.stats = RunStats()
+        straggler = cfg.straggler
+        self.straggler = (StragglerDetector(straggler, dist_info.world_size)
+                          if straggler.enabled and dist_info.is_main else None)
         self.display = display or make_display(dist_info.is_main, cfg.telemetry.live,
                                                t.log_interval)
         self.run_attempt = run_attempt(run_dir / cfg.telemetry.metrics_file)
@@ -461,6 +465,8 @@ class Trainer:
         self.pending = []
         self.stop_agreed = agreed.stop
         records = [self._record(s, agreed.peak_mem_bytes) for s in logged]
+        if self.straggler is not None and records:
+            self._score_stragglers(self.straggler, logged, records[-1])
         for record in records:
             if "guard" in record and self.dist.is_main:
                 self.events.emit("loss_guard", step=record["step"], action=record["guard"],
@@ -638,6 +644,26 @@ class Trainer:
         if p.eval_loss is not None:
             record["eval_loss"] = p.eval_loss
         return record
+
+    def _score_stragglers(self, detector: StragglerDetector, logged: list[LoggedStep],
+                          record: dict[str, Any]) -> None:
+        """Rank 0: the log step's straggler scores into its record; a rank flagged or cleared
+        is an event and a line on the display."""
+        for s in logged:
+            detector.add(s.step_times, s.sections)
+        verdict = detector.score()
+        record["straggler"] = verdict.record
+        record["straggler_relative_min"] = min(verdict.record["relative"])
+        record["straggler_individual_min"] = min(verdict.record["individual"])
+        step = record["step"]
+        for rank, section, score, steps in verdict.flagged:
+            self.events.emit("straggler", rank=rank, step=step, section=section,
+                             score=round(score, 3), steps=steps)
+            self.display.message(f"straggler: rank {rank} at step {step}, {section} "
+                                 f"{score:.2f} of the fastest rank for {steps} log steps")
+        for rank, score in verdict.cleared:
+            self.events.emit("straggler_cleared", rank=rank, step=step, score=round(score, 3))
+            self.display.message(f"straggler cleared: rank {rank} at step {step}")
 
     def _finish(self, status: str, wall_time_s: float) -> None:
         """summary.json, over the whole run: every attempt's steps (each step once, from its

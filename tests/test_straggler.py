@@ -1,0 +1,101 @@
+"""Live straggler detection: the scores on hand-made numbers, and a 2-rank run whose rank 1 the
+test fault hook slows for a few steps in the middle: flagged within the window, cleared after,
+no rank flagged on the even steps before."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stoker.observe.events import read_events
+from stoker.observe.straggler import SECTIONS, StragglerDetector, section_scores
+from stoker.spec.train import StragglerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tiny.toml"
+
+
+def test_section_scores_are_the_fastest_rank_and_the_own_best_over_the_time() -> None:
+    relative, individual = section_scores([1.0, 2.0, 4.0], best=[1.0, 1.0, 2.0], floor=0.0)
+    assert relative == [1.0, 0.5, 0.25]
+    assert individual == [1.0, 0.5, 0.5]
+    padded, _ = section_scores([0.0, 1.0], best=[0.0, 1.0], floor=1.0)
+    assert padded == [1.0, 0.5]
+
+
+def step(data: list[float], step_time: float = 1.0) -> tuple[list[float], list[list[float]]]:
+    """Every rank's step time and sections, with ``data`` as the data wait of each rank."""
+    return [step_time] * len(data), [[d, 0.5, 0.1, 0.0] for d in data]
+
+
+def test_a_rank_is_flagged_after_patience_log_steps_and_cleared_when_it_recovers() -> None:
+    detector = StragglerDetector(StragglerConfig(threshold=0.7, window=3, patience=2), 2)
+    flags, clears = [], []
+    data = [[0.0, 0.0]] * 3 + [[0.0, 1.0]] * 6 + [[0.0, 0.0]] * 4
+    for i, d in enumerate(data, start=1):
+        detector.add(*step(d))
+        verdict = detector.score()
+        flags += [(i, rank, section) for rank, section, _, _ in verdict.flagged]
+        clears += [(i, rank) for rank, _ in verdict.cleared]
+    # The window's median turns slow at step 5 (two of three), the second log step below is 6.
+    assert flags == [(6, 1, "data")]
+    assert clears == [(11, 1)]
+    assert verdict.record["flagged"] == []
+    assert set(verdict.record["sections"]) == set(SECTIONS)
+
+
+def test_sections_ending_in_a_collective_do_not_flag() -> None:
+    """The early rank's wait inside forward+backward is not its own slowness."""
+    detector = StragglerDetector(StragglerConfig(window=1, patience=1), 2)
+    detector.add([1.0, 1.0], [[0.0, 0.9, 0.1, 0.0], [0.0, 0.3, 0.1, 0.0]])
+    verdict = detector.score()
+    assert verdict.flagged == []
+    assert verdict.record["sections"]["fwd_bwd"][0] < 0.7
+
+
+# ---------------------------------------------------------------- two ranks, gloo
+
+WINDOW, PATIENCE = 4, 2
+SMALL = [
+    "model.dim=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
+    "model.ffn_hidden=128", "train.seq_len=32", "train.global_batch_size=8",
+    "train.micro_batch_size=4", "train.log_interval=1", "telemetry.peak_flops=1e11",
+    "telemetry.live=false", "train.eval_interval=0", "checkpoint.interval_steps=0",
+    f"straggler.window={WINDOW}", f"straggler.patience={PATIENCE}",
+]
+STEPS, SLOW = 22, range(11, 17)  # rank 1 is slowed on steps 11-16; the steps around are even
+
+
+@pytest.mark.slow
+def test_a_slowed_rank_is_flagged_within_the_window_and_no_rank_on_even_steps(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    slow = ";".join(f"slow@step={s},rank=1,ms=200" for s in SLOW)
+    sets = [a for o in [*SMALL, f"train.steps={STEPS}"] for a in ("--set", o)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "STOKER_FAULT": slow,
+           "STOKER_FAULT_OPT_IN": "1"}
+    done = subprocess.run([sys.executable, "-m", "stoker", "train", str(EXAMPLE), "--nproc",
+                           "2", "--run-dir", str(run_dir), *sets], capture_output=True,
+                          text=True, timeout=180, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    flagged = {r["step"]: r["straggler"]["flagged"] for r in records}
+    assert len(flagged) == STEPS
+    assert all(len(r["straggler"]["relative"]) == 2 for r in records)
+    # Even steps (warm-up included) flag no rank.
+    assert all(flagged[s] == [] for s in range(1, SLOW[0]))
+    # The window's median turns slow half way through it; then `patience` log steps below.
+    events = [e for e in read_events(run_dir) if e["event"].startswith("straggler")]
+    assert [(e["event"], e["rank"]) for e in events] == [("straggler", 1),
+                                                         ("straggler_cleared", 1)]
+    flag, clear = events
+    assert flag["section"] == "host" and flag["score"] < 0.7
+    assert flag["step"] <= SLOW[0] + WINDOW // 2 + PATIENCE - 1
+    assert all(flagged[s] == [1] for s in range(flag["step"], clear["step"]))
+    assert SLOW[-1] < clear["step"] <= SLOW[-1] + WINDOW
+    assert all(flagged[s] == [] for s in range(clear["step"], STEPS + 1))
