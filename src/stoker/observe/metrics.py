@@ -2,9 +2,9 @@
 
 The timer splits an optimizer step into data wait (host time blocked on the loader),
 forward+backward and optimizer, and keeps the host time between one step's end and the next
-one's start (the loop's own work: logging, checkpoints, eval, faults). On CUDA the step and its two compute phases are timed with CUDA
-events (device time), read at the next log step rather than waited for; on CPU everything is
-perf_counter.
+one's start (the loop's own work: logging, checkpoints, eval, faults). On CUDA the step and its
+two compute phases are timed with CUDA events (device time), read at the next log step rather
+than waited for; on CPU everything is perf_counter.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ from stoker.observe.metrics import (
     peak_memory_bytes,
     read_metrics,
 )
-from stoker.observe.straggler import StragglerDetector
 from stoker.observe.peak import Peak, peak_flops, trusted_mfu
+from stoker.observe.straggler import StragglerDetector
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
