@@ -1,6 +1,7 @@
 """`GET /v1/jobs/{id}/metrics` on a real server: a training job's metrics.jsonl served after a
 step, incrementally (a poll reads only what was appended), the latest attempt winning where a
-restart redid steps, tenants kept apart, bad input a one-line 422; and the job's `progress`.
+restart redid steps, tenants kept apart, bad input a one-line 422; and the job's `progress`
+and `stragglers` (from the run's events.jsonl).
 
 The training job waits in a queue with no quota (never admitted), and the test writes its
 run's metrics.jsonl where the runtime would, line by line as a run does.
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from stoker.control.metrics_index import MetricsIndex
+from stoker.observe.events import EventLog
 from stoker.server.process import ServerProcess, kill_jobs
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "admin-t", "STOKER_TOKEN_ALICE": "alice-t",
@@ -116,7 +118,13 @@ def test_incremental_fetch_latest_attempt_and_progress(server: ServerProcess, jo
     nan = call(server, f"/v1/jobs/{job}/metrics?since=12").json()["records"]
     assert nan[0]["step"] == 13 and nan[0]["loss"] is None
 
+    events = EventLog(path.parent, rank=0)  # as rank 0 writes them
+    events.emit("straggler", rank=1, step=12, section="host", score=0.21, steps=3)
+    events.emit("checkpoint_committed", step=12, stall_s=0.1)
+    events.emit("straggler_cleared", rank=1, step=13, score=0.93)
     detail = call(server, f"/v1/jobs/{job}").json()
+    assert [(s["event"], s["rank"], s["step"], s["section"]) for s in detail["stragglers"]] == \
+        [("straggler", 1, 12, "host"), ("straggler_cleared", 1, 13, None)]
     progress = detail["progress"]
     assert progress["step"] == 13 and progress["steps"] == 100
     assert progress["tokens_per_s"] == 1000.0 and progress["mfu"] == 0.25
@@ -127,6 +135,7 @@ def test_incremental_fetch_latest_attempt_and_progress(server: ServerProcess, jo
                                 "STOKER_TOKEN": "alice-t", "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "13/100, ETA 44s" in shown.stdout and "1,000 tokens/s, MFU 25.0%" in shown.stdout
+    assert "flagged: host at 0.21 of the fastest rank for 3 log steps" in shown.stdout
 
 
 def test_tenants_tokens_and_bad_input(server: ServerProcess, job: int) -> None:

@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from stoker.observe.events import read_events
+from stoker.cli.jobs_cmd import _stragglers
+from stoker.control.launch import RUN
+from stoker.control.run_telemetry import read_stragglers
+from stoker.observe.events import EventLog, read_events
 from stoker.observe.straggler import SECTIONS, StragglerDetector, section_scores
 from stoker.spec.train import StragglerConfig
 
@@ -56,6 +60,24 @@ def test_sections_ending_in_a_collective_do_not_flag() -> None:
     verdict = detector.score()
     assert verdict.flagged == []
     assert verdict.record["sections"]["fwd_bwd"][0] < 0.7
+
+
+def test_the_control_plane_reads_a_runs_straggler_events(tmp_path: Path) -> None:
+    """What `GET /v1/jobs/{id}` carries as ``stragglers`` and `stoker job N` shows."""
+    events = EventLog(tmp_path / "7" / RUN, rank=0)
+    events.emit("straggler", rank=1, step=12, section="host", score=0.21, steps=3)
+    events.emit("checkpoint_committed", step=12, stall_s=0.1)
+    events.emit("straggler", rank="2", step=12, score=0.1)  # not one: skipped
+    events.emit("straggler_cleared", rank=1, step=15, score=0.93)
+    views = read_stragglers(tmp_path, 7)
+    assert [(v.event, v.rank, v.step, v.section, v.steps) for v in views] == [
+        ("straggler", 1, 12, "host", 3), ("straggler_cleared", 1, 15, None, None)]
+    console = Console(width=200, record=True)
+    console.print(_stragglers([v.model_dump() for v in views]))
+    shown = console.export_text()
+    assert "flagged: host at 0.21 of the fastest rank for 3 log steps" in shown
+    assert "cleared: 0.93" in shown
+    assert read_stragglers(tmp_path, 8) == []
 
 
 # ---------------------------------------------------------------- two ranks, gloo

@@ -316,9 +316,25 @@ def _job_detail(j: dict[str, Any], wide: bool) -> RenderableType:
         parts.append(_attempts(j["attempts"], now))
     if j.get("causes"):
         parts.append(_causes(j["causes"]))
+    if j.get("stragglers"):
+        parts.append(_stragglers(j["stragglers"]))
     if j.get("goodput"):
         parts.append(_goodput_table("goodput (rank-seconds)", [("job", j["goodput"])]))
     return Group(*parts)
+
+
+def _stragglers(stragglers: list[dict[str, Any]]) -> Table:
+    """The ranks the run flagged as stragglers, and when they recovered."""
+    table = Table(title="stragglers", box=None, header_style="bold", title_justify="left")
+    for column in ("TIME", "RANK", "STEP", "WHAT"):
+        table.add_column(column, no_wrap=True)
+    for e in stragglers:
+        what = (f"flagged: {escape(e['section'] or '?')} at {e['score']:.2f} of the fastest "
+                f"rank for {e['steps']} log steps" if e["event"] == "straggler"
+                else f"cleared: {e['score']:.2f}")
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(e["at"])), str(e["rank"]),
+                      str(e["step"]), what)
+    return table
 
 
 def _goodput_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:

@@ -31,6 +31,7 @@ from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.quotas import current_quota, merged_quota, usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
+from stoker.control.run_telemetry import read_stragglers
 from stoker.control.sched_state import stored_scores
 from stoker.control.snapshot import (
     build_snapshot,
@@ -436,11 +437,13 @@ class ControlPlane:
         view = self.job_views([job])[0]
         events = self.store.events(job.id)
         goodput = self.goodput.job(job, time.time(), events=events)
+        train = isinstance(job.spec, dict) and isinstance(job.spec.get("train"), dict)
         return JobDetail(**view.model_dump(), spec=job.spec,
                          events=[event_view(e) for e in events],
                          causes=[cause_view(c) for c in self.store.causes(job.id)],
                          attempts=[attempt_view(a) for a in self.store.attempts(job_id=job.id)],
-                         goodput=goodput_view(goodput))
+                         goodput=goodput_view(goodput),
+                         stragglers=read_stragglers(self.jobs_dir, job.id) if train else [])
 
     def usage(self, tenant: str | None, since: float | None) -> UsageReport:
         """Goodput per cluster, tenant and queue from ``since`` (None: all time), over every

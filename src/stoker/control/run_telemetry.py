@@ -1,5 +1,6 @@
 """A control-plane training job's telemetry for goodput: its run's metrics.jsonl (one record per
-step, appended by every attempt) and the checkpoint stalls of its events.jsonl.
+step, appended by every attempt) and the checkpoint stalls of its events.jsonl; and the
+stragglers its events.jsonl names, for the job's detail.
 
 The run directory belongs to the job's tenant, so the files are opened without following any
 link (`safe_fs`), must be regular files, and are read up to `MAX_BYTES`; a line that is not a
@@ -19,10 +20,12 @@ from stoker.control.goodput import Step, Telemetry
 from stoker.control.launch import RUN
 from stoker.control.safe_fs import open_beneath
 from stoker.observe.events import EVENTS_FILE
+from stoker.spec.api import StragglerView
 
 MAX_BYTES = 64 << 20
 METRICS_FILE = "metrics.jsonl"
 STALL_EVENTS = ("checkpoint_committed", "checkpoint_failed")
+STRAGGLER_EVENTS = ("straggler", "straggler_cleared")
 
 
 def read_telemetry(jobs_dir: Path, job_id: int, train: Mapping[str, Any] | None
@@ -45,6 +48,24 @@ def read_telemetry(jobs_dir: Path, job_id: int, train: Mapping[str, Any] | None
               if r.get("event") in STALL_EVENTS and _number(r.get("time"))
               and _number(r.get("stall_s"))]
     return Telemetry(steps, stalls)
+
+
+def read_stragglers(jobs_dir: Path, job_id: int) -> list[StragglerView]:
+    """The straggler events of the job's run, oldest first (a record that is not one is
+    skipped)."""
+    run = PurePosixPath(str(job_id), RUN)
+    return [view for r in _records(jobs_dir, run / EVENTS_FILE)
+            if r.get("event") in STRAGGLER_EVENTS and (view := _straggler(r)) is not None]
+
+
+def _straggler(r: dict[str, Any]) -> StragglerView | None:
+    if not all(_number(r.get(k)) for k in ("time", "rank", "step", "score")):
+        return None
+    section, steps = r.get("section"), r.get("steps")
+    return StragglerView(event=r["event"], at=float(r["time"]), rank=int(r["rank"]),
+                         step=int(r["step"]), score=float(r["score"]),
+                         section=section if isinstance(section, str) else None,
+                         steps=int(steps) if isinstance(steps, int) else None)
 
 
 def _step(r: dict[str, Any]) -> Step | None:

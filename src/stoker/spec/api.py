@@ -7,7 +7,7 @@ errors, and stores nothing.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
@@ -316,6 +316,20 @@ class AttemptView(BaseModel):
     cause: str | None
 
 
+class StragglerView(BaseModel):
+    """A training job's rank flagged as a straggler (``event`` "straggler": its ``section``
+    scored ``score`` of the fastest rank's for ``steps`` log steps) or recovered
+    ("straggler_cleared"), at ``step``, from the run's events.jsonl."""
+
+    event: Literal["straggler", "straggler_cleared"]
+    at: float
+    rank: int
+    step: int
+    score: float
+    section: str | None = None
+    steps: int | None = None
+
+
 class JobDetail(JobView):
     spec: dict[str, Any]
     events: list[EventView]
@@ -323,6 +337,7 @@ class JobDetail(JobView):
     attempts: list[AttemptView] = []  # its allocations, oldest first
     goodput: GoodputView | None = None
     progress: ProgressView | None = None  # a training job that has recorded a step
+    stragglers: list[StragglerView] = []  # a training job's, oldest first
 
 
 class MetricsPage(BaseModel):
