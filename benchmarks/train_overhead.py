@@ -10,6 +10,11 @@ cache effects hit both alike. A Stoker step is everything `Trainer.step_once()` 
 loader, timers, the all_gather of telemetry, metrics.jsonl, the display. Reported: median step
 time of each after warm-up, their ratio (and the ratio of means: Stoker reads the devices only
 every ``train.log_interval`` steps), and the data wait as a share of Stoker's step time.
+
+A third arm is the same Trainer with its straggler scoring switched off for the step (rank 0's
+`StragglerDetector`; the section times still travel in the log step's all_gather): the ratio of
+the two Stoker arms is the scoring's same-run overhead. Rank 0 also times the scoring itself
+(``Trainer._score_stragglers``, per log step), reported as a share of Stoker's mean step time.
 """
 
 from __future__ import annotations
@@ -96,7 +101,25 @@ def worker(args: argparse.Namespace) -> None:
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    arms = {"baseline": baseline_step, "stoker": trainer.step_once}
+    detector = trainer.straggler
+
+    def unscored_step() -> object:
+        trainer.straggler = None
+        try:
+            return trainer.step_once()
+        finally:
+            trainer.straggler = detector
+
+    scoring: list[float] = []
+    score = trainer._score_stragglers
+
+    def timed_score(*a: Any) -> None:
+        start = time.perf_counter()
+        score(*a)
+        scoring.append(time.perf_counter() - start)
+
+    trainer._score_stragglers = timed_score  # type: ignore[method-assign]
+    arms = {"baseline": baseline_step, "stoker": trainer.step_once, "unscored": unscored_step}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in arms.values():  # warm-up, unmeasured
         for _ in range(args.warmup):
@@ -123,6 +146,10 @@ def worker(args: argparse.Namespace) -> None:
             # Means too: only every train.log_interval-th Stoker step reads the devices.
             "baseline_mean_s": statistics.fmean(times["baseline"]),
             "stoker_mean_s": statistics.fmean(times["stoker"]),
+            "unscored_median_s": statistics.median(times["unscored"]),
+            "unscored_mean_s": statistics.fmean(times["unscored"]),
+            # Scoring time per Stoker step: every log step's scoring, over all scored steps.
+            "scoring_per_step_s": sum(scoring) / (len(times["stoker"]) + args.warmup),
             "data_wait_fraction": sum(r["data_wait_s"] for r in recs)
             / sum(r["step_time_s"] for r in recs),
         }
@@ -167,13 +194,16 @@ def main() -> None:
     print(f"\nconfig: {args.config} {' '.join(args.overrides)}; {args.steps} steps per arm "
           f"after {args.warmup} warm-up, alternating blocks of {args.block}")
     print(f"{'ranks':>5} {'baseline ms':>12} {'stoker ms':>10} {'ratio':>7} "
-          f"{'mean ratio':>11} {'data wait':>10}")
+          f"{'mean ratio':>11} {'data wait':>10} {'unscored ms':>12} {'scored/unscored':>16} "
+          f"{'scoring':>8}")
     for r in rows:
         ratio = r["stoker_median_s"] / r["baseline_median_s"]
         mean_ratio = r["stoker_mean_s"] / r["baseline_mean_s"]
+        scored = r["stoker_median_s"] / r["unscored_median_s"]
         print(f"{r['world_size']:>5} {r['baseline_median_s'] * 1e3:>12.1f} "
               f"{r['stoker_median_s'] * 1e3:>10.1f} {ratio:>7.3f} {mean_ratio:>11.3f} "
-              f"{r['data_wait_fraction']:>10.2%}")
+              f"{r['data_wait_fraction']:>10.2%} {r['unscored_median_s'] * 1e3:>12.1f} "
+              f"{scored:>16.3f} {r['scoring_per_step_s'] / r['stoker_mean_s']:>8.3%}")
 
 
 if __name__ == "__main__":

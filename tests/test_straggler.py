@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 from stoker.cli.jobs_cmd import _stragglers
@@ -25,11 +26,13 @@ EXAMPLE = ROOT / "examples" / "tiny.toml"
 
 
 def test_section_scores_are_the_fastest_rank_and_the_own_best_over_the_time() -> None:
-    relative, individual = section_scores([1.0, 2.0, 4.0], best=[1.0, 1.0, 2.0], floor=0.0)
-    assert relative == [1.0, 0.5, 0.25]
-    assert individual == [1.0, 0.5, 0.5]
-    padded, _ = section_scores([0.0, 1.0], best=[0.0, 1.0], floor=1.0)
-    assert padded == [1.0, 0.5]
+    times = torch.tensor([[1.0, 0.0], [2.0, 1.0], [4.0, 0.0]])  # 3 ranks, 2 sections
+    best = torch.tensor([[1.0, 0.0], [1.0, 1.0], [2.0, 0.0]])
+    relative, individual = section_scores(times, best, floor=0.0)
+    assert relative[:, 0].tolist() == [1.0, 0.5, 0.25]
+    assert individual[:, 0].tolist() == [1.0, 0.5, 0.5]
+    padded, _ = section_scores(times, best, floor=1.0)
+    assert padded[:, 1].tolist() == [1.0, 0.5, 1.0]
 
 
 def step(data: list[float], step_time: float = 1.0) -> tuple[list[float], list[list[float]]]:

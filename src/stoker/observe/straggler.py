@@ -23,11 +23,11 @@ communication time (the wait inside those sections) is not measured.
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from stoker.spec.train import StragglerConfig
 
@@ -36,13 +36,12 @@ FLAGGING = ("data", "host")  # sections without a collective: a rank's time ther
 FLOOR_SHARE = 0.25
 
 
-def section_scores(times: Sequence[float], best: Sequence[float],
-                   floor: float) -> tuple[list[float], list[float]]:
-    """One section's relative and individual score of every rank, from each rank's current
-    (median) time and best time, padded by ``floor`` seconds."""
-    fastest = min(times)
-    relative = [(fastest + floor) / (t + floor) for t in times]
-    individual = [(b + floor) / (t + floor) for b, t in zip(best, times, strict=True)]
+def section_scores(times: torch.Tensor, best: torch.Tensor,
+                   floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relative and individual scores, [ranks, sections], from each rank's current
+    (median) and best time of each section, [ranks, sections], padded by ``floor`` seconds."""
+    relative = (times.min(dim=0).values + floor) / (times + floor)
+    individual = (best + floor) / (times + floor)
     return relative, individual
 
 
@@ -56,49 +55,44 @@ class Verdict:
 
 
 class StragglerDetector:
-    """Fed every step's section times of every rank (`add`), scored at each log step (`score`)."""
+    """Fed every step's section times of every rank (`add`), scored at each log step (`score`).
+    The last ``window`` steps are kept in one ring buffer, [window, ranks, sections + 1] (the
+    step time last), so that a log step's medians are one call however many the ranks."""
 
     def __init__(self, cfg: StragglerConfig, world_size: int) -> None:
         self.cfg = cfg
         self.world_size = world_size
-        self.recent = [[deque[float](maxlen=cfg.window) for _ in SECTIONS]
-                       for _ in range(world_size)]
-        self.step_times = [deque[float](maxlen=cfg.window) for _ in range(world_size)]
-        self.best = [[float("inf")] * len(SECTIONS) for _ in range(world_size)]
+        self.recent = torch.zeros(cfg.window, world_size, len(SECTIONS) + 1,
+                                  dtype=torch.float64)
+        self.filled = 0
+        self.best = torch.full((world_size, len(SECTIONS)), float("inf"), dtype=torch.float64)
         self.below = [0] * world_size  # consecutive log steps under the threshold
         self.flagged: set[int] = set()
+        self._flagging = [SECTIONS.index(name) for name in FLAGGING]
 
     def add(self, step_times: Sequence[float], sections: Sequence[Sequence[float]]) -> None:
         """One step: every rank's step time and its section times, in `SECTIONS` order."""
-        for rank, (step_time, times) in enumerate(zip(step_times, sections, strict=True)):
-            self.step_times[rank].append(step_time)
-            for recent, t in zip(self.recent[rank], times, strict=True):
-                recent.append(max(t, 0.0))
+        row = torch.tensor([[*times, step_time]
+                            for step_time, times in zip(step_times, sections, strict=True)],
+                           dtype=torch.float64)
+        self.recent[self.filled % self.cfg.window] = row.clamp(min=0.0)
+        self.filled += 1
 
     def score(self) -> Verdict:
         """The scores over the window, and the ranks flagged or cleared at this log step."""
-        medians = [[statistics.median(r) for r in rank] for rank in self.recent]
-        for best, now in zip(self.best, medians, strict=True):
-            best[:] = [min(b, m) for b, m in zip(best, now, strict=True)]
-        floor = FLOOR_SHARE * min(statistics.median(s) for s in self.step_times)
-        relative, individual = [], []
-        for i in range(len(SECTIONS)):
-            rel, ind = section_scores([m[i] for m in medians], [b[i] for b in self.best], floor)
-            relative.append(rel)
-            individual.append(ind)
+        medians = self.recent[:min(self.filled, self.cfg.window)].quantile(0.5, dim=0)
+        times = medians[:, :len(SECTIONS)]
+        self.best = torch.minimum(self.best, times)
+        floor = FLOOR_SHARE * float(medians[:, -1].min())
+        relative, individual = section_scores(times, self.best, floor)
+        worst, at = relative[:, self._flagging].min(dim=1)
         verdict = Verdict({})
-        rank_relative = []
-        for rank in range(self.world_size):
-            score, section = min((relative[SECTIONS.index(name)][rank], name)
-                                 for name in FLAGGING)
-            rank_relative.append(score)
-            self._judge(verdict, rank, section, score)
+        for rank, (score, i) in enumerate(zip(worst.tolist(), at.tolist(), strict=True)):
+            self._judge(verdict, rank, FLAGGING[i], score)
         verdict.record = {
-            "relative": [round(s, 3) for s in rank_relative],
-            "individual": [round(min(ind[r] for ind in individual), 3)
-                           for r in range(self.world_size)],
-            "sections": {name: [round(s, 3) for s in relative[i]]
-                         for i, name in enumerate(SECTIONS)},
+            "relative": _rounded(worst),
+            "individual": _rounded(individual.min(dim=1).values),
+            "sections": {name: _rounded(relative[:, i]) for i, name in enumerate(SECTIONS)},
             "flagged": sorted(self.flagged),
         }
         return verdict
@@ -114,3 +108,7 @@ class StragglerDetector:
         if self.below[rank] >= self.cfg.patience and rank not in self.flagged:
             self.flagged.add(rank)
             verdict.flagged.append((rank, section, score, self.below[rank]))
+
+
+def _rounded(scores: torch.Tensor) -> list[float]:
+    return [round(x, 3) for x in scores.tolist()]
