@@ -56,6 +56,17 @@ def test_a_rank_is_flagged_after_patience_log_steps_and_cleared_when_it_recovers
     assert set(verdict.record["sections"]) == set(SECTIONS)
 
 
+def test_no_rank_is_judged_before_the_window_is_full() -> None:
+    detector = StragglerDetector(StragglerConfig(window=3, patience=1), 2)
+    flags = []
+    for i in range(1, 5):
+        detector.add(*step([0.0, 1.0]))
+        verdict = detector.score()
+        assert verdict.record["relative"][1] < 0.7
+        flags += [i for _ in verdict.flagged]
+    assert flags == [3]
+
+
 def test_sections_ending_in_a_collective_do_not_flag() -> None:
     """The early rank's wait inside forward+backward is not its own slowness."""
     detector = StragglerDetector(StragglerConfig(window=1, patience=1), 2)

@@ -17,7 +17,8 @@ end in a collective (DDP's all-reduce, FSDP's reduce-scatter and all-gathers, th
 norm's all-reduce), where the ranks that came early wait for the last one: their times even
 out, and what differs is the early ranks' wait, not the late rank's work. Their relative scores
 are reported but never flag a rank; a rank is flagged when its worst relative score over
-`FLAGGING` stays below ``threshold`` for ``patience`` consecutive log steps. The exposed
+`FLAGGING` stays below ``threshold`` for ``patience`` consecutive log steps, counted once the
+window is full. The exposed
 communication time (the wait inside those sections) is not measured.
 """
 
@@ -87,8 +88,9 @@ class StragglerDetector:
         relative, individual = section_scores(times, self.best, floor)
         worst, at = relative[:, self._flagging].min(dim=1)
         verdict = Verdict({})
-        for rank, (score, i) in enumerate(zip(worst.tolist(), at.tolist(), strict=True)):
-            self._judge(verdict, rank, FLAGGING[i], score)
+        if self.filled >= self.cfg.window:  # a median over fewer steps is too noisy to judge
+            for rank, (score, i) in enumerate(zip(worst.tolist(), at.tolist(), strict=True)):
+                self._judge(verdict, rank, FLAGGING[i], score)
         verdict.record = {
             "relative": _rounded(worst),
             "individual": _rounded(individual.min(dim=1).values),
