@@ -224,10 +224,12 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 413, 422))
     def get_job(job_id: int, who: Who) -> JobDetail:
         """A job, its events, why each failed attempt failed, its goodput and, for a training
-        job that has recorded a step, its ``progress`` (step, loss, tokens/s, MFU, ETA)."""
+        job that has recorded a step, its ``progress`` (step, loss, tokens/s, MFU, ETA) and
+        its ``checkpoints``."""
         job = own_job(job_id, who)
         detail = plane.job_detail(job)
         detail.progress = run_metrics.progress(job)
+        detail.checkpoints = run_metrics.checkpoints(job)
         return detail
 
     @app.get("/v1/jobs/{job_id}/metrics", tags=["jobs"],

@@ -295,6 +295,17 @@ class ProgressView(BaseModel):
     updated_at: float | None  # the last record's time
 
 
+class CheckpointView(BaseModel):
+    """One checkpoint directory of a training job's run: ``committed`` once its manifest is
+    written (its files are not re-checked here; resume does that), with the manifest's total
+    ``bytes`` and ``created`` time; an uncommitted one is being written, or was torn."""
+
+    step: int
+    committed: bool
+    bytes: int | None = None
+    created: float | None = None
+
+
 class AttemptView(BaseModel):
     """One allocation of the job from the accounting store: its ``hold``-th admission on one
     ``flavor`` (one row per flavor), ``admitted_at`` to ``ended_at`` (None: still held),
@@ -323,6 +334,7 @@ class JobDetail(JobView):
     attempts: list[AttemptView] = []  # its allocations, oldest first
     goodput: GoodputView | None = None
     progress: ProgressView | None = None  # a training job that has recorded a step
+    checkpoints: list[CheckpointView] = []  # a training job's, oldest first
 
 
 class MetricsPage(BaseModel):

@@ -171,6 +171,7 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
             return not_found(request, me, f"no job {job_id}")
         detail = plane.job_detail(job)
         detail.progress = run_metrics.progress(job)
+        detail.checkpoints = run_metrics.checkpoints(job)
         log, log_offset = read_tail(plane.jobs_dir, plane.log_file(job, 0), LOG_TAIL)
         may_cancel = (me.who.admin or job.tenant == me.who.name) and job.state not in TERMINAL
         return render(request, "job.html", me, title=f"Job {job.id}", job=detail, log=log,
