@@ -230,6 +230,13 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
         assert float(row["used"]) == want["used"] and float(row["borrowed"]) == want["borrowed"]
         assert (float(row["nominal"]) if row["nominal"] else None) == want["nominal"]
         assert int(row["pending"]) == want["pending_jobs"]
+    admin.goto("/queues?window=1h")  # bob's job has held 2 CPUs for the last few seconds
+    admin.page.wait_for_selector("#queue-history[data-drawn]", state="attached")
+    labels, data = admin.page.evaluate("""() => { const c = window.stokerQueueCharts["cpu cpu"];
+        return [c.series.map(s => s.label), c.data]; }""")
+    bob = labels.index("bob")
+    assert labels[bob + 1] == "bob nominal" and set(data[bob + 1]) == {1}
+    assert 0 < data[bob][-1] <= 2 and data[bob][0] == 0 and len(data[0]) == 120
     shot(admin, cluster, "queues")
     with cluster.server.client("admin-t") as c:
         nodes, usage = c.nodes(), c.usage()["rows"]

@@ -54,6 +54,7 @@ from stoker.spec.api import (
     NodeDetail,
     NodeView,
     PriorityChange,
+    QueueHistory,
     QueueUsage,
     QuotaUpdate,
     Requeue,
@@ -332,6 +333,17 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     @app.get("/v1/queues", tags=["queues"], responses=AUTH)
     def queues(who: Who) -> list[QueueUsage]:
         return plane.queue_usage(None if who.admin else who.queues)
+
+    @app.get("/v1/queues/history", tags=["queues"], responses=errors(401, 413, 422))
+    def queue_history(
+        who: Who,
+        window: Annotated[float, Query(ge=60, le=90 * 86400)] = 86400,
+        buckets: Annotated[int, Query(ge=1, le=1000)] = 120,
+    ) -> QueueHistory:
+        """What each queue held of each flavor's GPUs and CPUs over the last ``window``
+        seconds, as the mean per bucket, beside its nominal quota (as configured now): every
+        queue for the admin, a tenant's own queues only."""
+        return plane.queue_history(None if who.admin else who.queues, window, buckets)
 
     @app.get("/v1/usage", tags=["queues"], responses=errors(401, 413, 422))
     def usage(who: Who, since: Annotated[float | None, Query(ge=0, le=1e11)] = None

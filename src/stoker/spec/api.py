@@ -432,6 +432,29 @@ class QueueUsage(BaseModel):
     running_jobs: int
 
 
+class QueueSeries(BaseModel):
+    """One queue's holding of one resource on one flavor: the mean per bucket, and its
+    nominal quota as configured now (None: no quota of it)."""
+
+    queue: str
+    flavor: str
+    resource: str
+    held: list[float]
+    nominal: float | None
+
+
+class QueueHistory(BaseModel):
+    """``GET /v1/queues/history``: [``start``, ``end``) cut into buckets of ``step_s``
+    seconds (``times``: each bucket's start), and the series of every queue, flavor and
+    resource (GPUs, CPUs) held at some time in the window or with a nominal quota."""
+
+    start: float
+    end: float
+    step_s: float
+    times: list[float]
+    series: list[QueueSeries]
+
+
 class NodeView(BaseModel):
     name: str
     flavor: str

@@ -41,6 +41,8 @@ PAGE_SIZE = 50
 LOG_TAIL = 16 << 10
 WINDOWS = {"all": None, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 MAX_ID = (1 << 63) - 1
+HISTORY_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+HISTORY_BUCKETS = 120  # the Queues page's history: points per chart
 GROUPS = ("tenant", "queue", "flavor")  # the Usage page's accounting, grouped by
 
 
@@ -195,12 +197,18 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @router.get("/queues", response_model=None)
-    def queues_page(request: Request) -> Response:
+    def queues_page(request: Request, window: str = "24h") -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
-        rows = plane.queue_usage(None if me.who.admin else me.who.queues)
-        return render(request, "queues.html", me, title="Queues", rows=rows)
+        if window not in HISTORY_WINDOWS:
+            raise HTTPException(422, f"unknown window {window!r}: one of "
+                                + ", ".join(HISTORY_WINDOWS))
+        queues = None if me.who.admin else me.who.queues
+        rows = plane.queue_usage(queues)
+        history = plane.queue_history(queues, HISTORY_WINDOWS[window], HISTORY_BUCKETS)
+        return render(request, "queues.html", me, title="Queues", rows=rows, window=window,
+                      windows=list(HISTORY_WINDOWS), history=history.model_dump(mode="json"))
 
     @router.get("/nodes", response_model=None)
     def nodes_page(request: Request) -> Response:

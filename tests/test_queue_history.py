@@ -1,0 +1,36 @@
+"""A queue's holding over time from its allocations: exact time-weighted means per bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from stoker.control.queue_history import held_over_time
+from stoker.control.store import AttemptRecord
+
+
+def held(queue: str, admitted: float, ended: float | None, gpus: float = 0,
+         cpus: float = 0, flavor: str = "h100", job: int = 1) -> AttemptRecord:
+    return AttemptRecord(job_id=job, hold=1, flavor=flavor, tenant="t", queue=queue,
+                         admitted_at=admitted, ranks=1, gpus=gpus, cpus=cpus, ended_at=ended)
+
+
+def test_each_bucket_gets_the_time_weighted_mean_of_what_was_held() -> None:
+    attempts = [held("a", 15, 35, gpus=8, cpus=4),  # half, all, half of 3 buckets
+                held("a", 0, None, gpus=2, job=2),  # still held: counts up to now (25)
+                held("b", -100, 5, gpus=4, job=3),  # began before the window
+                held("b", 41, 50, gpus=4, job=4)]  # after the window: nothing
+    got = held_over_time(attempts, start=0, end=40, buckets=4, now=25)
+    assert got[("a", "h100", "gpu")] == [2, 4 + 2, 8 + 1, 4]
+    assert got[("a", "h100", "cpu")] == [0, 2, 4, 2]
+    assert got[("b", "h100", "gpu")] == [2, 0, 0, 0]
+    assert ("b", "h100", "cpu") not in got  # it never held a CPU
+
+
+def test_the_integral_is_kept_whatever_the_buckets() -> None:
+    attempts = [held("a", 3.3, 71.9, gpus=8), held("a", 50, 90, gpus=1, flavor="a100"),
+                held("a", 10, 20, gpus=3, job=2)]
+    exact = 8 * (71.9 - 3.3) + 3 * 10
+    for buckets in (1, 7, 100):
+        got = held_over_time(attempts, start=0, end=100, buckets=buckets, now=100)
+        assert sum(got[("a", "h100", "gpu")]) * 100 / buckets == pytest.approx(exact)
+        assert sum(got[("a", "a100", "gpu")]) * 100 / buckets == pytest.approx(40)
