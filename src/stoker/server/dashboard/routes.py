@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +35,7 @@ from stoker.server.session import (
     session_token,
     start_session,
 )
-from stoker.spec.api import JobState
+from stoker.spec.api import JobState, NodeView
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 50
@@ -44,6 +45,40 @@ MAX_ID = (1 << 63) - 1
 HISTORY_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 HISTORY_BUCKETS = 120  # the Queues page's history: points per chart
 GROUPS = ("tenant", "queue", "flavor")  # the Usage page's accounting, grouped by
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """The nodes under one topology domain (its label at each level, outermost first)."""
+
+    path: tuple[str, ...]
+    nodes: list[NodeView]
+
+    @property
+    def capacity(self) -> dict[str, float]:
+        return _sum(n.capacity for n in self.nodes)
+
+    @property
+    def allocated(self) -> dict[str, float]:
+        return _sum(n.allocated for n in self.nodes)
+
+
+def _sum(amounts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for a in amounts:
+        for k, v in a.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def topology_groups(nodes: list[NodeView], levels: tuple[str, ...]) -> list[NodeGroup]:
+    """The nodes grouped by their innermost topology domain, domains in label order; one
+    group of all when the cluster has no topology."""
+    groups: dict[tuple[str, ...], list[NodeView]] = {}
+    for node in nodes:
+        path = tuple(str(node.labels.get(level, "-")) for level in levels)
+        groups.setdefault(path, []).append(node)
+    return [NodeGroup(path, members) for path, members in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -216,7 +251,9 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         if me is None:
             return to_login(request)
         nodes = plane.node_views() if me.who.admin else []
-        return render(request, "nodes.html", me, title="Nodes", nodes=nodes)
+        levels = plane.cluster.topology
+        return render(request, "nodes.html", me, title="Nodes", nodes=nodes, levels=levels,
+                      groups=topology_groups(nodes, levels))
 
     @router.get("/usage", response_model=None)
     def usage_page(request: Request, window: str = "all", by: str = "tenant") -> Response:

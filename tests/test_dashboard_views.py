@@ -1,4 +1,5 @@
-"""A queue's holding over time from its allocations: exact time-weighted means per bucket."""
+"""What the dashboard derives: queues' holding over time (exact time-weighted means per bucket) and
+nodes grouped by topology domain."""
 
 from __future__ import annotations
 
@@ -34,3 +35,22 @@ def test_the_integral_is_kept_whatever_the_buckets() -> None:
         got = held_over_time(attempts, start=0, end=100, buckets=buckets, now=100)
         assert sum(got[("a", "h100", "gpu")]) * 100 / buckets == pytest.approx(exact)
         assert sum(got[("a", "a100", "gpu")]) * 100 / buckets == pytest.approx(40)
+
+
+def test_nodes_are_grouped_by_their_innermost_topology_domain() -> None:
+    from stoker.server.dashboard.routes import topology_groups
+    from stoker.spec.api import NodeView
+
+    def node(name: str, zone: str, rack: str, gpus: float) -> NodeView:
+        return NodeView(name=name, flavor="h100", labels={"zone": zone, "rack": rack},
+                        capacity={"gpu": 8}, allocated={"gpu": gpus}, jobs=[], cordoned=False,
+                        cordon_reason="",
+                        state="healthy")
+
+    nodes = [node("n1", "b", "r1", 8), node("n2", "a", "r2", 0), node("n3", "a", "r1", 2),
+             node("n4", "a", "r1", 4)]
+    groups = topology_groups(nodes, ("zone", "rack"))
+    assert [(g.path, [n.name for n in g.nodes]) for g in groups] == [
+        (("a", "r1"), ["n3", "n4"]), (("a", "r2"), ["n2"]), (("b", "r1"), ["n1"])]
+    assert groups[0].allocated == {"gpu": 6} and groups[0].capacity == {"gpu": 16}
+    assert [g.path for g in topology_groups(nodes, ())] == [()]
