@@ -84,8 +84,8 @@ def fit_to_dataset(cfg: TrainConfig, shard_dir: Path, source: str | None = None)
     """
     meta = read_meta(shard_dir)
     data, model = cfg.data, cfg.model
-    if (data.dataset != STDLIB and meta.tokenizer == "bpe"
-            and "bpe_vocab_size" in data.model_fields_set and data.bpe_vocab_size != meta.vocab_size):
+    bpe_given = "bpe_vocab_size" in data.model_fields_set and data.dataset != STDLIB
+    if bpe_given and meta.tokenizer == "bpe" and data.bpe_vocab_size != meta.vocab_size:
         raise ConfigError(source, "data.bpe_vocab_size", f"{data.bpe_vocab_size}, but the BPE "
                           f"of {shard_dir} has {meta.vocab_size} tokens")
     if model.vocab_size is not None and model.vocab_size < meta.vocab_size:
