@@ -62,7 +62,7 @@ def ensure_dataset(data: DataConfig, *, progress: bool = True, source: str | Non
     """
     if data.dataset == STDLIB:
         return _ensure_stdlib(data, progress, source)
-    path = Path(data.dataset).expanduser().absolute()
+    path = dataset_dir(data)
     try:
         meta = read_meta(path)
     except InvalidShardDir as e:
@@ -107,6 +107,13 @@ def stdlib_files() -> list[Path]:
     return sorted(f for f in files if f.is_file())
 
 
+def dataset_dir(data: DataConfig) -> Path:
+    """The directory of ``data``'s dataset (for ``stdlib``, its cache entry), prepared or not."""
+    if data.dataset == STDLIB:
+        return Path(data.cache_dir).expanduser().absolute() / stdlib_key(data)
+    return Path(data.dataset).expanduser().absolute()
+
+
 def stdlib_key(data: DataConfig) -> str:
     """The cache directory name: the corpus depends on the interpreter, the tokens on the
     tokenizer."""
@@ -116,9 +123,8 @@ def stdlib_key(data: DataConfig) -> str:
 
 
 def _ensure_stdlib(data: DataConfig, progress: bool, source: str | None) -> Path:
-    cache = Path(data.cache_dir).expanduser().absolute()
-    key = stdlib_key(data)
-    out = cache / key
+    out = dataset_dir(data)
+    cache, key = out.parent, out.name
     if _is_prepared(out):
         return out
     try:
