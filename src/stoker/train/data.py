@@ -76,8 +76,8 @@ def ensure_dataset(data: DataConfig, *, progress: bool = True, source: str | Non
 def fit_to_dataset(cfg: TrainConfig, shard_dir: Path, source: str | None = None) -> TrainConfig:
     """``cfg`` with the prepared dataset's tokenizer and vocabulary where it leaves them unset.
 
-    ``data.tokenizer`` and ``model.vocab_size`` (the preset's is the preset's guess, not the
-    config's) become the dataset's. Set, they must agree with it: the tokenizer is the one it
+    ``data.tokenizer`` and ``model.vocab_size`` (a preset's vocabulary does not count as set)
+    become the dataset's. Set, they must agree with it: the tokenizer is the one it
     was prepared with (`ensure_dataset`), ``model.vocab_size`` holds every token id (larger is
     padding, as GPT-2's 50304), and ``data.bpe_vocab_size`` of a directory made by `stoker data
     prepare` is its BPE's size (stdlib's is what its preparation asks for, and names its cache).
