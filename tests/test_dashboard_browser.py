@@ -230,6 +230,13 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
         assert float(row["used"]) == want["used"] and float(row["borrowed"]) == want["borrowed"]
         assert (float(row["nominal"]) if row["nominal"] else None) == want["nominal"]
         assert int(row["pending"]) == want["pending_jobs"]
+    admin.goto(f"/jobs/{cluster.sleeper}?rank=1")  # a command job: each rank its own log
+    assert admin.page.locator("#log-rank option").all_inner_texts() == \
+        ["rank 0", "rank 0", "rank 1"]
+    admin.page.wait_for_function("document.getElementById('log').textContent"
+                                 ".includes('sleeping')")
+    assert admin.goto(f"/jobs/{cluster.sleeper}?rank=2").status == 404
+    admin.errors.clear()  # the browser logs the 404 itself
     admin.goto("/queues?window=1h")  # bob's job has held 2 CPUs for the last few seconds
     admin.page.wait_for_selector("#queue-history[data-drawn]", state="attached")
     labels, data = admin.page.evaluate("""() => { const c = window.stokerQueueCharts["cpu cpu"];

@@ -3,6 +3,8 @@ nodes grouped by topology domain."""
 
 from __future__ import annotations
 
+from pathlib import Path, PurePosixPath
+
 import pytest
 
 from stoker.control.queue_history import held_over_time
@@ -54,3 +56,16 @@ def test_nodes_are_grouped_by_their_innermost_topology_domain() -> None:
         (("a", "r1"), ["n3", "n4"]), (("a", "r2"), ["n2"]), (("b", "r1"), ["n1"])]
     assert groups[0].allocated == {"gpu": 6} and groups[0].capacity == {"gpu": 16}
     assert [g.path for g in topology_groups(nodes, ())] == [()]
+
+
+def test_a_ranks_log_tail_keeps_its_own_whole_lines(tmp_path: Path) -> None:
+    from stoker.server.logs import read_chunk, read_tail
+
+    (tmp_path / "launcher.log").write_text(
+        "".join(f"[rank{i % 2}]: line {i}\n" for i in range(100)) + "[rank1]: half")
+    text, end = read_tail(tmp_path, PurePosixPath("launcher.log"), 200, "[rank1]:")
+    assert text.endswith("line 97\nline 99\n") and "rank" not in text and "half" not in text
+    more, _ = read_chunk(tmp_path, PurePosixPath("launcher.log"), end, 1000)
+    assert more == "[rank1]: half"  # the partial line is where the next read starts
+    whole, end_all = read_tail(tmp_path, PurePosixPath("launcher.log"), 10_000)
+    assert whole.startswith("[rank0]: line 0\n") and end_all == len(whole)

@@ -36,7 +36,7 @@ from stoker.server.auth import Principal, TokenBook
 from stoker.server.dashboard import dashboard_routes
 from stoker.server.docs import STATIC, redoc_html, swagger_html
 from stoker.server.edge import BodyLimit, clean_body, errors, json_errors, printable
-from stoker.server.logs import read_chunk
+from stoker.server.logs import log_source, read_chunk
 from stoker.server.metrics import Metrics
 from stoker.server.session import session_token
 from stoker.spec.api import (
@@ -317,14 +317,9 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         view = plane.job_views([job])[0]
         if rank is not None and rank >= view.ranks:
             raise HTTPException(404, f"job {job_id} has no rank {rank}")
-        # A training job on one machine has one log (its launcher's, each line prefixed by its
-        # rank); elsewhere (Ray) each rank has its own.
-        combined = view.kind == "train" and not plane.reconciler.executor.per_rank
-        index = 0 if combined or rank is None else rank
-        prefix = f"[rank{rank}]:" if combined and rank is not None else None
+        path, prefix = log_source(plane, job, view.kind, rank)
         try:
-            text, next_offset = read_chunk(plane.jobs_dir, plane.log_file(job, index),
-                                           offset, limit, prefix)
+            text, next_offset = read_chunk(plane.jobs_dir, path, offset, limit, prefix)
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
         done = job.state in TERMINAL and next_offset == offset

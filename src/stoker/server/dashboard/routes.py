@@ -26,7 +26,7 @@ from stoker.control.store import JobRecord
 from stoker.control.train_run import RunMetrics
 from stoker.server.auth import Principal, TokenBook
 from stoker.server.dashboard.format import FILTERS
-from stoker.server.logs import read_tail
+from stoker.server.logs import log_source, read_tail
 from stoker.server.session import (
     csrf_ok,
     csrf_token,
@@ -199,7 +199,8 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
                       next=link(page + 1) if page < pages else None, now=time.time())
 
     @router.get("/jobs/{job_id}", response_model=None)
-    def job_page(request: Request, job_id: int) -> Response:
+    def job_page(request: Request, job_id: int,
+                 rank: Annotated[int | None, Query(ge=0)] = None) -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
@@ -209,10 +210,13 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         detail = plane.job_detail(job)
         detail.progress = run_metrics.progress(job)
         detail.checkpoints = run_metrics.checkpoints(job)
-        log, log_offset = read_tail(plane.jobs_dir, plane.log_file(job, 0), LOG_TAIL)
+        if rank is not None and rank >= detail.ranks:
+            return not_found(request, me, f"job {job_id} has no rank {rank}")
+        path, prefix = log_source(plane, job, detail.kind, rank)
+        log, log_offset = read_tail(plane.jobs_dir, path, LOG_TAIL, prefix)
         may_cancel = (me.who.admin or job.tenant == me.who.name) and job.state not in TERMINAL
         return render(request, "job.html", me, title=f"Job {job.id}", job=detail, log=log,
-                      log_offset=log_offset, may_cancel=may_cancel,
+                      log_offset=log_offset, log_rank=rank, may_cancel=may_cancel,
                       over=job.state in TERMINAL, now=time.time())
 
     @router.post("/jobs/{job_id}/cancel", response_model=None)

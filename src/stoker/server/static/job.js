@@ -162,7 +162,9 @@
   async function pollLog() {
     let chunk;
     try {
-      const response = await fetch(`/v1/jobs/${id}/logs?offset=${logOffset}`, {credentials: "same-origin"});
+      const query = new URLSearchParams({offset: String(logOffset)});
+      if (root.dataset.logRank) query.set("rank", root.dataset.logRank);
+      const response = await fetch(`/v1/jobs/${id}/logs?${query}`, {credentials: "same-origin"});
       if (!response.ok) return;
       chunk = await response.json();
     } catch (e) {
