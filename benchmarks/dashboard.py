@@ -29,9 +29,9 @@ from stoker.control.sql_store import SqlStore
 from stoker.control.store import NewJob
 from stoker.server.process import ServerProcess
 from stoker.spec.api import JobState
+from stoker.spec.job import JobSpec
 
 BENCH_QUICK = ["--jobs", "2000", "--requests", "10"]
-from stoker.spec.job import JobSpec
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "bench-admin", "STOKER_TOKEN_ALICE": "bench-alice",
           "STOKER_TOKEN_BOB": "bench-bob"}
