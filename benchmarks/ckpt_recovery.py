@@ -39,7 +39,7 @@ from stoker.train.heartbeat import read_heartbeats
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["train.steps=40", "checkpoint.interval_steps=10", "train.eval_interval=0",
              "telemetry.live=false", "train.log_interval=100"]
-BENCH_QUICK = ["--repeats", "1", "--kill-after", "12"]
+BENCH_QUICK = ["--repeats", "1", "--kill-after", "15"]
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
-BENCH_QUICK = ["--microbatches", "4", "--steps", "2"]
+BENCH_QUICK = ["--microbatches", "4", "--steps", "1"]
 STAGE_WORK = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk")
 SEQ_LEN, SEQS_PER_MICROBATCH = 128, 2
 

@@ -142,7 +142,7 @@ def naive_first_fit(nodes: list[Node], running: list[RunningJob], pending: list[
 
 
 Variant = tuple[Callable[[], object] | None, Callable[[], object]]  # (untimed setup, timed)
-BENCH_QUICK = ["--pending", "2000", "--nodes", "200", "--repeat", "3"]
+BENCH_QUICK = ["--repeat", "3"]
 # Each row's figure name for `stoker bench`.
 FIGURE_NAMES = {"baseline: build snapshot": "build snapshot", "baseline: naive first-fit":
                 "first-fit", "fifo": "fifo", "fifo, first victims' flavor": "fifo first victims",

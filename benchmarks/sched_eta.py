@@ -34,7 +34,7 @@ from stoker.sim.run import Cut, SimInputs, prepare
 
 TRACE = (Path(__file__).resolve().parents[2] / "shared" / "traces" / "alibaba-openb-2023"
          / "openb_pod_list_default.csv")
-BENCH_QUICK = ["--max-jobs", "300", "--arrival-scale", "8"]
+BENCH_QUICK = ["--arrival-scale", "8"]
 
 
 class EstimatingSimulator(Simulator):

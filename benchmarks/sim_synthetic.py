@@ -22,7 +22,7 @@ from stoker.sim.policies import POLICIES
 from stoker.sim.run import SimInputs, prepare_trace, run_policy
 
 GOAL_S = 60.0
-BENCH_QUICK = ["--jobs", "5000", "--nodes", "100"]
+BENCH_QUICK = ["--jobs", "20000", "--nodes", "200"]
 
 
 def main() -> None:
