@@ -297,7 +297,7 @@ def report_figures(prefix: str, arms: list[Arm], nano: Arm) -> None:
     for arm in arms:
         name = f"{prefix} {arm.name}"
         figure(f"{name} tokens/s", arm.rates, "tokens/s", "higher")
-        figure(f"{name} tokens/cpu-s", arm.cpu_rates, "tokens/s", "higher")
+        figure(f"{name} tokens/cpu-s", arm.cpu_rates, "tokens/cpu-s", "higher")
         if arm is nano:
             continue
         figure(f"{name} / nanogpt", [a / b for a, b in zip(arm.rates, nano.rates, strict=True)],
