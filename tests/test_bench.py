@@ -14,7 +14,10 @@ import pytest
 from stoker.bench.compare import judge
 from stoker.bench.figures import ENV
 from stoker.bench.records import summarise
+from stoker.bench.runner import discover
 from stoker.cli.main import main
+
+REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = '''
 import os, sys
@@ -148,3 +151,12 @@ def test_judge_weighs_a_change_against_both_sides_noise() -> None:
     assert judge(one, summarise("ms", "lower", [10.4]), 3.0, 0.05) == "same"
     assert judge(one, summarise("ms", "lower", [10.6]), 3.0, 0.05) == "worse"
 
+
+
+def test_every_benchmark_script_reports_figures_and_has_quick_arguments() -> None:
+    suites = discover(REPO / "benchmarks")
+    assert len(suites) >= 20
+    for suite in suites.values():
+        source = suite.script.read_text()
+        assert "from stoker.bench.figures import figure" in source, suite.name
+        assert suite.quick, f"{suite.name}: no BENCH_QUICK"
