@@ -30,11 +30,13 @@ from pathlib import Path
 
 import httpx
 
+from stoker.bench.figures import figure
 from stoker.control.pg_local import LocalPostgres
 from stoker.server.process import ServerProcess
 
 TOKENS = {"STOKER_TOKEN": "bench-tenant", "STOKER_ADMIN_TOKEN": "bench-admin"}
 JOB = {"name": "bench", "queue": "default", "command": [sys.executable, "-c", "pass"]}
+BENCH_QUICK = ["--jobs", "100", "--concurrency", "8"]
 
 
 async def hammer(n: int, concurrency: int,
@@ -142,6 +144,24 @@ def main() -> None:
         (a, ra), (b, rb) = results.items()
         for name in ra:
             print(f"{name}: {b} / {a} = {rb[name][0] / ra[name][0]:.2f}x")
+    report_figures(rounds)
+
+
+def report_figures(rounds: dict[str, list[Results]]) -> None:
+    """Each store's rates per round against the same round's baseline, and every latency."""
+    base = "GET /healthz (baseline)"
+    for store, runs in rounds.items():
+        for name, short in (("POST /v1/jobs", "post"), ("GET /v1/jobs/{id}", "get")):
+            figure(f"{store} {short} / healthz", [r[name][0] / r[base][0] for r in runs], "x",
+                   "higher")
+            figure(f"{store} {short} rate", [r[name][0] for r in runs], "req/s", "higher")
+            figure(f"{store} {short} latency", [t * 1e3 for r in runs for t in r[name][1]],
+                   "ms", "lower")
+        figure(f"{store} healthz rate", [r[base][0] for r in runs], "req/s", "higher")
+    if len(rounds) == 2:
+        (a, ra), (b, rb) = rounds.items()
+        figure(f"{b} / {a} post", [y["POST /v1/jobs"][0] / x["POST /v1/jobs"][0]
+                                   for x, y in zip(ra, rb, strict=True)], "x", "higher")
 
 
 if __name__ == "__main__":

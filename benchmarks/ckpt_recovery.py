@@ -32,12 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stoker.bench.figures import figure
 from stoker.observe.events import read_events
 from stoker.train.heartbeat import read_heartbeats
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["train.steps=40", "checkpoint.interval_steps=10", "train.eval_interval=0",
              "telemetry.live=false", "train.log_interval=100"]
+BENCH_QUICK = ["--repeats", "1", "--kill-after", "15"]
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
@@ -105,6 +107,11 @@ def main() -> None:
     result["total_vs_cold_start"] = result["total_s"] / result["cold_start_s"]
     result["goal_total_s"] = 15.0
     print(json.dumps(result, indent=1))
+    figure("recovery / cold start", [r["total_s"] / r["cold_start_s"] for r in rows], "x",
+           "lower")
+    figure("recovery total", [r["total_s"] for r in rows], "s", "lower")
+    figure("restart", [r["restart_s"] for r in rows], "s", "lower")
+    figure("cold start", [r["cold_start_s"] for r in rows], "s", "lower")
 
 
 if __name__ == "__main__":

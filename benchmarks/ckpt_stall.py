@@ -32,9 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
+from stoker.bench.figures import figure
 from stoker.spec.train import PRESETS, CheckpointConfig
 from stoker.train.checkpoint import Checkpointer
 from stoker.train.model import Transformer
+
+BENCH_QUICK = ["--dim", "256", "--vocab", "8192", "--repeats", "2", "--baseline-steps", "5"]
 
 
 class Loop:
@@ -144,6 +147,11 @@ def main() -> None:
               "ratio_blocked": blocked / sync, "ratio_incl_slower_steps": stall / sync,
               "goal": 0.05}
     print(json.dumps(result, indent=1))
+    kept = rows[1:]
+    figure("async / sync blocked", [r[3] / r[1] for r in kept], "x", "lower")
+    figure("async / sync incl. slower steps", [r[4] / r[1] for r in kept], "x", "lower")
+    figure("sync stall", [r[1] for r in kept], "s", "lower")
+    figure("async blocked", [r[3] for r in kept], "s", "lower")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,12 @@ from pathlib import Path
 
 import torch
 
+from stoker.bench.figures import figure
 from stoker.spec.train import CheckpointConfig
 from stoker.train.checkpoint import Checkpointer, step_dir
 from stoker.train.ckpt_manifest import read_manifest
+
+BENCH_QUICK = ["--mb", "128", "--repeats", "2"]
 
 
 def make_state(total_mb: int) -> dict[str, object]:
@@ -82,6 +85,9 @@ def main() -> None:
               "checkpoint_mb_per_s": statistics.median(ck),
               "ratio": statistics.median(ck) / statistics.median(dd), "goal": 0.70}
     print(json.dumps(result, indent=1))
+    figure("checkpoint / dd", [c / d for c, d in zip(ck, dd, strict=True)], "x", "higher")
+    figure("checkpoint write", ck, "MB/s", "higher")
+    figure("dd write", dd, "MB/s", "higher")
 
 
 if __name__ == "__main__":

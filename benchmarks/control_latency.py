@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 
 TRAIN = {
@@ -47,6 +48,7 @@ queues = ["q"]
 cpus = 2
 """
 PARTS = ("submit", "schedule", "launch", "runtime", "first step")
+BENCH_QUICK = ["--repeats", "1"]
 
 
 def first_step(run_dir: Path, timeout: float = 600) -> tuple[float, float]:
@@ -138,6 +140,11 @@ def report(rows: dict[str, list[dict[str, float]]], repeats: int) -> None:
     overhead = med("server", "total") - med("direct", "total")
     print(f"via server / direct: {ratio:.2f}x (control-plane overhead {overhead:+.2f} s)")
     print(json.dumps(rows))
+    pairs = list(zip(rows["server"], rows["direct"], strict=True))
+    figure("server / direct", [s["total"] / d["total"] for s, d in pairs], "x", "lower")
+    figure("control-plane overhead", [s["total"] - d["total"] for s, d in pairs], "s", "lower")
+    figure("server total", [s["total"] for s in rows["server"]], "s", "lower")
+    figure("direct total", [d["total"] for d in rows["direct"]], "s", "lower")
 
 
 if __name__ == "__main__":

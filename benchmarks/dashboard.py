@@ -23,12 +23,15 @@ from pathlib import Path
 
 import httpx
 
+from stoker.bench.figures import figure
 from stoker.control.plane import make_state_dirs
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import NewJob
 from stoker.server.process import ServerProcess
 from stoker.spec.api import JobState
 from stoker.spec.job import JobSpec
+
+BENCH_QUICK = ["--jobs", "2000", "--requests", "10"]
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "bench-admin", "STOKER_TOKEN_ALICE": "bench-alice",
           "STOKER_TOKEN_BOB": "bench-bob"}
@@ -106,20 +109,21 @@ def main() -> None:
             assert listed.headers["X-Total-Count"] == str(args.jobs), listed.headers
             page = client.get("/", headers={"Authorization": f"Bearer {admin}"}).text
             assert f"{args.jobs} jobs" in page and "QUEUED" in page
-            rows = [
-                ("GET /healthz (baseline)", "/healthz", admin),
-                ("API /v1/jobs?limit=50&order=desc, admin", "/v1/jobs?limit=50&order=desc",
-                 admin),
-                ("API /v1/jobs?limit=50&order=desc, tenant", "/v1/jobs?limit=50&order=desc",
-                 alice),
-                ("page /, admin", "/", admin),
-                ("page /, tenant", "/", alice),
-                ("page /?page=150, admin", "/?page=150", admin),
-                ("page /?state=SUCCEEDED&queue=bob", "/?state=SUCCEEDED&queue=bob", admin),
-                ("API /v1/jobs, all (unpaginated)", "/v1/jobs", admin),
+            rows = [  # (printed name, figure name, path, token)
+                ("GET /healthz (baseline)", "healthz", "/healthz", admin),
+                ("API /v1/jobs?limit=50&order=desc, admin", "api jobs admin",
+                 "/v1/jobs?limit=50&order=desc", admin),
+                ("API /v1/jobs?limit=50&order=desc, tenant", "api jobs tenant",
+                 "/v1/jobs?limit=50&order=desc", alice),
+                ("page /, admin", "jobs page admin", "/", admin),
+                ("page /, tenant", "jobs page tenant", "/", alice),
+                ("page /?page=150, admin", "deep page admin", "/?page=150", admin),
+                ("page /?state=SUCCEEDED&queue=bob", "filtered page",
+                 "/?state=SUCCEEDED&queue=bob", admin),
+                ("API /v1/jobs, all (unpaginated)", "api all jobs", "/v1/jobs", admin),
             ]
             results = {name: timed(client, path, token, args.requests)
-                       for name, path, token in rows}
+                       for name, _, path, token in rows}
     base = statistics.median(results[rows[0][0]])
     print(f"{args.requests} sequential requests each after a warm-up")
     print(f"{'request':<44}{'p50 ms':>9}{'p95 ms':>9}{'vs baseline':>13}")
@@ -128,6 +132,13 @@ def main() -> None:
         p50 = statistics.median(lat)
         p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
         print(f"{name:<44}{p50 * 1e3:>9.1f}{p95 * 1e3:>9.1f}{p50 / base:>12.1f}x")
+    for name, short, _, _ in rows:
+        lat = results[name]
+        figure(short, [t * 1e3 for t in lat], "ms", "lower")
+        if short != "healthz":
+            figure(f"{short} / healthz", [t / base for t in lat], "x", "lower")
+            figure(f"p95 {short}", lat[min(len(lat) - 1, int(0.95 * len(lat)))] * 1e3, "ms",
+                   "lower")
 
 
 if __name__ == "__main__":

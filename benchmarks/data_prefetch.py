@@ -23,11 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stoker.bench.figures import figure
 from stoker.train import data as data_mod
 from stoker.train.data import TokenLoader
 from stoker.train.shards import prepare
 
 SEQ, GLOBAL, MICRO = 64, 8, 2
+BENCH_QUICK = ["--steps", "20", "--repeats", "2"]
 
 
 def make_dataset(root: Path) -> Path:
@@ -77,9 +79,13 @@ def main() -> None:
         data_mod._make_batch = slow_disk(args.read_ms / 1e3)  # type: ignore[assignment]
         base: list[float] = []
         ahead: list[float] = []
+        ratios: list[float] = []
         for r in range(args.repeats):
-            base += waits(shards, 0, args.steps, args.compute_ms / 1e3)
-            ahead += waits(shards, 2, args.steps, args.compute_ms / 1e3)
+            base_r = waits(shards, 0, args.steps, args.compute_ms / 1e3)
+            ahead_r = waits(shards, 2, args.steps, args.compute_ms / 1e3)
+            base += base_r
+            ahead += ahead_r
+            ratios.append(statistics.median(ahead_r) / statistics.median(base_r))
             print(f"repeat {r}: median wait {statistics.median(base) * 1e3:.2f} ms without "
                   f"prefetch, {statistics.median(ahead) * 1e3:.3f} ms with", flush=True)
     result = {"read_ms": args.read_ms, "compute_ms": args.compute_ms,
@@ -89,6 +95,9 @@ def main() -> None:
               "prefetch2_wait_ms_p90": statistics.quantiles(ahead, n=10)[-1] * 1e3,
               "ratio": statistics.median(ahead) / statistics.median(base)}
     print(json.dumps(result, indent=1))
+    figure("prefetch / no prefetch", ratios, "x", "lower")
+    figure("prefetch wait", [w * 1e3 for w in ahead], "ms", "lower")
+    figure("no prefetch wait", [w * 1e3 for w in base], "ms", "lower")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from stoker.bench.figures import figure
 from stoker.health.runner import run_checks
 from stoker.spec.health import HealthConfig
+
+BENCH_QUICK = ["--runs", "2", "--ranks", "2"]
 
 
 def _join(rank: int, world: int, port: int) -> None:
@@ -84,6 +87,12 @@ def main() -> None:
     console.print(f"all-reduce probe / bare spawn: {ratio:.2f}x")
     console.print(f"false positives: {len(failures)} of {args.runs} runs"
                   + "".join(f"\n  {f}" for f in failures))
+    figure("allreduce / bare spawn",
+           [a / b for a, b in zip(durations["allreduce"], spawn, strict=True)], "x", "lower")
+    for name, values in durations.items():
+        figure(name, values, "s", "lower")
+    figure("bare spawn", spawn, "s", "lower")
+    figure("false positives", len(failures), "runs", "lower")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stoker.bench.figures import figure
 from stoker.observe.flops import flops_per_token
 from stoker.spec.train import PRESETS, ModelShape, OptimConfig, ParallelConfig
 from stoker.train.optim import build_optimizer
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = {"tiny": (16, 128), "gpt2-124m": (2, 256)}  # size -> (batch, seq_len)
 DEFAULT_STEPS = {"tiny": 8, "gpt2-124m": 2}
 CPU = torch.device("cpu")
+BENCH_QUICK = ["--sizes", "tiny", "--repeats", "2", "--steps", "tiny=1", "--warmup", "1"]
 
 
 # ---------------------------------------------------------------------- the nanoGPT-style GPT-2
@@ -286,6 +288,24 @@ def main(argv: list[str] | None = None) -> None:
                        f"{cpu_ratio:.3f}",
                        f"{cpu_ratio * arm.flops_per_token / nano.flops_per_token:.3f}")
                 print("| " + " | ".join(row) + " |", flush=True)
+            report_figures(f"{size} {'compile' if compile_ else 'eager'}", arms, nano)
+
+
+def report_figures(prefix: str, arms: list[Arm], nano: Arm) -> None:
+    """Each arm's rates per round, and each arm's ratios to nanogpt's in the same round."""
+    flops = {arm.name: arm.flops_per_token / nano.flops_per_token for arm in arms}
+    for arm in arms:
+        name = f"{prefix} {arm.name}"
+        figure(f"{name} tokens/s", arm.rates, "tokens/s", "higher")
+        figure(f"{name} tokens/cpu-s", arm.cpu_rates, "tokens/cpu-s", "higher")
+        if arm is nano:
+            continue
+        figure(f"{name} / nanogpt", [a / b for a, b in zip(arm.rates, nano.rates, strict=True)],
+               "x", "higher")
+        cpu_ratios = [a / b for a, b in zip(arm.cpu_rates, nano.cpu_rates, strict=True)]
+        figure(f"{name} / nanogpt cpu", cpu_ratios, "x", "higher")
+        figure(f"{name} flop / nanogpt cpu", [r * flops[arm.name] for r in cpu_ratios], "x",
+               "higher")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stoker.bench.figures import figure
 from stoker.control.pg_local import LocalPostgres
 from stoker.server.process import ServerProcess, kill_jobs
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "bench-admin", "STOKER_TOKEN": "bench-tenant"}
+BENCH_QUICK = ["--repeats", "2"]
 CLUSTER = """
 [scheduler]
 interval = {interval}
@@ -127,6 +129,10 @@ def main() -> None:
         print(f"{what:<24} median {statistics.median(values):.3f} s of {len(rows)} "
               f"(min {min(values):.3f}, max {max(values):.3f})")
     print(f"the job: {done['state']}, started {starts} time(s), adopted {adopts} time(s)")
+    figure("failover to leading", [r[0] for r in rows], "s", "lower")
+    figure("failover to recovered", [r[1] for r in rows], "s", "lower")
+    figure("failover to first reconcile", [r[2] for r in rows], "s", "lower")
+    figure("job starts", starts, "starts", "lower")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
+BENCH_QUICK = ["--microbatches", "4", "--steps", "1"]
 STAGE_WORK = ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk")
 SEQ_LEN, SEQS_PER_MICROBATCH = 128, 2
 
@@ -121,17 +122,18 @@ def rank_main(rank: int, pp: int, schedule: str, microbatches: int, steps: int, 
         dist.destroy_process_group()
 
 
-def measure(pp: int, schedule: str, microbatches: int, steps: int, port: int) -> float:
-    """The mean idle fraction over ranks and measured steps."""
+def measure(pp: int, schedule: str, microbatches: int, steps: int, port: int) -> list[float]:
+    """The idle fraction of each rank in each measured step."""
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     mp.start_processes(rank_main, args=(pp, schedule, microbatches, steps, port, out),
                        nprocs=pp, start_method="spawn")
-    fractions = [f for _ in range(pp) for f in out.get()[1]]
-    return statistics.mean(fractions)
+    return [f for _ in range(pp) for f in out.get()[1]]
 
 
 def main(argv: list[str] | None = None) -> None:
+    from stoker.bench.figures import figure
+
     args = parse_args(argv)
     rows = []
     port = args.port
@@ -140,7 +142,13 @@ def main(argv: list[str] | None = None) -> None:
             theory = (pp - 1) / (m + pp - 1)
             for schedule in SCHEDULES:
                 port += 1
-                idle = measure(pp, schedule, m, args.steps, port)
+                fractions = measure(pp, schedule, m, args.steps, port)
+                idle = statistics.mean(fractions)
+                name = f"pp{pp} m{m} {schedule}"
+                figure(f"{name} idle", [f * 100 for f in fractions], "%", "lower")
+                if theory > 0:
+                    figure(f"{name} idle / theory", [f / theory for f in fractions], "x",
+                           "lower")
                 rows.append({"pp": pp, "microbatches": m, "schedule": schedule,
                              "idle_measured": round(idle, 3),
                              "bubble_1f1b_theory": round(theory, 3)})

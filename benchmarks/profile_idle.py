@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from stoker.bench.figures import figure
 from stoker.observe.live import NullDisplay
 from stoker.spec import loading
 from stoker.spec.train import TrainConfig
@@ -30,6 +31,7 @@ from stoker.train.distributed import init_distributed
 from stoker.train.trainer import Trainer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
+BENCH_QUICK = ["--steps", "8", "--calls", "2000"]
 
 
 def per_call_s(fn: object, calls: int) -> float:
@@ -57,13 +59,18 @@ def main() -> None:
         trainer = Trainer(cfg, Path(tmp), init_distributed(cfg.parallel, cfg.train),
                           ensure_dataset(cfg.data), display=NullDisplay())
         assert trainer.run() == "completed"
-        step_s = statistics.median(r["step_time_s"] for r in trainer.stats.records[3:])
+        steps_s = [r["step_time_s"] for r in trainer.stats.records[3:]]
+        step_s = statistics.median(steps_s)
         ask_s = per_call_s(trainer._profile_ask, args.calls)
         test_s = per_call_s(lambda: trainer.capture is not None, args.calls)
     idle = ask_s + test_s
     print(f"median step {step_s * 1e3:.2f} ms; per idle step: request look {ask_s * 1e6:.2f} us"
           f" + capture test {test_s * 1e9:.0f} ns = {idle * 1e6:.2f} us "
           f"= {idle / step_s:.5%} of the step")
+    figure("idle cost / step", idle / step_s * 100, "%", "lower")
+    figure("request look", ask_s * 1e6, "us", "lower")
+    figure("capture test", test_s * 1e9, "ns", "lower")
+    figure("step", [s * 1e3 for s in steps_s], "ms", "lower")
 
 
 if __name__ == "__main__":

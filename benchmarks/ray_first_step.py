@@ -36,10 +36,12 @@ from typing import Any
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray on 127.0.0.1 only; before import
 
+from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "bench-admin", "STOKER_TOKEN": "bench"}
+BENCH_QUICK = ["--repeats", "1"]
 TRAIN: dict[str, Any] = {
     "model": {"preset": "tiny", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2,
               "ffn_hidden": 128},
@@ -171,6 +173,12 @@ def main() -> None:
     ratio = statistics.median(r["total"] for r in results["ray"]) / statistics.median(
         r["total"] for r in results["local"])
     print(f"Ray / local, submit -> first step: {ratio:.2f}x")
+    pairs = list(zip(results["ray"], results["local"], strict=True))
+    figure("ray / local", [r["total"] / x["total"] for r, x in pairs], "x", "lower")
+    for name in ("ray", "local"):
+        figure(f"{name} total", [r["total"] for r in results[name]], "s", "lower")
+        figure(f"{name} first step", [r["first step"] for r in results[name]], "s", "lower")
+    figure("ray reservation", [r["reservation"] for r in results["ray"]], "s", "lower")
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from stoker.bench.figures import figure
 from stoker.control.executor import LaunchPlan, ProcessPlan
 from stoker.control.isolation import Isolation, find_sandbox, runtime_paths, tenant_identity
 from stoker.control.local_executor import LocalExecutor
 from stoker.spec.cluster import IsolationConfig
+
+BENCH_QUICK = ["--repeats", "3", "--ranks", "2"]
 
 
 def plan(jobs: Path, job_id: int, ranks: int, code: str) -> LaunchPlan:
@@ -86,6 +89,11 @@ def main() -> None:
     print(f"ratio sandboxed/plain {boxed / plain:.2f}; added to the launch "
           f"{boxed - plain:.3f} s, per rank {(boxed - plain) / args.ranks:.3f} s "
           "(goal <= 0.5 s per rank)")
+    pairs = list(zip(times["sandboxed"], times["plain"], strict=True))
+    figure("sandboxed / plain", [b / p for b, p in pairs], "x", "lower")
+    figure("added per rank", [(b - p) / args.ranks for b, p in pairs], "s", "lower")
+    figure("sandboxed launch", times["sandboxed"], "s", "lower")
+    figure("plain launch", times["plain"], "s", "lower")
 
 
 if __name__ == "__main__":

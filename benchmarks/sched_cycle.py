@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from stoker.bench.figures import figure
 from stoker.sched import (
     GPU,
     UNLIMITED,
@@ -141,10 +142,18 @@ def naive_first_fit(nodes: list[Node], running: list[RunningJob], pending: list[
 
 
 Variant = tuple[Callable[[], object] | None, Callable[[], object]]  # (untimed setup, timed)
+BENCH_QUICK = ["--repeat", "3"]
+# Each row's figure name for `stoker bench`.
+FIGURE_NAMES = {"baseline: build snapshot": "build snapshot", "baseline: naive first-fit":
+                "first-fit", "fifo": "fifo", "fifo, first victims' flavor": "fifo first victims",
+                "fifo, fair sharing": "fifo fair sharing", "fifo, admission fair sh.": "fifo afs",
+                "las": "las", "sjf": "sjf", "fifo, cold": "fifo cold",
+                "fifo, empty cluster": "fifo empty cluster"}
 
 
-def timed(variants: dict[str, Variant], repeat: int) -> dict[str, tuple[float, float, object]]:
-    """Median CPU and wall seconds of each variant, and its last result.
+def timed(variants: dict[str, Variant], repeat: int,
+          ) -> dict[str, tuple[float, float, object, list[float]]]:
+    """Median CPU and wall seconds of each variant, its last result and every CPU time.
 
     The variants run interleaved (one of each, ``repeat`` times) so that load from other jobs
     on the shared machine falls on all of them alike, each after its setup and a full garbage
@@ -163,8 +172,8 @@ def timed(variants: dict[str, Variant], repeat: int) -> dict[str, tuple[float, f
             results[name] = fn()
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
-    return {name: (statistics.median(cpu[name]), statistics.median(wall[name]), results[name])
-            for name in variants}
+    return {name: (statistics.median(cpu[name]), statistics.median(wall[name]), results[name],
+                   cpu[name]) for name in variants}
 
 
 def main() -> None:
@@ -232,7 +241,7 @@ def main() -> None:
           f"pending; median of {args.repeat} interleaved runs")
     naive = times["baseline: naive first-fit"][0]
     print(f"{'':28} {'CPU ms':>8} {'wall ms':>8} {'vs naive':>8}")
-    for name, (cpu, wall, result) in times.items():
+    for name, (cpu, wall, result, _) in times.items():
         line = f"{name:28} {cpu * 1e3:8.1f} {wall * 1e3:8.1f} {cpu / naive:8.2f}"
         if isinstance(result, Decisions):
             line += (f"  {len(result.admit)} admitted, {len(result.preempt)} preempted, "
@@ -240,6 +249,19 @@ def main() -> None:
         elif isinstance(result, int):
             line += f"  {result} admitted"
         print(line)
+    report_figures(times)
+
+
+def report_figures(times: dict[str, tuple[float, float, object, list[float]]]) -> None:
+    """Each row's CPU times and, for the scheduler's rows, each run against the first-fit
+    baseline of the same round (the variants run interleaved)."""
+    naive = times["baseline: naive first-fit"][3]
+    for name, (_, _, _, cpu) in times.items():
+        short = FIGURE_NAMES[name]
+        figure(f"{short} cycle", [c * 1e3 for c in cpu], "ms", "lower")
+        if not name.startswith("baseline"):
+            figure(f"{short} / first-fit", [c / n for c, n in zip(cpu, naive, strict=True)],
+                   "x", "lower")
 
 
 if __name__ == "__main__":

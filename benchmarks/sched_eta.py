@@ -26,6 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
+from stoker.bench.figures import figure
 from stoker.sched import estimate_starts
 from stoker.sim.engine import SimOptions, Simulator
 from stoker.sim.policies import POLICIES, resolve
@@ -33,6 +34,7 @@ from stoker.sim.run import Cut, SimInputs, prepare
 
 TRACE = (Path(__file__).resolve().parents[2] / "shared" / "traces" / "alibaba-openb-2023"
          / "openb_pod_list_default.csv")
+BENCH_QUICK = ["--arrival-scale", "8"]
 
 
 class EstimatingSimulator(Simulator):
@@ -69,7 +71,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def report(name: str, errors: list[float], predicted_waits: list[float]) -> None:
+def report(name: str, errors: list[float], predicted_waits: list[float]) -> float:
+    """Print one row; return the share of jobs within 10% of the predicted wait."""
     absolute = [abs(e) for e in errors]
     close = sum(a <= 60 for a in absolute) / len(errors)
     relative = sum(a <= max(60.0, 0.1 * w) for a, w in zip(absolute, predicted_waits,
@@ -79,6 +82,7 @@ def report(name: str, errors: list[float], predicted_waits: list[float]) -> None
     print(f"{name:22} {statistics.median(errors) / 60:9.1f} {percentile(absolute, 0.5) / 60:9.1f}"
           f" {percentile(absolute, 0.9) / 60:9.1f} {percentile(absolute, 0.99) / 60:9.1f}"
           f" {close:8.1%} {relative:8.1%} {late:7.1%} {early:7.1%}")
+    return relative
 
 
 def main() -> None:
@@ -111,8 +115,18 @@ def main() -> None:
           f"estimating {sim.estimate_seconds:.1f} s")
     print(f"{'error (min)':22} {'median':>9} {'|p50|':>9} {'|p90|':>9} {'|p99|':>9} "
           f"{'<=1 min':>8} {'<=10%':>8} {'late':>7} {'early':>7}")
-    report("estimate_starts", errors, waits)
-    report("baseline: starts now", naive, [0.0] * len(naive))
+    within = report("estimate_starts", errors, waits)
+    naive_within = report("baseline: starts now", naive, [0.0] * len(naive))
+    absolute = [abs(e) / 60 for e in errors]
+    naive_absolute = [abs(e) / 60 for e in naive]
+    if percentile(naive_absolute, 0.9) > 0:
+        figure("estimate / starts now abs p90",
+               percentile(absolute, 0.9) / percentile(naive_absolute, 0.9), "x", "lower")
+    figure("estimate abs error", absolute, "min", "lower")
+    figure("starts now abs error", naive_absolute, "min", "lower")
+    figure("estimate within 10%", within * 100, "%", "higher")
+    figure("starts now within 10%", naive_within * 100, "%", "higher")
+    figure("estimating time", sim.estimate_seconds, "s", "lower")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ import json
 import time
 from pathlib import Path
 
+from stoker.bench.figures import figure
 from stoker.sim import synth
 from stoker.sim.engine import SimOptions
 from stoker.sim.policies import POLICIES
 from stoker.sim.run import SimInputs, prepare_trace, run_policy
 
 GOAL_S = 60.0
+BENCH_QUICK = ["--jobs", "20000", "--nodes", "200"]
 
 
 def main() -> None:
@@ -51,6 +53,11 @@ def main() -> None:
             "load": round(s["load"], 3), "finished": s["finished"],
             "wait_p95_h": round(s["wait_h"]["p95"], 3), "utilization": round(s["utilization"], 3),
             "preemptions": s["preemptions"]}))
+        figure(f"{policy} wall / goal", s["wall_seconds"] / GOAL_S, "x", "lower")
+        figure(f"{policy} wall", s["wall_seconds"], "s", "lower")
+        figure(f"{policy} ms per call", 1000 * s["sched_seconds"] / max(s["sched_calls"], 1),
+               "ms", "lower")
+        figure(f"{policy} wait p95", s["wait_h"]["p95"], "h", "lower")
 
 
 if __name__ == "__main__":

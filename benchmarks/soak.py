@@ -47,6 +47,7 @@ import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
 from stoker.train.checkpoint import step_dir
@@ -58,6 +59,7 @@ KINDS = ("kill", "hang", "node")
 RANKS = 2
 HANG_TIMEOUT_S = 10.0
 NODES = 4
+BENCH_QUICK = ["--steps", "50", "--faults", "1", "--backoff", "1"]
 CLUSTER = f"""
 [flavors.cpu]
 {"".join(f'''
@@ -297,6 +299,18 @@ def show(report: Report, console: Console) -> None:
                   f"({report.steps_done} steps, mismatched {report.mismatched_steps[:10]})")
 
 
+def report_figures(report: Report) -> None:
+    ratio = report.goodput.get("ratio")
+    if ratio is not None:
+        figure("goodput", ratio * 100, "%", "higher")
+    if report.reference_s > 0:
+        figure("soak / reference", report.soak_s / report.reference_s, "x", "lower")
+    figure("soak", report.soak_s, "s", "lower")
+    figure("reference", report.reference_s, "s", "lower")
+    figure("torn checkpoints", len(report.torn), "checkpoints", "lower")
+    figure("loss mismatches", len(report.mismatched_steps), "steps", "lower")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -312,6 +326,7 @@ def main() -> None:
     report = run(args.minutes, args.fault_interval, args.faults, args.seed, args.steps, console,
                  args.backoff)
     show(report, console)
+    report_figures(report)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
 

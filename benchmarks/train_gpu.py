@@ -23,6 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stoker.bench.figures import figure
+
+BENCH_NEEDS = "cuda"
+BENCH_QUICK = ["--steps", "5", "--warmup", "3"]
 ROOT = Path(__file__).resolve().parents[1]
 CASES: dict[str, list[str]] = {
     # nanoGPT's GPT-2 124M setting: micro-batches of 8 x 1024 tokens.
@@ -89,6 +93,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         "peak_mem_gib": max(r["peak_mem_bytes"] for r in recs) / 2**30,
         "loss_first": trainer.stats.records[0]["loss"],
         "loss_last": recs[-1]["loss"],
+        "step_times_ms": [1e3 * r["step_time_s"] for r in recs],
+        "tokens_per_s_steps": [r["tokens_per_s"] for r in recs],
+        "mfu_steps": [r["mfu"] for r in recs],
     }
 
 
@@ -123,6 +130,11 @@ def main() -> None:
         print(f"{r['case']:<12} {r['tokens_per_step']:>11} {r['step_time_ms']:>9.1f} "
               f"{r['tokens_per_s']:>10.0f} {r['mfu']:>7.1%} {r['peak_mem_gib']:>8.1f}  "
               f"{r['loss_first']:.2f}->{r['loss_last']:.2f}  {r['peak_source']}")
+    for r in rows:
+        figure(f"{r['case']} tokens/s", r["tokens_per_s_steps"], "tokens/s", "higher")
+        figure(f"{r['case']} step", r["step_times_ms"], "ms", "lower")
+        figure(f"{r['case']} mfu", [m * 100 for m in r["mfu_steps"]], "%", "higher")
+        figure(f"{r['case']} peak memory", r["peak_mem_gib"], "GiB", "lower")
 
 
 if __name__ == "__main__":

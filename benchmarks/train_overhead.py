@@ -31,7 +31,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from stoker.bench.figures import figure
+
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_QUICK = ["--steps", "10", "--warmup", "2", "--set", "model.dim=64",
+               "--set", "model.n_layers=2", "--set", "model.n_heads=2",
+               "--set", "model.n_kv_heads=2", "--set", "model.ffn_hidden=128",
+               "--set", "train.seq_len=32", "--set", "train.global_batch_size=8",
+               "--set", "train.micro_batch_size=4"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,6 +159,10 @@ def worker(args: argparse.Namespace) -> None:
             "scoring_per_step_s": sum(scoring) / (len(times["stoker"]) + args.warmup),
             "data_wait_fraction": sum(r["data_wait_s"] for r in recs)
             / sum(r["step_time_s"] for r in recs),
+            "baseline_s": times["baseline"],
+            "stoker_s": times["stoker"],
+            "unscored_s": times["unscored"],
+            "data_wait_fractions": [r["data_wait_s"] / r["step_time_s"] for r in recs],
         }
         args.out.write_text(json.dumps(result))
     if dist.is_initialized():
@@ -204,6 +215,22 @@ def main() -> None:
               f"{r['stoker_median_s'] * 1e3:>10.1f} {ratio:>7.3f} {mean_ratio:>11.3f} "
               f"{r['data_wait_fraction']:>10.2%} {r['unscored_median_s'] * 1e3:>12.1f} "
               f"{scored:>16.3f} {r['scoring_per_step_s'] / r['stoker_mean_s']:>8.3%}")
+    for r in rows:
+        report_figures(r)
+
+
+def report_figures(row: dict[str, Any]) -> None:
+    """The figures of one world size; the arms alternate step by step, so steps pair up."""
+    ranks = f"{row['world_size']} rank" + ("s" if row["world_size"] > 1 else "")
+    pairs = zip(row["stoker_s"], row["baseline_s"], strict=False)
+    figure(f"stoker / baseline {ranks}", [s / b for s, b in pairs], "x", "lower")
+    figure(f"stoker step {ranks}", [s * 1e3 for s in row["stoker_s"]], "ms", "lower")
+    figure(f"baseline step {ranks}", [s * 1e3 for s in row["baseline_s"]], "ms", "lower")
+    figure(f"data wait {ranks}", [f * 100 for f in row["data_wait_fractions"]], "%", "lower")
+    scored = zip(row["stoker_s"], row["unscored_s"], strict=False)
+    figure(f"straggler scored / unscored {ranks}", [s / u for s, u in scored], "x", "lower")
+    figure(f"straggler scoring share {ranks}",
+           [100 * row["scoring_per_step_s"] / row["stoker_mean_s"]], "%", "lower")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ TRAIN: dict[str, Any] = {
     "optim": {"warmup_steps": 2},
     "train": {"name": "dash", "steps": STEPS, "global_batch_size": 4, "micro_batch_size": 4,
               "seq_len": 64, "eval_interval": 10, "log_interval": 1},
+    "checkpoint": {"interval_steps": 10, "async": False},
     "telemetry": {"live": False},
 }
 
@@ -193,6 +194,11 @@ def latest_per_step(path: Path) -> dict[int, float | None]:
     return out
 
 
+def latest_records(path: Path) -> dict[int, dict[str, Any]]:
+    """Step -> the last record of each step."""
+    return {r["step"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
 def test_jobs_page_lists_the_running_training_job(cluster: Cluster, alice: Tab) -> None:
     wait(cluster.server, cluster.train, {"RUNNING", "SUCCEEDED"})
     alice.goto("/")
@@ -224,6 +230,20 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
         assert float(row["used"]) == want["used"] and float(row["borrowed"]) == want["borrowed"]
         assert (float(row["nominal"]) if row["nominal"] else None) == want["nominal"]
         assert int(row["pending"]) == want["pending_jobs"]
+    admin.goto(f"/jobs/{cluster.sleeper}?rank=1")  # a command job: each rank its own log
+    assert admin.page.locator("#log-rank option").all_inner_texts() == \
+        ["rank 0", "rank 0", "rank 1"]
+    admin.page.wait_for_function("document.getElementById('log').textContent"
+                                 ".includes('sleeping')")
+    assert admin.goto(f"/jobs/{cluster.sleeper}?rank=2").status == 404
+    admin.errors.clear()  # the browser logs the 404 itself
+    admin.goto("/queues?window=1h")  # bob's job has held 2 CPUs for the last few seconds
+    admin.page.wait_for_selector("#queue-history[data-drawn]", state="attached")
+    labels, data = admin.page.evaluate("""() => { const c = window.stokerQueueCharts["cpu cpu"];
+        return [c.series.map(s => s.label), c.data]; }""")
+    bob = labels.index("bob")
+    assert labels[bob + 1] == "bob nominal" and set(data[bob + 1]) == {1}
+    assert 0 < data[bob][-1] <= 2 and data[bob][0] == 0 and len(data[0]) == 120
     shot(admin, cluster, "queues")
     with cluster.server.client("admin-t") as c:
         nodes, usage = c.nodes(), c.usage()["rows"]
@@ -266,6 +286,24 @@ def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice:
     expected = latest_per_step(run)
     assert steps == list(range(1, STEPS + 1)) == sorted(expected)
     assert losses == [expected[s] for s in steps]
+    records = latest_records(run)
+    steps, total, data_wait, _fwd_bwd, optim = alice.page.evaluate(
+        "() => window.stokerCharts.breakdown.data")
+    assert total == [pytest.approx(1000 * records[s]["step_time_s"]) for s in steps]
+    assert optim == [pytest.approx(1000 * records[s]["optim_s"]) for s in steps]
+    assert data_wait == [pytest.approx(1000 * records[s]["data_wait_s"]) for s in steps]
+    _, memory = alice.page.evaluate("() => window.stokerCharts.memory.data")
+    assert memory == [records[s]["peak_mem_bytes"] for s in steps]
+    heat = alice.page.evaluate("() => window.stokerHeat")
+    assert heat["ranks"] == 1 and heat["steps"] == STEPS and heat["means"] == [1]
+    with cluster.server.client("alice-t") as client:
+        api = client.job(cluster.train)
+    alice.goto(f"/jobs/{cluster.train}")  # the list is as of the page's load
+    rows = alice.page.locator("table.checkpoints tbody tr")
+    assert [c["step"] for c in api["checkpoints"] if c["committed"]] == [20, 30]  # keep_last 2
+    assert [int(rows.nth(i).get_attribute("data-step")) for i in range(rows.count())] == [30, 20]
+    newest = api["checkpoints"][-1]["bytes"]
+    assert f"committed\t{newest / 2**20:.1f} MiB" in rows.nth(0).inner_text()
     box = alice.page.locator("#chart-loss canvas").bounding_box()
     assert box is not None and box["width"] > 200 and box["height"] > 100
     assert alice.page.locator("#progress [data-key=step]").inner_text() == f"{STEPS} / {STEPS}"

@@ -223,6 +223,56 @@ def test_missing_or_invalid_dataset_names_the_key(tmp_path: Path, byte_dir: Path
     assert e.value.key == "data.tokenizer"
 
 
+def _run_config(tmp_path: Path, shard_dir: Path, **given: str) -> Path:
+    """A small run on ``shard_dir``; ``given``: "section.key" = TOML value."""
+    lines = {"model": ['preset = "tiny"', "dim = 64", "n_layers = 1", "n_heads = 2",
+                       "n_kv_heads = 2"],
+             "data": [f'dataset = "{shard_dir}"'],
+             "train": ["seq_len = 32", "global_batch_size = 4", "micro_batch_size = 2"]}
+    for key, value in given.items():
+        section, name = key.split(".")
+        lines[section].append(f"{name} = {value}")
+    path = tmp_path / "run.toml"
+    path.write_text("".join(f"[{s}]\n" + "\n".join(body) + "\n" for s, body in lines.items()))
+    return path
+
+
+def test_a_prepared_dataset_gives_its_tokenizer_and_vocabulary(tmp_path: Path,
+                                                               bpe_dir: Path) -> None:
+    from stoker.spec import loading
+    from stoker.spec.train import TrainConfig
+    from stoker.train.launch import prepare_run
+    from stoker.train.run_dir import unlock_run_dir
+
+    vocab = read_meta(bpe_dir).vocab_size
+    cfg, run_dir = prepare_run(_run_config(tmp_path, bpe_dir), (), 1, tmp_path / "run")
+    unlock_run_dir(run_dir)
+    assert (cfg.data.tokenizer, cfg.model.shape().vocab_size) == ("bpe", vocab)  # tiny's: 256
+    assert loading.load(TrainConfig, run_dir / "config.toml") == cfg  # what the ranks read
+    padded, _ = prepare_run(_run_config(tmp_path, bpe_dir, **{"model.vocab_size": "512"}), (),
+                            1, tmp_path / "padded")
+    unlock_run_dir(tmp_path / "padded")
+    assert padded.model.shape().vocab_size == 512  # rows no token uses: allowed
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("data.tokenizer", '"byte"', ["'byte'", "'bpe'"]),
+    ("model.vocab_size", "300", ["300", "(VOCAB tokens in"]),
+    ("data.bpe_vocab_size", "4096", ["4096", "has VOCAB tokens"]),
+])
+def test_a_config_that_disagrees_with_its_dataset_is_refused(
+        tmp_path: Path, bpe_dir: Path, key: str, value: str, words: list[str]) -> None:
+    from stoker.train.launch import prepare_run
+
+    config = _run_config(tmp_path, bpe_dir, **{key: value})
+    with pytest.raises(ConfigError) as e:
+        prepare_run(config, (), 1, tmp_path / "run")
+    assert e.value.key == key and str(e.value).startswith(f"{config}: {key}: ")
+    vocab = str(read_meta(bpe_dir).vocab_size)
+    assert all(w.replace("VOCAB", vocab) in e.value.reason for w in words)  # both values
+    assert not (tmp_path / "run").exists()  # refused before anything is made
+
+
 @pytest.mark.slow
 def test_stdlib_dataset_is_prepared_once_even_by_racing_processes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

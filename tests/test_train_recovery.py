@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from stoker.observe.events import read_events
+from stoker.spec.errors import StokerError
 from stoker.spec.loading import to_toml
 from stoker.train.checkpoint import list_steps, step_dir
 from stoker.train.exitcodes import EXIT_PREEMPTED
@@ -238,3 +239,40 @@ def test_export_consolidates_the_sharded_checkpoint(reference: Path, tmp_path: P
     model = Transformer(shape)
     model.load_state_dict(load_file(out))  # strict: the plain model's names and shapes
     assert CliRunner().invoke(app, [str(reference), "--step", "9", "--to", str(out)]).exit_code
+
+
+def test_export_hf_loads_in_transformers_with_the_same_logits(
+        reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    import typer
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from stoker.cli import export_cmd
+    from stoker.spec.train import TrainConfig
+    from stoker.train.model import Transformer
+
+    app = typer.Typer()
+    export_cmd.register(app)
+    out = tmp_path / "hf"
+    result = CliRunner().invoke(app, [str(reference), "--to", str(out), "--format", "hf"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["eos_token_id"] == 0
+    assert config["max_position_embeddings"] == CONFIG["train"]["seq_len"]
+
+    plain = tmp_path / "model.safetensors"
+    assert CliRunner().invoke(app, [str(reference), "--to", str(plain)]).exit_code == 0
+    model = Transformer(TrainConfig.model_validate(CONFIG).model.shape())
+    model.load_state_dict(load_file(plain))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # local files only
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tokens = torch.randint(0, 256, (2, CONFIG["train"]["seq_len"]),
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert float((model(tokens) - hf(tokens).logits).abs().max()) < 1e-4
+
+    bad = CliRunner().invoke(app, [str(reference), "--to", str(out), "--format", "gguf"])
+    assert isinstance(bad.exception, StokerError) and "--format" in str(bad.exception)

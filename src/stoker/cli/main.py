@@ -9,6 +9,7 @@ from rich.console import Console
 
 from stoker.cli import (
     analyze_cmd,
+    bench_cmd,
     config_cmd,
     data_cmd,
     export_cmd,
@@ -34,7 +35,7 @@ app = typer.Typer(
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
                sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd,
-               analyze_cmd):
+               analyze_cmd, bench_cmd):
     module.register(app)
 
 

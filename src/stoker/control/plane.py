@@ -29,6 +29,7 @@ from stoker.control.launch import log_relpath
 from stoker.control.leader import AdvisoryLease, Leadership, server_id
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes, node_record
+from stoker.control.queue_history import RESOURCES, held_over_time
 from stoker.control.quotas import current_quota, merged_quota, usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
 from stoker.control.run_telemetry import read_stragglers
@@ -84,6 +85,8 @@ from stoker.spec.api import (
     NodeDetail,
     NodeEventView,
     NodeView,
+    QueueHistory,
+    QueueSeries,
     QueueUsage,
     RoleView,
     ServerSettings,
@@ -475,6 +478,26 @@ class ControlPlane:
                        pending_jobs=pending[u.queue], running_jobs=running[u.queue])
             for u in usage(snapshot) if u.queue in wanted
         ]
+
+    def queue_history(self, queues: Iterable[str] | None, window_s: float,
+                      buckets: int) -> QueueHistory:
+        """What each queue (every one, or ``queues``) held of each flavor's GPUs and CPUs over
+        the last ``window_s`` seconds, per bucket (`stoker.control.queue_history`), beside
+        each one's nominal quota as configured now."""
+        end = time.time()
+        start = end - window_s
+        wanted = set(queues) if queues is not None else None
+        held = held_over_time(self.store.attempts(start=start, end=end), start, end, buckets,
+                              end)
+        nominal = {(u.queue, u.flavor, u.resource): u.nominal
+                   for u in self.queue_usage(queues) if u.resource in RESOURCES}
+        keys = sorted(k for k in set(held) | set(nominal) if wanted is None or k[0] in wanted)
+        series = [QueueSeries(queue=q, flavor=f, resource=r, nominal=nominal.get((q, f, r)),
+                              held=[round(x, 6) for x in held.get((q, f, r), [0.0] * buckets)])
+                  for q, f, r in keys]
+        step = window_s / buckets
+        return QueueHistory(start=start, end=end, step_s=step,
+                            times=[start + i * step for i in range(buckets)], series=series)
 
     def set_quota(self, queue: str, flavor: str, quota: Quota, actor: str) -> QuotaRecord:
         """Replace a queue's quota of one flavor from the next cycle on, if the cluster stays

@@ -14,8 +14,10 @@ from stoker.control.metrics_index import MetricsBook, MetricsIndex, MetricsSlice
 from stoker.control.states import TERMINAL
 from stoker.control.store import JobRecord
 from stoker.spec import loading
-from stoker.spec.api import ProgressView
+from stoker.spec.api import CheckpointView, ProgressView
 from stoker.spec.train import TrainConfig
+from stoker.train.ckpt_layout import list_steps, step_dir
+from stoker.train.ckpt_manifest import TornCheckpoint, read_manifest
 
 RECENT = 20  # steps averaged for throughput, MFU and the ETA
 _MAX_CONFIGS = 4096
@@ -23,7 +25,8 @@ _MAX_CONFIGS = 4096
 
 @dataclass(frozen=True)
 class TrainRun:
-    metrics: PurePosixPath  # relative to the jobs directory
+    root: PurePosixPath  # the run directory, relative to the jobs directory
+    metrics: PurePosixPath  # likewise
     steps: int
 
 
@@ -49,7 +52,8 @@ def _parse(job: JobRecord) -> TrainRun | None:
     except Exception:  # a config of an older version: no run to read
         return None
     name = PurePosixPath(cfg.telemetry.metrics_file)  # relative, checked at submission
-    return TrainRun(PurePosixPath(str(job.id), RUN) / name, cfg.train.steps)
+    root = PurePosixPath(str(job.id), RUN)
+    return TrainRun(root, root / name, cfg.train.steps)
 
 
 class RunMetrics:
@@ -76,6 +80,27 @@ class RunMetrics:
         except PermissionError:
             return None
         return progress(recent, run.steps, job.state in TERMINAL)
+
+
+    def checkpoints(self, job: JobRecord) -> list[CheckpointView]:
+        """The run's checkpoint directories, oldest first, from their manifests alone."""
+        run = train_run(job)
+        if run is None:
+            return []
+        root = self.jobs_dir / run.root
+        found = []
+        try:
+            for step in list_steps(root):
+                try:
+                    m = read_manifest(step_dir(root, step))
+                except TornCheckpoint:
+                    found.append(CheckpointView(step=step, committed=False))
+                    continue
+                found.append(CheckpointView(step=step, committed=True, bytes=m.total_bytes,
+                                            created=m.created))
+        except PermissionError:
+            return []
+        return found
 
 
 def progress(recent: list[dict[str, Any]], steps: int, over: bool) -> ProgressView | None:

@@ -36,7 +36,7 @@ from stoker.server.auth import Principal, TokenBook
 from stoker.server.dashboard import dashboard_routes
 from stoker.server.docs import STATIC, redoc_html, swagger_html
 from stoker.server.edge import BodyLimit, clean_body, errors, json_errors, printable
-from stoker.server.logs import read_chunk
+from stoker.server.logs import log_source, read_chunk
 from stoker.server.metrics import Metrics
 from stoker.server.session import session_token
 from stoker.spec.api import (
@@ -54,6 +54,7 @@ from stoker.spec.api import (
     NodeDetail,
     NodeView,
     PriorityChange,
+    QueueHistory,
     QueueUsage,
     QuotaUpdate,
     Requeue,
@@ -224,10 +225,12 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 413, 422))
     def get_job(job_id: int, who: Who) -> JobDetail:
         """A job, its events, why each failed attempt failed, its goodput and, for a training
-        job that has recorded a step, its ``progress`` (step, loss, tokens/s, MFU, ETA)."""
+        job that has recorded a step, its ``progress`` (step, loss, tokens/s, MFU, ETA) and
+        its ``checkpoints``."""
         job = own_job(job_id, who)
         detail = plane.job_detail(job)
         detail.progress = run_metrics.progress(job)
+        detail.checkpoints = run_metrics.checkpoints(job)
         return detail
 
     @app.get("/v1/jobs/{job_id}/metrics", tags=["jobs"],
@@ -314,14 +317,9 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         view = plane.job_views([job])[0]
         if rank is not None and rank >= view.ranks:
             raise HTTPException(404, f"job {job_id} has no rank {rank}")
-        # A training job on one machine has one log (its launcher's, each line prefixed by its
-        # rank); elsewhere (Ray) each rank has its own.
-        combined = view.kind == "train" and not plane.reconciler.executor.per_rank
-        index = 0 if combined or rank is None else rank
-        prefix = f"[rank{rank}]:" if combined and rank is not None else None
+        path, prefix = log_source(plane, job, view.kind, rank)
         try:
-            text, next_offset = read_chunk(plane.jobs_dir, plane.log_file(job, index),
-                                           offset, limit, prefix)
+            text, next_offset = read_chunk(plane.jobs_dir, path, offset, limit, prefix)
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
         done = job.state in TERMINAL and next_offset == offset
@@ -330,6 +328,17 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
     @app.get("/v1/queues", tags=["queues"], responses=AUTH)
     def queues(who: Who) -> list[QueueUsage]:
         return plane.queue_usage(None if who.admin else who.queues)
+
+    @app.get("/v1/queues/history", tags=["queues"], responses=errors(401, 413, 422))
+    def queue_history(
+        who: Who,
+        window: Annotated[float, Query(ge=60, le=90 * 86400)] = 86400,
+        buckets: Annotated[int, Query(ge=1, le=1000)] = 120,
+    ) -> QueueHistory:
+        """What each queue held of each flavor's GPUs and CPUs over the last ``window``
+        seconds, as the mean per bucket, beside its nominal quota (as configured now): every
+        queue for the admin, a tenant's own queues only."""
+        return plane.queue_history(None if who.admin else who.queues, window, buckets)
 
     @app.get("/v1/usage", tags=["queues"], responses=errors(401, 413, 422))
     def usage(who: Who, since: Annotated[float | None, Query(ge=0, le=1e11)] = None

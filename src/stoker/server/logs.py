@@ -6,10 +6,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from stoker.control.safe_fs import open_beneath
 
+if TYPE_CHECKING:
+    from stoker.control.plane import ControlPlane
+    from stoker.control.store import JobRecord
+
 MAX_CHUNK = 1 << 20
+
+
+def log_source(plane: ControlPlane, job: JobRecord, kind: str,
+               rank: int | None) -> tuple[PurePosixPath, str | None]:
+    """Where rank ``rank``'s log is (None: the job's first log, whole): (file, the prefix of
+    its lines there, or None). A training job on one machine has one log, its launcher's, each
+    line prefixed by its rank; elsewhere (Ray, command jobs) each rank has its own."""
+    combined = kind == "train" and not plane.reconciler.executor.per_rank
+    index = 0 if combined or rank is None else rank
+    prefix = f"[rank{rank}]:" if combined and rank is not None else None
+    return plane.log_file(job, index), prefix
 
 
 def read_chunk(root: Path, relative: PurePosixPath, offset: int, limit: int,
@@ -32,9 +48,12 @@ def read_chunk(root: Path, relative: PurePosixPath, offset: int, limit: int,
     return b"".join(lines).decode(errors="replace"), offset + end
 
 
-def read_tail(root: Path, relative: PurePosixPath, limit: int) -> tuple[str, int]:
+def read_tail(root: Path, relative: PurePosixPath, limit: int,
+              line_prefix: str | None = None) -> tuple[str, int]:
     """The last ``limit`` bytes of ``root/relative`` from a line's start: (text, the offset
-    after it, where a reader of what follows starts). A missing or unsafe file reads as empty."""
+    after it, where a reader of what follows starts). With ``line_prefix``, only the whole
+    lines among them that start with it, as `read_chunk` reads them. A missing or unsafe file
+    reads as empty."""
     try:
         fd = open_beneath(root, relative)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -46,4 +65,11 @@ def read_tail(root: Path, relative: PurePosixPath, limit: int) -> tuple[str, int
     end = start + len(data)
     if start > 0:
         data = data[data.find(b"\n") + 1:]  # from the first whole line
+    if line_prefix is not None:
+        whole = data.rfind(b"\n") + 1
+        end -= len(data) - whole  # a partial last line is read next time
+        prefix = line_prefix.encode()
+        data = b"".join(line[len(prefix):].lstrip(b" ")
+                        for line in data[:whole].splitlines(keepends=True)
+                        if line.startswith(prefix))
     return data.decode(errors="replace"), end

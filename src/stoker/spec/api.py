@@ -295,6 +295,17 @@ class ProgressView(BaseModel):
     updated_at: float | None  # the last record's time
 
 
+class CheckpointView(BaseModel):
+    """One checkpoint directory of a training job's run: ``committed`` once its manifest is
+    written (its files are not re-checked here; resume does that), with the manifest's total
+    ``bytes`` and ``created`` time; an uncommitted one is being written, or was torn."""
+
+    step: int
+    committed: bool
+    bytes: int | None = None
+    created: float | None = None
+
+
 class AttemptView(BaseModel):
     """One allocation of the job from the accounting store: its ``hold``-th admission on one
     ``flavor`` (one row per flavor), ``admitted_at`` to ``ended_at`` (None: still held),
@@ -337,6 +348,7 @@ class JobDetail(JobView):
     attempts: list[AttemptView] = []  # its allocations, oldest first
     goodput: GoodputView | None = None
     progress: ProgressView | None = None  # a training job that has recorded a step
+    checkpoints: list[CheckpointView] = []  # a training job's, oldest first
     stragglers: list[StragglerView] = []  # a training job's, oldest first
 
 
@@ -433,6 +445,29 @@ class QueueUsage(BaseModel):
     borrowed: float
     pending_jobs: int
     running_jobs: int
+
+
+class QueueSeries(BaseModel):
+    """One queue's holding of one resource on one flavor: the mean per bucket, and its
+    nominal quota as configured now (None: no quota of it)."""
+
+    queue: str
+    flavor: str
+    resource: str
+    held: list[float]
+    nominal: float | None
+
+
+class QueueHistory(BaseModel):
+    """``GET /v1/queues/history``: [``start``, ``end``) cut into buckets of ``step_s``
+    seconds (``times``: each bucket's start), and the series of every queue, flavor and
+    resource (GPUs, CPUs) held at some time in the window or with a nominal quota."""
+
+    start: float
+    end: float
+    step_s: float
+    times: list[float]
+    series: list[QueueSeries]
 
 
 class NodeView(BaseModel):

@@ -63,6 +63,7 @@ from stoker.spec.errors import StokerError
 from stoker.spec.train import CheckpointConfig
 from stoker.train import faults
 from stoker.train.ckpt_interval import AutoInterval, gang_mtbf
+from stoker.train.ckpt_layout import CHECKPOINTS, STEP_PREFIX, list_steps, step_dir
 from stoker.train.ckpt_manifest import (
     MANIFEST,
     DigestingWriter,
@@ -75,27 +76,8 @@ from stoker.train.ckpt_manifest import (
 )
 from stoker.train.ckpt_retention import to_delete
 
-CHECKPOINTS = "checkpoints"
-_PREFIX = "step-"
 RUN_META = "stoker.json"  # rank 0's: the config saved under, the schedule's start (resume_check)
 WRITER_NICE = 10  # CPU share of a background save's threads when they compete with training
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"{_PREFIX}{step:08d}"
-
-
-def list_steps(run_dir: Path) -> list[int]:
-    """Steps of every checkpoint directory under ``run_dir`` (committed or not), ascending."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    steps = []
-    for p in root.iterdir():
-        tail = p.name.removeprefix(_PREFIX)
-        if p.is_dir() and p.name.startswith(_PREFIX) and tail.isdigit():
-            steps.append(int(tail))
-    return sorted(steps)
 
 
 def find_latest(run_dir: Path, events: EventLog | None = None,
@@ -457,7 +439,7 @@ class Checkpointer:
         """Clear a leftover directory of the same step (a torn save of an earlier attempt)
         before any rank writes into it."""
         if self.rank == 0 and path.exists():
-            self.events.emit("checkpoint_overwrite", step=int(path.name.removeprefix(_PREFIX)),
+            self.events.emit("checkpoint_overwrite", step=int(path.name.removeprefix(STEP_PREFIX)),
                              path=str(path), committed=(path / MANIFEST).is_file())
             (path / MANIFEST).unlink(missing_ok=True)
             shutil.rmtree(path)

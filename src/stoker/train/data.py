@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 
 from stoker.spec.errors import ConfigError, StokerError
-from stoker.spec.train import DataConfig
+from stoker.spec.train import DataConfig, TrainConfig
 from stoker.train.shards import (
     InvalidShardDir,
     ShardDirExists,
@@ -62,7 +62,7 @@ def ensure_dataset(data: DataConfig, *, progress: bool = True, source: str | Non
     """
     if data.dataset == STDLIB:
         return _ensure_stdlib(data, progress, source)
-    path = Path(data.dataset).expanduser().absolute()
+    path = dataset_dir(data)
     try:
         meta = read_meta(path)
     except InvalidShardDir as e:
@@ -71,6 +71,30 @@ def ensure_dataset(data: DataConfig, *, progress: bool = True, source: str | Non
         raise ConfigError(source, "data.tokenizer", f"{data.tokenizer!r}, but {path} was "
                           f"prepared with {meta.tokenizer!r}")
     return path
+
+
+def fit_to_dataset(cfg: TrainConfig, shard_dir: Path, source: str | None = None) -> TrainConfig:
+    """``cfg`` with the prepared dataset's tokenizer and vocabulary where it leaves them unset.
+
+    ``data.tokenizer`` and ``model.vocab_size`` (a preset's vocabulary does not count as set)
+    become the dataset's. Set, they must agree with it: the tokenizer is the one it
+    was prepared with (`ensure_dataset`), ``model.vocab_size`` holds every token id (larger is
+    padding, as GPT-2's 50304), and ``data.bpe_vocab_size`` of a directory made by `stoker data
+    prepare` is its BPE's size (stdlib's is what its preparation asks for, and names its cache).
+    """
+    meta = read_meta(shard_dir)
+    data, model = cfg.data, cfg.model
+    bpe_given = "bpe_vocab_size" in data.model_fields_set and data.dataset != STDLIB
+    if bpe_given and meta.tokenizer == "bpe" and data.bpe_vocab_size != meta.vocab_size:
+        raise ConfigError(source, "data.bpe_vocab_size", f"{data.bpe_vocab_size}, but the BPE "
+                          f"of {shard_dir} has {meta.vocab_size} tokens")
+    if model.vocab_size is not None and model.vocab_size < meta.vocab_size:
+        raise ConfigError(source, "model.vocab_size", f"{model.vocab_size} is smaller than the "
+                          f"dataset's vocabulary ({meta.vocab_size} tokens in {shard_dir})")
+    return cfg.model_copy(update={
+        "data": data.model_copy(update={"tokenizer": meta.tokenizer}),
+        "model": model.model_copy(update={"vocab_size": model.vocab_size or meta.vocab_size}),
+    })
 
 
 def stdlib_files() -> list[Path]:
@@ -83,6 +107,13 @@ def stdlib_files() -> list[Path]:
     return sorted(f for f in files if f.is_file())
 
 
+def dataset_dir(data: DataConfig) -> Path:
+    """The directory of ``data``'s dataset (for ``stdlib``, its cache entry), prepared or not."""
+    if data.dataset == STDLIB:
+        return Path(data.cache_dir).expanduser().absolute() / stdlib_key(data)
+    return Path(data.dataset).expanduser().absolute()
+
+
 def stdlib_key(data: DataConfig) -> str:
     """The cache directory name: the corpus depends on the interpreter, the tokens on the
     tokenizer."""
@@ -92,9 +123,8 @@ def stdlib_key(data: DataConfig) -> str:
 
 
 def _ensure_stdlib(data: DataConfig, progress: bool, source: str | None) -> Path:
-    cache = Path(data.cache_dir).expanduser().absolute()
-    key = stdlib_key(data)
-    out = cache / key
+    out = dataset_dir(data)
+    cache, key = out.parent, out.name
     if _is_prepared(out):
         return out
     try:

@@ -1,7 +1,8 @@
 """`stoker train`: check everything that can be checked once, then start N local ranks through
 torch.distributed.elastic (the machinery behind torchrun).
 
-    prepare_run(): validate config + world size, prepare the dataset, create and lock RUN_DIR
+    prepare_run(): validate config + world size, prepare the dataset (and take its tokenizer
+                   and vocabulary where the config leaves them unset), create and lock RUN_DIR
                    (RUN_DIR/.lock, held for the launcher's life: a second run into it is
                    refused), refuse to start over a run it holds without --resume, and write
                    the resolved RUN_DIR/config.toml (before any rank starts)
@@ -59,16 +60,14 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
     from stoker.train.checkpoint import resolve_resume
-    from stoker.train.data import ensure_dataset  # imports torch: only once the config is good
+    from stoker.train.data import ensure_dataset, fit_to_dataset  # imports torch: config is good
     from stoker.train.resume_check import check_fits
-    from stoker.train.shards import read_meta
-    from stoker.train.trainer import check_vocab
 
     try:
-        shard_dir = ensure_dataset(cfg.data)
-        check_vocab(cfg.model.shape().vocab_size, read_meta(shard_dir).vocab_size, shard_dir)
+        cfg = fit_to_dataset(cfg, ensure_dataset(cfg.data), str(config_path))
     except ConfigError as e:
         raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
+    cfg.check_world_size(nproc, str(config_path))  # again: the vocabulary may be the dataset's
     run_dir = make_run_dir(cfg.train.name, run_dir)
     lock_run_dir(run_dir, record=False)
     try:

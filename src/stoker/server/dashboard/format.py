@@ -70,6 +70,18 @@ def hours(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 3600:,.2f}"
 
 
+def size(count: int | None) -> str:
+    """Bytes in binary units: 512 B, 1.5 KiB, 2.0 GiB."""
+    if count is None:
+        return "-"
+    value, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 FILTERS: dict[str, Any] = {"amount": amount, "amounts": amounts, "number": number,
                            "duration": duration, "clock": clock, "percent": percent,
-                           "hours": hours}
+                           "hours": hours, "bytes": size}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from stoker.control.store import JobRecord
 from stoker.control.train_run import RunMetrics
 from stoker.server.auth import Principal, TokenBook
 from stoker.server.dashboard.format import FILTERS
-from stoker.server.logs import read_tail
+from stoker.server.logs import log_source, read_tail
 from stoker.server.session import (
     csrf_ok,
     csrf_token,
@@ -34,14 +35,50 @@ from stoker.server.session import (
     session_token,
     start_session,
 )
-from stoker.spec.api import JobState
+from stoker.spec.api import JobState, NodeView
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 50
 LOG_TAIL = 16 << 10
 WINDOWS = {"all": None, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 MAX_ID = (1 << 63) - 1
+HISTORY_WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+HISTORY_BUCKETS = 120  # the Queues page's history: points per chart
 GROUPS = ("tenant", "queue", "flavor")  # the Usage page's accounting, grouped by
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """The nodes under one topology domain (its label at each level, outermost first)."""
+
+    path: tuple[str, ...]
+    nodes: list[NodeView]
+
+    @property
+    def capacity(self) -> dict[str, float]:
+        return _sum(n.capacity for n in self.nodes)
+
+    @property
+    def allocated(self) -> dict[str, float]:
+        return _sum(n.allocated for n in self.nodes)
+
+
+def _sum(amounts: Iterable[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for a in amounts:
+        for k, v in a.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def topology_groups(nodes: list[NodeView], levels: tuple[str, ...]) -> list[NodeGroup]:
+    """The nodes grouped by their innermost topology domain, domains in label order; one
+    group of all when the cluster has no topology."""
+    groups: dict[tuple[str, ...], list[NodeView]] = {}
+    for node in nodes:
+        path = tuple(str(node.labels.get(level, "-")) for level in levels)
+        groups.setdefault(path, []).append(node)
+    return [NodeGroup(path, members) for path, members in sorted(groups.items())]
 
 
 @dataclass(frozen=True)
@@ -162,7 +199,8 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
                       next=link(page + 1) if page < pages else None, now=time.time())
 
     @router.get("/jobs/{job_id}", response_model=None)
-    def job_page(request: Request, job_id: int) -> Response:
+    def job_page(request: Request, job_id: int,
+                 rank: Annotated[int | None, Query(ge=0)] = None) -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
@@ -171,10 +209,14 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
             return not_found(request, me, f"no job {job_id}")
         detail = plane.job_detail(job)
         detail.progress = run_metrics.progress(job)
-        log, log_offset = read_tail(plane.jobs_dir, plane.log_file(job, 0), LOG_TAIL)
+        detail.checkpoints = run_metrics.checkpoints(job)
+        if rank is not None and rank >= detail.ranks:
+            return not_found(request, me, f"job {job_id} has no rank {rank}")
+        path, prefix = log_source(plane, job, detail.kind, rank)
+        log, log_offset = read_tail(plane.jobs_dir, path, LOG_TAIL, prefix)
         may_cancel = (me.who.admin or job.tenant == me.who.name) and job.state not in TERMINAL
         return render(request, "job.html", me, title=f"Job {job.id}", job=detail, log=log,
-                      log_offset=log_offset, may_cancel=may_cancel,
+                      log_offset=log_offset, log_rank=rank, may_cancel=may_cancel,
                       over=job.state in TERMINAL, now=time.time())
 
     @router.post("/jobs/{job_id}/cancel", response_model=None)
@@ -194,12 +236,18 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @router.get("/queues", response_model=None)
-    def queues_page(request: Request) -> Response:
+    def queues_page(request: Request, window: str = "24h") -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
-        rows = plane.queue_usage(None if me.who.admin else me.who.queues)
-        return render(request, "queues.html", me, title="Queues", rows=rows)
+        if window not in HISTORY_WINDOWS:
+            raise HTTPException(422, f"unknown window {window!r}: one of "
+                                + ", ".join(HISTORY_WINDOWS))
+        queues = None if me.who.admin else me.who.queues
+        rows = plane.queue_usage(queues)
+        history = plane.queue_history(queues, HISTORY_WINDOWS[window], HISTORY_BUCKETS)
+        return render(request, "queues.html", me, title="Queues", rows=rows, window=window,
+                      windows=list(HISTORY_WINDOWS), history=history.model_dump(mode="json"))
 
     @router.get("/nodes", response_model=None)
     def nodes_page(request: Request) -> Response:
@@ -207,7 +255,9 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         if me is None:
             return to_login(request)
         nodes = plane.node_views() if me.who.admin else []
-        return render(request, "nodes.html", me, title="Nodes", nodes=nodes)
+        levels = plane.cluster.topology
+        return render(request, "nodes.html", me, title="Nodes", nodes=nodes, levels=levels,
+                      groups=topology_groups(nodes, levels))
 
     @router.get("/usage", response_model=None)
     def usage_page(request: Request, window: str = "all", by: str = "tenant") -> Response:

@@ -1,14 +1,18 @@
-// Stoker dashboard, a job's page: its training metrics (loss, tokens/s, MFU) polled from
-// GET /v1/jobs/{id}/metrics (only the steps after the last one seen) and drawn with uPlot,
-// and its log tail polled from GET /v1/jobs/{id}/logs.
+// Stoker dashboard, a job's page: its training metrics (loss, tokens/s, MFU, the step-time
+// breakdown, peak memory) polled from GET /v1/jobs/{id}/metrics (only the steps after the last
+// one seen) and drawn with uPlot; every rank's step time as a heat map on a canvas; and its
+// log tail polled from GET /v1/jobs/{id}/logs.
 (function () {
   "use strict";
   const root = document.getElementById("job");
   if (!root) return;
   const id = root.dataset.job;
   const METRICS_MS = 2000, LOG_MS = 3000, RECENT = 20, LOG_KEEP = 256 * 1024;
-  const FIELDS = ["loss", "eval_loss", "tokens_per_s", "mfu", "step_time_s"];
-  const cols = {step: [], loss: [], eval_loss: [], tokens_per_s: [], mfu: [], step_time_s: []};
+  const FIELDS = ["loss", "eval_loss", "tokens_per_s", "mfu", "step_time_s", "data_wait_s",
+                  "fwd_bwd_s", "optim_s", "peak_mem_bytes", "rank_step_times"];
+  const cols = {step: []};
+  for (const f of FIELDS) cols[f] = [];
+  const HEAT_COLUMNS = 2000;  // more steps than this share a column (the slowest of them shows)
   let since = 0, revision = null, steps = Number(root.dataset.steps) || null;
   const charts = {};
   window.stokerCharts = charts;
@@ -26,9 +30,48 @@
   }
 
   function draw() {
+    const ms = (key) => cols[key].map((v) => (v == null ? null : 1000 * v));
     charts.loss.setData([cols.step, cols.loss, cols.eval_loss]);
     charts.throughput.setData([cols.step, cols.tokens_per_s]);
     charts.mfu.setData([cols.step, cols.mfu]);
+    charts.breakdown.setData([cols.step, ms("step_time_s"), ms("data_wait_s"), ms("fwd_bwd_s"),
+                              ms("optim_s")]);
+    charts.memory.setData([cols.step, cols.peak_mem_bytes]);
+    heat();
+  }
+
+  // Rows are ranks, columns steps; each cell is the rank's step time over the fastest rank's
+  // in that step: 1 (even) is pale, 1.5x or more is the darkest.
+  function heat() {
+    const canvas = document.getElementById("heat");
+    const rows = cols.rank_step_times.filter((r) => Array.isArray(r) && r.length);
+    if (!canvas || !rows.length) return;
+    const ranks = rows[0].length, width = Math.min(rows.length, HEAT_COLUMNS);
+    canvas.width = width;
+    canvas.height = ranks;
+    const ctx = canvas.getContext("2d"), sums = new Array(ranks).fill(0);
+    const ratios = rows.map((times) => {
+      const fastest = Math.min(...times);
+      return times.map((t) => (fastest > 0 ? t / fastest : 1));
+    });
+    ratios.forEach((r) => r.forEach((x, rank) => { sums[rank] += x; }));
+    for (let col = 0; col < width; col++) {
+      const from = Math.floor(col * ratios.length / width);
+      const to = Math.max(from + 1, Math.floor((col + 1) * ratios.length / width));
+      for (let rank = 0; rank < ranks; rank++) {
+        let worst = 1;
+        for (let i = from; i < to; i++) worst = Math.max(worst, ratios[i][rank] || 1);
+        const k = Math.min(1, (worst - 1) / 0.5);
+        ctx.fillStyle = `rgb(${244 - 64 * k}, ${241 - 171 * k}, ${234 - 204 * k})`;
+        ctx.fillRect(col, rank, 1, 1);
+      }
+    }
+    const means = sums.map((x) => x / ratios.length);
+    const slowest = means.indexOf(Math.max(...means));
+    window.stokerHeat = {ranks: ranks, steps: ratios.length, means: means, slowest: slowest};
+    document.getElementById("heat-note").textContent = ranks < 2 ? "one rank" :
+      `slowest on average: rank ${slowest}, ${(100 * (means[slowest] - 1)).toFixed(1)}% ` +
+      "over the fastest rank of each step";
   }
 
   function show(key, text) {
@@ -119,7 +162,9 @@
   async function pollLog() {
     let chunk;
     try {
-      const response = await fetch(`/v1/jobs/${id}/logs?offset=${logOffset}`, {credentials: "same-origin"});
+      const query = new URLSearchParams({offset: String(logOffset)});
+      if (root.dataset.logRank) query.set("rank", root.dataset.logRank);
+      const response = await fetch(`/v1/jobs/${id}/logs?${query}`, {credentials: "same-origin"});
       if (!response.ok) return;
       chunk = await response.json();
     } catch (e) {
@@ -148,6 +193,15 @@
           [{label: "MFU", stroke: "#7a3cb4", width: 1.5,
             value: (u, v) => (v == null ? "-" : (100 * v).toFixed(1) + "%")}],
           (v) => (v == null ? "" : (100 * v).toFixed(1) + "%"));
+    chart("breakdown", document.getElementById("chart-breakdown"), [
+      {label: "total", stroke: "#333", width: 1.5},
+      {label: "data wait", stroke: "#b4461e", width: 1},
+      {label: "forward+backward", stroke: "#1e6fb4", width: 1},
+      {label: "optimizer", stroke: "#2a8a4a", width: 1},
+    ], number);
+    const mib = (v) => (v == null ? "" : (v / 2 ** 20).toFixed(v < 2 ** 24 ? 1 : 0) + " MiB");
+    chart("memory", document.getElementById("chart-memory"),
+          [{label: "peak", stroke: "#7a3cb4", width: 1.5, value: (u, v) => mib(v)}], mib);
     pollMetrics();
   }
   log.scrollTop = log.scrollHeight;

@@ -1,0 +1,1 @@
+"""`stoker bench`: run the scripts in benchmarks/, keep their figures as records, compare them."""
