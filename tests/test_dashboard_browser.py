@@ -302,6 +302,8 @@ def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice:
     rows = alice.page.locator("table.checkpoints tbody tr")
     assert [c["step"] for c in api["checkpoints"] if c["committed"]] == [20, 30]  # keep_last 2
     assert [int(rows.nth(i).get_attribute("data-step")) for i in range(rows.count())] == [30, 20]
+    assert api["run_events"][0]["text"] == "attempt 0 started at step 0, from scratch, 1 rank"
+    assert alice.page.locator("table.run-events tbody tr").count() == len(api["run_events"])
     newest = api["checkpoints"][-1]["bytes"]
     assert f"committed\t{newest / 2**20:.1f} MiB" in rows.nth(0).inner_text()
     box = alice.page.locator("#chart-loss canvas").bounding_box()

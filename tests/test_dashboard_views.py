@@ -3,6 +3,7 @@ nodes grouped by topology domain."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -69,3 +70,29 @@ def test_a_ranks_log_tail_keeps_its_own_whole_lines(tmp_path: Path) -> None:
     assert more == "[rank1]: half"  # the partial line is where the next read starts
     whole, end_all = read_tail(tmp_path, PurePosixPath("launcher.log"), 10_000)
     assert whole.startswith("[rank0]: line 0\n") and end_all == len(whole)
+
+
+def test_the_runs_notable_events_read_as_sentences(tmp_path: Path) -> None:
+    from stoker.control.run_telemetry import read_run_events
+
+    run = tmp_path / "7" / "run"
+    run.mkdir(parents=True)
+    lines = [{"event": "start", "time": 1.0, "attempt": 0, "step": 0, "world_size": 2,
+              "resumed": False},
+             {"event": "checkpoint_committed", "time": 2.0, "step": 10},  # the list's, not here
+             {"event": "failure", "time": 3.0, "attempt": 0, "exit_code": -9, "rank": 1,
+              "cause": "killed", "message": ""},
+             {"event": "start", "time": 4.0, "attempt": 1, "step": 10, "world_size": 2,
+              "resumed": True},
+             {"event": "checkpoint_loaded", "time": 4.5, "step": 10, "config_changed": False},
+             {"event": "straggler", "time": 5.0, "rank": 1, "step": 14, "score": 0.41,
+              "section": "host", "steps": 3},
+             {"event": "start", "attempt": 2}]  # no time: skipped
+    (run / "events.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
+    assert [(e.kind, e.text) for e in read_run_events(tmp_path, 7)] == [
+        ("start", "attempt 0 started at step 0, from scratch, 2 ranks"),
+        ("failure", "attempt 0 failed on rank 1: killed (exit -9)"),
+        ("start", "attempt 1 started at step 10, resuming, 2 ranks"),
+        ("checkpoint_loaded", "resumed from the checkpoint of step 10"),
+        ("straggler", "rank 1 straggling in host from step 14: 0.41 of the fastest rank's speed")]
+    assert read_run_events(tmp_path, 8) == []

@@ -32,7 +32,7 @@ from stoker.control.nodes import cluster_nodes, node_record
 from stoker.control.queue_history import RESOURCES, held_over_time
 from stoker.control.quotas import current_quota, merged_quota, usage, with_overrides
 from stoker.control.reconciler import ControlSettings, Reconciler
-from stoker.control.run_telemetry import read_stragglers
+from stoker.control.run_telemetry import read_run_events, read_stragglers
 from stoker.control.sched_state import stored_scores
 from stoker.control.snapshot import (
     build_snapshot,
@@ -446,7 +446,8 @@ class ControlPlane:
                          causes=[cause_view(c) for c in self.store.causes(job.id)],
                          attempts=[attempt_view(a) for a in self.store.attempts(job_id=job.id)],
                          goodput=goodput_view(goodput),
-                         stragglers=read_stragglers(self.jobs_dir, job.id) if train else [])
+                         stragglers=read_stragglers(self.jobs_dir, job.id) if train else [],
+                         run_events=read_run_events(self.jobs_dir, job.id) if train else [])
 
     def usage(self, tenant: str | None, since: float | None) -> UsageReport:
         """Goodput per cluster, tenant and queue from ``since`` (None: all time), over every

@@ -1,6 +1,6 @@
 """A control-plane training job's telemetry for goodput: its run's metrics.jsonl (one record per
 step, appended by every attempt) and the checkpoint stalls of its events.jsonl; and the
-stragglers its events.jsonl names, for the job's detail.
+stragglers and the notable run events its events.jsonl names, for the job's detail.
 
 The run directory belongs to the job's tenant, so the files are opened without following any
 link (`safe_fs`), must be regular files, and are read up to `MAX_BYTES`; a line that is not a
@@ -20,7 +20,7 @@ from stoker.control.goodput import Step, Telemetry
 from stoker.control.launch import RUN
 from stoker.control.safe_fs import open_beneath
 from stoker.observe.events import EVENTS_FILE
-from stoker.spec.api import StragglerView
+from stoker.spec.api import RunEventView, StragglerView
 
 MAX_BYTES = 64 << 20
 METRICS_FILE = "metrics.jsonl"
@@ -56,6 +56,59 @@ def read_stragglers(jobs_dir: Path, job_id: int) -> list[StragglerView]:
     run = PurePosixPath(str(job_id), RUN)
     return [view for r in _records(jobs_dir, run / EVENTS_FILE)
             if r.get("event") in STRAGGLER_EVENTS and (view := _straggler(r)) is not None]
+
+
+RUN_EVENT_LIMIT = 200  # the newest, on the job's page
+
+
+def read_run_events(jobs_dir: Path, job_id: int) -> list[RunEventView]:
+    """What a person wants to see of the run's events.jsonl, one line each, oldest first:
+    attempts started (and from which checkpoint), restarts, failures, hangs, signals, failed
+    checkpoints, loss-guard actions, schedule changes and stragglers; at most the newest
+    `RUN_EVENT_LIMIT`. Committed checkpoints are the checkpoint list's, not here."""
+    run = PurePosixPath(str(job_id), RUN)
+    shown = [RunEventView(at=float(r["time"]), kind=str(r["event"]), text=text)
+             for r in _records(jobs_dir, run / EVENTS_FILE)
+             if _number(r.get("time")) and (text := _describe(r)) is not None]
+    return shown[-RUN_EVENT_LIMIT:]
+
+
+def _describe(r: dict[str, Any]) -> str | None:
+    kind, get = r.get("event"), r.get
+    match kind:
+        case "start":
+            how = "resuming" if get("resumed") else "from scratch"
+            ranks = get("world_size")
+            return f"attempt {get('attempt')} started at step {get('step')}, {how}, " \
+                   f"{ranks} rank{'' if ranks == 1 else 's'}"
+        case "checkpoint_loaded":
+            changed = " (with a changed config)" if get("config_changed") else ""
+            return f"resumed from the checkpoint of step {get('step')}{changed}"
+        case "restart":
+            return f"restart {get('attempt')} of at most {get('max_restarts')}"
+        case "failure":
+            where = "" if get("rank") is None else f" on rank {get('rank')}"
+            return f"attempt {get('attempt')} failed{where}: {get('cause')} " \
+                   f"(exit {get('exit_code')}) {get('message') or ''}".rstrip()
+        case "hang":
+            return f"no progress for {get('silent_s')} s at step {get('step')}"
+        case "signal":
+            return f"received {get('signal')}"
+        case "checkpoint_failed":
+            return f"checkpoint of step {get('step')} failed: {get('error')}"
+        case "loss_guard":
+            return f"loss guard at step {get('step')}: {get('action')} ({get('reason')})"
+        case "schedule_changed":
+            return f"the LR schedule changed at step {get('step')}" + \
+                (", restarted" if get("restarted") else "")
+        case "straggler":
+            return f"rank {get('rank')} straggling in {get('section')} from step " \
+                   f"{get('step')}: {get('score'):.2f} of the fastest rank's speed"
+        case "straggler_cleared":
+            return f"rank {get('rank')} no longer straggling at step {get('step')}"
+        case "error":
+            return f"error at step {get('step')}: {get('error')}"
+    return None
 
 
 def _straggler(r: dict[str, Any]) -> StragglerView | None:

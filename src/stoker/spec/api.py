@@ -327,6 +327,14 @@ class AttemptView(BaseModel):
     cause: str | None
 
 
+class RunEventView(BaseModel):
+    """One notable event of a training job's run (its events.jsonl), in words."""
+
+    at: float
+    kind: str
+    text: str
+
+
 class StragglerView(BaseModel):
     """A training job's rank flagged as a straggler (``event`` "straggler": its ``section``
     scored ``score`` of the fastest rank's for ``steps`` log steps) or recovered
@@ -350,6 +358,7 @@ class JobDetail(JobView):
     progress: ProgressView | None = None  # a training job that has recorded a step
     checkpoints: list[CheckpointView] = []  # a training job's, oldest first
     stragglers: list[StragglerView] = []  # a training job's, oldest first
+    run_events: list[RunEventView] = []  # a training job's notable run events, oldest first
 
 
 class MetricsPage(BaseModel):
