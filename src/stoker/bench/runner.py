@@ -151,14 +151,15 @@ def _tail(log: Path, lines: int = 15) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def record_id(started: datetime, repo: Path) -> str:
-    return f"{started:%Y%m%dT%H%M%SZ}-{git_state(repo)[0][:7]}"
+def record_id(started: datetime, commit: str) -> str:
+    return f"{started:%Y%m%dT%H%M%SZ}-{commit[:7]}"
 
 
-def new_record(repo: Path, started: datetime, outcomes: list[Outcome], quick: bool,
-               repeats: int) -> Record:
-    commit, dirty = git_state(repo)
-    return {"id": record_id(started, repo), "time": started.isoformat(timespec="seconds"),
+def new_record(started: datetime, state: tuple[str, bool], outcomes: list[Outcome],
+               quick: bool, repeats: int) -> Record:
+    """The run's record; ``state``: the commit and dirtiness when the run started."""
+    commit, dirty = state
+    return {"id": record_id(started, commit), "time": started.isoformat(timespec="seconds"),
             "commit": commit, "dirty": dirty, "quick": quick, "repeats": repeats,
             "machine": machine(), "versions": versions(),
             "suites": {o.suite: o.as_record() for o in outcomes}}

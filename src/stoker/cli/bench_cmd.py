@@ -52,8 +52,8 @@ def run(
     chosen = runner.pick(runner.discover(bench_dir), suites or [])
     results = results or bench_dir / "results.jsonl"
     records.load(results)  # a broken results file is refused before anything runs
-    started = datetime.now(UTC)
-    log_dir = bench_dir / "logs" / runner.record_id(started, bench_dir.resolve().parent)
+    started, state = datetime.now(UTC), runner.git_state(bench_dir.resolve().parent)
+    log_dir = bench_dir / "logs" / runner.record_id(started, state[0])
     console = Console(highlight=False)
     outcomes = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -67,7 +67,7 @@ def run(
                                        lambda: progress.advance(task))
             outcomes.append(outcome)
             console.print(_outcome_line(outcome))
-    record = runner.new_record(bench_dir.resolve().parent, started, outcomes, quick, repeats)
+    record = runner.new_record(started, state, outcomes, quick, repeats)
     records.append(results, record)
     console.print(f"record {record['id']} appended to {results} (logs: {log_dir})")
     if any(o.rc not in (0, None) for o in outcomes):
