@@ -13,11 +13,16 @@ from hypothesis import strategies as st
 from stoker.sched import Policy
 from stoker.sim.cluster import from_node_list
 from stoker.sim.engine import SimOptions, Simulator
+from stoker.sim.metrics import RunResult
 from stoker.sim.policies import POLICIES, SimPolicy, resolve
 from stoker.sim.trace import TraceJob, TraceNode
 from test_sim_engine import by_id, run
 
-BASELINES = ("fifo", "fifo-backfill", "sjf", "las")
+BASELINES = ("fifo", "fifo-backfill", "sjf", "srtf", "las")
+# SRTF preempts where a later job is shorter than what a running one has left: the placement
+# tests whose later job is such a one leave it out (its own tests are below).
+UNPREEMPTED = tuple(p for p in BASELINES if p != "srtf")
+ONE = [TraceNode("n0", 1)]
 FOUR = [TraceNode("n0", 4)]
 # A (2 GPUs) runs 0-10. B (4 GPUs) cannot start before A ends. C (1 GPU) fits next to A.
 HEAD = [TraceJob("A", 0, 10, gpus_per_rank=2), TraceJob("B", 1, 5, gpus_per_rank=4),
@@ -65,7 +70,7 @@ def test_best_fit_over_every_gpu_model(policy: str) -> None:
     assert by_id(run(MIXED_JOBS, MIXED[::-1], policy)) == {"A": (10, 0), "B": (6, 0)}
 
 
-@pytest.mark.parametrize("policy", BASELINES)
+@pytest.mark.parametrize("policy", UNPREEMPTED)
 def test_a_job_stays_on_its_gpu_models(policy: str) -> None:
     # A may only use a V100: it goes on the big node though the small one fits it best, so B
     # (8 GPUs) waits for it: 10-15.
@@ -79,7 +84,7 @@ TIE_JOBS = [TraceJob("X", 0, 10, gpus_per_rank=4),
             TraceJob("Y", 1, 5, gpus_per_rank=4, gpu_models=("A100",))]
 
 
-@pytest.mark.parametrize("policy", BASELINES)
+@pytest.mark.parametrize("policy", UNPREEMPTED)
 def test_ties_go_to_the_lowest_node_index(policy: str) -> None:
     # X takes node 0: with the A100 first, Y (A100 only) waits for X: 10-15; with the V100
     # first, Y starts at once.
@@ -145,3 +150,45 @@ def test_a_gangs_last_rank_goes_to_the_lowest_of_equal_nodes() -> None:
         sim = Simulator(cluster, jobs, ["t0"], resolve(policy, cluster))
         sim.run_until(1.0)
         assert sim.jobs[0].nodes == (0, 0, 1)
+
+
+# --- srtf: shortest remaining time first, preemptive, oracle durations ---
+
+ON_PREEMPT = SimOptions(checkpoint_on_preempt=True)
+NEVER = SimOptions(checkpoint_interval=math.inf)
+
+
+def preemptions(result: RunResult) -> dict[str, int]:
+    return {j.id: j.preemptions for j in result.jobs}
+
+
+def test_srtf_a_short_arrival_preempts_the_long_job() -> None:
+    # At 2 A has 8 s left, B 3: B preempts A and runs 2-5. A checkpoints as it stops and
+    # resumes with its 8 s: 5-13. Without checkpoints it starts over: 5-15.
+    jobs = [TraceJob("A", 0, 10), TraceJob("B", 2, 3)]
+    result = run(jobs, ONE, "srtf", ON_PREEMPT)
+    assert by_id(result) == {"A": (13, 3), "B": (5, 0)}
+    assert preemptions(result) == {"A": 1, "B": 0}
+    assert by_id(run(jobs, ONE, "srtf", NEVER)) == {"A": (15, 3), "B": (5, 0)}
+
+
+def test_srtf_no_preemption_when_the_short_job_fits_or_is_not_shorter() -> None:
+    # Two GPUs: B fits beside A and starts at once.
+    jobs = [TraceJob("A", 0, 10), TraceJob("B", 2, 3)]
+    result = run(jobs, [TraceNode("n0", 2)], "srtf", ON_PREEMPT)
+    assert by_id(result) == {"A": (10, 0), "B": (5, 0)} and not any(preemptions(result).values())
+    # One GPU: at 8 A (10 s long) has 2 s left, less than B's 5: A is not preempted.
+    late = [TraceJob("A", 0, 10), TraceJob("B", 8, 5)]
+    result = run(late, ONE, "srtf", ON_PREEMPT)
+    assert by_id(result) == {"A": (10, 0), "B": (15, 2)} and not any(preemptions(result).values())
+
+
+def test_srtf_equal_remaining_times_go_by_arrival() -> None:
+    # At 1 C arrives with 10 s, A has 9 left: no preemption. At 2 B (1 s) preempts A, which
+    # (no checkpoints) has 10 s again, as C. At 3 A goes first by its arrival (0, not its
+    # requeue at 2): A 3-13, C 13-23.
+    jobs = [TraceJob("A", 0, 10), TraceJob("C", 1, 10), TraceJob("B", 2, 1)]
+    assert by_id(run(jobs, ONE, "srtf", NEVER)) == {"A": (13, 1), "C": (23, 12), "B": (3, 0)}
+    # At 5 A has 5 s left, as B asks: no preemption, B waits: 10-15.
+    ties = [TraceJob("A", 0, 10), TraceJob("B", 5, 5)]
+    assert by_id(run(ties, ONE, "srtf", ON_PREEMPT)) == {"A": (10, 0), "B": (15, 5)}

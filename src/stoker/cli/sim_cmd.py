@@ -104,8 +104,8 @@ def sim(
     trace: Path | None = TRACE, fmt: str | None = FORMAT, cluster: Path | None = CLUSTER,
     node_list: Path | None = NODE_LIST,
     policy: list[str] = typer.Option(
-        [], "--policy", help="fifo (strict), fifo-backfill, sjf, las, stoker, stoker-fair, "
-        "stoker-afs (repeatable)."),
+        [], "--policy", help="fifo (strict), fifo-backfill, sjf, srtf, las, stoker, "
+        "stoker-fair, stoker-afs (repeatable)."),
     nodes: int | None = NODES, sample_nodes: int | None = SAMPLE, every: int | None = EVERY,
     gpus: float | None = GPUS, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
     tenants: int = TENANTS,
