@@ -5,6 +5,7 @@ lowest-index tie-break, and results that do not depend on the node list's order.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -192,3 +193,45 @@ def test_srtf_equal_remaining_times_go_by_arrival() -> None:
     # At 5 A has 5 s left, as B asks: no preemption, B waits: 10-15.
     ties = [TraceJob("A", 0, 10), TraceJob("B", 5, 5)]
     assert by_id(run(ties, ONE, "srtf", ON_PREEMPT)) == {"A": (10, 0), "B": (15, 5)}
+
+
+# --- las as Tiresias publishes it: each test fails on the rule it replaces ---
+
+def las(*thresholds: float) -> SimPolicy:
+    policy = resolve("las", from_node_list(ONE, ["t0"], "test"))
+    return replace(policy, policy=replace(policy.policy, las_thresholds=thresholds))
+
+
+def test_las_demotes_at_the_next_scheduling_event() -> None:
+    # A crosses the 5 GPU-s level at 5, but nothing happens then: it is demoted when C arrives
+    # at 7, and B (level 0, arrived before C) preempts it: B 7-10, C 10-11, A (3 s left,
+    # checkpointed) 11-14. Demoted at the crossing, B would have run 5-8 and C 8-9.
+    jobs = [TraceJob("A", 0, 10), TraceJob("B", 2, 3), TraceJob("C", 7, 1)]
+    assert by_id(run(jobs, ONE, las(5.0), ON_PREEMPT)) == {
+        "A": (14, 4), "B": (10, 5), "C": (11, 3)}
+
+
+def test_las_orders_a_level_by_arrival_across_preemptions() -> None:
+    # One 3-GPU node. X (1 GPU) from 0, Y (2 GPUs) from 1. At 4 Y (6 GPU-s) is past the 5
+    # GPU-s level, X (4) is not: Z1 (2 GPUs) preempts Y. At 6 X is past it: Z2 preempts X.
+    # At 14 Z1 ends and frees 2 GPUs: X and Y wait on level 1; X arrived first, so X starts
+    # (94 s left) and Y, needing 2 GPUs, waits for Z2's end at 26 (97 s left). Ordered by
+    # requeue time (Y at 4, X at 6), Y would start at 14 and X at 26.
+    jobs = [TraceJob("X", 0, 100), TraceJob("Y", 1, 100, gpus_per_rank=2),
+            TraceJob("Z1", 4, 10, gpus_per_rank=2), TraceJob("Z2", 6, 20)]
+    result = run(jobs, [TraceNode("n0", 3)], las(5.0), ON_PREEMPT)
+    assert by_id(result) == {"X": (108, 8), "Y": (123, 22), "Z1": (14, 0), "Z2": (26, 0)}
+    assert preemptions(result) == {"X": 1, "Y": 1, "Z1": 0, "Z2": 0}
+
+
+def test_las_every_waiting_job_may_preempt() -> None:
+    # Six 1-GPU nodes. V runs from 0 and is past the 50 GPU-s level at 60; H1-H5 (from 40)
+    # are not. At 60 four gangs of 2-5 GPUs (level 0) come before S (1 GPU) in the queue: each
+    # looks for victims and finds only V, too small. S then preempts V and starts at once
+    # (the live scheduler lets 4 jobs per queue and cycle look for victims).
+    jobs = [TraceJob("V", 0, 1000), *(TraceJob(f"H{i}", 40, 1000) for i in range(1, 6)),
+            *(TraceJob(f"G{k}", 60, 10, ranks=k) for k in range(2, 6)), TraceJob("S", 60, 10)]
+    result = run(jobs, [TraceNode(f"n{i}", 1) for i in range(6)], las(50.0), ON_PREEMPT)
+    outcome = {j.id: j for j in result.jobs}
+    assert (outcome["S"].finish, outcome["S"].waited) == (70, 0)
+    assert outcome["V"].preemptions == 1
