@@ -128,3 +128,24 @@ def test_format_detected_cuts_and_assumptions_printed() -> None:
     assert out.returncode == 0, out.stderr
     assert "nodes taken: 4 of 32: every 2th node, 4 nodes spread evenly" in out.stdout
     assert "preemption: no work lost: jobs checkpoint on SIGTERM as they stop" in out.stdout
+
+
+@pytest.mark.shared_data("traces/alibaba-openb-2023")
+def test_times_from_states_the_join_and_its_drops(tmp_path: Path) -> None:
+    # A requests-only list: the shared pods' first 40 rows without their times, plus a pod the
+    # shared list does not name (dropped and counted in the printed assumptions).
+    alibaba = ROOT.parent / "shared" / "traces" / "alibaba-openb-2023"
+    lines = (alibaba / "openb_pod_list_default.csv").read_text().splitlines()[:41]
+    keep = [i for i, c in enumerate(lines[0].split(",")) if not c.endswith("_time")]
+    rows = [",".join(line.split(",")[i] for i in keep) for line in lines]
+    rows.append("unknown-pod" + rows[1][rows[1].index(","):])
+    requests = tmp_path / "requests.csv"
+    requests.write_text("\n".join(rows) + "\n")
+    out = stoker("--trace", requests, "--times-from", alibaba / "openb_pod_list_default.csv",
+                 "--node-list", alibaba / "openb_node_list_gpu_node.csv", "--gpus", "16",
+                 "--policy", "srtf", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert "(alibaba, requests only, times by pod name from" in data["inputs"]["trace"]
+    assert "skipped 1: no times in" in data["inputs"]["loaded"]
+    assert data["skips"]["rows"] == 41 and data["runs"][0]["finished"] == data["skips"]["kept"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -207,3 +208,47 @@ def test_unknown_header_is_one_line_naming_the_file(tmp_path: Path) -> None:
     nodes.write_text("sn,gpu,model\nn0,8,A100\n")
     with pytest.raises(ConfigError, match="a node list, not a trace"):
         detect_format(nodes)
+
+
+def _write(path: Path, header: list[str], rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.shared_data("traces/alibaba-openb-2023")
+def test_alibaba_requests_take_their_times_from_another_list(tmp_path: Path) -> None:
+    # The first 300 pods of the shared list, as a requests-only list (no time columns, in
+    # reverse order: the join is by name) with one pod the other list does not name.
+    with ALIBABA.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = [row for _, row in zip(range(300), reader, strict=False)]
+    full = _write(tmp_path / "full.csv", header, rows)
+    requests = [c for c in header if not c.endswith("_time")]
+    extra = dict(rows[0], name="not-in-the-other-list")
+    only = _write(tmp_path / "requests.csv", requests, [*rows[::-1], extra])
+    expected = load_trace(full, "alibaba")
+    trace = load_trace(only, times_from=ALIBABA)
+    assert trace.format == "alibaba"
+    assert sorted(trace.jobs, key=lambda j: j.id) == sorted(expected.jobs, key=lambda j: j.id)
+    assert trace.skips.rows == 301 and trace.skips.kept == expected.skips.kept > 200
+    assert trace.skips.skipped == expected.skips.skipped + Counter(
+        {f"no times in {ALIBABA} (--times-from)": 1})
+
+
+@pytest.mark.shared_data("traces/alibaba-openb-2023")
+def test_times_from_a_bad_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    nodes = ALIBABA.parent / "openb_node_list_gpu_node.csv"
+    with pytest.raises(ConfigError, match=r"openb_node_list_gpu_node\.csv: name: required"):
+        load_trace(ALIBABA, times_from=nodes)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("name,creation_time,deletion_time,scheduled_time\np,0,9,1\np,0,9,1\n")
+    with pytest.raises(ConfigError, match=r"twice\.csv: name: pod 'p' is listed twice"):
+        load_trace(ALIBABA, times_from=twice)
+    with pytest.raises(ConfigError, match=r"nowhere\.csv: no such file"):
+        load_trace(ALIBABA, times_from=tmp_path / "nowhere.csv")
+    with pytest.raises(ConfigError, match="--times-from: only an Alibaba pod list"):
+        load_trace(TIRESIAS, "tiresias", times_from=ALIBABA)

@@ -46,6 +46,9 @@ CKPT_ON_PREEMPT = typer.Option(
 LAS = typer.Option(None, "--las-thresholds",
                    help="LAS levels in GPU-time, comma-separated (e.g. 1h,10h).")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON only.")
+TIMES_FROM = typer.Option(
+    None, "--times-from", help="An Alibaba pod list with times: the trace's pods (requests only) "
+    "take their creation, scheduled and deletion times from it, by pod name.")
 
 
 def _seconds(option: str, text: str | None, allow_never: bool = False) -> float | None:
@@ -69,7 +72,7 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
             scale: float,
             tenant_by: str, tenants: int, max_jobs: int | None, ckpt: str, overhead: str,
             mtbf: str | None, repair: str, seed: int, interval: str, whole: bool,
-            las: str | None, on_preempt: bool) -> Any:
+            las: str | None, on_preempt: bool, times_from: Path | None = None) -> Any:
     from stoker.sim.engine import SimOptions
     from stoker.sim.run import Cut, SimInputs
 
@@ -95,7 +98,7 @@ def _inputs(trace: Path | None, fmt: str | None, cluster: Path | None, node_list
                      cut=Cut(first=nodes, sample=sample, every=every, gpus=gpus),
                      arrival_scale=scale,
                      tenant_by=tenant_by, tenants=tenants, max_jobs=max_jobs,
-                     las_thresholds=thresholds, options=options)
+                     las_thresholds=thresholds, options=options, times_from=times_from)
 
 
 @sim_app.callback()
@@ -104,8 +107,8 @@ def sim(
     trace: Path | None = TRACE, fmt: str | None = FORMAT, cluster: Path | None = CLUSTER,
     node_list: Path | None = NODE_LIST,
     policy: list[str] = typer.Option(
-        [], "--policy", help="fifo (strict), fifo-backfill, sjf, las, stoker, stoker-fair, "
-        "stoker-afs (repeatable)."),
+        [], "--policy", help="fifo (strict), fifo-backfill, sjf, srtf, las, stoker, "
+        "stoker-fair, stoker-afs (repeatable)."),
     nodes: int | None = NODES, sample_nodes: int | None = SAMPLE, every: int | None = EVERY,
     gpus: float | None = GPUS, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
     tenants: int = TENANTS,
@@ -113,6 +116,7 @@ def sim(
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
     las_thresholds: str | None = LAS, checkpoint_on_preempt: bool = CKPT_ON_PREEMPT,
+    times_from: Path | None = TIMES_FROM,
     report: Path | None = typer.Option(None, "--report", help="Write plots + index.html here."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -126,7 +130,7 @@ def sim(
                      arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
                      repair_time, seed, interval, whole_gpus, las_thresholds,
-                     checkpoint_on_preempt)
+                     checkpoint_on_preempt, times_from)
     policies = policy or ["fifo", "sjf", "las", "stoker"]
     for name in policies:
         if name not in POLICIES:
@@ -166,6 +170,8 @@ def _header(prepared: Any) -> dict[str, Any]:
     """Every assumption the run makes, as printed above the results (and in --json, --report)."""
     inputs = prepared.inputs
     how = f"--format {inputs.format}" if inputs.format else "format detected from its header"
+    if inputs.times_from is not None:
+        how = f"requests only, times by pod name from {inputs.times_from} (--times-from)"
     full = prepared.full_nodes
     of = f" of {len(full)}" if full is not None and inputs.cluster is None else ""
     return {
@@ -285,6 +291,7 @@ def plan(
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
     las_thresholds: str | None = LAS, checkpoint_on_preempt: bool = CKPT_ON_PREEMPT,
+    times_from: Path | None = TIMES_FROM,
     plot: Path = typer.Option(Path("sim-plan.png"), "--plot", help="Where to write the plot."),
     json_out: bool = JSON_OUT,
 ) -> None:
@@ -300,7 +307,7 @@ def plan(
     inputs = _inputs(trace, fmt, cluster, node_list, None, None, every, None, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
                      repair_time, seed, interval, whole_gpus, las_thresholds,
-                     checkpoint_on_preempt)
+                     checkpoint_on_preempt, times_from)
     prepared = prepare(inputs)
     console = Console(stderr=json_out)
     total = len(prepared.cluster.nodes)

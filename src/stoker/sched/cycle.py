@@ -238,11 +238,19 @@ class _Cycle:
                 self._running.setdefault((job.queue, job.flavor), []).append(job)
         return self._running
 
-    def _rank(self, priority: int, attained: float) -> tuple[int, int]:
-        """Preemption rank: priority, then (under LAS) less attained service."""
-        if self.policy.order != "las":
-            return (priority, 0)
-        return (priority, -bisect_right(self.policy.las_thresholds, attained))
+    def _rank(self, job: PendingJob | RunningJob) -> preempt.Rank:
+        """Preemption rank: priority, then (under LAS) less attained service or (under SRTF)
+        less remaining work (a pending job's expected duration, a running job's expected
+        remaining time; unknown: ranks last)."""
+        order = self.policy.order
+        if order == "las":
+            return (job.priority, -bisect_right(self.policy.las_thresholds,
+                                                job.attained_service))
+        if order == "srtf":
+            left = (job.expected_duration if isinstance(job, PendingJob)
+                    else job.expected_remaining)
+            return (job.priority, -INF if left is None else -left)
+        return (job.priority, 0)
 
     def _fill_queues(self) -> None:
         """Put each pending job in its queue's heap, keyed by its place in the queue
@@ -348,7 +356,7 @@ class _Cycle:
                 or (q.cohort is not None and q.reclaim_within_cohort != "Never"))
 
     def _within(self, q: Queue) -> str:
-        if self.policy.order == "las" and q.within_queue == "Never":
+        if self.policy.order in ("las", "srtf") and q.within_queue == "Never":
             return "LowerPriority"
         return q.within_queue
 
@@ -386,7 +394,7 @@ class _Cycle:
         # A job like one that already failed this cycle fails alike: state only shrinks.
         newer = self._within(qs.queue) == "LowerOrNewerEqualPriority"  # victims by age too
         like = (qs.queue.name, job.ranks, job.per_rank, job.flavors, job.topology,
-                job.topology_required, self._rank(job.priority, job.attained_service), starving,
+                job.topology_required, self._rank(job), starving,
                 job.nominated, job.created_at if newer else None, job.avoid)
         reason = self.failed_like.get(like)
         if reason is not None:
@@ -821,7 +829,7 @@ class _Cycle:
             order = self.policy.victim_order
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
-                               self._rank(job.priority, job.attained_service), order)
+                               self._rank(job), order)
                 for job in self.running.get(key, ())], len(self.space))
         return cands
 
@@ -839,7 +847,7 @@ class _Cycle:
     def _shape(self, qs: _QueueState, job: PendingJob, level: int | None) -> tuple[object, ...]:
         """What decides a victim search's outcome: the same shape failing again is certain,
         as state only shrinks."""
-        return (qs.queue.name, self._rank(job.priority, job.attained_service), job.ranks,
+        return (qs.queue.name, self._rank(job), job.ranks,
                 job.per_rank, job.flavors, level, job.topology_required, job.avoid)
 
     def _attempt(self, qs: _QueueState, job: PendingJob, level: int | None) -> bool:
@@ -929,7 +937,7 @@ class _Cycle:
         and how the job sees each of those queues. ``others_only``: no candidates of its own
         queue."""
         q = qs.queue
-        mine = self._rank(job.priority, job.attained_service)
+        mine = self._rank(job)
         within = self._within(q)
         own = []
         if within != "Never" and not others_only:

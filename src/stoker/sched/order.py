@@ -3,8 +3,8 @@ and by everyone who shows a queue (the control plane's positions, the simulator)
 
 A job's key, smallest first: nominated by the last cycle (it waits for its victims), then
 starving (pending at least ``starvation_age``), then higher priority, then the policy's order
-value (expected duration under "sjf", the attained-service level under "las"), then creation
-time, then its place in the snapshot.
+value (expected duration under "sjf" and "srtf", the attained-service level under "las"), then
+creation time, then its place in the snapshot.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def queue_keys(pending: Sequence[PendingJob], policy: Policy, now: float) -> lis
     age = policy.starvation_age
     cutoff = now - age if age is not None else -INF
     values: list[float]
-    if policy.order == "sjf":
+    if policy.order in ("sjf", "srtf"):
         values = [INF if j.expected_duration is None else j.expected_duration for j in pending]
     elif policy.order == "las":
         levels = policy.las_thresholds

@@ -24,6 +24,10 @@ from stoker.sched.nodes import Nodes, Placement, ranks_fitting, times
 from stoker.sched.quota import QuotaAccount, QuotaTree
 from stoker.sched.types import PreemptReason, RunningJob, VictimOrder
 
+# A job's preemption rank, lower is preempted first: its priority, then the policy's order
+# (`stoker.sched.cycle._Cycle._rank`).
+Rank = tuple[int, float]
+
 
 class Victim:
     """A running job as a preemption candidate."""
@@ -31,7 +35,7 @@ class Victim:
     __slots__ = ("account", "gone", "job", "key", "per_rank", "placement", "rank", "total")
 
     def __init__(self, job: RunningJob, account: QuotaAccount | None, placement: Placement,
-                 rank: tuple[int, int], order: VictimOrder = "stoker") -> None:
+                 rank: Rank, order: VictimOrder = "stoker") -> None:
         self.job = job
         self.account = account
         self.placement = placement
@@ -43,7 +47,7 @@ class Victim:
         self.key = (not job.preempting, rank, progress, -job.started_at)
 
 
-def victim_key(v: Victim) -> tuple[bool, tuple[int, int], float, float]:
+def victim_key(v: Victim) -> tuple[bool, Rank, float, float]:
     return v.key
 
 
@@ -81,7 +85,7 @@ class Candidates:
         total, gone = self.freed[cut], self.gone_freed[bisect_left(self.gone, cut)]
         return list(map(sub, total, gone))
 
-    def select(self, mine: tuple[int, int], created: float, mode: str) -> Selection:
+    def select(self, mine: Rank, created: float, mode: str) -> Selection:
         """Those a job of rank ``mine`` may preempt: mode "lower", "newer" (lower, or equal
         and created later) or "any"."""
         if mode == "any":
@@ -100,7 +104,7 @@ class Selection:
 
     __slots__ = ("cached", "cands", "created", "cut", "early", "mine", "newer")
 
-    def __init__(self, cands: Candidates, cut: int, early: list[Victim], mine: tuple[int, int],
+    def __init__(self, cands: Candidates, cut: int, early: list[Victim], mine: Rank,
                  created: float, newer: bool) -> None:
         self.cands = cands
         self.cut = cut

@@ -97,6 +97,8 @@ RunningJob (admitted and holding resources: starting, running, or being preempte
     progress: seconds of work since its last checkpoint, i.e. what a preemption now would
         lose. Victims are chosen to minimise it (after priority).
     attained_service: GPU-seconds (or CPU-seconds for CPU-only jobs) received so far (LAS).
+    expected_remaining: seconds of work it has left (the "srtf" order; None: unknown, the
+        first to be preempted).
     preempting: True once a preemption was decided and the job has not yet stopped; such jobs
         are preferred as victims again and no new Preempt is issued for them.
     tenant: who submitted it ("" when the caller does not say); only the usage tracker of
@@ -154,6 +156,10 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
         ``las_thresholds``, FIFO within a level). Under "las" a job of a lower level counts as
         higher priority than running jobs of a higher level of the same priority class, and
         ``within_queue = "Never"`` is read as "LowerPriority", so it preempts them (Tiresias).
+        "srtf" (the simulator's oracle baseline; cluster configs do not offer it): ordered as
+        "sjf", and a pending job counts as higher priority than running jobs of the same
+        priority class with more expected remaining time (``RunningJob.expected_remaining``),
+        with ``within_queue = "Never"`` read as "LowerPriority" too.
     fair_sharing: order queues by weighted dominant-resource share (Kueue fair sharing) and
         let a job preempt in other queues only if it leaves its queue's share no higher than
         the victim queue's share.
@@ -253,7 +259,7 @@ VictimOrder = Literal["stoker", "kueue"]
 WithinQueue = Literal["Never", "LowerPriority", "LowerOrNewerEqualPriority"]
 ReclaimWithinCohort = Literal["Never", "LowerPriority", "Any"]
 BorrowWithinCohort = Literal["Never", "LowerPriority"]
-Order = Literal["fifo", "sjf", "las"]
+Order = Literal["fifo", "sjf", "las", "srtf"]
 PreemptReason = Literal["within_queue", "reclaim", "borrow", "fair_share"]
 WaitCode = Literal["WaitingForQuota", "ExceedsMaxQuota", "WaitingForNodes",
                    "TopologyPlacementFailed", "WaitingForVictims", "HeldForStarvingJob",
@@ -369,6 +375,7 @@ class RunningJob(NamedTuple):
     attained_service: float = 0.0
     preempting: bool = False
     tenant: str = ""
+    expected_remaining: float | None = None
 
 
 class PendingJob(NamedTuple):

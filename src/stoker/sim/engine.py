@@ -309,14 +309,16 @@ class Simulator:
         if kind == REPAIR:
             self._repair_node(idx, t)
             return True
-        # WAKE: a running job crossed a LAS level, or a pending job its starvation age.
+        # WAKE: a running job crossed a LAS level (`SimPolicy.wake_at_level`), or a pending job
+        # its starvation age.
         job = self.jobs[idx]
         return job.epoch == epoch and (idx in self.running or idx in self.pending)
 
     # --- job transitions ---
 
-    def _enqueue(self, job: SimJob, now: float) -> None:
-        job.created_at = now
+    def _enqueue(self, job: SimJob, now: float, requeued: bool = False) -> None:
+        if not (requeued and self.policy.keep_arrival):
+            job.created_at = now
         job.pending_since = now
         job.pending_obj = None
         self.pending[job.idx] = job
@@ -344,7 +346,8 @@ class Simulator:
         self.running_view = None
         self.busy += job.gpus
         self._push(now + job.remaining, COMPLETE, job.idx, job.epoch)
-        if self.policy.policy.order == "las" and self.policy.policy.preemption:
+        policy = self.policy
+        if policy.policy.order == "las" and policy.policy.preemption and policy.wake_at_level:
             for threshold in self.policy.policy.las_thresholds:
                 if threshold > job.attained:
                     crossing = now + (threshold - job.attained) / job.gpus
@@ -386,7 +389,7 @@ class Simulator:
         job.remaining -= saved
         job.remaining += self.options.restart_overhead
         job.outcome.lost_gpu_seconds += job.gpus * (ran - saved)
-        self._enqueue(job, now)
+        self._enqueue(job, now, requeued=True)
 
     # --- nodes ---
 
@@ -440,7 +443,8 @@ class Simulator:
             id=job.idx, queue=job.queue, priority=job.priority, flavor=job.flavor,
             nodes=tuple(self.node_list[i].name for i in job.nodes), per_rank=job.per_rank,
             created_at=job.created_at, started_at=job.start, progress=progress,
-            attained_service=job.attained + job.gpus * ran, tenant=job.user)
+            attained_service=job.attained + job.gpus * ran, tenant=job.user,
+            expected_remaining=job.remaining - ran)
         return job.running_obj
 
     def _may_admit(self, now: float, arrived: list[SimJob]) -> bool:

@@ -9,8 +9,11 @@ model, ties to the lowest node index: see `shared_queue`):
                  passed over and later jobs that fit start (this was `fifo` before); no preemption
   sjf            shortest job first with the trace's true durations as an oracle, with backfill;
                  no preemption
-  las            Tiresias-style least attained service: levels of attained GPU-seconds, a job of
-                 a lower level preempts running jobs of a higher one
+  srtf           shortest remaining time first with the trace's true durations as an oracle,
+                 preemptive: a waiting job preempts running jobs with more time left
+  las            Tiresias' discretised 2D-LAS: levels of attained GPU-seconds, FIFO by arrival
+                 within a level, a job of a lower level preempts running jobs of a higher one;
+                 demoted at the next scheduling event after crossing a level
 Stoker's own (the cluster's queues, quotas, cohorts, priorities and preemption policies):
   stoker       the cluster config's [scheduler] settings
   stoker-fair  the same with fair sharing (weighted dominant-resource share) switched on
@@ -38,13 +41,23 @@ class SimPolicy:
     policy: Policy
     shared_queue: bool
     strict: bool = False  # the shared queue is StrictFIFO (head-of-line blocking)
+    # A requeued (preempted or failed) job keeps its arrival, so its place in the queue (Tiresias
+    # and SRTF order by arrival within a level or remaining time); False: it queues as if new.
+    keep_arrival: bool = False
+    # Under "las": schedule when a running job crosses a level, so it is demoted at once (the
+    # live control plane runs a cycle every few seconds); False: at the next event (Tiresias).
+    wake_at_level: bool = True
 
     @property
     def uses_priorities(self) -> bool:
         return not self.shared_queue
 
 
-POLICIES = ("fifo", "fifo-backfill", "sjf", "las", "stoker", "stoker-fair", "stoker-afs")
+POLICIES = ("fifo", "fifo-backfill", "sjf", "srtf", "las", "stoker", "stoker-fair",
+            "stoker-afs")
+# The preemptive baselines let every waiting job look for victims in every cycle (the live
+# scheduler bounds it per queue, `Policy.max_preemption_attempts`; Tiresias and SRTF do not).
+UNBOUNDED = 1 << 62
 
 
 def resolve(name: str, cluster: SimCluster,
@@ -59,9 +72,13 @@ def resolve(name: str, cluster: SimCluster,
         return SimPolicy(name, Policy(order="fifo", preemption=False), True)
     if name == "sjf":
         return SimPolicy(name, Policy(order="sjf", preemption=False), True)
+    if name == "srtf":
+        return SimPolicy(name, Policy(order="srtf", max_preemption_attempts=UNBOUNDED), True,
+                         keep_arrival=True)
     if name == "las":
-        return SimPolicy(name, replace(Policy(order="las", preemption=True),
-                                       las_thresholds=base.las_thresholds), True)
+        return SimPolicy(name, Policy(order="las", las_thresholds=base.las_thresholds,
+                                      max_preemption_attempts=UNBOUNDED), True,
+                         keep_arrival=True, wake_at_level=False)
     if name == "stoker":
         return SimPolicy(name, base, False)
     if name == "stoker-fair":

@@ -48,6 +48,7 @@ class SimInputs:
     max_jobs: int | None = None
     las_thresholds: tuple[float, ...] | None = None  # GPU-seconds; None: the scheduler's
     options: SimOptions = field(default_factory=SimOptions)
+    times_from: Path | None = None  # an Alibaba pod list the trace's pods take their times from
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Prepared:
 
 def prepare(inputs: SimInputs) -> Prepared:
     """Load the trace named by `inputs` and build its cluster."""
-    return prepare_trace(load_trace(inputs.trace, inputs.format), inputs)
+    return prepare_trace(load_trace(inputs.trace, inputs.format, inputs.times_from), inputs)
 
 
 def prepare_trace(trace: Trace, inputs: SimInputs) -> Prepared:

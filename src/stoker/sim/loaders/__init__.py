@@ -27,8 +27,15 @@ HEADERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
-    """Load `path` as format `fmt` (one of FORMATS); None: detected from the file's header."""
+def load_trace(path: str | Path, fmt: str | None = None,
+               times_from: str | Path | None = None) -> Trace:
+    """Load `path` as format `fmt` (one of FORMATS); None: detected from the file's header.
+    `times_from`: an Alibaba pod list whose times the pods of `path` (requests only) take."""
+    if times_from is not None:
+        if fmt not in (None, "alibaba"):
+            raise ConfigError("--times-from", None, "only an Alibaba pod list takes its times "
+                              f"from another list, not a {fmt} trace")
+        return alibaba.load(Path(path), times_from=Path(times_from))
     if fmt is None:
         fmt = detect_format(path)
     if fmt not in FORMATS:

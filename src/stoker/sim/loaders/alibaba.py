@@ -5,10 +5,15 @@ share of a GPU. Arrival = creation_time, run time = deletion_time - scheduled_ti
 asks for more GPUs than every node it may use has runs as a multi-node gang (`multi_node`; the
 simulator splits it with `common.split_to_fit` on the cluster it is given), as the reference
 simulator does, instead of being dropped.
+
+A pod list that carries only the requests (`name`, `num_gpu`, ...) takes its times from another
+list (`times_from`, `stoker sim --times-from`): each pod's `creation_time`, `deletion_time` and
+`scheduled_time` by its name; a pod the other list does not name is skipped and counted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from stoker.sim.loaders import _csv
@@ -16,16 +21,22 @@ from stoker.sim.loaders.common import drop_unsatisfiable
 from stoker.sim.trace import SkipReport, Trace, TraceJob, TraceNode, rebase
 from stoker.spec.errors import ConfigError
 
-POD_COLUMNS = ("name", "num_gpu", "creation_time", "deletion_time", "scheduled_time")
+TIME_COLUMNS = ("creation_time", "deletion_time", "scheduled_time")
+REQUEST_COLUMNS = ("name", "num_gpu")
+POD_COLUMNS = REQUEST_COLUMNS + TIME_COLUMNS
 NODE_COLUMNS = ("sn", "gpu", "model")
 NODE_LIST = "openb_node_list_gpu_node.csv"
 QOS_PRIORITY = {"BE": 0, "Burstable": 1, "LS": 2, "Guaranteed": 2}
 
 
-def load(path: str | Path, node_list: str | Path | None = None) -> Trace:
-    """Read the pod list; the node list defaults to `openb_node_list_gpu_node.csv` beside it."""
+def load(path: str | Path, node_list: str | Path | None = None,
+         times_from: str | Path | None = None) -> Trace:
+    """Read the pod list; the node list defaults to `openb_node_list_gpu_node.csv` beside it.
+    With `times_from`, the pods' times come from that pod list (joined by name), not this one."""
     report = SkipReport()
-    jobs = [job for row in _csv.rows(path, POD_COLUMNS) if (job := _job(row, report))]
+    pods = (_csv.rows(path, POD_COLUMNS) if times_from is None
+            else _with_times(path, times_from, report))
+    jobs = [job for row in pods if (job := _job(row, report))]
     if node_list is None and (Path(path).parent / NODE_LIST).is_file():
         node_list = Path(path).parent / NODE_LIST
     nodes = load_nodes(node_list) if node_list is not None else None
@@ -47,6 +58,24 @@ def load_nodes(path: str | Path) -> list[TraceNode]:
         if gpus > 0:
             nodes.append(TraceNode(row["sn"], gpus, row["model"], cpus, memory))
     return nodes
+
+
+def _with_times(path: str | Path, times_from: str | Path,
+                report: SkipReport) -> Iterator[dict[str, str]]:
+    """The rows of `path` with each pod's times from `times_from`; pods without are skipped."""
+    times: dict[str, dict[str, str]] = {}
+    for row in _csv.rows(times_from, ("name", *TIME_COLUMNS)):
+        if row["name"] in times:
+            raise ConfigError(str(times_from), "name", f"pod {row['name']!r} is listed twice")
+        times[row["name"]] = {column: row[column] for column in TIME_COLUMNS}
+    missing = f"no times in {times_from} (--times-from)"
+    for row in _csv.rows(path, REQUEST_COLUMNS):
+        found = times.get(row["name"])
+        if found is None:
+            report.rows += 1
+            report.skip(missing)
+            continue
+        yield row | found
 
 
 def _job(row: dict[str, str], report: SkipReport) -> TraceJob | None:
