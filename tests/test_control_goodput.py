@@ -86,3 +86,32 @@ def test_steps_redone_after_a_rollback_are_recomputed() -> None:
     assert g.productive_s == pytest.approx(8.0)
     # the first step began at 12: start-up 10-12; the hold (10-30) leaves 6 s to "other"
     assert g.lost["startup"] == pytest.approx(2.0) and g.lost["other"] == pytest.approx(6.0)
+
+
+def test_steps_slowed_by_a_flagged_straggler_lose_what_they_took_beyond_the_usual() -> None:
+    events = history()[:4]  # running since 13, admitted at 10
+    # 1 s steps from 12 on, except steps 5-7 at 2.5 s
+    times = [1.0, 1.0, 1.0, 1.0, 2.5, 2.5, 2.5, 1.0, 1.0, 1.0]
+    ends = [12 + sum(times[:i + 1]) for i in range(len(times))]
+    run = Telemetry([Step(k + 1, end, t, 0.0)
+                     for k, (t, end) in enumerate(zip(times, ends, strict=True))],
+                    straggling=[(ends[4] - 0.1, ends[6] + 0.1)])  # flagged over steps 5-7
+    g = account(events, ranks=2, telemetry=run, now=30.0)
+    assert g.lost["straggler"] == pytest.approx(2 * 3 * 1.5)  # 3 steps, 1.5 s over the usual
+    assert g.productive_s == pytest.approx(2 * 10 * 1.0)
+    assert g.productive_s + sum(g.lost.values()) == pytest.approx(g.allocated_s)
+    unflagged = account(events, ranks=2, telemetry=Telemetry(run.steps), now=30.0)
+    assert unflagged.lost["straggler"] == 0 and unflagged.productive_s == pytest.approx(2 * 14.5)
+
+
+def test_straggler_intervals_run_from_the_first_flag_to_the_last_clear_or_a_new_start() -> None:
+    from stoker.control.run_telemetry import straggling
+
+    events = [{"event": "straggler", "time": 5, "rank": 1},
+              {"event": "straggler", "time": 6, "rank": 0},
+              {"event": "straggler_cleared", "time": 7, "rank": 1},
+              {"event": "straggler_cleared", "time": 9, "rank": 0},
+              {"event": "straggler", "time": 12, "rank": 1},
+              {"event": "start", "time": 20},  # a new attempt: judged anew
+              {"event": "straggler", "time": 30, "rank": 1}, {"event": "straggler"}]
+    assert straggling(events) == [(5, 9), (12, 20), (30, float("inf"))]

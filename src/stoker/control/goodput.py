@@ -9,6 +9,7 @@ rank-seconds (wall seconds x the job's ranks); ``queued_s`` is wall seconds, not
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -48,11 +49,13 @@ class Step:
 
 @dataclass(frozen=True)
 class Telemetry:
-    """A training run's records in the order written (attempts append to the same files) and
-    its checkpoint stalls, each (wall time it was recorded, seconds the loop was blocked)."""
+    """A training run's records in the order written (attempts append to the same files), its
+    checkpoint stalls, each (wall time it was recorded, seconds the loop was blocked), and the
+    wall-time intervals in which some rank was flagged as a straggler."""
 
     steps: Sequence[Step] = ()
     stalls: Sequence[tuple[float, float]] = ()
+    straggling: Sequence[tuple[float, float]] = ()
 
 
 @dataclass
@@ -134,7 +137,8 @@ def account(events: Sequence[EventRecord], ranks: int, gpus_per_rank: float = 0.
     for hold in found:
         if hold.ended <= lo:
             continue
-        part = (_by_telemetry(hold, kept, telemetry.stalls, lo) if out.telemetry and telemetry
+        part = (_by_telemetry(hold, kept, telemetry.stalls, lo, telemetry.straggling)
+                if out.telemetry and telemetry
                 else _by_events(hold, lo))
         out.holds += 1
         for reason, seconds in part.items():
@@ -180,10 +184,28 @@ def _by_events(hold: Hold, lo: float) -> dict[str, float]:
             "productive" if running else _residual(hold): run}
 
 
+def _straggler_excess(steps: Sequence[Step], straggling: Sequence[tuple[float, float]]
+                      ) -> float:
+    """What the steps that ended while a rank was flagged took beyond the median step of the
+    others (data wait aside): the time the gang waited for its straggler. 0 when every step
+    was flagged (no even step to measure against)."""
+    def flagged(s: Step) -> bool:
+        return any(a <= s.end < b for a, b in straggling)
+
+    slow = [s.step_time_s - s.data_wait_s for s in steps if flagged(s)]
+    even = [s.step_time_s - s.data_wait_s for s in steps if not flagged(s)]
+    if not slow or not even:
+        return 0.0
+    usual = statistics.median(even)
+    return sum(max(0.0, t - usual) for t in slow)
+
+
 def _by_telemetry(hold: Hold, kept: Sequence[tuple[Step, bool]],
-                  stalls: Sequence[tuple[float, float]], lo: float) -> dict[str, float]:
+                  stalls: Sequence[tuple[float, float]], lo: float,
+                  straggling: Sequence[tuple[float, float]] = ()) -> dict[str, float]:
     """A training hold: start-up until its first step began, then its steps (kept: productive
-    less their data wait; redone: recomputed), its checkpoint stalls, and the rest (shutdown,
+    less their data wait and less what a flagged straggler added; redone: recomputed), its
+    checkpoint stalls, and the rest (shutdown,
     evaluation, a failure's detection) by its outcome. Each is charged in that order out of
     what the hold has left, so the parts sum to the hold exactly."""
     start = max(hold.admitted, lo)
@@ -191,11 +213,14 @@ def _by_telemetry(hold: Hold, kept: Sequence[tuple[Step, bool]],
     first = min((s.end - s.step_time_s for s, _ in mine), default=None)
     if first is None:
         first = hold.ended if hold.started is None else hold.started
+    work = sum(s.step_time_s - s.data_wait_s for s, k in mine if k)
+    slowed = _straggler_excess([s for s, k in mine if k], straggling)
     wanted = [
         (_startup(hold), max(0.0, min(first, hold.ended) - start)),
         ("recomputed", sum(s.step_time_s for s, k in mine if not k)),
         ("data_wait", sum(s.data_wait_s for s, k in mine if k)),
-        ("productive", sum(s.step_time_s - s.data_wait_s for s, k in mine if k)),
+        ("straggler", slowed),
+        ("productive", work - slowed),
         ("checkpoint_stall", sum(d for at, d in stalls
                                  if hold.admitted < at <= hold.ended and at > lo)),
     ]

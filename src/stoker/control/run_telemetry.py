@@ -44,10 +44,38 @@ def read_telemetry(jobs_dir: Path, job_id: int, train: Mapping[str, Any] | None
     steps = [s for r in _records(jobs_dir, run / relative) if (s := _step(r)) is not None]
     if not steps:
         return None
-    stalls = [(float(r["time"]), float(r["stall_s"])) for r in _records(jobs_dir, run / EVENTS_FILE)
+    events = list(_records(jobs_dir, run / EVENTS_FILE))
+    stalls = [(float(r["time"]), float(r["stall_s"])) for r in events
               if r.get("event") in STALL_EVENTS and _number(r.get("time"))
               and _number(r.get("stall_s"))]
-    return Telemetry(steps, stalls)
+    return Telemetry(steps, stalls, straggling(events))
+
+
+def straggling(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """The wall-time intervals in which some rank was flagged: from a `straggler` event until
+    every flagged rank is cleared, or an attempt starts afresh (its ranks are judged anew);
+    one still open lasts to the end."""
+    intervals: list[tuple[float, float]] = []
+    flagged: set[Any] = set()
+    since = 0.0
+    for r in events:
+        kind, at = r.get("event"), r.get("time")
+        if not _number(at) or kind not in (*STRAGGLER_EVENTS, "start"):
+            continue
+        was = bool(flagged)
+        if kind == "straggler":
+            flagged.add(r.get("rank"))
+        elif kind == "straggler_cleared":
+            flagged.discard(r.get("rank"))
+        else:
+            flagged.clear()
+        if flagged and not was:
+            since = float(at)
+        elif was and not flagged:
+            intervals.append((since, float(at)))
+    if flagged:
+        intervals.append((since, float("inf")))
+    return intervals
 
 
 def read_stragglers(jobs_dir: Path, job_id: int) -> list[StragglerView]:
