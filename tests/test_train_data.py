@@ -554,3 +554,17 @@ def test_meta_rejects_a_foreign_file(tmp_path: Path) -> None:
     with pytest.raises(StokerError, match=r"meta\.json"):
         read_meta(tmp_path)
     assert DatasetMeta.model_fields["format"].default == "stoker-shards"
+
+
+def test_plan_sizes_the_model_with_the_datasets_vocabulary(tmp_path: Path, bpe_dir: Path) -> None:
+    from stoker.cli.plan_cmd import with_dataset_vocabulary
+    from stoker.spec import loading
+    from stoker.spec.train import TrainConfig
+
+    config = loading.load(TrainConfig, _run_config(tmp_path, bpe_dir), ())
+    assert config.model.shape().vocab_size == 256  # tiny's own
+    fitted = with_dataset_vocabulary(config, "cfg.toml")
+    assert fitted.model.shape().vocab_size == read_meta(bpe_dir).vocab_size
+    unprepared = config.model_copy(update={"data": config.data.model_copy(
+        update={"dataset": str(tmp_path / "not-yet")})})
+    assert with_dataset_vocabulary(unprepared, "cfg.toml") == unprepared

@@ -45,7 +45,7 @@ def plan(
     transients), the pipeline bubble, the step time and MFU, and warn when the layout will not
     fit the device. Every figure is an estimate: the assumptions are in
     stoker/observe/memory_plan.py and are printed below the table."""
-    config = loading.load(TrainConfig, cfg, set_)
+    config = with_dataset_vocabulary(loading.load(TrainConfig, cfg, set_), str(cfg))
     layout = config.check_world_size(nproc, str(cfg))
     target = resolve_target(device, config, nproc)
     shape = config.model.shape()
@@ -66,6 +66,19 @@ def plan(
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         for line in warnings:
             err.print(f"[yellow]warning:[/] {line}")
+
+
+def with_dataset_vocabulary(config: TrainConfig, source: str) -> TrainConfig:
+    """The config as training will see it: a prepared dataset's tokenizer and vocabulary
+    where the config leaves them unset (`stoker.train.data.fit_to_dataset`). A dataset not
+    prepared yet leaves the config's (or its preset's) vocabulary, which the table shows."""
+    from stoker.train.data import dataset_dir, fit_to_dataset
+    from stoker.train.shards import META_FILE
+
+    directory = dataset_dir(config.data)
+    if not (directory / META_FILE).is_file():
+        return config
+    return fit_to_dataset(config, directory, source)
 
 
 def fused_optimizer(config: TrainConfig, on_gpu: bool) -> bool:
