@@ -147,3 +147,29 @@ def test_attempt_log_reads_only_this_attempts_lines(tmp_path: Path) -> None:
     assert attempt_log(tmp_path, 7, 1, 2) == []
     os.symlink(logs / "rank-0.log", logs / "rank-1.log")
     assert attempt_log(tmp_path, 7, 1, 2) == []  # a link the job planted is not followed
+
+
+def test_a_peer_lost_with_a_flagged_straggler_blames_the_stragglers_node() -> None:
+    plain = one(1, GLOO_PEER_KILLED)
+    assert (plain.code, plain.nodes) == ("collective", ())  # a victim: no node blamed
+    blamed = one(1, GLOO_PEER_KILLED, stragglers=((1, "n2"), (3, "n4"), (2, "n2")))
+    assert (blamed.category, blamed.code, blamed.nodes) == ("infra", "collective", ("n2", "n4"))
+    assert blamed.message.endswith("flagged as stragglers: rank 1 on n2, rank 3 on n4, "
+                                   "rank 2 on n2")
+    code, log = run("def train():\n    return 1 / 0\ntrain()\n")
+    assert one(code, log, stragglers=((1, "n2"),)).nodes == ()  # the user's doing: no suspect
+
+
+def test_the_ranks_still_flagged_are_those_of_the_latest_attempt(tmp_path: Path) -> None:
+    import json
+
+    from stoker.control.run_telemetry import flagged_at_end
+
+    run_dir = tmp_path / "5" / "run"
+    run_dir.mkdir(parents=True)
+    events = [{"event": "straggler", "rank": 0}, {"event": "start"},
+              {"event": "straggler", "rank": 3}, {"event": "straggler", "rank": 1},
+              {"event": "straggler_cleared", "rank": 3}, {"event": "straggler", "rank": 2}]
+    (run_dir / "events.jsonl").write_text("\n".join(map(json.dumps, events)) + "\n")
+    assert flagged_at_end(tmp_path, 5) == [1, 2]
+    assert flagged_at_end(tmp_path, 6) == []

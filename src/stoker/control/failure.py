@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from stoker.train.exitcodes import EXIT_HANG, describe
 
@@ -88,6 +88,7 @@ class AttemptEvidence:
     lost_reason: str = ""
     oom_kills: int = 0  # the kernel's OOM kills among the job's processes during the attempt
     memory_limit: bool = False  # the job asked for an amount of memory
+    stragglers: tuple[tuple[int, str], ...] = ()  # (rank, its node) still flagged at the end
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,18 @@ def classify(evidence: AttemptEvidence) -> Cause | None:
     if not causes:
         return None
     # A collective error that blames its own rank goes before one that only lost a peer.
-    return min(causes, key=lambda c: (PRECEDENCE.index(c.code), not c.nodes))
+    root = min(causes, key=lambda c: (PRECEDENCE.index(c.code), not c.nodes))
+    return _blame_stragglers(root, evidence.stragglers)
+
+
+def _blame_stragglers(cause: Cause, stragglers: Sequence[tuple[int, str]]) -> Cause:
+    """A hang, or a collective that lost its peer, with no node to blame: the ranks still
+    flagged as stragglers when it happened are the suspects (the gang waited on them)."""
+    if cause.code not in (HANG, COLLECTIVE) or cause.nodes or not stragglers:
+        return cause
+    ranks = ", ".join(f"rank {rank} on {node}" for rank, node in stragglers)
+    return replace(cause, message=f"{cause.message}; flagged as stragglers: {ranks}",
+                   nodes=tuple(dict.fromkeys(node for _, node in stragglers)))
 
 
 def _process_cause(p: ProcessEvidence, evidence: AttemptEvidence) -> Cause | None:

@@ -42,6 +42,7 @@ from stoker.control.launch import (
 )
 from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
+from stoker.control.run_telemetry import flagged_at_end
 from stoker.control.sched_state import StoredState
 from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
 from stoker.control.states import ACTIVE, is_held
@@ -633,12 +634,21 @@ class Reconciler:
         evidence = failure.AttemptEvidence(
             processes, self._lost_nodes.get(key), lost or "",
             0 if before is None else max(0, oom_kills() - before),
-            any(r.resources.memory is not None for r in spec.job_roles()))
+            any(r.resources.memory is not None for r in spec.job_roles()),
+            self._stragglers(job, spec))
         try:
             return failure.classify(evidence)
         except Exception:  # a cause is a diagnosis: never let it stop the transition
             log.exception("cannot classify the failure of job %d attempt %d", *key)
             return None
+
+    def _stragglers(self, job: JobRecord, spec: JobSpec) -> tuple[tuple[int, str], ...]:
+        """A training job's ranks still flagged as stragglers, each with its node."""
+        nodes = (job.placement or {}).get("nodes") or []
+        if spec.kind != "train" or not nodes:
+            return ()
+        return tuple((rank, nodes[rank]) for rank in flagged_at_end(self.jobs_dir, job.id)
+                     if 0 <= rank < len(nodes))
 
     def _describe(self, job: JobRecord, index: int, code: int | None) -> str:
         how = self._vanished.get((job.id, job.attempt, index))

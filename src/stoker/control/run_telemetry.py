@@ -139,6 +139,22 @@ def _describe(r: dict[str, Any]) -> str | None:
     return None
 
 
+def flagged_at_end(jobs_dir: Path, job_id: int) -> list[int]:
+    """The ranks of the run's latest attempt still flagged as stragglers (not cleared since it
+    started), in the order they were flagged."""
+    flagged: dict[int, None] = {}
+    for r in _records(jobs_dir, PurePosixPath(str(job_id), RUN) / EVENTS_FILE):
+        kind, rank = r.get("event"), r.get("rank")
+        if kind == "start":
+            flagged.clear()
+        elif kind in STRAGGLER_EVENTS and isinstance(rank, int):
+            if kind == "straggler":
+                flagged[rank] = None
+            else:
+                flagged.pop(rank, None)
+    return list(flagged)
+
+
 def _straggler(r: dict[str, Any]) -> StragglerView | None:
     if not all(_number(r.get(k)) for k in ("time", "rank", "step", "score")):
         return None
