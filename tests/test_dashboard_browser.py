@@ -10,11 +10,13 @@ directory (``shots/``). Without chromium or playwright the module is skipped, or
 
 from __future__ import annotations
 
+import calendar
 import importlib.util
 import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +318,20 @@ def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice:
     page, api = accounting_rows(alice, cluster, "alice-t")
     assert [r["key"] for r in page] == ["alice", "total"] and page == api
     assert page[0]["cpu"] > 0
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    alice.goto("/usage")  # a chosen day, through the form's date fields
+    alice.page.fill("input[name=from]", today)
+    alice.page.fill("input[name=to]", today)
+    alice.page.click("form.filters button[type=submit]")
+    alice.page.wait_for_url(f"**/usage?*from={today}*")
+    table = alice.page.locator("table.accounting")
+    midnight = calendar.timegm(time.strptime(today, "%Y-%m-%d"))
+    assert float(str(table.get_attribute("data-start"))) == midnight
+    assert midnight < float(str(table.get_attribute("data-end"))) <= midnight + 86400  # or now
+    day, api = accounting_rows(alice, cluster, "alice-t")
+    assert day == api and day[0]["cpu"] == pytest.approx(page[0]["cpu"], rel=0.5)
+    assert alice.goto("/usage?from=2026-13-01").status == 422
+    alice.errors.clear()  # the browser logs the 422 itself
     alice.clean()
 
 

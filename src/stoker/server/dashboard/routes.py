@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -69,6 +70,18 @@ def _sum(amounts: Iterable[dict[str, float]]) -> dict[str, float]:
         for k, v in a.items():
             total[k] = total.get(k, 0.0) + v
     return total
+
+
+def day_start(day: str, key: str, default: float | None, days_after: int = 0) -> float | None:
+    """The UTC start of ``day`` (YYYY-MM-DD) plus ``days_after`` days, as epoch seconds;
+    ``default`` when it is empty. A bad date is a 422 naming the field."""
+    if not day:
+        return default
+    try:
+        start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise HTTPException(422, f"{key}: {day!r} is not a date (YYYY-MM-DD)") from None
+    return (start + timedelta(days=days_after)).timestamp()
 
 
 def topology_groups(nodes: list[NodeView], levels: tuple[str, ...]) -> list[NodeGroup]:
@@ -260,7 +273,9 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
                       groups=topology_groups(nodes, levels))
 
     @router.get("/usage", response_model=None)
-    def usage_page(request: Request, window: str = "all", by: str = "tenant") -> Response:
+    def usage_page(request: Request, window: str = "all", by: str = "tenant",
+                   first: Annotated[str, Query(alias="from")] = "",
+                   last: Annotated[str, Query(alias="to")] = "") -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
@@ -272,11 +287,15 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         span = WINDOWS[window]
         now = time.time()
         since = None if span is None else now - span
+        if first or last:  # whole UTC days, both included
+            since, now = day_start(first, "from", None), day_start(last, "to", now, 1)
+            if since is not None and since >= now:
+                raise HTTPException(422, "'to' must not be before 'from'")
         tenant = None if me.who.admin else me.who.name
         report = plane.usage(tenant, since)
         accounting = plane.accounting(tenant, by, since, now)
         return render(request, "usage.html", me, title="Usage", report=report,
                       accounting=accounting, by=by, groups=GROUPS,
-                      window=window, windows=list(WINDOWS))
+                      window=window, windows=list(WINDOWS), first=first, last=last)
 
     return router
