@@ -232,6 +232,12 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
         assert float(row["used"]) == want["used"] and float(row["borrowed"]) == want["borrowed"]
         assert (float(row["nominal"]) if row["nominal"] else None) == want["nominal"]
         assert int(row["pending"]) == want["pending_jobs"]
+    lab = admin.page.eval_on_selector_all("table.cohorts tbody tr",
+                                          "rows => rows.map(r => ({...r.dataset}))")
+    assert [(c["cohort"], c["flavor"], c["resource"]) for c in lab] == [("lab", "cpu", "cpu")]
+    assert float(lab[0]["nominal"]) == sum(w["nominal"] for w in api)
+    assert float(lab[0]["used"]) == sum(w["used"] for w in api)
+    assert float(lab[0]["borrowed"]) == sum(w["borrowed"] for w in api) > 0
     admin.goto(f"/jobs/{cluster.sleeper}?rank=1")  # a command job: each rank its own log
     assert admin.page.locator("#log-rank option").all_inner_texts() == \
         ["rank 0", "rank 0", "rank 1"]

@@ -36,7 +36,7 @@ from stoker.server.session import (
     session_token,
     start_session,
 )
-from stoker.spec.api import JobState, NodeView
+from stoker.spec.api import JobState, NodeView, QueueUsage
 
 TEMPLATES = Path(__file__).parent / "templates"
 PAGE_SIZE = 50
@@ -70,6 +70,44 @@ def _sum(amounts: Iterable[dict[str, float]]) -> dict[str, float]:
         for k, v in a.items():
             total[k] = total.get(k, 0.0) + v
     return total
+
+
+@dataclass
+class CohortTotal:
+    """A cohort's member queues together, on one flavor's resource: what they are given
+    (``nominal``), hold (``used``) and hold above their own quotas (``borrowed``: lent to
+    them by other members, or by the cohort's parent)."""
+
+    cohort: str
+    flavor: str
+    resource: str
+    queues: int = 0
+    nominal: float = 0.0
+    used: float = 0.0
+    borrowed: float = 0.0
+    unlimited: bool = False  # a member has no nominal quota of it
+
+    @property
+    def idle(self) -> float:
+        return max(0.0, self.nominal - self.used)
+
+
+def cohort_totals(rows: Iterable[QueueUsage]) -> list[CohortTotal]:
+    """The queue rows of each cohort summed, by cohort, flavor and resource."""
+    totals: dict[tuple[str, str, str], CohortTotal] = {}
+    for r in rows:
+        if r.cohort is None:
+            continue
+        key = (r.cohort, r.flavor, r.resource)
+        t = totals.setdefault(key, CohortTotal(*key))
+        t.queues += 1
+        t.used += r.used
+        t.borrowed += r.borrowed
+        if r.nominal is None:
+            t.unlimited = True
+        else:
+            t.nominal += r.nominal
+    return [totals[k] for k in sorted(totals)]
 
 
 def day_start(day: str, key: str, default: float | None, days_after: int = 0) -> float | None:
@@ -259,7 +297,8 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
         queues = None if me.who.admin else me.who.queues
         rows = plane.queue_usage(queues)
         history = plane.queue_history(queues, HISTORY_WINDOWS[window], HISTORY_BUCKETS)
-        return render(request, "queues.html", me, title="Queues", rows=rows, window=window,
+        return render(request, "queues.html", me, title="Queues", rows=rows,
+                      cohorts=cohort_totals(rows), window=window,
                       windows=list(HISTORY_WINDOWS), history=history.model_dump(mode="json"))
 
     @router.get("/nodes", response_model=None)
