@@ -62,6 +62,7 @@ from stoker.observe.metrics import (
     read_metrics,
 )
 from stoker.observe.peak import Peak, peak_flops, trusted_mfu
+from stoker.observe.sinks import open_sinks
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
@@ -210,6 +211,7 @@ class Trainer:
         self.run_attempt = run_attempt(run_dir / cfg.telemetry.metrics_file)
         self.writer = (MetricsWriter(run_dir / cfg.telemetry.metrics_file)
                        if dist_info.is_main else None)
+        self.sinks = open_sinks(cfg, run_dir, self.events) if dist_info.is_main else None
         self.val_loader = self._val_loader()
 
     # ------------------------------------------------------------------ state (for checkpoints)
@@ -468,6 +470,8 @@ class Trainer:
             self.stats.add(record)
             if self.writer is not None:
                 self.writer.write(record)
+            if self.sinks is not None:
+                self.sinks.log(record)
             self.display.update(record)
             for hook in self.after_step:
                 hook(self, record)
@@ -664,6 +668,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.writer is not None:
             self.writer.close()
+        if self.sinks is not None:
+            self.sinks.close()
         self.display.finish(summary)
 
     def _mfu(self, achieved_flops_per_s: float) -> float:
