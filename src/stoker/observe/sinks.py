@@ -140,7 +140,7 @@ class TensorBoardSink:
         from torch.utils.tensorboard.summary import hparams
 
         file_writer = self.writer._get_file_writer()
-        for summary in hparams(self.config, {}):
+        for summary in hparams(self.config, {}):  # type: ignore[no-untyped-call]
             file_writer.add_summary(summary)
 
     def close(self) -> None:
