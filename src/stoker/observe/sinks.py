@@ -60,6 +60,9 @@ class Sink(Protocol):
 
     def log(self, step: int, scalars: dict[str, float]) -> None: ...
 
+    def flush(self) -> None:
+        """Write what ``log`` buffered: called when the queue is empty (once per log step)."""
+
     def close(self) -> None: ...
 
 
@@ -118,9 +121,11 @@ class TensorBoardSink:
     """RUN_DIR/tensorboard/; the writer opens at the first step this attempt logs."""
 
     def __init__(self, run_dir: Path) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
 
         self._open = SummaryWriter
+        self.Summary = Summary
         self.log_dir = run_dir / "tensorboard"
         self.config: dict[str, Any] = {}
         self.writer: Any = None
@@ -132,8 +137,12 @@ class TensorBoardSink:
         if self.writer is None:
             self.writer = self._open(str(self.log_dir), purge_step=step)
             self._write_hparams()
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
+        # One event for the step's scalars: add_scalar writes one per scalar, at 3.5x the CPU.
+        values = [self.Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+        self.writer._get_file_writer().add_summary(self.Summary(value=values), step)
+
+    def flush(self) -> None:
+        pass  # the writer's own thread writes the events file
 
     def _write_hparams(self) -> None:
         """The config in the HPARAMS tab, in this run (``add_hparams`` would make another)."""
@@ -169,6 +178,9 @@ class WandbSink:
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(scalars, step=step)
 
+    def flush(self) -> None:
+        pass  # wandb-core writes the run file
+
     def close(self) -> None:
         if self.run is not None:
             self.run.finish()
@@ -185,6 +197,7 @@ class MlflowSink:
             logging.getLogger(logger).setLevel(logging.WARNING)
 
         self.Metric, self.Param = Metric, Param
+        self.metrics: list[Metric] = []
         where = run_dir.resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{where / 'mlflow.db'}"
         self.client = MlflowClient(tracking_uri=uri)
@@ -209,11 +222,17 @@ class MlflowSink:
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         stamp = int(time.time() * 1000)
-        metrics = [self.Metric(k, v, stamp, step) for k, v in scalars.items()]
+        self.metrics += [self.Metric(k, v, stamp, step) for k, v in scalars.items()]
+
+    def flush(self) -> None:
+        """One transaction per 1,000 metrics (MLflow's limit): a log step's records together
+        cost a fifth of what one call per record does."""
+        metrics, self.metrics = self.metrics, []
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
 
     def close(self) -> None:
+        self.flush()
         self.client.set_terminated(self.run_id)
 
 
@@ -249,10 +268,12 @@ class Sinks:
 
     def _run(self) -> None:
         sinks = self._open_all()
-        while (item := self.queue.get()) is not None:
+        while (items := self._next()) is not None:
             for name, sink in list(sinks.items()):
                 try:
-                    sink.log(*item)
+                    for item in items:
+                        sink.log(*item)
+                    sink.flush()
                 except Exception as e:
                     self._failed(name, e)
                     del sinks[name]
@@ -261,6 +282,20 @@ class Sinks:
                 sink.close()
             except Exception as e:
                 self._failed(name, e)
+
+    def _next(self) -> list[tuple[int, dict[str, float]]] | None:
+        """Every queued record (waiting for one), or None once ``close`` asked to stop."""
+        first = self.queue.get()
+        if first is None:
+            return None
+        items = [first]
+        while not self.queue.empty():  # this thread is the only reader
+            item = self.queue.get()
+            if item is None:
+                self.queue.put(None)  # stop once these are written
+                break
+            items.append(item)
+        return items
 
     def _open_all(self) -> dict[str, Sink]:
         sinks: dict[str, Sink] = {}
