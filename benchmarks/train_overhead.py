@@ -13,7 +13,9 @@ every ``train.log_interval`` steps), and the data wait as a share of Stoker's st
 
 ``--sinks tensorboard,wandb,mlflow`` adds a third arm: a second Trainer, the same but for
 ``telemetry.sinks`` (`stoker.observe.sinks`), alternating with the other two; its step time is
-reported against the plain Stoker arm's (the sinks' overhead, measured in the same run).
+reported against the plain Stoker arm's: what the sinks cost the step loop itself. Their
+thread's work overlaps whichever arm runs next, so its CPU time is measured apart
+(benchmarks/sink_cost.py).
 """
 
 from __future__ import annotations
@@ -118,14 +120,14 @@ def worker(args: argparse.Namespace) -> None:
     skip_records = len(trainer.stats.records)
     order = list(arms)
     while len(times["stoker"]) < args.steps:
-        for name in order:  # ABBA: each arm goes first equally often (caches, turbo, neighbours)
+        for name in order:  # each arm goes first equally often (caches, turbo, neighbours)
             step = arms[name]
             barrier()
             for _ in range(args.block):
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
-        order.reverse()
+        order = order[1:] + order[:1]  # ABBA with two arms; with three each takes each place
     trainer.train_loader.close()
     if with_sinks is not None:
         with_sinks.train_loader.close()

@@ -1,6 +1,6 @@
-"""Metric sinks (issue 14 item 4): one short CPU run with every sink on, each read back with its
-own reader and compared with metrics.jsonl; a missing package and an unknown sink refused
-before anything starts."""
+"""Metric sinks (issue 14 item 4): one short CPU run with every sink on, resumed once, each sink
+read back with its own reader and compared with metrics.jsonl; a missing package and an unknown
+sink refused before anything starts."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ from stoker.spec.errors import ConfigError
 from stoker.spec.train import TrainConfig
 from train_helpers import EXAMPLE, train_in_process
 
-STEPS = 4
+FIRST, STEPS = 4, 6  # the first attempt's steps, and the resume's end
 ALL_SINKS = 'telemetry.sinks=["jsonl", "tensorboard", "wandb", "mlflow"]'
 SMALL = [
     "model.dim=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=2",
     "model.ffn_hidden=128", "train.seq_len=32", "train.global_batch_size=8",
-    "train.micro_batch_size=8", f"train.steps={STEPS}", "train.eval_interval=0",
-    "train.log_interval=2", "telemetry.peak_flops=1e11", "telemetry.live=false",
-    "checkpoint.enabled=false", "parallel.strategy=none", "optim.lr=0.002",
+    "train.micro_batch_size=8", "train.eval_interval=0", "train.log_interval=2",
+    "telemetry.peak_flops=1e11", "telemetry.live=false", "checkpoint.async=false",
+    "parallel.strategy=none", "optim.lr=0.002", ALL_SINKS,
 ]
 
 
@@ -46,8 +46,10 @@ def require_sink_packages() -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_sink_packages()
+    """Steps 1-4 (saved at 4), then resumed to step 6: a second attempt in the same run dir."""
     run_dir = tmp_path_factory.mktemp("sinks") / "run"
-    train_in_process(run_dir, [*SMALL, ALL_SINKS])
+    train_in_process(run_dir, [*SMALL, f"train.steps={FIRST}"])
+    train_in_process(run_dir, [*SMALL, f"train.steps={STEPS}"], resume="auto")
     return run_dir
 
 
@@ -63,7 +65,7 @@ def jsonl(run: Path, key: str) -> dict[int, float]:
 
 
 def test_every_step_logged_and_no_sink_failed(run: Path) -> None:
-    assert sorted(jsonl(run, "loss")) == list(range(1, STEPS + 1))
+    assert jsonl(run, "attempt") == {s: 1 if s <= FIRST else 2 for s in range(1, STEPS + 1)}
     assert "sink_error" not in (run / "events.jsonl").read_text()
 
 
@@ -71,6 +73,7 @@ def test_tensorboard_events_equal_metrics(run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2  # an attempt each
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_bytes"):
@@ -105,23 +108,25 @@ def wandb_records(path: Path) -> list[Any]:
     return records
 
 
-def test_wandb_offline_run_holds_metrics_and_config(run: Path) -> None:
-    (run_file,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
-    kinds = [r.WhichOneof("record_type") for r in records]
-    assert kinds[-1] == "exit"  # finished
-    (meta,) = [r.run for r in records if r.HasField("run")]
-    assert meta.run_id == run_id(run.resolve())
-    config = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-              for item in meta.config.update}
-    assert config["optim"]["lr"] == pytest.approx(0.002)
+def test_wandb_offline_runs_hold_metrics_and_config(run: Path) -> None:
+    """One offline run per attempt, both with the run dir's id (``wandb sync`` makes them one)."""
+    run_files = sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2
     loss = {}
-    for r in records:
-        if r.HasField("history"):
-            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                     for item in r.history.item}
-            loss[r.history.step.num] = items["loss"]
-            assert "rank_step_times/0" in items and "step_time_s" in items
+    for run_file in run_files:
+        records = wandb_records(run_file)
+        assert records[-1].WhichOneof("record_type") == "exit"  # finished
+        (meta,) = [r.run for r in records if r.HasField("run")]
+        assert meta.run_id == run_id(run.resolve())
+        config = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                  for item in meta.config.update}
+        assert config["optim"]["lr"] == pytest.approx(0.002)
+        for r in records:
+            if r.HasField("history"):
+                items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in r.history.item}
+                loss[r.history.step.num] = items["loss"]
+                assert "rank_step_times/0" in items and "step_time_s" in items
     assert loss == jsonl(run, "loss")
 
 
@@ -131,7 +136,7 @@ def test_mlflow_store_holds_metrics_and_params(run: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{run.resolve() / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     assert experiment is not None
-    (found,) = client.search_runs([experiment.experiment_id])
+    (found,) = client.search_runs([experiment.experiment_id])  # the resume found it again
     assert found.info.status == "FINISHED"
     assert found.data.params["optim.lr"] == "0.002"
     for key in ("loss", "grad_norm", "rank_step_times/0"):
