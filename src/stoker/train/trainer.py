@@ -10,7 +10,8 @@ loss guard, AdamW, LR schedule. The step's numbers stay on the device: only on a
 (every ``train.log_interval`` steps, the first and the last) does one all_gather bring the
 pending steps' numbers from every rank (`step_log.py`), with the agreed stop and time-based
 checkpoint, so that between log steps the host runs ahead of the device. Rank 0 writes
-metrics.jsonl (one record per step), summary.json and draws the display.
+metrics.jsonl (one record per step), summary.json, feeds the ``[telemetry] sinks``
+(`stoker.observe.sinks`: TensorBoard, W&B, MLflow) and draws the display.
 
 Around the steps (issue 3): the state (``state_dict()``) is checkpointed by `Checkpointer` every
 ``checkpoint.interval_*`` and at the end, and restored at the start from ``resume`` or, after a
