@@ -15,6 +15,12 @@ A third arm is the same Trainer with its straggler scoring switched off for the 
 `StragglerDetector`; the section times still travel in the log step's all_gather): the ratio of
 the two Stoker arms is the scoring's same-run overhead. Rank 0 also times the scoring itself
 (``Trainer._score_stragglers``, per log step), reported as a share of Stoker's mean step time.
+
+``--sinks tensorboard,wandb,mlflow`` adds a third arm: a second Trainer, the same but for
+``telemetry.sinks`` (`stoker.observe.sinks`), alternating with the other two; its step time is
+reported against the plain Stoker arm's: what the sinks cost the step loop itself. Their
+thread's work overlaps whichever arm runs next, so its CPU time is measured apart
+(benchmarks/sink_cost.py).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="unmeasured steps per arm first")
     p.add_argument("--block", type=int, default=1, help="steps per alternating block")
     p.add_argument("--nprocs", default="1,2", help="world sizes to measure")
+    p.add_argument("--sinks", default="", help="a third arm with these telemetry.sinks "
+                   "(comma-separated), e.g. tensorboard,wandb,mlflow")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -80,6 +88,12 @@ def worker(args: argparse.Namespace) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="stoker-overhead-"))
     trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data, progress=False),
                       display=NullDisplay())
+    with_sinks: Trainer | None = None
+    if args.sinks:
+        names = json.dumps(["jsonl", *args.sinks.split(",")])
+        sinks_cfg = loading.load(TrainConfig, args.config, [*overrides, f"telemetry.sinks={names}"])
+        with_sinks = Trainer(sinks_cfg, Path(tempfile.mkdtemp(prefix="stoker-sinks-")), info,
+                             ensure_dataset(cfg.data, progress=False), display=NullDisplay())
 
     # The baseline: the same wrapped model, optimizer and schedule, and a bare loop.
     t = cfg.train
@@ -126,7 +140,10 @@ def worker(args: argparse.Namespace) -> None:
         scoring.append(time.perf_counter() - start)
 
     trainer._score_stragglers = timed_score  # type: ignore[method-assign]
-    arms = {"baseline": baseline_step, "stoker": trainer.step_once, "unscored": unscored_step}
+    arms: dict[str, Any] = {"baseline": baseline_step, "stoker": trainer.step_once,
+                            "unscored": unscored_step}
+    if with_sinks is not None:
+        arms["sinks"] = with_sinks.step_once
     times: dict[str, list[float]] = {name: [] for name in arms}
     for step in arms.values():  # warm-up, unmeasured
         for _ in range(args.warmup):
@@ -134,15 +151,19 @@ def worker(args: argparse.Namespace) -> None:
     skip_records = len(trainer.stats.records)
     order = list(arms)
     while len(times["stoker"]) < args.steps:
-        for name in order:  # ABBA: each arm goes first equally often (caches, turbo, neighbours)
+        for name in order:  # each arm goes first equally often (caches, turbo, neighbours)
             step = arms[name]
             barrier()
             for _ in range(args.block):
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
-        order.reverse()
+        order = order[1:] + order[:1]  # ABBA with two arms; with three each takes each place
     trainer.train_loader.close()
+    if with_sinks is not None:
+        with_sinks.train_loader.close()
+        if with_sinks.sinks is not None:
+            with_sinks.sinks.close()
     recs = trainer.stats.records[skip_records:]
     if info.is_main and args.out:
         result = {
@@ -164,6 +185,9 @@ def worker(args: argparse.Namespace) -> None:
             "unscored_s": times["unscored"],
             "data_wait_fractions": [r["data_wait_s"] / r["step_time_s"] for r in recs],
         }
+        if with_sinks is not None:
+            result["sinks_median_s"] = statistics.median(times["sinks"])
+            result["sinks_mean_s"] = statistics.fmean(times["sinks"])
         args.out.write_text(json.dumps(result))
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -175,6 +199,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_world(args: argparse.Namespace, nproc: int, out: Path) -> dict[str, Any]:
     passthrough = [f"--config={args.config}", f"--steps={args.steps}",
                    f"--warmup={args.warmup}", f"--block={args.block}", "--worker",
+                   f"--sinks={args.sinks}",
                    f"--out={out}", *(f"--set={o}" for o in args.overrides)]
     script = str(Path(__file__).resolve())
     if nproc == 1:
@@ -215,6 +240,14 @@ def main() -> None:
               f"{r['stoker_median_s'] * 1e3:>10.1f} {ratio:>7.3f} {mean_ratio:>11.3f} "
               f"{r['data_wait_fraction']:>10.2%} {r['unscored_median_s'] * 1e3:>12.1f} "
               f"{scored:>16.3f} {r['scoring_per_step_s'] / r['stoker_mean_s']:>8.3%}")
+    if args.sinks:
+        print(f"\nsinks {args.sinks}, against the plain Stoker arm:")
+        print(f"{'ranks':>5} {'stoker ms':>10} {'sinks ms':>9} {'ratio':>7} {'mean ratio':>11}")
+        for r in rows:
+            print(f"{r['world_size']:>5} {r['stoker_median_s'] * 1e3:>10.1f} "
+                  f"{r['sinks_median_s'] * 1e3:>9.1f} "
+                  f"{r['sinks_median_s'] / r['stoker_median_s']:>7.3f} "
+                  f"{r['sinks_mean_s'] / r['stoker_mean_s']:>11.3f}")
     for r in rows:
         report_figures(r)
 

@@ -24,15 +24,17 @@ from stoker.train.trainer import Trainer
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
 
 
-def train_in_process(run_dir: Path, overrides: list[str]) -> Trainer:
+def train_in_process(run_dir: Path, overrides: list[str], resume: str | None = None) -> Trainer:
     """Run the example config with ``overrides`` as one rank here (no torchrun env: a world of
-    one) to completion; the trainer's ``stats.records`` hold every step's metrics."""
+    one) to completion, from checkpoint ``resume`` if given; the trainer's ``stats.records``
+    hold every step's metrics."""
     cfg = loading.load(TrainConfig, EXAMPLE, overrides)
     info = init_distributed(cfg.parallel, cfg.train)
     # One thread, like each rank of a 2-rank run on 2 cores (and far faster on a busy machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data), display=NullDisplay())
+    trainer = Trainer(cfg, run_dir, info, ensure_dataset(cfg.data), display=NullDisplay(),
+                      resume=resume)
     try:
         assert trainer.run() == "completed"
     finally:

@@ -45,7 +45,10 @@ def main() -> None:
         # Without standalone mode click returns a command's exit code instead of exiting.
         code = app(standalone_mode=False)
     except StokerError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
+                                   soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")

@@ -317,11 +317,28 @@ class StragglerConfig(Section):
     patience: int = Field(default=3, ge=1)
 
 
+SINKS = ("jsonl", "tensorboard", "wandb", "mlflow")
+
+
 class TelemetryConfig(Section):
+    """``sinks``: where rank 0 sends each step's metrics besides metrics.jsonl, which is always
+    written (`stoker.observe.sinks`); each but jsonl needs the extra of its name."""
+
     metrics_file: str = "metrics.jsonl"
     live: bool = True
     peak_flops: float | None = Field(default=None, gt=0)
     sample_ids: bool = False  # each rank logs its global sample ids per step to RUN_DIR/samples/
+    sinks: list[str] = ["jsonl"]
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for name in self.sinks:
+            if name not in SINKS:
+                raise KeyedValueError("telemetry.sinks", f"unknown sink {name!r} (known: "
+                                      f"{', '.join(SINKS)})")
+        if len(set(self.sinks)) < len(self.sinks):
+            raise KeyedValueError("telemetry.sinks", f"{self.sinks} names a sink twice")
+        return self
 
 
 class ProfileConfig(Section):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from stoker.observe.sinks import check_installed
 from stoker.spec import loading
 from stoker.spec.errors import StokerError
 from stoker.spec.train import DataConfig, TrainConfig
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = loading.load(TrainConfig, args.config, args.overrides)
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
+        check_installed(cfg.telemetry.sinks, str(args.config))
         return run_rank(cfg, args.run_dir, args.resume, args.restart_schedule)
     except StokerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from stoker.observe.events import EventLog
+from stoker.observe.sinks import check_installed
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
@@ -59,6 +60,7 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     ``check_fresh``: refuse a run dir that holds a run unless ``resume`` is given."""
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
+    check_installed(cfg.telemetry.sinks, str(config_path))
     from stoker.train.checkpoint import resolve_resume
     from stoker.train.data import ensure_dataset, fit_to_dataset  # imports torch: config is good
     from stoker.train.resume_check import check_fits

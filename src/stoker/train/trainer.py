@@ -10,7 +10,8 @@ loss guard, AdamW, LR schedule. The step's numbers stay on the device: only on a
 (every ``train.log_interval`` steps, the first and the last) does one all_gather bring the
 pending steps' numbers from every rank (`step_log.py`), with the agreed stop and time-based
 checkpoint, so that between log steps the host runs ahead of the device. Rank 0 writes
-metrics.jsonl (one record per step), summary.json and draws the display.
+metrics.jsonl (one record per step), summary.json, feeds the ``[telemetry] sinks``
+(`stoker.observe.sinks`: TensorBoard, W&B, MLflow) and draws the display.
 
 Around the steps (issue 3): the state (``state_dict()``) is checkpointed by `Checkpointer` every
 ``checkpoint.interval_*`` and at the end, and restored at the start from ``resume`` or, after a
@@ -62,6 +63,7 @@ from stoker.observe.metrics import (
     read_metrics,
 )
 from stoker.observe.peak import Peak, peak_flops, trusted_mfu
+from stoker.observe.sinks import open_sinks
 from stoker.observe.straggler import StragglerDetector
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
@@ -214,6 +216,7 @@ class Trainer:
         self.run_attempt = run_attempt(run_dir / cfg.telemetry.metrics_file)
         self.writer = (MetricsWriter(run_dir / cfg.telemetry.metrics_file)
                        if dist_info.is_main else None)
+        self.sinks = open_sinks(cfg, run_dir, self.events) if dist_info.is_main else None
         self.val_loader = self._val_loader()
 
     # ------------------------------------------------------------------ state (for checkpoints)
@@ -474,6 +477,8 @@ class Trainer:
             self.stats.add(record)
             if self.writer is not None:
                 self.writer.write(record)
+            if self.sinks is not None:
+                self.sinks.log(record)
             self.display.update(record)
             for hook in self.after_step:
                 hook(self, record)
@@ -690,6 +695,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.writer is not None:
             self.writer.close()
+        if self.sinks is not None:
+            self.sinks.close()
         self.display.finish(summary)
 
     def _mfu(self, achieved_flops_per_s: float) -> float:
