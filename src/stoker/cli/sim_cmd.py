@@ -366,7 +366,7 @@ def plan(
                        for q in quarters_run for p in q.points],
             "csv": str(csv_path), "plots": [str(p) for p in plots]}, indent=2))
         return
-    console.print(_plan_table(planner, goal, table_rows))
+    console.print(_plan_table(planner, goal, quarters_run, table_rows))
     for q in quarters_run:
         if q.best is None:
             why = "run budget (--max-runs) spent" if q.budget_hit else \
@@ -413,25 +413,33 @@ def _plan_progress(console: Console, quiet: bool) -> Any:
                     disable=quiet, transient=True)
 
 
-def _plan_table(planner: Any, goal: Any, table_rows: list[dict[str, Any]]) -> Table:
+def _plan_table(planner: Any, goal: Any, quarters: list[Any],
+                table_rows: list[dict[str, Any]]) -> Table:
+    """One row per quarter; plan.csv has each model's and each queue's own columns."""
     from stoker.sim.plan import TIME_METRICS
 
     unit = " (h)" if goal.metric in TIME_METRICS else ""
-    table = Table(title=f"Capacity plan: {planner.policy}, target {goal.text}; "
-                        f"{goal.metric}{unit} per queue")
-    metric_cols = [k for k in table_rows[0] if k.startswith(goal.metric)]
-    columns = ["quarter", "growth_factor", *(f"nodes_{m}" for m in planner.models), "gpus_total",
-               "hourly_on_demand", "quarter_on_demand", "quarter_with_reserved", "utilization",
-               *metric_cols, "meets", "runs"]
-    labels = {"quarter": "Q", "growth_factor": "growth", "gpus_total": "GPUs",
-              "hourly_on_demand": "cost/h", "quarter_on_demand": "cost/quarter",
-              "quarter_with_reserved": "with reserved", "utilization": "util"}
-    for column in columns:
-        label = labels.get(column) or column.removeprefix(f"{goal.metric}_h_").removeprefix(
-            f"{goal.metric}_").replace("nodes_", "nodes ")
-        table.add_column(label, justify="right")
-    for row in table_rows:
-        table.add_row(*(_cell(row[c]) for c in columns))
+    from rich import box
+
+    table = Table(title=f"Capacity plan: {planner.policy}, target {goal.text} (worst queue's); "
+                        "cost/quarter on demand and with reserved capacity",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for label in ("Q", "nodes", "GPUs", "cost/h", "cost/qtr", "reserved", "util",
+                  f"{goal.metric}{unit}", "meets", "runs"):
+        table.add_column(label, justify="left" if label == "nodes" else "right")
+    for q, row in zip(quarters, table_rows, strict=True):
+        best = q.best
+        worst = "-"
+        if best is not None:
+            pick = max if goal.op == "<=" else min
+            queue = pick(best.values, key=best.values.__getitem__)
+            worst = f"{best.values[queue]:.3g}" + (f" ({queue})" if unit else "")
+        table.add_row(f"{q.quarter} x{q.growth:.3g}",
+                      _mix_text(planner, best.mix) if best else "-",
+                      *(_cell(row[c]) for c in ("gpus_total", "hourly_on_demand",
+                                                "quarter_on_demand", "quarter_with_reserved")),
+                      "-" if row["utilization"] is None else f"{row['utilization']:.0%}",
+                      worst, _cell(row["meets"]), str(q.runs))
     return table
 
 
@@ -441,7 +449,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.3g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return str(value)
 
 

@@ -530,6 +530,7 @@ def write_plots(directory: Path, planner: Planner, quarters: list[Quarter]) -> l
            title="Cost vs target (stars: chosen)")
     if target.metric in TIME_METRICS:
         ax.set_yscale("symlog", linthresh=max(target.value / 10, 1e-3))
+        ax.set_ylim(bottom=0)
     ax.legend()
     paths.append(_save(fig, directory / "cost_vs_target.png"))
     return paths
