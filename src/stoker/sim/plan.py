@@ -16,11 +16,14 @@ The rules, in order (docs/architecture.md, "Capacity plans"):
   job the whole cluster can: one lacking a GPU model some jobs are limited to, or too small for
   a gang, never meets the target (the first is known without a run).
 - Search. Counts per type range over 0..ceil(nodes of the type x growth factor x max_scale).
-  A coarse grid (`steps` + 1 counts per type) is tried cheapest first until a mix meets the
-  target; then the grid is refined around it (step / steps, within one old step either side)
-  until the step is one node. A mix with no more nodes of any type than one that missed is
-  not run: more nodes never make a metric worse is assumed, as is the cheapest passing mix of
-  each grid being near the next one's. At most `max_runs` simulator runs per quarter.
+  Coarse: every mix of `steps` + 1 evenly spaced counts per type (when there are at most
+  GRID_LIMIT mixes; with more types, the cluster's own mix scaled by 1/steps .. 1), tried
+  cheapest first until one meets the target. Refine: per type, the most expensive GPUs
+  first, bisect its count down to the fewest nodes that still meet the target, the others
+  fixed; again over every type until nothing shrinks. A mix with no more nodes of any type than
+  one that missed is not run (more nodes are assumed never to make a metric worse). At most
+  `max_runs` simulator runs per quarter. The refinement only removes nodes: a cheaper mix
+  that trades expensive nodes for more cheap ones than the coarse grid's step is not seen.
 - Reserved capacity. The reserved commitment of a model is the fewest GPUs of it that every
   quarter's chosen mix holds (a baseline the whole horizon uses); those GPUs cost the reserved
   price every quarter, the rest the on-demand price.
@@ -51,6 +54,7 @@ TIME_METRICS = {f"{kind}_{stat}": (f"{kind}_h", stat) for kind in ("jct", "wait"
                 for stat in ("mean", "median", "p95", "p99")}
 RATIO_METRICS = ("utilization", "fragmentation")
 HOURS_PER_QUARTER = 365 * 24 / 4  # 2190
+GRID_LIMIT = 4096  # most mixes in a coarse grid over every node type
 
 Mix = tuple[int, ...]  # nodes per node type, in `Planner.types` order
 
@@ -275,6 +279,7 @@ class Planner:
         self.max_scale = max_scale
         self.max_runs = max_runs
         self.types = node_types(prepared)
+        self._gpu_cache: dict[tuple[int, int], float] = {}
         self.needs = self._needs()
         self.holdable = self._holdable(prepared)
 
@@ -298,11 +303,17 @@ class Planner:
                              prepared.inputs.options).jobs)
 
     def hourly(self, mix: Mix) -> float:
-        return sum(t.gpus_of(n) * self.prices[t.model].on_demand
-                   for t, n in zip(self.types, mix, strict=True))
+        return sum(self._gpus_of(i, n) * self.prices[t.model].on_demand
+                   for i, (t, n) in enumerate(zip(self.types, mix, strict=True)))
 
     def gpus(self, mix: Mix) -> dict[str, float]:
-        return {t.model: t.gpus_of(n) for t, n in zip(self.types, mix, strict=True)}
+        return {t.model: self._gpus_of(i, n) for i, (t, n) in enumerate(zip(self.types, mix,
+                                                                             strict=True))}
+
+    def _gpus_of(self, i: int, count: int) -> float:
+        if (i, count) not in self._gpu_cache:
+            self._gpu_cache[i, count] = self.types[i].gpus_of(count)
+        return self._gpu_cache[i, count]
 
     def unplaceable(self, mix: Mix) -> str:
         for models, types in self.needs:
@@ -344,57 +355,71 @@ class Planner:
         tried: dict[Mix, Point] = {}
         missed: list[Mix] = []
         runs = 0
+        budget_hit = False
 
-        def evaluate(mix: Mix) -> Point:
-            nonlocal runs
+        def attempt(mix: Mix) -> bool | None:
+            """Whether `mix` meets the target (None: the run budget is spent)."""
+            nonlocal runs, budget_hit
+            if mix in tried:
+                return tried[mix].ok
+            if any(all(a <= b for a, b in zip(mix, m, strict=True)) for m in missed):
+                return False  # no more of any type than a mix that missed
             point = Point(q, mix, self.gpus(mix), self.hourly(mix), ran=False, ok=False)
             point.why = self.unplaceable(mix)
             if not point.why:
+                if runs >= self.max_runs:
+                    budget_hit = True
+                    return None
                 runs += 1
-                result = run_policy(self.with_mix(base, mix), self.policy, on_progress)
-                self._judge(point, result)
+                self._judge(point, run_policy(self.with_mix(base, mix), self.policy,
+                                              on_progress))
             tried[mix] = point
             if not point.ok:
                 missed.append(mix)
             if on_point is not None:
                 on_point(point)
-            return point
+            return point.ok
 
-        step = tuple(max(1, math.ceil(u / self.steps)) for u in upper)
-        axes = [_axis(0, u, s, u) for u, s in zip(upper, step, strict=True)]
-        best: Point | None = None
-        budget_hit = False
-        while True:
-            found = None
-            for mix in sorted(_mixes(axes), key=lambda m: (self.hourly(m), sum(m), m)):
-                if best is not None and self.hourly(mix) >= best.hourly:
-                    break
-                if mix in tried:
-                    if tried[mix].ok:
-                        found = tried[mix]
-                        break
-                    continue
-                if any(all(a <= b for a, b in zip(mix, f, strict=True)) for f in missed):
-                    continue  # no more of any type than a mix that missed
-                if runs >= self.max_runs and not self.unplaceable(mix):
-                    budget_hit = True
-                    break
-                point = evaluate(mix)
-                if point.ok:
-                    found = point
-                    break
-            if found is not None:
-                best = found
-            if best is None or budget_hit or max(step) == 1:
+        best: Mix | None = None
+        for mix in sorted(self.coarse(upper), key=lambda m: (self.hourly(m), sum(m), m)):
+            ok = attempt(mix)
+            if ok is None:
                 break
-            centre = best.mix
-            old = step
-            step = tuple(max(1, math.ceil(s / self.steps)) for s in old)
-            axes = [_axis(max(0, c - o), min(u, c + o), s, c)
-                    for c, o, s, u in zip(centre, old, step, upper, strict=True)]
+            if ok:
+                best = mix
+                break
+        # Refine: per type, most expensive GPUs first, the fewest nodes that still pass.
+        order = sorted(range(len(self.types)),
+                       key=lambda i: -self.prices[self.types[i].model].on_demand)
+        changed = best is not None
+        while changed and not budget_hit:
+            changed = False
+            for i in order:
+                assert best is not None
+                low, high = -1, best[i]  # high passes; low is below every count
+                while high - low > 1 and not budget_hit:
+                    mid = (low + high) // 2
+                    ok = attempt((*best[:i], mid, *best[i + 1:]))
+                    if ok:
+                        high = mid
+                    elif ok is not None:
+                        low = mid
+                if high < best[i]:
+                    best = (*best[:i], high, *best[i + 1:])
+                    changed = True
         points = sorted(tried.values(), key=lambda p: (p.hourly, p.mix))
         return Quarter(q, factor, self.prepared.inputs.arrival_scale * factor, upper, points,
-                       best, runs, budget_hit)
+                       tried[best] if best is not None else None, runs, budget_hit)
+
+    def coarse(self, upper: Mix) -> list[Mix]:
+        """Every mix of `steps` + 1 counts per type (0 to the upper bound) when there are at
+        most GRID_LIMIT of them; else the cluster's own mix scaled by 1/steps, 2/steps, ..."""
+        if (self.steps + 1) ** len(upper) <= GRID_LIMIT:
+            axes = [sorted({round(u * k / self.steps) for k in range(self.steps + 1)})
+                    for u in upper]
+            return [m for m in itertools.product(*axes) if any(m)]
+        return [tuple(math.ceil(u * k / self.steps) for u in upper)
+                for k in range(1, self.steps + 1)]
 
     def _judge(self, point: Point, result: RunResult) -> None:
         summary = result.summary()
@@ -411,14 +436,6 @@ class Planner:
             failing = [q for q, v in point.values.items() if not self.target.passes(v)]
             point.why = f"{self.target.metric} missed by {', '.join(failing)}" if failing else ""
         point.ok = not point.why
-
-
-def _axis(low: int, high: int, step: int, keep: int) -> list[int]:
-    return sorted({*range(low, high + 1, step), high, keep})
-
-
-def _mixes(axes: list[list[int]]) -> list[Mix]:
-    return [m for m in itertools.product(*axes) if any(m)]
 
 
 # ---------------------------------------------------------------- costs and the report
