@@ -368,6 +368,9 @@ def plan(
         return
     console.print(_plan_table(planner, goal, quarters_run, table_rows))
     for q in quarters_run:
+        if q.best is not None and q.budget_hit:
+            console.print(f"Q{q.quarter}: run budget (--max-runs) spent: the cheapest mix found "
+                          "so far, a cheaper one may exist")
         if q.best is None:
             why = "run budget (--max-runs) spent" if q.budget_hit else \
                 f"not even {_mix_text(planner, q.upper)}"
@@ -377,10 +380,13 @@ def plan(
 
 
 def _plan_header(planner: Any, quarters: int, growth: float) -> dict[str, Any]:
-    from stoker.sim.plan import TIME_METRICS
+    from stoker.sim.plan import GRID_LIMIT, TIME_METRICS
 
     header = _header(planner.prepared)
     header.pop("nodes taken")
+    coarse = (f"grid of {planner.steps} steps per model"
+              if (planner.steps + 1) ** len(planner.types) <= GRID_LIMIT
+              else f"the cluster's mix scaled ({planner.steps} steps, then bisection)")
     prices = ", ".join(f"{m} {p.on_demand:g} ({p.reserved:g} reserved)"
                        for m, p in planner.prices.items())
     header.update({
@@ -390,9 +396,8 @@ def _plan_header(planner: Any, quarters: int, growth: float) -> dict[str, Any]:
         "growth": f"{quarters} quarters after this one, arrivals x{growth:g} per quarter",
         "target": planner.target.text + (" for every queue" if planner.target.metric
                                          in TIME_METRICS else " for the cluster"),
-        "search": f"grid of {planner.steps} steps per model, refined to one node; at most "
-                  f"{planner.max_runs} runs a quarter; up to {planner.max_scale:g}x each "
-                  "model's nodes x growth",
+        "search": f"{coarse}, then per-model bisection; at most {planner.max_runs} runs a "
+                  f"quarter; up to {planner.max_scale:g}x each model's nodes x growth",
     })
     if planner.needs:
         header["models required"] = "; ".join(

@@ -16,14 +16,13 @@ The rules, in order (docs/architecture.md, "Capacity plans"):
   job the whole cluster can: one lacking a GPU model some jobs are limited to, or too small for
   a gang, never meets the target (the first is known without a run).
 - Search. Counts per type range over 0..ceil(nodes of the type x growth factor x max_scale).
-  Coarse: every mix of `steps` + 1 evenly spaced counts per type (when there are at most
-  GRID_LIMIT mixes; with more types, the cluster's own mix scaled by 1/steps .. 1), tried
-  cheapest first until one meets the target. Refine: per type, the most expensive GPUs
-  first, bisect its count down to the fewest nodes that still meet the target, the others
-  fixed; again over every type until nothing shrinks. A mix with no more nodes of any type than
-  one that missed is not run (more nodes are assumed never to make a metric worse). At most
-  `max_runs` simulator runs per quarter. The refinement only removes nodes: a cheaper mix
-  that trades expensive nodes for more cheap ones than the coarse grid's step is not seen.
+  Coarse: every mix of `steps` + 1 evenly spaced counts per type, tried cheapest first until
+  one meets the target; with more than GRID_LIMIT such mixes (many types), the cluster's own
+  mix scaled instead (`steps` scales, then bisection to the smallest passing one). Refine
+  (`Planner._refine`): shrink each type to the fewest nodes that still pass, then trade a type
+  for more of the cheapest-per-GPU one when that costs less, until neither changes the mix.
+  A mix with no more nodes of any type than one that missed is not run (more nodes are assumed
+  never to make a metric worse). At most `max_runs` simulator runs per quarter.
 - Reserved capacity. The reserved commitment of a model is the fewest GPUs of it that every
   quarter's chosen mix holds (a baseline the whole horizon uses); those GPUs cost the reserved
   price every quarter, the rest the on-demand price.
@@ -381,45 +380,108 @@ class Planner:
             return point.ok
 
         best: Mix | None = None
-        for mix in sorted(self.coarse(upper), key=lambda m: (self.hourly(m), sum(m), m)):
-            ok = attempt(mix)
-            if ok is None:
-                break
-            if ok:
-                best = mix
-                break
-        # Refine: per type, most expensive GPUs first, the fewest nodes that still pass.
-        order = sorted(range(len(self.types)),
-                       key=lambda i: -self.prices[self.types[i].model].on_demand)
-        changed = best is not None
-        while changed and not budget_hit:
-            changed = False
-            for i in order:
-                assert best is not None
-                low, high = -1, best[i]  # high passes; low is below every count
-                while high - low > 1 and not budget_hit:
-                    mid = (low + high) // 2
-                    ok = attempt((*best[:i], mid, *best[i + 1:]))
-                    if ok:
-                        high = mid
-                    elif ok is not None:
-                        low = mid
-                if high < best[i]:
-                    best = (*best[:i], high, *best[i + 1:])
-                    changed = True
+        if (self.steps + 1) ** len(upper) <= GRID_LIMIT:
+            for mix in sorted(self.grid(upper), key=lambda m: (self.hourly(m), sum(m), m)):
+                ok = attempt(mix)
+                if ok is None:
+                    break
+                if ok:
+                    best = mix
+                    break
+        else:
+            best = self._along_line(upper, attempt)
+        if best is not None:
+            best = self._refine(best, upper, attempt)
         points = sorted(tried.values(), key=lambda p: (p.hourly, p.mix))
         return Quarter(q, factor, self.prepared.inputs.arrival_scale * factor, upper, points,
                        tried[best] if best is not None else None, runs, budget_hit)
 
-    def coarse(self, upper: Mix) -> list[Mix]:
-        """Every mix of `steps` + 1 counts per type (0 to the upper bound) when there are at
-        most GRID_LIMIT of them; else the cluster's own mix scaled by 1/steps, 2/steps, ..."""
-        if (self.steps + 1) ** len(upper) <= GRID_LIMIT:
-            axes = [sorted({round(u * k / self.steps) for k in range(self.steps + 1)})
-                    for u in upper]
-            return [m for m in itertools.product(*axes) if any(m)]
-        return [tuple(math.ceil(u * k / self.steps) for u in upper)
-                for k in range(1, self.steps + 1)]
+    def _refine(self, best: Mix, upper: Mix, attempt: Callable[[Mix], bool | None]) -> Mix:
+        """Shrink: per type, most expensive GPUs first, bisect its count down to the fewest
+        nodes that still pass. Trade: per type still in the mix (most expensive first), drop
+        it and bisect the cheapest-per-GPU other type up to the fewest nodes that pass; keep
+        the trade if it costs less, and shrink again. Until neither changes the mix or the
+        run budget is spent (`attempt` returns None)."""
+        by_price = sorted(range(len(self.types)),
+                          key=lambda i: -self.prices[self.types[i].model].on_demand)
+
+        def with_count(mix: Mix, i: int, count: int) -> Mix:
+            return (*mix[:i], count, *mix[i + 1:])
+
+        def smallest(mix: Mix, i: int, low: int, high: int) -> int | None:
+            """The fewest nodes of type i in (low, high] that pass: `high` is known to pass
+            and `low` to miss (None: the budget is spent)."""
+            while high - low > 1:
+                mid = (low + high) // 2
+                ok = attempt(with_count(mix, i, mid))
+                if ok is None:
+                    return None
+                low, high = (low, mid) if ok else (mid, high)
+            return high
+
+        changed = True
+        while changed:
+            changed = False
+            for i in by_price:  # shrink
+                fewest = smallest(best, i, -1, best[i])
+                if fewest is None:
+                    return best
+                if fewest < best[i]:
+                    best, changed = with_count(best, i, fewest), True
+            for i in by_price:  # trade
+                cheap = [j for j in reversed(by_price) if j != i and self.prices[
+                    self.types[j].model].on_demand < self.prices[self.types[i].model].on_demand]
+                if not best[i] or not cheap or best[cheap[0]] >= upper[cheap[0]]:
+                    continue
+                j, dropped = cheap[0], with_count(best, i, 0)
+                ok = attempt(with_count(dropped, j, upper[j]))
+                if ok is None:
+                    return best
+                if not ok:
+                    continue
+                fewest = smallest(dropped, j, best[j], upper[j])
+                if fewest is None:
+                    return best
+                traded = with_count(dropped, j, fewest)
+                if self.hourly(traded) < self.hourly(best):
+                    best, changed = traded, True
+                    break
+        return best
+
+    def grid(self, upper: Mix) -> list[Mix]:
+        """Every mix of `steps` + 1 evenly spaced counts per type, 0 to the upper bound."""
+        axes = [sorted({round(u * k / self.steps) for k in range(self.steps + 1)})
+                for u in upper]
+        return [m for m in itertools.product(*axes) if any(m)]
+
+    def _along_line(self, upper: Mix,
+                    attempt: Callable[[Mix], bool | None]) -> Mix | None:
+        """The smallest passing mix of the form ceil(upper x j / J), J = max(upper): the
+        cluster's own mix scaled; `steps` evenly spaced j first, then bisection."""
+        most = max(upper)
+
+        def line(j: int) -> Mix:
+            return tuple(math.ceil(u * j / most) for u in upper)
+
+        low, high = 0, None
+        for k in range(1, self.steps + 1):
+            j = math.ceil(most * k / self.steps)
+            ok = attempt(line(j))
+            if ok is None:
+                return None
+            if ok:
+                high = j
+                break
+            low = j
+        if high is None:
+            return None
+        while high - low > 1:
+            mid = (low + high) // 2
+            ok = attempt(line(mid))
+            if ok is None:
+                break
+            low, high = (low, mid) if ok else (mid, high)
+        return line(high)
 
     def _judge(self, point: Point, result: RunResult) -> None:
         summary = result.summary()
@@ -486,6 +548,7 @@ def rows(planner: Planner, quarters: list[Quarter]) -> list[dict[str, Any]]:
                 round(value, 4) if value is not None else None)
         row["meets"] = best is not None
         row["runs"] = q.runs
+        row["budget_hit"] = q.budget_hit
         out.append(row)
     return out
 
