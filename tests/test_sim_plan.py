@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stoker.cli.main import main
-from stoker.sim.plan import HOURS_PER_QUARTER
+from stoker.sim.plan import HOURS_PER_QUARTER, interleaved
 
 # Two models of 4-GPU nodes: A at 1 per GPU-hour (0.6 reserved), B at 3.
 NODES = "sn,gpu,model\na0,4,A\na1,4,A\nb0,4,B\nb1,4,B\n"
@@ -39,6 +39,14 @@ def sim(args: list[str], monkeypatch: pytest.MonkeyPatch,
         main()
     out = capsys.readouterr()
     return int(exit_.value.code or 0), out.out, out.err
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_interleaved_prefixes_spread_and_nest(n: int) -> None:
+    order = interleaved(list(range(n)))
+    assert sorted(order) == list(range(n))
+    if n == 8:
+        assert order == [0, 4, 2, 6, 1, 5, 3, 7]
 
 
 def test_cheapest_mix_per_quarter_and_growth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

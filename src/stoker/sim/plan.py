@@ -5,8 +5,9 @@ The rules, in order (docs/architecture.md, "Capacity plans"):
 
 - Node types. Each GPU model of the cluster is one node type: the cluster's nodes of that model
   (a flavor of cluster.toml, or a model of the node list). A mix is a count of nodes per type;
-  n nodes of a type are n of its nodes spread evenly over its list, and beyond the list's
-  length, copies of its nodes in list order (same GPUs and topology labels).
+  n nodes of a type are the first n of its nodes in an interleaved order (`interleaved`: every
+  prefix spread evenly over the list, each holding the shorter ones), and beyond the list's
+  length, copies of them in that order (same GPUs and topology labels).
 - Growth. Quarter q replays the trace with arrivals `growth ** q` times faster (times
   `--arrival-scale`): quarter 0 is the trace as it is.
 - Cost. A mix's hourly cost is, over its nodes, GPUs x the on-demand price of the node's model;
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from stoker.sched import GPU
-from stoker.sim.cluster import SimCluster, flavor_name, spread
+from stoker.sim.cluster import SimCluster, flavor_name
 from stoker.sim.engine import Simulator
 from stoker.sim.metrics import RunResult
 from stoker.sim.policies import resolve
@@ -192,23 +193,35 @@ def model_of(cluster: SimCluster, flavor: str) -> str:
 class NodeType:
     model: str
     flavor: str
-    nodes: tuple[Any, ...]  # TraceNode (node list) or sched Node (cluster.toml)
+    nodes: tuple[Any, ...]  # TraceNode (node list) or sched Node (cluster.toml), interleaved
     gpus: tuple[float, ...]  # of each node
 
     def take(self, count: int) -> list[Any]:
-        """`count` nodes: spread evenly over the list, then copies of it in order."""
+        """The first `count` nodes, then copies of the list in order."""
         n = len(self.nodes)
-        if count <= n:
-            return spread(list(self.nodes), count) if count else []
         copies = [replace(self.nodes[i % n], name=f"{self.nodes[i % n].name}-copy{i // n + 1}")
-                  for i in range(count - n)]
-        return [*self.nodes, *copies]
+                  for i in range(max(0, count - n))]
+        return [*self.nodes[:count], *copies]
 
     def gpus_of(self, count: int) -> float:
         n = len(self.gpus)
-        if count <= n:
-            return sum(spread(list(self.gpus), count)) if count else 0.0
-        return sum(self.gpus) + sum(self.gpus[i % n] for i in range(count - n))
+        return sum(self.gpus[:count]) + sum(self.gpus[i % n] for i in range(max(0, count - n)))
+
+
+def interleaved(items: list[Any]) -> list[Any]:
+    """The items at positions 0, 1/2, 1/4, 3/4, 1/8, ... of the list (the van der Corput
+    sequence): every prefix is spread evenly over the list, and each holds the shorter ones,
+    so more nodes of a type always hold the fewer ones' GPUs."""
+    n = len(items)
+    order: list[int] = []
+    seen: set[int] = set()
+    bits = max(1, (n - 1).bit_length())
+    for k in range(1 << bits):
+        position = int(f"{k:0{bits}b}"[::-1], 2) * n >> bits
+        if position not in seen:
+            seen.add(position)
+            order.append(position)
+    return [items[i] for i in order]
 
 
 def node_types(prepared: Prepared) -> list[NodeType]:
@@ -223,7 +236,8 @@ def node_types(prepared: Prepared) -> list[NodeType]:
         for snode in prepared.cluster.nodes:
             types.setdefault(snode.flavor, []).append(snode)
     out = []
-    for flavor, nodes in types.items():
+    for flavor, listed in types.items():
+        nodes = interleaved(listed)
         gpus = tuple(float(n.gpus) if from_list else n.capacity[GPU] / 1000 for n in nodes)
         out.append(NodeType(model_of(prepared.cluster, flavor), flavor, tuple(nodes), gpus))
     return out
