@@ -448,12 +448,16 @@ class Planner:
                 if not best[i] or not cheap or best[cheap[0]] >= upper[cheap[0]]:
                     continue
                 j, dropped = cheap[0], with_count(best, i, 0)
-                ok = attempt(with_count(dropped, j, upper[j]))
-                if ok is None:
-                    return best
-                if not ok:
+                low, high, step = best[j], None, 1  # gallop up: +1, +2, +4 ... then bisect
+                while high is None and low < upper[j]:
+                    count = min(best[j] + step, upper[j])
+                    ok = attempt(with_count(dropped, j, count))
+                    if ok is None:
+                        return best
+                    low, high, step = (low, count, step) if ok else (count, None, step * 2)
+                if high is None:
                     continue
-                fewest = smallest(dropped, j, best[j], upper[j])
+                fewest = smallest(dropped, j, low, high)
                 if fewest is None:
                     return best
                 traded = with_count(dropped, j, fewest)
