@@ -116,6 +116,53 @@ def test_a_model_some_jobs_need_is_in_every_passing_mix(
                              for p in without_b)
 
 
+CLUSTER = """
+[flavors.a]
+gpu_model = "A"
+
+[flavors.b]
+gpu_model = "B"
+
+[[nodes]]
+name = "a"
+count = 2
+flavor = "a"
+gpus = 4
+
+[[nodes]]
+name = "b"
+count = 2
+flavor = "b"
+gpus = 4
+
+[queues.all.quotas.a]
+gpus = 64
+
+[queues.all.quotas.b]
+gpus = 64
+
+[prices]
+a = 1.0
+b = 3.0
+"""
+
+
+def test_cluster_toml_and_its_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The flavors' GPU models are the node types, [prices] the on-demand prices: as above.
+    write_inputs(tmp_path)
+    (tmp_path / "cluster.toml").write_text(CLUSTER)
+    code, out, err = sim(["plan", "--trace", str(tmp_path / "jobs.csv"), "--cluster",
+                          str(tmp_path / "cluster.toml"), "--policy", "fifo", "--target",
+                          "wait_p95<=0s", "--report", str(tmp_path / "report"), "--quarters",
+                          "1", "--growth", "2", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["prices"] == {"A": {"on_demand": 1.0, "reserved": 1.0},
+                              "B": {"on_demand": 3.0, "reserved": 3.0}}
+    assert [(q["nodes_A"], q["nodes_B"]) for q in plan["quarters"]] == [(2, 0), (4, 0)]
+
+
 def test_console_table_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = sim(["plan", *write_inputs(tmp_path)], monkeypatch, capsys)

@@ -278,8 +278,8 @@ def plan(
                                help="METRIC<=VALUE, e.g. wait_p95<=1h (every queue), "
                                     "jct_mean<=4h, utilization>=0.7 (the cluster)"),
     prices: Path | None = typer.Option(
-        None, "--prices", help="prices.toml: [models.NAME] on_demand = X, reserved = Y per "
-        "GPU-hour; default: --cluster's [prices] (on-demand only)."),
+        None, "--prices", help="prices.toml: a table models.NAME per GPU model, on_demand = X, "
+        "reserved = Y per GPU-hour; default: --cluster's prices (on-demand only)."),
     quarters: int = typer.Option(0, "--quarters", help="Quarters after this one to plan."),
     growth: float = typer.Option(1.0, "--growth",
                                  help="Arrival rate x this per quarter (compounding)."),
@@ -323,7 +323,7 @@ def plan(
         table = plan_mod.prices_from_cluster(prepared.cluster, str(cluster))
     else:
         raise ConfigError("--prices", None, "give a price table (prices.toml, or --cluster "
-                          "with [prices]) for the models " + ", ".join(sorted(models)))
+                          "with a prices table) for the models " + ", ".join(sorted(models)))
     planner = plan_mod.Planner(prepared, policy, goal, table, steps, max_scale, max_runs)
     console = Console(stderr=json_out)
     if not json_out:

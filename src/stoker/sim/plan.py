@@ -131,10 +131,10 @@ def load_prices(path: Path, models: Iterable[str]) -> dict[str, Price]:
         raise ConfigError(str(path), None, f"not a TOML file: {e}") from None
     unknown_top = sorted(set(data) - {"models"})
     if unknown_top:
-        raise ConfigError(str(path), unknown_top[0], "unknown table (expected [models.NAME])")
+        raise ConfigError(str(path), unknown_top[0], "unknown table (expected models.NAME tables)")
     table = data.get("models", {})
     if not isinstance(table, dict):
-        raise ConfigError(str(path), "models", "expected tables [models.NAME]")
+        raise ConfigError(str(path), "models", "expected models.NAME tables")
     prices = {}
     for model, entry in table.items():
         key = f"models.{model}"
@@ -157,7 +157,7 @@ def prices_from_cluster(cluster: SimCluster, source: str) -> dict[str, Price]:
     by_model = {model_of(cluster, f): Price(float(p), float(p))
                 for f, p in cluster.config.prices.items() if f in cluster.config.flavors}
     return check_prices(by_model, {model_of(cluster, n.flavor) for n in cluster.nodes},
-                        f"{source}: [prices]")
+                        f"{source}: prices")
 
 
 def check_prices(prices: dict[str, Price], models: Iterable[str],
