@@ -624,6 +624,9 @@ def write_plots(directory: Path, planner: Planner, quarters: list[Quarter]) -> l
     target = planner.target
     ax.axhline(target.value, ls="--", color="black", lw=1, label=f"target {target.text}")
     unit = " (h)" if target.metric in TIME_METRICS else ""
+    costs_run = [p.hourly for q in quarters for p in q.points if p.ran and p.hourly > 0]
+    if costs_run and max(costs_run) > 20 * min(costs_run):
+        ax.set_xscale("log")
     ax.set(xlabel="cost per hour (on-demand)", ylabel=f"worst queue's {target.metric}{unit}",
            title="Cost vs target (stars: chosen)")
     if target.metric in TIME_METRICS:
