@@ -69,9 +69,6 @@ class Target:
     def passes(self, value: float) -> bool:
         return value <= self.value if self.op == "<=" else value >= self.value
 
-    def met(self, summary: dict[str, Any]) -> bool:
-        return self.passes(metric_value(summary, self.metric))
-
     def per_queue(self, summary: dict[str, Any]) -> dict[str, float]:
         """The metric of each queue with finished jobs (time metrics), or of the cluster."""
         if self.metric not in TIME_METRICS:
