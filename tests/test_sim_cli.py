@@ -59,19 +59,22 @@ def test_table_with_cluster_toml() -> None:
 
 
 @needs_tiresias
-def test_plan_finds_the_smallest_cluster(tmp_path: Path) -> None:
-    plot = tmp_path / "plan.png"
+def test_plan_finds_the_smallest_cluster_per_quarter(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[models.gpu]\non_demand = 2.0\nreserved = 1.2\n")  # one model
     out = stoker("plan", "--trace", TIRESIAS / "60_job.csv", "--format", "tiresias",
-                 "--node-list", TIRESIAS / "n32g4.csv", "--policy", "fifo",
-                 "--target", "wait_p95<=1m", "--max-nodes", "8", "--steps", "3",
-                 "--plot", plot, "--json")
+                 "--node-list", TIRESIAS / "n32g4.csv", "--policy", "fifo", "--prices", prices,
+                 "--target", "wait_p95<=1m", "--quarters", "1", "--growth", "2",
+                 "--report", tmp_path / "report", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    points = {p["nodes"]: p for p in data["points"]}
-    best = data["smallest"]["nodes"]
-    assert points[best]["ok"] and not points[best - 1]["ok"]
-    assert points[best]["value"] <= 1 / 60
-    assert plot.stat().st_size > 1000
+    chosen = [q["nodes_gpu"] for q in data["quarters"]]
+    for quarter, nodes in enumerate(chosen):
+        points = {p["nodes"]["gpu"]: p for p in data["points"] if p["quarter"] == quarter}
+        assert points[nodes]["ok"] and not points[nodes - 1]["ok"]
+        assert points[nodes]["worst"] <= 1 / 60
+    assert chosen[1] > chosen[0]
+    assert (tmp_path / "report" / "plan.csv").is_file()
 
 
 def with_trace(args: list[str | Path], message: str) -> object:

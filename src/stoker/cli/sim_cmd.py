@@ -281,21 +281,29 @@ def plan(
     node_list: Path | None = NODE_LIST,
     policy: str = typer.Option("stoker", "--policy", help="The policy to plan for."),
     target: str = typer.Option("wait_p95<=1h", "--target",
-                               help="METRIC<=VALUE, e.g. wait_p95<=1h, jct_mean<=4h, "
-                                    "utilization>=0.7"),
-    min_nodes: int = typer.Option(1, "--min-nodes"),
-    max_nodes: int | None = typer.Option(None, "--max-nodes", help="Default: all nodes."),
-    steps: int = typer.Option(8, "--steps", help="Sizes in the coarse grid."),
-    every: int | None = EVERY, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
+                               help="METRIC<=VALUE, e.g. wait_p95<=1h (every queue), "
+                                    "jct_mean<=4h, utilization>=0.7 (the cluster)"),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="prices.toml: a table models.NAME per GPU model, on_demand = X, "
+        "reserved = Y per GPU-hour; default: --cluster's prices (on-demand only)."),
+    quarters: int = typer.Option(0, "--quarters", help="Quarters after this one to plan."),
+    growth: float = typer.Option(1.0, "--growth",
+                                 help="Arrival rate x this per quarter (compounding)."),
+    steps: int = typer.Option(4, "--steps", help="Grid steps per GPU model (coarse, refine)."),
+    max_scale: float = typer.Option(
+        2.0, "--max-scale", help="Most nodes of a model tried: its nodes x growth x this."),
+    max_runs: int = typer.Option(60, "--max-runs", help="Simulator runs per quarter at most."),
+    arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
     tenants: int = TENANTS, max_jobs: int | None = MAX_JOBS, checkpoint_interval: str = CKPT,
     restart_overhead: str = OVERHEAD, mtbf: str | None = MTBF, repair_time: str = REPAIR,
     seed: int = SEED, interval: str = INTERVAL, whole_gpus: bool = WHOLE,
     las_thresholds: str | None = LAS, checkpoint_on_preempt: bool = CKPT_ON_PREEMPT,
     times_from: Path | None = TIMES_FROM,
-    plot: Path = typer.Option(Path("sim-plan.png"), "--plot", help="Where to write the plot."),
+    report: Path = typer.Option(Path("sim-plan"), "--report",
+                                help="Directory for plan.csv and the plots."),
     json_out: bool = JSON_OUT,
 ) -> None:
-    """Sweep the cluster size and report the smallest that meets the target."""
+    """Per quarter of a growth scenario, the cheapest mix of GPU models meeting the target."""
     from stoker.sim import plan as plan_mod
     from stoker.sim.policies import POLICIES
     from stoker.sim.run import prepare
@@ -304,44 +312,157 @@ def plan(
         raise ConfigError("--policy", None,
                           f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     goal = plan_mod.parse_target(target)
-    inputs = _inputs(trace, fmt, cluster, node_list, None, None, every, None, arrival_scale,
+    if quarters < 0:
+        raise ConfigError("--quarters", None, "must not be negative")
+    if not growth > 0 or growth == float("inf"):
+        raise ConfigError("--growth", None, f"must be a positive number, got {growth:g}")
+    if report.exists() and not report.is_dir():
+        raise ConfigError("--report", None, f"{report} exists and is not a directory")
+    inputs = _inputs(trace, fmt, cluster, node_list, None, None, None, None, arrival_scale,
                      tenant_by, tenants, max_jobs, checkpoint_interval, restart_overhead, mtbf,
                      repair_time, seed, interval, whole_gpus, las_thresholds,
                      checkpoint_on_preempt, times_from)
     prepared = prepare(inputs)
+    models = {t.model for t in plan_mod.node_types(prepared)}
+    if prices is not None:
+        table = plan_mod.load_prices(prices, models)
+    elif cluster is not None and prepared.cluster.config.prices:
+        table = plan_mod.prices_from_cluster(prepared.cluster, str(cluster))
+    else:
+        raise ConfigError("--prices", None, "give a price table (prices.toml, or --cluster "
+                          "with a prices table) for the models " + ", ".join(sorted(models)))
+    planner = plan_mod.Planner(prepared, policy, goal, table, steps, max_scale, max_runs)
     console = Console(stderr=json_out)
-    total = len(prepared.cluster.nodes)
-    table = Table(title=f"Capacity plan: {policy}, target {goal.text}")
-    for column in ("nodes", "GPUs", "load", goal.metric, "meets"):
-        table.add_column(column, justify="right")
+    if not json_out:
+        for key, value in _plan_header(planner, quarters, growth).items():
+            console.print(f"[bold]{key}[/]: {value}", highlight=False, soft_wrap=True)
+    with _plan_progress(console, quiet=json_out) as progress:
+        task = progress.add_task("runs", total=None, status="")
+        jobs = progress.add_task("  jobs", total=len(prepared.jobs), status="")
 
-    def show(p: Any) -> None:
-        if not json_out:
-            console.print(f"  {p.nodes} nodes, {p.gpus:g} GPUs: load {p.load:.2f}, "
-                          f"{goal.metric} = {p.value:.3g} -> {'ok' if p.ok else 'misses'}",
-                          highlight=False)
+        def point_done(p: Any) -> None:
+            mix = _mix_text(planner, p.mix)
+            state = "ok" if p.ok else f"misses ({p.why})"
+            progress.update(task, advance=1 if p.ran else 0,
+                            description=f"Q{p.quarter} runs", status=f"{mix}: {state}")
+            if not json_out:
+                progress.console.print(
+                    f"  Q{p.quarter} {mix}: {p.hourly:,.2f}/h, {goal.metric} "
+                    f"{p.worst:.3g} -> {state}", highlight=False)
 
-    points = plan_mod.sweep(prepared, policy, goal, min_nodes, max_nodes or total, steps, show)
-    best = plan_mod.smallest(points)
-    path = plan_mod.plot(plot, points, goal, policy)
+        def jobs_done(done: int, total: int) -> None:
+            progress.update(jobs, completed=done, total=total)
+
+        quarters_run = planner.plan(quarters, growth, point_done, jobs_done)
+    table_rows = plan_mod.rows(planner, quarters_run)
+    report.mkdir(parents=True, exist_ok=True)
+    csv_path = plan_mod.write_csv(report / "plan.csv", table_rows)
+    plots = plan_mod.write_plots(report, planner, quarters_run)
+    runs = sum(q.runs for q in quarters_run)
     if json_out:
         typer.echo(json.dumps({
-            "target": goal.text, "policy": policy,
-            "smallest": None if best is None else {"nodes": best.nodes, "gpus": best.gpus},
-            "points": [{"nodes": p.nodes, "gpus": p.gpus, "load": p.load, "value": p.value,
-                        "ok": p.ok} for p in points],
-            "plot": str(path)}, indent=2))
+            "target": goal.text, "policy": policy, "models": planner.models,
+            "prices": {m: {"on_demand": p.on_demand, "reserved": p.reserved}
+                       for m, p in table.items()},
+            "hours_per_quarter": plan_mod.HOURS_PER_QUARTER, "runs": runs,
+            "quarters": table_rows,
+            "points": [{"quarter": p.quarter, "nodes": dict(zip(planner.models, p.mix,
+                                                                strict=True)),
+                        "hourly": p.hourly, "ran": p.ran, "ok": p.ok, "why": p.why,
+                        "worst": None if p.worst != p.worst else p.worst}
+                       for q in quarters_run for p in q.points],
+            "csv": str(csv_path), "plots": [str(p) for p in plots]}, indent=2))
         return
-    for p in points:
-        table.add_row(str(p.nodes), f"{p.gpus:g}", f"{p.load:.2f}", f"{p.value:.3g}",
-                      "yes" if p.ok else "no")
-    console.print(table)
-    if best is None:
-        console.print(f"no size up to {max_nodes or total} nodes meets {goal.text}")
-    else:
-        console.print(f"smallest cluster meeting {goal.text}: [bold]{best.nodes} nodes, "
-                      f"{best.gpus:g} GPUs[/] (load {best.load:.2f})")
-    console.print(f"plot: {path}")
+    console.print(_plan_table(planner, goal, quarters_run, table_rows))
+    for q in quarters_run:
+        if q.best is not None and q.budget_hit:
+            console.print(f"Q{q.quarter}: run budget (--max-runs) spent: the cheapest mix found "
+                          "so far, a cheaper one may exist")
+        if q.best is None:
+            why = "run budget (--max-runs) spent" if q.budget_hit else \
+                f"not even {_mix_text(planner, q.upper)}"
+            console.print(f"Q{q.quarter}: no mix meets {goal.text} ({why})")
+    console.print(f"{runs} simulator runs; report: {csv_path}, "
+                  f"{', '.join(p.name for p in plots)} in {report}")
+
+
+def _plan_header(planner: Any, quarters: int, growth: float) -> dict[str, Any]:
+    from stoker.sim.plan import GRID_LIMIT, TIME_METRICS
+
+    header = _header(planner.prepared)
+    header.pop("nodes taken")
+    coarse = (f"grid of {planner.steps} steps per model"
+              if (planner.steps + 1) ** len(planner.types) <= GRID_LIMIT
+              else f"the cluster's mix scaled ({planner.steps} steps, then bisection)")
+    prices = ", ".join(f"{m} {p.on_demand:g} ({p.reserved:g} reserved)"
+                       for m, p in planner.prices.items())
+    header.update({
+        "node types": ", ".join(f"{t.model} ({len(t.nodes)} nodes, {sum(t.gpus):g} GPUs)"
+                                for t in planner.types),
+        "prices per GPU-hour": prices,
+        "growth": f"{quarters} quarters after this one, arrivals x{growth:g} per quarter",
+        "target": planner.target.text + (" for every queue" if planner.target.metric
+                                         in TIME_METRICS else " for the cluster"),
+        "search": f"{coarse}, then per-model bisection; at most {planner.max_runs} runs a "
+                  f"quarter; up to {planner.max_scale:g}x each model's nodes x growth",
+    })
+    if planner.needs:
+        header["models required"] = "; ".join(
+            f"jobs limited to {'|'.join(m)} need one of its nodes" for m, _ in planner.needs)
+    return header
+
+
+def _mix_text(planner: Any, mix: tuple[int, ...]) -> str:
+    return " + ".join(f"{n}x{t.model}" for t, n in zip(planner.types, mix, strict=True) if n) \
+        or "nothing"
+
+
+def _plan_progress(console: Console, quiet: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console,
+                    disable=quiet, transient=True)
+
+
+def _plan_table(planner: Any, goal: Any, quarters: list[Any],
+                table_rows: list[dict[str, Any]]) -> Table:
+    """One row per quarter; plan.csv has each model's and each queue's own columns."""
+    from stoker.sim.plan import TIME_METRICS
+
+    unit = " (h)" if goal.metric in TIME_METRICS else ""
+    from rich import box
+
+    table = Table(title=f"Capacity plan: {planner.policy}, target {goal.text} (worst queue's); "
+                        "cost/quarter on demand and with reserved capacity",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for label in ("Q", "nodes", "GPUs", "cost/h", "cost/qtr", "reserved", "util",
+                  f"{goal.metric}{unit}", "meets", "runs"):
+        table.add_column(label, justify="left" if label == "nodes" else "right")
+    for q, row in zip(quarters, table_rows, strict=True):
+        best = q.best
+        worst = "-"
+        if best is not None:
+            pick = max if goal.op == "<=" else min
+            queue = pick(best.values, key=best.values.__getitem__)
+            worst = f"{best.values[queue]:.3g}" + (f" ({queue})" if unit else "")
+        table.add_row(f"{q.quarter} x{q.growth:.3g}",
+                      _mix_text(planner, best.mix) if best else "-",
+                      *(_cell(row[c]) for c in ("gpus_total", "hourly_on_demand",
+                                                "quarter_on_demand", "quarter_with_reserved")),
+                      "-" if row["utilization"] is None else f"{row['utilization']:.0%}",
+                      worst, _cell(row["meets"]), str(q.runs))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
 
 
 def register(app: typer.Typer) -> None:
