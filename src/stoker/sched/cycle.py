@@ -211,6 +211,7 @@ class _Cycle:
         self.preempt: list[Preempt] = []
         self.preempted: set[JobId] = set()
         self.waiting: dict[JobId, Waiting] = {}
+        self.ids: list[JobId] = []  # each pending job's id, by its place in the snapshot
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
         afs = policy.admission_fair_sharing
         self.tenants = (None if afs is None
@@ -248,26 +249,28 @@ class _Cycle:
         """Put each pending job in its queue's heap, keyed by its place in the queue
         (`stoker.sched.order`)."""
         pending = self.snap.pending
-        keyed: dict[str, list[QueueKey]] = {name: [] for name in self.queues}
-        shapes: dict[str, set[Resources]] = {name: set() for name in self.queues}
-        for key in queue_keys(pending, self.policy, self.now):
-            job = pending[key[4]]
-            keys = keyed.get(job.queue)
-            if keys is None:
+        keyed: dict[str, tuple[list[QueueKey], set[Resources]]] = {
+            name: ([], set()) for name in self.queues}
+        ids = self.ids
+        for key, job in zip(queue_keys(pending, self.policy, self.now), pending, strict=True):
+            ids.append(job.id)
+            bucket = keyed.get(job.queue)
+            if bucket is None:
                 self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
-            keys.append(key)
-            shapes[job.queue].add(job.per_rank)
-            for role in job.roles:
-                shapes[job.queue].add(role.per_rank)
-        for name, keys in keyed.items():
+            bucket[0].append(key)
+            bucket[1].add(job.per_rank)
+            if job.roles:
+                for role in job.roles:
+                    bucket[1].add(role.per_rank)
+        for name, (keys, shapes) in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
             qs.waiting = keys
             if keys:
-                per_rank = list(shapes[name])  # the distinct rank shapes
+                per_rank = list(shapes)  # the distinct rank shapes
                 qs.least = tuple(map(min, *per_rank)) if len(per_rank) > 1 else per_rank[0]
                 qs.most = tuple(map(max, *per_rank)) if len(per_rank) > 1 else per_rank[0]
 
@@ -1002,7 +1005,10 @@ class _Cycle:
         def place() -> Placement | None:
             return self._place_now(flavor, job, level, job.topology_required)
 
-        sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
+        # A shape that failed to place this cycle fails on today's nodes too (they only shrink).
+        failed = ((flavor, job.ranks, job.per_rank, level, job.topology_required, job.avoid)
+                  in self.failed_shapes)
+        sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks, failed)
         short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
         return self._search(qs, job, sim, account, total, own, claimed, borrowed, others, short)
 
@@ -1152,7 +1158,8 @@ class _Cycle:
             pending = self.snap.pending
             keys = (qs.waiting if self.tenants is None
                     else self.tenants.remaining(qs.queue.name, qs.waiting))
-            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
+            ids = self.ids
+            self.waiting.update(dict.fromkeys([ids[k[4]] for k in keys], reason))
             if all(map(le, qs.most, largest)):  # every job fits some node
                 continue
             for key in keys:

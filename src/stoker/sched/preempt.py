@@ -214,13 +214,15 @@ class Simulation:
 
     def __init__(self, nodes: Nodes, quota_fits: Callable[[bool], bool],
                  place: Callable[[], Placement | None], per_rank: Sequence[int],
-                 ranks: int) -> None:
+                 ranks: int, failed: bool = False) -> None:
         self.nodes = nodes
         self.quota_fits = quota_fits
         self.place = place
         self.per_rank = per_rank
         self.ranks = ranks
-        self.failed = False  # the last node check failed (still true: capacity only grew)
+        # The last node check failed (still true: capacity only grew); ``failed``: the caller
+        # knows that the preemptor does not fit on the nodes as they are.
+        self.failed = failed
         self.freed: list[int] = []  # nodes given capacity since that check
         self.found: Placement | None = None  # a placement valid in the current node state
         self.found_on: set[int] = set()
@@ -244,7 +246,7 @@ class Simulation:
             return None
         if self.found is not None:
             return self.found
-        if self.failed and self.ranks == 1:
+        if self.failed:
             free, per_rank = self.nodes.free, self.per_rank
             if not any(ranks_fitting(free[i], per_rank) for i in self.freed):
                 self.freed.clear()
