@@ -948,9 +948,8 @@ class _Cycle:
         account = qs.accounts[flavor]
         advantage: list[bool] | None = None
         mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
-        running = self.running
         for name, theirs, path, distance in self._neighbours(qs, flavor):
-            if (name, flavor) not in running or not theirs.borrowing():
+            if not theirs.borrowing():
                 continue  # Kueue reclaims only from queues above their nominal quota
             sel = self._candidates(name, flavor).select(mine, job.created_at, mode)
             if sel.empty():
@@ -964,9 +963,9 @@ class _Cycle:
 
     def _neighbours(self, qs: _QueueState, flavor: str
                     ) -> list[tuple[str, QuotaAccount, list[QuotaAccount], int]]:
-        """The other queues of ``qs``'s cohort tree with quota of ``flavor``: name, account,
-        the path from it up to the lowest cohort shared with ``qs`` (not included), and that
-        cohort's distance above ``qs``."""
+        """The other queues of ``qs``'s cohort tree with quota of ``flavor`` and jobs running
+        on it: name, account, the path from it up to the lowest cohort shared with ``qs`` (not
+        included), and that cohort's distance above ``qs``."""
         key = (qs.queue.name, flavor)
         kept = self._neighbour_cache.get(key)
         if kept is not None:
@@ -977,9 +976,10 @@ class _Cycle:
             above[node] = len(above)
             node = node.parent
         out = []
+        running = self.running
         for other in self.trees[qs.root] if qs.root is not None else ():
             theirs = other.accounts.get(flavor)
-            if other is qs or theirs is None:
+            if other is qs or theirs is None or (other.queue.name, flavor) not in running:
                 continue
             path = [theirs]
             node = theirs.parent
