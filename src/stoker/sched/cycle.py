@@ -157,8 +157,9 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy(),
 class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
-    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "hold",
-                 "hold_applied", "least", "most", "plan", "queue", "root", "scope", "waiting")
+    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "done", "flavors", "hold",
+                 "hold_applied", "ids", "least", "most", "plan", "queue", "root", "scope",
+                 "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, QuotaAccount], root: str | None,
                  size: int) -> None:
@@ -167,6 +168,8 @@ class _QueueState:
         self.root = root  # the cohort tree it shares quota in
         self.scope = root if root is not None else f"queue:{queue.name}"  # what quota it uses
         self.waiting: list[QueueKey] = []
+        self.ids: list[JobId] = []  # every pending job's id, in snapshot order
+        self.done: list[JobId] = []  # those taken off ``waiting`` (considered, not deferred)
         self.attempts = 0
         self.checked = -1  # the cycle's change count when it was last found not hopeless
         self.blocked_by: JobId | None = None
@@ -211,7 +214,6 @@ class _Cycle:
         self.preempt: list[Preempt] = []
         self.preempted: set[JobId] = set()
         self.waiting: dict[JobId, Waiting] = {}
-        self.ids: list[JobId] = []  # each pending job's id, by its place in the snapshot
         self.nominated: dict[JobId, tuple[JobId, ...]] = {}
         afs = policy.admission_fair_sharing
         self.tenants = (None if afs is None
@@ -249,21 +251,20 @@ class _Cycle:
         """Put each pending job in its queue's heap, keyed by its place in the queue
         (`stoker.sched.order`)."""
         pending = self.snap.pending
-        keyed: dict[str, tuple[list[QueueKey], set[Resources]]] = {
-            name: ([], set()) for name in self.queues}
-        ids = self.ids
+        keyed: dict[str, tuple[list[QueueKey], set[Resources], list[JobId]]] = {
+            name: ([], set(), self.queues[name].ids) for name in self.queues}
         for key, job in zip(queue_keys(pending, self.policy, self.now), pending, strict=True):
-            ids.append(job.id)
             bucket = keyed.get(job.queue)
             if bucket is None:
                 self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
             bucket[0].append(key)
             bucket[1].add(job.per_rank)
+            bucket[2].append(job.id)
             if job.roles:
                 for role in job.roles:
                     bucket[1].add(role.per_rank)
-        for name, (keys, shapes) in keyed.items():
+        for name, (keys, shapes, _) in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
@@ -311,12 +312,14 @@ class _Cycle:
                 key = heapq.heappop(qs.waiting)
                 if tenants is not None:
                     tenants.popped(qs.waiting, key)
-                outcome = self._consider(qs, pending[key[4]], key[4], nominal_only)
+                job = pending[key[4]]
+                outcome = self._consider(qs, job, key[4], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
                     if tenants is not None:
                         tenants.pushed_back(key)
                     break
+                qs.done.append(job.id)
                 if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
                     qs.blocked_by = pending[key[4]].id
                     break
@@ -1158,8 +1161,13 @@ class _Cycle:
             pending = self.snap.pending
             keys = (qs.waiting if self.tenants is None
                     else self.tenants.remaining(qs.queue.name, qs.waiting))
-            ids = self.ids
-            self.waiting.update(dict.fromkeys([ids[k[4]] for k in keys], reason))
+            if self.tenants is None:  # the jobs not taken off the heap, in snapshot order
+                rest = dict.fromkeys(qs.ids, reason)
+                for done in qs.done:
+                    rest.pop(done, None)
+                self.waiting.update(rest)
+            else:
+                self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
             if all(map(le, qs.most, largest)):  # every job fits some node
                 continue
             for key in keys:
