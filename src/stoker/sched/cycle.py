@@ -1049,7 +1049,13 @@ class _Cycle:
         def minimal(allow_borrowing: bool) -> tuple[preempt.Chosen, Placement] | None:
             if not _quota_bound(account, total, own_freed, others_freed, allow_borrowing):
                 return None
-            return preempt.minimal(sim, account, preempt.ordered(groups), others, short,
+            taken = groups
+            if allow_borrowing and threshold is None:
+                # `preempt.minimal` passes over the other borrowers' jobs then: leave them out.
+                taken = [claimed, own]
+                if not claimed and not own:
+                    return None
+            return preempt.minimal(sim, account, preempt.ordered(taken), others, short,
                                    allow_borrowing, threshold)
 
         if not claimed and not borrowed:
