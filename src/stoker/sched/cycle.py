@@ -796,9 +796,9 @@ class _Cycle:
             return Waiting(code, message)
         flavor = flavors[0]
         account = qs.accounts[flavor]
-        usage, size = account.usage, len(self.space)
-        nominal = tuple(max(0, account.nominal[r] - usage[r]) for r in range(size))
-        borrow = tuple(max(0, account.available(r) - nominal[r]) for r in range(size))
+        usage, quota, size = account.usage, account.nominal, len(self.space)
+        nominal = tuple([max(0, quota[r] - usage[r]) for r in range(size)])
+        borrow = tuple([max(0, account.available(r) - nominal[r]) for r in range(size)])
         return Waiting(code, message, flavor, None if total is None else tuple(total), nominal,
                        borrow)
 
@@ -825,9 +825,11 @@ class _Cycle:
         if cands is None:
             account = self.quota.account(queue, flavor)
             order = self.policy.victim_order
+            rank = self._rank if self.policy.order == "las" else None
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
-                               self._rank(job.priority, job.attained_service), order)
+                               (job.priority, 0) if rank is None
+                               else rank(job.priority, job.attained_service), order)
                 for job in self.running.get(key, ())], len(self.space))
         return cands
 

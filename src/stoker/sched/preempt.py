@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import add, sub
 
-from stoker.sched.nodes import Nodes, Placement, ranks_fitting, times
+from stoker.sched.nodes import Nodes, Placement, ranks_fitting
 from stoker.sched.quota import QuotaAccount, QuotaTree
 from stoker.sched.types import PreemptReason, RunningJob, VictimOrder
 
@@ -35,8 +35,9 @@ class Victim:
         self.job = job
         self.account = account
         self.placement = placement
-        self.per_rank = job.per_rank
-        self.total = times(job.per_rank, len(job.nodes))
+        self.per_rank = per_rank = job.per_rank
+        n = len(job.nodes)
+        self.total = [p * n for p in per_rank]
         self.rank = rank
         self.gone = False
         progress = job.progress if order == "stoker" else 0.0
@@ -55,13 +56,21 @@ class Candidates:
 
     def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int) -> None:
         self.account = account
-        self.preempting = sorted((v for v in victims if v.job.preempting), key=victim_key)
-        self.victims = sorted((v for v in victims if not v.job.preempting), key=victim_key)
+        victims.sort(key=victim_key)  # the ones being preempted already sort first
+        first = 0
+        while first < len(victims) and victims[first].job.preempting:
+            first += 1
+        self.preempting = victims[:first]
+        self.victims = victims[first:]
         self.ranks = [v.rank for v in self.victims]
-        self.freed: list[list[int]] = [[0] * size]
+        last = [0] * size
+        self.freed: list[list[int]] = [last]
         for v in self.victims:
-            self.freed.append(list(map(add, self.freed[-1], v.total)))
-        self.largest = [max((v.total[r] for v in victims), default=0) for r in range(size)]
+            last = list(map(add, last, v.total))
+            self.freed.append(last)
+        totals = [v.total for v in victims]
+        self.largest = (list(map(max, *totals)) if len(totals) > 1
+                        else list(totals[0]) if totals else [0] * size)
         # Victims chosen this cycle: their positions, sorted, and their running totals.
         self.gone: list[int] = []
         self.gone_freed: list[list[int]] = [[0] * size]
