@@ -73,7 +73,10 @@ class Account:
         parent = self.parent
         if parent is None:
             return self.subtree[r] - self.usage[r]
-        from_parent = parent.available(r)
+        if parent.parent is None:  # the root's, without a call
+            from_parent = parent.subtree[r] - parent.usage[r]
+        else:
+            from_parent = parent.available(r)
         g = self.guaranteed[r]
         used = self.usage[r]
         if self.borrow[r] < UNLIMITED:
