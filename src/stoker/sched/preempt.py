@@ -216,9 +216,10 @@ class Simulation:
     the preemptor fits (quota first, then nodes).
 
     Node checks whose answer is known are skipped: removing victims only adds free capacity,
-    so after a failed check a one-rank job can newly fit only on nodes freed since; restoring a
-    victim takes capacity only from its own nodes, so a placement found stays valid unless it
-    uses one of them.
+    so after a failed check the preemptor (one rank or a gang) can newly fit only if a node
+    freed since holds one of its ranks (whether a placement exists depends only on how many
+    ranks each node holds); restoring a victim takes capacity only from its own nodes, so a
+    placement found stays valid unless it uses one of them.
     """
 
     def __init__(self, nodes: Nodes, quota_fits: Callable[[bool], bool],
