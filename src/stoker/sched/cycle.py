@@ -157,8 +157,9 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy(),
 class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
-    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "flavors", "hold",
-                 "hold_applied", "least", "most", "plan", "queue", "root", "scope", "waiting")
+    __slots__ = ("accounts", "attempts", "blocked_by", "checked", "done", "flavors", "hold",
+                 "hold_applied", "ids", "least", "most", "plan", "queue", "root", "scope",
+                 "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, QuotaAccount], root: str | None,
                  size: int) -> None:
@@ -167,6 +168,8 @@ class _QueueState:
         self.root = root  # the cohort tree it shares quota in
         self.scope = root if root is not None else f"queue:{queue.name}"  # what quota it uses
         self.waiting: list[QueueKey] = []
+        self.ids: list[JobId] = []  # every pending job's id, in snapshot order
+        self.done: list[JobId] = []  # those taken off ``waiting`` (considered, not deferred)
         self.attempts = 0
         self.checked = -1  # the cycle's change count when it was last found not hopeless
         self.blocked_by: JobId | None = None
@@ -256,26 +259,27 @@ class _Cycle:
         """Put each pending job in its queue's heap, keyed by its place in the queue
         (`stoker.sched.order`)."""
         pending = self.snap.pending
-        keyed: dict[str, list[QueueKey]] = {name: [] for name in self.queues}
-        shapes: dict[str, set[Resources]] = {name: set() for name in self.queues}
-        for key in queue_keys(pending, self.policy, self.now):
-            job = pending[key[4]]
-            keys = keyed.get(job.queue)
-            if keys is None:
+        keyed: dict[str, tuple[list[QueueKey], set[Resources], list[JobId]]] = {
+            name: ([], set(), self.queues[name].ids) for name in self.queues}
+        for key, job in zip(queue_keys(pending, self.policy, self.now), pending, strict=True):
+            bucket = keyed.get(job.queue)
+            if bucket is None:
                 self.waiting[job.id] = Waiting("UnknownQueue", f"unknown queue {job.queue!r}")
                 continue
-            keys.append(key)
-            shapes[job.queue].add(job.per_rank)
-            for role in job.roles:
-                shapes[job.queue].add(role.per_rank)
-        for name, keys in keyed.items():
+            bucket[0].append(key)
+            bucket[1].add(job.per_rank)
+            bucket[2].append(job.id)
+            if job.roles:
+                for role in job.roles:
+                    bucket[1].add(role.per_rank)
+        for name, (keys, shapes, _) in keyed.items():
             if self.tenants is not None:
                 keys = self.tenants.heads(keys)
             heapq.heapify(keys)  # only the jobs considered are ever ordered fully
             qs = self.queues[name]
             qs.waiting = keys
             if keys:
-                per_rank = list(shapes[name])  # the distinct rank shapes
+                per_rank = list(shapes)  # the distinct rank shapes
                 qs.least = tuple(map(min, *per_rank)) if len(per_rank) > 1 else per_rank[0]
                 qs.most = tuple(map(max, *per_rank)) if len(per_rank) > 1 else per_rank[0]
 
@@ -316,12 +320,14 @@ class _Cycle:
                 key = heapq.heappop(qs.waiting)
                 if tenants is not None:
                     tenants.popped(qs.waiting, key)
-                outcome = self._consider(qs, pending[key[4]], key[4], nominal_only)
+                job = pending[key[4]]
+                outcome = self._consider(qs, job, key[4], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
                     if tenants is not None:
                         tenants.pushed_back(key)
                     break
+                qs.done.append(job.id)
                 if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
                     qs.blocked_by = pending[key[4]].id
                     break
@@ -798,9 +804,9 @@ class _Cycle:
             return Waiting(code, message)
         flavor = flavors[0]
         account = qs.accounts[flavor]
-        usage, size = account.usage, len(self.space)
-        nominal = tuple(max(0, account.nominal[r] - usage[r]) for r in range(size))
-        borrow = tuple(max(0, account.available(r) - nominal[r]) for r in range(size))
+        usage, quota, size = account.usage, account.nominal, len(self.space)
+        nominal = tuple([max(0, quota[r] - usage[r]) for r in range(size)])
+        borrow = tuple([max(0, account.available(r) - nominal[r]) for r in range(size)])
         return Waiting(code, message, flavor, None if total is None else tuple(total), nominal,
                        borrow)
 
@@ -827,9 +833,10 @@ class _Cycle:
         if cands is None:
             account = self.quota.account(queue, flavor)
             order = self.policy.victim_order
+            rank = self._rank if self.policy.order in ("las", "srtf") else None
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
-                               self._rank(job), order)
+                               (job.priority, 0) if rank is None else rank(job), order)
                 for job in self.running.get(key, ())], len(self.space))
         return cands
 
@@ -953,9 +960,8 @@ class _Cycle:
         account = qs.accounts[flavor]
         advantage: list[bool] | None = None
         mode = "lower" if q.reclaim_within_cohort == "LowerPriority" else "any"
-        running = self.running
         for name, theirs, path, distance in self._neighbours(qs, flavor):
-            if (name, flavor) not in running or not theirs.borrowing():
+            if not theirs.borrowing():
                 continue  # Kueue reclaims only from queues above their nominal quota
             sel = self._candidates(name, flavor).select(mine, job.created_at, mode)
             if sel.empty():
@@ -969,9 +975,9 @@ class _Cycle:
 
     def _neighbours(self, qs: _QueueState, flavor: str
                     ) -> list[tuple[str, QuotaAccount, list[QuotaAccount], int]]:
-        """The other queues of ``qs``'s cohort tree with quota of ``flavor``: name, account,
-        the path from it up to the lowest cohort shared with ``qs`` (not included), and that
-        cohort's distance above ``qs``."""
+        """The other queues of ``qs``'s cohort tree with quota of ``flavor`` and jobs running
+        on it: name, account, the path from it up to the lowest cohort shared with ``qs`` (not
+        included), and that cohort's distance above ``qs``."""
         key = (qs.queue.name, flavor)
         kept = self._neighbour_cache.get(key)
         if kept is not None:
@@ -982,9 +988,10 @@ class _Cycle:
             above[node] = len(above)
             node = node.parent
         out = []
+        running = self.running
         for other in self.trees[qs.root] if qs.root is not None else ():
             theirs = other.accounts.get(flavor)
-            if other is qs or theirs is None:
+            if other is qs or theirs is None or (other.queue.name, flavor) not in running:
                 continue
             path = [theirs]
             node = theirs.parent
@@ -1010,7 +1017,10 @@ class _Cycle:
         def place() -> Placement | None:
             return self._place_now(flavor, job, level, job.topology_required)
 
-        sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks)
+        # A shape that failed to place this cycle fails on today's nodes too (they only shrink).
+        failed = ((flavor, job.ranks, job.per_rank, level, job.topology_required, job.avoid)
+                  in self.failed_shapes)
+        sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks, failed)
         short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
         return self._search(qs, job, sim, account, total, own, claimed, borrowed, others, short)
 
@@ -1048,7 +1058,13 @@ class _Cycle:
         def minimal(allow_borrowing: bool) -> tuple[preempt.Chosen, Placement] | None:
             if not _quota_bound(account, total, own_freed, others_freed, allow_borrowing):
                 return None
-            return preempt.minimal(sim, account, preempt.ordered(groups), others, short,
+            taken = groups
+            if allow_borrowing and threshold is None:
+                # `preempt.minimal` passes over the other borrowers' jobs then: leave them out.
+                taken = [claimed, own]
+                if not claimed and not own:
+                    return None
+            return preempt.minimal(sim, account, preempt.ordered(taken), others, short,
                                    allow_borrowing, threshold)
 
         if not claimed and not borrowed:
@@ -1160,7 +1176,13 @@ class _Cycle:
             pending = self.snap.pending
             keys = (qs.waiting if self.tenants is None
                     else self.tenants.remaining(qs.queue.name, qs.waiting))
-            self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
+            if self.tenants is None:  # the jobs not taken off the heap, in snapshot order
+                rest = dict.fromkeys(qs.ids, reason)
+                for done in qs.done:
+                    rest.pop(done, None)
+                self.waiting.update(rest)
+            else:
+                self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
             if all(map(le, qs.most, largest)):  # every job fits some node
                 continue
             for key in keys:

@@ -23,6 +23,7 @@ from stoker.sched.types import DEFAULT_SPACE, UNLIMITED, Node, ResourceSpace
 from stoker.spec.resources import BYTES, bucket_unit
 
 MANY = 1 << 62
+_ENDLESS = UNLIMITED // 2  # this much free or more: the pool's last bucket (`Pool.key`)
 Vec = list[int]
 Placement = list[tuple[int, int]]  # (node index, ranks on it)
 
@@ -86,9 +87,10 @@ class Pool:
         """Put the nodes charged since in their buckets."""
         if not self.moved:
             return
-        free, primary = self.free, self.primary
+        free, primary, unit = self.free, self.primary, self.unit
         for i, old in self.moved.items():
-            new = self.key(free[i][primary])
+            amount = free[i][primary]
+            new = MANY if amount >= _ENDLESS else amount // unit  # self.key(amount), inlined
             if new != old:
                 self.move(i, old, new)
         self.moved.clear()
@@ -113,7 +115,7 @@ class Pool:
 
     def key(self, amount: int) -> int:
         """The bucket of a node with ``amount`` of the primary resource free."""
-        return MANY if amount >= UNLIMITED // 2 else amount // self.unit
+        return MANY if amount >= _ENDLESS else amount // self.unit
 
     def copy(self, free: list[Vec] | None = None, group_of: list[Group] | None = None) -> Pool:
         """A copy to charge in one cycle, on the cycle's ``free`` vectors (the groups are
@@ -308,8 +310,10 @@ class Nodes:
                     f[r] -= p * count
             return
         pool = self.pools[flavor]
-        if i not in pool.moved:
-            pool.moved[i] = pool.key(was[pool.primary])
+        moved = pool.moved
+        if i not in moved:
+            amount = was[pool.primary]
+            moved[i] = MANY if amount >= _ENDLESS else amount // pool.unit  # pool.key(amount)
         if pool.cache and i not in pool.dirty:
             pool.dirty[i] = was if was is not f else f.copy()
         t = pool.total

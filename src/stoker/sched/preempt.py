@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import add, sub
 
-from stoker.sched.nodes import Nodes, Placement, ranks_fitting, times
+from stoker.sched.nodes import Nodes, Placement, ranks_fitting
 from stoker.sched.quota import QuotaAccount, QuotaTree
 from stoker.sched.types import PreemptReason, RunningJob, VictimOrder
 
@@ -39,8 +39,9 @@ class Victim:
         self.job = job
         self.account = account
         self.placement = placement
-        self.per_rank = job.per_rank
-        self.total = times(job.per_rank, len(job.nodes))
+        self.per_rank = per_rank = job.per_rank
+        n = len(job.nodes)
+        self.total = [p * n for p in per_rank]
         self.rank = rank
         self.gone = False
         progress = job.progress if order == "stoker" else 0.0
@@ -59,13 +60,21 @@ class Candidates:
 
     def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int) -> None:
         self.account = account
-        self.preempting = sorted((v for v in victims if v.job.preempting), key=victim_key)
-        self.victims = sorted((v for v in victims if not v.job.preempting), key=victim_key)
+        victims.sort(key=victim_key)  # the ones being preempted already sort first
+        first = 0
+        while first < len(victims) and victims[first].job.preempting:
+            first += 1
+        self.preempting = victims[:first]
+        self.victims = victims[first:]
         self.ranks = [v.rank for v in self.victims]
-        self.freed: list[list[int]] = [[0] * size]
+        last = [0] * size
+        self.freed: list[list[int]] = [last]
         for v in self.victims:
-            self.freed.append(list(map(add, self.freed[-1], v.total)))
-        self.largest = [max((v.total[r] for v in victims), default=0) for r in range(size)]
+            last = list(map(add, last, v.total))
+            self.freed.append(last)
+        totals = [v.total for v in victims]
+        self.largest = (list(map(max, *totals)) if len(totals) > 1
+                        else list(totals[0]) if totals else [0] * size)
         # Victims chosen this cycle: their positions, sorted, and their running totals.
         self.gone: list[int] = []
         self.gone_freed: list[list[int]] = [[0] * size]
@@ -211,20 +220,23 @@ class Simulation:
     the preemptor fits (quota first, then nodes).
 
     Node checks whose answer is known are skipped: removing victims only adds free capacity,
-    so after a failed check a one-rank job can newly fit only on nodes freed since; restoring a
-    victim takes capacity only from its own nodes, so a placement found stays valid unless it
-    uses one of them.
+    so after a failed check the preemptor (one rank or a gang) can newly fit only if a node
+    freed since holds one of its ranks (whether a placement exists depends only on how many
+    ranks each node holds); restoring a victim takes capacity only from its own nodes, so a
+    placement found stays valid unless it uses one of them.
     """
 
     def __init__(self, nodes: Nodes, quota_fits: Callable[[bool], bool],
                  place: Callable[[], Placement | None], per_rank: Sequence[int],
-                 ranks: int) -> None:
+                 ranks: int, failed: bool = False) -> None:
         self.nodes = nodes
         self.quota_fits = quota_fits
         self.place = place
         self.per_rank = per_rank
         self.ranks = ranks
-        self.failed = False  # the last node check failed (still true: capacity only grew)
+        # The last node check failed (still true: capacity only grew); ``failed``: the caller
+        # knows that the preemptor does not fit on the nodes as they are.
+        self.failed = failed
         self.freed: list[int] = []  # nodes given capacity since that check
         self.found: Placement | None = None  # a placement valid in the current node state
         self.found_on: set[int] = set()
@@ -248,7 +260,7 @@ class Simulation:
             return None
         if self.found is not None:
             return self.found
-        if self.failed and self.ranks == 1:
+        if self.failed:
             free, per_rank = self.nodes.free, self.per_rank
             if not any(ranks_fitting(free[i], per_rank) for i in self.freed):
                 self.freed.clear()

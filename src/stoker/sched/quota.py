@@ -70,15 +70,21 @@ class Account:
 
     def available(self, r: int) -> int:
         """How much more of resource ``r`` this account may use, borrowing included."""
-        if self.parent is None:
+        parent = self.parent
+        if parent is None:
             return self.subtree[r] - self.usage[r]
-        from_parent = self.parent.available(r)
+        if parent.parent is None:  # the root's, without a call
+            from_parent = parent.subtree[r] - parent.usage[r]
+        else:
+            from_parent = parent.available(r)
         g = self.guaranteed[r]
+        used = self.usage[r]
         if self.borrow[r] < UNLIMITED:
             stored = self.subtree[r] - g
-            used = max(0, self.usage[r] - g)
-            from_parent = min(stored - used + self.borrow[r], from_parent)
-        return max(0, g - self.usage[r]) + from_parent
+            room = stored - (used - g if used > g else 0) + self.borrow[r]
+            if room < from_parent:
+                from_parent = room
+        return (g - used if g > used else 0) + from_parent
 
     def most(self, r: int) -> int:
         """The most of resource ``r`` this account could ever use: `available` with nothing
@@ -97,9 +103,11 @@ class Account:
             v = amount[r]
             node: Account | None = self
             while node is not None and v > 0:
-                local = node.guaranteed[r] - node.usage[r]
-                node.usage[r] += v
-                v = v - local if local > 0 else v
+                usage = node.usage
+                local = node.guaranteed[r] - usage[r]
+                usage[r] += v
+                if local > 0:
+                    v -= local
                 node = node.parent
 
     def remove(self, amount: Sequence[int], resources: Indices = ()) -> None:
@@ -107,9 +115,11 @@ class Account:
             v = amount[r]
             node: Account | None = self
             while node is not None and v > 0:
-                stored = node.usage[r] - node.guaranteed[r]
-                node.usage[r] -= v
-                v = min(v, stored)
+                usage = node.usage
+                stored = usage[r] - node.guaranteed[r]
+                usage[r] -= v
+                if stored < v:
+                    v = stored
                 node = node.parent
 
     def fits(self, amount: Sequence[int], allow_borrowing: bool = True,
@@ -133,11 +143,19 @@ class Account:
     def borrowing(self, resources: Indices = ()) -> bool:
         if self.parent is None:
             return False
-        return any(self.usage[r] > self.nominal[r] for r in resources or self.limited)
+        usage, nominal = self.usage, self.nominal
+        for r in resources or self.limited:  # noqa: SIM110 (a loop is faster than any())
+            if usage[r] > nominal[r]:
+                return True
+        return False
 
     def over(self, resources: Sequence[int]) -> bool:
         """Whether this subtree uses more than its own quota of any of ``resources``."""
-        return any(self.usage[r] > self.subtree[r] for r in resources)
+        usage, subtree = self.usage, self.subtree
+        for r in resources:  # noqa: SIM110 (a loop is faster than any())
+            if usage[r] > subtree[r]:
+                return True
+        return False
 
     def lowest_fitting(self, r: int, v: int) -> tuple[int, bool]:
         """Kueue's FindHeightOfLowestSubtreeThatFits: the height of the lowest subtree (this
