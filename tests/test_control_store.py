@@ -416,3 +416,27 @@ def test_upgrading_from_0005_gives_nodes_a_health(db_url: str) -> None:
         assert [e.kind for e in store.node_events("n0")] == ["drain"]
     finally:
         store.close()
+
+
+def test_a_page_of_jobs_sorts_by_a_column_then_id_with_empty_values_last(store: SqlStore
+                                                                         ) -> None:
+    jobs = [store.submit(replace(new_job(tenant), name=name), tenant)
+            for tenant, name in (("bob", "b"), ("alice", "c"), ("alice", "a"), ("bob", "a"))]
+    store.transition(jobs[2].id, (JobState.QUEUED,), (JobState.CANCELLED,), "x", "alice",
+                     {"finished_at": 5.0})
+    store.transition(jobs[0].id, (JobState.QUEUED,), (JobState.CANCELLED,), "x", "bob",
+                     {"finished_at": 9.0})
+
+    def ids(sort: str, newest_first: bool, **kw: object) -> list[int]:
+        page, total = store.page_jobs(limit=10, sort=sort, newest_first=newest_first, **kw)
+        assert total == len(page)
+        return [j.id for j in page]
+
+    a, b, c, d = (j.id for j in jobs)
+    assert ids("name", False) == [c, d, a, b]  # a, a (by id), b, c
+    assert ids("name", True) == [b, a, d, c]
+    assert ids("finished_at", False) == [c, a, b, d]  # 5, 9, then the unfinished by id
+    assert ids("finished_at", True) == [a, c, d, b]
+    assert ids("tenant", False, tenant="bob") == [a, d]
+    with pytest.raises(ValueError, match="cannot sort jobs by 'spec'"):
+        store.page_jobs(limit=1, sort="spec")

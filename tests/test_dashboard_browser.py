@@ -245,6 +245,23 @@ def test_queues_nodes_and_usage_pages_match_the_api(cluster: Cluster, admin: Tab
                                  ".includes('sleeping')")
     assert admin.goto(f"/jobs/{cluster.sleeper}?rank=2").status == 404
     admin.errors.clear()  # the browser logs the 404 itself
+    admin.goto("/")  # newest first; the Name header sorts by name, a second click flips it
+    rows = "rows => rows.map(r => +r.dataset.job)"
+    assert admin.page.eval_on_selector_all("table.jobs tbody tr", rows) == \
+        [cluster.sleeper, cluster.train]
+    admin.page.click("a.sort[data-sort=name]")
+    admin.page.wait_for_url("**sort=name&order=desc**")
+    assert admin.page.eval_on_selector_all("table.jobs tbody tr", rows) == \
+        [cluster.sleeper, cluster.train]  # "sleeper" after "alices-run"
+    admin.page.click("a.sort[data-sort=name]")
+    admin.page.wait_for_url("**sort=name&order=asc**")
+    assert admin.page.eval_on_selector_all("table.jobs tbody tr", rows) == \
+        [cluster.train, cluster.sleeper]
+    with cluster.server.client("admin-t") as c:  # the API sorts the same way
+        by_name = c.send("GET", "/v1/jobs", params={"sort": "name", "limit": 10}).json()
+    assert [j["id"] for j in by_name] == [cluster.train, cluster.sleeper]
+    assert admin.goto("/?sort=spec").status == 422
+    admin.errors.clear()  # the browser logs the 422 itself
     admin.goto("/queues?window=1h")  # bob's job has held 2 CPUs for the last few seconds
     admin.page.wait_for_selector("#queue-history[data-drawn]", state="attached")
     labels, data = admin.page.evaluate("""() => { const c = window.stokerQueueCharts["cpu cpu"];

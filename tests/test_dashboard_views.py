@@ -96,3 +96,12 @@ def test_the_runs_notable_events_read_as_sentences(tmp_path: Path) -> None:
         ("checkpoint_loaded", "resumed from the checkpoint of step 10"),
         ("straggler", "rank 1 straggling in host from step 14: 0.41 of the fastest rank's speed")]
     assert read_run_events(tmp_path, 8) == []
+
+
+def test_the_apis_job_sorts_are_the_stores() -> None:
+    from typing import get_args
+
+    from stoker.control.store import JOB_SORTS
+    from stoker.server.app import JobSort
+
+    assert get_args(JobSort) == JOB_SORTS

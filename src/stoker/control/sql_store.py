@@ -29,6 +29,7 @@ from stoker.control.accounting import parts
 from stoker.control.db import WRITE, migrate, open_engine
 from stoker.control.states import ACTIVE, check_path
 from stoker.control.store import (
+    JOB_SORTS,
     AttemptRecord,
     AttemptTotal,
     AuditRecord,
@@ -179,7 +180,9 @@ class SqlStore:
 
     def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
                   states: Collection[JobState] | None = None, queue: str | None = None,
-                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
+                  newest_first: bool = False, sort: str = "id") -> tuple[list[JobRecord], int]:
+        if sort not in JOB_SORTS:
+            raise ValueError(f"cannot sort jobs by {sort!r}")
         where = []
         if tenant is not None:
             where.append(t.Job.tenant == tenant)
@@ -187,8 +190,10 @@ class SqlStore:
             where.append(t.Job.state.in_([s.value for s in states]))
         if queue is not None:
             where.append(t.Job.queue == queue)
-        order = t.Job.id.desc() if newest_first else t.Job.id
-        query = select(*_JOB_COLUMNS).where(*where).order_by(order).limit(limit).offset(offset)
+        column, by_id = getattr(t.Job, sort), t.Job.id
+        order = [column.desc().nulls_last(), by_id.desc()] if newest_first \
+            else [column.asc().nulls_last(), by_id]
+        query = select(*_JOB_COLUMNS).where(*where).order_by(*order).limit(limit).offset(offset)
         with self._read() as s:
             total = s.execute(select(func.count()).select_from(t.Job).where(*where)).scalar_one()
             return [_job(row) for row in s.execute(query)], int(total)

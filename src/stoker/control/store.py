@@ -21,6 +21,9 @@ class DuplicateKey(StokerError):
     """The tenant already submitted a job with this idempotency key."""
 
 
+# What a page of jobs can be sorted by (`Store.page_jobs`): the job's stored columns.
+JOB_SORTS = ("id", "name", "tenant", "queue", "state", "priority", "started_at", "finished_at")
+
 @dataclass(frozen=True)
 class NewJob:
     tenant: str
@@ -273,9 +276,10 @@ class Store(Protocol):
 
     def page_jobs(self, *, limit: int, offset: int = 0, tenant: str | None = None,
                   states: Collection[JobState] | None = None, queue: str | None = None,
-                  newest_first: bool = False) -> tuple[list[JobRecord], int]:
-        """``limit`` jobs from ``offset`` in id order (``newest_first``: descending), with the
-        filters of `list_jobs` and a queue, and how many jobs match in all."""
+                  newest_first: bool = False, sort: str = "id") -> tuple[list[JobRecord], int]:
+        """``limit`` jobs from ``offset`` in ``sort`` order (one of `JOB_SORTS`, then id;
+        ``newest_first``: descending), with the filters of `list_jobs` and a queue, and how
+        many jobs match in all."""
         ...
 
     def transition(self, job_id: int, expect: Collection[JobState], path: Sequence[JobState],

@@ -102,6 +102,8 @@ Docs = Annotated[Principal | None, Depends(docs_reader)]
 Scraper = Annotated[Principal | None, Depends(scraper)]
 Clean = Annotated[None, Depends(clean_body)]  # after Who/Admin: authentication comes first
 
+JobSort = Literal["id", "name", "tenant", "queue", "state", "priority", "started_at",
+                  "finished_at"]  # store.JOB_SORTS, for the API's schema
 MAX_ID = (1 << 63) - 1  # ids and offsets are signed 64-bit integers in the store and the OS
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[!-~]+$",
@@ -204,21 +206,23 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
                   active: bool = False, queue: Annotated[str | None, Query(max_length=200)] = None,
                   limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
                   offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
-                  order: Annotated[Literal["asc", "desc"], Query()] = "asc") -> list[JobView]:
-        """The caller's jobs (the admin: every job) in id order (``order=desc``: newest
-        first), optionally in some states or one queue. With ``limit``, one page from
-        ``offset``; the ``X-Total-Count`` header says how many jobs match in all."""
+                  order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+                  sort: Annotated[JobSort, Query()] = "id") -> list[JobView]:
+        """The caller's jobs (the admin: every job) in ``sort`` order, then id (``order=desc``:
+        descending, e.g. newest first; empty values last), optionally in some states or one
+        queue. With ``limit``, one page from ``offset``; the ``X-Total-Count`` header says how
+        many jobs match in all."""
         states = set(state) if state else None
         if active:
             states = (states or set(JobState)) - TERMINAL
         tenant = None if who.admin else who.name
-        if limit is None and offset == 0 and order == "asc" and queue is None:
+        if limit is None and offset == 0 and order == "asc" and queue is None and sort == "id":
             jobs = plane.store.list_jobs(tenant=tenant, states=states)
             total = len(jobs)
         else:
             jobs, total = plane.store.page_jobs(limit=limit or MAX_ID, offset=offset,
                                                 tenant=tenant, states=states, queue=queue,
-                                                newest_first=order == "desc")
+                                                newest_first=order == "desc", sort=sort)
         response.headers["X-Total-Count"] = str(total)
         return plane.job_views(jobs)
 

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from stoker.control.plane import Conflict, ControlPlane
 from stoker.control.states import TERMINAL
-from stoker.control.store import JobRecord
+from stoker.control.store import JOB_SORTS, JobRecord
 from stoker.control.train_run import RunMetrics
 from stoker.server.auth import Principal, TokenBook
 from stoker.server.dashboard.format import FILTERS
@@ -220,7 +220,8 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
     @router.get("/", response_model=None)
     def jobs_page(request: Request, state: str = "",
                   queue: Annotated[str, Query(max_length=200)] = "",
-                  page: Annotated[int, Query(ge=1, le=10**9)] = 1) -> Response:
+                  page: Annotated[int, Query(ge=1, le=10**9)] = 1,
+                  sort: str = "id", order: str = "desc") -> Response:
         me = viewer(request)
         if me is None:
             return to_login(request)
@@ -232,22 +233,29 @@ def dashboard_routes(plane: ControlPlane, run_metrics: RunMetrics) -> APIRouter:
                 raise HTTPException(422, f"unknown state {state!r}: one of active, "
                                     + ", ".join(JobState.__members__))
             states = {JobState(state)}
+        if sort not in JOB_SORTS or order not in ("asc", "desc"):
+            raise HTTPException(422, f"sort by one of {', '.join(JOB_SORTS)}, order asc or "
+                                "desc")
         records, total = plane.store.page_jobs(
             limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE,
             tenant=None if me.who.admin else me.who.name, states=states,
-            queue=queue or None, newest_first=True)
+            queue=queue or None, newest_first=order == "desc", sort=sort)
         pages = max(1, math.ceil(total / PAGE_SIZE))
 
-        def link(to: int) -> str:
+        def link(to: int, by: str = sort, way: str = order) -> str:
             query = {k: v for k, v in (("state", state), ("queue", queue)) if v}
-            return "/?" + urlencode({**query, "page": to})
+            return "/?" + urlencode({**query, "sort": by, "order": way, "page": to})
+
+        def sort_link(by: str) -> str:  # a column's header: by it, flipped when already so
+            return link(1, by, "asc" if (by, order) == (sort, "desc") else "desc")
 
         queues = sorted(plane.cluster.queues if me.who.admin else me.who.queues)
         return render(request, "jobs.html", me, title="Jobs", jobs=plane.job_views(records),
                       total=total, page=page, pages=pages, state=state, queue=queue,
                       states=["active", *JobState.__members__], queues=queues,
                       prev=link(page - 1) if page > 1 else None,
-                      next=link(page + 1) if page < pages else None, now=time.time())
+                      next=link(page + 1) if page < pages else None, now=time.time(),
+                      sort=sort, order=order, sort_link=sort_link)
 
     @router.get("/jobs/{job_id}", response_model=None)
     def job_page(request: Request, job_id: int,
