@@ -1,0 +1,120 @@
+"""GRPO (`stoker.train.grpo`): the group advantage, the clipped objective and the KL term
+against hand-computed values, the log-probs' masking, the tasks' rewards, and the recipe end
+to end at a small size."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from stoker.spec.train import ModelShape
+from stoker.train.grpo import (
+    ADV_EPS,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    pack,
+    token_logprobs,
+)
+from stoker.train.grpo_tasks import Addition, Reverse
+from stoker.train.model import Transformer
+
+
+def test_group_advantage_is_the_reward_standardised_within_its_group() -> None:
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    got = group_advantages(rewards)
+    # mean 2, population std sqrt(2/3); mean 1/3, std sqrt(2)/3
+    s1, s2 = math.sqrt(2 / 3), math.sqrt(2) / 3
+    want = torch.tensor([[-1 / (s1 + ADV_EPS), 0.0, 1 / (s1 + ADV_EPS)],
+                         [-1 / 3 / (s2 + ADV_EPS), -1 / 3 / (s2 + ADV_EPS),
+                          2 / 3 / (s2 + ADV_EPS)]])
+    torch.testing.assert_close(got, want)
+
+
+def test_equal_rewards_and_a_single_completion_give_zero_advantage() -> None:
+    assert group_advantages(torch.tensor([[0.5, 0.5, 0.5, 0.5]])).abs().max() == 0
+    assert group_advantages(torch.tensor([[0.7], [0.0]])).abs().max() == 0
+
+
+def test_k3_kl_by_hand() -> None:
+    logp = torch.zeros(3)
+    ref = torch.tensor([0.0, math.log(2), -math.log(2)])
+    # exp(d) - d - 1 for d = 0, ln 2, -ln 2
+    want = torch.tensor([0.0, 1 - math.log(2), 0.5 + math.log(2) - 1])
+    torch.testing.assert_close(k3_kl(logp, ref), want)
+
+
+def _ratios_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two completions; token ratios [1.5, 0.5, pad] (Â = +1) and [1.5, 0.5, 1.0] (Â = −1)."""
+    old = torch.full((2, 3), -1.0)
+    logp = old + torch.log(torch.tensor([[1.5, 0.5, 7.0], [1.5, 0.5, 1.0]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    return logp.requires_grad_(), old, torch.tensor([1.0, -1.0]), mask
+
+
+def test_clipped_objective_by_hand() -> None:
+    logp, old, adv, mask = _ratios_case()
+    loss, stats = grpo_loss(logp, old, adv, mask, clip_eps=0.2)
+    # Â=+1: min(1.5, 1.2)=1.2, min(0.5, 0.8)=0.5 -> mean 0.85 over its 2 tokens (pad ignored)
+    # Â=−1: min(−1.5, −1.2)=−1.5, min(−0.5, −0.8)=−0.8, −1 -> mean −1.1 over 3 tokens
+    assert loss.item() == pytest.approx(-(0.85 - 1.1) / 2)
+    assert stats["clip_frac"] == pytest.approx((2 / 2 + 2 / 3) / 2)
+    assert stats["kl"] == 0
+    loss.backward()
+    assert logp.grad is not None
+    # clipped tokens carry no gradient; d(−J)/dlogp = −Â ρ / |o_i| / B for the others
+    want = torch.tensor([[0.0, -0.5 / 2 / 2, 0.0], [1.5 / 3 / 2, 0.0, 1.0 / 3 / 2]])
+    torch.testing.assert_close(logp.grad, want)
+
+
+def test_kl_penalty_is_subtracted_with_weight_beta() -> None:
+    logp, old, adv, mask = _ratios_case()
+    ref = logp.detach() + math.log(2)  # k3 = 1 − ln 2 on every token
+    loss, stats = grpo_loss(logp, old, adv, mask, clip_eps=0.2, beta=0.1, ref_logp=ref)
+    assert stats["kl"] == pytest.approx(1 - math.log(2))
+    assert loss.item() == pytest.approx(-(0.85 - 1.1) / 2 + 0.1 * (1 - math.log(2)))
+    with pytest.raises(ValueError, match="reference"):
+        grpo_loss(logp, old, adv, mask, clip_eps=0.2, beta=0.1)
+
+
+def test_on_policy_first_iteration_is_the_advantage_weighted_log_likelihood() -> None:
+    """At ρ = 1 the clipped objective's gradient is that of Â · mean log π (REINFORCE)."""
+    logp = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    adv = torch.tensor([0.5, -1.0, 2.0])
+    loss, _ = grpo_loss(logp, logp.detach(), adv, mask, clip_eps=0.2)
+    loss.backward()
+    assert logp.grad is not None
+    want = -(adv[:, None] * mask / mask.sum(-1, keepdim=True)) / 3
+    torch.testing.assert_close(logp.grad, want)
+
+
+def test_completion_logprobs_ignore_right_padding_and_mask_the_prompt() -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelShape(dim=32, n_layers=1, n_heads=2, n_kv_heads=2, ffn_hidden=64,
+                                   vocab_size=20)).eval()
+    model.init_weights()
+    prompts, completions = [[1, 2, 3], [4]], [[5, 6], [7, 8, 9, 10]]
+    tokens, mask = pack(prompts, completions)
+    assert tokens.tolist() == [[1, 2, 3, 5, 6], [4, 7, 8, 9, 10]]
+    assert mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    with torch.no_grad():
+        batched = token_logprobs(model, tokens)
+        alone = token_logprobs(model, torch.tensor([[1, 2, 3, 5, 6]]))
+    torch.testing.assert_close(batched[0], alone[0])
+
+
+def test_task_rewards_exact_and_partial() -> None:
+    task = Reverse(min_len=3, max_len=3, partial=0.5)
+    prompt, answer = task.make_prompt(random.Random(0))
+    assert prompt == answer[::-1] + "=" and len(answer) == 3
+    assert Reverse().reward("cba\n", "cba") == 1.0
+    assert Reverse().reward("cba", "cba") == pytest.approx(0.5)  # never stopped
+    assert Reverse().reward("cxa\n", "cba") == pytest.approx(0.5 * 2 / 3)
+    assert Reverse().reward("cbaa\n", "cba") == pytest.approx(0.5 * 3 / 4)
+    assert Addition().reward("357\n", "357") == 1.0
+    assert Addition().reward("457\n", "357") == pytest.approx(0.5 * 2 / 3)  # units and tens
+    assert Addition().reward("57\n", "357") == pytest.approx(0.5 * 2 / 3)
