@@ -48,7 +48,8 @@ def grpo(
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done)
 
-        run(recipe, rdir, log=bar.console.print, progress=progress)
+        run(recipe, rdir, log=lambda line: bar.console.print(line, soft_wrap=True),
+            progress=progress)
     console.print(f"records: {rdir / 'grpo.jsonl'}  summary: {rdir / 'grpo_summary.json'}")
 
 

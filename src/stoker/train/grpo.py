@@ -222,9 +222,9 @@ def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Opti
                                 cfg.clip_eps, cfg.beta, ref_logp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        stats["loss"] = float(loss)
+        stats |= {"loss": loss.item(), "grad_norm": grad_norm.item()}
     return stats
 
 
