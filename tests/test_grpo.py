@@ -128,7 +128,7 @@ def test_task_rewards_exact_and_partial() -> None:
 
 
 # The recipe end to end at a small size (examples/grpo/reverse.toml, fewer steps, no KL):
-# about 40 s on a busy 2-core machine. Seeds fixed, so the run is the same each time.
+# about 20 s on a busy 2-core machine. Seeds fixed, so the run is the same each time.
 SMALL = {"model": {"preset": "tiny", "dim": 64, "n_layers": 2, "ffn_hidden": 176},
          "task": {"name": "reverse", "min_len": 3, "max_len": 5, "held_out": 200},
          "warmup": {"steps": 100, "batch_size": 32, "lr": 3e-3},
@@ -163,3 +163,15 @@ def test_cli_rejects_a_bad_key_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip() == (f"error: {cfg}: grpo.group_sise: unknown key; "
                                    "did you mean 'group_size'?")
+
+
+def test_a_task_the_held_out_set_uses_up_is_a_one_line_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[task]\nmin_len = 1\nmax_len = 1\nheld_out = 8\n")  # all 8 one-letter strings
+    done = subprocess.run([sys.executable, "-m", "stoker.train.grpo", str(cfg),
+                           "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: task.held_out: 8 held-out prompts leave (almost) none to train on: hold out "
+        "fewer, or lengthen the task's strings")

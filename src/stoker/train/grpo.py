@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stoker.spec.errors import ConfigError
 from stoker.spec.grpo import GrpoConfig, GrpoRecipe, WarmupConfig
 from stoker.train.generate import Sampling, generate
 from stoker.train.grpo_tasks import STOP, TASKS, Task
@@ -46,6 +47,7 @@ from stoker.train.model import Transformer
 from stoker.train.tokenizer import ByteTokenizer
 
 ADV_EPS = 1e-4
+MAX_MISSES = 10_000  # held-out prompts drawn in a row before the task counts as used up
 TOKENIZER = ByteTokenizer()
 STOP_ID = TOKENIZER.encode(STOP)[0]
 
@@ -138,10 +140,15 @@ class Prompts:
     def draw(self, n: int) -> list[tuple[str, str]]:
         held = {p for p, _ in self.held_out}
         out: list[tuple[str, str]] = []
+        misses = 0
         while len(out) < n:
             pair = self.task.make_prompt(self.rng)
             if pair[0] not in held:
                 out.append(pair)
+            elif (misses := misses + 1) > MAX_MISSES:
+                raise ConfigError(None, "task.held_out", f"{len(held)} held-out prompts leave "
+                                  "(almost) none to train on: hold out fewer, or lengthen "
+                                  "the task's strings")
         return out
 
 
