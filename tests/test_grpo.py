@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stoker.spec.errors import StokerError
 from stoker.spec.grpo import GrpoRecipe
 from stoker.spec.loading import validate
 from stoker.spec.train import ModelShape
@@ -175,3 +176,34 @@ def test_a_task_the_held_out_set_uses_up_is_a_one_line_error(tmp_path: Path) -> 
     assert done.stderr.strip().splitlines()[-1] == (
         "error: task.held_out: 8 held-out prompts leave (almost) none to train on: hold out "
         "fewer, or lengthen the task's strings")
+
+
+def test_a_resumed_loop_redoes_nothing_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Stopped after step 2 (its checkpoint), then resumed to step 4: the same records."""
+    tiny = {"model": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 2,
+                      "ffn_hidden": 64},
+            "task": {"min_len": 3, "max_len": 4, "held_out": 20},
+            "warmup": {"steps": 30, "batch_size": 16},
+            "grpo": {"steps": 4, "prompts": 2, "group_size": 4, "beta": 0.1,
+                     "eval_interval": 2, "checkpoint_interval": 2},
+            "run": {"threads": 1}}
+    threads = torch.get_num_threads()
+    try:
+        whole = validate(GrpoRecipe, tiny, None)
+        run(whole, tmp_path / "whole", log=lambda line: None)
+        half = whole.model_copy(update={"grpo": whole.grpo.model_copy(update={"steps": 2})})
+        run(half, tmp_path / "resumed", log=lambda line: None)
+        with pytest.raises(StokerError, match="--resume"):
+            run(whole, tmp_path / "resumed", log=lambda line: None)
+        run(whole, tmp_path / "resumed", resume=True, log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    timing = {"gen_s", "reward_s", "train_s", "gen_tokens_per_s"}
+
+    def records(run_dir: Path) -> list[dict[str, object]]:
+        lines = (run_dir / "grpo.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+    assert [r["step"] for r in records(tmp_path / "resumed")] == [1, 2, 3, 4]
+    assert all(r["reward_std"] for r in records(tmp_path / "whole")[2:])  # steps that teach
+    assert records(tmp_path / "resumed") == records(tmp_path / "whole")

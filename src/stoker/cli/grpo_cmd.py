@@ -22,13 +22,17 @@ def grpo(
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Run directory (default: runs/<run.name>-<timestamp>/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: section.key=value."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Go on from RUN_DIR/grpo_state.pt (saved after the warm-up and "
+        "every grpo.checkpoint_interval steps)."),
 ) -> None:
     """Train a model from scratch on a verifiable synthetic task: a supervised warm-up on the
     task's format, then GRPO; pass@1 (greedy, exact match) on held-out prompts before and after.
 
     Prints one line per GRPO step (reward mean±std, exact-match rate, KL, completion length,
     generation tokens/s, time in generation, reward and training; pass@1 on eval steps) and
-    writes them to RUN_DIR/grpo.jsonl, the totals to RUN_DIR/grpo_summary.json.
+    writes them to RUN_DIR/grpo.jsonl, the totals to RUN_DIR/grpo_summary.json, the loop's
+    state to RUN_DIR/grpo_state.pt (model, reference, optimiser, prompt stream, step).
     """
     from stoker.spec import loading
     from stoker.spec.grpo import GrpoRecipe
@@ -48,7 +52,7 @@ def grpo(
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done)
 
-        run(recipe, rdir, log=lambda line: bar.console.print(line, soft_wrap=True),
+        run(recipe, rdir, resume=resume, log=lambda line: bar.console.print(line, soft_wrap=True),
             progress=progress)
     console.print(f"records: {rdir / 'grpo.jsonl'}  summary: {rdir / 'grpo_summary.json'}")
 

@@ -51,6 +51,7 @@ class GrpoConfig(Section):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=12, gt=0)
     eval_interval: int = Field(default=10, gt=0)
+    checkpoint_interval: int = Field(default=50, ge=0)  # 0: only after the warm-up
 
 
 class RunConfig(Section):

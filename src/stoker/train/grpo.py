@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stoker.spec.errors import ConfigError
+from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.grpo import GrpoConfig, GrpoRecipe, WarmupConfig
 from stoker.train.generate import Sampling, generate
 from stoker.train.grpo_tasks import STOP, TASKS, Task
@@ -47,6 +48,7 @@ from stoker.train.model import Transformer
 from stoker.train.tokenizer import ByteTokenizer
 
 ADV_EPS = 1e-4
+RECORDS, STATE = "grpo.jsonl", "grpo_state.pt"
 MAX_MISSES = 10_000  # held-out prompts drawn in a row before the task counts as used up
 TOKENIZER = ByteTokenizer()
 STOP_ID = TOKENIZER.encode(STOP)[0]
@@ -235,44 +237,76 @@ def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Opti
     return stats
 
 
-def train_grpo(model: Transformer, prompts: Prompts, cfg: GrpoConfig, seed: int = 0,
-               on_step: Callable[[dict[str, Any]], None] = lambda record: None
-               ) -> list[dict[str, Any]]:
-    """The GRPO loop; one record per step (pass@1 on the eval steps and the last)."""
-    ref = None
-    if cfg.beta > 0:
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    records = []
-    for step in range(1, cfg.steps + 1):
-        batch = rollout(model, prompts, cfg, seed=seed * 1_000_003 + step)
+class GrpoLoop:
+    """The GRPO loop's state: the policy, its frozen reference (β > 0 only), the optimiser, the
+    prompt stream and the last step done; `state_dict` is all a resume needs."""
+
+    def __init__(self, model: Transformer, prompts: Prompts, cfg: GrpoConfig,
+                 seed: int = 0) -> None:
+        self.model, self.prompts, self.cfg, self.seed = model, prompts, cfg, seed
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.step = 0
+
+    def run_step(self) -> dict[str, Any]:
+        """One GRPO step; its record (pass@1 on the eval steps and the last)."""
+        self.step += 1
+        cfg = self.cfg
+        batch = rollout(self.model, self.prompts, cfg, seed=self.seed * 1_000_003 + self.step)
         t0 = time.perf_counter()
-        stats = grpo_step(model, ref, opt, batch, cfg)
+        stats = grpo_step(self.model, self.ref, self.opt, batch, cfg)
         train_s = time.perf_counter() - t0
         lengths = [len(c) for c in batch.completions]
         record: dict[str, Any] = {
-            "step": step, "reward_mean": float(batch.rewards.mean()),
+            "step": self.step, "reward_mean": float(batch.rewards.mean()),
             "reward_std": float(batch.rewards.std(correction=0)),
             "exact": float((batch.rewards == 1).float().mean()),
             "completion_len": sum(lengths) / len(lengths),
             "gen_tokens_per_s": sum(lengths) / batch.gen_s,
             "gen_s": batch.gen_s, "reward_s": batch.reward_s, "train_s": train_s, **stats}
-        if step % cfg.eval_interval == 0 or step == cfg.steps:
-            record["pass_at_1"] = pass_at_1(model, prompts, cfg.max_new_tokens)
-        records.append(record)
-        on_step(record)
-    return records
+        if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
+            record["pass_at_1"] = pass_at_1(self.model, self.prompts, cfg.max_new_tokens)
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "ref": self.ref.state_dict() if self.ref is not None else None,
+                "step": self.step, "prompt_rng": self.prompts.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        if self.ref is not None:
+            if state["ref"] is None:
+                raise ConfigError(None, "grpo.beta", "the checkpoint has no reference model "
+                                  "(it was saved with beta = 0)")
+            self.ref.load_state_dict(state["ref"])
+        self.step = state["step"]
+        self.prompts.rng.setstate(state["prompt_rng"])
 
 
-def run(recipe: GrpoRecipe, run_dir: Path,
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then rename: a reader sees the old state or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
         log: Callable[[str], None] = print,
         progress: Callable[[str, int, int], None] = lambda phase, done, total: None
         ) -> dict[str, Any]:
     """Warm-up then GRPO; per-step records to RUN_DIR/grpo.jsonl, the summary returned and
-    written to RUN_DIR/grpo_summary.json."""
+    written to RUN_DIR/grpo_summary.json. The loop's state goes to RUN_DIR/grpo_state.pt
+    after the warm-up and every ``grpo.checkpoint_interval`` steps; ``resume`` goes on from
+    it (the warm-up is not redone; records after the saved step are dropped and redone)."""
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
+    records_path, state_path = run_dir / RECORDS, run_dir / STATE
+    if not resume and (records_path.exists() or state_path.exists()):
+        raise StokerError(f"{run_dir} already holds a GRPO run: continue it with --resume, "
+                          "or use another --run-dir")
     t = recipe.task
     task = TASKS[t.name](min_len=t.min_len, max_len=t.max_len, partial=t.partial)
     prompts = Prompts.make(task, recipe.run.seed, t.held_out)
@@ -280,32 +314,49 @@ def run(recipe: GrpoRecipe, run_dir: Path,
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {n_params / 1e6:.2f}M parameters, task {t.name}, "
         f"{len(prompts.held_out)} held-out prompts")
-    started = time.perf_counter()
-    warmup(model, prompts, recipe.warmup,
-           on_step=lambda step, loss: progress("warm-up", step + 1, recipe.warmup.steps))
-    warmup_s = time.perf_counter() - started
-    before = pass_at_1(model, prompts, recipe.grpo.max_new_tokens)
-    log(f"warm-up: {recipe.warmup.steps} steps in {warmup_s:.0f}s, pass@1 {before:.3f}")
-    totals = {"gen_s": 0.0, "reward_s": 0.0, "train_s": 0.0}
-    with (run_dir / "grpo.jsonl").open("w") as out:
-        def on_step(record: dict[str, Any]) -> None:
-            out.write(json.dumps(record) + "\n")
+    cfg = recipe.grpo
+    saved = torch.load(state_path) if resume and state_path.exists() else None
+    if saved is None:
+        started = time.perf_counter()
+        warmup(model, prompts, recipe.warmup,
+               on_step=lambda step, loss: progress("warm-up", step + 1, recipe.warmup.steps))
+        head = {"pass_at_1_warmup": pass_at_1(model, prompts, cfg.max_new_tokens),
+                "warmup_s": time.perf_counter() - started,
+                "gen_s": 0.0, "reward_s": 0.0, "train_s": 0.0, "grpo_s": 0.0}
+        log(f"warm-up: {recipe.warmup.steps} steps in {head['warmup_s']:.0f}s, "
+            f"pass@1 {head['pass_at_1_warmup']:.3f}")
+    loop = GrpoLoop(model, prompts, cfg, recipe.run.seed)
+    if saved is not None:
+        loop.load_state_dict(saved["loop"])
+        head = saved["summary"]
+        log(f"resumed at GRPO step {loop.step} from {state_path}")
+    else:
+        save_state(state_path, {"loop": loop.state_dict(), "summary": head})
+    kept = [line for line in records_path.read_text().splitlines()
+            if json.loads(line)["step"] <= loop.step] if records_path.exists() else []
+    records_path.write_text("".join(line + "\n" for line in kept))
+    last = json.loads(kept[-1]) if kept else {}
+    with records_path.open("a") as out:
+        while loop.step < cfg.steps:
+            started = time.perf_counter()
+            last = loop.run_step()
+            out.write(json.dumps(last) + "\n")
             out.flush()
-            for k in totals:
-                totals[k] += record[k]
-            progress("grpo", record["step"], recipe.grpo.steps)
-            log(step_line(record))
-
-        grpo_started = time.perf_counter()
-        records = train_grpo(model, prompts, recipe.grpo, recipe.run.seed, on_step)
-        grpo_s = time.perf_counter() - grpo_started
-    after = records[-1]["pass_at_1"] if records else before
-    summary = {"pass_at_1_warmup": before, "pass_at_1_grpo": after, "warmup_s": warmup_s,
-               "grpo_s": grpo_s, **totals, "params": n_params}
+            for k in ("gen_s", "reward_s", "train_s"):
+                head[k] += last[k]
+            head["grpo_s"] += time.perf_counter() - started
+            progress("grpo", loop.step, cfg.steps)
+            log(step_line(last))
+            if cfg.checkpoint_interval and (loop.step % cfg.checkpoint_interval == 0
+                                            or loop.step == cfg.steps):
+                save_state(state_path, {"loop": loop.state_dict(), "summary": head})
+    before = head["pass_at_1_warmup"]
+    after = last.get("pass_at_1", before)
+    summary = {**head, "pass_at_1_grpo": after, "params": n_params}
     (run_dir / "grpo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    split = " ".join(f"{k[:-2]} {v:.0f}s" for k, v in totals.items())
-    log(f"pass@1 {before:.3f} after warm-up -> {after:.3f} after GRPO; GRPO {grpo_s:.0f}s "
-        f"({split})")
+    split = " ".join(f"{k[:-2]} {head[k]:.0f}s" for k in ("gen_s", "reward_s", "train_s"))
+    log(f"pass@1 {before:.3f} after warm-up -> {after:.3f} after GRPO; GRPO "
+        f"{head['grpo_s']:.0f}s ({split})")
     return summary
 
 
