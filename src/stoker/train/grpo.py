@@ -22,7 +22,8 @@ nothing. β = 0 drops the KL term and never builds the reference model.
 Log-probabilities come from the training forward (`Transformer.forward`) over prompt +
 completion, right-padded: causal attention means padding after a sequence cannot change it,
 and masks keep the prompt and the padding out of the loss. Rollouts use the KV-cache sampler
-(`stoker.train.generate`).
+(`stoker.train.generate`). Ratios and KL use πθ itself: sampling at a temperature other than 1
+or with top_p < 1 makes the rollouts slightly off-policy.
 """
 
 from __future__ import annotations
