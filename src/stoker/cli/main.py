@@ -13,6 +13,7 @@ from stoker.cli import (
     config_cmd,
     data_cmd,
     export_cmd,
+    grpo_cmd,
     health_cmd,
     job_ops_cmd,
     jobs_cmd,
@@ -35,7 +36,7 @@ app = typer.Typer(
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
                sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd,
-               analyze_cmd, bench_cmd):
+               analyze_cmd, bench_cmd, grpo_cmd):
     module.register(app)
 
 
