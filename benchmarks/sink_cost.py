@@ -24,11 +24,13 @@ from typing import Any
 
 import psutil
 
+from stoker.bench.figures import figure
 from stoker.observe.sinks import MlflowSink, Sink, TensorBoardSink, WandbSink, scalars
 from stoker.spec import loading
 from stoker.spec.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_QUICK = ["--records", "60"]
 
 
 def cpu_s() -> float:
@@ -91,6 +93,8 @@ def main() -> None:
         m = measure(makers[name], config, args.records, args.ranks, args.per_flush)
         print(f"{name:<12} {m['wall_ms']:>11.3f} {m['cpu_ms']:>10.3f} {m['cpu_close_ms']:>7.3f} "
               f"{m['open_s']:>7.1f} {m['close_s']:>8.1f}")
+        figure(f"{name} cpu per record", m["cpu_close_ms"], "ms", "lower")
+        figure(f"{name} wall per record", m["wall_ms"], "ms", "lower")
 
 
 if __name__ == "__main__":
