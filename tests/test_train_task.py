@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from stoker.observe.events import read_events
 from stoker.observe.live import NullDisplay
@@ -66,10 +67,9 @@ def records(run: Path) -> dict[int, dict[str, Any]]:
     return {r["step"]: r for r in map(json.loads, lines)}
 
 
-@pytest.fixture(scope="module")
-def one_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("one")
-    config = write_config(tmp, parallel={"strategy": "none"})
+def train_one_rank(tmp: Path, **parallel: Any) -> Trainer:
+    """One rank, here in the test process."""
+    config = write_config(tmp, parallel={"strategy": "none", **parallel})
     cfg = with_task_path(loading.load(TrainConfig, config), config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -79,7 +79,16 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, An
         assert trainer.run() == "completed"
     finally:
         torch.set_num_threads(threads)
-    recs = {r["step"]: r for r in trainer.stats.records}
+    return trainer
+
+
+def by_step(trainer: Trainer) -> dict[int, dict[str, Any]]:
+    return {r["step"]: r for r in trainer.stats.records}
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    recs = by_step(train_one_rank(tmp_path_factory.mktemp("one")))
     assert recs[STEPS]["loss"] < recs[1]["loss"] - 0.5  # it trains: equal losses mean something
     return recs
 
@@ -111,6 +120,16 @@ def test_fsdp_on_two_ranks_matches_one_rank(one_rank: dict[int, dict[str, Any]],
     assert last["mfu"] > 0  # FLOPs counted by FlopCounterMode on the meta device
     summary = json.loads((fsdp_run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["flops_per_sample"] > 0
+
+
+def test_activation_checkpointing_changes_nothing(one_rank: dict[int, dict[str, Any]],
+                                                  tmp_path: Path) -> None:
+    trainer = train_one_rank(tmp_path, activation_checkpoint="full")
+    wrapped = [m for m in trainer.model.modules() if isinstance(m, CheckpointWrapper)]
+    assert len(wrapped) == 3  # the CNN's top-level children, each recomputed in backward
+    recs = by_step(trainer)
+    for step, a in one_rank.items():
+        assert recs[step]["loss"] == pytest.approx(a["loss"], rel=1e-6), step
 
 
 def test_ddp_on_two_ranks_matches_one_rank(one_rank: dict[int, dict[str, Any]],
