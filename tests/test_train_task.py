@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
+from stoker.cli.jobs_cmd import _local_paths
 from stoker.observe.events import read_events
 from stoker.observe.live import NullDisplay
+from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError
 from stoker.spec.train import TrainConfig
@@ -179,3 +182,50 @@ def test_bad_module_is_refused_naming_the_key(tmp_path: Path, task: dict[str, st
     if "path" in task:
         assert f"looked in {tmp_path / 'sub'} and PYTHONPATH" in str(refused.value)
     assert not (tmp_path / "run").exists()
+
+
+CLUSTER = """
+[flavors.cpu]
+[autodetect]
+cpu_slots = 2
+cpu_flavor = "cpu"
+[tenants.alice]
+token_env = "STOKER_TOKEN_ALICE"
+queues = ["q"]
+[queues.q.quotas.cpu]
+cpus = 2
+[isolation]
+pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test does
+"""
+
+
+def test_a_task_job_runs_on_the_control_plane(fsdp_run: Path, tmp_path: Path) -> None:
+    """Submitted to a real `stoker server` (its config as `stoker job submit` sends it, the
+    code's directory absolute), the job trains the task as `stoker train` does, and the
+    server reports its progress from the run's records."""
+    (tmp_path / "cluster.toml").write_text(CLUSTER)
+    server = ServerProcess(tmp_path / "state", tmp_path / "cluster.toml",
+                           env={"STOKER_TOKEN_ALICE": "alice"}, args=["--interval", "0.2"])
+    try:
+        # As `stoker job submit` sends it: task.path, relative to the config file, made
+        # absolute (the job runs in its own directory).
+        config = write_config(tmp_path, task={"path": os.path.relpath(TASK_DIR, tmp_path)})
+        train = _local_paths(loading.read_toml(config), config)
+        assert train["task"]["path"] == str(TASK_DIR)
+        client = server.start().client("alice")
+        job_id = client.submit({"name": "cnn", "queue": "q", "ranks": 2,
+                                "resources": {"cpus": 1}, "train_config": "cnn.toml"},
+                               train)["id"]
+        deadline = time.monotonic() + 240
+        while client.job(job_id)["state"] not in ("SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, "timed out waiting for the job"
+            time.sleep(0.2)
+        job = client.job(job_id)
+        assert job["state"] == "SUCCEEDED", job["reason"]
+        assert job["progress"]["step"] == STEPS
+        got = records(server.state_dir / "jobs" / str(job_id) / "run")
+        assert {s: r["loss"] for s, r in got.items()} == \
+            {s: r["loss"] for s, r in records(fsdp_run).items()}
+    finally:
+        server.stop()
+        kill_jobs(tmp_path / "state")
