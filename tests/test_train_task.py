@@ -1,7 +1,8 @@
 """Bring your own model (`stoker.train.task`): the example CNN task (examples/tasks/cnn.py, a
-small CNN on generated images) trains with DDP and FSDP2 on 2 ranks (real processes, gloo)
-with 1 rank's losses, resumes bit for bit after a rank is killed (SIGKILL) and the gang
-restarted, and a bad ``task.module`` is one line before any process starts."""
+small CNN on generated images) trains on 2 ranks (real processes, gloo) with FSDP2 (`stoker
+train`) and with DDP (a job on a real `stoker server`) with 1 rank's losses, resumes bit for
+bit after a rank is killed (SIGKILL) and the gang restarted, and a bad ``task.module`` is one
+line before any process starts."""
 
 from __future__ import annotations
 
@@ -135,13 +136,6 @@ def test_activation_checkpointing_changes_nothing(one_rank: dict[int, dict[str, 
         assert recs[step]["loss"] == pytest.approx(a["loss"], rel=1e-6), step
 
 
-def test_ddp_on_two_ranks_matches_one_rank(one_rank: dict[int, dict[str, Any]],
-                                           tmp_path: Path) -> None:
-    done = train(write_config(tmp_path, parallel={"strategy": "ddp"}), tmp_path / "run")
-    assert done.returncode == 0, done.stderr
-    assert_matches(one_rank, records(tmp_path / "run"))
-
-
 def test_killed_rank_resumes_exactly(fsdp_run: Path, tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed before step 7; the gang restarts from the step-4 checkpoint and
     must reproduce the uninterrupted run's losses bit for bit."""
@@ -199,17 +193,19 @@ pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test do
 """
 
 
-def test_a_task_job_runs_on_the_control_plane(fsdp_run: Path, tmp_path: Path) -> None:
-    """Submitted to a real `stoker server` (its config as `stoker job submit` sends it, the
-    code's directory absolute), the job trains the task as `stoker train` does, and the
-    server reports its progress from the run's records."""
+def test_ddp_job_on_the_control_plane_matches_one_rank(one_rank: dict[int, dict[str, Any]],
+                                                       tmp_path: Path) -> None:
+    """A DDP job submitted to a real `stoker server` (its config as `stoker job submit`
+    sends it, the code's directory absolute) trains with 1 rank's losses, and the server
+    reports its progress from the run's records."""
     (tmp_path / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp_path / "state", tmp_path / "cluster.toml",
                            env={"STOKER_TOKEN_ALICE": "alice"}, args=["--interval", "0.2"])
     try:
         # As `stoker job submit` sends it: task.path, relative to the config file, made
         # absolute (the job runs in its own directory).
-        config = write_config(tmp_path, task={"path": os.path.relpath(TASK_DIR, tmp_path)})
+        config = write_config(tmp_path, task={"path": os.path.relpath(TASK_DIR, tmp_path)},
+                              parallel={"strategy": "ddp"})
         train = _local_paths(loading.read_toml(config), config)
         assert train["task"]["path"] == str(TASK_DIR)
         client = server.start().client("alice")
@@ -223,9 +219,7 @@ def test_a_task_job_runs_on_the_control_plane(fsdp_run: Path, tmp_path: Path) ->
         job = client.job(job_id)
         assert job["state"] == "SUCCEEDED", job["reason"]
         assert job["progress"]["step"] == STEPS
-        got = records(server.state_dir / "jobs" / str(job_id) / "run")
-        assert {s: r["loss"] for s, r in got.items()} == \
-            {s: r["loss"] for s, r in records(fsdp_run).items()}
+        assert_matches(one_rank, records(server.state_dir / "jobs" / str(job_id) / "run"))
     finally:
         server.stop()
         kill_jobs(tmp_path / "state")
