@@ -23,7 +23,7 @@ from stoker.observe.events import read_events
 from stoker.observe.live import NullDisplay
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec import loading
-from stoker.spec.errors import ConfigError
+from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train.distributed import init_distributed
 from stoker.train.launch import prepare_run
@@ -223,3 +223,27 @@ def test_ddp_job_on_the_control_plane_matches_one_rank(one_rank: dict[int, dict[
     finally:
         server.stop()
         kill_jobs(tmp_path / "state")
+
+
+def test_export_gives_the_task_model_its_weights(fsdp_run: Path, tmp_path: Path) -> None:
+    """`stoker export`'s safetensors load into the task's own model; the Hugging Face layout,
+    which is the language model's, is refused in one line."""
+    from safetensors.torch import load_file
+
+    from stoker.train.export import export
+    from stoker.train.task import build_task
+
+    export(fsdp_run, tmp_path / "cnn.safetensors")
+    cfg = loading.load(TrainConfig, fsdp_run / "config.toml")
+    model = build_task(cfg).model()
+    model.load_state_dict(load_file(tmp_path / "cnn.safetensors"))  # strict: every tensor
+    with pytest.raises(StokerError, match="has no Hugging Face layout"):
+        export(fsdp_run, tmp_path / "hf", fmt="hf")
+
+
+def test_plan_refuses_a_task() -> None:
+    done = subprocess.run([sys.executable, "-m", "stoker", "plan",
+                           str(TASK_DIR / "cnn.toml"), "--nproc", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "task.module: stoker plan estimates the built-in language model only" in done.stderr
