@@ -42,7 +42,8 @@ CONFIG: dict[str, Any] = {
     "optim": {"lr": 1e-2, "warmup_steps": 2, "weight_decay": 0.0},
     # Global batch 16 in micro-batches of 4: 4 accumulated on 1 rank, 2 on each of 2 ranks.
     "train": {"name": "cnn", "steps": STEPS, "global_batch_size": 16, "micro_batch_size": 4,
-              "eval_interval": 0, "log_interval": 100, "hang_timeout_s": 30.0},
+              "eval_interval": 6, "eval_steps": 1, "log_interval": 100,
+              "hang_timeout_s": 30.0},
     "checkpoint": {"interval_steps": 4, "async": False},
     "telemetry": {"live": False, "peak_flops": 1e11},
 }
@@ -94,6 +95,7 @@ def by_step(trainer: Trainer) -> dict[int, dict[str, Any]]:
 def one_rank(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
     recs = by_step(train_one_rank(tmp_path_factory.mktemp("one")))
     assert recs[STEPS]["loss"] < recs[1]["loss"] - 0.5  # it trains: equal losses mean something
+    assert [s for s, r in recs.items() if "eval_loss" in r] == [6, 12]
     return recs
 
 
@@ -112,6 +114,9 @@ def assert_matches(one: dict[int, dict[str, Any]], two: dict[int, dict[str, Any]
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-5), step
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-5), step
         assert b["task"]["accuracy"] == pytest.approx(a["task"]["accuracy"], abs=1e-6), step
+        assert ("eval_loss" in b) == ("eval_loss" in a), step
+        if "eval_loss" in a:
+            assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-5), step
         assert len(b["rank_step_times"]) == 2
 
 

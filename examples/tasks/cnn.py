@@ -2,8 +2,9 @@
 
     stoker train examples/tasks/cnn.toml --nproc 2
 
-Each class has a seeded random 16x16 pattern; sample i is its class's pattern (class i % 10)
-plus seeded noise, made from (seed, i) alone, so every rank and every run sees the same data.
+Each class has a seeded random 16x16 pattern (the same in both splits); sample i of a split is
+its class's pattern (class i % classes) plus noise seeded by (split, i) alone, so every rank and
+every run sees the same data.
 The protocol this module follows is in `stoker.train.task`.
 """
 
@@ -21,10 +22,9 @@ from stoker.spec.train import TrainConfig
 class SyntheticImages:
     """``size`` (image, label) pairs: a class pattern plus noise, generated on demand."""
 
-    def __init__(self, size: int, classes: int, noise: float, seed: int) -> None:
-        self.size, self.classes, self.noise, self.seed = size, classes, noise, seed
-        gen = torch.Generator().manual_seed(seed)
-        self.patterns = torch.randn(classes, 1, 16, 16, generator=gen)
+    def __init__(self, size: int, patterns: torch.Tensor, noise: float, seed: int) -> None:
+        self.size, self.patterns, self.noise, self.seed = size, patterns, noise, seed
+        self.classes = len(patterns)
 
     def __len__(self) -> int:
         return self.size
@@ -65,8 +65,10 @@ class CNNTask:
         return SmallCNN(self.classes, self.width)
 
     def dataset(self, split: str) -> SyntheticImages:
-        seed = self.data_seed + (0 if split == "train" else 1)
-        return SyntheticImages(self.sizes[split], self.classes, self.noise, seed)
+        gen = torch.Generator().manual_seed(self.data_seed)
+        patterns = torch.randn(self.classes, 1, 16, 16, generator=gen)
+        noise_seed = self.data_seed + (1 if split == "train" else 2)
+        return SyntheticImages(self.sizes[split], patterns, self.noise, noise_seed)
 
     def loss(self, output: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
