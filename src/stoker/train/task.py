@@ -37,7 +37,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +59,6 @@ class MapDataset(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
-@runtime_checkable
 class Task(Protocol):
     """What ``build(cfg)`` returns (the optional methods are listed in the module doc)."""
 
