@@ -252,3 +252,11 @@ def test_plan_refuses_a_task() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "task.module: stoker plan estimates the built-in language model only" in done.stderr
+
+
+@pytest.mark.parametrize("key", ["tp", "pp"])
+def test_tensor_and_pipeline_parallelism_are_refused_for_a_task(key: str) -> None:
+    cfg = TrainConfig.model_validate({**CONFIG, "parallel": {"strategy": "fsdp", key: 2}})
+    with pytest.raises(ConfigError, match=rf"parallel\.{key}: {key} > 1 is not supported for "
+                                          r"a \[task\] model yet"):
+        cfg.check_world_size(4, "cnn.toml")
