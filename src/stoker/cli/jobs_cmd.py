@@ -70,7 +70,8 @@ def submit(
     job = load_job(job_file, set_)
     if after_ok:
         job = job.model_copy(update={"after_ok": (*job.after_ok, *after_ok)})
-    train = _local_paths(loading.read_toml(job.train_config)) if job.train_config else None
+    train = (_local_paths(loading.read_toml(job.train_config), Path(job.train_config))
+             if job.train_config else None)
     bodies = [job.model_dump(mode="json")] if tasks is None else \
         [array_task(job.model_dump(mode="json"), i, tasks) for i in tasks]
     for body in bodies:  # the server checks it all again
@@ -121,10 +122,17 @@ def array_task(job: dict[str, Any], index: int, tasks: list[int]) -> dict[str, A
     return {**job, "name": f"{job['name']}-{index}", "env": env}
 
 
-def _local_paths(train: dict[str, Any]) -> dict[str, Any]:
+def _local_paths(train: dict[str, Any], config: Path) -> dict[str, Any]:
     """The job runs in its own directory: make the config's data paths, relative to here,
-    absolute (the data cache is shared with `stoker train` runs started from here)."""
+    absolute (the data cache is shared with `stoker train` runs started from here), and a
+    user task's code directory (`task.path`, default the config file's) absolute."""
     from stoker.spec.train import DataConfig
+
+    task = train.get("task")
+    if isinstance(task, dict) and task.get("module"):
+        base = config.expanduser().resolve().parent
+        path = (base / str(task.get("path", "."))).resolve()
+        return {**train, "task": {**task, "path": str(path)}}  # [data] is not used
 
     data = dict(train.get("data", {}))
     cache = Path(data.get("cache_dir", DataConfig().cache_dir)).expanduser()

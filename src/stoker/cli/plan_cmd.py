@@ -45,7 +45,11 @@ def plan(
     transients), the pipeline bubble, the step time and MFU, and warn when the layout will not
     fit the device. Every figure is an estimate: the assumptions are in
     stoker/observe/memory_plan.py and are printed below the table."""
-    config = with_dataset_vocabulary(loading.load(TrainConfig, cfg, set_), str(cfg))
+    loaded = loading.load(TrainConfig, cfg, set_)
+    if loaded.task.module is not None:
+        raise ConfigError(str(cfg), "task.module", "stoker plan estimates the built-in language "
+                          "model only, not a [task] model")
+    config = with_dataset_vocabulary(loaded, str(cfg))
     layout = config.check_world_size(nproc, str(cfg))
     target = resolve_target(device, config, nproc)
     shape = config.model.shape()

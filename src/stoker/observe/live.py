@@ -55,19 +55,26 @@ def fmt_ms(s: float) -> str:
     return f"{s * 1e3:.0f}ms" if s >= 0.01 else f"{s * 1e3:.2f}ms"
 
 
+def unit(rec: dict[str, Any]) -> str:
+    """What the ``tokens`` keys count: samples for a user task (`stoker.train.task`)."""
+    return "samples" if "samples_per_s" in rec else "tok"
+
+
 def step_line(rec: dict[str, Any]) -> str:
     """One step's numbers as a single line (the plain display and the live one share it)."""
     parts = [
         f"loss {rec['loss']:.4f}",
         f"lr {rec['lr']:.2e}",
         f"gnorm {rec['grad_norm']:.2f}",
-        f"{fmt_count(rec['tokens_per_s'])} tok/s ({fmt_count(rec['tokens_per_s_per_device'])}/dev)",
+        f"{fmt_count(rec['tokens_per_s'])} {unit(rec)}/s "
+        f"({fmt_count(rec['tokens_per_s_per_device'])}/dev)",
         f"mfu {rec['mfu'] * 100:.2f}%",
         f"step {fmt_ms(rec['step_time_s'])} (data {rec['data_wait_s'] / rec['step_time_s']:.1%})",
         f"mem {fmt_bytes(rec['peak_mem_bytes'])}",
     ]
     if "eval_loss" in rec:
         parts.append(f"eval {rec['eval_loss']:.4f}")
+    parts += [f"{name} {value:.4g}" for name, value in rec.get("task", {}).items()]
     if flagged := stragglers(rec):
         parts.append(f"straggler: rank {flagged}")
     return " | ".join(parts)
@@ -192,8 +199,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
     if "loss_first" in summary:
         rows += [
             ("loss", f"{summary['loss_first']:.4f} -> {summary['loss_last']:.4f}"),
-            ("tokens/s", f"{fmt_count(summary['tokens_per_s_median'])} "
-                         f"({fmt_count(summary['tokens_per_s_per_device_median'])} per device)"),
+            ("samples/s" if "flops_per_sample" in summary else "tokens/s",
+             f"{fmt_count(summary['tokens_per_s_median'])} "
+             f"({fmt_count(summary['tokens_per_s_per_device_median'])} per device)"),
             ("MFU", f"{summary['mfu_median'] * 100:.2f}% of {fmt_count(summary['peak_flops'])}"
                     f"FLOP/s ({summary['peak_source']})"),
             ("step time", f"{fmt_ms(summary['step_time_median_s'])} median: data "

@@ -147,5 +147,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}"
+                               for k, x in v.items() if x is not None) + "}"
     s = str(v).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{s}"'

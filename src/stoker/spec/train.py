@@ -6,8 +6,9 @@ Every section forbids unknown keys. Cross-field checks name the key they reject.
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -358,6 +359,27 @@ class ProfileConfig(Section):
     gzip: bool = False
 
 
+TASK_MODULE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class TaskConfig(Section):
+    """Your own model, data and loss (`stoker.train.task`). ``module`` names the function that
+    builds the task, ``"package.module:function"``, imported from the directory ``path``
+    (default: the config file's) or PYTHONPATH; unset, the built-in language model is trained
+    (``[model]`` and ``[data]``). ``args`` are the task's own settings, handed to it as they are."""
+
+    module: str | None = None
+    path: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.module is not None and not TASK_MODULE.match(self.module):
+            raise KeyedValueError("task.module", f"{self.module!r} is not "
+                                  "\"package.module:function\"")
+        return self
+
+
 class TrainConfig(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -368,6 +390,7 @@ class TrainConfig(Section):
     telemetry: TelemetryConfig = TelemetryConfig()
     straggler: StragglerConfig = StragglerConfig()
     profile: ProfileConfig = ProfileConfig()
+    task: TaskConfig = TaskConfig()
 
     def check_confined(self, source: str | None = None) -> None:
         """Reject output paths that leave the run (a control-plane job writes only inside its
@@ -388,6 +411,8 @@ class TrainConfig(Section):
             raise ConfigError(source, "--nproc", "must be at least 1")
         p = self.parallel
         layout = p.layout(world_size, source)
+        if self.task.module is not None:
+            check_task_layout(p, source)
         shape = self.model.shape()
         per_step = self.train.micro_batch_size * layout.dp
         if self.train.global_batch_size % per_step:
@@ -473,6 +498,15 @@ def check_pipeline(cfg: TrainConfig, layout: Layout, source: str | None = None) 
     if p.pp > 1 and p.strategy == "ddp" and layout.dp_shard == 1 and layout.tp == 1:
         raise ConfigError(source, "parallel.pp", "pp with DDP is not supported yet: use "
                           "parallel.strategy = \"fsdp\" or set parallel.dp_shard")
+
+
+def check_task_layout(p: ParallelConfig, source: str | None = None) -> None:
+    """A user task runs data parallel (DDP, FSDP2, HSDP) only: tp and pp need a plan of the
+    model that only the built-in one has."""
+    for key, size in (("tp", p.tp), ("pp", p.pp)):
+        if size > 1:
+            raise ConfigError(source, f"parallel.{key}", f"{key} > 1 is not supported for a "
+                              "[task] model yet: use parallel.strategy = \"ddp\" or \"fsdp\"")
 
 
 def check_supported(p: ParallelConfig, source: str | None = None) -> None:

@@ -26,6 +26,7 @@ from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
 from stoker.train.restarts import attempt
 from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder
+from stoker.train.task import with_task_path
 from stoker.train.trainer import EXIT_INTERRUPTED, Trainer, exit_code
 
 
@@ -48,7 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = loading.load(TrainConfig, args.config, args.overrides)
+        cfg = with_task_path(loading.load(TrainConfig, args.config, args.overrides), args.config)
         cfg.check_world_size(int(os.environ.get("WORLD_SIZE", 1)), str(args.config))
         check_installed(cfg.telemetry.sinks, str(args.config))
         return run_rank(cfg, args.run_dir, args.resume, args.restart_schedule)
@@ -69,7 +70,7 @@ def run_rank(cfg: TrainConfig, run_dir: Path | None, resume: str | None = None,
         run_dir = agree_run_dir(cfg, run_dir, info, resume)
         if info.is_main:
             write_config(run_dir, cfg)
-        shard_dir = prepare_data(cfg.data, info)
+        shard_dir = prepare_data(cfg.data, info) if cfg.task.module is None else None
         status = Trainer(cfg, run_dir, info, shard_dir, resume=resume,
                          restart_schedule=restart_schedule).run()
     finally:

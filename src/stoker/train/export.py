@@ -126,6 +126,9 @@ def write_hf(out: Path, ckpt: Path, state: dict[str, torch.Tensor],
     except (KeyError, TypeError, ValueError):
         raise StokerError(f"{ckpt}: no model config ({RUN_META}) to write config.json "
                           "from") from None
+    if cfg.task.module is not None:
+        raise StokerError(f"{ckpt}: a [task] model ({cfg.task.module}) has no Hugging Face "
+                          "layout: export it with --format safetensors")
     shape = cfg.model.shape()
     tensors = hf_llama.hf_state_dict(shape, state)
     dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())

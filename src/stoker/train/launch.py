@@ -2,7 +2,8 @@
 torch.distributed.elastic (the machinery behind torchrun).
 
     prepare_run(): validate config + world size, prepare the dataset (and take its tokenizer
-                   and vocabulary where the config leaves them unset), create and lock RUN_DIR
+                   and vocabulary where the config leaves them unset) or, for a user task,
+                   import its module (`task.py`), create and lock RUN_DIR
                    (RUN_DIR/.lock, held for the launcher's life: a second run into it is
                    refused), refuse to start over a run it holds without --resume, and write
                    the resolved RUN_DIR/config.toml (before any rank starts)
@@ -64,12 +65,17 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     from stoker.train.checkpoint import resolve_resume
     from stoker.train.data import ensure_dataset, fit_to_dataset  # imports torch: config is good
     from stoker.train.resume_check import check_fits
+    from stoker.train.task import resolve_build, with_task_path
 
-    try:
-        cfg = fit_to_dataset(cfg, ensure_dataset(cfg.data), str(config_path))
-    except ConfigError as e:
-        raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
-    cfg.check_world_size(nproc, str(config_path))  # again: the vocabulary may be the dataset's
+    if cfg.task.module is not None:  # user code: it must import here, before any rank starts
+        cfg = with_task_path(cfg, config_path)
+        resolve_build(cfg, str(config_path))
+    else:
+        try:
+            cfg = fit_to_dataset(cfg, ensure_dataset(cfg.data), str(config_path))
+        except ConfigError as e:
+            raise ConfigError(e.source or str(config_path), e.key, e.reason) from None
+        cfg.check_world_size(nproc, str(config_path))  # again: the vocabulary may be the data's
     run_dir = make_run_dir(cfg.train.name, run_dir)
     lock_run_dir(run_dir, record=False)
     try:

@@ -20,7 +20,13 @@ import contextlib
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointWrapper,
+    checkpoint_wrapper,
+)
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    apply_activation_checkpointing as apply_activation_checkpointing_fn,
+)
 from torch.distributed.device_mesh import DeviceMesh
 from torch.nn.parallel import DistributedDataParallel
 
@@ -192,3 +198,37 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, dtype: torch.dtype,
         fully_shard(block, mesh=mesh, mp_policy=mp_policy,
                     reshard_after_forward=reshard_after_forward and i < len(blocks) - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+
+
+def parallelize_units(model: nn.Module, units: list[nn.Module], parallel: ParallelConfig,
+                      dims: ParallelDims, device: torch.device) -> nn.Module:
+    """A user task's model (`stoker.train.task`), on ``device``: activation checkpointing,
+    compile and FSDP2 per unit (``units``: the submodules the task names), then DDP or FSDP2
+    on the root, as the reference model gets them per block."""
+    model.to(device)
+    if parallel.activation_checkpoint != "none":
+        every = (1 if parallel.activation_checkpoint == "full"
+                 else parallel.activation_checkpoint_every)
+        chosen = {id(u) for i, u in enumerate(units) if (i + 1) % every == 0}
+        apply_activation_checkpointing_fn(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                          check_fn=lambda m: id(m) in chosen)
+        wrapped = {id(m._checkpoint_wrapped_module): m for m in model.modules()
+                   if isinstance(m, CheckpointWrapper)}
+        units = [wrapped.get(id(u), u) for u in units]  # the wrapper takes the unit's place
+    if parallel.compile:
+        for unit in units:
+            unit.compile()
+    if uses_ddp(parallel, dims):
+        return apply_ddp(model, device)
+    if uses_fsdp(parallel, dims):
+        mesh = dims.dp_mesh
+        assert mesh is not None
+        dtype = resolve_dtype(parallel, device)
+        mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                     if dtype == torch.bfloat16 else MixedPrecisionPolicy())
+        reshard = parallel.reshard_after_forward
+        for i, unit in enumerate(units):
+            fully_shard(unit, mesh=mesh, mp_policy=mp_policy,
+                        reshard_after_forward=reshard and i < len(units) - 1)
+        fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard)
+    return model

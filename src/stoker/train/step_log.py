@@ -35,6 +35,7 @@ class PendingStep:
     wall_time: float
     verdict: Verdict | None = None  # when the loss guard judged the step on the host
     eval_loss: float | None = None
+    metrics: dict[str, torch.Tensor] | None = None  # a user task's, averaged over micro-batches
 
 
 @dataclass(frozen=True)

@@ -69,14 +69,20 @@ from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
 from stoker.train.checkpoint import Checkpointer, config_hash, nested_optimizer_state
-from stoker.train.data import TokenLoader
+from stoker.train.data import Batch, TokenLoader
 from stoker.train.distributed import DistInfo, barrier
 from stoker.train.exitcodes import EXIT_PREEMPTED
 from stoker.train.guards import LossGuard, Verdict
 from stoker.train.heartbeat import Heartbeat
 from stoker.train.optim import build_optimizer, build_scheduler, clip_grad_norm_, schedule_fn
 from stoker.train.parallel_dims import ParallelDims
-from stoker.train.parallelize import autocast_context, build_model, resolve_dtype, uses_fsdp
+from stoker.train.parallelize import (
+    autocast_context,
+    build_model,
+    parallelize_units,
+    resolve_dtype,
+    uses_fsdp,
+)
 from stoker.train.pipeline import Pipeline, build_pipeline
 from stoker.train.profile_request import (
     NO_ASK,
@@ -89,6 +95,18 @@ from stoker.train.profiling import Capture, Plan, started_event
 from stoker.train.restarts import attempt
 from stoker.train.resume_check import check_fits, read_run_meta, run_meta, schedule_changes
 from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
+from stoker.train.task import (
+    Task,
+    TaskBatch,
+    TaskLoader,
+    build_task,
+    collate_fn,
+    flops_per_sample,
+    forward,
+    fsdp_units,
+    loss_and_metrics,
+)
+from stoker.train.task import build_model as build_task_model
 
 EXIT_INTERRUPTED = 130
 REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same signal, delivered twice
@@ -156,26 +174,38 @@ class Trainer:
     """Model, optimizer, scheduler, data position and step of one rank, and the loop over them."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, dist_info: DistInfo,
-                 shard_dir: Path, display: Display | None = None,
+                 shard_dir: Path | None, display: Display | None = None,
                  resume: str | None = None, restart_schedule: bool = False) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.dist = dist_info
         self.device = dist_info.device
         t = cfg.train
+        # A user task (`task.py`) in place of the language model: its throughput and FLOPs
+        # count samples where the language model's count tokens.
+        self.task: Task | None = build_task(cfg) if cfg.task.module is not None else None
         self.shape = cfg.model.shape()
         self.dims = ParallelDims.build(cfg.parallel.layout(dist_info.world_size), self.device)
         self.accum = cfg.grad_accum_steps(self.dims.dp_size)
-        self.tokens_per_step = t.global_batch_size * t.seq_len
+        self.tokens_per_step = t.global_batch_size * (t.seq_len if self.task is None else 1)
         self.shard_dir = shard_dir
         self.flops_per_token = flops_per_token(self.shape, t.seq_len)
         self.peak = self._peak()  # before the loader's threads or the model's memory exist
         self.train_loader = self._loader("train")
-        check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
+        if isinstance(self.train_loader, TokenLoader):
+            assert shard_dir is not None
+            check_vocab(self.shape.vocab_size, self.train_loader.vocab_size, shard_dir)
 
         self.pipeline: Pipeline | None = None
         self.model: nn.Module
-        if self.dims.pp_enabled:
+        if self.task is not None:
+            model = build_task_model(self.task, t.seed)
+            assert isinstance(self.train_loader, TaskLoader)
+            self.flops_per_token = flops_per_sample(
+                self.task, self.train_loader.first_batch(), t.micro_batch_size) or 0.0
+            self.model = parallelize_units(model, fsdp_units(self.task, model), cfg.parallel,
+                                           self.dims, self.device)
+        elif self.dims.pp_enabled:
             self.pipeline = build_pipeline(self.shape, cfg.parallel, self.dims, self.device,
                                            t.seed, token_loss)
             self.model = self.pipeline.model  # this rank's stages, under full-model names
@@ -308,16 +338,18 @@ class Trainer:
         timer = self.timer
         timer.start()
         losses, sample_ids = [], []
+        metrics: list[dict[str, torch.Tensor]] = []  # a task's, per micro-batch
         for i in range(self.accum):
             with timer.phase("data_wait"):
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
             with (timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1),
                   self._loss_parallel()):
                 if self.pipeline is not None:
+                    assert isinstance(batch, Batch)  # a task has no pipeline (spec refuses pp)
                     loss = self._pipeline_step(self.pipeline, batch.inputs, batch.targets,
                                                poison)
                 else:
-                    loss = self._loss(batch.inputs, batch.targets)
+                    loss = self._batch_loss(batch, metrics)
                     if poison:
                         loss = loss * float("nan")
                     (loss / self.accum).backward()
@@ -335,7 +367,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return PendingStep(self.step + 1, loss_mean, grad_norm, skipped, lr, timer.stop(),
-                           time.time(), verdict)
+                           time.time(), verdict, metrics=mean_metrics(metrics))
 
     def _guarded_update(self, loss: torch.Tensor,
                         grad_norm: torch.Tensor) -> tuple[Verdict | None, torch.Tensor | None]:
@@ -362,6 +394,20 @@ class Trainer:
             self.optimizer.step()
         return verdict, None
 
+    def _batch_loss(self, batch: Batch | TaskBatch,
+                    metrics: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        """One micro-batch's loss: the language model's, or the task's (its metrics go to
+        ``metrics``)."""
+        if isinstance(batch, Batch):
+            return self._loss(batch.inputs, batch.targets)
+        assert self.task is not None
+        with self._autocast():
+            output = forward(self.task, self.model, batch.data)
+        loss, values = loss_and_metrics(self.task, output, batch.data)
+        if metrics is not None:
+            metrics.append(values)
+        return loss
+
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             logits = self.model(inputs)
@@ -377,10 +423,11 @@ class Trainer:
             loss = pipeline.step(inputs, targets, scale)
         return loss if loss is not None else torch.zeros((), device=self.device)
 
-    def _eval_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _eval_loss(self, batch: Batch | TaskBatch) -> torch.Tensor:
         """The loss of one val micro-batch: under pp on the last stage, 0 on the others."""
-        if self.pipeline is None:
-            return self._loss(inputs, targets)
+        if self.pipeline is None or not isinstance(batch, Batch):
+            return self._batch_loss(batch)
+        inputs, targets = batch.inputs, batch.targets
         with self._autocast():
             logits = self.pipeline.forward(inputs)
         if logits is None:
@@ -417,7 +464,7 @@ class Trainer:
         for _ in range(n):
             batch = next(loader).to(self.device, non_blocking=True)
             with self._loss_parallel():
-                total += self._eval_loss(batch.inputs, batch.targets)
+                total += self._eval_loss(batch)
         loader.close()
         self.dims.dp_mean(self.dims.share_loss(total))
         return float(total) / n
@@ -467,7 +514,9 @@ class Trainer:
             self._profile_ask())
         self.pending = []
         self.stop_agreed = agreed.stop
-        records = [self._record(s, agreed.peak_mem_bytes) for s in logged]
+        metrics = self._task_metrics([s.pending for s in logged])
+        records = [self._record(s, agreed.peak_mem_bytes, m)
+                   for s, m in zip(logged, metrics, strict=True)]
         if self.straggler is not None and records:
             self._score_stragglers(self.straggler, logged, records[-1])
         for record in records:
@@ -616,8 +665,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ telemetry
 
-    def _record(self, logged: LoggedStep, peak_mem_bytes: int) -> dict[str, Any]:
-        """A step's JSON record, from every rank's numbers."""
+    def _task_metrics(self, steps: list[PendingStep]) -> list[dict[str, float]]:
+        """A task's metrics of each logged step, averaged over the ranks (one all_reduce
+        per log step, only for a task that returns metrics)."""
+        if not steps or not steps[0].metrics:
+            return [{} for _ in steps]
+        names = sorted(steps[0].metrics)
+        values = torch.stack([torch.stack([(s.metrics or {})[k] for k in names])
+                              for s in steps])
+        rows = self.dims.dp_mean(values.to(self.device, torch.float64)).tolist()
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def _record(self, logged: LoggedStep, peak_mem_bytes: int,
+                task_metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """A step's JSON record, from every rank's numbers. For a task, the ``tokens`` keys
+        count samples (so every reader of them works) and ``samples_per_s`` says so."""
         p, times = logged.pending, logged.times
         tps = self.tokens_per_step / times.step_time_s
         flops_per_rank = self.dims.flops_per_rank(self.flops_per_token, self.tokens_per_step)
@@ -648,6 +710,10 @@ class Trainer:
             record["guard"], record["guard_reason"] = verdict.action, verdict.reason
         if p.eval_loss is not None:
             record["eval_loss"] = p.eval_loss
+        if self.task is not None:
+            record["samples"], record["samples_per_s"] = self.tokens_per_step, tps
+            if task_metrics:
+                record["task"] = task_metrics
         return record
 
     def _score_stragglers(self, detector: StragglerDetector, logged: list[LoggedStep],
@@ -685,6 +751,7 @@ class Trainer:
             **RunStats.of(records).summary(),
             "attempts": history,
             "flops_per_token": self.flops_per_token,
+            **({"flops_per_sample": self.flops_per_token} if self.task is not None else {}),
             "peak_flops": self.peak.flops_per_s,
             "peak_source": self.peak.source,
             "run_dir": str(self.run_dir),
@@ -764,15 +831,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _loader(self, split: str) -> TokenLoader:
+    def _loader(self, split: str) -> TokenLoader | TaskLoader:
         t = self.cfg.train
+        if self.task is not None:
+            dataset = self.task.dataset(split)
+            if dataset is None:
+                raise StokerError(f"task.module: the task has no {split!r} dataset")
+            return TaskLoader(dataset, collate_fn(self.task), split, t.global_batch_size,
+                              t.micro_batch_size, dp_rank=self.dims.dp_rank,
+                              dp_size=self.dims.dp_size, seed=t.seed)
+        assert self.shard_dir is not None
         return TokenLoader(self.shard_dir, split, t.seq_len, t.global_batch_size,  # type: ignore[arg-type]
                            t.micro_batch_size, dp_rank=self.dims.dp_rank,
                            dp_size=self.dims.dp_size, seed=t.seed,
                            prefetch=self.cfg.data.prefetch,
                            pin_memory=self.device.type == "cuda")
 
-    def _val_loader(self) -> TokenLoader | None:
+    def _val_loader(self) -> TokenLoader | TaskLoader | None:
         """The val split's loader, or None when eval is off or the split is too small."""
         if self.cfg.train.eval_interval == 0:
             return None
@@ -781,6 +856,13 @@ class Trainer:
         except StokerError as e:
             self.display.message(f"eval off: {e}")
             return None
+
+
+def mean_metrics(per_micro_batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+    """A task's metrics over a step's micro-batches (device tensors)."""
+    if not per_micro_batch or not per_micro_batch[0]:
+        return None
+    return {k: torch.stack([m[k] for m in per_micro_batch]).mean() for k in per_micro_batch[0]}
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
