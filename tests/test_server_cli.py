@@ -56,6 +56,20 @@ command = ["{sys.executable}", "-c", "print('hi from the job')"]
     assert again.returncode == 2 and "409" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_a_training_job_file_is_submitted_as_written(server: ServerProcess,
+                                                     tmp_path: Path) -> None:
+    """The demo's config through `stoker submit` (its data cache stays inside the job's
+    directory, as the server requires of a job's outputs)."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "tiny.toml"
+    job_file = tmp_path / "train.toml"
+    job_file.write_text(f'name = "demo"\nqueue = "default"\nranks = 1\n'
+                        f'train_config = "{example}"\n')
+    out = stoker(server, "submit", str(job_file))
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split("submitted job ")[1].split()[0]
+    assert stoker(server, "cancel", job_id).returncode == 0
+
+
 def test_queues_nodes_and_quota(server: ServerProcess) -> None:
     queues = stoker(server, "queues")
     assert queues.returncode == 0 and "default" in queues.stdout

@@ -123,9 +123,10 @@ def array_task(job: dict[str, Any], index: int, tasks: list[int]) -> dict[str, A
 
 
 def _local_paths(train: dict[str, Any], config: Path) -> dict[str, Any]:
-    """The job runs in its own directory: make the config's data paths, relative to here,
-    absolute (the data cache is shared with `stoker train` runs started from here), and a
-    user task's code directory (`task.path`, default the config file's) absolute."""
+    """The job runs in its own directory: make a prepared dataset's path, relative to here,
+    absolute, and a user task's code directory (`task.path`, default the config file's)
+    absolute. The data cache stays where the config puts it, inside the job's directory: a
+    control-plane job writes nowhere else (`TrainConfig.check_confined`)."""
     from stoker.spec.train import DataConfig
 
     task = train.get("task")
@@ -135,8 +136,6 @@ def _local_paths(train: dict[str, Any], config: Path) -> dict[str, Any]:
         return {**train, "task": {**task, "path": str(path)}}  # [data] is not used
 
     data = dict(train.get("data", {}))
-    cache = Path(data.get("cache_dir", DataConfig().cache_dir)).expanduser()
-    data["cache_dir"] = str(cache.absolute())
     dataset = data.get("dataset", DataConfig().dataset)
     if Path(dataset).expanduser().exists():
         data["dataset"] = str(Path(dataset).expanduser().absolute())
