@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 
@@ -45,6 +46,8 @@ from stoker.sim.trace import TraceJob
 # it is taken away, and before new jobs arrive.
 REPAIR, COMPLETE, FAIL, ARRIVE, WAKE = range(5)
 MAX_CYCLES_PER_INSTANT = 8
+# Under strict FIFO the scheduler is shown the queue's first jobs only (`Simulator._candidates`).
+STRICT_PREFIX = 64
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class SimJob:
     __slots__ = ("attained", "avoid", "created_at", "epoch", "flavor", "flavors", "gpus", "idx",
                  "nodes", "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
                  "per_rank_gpus", "priority", "queue", "ranks", "remaining", "running_obj",
-                 "sched_flavors", "start", "user")
+                 "sched_flavors", "shape", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool, size: int = 3) -> None:
@@ -92,6 +95,7 @@ class SimJob:
         self.per_rank: Resources = (milli,) + (0,) * (size - 1)  # thousandths of a GPU
         self.per_rank_gpus = per_rank_gpus
         self.gpus = per_rank_gpus * job.ranks
+        self.shape = (per_rank_gpus, job.ranks, flavors)  # what `Simulator._fits` looks at
         self.remaining = job.duration
         self.attained = 0.0
         self.created_at = job.arrival
@@ -144,6 +148,9 @@ class Simulator:
         order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival)
         self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
         self.pending: dict[int, SimJob] = {}
+        self.pending_view: dict[int, PendingJob] = {}  # what the scheduler sees, same order
+        # The waiting reasons of jobs a cycle never got to are not used here.
+        self.sched_policy = replace(policy.policy, explain=False)
         self.nominated: set[int] = set()  # pending jobs the last cycle nominated
         self.sched_cache = SchedulerCache()
         self.running: dict[int, SimJob] = {}
@@ -322,6 +329,7 @@ class Simulator:
         job.pending_since = now
         job.pending_obj = None
         self.pending[job.idx] = job
+        self.pending_view[job.idx] = job.pending()
         self.demand[(job.per_rank_gpus, job.flavors)] += 1
         age = self.policy.policy.starvation_age
         if age is not None:
@@ -329,6 +337,7 @@ class Simulator:
 
     def _admit(self, job: SimJob, flavor: str, node_names: tuple[str, ...], now: float) -> None:
         del self.pending[job.idx]
+        del self.pending_view[job.idx]
         self._drop_demand(job)
         nodes = tuple(self.node_index[name] for name in node_names)
         need = job.per_rank_gpus
@@ -420,8 +429,9 @@ class Simulator:
 
     # --- scheduling ---
 
-    def snapshot(self, now: float) -> Snapshot:
-        """The scheduler's view of the simulated cluster at `now`."""
+    def snapshot(self, now: float, pending: list[PendingJob] | None = None) -> Snapshot:
+        """The scheduler's view of the simulated cluster at `now`; `pending`: the pending jobs
+        it is shown (default: all of them)."""
         dynamic = self.policy.policy.preemption and bool(self.pending)
         if dynamic or self.running_view is None:
             self.running_view = [self._running_obj(job, now, dynamic)
@@ -429,7 +439,8 @@ class Simulator:
         running = self.running_view
         usage = None if self.tenant_usage is None else self.tenant_usage.scores()
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
-                        pending=[job.pending() for job in self.pending.values()],
+                        pending=list(self.pending_view.values()) if pending is None
+                        else pending,
                         cohorts=self.cohorts, topology=self.cluster.topology,
                         tenant_usage=usage, resources=self.space)
 
@@ -475,25 +486,74 @@ class Simulator:
 
     def _schedule(self, now: float) -> None:
         """Call the scheduler until it has nothing more to do at `now`: a cycle that preempts
-        frees capacity the preemptors get in the next cycle, as in the live control plane."""
-        for _ in range(MAX_CYCLES_PER_INSTANT):
-            if not self.pending:
+        frees capacity the preemptors get in the next cycle, as in the live control plane; a
+        cycle shown only the head of a strict FIFO queue that admitted all of it goes on with
+        the rest."""
+        cycles = 0
+        while cycles < MAX_CYCLES_PER_INSTANT and self.pending:
+            pending, partial = self._candidates()
+            if not pending:
                 break
-            snap = self.snapshot(now)
+            snap = self.snapshot(now, pending)
             began = time.perf_counter()
-            decisions = schedule(snap, self.policy.policy, self.sched_cache)
+            decisions = schedule(snap, self.sched_policy, self.sched_cache)
             self.sched_seconds += time.perf_counter() - began
             self.sched_calls += 1
             self.apply(decisions, now)
-            if not decisions.preempt:
+            if decisions.preempt:
+                cycles += 1
+            elif not (partial and len(decisions.admit) == len(pending)):
                 break
         self._record(now)
+
+    def _candidates(self) -> tuple[list[PendingJob], bool]:
+        """The pending jobs a cycle may admit, in queue order, and whether some that it might
+        admit once these have started are left out.
+
+        All of them under a policy that preempts (a job that does not fit may make room).
+        Otherwise no cycle can admit a job that cannot fit in the free GPUs of the nodes it may
+        use (`_fits`): the baselines' one unlimited queue is shown only the jobs that fit (the
+        scheduler would pass the others over, and free room only shrinks within a cycle), and
+        strict FIFO only its first jobs, none if the first does not fit (it blocks the rest)."""
+        policy = self.policy
+        if policy.policy.preemption or not policy.shared_queue:
+            return list(self.pending_view.values()), False
+        free = np.where(self.up, self.free, 0.0)
+        fits: dict[tuple[float, int, tuple[str, ...] | None], bool] = {}
+        if policy.strict and policy.policy.order == "fifo" and not self.nominated:
+            # Queue order is arrival order: a requeued job is queued again as it arrives.
+            head = self.pending[next(iter(self.pending))]
+            if not self._fits(head.shape, free, fits):
+                return [], False
+            first = list(islice(self.pending_view.values(), STRICT_PREFIX))
+            return first, len(first) < len(self.pending_view)
+        jobs = self.pending
+        out = []
+        for idx, pending in self.pending_view.items():
+            shape = jobs[idx].shape
+            ok = fits.get(shape)
+            if ok is None:
+                ok = self._fits(shape, free, fits)
+            if ok:
+                out.append(pending)
+        return out, False
+
+    def _fits(self, shape: tuple[float, int, tuple[str, ...] | None], free: np.ndarray,
+              fits: dict[tuple[float, int, tuple[str, ...] | None], bool]) -> bool:
+        """Whether `shape`'s ranks (GPUs per rank, ranks, flavors) fit in `free`, node by node,
+        on the nodes of its flavors: needed for a placement, not enough (topology, quotas)."""
+        need, ranks, flavors = shape
+        on_allowed = free if flavors is None else free[self._mask(flavors)]
+        ok = need <= 0 or int(np.floor((on_allowed + 1e-6) / need).sum()) >= ranks
+        fits[shape] = ok
+        return ok
 
     def apply(self, decisions: Decisions, now: float) -> None:
         for idx in self.nominated | decisions.nominated.keys():
             job = self.pending[int(idx)]
             job.nominated = idx in decisions.nominated
             job.pending_obj = None
+            self.pending_view[job.idx] = job.pending()
         self.nominated = {int(idx) for idx in decisions.nominated}
         for p in decisions.preempt:
             victim = self.running.get(int(p.job))
