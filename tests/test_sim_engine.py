@@ -175,3 +175,25 @@ def test_skipping_cycles_that_cannot_admit_changes_nothing(
     every = run(jobs, nodes(2, 8), policy, CHAOS)
     assert fast.sched_calls < every.sched_calls
     assert fast.jobs == every.jobs
+
+
+def test_las_keeping_running_jobs_unrebuilt_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under "las" the running jobs are not rebuilt for a cycle that can find no victim (no
+    level changed, no pending job below a running one); the results stay those of rebuilding
+    them every cycle."""
+    jobs = busy_trace(4)
+    kept = []
+    no_victims = Simulator._no_victims
+
+    def counting(self: Simulator, now: float) -> bool:
+        kept.append(no_victims(self, now))
+        return kept[-1]
+
+    monkeypatch.setattr(Simulator, "_no_victims", counting)
+    fast = run(jobs, nodes(2, 8), "las", CHAOS)
+    monkeypatch.setattr(Simulator, "_no_victims", lambda self, now: False)
+    every = run(jobs, nodes(2, 8), "las", CHAOS)
+    assert any(kept) and not all(kept)
+    assert sum(j.preemptions for j in fast.jobs) > 0
+    assert fast.jobs == every.jobs

@@ -16,6 +16,7 @@ import heapq
 import math
 import random
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -432,7 +433,8 @@ class Simulator:
     def snapshot(self, now: float, pending: list[PendingJob] | None = None) -> Snapshot:
         """The scheduler's view of the simulated cluster at `now`; `pending`: the pending jobs
         it is shown (default: all of them)."""
-        dynamic = self.policy.policy.preemption and bool(self.pending)
+        dynamic = (self.policy.policy.preemption and bool(self.pending)
+                   and not self._no_victims(now))
         if dynamic or self.running_view is None:
             self.running_view = [self._running_obj(job, now, dynamic)
                                  for job in self.running.values()]
@@ -443,6 +445,22 @@ class Simulator:
                         else pending,
                         cohorts=self.cohorts, topology=self.cluster.topology,
                         tenant_usage=usage, resources=self.space)
+
+    def _no_victims(self, now: float) -> bool:
+        """Under "las": True when no pending job is at a lower level than a running one, so no
+        victim search can find a victim. Then the running jobs' kept objects give the decisions
+        fresh ones would: their progress (which orders victims) is never read, and their level
+        (how the cycle ranks them) is at most the current one, so they are no victims either."""
+        policy = self.policy.policy
+        if policy.order != "las":
+            return False
+        levels = policy.las_thresholds
+        highest = 0
+        for job in self.running.values():
+            attained = job.attained + job.gpus * (now - job.start)
+            highest = max(highest, bisect_right(levels, attained))
+        return highest == 0 or all(bisect_right(levels, job.attained) >= highest
+                                   for job in self.pending.values())
 
     def _running_obj(self, job: SimJob, now: float, dynamic: bool) -> RunningJob:
         if job.running_obj is not None and not dynamic:
