@@ -529,42 +529,60 @@ class Simulator:
         admit once these have started are left out.
 
         All of them under a policy that preempts (a job that does not fit may make room).
-        Otherwise no cycle can admit a job that cannot fit in the free GPUs of the nodes it may
-        use (`_fits`): the baselines' one unlimited queue is shown only the jobs that fit (the
-        scheduler would pass the others over, and free room only shrinks within a cycle), and
-        strict FIFO only its first jobs, none if the first does not fit (it blocks the rest)."""
+        Otherwise a cycle admits at most as many jobs of one shape (GPUs per rank, ranks,
+        flavors) as fit in the free GPUs of the nodes they may use (`_room`), and those it
+        admits come first in queue order among the jobs of that shape (free room only shrinks
+        within a cycle, so once one fails the later ones fail alike). So the baselines' one
+        unlimited queue is shown only that many of each shape, the first in its order, and
+        strict FIFO only its first jobs, none if the first cannot fit (it blocks the rest)."""
         policy = self.policy
-        if policy.policy.preemption or not policy.shared_queue:
+        order = policy.policy.order
+        if (policy.policy.preemption or not policy.shared_queue or order not in ("fifo", "sjf")
+                or policy.policy.starvation_age is not None or self.nominated):
             return list(self.pending_view.values()), False
         free = np.where(self.up, self.free, 0.0)
-        fits: dict[tuple[float, int, tuple[str, ...] | None], bool] = {}
-        if policy.strict and policy.policy.order == "fifo" and not self.nominated:
+        if policy.strict and order == "fifo":
             # Queue order is arrival order: a requeued job is queued again as it arrives.
             head = self.pending[next(iter(self.pending))]
-            if not self._fits(head.shape, free, fits):
+            if not self._room(head.shape, free):
                 return [], False
             first = list(islice(self.pending_view.values(), STRICT_PREFIX))
             return first, len(first) < len(self.pending_view)
         jobs = self.pending
-        out = []
-        for idx, pending in self.pending_view.items():
+        room: dict[tuple[float, int, tuple[str, ...] | None], int] = {}
+        by_shape: dict[tuple[float, int, tuple[str, ...] | None], list[tuple[object, int]]] = {}
+        for seq, (idx, pending) in enumerate(self.pending_view.items()):
             shape = jobs[idx].shape
-            ok = fits.get(shape)
-            if ok is None:
-                ok = self._fits(shape, free, fits)
-            if ok:
-                out.append(pending)
-        return out, False
+            left = room.get(shape)
+            if left is None:
+                left = room[shape] = self._room(shape, free)
+                by_shape[shape] = []
+            if left:
+                if order == "fifo":  # queue order is arrival order (above): the first ones
+                    room[shape] = left - 1
+                    by_shape[shape].append((seq, seq))
+                else:
+                    duration = pending.expected_duration
+                    key = (math.inf if duration is None else duration, pending.created_at, seq)
+                    by_shape[shape].append((key, seq))
+        kept: list[int] = []
+        for shape, keyed in by_shape.items():
+            if len(keyed) > room[shape] and order == "sjf":
+                keyed = heapq.nsmallest(room[shape], keyed)
+            kept.extend(seq for _, seq in keyed)
+        kept.sort()
+        view = list(self.pending_view.values())
+        return [view[seq] for seq in kept], False
 
-    def _fits(self, shape: tuple[float, int, tuple[str, ...] | None], free: np.ndarray,
-              fits: dict[tuple[float, int, tuple[str, ...] | None], bool]) -> bool:
-        """Whether `shape`'s ranks (GPUs per rank, ranks, flavors) fit in `free`, node by node,
-        on the nodes of its flavors: needed for a placement, not enough (topology, quotas)."""
+    def _room(self, shape: tuple[float, int, tuple[str, ...] | None], free: np.ndarray) -> int:
+        """How many jobs of `shape` (GPUs per rank, ranks, flavors) fit at once in `free`,
+        node by node, on the nodes of its flavors: a bound (topology, quotas), never below
+        what a placement finds."""
         need, ranks, flavors = shape
+        if need <= 0:
+            return len(self.pending)
         on_allowed = free if flavors is None else free[self._mask(flavors)]
-        ok = need <= 0 or int(np.floor((on_allowed + 1e-6) / need).sum()) >= ranks
-        fits[shape] = ok
-        return ok
+        return int(np.floor((on_allowed + 1e-6) / need).sum()) // ranks
 
     def apply(self, decisions: Decisions, now: float) -> None:
         for idx in self.nominated | decisions.nominated.keys():
