@@ -71,13 +71,16 @@ _SKIPPED = {
 }
 
 
+Shape = tuple[float, int, tuple[str, ...] | None]  # GPUs per rank, ranks, allowed flavors
+
+
 class SimJob:
     """A job's mutable simulation state."""
 
     __slots__ = ("attained", "avoid", "created_at", "epoch", "flavor", "flavors", "gpus", "idx",
                  "nodes", "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
-                 "per_rank_gpus", "priority", "queue", "ranks", "remaining", "running_obj",
-                 "sched_flavors", "shape", "start", "user")
+                 "per_rank_gpus", "priority", "queue", "queued", "ranks", "remaining",
+                 "running_obj", "sched_flavors", "shape", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool, size: int = 3) -> None:
@@ -96,11 +99,12 @@ class SimJob:
         self.per_rank: Resources = (milli,) + (0,) * (size - 1)  # thousandths of a GPU
         self.per_rank_gpus = per_rank_gpus
         self.gpus = per_rank_gpus * job.ranks
-        self.shape = (per_rank_gpus, job.ranks, flavors)  # what `Simulator._fits` looks at
+        self.shape: Shape = (per_rank_gpus, job.ranks, flavors)  # see `Simulator._room`
         self.remaining = job.duration
         self.attained = 0.0
         self.created_at = job.arrival
         self.pending_since = job.arrival
+        self.queued = 0  # when it was queued, as a count of the jobs queued before
         self.epoch = 0
         self.start = -1.0
         self.flavor = ""
@@ -150,6 +154,8 @@ class Simulator:
         self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
         self.pending: dict[int, SimJob] = {}
         self.pending_view: dict[int, PendingJob] = {}  # what the scheduler sees, same order
+        self.by_shape: dict[Shape, dict[int, SimJob]] = {}  # the pending jobs, in queue order
+        self.queued = 0
         # The waiting reasons of jobs a cycle never got to are not used here.
         self.sched_policy = replace(policy.policy, explain=False)
         self.nominated: set[int] = set()  # pending jobs the last cycle nominated
@@ -331,6 +337,9 @@ class Simulator:
         job.pending_obj = None
         self.pending[job.idx] = job
         self.pending_view[job.idx] = job.pending()
+        self.by_shape.setdefault(job.shape, {})[job.idx] = job
+        job.queued = self.queued
+        self.queued += 1
         self.demand[(job.per_rank_gpus, job.flavors)] += 1
         age = self.policy.policy.starvation_age
         if age is not None:
@@ -339,6 +348,10 @@ class Simulator:
     def _admit(self, job: SimJob, flavor: str, node_names: tuple[str, ...], now: float) -> None:
         del self.pending[job.idx]
         del self.pending_view[job.idx]
+        same = self.by_shape[job.shape]
+        del same[job.idx]
+        if not same:
+            del self.by_shape[job.shape]
         self._drop_demand(job)
         nodes = tuple(self.node_index[name] for name in node_names)
         need = job.per_rank_gpus
@@ -548,33 +561,20 @@ class Simulator:
                 return [], False
             first = list(islice(self.pending_view.values(), STRICT_PREFIX))
             return first, len(first) < len(self.pending_view)
-        jobs = self.pending
-        room: dict[tuple[float, int, tuple[str, ...] | None], int] = {}
-        by_shape: dict[tuple[float, int, tuple[str, ...] | None], list[tuple[object, int]]] = {}
-        for seq, (idx, pending) in enumerate(self.pending_view.items()):
-            shape = jobs[idx].shape
-            left = room.get(shape)
-            if left is None:
-                left = room[shape] = self._room(shape, free)
-                by_shape[shape] = []
-            if left:
-                if order == "fifo":  # queue order is arrival order (above): the first ones
-                    room[shape] = left - 1
-                    by_shape[shape].append((seq, seq))
-                else:
-                    duration = pending.expected_duration
-                    key = (math.inf if duration is None else duration, pending.created_at, seq)
-                    by_shape[shape].append((key, seq))
-        kept: list[int] = []
-        for shape, keyed in by_shape.items():
-            if len(keyed) > room[shape] and order == "sjf":
-                keyed = heapq.nsmallest(room[shape], keyed)
-            kept.extend(seq for _, seq in keyed)
-        kept.sort()
-        view = list(self.pending_view.values())
-        return [view[seq] for seq in kept], False
+        chosen: list[SimJob] = []
+        for shape, same in self.by_shape.items():
+            room = self._room(shape, free)
+            if room >= len(same):
+                chosen.extend(same.values())
+            elif order == "fifo":  # queue order is arrival order (above): the first ones
+                chosen.extend(islice(same.values(), room))
+            elif room:
+                chosen.extend(heapq.nsmallest(room, same.values(), key=_sjf_key))
+        chosen.sort(key=_queued)
+        view = self.pending_view
+        return [view[job.idx] for job in chosen], False
 
-    def _room(self, shape: tuple[float, int, tuple[str, ...] | None], free: np.ndarray) -> int:
+    def _room(self, shape: Shape, free: np.ndarray) -> int:
         """How many jobs of `shape` (GPUs per rank, ranks, flavors) fit at once in `free`,
         node by node, on the nodes of its flavors: a bound (topology, quotas), never below
         what a placement finds."""
@@ -640,3 +640,12 @@ class Simulator:
             entitlement=self.cluster.entitlement(), skipped=dict(self.skipped),
             sched_calls=self.sched_calls, sched_seconds=self.sched_seconds, wall_seconds=wall,
             node_failures=self.node_failures)
+
+
+def _queued(job: SimJob) -> int:
+    return job.queued
+
+
+def _sjf_key(job: SimJob) -> tuple[float, float, int]:
+    """Its place in an "sjf" queue of equal priorities (`stoker.sched.order`)."""
+    return (job.remaining, job.created_at, job.queued)
