@@ -179,7 +179,10 @@ class Simulator:
         self.batches = 0
         self.freed = False
         self.flavor_masks: dict[tuple[str, ...], np.ndarray] = {}
-        self.running_view: list[RunningJob] | None = None  # reused while nothing starts/stops
+        # The running jobs' objects in `running` order, kept while only some start and stop
+        # (None: build anew); the started ones not in it yet, in the order they started.
+        self.running_view: list[RunningJob] | None = None
+        self.started_since: list[SimJob] = []
         self.fragmented = 0.0
         self.free_while_pending = 0.0
         afs = policy.policy.admission_fair_sharing
@@ -366,7 +369,7 @@ class Simulator:
         job.outcome.waited += now - job.pending_since
         job.running_obj = None
         self.running[job.idx] = job
-        self.running_view = None
+        self.started_since.append(job)
         self.busy += job.gpus
         self._push(now + job.remaining, COMPLETE, job.idx, job.epoch)
         policy = self.policy
@@ -380,7 +383,10 @@ class Simulator:
     def _release(self, job: SimJob, now: float) -> float:
         """Free the job's GPUs; return the seconds it ran in this attempt."""
         del self.running[job.idx]
-        self.running_view = None
+        if job in self.started_since:
+            self.started_since.remove(job)
+        elif self.running_view is not None and job.running_obj is not None:  # in the view
+            self.running_view.remove(job.running_obj)  # found by identity first: C speed
         for i in job.nodes:
             self.free[i] += job.per_rank_gpus
             self.on_node[i].discard(job.idx)
@@ -451,7 +457,11 @@ class Simulator:
         if dynamic or self.running_view is None:
             self.running_view = [self._running_obj(job, now, dynamic)
                                  for job in self.running.values()]
-        running = self.running_view
+        else:
+            self.running_view.extend(self._running_obj(job, now, False)
+                                     for job in self.started_since)
+        self.started_since.clear()
+        running = list(self.running_view)  # the view changes; the snapshot must not
         usage = None if self.tenant_usage is None else self.tenant_usage.scores()
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
                         pending=list(self.pending_view.values()) if pending is None
