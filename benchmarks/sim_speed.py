@@ -108,13 +108,11 @@ def run_case(name: str, prepared: Prepared, policies: list[str], repeat: int,
     figure(f"{name} plain fifo", plain_s, "s", "lower")
     finishes[name] = {}
     for policy in policies:
-        walls = []
-        for _ in range(repeat):
-            sim = Simulator(cluster, prepared.jobs, prepared.tenants, resolve(policy, cluster),
-                            prepared.inputs.options)
-            result = sim.run()
-            walls.append(result.wall_seconds)
-        wall = min(walls)
+        results = [Simulator(cluster, prepared.jobs, prepared.tenants, resolve(policy, cluster),
+                             prepared.inputs.options).run() for _ in range(repeat)]
+        walls = [r.wall_seconds for r in results]
+        result = min(results, key=lambda r: r.wall_seconds)
+        wall = result.wall_seconds
         finishes[name][policy] = [j.finish for j in result.jobs]
         jct = [j.jct for j in result.jobs]
         print(json.dumps({
