@@ -168,6 +168,7 @@ def test_skipping_cycles_that_cannot_admit_changes_nothing(
     the queue's first two), change no result, with node failures requeueing jobs."""
     jobs = busy_trace(3)
     monkeypatch.setattr(engine, "STRICT_PREFIX", 2)
+    monkeypatch.setattr(engine, "SHORT_QUEUE", 1)
     fast = run(jobs, nodes(2, 8), policy, CHAOS)
     monkeypatch.setattr(Simulator, "_may_admit", lambda self, now, arrived: True)
     monkeypatch.setattr(Simulator, "_candidates",

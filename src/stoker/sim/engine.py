@@ -47,8 +47,10 @@ from stoker.sim.trace import TraceJob
 # it is taken away, and before new jobs arrive.
 REPAIR, COMPLETE, FAIL, ARRIVE, WAKE = range(5)
 MAX_CYCLES_PER_INSTANT = 8
-# Under strict FIFO the scheduler is shown the queue's first jobs only (`Simulator._candidates`).
+# Under strict FIFO the scheduler is shown the queue's first jobs only (`Simulator._candidates`);
+# a baseline's queue no longer than SHORT_QUEUE is shown whole (choosing costs more than it saves).
 STRICT_PREFIX = 64
+SHORT_QUEUE = 64
 
 
 @dataclass(frozen=True)
@@ -561,7 +563,8 @@ class Simulator:
         policy = self.policy
         order = policy.policy.order
         if (policy.policy.preemption or not policy.shared_queue or order not in ("fifo", "sjf")
-                or policy.policy.starvation_age is not None or self.nominated):
+                or policy.policy.starvation_age is not None or self.nominated
+                or len(self.pending_view) <= SHORT_QUEUE):
             return list(self.pending_view.values()), False
         free = np.where(self.up, self.free, 0.0)
         if policy.strict and order == "fifo":
