@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from stoker.sched import Policy
+from stoker.sim import engine
 from stoker.sim.cluster import from_node_list
 from stoker.sim.engine import SimOptions, Simulator
 from stoker.sim.metrics import RunResult
@@ -160,12 +161,40 @@ def test_jobs_too_big_for_the_cluster_are_skipped_and_counted() -> None:
                               "no node of an allowed GPU model in the cluster": 1}
 
 
-@pytest.mark.parametrize("policy", ["fifo", "sjf"])
+@pytest.mark.parametrize("policy", ["fifo", "fifo-backfill", "sjf"])
 def test_skipping_cycles_that_cannot_admit_changes_nothing(
         policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skipped cycles, and jobs that cannot fit left out of the snapshot (strict FIFO: all but
+    the queue's first two), change no result, with node failures requeueing jobs."""
     jobs = busy_trace(3)
-    fast = run(jobs, nodes(2, 8), policy)
+    monkeypatch.setattr(engine, "STRICT_PREFIX", 2)
+    monkeypatch.setattr(engine, "SHORT_QUEUE", 1)
+    fast = run(jobs, nodes(2, 8), policy, CHAOS)
     monkeypatch.setattr(Simulator, "_may_admit", lambda self, now, arrived: True)
-    every = run(jobs, nodes(2, 8), policy)
+    monkeypatch.setattr(Simulator, "_candidates",
+                        lambda self: (list(self.pending_view.values()), False))
+    every = run(jobs, nodes(2, 8), policy, CHAOS)
     assert fast.sched_calls < every.sched_calls
+    assert fast.jobs == every.jobs
+
+
+def test_las_keeping_running_jobs_unrebuilt_changes_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under "las" the running jobs are not rebuilt for a cycle that can find no victim (no
+    level changed, no pending job below a running one); the results stay those of rebuilding
+    them every cycle."""
+    jobs = busy_trace(4)
+    kept = []
+    no_victims = Simulator._no_victims
+
+    def counting(self: Simulator, now: float) -> bool:
+        kept.append(no_victims(self, now))
+        return kept[-1]
+
+    monkeypatch.setattr(Simulator, "_no_victims", counting)
+    fast = run(jobs, nodes(2, 8), "las", CHAOS)
+    monkeypatch.setattr(Simulator, "_no_victims", lambda self, now: False)
+    every = run(jobs, nodes(2, 8), "las", CHAOS)
+    assert any(kept) and not all(kept)
+    assert sum(j.preemptions for j in fast.jobs) > 0
     assert fast.jobs == every.jobs

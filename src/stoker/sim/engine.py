@@ -16,9 +16,11 @@ import heapq
 import math
 import random
 import time
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import numpy as np
 
@@ -45,6 +47,10 @@ from stoker.sim.trace import TraceJob
 # it is taken away, and before new jobs arrive.
 REPAIR, COMPLETE, FAIL, ARRIVE, WAKE = range(5)
 MAX_CYCLES_PER_INSTANT = 8
+# Under strict FIFO the scheduler is shown the queue's first jobs only (`Simulator._candidates`);
+# a baseline's queue no longer than SHORT_QUEUE is shown whole (choosing costs more than it saves).
+STRICT_PREFIX = 64
+SHORT_QUEUE = 64
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,16 @@ _SKIPPED = {
 }
 
 
+Shape = tuple[float, int, tuple[str, ...] | None]  # GPUs per rank, ranks, allowed flavors
+
+
 class SimJob:
     """A job's mutable simulation state."""
 
     __slots__ = ("attained", "avoid", "created_at", "epoch", "flavor", "flavors", "gpus", "idx",
                  "nodes", "nominated", "outcome", "pending_obj", "pending_since", "per_rank",
-                 "per_rank_gpus", "priority", "queue", "ranks", "remaining", "running_obj",
-                 "sched_flavors", "start", "user")
+                 "per_rank_gpus", "priority", "queue", "queued", "ranks", "remaining",
+                 "running_obj", "sched_flavors", "shape", "start", "user")
 
     def __init__(self, idx: int, job: TraceJob, tenant: str, queue: str, priority: int,
                  flavors: tuple[str, ...] | None, whole_gpus: bool, size: int = 3) -> None:
@@ -92,10 +101,12 @@ class SimJob:
         self.per_rank: Resources = (milli,) + (0,) * (size - 1)  # thousandths of a GPU
         self.per_rank_gpus = per_rank_gpus
         self.gpus = per_rank_gpus * job.ranks
+        self.shape: Shape = (per_rank_gpus, job.ranks, flavors)  # see `Simulator._room`
         self.remaining = job.duration
         self.attained = 0.0
         self.created_at = job.arrival
         self.pending_since = job.arrival
+        self.queued = 0  # when it was queued, as a count of the jobs queued before
         self.epoch = 0
         self.start = -1.0
         self.flavor = ""
@@ -144,6 +155,11 @@ class Simulator:
         order = sorted(range(len(jobs)), key=lambda i: jobs[i].arrival)
         self.jobs = self._admissible([jobs[i] for i in order], [tenants[i] for i in order])
         self.pending: dict[int, SimJob] = {}
+        self.pending_view: dict[int, PendingJob] = {}  # what the scheduler sees, same order
+        self.by_shape: dict[Shape, dict[int, SimJob]] = {}  # the pending jobs, in queue order
+        self.queued = 0
+        # The waiting reasons of jobs a cycle never got to are not used here.
+        self.sched_policy = replace(policy.policy, explain=False)
         self.nominated: set[int] = set()  # pending jobs the last cycle nominated
         self.sched_cache = SchedulerCache()
         self.running: dict[int, SimJob] = {}
@@ -165,7 +181,10 @@ class Simulator:
         self.batches = 0
         self.freed = False
         self.flavor_masks: dict[tuple[str, ...], np.ndarray] = {}
-        self.running_view: list[RunningJob] | None = None  # reused while nothing starts/stops
+        # The running jobs' objects in `running` order, kept while only some start and stop
+        # (None: build anew); the started ones not in it yet, in the order they started.
+        self.running_view: list[RunningJob] | None = None
+        self.started_since: list[SimJob] = []
         self.fragmented = 0.0
         self.free_while_pending = 0.0
         afs = policy.policy.admission_fair_sharing
@@ -322,6 +341,10 @@ class Simulator:
         job.pending_since = now
         job.pending_obj = None
         self.pending[job.idx] = job
+        self.pending_view[job.idx] = job.pending()
+        self.by_shape.setdefault(job.shape, {})[job.idx] = job
+        job.queued = self.queued
+        self.queued += 1
         self.demand[(job.per_rank_gpus, job.flavors)] += 1
         age = self.policy.policy.starvation_age
         if age is not None:
@@ -329,6 +352,11 @@ class Simulator:
 
     def _admit(self, job: SimJob, flavor: str, node_names: tuple[str, ...], now: float) -> None:
         del self.pending[job.idx]
+        del self.pending_view[job.idx]
+        same = self.by_shape[job.shape]
+        del same[job.idx]
+        if not same:
+            del self.by_shape[job.shape]
         self._drop_demand(job)
         nodes = tuple(self.node_index[name] for name in node_names)
         need = job.per_rank_gpus
@@ -343,7 +371,7 @@ class Simulator:
         job.outcome.waited += now - job.pending_since
         job.running_obj = None
         self.running[job.idx] = job
-        self.running_view = None
+        self.started_since.append(job)
         self.busy += job.gpus
         self._push(now + job.remaining, COMPLETE, job.idx, job.epoch)
         policy = self.policy
@@ -357,7 +385,10 @@ class Simulator:
     def _release(self, job: SimJob, now: float) -> float:
         """Free the job's GPUs; return the seconds it ran in this attempt."""
         del self.running[job.idx]
-        self.running_view = None
+        if job in self.started_since:
+            self.started_since.remove(job)
+        elif self.running_view is not None and job.running_obj is not None:  # in the view
+            self.running_view.remove(job.running_obj)  # found by identity first: C speed
         for i in job.nodes:
             self.free[i] += job.per_rank_gpus
             self.on_node[i].discard(job.idx)
@@ -420,18 +451,41 @@ class Simulator:
 
     # --- scheduling ---
 
-    def snapshot(self, now: float) -> Snapshot:
-        """The scheduler's view of the simulated cluster at `now`."""
-        dynamic = self.policy.policy.preemption and bool(self.pending)
+    def snapshot(self, now: float, pending: list[PendingJob] | None = None) -> Snapshot:
+        """The scheduler's view of the simulated cluster at `now`; `pending`: the pending jobs
+        it is shown (default: all of them)."""
+        dynamic = (self.policy.policy.preemption and bool(self.pending)
+                   and not self._no_victims(now))
         if dynamic or self.running_view is None:
             self.running_view = [self._running_obj(job, now, dynamic)
                                  for job in self.running.values()]
-        running = self.running_view
+        else:
+            self.running_view.extend(self._running_obj(job, now, False)
+                                     for job in self.started_since)
+        self.started_since.clear()
+        running = list(self.running_view)  # the view changes; the snapshot must not
         usage = None if self.tenant_usage is None else self.tenant_usage.scores()
         return Snapshot(now=now, queues=self.queues, nodes=self.nodes_view, running=running,
-                        pending=[job.pending() for job in self.pending.values()],
+                        pending=list(self.pending_view.values()) if pending is None
+                        else pending,
                         cohorts=self.cohorts, topology=self.cluster.topology,
                         tenant_usage=usage, resources=self.space)
+
+    def _no_victims(self, now: float) -> bool:
+        """Under "las": True when no pending job is at a lower level than a running one, so no
+        victim search can find a victim. Then the running jobs' kept objects give the decisions
+        fresh ones would: their progress (which orders victims) is never read, and their level
+        (how the cycle ranks them) is at most the current one, so they are no victims either."""
+        policy = self.policy.policy
+        if policy.order != "las":
+            return False
+        levels = policy.las_thresholds
+        highest = 0
+        for job in self.running.values():
+            attained = job.attained + job.gpus * (now - job.start)
+            highest = max(highest, bisect_right(levels, attained))
+        return highest == 0 or all(bisect_right(levels, job.attained) >= highest
+                                   for job in self.pending.values())
 
     def _running_obj(self, job: SimJob, now: float, dynamic: bool) -> RunningJob:
         if job.running_obj is not None and not dynamic:
@@ -475,25 +529,80 @@ class Simulator:
 
     def _schedule(self, now: float) -> None:
         """Call the scheduler until it has nothing more to do at `now`: a cycle that preempts
-        frees capacity the preemptors get in the next cycle, as in the live control plane."""
-        for _ in range(MAX_CYCLES_PER_INSTANT):
-            if not self.pending:
+        frees capacity the preemptors get in the next cycle, as in the live control plane; a
+        cycle shown only the head of a strict FIFO queue that admitted all of it goes on with
+        the rest."""
+        cycles = 0
+        while cycles < MAX_CYCLES_PER_INSTANT and self.pending:
+            pending, partial = self._candidates()
+            if not pending:
                 break
-            snap = self.snapshot(now)
+            snap = self.snapshot(now, pending)
             began = time.perf_counter()
-            decisions = schedule(snap, self.policy.policy, self.sched_cache)
+            decisions = schedule(snap, self.sched_policy, self.sched_cache)
             self.sched_seconds += time.perf_counter() - began
             self.sched_calls += 1
             self.apply(decisions, now)
-            if not decisions.preempt:
+            if decisions.preempt:
+                cycles += 1
+            elif not (partial and len(decisions.admit) == len(pending)):
                 break
         self._record(now)
+
+    def _candidates(self) -> tuple[list[PendingJob], bool]:
+        """The pending jobs a cycle may admit, in queue order, and whether some that it might
+        admit once these have started are left out.
+
+        All of them under a policy that preempts (a job that does not fit may make room).
+        Otherwise a cycle admits at most as many jobs of one shape (GPUs per rank, ranks,
+        flavors) as fit in the free GPUs of the nodes they may use (`_room`), and those it
+        admits come first in queue order among the jobs of that shape (free room only shrinks
+        within a cycle, so once one fails the later ones fail alike). So the baselines' one
+        unlimited queue is shown only that many of each shape, the first in its order, and
+        strict FIFO only its first jobs, none if the first cannot fit (it blocks the rest)."""
+        policy = self.policy
+        order = policy.policy.order
+        if (policy.policy.preemption or not policy.shared_queue or order not in ("fifo", "sjf")
+                or policy.policy.starvation_age is not None or self.nominated
+                or len(self.pending_view) <= SHORT_QUEUE):
+            return list(self.pending_view.values()), False
+        free = np.where(self.up, self.free, 0.0)
+        if policy.strict and order == "fifo":
+            # Queue order is arrival order: a requeued job is queued again as it arrives.
+            head = self.pending[next(iter(self.pending))]
+            if not self._room(head.shape, free):
+                return [], False
+            first = list(islice(self.pending_view.values(), STRICT_PREFIX))
+            return first, len(first) < len(self.pending_view)
+        chosen: list[SimJob] = []
+        for shape, same in self.by_shape.items():
+            room = self._room(shape, free)
+            if room >= len(same):
+                chosen.extend(same.values())
+            elif order == "fifo":  # queue order is arrival order (above): the first ones
+                chosen.extend(islice(same.values(), room))
+            elif room:
+                chosen.extend(heapq.nsmallest(room, same.values(), key=_sjf_key))
+        chosen.sort(key=_queued)
+        view = self.pending_view
+        return [view[job.idx] for job in chosen], False
+
+    def _room(self, shape: Shape, free: np.ndarray) -> int:
+        """How many jobs of `shape` (GPUs per rank, ranks, flavors) fit at once in `free`,
+        node by node, on the nodes of its flavors: a bound (topology, quotas), never below
+        what a placement finds."""
+        need, ranks, flavors = shape
+        if need <= 0:
+            return len(self.pending)
+        on_allowed = free if flavors is None else free[self._mask(flavors)]
+        return int(np.floor((on_allowed + 1e-6) / need).sum()) // ranks
 
     def apply(self, decisions: Decisions, now: float) -> None:
         for idx in self.nominated | decisions.nominated.keys():
             job = self.pending[int(idx)]
             job.nominated = idx in decisions.nominated
             job.pending_obj = None
+            self.pending_view[job.idx] = job.pending()
         self.nominated = {int(idx) for idx in decisions.nominated}
         for p in decisions.preempt:
             victim = self.running.get(int(p.job))
@@ -544,3 +653,12 @@ class Simulator:
             entitlement=self.cluster.entitlement(), skipped=dict(self.skipped),
             sched_calls=self.sched_calls, sched_seconds=self.sched_seconds, wall_seconds=wall,
             node_failures=self.node_failures)
+
+
+def _queued(job: SimJob) -> int:
+    return job.queued
+
+
+def _sjf_key(job: SimJob) -> tuple[float, float, int]:
+    """Its place in an "sjf" queue of equal priorities (`stoker.sched.order`)."""
+    return (job.remaining, job.created_at, job.queued)
