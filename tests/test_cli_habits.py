@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -114,13 +115,28 @@ def get_nodes(server: ServerProcess) -> list[dict[str, Any]]:
 def test_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
     env = {**os.environ, "STOKER_SERVER": server.url, "STOKER_TOKEN": "alice-t",
            "COLUMNS": "200"}
+    before = api_gets(server)
     proc = subprocess.Popen([sys.executable, "-m", "stoker", "queues", "--watch", "-n", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(2.5)  # the interpreter's start, then a few redraws
+    # Ctrl-C once it has drawn and redrawn (the server counted its GETs): the interpreter's
+    # start can take many seconds on a busy machine, and a Ctrl-C during it is not this test's.
+    deadline, polls = time.monotonic() + 120, 1
+    while api_gets(server) - before - polls < 2:  # each poll counts the one before it
+        assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
+        polls += 1
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "QUEUE" in out and "Traceback" not in err
+
+
+def api_gets(server: ServerProcess) -> float:
+    """The server's count of answered GETs, from its own /metrics (counted once answered)."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer admin-t"},
+                     timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith('stoker_api_requests_total{method="GET",status="200"}'))
 
 
 def test_hold_keeps_a_job_queued_across_a_restart_until_released(
