@@ -195,6 +195,11 @@ queues = ["q"]
 cpus = 2
 [isolation]
 pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test does
+# The example task's code is in this checkout, which may lie under /tmp: a sandbox would hide
+# it (a sandboxed job sees only the runtime and its own directory there). This test is about
+# the task on the control plane, not isolation, so its one tenant runs unsandboxed.
+identity = "server"
+sandbox = "none"
 """
 
 
