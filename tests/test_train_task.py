@@ -200,6 +200,7 @@ pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test do
 # the task on the control plane, not isolation, so its one tenant runs unsandboxed.
 identity = "server"
 sandbox = "none"
+single_trust = true
 """
 
 
