@@ -247,6 +247,10 @@ class _RankLayout:
     def accum_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.dp_size)
 
+    def consumed(self, m: int) -> int:
+        """Global samples of the steps whose micro-batches all lie before the ``m``-th."""
+        return self.base + (m // self.accum_steps) * self.global_batch_size
+
     def samples(self, m: int) -> npt.NDArray[np.int64]:
         step, k = divmod(m, self.accum_steps)
         first = (self.base + step * self.global_batch_size
@@ -380,7 +384,7 @@ class TokenLoader:
     @property
     def samples_consumed(self) -> int:
         """Global samples of the steps this rank has fully consumed."""
-        return self._layout.base + (self._consumed // self.accum_steps) * self.global_batch_size
+        return self._layout.consumed(self._consumed)
 
     def __iter__(self) -> TokenLoader:
         return self

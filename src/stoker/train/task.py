@@ -226,7 +226,7 @@ class TaskLoader:
 
     @property
     def samples_consumed(self) -> int:
-        return self._layout.base + (self._consumed // self.accum_steps) * self.global_batch_size
+        return self._layout.consumed(self._consumed)
 
     def __iter__(self) -> TaskLoader:
         return self
