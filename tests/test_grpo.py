@@ -20,6 +20,7 @@ from stoker.spec.loading import validate
 from stoker.spec.train import ModelShape
 from stoker.train.grpo import (
     ADV_EPS,
+    entropy,
     group_advantages,
     grpo_loss,
     k3_kl,
@@ -191,6 +192,8 @@ def test_a_resumed_loop_redoes_nothing_and_matches_an_uninterrupted_one(tmp_path
     try:
         whole = validate(GrpoRecipe, tiny, None)
         run(whole, tmp_path / "whole", log=lambda line: None)
+        whole = validate(GrpoRecipe, tiny | {"telemetry": {"sinks": ["jsonl", "tensorboard"]}},
+                         None)
         half = whole.model_copy(update={"grpo": whole.grpo.model_copy(update={"steps": 2})})
         run(half, tmp_path / "resumed", log=lambda line: None)
         with pytest.raises(StokerError, match="--resume"):
@@ -198,7 +201,7 @@ def test_a_resumed_loop_redoes_nothing_and_matches_an_uninterrupted_one(tmp_path
         run(whole, tmp_path / "resumed", resume=True, log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
-    timing = {"gen_s", "reward_s", "train_s", "gen_tokens_per_s"}
+    timing = {"gen_s", "reward_s", "train_s", "gen_tokens_per_s", "train_tokens_per_s"}
 
     def records(run_dir: Path) -> list[dict[str, object]]:
         lines = (run_dir / "grpo.jsonl").read_text().splitlines()
@@ -207,3 +210,23 @@ def test_a_resumed_loop_redoes_nothing_and_matches_an_uninterrupted_one(tmp_path
     assert [r["step"] for r in records(tmp_path / "resumed")] == [1, 2, 3, 4]
     assert all(r["reward_std"] for r in records(tmp_path / "whole")[2:])  # steps that teach
     assert records(tmp_path / "resumed") == records(tmp_path / "whole")
+    # The same records reach TensorBoard, one events file per attempt.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert len(list((tmp_path / "resumed" / "tensorboard").glob("events.out.*"))) == 2
+    acc = EventAccumulator(str(tmp_path / "resumed" / "tensorboard"))
+    acc.Reload()
+    for key in ("reward_mean", "entropy", "kl", "train_tokens_per_s"):
+        logged = {e.step: e.value for e in acc.Scalars(key)}
+        want = {r["step"]: r[key] for r in map(json.loads, (tmp_path / "resumed" / "grpo.jsonl")
+                                               .read_text().splitlines())}
+        assert logged == pytest.approx(want, rel=1e-6), key
+
+
+def test_entropy_by_hand() -> None:
+    uniform = torch.log_softmax(torch.zeros(2, 3, 5), dim=-1)
+    assert entropy(uniform) == pytest.approx(torch.full((2, 3), math.log(5)))
+    sure = torch.log_softmax(torch.tensor([[[60.0, 0.0, 0.0]]]), dim=-1)
+    assert entropy(sure).item() == pytest.approx(0.0, abs=1e-20)
+    two = torch.log(torch.tensor([[[0.5, 0.5, 0.0]]]).clamp(min=1e-30))
+    assert entropy(two).item() == pytest.approx(math.log(2))

@@ -34,12 +34,14 @@ def grpo(
     writes them to RUN_DIR/grpo.jsonl, the totals to RUN_DIR/grpo_summary.json, the loop's
     state to RUN_DIR/grpo_state.pt (model, reference, optimiser, prompt stream, step).
     """
+    from stoker.observe.sinks import check_installed
     from stoker.spec import loading
     from stoker.spec.grpo import GrpoRecipe
     from stoker.train.grpo import run
     from stoker.train.launch import make_run_dir
 
     recipe = loading.load(GrpoRecipe, cfg, set_)
+    check_installed(recipe.telemetry.sinks, str(cfg))
     rdir = make_run_dir(recipe.run.name, run_dir)
     console = Console(stderr=True, highlight=False)
     console.print(f"stoker grpo: {cfg} -> {rdir}")

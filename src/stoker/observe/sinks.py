@@ -314,18 +314,31 @@ class Sinks:
 
 def open_sinks(cfg: TrainConfig, run_dir: Path, events: EventLog) -> Sinks | None:
     """Rank 0's sinks for ``[telemetry] sinks``, or None when it names only jsonl."""
-    names = [n for n in cfg.telemetry.sinks if n in SINK_MODULES]
+
+    def on_error(sink: str, error: str) -> None:
+        events.emit("sink_error", sink=sink, error=error)
+
+    return open_named(cfg.telemetry.sinks, run_dir, cfg.train.name,
+                      cfg.model_dump(by_alias=True), on_error)
+
+
+def open_named(sinks: Iterable[str], run_dir: Path, experiment: str, config: dict[str, Any],
+               on_error: Callable[[str, str], None] = lambda sink, error: None
+               ) -> Sinks | None:
+    """The sinks named (jsonl aside: its writer is the caller's), or None when there are none;
+    a sink dropped is reported to ``on_error`` and on stderr."""
+    names = [n for n in sinks if n in SINK_MODULES]
     if not names:
         return None
     check_installed(names)
     openers: dict[str, Callable[[], Sink]] = {
         "tensorboard": lambda: TensorBoardSink(run_dir),
         "wandb": lambda: WandbSink(run_dir),
-        "mlflow": lambda: MlflowSink(run_dir, cfg.train.name),
+        "mlflow": lambda: MlflowSink(run_dir, experiment),
     }
 
-    def on_error(sink: str, error: str) -> None:
-        events.emit("sink_error", sink=sink, error=error)
+    def dropped(sink: str, error: str) -> None:
+        on_error(sink, error)
         print(f"warning: telemetry sink {sink!r} dropped: {error}", file=sys.stderr)
 
-    return Sinks({n: openers[n] for n in names}, cfg.model_dump(by_alias=True), on_error)
+    return Sinks({n: openers[n] for n in names}, config, dropped)

@@ -7,7 +7,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from stoker.spec.errors import KeyedValueError
-from stoker.spec.train import ModelConfig, Section
+from stoker.spec.train import ModelConfig, Section, check_sinks
 
 
 class TaskConfig(Section):
@@ -60,9 +60,22 @@ class RunConfig(Section):
     threads: int = Field(default=0, ge=0)  # torch intra-op threads; 0: torch's default
 
 
+class GrpoTelemetry(Section):
+    """``sinks``: where each step's record goes besides RUN_DIR/grpo.jsonl (always written), as
+    training's ``[telemetry] sinks``; each but jsonl needs the extra of its name."""
+
+    sinks: list[str] = Field(default_factory=lambda: ["jsonl"])
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        check_sinks(self.sinks)
+        return self
+
+
 class GrpoRecipe(Section):
     model: ModelConfig = ModelConfig(preset="tiny")
     task: TaskConfig = TaskConfig()
     warmup: WarmupConfig = WarmupConfig()
     grpo: GrpoConfig = GrpoConfig()
     run: RunConfig = RunConfig()
+    telemetry: GrpoTelemetry = GrpoTelemetry()

@@ -333,13 +333,18 @@ class TelemetryConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        for name in self.sinks:
-            if name not in SINKS:
-                raise KeyedValueError("telemetry.sinks", f"unknown sink {name!r} (known: "
-                                      f"{', '.join(SINKS)})")
-        if len(set(self.sinks)) < len(self.sinks):
-            raise KeyedValueError("telemetry.sinks", f"{self.sinks} names a sink twice")
+        check_sinks(self.sinks)
         return self
+
+
+def check_sinks(sinks: list[str]) -> None:
+    """``telemetry.sinks`` names known sinks, each once."""
+    for name in sinks:
+        if name not in SINKS:
+            raise KeyedValueError("telemetry.sinks", f"unknown sink {name!r} (known: "
+                                  f"{', '.join(SINKS)})")
+    if len(set(sinks)) < len(sinks):
+        raise KeyedValueError("telemetry.sinks", f"{sinks} names a sink twice")
 
 
 class ProfileConfig(Section):

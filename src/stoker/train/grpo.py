@@ -33,7 +33,8 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stoker.observe.sinks import Sinks, check_installed, open_named
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.grpo import GrpoConfig, GrpoRecipe, WarmupConfig
 from stoker.train.generate import Sampling, generate
@@ -113,10 +115,24 @@ def pack(prompts: Sequence[list[int]], completions: Sequence[list[int]],
     return tokens, mask[:, 1:]
 
 
+def next_token_logprobs(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """log π(· | tokens[:, :t+1]) over the vocabulary: [B, T-1, V], in fp32."""
+    return F.log_softmax(model(tokens[:, :-1]).float(), dim=-1)
+
+
+def pick(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The log-probs [B, T-1] of the tokens that came next (tokens[:, 1:])."""
+    return torch.gather(logprobs, -1, tokens[:, 1:, None]).squeeze(-1)
+
+
 def token_logprobs(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """log π(tokens[:, t+1] | tokens[:, :t+1]): [B, T-1], in fp32."""
-    logits = model(tokens[:, :-1]).float()
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, tokens[:, 1:, None]).squeeze(-1)
+    return pick(next_token_logprobs(model, tokens), tokens)
+
+
+def entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """H(π(· | prefix)) = −Σ_v π log π per position: [B, T-1] from [B, T-1, V]."""
+    return -(logprobs.exp() * logprobs).sum(dim=-1)
 
 
 # --- the recipe ----------------------------------------------------------------------------
@@ -224,7 +240,9 @@ def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Opti
     advantages = group_advantages(batch.rewards).flatten()
     model.train()
     with torch.no_grad():
-        old_logp = token_logprobs(model, tokens)
+        old = next_token_logprobs(model, tokens)
+        old_logp = pick(old, tokens)
+        policy_entropy = float(masked_mean(entropy(old), mask))
         ref_logp = token_logprobs(ref, tokens) if ref is not None else None
     stats: dict[str, float] = {}
     for _ in range(cfg.iterations):
@@ -235,7 +253,7 @@ def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Opti
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         stats |= {"loss": loss.item(), "grad_norm": grad_norm.item()}
-    return stats
+    return stats | {"entropy": policy_entropy}
 
 
 class GrpoLoop:
@@ -258,12 +276,17 @@ class GrpoLoop:
         stats = grpo_step(self.model, self.ref, self.opt, batch, cfg)
         train_s = time.perf_counter() - t0
         lengths = [len(c) for c in batch.completions]
+        # Each of the μ iterations runs forward and backward over every prompt and completion
+        # token; the rollout policy's (and reference's) no-grad forward is not counted.
+        trained = cfg.iterations * sum(len(p) + n for p, n in zip(batch.prompts, lengths,
+                                                                   strict=True))
         record: dict[str, Any] = {
             "step": self.step, "reward_mean": float(batch.rewards.mean()),
             "reward_std": float(batch.rewards.std(correction=0)),
             "exact": float((batch.rewards == 1).float().mean()),
             "completion_len": sum(lengths) / len(lengths),
             "gen_tokens_per_s": sum(lengths) / batch.gen_s,
+            "train_tokens_per_s": trained / train_s,
             "gen_s": batch.gen_s, "reward_s": batch.reward_s, "train_s": train_s, **stats}
         if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
             record["pass_at_1"] = pass_at_1(self.model, self.prompts, cfg.max_new_tokens)
@@ -301,6 +324,7 @@ def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
     written to RUN_DIR/grpo_summary.json. The loop's state goes to RUN_DIR/grpo_state.pt
     after the warm-up and every ``grpo.checkpoint_interval`` steps; ``resume`` goes on from
     it (the warm-up is not redone; records after the saved step are dropped and redone)."""
+    check_installed(recipe.telemetry.sinks)
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,12 +361,16 @@ def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
             if json.loads(line)["step"] <= loop.step] if records_path.exists() else []
     records_path.write_text("".join(line + "\n" for line in kept))
     last = json.loads(kept[-1]) if kept else {}
-    with records_path.open("a") as out:
+    sinks = open_named(recipe.telemetry.sinks, run_dir, recipe.run.name,
+                       recipe.model_dump(by_alias=True))
+    with records_path.open("a") as out, closing_sinks(sinks):
         while loop.step < cfg.steps:
             started = time.perf_counter()
             last = loop.run_step()
             out.write(json.dumps(last) + "\n")
             out.flush()
+            if sinks is not None:
+                sinks.log(last)
             for k in ("gen_s", "reward_s", "train_s"):
                 head[k] += last[k]
             head["grpo_s"] += time.perf_counter() - started
@@ -361,10 +389,20 @@ def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
     return summary
 
 
+@contextmanager
+def closing_sinks(sinks: Sinks | None) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if sinks is not None:
+            sinks.close()
+
+
 def step_line(r: dict[str, Any]) -> str:
     line = (f"step {r['step']:>4}  reward {r['reward_mean']:.3f}±{r['reward_std']:.3f}  "
-            f"exact {r['exact']:.2f}  kl {r['kl']:.4f}  len {r['completion_len']:.1f}  "
-            f"gen {r['gen_tokens_per_s']:,.0f} tok/s  "
+            f"exact {r['exact']:.2f}  kl {r['kl']:.4f}  entropy {r['entropy']:.3f}  "
+            f"len {r['completion_len']:.1f}  "
+            f"gen {r['gen_tokens_per_s']:,.0f} tok/s  train {r['train_tokens_per_s']:,.0f} tok/s  "
             f"time gen {r['gen_s']:.2f}s reward {r['reward_s']:.3f}s train {r['train_s']:.2f}s")
     if "pass_at_1" in r:
         line += f"  pass@1 {r['pass_at_1']:.3f}"
