@@ -55,11 +55,16 @@ def submit(
                                      help="Submit one job per index: 0-9, 0,2,5 or 0-9:2 (at "
                                      f"most {MAX_ARRAY}), each named NAME-INDEX with "
                                      "$STOKER_ARRAY_TASK_ID in its environment."),
+    no_code: bool = typer.Option(False, "--no-code", help="A [task] job: do not send the "
+                                 "task's code; its ranks import it from task.path as it is "
+                                 "on the nodes (a shared filesystem, outside any sandbox)."),
     server: str | None = SERVER_OPT,
     token: str | None = TOKEN_OPT,
 ) -> None:
-    """Submit a job; a training job's config file is sent along with it. A submit whose answer
-    was lost is retried under the same idempotency key: it never makes two jobs."""
+    """Submit a job; a training job's config file is sent along with it, and a [task] job's
+    code (the files under task.path, as Ray's working_dir). A submit whose answer was lost is
+    retried under the same idempotency key: it never makes two jobs."""
+    import base64
     import uuid
 
     from stoker.spec import loading
@@ -72,19 +77,22 @@ def submit(
         job = job.model_copy(update={"after_ok": (*job.after_ok, *after_ok)})
     train = (_local_paths(loading.read_toml(job.train_config), Path(job.train_config))
              if job.train_config else None)
+    code = None if no_code or train is None else _task_code(train)
+    encoded = base64.b64encode(code).decode() if code is not None else None
     bodies = [job.model_dump(mode="json")] if tasks is None else \
         [array_task(job.model_dump(mode="json"), i, tasks) for i in tasks]
     for body in bodies:  # the server checks it all again
-        loading.validate(JobSubmission, {"job": body, "train": train}, str(job_file))
+        loading.validate(JobSubmission, {"job": body, "train": train, "code": encoded},
+                         str(job_file))
     key = str(uuid.uuid4())
     with _client(server, token) as client:
         if tasks is None:
-            view = client.submit(bodies[0], train, idempotency_key=key)
+            view = client.submit(bodies[0], train, idempotency_key=key, code=encoded)
             console.print(f"submitted job [bold]{view['id']}[/] ({view['name']}) to queue "
                           f"{view['queue']}: {_state(view['state'])}, position "
                           f"{view['queue_position']}")
             return
-        ids = [client.submit(body, train, idempotency_key=f"{key}-{i}")["id"]
+        ids = [client.submit(body, train, idempotency_key=f"{key}-{i}", code=encoded)["id"]
                for i, body in zip(tasks, bodies, strict=True)]
     console.print(f"submitted job array {job.name} ({len(ids)} tasks, {array}) to queue "
                   f"{job.queue}: jobs {', '.join(map(str, ids))}")
@@ -140,6 +148,23 @@ def _local_paths(train: dict[str, Any], config: Path) -> dict[str, Any]:
     if Path(dataset).expanduser().exists():
         data["dataset"] = str(Path(dataset).expanduser().absolute())
     return {**train, "data": data}
+
+
+def _task_code(train: dict[str, Any]) -> bytes | None:
+    """A [task] job's code: the files under its (absolute) ``task.path``, packed."""
+    from stoker.control.code_archive import BadArchive, pack
+
+    task = train.get("task")
+    if not (isinstance(task, dict) and task.get("module")):
+        return None
+    try:
+        packed = pack(Path(task["path"]))
+    except (BadArchive, OSError) as e:
+        raise ConfigError(None, "task.path", str(e)) from None
+    console.print(f"sending the task's code: {packed.files} files from {task['path']} "
+                  f"({packed.unpacked / 1024:,.0f} KiB, {len(packed.archive) / 1024:,.0f} KiB "
+                  "packed)")
+    return packed.archive
 
 
 def _roles(j: dict[str, Any]) -> list[tuple[str, str]]:

@@ -18,9 +18,10 @@ process also has ``STOKER_ROLE`` (its role's name), ``STOKER_ROLE_RANK`` and
 role's job-wide ranks: ``trainer=0-7,rollout=8-11``). A job without roles has one, ``main``.
 Any process of any role that fails fails the attempt: the whole gang is stopped, as for a job
 without roles.
-A job directory holds ``train.toml``, ``run/`` (the training run), ``work/`` (the processes'
-working and home directory), ``logs/rank-I.log`` (one per process, appended across attempts)
-and ``attempt-N/rank-I.exit`` (how each process ended). Only ``run/`` and ``work/`` belong to
+A job directory holds ``train.toml`` (and ``code/``, a [task] job's code as submitted),
+``run/`` (the training run), ``work/`` (the processes' working and home directory),
+``logs/rank-I.log`` (one per process, appended across attempts) and ``attempt-N/rank-I.exit``
+(how each process ended). Only ``run/`` and ``work/`` belong to
 the job's identity; the rest is the control plane's, readable by the tenant.
 """
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from stoker.control import code_archive
 from stoker.control.executor import LaunchPlan, ProcessPlan
 from stoker.control.store import JobRecord, ProcessRecord
 from stoker.sched import CPU, GPU, UNLIMITED, Node, Resources
@@ -153,11 +155,15 @@ def free_port() -> int:
 
 def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,
                 ranks: Sequence[RankDevices], resume: bool = True,
-                per_rank: bool = False, stoker_env: Mapping[str, str] | None = None) -> LaunchPlan:
+                per_rank: bool = False, stoker_env: Mapping[str, str] | None = None,
+                code: bytes | None = None) -> LaunchPlan:
     """``per_rank``: one process per rank for a training job too (see the module's doc).
     ``stoker_env``: more of Stoker's job variables (the cluster's failure rate for
-    ``checkpoint.interval = "auto"``); the spec's ``env`` still wins."""
+    ``checkpoint.interval = "auto"``); the spec's ``env`` still wins. ``code``: a [task] job's
+    code archive, unpacked into JOBDIR/code (its ``task.path``)."""
     workdir = job_dir(jobs_dir, job.id)
+    if code is not None:
+        code_archive.unpack(code, workdir / code_archive.CODE_DIR)
     run_dir = workdir / RUN
     base_env = {"PYTHONUNBUFFERED": "1", "STOKER_JOB_ID": str(job.id),
                 "STOKER_ATTEMPT": str(attempt), "STOKER_JOB_ATTEMPT": str(attempt),

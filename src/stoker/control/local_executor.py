@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
 
+from stoker.control.code_archive import CODE_DIR
 from stoker.control.executor import LaunchPlan, Orphan, ProcessPlan, ProcessStatus
 from stoker.control.isolation import Identity, Isolation
 from stoker.control.jobenv import job_environment
@@ -203,6 +204,12 @@ def prepare_job_dir(plan: LaunchPlan, who: Identity | None) -> None:
     config = root / "train.toml"
     if config.exists():
         _own(config, -1, group, 0o640 if who is not None else 0o600)
+    code = root / CODE_DIR
+    if code.is_dir() and not code.is_symlink():  # read-only for the tenant, as train.toml
+        for parent, _dirs, files in os.walk(code):
+            _own(Path(parent), -1, group, shared)
+            for name in files:
+                _own(Path(parent) / name, -1, group, 0o640 if who is not None else 0o600)
     (root / f"attempt-{plan.attempt}").mkdir(mode=0o700, exist_ok=True)
     for p in plan.processes:
         p.exit_path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from stoker.control import node_health
+from stoker.control import code_archive, node_health
 from stoker.control.db import is_postgres, parse_url, redact
 from stoker.control.depends import BROKEN, verdicts
 from stoker.control.executor import Executor
@@ -282,13 +282,18 @@ class ControlPlane:
         if submission.train is not None:
             submission.resolved_train()  # validated; the table is stored as written
             train = loading.apply_overrides(submission.train, job.overrides)
-        spec = {"job": job.model_dump(mode="json"), "train": train}
+        spec: dict[str, Any] = {"job": job.model_dump(mode="json"), "train": train}
+        if submission.code is not None:
+            spec["code"] = _code(submission.code)
+            assert train is not None  # JobSubmission allows code only with [task] module
+            train["task"] = {**train["task"], "path": code_archive.CODE_DIR}
         priority_class = job.priority_class or self.cluster.default_priority_class or ""
         new = NewJob(tenant=tenant, name=job.name, queue=job.queue,
                      priority_class=priority_class,
                      priority=self.cluster.priority(job.priority_class), spec=spec,
                      idempotency_key=idempotency_key,
-                     request_sha256=digest if idempotency_key is not None else None)
+                     request_sha256=digest if idempotency_key is not None else None,
+                     code=submission.code)
         try:
             record = self.store.submit(new, tenant)
         except DuplicateKey:  # a concurrent retry inserted first
@@ -611,6 +616,16 @@ class ControlPlane:
         return log_relpath(job.id, index)
 
 
+
+
+def _code(archive: bytes) -> dict[str, Any]:
+    """The job spec's record of its code archive (the archive itself is stored by digest)."""
+    try:
+        files, unpacked = code_archive.check(archive)
+    except code_archive.BadArchive as e:
+        raise ConfigError(None, "code", str(e)) from None
+    return {"sha256": code_archive.sha256(archive), "bytes": len(archive), "files": files,
+            "unpacked_bytes": unpacked}
 
 
 def submission_sha256(submission: JobSubmission) -> str:

@@ -409,6 +409,16 @@ class Reconciler:
                                  for role, (flavor, nodes) in zip(roles, placed, strict=True))
         return placement, where
 
+    def _code(self, job: JobRecord) -> bytes | None:
+        """The job's code archive, for a [task] job submitted with its code."""
+        sha = (job.spec.get("code") or {}).get("sha256")
+        if sha is None:
+            return None
+        archive = self.store.code_archive(sha)
+        if archive is None:
+            raise RuntimeError(f"its code archive {sha[:12]} is not in the store")
+        return archive
+
     def _failure_env(self, spec: JobSpec, nodes: Sequence[str], now: float) -> Mapping[str, str]:
         """A training job's view of the cluster's failure rate, fixed for the attempt (read by
         ``checkpoint.interval = "auto"``); none when the store cannot tell."""
@@ -445,7 +455,8 @@ class Reconciler:
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
                                per_rank=self.executor.per_rank,
-                               stoker_env=self._failure_env(spec, job.placement["nodes"], now))
+                               stoker_env=self._failure_env(spec, job.placement["nodes"], now),
+                               code=self._code(job))
         except Exception as e:  # whatever the cause, the job must not keep its quota
             log.exception("cannot plan job %d", job.id)
             self._fail(job, spec, None, f"cannot start: {_why(e)}", now, from_states=(A,))

@@ -12,6 +12,7 @@ A store may carry a *fence*: a check run first in each write transaction (the le
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Engine, Row, delete, func, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -138,6 +140,8 @@ class SqlStore:
                 s.flush()
                 s.add(t.Event(job_id=row.id, at=now, kind="transition", from_state=None,
                               to_state=JobState.QUEUED.value, reason="submitted", actor=actor))
+                if job.code is not None:
+                    self._keep_code(s, job.code, now)
                 if self.postgres:  # delivered at commit, to the leader wherever it runs
                     s.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
                 return _job(row)  # type: ignore[arg-type]
@@ -147,6 +151,20 @@ class SqlStore:
                 raise
             raise DuplicateKey(f"tenant {job.tenant!r} already used idempotency key "
                                f"{job.idempotency_key!r}") from None
+
+    def _keep_code(self, s: Session, code: bytes, now: float) -> None:
+        """Store a code archive unless one with its digest is (a concurrent submit of the same
+        code is no conflict: the insert does nothing)."""
+        insert = postgresql.insert if self.postgres else sqlite.insert
+        s.execute(insert(t.CodeArchive)
+                  .values(sha256=hashlib.sha256(code).hexdigest(), data=code, created_at=now)
+                  .on_conflict_do_nothing(index_elements=["sha256"]))
+
+    def code_archive(self, sha256: str) -> bytes | None:
+        with self._read() as s:
+            data: bytes | None = s.scalar(select(t.CodeArchive.data)
+                                          .where(t.CodeArchive.sha256 == sha256))
+            return data
 
     def get_job(self, job_id: int) -> JobRecord | None:
         with self._read() as s:

@@ -35,6 +35,7 @@ class NewJob:
     # A client's key for retrying the same submit: unique per tenant (None: no key).
     idempotency_key: str | None = None
     request_sha256: str | None = None  # of the submission the key was first used for
+    code: bytes | None = None  # a [task] job's code archive, stored once by its SHA-256
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,10 @@ class Store(Protocol):
         ...
 
     def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    def code_archive(self, sha256: str) -> bytes | None:
+        """A code archive stored with a job (`NewJob.code`), by its SHA-256."""
+        ...
 
     def job_by_key(self, tenant: str, idempotency_key: str) -> JobRecord | None:
         """The tenant's job submitted with this idempotency key."""

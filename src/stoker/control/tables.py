@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     false,
@@ -281,3 +282,14 @@ class Attempt(Base):
     ended_at: Mapped[float | None]
     outcome: Mapped[str | None] = mapped_column(String(16))
     cause: Mapped[str | None] = mapped_column(String(32))
+
+
+class CodeArchive(Base):
+    """A [task] job's code as submitted (`stoker.control.code_archive`), stored once by its
+    SHA-256 whichever jobs carry it; the launch unpacks it into the job's directory."""
+
+    __tablename__ = "code_archives"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float]

@@ -64,13 +64,15 @@ class Client:
 
     def submit(self, job: dict[str, Any], train: dict[str, Any] | None = None,
                idempotency_key: str | None = None, retries: int = 3,
-               backoff: float = 0.5) -> dict[str, Any]:
+               backoff: float = 0.5, code: str | None = None) -> dict[str, Any]:
         """Submit a job; when the server cannot be reached, try again up to ``retries`` times
         with the same ``Idempotency-Key`` (a fresh UUID when not given), so a submit whose
-        answer was lost is never made twice."""
+        answer was lost is never made twice. ``code``: a [task] job's code archive, base64."""
         body: dict[str, Any] = {"job": job}
         if train is not None:
             body["train"] = train
+        if code is not None:
+            body["code"] = code
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         for attempt in range(retries + 1):
             try:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    Base64Bytes,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from stoker.spec import loading
@@ -61,6 +68,9 @@ class JobSubmission(Body):
 
     job: JobSpec
     train: dict[str, Any] | None = None
+    # A [task] job's code: its directory as a gzipped tar, base64 in JSON
+    # (`stoker.control.code_archive`); the job imports it from code/ in its directory.
+    code: Base64Bytes | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -68,6 +78,9 @@ class JobSubmission(Body):
             raise KeyedValueError("train", "a train_config job needs its training config")
         if self.job.kind == "command" and self.train is not None:
             raise KeyedValueError("train", "only a train_config job has a training config")
+        if self.code is not None and not (self.train or {}).get("task", {}).get("module"):
+            raise KeyedValueError("code", "only a training job with [task] module carries "
+                                  "code")
         if self.train is not None:
             self.resolved_train()
         return self
