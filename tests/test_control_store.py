@@ -4,6 +4,7 @@ Every test taking ``store`` or ``db_url`` runs on SQLite and on a real PostgreSQ
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections.abc import Callable, Iterator
@@ -392,7 +393,7 @@ def test_upgrading_from_0004_adds_the_scheduler_state(db_url: str) -> None:
         with store.engine.connect() as conn:
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-        assert version == "0008" and diff == []
+        assert version == "0009" and diff == []
     finally:
         store.close()
 
@@ -440,3 +441,14 @@ def test_a_page_of_jobs_sorts_by_a_column_then_id_with_empty_values_last(store: 
     assert ids("tenant", False, tenant="bob") == [a, d]
     with pytest.raises(ValueError, match="cannot sort jobs by 'spec'"):
         store.page_jobs(limit=1, sort="spec")
+
+
+def test_a_code_archive_is_stored_once_by_its_digest(store: SqlStore) -> None:
+    code = b"\x1f\x8b an archive's bytes"
+    first = store.submit(replace(new_job(), code=code), "alice")
+    second = store.submit(replace(new_job(), code=code), "alice")  # an array's next job
+    assert first.id != second.id
+    assert store.code_archive(hashlib.sha256(code).hexdigest()) == code
+    assert store.code_archive("0" * 64) is None
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM code_archives").scalar() == 1

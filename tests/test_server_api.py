@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
 import os
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +56,26 @@ cpu = "1500m"
 """
 TRAIN = {"model": {"preset": "tiny"}, "train": {"steps": 2, "global_batch_size": 16,
                                                 "micro_batch_size": 8}}
+TASK = {"task": {"module": "task:build"}, "train": TRAIN["train"]}
+
+
+def _code(info: tarfile.TarInfo, data: bytes = b"") -> str:
+    """A one-member gzipped tar, base64, as a submission's ``code``."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(gzip.compress(raw.getvalue())).decode()
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+CODE = _code(tarfile.TarInfo("task.py"), b"def build(cfg): ...\n")
+LINK_OUT = _code(_symlink("task.py", "/etc/passwd"))
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +201,11 @@ def test_submit_to_another_tenants_queue_is_403(server: ServerProcess) -> None:
     ({"job": command_job(queue="nope")}, ["body", "job", "queue"]),
     ({"job": command_job(resources={"cpus": 64})}, ["body", "job", "resources"]),
     ({"job": command_job(), "extra": 1}, ["body", "extra"]),
+    ({"job": command_job(), "code": CODE}, ["body", "code"]),  # code only for a [task] job
+    ({"job": {"name": "t", "queue": "alice", "train_config": "t.toml"}, "train": TASK,
+      "code": base64.b64encode(b"not an archive").decode()}, ["body", "code"]),
+    ({"job": {"name": "t", "queue": "alice", "train_config": "t.toml"}, "train": TASK,
+      "code": LINK_OUT}, ["body", "code"]),
 ])
 def test_bad_bodies_are_422_with_field_errors_and_store_nothing(
         server: ServerProcess, body: dict[str, Any], loc: list[str]) -> None:

@@ -6,6 +6,7 @@ line before any process starts."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from stoker.cli.jobs_cmd import _local_paths
+from stoker.cli.jobs_cmd import _local_paths, _task_code
 from stoker.observe.events import read_events
 from stoker.observe.live import NullDisplay
 from stoker.server.process import ServerProcess, kill_jobs
@@ -195,34 +196,28 @@ queues = ["q"]
 cpus = 2
 [isolation]
 pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test does
-# The example task's code is in this checkout, which may lie under /tmp: a sandbox would hide
-# it (a sandboxed job sees only the runtime and its own directory there). This test is about
-# the task on the control plane, not isolation, so its one tenant runs unsandboxed.
-identity = "server"
-sandbox = "none"
-single_trust = true
 """
 
 
 def test_ddp_job_on_the_control_plane_matches_one_rank(one_rank: dict[int, dict[str, Any]],
                                                        tmp_path: Path) -> None:
-    """A DDP job submitted to a real `stoker server` (its config as `stoker job submit`
-    sends it, the code's directory absolute) trains with 1 rank's losses, and the server
-    reports its progress from the run's records."""
+    """A DDP job submitted to a real `stoker server` as `stoker submit` sends it (its config,
+    and the task's code packed from task.path) runs from the code unpacked in its own
+    directory, in the tenant's sandbox where the server's isolation allows one, trains with 1
+    rank's losses, and the server reports its progress from the run's records."""
     (tmp_path / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp_path / "state", tmp_path / "cluster.toml",
                            env={"STOKER_TOKEN_ALICE": "alice"}, args=["--interval", "0.2"])
     try:
-        # As `stoker job submit` sends it: task.path, relative to the config file, made
-        # absolute (the job runs in its own directory).
         config = write_config(tmp_path, task={"path": os.path.relpath(TASK_DIR, tmp_path)},
                               parallel={"strategy": "ddp"})
         train = _local_paths(loading.read_toml(config), config)
-        assert train["task"]["path"] == str(TASK_DIR)
+        code = _task_code(train)
+        assert code is not None
         client = server.start().client("alice")
         job_id = client.submit({"name": "cnn", "queue": "q", "ranks": 2,
                                 "resources": {"cpus": 1}, "train_config": "cnn.toml"},
-                               train)["id"]
+                               train, code=base64.b64encode(code).decode())["id"]
         deadline = time.monotonic() + 240
         while client.job(job_id)["state"] not in ("SUCCEEDED", "FAILED"):
             assert time.monotonic() < deadline, "timed out waiting for the job"
@@ -230,7 +225,11 @@ def test_ddp_job_on_the_control_plane_matches_one_rank(one_rank: dict[int, dict[
         job = client.job(job_id)
         assert job["state"] == "SUCCEEDED", job["reason"]
         assert job["progress"]["step"] == STEPS
-        assert_matches(one_rank, records(server.state_dir / "jobs" / str(job_id) / "run"))
+        job_dir = server.state_dir / "jobs" / str(job_id)
+        assert_matches(one_rank, records(job_dir / "run"))
+        ran = loading.read_toml(job_dir / "run" / "config.toml")["task"]["path"]
+        assert Path(ran) == (job_dir / "code").resolve()
+        assert (job_dir / "code" / "cnn.py").read_bytes() == (TASK_DIR / "cnn.py").read_bytes()
     finally:
         server.stop()
         kill_jobs(tmp_path / "state")
