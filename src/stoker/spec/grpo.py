@@ -60,6 +60,14 @@ class RunConfig(Section):
     threads: int = Field(default=0, ge=0)  # torch intra-op threads; 0: torch's default
 
 
+class RolesConfig(Section):
+    """GRPO as a job with roles (`stoker.train.grpo_roles`): how weights reach the rollout
+    workers, and how many versions old a rollout's weights may be (0: synchronous)."""
+
+    sync: Literal["file", "broadcast"] = "file"
+    max_staleness: int = Field(default=0, ge=0)
+
+
 class GrpoTelemetry(Section):
     """``sinks``: where each step's record goes besides RUN_DIR/grpo.jsonl (always written), as
     training's ``[telemetry] sinks``; each but jsonl needs the extra of its name."""
@@ -79,3 +87,4 @@ class GrpoRecipe(Section):
     grpo: GrpoConfig = GrpoConfig()
     run: RunConfig = RunConfig()
     telemetry: GrpoTelemetry = GrpoTelemetry()
+    roles: RolesConfig = RolesConfig()
