@@ -467,7 +467,8 @@ def train(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync: WeightSy
             log(f"resumed at GRPO step {trainer.step}")
     if saved is None:
         trainer.checkpoint()
-    trainer.publish()  # the starting weights: version `step`
+    if trainer.step < cfg.steps:
+        trainer.publish()  # the starting weights: version `step`
     last_step = cfg.steps
     ahead = recipe.roles.max_staleness
     for step in range(trainer.step + 1, min(trainer.step + 1 + ahead, last_step) + 1):
@@ -475,7 +476,10 @@ def train(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync: WeightSy
     with records.open("a") if lead else open(os.devnull, "w") as out:
         while trainer.step < last_step:
             record = trainer.train_step()
-            record["sync_s"] = trainer.publish()  # this step's weights, to the rollouts
+            # This step's weights, to the rollouts: those no rollout will take are not sent
+            # (a broadcast nobody joins would never end).
+            needed = trainer.step <= last_step - 1 - ahead
+            record["sync_s"] = trainer.publish() if needed else 0.0
             if trainer.step + 1 + ahead <= last_step:
                 trainer.hand_out(trainer.step + 1 + ahead)
             if trainer.step % cfg.eval_interval == 0 or trainer.step == last_step:
