@@ -5,11 +5,20 @@ forward+backward and optimizer, and keeps the host time between one step's end a
 one's start (the loop's own work: logging, checkpoints, eval, faults). On CUDA the step and its
 two compute phases are timed with CUDA events (device time), read at the next log step rather
 than waited for; on CPU everything is perf_counter.
+
+On CPU the timer also splits forward+backward and optimizer into compute and exposed
+communication: the main thread's CPU time over them (`time.thread_time`) is compute, the rest
+of their wall time is waiting (gloo's collectives run on its own threads and the caller blocks on
+a condition variable, using no CPU; autograd runs a CPU backward on the calling thread). On CUDA
+the host thread runs ahead of the device, so its CPU time says nothing of the device's work, and
+the device's time on the compute stream includes its waits for NCCL's stream: both are NaN
+there, "not measured".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import sys
@@ -32,6 +41,8 @@ class StepTimes:
     fwd_bwd_s: float
     optim_s: float
     host_s: float = 0.0  # from the previous step's stop to this step's start (host clock)
+    compute_s: float = math.nan  # of fwd_bwd + optim, the main thread's CPU time (CPU only)
+    comm_s: float = math.nan  # of fwd_bwd + optim, the rest: exposed communication (CPU only)
 
 
 class StepTimer:
@@ -46,6 +57,7 @@ class StepTimer:
         self.cuda = device.type == "cuda"
         self._t0 = 0.0
         self._host: dict[str, float] = {}
+        self._cpu = 0.0  # the main thread's CPU time in fwd_bwd and optim (CPU runs)
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
         self._begin: torch.cuda.Event | None = None
         self._stopped: float | None = None
@@ -54,6 +66,7 @@ class StepTimer:
     def start(self) -> None:
         self._host = dict.fromkeys(PHASES, 0.0)
         self._events = {name: [] for name in PHASES}
+        self._cpu = 0.0
         self._t0 = time.perf_counter()
         self._between = 0.0 if self._stopped is None else self._t0 - self._stopped
         self._begin = self._record() if self.cuda else None
@@ -65,15 +78,20 @@ class StepTimer:
             yield
             self._events[name].append((begin, self._record()))
         else:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             yield
             self._host[name] += time.perf_counter() - t
+            if name != "data_wait":
+                self._cpu += time.thread_time() - cpu
 
     def stop(self) -> PendingTimes:
         self._stopped = time.perf_counter()
         host = StepTimes(self._stopped - self._t0, self._host["data_wait"],
                          self._host["fwd_bwd"], self._host["optim"], self._between)
         if not self.cuda:
+            busy = host.fwd_bwd_s + host.optim_s
+            host.compute_s = min(self._cpu, busy)
+            host.comm_s = busy - host.compute_s
             return PendingTimes(host)
         return PendingTimes(host, self._events, (self._begin, self._record()))
 
