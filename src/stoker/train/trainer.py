@@ -510,10 +510,11 @@ class Trainer:
 
     def _log(self) -> tuple[list[dict[str, Any]], Agreed]:
         """The pending steps' records, written and shown; every rank learns the agreed stop."""
-        logged, agreed = gather_steps(
-            self.pending, self.stop.kind, self.checkpointer.time_due(),
-            peak_memory_bytes(self.device), self.dist.world_size, self.device,
-            self._profile_ask())
+        ask, time_due = self._profile_ask(), self.checkpointer.time_due()
+        with self.timer.gathering():
+            logged, agreed = gather_steps(self.pending, self.stop.kind, time_due,
+                                          peak_memory_bytes(self.device), self.dist.world_size,
+                                          self.device, ask)
         self.pending = []
         self.stop_agreed = agreed.stop
         metrics = self._task_metrics([s.pending for s in logged])
