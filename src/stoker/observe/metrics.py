@@ -3,18 +3,17 @@
 The timer splits an optimizer step into data wait (host time blocked on the loader),
 forward+backward and optimizer, and keeps the host time between one step's end and the next
 one's start (the loop's own work: logging, checkpoints, eval, faults; not the log step's
-collective, where a rank waits for the others). On CUDA the step and its
-two compute phases are timed with CUDA events (device time), read at the next log step rather
-than waited for; on CPU everything is perf_counter.
+gather, `StepTimer.gathering`, where a rank waits for the others and, on CUDA, for the device).
+On CUDA the step and its two compute phases are timed with CUDA events (device time), read at
+the next log step rather than waited for; on CPU everything is perf_counter.
 
 On CPU the timer also splits forward+backward and optimizer into compute and exposed
-communication: the main thread's CPU time over them (`time.thread_time`) is compute, the rest
-of their wall time, with the log step's gather before the step, is exposed communication (gloo's
-collectives run on its own threads and the caller blocks on a condition variable, using no CPU;
-autograd runs a CPU backward on the calling thread). On CUDA
-the host thread runs ahead of the device, so its CPU time says nothing of the device's work, and
-the device's time on the compute stream includes its waits for NCCL's stream: both are NaN
-there, "not measured".
+communication: the main thread's CPU time over them (`time.thread_time`) is compute; the rest
+of their wall time, and the log step's gather before the step, is exposed communication
+(gloo runs a collective on its own threads while the caller blocks on a condition variable,
+using no CPU; autograd runs a CPU backward on the calling thread). On CUDA the host thread runs
+ahead of the device, so its CPU time says nothing of the device's work, and the compute
+stream's time includes its waits for NCCL's stream: both are NaN there, "not measured".
 """
 
 from __future__ import annotations
@@ -73,9 +72,9 @@ class StepTimer:
         self._events = {name: [] for name in PHASES}
         self._cpu = 0.0
         self._t0 = time.perf_counter()
-        self._between = 0.0 if self._stopped is None else self._t0 - self._stopped
         self._gathered, self._gathering = self._gathering, 0.0
-        self._between = max(0.0, self._between - self._gathered)
+        self._between = (0.0 if self._stopped is None
+                         else max(0.0, self._t0 - self._stopped - self._gathered))
         self._begin = self._record() if self.cuda else None
 
     @contextmanager

@@ -16,8 +16,9 @@ points   ``step=N``        the trainer's hook before optimizer step N runs
 actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
          (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
          and the caller poisons the step's loss · ``slow``: sleep ``ms=N`` milliseconds
-         (default 100) and go on: a straggler for one step · ``burn``: spin the CPU for
-         ``ms=N`` milliseconds (default 100): at ``fwd_bwd``, a rank whose compute is slow
+         (default 100) and go on: a straggler for one step · ``burn``: spin until the
+         thread has used ``ms=N`` milliseconds of CPU (default 100): at ``fwd_bwd``, a rank
+         whose compute is slow
 filters  ``rank=R`` (default: every rank) · ``attempt=A``: the gang's restart count
          (`restarts.attempt`; default 0, so a restarted gang does not fault again)
          · ``node=NAME``: only a rank on that control-plane node (``STOKER_RANK_NODES``, the
