@@ -16,7 +16,12 @@ A third arm is the same Trainer with its straggler scoring switched off for the 
 the two Stoker arms is the scoring's same-run overhead. Rank 0 also times the scoring itself
 (``Trainer._score_stragglers``, per log step), reported as a share of Stoker's mean step time.
 
-``--sinks tensorboard,wandb,mlflow`` adds a third arm: a second Trainer, the same but for
+A fourth arm is the same Trainer with its timer's CPU clock (`StepTimer.cpu_clock`, the main
+thread's CPU time that splits forward+backward and optimizer into compute and exposed
+communication) replaced by a constant: the ratio of the Stoker arm to it is that split's
+same-run overhead.
+
+``--sinks tensorboard,wandb,mlflow`` adds another arm: a second Trainer, the same but for
 ``telemetry.sinks`` (`stoker.observe.sinks`), alternating with the other two; its step time is
 reported against the plain Stoker arm's: what the sinks cost the step loop itself. Their
 thread's work overlaps whichever arm runs next, so its CPU time is measured apart
@@ -140,8 +145,16 @@ def worker(args: argparse.Namespace) -> None:
         scoring.append(time.perf_counter() - start)
 
     trainer._score_stragglers = timed_score  # type: ignore[method-assign]
+
+    def unsplit_step() -> object:
+        trainer.timer.cpu_clock = float  # float() is 0.0: no CPU time read
+        try:
+            return trainer.step_once()
+        finally:
+            trainer.timer.cpu_clock = time.thread_time
+
     arms: dict[str, Any] = {"baseline": baseline_step, "stoker": trainer.step_once,
-                            "unscored": unscored_step}
+                            "unscored": unscored_step, "unsplit": unsplit_step}
     if with_sinks is not None:
         arms["sinks"] = with_sinks.step_once
     times: dict[str, list[float]] = {name: [] for name in arms}
@@ -176,6 +189,7 @@ def worker(args: argparse.Namespace) -> None:
             "stoker_mean_s": statistics.fmean(times["stoker"]),
             "unscored_median_s": statistics.median(times["unscored"]),
             "unscored_mean_s": statistics.fmean(times["unscored"]),
+            "unsplit_median_s": statistics.median(times["unsplit"]),
             # Scoring time per Stoker step: every log step's scoring, over all scored steps.
             "scoring_per_step_s": sum(scoring) / (len(times["stoker"]) + args.warmup),
             "data_wait_fraction": sum(r["data_wait_s"] for r in recs)
@@ -183,6 +197,7 @@ def worker(args: argparse.Namespace) -> None:
             "baseline_s": times["baseline"],
             "stoker_s": times["stoker"],
             "unscored_s": times["unscored"],
+            "unsplit_s": times["unsplit"],
             "data_wait_fractions": [r["data_wait_s"] / r["step_time_s"] for r in recs],
         }
         if with_sinks is not None:
@@ -231,7 +246,7 @@ def main() -> None:
           f"after {args.warmup} warm-up, alternating blocks of {args.block}")
     print(f"{'ranks':>5} {'baseline ms':>12} {'stoker ms':>10} {'ratio':>7} "
           f"{'mean ratio':>11} {'data wait':>10} {'unscored ms':>12} {'scored/unscored':>16} "
-          f"{'scoring':>8}")
+          f"{'scoring':>8} {'split/unsplit':>14}")
     for r in rows:
         ratio = r["stoker_median_s"] / r["baseline_median_s"]
         mean_ratio = r["stoker_mean_s"] / r["baseline_mean_s"]
@@ -239,7 +254,8 @@ def main() -> None:
         print(f"{r['world_size']:>5} {r['baseline_median_s'] * 1e3:>12.1f} "
               f"{r['stoker_median_s'] * 1e3:>10.1f} {ratio:>7.3f} {mean_ratio:>11.3f} "
               f"{r['data_wait_fraction']:>10.2%} {r['unscored_median_s'] * 1e3:>12.1f} "
-              f"{scored:>16.3f} {r['scoring_per_step_s'] / r['stoker_mean_s']:>8.3%}")
+              f"{scored:>16.3f} {r['scoring_per_step_s'] / r['stoker_mean_s']:>8.3%} "
+              f"{r['stoker_median_s'] / r['unsplit_median_s']:>14.3f}")
     if args.sinks:
         print(f"\nsinks {args.sinks}, against the plain Stoker arm:")
         print(f"{'ranks':>5} {'stoker ms':>10} {'sinks ms':>9} {'ratio':>7} {'mean ratio':>11}")
@@ -264,6 +280,8 @@ def report_figures(row: dict[str, Any]) -> None:
     figure(f"straggler scored / unscored {ranks}", [s / u for s, u in scored], "x", "lower")
     figure(f"straggler scoring share {ranks}",
            [100 * row["scoring_per_step_s"] / row["stoker_mean_s"]], "%", "lower")
+    split = zip(row["stoker_s"], row["unsplit_s"], strict=False)
+    figure(f"compute split / unsplit {ranks}", [s / u for s, u in split], "x", "lower")
 
 
 if __name__ == "__main__":

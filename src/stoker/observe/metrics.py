@@ -2,14 +2,24 @@
 
 The timer splits an optimizer step into data wait (host time blocked on the loader),
 forward+backward and optimizer, and keeps the host time between one step's end and the next
-one's start (the loop's own work: logging, checkpoints, eval, faults). On CUDA the step and its
-two compute phases are timed with CUDA events (device time), read at the next log step rather
-than waited for; on CPU everything is perf_counter.
+one's start (the loop's own work: logging, checkpoints, eval, faults; not the log step's
+gather, `StepTimer.gathering`, where a rank waits for the others and, on CUDA, for the device).
+On CUDA the step and its two compute phases are timed with CUDA events (device time), read at
+the next log step rather than waited for; on CPU everything is perf_counter.
+
+On CPU the timer also splits forward+backward and optimizer into compute and exposed
+communication: the main thread's CPU time over them (`time.thread_time`) is compute; the rest
+of their wall time, and the log step's gather before the step, is exposed communication
+(gloo runs a collective on its own threads while the caller blocks on a condition variable,
+using no CPU; autograd runs a CPU backward on the calling thread). On CUDA the host thread runs
+ahead of the device, so its CPU time says nothing of the device's work, and the compute
+stream's time includes its waits for NCCL's stream: both are NaN there, "not measured".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import sys
@@ -32,6 +42,8 @@ class StepTimes:
     fwd_bwd_s: float
     optim_s: float
     host_s: float = 0.0  # from the previous step's stop to this step's start (host clock)
+    compute_s: float = math.nan  # of fwd_bwd + optim, the main thread's CPU time (CPU only)
+    comm_s: float = math.nan  # the rest of them, and the log step's gather before (CPU only)
 
 
 class StepTimer:
@@ -46,16 +58,23 @@ class StepTimer:
         self.cuda = device.type == "cuda"
         self._t0 = 0.0
         self._host: dict[str, float] = {}
+        self._cpu = 0.0  # the main thread's CPU time in fwd_bwd and optim (CPU runs)
+        self.cpu_clock = time.thread_time  # (benchmarks/train_overhead.py swaps it, to cost it)
         self._events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {}
         self._begin: torch.cuda.Event | None = None
         self._stopped: float | None = None
         self._between = 0.0
+        self._gathering = 0.0  # since the last stop, in the log step's collective
+        self._gathered = 0.0  # the same, for the step under way
 
     def start(self) -> None:
         self._host = dict.fromkeys(PHASES, 0.0)
         self._events = {name: [] for name in PHASES}
+        self._cpu = 0.0
         self._t0 = time.perf_counter()
-        self._between = 0.0 if self._stopped is None else self._t0 - self._stopped
+        self._gathered, self._gathering = self._gathering, 0.0
+        self._between = (0.0 if self._stopped is None
+                         else max(0.0, self._t0 - self._stopped - self._gathered))
         self._begin = self._record() if self.cuda else None
 
     @contextmanager
@@ -65,15 +84,28 @@ class StepTimer:
             yield
             self._events[name].append((begin, self._record()))
         else:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), self.cpu_clock()
             yield
             self._host[name] += time.perf_counter() - t
+            if name != "data_wait":
+                self._cpu += self.cpu_clock() - cpu
+
+    @contextmanager
+    def gathering(self) -> Iterator[None]:
+        """A collective between two steps (the log step's): its time counts as the next step's
+        communication, not as its host time, since there a rank waits for the others."""
+        t = time.perf_counter()
+        yield
+        self._gathering += time.perf_counter() - t
 
     def stop(self) -> PendingTimes:
         self._stopped = time.perf_counter()
         host = StepTimes(self._stopped - self._t0, self._host["data_wait"],
                          self._host["fwd_bwd"], self._host["optim"], self._between)
         if not self.cuda:
+            busy = host.fwd_bwd_s + host.optim_s
+            host.compute_s = min(self._cpu, busy)
+            host.comm_s = busy - host.compute_s + self._gathered
             return PendingTimes(host)
         return PendingTimes(host, self._events, (self._begin, self._record()))
 

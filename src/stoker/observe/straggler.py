@@ -11,19 +11,21 @@ section of a few microseconds (the data wait behind a prefetching loader) cannot
 noise alone: with nearly nothing to do at its fastest, a section scores below 0.7 once it takes
 more than about 11% of a step longer than that.
 
-Only the sections in which a rank runs no collective say which rank is slow: ``data`` (the
-loader) and ``host`` (the loop's own work between steps). Forward+backward and the optimizer
-end in a collective (DDP's all-reduce, FSDP's reduce-scatter and all-gathers, the gradient
-norm's all-reduce), where the ranks that came early wait for the last one: their times even
-out, and what differs is the early ranks' wait, not the late rank's work. Their relative scores
-are reported but never flag a rank; a rank is flagged when its worst relative score over
-`FLAGGING` stays below ``threshold`` for ``patience`` consecutive log steps, counted once the
-window is full. The exposed
-communication time (the wait inside those sections) is not measured.
+A rank's time says it is slow only where it is its own: ``data`` (the loader), ``host`` (the
+loop's own work between steps) and ``compute`` (forward+backward and optimizer less the time
+blocked waiting on collectives, ``comm``; measured on CPU only, see `stoker.observe.metrics`).
+Forward+backward and the optimizer end in a collective (DDP's all-reduce, FSDP's reduce-scatter
+and all-gathers, the gradient norm's all-reduce), where the ranks that came early wait for the
+last one: their times even out, and what differs is the early ranks' wait (``comm``), not the
+late rank's work. The scores of ``fwd_bwd``, ``optim`` and ``comm`` are reported but never flag
+a rank; a rank is flagged when its worst relative score over `FLAGGING` stays below
+``threshold`` for ``patience`` consecutive log steps, counted once the window is full. A
+section not measured (NaN: ``compute`` and ``comm`` on CUDA) scores None and flags nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,8 @@ import torch
 
 from stoker.spec.train import StragglerConfig
 
-SECTIONS = ("data", "fwd_bwd", "optim", "host")
-FLAGGING = ("data", "host")  # sections without a collective: a rank's time there is its own
+SECTIONS = ("data", "fwd_bwd", "optim", "host", "compute", "comm")
+FLAGGING = ("data", "host", "compute")  # a rank's time there is its own, no peer's wait
 FLOOR_SHARE = 0.25
 
 
@@ -86,14 +88,14 @@ class StragglerDetector:
         self.best = torch.minimum(self.best, times)
         floor = FLOOR_SHARE * float(medians[:, -1].min())
         relative, individual = section_scores(times, self.best, floor)
-        worst, at = relative[:, self._flagging].min(dim=1)
+        worst, at = relative[:, self._flagging].nan_to_num(nan=math.inf).min(dim=1)
         verdict = Verdict({})
         if self.filled >= self.cfg.window:  # a median over fewer steps is too noisy to judge
             for rank, (score, i) in enumerate(zip(worst.tolist(), at.tolist(), strict=True)):
                 self._judge(verdict, rank, FLAGGING[i], score)
         verdict.record = {
             "relative": _rounded(worst),
-            "individual": _rounded(individual.min(dim=1).values),
+            "individual": _rounded(individual.nan_to_num(nan=math.inf).min(dim=1).values),
             "sections": {name: _rounded(relative[:, i]) for i, name in enumerate(SECTIONS)},
             "flagged": sorted(self.flagged),
         }
@@ -112,5 +114,6 @@ class StragglerDetector:
             verdict.flagged.append((rank, section, score, self.below[rank]))
 
 
-def _rounded(scores: torch.Tensor) -> list[float]:
-    return [round(x, 3) for x in scores.tolist()]
+def _rounded(scores: torch.Tensor) -> list[float | None]:
+    """Rounded scores; None for a section not measured."""
+    return [None if math.isnan(x) else round(x, 3) for x in scores.tolist()]

@@ -12,10 +12,13 @@ points   ``step=N``        the trainer's hook before optimizer step N runs
                            the commit has not begun (pick the save with ``step=N``)
          ``ckpt_manifest`` rank 0, inside a save: every rank's files are written, the manifest
                            is not
+         ``fwd_bwd``       inside step N's forward+backward (pick the step with ``step=N``)
 actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
          (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
          and the caller poisons the step's loss · ``slow``: sleep ``ms=N`` milliseconds
-         (default 100) and go on: a straggler for one step
+         (default 100) and go on: a straggler for one step · ``burn``: spin until the
+         thread has used ``ms=N`` milliseconds of CPU (default 100): at ``fwd_bwd``, a rank
+         whose compute is slow
 filters  ``rank=R`` (default: every rank) · ``attempt=A``: the gang's restart count
          (`restarts.attempt`; default 0, so a restarted gang does not fault again)
          · ``node=NAME``: only a rank on that control-plane node (``STOKER_RANK_NODES``, the
@@ -43,7 +46,7 @@ OPT_IN = "STOKER_FAULT_OPT_IN"
 NODE_ENV = "STOKER_NODE"  # a rank process's node (one process per rank)
 RANK_NODES_ENV = "STOKER_RANK_NODES"  # "n0,n0,n1": each rank's node (one launcher per job)
 JOB_ATTEMPT_ENV = "STOKER_JOB_ATTEMPT"  # the control plane's attempt number, from 1
-ACTIONS = ("kill", "hang", "exit", "raise", "nan", "slow")
+ACTIONS = ("kill", "hang", "exit", "raise", "nan", "slow", "burn")
 
 
 @dataclass
@@ -138,6 +141,11 @@ def _act(fault: Fault) -> str | None:
         os._exit(int(fault.filters.get("code", 1)))
     if fault.action == "slow":
         time.sleep(int(fault.filters.get("ms", 100)) / 1000)
+        return None
+    if fault.action == "burn":
+        end = time.thread_time() + int(fault.filters.get("ms", 100)) / 1000
+        while time.thread_time() < end:
+            pass
         return None
     if fault.action == "raise":
         raise RuntimeError(f"{ENV}: injected failure at {fault.point} {fault.filters}")

@@ -90,7 +90,8 @@ def gather_steps(pending: list[PendingStep], stop: int, time_due: bool, peak_mem
 
 def step_numbers(t: StepTimes) -> list[float]:
     """A step's time and its `SECTIONS`, as they travel in the row."""
-    return [t.step_time_s, t.data_wait_s, t.fwd_bwd_s, t.optim_s, t.host_s]
+    return [t.step_time_s, t.data_wait_s, t.fwd_bwd_s, t.optim_s, t.host_s, t.compute_s,
+            t.comm_s]
 
 
 def gather_rows(row: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -344,6 +344,8 @@ class Trainer:
                 batch = next(self.train_loader).to(self.device, non_blocking=True)
             with (timer.phase("fwd_bwd"), self._grad_sync(i == self.accum - 1),
                   self._loss_parallel()):
+                if i == 0:
+                    faults.fire("fwd_bwd", self.step + 1, self.dist.rank)  # tests only
                 if self.pipeline is not None:
                     assert isinstance(batch, Batch)  # a task has no pipeline (spec refuses pp)
                     loss = self._pipeline_step(self.pipeline, batch.inputs, batch.targets,
@@ -508,10 +510,11 @@ class Trainer:
 
     def _log(self) -> tuple[list[dict[str, Any]], Agreed]:
         """The pending steps' records, written and shown; every rank learns the agreed stop."""
-        logged, agreed = gather_steps(
-            self.pending, self.stop.kind, self.checkpointer.time_due(),
-            peak_memory_bytes(self.device), self.dist.world_size, self.device,
-            self._profile_ask())
+        ask, time_due = self._profile_ask(), self.checkpointer.time_due()
+        with self.timer.gathering():
+            logged, agreed = gather_steps(self.pending, self.stop.kind, time_due,
+                                          peak_memory_bytes(self.device), self.dist.world_size,
+                                          self.device, ask)
         self.pending = []
         self.stop_agreed = agreed.stop
         metrics = self._task_metrics([s.pending for s in logged])
@@ -697,6 +700,8 @@ class Trainer:
             "data_wait_s": times.data_wait_s,
             "fwd_bwd_s": times.fwd_bwd_s,
             "optim_s": times.optim_s,
+            **({} if math.isnan(times.compute_s) else
+               {"compute_s": times.compute_s, "comm_s": times.comm_s}),
             "peak_mem_bytes": peak_mem_bytes,
             "rank_step_times": logged.step_times,
             "time": p.wall_time,
