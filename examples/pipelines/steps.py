@@ -53,7 +53,7 @@ def evaluate(ctx: StepContext) -> dict[str, float]:
     val = _task(p, 1).dataset("val")
     images = _transform(torch.stack([val[i][0] for i in range(len(val))]), float(p["clip"]))
     labels = torch.stack([val[i][1] for i in range(len(val))])
-    train = [torch.load(f) for f in ctx.inputs["data"]]  # type: ignore[union-attr]
+    train = [torch.load(f) for f in ctx.paths("data")]
     with torch.no_grad():
         val_acc = (model(images).argmax(-1) == labels).float().mean().item()
         train_acc = sum((model(s["images"]).argmax(-1) == s["labels"]).float().sum().item()

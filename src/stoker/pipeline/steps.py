@@ -39,6 +39,11 @@ class StepContext:
     shards: int = 1
     attempt: int = 1
 
+    def paths(self, name: str) -> list[Path]:
+        """Input ``name`` as a list of paths, whether it is one artifact or several shards."""
+        value = self.inputs[name]
+        return value if isinstance(value, list) else [value]
+
 
 @dataclass(frozen=True)
 class Call:
