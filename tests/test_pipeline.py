@@ -4,6 +4,7 @@ tests/pipeline_steps.py; each notes in a log file when it runs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -117,7 +118,7 @@ retry = {{ attempts = 3, backoff_s = 0.2 }}
         "RuntimeError: try 1 fails (pipeline_steps.py)",
         "RuntimeError: try 2 fails (pipeline_steps.py)"]  # where in the step's code it failed
     times = [float(t) for t in tries.read_text().split()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # backoff_s * 2**(n-1)
 
     # Out of tries: the run fails, naming the step and its last error.
@@ -150,7 +151,7 @@ inputs = {{ b = "b.out" }}
 params = {{ log = "LOG" }}
 outputs = ["out"]
 """)
-    with pytest.raises(PipelineFailed, match="resume: stoker pipeline run .* --resume t-"):
+    with pytest.raises(PipelineFailed, match=r"resume: stoker pipeline run .* --resume t-"):
         run(path)
     store = Store(str(tmp_path / "store"))
     failed = find_run(store, "last")
@@ -195,7 +196,7 @@ def fan_out(tmp: Path) -> Path:
 
 def test_fan_out_runs_the_shards_in_parallel_processes(tmp_path: Path) -> None:
     record = run(fan_out(tmp_path), workers=3)
-    assert ran(tmp_path) == [*(f"all 0", ), *(f"each {i}" for i in range(3)),
+    assert ran(tmp_path) == ["all 0", *(f"each {i}" for i in range(3)),
                              *(f"gen {i}" for i in range(3))]
     gen = record["steps"]["gen"]["shards"]
     pids = {s["result"]["pid"] for s in gen}

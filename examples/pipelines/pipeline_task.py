@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tasks"))
-from cnn import CNNTask  # noqa: E402  (examples/tasks/cnn.py)
+from cnn import CNNTask
 
-from stoker.spec.train import TrainConfig  # noqa: E402
+from stoker.spec.train import TrainConfig
 
 
 class ShardImages:

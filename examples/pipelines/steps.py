@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from stoker.pipeline import StepContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tasks"))
-from cnn import CNNTask, SmallCNN  # noqa: E402  (examples/tasks/cnn.py)
+from cnn import CNNTask, SmallCNN
 
 
 def _task(p: dict[str, Any], samples: int) -> CNNTask:

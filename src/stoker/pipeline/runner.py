@@ -220,9 +220,9 @@ class Runner:
         self._save()
         if failed:
             error = failed[0]["errors"][-1]
-            shard = f" shard {failed[0]['shard']}" if step.shards > 1 else ""
+            which = f" shard {failed[0]['shard']}" if step.shards > 1 else ""
             self.report("failed", name, error)
-            raise PipelineFailed(f"step {name}{shard} failed after {failed[0]['attempts']} "
+            raise PipelineFailed(f"step {name}{which} failed after {failed[0]['attempts']} "
                                  f"tr{'ies' if failed[0]['attempts'] > 1 else 'y'}: {error} "
                                  f"(resume: stoker pipeline run {self.pipeline.source} "
                                  f"--resume {self.run_id})")

@@ -25,6 +25,7 @@ from typing import Any, cast
 from stoker.spec.pipeline import INPUT_REF, Control, Retry
 
 Inputs = dict[str, Path | list[Path]]
+SUMMARY_KEYS = ("steps_completed", "loss_first", "loss_last", "eval_loss_last")
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def run_training(call: Call) -> dict[str, Any]:
     if "run" not in call.outputs:
         shutil.rmtree(run_dir)
     return {**where, "step": exported.step, "parameters": exported.parameters,
-            **{k: summary[k] for k in ("steps_completed", "loss_first", "loss_last", "eval_loss_last") if k in summary}}
+            **{k: summary[k] for k in SUMMARY_KEYS if k in summary}}
 
 
 def _train_locally(call: Call, run_dir: Path, sets: list[str]) -> None:
