@@ -1,12 +1,14 @@
 """The pipeline runner's own cost: the same steps run by `stoker.pipeline` and called as plain
 functions, in the same process, alternately; and the time of a run served from the cache.
 
-    .venv/bin/python benchmarks/pipeline_overhead.py [--shards 8] [--mb 4] [--repeats 3]
+    .venv/bin/python benchmarks/pipeline_overhead.py [--shards 8] [--mb 4] [--passes 9]
+                                                     [--workers 2] [--repeats 3]
 
-The pipeline: ``make`` (``--shards`` shards, each ``--mb`` MB of seeded random float32 written as
-.npy) -> ``smooth`` (per shard: a moving average, 9 passes) -> ``stats`` (all shards: mean,
-std and a histogram, as JSON). Plain: the three functions called in order on files in a
-temporary directory, sequentially, exactly as the runner calls them (same `StepContext`).
+The pipeline: ``make`` (``--shards`` shards, each ``--mb`` MB of seeded random float32 written
+as .npy) -> ``smooth`` (per shard: a moving average, ``--passes`` passes) -> ``stats`` (all
+shards: mean, std and a histogram, as JSON). Plain: the three functions called in order on
+files in a temporary directory, sequentially, exactly as the runner calls them (same
+`StepContext`).
 Runner, sequential: ``workers = 1`` (every task in this process), so the difference is the
 runner alone: hashing the outputs, storing them, cache entries and run records. Runner,
 parallel: the shards in ``--workers`` spawned processes. Each runner run has a fresh store (no
@@ -69,7 +71,7 @@ shards = {shards}
 [steps.smooth]
 run = "pipeline_overhead:smooth"
 inputs = {{ data = "make.data" }}
-params = {{ width = 9, passes = 9 }}
+params = {{ width = 9, passes = {passes} }}
 outputs = ["data"]
 shards = {shards}
 [steps.stats]
@@ -79,7 +81,7 @@ outputs = ["stats"]
 """
 
 
-def plain(tmp: Path, shards: int, mb: float) -> float:
+def plain(tmp: Path, shards: int, mb: float, passes: int) -> float:
     """The three functions called in order, as the runner calls them; seconds."""
     start = time.perf_counter()
     made, smoothed = [], []
@@ -89,19 +91,20 @@ def plain(tmp: Path, shards: int, mb: float) -> float:
         made.append(out)
     for i in range(shards):
         out = tmp / f"smooth-{i}"
-        smooth(StepContext("smooth", {"width": 9, "passes": 9}, {"data": made[i]},
+        smooth(StepContext("smooth", {"width": 9, "passes": passes}, {"data": made[i]},
                            {"data": out}, i, shards))
         smoothed.append(out)
     stats(StepContext("stats", {}, {"data": smoothed}, {"stats": tmp / "stats"}))
     return time.perf_counter() - start
 
 
-def runner(tmp: Path, shards: int, mb: float, workers: int, expect: str = "ran") -> float:
+def runner(tmp: Path, shards: int, mb: float, passes: int, workers: int,
+           expect: str = "ran") -> float:
     from stoker.pipeline.runner import Runner, load_pipeline
 
     path = tmp / "pipeline.toml"
     path.write_text(PIPELINE.format(store=tmp / "store", here=HERE, workers=workers,
-                                    mb=mb, shards=shards))
+                                    mb=mb, shards=shards, passes=passes))
     start = time.perf_counter()
     record = Runner(load_pipeline(path)).run()
     took = time.perf_counter() - start
@@ -113,6 +116,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--mb", type=float, default=4.0, help="MB of data per shard")
+    p.add_argument("--passes", type=int, default=9, help="smoothing passes: the work per shard")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
@@ -121,17 +125,20 @@ def main() -> None:
                                      "cached": []}
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as d:
-            times["plain"].append(plain(Path(d), args.shards, args.mb))
+            times["plain"].append(plain(Path(d), args.shards, args.mb, args.passes))
         with tempfile.TemporaryDirectory() as d:
-            times["sequential"].append(runner(Path(d), args.shards, args.mb, 1))
-            times["cached"].append(runner(Path(d), args.shards, args.mb, 1, "cached"))
+            times["sequential"].append(runner(Path(d), args.shards, args.mb, args.passes, 1))
+            times["cached"].append(runner(Path(d), args.shards, args.mb, args.passes, 1,
+                                          "cached"))
         with tempfile.TemporaryDirectory() as d:
-            times["parallel"].append(runner(Path(d), args.shards, args.mb, args.workers))
+            times["parallel"].append(runner(Path(d), args.shards, args.mb, args.passes,
+                                            args.workers))
     seq = [s / p for s, p in zip(times["sequential"], times["plain"], strict=True)]
     par = [s / p for s, p in zip(times["parallel"], times["plain"], strict=True)]
     per_task = [(s - p) / tasks * 1000 for s, p in
                 zip(times["sequential"], times["plain"], strict=True)]
-    print(f"{args.shards} shards x {args.mb} MB, {tasks} tasks, {args.repeats} repeats "
+    print(f"{args.shards} shards x {args.mb} MB, {args.passes} passes, {tasks} tasks, "
+          f"{args.repeats} repeats "
           "(median seconds):")
     for name, values in times.items():
         print(f"  {name:<11} {statistics.median(values):.3f} s")
