@@ -160,6 +160,10 @@ class Runner:
                       for name, step in self.spec.steps.items()},
         }
         self._pool: ProcessPoolExecutor | None = None
+        # Training steps' logs, kept after the run (a local store's logs/, else a temp dir).
+        work = self.store.work_dir()
+        self.log_dir = (work.parent if work else Path(tempfile.gettempdir()) /
+                        "stoker-pipeline-logs") / "logs" / self.run_id
 
     def _previous_run(self, resume: str) -> dict[str, Any]:
         run = find_run(self.store, resume)
@@ -179,6 +183,10 @@ class Runner:
             except PipelineFailed as e:
                 self.record["state"] = "failed"
                 self.record["error"] = str(e)
+                raise
+            except BaseException as e:  # Ctrl-C, or a bug here: the run can still be resumed
+                self.record["state"] = "interrupted"
+                self.record["error"] = f"{type(e).__name__}: {e}"
                 raise
             finally:
                 if self._pool is not None:
@@ -270,7 +278,7 @@ class Runner:
         out_dir = work / name / str(task["shard"])
         return Call(name, step.kind, target, self.pipeline.code_path, step.params, inputs,
                     step.output_names, out_dir, self.spec.step_retry(name), task["shard"],
-                    step.shards, step.nproc, self.spec.control)
+                    step.shards, step.nproc, self.spec.control, self.log_dir)
 
     def _execute(self, calls: list[Call]) -> Iterator[Outcome]:
         """Each call's outcome, in order: one call in this process, several in the worker

@@ -63,6 +63,7 @@ class Call:
     shards: int = 1
     nproc: int = 1
     control: Control | None = None
+    log_dir: Path | None = None  # where a training step writes its log
 
 
 @dataclass
@@ -167,8 +168,8 @@ def run_training(call: Call) -> dict[str, Any]:
     run_dir = call.out_dir / "run"
     sets = overrides(call.params, call.inputs)
     if call.control is None:
-        _train_locally(call, run_dir, sets)
-        where: dict[str, Any] = {"ran": "locally"}
+        log = _train_locally(call, run_dir, sets)
+        where: dict[str, Any] = {"ran": "locally", "log": str(log)}
     else:
         job_id = _train_as_job(call, run_dir, sets)
         where = {"ran": "job", "job": job_id, "server": call.control.url}
@@ -184,15 +185,18 @@ def run_training(call: Call) -> dict[str, Any]:
             **{k: summary[k] for k in SUMMARY_KEYS if k in summary}}
 
 
-def _train_locally(call: Call, run_dir: Path, sets: list[str]) -> None:
+def _train_locally(call: Call, run_dir: Path, sets: list[str]) -> Path:
     cmd = [sys.executable, "-m", "stoker", "train", call.target, "--nproc", str(call.nproc),
            "--run-dir", str(run_dir), *(a for s in sets for a in ("--set", s))]
-    log = call.out_dir.parent / f"{call.out_dir.name}.train.log"
+    log_dir = call.log_dir or call.out_dir.parent
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{call.step}.train.log"
     with log.open("w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0:
         tail = log.read_text().strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"stoker train exited {code}: {tail[0]} (log: {log})")
+    return log
 
 
 def _train_as_job(call: Call, run_dir: Path, sets: list[str]) -> int:
