@@ -48,9 +48,11 @@ def run(
                                        help="Processes for a fanned-out step's shards."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Run a pipeline: each step whose code version, params and inputs are unchanged is
-    served from the store's cache; the others run, retried with back-off, a fanned-out
-    step's shards in parallel processes."""
+    """Run a pipeline, each unchanged step served from the cache.
+
+    A step whose code version, params and inputs are unchanged is served from the store's
+    cache; the others run, retried with back-off, a fanned-out step's shards in parallel
+    processes. Exit codes: 0 done, 1 a step failed (resume with --resume RUN), 2 bad input."""
     from stoker.pipeline.runner import Runner, find_run, load_pipeline
     from stoker.pipeline.store import Store
 
@@ -88,7 +90,7 @@ def status(
     file: Path | None = FILE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """The runs in the store, or one run's steps: state, tries, time and outputs."""
+    """The store's runs, or one run's steps: state, tries, time and outputs."""
     from stoker.pipeline.runner import find_run, runs
 
     st = _store(store, file)
@@ -145,8 +147,9 @@ def lineage(
     file: Path | None = FILE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Which steps, code versions, params and input artifacts produced ARTIFACT, back to
-    the pipeline's sources."""
+    """Which steps, code, params and inputs produced ARTIFACT.
+
+    The tree goes back through every step's input artifacts to the pipeline's sources."""
     from stoker.pipeline import lineage as lin
 
     st = _store(store, file)
