@@ -17,6 +17,7 @@ from stoker.cli import (
     health_cmd,
     job_ops_cmd,
     jobs_cmd,
+    pipeline_cmd,
     plan_cmd,
     profile_cmd,
     server_cmd,
@@ -36,7 +37,7 @@ app = typer.Typer(
 
 for module in (train_cmd, plan_cmd, export_cmd, config_cmd, data_cmd, server_cmd, jobs_cmd,
                sim_cmd, health_cmd, usage_cmd, job_ops_cmd, profile_cmd,
-               analyze_cmd, bench_cmd, grpo_cmd):
+               analyze_cmd, bench_cmd, grpo_cmd, pipeline_cmd):
     module.register(app)
 
 
