@@ -25,6 +25,11 @@ def grpo(
     resume: bool = typer.Option(
         False, "--resume", help="Go on from RUN_DIR/grpo_state.pt (saved after the warm-up and "
         "every grpo.checkpoint_interval steps)."),
+    roles: str | None = typer.Option(
+        None, "--roles", metavar="trainer=T,rollout=R,reward=W",
+        help="Run as processes with roles, here, as a job with roles runs on the control "
+        "plane: T trainer ranks (FSDP2), R rollout workers, W reward workers "
+        "(stoker.train.grpo_roles; [roles] sync and max_staleness)."),
 ) -> None:
     """Train a model from scratch on a verifiable synthetic task: a supervised warm-up on the
     task's format, then GRPO; pass@1 (greedy, exact match) on held-out prompts before and after.
@@ -42,6 +47,9 @@ def grpo(
 
     recipe = loading.load(GrpoRecipe, cfg, set_)
     check_installed(recipe.telemetry.sinks, str(cfg))
+    if roles is not None:
+        _run_roles(cfg, set_, run_dir, resume, recipe.run.name, roles)
+        return
     rdir = make_run_dir(recipe.run.name, run_dir)
     console = Console(stderr=True, highlight=False)
     console.print(f"stoker grpo: {cfg} -> {rdir}")
@@ -57,6 +65,34 @@ def grpo(
         run(recipe, rdir, resume=resume, log=lambda line: bar.console.print(line, soft_wrap=True),
             progress=progress)
     console.print(f"records: {rdir / 'grpo.jsonl'}  summary: {rdir / 'grpo_summary.json'}")
+
+
+def _run_roles(cfg: Path, set_: list[str], run_dir: Path | None, resume: bool, name: str,
+               roles: str) -> None:
+    from stoker.spec.errors import ConfigError, StokerError
+    from stoker.train.grpo import RECORDS, STATE
+    from stoker.train.grpo_roles import ROLES, launch_local
+    from stoker.train.launch import make_run_dir
+
+    counts: dict[str, int] = {}
+    for part in roles.split(","):
+        role, _, n = part.partition("=")
+        if role not in ROLES or not n.isdigit() or int(n) < 1 or role in counts:
+            raise ConfigError("--roles", None, f"expected trainer=T,rollout=R,reward=W with "
+                              f"counts of at least 1, got {roles!r}")
+        counts[role] = int(n)
+    if set(counts) != set(ROLES):
+        raise ConfigError("--roles", None, f"give every role ({', '.join(ROLES)}): {roles!r}")
+    rdir = make_run_dir(name, run_dir)
+    if not resume and ((rdir / RECORDS).exists() or (rdir / STATE).exists()):
+        raise StokerError(f"{rdir} already holds a GRPO run: continue it with --resume, or use "
+                          "another --run-dir")
+    Console(stderr=True, highlight=False).print(
+        f"stoker grpo: {cfg} -> {rdir} as {roles} (other ranks' output in {rdir / 'logs'})")
+    argv = [str(cfg), "--run-dir", str(rdir), *[a for s in set_ for a in ("--set", s)]]
+    code = launch_local(argv, rdir, counts)
+    if code != 0:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:

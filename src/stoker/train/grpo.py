@@ -341,6 +341,8 @@ def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
         f"{len(prompts.held_out)} held-out prompts")
     cfg = recipe.grpo
     saved = torch.load(state_path) if resume and state_path.exists() else None
+    if saved is not None and "loop" not in saved:
+        raise StokerError(f"{state_path} is a GRPO run with roles: resume it with --roles")
     if saved is None:
         started = time.perf_counter()
         warmup(model, prompts, recipe.warmup,

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from stoker.spec.errors import ConfigError
+from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.grpo import GrpoRecipe
 from stoker.train.generate import Sampling, generate
 from stoker.train.grpo import (
@@ -189,7 +189,7 @@ def rollout_worker(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync:
         started = time.perf_counter()
         completions = generate(model, encoded, Sampling(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            stop_tokens=(STOP_ID,), seed=(recipe.run.seed * 1_000_003 + step) * 1_009 + w))
+            stop_tokens=(STOP_ID,), seed=recipe.run.seed * 1_000_003 + step + w * 7_919_993))
         gen_s = time.perf_counter() - started
         tokens, _ = pack(encoded, completions)
         with torch.no_grad():
@@ -295,7 +295,7 @@ class Trainer:
             fully_shard(block, mesh=mesh)
         fully_shard(self.model, mesh=mesh)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        if saved is not None:
+        if saved is not None and saved["opt"] is not None:
             set_optimizer_state_dict(self.model, self.opt, saved["opt"],
                                      options=StateDictOptions(full_state_dict=True))
 
@@ -357,8 +357,11 @@ class Trainer:
         )
 
         options = StateDictOptions(full_state_dict=True)
-        state = {"model": self.full_state(),
-                 "opt": get_optimizer_state_dict(self.model, self.opt, options=options),
+        # Before the first step there is no optimiser state to keep, and asking for it would
+        # make one (torch takes a step with zero gradients: Adam's step count would be off).
+        opt = (get_optimizer_state_dict(self.model, self.opt, options=options)
+               if self.step > 0 else None)
+        state = {"model": self.full_state(), "opt": opt,
                  "ref": self.ref.state_dict() if self.ref is not None else None,
                  "step": self.step, "prompt_rng": self.prompts.rng.getstate(),
                  "summary": self.head}
@@ -442,17 +445,27 @@ def start_step(run_dir: Path, layout: Layout, exchange: Exchange) -> int:
     """The step the trainers resume after (0: a fresh run), told to every role: trainer 0
     reads the checkpoint and writes it into this attempt's exchange."""
     if layout.role == "trainer" and layout.role_rank == 0:
-        saved = run_dir / STATE
-        step = torch.load(saved, weights_only=False)["roles"]["step"] if saved.exists() else 0
-        exchange.put("start.pt", step)
+        saved = load_saved(run_dir)
+        exchange.put("start.pt", saved["step"] if saved is not None else 0)
     return int(exchange.get("start.pt"))
+
+
+def load_saved(run_dir: Path) -> dict[str, Any] | None:
+    """The trainers' checkpoint in the run dir, if any."""
+    path = run_dir / STATE
+    if not path.exists():
+        return None
+    saved: dict[str, Any] = torch.load(path, weights_only=False)
+    if "roles" not in saved:
+        raise StokerError(f"{path} is a one-process GRPO run's state: resume it without roles")
+    state: dict[str, Any] = saved["roles"]
+    return state
 
 
 def train(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync: WeightSync,
           group: dist.ProcessGroup, run_dir: Path, log: Callable[[str], None]) -> None:
     cfg = recipe.grpo
-    state_path = run_dir / STATE
-    saved = torch.load(state_path, weights_only=False)["roles"] if state_path.exists() else None
+    saved = load_saved(run_dir)
     trainer = Trainer(recipe, layout, exchange, sync, group, run_dir)
     trainer.prepare(saved)
     lead = trainer.lead
@@ -566,7 +579,6 @@ def main(args: list[str] | None = None) -> int:
     import sys
 
     from stoker.spec import loading
-    from stoker.spec.errors import StokerError
 
     p = argparse.ArgumentParser(prog="python -m stoker.train.grpo_roles")
     p.add_argument("config", nargs="?", type=Path)
