@@ -149,30 +149,46 @@ class WeightSync:
         started = time.perf_counter()
         if self.method == "file":
             self.exchange.put(f"weights-{version}.pt", state)
-            old = self.exchange.root / f"weights-{version - 3}.pt"
-            old.unlink(missing_ok=True)  # readers hold at most one or two versions back
+            old = self.exchange.root / f"weights-{version - 2}.pt"
+            old.unlink(missing_ok=True)  # a reader takes the newest; one older may be in use
         else:
+            dist.broadcast(torch.tensor([version]), src=self.source, group=self.group)
             for tensor in state.values():
                 dist.broadcast(tensor.contiguous(), src=self.source, group=self.group)
         return time.perf_counter() - started
 
     def take(self, model: Transformer, at_least: int) -> tuple[int, float]:
-        """Load version ``at_least`` or newer into ``model``: (the version, seconds)."""
-        started = time.perf_counter()
+        """Load version ``at_least`` or newer into ``model``: (the version, the seconds it
+        took once the version was there: the wait for the trainers is left out)."""
         if self.method == "file":
-            self.exchange.get(f"weights-{at_least}.pt")  # waits for it
-            newest = max(int(p.stem.split("-")[1]) for p in self.exchange.root.glob("weights-*.pt"))
+            newest = self._newest_file(at_least)
+            started = time.perf_counter()
             if newest > self.have:
                 path = self.exchange.root / f"weights-{newest}.pt"
                 model.load_state_dict(torch.load(path, mmap=True, weights_only=True))
                 self.have = newest
-        else:
-            state = model.state_dict()
-            while self.have < at_least:
-                for tensor in state.values():
-                    dist.broadcast(tensor, src=self.source, group=self.group)
-                self.have += 1
-        return self.have, time.perf_counter() - started
+            return self.have, time.perf_counter() - started
+        spent = 0.0
+        state, header = model.state_dict(), torch.zeros(1, dtype=torch.long)
+        while self.have < at_least:  # every version, in order: a broadcast needs everyone
+            dist.broadcast(header, src=self.source, group=self.group)  # waits for the trainer
+            started = time.perf_counter()
+            for tensor in state.values():
+                dist.broadcast(tensor, src=self.source, group=self.group)
+            spent += time.perf_counter() - started
+            self.have = int(header)
+        return self.have, spent
+
+    def _newest_file(self, at_least: int, timeout_s: float = 600.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            versions = [int(p.stem.split("-")[1]) for p in self.exchange.root.glob("weights-*.pt")]
+            if versions and max(versions) >= at_least:
+                return max(versions)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no weights of version {at_least} or newer in "
+                                   f"{self.exchange.root} after {timeout_s:.0f} s")
+            time.sleep(POLL_S)
 
 
 # --- the roles --------------------------------------------------------------------------------
@@ -501,6 +517,7 @@ def train(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync: WeightSy
                                             or trainer.step == last_step):
                 trainer.checkpoint()
             if lead:
+                record["time"] = time.time()
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 log(step_line(record))
