@@ -11,7 +11,8 @@ rename, or a gloo broadcast to every rollout worker), the slowest rollout worker
 take them (``sync_take_s``: a `torch.load` with mmap and `load_state_dict`, or its side of the
 broadcast; from the moment the version is there, its wait for the trainer left out), and the
 step's wall time (from one record to the next); the longer of the two sides over the step is
-the share of the step that weight sync costs (the sides overlap: a broadcast is one transfer). The model's size in MiB is printed with them.
+the share of the step that weight sync costs (the sides overlap: a broadcast is one transfer).
+The model's size in MiB is printed with them.
 """
 
 from __future__ import annotations

@@ -90,8 +90,10 @@ pass_env = ["PYTHONPATH"]  # the jobs run this checkout's stoker, as the test do
 
 
 def grpo_job(settings: list[str]) -> dict[str, Any]:
-    command = [sys.executable, "-m", "stoker.train.grpo_roles", *settings]
-    return {"name": "grpo", "queue": "q", "max_restarts": 1, "env": {"OMP_NUM_THREADS": "1"},
+    """As examples/grpo/roles-job.toml: the recipe's overrides in the job's env, every role's."""
+    command = [sys.executable, "-m", "stoker.train.grpo_roles"]
+    env = {"OMP_NUM_THREADS": "1", "STOKER_GRPO_SET": " ".join(settings[1::2])}
+    return {"name": "grpo", "queue": "q", "max_restarts": 1, "env": env,
             "roles": [{"name": name, "ranks": n, "resources": {"cpus": 1}, "command": command}
                       for name, n in (("trainer", 2), ("rollout", 1), ("reward", 1))]}
 
@@ -150,3 +152,20 @@ def test_a_three_role_job_is_admitted_whole_and_survives_a_killed_rollout_worker
     finally:
         server.stop()
         kill_jobs(tmp_path / "state")
+
+
+@pytest.mark.parametrize(("roles", "reason"), [
+    ("trainer=2", "give every role (trainer, rollout, reward)"),
+    ("trainer=2,rollout=0,reward=1", "counts of at least 1"),
+    ("trainer=1,actor=1,reward=1", "expected trainer=T,rollout=R,reward=W"),
+])
+def test_bad_roles_are_one_line(tmp_path: Path, roles: str, reason: str) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "stoker", "grpo",
+                           str(Path(__file__).parents[1] / "examples" / "grpo" / "reverse.toml"),
+                           "--roles", roles, "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("error: --roles: ") and reason in done.stderr
+    assert not (tmp_path / "run").exists()

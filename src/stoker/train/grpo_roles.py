@@ -591,7 +591,9 @@ def _run_all(argv: list[str], run_dir: Path, spans: list[tuple[str, range]], eve
 
 def main(args: list[str] | None = None) -> int:
     """``python -m stoker.train.grpo_roles [CONFIG] [--run-dir DIR] [--set k=v ...]``: this
-    process's role; the run dir defaults to the job's (``STOKER_RUN_DIR``)."""
+    process's role; the run dir defaults to the job's (``STOKER_RUN_DIR``). ``STOKER_GRPO_SET``
+    (``k=v`` pairs separated by spaces) adds overrides before the ``--set`` ones: a job's
+    ``env`` gives them to every role at once."""
     import argparse
     import sys
 
@@ -602,6 +604,7 @@ def main(args: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=os.environ.get("STOKER_RUN_DIR"))
     p.add_argument("--set", dest="sets", action="append", default=[])
     a = p.parse_args(args)
+    a.sets = os.environ.get("STOKER_GRPO_SET", "").split() + a.sets
     try:
         if a.run_dir is None:
             raise ConfigError(None, "--run-dir", "no run dir: give --run-dir (a job has "
