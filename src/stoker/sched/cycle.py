@@ -150,7 +150,8 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy(),
         cache = SchedulerCache()
     cycle = _Cycle(snapshot, policy, cache)
     decisions = cycle.run()
-    cache.keep(snapshot.queues, snapshot.cohorts, cycle.quota, cycle.held)
+    cache.keep(snapshot.queues, snapshot.cohorts, cycle.quota, cycle.held,
+               (cycle.victim_key, cycle.kept_victims | cycle.victims))
     return decisions
 
 
@@ -191,6 +192,10 @@ class _Cycle:
         self._charge_running(snapshot, cache)
         self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
+        # What ranks victims (with the layout and quota tree: what their candidates depend on).
+        self.victim_key = (policy.order if policy.order in ("las", "srtf") else None,
+                           policy.las_thresholds, policy.victim_order, len(self.space))
+        self.kept_victims = cache.take_victims(self.held.layout, self.quota, self.victim_key)
         self.queues: dict[str, _QueueState] = {
             q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort),
                                 len(self.space))
@@ -832,12 +837,18 @@ class _Cycle:
         cands = self.victims.get(key)
         if cands is None:
             account = self.quota.account(queue, flavor)
+            jobs = self.running.get(key, [])
+            kept = self.kept_victims.get(key)
+            if kept is not None and kept.reusable(account, jobs):
+                kept.reset()
+                cands = self.victims[key] = kept
+                return cands
             order = self.policy.victim_order
             rank = self._rank if self.policy.order in ("las", "srtf") else None
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
                                (job.priority, 0) if rank is None else rank(job), order)
-                for job in self.running.get(key, ())], len(self.space))
+                for job in jobs], len(self.space), jobs)
         return cands
 
     def _placement_of(self, job: RunningJob) -> Placement:

@@ -53,13 +53,18 @@ def victim_key(v: Victim) -> tuple[bool, Rank, float, float]:
 
 
 class Candidates:
-    """The running jobs of one queue on one flavor, in victim order, with running totals."""
+    """The running jobs of one queue on one flavor, in victim order, with running totals.
 
-    __slots__ = ("account", "freed", "gone", "gone_freed", "largest", "preempting", "ranks",
-                 "victims")
+    What a cycle changes (the victims it chose) is undone by `reset`, so a later cycle over the
+    same running jobs reuses the candidates (`SchedulerCache.take_victims`)."""
 
-    def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int) -> None:
+    __slots__ = ("account", "freed", "gone", "gone_freed", "jobs", "largest", "preempting",
+                 "ranks", "taken", "victims")
+
+    def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int,
+                 jobs: Sequence[RunningJob] = ()) -> None:
         self.account = account
+        self.jobs = jobs  # the running jobs they were made of, in snapshot order
         victims.sort(key=victim_key)  # the ones being preempted already sort first
         first = 0
         while first < len(victims) and victims[first].job.preempting:
@@ -78,10 +83,27 @@ class Candidates:
         # Victims chosen this cycle: their positions, sorted, and their running totals.
         self.gone: list[int] = []
         self.gone_freed: list[list[int]] = [[0] * size]
+        self.taken: list[Victim] = []
+
+    def reusable(self, account: QuotaAccount | None, jobs: Sequence[RunningJob]) -> bool:
+        """Whether these are the candidates of ``jobs`` (the same objects) on ``account``."""
+        mine = self.jobs
+        return self.account is account and len(mine) == len(jobs) and all(
+            a is b for a, b in zip(mine, jobs, strict=True))
+
+    def reset(self) -> None:
+        """Forget the victims chosen in an earlier cycle."""
+        if self.taken:
+            for v in self.taken:
+                v.gone = False
+            self.taken = []
+            self.gone = []
+            self.gone_freed = self.gone_freed[:1]
 
     def take(self, v: Victim) -> None:
         """Mark ``v`` as chosen this cycle: it is no candidate any more."""
         v.gone = True
+        self.taken.append(v)
         if v.job.preempting:
             return
         insort(self.gone, bisect_left(self.victims, v.key, key=victim_key))
