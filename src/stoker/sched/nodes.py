@@ -138,7 +138,9 @@ class Pool:
             bucket = self.buckets[k] = []
             insort(self.keys, k)
         insort(bucket, i)
-        self.total = [t + f for t, f in zip(self.total, free, strict=True)]
+        total = self.total
+        for r, f in enumerate(free):
+            total[r] += f
         self.groups.setdefault(group, []).append(i)
 
     def move(self, i: int, old: int, new: int) -> None:
@@ -242,7 +244,8 @@ class Layout:
             counts[domains] = k + 1
             group = (domains, k // GROUP_SIZE)
             self.group.append(group)
-            self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
+            if group not in self.prefixes:
+                self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
         self.pools: dict[str, Pool] = {}
         self.members: dict[str, list[int]] = {}  # the nodes of each pool
         self.pool_of: list[str | None] = []  # None: not schedulable

@@ -15,7 +15,7 @@ priority, then the least progress since the last checkpoint, then the most recen
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import add, sub
@@ -106,9 +106,11 @@ class Candidates:
         self.taken.append(v)
         if v.job.preempting:
             return
-        insort(self.gone, bisect_left(self.victims, v.key, key=victim_key))
-        self.gone_freed = self.gone_freed[:1]
-        for i in self.gone:
+        at = bisect_left(self.victims, v.key, key=victim_key)
+        n = bisect_left(self.gone, at)
+        self.gone.insert(n, at)
+        del self.gone_freed[n + 1:]  # the running totals from there on change
+        for i in self.gone[n:]:
             self.gone_freed.append(list(map(add, self.gone_freed[-1], self.victims[i].total)))
 
     def freed_before(self, cut: int) -> list[int]:
