@@ -22,7 +22,6 @@ from stoker.sched.preempt import Candidates
 from stoker.sched.quota import QuotaTree
 from stoker.sched.types import DEFAULT_SPACE, Cohort, Node, Queue, ResourceSpace, RunningJob
 
-
 Victims = dict[tuple[str, str], Candidates]  # (queue, flavor) -> its running jobs as victims
 
 
