@@ -52,7 +52,7 @@ from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
 from stoker.sched.nodes import Nodes, Placement, times
 from stoker.sched.order import QueueKey, queue_keys
-from stoker.sched.quota import QuotaAccount
+from stoker.sched.quota import Account, QuotaAccount
 from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
     UNLIMITED,
@@ -213,6 +213,8 @@ class _Cycle:
                                     list[tuple[str, QuotaAccount, list[QuotaAccount], int]]] = {}
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[QuotaAccount, list[int]]] = {}
+        # ... and the accounts whose usage their removal changes (theirs and those above)
+        self.departing_touch: dict[tuple[str, str], dict[Account, None]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
@@ -914,9 +916,14 @@ class _Cycle:
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
-        departing = self.departing.get((qs.scope, flavor), {})
-        for account, amount in departing.items():
-            account.remove(amount)
+        # Taken out one by one, they are put back at once: the usage of every account they
+        # touched is restored to what it was (a tree's usage depends only on its queues').
+        departing = self.departing.get((qs.scope, flavor))
+        before = None
+        if departing:
+            before = [(a, a.usage.copy()) for a in self.departing_touch[(qs.scope, flavor)]]
+            for account, amount in departing.items():
+                account.remove(amount)
         try:
             found = self._find_victims(qs, job, flavor, level, total, must_reclaim)
             if found is None:
@@ -925,8 +932,9 @@ class _Cycle:
             account = qs.accounts[flavor]
             borrow = _borrow_after(account, total, chosen) if compare else 0
         finally:
-            for account, amount in departing.items():
-                account.add(amount)
+            if before is not None:
+                for a, usage in before:
+                    a.usage[:] = usage
         own = any(v.account is qs.accounts[flavor] for v, _ in chosen)
         return _Found(flavor, chosen, placement, borrow, own)
 
@@ -1155,9 +1163,16 @@ class _Cycle:
         qs.accounts[flavor].add(total)
         self.changes += 1
         departing = self.departing.setdefault((qs.scope, flavor), {})
+        touch = self.departing_touch.setdefault((qs.scope, flavor), {})
         size = len(total)
         for v in victims:
             if v.account is not None:
+                if v.account not in departing:
+                    for account in v.account.accounts():
+                        node: Account | None = account
+                        while node is not None:
+                            touch[node] = None
+                            node = node.parent
                 gone = departing.setdefault(v.account, [0] * size)
                 for r in range(size):
                     gone[r] += v.total[r]
