@@ -1,7 +1,9 @@
 """What one caller's scheduling cycles derive from the cluster, kept for its next cycle.
 
-The node layout, the quota tree of the queues and cohorts, and what the running jobs hold change
-little from one cycle to the next; rebuilt every cycle they would cost the size of the cluster.
+The node layout, the quota tree of the queues and cohorts, what the running jobs hold, and the
+running jobs of each queue and flavor as victim candidates (in victim order, with running
+totals) change little from one cycle to the next; rebuilt every cycle they would cost the size
+of the cluster.
 The caller (the reconciler, the simulator, a benchmark) owns one `SchedulerCache` and hands it to
 every ``schedule(snapshot, policy, cache)``. The decisions are the same with or without it, and
 with any earlier cycles: what is kept is reused only when it was built from the very same
