@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from stoker.sched import Cohort, Node, Policy, Queue
+from stoker.sched import Cohort, Node, Policy, Queue, SchedulerCache, Snapshot, schedule
 from test_sched_scenarios import Case, check, nodes, pend, queue, quota, run
 
 
@@ -43,6 +43,18 @@ def test_victim_order_takes_other_queues_borrowers_first(order: str, victim: str
     d = check(victim_order_case(Policy(victim_order=order)), set(), {victim})  # type: ignore[arg-type]
     assert d.preempt[0].reason == "reclaim" and d.nominated == {"p": (victim,)}
     assert d.waiting["p"].code == "WaitingForVictims"
+
+
+def test_victims_kept_between_cycles_follow_each_cycle_s_order() -> None:
+    # The cache keeps a cycle's victim candidates for the next over the same running jobs;
+    # a cycle that ranks victims otherwise must not reuse them, nor the victims chosen before.
+    case = victim_order_case(Policy())
+    snap = Snapshot(case.now, case.queues, case.nodes, case.running, case.pending,
+                    topology=("zone", "rack"))
+    cache = SchedulerCache()
+    for order, victim in (("kueue", "b0"), ("stoker", "b1"), ("stoker", "b1"), ("kueue", "b0")):
+        d = schedule(snap, Policy(victim_order=order), cache)  # type: ignore[arg-type]
+        assert d.nominated == {"p": (victim,)}
 
 
 def test_victim_order_ties_go_to_the_most_recently_started() -> None:

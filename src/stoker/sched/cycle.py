@@ -52,7 +52,7 @@ from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
 from stoker.sched.nodes import Nodes, Placement, times
 from stoker.sched.order import QueueKey, queue_keys
-from stoker.sched.quota import QuotaAccount
+from stoker.sched.quota import Account, QuotaAccount
 from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
     UNLIMITED,
@@ -150,7 +150,8 @@ def schedule(snapshot: Snapshot, policy: Policy = Policy(),
         cache = SchedulerCache()
     cycle = _Cycle(snapshot, policy, cache)
     decisions = cycle.run()
-    cache.keep(snapshot.queues, snapshot.cohorts, cycle.quota, cycle.held)
+    cache.keep(snapshot.queues, snapshot.cohorts, cycle.quota, cycle.held,
+               (cycle.victim_key, cycle.kept_victims | cycle.victims))
     return decisions
 
 
@@ -191,6 +192,10 @@ class _Cycle:
         self._charge_running(snapshot, cache)
         self._running: dict[tuple[str, str], list[RunningJob]] | None = None
         self.victims: dict[tuple[str, str], preempt.Candidates] = {}
+        # What ranks victims (with the layout and quota tree: what their candidates depend on).
+        self.victim_key = (policy.order if policy.order in ("las", "srtf") else None,
+                           policy.las_thresholds, policy.victim_order, len(self.space))
+        self.kept_victims = cache.take_victims(self.held.layout, self.quota, self.victim_key)
         self.queues: dict[str, _QueueState] = {
             q.name: _QueueState(q, self.quota.queues[q.name], self.quota.root_of(q.cohort),
                                 len(self.space))
@@ -208,6 +213,8 @@ class _Cycle:
                                     list[tuple[str, QuotaAccount, list[QuotaAccount], int]]] = {}
         # (quota scope, flavor) -> victims nominated this cycle, still charged to their queues
         self.departing: dict[tuple[str, str], dict[QuotaAccount, list[int]]] = {}
+        # ... and the accounts whose usage their removal changes (theirs and those above)
+        self.departing_touch: dict[tuple[str, str], dict[Account, None]] = {}
         # flavor -> (starving job, None: held on every queue, or the cohort tree it holds)
         self.reserved: dict[str, tuple[JobId, str | None]] = {}
         self.admit: list[Admit] = []
@@ -832,12 +839,18 @@ class _Cycle:
         cands = self.victims.get(key)
         if cands is None:
             account = self.quota.account(queue, flavor)
+            jobs = self.running.get(key, [])
+            kept = self.kept_victims.get(key)
+            if kept is not None and kept.reusable(account, jobs):
+                kept.reset()
+                cands = self.victims[key] = kept
+                return cands
             order = self.policy.victim_order
             rank = self._rank if self.policy.order in ("las", "srtf") else None
             cands = self.victims[key] = preempt.Candidates(account, [
                 preempt.Victim(job, account, self._placement_of(job),
                                (job.priority, 0) if rank is None else rank(job), order)
-                for job in self.running.get(key, ())], len(self.space))
+                for job in jobs], len(self.space), jobs)
         return cands
 
     def _placement_of(self, job: RunningJob) -> Placement:
@@ -903,9 +916,14 @@ class _Cycle:
         # Victims chosen earlier in the cycle in this quota tree count as gone for the search
         # (Kueue: a cycle's preemption targets are removed before a later entry is checked),
         # so a second preemptor does not take more victims than it needs.
-        departing = self.departing.get((qs.scope, flavor), {})
-        for account, amount in departing.items():
-            account.remove(amount)
+        # Taken out one by one, they are put back at once: the usage of every account they
+        # touched is restored to what it was (a tree's usage depends only on its queues').
+        departing = self.departing.get((qs.scope, flavor))
+        before = None
+        if departing:
+            before = [(a, a.usage.copy()) for a in self.departing_touch[(qs.scope, flavor)]]
+            for account, amount in departing.items():
+                account.remove(amount)
         try:
             found = self._find_victims(qs, job, flavor, level, total, must_reclaim)
             if found is None:
@@ -914,8 +932,9 @@ class _Cycle:
             account = qs.accounts[flavor]
             borrow = _borrow_after(account, total, chosen) if compare else 0
         finally:
-            for account, amount in departing.items():
-                account.add(amount)
+            if before is not None:
+                for a, usage in before:
+                    a.usage[:] = usage
         own = any(v.account is qs.accounts[flavor] for v, _ in chosen)
         return _Found(flavor, chosen, placement, borrow, own)
 
@@ -1144,9 +1163,16 @@ class _Cycle:
         qs.accounts[flavor].add(total)
         self.changes += 1
         departing = self.departing.setdefault((qs.scope, flavor), {})
+        touch = self.departing_touch.setdefault((qs.scope, flavor), {})
         size = len(total)
         for v in victims:
             if v.account is not None:
+                if v.account not in departing:
+                    for account in v.account.accounts():
+                        node: Account | None = account
+                        while node is not None:
+                            touch[node] = None
+                            node = node.parent
                 gone = departing.setdefault(v.account, [0] * size)
                 for r in range(size):
                     gone[r] += v.total[r]

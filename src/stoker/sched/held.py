@@ -36,8 +36,7 @@ class Held:
         self.on_node: dict[int, dict[int, tuple[Resources, int]]] = {}  # node -> job id -> ranks
         self.free: list[Vec] = layout.capacity_of.copy()  # vectors replaced, never changed
         self.pools: dict[str, Pool] = {f: pool.copy() for f, pool in layout.pools.items()}
-        zero = [0] * layout.size
-        self.taken = {flavor: zero for flavor in layout.pools}  # held on each pool's nodes
+        self.taken = {flavor: [0] * layout.size for flavor in layout.pools}  # on each pool
         self.usage: dict[tuple[str, str], Vec] = {}  # (queue, flavor) -> its jobs' totals
 
     def update(self, running: Sequence[RunningJob]) -> None:
@@ -125,27 +124,27 @@ class Held:
 
     def _count(self, job: RunningJob, placement: Placement, sign: int, nodes: set[int]) -> None:
         """Add (``sign`` 1) or take away (-1) what ``job`` holds on its nodes and quota."""
-        pool_of = self.layout.pool_of
+        pool_of, taken, per_rank = self.layout.pool_of, self.taken, job.per_rank
         for at, count in placement:
             nodes.add(at)
             flavor = pool_of[at]
             if flavor is not None:
-                self.taken[flavor] = _plus(self.taken[flavor], job.per_rank, sign * count)
+                _add(taken[flavor], per_rank, sign * count)
         key = (job.queue, job.flavor)
-        total = _plus(self.usage.get(key) or [0] * len(job.per_rank), job.per_rank,
-                      sign * len(job.nodes))
-        if any(total):
-            self.usage[key] = total
-        else:
-            self.usage.pop(key, None)
+        total = self.usage.get(key)
+        if total is None:
+            total = self.usage[key] = [0] * len(per_rank)
+        _add(total, per_rank, sign * len(job.nodes))
+        if not any(total):
+            del self.usage[key]
 
     def _refresh_nodes(self, nodes: set[int]) -> None:
         layout = self.layout
         pools: set[str] = set()
         for i in nodes:
-            free = layout.capacity_of[i]
+            free = layout.capacity_of[i].copy()  # a new vector: the old one never changes
             for p, count in self.on_node.get(i, {}).values():
-                free = _plus(free, p, -count)
+                _add(free, p, -count)
             flavor = layout.pool_of[i]
             if flavor is not None:
                 pool = self.pools[flavor]
@@ -209,9 +208,13 @@ def _difference(old: list[RunningJob], new: Sequence[RunningJob]
     return None if len(out) + len(into) > MOST_MOVED else (out, into)
 
 
-def _plus(v: Sequence[int], amount: Resources, times: int) -> Vec:
-    """``v + times * amount``, as a new list."""
-    return [a + p * times for a, p in zip(v, amount, strict=True)]
+def _add(v: Vec, amount: Resources, times: int) -> None:
+    """``v += times * amount`` (exact: integers)."""
+    r = 0
+    for p in amount:  # indexing is faster here than enumerate
+        if p:
+            v[r] += p * times
+        r += 1  # noqa: SIM113 (faster than enumerate here)
 
 
 def _hold(job: RunningJob) -> tuple[object, ...]:

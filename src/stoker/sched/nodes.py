@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
-from operator import ge, lt
+from operator import ge, le, lt
 
 from stoker.sched.types import DEFAULT_SPACE, UNLIMITED, Node, ResourceSpace
 from stoker.spec.resources import BYTES, bucket_unit
@@ -138,7 +138,9 @@ class Pool:
             bucket = self.buckets[k] = []
             insort(self.keys, k)
         insort(bucket, i)
-        self.total = [t + f for t, f in zip(self.total, free, strict=True)]
+        total = self.total
+        for r, f in enumerate(free):
+            total[r] += f
         self.groups.setdefault(group, []).append(i)
 
     def move(self, i: int, old: int, new: int) -> None:
@@ -242,7 +244,8 @@ class Layout:
             counts[domains] = k + 1
             group = (domains, k // GROUP_SIZE)
             self.group.append(group)
-            self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
+            if group not in self.prefixes:
+                self.prefixes[group] = tuple(domains[: lvl + 1] for lvl in range(len(domains)))
         self.pools: dict[str, Pool] = {}
         self.members: dict[str, list[int]] = {}  # the nodes of each pool
         self.pool_of: list[str | None] = []  # None: not schedulable
@@ -350,14 +353,19 @@ class Nodes:
         pool = self.pools.get(flavor)
         if pool is None:
             return None
-        pool.flush_buckets()
         need = times(per_rank, ranks)
         if any(map(lt, pool.total, need)):
             return None
-        one = pool.best_node(need, self.free)
-        if one is not None:
-            return [(one, ranks)]
-        if ranks == 1 or (required and level == self.depth) or pool.rank_bound(per_rank) < ranks:
+        if ranks == 1 or all(map(le, need, self.healthy[flavor])):  # one node may hold all
+            pool.flush_buckets()
+            one = pool.best_node(need, self.free)
+            if one is not None:
+                return [(one, ranks)]
+            if ranks == 1 or pool.rank_bound(per_rank) < ranks:
+                return None
+        # Else no node can: the buckets are not needed (the group capacities below are
+        # exact), so the changes since they were last right may still cancel out.
+        if required and level == self.depth:
             return None
         pool.flush_caps()
         caps = pool.cache.get(tuple(per_rank))

@@ -15,7 +15,7 @@ priority, then the least progress since the last checkpoint, then the most recen
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import add, sub
@@ -53,13 +53,18 @@ def victim_key(v: Victim) -> tuple[bool, Rank, float, float]:
 
 
 class Candidates:
-    """The running jobs of one queue on one flavor, in victim order, with running totals."""
+    """The running jobs of one queue on one flavor, in victim order, with running totals.
 
-    __slots__ = ("account", "freed", "gone", "gone_freed", "largest", "preempting", "ranks",
-                 "victims")
+    What a cycle changes (the victims it chose) is undone by `reset`, so a later cycle over the
+    same running jobs reuses the candidates (`SchedulerCache.take_victims`)."""
 
-    def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int) -> None:
+    __slots__ = ("account", "freed", "gone", "gone_freed", "jobs", "largest", "preempting",
+                 "ranks", "taken", "victims")
+
+    def __init__(self, account: QuotaAccount | None, victims: list[Victim], size: int,
+                 jobs: Sequence[RunningJob] = ()) -> None:
         self.account = account
+        self.jobs = jobs  # the running jobs they were made of, in snapshot order
         victims.sort(key=victim_key)  # the ones being preempted already sort first
         first = 0
         while first < len(victims) and victims[first].job.preempting:
@@ -78,15 +83,34 @@ class Candidates:
         # Victims chosen this cycle: their positions, sorted, and their running totals.
         self.gone: list[int] = []
         self.gone_freed: list[list[int]] = [[0] * size]
+        self.taken: list[Victim] = []
+
+    def reusable(self, account: QuotaAccount | None, jobs: Sequence[RunningJob]) -> bool:
+        """Whether these are the candidates of ``jobs`` (the same objects) on ``account``."""
+        mine = self.jobs
+        return self.account is account and len(mine) == len(jobs) and all(
+            a is b for a, b in zip(mine, jobs, strict=True))
+
+    def reset(self) -> None:
+        """Forget the victims chosen in an earlier cycle."""
+        if self.taken:
+            for v in self.taken:
+                v.gone = False
+            self.taken = []
+            self.gone = []
+            self.gone_freed = self.gone_freed[:1]
 
     def take(self, v: Victim) -> None:
         """Mark ``v`` as chosen this cycle: it is no candidate any more."""
         v.gone = True
+        self.taken.append(v)
         if v.job.preempting:
             return
-        insort(self.gone, bisect_left(self.victims, v.key, key=victim_key))
-        self.gone_freed = self.gone_freed[:1]
-        for i in self.gone:
+        at = bisect_left(self.victims, v.key, key=victim_key)
+        n = bisect_left(self.gone, at)
+        self.gone.insert(n, at)
+        del self.gone_freed[n + 1:]  # the running totals from there on change
+        for i in self.gone[n:]:
             self.gone_freed.append(list(map(add, self.gone_freed[-1], self.victims[i].total)))
 
     def freed_before(self, cut: int) -> list[int]:

@@ -62,6 +62,10 @@ class Account:
         if parent is not None:
             parent.children.append(self)
 
+    def accounts(self) -> list[Account]:
+        """The accounts whose usage this one is (itself)."""
+        return [self]
+
     def root(self) -> Account:
         node = self
         while node.parent is not None:
@@ -225,6 +229,10 @@ class Combined:
                 owners[r] = account
         self.owners = owners  # the account each resource is charged to (None: unlimited)
         self.limited = tuple(r for r, a in enumerate(owners) if a is not None)
+
+    def accounts(self) -> list[Account]:
+        """The accounts whose usage this one is (its parts')."""
+        return [a for a, _ in self.parts]
 
     def root(self) -> Account:
         return self.primary.root()
