@@ -342,6 +342,31 @@ def test_a_job_with_roles_reserves_each_rank_its_roles_request(client: Client,
     assert [r["STOKER_NODE"] for r in ranks] == [*launcher, *workers]
 
 
+def test_a_grpo_job_with_three_roles_runs_on_ray(client: Client, shared: Path) -> None:
+    """GRPO's trainer (2 ranks, FSDP2), rollout and reward roles placed by Ray, weights and
+    rollouts through the job's run directory in the shared directory (`[roles] sync = "file"`),
+    to the last step."""
+    overrides = ("model.dim=32 model.n_layers=1 model.n_heads=2 model.n_kv_heads=2 "
+                 "model.ffn_hidden=64 task.max_len=4 task.held_out=20 warmup.steps=10 "
+                 "grpo.steps=3 grpo.prompts=4 grpo.group_size=4 grpo.eval_interval=3 "
+                 "roles.sync=file run.threads=1")
+    grpo = [sys.executable, "-m", "stoker.train.grpo_roles"]
+    job = client.submit({"name": "grpo", "queue": "q",
+                         "env": {"OMP_NUM_THREADS": "1", "STOKER_GRPO_SET": overrides},
+                         "roles": [{"name": name, "ranks": n, "resources": {"cpus": 1},
+                                    "command": grpo}
+                                   for name, n in (("trainer", 2), ("rollout", 1),
+                                                   ("reward", 1))]})["id"]
+    wait_for(lambda: client.job(job)["state"] in ("SUCCEEDED", "FAILED"), "the job to end")
+    view = client.job(job)
+    assert view["state"] == "SUCCEEDED", reasons(view)
+    assert [r["name"] for r in view["roles"]] == ["trainer", "rollout", "reward"]
+    run = shared / "jobs" / str(job) / "run"
+    records = [json.loads(line) for line in (run / "grpo.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["sync_s"] > 0 for r in records[:-1]) and "pass_at_1" in records[-1]
+
+
 def test_preemption_reaches_every_rank_and_requeues(client: Client, shared: Path) -> None:
     script = ("import os, signal, sys, time\n"
               "e = os.environ\n"
