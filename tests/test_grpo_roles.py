@@ -159,13 +159,19 @@ def test_a_three_role_job_is_admitted_whole_and_survives_a_killed_rollout_worker
     ("trainer=2,rollout=0,reward=1", "counts of at least 1"),
     ("trainer=1,actor=1,reward=1", "expected trainer=T,rollout=R,reward=W"),
 ])
-def test_bad_roles_are_one_line(tmp_path: Path, roles: str, reason: str) -> None:
-    import subprocess
+def test_bad_roles_are_one_line(tmp_path: Path, roles: str, reason: str,
+                                capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stoker grpo ... --roles` in this process (the CLI's own main): exit 2, one line."""
+    from stoker.cli.main import main
 
-    done = subprocess.run([sys.executable, "-m", "stoker", "grpo",
-                           str(Path(__file__).parents[1] / "examples" / "grpo" / "reverse.toml"),
-                           "--roles", roles, "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().startswith("error: --roles: ") and reason in done.stderr
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", [
+        "stoker", "grpo", str(Path(__file__).parents[1] / "examples" / "grpo" / "reverse.toml"),
+        "--roles", roles, "--run-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().startswith("error: --roles: ") and reason in err
     assert not (tmp_path / "run").exists()
