@@ -312,11 +312,13 @@ def test_job_page_draws_the_loss_chart_from_its_metrics(cluster: Cluster, alice:
     assert steps == list(range(1, STEPS + 1)) == sorted(expected)
     assert losses == [expected[s] for s in steps]
     records = latest_records(run)
-    steps, total, data_wait, _fwd_bwd, optim = alice.page.evaluate(
+    steps, total, data_wait, _fwd_bwd, optim, compute, comm = alice.page.evaluate(
         "() => window.stokerCharts.breakdown.data")
     assert total == [pytest.approx(1000 * records[s]["step_time_s"]) for s in steps]
     assert optim == [pytest.approx(1000 * records[s]["optim_s"]) for s in steps]
     assert data_wait == [pytest.approx(1000 * records[s]["data_wait_s"]) for s in steps]
+    assert compute == [pytest.approx(1000 * records[s]["compute_s"]) for s in steps]
+    assert comm == [pytest.approx(1000 * records[s]["comm_s"]) for s in steps]
     _, memory = alice.page.evaluate("() => window.stokerCharts.memory.data")
     assert memory == [records[s]["peak_mem_bytes"] for s in steps]
     heat = alice.page.evaluate("() => window.stokerHeat")

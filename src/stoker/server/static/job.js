@@ -1,5 +1,5 @@
 // Stoker dashboard, a job's page: its training metrics (loss, tokens/s, MFU, the step-time
-// breakdown, peak memory) polled from GET /v1/jobs/{id}/metrics (only the steps after the last
+// breakdown with compute and exposed communication, peak memory) polled from GET /v1/jobs/{id}/metrics (only the steps after the last
 // one seen) and drawn with uPlot; every rank's step time as a heat map on a canvas; and its
 // log tail polled from GET /v1/jobs/{id}/logs.
 (function () {
@@ -9,7 +9,8 @@
   const id = root.dataset.job;
   const METRICS_MS = 2000, LOG_MS = 3000, RECENT = 20, LOG_KEEP = 256 * 1024;
   const FIELDS = ["loss", "eval_loss", "tokens_per_s", "mfu", "step_time_s", "data_wait_s",
-                  "fwd_bwd_s", "optim_s", "peak_mem_bytes", "rank_step_times"];
+                  "fwd_bwd_s", "optim_s", "compute_s", "comm_s", "peak_mem_bytes",
+                  "rank_step_times"];
   const cols = {step: []};
   for (const f of FIELDS) cols[f] = [];
   const HEAT_COLUMNS = 2000;  // more steps than this share a column (the slowest of them shows)
@@ -35,7 +36,7 @@
     charts.throughput.setData([cols.step, cols.tokens_per_s]);
     charts.mfu.setData([cols.step, cols.mfu]);
     charts.breakdown.setData([cols.step, ms("step_time_s"), ms("data_wait_s"), ms("fwd_bwd_s"),
-                              ms("optim_s")]);
+                              ms("optim_s"), ms("compute_s"), ms("comm_s")]);
     charts.memory.setData([cols.step, cols.peak_mem_bytes]);
     heat();
   }
@@ -198,6 +199,10 @@
       {label: "data wait", stroke: "#b4461e", width: 1},
       {label: "forward+backward", stroke: "#1e6fb4", width: 1},
       {label: "optimizer", stroke: "#2a8a4a", width: 1},
+      // forward+backward and optimizer split into this rank's compute and its wait on the
+      // others (exposed communication): CPU runs only, absent on CUDA
+      {label: "compute", stroke: "#7a3cb4", width: 1, dash: [4, 3]},
+      {label: "exposed comm", stroke: "#c08a00", width: 1, dash: [4, 3]},
     ], number);
     const mib = (v) => (v == null ? "" : (v / 2 ** 20).toFixed(v < 2 ** 24 ? 1 : 0) + " MiB");
     chart("memory", document.getElementById("chart-memory"),
