@@ -88,6 +88,22 @@ def rasterize(elements: list[Element], pose: Pose) -> np.ndarray:
     return masks
 
 
+DIRECTIONS = 8  # orientation bins over 180 degrees (a line has no heading)
+
+
+def directions(elements: list[Element], pose: Pose) -> np.ndarray:
+    """[H, W] int: the orientation bin of the line through each pixel (the last drawn wins),
+    -1 where there is none: HDMapNet's direction target, without the sign."""
+    out = np.full((H, W), -1, dtype=np.int64)
+    for e in elements:
+        ego = to_ego(e.points, pose)
+        for p, q in itertools.pairwise(ego):
+            angle = math.atan2(q[1] - p[1], q[0] - p[0]) % math.pi
+            rows, cols, inside = to_pixels(densify(np.stack([p, q]), RES / 4))
+            out[rows[inside], cols[inside]] = int(angle / math.pi * DIRECTIONS) % DIRECTIONS
+    return out
+
+
 def densify(points: np.ndarray, step: float) -> np.ndarray:
     out = [points[:1]]
     for p, q in itertools.pairwise(points):
