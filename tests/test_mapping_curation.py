@@ -1,0 +1,77 @@
+"""Curation and simulated labelling of the map-reconstruction workload
+(examples/mapping/curate.py, label.py), on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples" / "mapping"))
+
+from curate import Candidate, coverage, select
+from label import Annotator, annotate, correct
+
+
+def cand(i: int, x: float, y: float = 0.0, condition: str = "clear", town: int = 0,
+         yaw: float = 0.0) -> Candidate:
+    return Candidate((0, i), town, x, y, yaw, condition)
+
+
+def test_selection_covers_new_tiles_first_and_skips_twins() -> None:
+    near = [cand(0, 10.0), cand(1, 10.5), cand(2, 13.0)]  # one view's tiles; 0 and 1 twins
+    far = [cand(3, 510.0, 500.0)]
+    chosen = select([*near, *far], budget=2)
+    assert {c.key for c in chosen} == {(0, 0), (0, 3)} or {c.key for c in chosen} == {
+        (0, 2), (0, 3)}
+    assert coverage(chosen, [*near, *far]) == 1.0
+    all_of = select([*near, *far], budget=10)
+    assert len(all_of) == 3 and not {(0, 0), (0, 1)} <= {c.key for c in all_of}
+    turned = select([cand(0, 10.0), cand(1, 10.5, yaw=math.pi / 2)], budget=10)
+    assert len(turned) == 2  # same place, other heading: not a twin
+
+
+def test_rare_conditions_and_doubt_come_first_at_equal_coverage() -> None:
+    pool = [cand(0, 10.0), cand(1, 30.0), cand(2, 20.0, condition="rain")]
+    assert select(pool, budget=1)[0].key == (0, 2)  # rain is 1 in 3
+    doubt = {(0, 1): 0.9}
+    same = [cand(0, 10.0), cand(1, 30.0)]
+    assert select(same, budget=1, uncertainty=doubt)[0].key == (0, 1)
+
+
+def frames(n: int) -> np.ndarray:
+    truth = np.zeros((n, 3, 20, 20), bool)
+    truth[:, 0, 10, 2:18] = True
+    truth[:, 2, 3:17, 5] = True
+    return truth
+
+
+def test_the_budget_pays_for_frames_and_pre_labels_are_cheaper() -> None:
+    truth, rng = frames(20), np.random.default_rng(0)
+    perfect = Annotator(jitter=0.0, miss=0.0)
+    labels, report = annotate(truth, budget=5.0, rng=rng, who=perfect)
+    assert len(labels) == 5 and report["spent"] == 5.0 and report["audit_iou"] == 1.0
+    assert (labels == truth[:5]).all()
+    assisted, report = annotate(truth, budget=5.0, rng=rng, who=perfect,
+                                prelabels=np.zeros_like(truth))
+    assert len(assisted) == 12 and report["spent"] == pytest.approx(4.8)
+
+
+def test_an_audit_rejects_a_careless_batch_and_pays_to_redo_it() -> None:
+    truth, rng = frames(10), np.random.default_rng(0)
+    careless = Annotator(jitter=1.0, miss=0.0, accept=0.6)  # every line a pixel off
+    labels, report = annotate(truth, budget=15.0, rng=rng, who=careless)
+    assert report["rejected"] == 1.0 and report["audit_iou"] < 0.6
+    assert report["spent"] == 15.0 and len(labels) == 5  # 10 paid, 5 redone with what is left
+
+
+def test_correcting_a_pre_label() -> None:
+    truth, rng = frames(1)[0], np.random.default_rng(0)
+    model = np.zeros_like(truth)
+    assert (correct(model, truth, Annotator(lapse=0.0), rng) == truth).all()
+    assert (correct(model, truth, Annotator(lapse=1.0), rng) == model).all()
+    half = correct(model, truth, Annotator(lapse=0.5), rng)
+    assert 0 < half.sum() < truth.sum()
