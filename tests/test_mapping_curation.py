@@ -75,3 +75,27 @@ def test_correcting_a_pre_label() -> None:
     assert (correct(model, truth, Annotator(lapse=1.0), rng) == model).all()
     half = correct(model, truth, Annotator(lapse=0.5), rng)
     assert 0 < half.sum() < truth.sum()
+
+
+def test_fused_true_masks_rebuild_the_map_and_find_what_construction_changed() -> None:
+    from mapbuild import FusedGrid, changed_elements
+    from metrics import chamfer
+    from sensors import Pose, drive, rasterize
+    from world import make_town, with_construction
+
+    town = make_town(seed=0)
+    later = with_construction(town, seed=1, zones=3)
+    grid = FusedGrid.around(later)
+    poses: list[Pose] = []
+    for d in range(4):
+        poses += drive(later, seed=d, frames=100)[::3]
+    for pose in poses:  # perfect perception of the new map, true poses
+        grid.add(rasterize(later.elements, pose).astype(float), pose)
+    found = changed_elements(town.elements, grid)
+    mean = grid.mean()
+    observed = {e.id for e in town.elements if grid.along(e, mean)[0] >= 0.8}
+    assert found == later.changed & observed and found  # every change seen, nothing else
+    fused = [e for e in grid.elements() if e.kind == "divider"]
+    near = [min(chamfer(e.points, f.points) for f in fused)
+            for e in later.elements if e.kind == "divider" and e.id in observed]
+    assert np.median(near) < 0.5  # the fused lines lie on the true ones

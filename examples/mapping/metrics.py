@@ -131,13 +131,13 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def vectorize(probabilities: np.ndarray, threshold: float = 0.5, min_pixels: int = 4
-              ) -> list[tuple[str, np.ndarray, float]]:
-    """Polylines (in the ego frame, metres) from per-class probabilities [C, H, W]: each
-    component of the thresholded mask is ordered along its main axis (a crossing's outline, a
-    ring, around its centre) and thinned to a point every metre; its score is its pixels' mean
-    probability."""
-    centres = pixel_centres()
+def vectorize(probabilities: np.ndarray, threshold: float = 0.5, min_pixels: int = 4,
+              centres: np.ndarray | None = None) -> list[tuple[str, np.ndarray, float]]:
+    """Polylines (in metres, in the frame of ``centres`` [H, W, 2], the pixels' centres:
+    default the ego frame's) from per-class probabilities [C, H, W]: each component of the
+    thresholded mask is ordered along its main axis (a crossing's outline, a ring, around its
+    centre) and thinned to a point every metre; its score is its pixels' mean probability."""
+    centres = pixel_centres() if centres is None else centres
     lines = []
     for k, kind in enumerate(CLASSES):
         for pixels in components(probabilities[k] >= threshold):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from world import CLASSES, LANE_M, Element, Town
+from world import CLASSES, LANE_M, Element, Town, clip_polyline
 
 X_M, Y_M, RES = 30.0, 15.0, 0.5
 H, W = int(2 * Y_M / RES), int(2 * X_M / RES)  # 60 x 120 pixels
@@ -101,6 +101,16 @@ def directions(elements: list[Element], pose: Pose) -> np.ndarray:
             angle = math.atan2(q[1] - p[1], q[0] - p[0]) % math.pi
             rows, cols, inside = to_pixels(densify(np.stack([p, q]), RES / 4))
             out[rows[inside], cols[inside]] = int(angle / math.pi * DIRECTIONS) % DIRECTIONS
+    return out
+
+
+def view_elements(elements: list[Element], pose: Pose) -> list[Element]:
+    """The map's elements in the ego frame, clipped to the view: the true polylines a frame's
+    predictions are scored against (as MapTR clips the map to its perception range)."""
+    out = []
+    for e in elements:
+        for piece in clip_polyline(to_ego(e.points, pose), (-X_M, -Y_M, X_M, Y_M)):
+            out.append(Element(e.id, e.kind, piece))
     return out
 
 
