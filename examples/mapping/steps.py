@@ -158,3 +158,80 @@ def release(ctx: StepContext) -> dict[str, Any]:
     record = {"version": version, "promoted": verdict[0], "gate_failures": verdict[1]}
     ctx.outputs["release"].write_text(json.dumps(record) + "\n")
     return record
+
+
+def doubt(ctx: StepContext) -> dict[str, Any]:
+    """The first model's view of the unlabelled pool: each frame's uncertainty (the mean
+    binary entropy of its class probabilities over the pixels it is unsure of, scaled to 0..1)
+    and its predicted masks, the second round's pre-labels."""
+    import torch
+    from evaluate import model_predictor
+    from safetensors.torch import load_file
+    from task import BevNet
+
+    torch.set_num_threads(1)
+    model = BevNet(int(ctx.params["width"]))
+    model.load_state_dict(load_file(ctx.inputs["model"]))
+    predict = model_predictor(model)
+    shards = [load(f) for f in ctx.paths("frames")]
+    done = {tuple(k) for k in json.loads(ctx.inputs["selection"].read_text())["frames"]}  # type: ignore[union-attr]
+    keys, uncertainty, prelabels = [], [], []
+    for s, shard in enumerate(shards):
+        for i in range(len(shard["inputs"])):
+            if (s, i) in done:
+                continue
+            frame = {k: shard["inputs"][i][j].astype(np.float32)
+                     for j, k in enumerate(("height", "intensity", "camera"))}
+            prob = predict(frame).clip(1e-6, 1 - 1e-6)
+            entropy = -(prob * np.log2(prob) + (1 - prob) * np.log2(1 - prob))
+            unsure = entropy > 0.1
+            keys.append((s, i))
+            uncertainty.append(float(entropy[unsure].mean()) if unsure.any() else 0.0)
+            prelabels.append(prob >= 0.5)
+    np.savez_compressed(ctx.outputs["doubt"].open("wb"), keys=np.array(keys),
+                        uncertainty=np.array(uncertainty), prelabels=np.array(prelabels))
+    return {"frames": len(keys), "mean_uncertainty": float(np.mean(uncertainty))}
+
+
+def curate_again(ctx: StepContext) -> dict[str, Any]:
+    """The second round's frames: the pool less what was labelled, picked with the model's
+    doubt (`curate.select` with ``uncertainty``)."""
+    shards = [load(f) for f in ctx.paths("frames")]
+    with np.load(ctx.inputs["doubt"]) as d:  # type: ignore[arg-type]
+        doubts = {tuple(map(int, k)): float(u) for k, u in zip(d["keys"], d["uncertainty"],
+                                                               strict=True)}
+    pool = [c for c in candidates(shards) if c.key in doubts]
+    chosen = select(pool, budget=int(ctx.params["budget"]), rarity=float(ctx.params["rarity"]),
+                    uncertainty=doubts)
+    picked = sorted(c.key for c in chosen)
+    report = {"pool": len(pool), "chosen": len(picked),
+              "mean_doubt_chosen": float(np.mean([doubts[k] for k in picked])),
+              "mean_doubt_pool": float(np.mean(list(doubts.values())))}
+    ctx.outputs["selection"].write_text(json.dumps({"frames": picked, **report}) + "\n")
+    return report
+
+
+def label_again(ctx: StepContext) -> dict[str, Any]:
+    """The second round labelled by correcting the first model's pre-labels (cheaper: the
+    same budget labels more frames), merged with the first round's labels."""
+    shards = [load(f) for f in ctx.paths("frames")]
+    picked = json.loads(ctx.inputs["selection"].read_text())["frames"]  # type: ignore[union-attr]
+    with np.load(ctx.inputs["doubt"]) as d:  # type: ignore[arg-type]
+        where = {tuple(map(int, k)): n for n, k in enumerate(d["keys"])}
+        prelabels = np.stack([d["prelabels"][where[tuple(k)]] for k in picked])
+    p = ctx.params
+    who = Annotator(jitter=float(p["jitter"]), miss=float(p["miss"]), lapse=float(p["lapse"]))
+    truth = np.stack([shards[s]["masks"][i] for s, i in picked])
+    masks, report = annotate(truth, float(p["budget"]), np.random.default_rng(int(p["seed"])),
+                             who, prelabels=prelabels)
+    rows = picked[:len(masks)]
+    directions = [np.where(masks[j].any(axis=0), shards[s]["directions"][i], -1)
+                  for j, (s, i) in enumerate(rows)]
+    first = load(ctx.inputs["first"])  # type: ignore[arg-type]
+    save({"inputs": np.concatenate([first["inputs"],
+                                    np.stack([shards[s]["inputs"][i] for s, i in rows])]),
+          "masks": np.concatenate([first["masks"], masks]),
+          "directions": np.concatenate([first["directions"],
+                                        np.stack(directions).astype(np.int8)])},
+         ctx.outputs["labelled"])
+    return report
