@@ -235,14 +235,25 @@ def rollout(model: Transformer, prompts: Prompts, cfg: GrpoConfig, seed: int) ->
 
 def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Optimizer,
               batch: Rollouts, cfg: GrpoConfig) -> dict[str, float]:
-    """μ optimiser steps on one batch of rollouts; the last iteration's loss statistics."""
+    """μ optimiser steps on one batch of rollouts, πθ_old being the model as it is now."""
     tokens, mask = pack(batch.prompts, batch.completions)
-    advantages = group_advantages(batch.rewards).flatten()
     model.train()
     with torch.no_grad():
-        old = next_token_logprobs(model, tokens)
-        old_logp = pick(old, tokens)
-        policy_entropy = float(masked_mean(entropy(old), mask))
+        old_logp = token_logprobs(model, tokens)
+    return optimise(model, ref, opt, tokens, mask, group_advantages(batch.rewards).flatten(),
+                    old_logp, cfg)
+
+
+def optimise(model: Transformer, ref: Transformer | None, opt: torch.optim.Optimizer,
+             tokens: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+             old_logp: torch.Tensor, cfg: GrpoConfig) -> dict[str, float]:
+    """μ optimiser steps on packed sequences, the ratio taken to ``old_logp`` (the policy
+    that sampled them); the last iteration's loss statistics and the policy's entropy. The
+    gradient norm is global under FSDP2 (`stoker.train.optim.clip_grad_norm_`)."""
+    from stoker.train.optim import clip_grad_norm_
+
+    with torch.no_grad():
+        policy_entropy = float(masked_mean(entropy(next_token_logprobs(model, tokens)), mask))
         ref_logp = token_logprobs(ref, tokens) if ref is not None else None
     stats: dict[str, float] = {}
     for _ in range(cfg.iterations):
@@ -250,9 +261,9 @@ def grpo_step(model: Transformer, ref: Transformer | None, opt: torch.optim.Opti
                                 cfg.clip_eps, cfg.beta, ref_logp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        stats |= {"loss": loss.item(), "grad_norm": grad_norm.item()}
+        stats |= {"loss": loss.item(), "grad_norm": float(grad_norm)}
     return stats | {"entropy": policy_entropy}
 
 

@@ -66,14 +66,10 @@ from stoker.train.grpo import (
     TOKENIZER,
     Prompts,
     build_model,
-    entropy,
     group_advantages,
-    grpo_loss,
-    masked_mean,
-    next_token_logprobs,
+    optimise,
     pack,
     pass_at_1,
-    pick,
     save_state,
     step_line,
     token_logprobs,
@@ -349,8 +345,8 @@ class Trainer:
         rows = slice(me * len(tokens) // n, (me + 1) * len(tokens) // n)
         mine = tokens[rows], mask[rows], advantages[rows], batch.behaviour_logp[rows]
         self.model.train()
-        stats = mean_over(optimise(self.model, self.ref, self.opt, *mine, self.recipe),
-                          self.group, keep=("grad_norm",))
+        stats = mean_over(optimise(self.model, self.ref, self.opt, *mine, cfg), self.group,
+                          keep=("grad_norm",))
         train_s = time.perf_counter() - started
         lengths = [len(c) for c in batch.completions]
         trained = cfg.iterations * sum(len(p) + len(c) for p, c in zip(batch.prompts,
@@ -393,30 +389,6 @@ def mean_over(stats: dict[str, float], group: dist.ProcessGroup,
     dist.all_reduce(values, group=group)
     n = dist.get_world_size(group)
     return stats | {k: float(v) / n for k, v in zip(names, values, strict=True)}
-
-
-def optimise(model: Transformer, ref: Transformer | None, opt: torch.optim.Optimizer,
-             tokens: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
-             old_logp: torch.Tensor, recipe: GrpoRecipe) -> dict[str, float]:
-    """`grpo.grpo_step` on this trainer's slice, the ratio taken to the behaviour policy's
-    log-probs (those of the weights that sampled the completions)."""
-    from stoker.train.optim import clip_grad_norm_
-
-    cfg = recipe.grpo
-    with torch.no_grad():
-        policy_entropy = float(masked_mean(entropy(next_token_logprobs(model, tokens)), mask))
-        ref_logp = token_logprobs(ref, tokens) if ref is not None else None
-    stats: dict[str, float] = {}
-    for _ in range(cfg.iterations):
-        logp = pick(next_token_logprobs(model, tokens), tokens)
-        loss, stats = grpo_loss(logp, old_logp, advantages, mask, cfg.clip_eps, cfg.beta,
-                                ref_logp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        stats |= {"loss": loss.item(), "grad_norm": float(grad_norm)}
-    return stats | {"entropy": policy_entropy}
 
 
 # --- one process ------------------------------------------------------------------------------
