@@ -7,7 +7,8 @@ A real ``stoker server`` (`ServerProcess`) with local nodes, periodic health che
 node a failure suspects is cordoned, and returns after passing a later check) and the test-only
 fault hook enabled, runs the demo config (examples/tiny.toml: the tiny model, FSDP2, 2 CPU
 ranks of gloo) as one job with ``max_restarts`` to spare. Faults come at exponential intervals
-of mean ``--fault-interval`` seconds (``--faults K``: exactly K, evenly spread over the run),
+of mean ``--fault-interval`` seconds over the planned ``--minutes`` (over the reference's
+wall time with ``--steps``; ``--faults K``: exactly K, evenly spread over the run),
 in turn:
 
   kill  ``kill -9`` of one rank (its pid from the process table)
@@ -244,6 +245,9 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
         console: Console, backoff: float = 5.0) -> Report:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="stoker-soak-"))
+    # Calibrated: faults are drawn over the planned minutes, not over the reference's wall
+    # time, which a loaded machine stretches.
+    planned = steps is None
     if steps is None:
         per_step = step_time(tmp)
         steps = max(50, int(minutes * 60 / per_step))
@@ -254,7 +258,8 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
     t0 = time.monotonic()
     expected = losses(train_alone(cfg, tmp / "reference"))
     report.reference_s = time.monotonic() - t0
-    times = fault_times(report.reference_s, interval, count, rng)
+    span = minutes * 60 if planned else report.reference_s
+    times = fault_times(span, interval, count, rng)
     console.print(f"reference took {report.reference_s:.0f}s; faults at "
                   f"{', '.join(f'{t:.0f}s' for t in times) or 'none'}")
     (tmp / "cluster.toml").write_text(CLUSTER)
