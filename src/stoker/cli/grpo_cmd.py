@@ -69,8 +69,8 @@ def grpo(
 
 def _run_roles(cfg: Path, set_: list[str], run_dir: Path | None, resume: bool, name: str,
                roles: str) -> None:
-    from stoker.spec.errors import ConfigError, StokerError
-    from stoker.train.grpo import RECORDS, STATE
+    from stoker.spec.errors import ConfigError
+    from stoker.train.grpo import refuse_reuse
     from stoker.train.grpo_roles import ROLES, launch_local
     from stoker.train.launch import make_run_dir
 
@@ -84,9 +84,7 @@ def _run_roles(cfg: Path, set_: list[str], run_dir: Path | None, resume: bool, n
     if set(counts) != set(ROLES):
         raise ConfigError("--roles", None, f"give every role ({', '.join(ROLES)}): {roles!r}")
     rdir = make_run_dir(name, run_dir)
-    if not resume and ((rdir / RECORDS).exists() or (rdir / STATE).exists()):
-        raise StokerError(f"{rdir} already holds a GRPO run: continue it with --resume, or use "
-                          "another --run-dir")
+    refuse_reuse(rdir, resume)
     Console(stderr=True, highlight=False).print(
         f"stoker grpo: {cfg} -> {rdir} as {roles} (other ranks' output in {rdir / 'logs'})")
     argv = [str(cfg), "--run-dir", str(rdir), *[a for s in set_ for a in ("--set", s)]]

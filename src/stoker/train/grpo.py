@@ -267,6 +267,30 @@ def optimise(model: Transformer, ref: Transformer | None, opt: torch.optim.Optim
     return stats | {"entropy": policy_entropy}
 
 
+def step_record(step: int, rewards: torch.Tensor, prompts: Sequence[list[int]],
+                completions: Sequence[list[int]], iterations: int, gen_s: float,
+                reward_s: float, train_s: float) -> dict[str, Any]:
+    """A step's record: rewards, completion lengths, throughput and the time split."""
+    lengths = [len(c) for c in completions]
+    # Each of the μ iterations runs forward and backward over every prompt and completion
+    # token; the rollout policy's (and reference's) no-grad forward is not counted.
+    trained = iterations * sum(len(p) + n for p, n in zip(prompts, lengths, strict=True))
+    return {"step": step, "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(correction=0)),
+            "exact": float((rewards == 1).float().mean()),
+            "completion_len": sum(lengths) / len(lengths),
+            "gen_tokens_per_s": sum(lengths) / max(gen_s, 1e-9),
+            "train_tokens_per_s": trained / train_s,
+            "gen_s": gen_s, "reward_s": reward_s, "train_s": train_s}
+
+
+def refuse_reuse(run_dir: Path, resume: bool) -> None:
+    """A run dir that holds a GRPO run is continued with --resume, never started over."""
+    if not resume and ((run_dir / RECORDS).exists() or (run_dir / STATE).exists()):
+        raise StokerError(f"{run_dir} already holds a GRPO run: continue it with --resume, "
+                          "or use another --run-dir")
+
+
 class GrpoLoop:
     """The GRPO loop's state: the policy, its frozen reference (β > 0 only), the optimiser, the
     prompt stream and the last step done; `state_dict` is all a resume needs."""
@@ -286,19 +310,8 @@ class GrpoLoop:
         t0 = time.perf_counter()
         stats = grpo_step(self.model, self.ref, self.opt, batch, cfg)
         train_s = time.perf_counter() - t0
-        lengths = [len(c) for c in batch.completions]
-        # Each of the μ iterations runs forward and backward over every prompt and completion
-        # token; the rollout policy's (and reference's) no-grad forward is not counted.
-        trained = cfg.iterations * sum(len(p) + n for p, n in zip(batch.prompts, lengths,
-                                                                   strict=True))
-        record: dict[str, Any] = {
-            "step": self.step, "reward_mean": float(batch.rewards.mean()),
-            "reward_std": float(batch.rewards.std(correction=0)),
-            "exact": float((batch.rewards == 1).float().mean()),
-            "completion_len": sum(lengths) / len(lengths),
-            "gen_tokens_per_s": sum(lengths) / batch.gen_s,
-            "train_tokens_per_s": trained / train_s,
-            "gen_s": batch.gen_s, "reward_s": batch.reward_s, "train_s": train_s, **stats}
+        record = step_record(self.step, batch.rewards, batch.prompts, batch.completions,
+                             cfg.iterations, batch.gen_s, batch.reward_s, train_s) | stats
         if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
             record["pass_at_1"] = pass_at_1(self.model, self.prompts, cfg.max_new_tokens)
         return record
@@ -340,9 +353,7 @@ def run(recipe: GrpoRecipe, run_dir: Path, resume: bool = False,
         torch.set_num_threads(recipe.run.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     records_path, state_path = run_dir / RECORDS, run_dir / STATE
-    if not resume and (records_path.exists() or state_path.exists()):
-        raise StokerError(f"{run_dir} already holds a GRPO run: continue it with --resume, "
-                          "or use another --run-dir")
+    refuse_reuse(run_dir, resume)
     t = recipe.task
     task = TASKS[t.name](min_len=t.min_len, max_len=t.max_len, partial=t.partial)
     prompts = Prompts.make(task, recipe.run.seed, t.held_out)

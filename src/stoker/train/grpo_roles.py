@@ -72,6 +72,7 @@ from stoker.train.grpo import (
     pass_at_1,
     save_state,
     step_line,
+    step_record,
     token_logprobs,
     warmup,
 )
@@ -348,19 +349,10 @@ class Trainer:
         stats = mean_over(optimise(self.model, self.ref, self.opt, *mine, cfg), self.group,
                           keep=("grad_norm",))
         train_s = time.perf_counter() - started
-        lengths = [len(c) for c in batch.completions]
-        trained = cfg.iterations * sum(len(p) + len(c) for p, c in zip(batch.prompts,
-                                                                       batch.completions,
-                                                                       strict=True))
-        return {"step": self.step, "reward_mean": float(batch.rewards.mean()),
-                "reward_std": float(batch.rewards.std(correction=0)),
-                "exact": float((batch.rewards == 1).float().mean()),
-                "completion_len": sum(lengths) / len(lengths),
-                "gen_tokens_per_s": sum(lengths) / max(batch.gen_s, 1e-9),
-                "train_tokens_per_s": trained / train_s,
-                "gen_s": batch.gen_s, "reward_s": batch.reward_s, "train_s": train_s,
-                "wait_s": batch.wait_s, "sync_take_s": batch.sync_take_s,
-                "staleness": self.step - 1 - min(batch.versions), **stats}
+        record = step_record(self.step, batch.rewards, batch.prompts, batch.completions,
+                             cfg.iterations, batch.gen_s, batch.reward_s, train_s)
+        return record | {"wait_s": batch.wait_s, "sync_take_s": batch.sync_take_s,
+                         "staleness": self.step - 1 - min(batch.versions), **stats}
 
     def checkpoint(self) -> None:
         from torch.distributed.checkpoint.state_dict import (
