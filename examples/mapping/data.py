@@ -52,6 +52,11 @@ def make_frames(town_seed: int, drives: int, frames: int, version: int = 1,
     return shard
 
 
+def frame_inputs(shard: dict[str, Any], i: int) -> dict[str, np.ndarray]:
+    """Frame ``i``'s inputs by name (float32), as `sensors.sense` made them."""
+    return {k: shard["inputs"][i][j].astype(np.float32) for j, k in enumerate(INPUTS)}
+
+
 def save(shard: dict[str, Any], path: Path) -> None:
     with path.open("wb") as f:  # np.savez would add .npz to a path without it
         np.savez_compressed(f, **shard)

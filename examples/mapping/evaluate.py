@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from data import INPUTS
+from data import INPUTS, frame_inputs
 from metrics import THRESHOLDS, IouCounts, ap_from_matches, match, vectorize
 from sensors import Pose, view_elements
 from world import CLASSES, Element, make_town, with_construction
@@ -65,8 +65,7 @@ def evaluate(predict: Predict, shards: list[dict[str, np.ndarray]]) -> dict[str,
     for shard in shards:
         elements = list(town_elements(int(shard["town"]), int(shard["version"])))
         for i in range(len(shard["inputs"])):
-            frame = {k: shard["inputs"][i][j].astype(np.float32) for j, k in enumerate(INPUTS)}
-            probabilities = predict(frame)
+            probabilities = predict(frame_inputs(shard, i))
             pose = Pose(*map(float, shard["pose"][i]))
             truth = view_elements(elements, pose)
             condition = str(shard["condition"][i])

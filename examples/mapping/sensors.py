@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -63,11 +64,14 @@ def to_town(points: np.ndarray, pose: Pose) -> np.ndarray:
                      s * points[:, 0] + c * points[:, 1] + pose.y], axis=1)
 
 
+@cache
 def pixel_centres() -> np.ndarray:
-    """Every pixel's centre in the ego frame: [H, W, 2]."""
+    """Every pixel's centre in the ego frame: [H, W, 2] (one read-only array, made once)."""
     xs = -X_M + RES * (np.arange(W) + 0.5)
     ys = Y_M - RES * (np.arange(H) + 0.5)
-    return np.stack(np.meshgrid(xs, ys), axis=-1)
+    centres = np.stack(np.meshgrid(xs, ys), axis=-1)
+    centres.setflags(write=False)
+    return centres
 
 
 def to_pixels(ego: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,12 +196,13 @@ def sense(town: Town, pose: Pose, conditions: Conditions, rng: np.random.Generat
     height = np.zeros((H, W), np.float32)
     height[curb] = 0.15
     parked = park(road, rng, cars)
+    centres = pixel_centres()
     for x, y, length, width in parked:
-        box = ((np.abs(pixel_centres()[..., 0] - x) <= length / 2)
-               & (np.abs(pixel_centres()[..., 1] - y) <= width / 2))
+        box = ((np.abs(centres[..., 0] - x) <= length / 2)
+               & (np.abs(centres[..., 1] - y) <= width / 2))
         height[box], intensity[box] = CAR[2], 0.2
     noise, dropout = (0.06, 0.25) if conditions.rain else (0.02, 0.08)
-    ranges = np.linalg.norm(pixel_centres(), axis=-1)
+    ranges = np.linalg.norm(centres, axis=-1)
     lost = rng.random((H, W)) < dropout * ranges / ranges.max()
     lost |= shadowed(parked)
     intensity = intensity + rng.normal(0, noise, (H, W)).astype(np.float32)

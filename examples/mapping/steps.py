@@ -9,8 +9,8 @@ from typing import Any
 import baseline
 import numpy as np
 from curate import candidates, coverage, select
-from data import load, make_frames, save
-from evaluate import evaluate, model_predictor
+from data import frame_inputs, load, make_frames, save
+from evaluate import Predict, evaluate, model_predictor
 from label import Annotator, annotate
 
 from stoker.pipeline import StepContext
@@ -50,26 +50,36 @@ def label(ctx: StepContext) -> dict[str, Any]:
     truth = np.stack([shards[s]["masks"][i] for s, i in picked])
     masks, report = annotate(truth, float(p["budget"]), np.random.default_rng(int(p["seed"])),
                              who)
-    rows = picked[:len(masks)]
-    # the direction target only where the annotator drew a line
-    directions = [np.where(masks[j].any(axis=0), shards[s]["directions"][i], -1)
-                  for j, (s, i) in enumerate(rows)]
-    save({"inputs": np.stack([shards[s]["inputs"][i] for s, i in rows]), "masks": masks,
-          "directions": np.stack(directions).astype(np.int8)}, ctx.outputs["labelled"])
+    save(labelled(shards, picked[:len(masks)], masks), ctx.outputs["labelled"])
     return report
 
 
-def score(ctx: StepContext) -> dict[str, Any]:
-    """The trained model and the non-learned baseline on the held-out towns' frames."""
+def labelled(shards: list[dict[str, np.ndarray]], rows: list[list[int]],
+             masks: np.ndarray) -> dict[str, np.ndarray]:
+    """The training shard of frames ``rows`` (shard, frame) with the annotator's masks; the
+    direction target only where the annotator drew a line."""
+    directions = [np.where(masks[j].any(axis=0), shards[s]["directions"][i], -1)
+                  for j, (s, i) in enumerate(rows)]
+    return {"inputs": np.stack([shards[s]["inputs"][i] for s, i in rows]), "masks": masks,
+            "directions": np.stack(directions).astype(np.int8)}
+
+
+def trained_predictor(ctx: StepContext) -> Predict:
+    """The BEV model of input ``model`` (a safetensors file), as a frame predictor."""
     import torch
     from safetensors.torch import load_file
     from task import BevNet
 
+    torch.set_num_threads(1)
     model = BevNet(int(ctx.params["width"]))
     model.load_state_dict(load_file(ctx.inputs["model"]))
-    torch.set_num_threads(1)
+    return model_predictor(model)
+
+
+def score(ctx: StepContext) -> dict[str, Any]:
+    """The trained model and the non-learned baseline on the held-out towns' frames."""
     shards = [load(f) for f in ctx.paths("heldout")]
-    report = {"model": evaluate(model_predictor(model), shards),
+    report = {"model": evaluate(trained_predictor(ctx), shards),
               "baseline": evaluate(baseline.predict, shards)}
     ctx.outputs["report"].write_text(json.dumps(report, indent=1) + "\n")
     return {who: {"mAP": round(r["overall"]["mAP"], 4),
@@ -82,27 +92,19 @@ def survey(ctx: StepContext) -> dict[str, Any]:
     (map version 1) and after its construction works (version 2): the fused version-2 map
     against the truth, and the version-1 map's elements the new drives no longer support
     against the ids the works really changed."""
-    import torch
-    from evaluate import model_predictor, town_elements
+    from evaluate import town_elements
     from mapbuild import FusedGrid, changed_elements
     from metrics import THRESHOLDS, ap_from_matches, match
-    from safetensors.torch import load_file
     from sensors import Pose
-    from task import BevNet
     from world import CLASSES, make_town, with_construction
 
-    torch.set_num_threads(1)
-    model = BevNet(int(ctx.params["width"]))
-    model.load_state_dict(load_file(ctx.inputs["model"]))
-    predict = model_predictor(model)
+    predict = trained_predictor(ctx)
     shard = load(ctx.inputs["after"])  # type: ignore[arg-type]
     seed = int(shard["town"])
     before, after = make_town(seed), with_construction(make_town(seed), seed=seed + 1000)
     grid = FusedGrid.around(after)
     for i in range(len(shard["inputs"])):
-        frame = {k: shard["inputs"][i][j].astype(np.float32)
-                 for j, k in enumerate(("height", "intensity", "camera"))}
-        grid.add(predict(frame), Pose(*map(float, shard["believed"][i])))
+        grid.add(predict(frame_inputs(shard, i)), Pose(*map(float, shard["believed"][i])))
     mean = grid.mean()
     observed = {e.id for e in before.elements if grid.along(e, mean)[0] >= 0.8}
     found = changed_elements(before.elements, grid)
@@ -164,15 +166,7 @@ def doubt(ctx: StepContext) -> dict[str, Any]:
     """The first model's view of the unlabelled pool: each frame's uncertainty (the mean
     binary entropy of its class probabilities over the pixels it is unsure of, scaled to 0..1)
     and its predicted masks, the second round's pre-labels."""
-    import torch
-    from evaluate import model_predictor
-    from safetensors.torch import load_file
-    from task import BevNet
-
-    torch.set_num_threads(1)
-    model = BevNet(int(ctx.params["width"]))
-    model.load_state_dict(load_file(ctx.inputs["model"]))
-    predict = model_predictor(model)
+    predict = trained_predictor(ctx)
     shards = [load(f) for f in ctx.paths("frames")]
     done = {tuple(k) for k in json.loads(ctx.inputs["selection"].read_text())["frames"]}  # type: ignore[union-attr]
     keys, uncertainty, prelabels = [], [], []
@@ -180,9 +174,7 @@ def doubt(ctx: StepContext) -> dict[str, Any]:
         for i in range(len(shard["inputs"])):
             if (s, i) in done:
                 continue
-            frame = {k: shard["inputs"][i][j].astype(np.float32)
-                     for j, k in enumerate(("height", "intensity", "camera"))}
-            prob = predict(frame).clip(1e-6, 1 - 1e-6)
+            prob = predict(frame_inputs(shard, i)).clip(1e-6, 1 - 1e-6)
             entropy = -(prob * np.log2(prob) + (1 - prob) * np.log2(1 - prob))
             unsure = entropy > 0.1
             keys.append((s, i))
@@ -224,14 +216,6 @@ def label_again(ctx: StepContext) -> dict[str, Any]:
     truth = np.stack([shards[s]["masks"][i] for s, i in picked])
     masks, report = annotate(truth, float(p["budget"]), np.random.default_rng(int(p["seed"])),
                              who, prelabels=prelabels)
-    rows = picked[:len(masks)]
-    directions = [np.where(masks[j].any(axis=0), shards[s]["directions"][i], -1)
-                  for j, (s, i) in enumerate(rows)]
-    first = load(ctx.inputs["first"])  # type: ignore[arg-type]
-    save({"inputs": np.concatenate([first["inputs"],
-                                    np.stack([shards[s]["inputs"][i] for s, i in rows])]),
-          "masks": np.concatenate([first["masks"], masks]),
-          "directions": np.concatenate([first["directions"],
-                                        np.stack(directions).astype(np.int8)])},
-         ctx.outputs["labelled"])
+    first, more = load(ctx.inputs["first"]), labelled(shards, picked[:len(masks)], masks)  # type: ignore[arg-type]
+    save({k: np.concatenate([first[k], more[k]]) for k in more}, ctx.outputs["labelled"])
     return report
