@@ -193,8 +193,8 @@ def create_app(plane: ControlPlane, tokens: TokenBook, run_plane: bool = True) -
         try:
             job, created = plane.submit(who.name, body, key, admin=who.admin)
         except ConfigError as e:
-            parts = key_parts(e.key)  # the job's keys, or the submission's own (code)
-            where = parts if parts[:1] in (["train"], ["code"]) else ["job", *parts]
+            parts = key_parts(e.key)  # the job's keys, or the submission's own code
+            where = parts if parts == ["code"] else ["job", *parts]
             raise _unprocessable(["body", *where], e.reason) from None
         except Conflict as e:
             raise HTTPException(409, str(e)) from None

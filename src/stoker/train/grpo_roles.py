@@ -124,14 +124,21 @@ class Exchange:
         torch.save(obj, tmp)
         os.replace(tmp, self.root / name)
 
-    def get(self, name: str, timeout_s: float = 600.0) -> Any:
+    def get(self, name: str) -> Any:
         path = self.root / name
-        deadline = time.monotonic() + timeout_s
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {name} in {self.root} after {timeout_s:.0f} s")
-            time.sleep(POLL_S)
+        poll(lambda: path.exists() or None, f"{name} in {self.root}")
         return torch.load(path, weights_only=False)
+
+
+def poll(found: Callable[[], Any], what: str, timeout_s: float = 600.0) -> Any:
+    """``found()`` once it is not None, asked every `POLL_S`; TimeoutError after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (value := found()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+    return value
 
 
 class WeightSync:
@@ -176,16 +183,14 @@ class WeightSync:
             self.have = int(header)
         return self.have, spent
 
-    def _newest_file(self, at_least: int, timeout_s: float = 600.0) -> int:
-        deadline = time.monotonic() + timeout_s
-        while True:
+    def _newest_file(self, at_least: int) -> int:
+        def newest() -> int | None:
             versions = [int(p.stem.split("-")[1]) for p in self.exchange.root.glob("weights-*.pt")]
-            if versions and max(versions) >= at_least:
-                return max(versions)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no weights of version {at_least} or newer in "
-                                   f"{self.exchange.root} after {timeout_s:.0f} s")
-            time.sleep(POLL_S)
+            return max(versions) if versions and max(versions) >= at_least else None
+
+        version: int = poll(newest, f"weights of version {at_least} or newer in "
+                                    f"{self.exchange.root}")
+        return version
 
 
 # --- the roles --------------------------------------------------------------------------------
