@@ -55,10 +55,10 @@ def load(src: Path, tag: str) -> tuple[ModuleType, ModuleType]:
 def plain(obj: object) -> object:
     """``obj`` made of tuples, comparable across two copies of the modules."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return (type(obj).__name__,) + tuple(plain(getattr(obj, f.name))
-                                             for f in dataclasses.fields(obj))
+        return (type(obj).__name__, *(plain(getattr(obj, f.name))
+                                      for f in dataclasses.fields(obj)))
     if isinstance(obj, dict):
-        return ("dict",) + tuple((plain(k), plain(v)) for k, v in obj.items())
+        return ("dict", *((plain(k), plain(v)) for k, v in obj.items()))
     if isinstance(obj, list | tuple):
         return tuple(plain(x) for x in obj)
     return obj
