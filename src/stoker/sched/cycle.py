@@ -1027,7 +1027,10 @@ class _Cycle:
                       ) -> tuple[preempt.Chosen, Placement] | None:
         own, claimed, borrowed, others = self._eligible(qs, job, flavor, total, must_reclaim)
         account = qs.accounts[flavor]
-        if not self._could_fit(account, flavor, total, own + claimed + borrowed):
+        short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
+        threshold = _threshold(qs.queue, job)
+        plan = self._plan_search(account, short, threshold, own, claimed, borrowed)
+        if not plan or not self._could_fit(account, flavor, total, own + claimed + borrowed):
             return None
 
         def quota_fits(allow_borrowing: bool) -> bool:
@@ -1040,8 +1043,20 @@ class _Cycle:
         failed = ((flavor, job.ranks, job.per_rank, level, job.topology_required, job.avoid)
                   in self.failed_shapes)
         sim = preempt.Simulation(self.nodes, quota_fits, place, job.per_rank, job.ranks, failed)
-        short = account.short(total) or [r for r, v in enumerate(total) if v > 0]
-        return self._search(qs, job, sim, account, total, own, claimed, borrowed, others, short)
+        size = len(total)
+        own_freed = _freed(own, size)
+        others_freed = _freed(claimed + borrowed, size, borrowed_only=True)
+        for allow_borrowing, groups in plan:
+            if not _quota_bound(account, total, own_freed, others_freed, allow_borrowing):
+                continue
+            if groups is None:  # fair sharing
+                return preempt.fair(sim, self.quota, account, total, own + claimed + borrowed,
+                                    short, threshold)
+            found = preempt.minimal(sim, account, preempt.ordered(groups), others, short,
+                                    allow_borrowing, threshold)
+            if found is not None:
+                return found
+        return None
 
     def _could_fit(self, account: QuotaAccount, flavor: str, total: list[int],
                    selections: list[preempt.Selection]) -> bool:
@@ -1052,62 +1067,41 @@ class _Cycle:
         freed = _freed(selections, len(total))
         return all(v <= t + f for v, t, f in zip(total, pool.total, freed, strict=True) if v > 0)
 
-    def _search(self, qs: _QueueState, job: PendingJob, sim: preempt.Simulation,
-                account: QuotaAccount, total: list[int], own: list[preempt.Selection],
-                claimed: list[preempt.Selection], borrowed: list[preempt.Selection],
-                others: dict[QuotaAccount, preempt.OtherQueue], short: list[int]
-                ) -> tuple[preempt.Chosen, Placement] | None:
-        """Kueue's classical strategy: which candidates, and whether the preemptor may borrow.
+    def _plan_search(self, account: QuotaAccount, short: list[int], threshold: int | None,
+                     own: list[preempt.Selection], claimed: list[preempt.Selection],
+                     borrowed: list[preempt.Selection]
+                     ) -> list[tuple[bool, list[list[preempt.Selection]] | None]]:
+        """Kueue's classical strategy: the searches to run in turn, each whether the preemptor
+        may borrow and its candidate groups (None: fair sharing's search); none that has no
+        candidates to take.
 
         Without borrow_within_cohort, other queues' borrowers are taken only if the preemptor
         then stays within its nominal quota, unless it has the hierarchical claim on their
         quota; with it, those of priority below the threshold are taken while it borrows.
         """
-        q = qs.queue
-        threshold = None
-        if q.borrow_within_cohort == "LowerPriority":
-            threshold = job.priority
-            if q.borrow_max_priority is not None and q.borrow_max_priority < threshold:
-                threshold = q.borrow_max_priority + 1
-        groups = [claimed, borrowed, own]
-        size = len(total)
-        own_freed = _freed(own, size)
-        others_freed = _freed(claimed + borrowed, size, borrowed_only=True)
-
-        def minimal(allow_borrowing: bool) -> tuple[preempt.Chosen, Placement] | None:
-            if not _quota_bound(account, total, own_freed, others_freed, allow_borrowing):
-                return None
-            taken = groups
+        def groups(allow_borrowing: bool) -> list[list[preempt.Selection]]:
             if allow_borrowing and threshold is None:
                 # `preempt.minimal` passes over the other borrowers' jobs then: leave them out.
-                taken = [claimed, own]
-                if not claimed and not own:
-                    return None
-            return preempt.minimal(sim, account, preempt.ordered(taken), others, short,
-                                   allow_borrowing, threshold)
+                return [claimed, own]
+            return [claimed, borrowed, own]
 
         if not claimed and not borrowed:
-            return minimal(True)
-        if self.policy.fair_sharing:
-            if not _quota_bound(account, total, own_freed, others_freed, True):
-                return None
-            return preempt.fair(sim, self.quota, account, total, own + claimed + borrowed,
-                                short, threshold)
-        usage, nominal = account.usage, account.nominal
-        under_nominal = all(usage[r] < nominal[r] for r in short)
-        if threshold is None and not under_nominal:
             attempts: tuple[bool, ...] = (True,)
-        elif threshold is None and not claimed:
-            attempts = (False, True)
+        elif self.policy.fair_sharing:
+            return [(True, None)]
         else:
-            attempts = (True, False)
-        for allow_borrowing in attempts:
-            if not allow_borrowing and attempts[0] and not borrowed:
-                break  # the same candidates as with borrowing, and a stricter fit
-            found = minimal(allow_borrowing)
-            if found is not None:
-                return found
-        return None
+            usage, nominal = account.usage, account.nominal
+            under_nominal = all(usage[r] < nominal[r] for r in short)
+            if threshold is None and not under_nominal:
+                attempts = (True,)
+            elif threshold is None and not claimed:
+                attempts = (False, True)
+            elif borrowed:
+                attempts = (True, False)
+            else:  # without borrowing: the same candidates, and a stricter fit
+                attempts = (True,)
+        return [(allow_borrowing, taken) for allow_borrowing in attempts
+                if any(taken := groups(allow_borrowing))]
 
     def _hold_without_victims(self, qs: _QueueState, flavors: list[str],
                               total: list[int]) -> None:
@@ -1249,6 +1243,17 @@ def _borrow_level(accounts: Iterable[QuotaAccount], total: list[int]) -> int:
             else:
                 least = min(least, account.borrow_level(total))
     return int(least) if least < INF else 0
+
+
+def _threshold(q: Queue, job: PendingJob) -> int | None:
+    """Kueue's borrow-within-cohort threshold: other queues' jobs below this priority may be
+    preempted while the preemptor borrows (None: none may)."""
+    if q.borrow_within_cohort != "LowerPriority":
+        return None
+    threshold = job.priority
+    if q.borrow_max_priority is not None and q.borrow_max_priority < threshold:
+        threshold = q.borrow_max_priority + 1
+    return threshold
 
 
 def _borrow_after(account: QuotaAccount, total: list[int], chosen: preempt.Chosen) -> int:

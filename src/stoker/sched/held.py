@@ -49,9 +49,10 @@ class Held:
         if gone and added:
             self._rekey(current, gone, added)
         nodes: set[int] = set()
+        tally = _Tally()
         for k in gone:
             job, placement = self.jobs.pop(k)
-            self._count(job, placement, -1, nodes)
+            tally.count(job, placement, -1, self.layout.pool_of, nodes)
             for at, _ in placement:
                 del self.on_node[at][k]
         index = self.layout.index
@@ -66,7 +67,8 @@ class Held:
             self.jobs[k] = (job, placement)
             for at, count in placement:
                 self.on_node.setdefault(at, {})[k] = (job.per_rank, count)
-            self._count(job, placement, 1, nodes)
+            tally.count(job, placement, 1, self.layout.pool_of, nodes)
+        self._settle(tally)
         self._refresh_nodes(nodes)
 
     def _changes(self, running: Sequence[RunningJob]
@@ -122,21 +124,22 @@ class Held:
             gone.discard(old)
             added.discard(k)
 
-    def _count(self, job: RunningJob, placement: Placement, sign: int, nodes: set[int]) -> None:
-        """Add (``sign`` 1) or take away (-1) what ``job`` holds on its nodes and quota."""
-        pool_of, taken, per_rank = self.layout.pool_of, self.taken, job.per_rank
-        for at, count in placement:
-            nodes.add(at)
-            flavor = pool_of[at]
-            if flavor is not None:
-                _add(taken[flavor], per_rank, sign * count)
-        key = (job.queue, job.flavor)
-        total = self.usage.get(key)
-        if total is None:
-            total = self.usage[key] = [0] * len(per_rank)
-        _add(total, per_rank, sign * len(job.nodes))
-        if not any(total):
-            del self.usage[key]
+    def _settle(self, tally: _Tally) -> None:
+        """Add what the jobs counted in ``tally`` hold to the pools and the queues' usage."""
+        for (flavor, per_rank), ranks in tally.on_pools.items():
+            if ranks:
+                _add(self.taken[flavor], per_rank, ranks)
+        usage = self.usage
+        for (queue, flavor, per_rank), ranks in tally.by_queue.items():
+            if not ranks:
+                continue
+            key = (queue, flavor)
+            total = usage.get(key)
+            if total is None:
+                total = usage[key] = [0] * len(per_rank)
+            _add(total, per_rank, ranks)
+            if not any(total):
+                del usage[key]
 
     def _refresh_nodes(self, nodes: set[int]) -> None:
         layout = self.layout
@@ -164,6 +167,31 @@ class Held:
         for flavor in pools:
             self.pools[flavor].total = list(map(sub, layout.pools[flavor].total,
                                                 self.taken[flavor]))
+
+
+class _Tally:
+    """Ranks held, by rank shape: on each pool, and by each queue on each flavor (summed first,
+    then added once per shape: a shape's ranks are many jobs' when a cycle starts afresh)."""
+
+    __slots__ = ("by_queue", "on_pools")
+
+    def __init__(self) -> None:
+        self.on_pools: dict[tuple[str, Resources], int] = {}
+        self.by_queue: dict[tuple[str, str, Resources], int] = {}
+
+    def count(self, job: RunningJob, placement: Placement, sign: int,
+              pool_of: list[str | None], nodes: set[int]) -> None:
+        """Count (``sign`` 1) or take away (-1) what ``job`` holds; add its nodes to
+        ``nodes``."""
+        per_rank, on_pools = job.per_rank, self.on_pools
+        for at, ranks in placement:
+            nodes.add(at)
+            flavor = pool_of[at]
+            if flavor is not None:
+                key = (flavor, per_rank)
+                on_pools[key] = on_pools.get(key, 0) + sign * ranks
+        mine = (job.queue, job.flavor, per_rank)
+        self.by_queue[mine] = self.by_queue.get(mine, 0) + sign * len(job.nodes)
 
 
 LOOK_AHEAD = 8  # how far `_difference` looks for a job taken out or put in

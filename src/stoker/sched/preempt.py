@@ -32,13 +32,15 @@ Rank = tuple[int, float]
 class Victim:
     """A running job as a preemption candidate."""
 
-    __slots__ = ("account", "gone", "job", "key", "per_rank", "placement", "rank", "total")
+    __slots__ = ("account", "gone", "job", "key", "nodes", "per_rank", "placement", "rank",
+                 "total")
 
     def __init__(self, job: RunningJob, account: QuotaAccount | None, placement: Placement,
                  rank: Rank, order: VictimOrder = "stoker") -> None:
         self.job = job
         self.account = account
         self.placement = placement
+        self.nodes = [i for i, _ in placement]  # the indices of its nodes
         self.per_rank = per_rank = job.per_rank
         n = len(job.nodes)
         self.total = [p * n for p in per_rank]
@@ -243,7 +245,8 @@ class Simulation:
     """Removes and restores candidates in the quota tree and the node state, and tells whether
     the preemptor fits (quota first, then nodes).
 
-    Node checks whose answer is known are skipped: removing victims only adds free capacity,
+    Checks whose answer is known are skipped. Removing victims only lowers usage, so once the
+    quota fits it fits until a victim is restored. Removing victims only adds free capacity,
     so after a failed check the preemptor (one rank or a gang) can newly fit only if a node
     freed since holds one of its ranks (whether a placement exists depends only on how many
     ranks each node holds); restoring a victim takes capacity only from its own nodes, so a
@@ -261,6 +264,7 @@ class Simulation:
         # The last node check failed (still true: capacity only grew); ``failed``: the caller
         # knows that the preemptor does not fit on the nodes as they are.
         self.failed = failed
+        self.quota_ok = False  # the quota fits (and will until a victim is restored)
         self.freed: list[int] = []  # nodes given capacity since that check
         self.found: Placement | None = None  # a placement valid in the current node state
         self.found_on: set[int] = set()
@@ -270,18 +274,21 @@ class Simulation:
             v.account.remove(v.total)
         self.nodes.give(v.placement, v.per_rank)
         if self.failed:
-            self.freed.extend(i for i, _ in v.placement)
+            self.freed.extend(v.nodes)
 
     def restore(self, v: Victim) -> None:
+        self.quota_ok = False
         if v.account is not None:
             v.account.add(v.total)
         self.nodes.take(v.placement, v.per_rank)
-        if self.found is not None and any(i in self.found_on for i, _ in v.placement):
+        if self.found is not None and not self.found_on.isdisjoint(v.nodes):
             self.found = None
 
     def fits(self, allow_borrowing: bool) -> Placement | None:
-        if not self.quota_fits(allow_borrowing):
-            return None
+        if not self.quota_ok:
+            if not self.quota_fits(allow_borrowing):
+                return None
+            self.quota_ok = True
         if self.found is not None:
             return self.found
         if self.failed:
