@@ -2,8 +2,14 @@
 `cluster.toml` the server reads or from a trace's node list, optionally cut down.
 
 Without a cluster.toml, each GPU model becomes a flavor and each tenant a queue in one cohort,
-with an equal share of every flavor as nominal quota and no borrowing limit; preemption reclaims
-nominal quota (the "stoker" policy) and lower-priority jobs yield within a queue.
+with an equal share of every flavor as nominal quota and no borrowing limit. Preemption
+(``within_queue`` and ``reclaim_within_cohort`` both "LowerPriority"): a job yields to one of
+higher priority of its queue, and a queue under its nominal quota takes it back from borrowing
+queues' jobs of lower priority; under the default ``[scheduler] order = "las"`` a job of the
+same priority that has run longer (a higher level of attained service) counts as lower, so
+quota comes back from jobs that have run at least the first level (1 GPU-hour), at once from
+lower-priority ones (docs/benchmarks.md, "Stoker's default policy": reclaiming from every
+borrower, "Any", cost mean JCT).
 """
 
 from __future__ import annotations
@@ -100,7 +106,7 @@ def default_config(nodes: list[TraceNode], queues: list[str], source: str) -> Cl
         node_tables.append({"name": _node_name(n.name), "flavor": flavor, "gpus": n.gpus,
                             "labels": dict(n.labels)})
     share = 1.0 / len(queues)
-    preemption = {"within_queue": "LowerPriority", "reclaim_within_cohort": "Any",
+    preemption = {"within_queue": "LowerPriority", "reclaim_within_cohort": "LowerPriority",
                   "borrow_within_cohort": "Never"}
     data = {
         "topology": levels,
