@@ -2,14 +2,13 @@
 `cluster.toml` the server reads or from a trace's node list, optionally cut down.
 
 Without a cluster.toml, each GPU model becomes a flavor and each tenant a queue in one cohort,
-with an equal share of every flavor as nominal quota and no borrowing limit. Preemption
-(``within_queue`` and ``reclaim_within_cohort`` both "LowerPriority"): a job yields to one of
-higher priority of its queue, and a queue under its nominal quota takes it back from borrowing
-queues' jobs of lower priority; under the default ``[scheduler] order = "las"`` a job of the
-same priority that has run longer (a higher level of attained service) counts as lower, so
-quota comes back from jobs that have run at least the first level (1 GPU-hour), at once from
-lower-priority ones (docs/benchmarks.md, "Stoker's default policy": reclaiming from every
-borrower, "Any", cost mean JCT).
+with an equal share of every flavor as nominal quota and no borrowing limit. Preemption: a queue
+under its nominal quota takes it back from every borrowing queue's jobs
+(``reclaim_within_cohort = "Any"``), and a job yields to one of higher priority of its queue
+(``within_queue = "LowerPriority"``), under the default ``[scheduler] order = "las"`` also to
+one of the same priority with less attained service (a lower level). Reclaiming only by level
+("LowerPriority" under "las") gave a lower mean JCT but let queues wait for their nominal quota
+(docs/benchmarks.md, "Stoker's default policy").
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ def default_config(nodes: list[TraceNode], queues: list[str], source: str) -> Cl
         node_tables.append({"name": _node_name(n.name), "flavor": flavor, "gpus": n.gpus,
                             "labels": dict(n.labels)})
     share = 1.0 / len(queues)
-    preemption = {"within_queue": "LowerPriority", "reclaim_within_cohort": "LowerPriority",
+    preemption = {"within_queue": "LowerPriority", "reclaim_within_cohort": "Any",
                   "borrow_within_cohort": "Never"}
     data = {
         "topology": levels,
