@@ -393,12 +393,39 @@ def test_classical_reclaim_needs_the_preemptor_under_nominal() -> None:
     check(case, set(), set())
 
 
-@pytest.mark.parametrize(("order", "victims"), [("las", {"r"}), ("fifo", set())])
-def test_las_preempts_jobs_with_more_attained_service(order: str, victims: set[str]) -> None:
-    case = Case([queue("q", 4)], [pend("p", "q", 4, attained_service=0.0)],
+@pytest.mark.parametrize(("order", "within", "victims"), [
+    ("las", "LowerPriority", {"r"}),  # a lower level of the same priority outranks it
+    ("las", "Never", set()),  # the queue's setting still rules: never is never
+    ("fifo", "LowerPriority", set()),  # Kueue's order: equal priorities, no victim
+])
+def test_las_preempts_jobs_with_more_attained_service(order: str, within: str,
+                                                      victims: set[str]) -> None:
+    case = Case([queue("q", 4, within_queue=within)], [pend("p", "q", 4, attained_service=0.0)],
                 running=[run("r", "q", ["n0"], 4, attained_service=500.0)],
                 policy=Policy(order=order, las_thresholds=(100.0,)))  # type: ignore[arg-type]
     check(case, set(), victims)
+
+
+def test_las_reclaims_from_a_borrower_by_level() -> None:
+    # qa (nominal 4, using 2) reclaims 2 GPUs from qb, which borrows 2 over its nominal 4 on
+    # one 8-GPU node. reclaim_within_cohort = "LowerPriority": under Kueue's order the equal
+    # priorities protect qb's jobs; under las qb's jobs rank by level, and the one that ran
+    # longest (level 2, then the least progress since its checkpoint) goes. Hand-computed:
+    # levels split at 100 and 1,000 GPU-seconds: b-new 50 -> 0, b-mid 500 -> 1, b-old 5,000 -> 2.
+    def case(order: str) -> Case:
+        return Case([queue("qa", 4, "c", reclaim_within_cohort="LowerPriority"),
+                     queue("qb", 4, "c")],
+                    [pend("p", "qa", 2, attained_service=0.0)],
+                    running=[run("a0", "qa", ["n0"], 2),
+                             run("b-new", "qb", ["n0"], 2, attained_service=50.0),
+                             run("b-mid", "qb", ["n0"], 2, attained_service=500.0),
+                             run("b-old", "qb", ["n0"], 2, attained_service=5000.0)],
+                    nodes=nodes(1),
+                    policy=Policy(order=order,  # type: ignore[arg-type]
+                                  las_thresholds=(100.0, 1000.0)))
+    check(case("fifo"), set(), set())
+    d = check(case("las"), set(), {"b-old"})
+    assert [p.reason for p in d.preempt] == ["reclaim"]
 
 
 # --- anti-starvation: a job pending longer than the age holds capacity until it fits ---

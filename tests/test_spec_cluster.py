@@ -145,16 +145,19 @@ def test_kueue_rule_keys_build(tmp_path: Path) -> None:
         == ("MayStopSearch", "TryNextFlavor", "BorrowingOverPreemption")
     policy = build_policy(load_cluster(path))
     assert policy.victim_order == "stoker" and not policy.hold_quota_without_victims
+    assert policy.order == "las"  # Stoker's default; Kueue's order is "fifo"
     cfg = load_cluster(path, ['queues.research.when_can_borrow="TryNextFlavor"',
                               'queues.research.when_can_preempt="MayStopSearch"',
                               'queues.research.flavor_preference="PreemptionOverBorrowing"',
                               'scheduler.victim_order="kueue"',
-                              'scheduler.hold_quota_without_victims=true'])
+                              'scheduler.hold_quota_without_victims=true',
+                              'scheduler.order="fifo"'])
     (research,) = build_queues(cfg)
     assert (research.when_can_borrow, research.when_can_preempt, research.flavor_preference) \
         == ("TryNextFlavor", "MayStopSearch", "PreemptionOverBorrowing")
     policy = build_policy(cfg)
     assert policy.victim_order == "kueue" and policy.hold_quota_without_victims
+    assert policy.order == "fifo"
 
 
 def test_admission_fair_sharing_builds(tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def sim(
     node_list: Path | None = NODE_LIST,
     policy: list[str] = typer.Option(
         [], "--policy", help="fifo (strict), fifo-backfill, sjf, srtf, las, stoker, "
-        "stoker-fair, stoker-afs (repeatable)."),
+        "stoker-kueue, stoker-fair, stoker-afs (repeatable)."),
     nodes: int | None = NODES, sample_nodes: int | None = SAMPLE, every: int | None = EVERY,
     gpus: float | None = GPUS, arrival_scale: float = SCALE, tenant_by: str = TENANT_BY,
     tenants: int = TENANTS,

@@ -369,7 +369,7 @@ class _Cycle:
                 or (q.cohort is not None and q.reclaim_within_cohort != "Never"))
 
     def _within(self, q: Queue) -> str:
-        if self.policy.order in ("las", "srtf") and q.within_queue == "Never":
+        if self.policy.order == "srtf" and q.within_queue == "Never":
             return "LowerPriority"
         return q.within_queue
 

@@ -154,12 +154,14 @@ Policy (algorithm switches; the cluster config supplies defaults via sched.confi
         borrow: "fifo" (priority, then creation time), "sjf" (priority, then expected duration),
         "las" (priority, then the Tiresias level of attained service: levels split at
         ``las_thresholds``, FIFO within a level). Under "las" a job of a lower level counts as
-        higher priority than running jobs of a higher level of the same priority class, and
-        ``within_queue = "Never"`` is read as "LowerPriority", so it preempts them (Tiresias).
+        higher priority than running jobs of a higher level of the same priority class, so a
+        queue whose ``within_queue`` lets it preempt ("LowerPriority", ...) preempts them
+        (Tiresias); "Never" stays never. ``Policy()`` is Kueue's order ("fifo"); a cluster
+        config's ``[scheduler] order`` defaults to "las" (`stoker.spec.cluster`).
         "srtf" (the simulator's oracle baseline; cluster configs do not offer it): ordered as
         "sjf", and a pending job counts as higher priority than running jobs of the same
         priority class with more expected remaining time (``RunningJob.expected_remaining``),
-        with ``within_queue = "Never"`` read as "LowerPriority" too.
+        with ``within_queue = "Never"`` read as "LowerPriority".
     fair_sharing: order queues by weighted dominant-resource share (Kueue fair sharing) and
         let a job preempt in other queues only if it leaves its queue's share no higher than
         the victim queue's share.

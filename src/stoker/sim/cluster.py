@@ -2,8 +2,13 @@
 `cluster.toml` the server reads or from a trace's node list, optionally cut down.
 
 Without a cluster.toml, each GPU model becomes a flavor and each tenant a queue in one cohort,
-with an equal share of every flavor as nominal quota and no borrowing limit; preemption reclaims
-nominal quota (the "stoker" policy) and lower-priority jobs yield within a queue.
+with an equal share of every flavor as nominal quota and no borrowing limit. Preemption: a queue
+under its nominal quota takes it back from every borrowing queue's jobs
+(``reclaim_within_cohort = "Any"``), and a job yields to one of higher priority of its queue
+(``within_queue = "LowerPriority"``), under the default ``[scheduler] order = "las"`` also to
+one of the same priority with less attained service (a lower level). Reclaiming only by level
+("LowerPriority" under "las") gave a lower mean JCT but let queues wait for their nominal quota
+(docs/benchmarks.md, "Stoker's default policy").
 """
 
 from __future__ import annotations

@@ -472,12 +472,14 @@ class Simulator:
                         tenant_usage=usage, resources=self.space)
 
     def _no_victims(self, now: float) -> bool:
-        """Under "las": True when no pending job is at a lower level than a running one, so no
-        victim search can find a victim. Then the running jobs' kept objects give the decisions
-        fresh ones would: their progress (which orders victims) is never read, and their level
-        (how the cycle ranks them) is at most the current one, so they are no victims either."""
+        """Under the `las` baseline: True when no pending job is at a lower level than a
+        running one, so no victim search can find a victim. Then the running jobs' kept objects
+        give the decisions fresh ones would: their progress (which orders victims) is never
+        read, and their level (how the cycle ranks them) is at most the current one, so they
+        are no victims either. Not under the `stoker*` policies with `order = "las"`: there
+        priorities and quota reclaim find victims at any level."""
         policy = self.policy.policy
-        if policy.order != "las":
+        if policy.order != "las" or not self.policy.shared_queue:
             return False
         levels = policy.las_thresholds
         highest = 0

@@ -15,7 +15,10 @@ model, ties to the lowest node index: see `shared_queue`):
                  within a level, a job of a lower level preempts running jobs of a higher one;
                  demoted at the next scheduling event after crossing a level
 Stoker's own (the cluster's queues, quotas, cohorts, priorities and preemption policies):
-  stoker       the cluster config's [scheduler] settings
+  stoker       the cluster config's [scheduler] settings (by default each queue's jobs by least
+               attained service, `order = "las"`)
+  stoker-kueue the same with Kueue's order within each queue (priority, then age: `order =
+               "fifo"`), Stoker's default before
   stoker-fair  the same with fair sharing (weighted dominant-resource share) switched on
   stoker-afs   the same with admission fair sharing switched on (Kueue's usage-based order of
                the tenants, here the trace's users, within each queue), with the settings of
@@ -53,8 +56,8 @@ class SimPolicy:
         return not self.shared_queue
 
 
-POLICIES = ("fifo", "fifo-backfill", "sjf", "srtf", "las", "stoker", "stoker-fair",
-            "stoker-afs")
+POLICIES = ("fifo", "fifo-backfill", "sjf", "srtf", "las", "stoker", "stoker-kueue",
+            "stoker-fair", "stoker-afs")
 # The preemptive baselines let every waiting job look for victims in every cycle (the live
 # scheduler bounds it per queue, `Policy.max_preemption_attempts`; Tiresias and SRTF do not).
 UNBOUNDED = 1 << 62
@@ -81,6 +84,8 @@ def resolve(name: str, cluster: SimCluster,
                          keep_arrival=True, wake_at_level=False)
     if name == "stoker":
         return SimPolicy(name, base, False)
+    if name == "stoker-kueue":
+        return SimPolicy(name, replace(base, order="fifo"), False)
     if name == "stoker-fair":
         return SimPolicy(name, replace(base, fair_sharing=True), False)
     if name == "stoker-afs":

@@ -28,6 +28,7 @@ topology = ["zone", "rack"]          # levels, outermost first; nodes label each
 default_priority_class = "normal"
 
 [scheduler]
+order = "las"                        # or "fifo" (Kueue's: priority, then age), "sjf"
 fair_sharing = false                 # weighted dominant-resource share orders the queues
 starvation_age = "6h"                # a job pending longer gets a reservation
 victim_order = "stoker"              # or "kueue": lower priority, then most recently admitted
@@ -125,6 +126,14 @@ flavors.a100 = { gpu = 8 }
 
 Scheduler keys beyond Kueue's (see docs/architecture.md, the scheduler):
 
+- ``scheduler.order``: the order of each queue's jobs of one priority (and of the queues'
+  heads, after Kueue's borrowing level and priority). "las" (default): least attained service
+  first, by Tiresias levels of GPU-seconds run (1 and 10 GPU-hours), then age; under it a queue
+  that may preempt within itself (``within_queue`` "LowerPriority" or
+  "LowerOrNewerEqualPriority") also preempts its running jobs of the same priority at a higher
+  level, and reclaim compares levels too. "fifo": Kueue's order, priority then age. "sjf":
+  priority, then the job's ``max_run_time`` (shortest first; none: last). Measured in
+  docs/benchmarks.md ("Stoker's default policy").
 - ``scheduler.victim_order``: the order victims are taken in within each of Kueue's groups (jobs
   already being preempted, other queues' jobs the preemptor has a hierarchical claim on, other
   queues' borrowers, the preemptor's own queue). "stoker" (default) loses the least work: lower
@@ -462,7 +471,7 @@ class AdmissionFairSharingConfig(Section):
 class SchedulerConfig(Section):
     fair_sharing: bool = False
     starvation_age: Seconds | None = None
-    order: Literal["fifo", "sjf", "las"] = "fifo"
+    order: Literal["fifo", "sjf", "las"] = "las"
     interval: Seconds = 1.0
     victim_order: Literal["stoker", "kueue"] = "stoker"
     hold_quota_without_victims: bool = False
