@@ -127,6 +127,8 @@ def test_gpu_cluster_builds(tmp_path: Path) -> None:
     ('queues.research.flavor_preference="Borrowing"', "queues.research.flavor_preference"),
     ('scheduler.victim_order="least_work"', "scheduler.victim_order"),
     ('scheduler.hold_quota_without_victims="maybe"', "scheduler.hold_quota_without_victims"),
+    ('scheduler.las_thresholds=["10h", "1h"]', "scheduler.las_thresholds"),
+    ('scheduler.las_thresholds=[0]', "scheduler.las_thresholds.0"),
 ])
 def test_rejected_configs_name_the_key(tmp_path: Path, override: str, key: str) -> None:
     path = gpu_cluster(tmp_path)
@@ -146,6 +148,9 @@ def test_kueue_rule_keys_build(tmp_path: Path) -> None:
     policy = build_policy(load_cluster(path))
     assert policy.victim_order == "stoker" and not policy.hold_quota_without_victims
     assert policy.order == "las"  # Stoker's default; Kueue's order is "fifo"
+    assert policy.las_thresholds == (3600.0, 36000.0)
+    assert build_policy(load_cluster(path, ['scheduler.las_thresholds=["10m", "1h"]'])
+                        ).las_thresholds == (600.0, 3600.0)
     cfg = load_cluster(path, ['queues.research.when_can_borrow="TryNextFlavor"',
                               'queues.research.when_can_preempt="MayStopSearch"',
                               'queues.research.flavor_preference="PreemptionOverBorrowing"',

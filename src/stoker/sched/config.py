@@ -105,7 +105,7 @@ def build_policy(cfg: ClusterConfig) -> Policy:
     s = cfg.scheduler
     afs = cfg.admission_fair_sharing
     return Policy(order=s.order, fair_sharing=s.fair_sharing, starvation_age=s.starvation_age,
-                  victim_order=s.victim_order,
+                  victim_order=s.victim_order, las_thresholds=s.las_thresholds,
                   hold_quota_without_victims=s.hold_quota_without_victims,
                   admission_fair_sharing=(admission_fair_sharing(afs, resource_space(cfg))
                                           if afs.enabled else None))

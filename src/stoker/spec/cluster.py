@@ -29,6 +29,7 @@ default_priority_class = "normal"
 
 [scheduler]
 order = "las"                        # or "fifo" (Kueue's: priority, then age), "sjf"
+las_thresholds = ["1h", "10h"]       # "las" levels: GPU-time run (GPU-hours as "1h")
 fair_sharing = false                 # weighted dominant-resource share orders the queues
 starvation_age = "6h"                # a job pending longer gets a reservation
 victim_order = "stoker"              # or "kueue": lower priority, then most recently admitted
@@ -128,7 +129,8 @@ Scheduler keys beyond Kueue's (see docs/architecture.md, the scheduler):
 
 - ``scheduler.order``: the order of each queue's jobs of one priority (and of the queues'
   heads, after Kueue's borrowing level and priority). "las" (default): least attained service
-  first, by Tiresias levels of GPU-seconds run (1 and 10 GPU-hours), then age; under it a queue
+  first, by Tiresias levels of GPU-seconds run (``scheduler.las_thresholds``, by default 1 and
+  10 GPU-hours), then age; under it a queue
   that may preempt within itself (``within_queue`` "LowerPriority" or
   "LowerOrNewerEqualPriority") also preempts its running jobs of the same priority at a higher
   level, and reclaim compares levels too. "fifo": Kueue's order, priority then age. "sjf":
@@ -472,9 +474,18 @@ class SchedulerConfig(Section):
     fair_sharing: bool = False
     starvation_age: Seconds | None = None
     order: Literal["fifo", "sjf", "las"] = "las"
+    # Tiresias levels under order = "las": GPU-time run (a GPU-hour is "1h"), ascending.
+    las_thresholds: tuple[Seconds, ...] = (3600.0, 36000.0)
     interval: Seconds = 1.0
     victim_order: Literal["stoker", "kueue"] = "stoker"
     hold_quota_without_victims: bool = False
+
+    @field_validator("las_thresholds")
+    @classmethod
+    def _ascending(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if list(levels) != sorted(set(levels)):
+            raise ValueError("must be strictly ascending, e.g. [\"1h\", \"10h\"]")
+        return levels
 
 
 class ClusterConfig(Section):
