@@ -93,7 +93,8 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     running = submit(store, spec)
     store.transition(running.id, (Q,), (A,), "x", "t",
                      {"placement": {"flavor": "cpu", "nodes": ["local", "local"]},
-                      "admitted_at": 10.0, "stop_reason": "preempt"})
+                      "admitted_at": 10.0, "stop_reason": "preempt", "started_at": 40.0,
+                      "attained_s": 500.0})
     ready = submit(store, spec)
     backing_off = submit(store, spec)
     store.annotate(backing_off.id, (Q,), "x", "x", "t", {"not_before": 1e12})
@@ -107,6 +108,7 @@ def test_snapshot_splits_running_pending_and_backoff(store: SqlStore,
     assert (r.id, r.nodes, r.progress, r.preempting) == (running.id, ("local", "local"), 7.0,
                                                          True)
     assert r.per_rank == res(0, 1, 0)
+    assert r.attained_service == 500.0 + 60.0 * 2  # earlier attempts, and 60 s of this one
     rows = usage(snap)
     assert [(u.queue, u.resource, u.used, u.borrowed) for u in rows] == [
         ("a", "cpu", 2.0, 0.0), ("b", "cpu", 0.0, 0.0)]

@@ -44,7 +44,13 @@ from stoker.control.nodes import node_record, with_cordons
 from stoker.control.quotas import with_overrides
 from stoker.control.run_telemetry import flagged_at_end
 from stoker.control.sched_state import StoredState
-from stoker.control.snapshot import build_snapshot, job_spec, per_rank, unknown_resources
+from stoker.control.snapshot import (
+    build_snapshot,
+    job_spec,
+    per_rank,
+    service,
+    unknown_resources,
+)
 from stoker.control.states import ACTIVE, is_held
 from stoker.control.store import CauseRecord, CheckOutcome, JobRecord, Store
 from stoker.sched import (
@@ -736,15 +742,7 @@ class Reconciler:
     def _stopped(self, job: JobRecord, spec: JobSpec, now: float) -> dict[str, Any]:
         """Changes common to every end of an attempt: service attained, stop cleared."""
         ran = max(0.0, now - (job.started_at or now))
-        if spec.roles is None:
-            r = spec.resources
-            service = ran * spec.ranks * (r.gpu_count or r.cpu_count)
-        else:  # GPU-seconds of every role; CPU-seconds for a job without any GPU
-            roles = spec.job_roles()
-            gpus = sum(role.ranks * role.resources.gpu_count for role in roles)
-            service = ran * (gpus or sum(role.ranks * role.resources.cpu_count
-                                         for role in roles))
-        return {"attained_s": job.attained_s + service, "stop_reason": None,
+        return {"attained_s": job.attained_s + service(spec, ran), "stop_reason": None,
                 "stop_requested_at": None, "term_sent_at": None}
 
     # --- stopping -------------------------------------------------------------------------------

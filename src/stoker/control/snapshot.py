@@ -87,15 +87,29 @@ def expected_ends(records: Iterable[JobRecord]) -> dict[int, float]:
     return ends
 
 
-def running_jobs(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progress: float
-                 ) -> list[RunningJob]:
+def service(spec: JobSpec, seconds: float) -> float:
+    """What ``seconds`` of a job's run count as attained service (the "las" order): GPU-seconds
+    of every rank of every role; CPU-seconds for a job without any GPU."""
+    if spec.roles is None:
+        r = spec.resources
+        return seconds * spec.ranks * (r.gpu_count or r.cpu_count)
+    roles = spec.job_roles()
+    gpus = sum(role.ranks * role.resources.gpu_count for role in roles)
+    return seconds * (gpus or sum(role.ranks * role.resources.cpu_count for role in roles))
+
+
+def running_jobs(cluster: ClusterConfig, record: JobRecord, spec: JobSpec, progress: float,
+                 now: float) -> list[RunningJob]:
     """An admitted job as the scheduler sees it: one `RunningJob` per role, each with the
-    job's id and that role's flavor, nodes and request."""
+    job's id and that role's flavor, nodes and request, and its service over every attempt,
+    this one included (as the simulator counts it)."""
+    ran = max(0.0, now - record.started_at) if record.started_at is not None else 0.0
+    attained = record.attained_s + service(spec, ran)
     return [RunningJob(
         id=record.id, queue=record.queue, priority=record.priority, flavor=placed.flavor,
         nodes=placed.nodes, per_rank=per_rank(cluster, placed.role),
         created_at=record.queued_at, started_at=record.admitted_at or record.queued_at,
-        progress=progress, attained_service=record.attained_s,
+        progress=progress, attained_service=attained,
         preempting=record.stop_reason is not None, tenant=record.tenant,
     ) for placed in placed_roles(record, spec)]
 
@@ -120,7 +134,7 @@ def build_snapshot(now: float, cluster: ClusterConfig, nodes: Sequence[Node],
         if record.state in ACTIVE and record.placement:
             since = record.admitted_at or now
             running.extend(running_jobs(cluster, record, spec,
-                                        progress.get(record.id, now - since)))
+                                        progress.get(record.id, now - since), now))
         elif record.state == JobState.QUEUED and record.not_before <= now:
             if unknown_resources(cluster, spec):
                 continue  # the cluster no longer has what it asks for: the reconciler fails it
