@@ -6,8 +6,9 @@ Runs examples/mapping/pipeline.toml with `stoker pipeline run` into a fresh stor
 directory, so nothing is cached), then prints, from the score step's report, per class the
 raster IoU and the Chamfer AP at 0.5 / 1.0 / 1.5 m of the trained BEV model and of the
 non-learned baseline on the held-out towns, overall and per condition, the survey's change
-detection, and each step's wall time. ``--set`` goes to the pipeline (e.g.
-``steps.train.params.train.steps=150``).
+detection, and each step's wall time with what it processed (frames; samples for a training
+step) and its rate per second of that wall time, as the run record has them. ``--set`` goes to
+the pipeline (e.g. ``steps.train.params.train.steps=150``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ def main() -> None:
         run = json.loads(done.stdout)
         report, survey = (json.loads(artifact(run, step, name).read_text())
                           for step, name in (("score", "report"), ("survey", "survey")))
-    print(f"pipeline: {wall:.0f} s; " + ", ".join(
-        f"{name} {sum(s['seconds'] for s in step['shards']):.1f} s"
-        for name, step in run["steps"].items()))
+    print(f"pipeline: {wall:.0f} s")
+    print("| step | shards | wall s | processed | per s |\n|---|---:|---:|---:|---:|")
+    for name, step in run["steps"].items():
+        done = [f"{n:g} {unit}" for unit, n in step["processed"].items()]
+        rate = [f"{r:.3g}" for r in step["per_s"].values()]
+        print(f"| {name} | {len(step['shards'])} | {step['ended'] - step['started']:.1f} | "
+              f"{', '.join(done) or '-'} | {', '.join(rate) or '-'} |")
+        for unit, r in step["per_s"].items():
+            figure(f"{name} {unit}/s", r, f"{unit}/s", "higher")
     for who in ("model", "baseline"):
         o = report[who]["overall"]
         print(f"{who:>8}: mAP {o['mAP']:.3f}")
