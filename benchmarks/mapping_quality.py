@@ -1,9 +1,10 @@
 """The map-reconstruction pipeline end to end, and its model quality table (issue 17, item 3).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/mapping_quality.py [--set KEY=VALUE ...]
+    PYTHONPATH=src .venv/bin/python benchmarks/mapping_quality.py [--set KEY=VALUE ...] [--keep DIR]
 
 Runs examples/mapping/pipeline.toml with `stoker pipeline run` into a fresh store (a temporary
-directory, so nothing is cached), then prints, from the score step's report, per class the
+directory, so nothing is cached; ``--keep DIR``: a new directory DIR, kept with the store and
+the releases), then prints, from the score step's report, per class the
 raster IoU and the Chamfer AP at 0.5 / 1.0 / 1.5 m of the trained BEV model and of the
 non-learned baseline on the held-out towns, overall and per condition, the survey's change
 detection, and each step's wall time with what it processed (frames; samples for a training
@@ -14,6 +15,7 @@ the pipeline (e.g. ``steps.train.params.train.steps=150``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -39,8 +41,12 @@ def artifact(run: dict[str, Any], step: str, output: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--keep", type=Path, help="run in this new directory, and keep it")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)  # fails if it exists: the store must start empty
+    with (contextlib.nullcontext(str(args.keep.resolve())) if args.keep is not None
+          else tempfile.TemporaryDirectory()) as tmp:
         sets = [f"store={tmp}/store", "steps.release.params.releases=" + f"{tmp}/releases",
                 *args.sets]
         started = time.perf_counter()
