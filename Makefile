@@ -1,9 +1,9 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# Entry points: `make demo`, `make mapping-demo` and `make test`. They create .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint sandbox postgres chromium vendor-assets
+.PHONY: install demo mapping-demo test lint sandbox postgres chromium vendor-assets
 
 # bubblewrap sandboxes the control plane's jobs (tests/test_tenant_isolation.py). Installed
 # here when missing and this is root (as in CI); elsewhere those tests skip, or fail under CI.
@@ -58,6 +58,11 @@ install: $(BIN)/stoker
 
 demo: install
 	$(BIN)/stoker train examples/tiny.toml --nproc 2
+
+# The map-reconstruction pipeline (examples/mapping/README.md): minutes on 2 cores, then
+# seconds from the cache. ARGS go to `stoker pipeline run` (e.g. ARGS="--set workers=1").
+mapping-demo: install
+	$(BIN)/stoker pipeline run examples/mapping/pipeline.toml $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

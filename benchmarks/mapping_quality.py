@@ -1,18 +1,21 @@
 """The map-reconstruction pipeline end to end, and its model quality table (issue 17, item 3).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/mapping_quality.py [--set KEY=VALUE ...]
+    PYTHONPATH=src .venv/bin/python benchmarks/mapping_quality.py [--set KEY=VALUE ...] [--keep DIR]
 
 Runs examples/mapping/pipeline.toml with `stoker pipeline run` into a fresh store (a temporary
-directory, so nothing is cached), then prints, from the score step's report, per class the
+directory, so nothing is cached; ``--keep DIR``: a new directory DIR, kept with the store and
+the releases), then prints, from the score step's report, per class the
 raster IoU and the Chamfer AP at 0.5 / 1.0 / 1.5 m of the trained BEV model and of the
 non-learned baseline on the held-out towns, overall and per condition, the survey's change
-detection, and each step's wall time. ``--set`` goes to the pipeline (e.g.
-``steps.train.params.train.steps=150``).
+detection, and each step's wall time with what it processed (frames; samples for a training
+step) and its rate per second of that wall time, as the run record has them. ``--set`` goes to
+the pipeline (e.g. ``steps.train.params.train.steps=150``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -38,8 +41,12 @@ def artifact(run: dict[str, Any], step: str, output: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--keep", type=Path, help="run in this new directory, and keep it")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)  # fails if it exists: the store must start empty
+    with (contextlib.nullcontext(str(args.keep.resolve())) if args.keep is not None
+          else tempfile.TemporaryDirectory()) as tmp:
         sets = [f"store={tmp}/store", "steps.release.params.releases=" + f"{tmp}/releases",
                 *args.sets]
         started = time.perf_counter()
@@ -52,9 +59,15 @@ def main() -> None:
         run = json.loads(done.stdout)
         report, survey = (json.loads(artifact(run, step, name).read_text())
                           for step, name in (("score", "report"), ("survey", "survey")))
-    print(f"pipeline: {wall:.0f} s; " + ", ".join(
-        f"{name} {sum(s['seconds'] for s in step['shards']):.1f} s"
-        for name, step in run["steps"].items()))
+    print(f"pipeline: {wall:.0f} s")
+    print("| step | shards | wall s | processed | per s |\n|---|---:|---:|---:|---:|")
+    for name, step in run["steps"].items():
+        done = [f"{n:g} {unit}" for unit, n in step["processed"].items()]
+        rate = [f"{r:.3g}" for r in step["per_s"].values()]
+        print(f"| {name} | {len(step['shards'])} | {step['ended'] - step['started']:.1f} | "
+              f"{', '.join(done) or '-'} | {', '.join(rate) or '-'} |")
+        for unit, r in step["per_s"].items():
+            figure(f"{name} {unit}/s", r, f"{unit}/s", "higher")
     for who in ("model", "baseline"):
         o = report[who]["overall"]
         print(f"{who:>8}: mAP {o['mAP']:.3f}")

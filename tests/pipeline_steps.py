@@ -63,4 +63,5 @@ def rendezvous(ctx: StepContext) -> dict[str, int]:
             raise TimeoutError("the other shards never ran alongside this one")
         time.sleep(0.01)
     (ctx.outputs["out"]).write_text(json.dumps({"shard": ctx.shard, "pid": os.getpid()}))
+    ctx.count(ctx.shard + 1, "items")
     return {"pid": os.getpid()}

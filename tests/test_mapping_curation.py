@@ -99,3 +99,26 @@ def test_fused_true_masks_rebuild_the_map_and_find_what_construction_changed() -
     near = [min(chamfer(e.points, f.points) for f in fused)
             for e in later.elements if e.kind == "divider" and e.id in observed]
     assert np.median(near) < 0.5  # the fused lines lie on the true ones
+
+
+def test_a_change_is_a_long_unsupported_stretch_not_scattered_misses() -> None:
+    from mapbuild import FusedGrid, changed_elements, longest_run
+    from world import CLASSES, Element
+
+    assert longest_run(np.array([0, 1, 1, 0, 1, 1, 1, 0], dtype=bool)) == 3
+    assert longest_run(np.zeros(4, dtype=bool)) == 0
+    line = Element("d", "divider", np.array([[0.0, 10.0], [60.0, 10.0]]))
+
+    def fused_without(gaps: list[tuple[float, float]]) -> FusedGrid:
+        """Every cell seen; the line fused everywhere but in the gaps (x from, x to)."""
+        grid = FusedGrid(np.array([-10.0, 0.0]), np.zeros((len(CLASSES), 40, 160)),
+                         np.ones((40, 160)))
+        xs = [x for x in np.arange(0.25, 60, 0.5) if not any(a <= x < b for a, b in gaps)]
+        rows, cols, _ = grid.cells(np.array([[x, 10.0] for x in xs]))
+        grid.total[CLASSES.index("divider"), rows, cols] = 1.0
+        return grid
+
+    # 16 m of 60 missing, 4 m at a time (a car's shadow, worn paint): no change.
+    assert changed_elements([line], fused_without([(5, 9), (20, 24), (35, 39), (50, 54)])) \
+        == set()
+    assert changed_elements([line], fused_without([(20, 32)])) == {"d"}  # 12 m moved

@@ -201,6 +201,11 @@ def test_fan_out_runs_the_shards_in_parallel_processes(tmp_path: Path) -> None:
     gen = record["steps"]["gen"]["shards"]
     pids = {s["result"]["pid"] for s in gen}
     assert len(pids) == 3  # three processes, all running at once (the rendezvous)
+    # What the shards counted, per shard and in all, and per second of the step's wall time.
+    assert [s["processed"] for s in gen] == [{"items": 1}, {"items": 2}, {"items": 3}]
+    step = record["steps"]["gen"]
+    assert step["processed"] == {"items": 6}
+    assert step["per_s"]["items"] == pytest.approx(6 / (step["ended"] - step["started"]))
     store = Store(str(tmp_path / "store"))
     out = json.loads(Path(store.object_path(
         record["steps"]["all"]["shards"][0]["outputs"]["out"]["digest"])).read_text())
@@ -314,7 +319,10 @@ def test_the_example_trains_as_a_stoker_run_and_is_cached(tmp_path: Path) -> Non
     assert model["output"] == "train.model" and model["step"]["target"] == "train.toml"
     assert model["step"]["inputs"]["data"]["step"]["inputs"]["images"]["output"] == \
         "generate.images"
-    assert set(states(run(example, small)).values()) == {"cached"}
+    assert record["steps"]["train"]["processed"] == {"samples": 2 * 32}  # 2 steps of 32
+    again = run(example, small)
+    assert set(states(again).values()) == {"cached"}
+    assert all(step["processed"] == {} for step in again["steps"].values())  # nothing ran
 
 
 CLUSTER = """

@@ -8,8 +8,10 @@
 Each frame's pixels are placed in the town's frame by the pose the vehicle believes (its
 odometry drifts, so the fused lines blur where drives disagree), and every cell keeps the mean
 probability of the frames that saw it. An element of the previous map is reported changed
-when the new frames saw most of it (``seen``) and, along a share ``unsupported`` of it or
-more, no cell near it holds its class: a line that moved or was removed.
+when the new frames saw most of it (``seen``) and, along one unbroken stretch of at least
+``stretch_m`` metres, no cell near it holds its class: a line that moved or was removed. A
+stretch, not a share of the element: perception misses a line in short pieces (behind a parked
+car, where paint is worn, a crossing's side), which a share adds up; works move metres of it.
 """
 
 from __future__ import annotations
@@ -73,30 +75,40 @@ class FusedGrid:
                 for i, (kind, points, _score) in enumerate(lines)]
 
     def along(self, element: Element, mean: np.ndarray, step: float = RES / 2
-              ) -> tuple[float, float]:
+              ) -> tuple[float, float, float]:
         """(share of the element's points the frames saw, share of those where no cell within
-        a pixel holds its class at probability 0.5: poses drift a little)."""
+        a pixel holds its class at probability 0.5 (poses drift a little), and the longest
+        unbroken stretch of such points, in metres)."""
         rows, cols, inside = self.cells(densify(element.points, step))
         seen = inside.copy()
         seen[inside] = self.count[rows[inside], cols[inside]] > 0
         if not seen.any():
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         k = CLASSES.index(element.kind)
         gh, gw = self.count.shape
         near = np.max([mean[k][np.clip(rows[seen] + dy, 0, gh - 1),
                                np.clip(cols[seen] + dx, 0, gw - 1)]
                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-        return float(seen.mean()), float((near < 0.5).mean())
+        missing = np.zeros(len(seen), dtype=bool)
+        missing[seen] = near < 0.5
+        return float(seen.mean()), float(missing[seen].mean()), longest_run(missing) * step
+
+
+def longest_run(flags: np.ndarray) -> int:
+    """The length of the longest run of True in ``flags``."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((ends - starts).max()) if len(starts) else 0
 
 
 def changed_elements(previous: list[Element], grid: FusedGrid, seen: float = 0.8,
-                     unsupported: float = 0.2) -> set[str]:
+                     stretch_m: float = 10.0) -> set[str]:
     """Ids of the previous map's elements the new frames saw (at least ``seen`` of each) but
-    do not support along at least ``unsupported`` of it."""
+    do not support along an unbroken ``stretch_m`` metres or more."""
     mean = grid.mean()
     out = set()
     for e in previous:
-        share, missing = grid.along(e, mean)
-        if share >= seen and missing >= unsupported:
+        share, _, unsupported_m = grid.along(e, mean)
+        if share >= seen and unsupported_m >= stretch_m:
             out.add(e.id)
     return out

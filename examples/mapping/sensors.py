@@ -82,10 +82,23 @@ def to_pixels(ego: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows, cols, inside
 
 
+REACH = math.hypot(X_M, Y_M) + RES  # no pixel of the view is farther from the ego
+
+
+def in_reach(elements: list[Element], pose: Pose) -> list[Element]:
+    """The elements whose bounding box comes within `REACH` of the ego: the only ones that can
+    touch a pixel of the view (a culling that leaves every raster as it was)."""
+    here = np.array([pose.x, pose.y])
+    return [e for e in elements
+            if np.linalg.norm(np.maximum(0.0, np.maximum(e.points.min(axis=0) - here,
+                                                         here - e.points.max(axis=0))))
+            <= REACH]
+
+
 def rasterize(elements: list[Element], pose: Pose) -> np.ndarray:
     """[3, H, W] bool: the pixels each class's polylines pass through (sampled every RES/4)."""
     masks = np.zeros((len(CLASSES), H, W), dtype=bool)
-    for e in elements:
+    for e in in_reach(elements, pose):
         dense = densify(to_ego(e.points, pose), RES / 4)
         rows, cols, inside = to_pixels(dense)
         masks[CLASSES.index(e.kind), rows[inside], cols[inside]] = True
@@ -99,7 +112,7 @@ def directions(elements: list[Element], pose: Pose) -> np.ndarray:
     """[H, W] int: the orientation bin of the line through each pixel (the last drawn wins),
     -1 where there is none: HDMapNet's direction target, without the sign."""
     out = np.full((H, W), -1, dtype=np.int64)
-    for e in elements:
+    for e in in_reach(elements, pose):
         ego = to_ego(e.points, pose)
         for p, q in itertools.pairwise(ego):
             angle = math.atan2(q[1] - p[1], q[0] - p[0]) % math.pi

@@ -18,11 +18,15 @@ from stoker.pipeline import StepContext
 
 def frames(ctx: StepContext) -> dict[str, Any]:
     """Shard i: the drives through town ``first_town + i`` (map version ``version``)."""
+    import torch
+
+    torch.set_num_threads(1)  # the camera's blur is tiny; shards in parallel share the cores
     p = ctx.params
     town = int(p["first_town"]) + ctx.shard
     shard = make_frames(town, drives=int(p["drives"]), frames=int(p["frames"]),
                         version=int(p.get("version", 1)))
     save(shard, ctx.outputs["frames"])
+    ctx.count(len(shard["inputs"]), "frames")
     return {"town": town, "frames": len(shard["inputs"])}
 
 
@@ -30,6 +34,7 @@ def curate(ctx: StepContext) -> dict[str, Any]:
     """The frames to label: `curate.select` over every shard, within ``budget`` frames."""
     shards = [load(f) for f in ctx.paths("frames")]
     pool = candidates(shards)
+    ctx.count(len(pool), "frames")
     chosen = select(pool, budget=int(ctx.params["budget"]), rarity=float(ctx.params["rarity"]))
     picked = sorted(c.key for c in chosen)
     conditions = {str(c.condition): sum(1 for x in chosen if x.condition == c.condition)
@@ -51,6 +56,7 @@ def label(ctx: StepContext) -> dict[str, Any]:
     masks, report = annotate(truth, float(p["budget"]), np.random.default_rng(int(p["seed"])),
                              who)
     save(labelled(shards, picked[:len(masks)], masks), ctx.outputs["labelled"])
+    ctx.count(len(masks), "frames")
     return report
 
 
@@ -81,6 +87,7 @@ def score(ctx: StepContext) -> dict[str, Any]:
     shards = [load(f) for f in ctx.paths("heldout")]
     report = {"model": evaluate(trained_predictor(ctx), shards),
               "baseline": evaluate(baseline.predict, shards)}
+    ctx.count(sum(len(s["inputs"]) for s in shards), "frames")
     ctx.outputs["report"].write_text(json.dumps(report, indent=1) + "\n")
     return {who: {"mAP": round(r["overall"]["mAP"], 4),
                   "iou": {c: round(v, 4) for c, v in r["overall"]["iou"].items()}}
@@ -105,6 +112,7 @@ def survey(ctx: StepContext) -> dict[str, Any]:
     grid = FusedGrid.around(after)
     for i in range(len(shard["inputs"])):
         grid.add(predict(frame_inputs(shard, i)), Pose(*map(float, shard["believed"][i])))
+    ctx.count(len(shard["inputs"]), "frames")
     mean = grid.mean()
     observed = {e.id for e in before.elements if grid.along(e, mean)[0] >= 0.8}
     found = changed_elements(before.elements, grid)
@@ -180,6 +188,7 @@ def doubt(ctx: StepContext) -> dict[str, Any]:
             keys.append((s, i))
             uncertainty.append(float(entropy[unsure].mean()) if unsure.any() else 0.0)
             prelabels.append(prob >= 0.5)
+    ctx.count(len(keys), "frames")
     np.savez_compressed(ctx.outputs["doubt"].open("wb"), keys=np.array(keys),
                         uncertainty=np.array(uncertainty), prelabels=np.array(prelabels))
     return {"frames": len(keys), "mean_uncertainty": float(np.mean(uncertainty))}
@@ -193,6 +202,7 @@ def curate_again(ctx: StepContext) -> dict[str, Any]:
         doubts = {tuple(map(int, k)): float(u) for k, u in zip(d["keys"], d["uncertainty"],
                                                                strict=True)}
     pool = [c for c in candidates(shards) if c.key in doubts]
+    ctx.count(len(pool), "frames")
     chosen = select(pool, budget=int(ctx.params["budget"]), rarity=float(ctx.params["rarity"]),
                     uncertainty=doubts)
     picked = sorted(c.key for c in chosen)
@@ -218,4 +228,5 @@ def label_again(ctx: StepContext) -> dict[str, Any]:
                              who, prelabels=prelabels)
     first, more = load(ctx.inputs["first"]), labelled(shards, picked[:len(masks)], masks)  # type: ignore[arg-type]
     save({k: np.concatenate([first[k], more[k]]) for k in more}, ctx.outputs["labelled"])
+    ctx.count(len(masks), "frames")
     return report

@@ -7,7 +7,9 @@ the sha256 of its module's source file; for a training step, of the config file,
 module and Stoker's version), its params, the digests of its inputs and its shard. Changing a
 param thus reruns that step and, only when its outputs' bytes change, the steps downstream.
 
-A run's record (`Store` ``runs/<id>.json``) is written after every step; a failed run
+A run's record (`Store` ``runs/<id>.json``) is written after every step, with what each
+step's tasks counted (`StepContext.count`) and, over the tasks that ran, the step's count per
+second of its wall time (its ``processed`` and ``per_s``). A failed run
 stops at the failed step (its finished shards kept), and ``resume`` from it reuses every task
 it finished, even those of ``cache = false`` steps.
 """
@@ -221,6 +223,7 @@ class Runner:
             entry["shards"].append(self._finish(name, step, code, task, call, outcome))
         entry["shards"].sort(key=lambda s: s["shard"])
         entry["ended"] = time.time()
+        entry.update(_rates(entry))
         failed = [s for s in entry["shards"] if s["state"] == "failed"]
         states = {s["state"] for s in entry["shards"]}
         entry["state"] = "failed" if failed else next(
@@ -265,7 +268,7 @@ class Runner:
             return None
         return {"shard": task["shard"], "key": task["key"], "state": state, "attempts": 0,
                 "seconds": 0.0, "outputs": found["outputs"], "result": found.get("result"),
-                "errors": [], "from_run": found.get("run")}
+                "processed": {}, "errors": [], "from_run": found.get("run")}
 
     def _call(self, name: str, step: Step, task: dict[str, Any], work: Path) -> Call:
         cache = Path(tempfile.gettempdir()) / "stoker-pipeline-inputs"
@@ -301,7 +304,8 @@ class Runner:
         record: dict[str, Any] = {
             "shard": task["shard"], "key": task["key"], "attempts": outcome.attempts,
             "seconds": round(outcome.seconds, 4), "result": outcome.result,
-            "errors": outcome.errors, "outputs": {}, "state": "failed"}
+            "processed": outcome.processed, "errors": outcome.errors, "outputs": {},
+            "state": "failed"}
         if not outcome.ok:
             return record
         outputs = {k: self.store.put(call.out_dir / k).to_json() for k in step.output_names}
@@ -331,6 +335,18 @@ def _digests(inputs: dict[str, Any]) -> dict[str, Any]:
             for k, v in inputs.items()}
 
 
+def _rates(entry: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What the step's tasks that ran counted, and per second of the step's wall time."""
+    processed: dict[str, float] = {}
+    for shard in entry["shards"]:
+        if shard["state"] == "ran":
+            for unit, n in shard.get("processed", {}).items():
+                processed[unit] = processed.get(unit, 0) + n
+    wall = entry["ended"] - entry["started"]
+    return {"processed": processed,
+            "per_s": {unit: n / wall for unit, n in processed.items()} if wall > 0 else {}}
+
+
 def _summary(entry: dict[str, Any]) -> str:
     shards = entry["shards"]
     counts: dict[str, int] = {}
@@ -341,6 +357,8 @@ def _summary(entry: dict[str, Any]) -> str:
     parts = [f"{n} {state}" for state, n in counts.items()] if len(shards) > 1 else []
     if seconds:
         parts.append(f"{seconds:.2f} s")
+    parts += [f"{n:g} {unit}, {entry['per_s'][unit]:.3g} {unit}/s"
+              for unit, n in entry["processed"].items() if unit in entry["per_s"]]
     if retried:
         parts.append(f"{retried} retr{'ies' if retried > 1 else 'y'}")
     return ", ".join(parts)

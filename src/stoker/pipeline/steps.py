@@ -4,8 +4,10 @@ what the task needs.
 
 A ``run`` step's function is called with a `StepContext` and writes each declared output at
 ``ctx.outputs[name]`` (a file, or a directory it makes); what it returns, if not None, must be
-JSON (metrics, say) and is kept in the run record. A ``train`` step runs `stoker train` on the
-config with its params as ``--set`` overrides, or submits it to the control plane.
+JSON (metrics, say) and is kept in the run record, as is what it counted with
+``ctx.count(n, "frames")`` (the runner gives each step's count per second). A ``train`` step
+runs `stoker train` on the config with its params as ``--set`` overrides, or submits it to the
+control plane; it counts the samples (or tokens) it trained on.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class StepContext:
     shard: int = 0
     shards: int = 1
     attempt: int = 1
+    processed: dict[str, float] = field(default_factory=dict)  # what `count` noted, by unit
+
+    def count(self, n: float, unit: str = "items") -> None:
+        """Note that this try processed ``n`` more ``unit`` (frames, say): the run record keeps
+        the total and the step's rate per second of its wall time."""
+        self.processed[unit] = self.processed.get(unit, 0) + n
 
     def paths(self, name: str) -> list[Path]:
         """Input ``name`` as a list of paths, whether it is one artifact or several shards."""
@@ -73,6 +81,7 @@ class Outcome:
     seconds: float
     result: Any = None
     errors: list[str] = field(default_factory=list)
+    processed: dict[str, float] = field(default_factory=dict)  # the successful try's counts
 
 
 def execute(call: Call) -> Outcome:
@@ -84,8 +93,9 @@ def execute(call: Call) -> Outcome:
         shutil.rmtree(call.out_dir, ignore_errors=True)
         call.out_dir.mkdir(parents=True)
         try:
-            result = _attempt(call, attempt)
-            return Outcome(True, attempt, time.perf_counter() - start, result, errors)
+            result, processed = _attempt(call, attempt)
+            return Outcome(True, attempt, time.perf_counter() - start, result, errors,
+                           processed)
         except Exception as e:
             errors.append(_describe(e))
         if attempt < call.retry.attempts:
@@ -97,20 +107,22 @@ def output_paths(call: Call) -> dict[str, Path]:
     return {name: call.out_dir / name for name in call.outputs}
 
 
-def _attempt(call: Call, attempt: int) -> Any:
+def _attempt(call: Call, attempt: int) -> tuple[Any, dict[str, float]]:
+    """The try's result and what it counted."""
     outputs = output_paths(call)
     if call.kind == "train":
-        result = run_training(call)
+        result, processed = run_training(call)
     else:
         ctx = StepContext(call.step, call.params, call.inputs, outputs, call.shard, call.shards,
                           attempt)
         result = resolve_function(call.target, call.code_path)(ctx)
         json.dumps(result)  # a result that is not JSON fails the try, naming its type
+        processed = ctx.processed
     missing = [name for name, path in outputs.items() if not path.exists()]
     if missing:
         raise RuntimeError(f"the step wrote no {', '.join(missing)} (declared outputs are "
                            f"written at ctx.outputs[name])")
-    return result
+    return result, processed
 
 
 def resolve_function(target: str, code_path: str) -> Callable[[StepContext], Any]:
@@ -161,8 +173,9 @@ def _path_text(path: Path | list[Path]) -> str:
     return ",".join(map(str, path)) if isinstance(path, list) else str(path)
 
 
-def run_training(call: Call) -> dict[str, Any]:
-    """Train locally (`stoker train`) or as a control-plane job; then export the model."""
+def run_training(call: Call) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train locally (`stoker train`) or as a control-plane job; then export the model. The
+    result, and the samples (a task's) or tokens (the language model's) trained on."""
     from stoker.train.export import export
 
     run_dir = call.out_dir / "run"
@@ -181,8 +194,10 @@ def run_training(call: Call) -> dict[str, Any]:
         (call.out_dir / "model").unlink()
     if "run" not in call.outputs:
         shutil.rmtree(run_dir)
-    return {**where, "step": exported.step, "parameters": exported.parameters,
-            **{k: summary[k] for k in SUMMARY_KEYS if k in summary}}
+    unit = "samples" if "flops_per_sample" in summary else "tokens"
+    processed = {unit: summary["tokens_trained"]} if "tokens_trained" in summary else {}
+    return ({**where, "step": exported.step, "parameters": exported.parameters,
+             **{k: summary[k] for k in SUMMARY_KEYS if k in summary}}, processed)
 
 
 def _train_locally(call: Call, run_dir: Path, sets: list[str]) -> Path:
