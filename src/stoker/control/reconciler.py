@@ -75,6 +75,9 @@ ACTOR = "reconciler"
 @dataclass(frozen=True)
 class ControlSettings:
     grace_period_s: float = 30.0
+    # After a failure (a process of the gang died, or the gang was declared hung) the others
+    # cannot finish a collective, so they get this instead (SIGTERM, then SIGKILL).
+    failure_grace_s: float = 3.0
     backoff_base_s: float = 5.0
     backoff_max_s: float = 300.0
     resume: bool = True  # start training jobs with ``--resume auto``
@@ -83,6 +86,10 @@ class ControlSettings:
 
     def backoff(self, restarts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, restarts)))
+
+    def grace(self, stop_reason: str | None) -> float:
+        """Seconds from SIGTERM to SIGKILL for a stop of this reason."""
+        return self.failure_grace_s if stop_reason == "failure" else self.grace_period_s
 
 
 @dataclass
@@ -783,14 +790,13 @@ class Reconciler:
             if sent is not None:
                 for proc in live:
                     self.executor.terminate(proc)
-        elif now - job.term_sent_at >= self.settings.grace_period_s and live:
+        elif now - job.term_sent_at >= (grace := self.settings.grace(job.stop_reason)) and live:
             for proc in live:
                 self.executor.kill(proc)
             if (job.id, job.attempt) not in self._killed:
                 self._killed.add((job.id, job.attempt))
                 self.store.annotate(job.id, (S, R), "signal",
-                                    f"SIGKILL after a grace period of "
-                                    f"{self.settings.grace_period_s:g}s", ACTOR)
+                                    f"SIGKILL after a grace period of {grace:g}s", ACTOR)
 
     # --- after a control-plane restart ----------------------------------------------------------
 
