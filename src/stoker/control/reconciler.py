@@ -65,6 +65,7 @@ from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 from stoker.spec.job import JobSpec
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
+from stoker.train.launch import FAILURE_GRACE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +441,13 @@ class Reconciler:
             return {}
         return rate_env(rate, len(set(nodes)))
 
+    def _grace_env(self, spec: JobSpec) -> Mapping[str, str]:
+        """A training job's launcher (`stoker train`) stops its gang after a failed rank within
+        the same failure grace as the control plane."""
+        if spec.kind != "train":
+            return {}
+        return {FAILURE_GRACE_ENV: f"{self.settings.failure_grace_s:g}"}
+
     def _launch(self, job: JobRecord, now: float) -> None:
         if job.stop_reason is not None or job.placement is None:
             return
@@ -462,7 +470,8 @@ class Reconciler:
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
                                per_rank=self.executor.per_rank,
-                               stoker_env=self._failure_env(spec, job.placement["nodes"], now),
+                               stoker_env={**self._failure_env(spec, job.placement["nodes"], now),
+                                           **self._grace_env(spec)},
                                code=self._code(job))
         except Exception as e:  # whatever the cause, the job must not keep its quota
             log.exception("cannot plan job %d", job.id)
