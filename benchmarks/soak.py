@@ -48,11 +48,12 @@ import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fault_timeline import timelines
 from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
-from stoker.train.checkpoint import step_dir
-from stoker.train.ckpt_manifest import TornCheckpoint, verify
+from stoker.train.ckpt_layout import list_steps, step_dir
+from stoker.train.ckpt_manifest import MANIFEST, TornCheckpoint, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.toml"
@@ -105,6 +106,8 @@ class Report:
     mismatched_steps: list[int] = field(default_factory=list)
     reference_s: float = 0.0
     soak_s: float = 0.0
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # per fault, `fault_timeline`
+    state_dir: str = ""
 
 
 def train_config(steps: int) -> dict[str, Any]:
@@ -223,7 +226,12 @@ def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, times: list
 
 
 def check_checkpoints(run_dir: Path, report: Report) -> None:
-    committed = sorted({e["step"] for e in run_events(run_dir, "checkpoint_committed")})
+    """Every committed checkpoint verifies. Committed: its ``checkpoint_committed`` event, or
+    its manifest (the commit itself: a rank killed between the two leaves no event)."""
+    manifests = {step for step in list_steps(run_dir) if (step_dir(run_dir, step) / MANIFEST)
+                 .is_file()}
+    committed = sorted({e["step"] for e in run_events(run_dir, "checkpoint_committed")}
+                       | manifests)
     report.committed = len(committed)
     for step in committed:
         try:
@@ -281,6 +289,8 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
     report.restarts, report.attempts = job["restarts"], job["attempt"]
     report.goodput = job.get("goodput") or {}
     run_dir = tmp / "state" / "jobs" / str(job["id"]) / "run"
+    report.state_dir = str(tmp / "state")
+    report.timeline = timelines(tmp / "state", job["id"], report.faults)
     check_checkpoints(run_dir, report)
     compare(run_dir, expected, report)
     return report
@@ -300,6 +310,12 @@ def show(report: Report, console: Console) -> None:
     console.print(f"checkpoints committed {report.committed}, torn {len(report.torn)}; "
                   f"resumed from {report.resumed_from} (uncommitted: "
                   f"{report.resumed_uncommitted or 'none'})")
+    for row in report.timeline:
+        ended = ", ".join(f"{at}s ({code})" for at, code in row["processes"].values())
+        console.print(f"  {row['kind']}: seconds after the fault: last step {row['last_step']}, "
+                      f"processes ended {ended}, failed {row['failed']}, launched "
+                      f"{row['launched']}, training {row['train_start']}, first step "
+                      f"{row['first_step']}")
     console.print(f"losses equal the reference's: {report.losses_equal} "
                   f"({report.steps_done} steps, mismatched {report.mismatched_steps[:10]})")
 
