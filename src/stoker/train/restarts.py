@@ -44,9 +44,11 @@ class RankFailure:
 
     @property
     def torn_down(self) -> bool:
-        """Stopped by the launcher because another rank failed (SIGTERM, or SIGKILL after the
-        failure grace), not a cause itself."""
-        return self.stopped or self.exitcode == -signal.SIGTERM
+        """Ended by the launcher's signal because another rank failed (SIGTERM, or SIGKILL
+        after the failure grace), not a cause itself. A rank that ends with a code of its own
+        meanwhile (its watchdog's hang) still tells its story."""
+        return self.exitcode == -signal.SIGTERM or (self.stopped
+                                                    and self.exitcode == -signal.SIGKILL)
 
 
 @dataclass(frozen=True)
