@@ -151,6 +151,13 @@ def step_time(tmp: Path) -> float:
     return float(sum(times) / len(times))
 
 
+def absolute_pythonpath() -> str:
+    """$PYTHONPATH with each entry absolute: the job runs in its own directory, where a relative
+    ``src`` would silently leave it on the installed Stoker instead of the one under test."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join(str(Path(e).resolve()) for e in entries if e)
+
+
 def fault_times(seconds: float, interval: float, count: int | None,
                 rng: random.Random) -> list[float]:
     """Offsets into the run: exponential gaps of mean ``interval``, or ``count`` evenly."""
@@ -272,7 +279,7 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
                   f"{', '.join(f'{t:.0f}s' for t in times) or 'none'}")
     (tmp / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp / "state", tmp / "cluster.toml",
-                           env={"STOKER_TOKEN_SOAK": "soak"},
+                           env={"STOKER_TOKEN_SOAK": "soak", "PYTHONPATH": absolute_pythonpath()},
                            args=["--interval", "0.5", "--backoff", str(backoff)])
     columns = (TextColumn("soak"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
