@@ -48,11 +48,12 @@ import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fault_timeline import timelines
 from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
-from stoker.train.checkpoint import step_dir
-from stoker.train.ckpt_manifest import TornCheckpoint, verify
+from stoker.train.ckpt_layout import list_steps, step_dir
+from stoker.train.ckpt_manifest import MANIFEST, TornCheckpoint, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.toml"
@@ -105,6 +106,8 @@ class Report:
     mismatched_steps: list[int] = field(default_factory=list)
     reference_s: float = 0.0
     soak_s: float = 0.0
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # per fault, `fault_timeline`
+    state_dir: str = ""
 
 
 def train_config(steps: int) -> dict[str, Any]:
@@ -146,6 +149,13 @@ def step_time(tmp: Path) -> float:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in records if r.get("step", 0) > 5 and "step_time_s" in r]
     return float(sum(times) / len(times))
+
+
+def absolute_pythonpath() -> str:
+    """$PYTHONPATH with each entry absolute: the job runs in its own directory, where a relative
+    ``src`` would silently leave it on the installed Stoker instead of the one under test."""
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join(str(Path(e).resolve()) for e in entries if e)
 
 
 def fault_times(seconds: float, interval: float, count: int | None,
@@ -223,7 +233,12 @@ def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, times: list
 
 
 def check_checkpoints(run_dir: Path, report: Report) -> None:
-    committed = sorted({e["step"] for e in run_events(run_dir, "checkpoint_committed")})
+    """Every committed checkpoint verifies. Committed: its ``checkpoint_committed`` event, or
+    its manifest (the commit itself: a rank killed between the two leaves no event)."""
+    manifests = {step for step in list_steps(run_dir) if (step_dir(run_dir, step) / MANIFEST)
+                 .is_file()}
+    committed = sorted({e["step"] for e in run_events(run_dir, "checkpoint_committed")}
+                       | manifests)
     report.committed = len(committed)
     for step in committed:
         try:
@@ -264,7 +279,7 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
                   f"{', '.join(f'{t:.0f}s' for t in times) or 'none'}")
     (tmp / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp / "state", tmp / "cluster.toml",
-                           env={"STOKER_TOKEN_SOAK": "soak"},
+                           env={"STOKER_TOKEN_SOAK": "soak", "PYTHONPATH": absolute_pythonpath()},
                            args=["--interval", "0.5", "--backoff", str(backoff)])
     columns = (TextColumn("soak"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
@@ -281,6 +296,8 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
     report.restarts, report.attempts = job["restarts"], job["attempt"]
     report.goodput = job.get("goodput") or {}
     run_dir = tmp / "state" / "jobs" / str(job["id"]) / "run"
+    report.state_dir = str(tmp / "state")
+    report.timeline = timelines(tmp / "state", job["id"], report.faults)
     check_checkpoints(run_dir, report)
     compare(run_dir, expected, report)
     return report
@@ -300,6 +317,12 @@ def show(report: Report, console: Console) -> None:
     console.print(f"checkpoints committed {report.committed}, torn {len(report.torn)}; "
                   f"resumed from {report.resumed_from} (uncommitted: "
                   f"{report.resumed_uncommitted or 'none'})")
+    for row in report.timeline:
+        ended = ", ".join(f"{at}s ({code})" for at, code in row["processes"].values())
+        console.print(f"  {row['kind']}: seconds after the fault: last step {row['last_step']}, "
+                      f"processes ended {ended}, failed {row['failed']}, launched "
+                      f"{row['launched']}, training {row['train_start']}, first step "
+                      f"{row['first_step']}")
     console.print(f"losses equal the reference's: {report.losses_equal} "
                   f"({report.steps_done} steps, mismatched {report.mismatched_steps[:10]})")
 

@@ -420,6 +420,11 @@ def test_rank_failures_put_the_root_cause_first(tmp_path: Path) -> None:
     causes = rank_failures(err)
     assert [f.rank for f in causes] == [2, 1, 0]
     assert causes[0].cause == "killed by SIGKILL" and causes[2].torn_down
+    # Rank 2 was SIGKILLed by the launcher after the failure grace (it was still running when
+    # rank 1 failed): rank 1 is the cause.
+    causes = rank_failures(err, stopped={100, 102})
+    assert causes[0].rank == 1 and not causes[0].torn_down
+    assert all(f.torn_down for f in causes[1:])
 
 
 def test_supervise_restarts_until_success_and_records_causes(tmp_path: Path) -> None:

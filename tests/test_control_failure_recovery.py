@@ -275,3 +275,35 @@ def test_a_rank_killed_on_a_bad_node_resumes_elsewhere_with_the_same_losses(
     (loaded,) = run_events(run_dir, "checkpoint_loaded")
     assert loaded["step"] == 4 and 4 in committed
     assert losses(run_dir) == expected
+
+
+# Rank 0 fails at once; rank 1 ignores SIGTERM (as a rank blocked in a collective on a dead peer
+# effectively does) and would run for ever.
+ONE_FAILS_ONE_IGNORES_SIGTERM = """
+import os, signal, sys, time
+if os.environ['RANK'] == '0':
+    time.sleep(0.5)
+    sys.exit(1)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_failed_gangs_survivors_get_the_failure_grace_not_the_preemption_grace(
+        store: SqlStore, tmp_path: Path) -> None:
+    cluster = cluster_of(2)
+    executor = LocalExecutor(tmp_path / "jobs")
+    found = cluster_nodes(cluster, models=[])
+    store.sync_nodes([node_record(cluster, n) for n in found])
+    r = Reconciler(store, executor, cluster, found, executor.jobs_dir,
+                   ControlSettings(grace_period_s=120, failure_grace_s=0.5))
+    job = submit(store, ONE_FAILS_ONE_IGNORES_SIGTERM, ranks=2)
+    done = run_until(r, job.id, {FAILED, SUCCEEDED}, seconds=30)  # far under the 120 s grace
+    assert (done.state, done.exit_code) == (FAILED, 1)
+    failed, survivor = store.processes(job.id, 1)
+    assert (failed.exit_code, survivor.exit_code) == (1, -9)
+    assert "SIGKILL after a grace period of 0.5s" in [e.reason for e in store.events(job.id)]
+    event = next(e for e in store.events(job.id) if e.to_state == FAILED)
+    assert event.detail is not None  # the rank that failed first, not the one we killed
+    assert (event.detail["cause"]["index"], event.detail["cause"]["exit_code"]) == (0, 1)

@@ -50,9 +50,10 @@ def write_config(tmp: Path, **sections: dict[str, Any]) -> Path:
 
 
 def train(config: Path, run: Path, *args: str, nproc: int = 2, fault: str = "",
-          timeout: float = 240) -> subprocess.CompletedProcess[str]:
+          timeout: float = 240, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "STOKER_FAULT": fault,
-           "STOKER_FAULT_OPT_IN": "1"}
+           "STOKER_FAULT_OPT_IN": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "stoker", "train", str(config), "--nproc",
                            str(nproc), "--run-dir", str(run), *args],
                           capture_output=True, text=True, env=env, timeout=timeout)
@@ -176,6 +177,23 @@ def test_a_hung_rank_is_detected_and_restarted(reference: Path, tmp_path: Path) 
     assert losses(run) == losses(reference)
     assert Path(hang["stacks"]).is_file()
     assert read_heartbeats(run)[1]["attempt"] == 1
+
+
+def test_a_failed_ranks_stuck_peer_is_killed_after_the_failure_grace(tmp_path: Path) -> None:
+    """Rank 0 exits 1 at step 6; rank 1 is stuck there (asleep: its SIGTERM handler only sets
+    a flag, and its watchdog would wait 120 s). The launcher kills it after
+    $STOKER_FAILURE_GRACE_S (1 s), not after elastic's 30 s."""
+    run = tmp_path / "run"
+    config = write_config(tmp_path, train={"hang_timeout_s": 120.0})
+    done = train(config, run, fault="exit@step=6,rank=0;hang@step=6,rank=1",
+                 env={"STOKER_FAULT_OPT_IN": "1", "STOKER_FAILURE_GRACE_S": "1"})
+    assert done.returncode == 1, done.stderr
+    (failure,) = read_events(run, "failure")
+    assert failure["rank"] == 0
+    assert {r["rank"]: r["exitcode"] for r in failure["ranks"]} == {0: 1, 1: -9}
+    last_step = max(json.loads(x)["time"] for x in (run / "metrics.jsonl").read_text()
+                    .splitlines())
+    assert failure["time"] - last_step < 20  # 30 s and more with elastic's own grace
 
 
 @pytest.mark.parametrize(("action", "where"), [("skip", "host"), ("rollback", "host"),

@@ -27,6 +27,9 @@ def server(
                                           "cycles (default: the config's scheduler.interval)."),
     grace_period: float = typer.Option(30.0, "--grace-period",
                                        help="Seconds between SIGTERM and SIGKILL on preemption."),
+    failure_grace: float = typer.Option(3.0, "--failure-grace",
+                                        help="Seconds between SIGTERM and SIGKILL for the other "
+                                        "ranks of a gang after one failed or hung."),
     backoff: float = typer.Option(5.0, "--backoff", help="First restart delay of a failed job "
                                   "(doubles each restart)."),
     resume: bool = typer.Option(True, "--resume/--no-resume",
@@ -53,7 +56,7 @@ def server(
     settings = loading.validate(ServerSettings, {
         "host": host, "port": port, "config": str(config) if config else None, "db": db,
         "state_dir": str(state_dir), "interval": interval, "grace_period": grace_period,
-        "backoff_base": backoff, "resume": resume,
+        "failure_grace": failure_grace, "backoff_base": backoff, "resume": resume,
         "single_trust": single_trust, "ray_address": ray_address}, "stoker server")
     serve(settings)
 

@@ -43,6 +43,7 @@ def train(
     """
     from stoker.train.checkpoint import resolve_resume
     from stoker.train.launch import launch, prepare_run
+    from stoker.train.quick_exit import quick_exit, running_as
 
     if resume not in (None, "auto"):  # a bad path is refused before anything is made
         resolve_resume(Path("."), resume, checksums=False)
@@ -62,6 +63,8 @@ def train(
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")
+    if running_as("stoker.__main__"):  # `python -m stoker train`, as the control plane runs it
+        quick_exit(code)
     raise SystemExit(code)  # typer.Exit's code is lost when the app runs non-standalone
 
 

@@ -183,6 +183,7 @@ class ControlPlane:
                 lock.close()
             raise
         control = ControlSettings(grace_period_s=settings.grace_period,
+                                  failure_grace_s=settings.failure_grace,
                                   backoff_base_s=settings.backoff_base,
                                   backoff_max_s=settings.backoff_max, resume=settings.resume)
         lease = None

@@ -71,6 +71,7 @@ from stoker.spec.cluster import ClusterConfig
 from stoker.spec.errors import ConfigError
 from stoker.spec.job import JobSpec
 from stoker.train.exitcodes import EXIT_PREEMPTED, describe
+from stoker.train.launch import FAILURE_GRACE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ ACTOR = "reconciler"
 @dataclass(frozen=True)
 class ControlSettings:
     grace_period_s: float = 30.0
+    # After a failure (a process of the gang died, or the gang was declared hung) the others
+    # cannot finish a collective, so they get this instead (SIGTERM, then SIGKILL).
+    failure_grace_s: float = 3.0
     backoff_base_s: float = 5.0
     backoff_max_s: float = 300.0
     resume: bool = True  # start training jobs with ``--resume auto``
@@ -89,6 +93,10 @@ class ControlSettings:
 
     def backoff(self, restarts: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, restarts)))
+
+    def grace(self, stop_reason: str | None) -> float:
+        """Seconds from SIGTERM to SIGKILL for a stop of this reason."""
+        return self.failure_grace_s if stop_reason == "failure" else self.grace_period_s
 
 
 @dataclass
@@ -439,6 +447,13 @@ class Reconciler:
             return {}
         return rate_env(rate, len(set(nodes)))
 
+    def _grace_env(self, spec: JobSpec) -> Mapping[str, str]:
+        """A training job's launcher (`stoker train`) stops its gang after a failed rank within
+        the same failure grace as the control plane."""
+        if spec.kind != "train":
+            return {}
+        return {FAILURE_GRACE_ENV: f"{self.settings.failure_grace_s:g}"}
+
     def _launch(self, job: JobRecord, now: float) -> None:
         if job.stop_reason is not None or job.placement is None:
             return
@@ -461,7 +476,8 @@ class Reconciler:
         try:
             plan = plan_launch(job, spec, attempt, self.jobs_dir, ranks, self.settings.resume,
                                per_rank=self.executor.per_rank,
-                               stoker_env=self._failure_env(spec, job.placement["nodes"], now),
+                               stoker_env={**self._failure_env(spec, job.placement["nodes"], now),
+                                           **self._grace_env(spec)},
                                code=self._code(job))
         except Exception as e:  # whatever the cause, the job must not keep its quota
             log.exception("cannot plan job %d", job.id)
@@ -781,14 +797,13 @@ class Reconciler:
             if sent is not None:
                 for proc in live:
                     self.executor.terminate(proc)
-        elif now - job.term_sent_at >= self.settings.grace_period_s and live:
+        elif now - job.term_sent_at >= (grace := self.settings.grace(job.stop_reason)) and live:
             for proc in live:
                 self.executor.kill(proc)
             if (job.id, job.attempt) not in self._killed:
                 self._killed.add((job.id, job.attempt))
                 self.store.annotate(job.id, (S, R), "signal",
-                                    f"SIGKILL after a grace period of "
-                                    f"{self.settings.grace_period_s:g}s", ACTOR)
+                                    f"SIGKILL after a grace period of {grace:g}s", ACTOR)
 
     # --- after a control-plane restart ----------------------------------------------------------
 

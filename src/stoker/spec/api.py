@@ -573,6 +573,7 @@ class ServerSettings(BaseModel):
     db: str | None = None  # default: sqlite:///STATE_DIR/stoker.db
     interval: float | None = Field(default=None, gt=0)  # default: cluster scheduler.interval
     grace_period: float = Field(default=30.0, ge=0)
+    failure_grace: float = Field(default=3.0, ge=0)  # after a rank of the gang failed
     backoff_base: float = Field(default=5.0, ge=0)
     backoff_max: float = Field(default=300.0, ge=0)
     resume: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from stoker.spec.train import DataConfig, TrainConfig
 from stoker.train.distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.launch import make_run_dir, write_config
+from stoker.train.quick_exit import quick_exit
 from stoker.train.restarts import attempt
 from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder
 from stoker.train.task import with_task_path
@@ -116,4 +118,11 @@ def prepare_data(data: DataConfig, info: DistInfo) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except Exception:
+        # Reported already (`record`'s error file, the run's "error" event); the traceback
+        # goes to stderr as usual, then the rank ends at once (`quick_exit`).
+        traceback.print_exc()
+        quick_exit(1)
+    sys.exit(code)

@@ -18,7 +18,10 @@ one goes through the same path (one elastic worker), so there is a single way a 
 
 Signals: SIGTERM or SIGUSR1 to this process (preemption) reach every rank, which checkpoint at
 the next step boundary and stop; the launcher then exits 75, "preempted, resumable"
-(`stoker.train.exitcodes`). SIGINT (Ctrl-C) stops them the same way and exits 130.
+(`stoker.train.exitcodes`). SIGINT (Ctrl-C) stops them the same way and exits 130. When a rank
+fails, the others get SIGTERM and ``$STOKER_FAILURE_GRACE_S`` seconds (default 3; the control
+plane sets its ``--failure-grace``) before SIGKILL, not elastic's 30: a rank hung or blocked in
+a collective on a dead peer would only hold the gang's devices meanwhile.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.toml"
 RUNS_ROOT = Path("runs")
+FAILURE_GRACE_ENV = "STOKER_FAILURE_GRACE_S"
+FAILURE_GRACE_S = 3.0
 
 
 def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
@@ -145,13 +150,14 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
     enable_flight_recorder(run_dir)
     args = ["-u", "-m", "stoker.train", str(run_dir / CONFIG_NAME), "--run-dir", str(run_dir),
             *(["--resume", resume] if resume else []), *rank_args]
+    grace = failure_grace()
 
     def attempt(n: int) -> AttemptResult:
         if n:
             print(f"stoker train: restart {n}/{max_restarts}, from the newest checkpoint",
                   file=sys.stderr)
         os.environ[ATTEMPT_ENV] = str(n)
-        return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir)
+        return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir, grace)
 
     before = os.environ.get(ATTEMPT_ENV)
     events = EventLog(run_dir)
@@ -164,6 +170,80 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
             os.environ.pop(ATTEMPT_ENV, None)
         else:
             os.environ[ATTEMPT_ENV] = before
+
+
+def failure_grace() -> float:
+    """Seconds a failed gang's other ranks get between SIGTERM and SIGKILL."""
+    value = os.environ.get(FAILURE_GRACE_ENV)
+    if value is None:
+        return FAILURE_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:
+        raise ConfigError(f"${FAILURE_GRACE_ENV}", None,
+                          f"{value!r} is not a number of seconds >= 0")
+    return grace
+
+
+@contextmanager
+def _failed_gang_stopped_within(grace: float) -> Iterator[set[int]]:
+    """Elastic's agent, while this is open, stops a failed gang with ``grace`` seconds between
+    SIGTERM and SIGKILL (its own is a fixed 30 s; a stop on a signal keeps the launch config's
+    ``shutdown_timeout``); yields the pids it stopped so, which `rank_failures` never takes for
+    the cause. Each time the agent looks at its ranks, it first peeks at their exits without
+    reaping them (so elastic still reads every exit code): once one has failed, the others are
+    stopped here, before elastic's own stop finds nothing left to wait for. `elastic_launch`
+    builds the agent itself, so the class it builds is swapped for the call."""
+    import torch.distributed.launcher.api as launcher
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup
+
+    base = launcher.LocalElasticAgent
+    stopped: set[int] = set()
+
+    class FailFastAgent(base):  # type: ignore[valid-type,misc]
+        def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+            if self._pcontext is not None:
+                ended = {pid: _exit_status(pid) for pid in self._pcontext.pids().values()}
+                if any(status not in (None, 0, EXIT_PREEMPTED) for status in ended.values()):
+                    live = [pid for pid, status in ended.items() if status is None]
+                    stopped.update(live)
+                    _stop(live, grace)
+            return super()._monitor_workers(worker_group)
+
+    launcher.LocalElasticAgent = FailFastAgent  # type: ignore[misc]
+    try:
+        yield stopped
+    finally:
+        launcher.LocalElasticAgent = base  # type: ignore[misc]
+
+
+def _exit_status(pid: int) -> int | None:
+    """How this process's child ``pid`` ended, without reaping it: None while it runs, else
+    its exit code (-N: killed by signal N); 0 once reaped (by elastic, which then read its
+    code itself)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return 0
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _stop(pids: Sequence[int], grace: float) -> None:
+    """SIGTERM to ``pids`` (children of this process), SIGKILL to those left after ``grace``."""
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while (left := [p for p in pids if _exit_status(p) is None]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _launch_config(cfg: TrainConfig, run_dir: Path, nproc: int) -> LaunchConfig:
@@ -190,13 +270,16 @@ def _launch_config(cfg: TrainConfig, run_dir: Path, nproc: int) -> LaunchConfig:
     )
 
 
-def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path) -> AttemptResult:
+def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path,
+                 grace: float = FAILURE_GRACE_S) -> AttemptResult:
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
+    stopped: set[int] = set()
     try:
-        elastic_launch(config, sys.executable)(*args)
+        with _failed_gang_stopped_within(grace) as stopped:
+            elastic_launch(config, sys.executable)(*args)
     except SignalException as e:
         # Elastic has passed the signal on to every rank and waited for them to stop.
         _close_rendezvous(e)
@@ -205,7 +288,7 @@ def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path) -> Attemp
               f"{'; resume with --resume auto' if preempted else ''}", file=sys.stderr)
         return AttemptResult(EXIT_PREEMPTED if preempted else 130)
     except ChildFailedError as e:
-        failures = rank_failures(e)
+        failures = rank_failures(e, stopped)
         if (any(f.exitcode == EXIT_PREEMPTED for f in failures)
                 and all(f.exitcode == EXIT_PREEMPTED or f.torn_down for f in failures)):
             return AttemptResult(EXIT_PREEMPTED, failures)  # signalled directly, checkpointed

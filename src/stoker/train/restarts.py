@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,11 +40,15 @@ class RankFailure:
     pid: int
     cause: str
     message: str = ""
+    stopped: bool = False  # still running when the launcher began stopping the gang
 
     @property
     def torn_down(self) -> bool:
-        """Stopped by the launcher because another rank failed, not a cause itself."""
-        return self.exitcode == -signal.SIGTERM
+        """Ended by the launcher's signal because another rank failed (SIGTERM, or SIGKILL
+        after the failure grace), not a cause itself. A rank that ends with a code of its own
+        meanwhile (its watchdog's hang) still tells its story."""
+        return self.exitcode == -signal.SIGTERM or (self.stopped
+                                                    and self.exitcode == -signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,12 @@ class AttemptResult:
     failures: list[RankFailure] = field(default_factory=list)  # the likeliest cause first
 
 
-def rank_failures(err: ChildFailedError) -> list[RankFailure]:
+def rank_failures(err: ChildFailedError, stopped: Collection[int] = ()) -> list[RankFailure]:
     """Every failed rank of an elastic launch, the likeliest root cause first: a rank killed
-    by a signal other than the launcher's SIGTERM, then a hang, then the earliest error."""
-    found = [RankFailure(rank, f.exitcode, f.pid, describe(f.exitcode), _message(f.message))
+    by a signal other than the launcher's, then a hang, then the earliest error. ``stopped``:
+    the pids the launcher stopped because another rank had failed (never the cause)."""
+    found = [RankFailure(rank, f.exitcode, f.pid, describe(f.exitcode), _message(f.message),
+                         f.pid in stopped)
              for rank, f in err.failures.items()]
     stamp = {rank: f.timestamp for rank, f in err.failures.items()}
 
@@ -84,7 +90,8 @@ def supervise(launch_once: Callable[[int], AttemptResult], max_restarts: int,
                     rank=root.rank if root else None,
                     message=root.message if root else "", ran_s=round(time.time() - started, 3),
                     ranks=[{"rank": f.rank, "exitcode": f.exitcode, "pid": f.pid,
-                            "cause": f.cause} for f in result.failures],
+                            "cause": f.cause, "torn_down": f.torn_down}
+                           for f in result.failures],
                     restarts_left=max_restarts - n)
     return result.code
 
