@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/soak.py [--minutes 30] [--fault-interval 300] [--faults K]
                                         [--steps N] [--backoff 5] [--seed 0] [--json OUT]
+                                        [--reference DIR]
 
 A real ``stoker server`` (`ServerProcess`) with local nodes, periodic health checks on (so a
 node a failure suspects is cordoned, and returns after passing a later check) and the test-only
@@ -19,7 +20,9 @@ in turn:
 
 The baseline, in the same invocation and first: the same config trained uninterrupted by
 ``stoker train`` (the command the control plane runs). ``--minutes`` sets the number of steps:
-a 30-step calibration run measures the step time. Reported: the job's state, its goodput (the
+a 30-step calibration run measures the step time. ``--reference DIR`` reuses an earlier
+invocation's reference instead (its ``train.toml`` and ``run/``, kept in the run's temporary
+directory; the soak then trains that config). Reported: the job's state, its goodput (the
 API's ``goodput`` object: productive over allocated rank-seconds, and where the rest went),
 faults injected, restarts, whether every ``checkpoint_committed`` checkpoint verifies (its
 manifest and checksums) and every resume loaded a committed one, and whether every step's loss
@@ -257,22 +260,29 @@ def compare(run_dir: Path, expected: dict[int, float], report: Report) -> None:
 
 
 def run(minutes: float, interval: float, count: int | None, seed: int, steps: int | None,
-        console: Console, backoff: float = 5.0) -> Report:
+        console: Console, backoff: float = 5.0, reference: Path | None = None) -> Report:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="stoker-soak-"))
     # Calibrated: faults are drawn over the planned minutes, not over the reference's wall
     # time, which a loaded machine stretches.
     planned = steps is None
-    if steps is None:
-        per_step = step_time(tmp)
-        steps = max(50, int(minutes * 60 / per_step))
-        console.print(f"calibration: {per_step * 1000:.0f} ms/step -> {steps} steps")
-    cfg = train_config(steps)
-    report = Report(minutes=minutes, steps=steps)
-    console.print(f"reference: {steps} steps uninterrupted ...")
-    t0 = time.monotonic()
-    expected = losses(train_alone(cfg, tmp / "reference"))
-    report.reference_s = time.monotonic() - t0
+    if reference is not None:  # an earlier reference run: its own config and losses
+        cfg = tomllib.loads((reference / "train.toml").read_text())
+        steps = int(cfg["train"]["steps"])
+        report = Report(minutes=minutes, steps=steps)
+        expected = losses(reference / "run")
+        console.print(f"reference: {reference} ({len(expected)} steps)")
+    else:
+        if steps is None:
+            per_step = step_time(tmp)
+            steps = max(50, int(minutes * 60 / per_step))
+            console.print(f"calibration: {per_step * 1000:.0f} ms/step -> {steps} steps")
+        cfg = train_config(steps)
+        report = Report(minutes=minutes, steps=steps)
+        console.print(f"reference: {steps} steps uninterrupted ...")
+        t0 = time.monotonic()
+        expected = losses(train_alone(cfg, tmp / "reference"))
+        report.reference_s = time.monotonic() - t0
     span = minutes * 60 if planned else report.reference_s
     times = fault_times(span, interval, count, rng)
     console.print(f"reference took {report.reference_s:.0f}s; faults at "
@@ -349,10 +359,12 @@ def main() -> None:
     parser.add_argument("--backoff", type=float, default=5.0,
                         help="the server's first restart delay, seconds (doubles each restart)")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="an earlier reference's directory (train.toml, run/): reuse it")
     args = parser.parse_args()
     console = Console()
     report = run(args.minutes, args.fault_interval, args.faults, args.seed, args.steps, console,
-                 args.backoff)
+                 args.backoff, args.reference)
     show(report, console)
     report_figures(report)
     if args.json:
