@@ -6,8 +6,8 @@ teardown after the last.
 Each repeat, interleaved: ``python -c "import torch"`` (the anchor: every process of a run
 imports torch, so the other import times are reported as ratios to it, which a shared
 machine's load changes less than the seconds), the imports of one rank
-(``stoker.train.__main__``) and of the launcher (``stoker.cli.main`` and what `stoker train`
-imports), and one 1-step run of CONFIG on NPROC gloo ranks with a checkpoint at its step,
+(``stoker.train.__main__``) and of the launcher (``stoker.cli.main`` and the modules every
+launch imports), and one 1-step run of CONFIG on NPROC gloo ranks with a checkpoint at its step,
 timed from the launch to the rank's "start" event (imports, process group, model, wrapping,
 checkpointer, loader: ready to step), to the step's metrics record, and from the last record
 (the final checkpoint's commit) to the launcher's exit (teardown). Reported: medians, with
@@ -30,7 +30,7 @@ from stoker.bench.figures import figure
 
 BENCH_QUICK = ["--repeats", "1"]
 ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER_IMPORTS = ("import stoker.cli.main, stoker.train.launch, stoker.train.checkpoint, "
+LAUNCHER_IMPORTS = ("import stoker.cli.main, stoker.train.launch, stoker.train.data, "
                     "torch.distributed.launcher.api")
 
 
