@@ -7,7 +7,8 @@ Each repeat, interleaved: ``python -c "import torch"`` (the anchor: every proces
 imports torch, so the other import times are reported as ratios to it, which a shared
 machine's load changes less than the seconds), the imports of one rank
 (``stoker.train.__main__``) and of the launcher (``stoker.cli.main`` and the modules every
-launch imports), and one 1-step run of CONFIG on NPROC gloo ranks with a checkpoint at its step,
+launch imports), and one 1-step run (``python -m stoker train``, as the tests and the control
+plane start it) of CONFIG on NPROC gloo ranks with a checkpoint at its step,
 timed from the launch to the rank's "start" event (imports, process group, model, wrapping,
 checkpointer, loader: ready to step), to the step's metrics record, and from the last record
 (the final checkpoint's commit) to the launcher's exit (teardown). Reported: medians, with
@@ -55,7 +56,7 @@ def last_record_time(path: Path) -> float:
 def one_run(config: Path, nproc: int, tmp: Path, n: int) -> dict[str, float]:
     """A 1-step run's timeline, in seconds from its launch."""
     run_dir = tmp / f"run{n}"
-    cmd = [sys.executable, "-m", "stoker.cli.main", "train", str(config), "--nproc", str(nproc),
+    cmd = [sys.executable, "-m", "stoker", "train", str(config), "--nproc", str(nproc),
            "--run-dir", str(run_dir), "--set", "train.steps=1", "--set", "train.eval_interval=0",
            "--set", "checkpoint.interval_steps=1", "--set", "telemetry.live=false"]
     launched = time.time()
