@@ -107,7 +107,7 @@ from stoker.train.task import (
 )
 from stoker.train.task import build_model as build_task_model
 
-if TYPE_CHECKING:  # torch.distributed.pipelining pulls in torch._dynamo: 1-2 s a rank
+if TYPE_CHECKING:  # torch.distributed.pipelining (1.6 s at load 9): imported only with pp > 1
     from stoker.train.pipeline import Pipeline
 
 EXIT_INTERRUPTED = 130
