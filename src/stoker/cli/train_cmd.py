@@ -41,7 +41,7 @@ def train(
     checkpoints). Exit codes: 0 done, 2 bad input, 75 preempted (SIGTERM/SIGUSR1: checkpointed,
     resume with --resume auto), 130 interrupted, other: a rank failed.
     """
-    from stoker.train.checkpoint import resolve_resume
+    from stoker.train.ckpt_find import resolve_resume
     from stoker.train.launch import launch, prepare_run
     from stoker.train.quick_exit import quick_exit, running_as
 

@@ -59,61 +59,24 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import WriteResult
 
 from stoker.observe.events import EventLog
-from stoker.spec.errors import StokerError
 from stoker.spec.train import CheckpointConfig
 from stoker.train import faults
+from stoker.train.ckpt_find import find_latest as find_latest  # moved; still importable here
+from stoker.train.ckpt_find import resolve_resume
 from stoker.train.ckpt_interval import AutoInterval, gang_mtbf
-from stoker.train.ckpt_layout import CHECKPOINTS, STEP_PREFIX, list_steps, step_dir
+from stoker.train.ckpt_layout import STEP_PREFIX, list_steps, step_dir
 from stoker.train.ckpt_manifest import (
     MANIFEST,
     DigestingWriter,
     Manifest,
-    TornCheckpoint,
     read_manifest,
     record_rank_files,
-    verify,
     write_manifest,
 )
 from stoker.train.ckpt_retention import to_delete
 
 RUN_META = "stoker.json"  # rank 0's: the config saved under, the schedule's start (resume_check)
 WRITER_NICE = 10  # CPU share of a background save's threads when they compete with training
-
-
-def find_latest(run_dir: Path, events: EventLog | None = None,
-                checksums: bool = True) -> Path | None:
-    """The newest checkpoint that verifies; newer torn ones are reported and passed over."""
-    for step in reversed(list_steps(run_dir)):
-        path = step_dir(run_dir, step)
-        try:
-            verify(path, checksums)
-            return path
-        except TornCheckpoint as e:
-            if events is not None:
-                events.emit("checkpoint_skipped", step=step, path=str(path), reason=e.reason)
-    return None
-
-
-def resolve_resume(run_dir: Path, resume: str | Path, events: EventLog | None = None,
-                   checksums: bool = True) -> Path | None:
-    """``--resume``: "auto" = newest good checkpoint of ``run_dir`` (None when there is none);
-    a path = that checkpoint, or the newest good one of that run directory. ``checksums=False``
-    checks sizes only (a quick look before launching; the ranks check the sums)."""
-    if str(resume) == "auto":
-        return find_latest(run_dir, events, checksums)
-    path = Path(resume)
-    if (path / CHECKPOINTS).is_dir():
-        found = find_latest(path, events, checksums)
-        if found is None:
-            raise StokerError(f"--resume {resume}: no committed checkpoint in that run")
-        return found
-    if not path.is_dir():
-        raise StokerError(f"--resume {resume}: no such checkpoint or run directory")
-    try:
-        verify(path, checksums)
-    except TornCheckpoint as e:
-        raise StokerError(f"--resume {resume}: {e.reason}") from None
-    return path
 
 
 def nested_optimizer_state(path: Path) -> bool:

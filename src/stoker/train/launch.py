@@ -67,9 +67,8 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
     cfg = loading.load(TrainConfig, config_path, overrides)
     cfg.check_world_size(nproc, str(config_path))
     check_installed(cfg.telemetry.sinks, str(config_path))
-    from stoker.train.checkpoint import resolve_resume
+    from stoker.train.ckpt_find import resolve_resume
     from stoker.train.data import ensure_dataset, fit_to_dataset  # imports torch: config is good
-    from stoker.train.resume_check import check_fits
     from stoker.train.task import resolve_build, with_task_path
 
     if cfg.task.module is not None:  # user code: it must import here, before any rank starts
@@ -88,6 +87,8 @@ def prepare_run(config_path: Path, overrides: Sequence[str], nproc: int,
             check_reuse(run_dir, cfg.telemetry.metrics_file, resume)
         start = resolve_resume(run_dir, resume, checksums=False) if resume else None
         if start is not None:
+            from stoker.train.resume_check import check_fits  # torch.distributed.checkpoint
+
             check_fits(start, cfg, str(config_path))
     except StokerError:
         unlock_run_dir(run_dir)

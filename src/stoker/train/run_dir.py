@@ -107,7 +107,7 @@ def check_reuse(run_dir: Path, metrics_file: str, resume: str | None) -> None:
     """Refuse to start a fresh run in a run dir that holds one (checkpoints or metrics)."""
     if resume:
         return
-    from stoker.train.checkpoint import list_steps
+    from stoker.train.ckpt_layout import list_steps
 
     found = ["checkpoints"] if list_steps(run_dir) else []
     metrics = run_dir / metrics_file

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -83,7 +83,6 @@ from stoker.train.parallelize import (
     resolve_dtype,
     uses_fsdp,
 )
-from stoker.train.pipeline import Pipeline, build_pipeline
 from stoker.train.profile_request import (
     NO_ASK,
     ProfileAsk,
@@ -107,6 +106,9 @@ from stoker.train.task import (
     loss_and_metrics,
 )
 from stoker.train.task import build_model as build_task_model
+
+if TYPE_CHECKING:  # torch.distributed.pipelining (1.6 s at load 9): imported only with pp > 1
+    from stoker.train.pipeline import Pipeline
 
 EXIT_INTERRUPTED = 130
 REPEAT_SIGNAL_GRACE_S = 2.0  # a repeat within this window is the same signal, delivered twice
@@ -206,6 +208,8 @@ class Trainer:
             self.model = parallelize_units(model, fsdp_units(self.task, model), cfg.parallel,
                                            self.dims, self.device)
         elif self.dims.pp_enabled:
+            from stoker.train.pipeline import build_pipeline
+
             self.pipeline = build_pipeline(self.shape, cfg.parallel, self.dims, self.device,
                                            t.seed, token_loss)
             self.model = self.pipeline.model  # this rank's stages, under full-model names
