@@ -51,7 +51,7 @@ import psutil  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fault_timeline import timelines
+from _fault_timeline import timelines
 from stoker.bench.figures import figure
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
@@ -109,7 +109,7 @@ class Report:
     mismatched_steps: list[int] = field(default_factory=list)
     reference_s: float = 0.0
     soak_s: float = 0.0
-    timeline: list[dict[str, Any]] = field(default_factory=list)  # per fault, `fault_timeline`
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # per fault, `_fault_timeline`
     state_dir: str = ""
 
 

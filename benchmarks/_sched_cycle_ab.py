@@ -1,6 +1,6 @@
 """Two versions of the scheduler in one process: the same decisions, and which is faster.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/sched_cycle_ab.py --base /tmp/base/src \
+    PYTHONPATH=src .venv/bin/python benchmarks/_sched_cycle_ab.py --base /tmp/base/src \
         [--pairs 15] [--check-only] [--pending 10000]
 
 ``--base``: the ``src`` folder of another checkout (e.g. ``git worktree add /tmp/base REV``);

@@ -1,6 +1,6 @@
 """Where each fault of a soak's job went: seconds from the fault to each milestone.
 
-    .venv/bin/python benchmarks/fault_timeline.py STATE_DIR JOB_ID FAULTS_JSON
+    .venv/bin/python benchmarks/_fault_timeline.py STATE_DIR JOB_ID FAULTS_JSON
 
 For each injected fault (``{"kind", "time"}``, as `soak.py` records them), from the store's
 events and process table and the run's own files: the last step the failed attempt finished,
