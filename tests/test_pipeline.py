@@ -16,6 +16,7 @@ import pytest
 
 from stoker.pipeline.lineage import lineage, resolve
 from stoker.pipeline.runner import PipelineFailed, Runner, find_run, load_pipeline
+from stoker.pipeline.steps import resolve_function
 from stoker.pipeline.store import Store, digest_of
 from stoker.spec.errors import ConfigError
 
@@ -368,3 +369,18 @@ def test_with_a_control_plane_the_training_step_is_a_job(tmp_path: Path,
     finally:
         server.stop()
         kill_jobs(state)
+
+
+def test_two_pipelines_modules_of_one_name_each_resolve_to_their_own(tmp_path: Path) -> None:
+    """Two pipelines run in one process, each with a ``steps`` module of its own (as the
+    mapping example and the pipelines example are): each gets its own, and a module its
+    directory does not have (the standard library's) is not imported again."""
+    for name, fn in (("a", "one"), ("b", "two")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "steps.py").write_text(f"def {fn}(ctx):\n    return '{fn}'\n")
+    assert resolve_function("steps:one", str(tmp_path / "a"))(None) == "one"  # type: ignore[arg-type]
+    assert resolve_function("steps:two", str(tmp_path / "b"))(None) == "two"  # type: ignore[arg-type]
+    assert resolve_function("steps:one", str(tmp_path / "a"))(None) == "one"  # type: ignore[arg-type]
+    json_module = sys.modules["json"]
+    assert resolve_function("json:dumps", str(tmp_path / "a")) is json_module.dumps
+    sys.modules.pop("steps", None)

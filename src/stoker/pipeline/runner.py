@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import stoker
-from stoker.pipeline.steps import Call, Inputs, Outcome, execute, resolve_function
+from stoker.pipeline.steps import (
+    Call,
+    Inputs,
+    Outcome,
+    execute,
+    from_code_path,
+    resolve_function,
+)
 from stoker.pipeline.store import DEFAULT_STORE, Artifact, Store
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, StokerError
@@ -121,8 +127,7 @@ def code_version(pipeline: Pipeline, step: Step) -> str:
 
 
 def _module_source(module: str, code_path: str) -> bytes:
-    if code_path not in sys.path:
-        sys.path.insert(0, code_path)
+    from_code_path(module, code_path)
     spec = importlib.util.find_spec(module)
     origin = spec.origin if spec is not None else None
     return Path(origin).read_bytes() if origin and Path(origin).is_file() else module.encode()

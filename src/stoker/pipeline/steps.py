@@ -125,11 +125,28 @@ def _attempt(call: Call, attempt: int) -> tuple[Any, dict[str, float]]:
     return result, processed
 
 
+def from_code_path(module_name: str, code_path: str) -> None:
+    """Put ``code_path`` first on the path, and forget a module of the same top-level name that
+    was imported from elsewhere when ``code_path`` has its own (two pipelines' ``steps`` in one
+    process: the second would otherwise get the first's)."""
+    top = module_name.partition(".")[0]
+    here = Path(code_path)
+    loaded = sys.modules.get(top)
+    if loaded is not None and ((here / f"{top}.py").is_file() or (here / top).is_dir()):
+        origin = getattr(loaded, "__file__", None)
+        if origin is None or here.resolve() not in Path(origin).resolve().parents:
+            for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+                del sys.modules[name]
+    if code_path in sys.path:
+        sys.path.remove(code_path)
+    sys.path.insert(0, code_path)
+    importlib.invalidate_caches()
+
+
 def resolve_function(target: str, code_path: str) -> Callable[[StepContext], Any]:
     """The function ``"module:function"`` names, imported with ``code_path`` first on the path."""
     module_name, _, attr = target.partition(":")
-    if code_path not in sys.path:
-        sys.path.insert(0, code_path)
+    from_code_path(module_name, code_path)
     fn = getattr(importlib.import_module(module_name), attr, None)
     if not callable(fn):
         raise AttributeError(f"{module_name!r} has no function {attr!r}")
