@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from stoker.health.result import CheckSet, HealthReport
-from stoker.health.runner import run_checks
 from stoker.spec.cluster import load_cluster
 from stoker.spec.errors import ConfigError
 from stoker.spec.health import HealthConfig
@@ -37,6 +36,8 @@ def check(
     if check_set not in SETS:
         raise ConfigError("--set", None, f"{check_set!r} is not one of {', '.join(SETS)}")
     config = load_cluster(cluster).health if cluster else HealthConfig()
+    from stoker.health.runner import run_checks  # torch: not for every other `stoker` command
+
     report = run_checks(node, cast(CheckSet, check_set), config, path, gang_ranks=ranks)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
