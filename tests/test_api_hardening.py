@@ -211,6 +211,14 @@ def test_nul_surrogates_and_non_finite_numbers_are_422_naming_where(
     assert queue_rows(server) == quotas and node_rows(server) == nodes
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/jobs/1/hold"])
+def test_a_body_that_is_not_utf8_is_422(server: ServerProcess, path: str) -> None:
+    """Found by the fuzz test: FastAPI answered an undecodable JSON body with an undeclared 400."""
+    before = stored(server)
+    assert_refused(server, raw_json(server, "POST", path, b'\xff\nP\xfe<\xc0'), 422, before,
+                   ["body"])
+
+
 @pytest.mark.parametrize("job_id", ["0", "-1", str(1 << 63), str(10**30)])
 def test_an_out_of_range_job_id_is_404(server: ServerProcess, job_id: str) -> None:
     before = stored(server)

@@ -485,7 +485,16 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+# FastAPI's answer to a body it cannot decode at all (JSON that is not UTF-8 text): a 400 no
+# route declares; answered as the 422 a body that is not JSON gets.
+_UNDECODABLE_BODY = "There was an error parsing the body"
+
+
 async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == _UNDECODABLE_BODY:
+        error = {"loc": ["body"], "msg": "the body is not JSON text in UTF-8",
+                 "type": "json_invalid"}
+        return JSONResponse(status_code=422, content={"detail": [error]})
     detail = exc.detail if isinstance(exc.detail, list) else printable(str(exc.detail))
     return JSONResponse(status_code=exc.status_code, content={"detail": detail},
                         headers=exc.headers)
