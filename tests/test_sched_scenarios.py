@@ -668,6 +668,20 @@ def test_more_than_the_queue_can_ever_get_is_inadmissible() -> None:
     assert "can ever get (6 GPU" in why.message
 
 
+@pytest.mark.parametrize("policy", [Policy(), Policy(preemption=False)])
+def test_more_than_the_queue_can_ever_get_is_inadmissible_while_its_quota_is_full(
+        policy: Policy) -> None:
+    """qa's quota (4 GPUs) is all in use: the cycle finds no job of qa can fit now and gives
+    the rest of the queue its reason, but a 7-GPU job never fits, whatever runs: it says so
+    (it used to read WaitingForQuota while the quota was full)."""
+    d = Case([queue("qa", 4)], [pend("big", "qa", 7), pend("small", "qa", 2)],
+             running=[run("ra", "qa", ["n0"], 4)], policy=policy).run()
+    big, small = d.waiting["big"], d.waiting["small"]
+    assert (big.code, big.inadmissible, big.flavor) == ("ExceedsMaxQuota", True, "gpu")
+    assert big.requested is not None and gpus_of(big.requested) == 7
+    assert (small.code, small.inadmissible) == ("WaitingForQuota", False)
+
+
 def test_free_nodes_outside_the_required_rack_fail_topology() -> None:
     """Two racks of 2 nodes, 4 GPUs free on one node of each rack: a gang of 2 x 4 GPUs held to
     one rack fails its topology although the cluster has the 8 GPUs free; without the

@@ -279,6 +279,7 @@ def test_admin_only_endpoints(server: ServerProcess) -> None:
         assert call(server, method, path, "alice-secret", json=body).status_code == 403, path
         assert call(server, method, path, "admin-secret", json=body).status_code == 200, path
     call(server, "PUT", "/v1/nodes/local/cordon", "admin-secret", json={"cordoned": False})
+    call(server, "PUT", "/v1/queues/alice/quotas/cpu", "admin-secret", json={"cpus": 2})
     assert call(server, "GET", "/v1/whoami", "admin-secret").json()["admin"] is True
 
 

@@ -159,8 +159,8 @@ class _QueueState:
     """A queue's pending jobs not yet considered this cycle (a heap: next job first)."""
 
     __slots__ = ("accounts", "attempts", "blocked_by", "checked", "done", "flavors", "hold",
-                 "hold_applied", "ids", "least", "most", "plan", "queue", "root", "scope",
-                 "waiting")
+                 "hold_applied", "ids", "least", "most", "most_ranks", "plan", "queue", "root",
+                 "scope", "waiting")
 
     def __init__(self, queue: Queue, accounts: dict[str, QuotaAccount], root: str | None,
                  size: int) -> None:
@@ -176,6 +176,7 @@ class _QueueState:
         self.blocked_by: JobId | None = None
         self.least: Resources = (UNLIMITED,) * size  # the least of each any job asks per rank
         self.most: Resources = (0,) * size  # the most of each resource per rank any job asks
+        self.most_ranks = 0  # the most ranks any job asks
         self.flavors = list(accounts)
         self.plan: _Plan | None = None  # its head's flavor, chosen as the cycle started
         self.hold: _Hold | None = None
@@ -276,6 +277,9 @@ class _Cycle:
             bucket[0].append(key)
             bucket[1].add(job.per_rank)
             bucket[2].append(job.id)
+            qs = self.queues[job.queue]
+            if job.ranks > qs.most_ranks:
+                qs.most_ranks = job.ranks
             if job.roles:
                 for role in job.roles:
                     bucket[1].add(role.per_rank)
@@ -643,12 +647,29 @@ class _Cycle:
                             for f in flavors)
         code = self._wait_code(qs, job, flavors, open_flavors, why, total)
         if code == "ExceedsMaxQuota":
-            describe = self.space.describe
-            message = "; ".join(f"{prefix}{f}: asks {describe(total)}, more than queue "
-                                f"{qs.queue.name} can ever get "
-                                f"({describe(_most(qs.accounts[f], len(total)))})"
-                                for f in flavors)
+            message = self._exceeds_message(qs, flavors, total, prefix)
         return self._numbers(code, message, qs, open_flavors or flavors, total)
+
+    def _exceeds_message(self, qs: _QueueState, flavors: list[str], total: list[int],
+                         prefix: str = "") -> str:
+        describe = self.space.describe
+        return "; ".join(f"{prefix}{f}: asks {describe(total)}, more than queue "
+                         f"{qs.queue.name} can ever get "
+                         f"({describe(_most(qs.accounts[f], len(total)))})" for f in flavors)
+
+    def _exceeds_max(self, qs: _QueueState, job: PendingJob) -> Waiting | None:
+        """ExceedsMaxQuota for a job (of one role) that asks more than its queue could ever
+        get on each of its flavors, whatever this cycle's usage; None for any other."""
+        if job.roles:
+            return None
+        total = _total(job)
+        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
+                                                          if f in job.flavors]
+        if not flavors or not all(any(total[r] > qs.accounts[f].most(r)
+                                      for r in range(len(total))) for f in flavors):
+            return None
+        return self._numbers("ExceedsMaxQuota", self._exceeds_message(qs, flavors, total),
+                             qs, flavors, total)
 
     # --- multi-role jobs (Kueue's pod sets) ---
 
@@ -1203,13 +1224,18 @@ class _Cycle:
                 self.waiting.update(rest)
             else:
                 self.waiting.update(dict.fromkeys([pending[k[4]].id for k in keys], reason))
-            if all(map(le, qs.most, largest)):  # every job fits some node
+            bound = times(qs.most, qs.most_ranks)  # no job asks more than this
+            beyond_quota = any(bound[r] > a.most(r) for a in qs.accounts.values()
+                               for r in range(size))
+            if all(map(le, qs.most, largest)) and not beyond_quota:
                 continue
             for key in keys:
                 job = pending[key[4]]
                 p = job.per_rank
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
                     self.waiting[job.id] = self._never_fits(job, list(qs.accounts))
+                elif beyond_quota and (exceeds := self._exceeds_max(qs, job)) is not None:
+                    self.waiting[job.id] = exceeds
 
     def _queue_reason(self, qs: _QueueState) -> Waiting:
         """Why the jobs of ``qs`` the cycle did not get to wait (one reason for them all)."""
