@@ -2,7 +2,7 @@
 shared traces: mean and p99 JCT, the ratio to the best reference, preemptions, quota owed.
 
     .venv/bin/python benchmarks/sim_policies.py                      # every case, ~5 min
-    .venv/bin/python benchmarks/sim_policies.py --case tiresias-3 --checkpoint-on-preempt
+    .venv/bin/python benchmarks/sim_policies.py --case tiresias-3 --no-checkpoint-on-preempt
 
 Cases: the Alibaba GPU 2023 pod list cut to about 24 GPUs, and to about 48 GPUs with arrivals
 twice as fast (load 0.51 both: long pods hold GPUs for months, jobs wait for days), and
@@ -96,8 +96,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", choices=list(CASES))
     parser.add_argument("--policy", action="append", choices=REFERENCES + STOKER)
-    parser.add_argument("--checkpoint-on-preempt", action="store_true",
-                        help="a preempted job loses no work (it checkpoints on SIGTERM)")
+    parser.add_argument("--checkpoint-on-preempt", action=argparse.BooleanOptionalAction,
+                        default=True, help="a preempted job loses no work (it checkpoints on "
+                        "SIGTERM; the default, as in `stoker sim`)")
     parser.add_argument("--equal-priorities", action="store_true",
                         help="every job priority 0, as the reference policies see the trace")
     args = parser.parse_args()

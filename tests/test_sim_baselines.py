@@ -102,6 +102,8 @@ def test_lowest_index_among_equal_nodes() -> None:
     # A on node 0 (the lowest of three equal ones), B on node 1, C on node 0 (1 free: best fit).
     assert [sim.jobs[i].nodes for i in range(3)] == [(0,), (1,), (0,)]
 
+NEVER = SimOptions(checkpoint_interval=math.inf, checkpoint_on_preempt=False)  # all work lost
+
 
 def test_las_victims_free_a_node_of_the_preemptors_model() -> None:
     # Y (0) takes the A100 node (lowest index), X (1) the V100 one. Z (A100 only) arrives at 10
@@ -111,7 +113,7 @@ def test_las_victims_free_a_node_of_the_preemptors_model() -> None:
     jobs = [TraceJob("Y", 0, 100), TraceJob("X", 1, 100),
             TraceJob("Z", 10, 5, gpu_models=("A100",))]
     policy = SimPolicy("las", Policy(order="las", las_thresholds=(5.0,)), True)
-    result = run(jobs, nodes, policy, SimOptions(checkpoint_interval=math.inf))
+    result = run(jobs, nodes, policy, NEVER)
     outcome = {j.id: j for j in result.jobs}
     assert (outcome["Z"].finish, outcome["Z"].waited) == (15, 0)
     assert (outcome["X"].finish, outcome["X"].preemptions) == (101, 0)
@@ -155,8 +157,7 @@ def test_a_gangs_last_rank_goes_to_the_lowest_of_equal_nodes() -> None:
 
 # --- srtf: shortest remaining time first, preemptive, oracle durations ---
 
-ON_PREEMPT = SimOptions(checkpoint_on_preempt=True)
-NEVER = SimOptions(checkpoint_interval=math.inf)
+ON_PREEMPT = SimOptions()  # the default: a preempted job checkpoints as it stops
 
 
 def preemptions(result: RunResult) -> dict[str, int]:

@@ -115,22 +115,23 @@ def test_bad_input_is_one_line_exit_2(args: list[str | Path], message: str,
 def test_format_detected_cuts_and_assumptions_printed() -> None:
     out = stoker("--trace", TIRESIAS / "60_job.csv", "--node-list", TIRESIAS / "n32g4.csv",
                  "--nodes", "5", "--policy", "fifo", "--checkpoint-interval", "1h",
-                 "--restart-overhead", "2m", "--json")
+                 "--restart-overhead", "2m", "--no-checkpoint-on-preempt", "--json")
     assert out.returncode == 0, out.stderr
     inputs = json.loads(out.stdout)["inputs"]
     assert inputs["trace"].endswith("(tiresias, format detected from its header)")
     assert inputs["nodes taken"] == "5 of 32: the first 5 nodes"
     assert inputs["GPUs"] == "whole GPUs (no job asks for a share of one)"
     assert inputs["preemption"] == ("a preempted job loses its work since the last checkpoint "
-                                    "(one every 1h), plus 2m per restart; "
-                                    "--checkpoint-on-preempt: none lost")
+                                    "(one every 1h), plus 2m per restart "
+                                    "(--no-checkpoint-on-preempt)")
     assert inputs["loaded"] == "60 rows read, 60 jobs kept"
     out = stoker("--trace", TIRESIAS / "60_job.csv", "--node-list", TIRESIAS / "n32g4.csv",
-                 "--sample-nodes", "4", "--every", "2", "--policy", "fifo",
-                 "--checkpoint-on-preempt")
+                 "--sample-nodes", "4", "--every", "2", "--policy", "fifo")
     assert out.returncode == 0, out.stderr
     assert "nodes taken: 4 of 32: every 2th node, 4 nodes spread evenly" in out.stdout
-    assert "preemption: no work lost: jobs checkpoint on SIGTERM as they stop" in out.stdout
+    assert ("preemption: no work lost: jobs checkpoint on SIGTERM as they stop "
+            "(--no-checkpoint-on-preempt: a preempted job loses its work since the last "
+            "checkpoint (one every 30m))") in out.stdout
 
 
 @pytest.mark.shared_data("traces/alibaba-openb-2023")

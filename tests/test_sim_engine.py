@@ -78,7 +78,8 @@ def test_las_preempts_and_loses_work_since_checkpoint(checkpoint: float, a_finis
     # B preempts it and runs 10-15. A resumes at 15 from its checkpoint at 8 s of work (or from
     # scratch without checkpoints).
     jobs = [TraceJob("A", 0, 100), TraceJob("B", 10, 5)]
-    result = run(jobs, ONE_GPU, las((5.0,)), SimOptions(checkpoint_interval=checkpoint))
+    options = SimOptions(checkpoint_interval=checkpoint, checkpoint_on_preempt=False)
+    result = run(jobs, ONE_GPU, las((5.0,)), options)
     a, b = result.jobs
     assert (b.finish, b.waited) == (15, 0)
     assert (a.finish, a.preemptions, a.lost_gpu_seconds) == (a_finish, 1, lost)
@@ -86,10 +87,9 @@ def test_las_preempts_and_loses_work_since_checkpoint(checkpoint: float, a_finis
     assert result.summary()["gpu_hours_lost"] == pytest.approx(lost / 3600)
 
 
-def test_checkpoint_on_preemption_loses_nothing() -> None:
+def test_checkpoint_on_preemption_loses_nothing_and_is_the_default() -> None:
     jobs = [TraceJob("A", 0, 100), TraceJob("B", 10, 5)]
-    options = SimOptions(checkpoint_interval=math.inf, checkpoint_on_preempt=True)
-    a, _ = run(jobs, ONE_GPU, las((5.0,)), options).jobs
+    a, _ = run(jobs, ONE_GPU, las((5.0,)), SimOptions(checkpoint_interval=math.inf)).jobs
     assert (a.finish, a.preemptions, a.lost_gpu_seconds) == (105.0, 1, 0.0)
 
 

@@ -41,8 +41,10 @@ INTERVAL = typer.Option("0", "--interval",
                         help="Schedule once per interval (e.g. 10s); 0: after every event.")
 WHOLE = typer.Option(False, "--whole-gpus", help="Round fractional GPU requests up to one GPU.")
 CKPT_ON_PREEMPT = typer.Option(
-    False, "--checkpoint-on-preempt",
-    help="Preempted jobs checkpoint as they stop (Stoker jobs do, on SIGTERM): no work lost.")
+    True, "--checkpoint-on-preempt/--no-checkpoint-on-preempt",
+    help="Preempted jobs checkpoint as they stop (Stoker jobs do, on SIGTERM): no work lost. "
+         "With --no-checkpoint-on-preempt a preempted job loses its work since its last "
+         "periodic checkpoint.")
 LAS = typer.Option(None, "--las-thresholds",
                    help="LAS levels in GPU-time, comma-separated (e.g. 1h,10h).")
 JSON_OUT = typer.Option(False, "--json", help="Print machine-readable JSON only.")
@@ -206,14 +208,15 @@ def _gpu_assumption(prepared: Any) -> str:
 def _preemption_assumption(options: Any) -> str:
     overhead = f", plus {_span(options.restart_overhead)} per restart" \
         if options.restart_overhead else ""
-    if options.checkpoint_on_preempt:
-        return f"no work lost: jobs checkpoint on SIGTERM as they stop{overhead}"
     if options.checkpoint_interval == float("inf"):
         lost = "all its work (no checkpoints)"
     else:
         every = _span(options.checkpoint_interval)
         lost = f"its work since the last checkpoint (one every {every})"
-    return f"a preempted job loses {lost}{overhead}; --checkpoint-on-preempt: none lost"
+    if options.checkpoint_on_preempt:
+        return (f"no work lost: jobs checkpoint on SIGTERM as they stop{overhead} "
+                f"(--no-checkpoint-on-preempt: a preempted job loses {lost})")
+    return f"a preempted job loses {lost}{overhead} (--no-checkpoint-on-preempt)"
 
 
 def _span(seconds: float) -> str:

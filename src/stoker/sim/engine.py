@@ -62,7 +62,7 @@ class SimOptions:
     seed: int = 0
     interval: float = 0.0  # 0: schedule after every batch of simultaneous events
     whole_gpus: bool = False  # round fractional GPU requests up to one GPU
-    checkpoint_on_preempt: bool = False  # a preempted job saves a checkpoint as it stops
+    checkpoint_on_preempt: bool = True  # a preempted job saves a checkpoint as it stops
 
 # What a skipped trace job is counted under, by `stoker.sched.fit.Unfit.why`.
 _SKIPPED = {
