@@ -45,13 +45,14 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
+from enum import Enum
 from operator import le
 from typing import Literal, NamedTuple
 
 from stoker.sched import preempt
 from stoker.sched.cache import SchedulerCache
 from stoker.sched.nodes import Nodes, Placement, times
-from stoker.sched.order import QueueKey, queue_keys
+from stoker.sched.order import SEQ, QueueKey, queue_keys
 from stoker.sched.quota import Account, QuotaAccount
 from stoker.sched.tenant_order import TenantOrder
 from stoker.sched.types import (
@@ -74,9 +75,17 @@ from stoker.sched.types import (
 )
 
 INF = float("inf")
-# What considering a job did: admitted it, left it waiting (maybe nominated), or deferred it to
-# the borrowing pass.
-_ADMIT, _WAIT, _DEFER = "admit", "wait", "defer"
+
+
+class Outcome(Enum):
+    """What considering a job did."""
+
+    ADMIT = "admit"
+    WAIT = "wait"  # left waiting, maybe nominated, its reason recorded
+    DEFER = "defer"  # left for the borrowing pass
+
+
+_ADMIT, _WAIT, _DEFER = Outcome.ADMIT, Outcome.WAIT, Outcome.DEFER
 _NO_NODES = "no nodes free"
 _HeapKey = tuple[int, object, int, float, float, int]  # QueueKey, borrowing level or share 2nd
 
@@ -331,8 +340,8 @@ class _Cycle:
                 key = heapq.heappop(qs.waiting)
                 if tenants is not None:
                     tenants.popped(qs.waiting, key)
-                job = pending[key[4]]
-                outcome = self._consider(qs, job, key[4], nominal_only)
+                job = pending[key[SEQ]]
+                outcome = self._consider(qs, job, key[SEQ], nominal_only)
                 if outcome is _DEFER:
                     heapq.heappush(qs.waiting, key)
                     if tenants is not None:
@@ -340,7 +349,7 @@ class _Cycle:
                     break
                 qs.done.append(job.id)
                 if outcome is _WAIT and qs.queue.strategy == "StrictFIFO":
-                    qs.blocked_by = pending[key[4]].id
+                    qs.blocked_by = pending[key[SEQ]].id
                     break
                 if not qs.waiting or self._hopeless(qs):
                     break
@@ -354,7 +363,7 @@ class _Cycle:
         if self.tenants is not None:
             self.tenants.fresh_head(qs.waiting)
         key = qs.waiting[0]
-        job = self.snap.pending[key[4]]
+        job = self.snap.pending[key[SEQ]]
         total = _total(job)
         accounts = (qs.accounts.values() if job.flavors is None
                     else [a for f, a in qs.accounts.items() if f in job.flavors])
@@ -363,7 +372,7 @@ class _Cycle:
         else:
             second = _borrow_level(accounts, total)
         # Priority from the job: the usage of tenants of different queues is not compared.
-        return (key[0], second, -job.priority, key[2], key[3], key[4])
+        return (key[0], second, -job.priority, key[2], key[3], key[SEQ])
 
     def _can_preempt(self, qs: _QueueState) -> bool:
         q = qs.queue
@@ -399,7 +408,7 @@ class _Cycle:
             return False
         return True
 
-    def _consider(self, qs: _QueueState, job: PendingJob, seq: int, nominal_only: bool) -> str:
+    def _consider(self, qs: _QueueState, job: PendingJob, seq: int, nominal_only: bool) -> Outcome:
         """Try to admit ``job`` (the ``seq``-th pending job): on the flavor its queue's flavor
         fungibility chooses, borrowing only in the second pass (else defer it); else maybe
         nominate it or reserve for it. Returns _ADMIT, _WAIT or _DEFER."""
@@ -482,7 +491,7 @@ class _Cycle:
 
     def _consider_planned(self, qs: _QueueState, job: PendingJob, plan: _Plan,
                           level: int | None, total: list[int], nominal_only: bool,
-                          starving: bool) -> str:
+                          starving: bool) -> Outcome:
         """Admit a queue's head on the flavor chosen for it as the cycle started. If the
         cycle's earlier admissions took that flavor's room it waits for the next cycle (Kueue
         skips it) rather than taking another flavor."""
@@ -591,7 +600,7 @@ class _Cycle:
         return best, preemptible
 
     def _assign(self, qs: _QueueState, job: PendingJob, flavors: list[str], level: int | None,
-                total: list[int], nominal_only: bool, starving: bool) -> str:
+                total: list[int], nominal_only: bool, starving: bool) -> Outcome:
         """Admit ``job`` on the flavor its queue's fungibility chooses, or nominate it for the
         victims of the best flavor where they make room; else explain why it waits."""
         q = qs.queue
@@ -674,7 +683,7 @@ class _Cycle:
     # --- multi-role jobs (Kueue's pod sets) ---
 
     def _consider_roles(self, qs: _QueueState, job: PendingJob, nominal_only: bool,
-                        starving: bool) -> str:
+                        starving: bool) -> Outcome:
         """Admit every role of ``job`` or none: each role's flavor is chosen in turn, as for a
         job of its own, against the quota and nodes the earlier roles took. No preemption: a
         role that does not fit now makes the whole job wait (or, in the first pass, borrow
@@ -686,7 +695,7 @@ class _Cycle:
         for n, part in enumerate(parts):
             found = self._fit_role(qs, part, nominal_only and not job.nominated, starving,
                                    f"role {n + 1} of {len(parts)}: " if n else "")
-            if isinstance(found, str):
+            if isinstance(found, Outcome):
                 outcome = found
                 break
             flavor, placement, total = found
@@ -712,7 +721,7 @@ class _Cycle:
         return _ADMIT
 
     def _fit_role(self, qs: _QueueState, part: PendingJob, defer_borrowing: bool,
-                  starving: bool, prefix: str) -> tuple[str, Placement, list[int]] | str:
+                  starving: bool, prefix: str) -> tuple[str, Placement, list[int]] | Outcome:
         """Where one role of a multi-role job fits now (flavor, placement, its total), or
         _DEFER (it would borrow, in the first pass) or _WAIT (with its reason recorded)."""
         where = self._where(qs, part, prefix, "role")
@@ -960,7 +969,7 @@ class _Cycle:
         return _Found(flavor, chosen, placement, borrow, own)
 
     def _nominate(self, qs: _QueueState, job: PendingJob, found: _Found,
-                  total: list[int]) -> str:
+                  total: list[int]) -> Outcome:
         """Preempt ``found``'s victims for ``job``, which waits for them to stop."""
         self._commit_nomination(qs, job, found.flavor, total, found.placement,
                                 [v for v, _ in found.chosen])
@@ -1230,7 +1239,7 @@ class _Cycle:
             if all(map(le, qs.most, largest)) and not beyond_quota:
                 continue
             for key in keys:
-                job = pending[key[4]]
+                job = pending[key[SEQ]]
                 p = job.per_rank
                 if p[0] > largest[0] or p[1] > largest[1] or p[2] > largest[2]:
                     self.waiting[job.id] = self._never_fits(job, list(qs.accounts))

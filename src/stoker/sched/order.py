@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from typing import Final
 
 from stoker.sched.types import JobId, PendingJob, Policy, Snapshot
 
@@ -18,6 +19,7 @@ INF = float("inf")
 # (urgency, -priority, order value, created, seq); under admission fair sharing the cycle makes
 # the second item (tenant usage, -priority): `stoker.sched.tenant_order`.
 QueueKey = tuple[int, int | tuple[float, int], float, float, int]
+SEQ: Final = 4  # the field of a QueueKey that is its job's index in the snapshot's pending list
 
 
 def queue_keys(pending: Sequence[PendingJob], policy: Policy, now: float) -> list[QueueKey]:
@@ -49,10 +51,10 @@ def queue_positions(snapshot: Snapshot, policy: Policy) -> dict[JobId, int]:
                 for (u, _, v, c, seq), job in zip(keys, pending, strict=True)]
     by_queue: dict[str, list[QueueKey]] = {}
     for key in keys:
-        by_queue.setdefault(pending[key[4]].queue, []).append(key)
+        by_queue.setdefault(pending[key[SEQ]].queue, []).append(key)
     positions: dict[JobId, int] = {}
     for keys in by_queue.values():
         keys.sort()
         for n, key in enumerate(keys, 1):
-            positions[pending[key[4]].id] = n
+            positions[pending[key[SEQ]].id] = n
     return positions

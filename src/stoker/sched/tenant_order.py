@@ -15,6 +15,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from stoker.sched.order import SEQ
 from stoker.sched.types import AdmissionFairSharing, PendingJob
 
 # The cycle's heap key: (urgency, -priority or (usage, -priority), order value, created, seq).
@@ -36,7 +37,7 @@ class TenantOrder:
         by_tenant: dict[TenantKey, list[Key]] = {}
         pending = self.pending
         for key in keys:
-            job = pending[key[4]]
+            job = pending[key[SEQ]]
             by_tenant.setdefault((job.queue, job.tenant), []).append(key)
         heads = []
         for tenant, own in by_tenant.items():
@@ -51,7 +52,7 @@ class TenantOrder:
         return (urgency, (self.usage.get(tenant, 0.0), priority), value, created, seq)
 
     def _tenant(self, key: Key) -> TenantKey:
-        job = self.pending[key[4]]
+        job = self.pending[key[SEQ]]
         return (job.queue, job.tenant)
 
     def fresh_head(self, waiting: list[Key]) -> None:
