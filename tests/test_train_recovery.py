@@ -196,6 +196,25 @@ def test_a_failed_ranks_stuck_peer_is_killed_after_the_failure_grace(tmp_path: P
     assert failure["time"] - last_step < 20  # 30 s and more with elastic's own grace
 
 
+def test_a_stopped_rank_is_killed_at_once(tmp_path: Path) -> None:
+    """Rank 1 is frozen at step 6 (SIGSTOP: its watchdog cannot run, its SIGTERM waits); rank
+    0's collective times out after 4 s (the process group's timeout is the hang timeout; or its
+    watchdog, as silent for as long, ends it first). The launcher SIGKILLs rank 1 at once (a
+    stopped process cannot act on SIGTERM): a failure grace of 60 s would otherwise pass."""
+    run = tmp_path / "run"
+    config = write_config(tmp_path, train={"hang_timeout_s": 4.0})
+    done = train(config, run, fault="stop@step=6,rank=1", env={"STOKER_FAILURE_GRACE_S": "60"})
+    assert done.returncode in (1, 86), done.stderr
+    if done.returncode == 1:
+        assert "Timed out waiting" in done.stderr
+    (failure,) = read_events(run, "failure")
+    assert failure["rank"] == 0
+    assert {r["rank"]: r["exitcode"] for r in failure["ranks"]} == {0: done.returncode, 1: -9}
+    last_step = max(json.loads(x)["time"] for x in (run / "metrics.jsonl").read_text()
+                    .splitlines())
+    assert failure["time"] - last_step < 40  # 60 s and more with the grace
+
+
 @pytest.mark.parametrize(("action", "where"), [("skip", "host"), ("rollback", "host"),
                                                ("skip", "device"), ("rollback", "device")])
 def test_an_injected_nan_is_skipped_or_rolled_back(tmp_path: Path, action: str,

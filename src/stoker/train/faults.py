@@ -13,7 +13,8 @@ points   ``step=N``        the trainer's hook before optimizer step N runs
          ``ckpt_manifest`` rank 0, inside a save: every rank's files are written, the manifest
                            is not
          ``fwd_bwd``       inside step N's forward+backward (pick the step with ``step=N``)
-actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``exit`` ``os._exit(code)``
+actions  ``kill`` SIGKILL itself · ``hang`` sleep forever · ``stop`` SIGSTOP itself (frozen: not
+         even its watchdog runs, its SIGTERM waits) · ``exit`` ``os._exit(code)``
          (``code=N``, default 1) · ``raise`` a RuntimeError · ``nan``: ``fire`` returns "nan"
          and the caller poisons the step's loss · ``slow``: sleep ``ms=N`` milliseconds
          (default 100) and go on: a straggler for one step · ``burn``: spin until the
@@ -46,7 +47,7 @@ OPT_IN = "STOKER_FAULT_OPT_IN"
 NODE_ENV = "STOKER_NODE"  # a rank process's node (one process per rank)
 RANK_NODES_ENV = "STOKER_RANK_NODES"  # "n0,n0,n1": each rank's node (one launcher per job)
 JOB_ATTEMPT_ENV = "STOKER_JOB_ATTEMPT"  # the control plane's attempt number, from 1
-ACTIONS = ("kill", "hang", "exit", "raise", "nan", "slow", "burn")
+ACTIONS = ("kill", "hang", "stop", "exit", "raise", "nan", "slow", "burn")
 
 
 @dataclass
@@ -134,6 +135,8 @@ def fire(point: str, step: int, rank: int) -> str | None:
 def _act(fault: Fault) -> str | None:
     if fault.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault.action == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
     if fault.action == "hang":
         while True:
             time.sleep(3600)

@@ -21,7 +21,9 @@ the next step boundary and stop; the launcher then exits 75, "preempted, resumab
 (`stoker.train.exitcodes`). SIGINT (Ctrl-C) stops them the same way and exits 130. When a rank
 fails, the others get SIGTERM and ``$STOKER_FAILURE_GRACE_S`` seconds (default 3; the control
 plane sets its ``--failure-grace``) before SIGKILL, not elastic's 30: a rank hung or blocked in
-a collective on a dead peer would only hold the gang's devices meanwhile.
+a collective on a dead peer would only hold the gang's devices meanwhile. When the failure is a
+hang (a watchdog's exit), the others get SIGKILL at once, as does a stopped rank (SIGSTOP, a
+frozen cgroup) whatever the failure: neither could act on SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from stoker.spec import loading
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
-from stoker.train.exitcodes import EXIT_PREEMPTED, describe
+from stoker.train.exitcodes import EXIT_HANG, EXIT_PREEMPTED, describe
 from stoker.train.heartbeat import enable_flight_recorder
 from stoker.train.restarts import ATTEMPT_ENV, AttemptResult, rank_failures, supervise
 from stoker.train.run_dir import check_reuse, lock_run_dir, record_holder, unlock_run_dir
@@ -206,11 +208,18 @@ def _failed_gang_stopped_within(grace: float) -> Iterator[set[int]]:
     class FailFastAgent(base):  # type: ignore[valid-type,misc]
         def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
             if self._pcontext is not None:
-                ended = {pid: _exit_status(pid) for pid in self._pcontext.pids().values()}
-                if any(status not in (None, 0, EXIT_PREEMPTED) for status in ended.values()):
-                    live = [pid for pid, status in ended.items() if status is None]
+                pids = self._pcontext.pids()
+                ended = {rank: _exit_status(pid) for rank, pid in pids.items()}
+                failed = [r for r, status in ended.items()
+                          if status not in (None, 0, EXIT_PREEMPTED)]
+                if failed:
+                    live = [pids[r] for r, status in ended.items() if status is None]
                     stopped.update(live)
-                    _stop(live, grace)
+                    # After a watchdog's hang the others wait in a collective on the hung rank
+                    # (or are it): they act on SIGTERM only at a step boundary they cannot
+                    # reach, and the hang's evidence is written already.
+                    hung = any(ended[r] == EXIT_HANG for r in failed)
+                    _stop(live, 0.0 if hung else grace)
             return super()._monitor_workers(worker_group)
 
     launcher.LocalElasticAgent = FailFastAgent  # type: ignore[misc]
@@ -218,6 +227,15 @@ def _failed_gang_stopped_within(grace: float) -> Iterator[set[int]]:
         yield stopped
     finally:
         launcher.LocalElasticAgent = base  # type: ignore[misc]
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP, a debugger, a frozen cgroup): Linux only."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] in ("T", "t")
 
 
 def _exit_status(pid: int) -> int | None:
@@ -234,10 +252,12 @@ def _exit_status(pid: int) -> int | None:
 
 
 def _stop(pids: Sequence[int], grace: float) -> None:
-    """SIGTERM to ``pids`` (children of this process), SIGKILL to those left after ``grace``."""
-    for pid in pids:
+    """SIGTERM to ``pids`` (children of this process), SIGKILL to those left after ``grace``
+    (at once when it is 0, and to a stopped process, which cannot act on SIGTERM)."""
+    frozen = [pid for pid in pids if _stopped(pid)]
+    for pid in pids if grace > 0 else ():
         with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL if pid in frozen else signal.SIGTERM)
     deadline = time.monotonic() + grace
     while (left := [p for p in pids if _exit_status(p) is None]) and \
             time.monotonic() < deadline:
