@@ -114,7 +114,7 @@ def get_nodes(server: ServerProcess) -> list[dict[str, Any]]:
 
 def test_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
     env = {**os.environ, "STOKER_SERVER": server.url, "STOKER_TOKEN": "alice-t",
-           "COLUMNS": "200"}
+           "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"}
     before = api_gets(server)
     proc = subprocess.Popen([sys.executable, "-m", "stoker", "queues", "--watch", "-n", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -126,7 +126,12 @@ def test_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
         polls += 1
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # where it is stuck: faulthandler's stacks on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        raise AssertionError(f"still running 30 s after SIGINT:\n{err}") from None
     assert proc.returncode == 0, err
     assert "QUEUE" in out and "Traceback" not in err
 
