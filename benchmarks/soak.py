@@ -7,10 +7,12 @@
 A real ``stoker server`` (`ServerProcess`) with local nodes, periodic health checks on (so a
 node a failure suspects is cordoned, and returns after passing a later check) and the test-only
 fault hook enabled, runs the demo config (examples/tiny.toml: the tiny model, FSDP2, 2 CPU
-ranks of gloo) as one job with ``max_restarts`` to spare. Faults come at exponential intervals
-of mean ``--fault-interval`` seconds over the planned ``--minutes`` (over the reference's
-wall time with ``--steps``; ``--faults K``: exactly K, evenly spread over the run),
-in turn:
+ranks of gloo) as one job with ``max_restarts`` to spare. Faults are drawn at exponential
+intervals of mean ``--fault-interval`` seconds over the planned ``--minutes`` (over the
+reference's wall time with ``--steps``; ``--faults K``: exactly K, evenly spread over the run)
+and each is injected once the job has trained as far as that moment is into the planned run
+(fault at 40% of the minutes: once the job passed 40% of its steps), so every fault falls due
+however fast the machine runs the soak against its calibration; in turn:
 
   kill  ``kill -9`` of one rank (its pid from the process table)
   hang  ``SIGSTOP`` of one rank: its peer's heartbeat watchdog (``train.hang_timeout_s``)
@@ -173,6 +175,11 @@ def fault_times(seconds: float, interval: float, count: int | None,
     return out
 
 
+def fault_steps(times: list[float], span: float, steps: int) -> list[int]:
+    """The step each fault waits for: as far into the run's steps as it is into ``span``."""
+    return [min(steps - 1, max(1, round(steps * t / span))) for t in times]
+
+
 def ranks_of(run_dir: Path) -> list[psutil.Process]:
     """The live rank processes of the run (``python -u -m stoker.train ... --run-dir RUN``)."""
     found = []
@@ -213,17 +220,17 @@ def inject(kind: str, run_dir: Path, rng: random.Random, since: float) -> dict[s
             "time": time.time()}
 
 
-def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, times: list[float],
+def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, at_steps: list[int],
          rng: random.Random, progress: Callable[[int, str], None]) -> dict[str, Any]:
     client = server.client("soak")
     job_spec = {"name": "soak", "queue": "q", "ranks": RANKS, "resources": {"cpus": 1},
-                "train_config": "train.toml", "max_restarts": len(times) + 5}
+                "train_config": "train.toml", "max_restarts": len(at_steps) + 5}
     job_id = client.submit(job_spec, cfg)["id"]
     run_dir = server.state_dir / "jobs" / str(job_id) / "run"
     started = time.monotonic()
-    pending = list(times)
+    pending = list(at_steps)
     while (job := client.job(job_id))["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-        if pending and time.monotonic() - started >= pending[0]:
+        if pending and max(losses(run_dir), default=0) >= pending[0]:
             pending.pop(0)
             kind = KINDS[len(report.faults) % len(KINDS)]
             last = max((f.get("time", 0.0) for f in report.faults), default=0.0)
@@ -285,8 +292,10 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
         report.reference_s = time.monotonic() - t0
     span = minutes * 60 if planned else report.reference_s
     times = fault_times(span, interval, count, rng)
+    at_steps = fault_steps(times, span, steps)
+    planned_at = [f"{t:.0f}s (step {s})" for t, s in zip(times, at_steps, strict=True)]
     console.print(f"reference took {report.reference_s:.0f}s; faults at "
-                  f"{', '.join(f'{t:.0f}s' for t in times) or 'none'}")
+                  f"{', '.join(planned_at) or 'none'}")
     (tmp / "cluster.toml").write_text(CLUSTER)
     server = ServerProcess(tmp / "state", tmp / "cluster.toml",
                            env={"STOKER_TOKEN_SOAK": "soak", "PYTHONPATH": absolute_pythonpath()},
@@ -297,7 +306,7 @@ def run(minutes: float, interval: float, count: int | None, seed: int, steps: in
         server.start()
         with Progress(*columns, console=console) as bar:
             task = bar.add_task("", total=steps)
-            job = soak(server, cfg, report, times, rng,
+            job = soak(server, cfg, report, at_steps, rng,
                        lambda done, what: bar.update(task, completed=done, description=what))
     finally:
         server.stop()
