@@ -531,3 +531,24 @@ def test_a_bad_resume_path_is_refused_before_anything_starts(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no such checkpoint or run directory" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not run.exists()
+
+
+def test_a_checkpoint_saved_by_the_same_model_needs_no_tensor_check(tmp_path: Path) -> None:
+    """The launcher skips reading a resume's tensor metadata (and importing DCP) only when the
+    checkpoint's RUN_META names the very model of the config; another model, or no RUN_META
+    (an older checkpoint), is checked."""
+    from stoker.spec.train import TrainConfig
+    from stoker.train.ckpt_layout import RUN_META
+    from stoker.train.launch import saved_by_this_model
+    from stoker.train.resume_check import run_meta
+
+    cfg = TrainConfig.model_validate({"model": {"preset": "tiny", "vocab_size": 300}})
+    ckpt = tmp_path / "step-00000010"
+    ckpt.mkdir()
+    assert not saved_by_this_model(ckpt, cfg)
+    (ckpt / RUN_META).write_text(json.dumps(run_meta(cfg, 0)))
+    assert saved_by_this_model(ckpt, cfg)
+    wider = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dim": 128})})
+    assert not saved_by_this_model(ckpt, wider)
+    (ckpt / RUN_META).write_text("not json")
+    assert not saved_by_this_model(ckpt, cfg)

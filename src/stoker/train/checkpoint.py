@@ -64,7 +64,7 @@ from stoker.train import faults
 from stoker.train.ckpt_find import find_latest as find_latest  # moved; still importable here
 from stoker.train.ckpt_find import resolve_resume
 from stoker.train.ckpt_interval import AutoInterval, gang_mtbf
-from stoker.train.ckpt_layout import STEP_PREFIX, list_steps, step_dir
+from stoker.train.ckpt_layout import RUN_META, STEP_PREFIX, list_steps, step_dir
 from stoker.train.ckpt_manifest import (
     MANIFEST,
     DigestingWriter,
@@ -75,7 +75,6 @@ from stoker.train.ckpt_manifest import (
 )
 from stoker.train.ckpt_retention import to_delete
 
-RUN_META = "stoker.json"  # rank 0's: the config saved under, the schedule's start (resume_check)
 WRITER_NICE = 10  # CPU share of a background save's threads when they compete with training
 
 

@@ -28,12 +28,10 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from stoker.spec.errors import StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import hf_llama
-from stoker.train.checkpoint import RUN_META
 from stoker.train.ckpt_find import find_latest
-from stoker.train.ckpt_layout import CHECKPOINTS, step_dir
+from stoker.train.ckpt_layout import CHECKPOINTS, RUN_META, read_run_meta, step_dir
 from stoker.train.ckpt_manifest import Manifest, TornCheckpoint, verify
 from stoker.train.data import dataset_dir
-from stoker.train.resume_check import read_run_meta
 from stoker.train.shards import InvalidShardDir, read_meta
 
 MODEL_KEY = "model."

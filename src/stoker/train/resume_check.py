@@ -12,7 +12,6 @@ the resolved config it was saved under and the step its LR schedule started from
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from stoker.spec.errors import ConfigError
 from stoker.spec.train import ModelConfig, ModelShape, TrainConfig
-from stoker.train.checkpoint import RUN_META
+from stoker.train.ckpt_layout import read_run_meta
 
 SHAPE_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
                 "tie_embeddings")
@@ -34,15 +33,6 @@ MODEL_PREFIX = "model."
 def run_meta(cfg: TrainConfig, schedule_start: int) -> dict[str, Any]:
     return {"config": cfg.model_dump(mode="json", by_alias=True),
             "schedule_start": schedule_start}
-
-
-def read_run_meta(ckpt: Path) -> dict[str, Any]:
-    """A checkpoint's RUN_META ({} for one written before it existed)."""
-    try:
-        meta = json.loads((ckpt / RUN_META).read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def check_fits(ckpt: Path, cfg: TrainConfig, source: str | None = None) -> None:

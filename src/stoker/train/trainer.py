@@ -69,6 +69,7 @@ from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
 from stoker.train import faults
 from stoker.train.checkpoint import Checkpointer, config_hash, nested_optimizer_state
+from stoker.train.ckpt_layout import read_run_meta
 from stoker.train.data import Batch, TokenLoader
 from stoker.train.distributed import DistInfo, barrier
 from stoker.train.exitcodes import EXIT_PREEMPTED
@@ -92,7 +93,7 @@ from stoker.train.profile_request import (
 )
 from stoker.train.profiling import Capture, Plan, started_event
 from stoker.train.restarts import attempt
-from stoker.train.resume_check import check_fits, read_run_meta, run_meta, schedule_changes
+from stoker.train.resume_check import check_fits, run_meta, schedule_changes
 from stoker.train.step_log import Agreed, LoggedStep, PendingStep, gather_steps
 from stoker.train.task import (
     Task,
