@@ -442,8 +442,7 @@ class _Cycle:
                ) -> tuple[list[str], int | None] | None:
         """The queue's flavors ``job`` may use and its topology level; None (its reason
         recorded) when no flavor matches or the level is unknown."""
-        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
-                                                          if f in job.flavors]
+        flavors = _allowed_flavors(qs, job)
         if not flavors:
             self.waiting[job.id] = Waiting("NoMatchingFlavor", f"{prefix}no flavor of the "
                                            f"queue matches the {whose}'s GPU model")
@@ -474,8 +473,7 @@ class _Cycle:
     def _plan(self, qs: _QueueState, job: PendingJob, seq: int) -> _Plan | None:
         """The fit chosen for ``job`` now, or None when it has none or a flavor where victims
         make room could still win (decided when the job comes up)."""
-        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
-                                                          if f in job.flavors]
+        flavors = _allowed_flavors(qs, job)
         level = None if job.topology is None else self.nodes.levels.get(job.topology, -1)
         if not flavors or level == -1 or job.roles:
             return None
@@ -672,10 +670,8 @@ class _Cycle:
         if job.roles:
             return None
         total = _total(job)
-        flavors = qs.flavors if job.flavors is None else [f for f in qs.flavors
-                                                          if f in job.flavors]
-        if not flavors or not all(any(total[r] > qs.accounts[f].most(r)
-                                      for r in range(len(total))) for f in flavors):
+        flavors = _allowed_flavors(qs, job)
+        if not flavors or not _exceeds_quota(qs, flavors, total):
             return None
         return self._numbers("ExceedsMaxQuota", self._exceeds_message(qs, flavors, total),
                              qs, flavors, total)
@@ -819,8 +815,7 @@ class _Cycle:
     def _wait_code(self, qs: _QueueState, job: PendingJob, flavors: list[str],
                    open_flavors: list[str], why: dict[str, str], total: list[int]) -> WaitCode:
         """The code for a job that fits on some node but was neither admitted nor nominated."""
-        if all(any(total[r] > qs.accounts[f].most(r) for r in range(len(total)))
-               for f in flavors):
+        if _exceeds_quota(qs, flavors, total):
             return "ExceedsMaxQuota"
         if not open_flavors:
             return "HeldForStarvingJob"
@@ -1329,6 +1324,17 @@ def _quota_bound(account: QuotaAccount, total: list[int], own_freed: list[int],
         if total[r] > room:
             return False
     return True
+
+
+def _allowed_flavors(qs: _QueueState, job: PendingJob) -> list[str]:
+    """The flavors of ``qs`` that ``job`` may use, in the queue's order."""
+    return qs.flavors if job.flavors is None else [f for f in qs.flavors if f in job.flavors]
+
+
+def _exceeds_quota(qs: _QueueState, flavors: list[str], total: list[int]) -> bool:
+    """Whether ``total`` is more than ``qs`` could ever get on every one of ``flavors``."""
+    return all(any(total[r] > qs.accounts[f].most(r) for r in range(len(total)))
+               for f in flavors)
 
 
 def _total(job: PendingJob) -> list[int]:

@@ -264,10 +264,10 @@ def _exit_status(pid: int) -> int | None:
 def _stop(pids: Sequence[int], grace: float) -> None:
     """SIGTERM to ``pids`` (children of this process), SIGKILL to those left after ``grace``
     (at once when it is 0, and to a stopped process, which cannot act on SIGTERM)."""
-    frozen = [pid for pid in pids if _stopped(pid)]
-    for pid in pids if grace > 0 else ():
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL if pid in frozen else signal.SIGTERM)
+    if grace > 0:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if _stopped(pid) else signal.SIGTERM)
     deadline = time.monotonic() + grace
     while (left := [p for p in pids if _exit_status(p) is None]) and \
             time.monotonic() < deadline:
