@@ -230,13 +230,13 @@ def soak(server: ServerProcess, cfg: dict[str, Any], report: Report, at_steps: l
     started = time.monotonic()
     pending = list(at_steps)
     while (job := client.job(job_id))["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-        if pending and max(losses(run_dir), default=0) >= pending[0]:
+        done = max(losses(run_dir), default=0)
+        if pending and done >= pending[0]:
             pending.pop(0)
             kind = KINDS[len(report.faults) % len(KINDS)]
             last = max((f.get("time", 0.0) for f in report.faults), default=0.0)
             report.faults.append(inject(kind, run_dir, rng, last))
-        progress(max(losses(run_dir), default=0),
-                 f"{job['state']} faults {len(report.faults)} restarts {job['restarts']}")
+        progress(done, f"{job['state']} faults {len(report.faults)} restarts {job['restarts']}")
         time.sleep(1.0)
     report.soak_s = time.monotonic() - started
     return job
