@@ -13,22 +13,33 @@ from typing import Any
 
 import pytest
 
+from stoker.train.heartbeat import HANGS
 from test_train_equivalence import SMALL, assert_same_trajectory
 from train_helpers import EXAMPLE, train_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 8
+HANG_TIMEOUT_S = 120
+
+
+def hang_stacks(run_dir: Path) -> str:
+    """What the hang watchdog wrote, if it fired: every rank's threads' stacks."""
+    return "".join(f"\n--- {path.name}\n{path.read_text(errors='replace')}"
+                   for path in sorted((run_dir / HANGS).glob("*")) if path.is_file())
 
 
 def train_ranks(run_dir: Path, nproc: int, overrides: list[str],
                 extra: list[str] | None = None) -> list[dict[str, Any]]:
-    args = [arg for o in overrides for arg in ("--set", o)]
+    # The watchdog fires well before the subprocess timeout, so a hang fails the run with
+    # every rank's stacks (RUN_DIR/hangs/) in the assertion's message, not a bare timeout.
+    args = [arg for o in [f"train.hang_timeout_s={HANG_TIMEOUT_S}", *overrides]
+            for arg in ("--set", o)]
     result = subprocess.run(
         [sys.executable, "-m", "stoker", "train", str(EXAMPLE), "--nproc", str(nproc),
          "--run-dir", str(run_dir), *args, *(extra or [])],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
-    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.returncode == 0, result.stderr + result.stdout + hang_stacks(run_dir)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
