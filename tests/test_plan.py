@@ -54,12 +54,12 @@ def test_tiny_by_hand() -> None:
     assert (mem.params, mem.gradients, mem.optimizer_states, mem.optimizer_temporary) == (
         4 * total, 4 * total, 8 * total, 4 * total)
     assert mem.fsdp_unsharded == mem.ddp_buckets == mem.init_full_model == 0
-    # Activations of 8 x 128 tokens: per token and layer 4 B x (8 x 128 + 2 x 128 kv + 4 x 344)
+    # Activations of 8 x 128 tokens: per token and layer 4 B x (6 x 128 + 2 x 128 kv + 4 x 344)
     # + 4 B x (4 heads' log-sum-exp + 2 rstd); 4 layers, the embedding's output, the output
-    # side (norm in and out, fp32 log-softmax) and one layer of backward working set.
+    # side (the norm's output, fp32 log-softmax) and one layer of backward working set.
     tokens = 8 * 128
-    layer = tokens * (4 * (8 * 128 + 2 * 128 + 4 * 344) + 4 * (4 + 2))
-    output = tokens * (4 * 2 * 128 + 4 * 256)
+    layer = tokens * (4 * (6 * 128 + 2 * 128 + 4 * 344) + 4 * (4 + 2))
+    output = tokens * (4 * 128 + 4 * 256)
     assert mem.activations == 4 * layer + tokens * 4 * 128 + output + layer
     assert mem.loss_transient == tokens * 2 * 4 * 256
     assert mem.peak_phase == "forward+backward"

@@ -190,9 +190,12 @@ def layer_activation_bytes(shape: ModelShape, tokens: float, tp: int, dtype_byte
     sequence) with no checkpointing. Under tp the two gathered norm outputs are full size."""
     h, f, kv = shape.dim, shape.ffn_hidden, shape.n_kv_heads * shape.head_dim
     # The two norm outputs the linears take (full size, gathered, under tp), then split by tp:
-    # 6·dim (norm inputs, q before and after rotary, the attention output and its reshaped
-    # copy), 2·kv (k and v heads) and the SwiGLU's four ffn_hidden-wide tensors.
-    elements = 2 * h + (6 * h + 2 * kv + 4 * f) / tp
+    # 4·dim (norm inputs, q before and after rotary, the attention output and its reshaped
+    # copy), 2·kv (k and v heads) and the SwiGLU's four ffn_hidden-wide tensors. A fused norm
+    # (CUDA's kernel, `train/norm.py` on CPU) saves its input only; under tp the norms run on
+    # DTensors through the composite, which also saves the normalised input: 2·dim more.
+    composite_norms = 2 * h if tp > 1 else 0
+    elements = 2 * h + (4 * h + 2 * kv + 4 * f + composite_norms) / tp
     rope_fp32 = (h + kv) / tp if dtype_bytes != FP32 else 0  # q.float(), k.float()
     small = FP32 * (shape.n_heads / tp + 2)  # attention log-sum-exp, RMSNorm rstd
     return tokens * (dtype_bytes * elements + FP32 * rope_fp32 + small)
@@ -207,8 +210,10 @@ def checkpointed_layers(layers: list[int], parallel: ParallelConfig) -> int:
 
 
 def output_activation_bytes(shape: ModelShape, tokens: float, tp: int, dtype_bytes: int) -> float:
-    """Saved by the final norm, the output projection and the fp32 log-softmax."""
-    return tokens * (dtype_bytes * (shape.dim / tp + shape.dim) + FP32 * shape.vocab_size / tp)
+    """Saved by the output projection (the final norm's output) and the fp32 log-softmax; under
+    tp also the composite norm's normalised input (see `layer_activation_bytes`)."""
+    composite_norm = shape.dim / tp if tp > 1 else 0
+    return tokens * (dtype_bytes * (shape.dim + composite_norm) + FP32 * shape.vocab_size / tp)
 
 
 def loss_transient_bytes(shape: ModelShape, tokens: float, tp: int) -> float:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from stoker.spec.errors import ConfigError
 from stoker.spec.train import ParallelConfig, TrainSection
+from stoker.train.host_alloc import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def resolve_backend(choice: str, device: torch.device) -> str:
 
 
 def init_distributed(parallel: ParallelConfig, train: TrainSection) -> DistInfo:
-    """Set the device and join the process group described by RANK/WORLD_SIZE/... if any."""
+    """Set the device (on CPU: glibc's thresholds, `host_alloc`) and join the process group
+    described by RANK/WORLD_SIZE/... if any."""
     env = os.environ
     rank = int(env.get("RANK", 0))
     local_rank = int(env.get("LOCAL_RANK", 0))
@@ -65,6 +67,8 @@ def init_distributed(parallel: ParallelConfig, train: TrainSection) -> DistInfo:
     device = resolve_device(train.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:
+        keep_freed_memory()
     backend = None
     if world_size > 1 or parallel.strategy != "none":
         backend = resolve_backend(parallel.backend, device)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stoker.spec.train import ModelShape
+from stoker.train.norm import RMSNorm
 
 INIT_STD = 0.02
 
@@ -125,9 +126,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
-        self.attention_norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.attention_norm = RMSNorm(shape.dim, eps=shape.norm_eps)
         self.attention = Attention(shape)
-        self.ffn_norm = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.ffn_norm = RMSNorm(shape.dim, eps=shape.norm_eps)
         self.feed_forward = FeedForward(shape.dim, shape.ffn_hidden)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -156,7 +157,7 @@ class Transformer(nn.Module):
         self.tok_embeddings: nn.Embedding | None = nn.Embedding(shape.vocab_size, shape.dim)
         self.layers = nn.ModuleDict({str(i): TransformerBlock(shape)
                                      for i in range(shape.n_layers)})
-        self.norm: nn.RMSNorm | None = nn.RMSNorm(shape.dim, eps=shape.norm_eps)
+        self.norm: RMSNorm | None = RMSNorm(shape.dim, eps=shape.norm_eps)
         self.output: nn.Linear | None = nn.Linear(shape.dim, shape.vocab_size, bias=False)
         self.tie_weights()
 
