@@ -16,15 +16,18 @@ and each compile mode, one process builds
   built and compiled like ``stoker``, so an optimisation is measured against its starting point
   in the same run.
 
-Each arm trains with the same AdamW (``stoker.train.optim.build_optimizer``, foreach) on fixed
-random tokens, fp32, in one process (``--threads`` intra-op threads, 1 by default). After
-``--warmup`` steps per arm (compilation included), ``--repeats`` rounds each run ``--steps``
-timed steps of every arm, the arms' order rotating from round to round so that load on a shared
-machine hits them alike. Reported: parameters, training FLOPs per token (6 N + 12 L H Q T, as
-``stoker.observe.flops`` counts), median tokens/s over rounds by wall clock and by process CPU
-time (on a machine shared with other work, the CPU-time figure is the steadier one), and the
-median over rounds of each arm's ratio to ``nanogpt`` in the same round; the last column
-scales the CPU-time ratio by the FLOPs per token, i.e. compares work done per second.
+The process runs as a Stoker CPU rank does (``--allocator stoker``: glibc's mmap and trim
+thresholds fixed, ``stoker.train.host_alloc``), every arm alike; ``--allocator default`` keeps
+glibc's dynamic thresholds. Each arm trains with the same AdamW
+(``stoker.train.optim.build_optimizer``, foreach) on fixed random tokens, fp32, in one process
+(``--threads`` intra-op threads, 1 by default). After ``--warmup`` steps per arm (compilation
+included), ``--repeats`` rounds each run ``--steps`` timed steps of every arm, the arms' order
+rotating from round to round so that load on a shared machine hits them alike. Reported:
+parameters, training FLOPs per token (6 N + 12 L H Q T, as ``stoker.observe.flops`` counts), median
+tokens/s over rounds by wall clock and by process CPU time (on a machine shared with other work,
+the CPU-time figure is the steadier one), and the median over rounds of each arm's ratio to
+``nanogpt`` in the same round; the last column scales the CPU-time ratio by the FLOPs per token,
+i.e. compares work done per second.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from torch import nn
 from stoker.bench.figures import figure
 from stoker.observe.flops import flops_per_token
 from stoker.spec.train import PRESETS, ModelShape, OptimConfig, ParallelConfig
+from stoker.train.host_alloc import keep_freed_memory
 from stoker.train.optim import build_optimizer
 from stoker.train.parallelize import build_model
 
@@ -256,19 +260,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "machine one thread keeps process CPU time a clean measure)")
     p.add_argument("--before", metavar="REV", default=None,
                    help="also time src/stoker/train/model.py as of this git revision")
+    p.add_argument("--allocator", choices=("stoker", "default"), default="stoker",
+                   help="stoker: glibc's thresholds as a Stoker CPU rank sets them "
+                   "(train/host_alloc.py); default: glibc's own. Every arm runs under it")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.allocator == "stoker" else False
     before = load_model_at(args.before) if args.before else None
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
+        f"{'as a Stoker CPU rank runs it' if kept else 'glibc defaults'}")
     header = ("size", "compile", "model", "params", "MFLOP/token", "tokens/s", "vs nanogpt",
               "tokens/cpu-s", "vs nanogpt (cpu)", "FLOP/cpu-s vs nanogpt")
     print("| " + " | ".join(header) + " |")
