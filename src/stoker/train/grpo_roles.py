@@ -482,14 +482,16 @@ def train(recipe: GrpoRecipe, layout: Layout, exchange: Exchange, sync: WeightSy
                 trainer.hand_out(trainer.step + 1 + ahead)
             if trainer.step % cfg.eval_interval == 0 or trainer.step == last_step:
                 record["pass_at_1"] = evaluate(trainer)
-            if cfg.checkpoint_interval and (trainer.step % cfg.checkpoint_interval == 0
-                                            or trainer.step == last_step):
-                trainer.checkpoint()
+            # The record before the checkpoint: a resume drops the records after the saved
+            # step and redoes them, so a gang stopped between the two loses no step's record.
             if lead:
                 record["time"] = time.time()
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 log(step_line(record))
+            if cfg.checkpoint_interval and (trainer.step % cfg.checkpoint_interval == 0
+                                            or trainer.step == last_step):
+                trainer.checkpoint()
 
 
 def evaluate(trainer: Trainer) -> float:
