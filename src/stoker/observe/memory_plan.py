@@ -190,8 +190,8 @@ def layer_activation_bytes(shape: ModelShape, tokens: float, tp: int, dtype_byte
     sequence) with no checkpointing. Under tp the two gathered norm outputs are full size."""
     h, f, kv = shape.dim, shape.ffn_hidden, shape.n_kv_heads * shape.head_dim
     # The two norm outputs the linears take (full size, gathered, under tp), then split by tp:
-    # 4·dim (norm inputs, q before and after rotary, the attention output and its reshaped
-    # copy), 2·kv (k and v heads) and the SwiGLU's four ffn_hidden-wide tensors. A fused norm
+    # 4·dim (the two norm inputs, q after rotary, the attention output, which wo takes as a
+    # view), 2·kv (k and v heads) and the SwiGLU's four ffn_hidden-wide tensors. A fused norm
     # (CUDA's kernel, `train/norm.py` on CPU) saves its input only; under tp the norms run on
     # DTensors through the composite, which also saves the normalised input: 2·dim more.
     composite_norms = 2 * h if tp > 1 else 0
