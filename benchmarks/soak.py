@@ -180,16 +180,29 @@ def fault_steps(times: list[float], span: float, steps: int) -> list[int]:
     return [min(steps - 1, max(1, round(steps * t / span))) for t in times]
 
 
-def ranks_of(run_dir: Path) -> list[psutil.Process]:
-    """The live rank processes of the run (``python -u -m stoker.train ... --run-dir RUN``)."""
+def processes_of(run_dir: Path) -> list[psutil.Process]:
+    """The live processes of the run on this machine: every one with ``--run-dir RUN`` on its
+    command line (the launcher, its warm ranks' zygote, its ranks and their clients)."""
     found = []
-    for p in psutil.process_iter(["cmdline", "status"]):
+    for p in psutil.process_iter(["cmdline", "status", "name"]):
         argv = p.info["cmdline"] or []
-        if "stoker.train" in argv and "--run-dir" in argv and p.info["status"] != "zombie":
+        if "--run-dir" in argv and p.info["status"] != "zombie":
             where = argv.index("--run-dir") + 1
             if where < len(argv) and Path(argv[where]) == run_dir:
                 found.append(p)
     return found
+
+
+def ranks_of(run_dir: Path) -> list[psutil.Process]:
+    """The live rank processes of the run: ``python -u -m stoker.train ... --run-dir RUN``, or
+    a warm rank (`stoker.train.warm`: named ``stoker-rank``, its zygote's command line)."""
+    def is_rank(p: psutil.Process) -> bool:
+        argv = p.info["cmdline"]
+        if "stoker.train.warm" in argv:
+            return bool(p.info["name"] == "stoker-rank")
+        return "stoker.train" in argv
+
+    return [p for p in processes_of(run_dir) if is_rank(p)]
 
 
 def committed_since(run_dir: Path, since: float) -> bool:
@@ -211,9 +224,8 @@ def inject(kind: str, run_dir: Path, rng: random.Random, since: float) -> dict[s
         victim.send_signal(signal.SIGKILL)
     elif kind == "hang":
         victim.send_signal(signal.SIGSTOP)
-    else:
-        launcher = victim.parent()
-        for p in ([launcher] if launcher else []) + ranks:
+    else:  # the node is lost: every process of the job on it
+        for p in processes_of(run_dir):
             with suppress(psutil.NoSuchProcess):
                 p.send_signal(signal.SIGKILL)
     return {"kind": kind, "injected": True, "pid": victim.pid, "after_step": step,

@@ -59,19 +59,25 @@ def rank_pids(run_dir: Path, world_size: int, timeout: float = 300) -> list[int]
     """The pids (as this machine sees them) of the run's ranks, once every rank has begun
     training (has a heartbeat file). The pids in the heartbeat files may be those of a
     sandbox's PID namespace: the ranks are found by their command line instead,
-    ``python -u -m stoker.train RUN_DIR/config.toml --run-dir RUN_DIR ...``."""
+    ``python -u -m stoker.train RUN_DIR/config.toml --run-dir RUN_DIR ...``, or, for a warm
+    rank (`stoker.train.warm`), by its name and its zygote's command line."""
     wait_until(lambda: len(read_heartbeats(run_dir)) == world_size, "every rank's heartbeat",
                timeout)
-    pids = [p.pid for p in psutil.process_iter(["cmdline"]) if _is_rank(p.info["cmdline"], run_dir)]
+    pids = [p.pid for p in psutil.process_iter(["cmdline", "name"])
+            if is_rank(p.info["cmdline"], p.info["name"], run_dir)]
     assert len(pids) == world_size, f"ranks of {run_dir}: {pids}"
     return pids
 
 
-def _is_rank(argv: list[str] | None, run_dir: Path) -> bool:
-    if not argv or "stoker.train" not in argv or "--run-dir" not in argv:
+def is_rank(argv: list[str] | None, name: str | None, run_dir: Path) -> bool:
+    if not argv or "--run-dir" not in argv:
         return False
-    module, where = argv.index("stoker.train"), argv.index("--run-dir") + 1
-    return argv[module - 1] == "-m" and where < len(argv) and Path(argv[where]) == run_dir
+    where = argv.index("--run-dir") + 1
+    if where >= len(argv) or Path(argv[where]) != run_dir:
+        return False
+    if "stoker.train.warm" in argv:  # the zygote's command line: its children are the ranks
+        return name == "stoker-rank"
+    return "stoker.train" in argv and argv[argv.index("stoker.train") - 1] == "-m"
 
 
 def _status(pid: int) -> dict[str, str]:

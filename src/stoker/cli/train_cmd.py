@@ -41,13 +41,21 @@ def train(
     checkpoints). Exit codes: 0 done, 2 bad input, 75 preempted (SIGTERM/SIGUSR1: checkpointed,
     resume with --resume auto), 130 interrupted, other: a rank failed.
     """
+    from stoker.train import warm
     from stoker.train.ckpt_find import resolve_resume
-    from stoker.train.launch import launch, prepare_run
+    from stoker.train.launch import launch, prepare_run, share_cores
     from stoker.train.quick_exit import quick_exit, running_as
 
     if resume not in (None, "auto"):  # a bad path is refused before anything is made
         resolve_resume(Path("."), resume, checksums=False)
-    config, rdir = prepare_run(cfg, set_, nproc, run_dir, resume=resume, check_fresh=True)
+    share_cores(nproc)
+    zygote = warm.start(run_dir)  # imports a rank's modules while this process checks the run
+    try:
+        config, rdir = prepare_run(cfg, set_, nproc, run_dir, resume=resume, check_fresh=True)
+    except BaseException:
+        if zygote is not None:
+            zygote.close()
+        raise
     console = Console(stderr=True, highlight=False)
     start = resolve_resume(rdir, resume, checksums=False) if resume else None
     p = config.parallel
@@ -59,7 +67,7 @@ def train(
                   f"{config.train.steps} steps -> {rdir}"
                   + (f", resuming from {start}" if start else ""))
     code = launch(config, rdir, nproc, max_restarts=max_restarts, resume=resume,
-                  rank_args=["--restart-schedule"] if restart_schedule else [])
+                  rank_args=["--restart-schedule"] if restart_schedule else [], zygote=zygote)
     if code == 0:
         console.print(f"metrics: {rdir / config.telemetry.metrics_file}  "
                       f"summary: {rdir / 'summary.json'}")

@@ -128,12 +128,20 @@ def end_rank(code: int) -> NoReturn:
     quick_exit(code)
 
 
-if __name__ == "__main__":
+def run_process(argv: Sequence[str] | None = None) -> NoReturn:
+    """The whole life of a rank process (``python -m stoker.train``, or a warm rank forked by
+    `stoker.train.warm`): `main`, then `end_rank`."""
     try:
-        code = main()
+        code = main(argv)
+    except SystemExit as e:  # raised to end the rank (rank 0 has said why)
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     except Exception:
         # Reported already (`record`'s error file, the run's "error" event); the traceback
         # goes to stderr as usual, then the rank ends at once (`quick_exit`).
         traceback.print_exc()
         quick_exit(1)
     end_rank(code)
+
+
+if __name__ == "__main__":
+    run_process()

@@ -45,7 +45,7 @@ from stoker.observe.sinks import check_installed
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
-from stoker.train import faults
+from stoker.train import faults, warm
 from stoker.train.ckpt_layout import read_run_meta
 from stoker.train.exitcodes import EXIT_HANG, EXIT_PREEMPTED, describe
 from stoker.train.heartbeat import enable_flight_recorder
@@ -150,19 +150,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def share_cores(nproc: int) -> None:
+    """As torchrun does: ranks share the cores instead of each taking all of them (set before
+    the warm ranks' zygote imports torch, which reads it then)."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, nproc))))
+
+
 def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0,
-           resume: str | None = None, rank_args: Sequence[str] = ()) -> int:
+           resume: str | None = None, rank_args: Sequence[str] = (),
+           zygote: warm.Zygote | None = None) -> int:
     """Run ``nproc`` local ranks, restarting the gang up to ``max_restarts`` times when a rank
     fails; returns the exit code for the CLI: 0, 75 if preempted, 130 if interrupted, or the
     failed rank's code. ``resume`` ("auto" or a checkpoint path) is where the first attempt
     starts from; restarts start from the run's newest checkpoint. ``rank_args`` are passed on to
-    every rank's command line."""
+    every rank's command line. Ranks are forked warm from ``zygote`` (`stoker.train.warm`;
+    one is started here if none is given), which is closed on return."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # we report failures
-    # As torchrun does: ranks share the cores instead of each taking all of them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    share_cores(nproc)
     enable_flight_recorder(run_dir)
-    args = ["-u", "-m", "stoker.train", str(run_dir / CONFIG_NAME), "--run-dir", str(run_dir),
+    if zygote is None:
+        zygote = warm.start(run_dir)
+    args = [str(run_dir / CONFIG_NAME), "--run-dir", str(run_dir),
             *(["--resume", resume] if resume else []), *rank_args]
+    args = zygote.rank_args(args) if zygote else ["-u", "-m", "stoker.train", *args]
     grace = failure_grace()
 
     def attempt(n: int) -> AttemptResult:
@@ -170,7 +180,7 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
             print(f"stoker train: restart {n}/{max_restarts}, from the newest checkpoint",
                   file=sys.stderr)
         os.environ[ATTEMPT_ENV] = str(n)
-        return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir, grace)
+        return _launch_once(_launch_config(cfg, run_dir, nproc), args, run_dir, grace, zygote)
 
     before = os.environ.get(ATTEMPT_ENV)
     events = EventLog(run_dir)
@@ -179,6 +189,8 @@ def launch(cfg: TrainConfig, run_dir: Path, nproc: int, *, max_restarts: int = 0
         with _sigusr1_stops_the_gang():
             return supervise(attempt, max_restarts, events)
     finally:
+        if zygote is not None:
+            zygote.close()
         if before is None:
             os.environ.pop(ATTEMPT_ENV, None)
         else:
@@ -201,7 +213,8 @@ def failure_grace() -> float:
 
 
 @contextmanager
-def _failed_gang_stopped_within(grace: float) -> Iterator[set[int]]:
+def _failed_gang_stopped_within(grace: float, zygote: warm.Zygote | None = None
+                                ) -> Iterator[set[int]]:
     """Elastic's agent, while this is open, stops a failed gang with ``grace`` seconds between
     SIGTERM and SIGKILL (its own is a fixed 30 s; a stop on a signal keeps the launch config's
     ``shutdown_timeout``); yields the pids it stopped so, which `rank_failures` never takes for
@@ -229,7 +242,7 @@ def _failed_gang_stopped_within(grace: float) -> Iterator[set[int]]:
                     # (or are it): they act on SIGTERM only at a step boundary they cannot
                     # reach, and the hang's evidence is written already.
                     hung = any(ended[r] == EXIT_HANG for r in failed)
-                    _stop(live, 0.0 if hung else grace)
+                    _stop(live, 0.0 if hung else grace, zygote)
             return super()._monitor_workers(worker_group)
 
     launcher.LocalElasticAgent = FailFastAgent  # type: ignore[misc]
@@ -261,13 +274,15 @@ def _exit_status(pid: int) -> int | None:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def _stop(pids: Sequence[int], grace: float) -> None:
+def _stop(pids: Sequence[int], grace: float, zygote: warm.Zygote | None = None) -> None:
     """SIGTERM to ``pids`` (children of this process), SIGKILL to those left after ``grace``
-    (at once when it is 0, and to a stopped process, which cannot act on SIGTERM)."""
+    (at once when it is 0, and to a stopped rank, which cannot act on SIGTERM: with warm
+    ranks, the rank is the child of the zygote that the process in ``pids`` runs)."""
     if grace > 0:
         for pid in pids:
+            rank = zygote.rank_pid(pid) if zygote else pid
             with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL if _stopped(pid) else signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL if _stopped(rank) else signal.SIGTERM)
     deadline = time.monotonic() + grace
     while (left := [p for p in pids if _exit_status(p) is None]) and \
             time.monotonic() < deadline:
@@ -302,14 +317,15 @@ def _launch_config(cfg: TrainConfig, run_dir: Path, nproc: int) -> LaunchConfig:
 
 
 def _launch_once(config: LaunchConfig, args: list[str], run_dir: Path,
-                 grace: float = FAILURE_GRACE_S) -> AttemptResult:
+                 grace: float = FAILURE_GRACE_S, zygote: warm.Zygote | None = None
+                 ) -> AttemptResult:
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
     stopped: set[int] = set()
     try:
-        with _failed_gang_stopped_within(grace) as stopped:
+        with _failed_gang_stopped_within(grace, zygote) as stopped:
             elastic_launch(config, sys.executable)(*args)
     except SignalException as e:
         # Elastic has passed the signal on to every rank and waited for them to stop.
