@@ -18,8 +18,9 @@ the rank for it:
 
 The zygote forks from its one Python thread, having run no tensor operation (no intra-op
 thread pool exists to break in the child; the BLAS library's own pool, where it starts one,
-is fork-safe); it refuses to serve, and the clients fall back to ``python -m stoker.train``,
-if another Python thread runs, if its imports fail, or if ``STOKER_WARM_RANKS=0``. The child
+is fork-safe) and without the CUDA driver loaded (a child initialises CUDA itself); it refuses
+to serve, and the clients fall back to ``python -m stoker.train``, if another Python thread
+runs, if its imports loaded the CUDA driver or failed, or if ``STOKER_WARM_RANKS=0``. The child
 shows as ``stoker-rank`` (its ``comm``) with the zygote's command line. Linux only.
 """
 
@@ -164,6 +165,9 @@ def serve(socket_path: str) -> int:
     if threading.active_count() != 1:  # forking would copy locks held by the others
         print("stoker: warm ranks off: the imports started a Python thread", file=sys.stderr)
         return 0
+    if _cuda_driver_loaded():  # a child could not use CUDA (the driver is not fork-safe)
+        print("stoker: warm ranks off: the imports started CUDA", file=sys.stderr)
+        return 0
     zygote = os.getpid()
     ranks: dict[int, socket.socket] = {}  # child pid -> its client's connection
     sel = selectors.DefaultSelector()
@@ -247,6 +251,15 @@ def _reap(ranks: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
             with contextlib.suppress(OSError):
                 conn.send(f"exit {os.waitstatus_to_exitcode(status)}".encode())
             conn.close()
+
+
+def _cuda_driver_loaded() -> bool:
+    """Whether this process has loaded the CUDA driver (something called into CUDA: a child
+    forked after that cannot initialise CUDA). A CPU build of torch never loads it."""
+    try:
+        return "libcuda.so" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return True
 
 
 def _prctl(option: int, value: int | bytes) -> None:
