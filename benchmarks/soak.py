@@ -17,8 +17,9 @@ however fast the machine runs the soak against its calibration; in turn:
   kill  ``kill -9`` of one rank (its pid from the process table)
   hang  ``SIGSTOP`` of one rank: its peer's heartbeat watchdog (``train.hang_timeout_s``)
         ends the gang as hung
-  node  the whole job on its node dies at once (SIGKILL to the launcher and every rank), as
-        when a machine is lost
+  node  the whole job on its node dies at once (SIGKILL to every process of the run: the
+        launcher, its warm ranks' zygote, the ranks and their clients), as when a machine is
+        lost
 
 The baseline, in the same invocation and first: the same config trained uninterrupted by
 ``stoker train`` (the command the control plane runs). ``--minutes`` sets the number of steps:

@@ -8,7 +8,9 @@ imports torch, so the other import times are reported as ratios to it, which a s
 machine's load changes less than the seconds), the imports of one rank
 (``stoker.train.__main__``) and of the launcher (``stoker.cli.main`` and the modules every
 launch imports), and one 1-step run (``python -m stoker train``, as the tests and the control
-plane start it) of CONFIG on NPROC gloo ranks with a checkpoint at its step,
+plane start it) of CONFIG on NPROC gloo ranks with a checkpoint at its step, its ranks forked
+warm (`stoker.train.warm`) and, in the same repeat, the same run with ``STOKER_WARM_RANKS=0``
+(each rank imports for itself: the baseline),
 timed from the launch to the rank's "start" event (imports, process group, model, wrapping,
 checkpointer, loader: ready to step), to the step's metrics record, and from the last record
 (the final checkpoint's commit) to the launcher's exit (teardown). Reported: medians, with
@@ -53,14 +55,16 @@ def last_record_time(path: Path) -> float:
     return float(json.loads(path.read_text().splitlines()[-1])["time"])
 
 
-def one_run(config: Path, nproc: int, tmp: Path, n: int) -> dict[str, float]:
-    """A 1-step run's timeline, in seconds from its launch."""
-    run_dir = tmp / f"run{n}"
+def one_run(config: Path, nproc: int, tmp: Path, n: int, warm: bool = True) -> dict[str, float]:
+    """A 1-step run's timeline, in seconds from its launch (``warm``: ranks forked from the
+    zygote, `stoker.train.warm`; else each imports for itself, ``STOKER_WARM_RANKS=0``)."""
+    run_dir = tmp / f"run{n}-{'warm' if warm else 'cold'}"
     cmd = [sys.executable, "-m", "stoker", "train", str(config), "--nproc", str(nproc),
            "--run-dir", str(run_dir), "--set", "train.steps=1", "--set", "train.eval_interval=0",
            "--set", "checkpoint.interval_steps=1", "--set", "telemetry.live=false"]
     launched = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "STOKER_WARM_RANKS": "1" if warm else "0"})
     ended = time.time()
     events, metrics = run_dir / "events.jsonl", run_dir / "metrics.jsonl"
     ready = first_record_time(events, "start")
@@ -82,6 +86,7 @@ def main() -> None:
             torch_s = import_seconds("import torch")
             rank_s = import_seconds("import stoker.train.__main__")
             launcher_s = import_seconds(LAUNCHER_IMPORTS)
+            cold = one_run(args.config.resolve(), args.nproc, Path(tmp), n, warm=False)
             timeline = one_run(args.config.resolve(), args.nproc, Path(tmp), n)
             for name, value in {"import torch": torch_s, "rank imports": rank_s,
                                 "launcher imports": launcher_s,
@@ -90,6 +95,10 @@ def main() -> None:
                                 **{f"launch to {k}" if k == "ready" else k: v
                                    for k, v in timeline.items()},
                                 "launch to ready / import torch": timeline["ready"] / torch_s,
+                                "cold ranks: launch to ready": cold["ready"],
+                                "cold ranks: run": cold["run"],
+                                "launch to ready, warm / cold": timeline["ready"] / cold["ready"],
+                                "run, warm / cold": timeline["run"] / cold["run"],
                                 "teardown / import torch": timeline["teardown"] / torch_s,
                                 "run / import torch": timeline["run"] / torch_s}.items():
                 samples.setdefault(name, []).append(value)
