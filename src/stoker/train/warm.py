@@ -125,11 +125,10 @@ def attach(socket_path: str, args: list[str]) -> NoReturn:
         os.execv(sys.executable, [sys.executable, "-u", "-m", "stoker.train", *args])
     child = int(reply.split()[1])
     _write_pid(Path(socket_path).parent / f"rank-of-{os.getpid()}", child)
-    for sig in early:
-        forward(sig, None)
+    for signum in early:
+        forward(signum, None)
     ended = conn.recv(64)  # b"exit CODE"; nothing: the zygote died, and the rank with it
-    code = int(ended.split()[1]) if ended.startswith(b"exit ") else -signal.SIGKILL
-    _end_as(code)
+    _end_as(int(ended.split()[1]) if ended.startswith(b"exit ") else -int(signal.SIGKILL))
 
 
 def _end_as(code: int) -> NoReturn:
@@ -186,10 +185,10 @@ def serve(socket_path: str) -> int:
                     return 0
             else:  # a client's connection closed: it died, and its rank must too
                 sel.unregister(key.fileobj)
-                pid = next((p for p, c in ranks.items() if c is key.fileobj), None)
-                if pid is not None:
+                orphan = next((p for p, c in ranks.items() if c is key.fileobj), None)
+                if orphan is not None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(orphan, signal.SIGKILL)
         _reap(ranks, sel)
 
 
@@ -230,10 +229,10 @@ def _become_rank(request: dict[str, Any], fds: list[int], zygote: int) -> NoRetu
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setpgid(0, 0)  # a group of its own, as elastic gives each rank
-    from stoker.train.__main__ import run_process
+    from stoker.train import __main__ as rank
 
-    sys.argv = ["-m", *request["argv"]]
-    run_process(request["argv"])
+    sys.argv = [rank.__file__, *request["argv"]]  # as ``python -m stoker.train`` has it
+    rank.run_process(request["argv"])
 
 
 def _reap(ranks: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
