@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -175,7 +176,7 @@ def serve(socket_path: str) -> int:
     while True:
         for key, _ in sel.select(timeout=0.02):
             if key.fileobj is listener:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):  # that client falls back
                     _fork_rank(listener.accept()[0], listener, sel, ranks, zygote)
             elif key.fileobj == sys.stdin.fileno():
                 if not os.read(sys.stdin.fileno(), 4096):
@@ -205,6 +206,8 @@ def _fork_rank(conn: socket.socket, listener: socket.socket, sel: selectors.Base
                 other.close()
             conn.close()
             _become_rank(request, fds, zygote)
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(1)  # only if becoming the rank itself failed
     for fd in fds:
