@@ -101,6 +101,21 @@ def test_a_dead_zygote_takes_its_ranks_with_it(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in ranks)
 
 
+def test_a_long_tmpdir_still_gets_warm_ranks(tmp_path: Path) -> None:
+    """$TMPDIR too long for a Unix socket's path: the zygote's socket goes under /tmp."""
+    long_tmp = tmp_path / ("t" * 120)
+    long_tmp.mkdir()
+    launcher, run = start(tmp_path, {"TMPDIR": str(long_tmp)})
+    try:
+        ranks = rank_pids(run, 2)
+        assert all(psutil.Process(pid).name() == "stoker-rank" for pid in ranks)
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == EXIT_PREEMPTED, err
+
+
 def test_with_warm_ranks_off_each_rank_imports_for_itself(tmp_path: Path) -> None:
     """``STOKER_WARM_RANKS=0``: the ranks are ``python -u -m stoker.train`` again."""
     launcher, run = start(tmp_path, {"STOKER_WARM_RANKS": "0"})

@@ -51,6 +51,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
              signal.SIGUSR2)
 _PR_SET_NAME, _PR_SET_PDEATHSIG = 15, 1
 _MESSAGE = 1 << 20  # the largest request: argv and environment as JSON
+_SOCKET_PATH_MAX = 100  # a Unix socket's path has at most 107 bytes on Linux
 
 
 class Zygote:
@@ -86,6 +87,9 @@ def start(run_dir: Path | None = None) -> Zygote | None:
     if os.environ.get(DISABLE_ENV) == "0" or not sys.platform.startswith("linux"):
         return None
     directory = Path(tempfile.mkdtemp(prefix="stoker-warm-"))
+    if len(str(directory / "socket")) > _SOCKET_PATH_MAX:  # a long $TMPDIR
+        directory.rmdir()
+        directory = Path(tempfile.mkdtemp(prefix="stoker-warm-", dir="/tmp"))
     argv = [sys.executable, "-u", "-m", MODULE, "serve", str(directory / "socket")]
     if run_dir is not None:  # on its command line (and its ranks'), for whoever looks for them
         argv += ["--run-dir", str(run_dir)]
