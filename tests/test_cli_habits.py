@@ -116,8 +116,15 @@ def test_watch_redraws_until_ctrl_c(server: ServerProcess) -> None:
     env = {**os.environ, "STOKER_SERVER": server.url, "STOKER_TOKEN": "alice-t",
            "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"}
     before = api_gets(server)
-    proc = subprocess.Popen([sys.executable, "-m", "stoker", "queues", "--watch", "-n", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The child takes Ctrl-C as from a terminal: one started from a shell's background job
+    # (as CI may run this suite) would inherit SIGINT ignored, and Python keeps it ignored.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "stoker", "queues", "--watch", "-n",
+                                 "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     # Ctrl-C once it has drawn and redrawn (the server counted its GETs): the interpreter's
     # start can take many seconds on a busy machine, and a Ctrl-C during it is not this test's.
     deadline, polls = time.monotonic() + 120, 1
