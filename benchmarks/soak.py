@@ -60,6 +60,7 @@ from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec.loading import to_toml
 from stoker.train.ckpt_layout import list_steps, step_dir
 from stoker.train.ckpt_manifest import MANIFEST, TornCheckpoint, verify
+from stoker.train.warm import is_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.toml"
@@ -195,15 +196,9 @@ def processes_of(run_dir: Path) -> list[psutil.Process]:
 
 
 def ranks_of(run_dir: Path) -> list[psutil.Process]:
-    """The live rank processes of the run: ``python -u -m stoker.train ... --run-dir RUN``, or
-    a warm rank (`stoker.train.warm`: named ``stoker-rank``, its zygote's command line)."""
-    def is_rank(p: psutil.Process) -> bool:
-        argv = p.info["cmdline"]
-        if "stoker.train.warm" in argv:
-            return bool(p.info["name"] == "stoker-rank")
-        return "stoker.train" in argv
-
-    return [p for p in processes_of(run_dir) if is_rank(p)]
+    """The live rank processes of the run (`stoker.train.warm.is_rank`)."""
+    return [p for p in processes_of(run_dir)
+            if is_rank(p.info["cmdline"], p.info["name"], run_dir)]
 
 
 def committed_since(run_dir: Path, since: float) -> bool:

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,27 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def start(tmp: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], Path]:
+@contextmanager
+def training(tmp: Path, env: dict[str, str] | None = None
+             ) -> Iterator[tuple[subprocess.Popen[str], Path, list[int]]]:
+    """`stoker train` of 2 ranks, once both train: the launcher, the run dir and the ranks'
+    pids; the launcher is killed on the way out, whatever happened."""
     config, run = tmp / "train.toml", tmp / "run"
     config.write_text(to_toml(CONFIG))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "stoker", "train", str(config), "--nproc", "2", "--run-dir",
          str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})})
-    return launcher, run
+    try:
+        yield launcher, run, rank_pids(run, 2)
+    finally:
+        launcher.kill()
+
+
+def preempt(launcher: subprocess.Popen[str]) -> str:
+    """SIGTERM to the launcher, as the control plane preempts: its stderr once it ended."""
+    launcher.send_signal(signal.SIGTERM)
+    return launcher.communicate(timeout=120)[1]
 
 
 def zygote_of(pid: int) -> psutil.Process:
@@ -61,9 +76,7 @@ def test_ranks_are_forked_warm_and_a_sigterm_reaches_them(tmp_path: Path) -> Non
     """Each rank is a child of the zygote (named ``stoker-rank``), not of elastic's client; a
     SIGTERM to the launcher reaches the ranks through their clients, they checkpoint and stop
     (75), and the zygote and its socket are gone with the run."""
-    launcher, run = start(tmp_path)
-    try:
-        ranks = rank_pids(run, 2)
+    with training(tmp_path) as (launcher, run, ranks):
         zygotes = {zygote_of(pid) for pid in ranks}
         assert len(zygotes) == 1, zygotes
         (zygote,) = zygotes
@@ -71,10 +84,7 @@ def test_ranks_are_forked_warm_and_a_sigterm_reaches_them(tmp_path: Path) -> Non
         assert all(psutil.Process(pid).name() == "stoker-rank" for pid in ranks)
         socket_dir = Path(zygote.cmdline()[5]).parent
         assert socket_dir.is_dir()
-        launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
+        err = preempt(launcher)
     assert launcher.returncode == EXIT_PREEMPTED, err
     assert read_events(run, "checkpoint_committed"), "the ranks checkpointed as they stopped"
     assert not any(alive(pid) for pid in ranks)
@@ -84,15 +94,11 @@ def test_ranks_are_forked_warm_and_a_sigterm_reaches_them(tmp_path: Path) -> Non
 def test_a_dead_zygote_takes_its_ranks_with_it(tmp_path: Path) -> None:
     """SIGKILL to the zygote: its ranks die with it (``PR_SET_PDEATHSIG``), their clients
     report them killed, and the launcher fails at once instead of waiting on them."""
-    launcher, run = start(tmp_path)
-    try:
-        ranks = rank_pids(run, 2)
+    with training(tmp_path) as (launcher, run, ranks):
         zygote_of(ranks[0]).kill()
         killed = time.monotonic()
         _, err = launcher.communicate(timeout=120)
         took = time.monotonic() - killed
-    finally:
-        launcher.kill()
     assert launcher.returncode not in (0, EXIT_PREEMPTED), err
     (failure,) = read_events(run, "failure")
     assert {r["exitcode"] for r in failure["ranks"]} <= {-9, 1}, failure
@@ -105,29 +111,19 @@ def test_a_long_tmpdir_still_gets_warm_ranks(tmp_path: Path) -> None:
     """$TMPDIR too long for a Unix socket's path: the zygote's socket goes under /tmp."""
     long_tmp = tmp_path / ("t" * 120)
     long_tmp.mkdir()
-    launcher, run = start(tmp_path, {"TMPDIR": str(long_tmp)})
-    try:
-        ranks = rank_pids(run, 2)
+    with training(tmp_path, {"TMPDIR": str(long_tmp)}) as (launcher, _, ranks):
         assert all(psutil.Process(pid).name() == "stoker-rank" for pid in ranks)
-        launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
+        err = preempt(launcher)
     assert launcher.returncode == EXIT_PREEMPTED, err
 
 
 def test_with_warm_ranks_off_each_rank_imports_for_itself(tmp_path: Path) -> None:
     """``STOKER_WARM_RANKS=0``: the ranks are ``python -u -m stoker.train`` again."""
-    launcher, run = start(tmp_path, {"STOKER_WARM_RANKS": "0"})
-    try:
-        ranks = rank_pids(run, 2)
+    with training(tmp_path, {"STOKER_WARM_RANKS": "0"}) as (launcher, _, ranks):
         for pid in ranks:
             argv = psutil.Process(pid).cmdline()
             assert argv[1:4] == ["-u", "-m", "stoker.train"], argv
-        launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
+        err = preempt(launcher)
     assert launcher.returncode == EXIT_PREEMPTED, err
 
 
@@ -154,9 +150,7 @@ def test_a_client_ends_as_its_rank_ended(code: int) -> None:
 def test_a_rank_dies_with_its_client(tmp_path: Path) -> None:
     """SIGKILL to a rank's client (elastic's process, which cannot pass that one on): the
     zygote sees its connection close and kills the rank, so nothing keeps training."""
-    launcher, run = start(tmp_path)
-    try:
-        ranks = rank_pids(run, 2)
+    with training(tmp_path) as (launcher, _, ranks):
         clients = [p for p in psutil.Process(launcher.pid).children(recursive=True)
                    if "attach" in p.cmdline()]
         assert len(clients) == 2, clients
@@ -167,6 +161,4 @@ def test_a_rank_dies_with_its_client(tmp_path: Path) -> None:
         client.kill()
         wait_until(lambda: not alive(victim.pid), "the rank to die with its client", 30)
         _, err = launcher.communicate(timeout=120)
-    finally:
-        launcher.kill()
     assert launcher.returncode not in (0, EXIT_PREEMPTED), err

@@ -20,6 +20,7 @@ from stoker.train.data import ensure_dataset
 from stoker.train.distributed import init_distributed
 from stoker.train.heartbeat import read_heartbeats
 from stoker.train.trainer import Trainer
+from stoker.train.warm import is_rank
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny.toml"
 
@@ -67,17 +68,6 @@ def rank_pids(run_dir: Path, world_size: int, timeout: float = 300) -> list[int]
             if is_rank(p.info["cmdline"], p.info["name"], run_dir)]
     assert len(pids) == world_size, f"ranks of {run_dir}: {pids}"
     return pids
-
-
-def is_rank(argv: list[str] | None, name: str | None, run_dir: Path) -> bool:
-    if not argv or "--run-dir" not in argv:
-        return False
-    where = argv.index("--run-dir") + 1
-    if where >= len(argv) or Path(argv[where]) != run_dir:
-        return False
-    if "stoker.train.warm" in argv:  # the zygote's command line: its children are the ranks
-        return name == "stoker-rank"
-    return "stoker.train" in argv and argv[argv.index("stoker.train") - 1] == "-m"
 
 
 def _status(pid: int) -> dict[str, str]:

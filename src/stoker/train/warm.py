@@ -141,9 +141,7 @@ def _end_as(code: int) -> NoReturn:
     if code < 0:
         sig = -code
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the rank dumped core, if any
-        for s in FORWARDED:
-            signal.signal(s, signal.SIG_DFL)
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's cannot be set: nor need be
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         code = 128 + sig  # a signal that does not end a process
@@ -154,7 +152,8 @@ def _end_as(code: int) -> NoReturn:
 
 
 def serve(socket_path: str) -> int:
-    """Import a rank's modules, then fork a rank for each client until stdin closes."""
+    """Import a rank's modules, then fork a rank for each client until stdin closes (the
+    launcher ended: `PR_SET_PDEATHSIG` ends the zygote then too, but only once it is set)."""
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher gone, so is its zygote
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(socket_path)  # at once: ranks that come early wait in the backlog
@@ -257,6 +256,20 @@ def _reap(ranks: dict[int, socket.socket], sel: selectors.BaseSelector) -> None:
             with contextlib.suppress(OSError):
                 conn.send(f"exit {os.waitstatus_to_exitcode(status)}".encode())
             conn.close()
+
+
+def is_rank(argv: Sequence[str] | None, name: str | None, run_dir: Path) -> bool:
+    """Whether a process (its command line, its ``comm``) is a rank of the run in ``run_dir``:
+    ``python -u -m stoker.train ... --run-dir RUN_DIR``, or a warm rank, which has its zygote's
+    command line (``... stoker.train.warm serve SOCKET --run-dir RUN_DIR``) and its own name."""
+    if not argv or "--run-dir" not in argv:
+        return False
+    where = list(argv).index("--run-dir") + 1
+    if where >= len(argv) or Path(argv[where]) != run_dir:
+        return False
+    if MODULE in argv:  # the zygote's command line: its children are the ranks
+        return name == RANK_NAME.decode()
+    return "stoker.train" in argv and argv[list(argv).index("stoker.train") - 1] == "-m"
 
 
 def _cuda_driver_loaded() -> bool:
