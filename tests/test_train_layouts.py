@@ -70,6 +70,12 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         ("hsdp2x2", 4, ["parallel.dp_replicate=2", "parallel.dp_shard=2"],
          [[0], [1], [2], [3]]),
         ("tp2_fsdp2", 4, ["parallel.tp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
+        # cp_groups as tp_groups: a cp group's ranks hold parts of the same sequences
+        ("cp2", 2, ["parallel.cp=2"], [[0, 1]]),
+        ("cp2_ac_eval", 2, ["parallel.cp=2", "parallel.activation_checkpoint=\"full\"",
+                            "train.eval_interval=10", "train.eval_steps=1"], [[0, 1]]),
+        ("cp2_fsdp2", 4, ["parallel.cp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
+        ("cp2_hsdp", 4, ["parallel.cp=2", "parallel.dp_replicate=2"], [[0, 1], [2, 3]]),
     ],
 )
 def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]], name: str,
@@ -83,8 +89,8 @@ def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]],
     assert len(evals) == (2 if "train.eval_interval=10" in layout else 0)
     assert all(0 < e < records[0]["loss"] for e in evals)  # eval under the layout runs, too
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["layout"]["tp"] * summary["layout"]["dp_replicate"] * summary["layout"][
-        "dp_shard"] == nproc
+    sizes = summary["layout"]
+    assert sizes["tp"] * sizes["cp"] * sizes["dp_replicate"] * sizes["dp_shard"] == nproc
 
     samples = samples_by_rank(run_dir, nproc)
     for step in samples[0]:

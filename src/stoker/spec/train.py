@@ -506,18 +506,19 @@ def check_pipeline(cfg: TrainConfig, layout: Layout, source: str | None = None) 
 
 
 def check_task_layout(p: ParallelConfig, source: str | None = None) -> None:
-    """A user task runs data parallel (DDP, FSDP2, HSDP) only: tp and pp need a plan of the
+    """A user task runs data parallel (DDP, FSDP2, HSDP) only: tp, pp and cp need a plan of the
     model that only the built-in one has."""
-    for key, size in (("tp", p.tp), ("pp", p.pp)):
+    for key, size in (("tp", p.tp), ("pp", p.pp), ("cp", p.cp)):
         if size > 1:
             raise ConfigError(source, f"parallel.{key}", f"{key} > 1 is not supported for a "
                               "[task] model yet: use parallel.strategy = \"ddp\" or \"fsdp\"")
 
 
 def check_supported(p: ParallelConfig, source: str | None = None) -> None:
-    """Dimensions the config describes but this version of the runtime does not run yet."""
+    """Combinations the config describes but this version of the runtime does not run yet."""
     if p.cp > 1:
-        raise ConfigError(source, "parallel.cp", "context parallelism is not supported yet: "
-                          "PyTorch's ring attention shards only the CUDA SDPA kernels (on CPU, "
-                          "aten._scaled_dot_product_flash_attention_for_cpu has no sharding "
-                          "strategy), and the CUDA path is not written")
+        for key, given in (("tp", p.tp > 1), ("pp", p.pp > 1), ("compile", p.compile)):
+            if given:
+                raise ConfigError(source, "parallel.cp", f"cp with parallel.{key} is not "
+                                  "supported yet: combine cp with data parallelism "
+                                  "(dp_shard, dp_replicate)")

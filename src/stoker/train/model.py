@@ -11,6 +11,7 @@ device; ``init_weights()`` then fills every parameter after ``to_empty``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,22 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return rotated.flatten(-2).type_as(x)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of q [B, heads, T, hd] over k, v [B, kv_heads, S, hd]: causal (S = T), or
+    where the boolean ``mask`` [T, S] allows. Each kv head serves n_heads // n_kv_heads query
+    heads (grouped-query attention)."""
+    causal = mask is None
+    if k.shape[1] == q.shape[1]:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    if SDPA_GQA:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              enable_gqa=True)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
 class Attention(nn.Module):
     def __init__(self, shape: ModelShape) -> None:
         super().__init__()
@@ -81,6 +98,9 @@ class Attention(nn.Module):
         self.wk = nn.Linear(shape.dim, shape.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(shape.dim, shape.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(shape.n_heads * self.head_dim, shape.dim, bias=False)
+        # (q, k, v) [B, heads, T, hd] -> [B, heads, T, hd]; context parallelism swaps it
+        self.attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = \
+            causal_attention
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -89,14 +109,7 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, hd]
-        if self.n_kv_heads == self.n_heads:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif SDPA_GQA:  # grouped-query: each kv head serves a group of n_heads // n_kv_heads
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = self.attend(q, k, v)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
     def init_weights(self, out_std: float) -> None:
@@ -187,9 +200,12 @@ class Transformer(nn.Module):
         if self.output is not None and not self.shape.tie_embeddings:
             nn.init.normal_(self.output.weight, std=INIT_STD)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        rope = rope_table(self.shape.head_dim, tokens.shape[1], self.shape.rope_theta,
-                          tokens.device)
+    def forward(self, tokens: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        """``rope``: the rotary table rows of the tokens' positions [T, hd/2, 2] (default:
+        positions 0 to T-1; a rank holding part of each sequence passes its own)."""
+        if rope is None:
+            rope = rope_table(self.shape.head_dim, tokens.shape[1], self.shape.rope_theta,
+                              tokens.device)
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         for layer in self.layers.values():
             h = layer(h, rope)

@@ -3,7 +3,8 @@
     dims = ParallelDims.build(layout, device)   # after init_process_group
     dims.dp_rank, dims.dp_size                  # the loader's part of the global batch
     dims.dp_group                               # loss reduction over data-parallel ranks
-    dims.tp_mesh, dims.dp_mesh, dims.pp_group   # what the parallelisms are applied on
+    dims.tp_mesh, dims.fsdp_mesh, dims.pp_group # what the parallelisms are applied on
+    dims.cp_group, dims.cp_rank                 # who holds which part of each sequence
     dims.share_loss(t)                          # under pp only the last stage has the loss
 
 The mesh's dimensions, outermost first, are ``pp, dp_replicate, dp_shard, cp, tp``; only those
@@ -25,6 +26,7 @@ from stoker.spec.train import Layout
 
 DIM_NAMES = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
 DP_DIMS = ("dp_replicate", "dp_shard")
+SHARD_CP = "dp_shard_cp"  # dp_shard and cp flattened: the dimension FSDP shards along with cp
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class ParallelDims:
     rank: int
     mesh: DeviceMesh | None  # None: one rank, or no process group
     dp_group: dist.ProcessGroup | None = field(default=None, compare=False)
-    """One process group over every data-parallel rank of this rank's (tp, cp, pp) coordinate;
-    None when there is no data parallelism. Made once, by every rank, in `build`."""
+    """One process group over the ranks of this rank's (tp, pp) coordinate that train on
+    different tokens (``dp_replicate × dp_shard × cp``); None when there are none. Made once,
+    by every rank, in `build`."""
 
     @classmethod
     def build(cls, layout: Layout, device: torch.device) -> ParallelDims:
@@ -52,12 +55,14 @@ class ParallelDims:
             names = ("dp_shard",)
         sizes = tuple(getattr(layout, n) for n in names)
         mesh = init_device_mesh(device.type, sizes, mesh_dim_names=names)
+        if layout.dp_shard > 1 and layout.cp > 1:  # FSDP's shard dimension (as torchtitan)
+            mesh["dp_shard", "cp"]._flatten(SHARD_CP)
         dims = cls(layout, dist.get_rank(), mesh)
-        dp_mesh = dims.dp_mesh
-        if dp_mesh is None or layout.dp == 1:
+        names = dims.token_dim_names()
+        if len(names) == 0:
             return dims
-        group = (dp_mesh.get_group() if dp_mesh.ndim == 1
-                 else dp_mesh._flatten("dp").get_group())  # as torchtitan does
+        group = (mesh[names].get_group() if len(names) == 1
+                 else mesh[names]._flatten("dp_cp").get_group())
         return cls(layout, dims.rank, mesh, group)
 
     # ------------------------------------------------------------------ coordinates
@@ -91,9 +96,16 @@ class ParallelDims:
         return self.layout.tp > 1
 
     def dp_dim_names(self) -> tuple[str, ...]:
+        return self._present(DP_DIMS)
+
+    def token_dim_names(self) -> tuple[str, ...]:
+        """The mesh dimensions along which ranks train on different tokens."""
+        return self._present((*DP_DIMS, "cp"))
+
+    def _present(self, names: tuple[str, ...]) -> tuple[str, ...]:
         if self.mesh is None or self.mesh.mesh_dim_names is None:
             return ()
-        return tuple(n for n in DP_DIMS if n in self.mesh.mesh_dim_names)
+        return tuple(n for n in names if n in self.mesh.mesh_dim_names)
 
     @property
     def dp_mesh(self) -> DeviceMesh | None:
@@ -102,6 +114,31 @@ class ParallelDims:
         if self.mesh is None or not names:
             return None
         return self.mesh[names]
+
+    @property
+    def fsdp_mesh(self) -> DeviceMesh | None:
+        """What FSDP2 is applied on: the data-parallel mesh, with cp joined to its shard
+        dimension (the ranks of a cp group train one set of weights on different tokens)."""
+        if self.mesh is None or self.layout.cp == 1:
+            return self.dp_mesh
+        shard = SHARD_CP if self.layout.dp_shard > 1 else "cp"
+        names = ("dp_replicate", shard) if self.layout.dp_replicate > 1 else (shard,)
+        return self.mesh[names]
+
+    @property
+    def cp_enabled(self) -> bool:
+        return self.layout.cp > 1
+
+    @property
+    def cp_rank(self) -> int:
+        return self.local_rank("cp")
+
+    @property
+    def cp_group(self) -> dist.ProcessGroup | None:
+        """The ranks that hold the other parts of this rank's sequences."""
+        if self.mesh is None or not self.cp_enabled:
+            return None
+        return self.mesh["cp"].get_group()
 
     @property
     def pp_enabled(self) -> bool:
@@ -129,12 +166,12 @@ class ParallelDims:
     # ------------------------------------------------------------------ reductions
 
     def dp_mean(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` averaged over the data-parallel ranks, in place; every rank of a tp group
-        holds the same value already."""
+        """``t`` averaged over the ranks that train on different tokens (data-parallel and
+        cp), in place; every rank of a tp group holds the same value already."""
         group = self.dp_group
         if group is not None:
             dist.all_reduce(t, group=group)
-            t /= self.dp_size
+            t /= self.layout.dp * self.layout.cp
         return t
 
     def share_loss(self, t: torch.Tensor) -> torch.Tensor:

@@ -68,15 +68,15 @@ def autocast_context(parallel: ParallelConfig, device: torch.device, fsdp: bool 
 
 
 def uses_ddp(parallel: ParallelConfig, dims: ParallelDims) -> bool:
-    """DDP: replication alone (strategy "ddp", no dp_shard and no tp) on a process group."""
+    """DDP: replication alone (strategy "ddp", no dp_shard, tp or cp) on a process group."""
     layout = dims.layout
     return (dims.mesh is not None and parallel.strategy == "ddp" and layout.dp_shard == 1
-            and layout.tp == 1)
+            and layout.tp == 1 and layout.cp == 1)
 
 
 def uses_fsdp(parallel: ParallelConfig, dims: ParallelDims) -> bool:
-    """FSDP2 on the data-parallel mesh: whenever there is one and DDP is not used."""
-    return dims.dp_mesh is not None and not uses_ddp(parallel, dims)
+    """FSDP2 on the data-parallel (and cp) mesh: whenever there is one and DDP is not used."""
+    return dims.fsdp_mesh is not None and not uses_ddp(parallel, dims)
 
 
 def build_model(shape: ModelShape, parallel: ParallelConfig, device: torch.device, seed: int,
@@ -122,7 +122,7 @@ def parallelize_part(model: Transformer, parallel: ParallelConfig, dims: Paralle
     if uses_ddp(parallel, dims):
         return apply_ddp(model, device)
     if uses_fsdp(parallel, dims):
-        mesh = dims.dp_mesh
+        mesh = dims.fsdp_mesh
         assert mesh is not None
         # A stage runs several pipeline micro-batches per step: resharding after each forward
         # would gather its weights again for every one of them.
@@ -221,7 +221,7 @@ def parallelize_units(model: nn.Module, units: list[nn.Module], parallel: Parall
     if uses_ddp(parallel, dims):
         return apply_ddp(model, device)
     if uses_fsdp(parallel, dims):
-        mesh = dims.dp_mesh
+        mesh = dims.fsdp_mesh
         assert mesh is not None
         dtype = resolve_dtype(parallel, device)
         mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

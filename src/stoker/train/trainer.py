@@ -70,6 +70,7 @@ from stoker.spec.train import TrainConfig
 from stoker.train import faults
 from stoker.train.checkpoint import Checkpointer, config_hash, nested_optimizer_state
 from stoker.train.ckpt_layout import read_run_meta
+from stoker.train.context_parallel import ContextParallel
 from stoker.train.data import Batch, TokenLoader
 from stoker.train.distributed import DistInfo, barrier
 from stoker.train.exitcodes import EXIT_PREEMPTED
@@ -217,6 +218,8 @@ class Trainer:
         else:
             self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
                                      dist_info.world_size, dims=self.dims)
+        self.cp = (ContextParallel.apply(self.model, self.dims, t.seq_len, self.shape.rope_theta,
+                                         self.device) if self.dims.cp_enabled else None)
         self.fsdp = uses_fsdp(cfg.parallel, self.dims)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
@@ -416,8 +419,14 @@ class Trainer:
         return loss
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean loss over this rank's tokens (under cp, its part of each sequence)."""
+        cp = self.cp
         with self._autocast():
-            logits = self.model(inputs)
+            if cp is None:
+                logits = self.model(inputs)
+            else:
+                inputs, targets = cp.shard(inputs), cp.shard(targets)
+                logits = self.model(inputs, rope=cp.rope)
         return token_loss(logits, targets)
 
     def _pipeline_step(self, pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor,
