@@ -187,6 +187,17 @@ def test_two_ranks_train_over_nccl(tmp_path: Path) -> None:
     assert all(len(r["rank_step_times"]) == 2 for r in records)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_context_parallel_over_nccl_follows_one_gpu(tmp_path: Path) -> None:
+    """cp=2: keys and values all-gathered over NCCL, bf16; the losses are one GPU's."""
+    one, two = tmp_path / "one", tmp_path / "cp2"
+    assert stoker_train(one).returncode == 0
+    done = stoker_train(two, "--set", "parallel.cp=2", nproc=2)
+    assert done.returncode == 0, done.stderr
+    for step, loss in step_losses(two).items():
+        assert loss == pytest.approx(step_losses(one)[step], rel=2e-2), step
+
+
 def test_the_loss_guard_skips_on_the_device_and_reports_at_the_log_step(tmp_path: Path) -> None:
     """On CUDA the optimizer is fused: a non-finite step is dropped by the optimizer itself,
     with no host sync, and its verdict read at the next log step (every 4 steps here)."""

@@ -167,7 +167,14 @@ def test_context_parallel_splits_the_sequence() -> None:
                              on_gpu=False)
     cp = mp.estimate_memory(TINY, layout(cp=2), parallel, TrainSection(), on_gpu=False)
     assert cp.wrapper == "fsdp" and cp.params == one.params / 2  # FSDP over dp_shard x cp
-    assert cp.activations == pytest.approx(one.activations / 2)
+    # Half the tokens each, but every attention keeps the other rank's keys and values
+    # (gathered) and the rank one mask of its queries over all keys.
+    train = TrainSection()
+    tokens = train.micro_batch_size * train.seq_len / 2
+    gathered = tokens * 2 * TINY.n_kv_heads * TINY.head_dim * 4  # fp32 on CPU
+    blocks = TINY.n_layers + 1  # and one block's working set in the backward
+    mask = train.seq_len ** 2 / 2
+    assert cp.activations == pytest.approx(one.activations / 2 + blocks * gathered + mask)
 
 
 # ---------------------------------------------------------------- pipelines
@@ -337,7 +344,8 @@ TOLERANCE = 0.30
     (1, ["parallel.strategy=none"]),
     (2, []),  # fsdp, dp_shard 2
     (2, ["parallel.tp=2"]),
-], ids=["1-rank-none", "2-ranks-fsdp", "2-ranks-tp"])
+    (2, ["parallel.cp=2"]),
+], ids=["1-rank-none", "2-ranks-fsdp", "2-ranks-tp", "2-ranks-cp"])
 def test_estimate_against_measured_peak(tmp_path: Path, nproc: int,
                                         overrides: list[str]) -> None:
     args = [str(EXAMPLE), "--nproc", str(nproc), *sets([*RUN, *overrides])]

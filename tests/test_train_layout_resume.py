@@ -1,5 +1,6 @@
 """A checkpoint saved under one parallel layout resumes under others (real processes, gloo):
-saved at step 10 of a tp=2 run, resumed with dp_shard=2 and with tp=2 × dp_shard=2, the
+saved at step 10 of a tp=2 run, resumed with dp_shard=2, tp=2 × dp_shard=2 and cp=2 ×
+dp_shard=2, the
 losses of steps 11-20 are the uninterrupted run's, and the data-parallel ranks read exactly the
 samples of those steps, none skipped or repeated."""
 
@@ -25,10 +26,11 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "nproc", "layout", "dp_leaders"),  # dp_leaders: one rank of each tp group
+    ("name", "nproc", "layout", "dp_leaders"),  # dp_leaders: one rank of each tp/cp group
     [
         ("fsdp2", 2, ["parallel.dp_shard=2"], [0, 1]),
         ("tp2_fsdp2", 4, ["parallel.tp=2", "parallel.dp_shard=2"], [0, 2]),
+        ("cp2_fsdp2", 4, ["parallel.cp=2", "parallel.dp_shard=2"], [0, 2]),
     ],
 )
 def test_resume_under_another_layout(tmp_path: Path, saved: tuple[Path, list[dict[str, Any]]],

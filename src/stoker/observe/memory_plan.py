@@ -24,7 +24,10 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
     the backward pass. bf16 under autocast (DDP, or no data parallelism) is counted as bf16
     throughout: autocast's fp32 norm outputs are left out. Under tp (sequence parallel) the
     gathered norm outputs are full size, the rest is split by tp, and the logits stay
-    vocab-sharded. Context parallelism splits the sequence by cp.
+    vocab-sharded. Context parallelism splits the sequence by cp; each attention then saves
+    the whole sequence's gathered keys and values (``2·kv_dim`` per token of the full
+    sequence, not of the rank's share), and each rank keeps one boolean mask of its queries
+    over every key (``seq_len² / cp`` bytes).
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
@@ -49,8 +52,9 @@ Time
     and again in backward when resharded) and reduce-scatters fp32 gradients each microbatch,
     DDP all-reduces the gradients once per step; both overlap with compute, so only what exceeds
     the compute time is exposed. Tensor parallelism's per-layer all-gathers and
-    reduce-scatters of activations are on the critical path and fully exposed. Pipeline
-    point-to-point sends and context parallelism's ring exchange are assumed hidden.
+    reduce-scatters of activations are on the critical path and fully exposed, and so are
+    context parallelism's all-gathers of keys and values (and the reduce-scatters of their
+    gradients). Pipeline point-to-point sends are assumed hidden.
 """
 
 from __future__ import annotations
@@ -201,6 +205,14 @@ def layer_activation_bytes(shape: ModelShape, tokens: float, tp: int, dtype_byte
     return tokens * (dtype_bytes * elements + FP32 * rope_fp32 + small)
 
 
+def gathered_kv_bytes(shape: ModelShape, tokens: float, layout: Layout,
+                      dtype_bytes: int) -> float:
+    """What each attention saves beyond its own k and v under context parallelism: the other
+    cp ranks' keys and values, gathered."""
+    kv = shape.n_kv_heads * shape.head_dim / layout.tp
+    return (layout.cp - 1) * tokens * 2 * kv * dtype_bytes
+
+
 def checkpointed_layers(layers: list[int], parallel: ParallelConfig) -> int:
     """How many of ``layers`` are wrapped in activation checkpointing."""
     if parallel.activation_checkpoint == "none":
@@ -336,6 +348,7 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
     micro = pipeline_microbatches(parallel)
     tokens = train.micro_batch_size / micro * train.seq_len / layout.cp
     per_layer = layer_activation_bytes(shape, tokens, tp, dtype_bytes)
+    per_layer += gathered_kv_bytes(shape, tokens, layout, dtype_bytes)
     n_ckpt = checkpointed_layers(layers, parallel)
     kept = n_ckpt * tokens * dtype_bytes * shape.dim / tp + (len(layers) - n_ckpt) * per_layer
     if first:
@@ -346,6 +359,8 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
     per_chunk = kept / len(mine)
     working = per_layer * (1 + (n_ckpt > 0))  # backward working set, one block recomputed
     activations = chunks * per_chunk + working
+    if layout.cp > 1:
+        activations += train.seq_len ** 2 / layout.cp  # the cp attention mask, booleans
 
     fused = on_gpu if fused_optimizer is None else fused_optimizer
     block_unsharded = counts.block / tp
@@ -426,7 +441,8 @@ def estimate_time(shape: ModelShape, layout: Layout, parallel: ParallelConfig,
         dp_s = data_parallel_bytes(parallel, layout, rank_params, dtype_bytes,
                                    grad_accum) / bandwidth
         tp_s = tensor_parallel_bytes(shape, layout, train, dtype_bytes, grad_accum) / bandwidth
-        comm_s = max(0.0, dp_s - busy_s) + tp_s
+        cp_s = context_parallel_bytes(shape, layout, train, dtype_bytes, grad_accum) / bandwidth
+        comm_s = max(0.0, dp_s - busy_s) + tp_s + cp_s
     step_s = busy_s + comm_s
     return TimeEstimate(
         flops_per_step=flops, compute_s=compute_s, bubble=bubble, exposed_comm_s=comm_s,
@@ -460,6 +476,18 @@ def tensor_parallel_bytes(shape: ModelShape, layout: Layout, train: TrainSection
     tokens = train.micro_batch_size * train.seq_len / layout.cp * grad_accum
     per_collective = (layout.tp - 1) / layout.tp * tokens * shape.dim * dtype_bytes
     return 8 * shape.n_layers / layout.pp * per_collective
+
+
+def context_parallel_bytes(shape: ModelShape, layout: Layout, train: TrainSection,
+                           dtype_bytes: int, grad_accum: int) -> float:
+    """Bytes each rank sends per step for context parallelism: per block, the all-gathers of
+    keys and values forward and the reduce-scatters of their gradients backward."""
+    if layout.cp == 1:
+        return 0.0
+    tokens = train.micro_batch_size * train.seq_len * grad_accum  # the whole sequences
+    kv = shape.n_kv_heads * shape.head_dim / layout.tp
+    per_collective = (layout.cp - 1) / layout.cp * tokens * kv * dtype_bytes
+    return 4 * shape.n_layers / layout.pp * per_collective
 
 
 def fits(memory: MemoryEstimate, capacity_bytes: float, on_gpu: bool) -> bool:

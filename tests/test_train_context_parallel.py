@@ -1,0 +1,23 @@
+"""Context parallelism's cut of the sequence (the trajectories under cp are in
+test_train_layouts.py, resumes across layouts in test_train_layout_resume.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stoker.train.context_parallel import positions_of
+
+
+@pytest.mark.parametrize(("seq_len", "cp"), [(32, 2), (64, 4), (24, 3), (8, 1)])
+def test_the_ranks_hold_every_position_once_with_equal_causal_work(seq_len: int, cp: int) -> None:
+    held = [positions_of(seq_len, cp, r) for r in range(cp)]
+    assert sorted(p for mine in held for p in mine) == list(range(seq_len))
+    assert all(len(mine) == seq_len // cp for mine in held)
+    # Under the causal mask a query at position p attends to p + 1 keys.
+    work = {sum(p + 1 for p in mine) for mine in held}
+    assert len(work) == 1
+
+
+def test_rank_r_holds_chunks_r_and_its_mirror() -> None:
+    assert positions_of(16, 2, 0) == [0, 1, 2, 3, 12, 13, 14, 15]
+    assert positions_of(16, 2, 1) == [4, 5, 6, 7, 8, 9, 10, 11]
