@@ -168,12 +168,13 @@ def test_context_parallel_splits_the_sequence() -> None:
     cp = mp.estimate_memory(TINY, layout(cp=2), parallel, TrainSection(), on_gpu=False)
     assert cp.wrapper == "fsdp" and cp.params == one.params / 2  # FSDP over dp_shard x cp
     # Half the tokens each, but every attention keeps the other rank's keys and values
-    # (gathered) and the rank one mask of its queries over all keys.
+    # (gathered), and the rank keeps the additive masks of its two query chunks (fp32).
     train = TrainSection()
     tokens = train.micro_batch_size * train.seq_len / 2
     gathered = tokens * 2 * TINY.n_kv_heads * TINY.head_dim * 4  # fp32 on CPU
     blocks = TINY.n_layers + 1  # and one block's working set in the backward
-    mask = train.seq_len ** 2 / 2
+    chunk = train.seq_len / 4
+    mask = (chunk * chunk + chunk * 4 * chunk) * 4  # chunks 0 and 3: [c, c] and [c, 4c]
     assert cp.activations == pytest.approx(one.activations / 2 + blocks * gathered + mask)
 
 

@@ -26,8 +26,9 @@ Memory (bytes per rank, the fullest rank when pipeline stages differ)
     gathered norm outputs are full size, the rest is split by tp, and the logits stay
     vocab-sharded. Context parallelism splits the sequence by cp; each attention then saves
     the whole sequence's gathered keys and values (``2·kv_dim`` per token of the full
-    sequence, not of the rank's share), and each rank keeps one boolean mask of its queries
-    over every key (``seq_len² / cp`` bytes).
+    sequence, not of the rank's share), and off CUDA each rank keeps the additive masks of
+    its two query chunks over the keys before them (``(2·cp + 1)·(seq_len / 2·cp)²``
+    elements; CUDA's kernels take the causal mask without materialising it).
   * Pipelines: a rank holds the activations of the microbatches in flight: all ``m`` under
     GPipe; ``p − r`` at pipeline rank ``r`` under 1F1B; under the interleaved schedules
     ``(v − 1)·p + 2·(p − 1 − r) + 1`` stage-chunks (torch's warm-up count), at most ``v·m``.
@@ -213,6 +214,16 @@ def gathered_kv_bytes(shape: ModelShape, tokens: float, layout: Layout,
     return (layout.cp - 1) * tokens * 2 * kv * dtype_bytes
 
 
+def cp_mask_bytes(layout: Layout, train: TrainSection, dtype_bytes: int, on_gpu: bool) -> float:
+    """Context parallelism's attention masks off CUDA: one additive [chunk, end] matrix for
+    each of the rank's two chunks of 2·cp, made once (`train/context_parallel.py`); the
+    fullest rank's (chunks 0 and 2·cp − 1) hold (2·cp + 1) chunk² elements."""
+    if layout.cp == 1 or on_gpu:
+        return 0.0
+    chunk = train.seq_len / (2 * layout.cp)
+    return (2 * layout.cp + 1) * chunk ** 2 * dtype_bytes
+
+
 def checkpointed_layers(layers: list[int], parallel: ParallelConfig) -> int:
     """How many of ``layers`` are wrapped in activation checkpointing."""
     if parallel.activation_checkpoint == "none":
@@ -359,8 +370,7 @@ def estimate_rank_memory(shape: ModelShape, layout: Layout, parallel: ParallelCo
     per_chunk = kept / len(mine)
     working = per_layer * (1 + (n_ckpt > 0))  # backward working set, one block recomputed
     activations = chunks * per_chunk + working
-    if layout.cp > 1:
-        activations += train.seq_len ** 2 / layout.cp  # the cp attention mask, booleans
+    activations += cp_mask_bytes(layout, train, dtype_bytes, on_gpu)
 
     fused = on_gpu if fused_optimizer is None else fused_optimizer
     block_unsharded = counts.block / tp

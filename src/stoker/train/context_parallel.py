@@ -5,8 +5,8 @@
     logits = model(inputs, rope=cp.rope)                   # at their own positions
 
 As in Llama 3's training, keys and values are all-gathered over the cp group and each rank
-attends its own queries over the whole sequence; the all-gather's backward sums every rank's
-key and value gradients back to their owner. PyTorch's ring attention
+attends its own queries over the positions up to theirs; the all-gather's backward sums every
+rank's key and value gradients back to their owner. PyTorch's ring attention
 (``torch.distributed.tensor.experimental.context_parallel``) shards only the CUDA SDPA kernels;
 the all-gather runs wherever functional collectives and SDPA with a mask run (gloo on CPU,
 NCCL on CUDA). It holds the whole sequence's keys and values per layer on each rank (2 × kv_dim
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from stoker.train.model import Attention, Transformer, causal_attention, rope_table
 from stoker.train.parallel_dims import ParallelDims
@@ -45,17 +46,49 @@ def positions_of(seq_len: int, cp: int, cp_rank: int) -> list[int]:
 
 
 class GatheredAttention:
-    """``attend`` for a rank of a cp group: its queries over every rank's keys and values,
-    where the causal mask of their true positions allows."""
+    """``attend`` for a rank of a cp group: each of its two query chunks over the keys and
+    values of every position up to its own end, gathered from the whole group.
 
-    def __init__(self, group: dist.ProcessGroup, mask: torch.Tensor) -> None:
+    A chunk's queries see all earlier chunks' keys and their own under a causal mask aligned
+    to the lower right, so no query attends past its position and no chunk computes scores
+    over keys wholly after it. On CUDA that mask is `causal_lower_right`, which the flash and
+    memory-efficient kernels apply without materialising it. Elsewhere SDPA takes a dense
+    mask, and keeps for the backward the float copy it makes of a boolean one (a
+    [chunk, end] matrix per call: every layer and micro-batch); so each chunk's additive mask
+    is made once, in the compute dtype, and shared by every call.
+    """
+
+    def __init__(self, group: dist.ProcessGroup, chunks: tuple[int, int], chunk_len: int,
+                 order: torch.Tensor) -> None:
         self.group = group
-        self.mask = mask  # [local positions, all positions in gather order]
+        self.chunks = chunks  # this rank's chunk indices, in the order it holds them
+        self.chunk_len = chunk_len
+        self.order = order  # gathered index -> position order
+        self.masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        keys = _all_gather(k, 2, self.group)
-        values = _all_gather(v, 2, self.group)
-        return causal_attention(q, keys, values, self.mask)
+        keys = _all_gather(k, 2, self.group).index_select(2, self.order)
+        values = _all_gather(v, 2, self.group).index_select(2, self.order)
+        n = self.chunk_len
+        out = []
+        for i, chunk in enumerate(self.chunks):
+            end = (chunk + 1) * n
+            out.append(causal_attention(q[:, :, i * n:(i + 1) * n], keys[:, :, :end],
+                                        values[:, :, :end], self.mask(end, q)))
+        return torch.cat(out, dim=2)
+
+    def mask(self, end: int, q: torch.Tensor) -> torch.Tensor:
+        """Queries at positions [end - chunk, end) over keys [0, end), causally."""
+        n = self.chunk_len
+        if q.device.type == "cuda":
+            return causal_lower_right(n, end)
+        mask = self.masks.get((end, q.dtype))
+        if mask is None:
+            hidden = torch.ones(n, end, dtype=torch.bool, device=q.device).triu(end - n + 1)
+            mask = torch.zeros(n, end, dtype=q.dtype, device=q.device).masked_fill_(
+                hidden, float("-inf"))
+            self.masks[(end, q.dtype)] = mask
+        return mask
 
 
 @dataclass(frozen=True)
@@ -71,14 +104,14 @@ class ContextParallel:
         group = dims.cp_group
         assert group is not None, "context parallelism needs a cp group"
         cp = dims.layout.cp
-        mine = positions_of(seq_len, cp, dims.cp_rank)
-        everyone = [p for r in range(cp) for p in positions_of(seq_len, cp, r)]
-        q_pos = torch.tensor(mine, device=device)
-        mask = q_pos[:, None] >= torch.tensor(everyone, device=device)[None, :]
-        attend = GatheredAttention(group, mask)
+        rank = dims.cp_rank
+        gathered = [p for r in range(cp) for p in positions_of(seq_len, cp, r)]
+        order = torch.tensor(gathered, device=device).argsort()
+        attend = GatheredAttention(group, (rank, 2 * cp - 1 - rank), seq_len // (2 * cp), order)
         for module in model.modules():
             if isinstance(module, Attention):
                 module.attend = attend
+        q_pos = torch.tensor(positions_of(seq_len, cp, rank), device=device)
         head_dim = next(m for m in model.modules() if isinstance(m, Transformer)).shape.head_dim
         table = rope_table(head_dim, seq_len, rope_theta, device)
         return cls(q_pos, table[q_pos])
