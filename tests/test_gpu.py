@@ -23,6 +23,8 @@ from stoker.observe.peak import gpu_peak, measured_peak, peak_flops
 from stoker.spec.train import CheckpointConfig
 from stoker.train.checkpoint import Checkpointer, list_steps, step_dir
 from stoker.train.ckpt_manifest import verify
+from stoker.train.context_parallel import GatheredAttention
+from stoker.train.model import causal_attention
 
 pytestmark = pytest.mark.gpu
 
@@ -185,6 +187,24 @@ def test_two_ranks_train_over_nccl(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 9))
     assert all(len(r["rank_step_times"]) == 2 for r in records)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_context_parallel_chunk_attention_on_cuda_equals_the_cpu_mask(on_gpu: None,
+                                                                      dtype: torch.dtype) -> None:
+    """A cp chunk's lower-right causal attention: CUDA's kernels (no mask materialised) give
+    what the additive mask gives on the CPU, for the first chunk and the last."""
+    n, cp = 16, 2
+    attend = GatheredAttention(None, (0, 2 * cp - 1), n, torch.arange(4 * n))  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    for end in (n, 2 * cp * n):
+        q = torch.randn(2, 4, n, 32, generator=gen)
+        k, v = (torch.randn(2, 2, end, 32, generator=gen) for _ in range(2))
+        expected = causal_attention(q, k, v, attend.mask(end, q))
+        on_cuda = [t.to(CUDA, dtype) for t in (q, k, v)]
+        got = causal_attention(*on_cuda, attend.mask(end, on_cuda[0]))
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(got.float().cpu(), expected, atol=tol, rtol=tol)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
