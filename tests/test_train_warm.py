@@ -107,6 +107,23 @@ def test_a_dead_zygote_takes_its_ranks_with_it(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in ranks)
 
 
+def test_a_killed_launcher_leaves_no_zygote_ranks_or_socket(tmp_path: Path) -> None:
+    """SIGKILL to the launcher: its zygote (told by ``PR_SET_PDEATHSIG``) removes the socket's
+    directory, which the launcher could not, and its ranks die with it."""
+    with training(tmp_path) as (launcher, _, ranks):
+        zygote = zygote_of(ranks[0])
+        socket_dir = Path(zygote.cmdline()[zygote.cmdline().index("serve") + 1]).parent
+        assert socket_dir.is_dir()
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (socket_dir.exists() or alive(zygote.pid)
+                                               or any(alive(pid) for pid in ranks)):
+            time.sleep(0.1)
+    assert not socket_dir.exists()
+    assert not any(alive(pid) for pid in [zygote.pid, *ranks])
+
+
 def test_a_long_tmpdir_still_gets_warm_ranks(tmp_path: Path) -> None:
     """$TMPDIR too long for a Unix socket's path: the zygote's socket goes under /tmp."""
     long_tmp = tmp_path / ("t" * 120)

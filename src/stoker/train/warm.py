@@ -40,8 +40,9 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 MODULE = "stoker.train.warm"
@@ -153,8 +154,13 @@ def _end_as(code: int) -> NoReturn:
 
 def serve(socket_path: str) -> int:
     """Import a rank's modules, then fork a rank for each client until stdin closes (the
-    launcher ended: `PR_SET_PDEATHSIG` ends the zygote then too, but only once it is set)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher gone, so is its zygote
+    launcher ended: `PR_SET_PDEATHSIG` ends the zygote then too, but only once it is set).
+
+    A launcher that dies without closing (SIGKILL) cannot remove the socket's directory, so
+    its zygote, told by SIGTERM, does, and exits at once: its ranks die with it.
+    """
+    signal.signal(signal.SIGTERM, _remove_and_exit(Path(socket_path).parent))
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the launcher gone, so is its zygote
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(socket_path)  # at once: ranks that come early wait in the backlog
     listener.listen(256)
@@ -194,6 +200,19 @@ def serve(socket_path: str) -> int:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(orphan, signal.SIGKILL)
         _reap(ranks, sel)
+
+
+def _remove_and_exit(directory: Path) -> Callable[[int, FrameType | None], None]:
+    zygote = os.getpid()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != zygote:  # a rank forked before it reset its handlers: as it would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        shutil.rmtree(directory, ignore_errors=True)
+        os._exit(128 + signum)
+    return handler
 
 
 def _fork_rank(conn: socket.socket, listener: socket.socket, sel: selectors.BaseSelector,
