@@ -75,8 +75,8 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of q [B, heads, T, hd] over k, v [B, kv_heads, S, hd]: causal (S = T), or
-    where the boolean ``mask`` [T, S] allows. Each kv head serves n_heads // n_kv_heads query
-    heads (grouped-query attention)."""
+    under ``mask`` [T, S] (boolean, additive, or a ``torch.nn.attention.bias``). Each kv head
+    serves n_heads // n_kv_heads query heads (grouped-query attention)."""
     causal = mask is None
     if k.shape[1] == q.shape[1]:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)

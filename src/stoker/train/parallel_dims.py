@@ -59,7 +59,7 @@ class ParallelDims:
             mesh["dp_shard", "cp"]._flatten(SHARD_CP)
         dims = cls(layout, dist.get_rank(), mesh)
         names = dims.token_dim_names()
-        if len(names) == 0:
+        if layout.dp * layout.cp == 1:
             return dims
         group = (mesh[names].get_group() if len(names) == 1
                  else mesh[names]._flatten("dp_cp").get_group())
