@@ -13,19 +13,36 @@ micro-batch: what cp costs in time). Reported from each run's metrics.jsonl: the
 time after the first two steps, and the peak memory (the largest max RSS of the ranks, which
 includes the torch runtime, about 0.3 GB per rank, and what glibc keeps of freed blocks);
 ratios to the baseline per repeat.
+
+The RSS high-water mark hides what the activations take, so the same three layouts are then
+built in this script's own two gloo processes (`build_model`, `ContextParallel.apply`, one
+micro-batch) and measured by glibc's count of heap bytes in use (``mallinfo2``): what a
+forward pass leaves allocated for its backward, on rank 0, the second of two iterations.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
 from stoker.bench.figures import figure
+from stoker.spec.train import PRESETS, ParallelConfig
+from stoker.train.context_parallel import ContextParallel
+from stoker.train.parallel_dims import ParallelDims
+from stoker.train.parallelize import build_model
+from stoker.train.trainer import token_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_QUICK = ["--seq-len", "256", "--steps", "3", "--repeats", "1"]
@@ -50,6 +67,68 @@ def train(run_dir: Path, seq_len: int, steps: int, layout: list[str]) -> tuple[f
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_time_s"] for r in records[2:]] or [r["step_time_s"] for r in records]
     return statistics.median(times), max(r["peak_mem_bytes"] for r in records)
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_in_use() -> int:
+    """Bytes glibc's malloc has handed out and not had back (its arenas and its mmaps)."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
+                 out: dict[str, float]) -> None:
+    """One rank of two: the bytes a forward pass of ``sequences`` leaves for its backward."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    shape, cpu = PRESETS["tiny"], torch.device("cpu")
+    parallel = ParallelConfig(strategy="fsdp", cp=cp)
+    dims = ParallelDims.build(parallel.layout(2), cpu)
+    model = build_model(shape, parallel, cpu, 0, 2, dims=dims)
+    context = ContextParallel.apply(model, dims, seq_len, shape.rope_theta, cpu) if cp > 1 \
+        else None
+    data = torch.randint(0, shape.vocab_size, (sequences, seq_len + 1),
+                         generator=torch.Generator().manual_seed(rank))
+    inputs, targets = data[:, :-1], data[:, 1:]
+    for _ in range(2):
+        before = heap_in_use()
+        if context is None:
+            loss = token_loss(model(inputs), targets)
+        else:
+            loss = token_loss(model(context.shard(inputs), rope=context.rope),
+                              context.shard(targets))
+        live = heap_in_use() - before
+        loss.backward()
+        del loss
+    if rank == 0:
+        out["live"] = float(live)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def live_after_forward(seq_len: int) -> dict[str, float]:
+    """Each layout's bytes left by a forward pass on rank 0 (as in LAYOUTS)."""
+    shapes = {"cp2": (2, 2), "cp2_micro4": (2, 4), "dp_shard2": (1, 2)}  # (cp, sequences)
+    live = {}
+    with mp.Manager() as manager:
+        for name, (cp, sequences) in shapes.items():
+            out = manager.dict()
+            mp.spawn(forward_live, args=(free_port(), cp, sequences, seq_len, out), nprocs=2)
+            live[name] = out["live"]
+    return live
 
 
 def main() -> None:
@@ -81,6 +160,15 @@ def main() -> None:
         if name != "dp_shard2":
             figure(f"{name} step / dp_shard2", step_ratio, "x", "lower")
             figure(f"{name} peak / dp_shard2", peak_ratio, "x", "lower")
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        print("\n(no glibc mallinfo2 here: the heap in use is not measured)")
+        return
+    live = live_after_forward(args.seq_len)
+    print("\n| layout | heap left by a forward, rank 0 (MiB) | vs dp_shard2 |\n|---|---:|---:|")
+    for name, value in live.items():
+        print(f"| {name} (seq {args.seq_len}) | {value / 2**20:.0f} | "
+              f"{value / live['dp_shard2']:.2f} |")
+        figure(f"{name} heap after forward", value / 2**20, "MiB", "lower")
 
 
 if __name__ == "__main__":
