@@ -110,6 +110,7 @@ def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
         del loss
     if rank == 0:
         out["live"] = float(live)
+    dist.barrier()  # neither rank leaves while the other may still talk to it
     dist.destroy_process_group()
 
 
