@@ -26,7 +26,6 @@ import argparse
 import ctypes
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import torch.multiprocessing as mp
 from stoker.bench.figures import figure
 from stoker.spec.train import PRESETS, ParallelConfig
 from stoker.train.context_parallel import ContextParallel
+from stoker.train.launch import free_port
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import build_model
 from stoker.train.trainer import token_loss
@@ -93,7 +93,7 @@ def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
     parallel = ParallelConfig(strategy="fsdp", cp=cp)
     dims = ParallelDims.build(parallel.layout(2), cpu)
     model = build_model(shape, parallel, cpu, 0, 2, dims=dims)
-    context = ContextParallel.apply(model, dims, seq_len, shape.rope_theta, cpu) if cp > 1 \
+    context = ContextParallel.apply(model, dims, seq_len, shape, cpu) if cp > 1 \
         else None
     data = torch.randint(0, shape.vocab_size, (sequences, seq_len + 1),
                          generator=torch.Generator().manual_seed(rank))
@@ -112,12 +112,6 @@ def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
         out["live"] = float(live)
     dist.barrier()  # neither rank leaves while the other may still talk to it
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def live_after_forward(seq_len: int) -> dict[str, float]:

@@ -64,6 +64,12 @@ def zygote_of(pid: int) -> psutil.Process:
     return psutil.Process(pid).parent()
 
 
+def socket_dir(zygote: psutil.Process) -> Path:
+    """The directory of the socket a zygote serves (``... warm serve SOCKET ...``)."""
+    argv = zygote.cmdline()
+    return Path(argv[argv.index("serve") + 1]).parent
+
+
 def alive(pid: int) -> bool:
     """Running (a dead rank whose zygote is gone may stay a zombie of init's for a while)."""
     try:
@@ -82,13 +88,13 @@ def test_ranks_are_forked_warm_and_a_sigterm_reaches_them(tmp_path: Path) -> Non
         (zygote,) = zygotes
         assert zygote.cmdline()[3:5] == ["stoker.train.warm", "serve"], zygote.cmdline()
         assert all(psutil.Process(pid).name() == "stoker-rank" for pid in ranks)
-        socket_dir = Path(zygote.cmdline()[5]).parent
-        assert socket_dir.is_dir()
+        directory = socket_dir(zygote)
+        assert directory.is_dir()
         err = preempt(launcher)
     assert launcher.returncode == EXIT_PREEMPTED, err
     assert read_events(run, "checkpoint_committed"), "the ranks checkpointed as they stopped"
     assert not any(alive(pid) for pid in ranks)
-    assert not alive(zygote.pid) and not socket_dir.exists()
+    assert not alive(zygote.pid) and not directory.exists()
 
 
 def test_a_dead_zygote_takes_its_ranks_with_it(tmp_path: Path) -> None:
@@ -112,15 +118,15 @@ def test_a_killed_launcher_leaves_no_zygote_ranks_or_socket(tmp_path: Path) -> N
     directory, which the launcher could not, and its ranks die with it."""
     with training(tmp_path) as (launcher, _, ranks):
         zygote = zygote_of(ranks[0])
-        socket_dir = Path(zygote.cmdline()[zygote.cmdline().index("serve") + 1]).parent
-        assert socket_dir.is_dir()
+        directory = socket_dir(zygote)
+        assert directory.is_dir()
         launcher.kill()
         launcher.wait(timeout=30)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (socket_dir.exists() or alive(zygote.pid)
+        while time.monotonic() < deadline and (directory.exists() or alive(zygote.pid)
                                                or any(alive(pid) for pid in ranks)):
             time.sleep(0.1)
-    assert not socket_dir.exists()
+    assert not directory.exists()
     assert not any(alive(pid) for pid in [zygote.pid, *ranks])
 
 

@@ -1,6 +1,6 @@
 """Context parallelism: the ranks of a cp group each hold a part of every sequence.
 
-    cp = ContextParallel.apply(model, dims, seq_len, rope_theta, device)
+    cp = ContextParallel.apply(model, dims, seq_len, shape, device)
     inputs, targets = cp.shard(inputs), cp.shard(targets)   # this rank's tokens
     logits = model(inputs, rope=cp.rope)                   # at their own positions
 
@@ -29,7 +29,8 @@ import torch.distributed._functional_collectives as funcol
 from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
-from stoker.train.model import Attention, Transformer, causal_attention, rope_table
+from stoker.spec.train import ModelShape
+from stoker.train.model import Attention, causal_attention, rope_table
 from stoker.train.parallel_dims import ParallelDims
 
 # The differentiable all-gather (its backward a reduce-scatter), by its newer name where it exists
@@ -97,7 +98,7 @@ class ContextParallel:
     rope: torch.Tensor  # their rows of the rotary table
 
     @classmethod
-    def apply(cls, model: nn.Module, dims: ParallelDims, seq_len: int, rope_theta: float,
+    def apply(cls, model: nn.Module, dims: ParallelDims, seq_len: int, shape: ModelShape,
               device: torch.device) -> ContextParallel:
         """Give every attention of ``model`` (wrapped or not) the gathered attention of this
         rank's cp group; what the trainer needs to cut its batches."""
@@ -112,8 +113,7 @@ class ContextParallel:
             if isinstance(module, Attention):
                 module.attend = attend
         q_pos = torch.tensor(positions_of(seq_len, cp, rank), device=device)
-        head_dim = next(m for m in model.modules() if isinstance(m, Transformer)).shape.head_dim
-        table = rope_table(head_dim, seq_len, rope_theta, device)
+        table = rope_table(shape.head_dim, seq_len, shape.rope_theta, device)
         return cls(q_pos, table[q_pos])
 
     def shard(self, t: torch.Tensor) -> torch.Tensor:
