@@ -195,7 +195,8 @@ def test_context_parallel_chunk_attention_on_cuda_equals_the_cpu_mask(on_gpu: No
     """A cp chunk's lower-right causal attention: CUDA's kernels (no mask materialised) give
     what the additive mask gives on the CPU, for the first chunk and the last."""
     n, cp = 16, 2
-    attend = GatheredAttention(None, (0, 2 * cp - 1), n, torch.arange(4 * n))  # type: ignore[arg-type]
+    attend = GatheredAttention(None, (0, 2 * cp - 1), n, torch.arange(4 * n),  # type: ignore[arg-type]
+                               torch.float32)
     gen = torch.Generator().manual_seed(0)
     for end in (n, 2 * cp * n):
         q = torch.randn(2, 4, n, 32, generator=gen)

@@ -107,9 +107,8 @@ def test_bad_field_names_its_key(overrides: list[str], key: str) -> None:
         (2, ["parallel.pp=2", "model.tie_embeddings=true"], "parallel.pp"),  # not yet
         (4, ["parallel.pp=2", "parallel.strategy=\"ddp\""], "parallel.pp"),  # not yet
         (2, ["parallel.cp=2", "train.seq_len=66"], "parallel.cp"),  # not divisible by 2 × cp
-        (4, ["parallel.cp=2", "parallel.tp=2"], "parallel.cp"),  # not yet
+        (8, ["parallel.cp=2", "parallel.tp=4", "train.seq_len=36"], "parallel.tp"),  # 18 / 4
         (4, ["parallel.cp=2", "parallel.pp=2"], "parallel.cp"),  # not yet
-        (2, ["parallel.cp=2", "parallel.compile=true"], "parallel.cp"),  # not yet
     ],
 )
 def test_impossible_layout_names_its_key(world: int, overrides: list[str], key: str) -> None:
@@ -121,8 +120,8 @@ def test_impossible_layout_names_its_key(world: int, overrides: list[str], key: 
 
 
 def test_unsupported_combinations_say_so() -> None:
-    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.cp=2", "parallel.tp=2"])
-    with pytest.raises(ConfigError, match=r"cp with parallel\.tp is not supported yet"):
+    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.cp=2", "parallel.pp=2"])
+    with pytest.raises(ConfigError, match=r"cp with parallel\.pp is not supported yet"):
         cfg.check_world_size(4)
 
 
@@ -131,6 +130,8 @@ def test_unsupported_combinations_say_so() -> None:
     (4, ["parallel.cp=2", "parallel.dp_shard=2"]),
     (4, ["parallel.cp=2", "parallel.dp_replicate=2"]),
     (2, ["parallel.cp=2", "parallel.strategy=\"ddp\""]),
+    (4, ["parallel.cp=2", "parallel.tp=2"]),
+    (2, ["parallel.cp=2", "parallel.compile=true"]),
 ])
 def test_context_parallel_layouts_are_accepted(world: int, overrides: list[str]) -> None:
     cfg = loading.load(TrainConfig, EXAMPLE, overrides)

@@ -76,6 +76,7 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
                             "train.eval_interval=10", "train.eval_steps=1"], [[0, 1]]),
         ("cp2_fsdp2", 4, ["parallel.cp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
         ("cp2_hsdp", 4, ["parallel.cp=2", "parallel.dp_replicate=2"], [[0, 1], [2, 3]]),
+        ("cp2_tp2", 4, ["parallel.cp=2", "parallel.tp=2"], [[0, 1, 2, 3]]),
     ],
 )
 def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]], name: str,

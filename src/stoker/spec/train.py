@@ -436,10 +436,11 @@ class TrainConfig(Section):
                 if n % p.tp:
                     raise ConfigError(source, "parallel.tp", f"model.{key} {n} is not "
                                       f"divisible by tp {p.tp}")
-            if self.train.seq_len % p.tp:
+            if self.train.seq_len % (p.tp * p.cp):
+                split = f"tp {p.tp}" if p.cp == 1 else f"cp × tp = {p.cp * p.tp}"
                 raise ConfigError(source, "parallel.tp", f"train.seq_len {self.train.seq_len} "
-                                  f"is not divisible by tp {p.tp} (sequence parallelism splits "
-                                  "it)")
+                                  f"is not divisible by {split} (sequence parallelism splits "
+                                  "each rank's tokens)")
             if p.compile:  # the backward of a compiled block hands plain tensors to DTensor
                 raise ConfigError(source, "parallel.compile", "compile with tp is not supported "
                                   "yet")
@@ -516,9 +517,7 @@ def check_task_layout(p: ParallelConfig, source: str | None = None) -> None:
 
 def check_supported(p: ParallelConfig, source: str | None = None) -> None:
     """Combinations the config describes but this version of the runtime does not run yet."""
-    if p.cp > 1:
-        for key, given in (("tp", p.tp > 1), ("pp", p.pp > 1), ("compile", p.compile)):
-            if given:
-                raise ConfigError(source, "parallel.cp", f"cp with parallel.{key} is not "
-                                  "supported yet: combine cp with data parallelism "
-                                  "(dp_shard, dp_replicate)")
+    if p.cp > 1 and p.pp > 1:
+        raise ConfigError(source, "parallel.cp", "cp with parallel.pp is not supported yet: "
+                          "combine cp with data and tensor parallelism (dp_shard, "
+                          "dp_replicate, tp)")

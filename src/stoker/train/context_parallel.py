@@ -60,12 +60,17 @@ class GatheredAttention:
     """
 
     def __init__(self, group: dist.ProcessGroup, chunks: tuple[int, int], chunk_len: int,
-                 order: torch.Tensor) -> None:
+                 order: torch.Tensor, dtype: torch.dtype) -> None:
         self.group = group
         self.chunks = chunks  # this rank's chunk indices, in the order it holds them
         self.chunk_len = chunk_len
         self.order = order  # gathered index -> position order
-        self.masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self.masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        # Made before any call: a compiled block may read the masks but not make them (a
+        # CausalBias made while tracing breaks the graph, and a new entry recompiles it)
+        for chunk in chunks:
+            end = (chunk + 1) * chunk_len
+            self.masks[(end, dtype, order.device)] = self.make_mask(end, dtype, order.device)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys = _all_gather(k, 2, self.group).index_select(2, self.order)
@@ -80,16 +85,18 @@ class GatheredAttention:
 
     def mask(self, end: int, q: torch.Tensor) -> torch.Tensor:
         """Queries at positions [end - chunk, end) over keys [0, end), causally."""
-        n = self.chunk_len
-        if q.device.type == "cuda":
-            return causal_lower_right(n, end)
-        mask = self.masks.get((end, q.dtype))
-        if mask is None:
-            hidden = torch.ones(n, end, dtype=torch.bool, device=q.device).triu(end - n + 1)
-            mask = torch.zeros(n, end, dtype=q.dtype, device=q.device).masked_fill_(
-                hidden, float("-inf"))
-            self.masks[(end, q.dtype)] = mask
+        key = (end, q.dtype, q.device)
+        mask = self.masks.get(key)
+        if mask is None:  # eager only: a dtype other than the one the masks were made for
+            mask = self.masks[key] = self.make_mask(end, q.dtype, q.device)
         return mask
+
+    def make_mask(self, end: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        n = self.chunk_len
+        if device.type == "cuda":
+            return causal_lower_right(n, end)
+        hidden = torch.ones(n, end, dtype=torch.bool, device=device).triu(end - n + 1)
+        return torch.zeros(n, end, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -99,16 +106,18 @@ class ContextParallel:
 
     @classmethod
     def apply(cls, model: nn.Module, dims: ParallelDims, seq_len: int, shape: ModelShape,
-              device: torch.device) -> ContextParallel:
+              device: torch.device, dtype: torch.dtype = torch.float32) -> ContextParallel:
         """Give every attention of ``model`` (wrapped or not) the gathered attention of this
-        rank's cp group; what the trainer needs to cut its batches."""
+        rank's cp group; what the trainer needs to cut its batches. ``dtype``: the one attention
+        computes in."""
         group = dims.cp_group
         assert group is not None, "context parallelism needs a cp group"
         cp = dims.layout.cp
         rank = dims.cp_rank
         gathered = [p for r in range(cp) for p in positions_of(seq_len, cp, r)]
         order = torch.tensor(gathered, device=device).argsort()
-        attend = GatheredAttention(group, (rank, 2 * cp - 1 - rank), seq_len // (2 * cp), order)
+        attend = GatheredAttention(group, (rank, 2 * cp - 1 - rank), seq_len // (2 * cp), order,
+                                    dtype)
         for module in model.modules():
             if isinstance(module, Attention):
                 module.attend = attend

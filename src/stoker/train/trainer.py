@@ -218,8 +218,9 @@ class Trainer:
         else:
             self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
                                      dist_info.world_size, dims=self.dims)
-        self.cp = (ContextParallel.apply(self.model, self.dims, t.seq_len, self.shape,
-                                         self.device) if self.dims.cp_enabled else None)
+        self.cp = (ContextParallel.apply(self.model, self.dims, t.seq_len, self.shape, self.device,
+                                         resolve_dtype(cfg.parallel, self.device))
+                   if self.dims.cp_enabled else None)
         self.fsdp = uses_fsdp(cfg.parallel, self.dims)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
