@@ -93,7 +93,7 @@ def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
     parallel = ParallelConfig(strategy="fsdp", cp=cp)
     dims = ParallelDims.build(parallel.layout(2), cpu)
     model = build_model(shape, parallel, cpu, 0, 2, dims=dims)
-    context = ContextParallel.apply(model, dims, seq_len, shape, cpu) if cp > 1 \
+    context = ContextParallel.apply([model], dims, seq_len, shape, cpu) if cp > 1 \
         else None
     data = torch.randint(0, shape.vocab_size, (sequences, seq_len + 1),
                          generator=torch.Generator().manual_seed(rank))
@@ -103,7 +103,7 @@ def forward_live(rank: int, port: int, cp: int, sequences: int, seq_len: int,
         if context is None:
             loss = token_loss(model(inputs), targets)
         else:
-            loss = token_loss(model(context.shard(inputs), rope=context.rope),
+            loss = token_loss(model(context.shard(inputs)),
                               context.shard(targets))
         live = heap_in_use() - before
         loss.backward()

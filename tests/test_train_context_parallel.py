@@ -72,10 +72,10 @@ def compiled_cp_rank(rank: int, port: int, out_dir: str) -> None:
         parallel = ParallelConfig(strategy="fsdp", cp=2, compile=True)
         dims = ParallelDims.build(parallel.layout(2), cpu)
         model = build_model(SHAPE, parallel, cpu, 3, 2, dims=dims, compile_backend="aot_eager")
-        cp = ContextParallel.apply(model, dims, SEQ_LEN, SHAPE, cpu)
+        cp = ContextParallel.apply([model], dims, SEQ_LEN, SHAPE, cpu)
         losses = []
         for data in batches():
-            loss = token_loss(model(cp.shard(data[:, :-1]), rope=cp.rope), cp.shard(data[:, 1:]))
+            loss = token_loss(model(cp.shard(data[:, :-1])), cp.shard(data[:, 1:]))
             loss.backward()
             losses.append(loss.detach())
         mean = torch.stack(losses)

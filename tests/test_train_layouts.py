@@ -1,11 +1,13 @@
 """Every implemented parallel layout changes nothing but speed: tensor + sequence parallel,
-HSDP and FSDP + TP (real processes, gloo, up to 4 ranks) follow the loss trajectory of 1 rank
+HSDP, FSDP + TP and context parallelism alone and with each of them and pp (real processes,
+gloo, up to 4 ranks) follow the loss trajectory of 1 rank
 with the same global batch and seed; ranks of one tp group read the same samples, and the
 data-parallel ranks together read each global batch exactly once."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +79,8 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
         ("cp2_fsdp2", 4, ["parallel.cp=2", "parallel.dp_shard=2"], [[0, 1], [2, 3]]),
         ("cp2_hsdp", 4, ["parallel.cp=2", "parallel.dp_replicate=2"], [[0, 1], [2, 3]]),
         ("cp2_tp2", 4, ["parallel.cp=2", "parallel.tp=2"], [[0, 1, 2, 3]]),
+        ("cp2_pp2_eval", 4, ["parallel.cp=2", "parallel.pp=2", "train.eval_interval=10",
+                             "train.eval_steps=1"], [[0, 1, 2, 3]]),
     ],
 )
 def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]], name: str,
@@ -91,7 +95,7 @@ def test_layout_matches_one_rank(tmp_path: Path, one_rank: list[dict[str, Any]],
     assert all(0 < e < records[0]["loss"] for e in evals)  # eval under the layout runs, too
     summary = json.loads((run_dir / "summary.json").read_text())
     sizes = summary["layout"]
-    assert sizes["tp"] * sizes["cp"] * sizes["dp_replicate"] * sizes["dp_shard"] == nproc
+    assert math.prod(sizes[d] for d in ("pp", "dp_replicate", "dp_shard", "cp", "tp")) == nproc
 
     samples = samples_by_rank(run_dir, nproc)
     for step in samples[0]:

@@ -457,7 +457,6 @@ class TrainConfig(Section):
                               "parallelism splits it in 2 × cp chunks)")
         if p.pp > 1 or p.pp_stages_per_rank > 1 or p.pp_split is not None:
             check_pipeline(self, layout, source)
-        check_supported(p, source)
         return layout
 
 
@@ -513,11 +512,3 @@ def check_task_layout(p: ParallelConfig, source: str | None = None) -> None:
         if size > 1:
             raise ConfigError(source, f"parallel.{key}", f"{key} > 1 is not supported for a "
                               "[task] model yet: use parallel.strategy = \"ddp\" or \"fsdp\"")
-
-
-def check_supported(p: ParallelConfig, source: str | None = None) -> None:
-    """Combinations the config describes but this version of the runtime does not run yet."""
-    if p.cp > 1 and p.pp > 1:
-        raise ConfigError(source, "parallel.cp", "cp with parallel.pp is not supported yet: "
-                          "combine cp with data and tensor parallelism (dp_shard, "
-                          "dp_replicate, tp)")

@@ -1,8 +1,8 @@
 """Context parallelism: the ranks of a cp group each hold a part of every sequence.
 
-    cp = ContextParallel.apply(model, dims, seq_len, shape, device)
+    cp = ContextParallel.apply([model], dims, seq_len, shape, device, dtype)
     inputs, targets = cp.shard(inputs), cp.shard(targets)   # this rank's tokens
-    logits = model(inputs, rope=cp.rope)                   # at their own positions
+    logits = model(inputs)                                 # at their own positions
 
 As in Llama 3's training, keys and values are all-gathered over the cp group and each rank
 attends its own queries over the positions up to theirs; the all-gather's backward sums every
@@ -16,11 +16,13 @@ holds two chunks at a time.
 The sequence is cut into 2 × cp chunks and rank r holds chunks r and 2 cp - 1 - r, so that under
 the causal mask every rank has the same attention work (torch's "head-tail" load balancing).
 The model is unchanged but for two seams it offers: the rotary table of the tokens' positions
-(``Transformer.forward(tokens, rope=...)``) and each attention's ``attend`` function.
+(``Transformer.forward(tokens, rope=...)``, which a forward pre-hook fills in, so a pipeline
+stage gets it too) and each attention's ``attend`` function.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,11 +107,13 @@ class ContextParallel:
     rope: torch.Tensor  # their rows of the rotary table
 
     @classmethod
-    def apply(cls, model: nn.Module, dims: ParallelDims, seq_len: int, shape: ModelShape,
-              device: torch.device, dtype: torch.dtype = torch.float32) -> ContextParallel:
-        """Give every attention of ``model`` (wrapped or not) the gathered attention of this
-        rank's cp group; what the trainer needs to cut its batches. ``dtype``: the one attention
-        computes in."""
+    def apply(cls, models: Sequence[nn.Module], dims: ParallelDims, seq_len: int,
+              shape: ModelShape, device: torch.device,
+              dtype: torch.dtype = torch.float32) -> ContextParallel:
+        """Give every attention in ``models`` (the modules the trainer calls: the model, or its
+        pipeline stages; wrapped or not) the gathered attention of this rank's cp group, and
+        each model the rotary rows of its positions; what the trainer needs to cut its
+        batches. ``dtype``: the one attention computes in."""
         group = dims.cp_group
         assert group is not None, "context parallelism needs a cp group"
         cp = dims.layout.cp
@@ -117,13 +121,20 @@ class ContextParallel:
         gathered = [p for r in range(cp) for p in positions_of(seq_len, cp, r)]
         order = torch.tensor(gathered, device=device).argsort()
         attend = GatheredAttention(group, (rank, 2 * cp - 1 - rank), seq_len // (2 * cp), order,
-                                    dtype)
-        for module in model.modules():
-            if isinstance(module, Attention):
-                module.attend = attend
+                                   dtype)
         q_pos = torch.tensor(positions_of(seq_len, cp, rank), device=device)
         table = rope_table(shape.head_dim, seq_len, shape.rope_theta, device)
-        return cls(q_pos, table[q_pos])
+        context = cls(q_pos, table[q_pos])
+        for model in models:
+            for module in model.modules():
+                if isinstance(module, Attention):
+                    module.attend = attend
+            model.register_forward_pre_hook(context.give_rope, with_kwargs=True)
+        return context
+
+    def give_rope(self, module: nn.Module, args: tuple[object, ...],
+                  kwargs: dict[str, object]) -> tuple[tuple[object, ...], dict[str, object]]:
+        return args, {"rope": self.rope, **kwargs}
 
     def shard(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's part of ``t`` [B, seq_len, ...]: [B, seq_len / cp, ...]."""

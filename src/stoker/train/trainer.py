@@ -218,7 +218,8 @@ class Trainer:
         else:
             self.model = build_model(self.shape, cfg.parallel, self.device, t.seed,
                                      dist_info.world_size, dims=self.dims)
-        self.cp = (ContextParallel.apply(self.model, self.dims, t.seq_len, self.shape, self.device,
+        called = self.pipeline.parts if self.pipeline is not None else [self.model]
+        self.cp = (ContextParallel.apply(called, self.dims, t.seq_len, self.shape, self.device,
                                          resolve_dtype(cfg.parallel, self.device))
                    if self.dims.cp_enabled else None)
         self.fsdp = uses_fsdp(cfg.parallel, self.dims)
@@ -421,14 +422,17 @@ class Trainer:
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The mean loss over this rank's tokens (under cp, its part of each sequence)."""
-        cp = self.cp
+        inputs, targets = self._own_tokens(inputs, targets)
         with self._autocast():
-            if cp is None:
-                logits = self.model(inputs)
-            else:
-                inputs, targets = cp.shard(inputs), cp.shard(targets)
-                logits = self.model(inputs, rope=cp.rope)
+            logits = self.model(inputs)
         return token_loss(logits, targets)
+
+    def _own_tokens(self, inputs: torch.Tensor,
+                    targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of each sequence: all of it, or under cp its chunks."""
+        if self.cp is None:
+            return inputs, targets
+        return self.cp.shard(inputs), self.cp.shard(targets)
 
     def _pipeline_step(self, pipeline: Pipeline, inputs: torch.Tensor, targets: torch.Tensor,
                        poison: bool) -> torch.Tensor:
@@ -436,6 +440,7 @@ class Trainer:
         micro-batch's loss is scaled so the summed gradients are those of the mean loss over
         the step. Returns the loss on the last stage, 0 on the others."""
         scale = (float("nan") if poison else 1.0) / (self.accum * pipeline.n_microbatches)
+        inputs, targets = self._own_tokens(inputs, targets)
         with self._autocast():
             loss = pipeline.step(inputs, targets, scale)
         return loss if loss is not None else torch.zeros((), device=self.device)
@@ -444,7 +449,7 @@ class Trainer:
         """The loss of one val micro-batch: under pp on the last stage, 0 on the others."""
         if self.pipeline is None or not isinstance(batch, Batch):
             return self._batch_loss(batch)
-        inputs, targets = batch.inputs, batch.targets
+        inputs, targets = self._own_tokens(batch.inputs, batch.targets)
         with self._autocast():
             logits = self.pipeline.forward(inputs)
         if logits is None:
