@@ -89,7 +89,6 @@ def test_bad_field_names_its_key(overrides: list[str], key: str) -> None:
         (2, ["parallel.tp=2", "train.seq_len=33"], "parallel.tp"),  # sequence parallel splits T
         (4, ["parallel.tp=2", "parallel.strategy=\"ddp\""], "parallel.tp"),  # not supported yet
         (2, ["parallel.tp=2", "model.tie_embeddings=true"], "parallel.tp"),  # not yet
-        (2, ["parallel.tp=2", "parallel.compile=true"], "parallel.compile"),  # not yet
         (4, ["parallel.pp=2", "model.n_layers=1"], "parallel.pp"),  # fewer layers than stages
         (2, ["parallel.pp=2", "parallel.pp_microbatches=1"], "parallel.pp_microbatches"),
         (2, ["parallel.pp=2", "parallel.pp_split=[1, 2]"], "parallel.pp_split"),
@@ -119,8 +118,9 @@ def test_impossible_layout_names_its_key(world: int, overrides: list[str], key: 
 
 
 def test_unsupported_combinations_say_so() -> None:
-    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.tp=2", "parallel.compile=true"])
-    with pytest.raises(ConfigError, match=r"compile with tp is not supported yet"):
+    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.tp=2", "model.tie_embeddings=true"])
+    with pytest.raises(ConfigError, match=r"tp with model\.tie_embeddings = true is not "
+                       r"supported yet"):
         cfg.check_world_size(2)
 
 
@@ -136,6 +136,11 @@ def test_unsupported_combinations_say_so() -> None:
 def test_context_parallel_layouts_are_accepted(world: int, overrides: list[str]) -> None:
     cfg = loading.load(TrainConfig, EXAMPLE, overrides)
     assert cfg.check_world_size(world).cp == 2
+
+
+def test_tensor_parallel_with_compile_is_accepted() -> None:
+    cfg = loading.load(TrainConfig, EXAMPLE, ["parallel.tp=2", "parallel.compile=true"])
+    assert cfg.check_world_size(4).tp == 2
 
 
 @pytest.mark.parametrize(

@@ -441,9 +441,6 @@ class TrainConfig(Section):
                 raise ConfigError(source, "parallel.tp", f"train.seq_len {self.train.seq_len} "
                                   f"is not divisible by {split} (sequence parallelism splits "
                                   "each rank's tokens)")
-            if p.compile:  # the backward of a compiled block hands plain tensors to DTensor
-                raise ConfigError(source, "parallel.compile", "compile with tp is not supported "
-                                  "yet")
             if shape.tie_embeddings:
                 raise ConfigError(source, "parallel.tp", "tp with model.tie_embeddings = true "
                                   "is not supported yet")

@@ -18,6 +18,9 @@ shard, and the last block of a stage before the last gathers the sequence again.
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+from torch.distributed._functional_collectives import AsyncCollectiveTensor
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (
@@ -46,6 +49,8 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
     }
     parallelize_module(model, tp_mesh, {name: style for name, style in edges.items()
                                         if getattr(model, name) is not None})
+    if model.tok_embeddings is not None:
+        model.tok_embeddings.register_forward_hook(wait_for_collective)
     blocks = list(model.layers.values())
     if model.tok_embeddings is None:  # a later pipeline stage: the full sequence comes in
         parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
@@ -75,3 +80,12 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
             "feed_forward.w3": ColwiseParallel(),
         })
 
+
+
+def wait_for_collective(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+    """The embedding's sequence shard as a plain tensor: its reduce-scatter returns a tensor
+    that waits lazily, and a compiled block given one as input hands DTensor's backward a
+    plain gradient where it expects a DTensor (torch 2.13). The first block needs it at once,
+    so waiting here costs only a copy of 1/tp of the hidden states; ``clone`` is the op that
+    waits and stays on the autograd graph (``wait()`` leaves it)."""
+    return output.clone() if isinstance(output, AsyncCollectiveTensor) else output
