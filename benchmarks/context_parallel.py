@@ -37,9 +37,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stoker.bench.figures import figure
+from stoker.ports import free_port
 from stoker.spec.train import PRESETS, ParallelConfig
 from stoker.train.context_parallel import ContextParallel
-from stoker.train.launch import free_port
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import build_model
 from stoker.train.trainer import token_loss

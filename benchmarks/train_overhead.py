@@ -220,7 +220,7 @@ def run_world(args: argparse.Namespace, nproc: int, out: Path) -> dict[str, Any]
     if nproc == 1:
         cmd = [sys.executable, script, *passthrough]
     else:
-        from stoker.train.launch import free_port
+        from stoker.ports import free_port
 
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",

@@ -19,7 +19,6 @@ from sqlalchemy import inspect as sa_inspect
 
 from sched_helpers import res
 from stoker.control.db import DatabaseError, alembic_config, make_engine, migrate
-from stoker.control.pg_local import free_port
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import (
     AuditRecord,
@@ -32,6 +31,7 @@ from stoker.control.store import (
     UsageRecord,
 )
 from stoker.control.tables import Base
+from stoker.ports import free_port
 from stoker.sched import Waiting
 from stoker.spec.api import JobState
 

@@ -21,10 +21,11 @@ from sqlalchemy import text
 from stoker.control.leader import AdvisoryLease, Leadership, LeadershipLost, announce
 from stoker.control.local_executor import LocalExecutor
 from stoker.control.nodes import cluster_nodes
-from stoker.control.pg_local import LocalPostgres, free_port
+from stoker.control.pg_local import LocalPostgres
 from stoker.control.reconciler import Reconciler
 from stoker.control.sql_store import SqlStore
 from stoker.control.store import NewJob
+from stoker.ports import free_port
 from stoker.server.process import ServerProcess, kill_jobs
 from stoker.spec import loading
 from stoker.spec.cluster import ClusterConfig

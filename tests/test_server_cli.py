@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stoker.server.process import ServerProcess, free_port, kill_jobs
+from stoker.ports import free_port
+from stoker.server.process import ServerProcess, kill_jobs
 
 TOKENS = {"STOKER_ADMIN_TOKEN": "admin-t", "STOKER_TOKEN": "tenant-t"}
 

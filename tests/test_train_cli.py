@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from stoker.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "tiny.toml"
@@ -109,12 +110,6 @@ def test_two_ranks_write_metrics_summary_and_config(tmp_path: Path) -> None:
     cfg = loading.load(TrainConfig, run_dir / "config.toml")
     assert cfg.train.steps == 6 and cfg.model.dim == 64
     assert list((run_dir / "logs").rglob("stdout.log"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

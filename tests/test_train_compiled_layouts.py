@@ -17,9 +17,9 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
+from stoker.ports import free_port
 from stoker.spec.train import ModelShape, ParallelConfig
 from stoker.train.context_parallel import ContextParallel
-from stoker.train.launch import free_port
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import build_model
 from stoker.train.trainer import token_loss

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from stoker.observe.flops import total_params
+from stoker.ports import free_port
 from stoker.spec.train import PRESETS, ModelShape, ParallelConfig
 from stoker.train.model import Attention, Transformer, apply_rope, rope_table
 from stoker.train.parallelize import (
@@ -256,12 +256,6 @@ STRATEGIES = {  # name -> ParallelConfig fields
     "ddp": {"strategy": "ddp", "activation_checkpoint": "full"},
     "fsdp_compiled": {"strategy": "fsdp", "compile": True, "activation_checkpoint": "full"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def two_rank_worker(rank: int, port: int, out_dir: str) -> None:

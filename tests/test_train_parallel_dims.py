@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from stoker.ports import free_port
 from stoker.spec.train import PRESETS, Layout, ParallelConfig
 from stoker.train.parallel_dims import ParallelDims
 from stoker.train.parallelize import build_model
@@ -26,12 +26,6 @@ LAYOUTS = {  # name -> ParallelConfig fields, for 4 ranks
     "tp_fsdp": {"tp": 2, "dp_shard": 2},
     "tp_replicate": {"tp": 2, "dp_replicate": 2},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def describe(p: torch.Tensor) -> dict[str, object]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 from stoker.control import code_archive
 from stoker.control.executor import LaunchPlan, ProcessPlan
 from stoker.control.store import JobRecord, ProcessRecord
+from stoker.ports import free_port
 from stoker.sched import CPU, GPU, UNLIMITED, Node, Resources
 from stoker.spec import loading
 from stoker.spec.job import JobSpec
@@ -144,13 +144,6 @@ def physical_cpus(slots: Sequence[int]) -> tuple[int, ...] | None:
         return None
     allowed = sorted(os.sched_getaffinity(0))
     return tuple(sorted({allowed[s % len(allowed)] for s in slots}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def plan_launch(job: JobRecord, spec: JobSpec, attempt: int, jobs_dir: Path,

@@ -15,12 +15,13 @@ import itertools
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from stoker.ports import free_port
 
 SUPERUSER = "stoker"
 
@@ -57,13 +58,6 @@ def server_user() -> str | None:
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                     "stoker-pg"], check=True, capture_output=True)
     return "stoker-pg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LocalPostgres:

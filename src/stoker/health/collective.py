@@ -4,7 +4,6 @@ expected one. One process per rank, gloo on CPU (127.0.0.1) or NCCL on GPUs."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 
 from stoker.health.faults import Faults
 from stoker.health.result import CheckResult
+from stoker.ports import free_port
 from stoker.spec.health import HealthConfig
 
 CPU_BYTES = 16 << 20
@@ -38,7 +38,7 @@ def allreduce(config: HealthConfig, faults: Sequence[Faults], use_gpu: bool = Fa
     if ranks < 2:
         return CheckResult("allreduce", True, None, None, "GB/s", 0.0, "one rank: nothing to probe")
     result = mp.get_context("spawn").SimpleQueue()
-    port = _free_port()
+    port = free_port()
     try:
         mp.start_processes(_rank, args=(ranks, port, use_gpu, failing, result), nprocs=ranks,
                            start_method="spawn")
@@ -99,9 +99,3 @@ def _errors(result: mp.SimpleQueue) -> list[tuple[int, str]]:  # type: ignore[ty
 def _blamed(errors: list[tuple[int, str]]) -> tuple[int, ...]:
     """Ranks that failed on their own, not because a peer went away."""
     return tuple(r for r, text in errors if not any(m in text for m in PEER_LOST))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from stoker.observe.events import EventLog
 from stoker.observe.sinks import check_installed
+from stoker.ports import free_port
 from stoker.spec import loading
 from stoker.spec.errors import ConfigError, StokerError
 from stoker.spec.train import TrainConfig
@@ -142,12 +142,6 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def share_cores(nproc: int) -> None:
