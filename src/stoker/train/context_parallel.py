@@ -67,12 +67,12 @@ class GatheredAttention:
         self.chunks = chunks  # this rank's chunk indices, in the order it holds them
         self.chunk_len = chunk_len
         self.order = order  # gathered index -> position order
-        self.masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self.masks: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
         # Made before any call: a compiled block may read the masks but not make them (a
         # CausalBias made while tracing breaks the graph, and a new entry recompiles it)
         for chunk in chunks:
             end = (chunk + 1) * chunk_len
-            self.masks[(end, dtype, order.device)] = self.make_mask(end, dtype, order.device)
+            self.masks[(end, dtype, order.device.type)] = self.make_mask(end, dtype, order.device)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys = _all_gather(k, 2, self.group).index_select(2, self.order)
@@ -87,7 +87,7 @@ class GatheredAttention:
 
     def mask(self, end: int, q: torch.Tensor) -> torch.Tensor:
         """Queries at positions [end - chunk, end) over keys [0, end), causally."""
-        key = (end, q.dtype, q.device)
+        key = (end, q.dtype, q.device.type)
         mask = self.masks.get(key)
         if mask is None:  # eager only: a dtype other than the one the masks were made for
             mask = self.masks[key] = self.make_mask(end, q.dtype, q.device)
