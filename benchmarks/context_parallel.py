@@ -1,6 +1,7 @@
 """Context parallelism against data parallelism on the same ranks: speed and memory per rank.
 
     .venv/bin/python benchmarks/context_parallel.py [--seq-len 2048] [--steps 6] [--repeats 2]
+        [--compile]
 
 Two runs of `stoker train examples/tiny.toml --nproc 2` (gloo, CPU), alternating, ``--repeats``
 times each: ``parallel.cp=2`` (each rank holds half of every sequence, keys and values
@@ -13,6 +14,9 @@ micro-batch: what cp costs in time). Reported from each run's metrics.jsonl: the
 time after the first two steps, and the peak memory (the largest max RSS of the ranks, which
 includes the torch runtime, about 0.3 GB per rank, and what glibc keeps of freed blocks);
 ratios to the baseline per repeat.
+
+With ``--compile`` every run compiles its blocks (``parallel.compile=true``, inductor); the
+first two steps, left out, include the compilation.
 
 The RSS high-water mark hides what the activations take, so the same three layouts are then
 built in this script's own two gloo processes (`build_model`, `ContextParallel.apply`, one
@@ -53,11 +57,12 @@ LAYOUTS = {
 }
 
 
-def train(run_dir: Path, seq_len: int, steps: int, layout: list[str]) -> tuple[float, int]:
+def train(run_dir: Path, seq_len: int, steps: int, layout: list[str],
+          compile_: bool = False) -> tuple[float, int]:
     """Median step time (s) after two steps, and the peak memory (bytes) of one run."""
     sets = [f"train.seq_len={seq_len}", f"train.steps={steps}", "train.global_batch_size=4",
             "train.eval_interval=0", "checkpoint.enabled=false",
-            "telemetry.live=false", *layout]
+            "telemetry.live=false", f"parallel.compile={str(compile_).lower()}", *layout]
     result = subprocess.run(
         [sys.executable, "-m", "stoker", "train", str(ROOT / "examples" / "tiny.toml"),
          "--nproc", "2", "--run-dir", str(run_dir), *(a for s in sets for a in ("--set", s))],
@@ -131,13 +136,15 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="compile every run's blocks")
     args = p.parse_args()
+    mode = "compiled " if args.compile else ""
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in LAYOUTS}
     with tempfile.TemporaryDirectory(prefix="stoker-cp-") as tmp:
         for repeat in range(args.repeats):
             for name, layout in LAYOUTS.items():
                 run = Path(tmp) / f"{name}-{repeat}"
-                step_s, peak = train(run, args.seq_len, args.steps, layout)
+                step_s, peak = train(run, args.seq_len, args.steps, layout, args.compile)
                 results[name].append((step_s, peak))
                 print(f"repeat {repeat + 1} {name}: step {step_s * 1e3:.0f} ms, "
                       f"peak {peak / 2**20:.0f} MiB", flush=True)
@@ -147,14 +154,17 @@ def main() -> None:
     for name, runs in results.items():
         step_ratio = [a[0] / b[0] for a, b in zip(runs, base, strict=True)]
         peak_ratio = [a[1] / b[1] for a, b in zip(runs, base, strict=True)]
-        print(f"| {name} (seq {args.seq_len}) | {statistics.median(r[0] for r in runs) * 1e3:.0f}"
+        print(f"| {mode}{name} (seq {args.seq_len}) | "
+              f"{statistics.median(r[0] for r in runs) * 1e3:.0f}"
               f" | {statistics.median(r[1] for r in runs) / 2**20:.0f} | "
               f"{statistics.median(step_ratio):.2f} | {statistics.median(peak_ratio):.2f} |")
-        figure(f"{name} step", [r[0] * 1e3 for r in runs], "ms", "lower")
-        figure(f"{name} peak", [r[1] / 2**20 for r in runs], "MiB", "lower")
+        figure(f"{mode}{name} step", [r[0] * 1e3 for r in runs], "ms", "lower")
+        figure(f"{mode}{name} peak", [r[1] / 2**20 for r in runs], "MiB", "lower")
         if name != "dp_shard2":
-            figure(f"{name} step / dp_shard2", step_ratio, "x", "lower")
-            figure(f"{name} peak / dp_shard2", peak_ratio, "x", "lower")
+            figure(f"{mode}{name} step / dp_shard2", step_ratio, "x", "lower")
+            figure(f"{mode}{name} peak / dp_shard2", peak_ratio, "x", "lower")
+    if args.compile:
+        return  # the heap measure below runs the model eagerly
     if not hasattr(ctypes.CDLL(None), "mallinfo2"):
         print("\n(no glibc mallinfo2 here: the heap in use is not measured)")
         return
