@@ -1,8 +1,8 @@
 """Every implemented parallel layout changes nothing but speed: tensor + sequence parallel,
-HSDP, FSDP + TP and context parallelism alone and with each of them and pp (real processes,
-gloo, up to 4 ranks) follow the loss trajectory of 1 rank
-with the same global batch and seed; ranks of one tp group read the same samples, and the
-data-parallel ranks together read each global batch exactly once."""
+HSDP, FSDP + TP, and context parallelism alone and with FSDP, HSDP, TP and PP (real processes,
+gloo, up to 4 ranks) follow the loss trajectory of 1 rank with the same global batch and seed;
+ranks of one tp (or cp) group read the same samples, and the data-parallel ranks together read
+each global batch exactly once."""
 
 from __future__ import annotations
 

@@ -81,7 +81,6 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel: bool = True
         })
 
 
-
 def wait_for_collective(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
     """The embedding's sequence shard as a plain tensor: its reduce-scatter returns a tensor
     that waits lazily, and a compiled block given one as input hands DTensor's backward a
