@@ -242,6 +242,8 @@ def test_a_queued_job_has_a_position_and_an_estimated_start(server: ServerProces
     finally:
         for job in (first, second, third):
             call(server, "POST", f"/v1/jobs/{job['id']}/cancel", "bob-secret")
+        for job in (first, second, third):  # bob's quota is free again for the next test
+            wait_state(server, job["id"], {"CANCELLED", "SUCCEEDED", "FAILED"}, "bob-secret")
 
 
 def test_malformed_json_is_422(server: ServerProcess) -> None:
