@@ -9,10 +9,15 @@ The cluster is first filled to about 90% by admitting jobs with the scheduler it
 10,000 jobs (1-32 GPUs, three priority classes, some with topology or GPU-model constraints,
 from 8 tenants that share every queue) are pending, and `schedule` runs on that snapshot.
 
-The scheduler keeps what it derives from the nodes and the running jobs between cycles (a pure
-memo: `stoker.sched.nodes.layout`, `stoker.sched.held`). The policy rows are timed in the steady
-state, right after a cycle over the same cluster and running jobs; "fifo, cold" after the node
-objects were replaced, so that nothing kept applies (the first cycle after a restart).
+The scheduler keeps what it derives from the nodes and the running jobs between cycles, in the
+caller's `SchedulerCache` (the layout, the quota tree, what the running jobs hold, the victim
+candidates). Each row is one caller with a cache of its own (a reconciler runs one policy; a
+cache shared by rows of different policies would hand each row another policy's victim
+candidates). The policy rows are timed in the steady state, right after a cycle over the same
+cluster and running jobs; "fifo, next cycle" is the cycle after a fifo cycle whose decisions
+took effect (its admitted jobs running, its victims stopping, its nominated jobs flagged, every
+other job the same object, as the simulator keeps them); "fifo, cold" after the node objects
+were replaced, so that nothing kept applies (the first cycle after a restart).
 
 Baselines, in the same run: building the snapshot's job objects from plain field tuples (what a
 caller pays each cycle, at the least), and
@@ -141,6 +146,22 @@ def naive_first_fit(nodes: list[Node], running: list[RunningJob], pending: list[
     return admitted
 
 
+def next_snapshot(snapshot: Snapshot, decided: Decisions, later: float = 10.0) -> Snapshot:
+    """The cluster ``later`` seconds after ``decided`` took effect: the admitted jobs running
+    where they were placed, the victims stopping, the nominated jobs flagged; every other job
+    the same object."""
+    admitted = {a.job: a for a in decided.admit}
+    stopping = {p.job for p in decided.preempt}
+    now = snapshot.now + later
+    running = [r._replace(preempting=True) if r.id in stopping else r for r in snapshot.running]
+    running += [RunningJob(p.id, p.queue, p.priority, admitted[p.id].flavor,
+                           admitted[p.id].nodes, p.per_rank, p.created_at, now, tenant=p.tenant)
+                for p in snapshot.pending if p.id in admitted]
+    pending = [p._replace(nominated=True) if p.id in decided.nominated else p
+               for p in snapshot.pending if p.id not in admitted]
+    return replace(snapshot, now=now, running=running, pending=pending)
+
+
 Variant = tuple[Callable[[], object] | None, Callable[[], object]]  # (untimed setup, timed)
 BENCH_QUICK = ["--repeat", "3"]
 # Each row's figure name for `stoker bench`.
@@ -148,6 +169,7 @@ FIGURE_NAMES = {"baseline: build snapshot": "build snapshot", "baseline: naive f
                 "first-fit", "fifo": "fifo", "fifo, first victims' flavor": "fifo first victims",
                 "fifo, fair sharing": "fifo fair sharing", "fifo, admission fair sh.": "fifo afs",
                 "las": "las", "sjf": "sjf", "fifo, cold": "fifo cold",
+                "fifo, next cycle": "fifo next cycle",
                 "fifo, empty cluster": "fifo empty cluster"}
 
 
@@ -207,32 +229,37 @@ def main() -> None:
     first_victims = replace(snap, queues=[replace(q, when_can_preempt="MayStopSearch")
                                           for q in queues])
 
-    cache = SchedulerCache()  # the reconciler's, kept across its cycles
+    def steady(snapshot: Snapshot, policy: Policy) -> Variant:
+        """A cycle of ``policy`` on ``snapshot``, right after one over the same cluster and
+        running jobs, by a caller of its own."""
+        cache = SchedulerCache()
+        schedule(snapshot, policy, cache)  # what the caller's earlier cycles left in its cache
+        warm = replace(idle, queues=snapshot.queues)
+        return (lambda: schedule(warm, policy, cache), lambda: schedule(snapshot, policy, cache))
 
-    def warm() -> None:
-        """A cycle over the same cluster and running jobs just ran (the steady state)."""
-        schedule(idle, Policy(), cache)
-
-    def warm_first_victims() -> None:
-        schedule(replace(idle, queues=first_victims.queues), Policy(), cache)
+    next_cache = SchedulerCache()
+    after = next_snapshot(snap, schedule(snap, Policy(), SchedulerCache()))
+    cold_cache = SchedulerCache()
 
     def forget() -> None:
         """New node objects: nothing kept from earlier cycles applies."""
         cold[0] = replace(snap, nodes=[replace(n) for n in nodes])
 
+    empty_cache = SchedulerCache()
     variants: dict[str, Variant] = {
         "baseline: build snapshot": (None, build),
         "baseline: naive first-fit": (None, lambda: naive_first_fit(nodes, running,
                                                                     snap.pending)),
-        "fifo": (warm, lambda: schedule(snap, Policy(), cache)),
-        "fifo, first victims' flavor": (warm_first_victims,
-                                        lambda: schedule(first_victims, Policy(), cache)),
-        "fifo, fair sharing": (warm, lambda: schedule(snap, Policy(fair_sharing=True), cache)),
-        "fifo, admission fair sh.": (warm, lambda: schedule(used, afs, cache)),
-        "las": (warm, lambda: schedule(snap, Policy(order="las"), cache)),
-        "sjf": (warm, lambda: schedule(snap, Policy(order="sjf"), cache)),
-        "fifo, cold": (forget, lambda: schedule(cold[0], Policy(), cache)),
-        "fifo, empty cluster": (None, lambda: schedule(empty, Policy(), cache)),
+        "fifo": steady(snap, Policy()),
+        "fifo, next cycle": (lambda: schedule(snap, Policy(), next_cache),
+                             lambda: schedule(after, Policy(), next_cache)),
+        "fifo, first victims' flavor": steady(first_victims, Policy()),
+        "fifo, fair sharing": steady(snap, Policy(fair_sharing=True)),
+        "fifo, admission fair sh.": steady(used, afs),
+        "las": steady(snap, Policy(order="las")),
+        "sjf": steady(snap, Policy(order="sjf")),
+        "fifo, cold": (forget, lambda: schedule(cold[0], Policy(), cold_cache)),
+        "fifo, empty cluster": (None, lambda: schedule(empty, Policy(), empty_cache)),
     }
     times = timed(variants, args.repeat)
     used = sum(j.per_rank[GPU] / 1000 * len(j.nodes) for j in running)
