@@ -109,8 +109,8 @@ class Version:
     def _steady(self, shot: Any, idle: Any, policy: Any) -> Row:
         s = self.sched
 
-        def setup() -> None:
-            s.schedule(idle, s.Policy(), self.cache)
+        def setup() -> None:  # with the row's own policy: the victims are kept by their ranking
+            s.schedule(idle, policy, self.cache)
         return setup, lambda: s.schedule(shot, policy, self.cache)
 
     def _cold(self, shot: Any, policy: Any) -> Row:
